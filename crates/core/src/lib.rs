@@ -1,0 +1,31 @@
+//! Shared vocabulary of the SSM kernel workspace.
+//!
+//! Every implementation of an operation (the f64 oracle in `ssm-reference`, the
+//! f32 CPU ports, the CUDA kernels) takes the same validated parameter struct
+//! from this crate and returns the same output struct, so that one harness can
+//! compare any two of them.
+//!
+//! - [`element`]: the input element types (f32, f16, bf16, and f64 for the oracle).
+//! - [`error`]: [`SsmError`], the typed validation error naming the bad argument.
+//! - [`mamba1`]: the Mamba-1 selective scan problem (design.md §1.1, §2).
+//! - [`mamba2`]: the Mamba-2 SSD problem (design.md §1.2, §2).
+//! - [`decode`]: single-token decode steps for both families (design.md §1.3).
+//! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
+//! - [`tolerance`]: error metrics and the tolerance model of design.md §4.
+
+pub mod decode;
+pub mod element;
+pub mod error;
+pub mod mamba1;
+pub mod mamba2;
+pub mod math;
+pub mod output;
+pub mod shape;
+pub mod tolerance;
+
+pub use element::{DType, Element};
+pub use error::SsmError;
+pub use output::{ScanOutput, StepOutput};
+
+/// Result alias used across the workspace.
+pub type Result<T> = std::result::Result<T, SsmError>;

@@ -1,0 +1,299 @@
+//! The Mamba-1 selective scan problem (design.md §1.1, layouts §2).
+//!
+//! Layouts (mamba_ssm's, last dimension contiguous):
+//! `u, delta, z, out: (b, D_in, L)`; `A: (D_in, N)`; `B, C: (b, G, N, L)` or
+//! constant `(D_in, N)`; `D, delta_bias: (D_in)`; states `(b, D_in, N)`, or
+//! `(num_seqs, D_in, N)` for varlen input.
+
+use crate::shape::{check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero, Shape};
+use crate::{Element, Result};
+
+/// Sizes of a selective-scan call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mamba1Dims {
+    pub batch: usize,
+    /// `D_in`, the number of independent channels.
+    pub d_inner: usize,
+    /// `N`, the state size per channel.
+    pub d_state: usize,
+    /// `L`, the sequence length (total packed length for varlen).
+    pub seqlen: usize,
+}
+
+/// B or C: either time-varying and shared by groups of channels, or constant per channel.
+#[derive(Clone, Copy, Debug)]
+pub enum BcInput<'a, T> {
+    /// `(b, G, N, L)`; channel `d` uses group `d / (D_in / G)`.
+    Grouped { groups: usize, data: &'a [T] },
+    /// `(D_in, N)`, the same at every step (the LTI / S4D case).
+    Constant(&'a [T]),
+}
+
+impl<'a, T> BcInput<'a, T> {
+    pub fn data(&self) -> &'a [T] {
+        match *self {
+            BcInput::Grouped { data, .. } => data,
+            BcInput::Constant(data) => data,
+        }
+    }
+}
+
+/// Every input of a selective scan. Build with [`SelectiveScanParams::new`] and the
+/// `with_*` methods; every implementation calls [`SelectiveScanParams::validate`].
+#[derive(Clone, Copy, Debug)]
+pub struct SelectiveScanParams<'a, T> {
+    pub dims: Mamba1Dims,
+    pub u: &'a [T],
+    pub delta: &'a [T],
+    pub a: &'a [f32],
+    pub b: BcInput<'a, T>,
+    pub c: BcInput<'a, T>,
+    pub d: Option<&'a [f32]>,
+    pub z: Option<&'a [T]>,
+    pub delta_bias: Option<&'a [f32]>,
+    pub delta_softplus: bool,
+    /// `(b, D_in, N)`, or `(num_seqs, D_in, N)` with `cu_seqlens`.
+    pub initial_states: Option<&'a [f32]>,
+    /// Varlen prefix offsets (`num_seqs + 1` entries, batch must be 1).
+    pub cu_seqlens: Option<&'a [i64]>,
+    pub return_final_states: bool,
+    /// Reject NaN/Inf in any input (costs one pass over the inputs).
+    pub check_finite: bool,
+}
+
+/// Facts established by validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mamba1Layout {
+    /// Number of independent sequences: `batch`, or the varlen count.
+    pub num_seqs: usize,
+}
+
+impl<'a, T: Element> SelectiveScanParams<'a, T> {
+    pub fn new(
+        dims: Mamba1Dims,
+        u: &'a [T],
+        delta: &'a [T],
+        a: &'a [f32],
+        b: BcInput<'a, T>,
+        c: BcInput<'a, T>,
+    ) -> Self {
+        SelectiveScanParams {
+            dims,
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d: None,
+            z: None,
+            delta_bias: None,
+            delta_softplus: false,
+            initial_states: None,
+            cu_seqlens: None,
+            return_final_states: false,
+            check_finite: false,
+        }
+    }
+
+    pub fn with_d(mut self, d: &'a [f32]) -> Self {
+        self.d = Some(d);
+        self
+    }
+    pub fn with_z(mut self, z: &'a [T]) -> Self {
+        self.z = Some(z);
+        self
+    }
+    pub fn with_delta_bias(mut self, bias: &'a [f32]) -> Self {
+        self.delta_bias = Some(bias);
+        self
+    }
+    pub fn with_delta_softplus(mut self, on: bool) -> Self {
+        self.delta_softplus = on;
+        self
+    }
+    pub fn with_initial_states(mut self, h0: &'a [f32]) -> Self {
+        self.initial_states = Some(h0);
+        self
+    }
+    pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
+        self.cu_seqlens = Some(cu);
+        self
+    }
+    pub fn with_final_states(mut self, on: bool) -> Self {
+        self.return_final_states = on;
+        self
+    }
+    pub fn with_check_finite(mut self, on: bool) -> Self {
+        self.check_finite = on;
+        self
+    }
+
+    /// Group index of channel `d` for B or C (0 for constant B/C).
+    pub fn group_of(bc: &BcInput<'_, T>, d_inner: usize, d: usize) -> usize {
+        match *bc {
+            BcInput::Grouped { groups, .. } => d / (d_inner / groups),
+            BcInput::Constant(_) => 0,
+        }
+    }
+
+    /// Check every shape and option; returns the number of sequences.
+    pub fn validate(&self) -> Result<Mamba1Layout> {
+        let Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        } = self.dims;
+        check_nonzero("batch", batch)?;
+        check_nonzero("d_inner", d_inner)?;
+        check_nonzero("d_state", d_state)?;
+        let bdl = [("b", batch), ("D_in", d_inner), ("L", seqlen)];
+        check_len("u", Shape(&bdl), self.u.len())?;
+        check_len("delta", Shape(&bdl), self.delta.len())?;
+        check_len(
+            "A",
+            Shape(&[("D_in", d_inner), ("N", d_state)]),
+            self.a.len(),
+        )?;
+        for (arg, bc) in [("B", &self.b), ("C", &self.c)] {
+            match *bc {
+                BcInput::Grouped { groups, data } => {
+                    check_groups(arg, groups, "D_in", d_inner)?;
+                    check_len(
+                        arg,
+                        Shape(&[("b", batch), ("G", groups), ("N", d_state), ("L", seqlen)]),
+                        data.len(),
+                    )?;
+                }
+                BcInput::Constant(data) => {
+                    check_len(arg, Shape(&[("D_in", d_inner), ("N", d_state)]), data.len())?;
+                }
+            }
+        }
+        if let Some(d) = self.d {
+            check_len("D", Shape(&[("D_in", d_inner)]), d.len())?;
+        }
+        if let Some(z) = self.z {
+            check_len("z", Shape(&bdl), z.len())?;
+        }
+        if let Some(bias) = self.delta_bias {
+            check_len("delta_bias", Shape(&[("D_in", d_inner)]), bias.len())?;
+        }
+        let num_seqs = match self.cu_seqlens {
+            Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
+            None => batch,
+        };
+        if let Some(h0) = self.initial_states {
+            let rows = if self.cu_seqlens.is_some() {
+                "num_seqs"
+            } else {
+                "b"
+            };
+            check_len(
+                "initial_states",
+                Shape(&[(rows, num_seqs), ("D_in", d_inner), ("N", d_state)]),
+                h0.len(),
+            )?;
+        }
+        if self.check_finite {
+            check_finite("u", self.u)?;
+            check_finite("delta", self.delta)?;
+            check_finite("A", self.a)?;
+            check_finite("B", self.b.data())?;
+            check_finite("C", self.c.data())?;
+            if let Some(d) = self.d {
+                check_finite("D", d)?;
+            }
+            if let Some(z) = self.z {
+                check_finite("z", z)?;
+            }
+            if let Some(bias) = self.delta_bias {
+                check_finite("delta_bias", bias)?;
+            }
+            if let Some(h0) = self.initial_states {
+                check_finite("initial_states", h0)?;
+            }
+        }
+        Ok(Mamba1Layout { num_seqs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SsmError;
+
+    fn dims() -> Mamba1Dims {
+        Mamba1Dims {
+            batch: 2,
+            d_inner: 4,
+            d_state: 3,
+            seqlen: 5,
+        }
+    }
+
+    #[test]
+    fn valid_params_pass_and_bad_shapes_name_the_argument() {
+        let u = vec![0f32; 40];
+        let a = vec![-1f32; 12];
+        let bc = vec![0f32; 2 * 2 * 3 * 5];
+        let p = SelectiveScanParams::new(
+            dims(),
+            &u,
+            &u,
+            &a,
+            BcInput::Grouped {
+                groups: 2,
+                data: &bc,
+            },
+            BcInput::Constant(&a),
+        );
+        assert_eq!(p.validate().unwrap().num_seqs, 2);
+        let bad = SelectiveScanParams { u: &u[..39], ..p };
+        let err = bad.validate().unwrap_err();
+        assert!(matches!(err, SsmError::Shape { arg: "u", .. }), "{err}");
+        let bad = SelectiveScanParams {
+            b: BcInput::Grouped {
+                groups: 3,
+                data: &bc,
+            },
+            ..p
+        };
+        assert!(matches!(
+            bad.validate().unwrap_err(),
+            SsmError::Groups { arg: "B", .. }
+        ));
+        let h0 = vec![0f32; 2 * 4 * 3];
+        let cu = [0i64, 5];
+        let varlen = p.with_cu_seqlens(&cu).with_initial_states(&h0);
+        assert!(matches!(
+            varlen.validate().unwrap_err(),
+            SsmError::CuSeqlens { .. }
+        ));
+    }
+
+    #[test]
+    fn finite_check_is_opt_in() {
+        let mut u = vec![0f32; 40];
+        u[7] = f32::NAN;
+        let a = vec![-1f32; 12];
+        let p = SelectiveScanParams::new(
+            dims(),
+            &u,
+            &u,
+            &a,
+            BcInput::Constant(&a),
+            BcInput::Constant(&a),
+        );
+        assert!(p.validate().is_ok());
+        let err = p.with_check_finite(true).validate().unwrap_err();
+        assert!(matches!(
+            err,
+            SsmError::NonFinite {
+                arg: "u",
+                index: 7,
+                ..
+            }
+        ));
+    }
+}

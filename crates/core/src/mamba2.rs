@@ -1,0 +1,303 @@
+//! The Mamba-2 SSD problem (design.md §1.2, layouts §2).
+//!
+//! Layouts (token-major, mamba_ssm's): `x, z, out: (b, L, H, P)`; `dt: (b, L, H)`;
+//! `A, dt_bias: (H)`; `B, C: (b, L, G, N)`; `D: (H)` or `(H, P)`; states
+//! `(b, H, P, N)`, or `(num_seqs, H, P, N)` for varlen input.
+
+use crate::shape::{check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero, Shape};
+use crate::{Element, Result, SsmError};
+
+/// Sizes of an SSD call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsdDims {
+    pub batch: usize,
+    /// `L` (total packed length for varlen).
+    pub seqlen: usize,
+    /// `H`, the number of heads.
+    pub heads: usize,
+    /// `P`, the head dimension.
+    pub head_dim: usize,
+    /// `N`, the state size.
+    pub d_state: usize,
+    /// `G`, the number of B/C groups; head `h` uses group `h / (H / G)`.
+    pub groups: usize,
+}
+
+impl SsdDims {
+    pub fn group_of(&self, head: usize) -> usize {
+        head / (self.heads / self.groups)
+    }
+}
+
+/// The skip term `D`: one value per head, or one per head and head dimension.
+#[derive(Clone, Copy, Debug)]
+pub enum DSkip<'a> {
+    PerHead(&'a [f32]),
+    PerHeadDim(&'a [f32]),
+}
+
+impl DSkip<'_> {
+    /// `D` for head `h`, head-dimension index `p`.
+    pub fn get(&self, head_dim: usize, h: usize, p: usize) -> f32 {
+        match *self {
+            DSkip::PerHead(d) => d[h],
+            DSkip::PerHeadDim(d) => d[h * head_dim + p],
+        }
+    }
+    pub fn data(&self) -> &[f32] {
+        match *self {
+            DSkip::PerHead(d) | DSkip::PerHeadDim(d) => d,
+        }
+    }
+    pub(crate) fn validate(&self, heads: usize, head_dim: usize) -> Result<()> {
+        match *self {
+            DSkip::PerHead(d) => check_len("D", Shape(&[("H", heads)]), d.len()),
+            DSkip::PerHeadDim(d) => {
+                check_len("D", Shape(&[("H", heads), ("P", head_dim)]), d.len())
+            }
+        }
+    }
+}
+
+/// `(min, max)` clamp applied to the step size; the default is no clamp.
+pub const NO_DT_LIMIT: (f32, f32) = (0.0, f32::INFINITY);
+
+pub(crate) fn check_dt_limit(limit: (f32, f32)) -> Result<()> {
+    let (min, max) = limit;
+    if min.is_nan() || max.is_nan() || min > max {
+        return Err(SsmError::DtLimit { min, max });
+    }
+    Ok(())
+}
+
+/// Every input of an SSD forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SsdParams<'a, T> {
+    pub dims: SsdDims,
+    pub x: &'a [T],
+    pub dt: &'a [T],
+    pub a: &'a [f32],
+    pub b: &'a [T],
+    pub c: &'a [T],
+    pub dt_bias: Option<&'a [f32]>,
+    pub dt_softplus: bool,
+    pub dt_limit: (f32, f32),
+    pub d: Option<DSkip<'a>>,
+    pub z: Option<&'a [T]>,
+    /// `(b, H, P, N)`, or `(num_seqs, H, P, N)` with `cu_seqlens`.
+    pub initial_states: Option<&'a [f32]>,
+    pub cu_seqlens: Option<&'a [i64]>,
+    pub return_final_states: bool,
+    pub check_finite: bool,
+}
+
+/// Facts established by validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsdLayout {
+    pub num_seqs: usize,
+}
+
+impl<'a, T: Element> SsdParams<'a, T> {
+    pub fn new(
+        dims: SsdDims,
+        x: &'a [T],
+        dt: &'a [T],
+        a: &'a [f32],
+        b: &'a [T],
+        c: &'a [T],
+    ) -> Self {
+        SsdParams {
+            dims,
+            x,
+            dt,
+            a,
+            b,
+            c,
+            dt_bias: None,
+            dt_softplus: false,
+            dt_limit: NO_DT_LIMIT,
+            d: None,
+            z: None,
+            initial_states: None,
+            cu_seqlens: None,
+            return_final_states: false,
+            check_finite: false,
+        }
+    }
+    pub fn with_dt_bias(mut self, bias: &'a [f32]) -> Self {
+        self.dt_bias = Some(bias);
+        self
+    }
+    pub fn with_dt_softplus(mut self, on: bool) -> Self {
+        self.dt_softplus = on;
+        self
+    }
+    pub fn with_dt_limit(mut self, min: f32, max: f32) -> Self {
+        self.dt_limit = (min, max);
+        self
+    }
+    pub fn with_d(mut self, d: DSkip<'a>) -> Self {
+        self.d = Some(d);
+        self
+    }
+    pub fn with_z(mut self, z: &'a [T]) -> Self {
+        self.z = Some(z);
+        self
+    }
+    pub fn with_initial_states(mut self, s0: &'a [f32]) -> Self {
+        self.initial_states = Some(s0);
+        self
+    }
+    pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
+        self.cu_seqlens = Some(cu);
+        self
+    }
+    pub fn with_final_states(mut self, on: bool) -> Self {
+        self.return_final_states = on;
+        self
+    }
+    pub fn with_check_finite(mut self, on: bool) -> Self {
+        self.check_finite = on;
+        self
+    }
+
+    /// The processed step size `dt'` at `(batch, t, head)`.
+    pub fn dt_at(&self, bi: usize, t: usize, h: usize) -> f64 {
+        let SsdDims { seqlen, heads, .. } = self.dims;
+        let raw = self.dt[(bi * seqlen + t) * heads + h].to_f64();
+        let bias = self.dt_bias.map_or(0.0, |b| b[h] as f64);
+        crate::math::ssd_dt(raw, bias, self.dt_softplus, self.dt_limit)
+    }
+
+    pub fn validate(&self) -> Result<SsdLayout> {
+        let SsdDims {
+            batch,
+            seqlen,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+        } = self.dims;
+        check_nonzero("batch", batch)?;
+        check_nonzero("heads", heads)?;
+        check_nonzero("head_dim", head_dim)?;
+        check_nonzero("d_state", d_state)?;
+        check_groups("B", groups, "H", heads)?;
+        let blhp = [("b", batch), ("L", seqlen), ("H", heads), ("P", head_dim)];
+        check_len("x", Shape(&blhp), self.x.len())?;
+        check_len(
+            "dt",
+            Shape(&[("b", batch), ("L", seqlen), ("H", heads)]),
+            self.dt.len(),
+        )?;
+        check_len("A", Shape(&[("H", heads)]), self.a.len())?;
+        let blgn = [("b", batch), ("L", seqlen), ("G", groups), ("N", d_state)];
+        check_len("B", Shape(&blgn), self.b.len())?;
+        check_len("C", Shape(&blgn), self.c.len())?;
+        if let Some(bias) = self.dt_bias {
+            check_len("dt_bias", Shape(&[("H", heads)]), bias.len())?;
+        }
+        check_dt_limit(self.dt_limit)?;
+        if let Some(d) = &self.d {
+            d.validate(heads, head_dim)?;
+        }
+        if let Some(z) = self.z {
+            check_len("z", Shape(&blhp), z.len())?;
+        }
+        let num_seqs = match self.cu_seqlens {
+            Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
+            None => batch,
+        };
+        if let Some(s0) = self.initial_states {
+            let rows = if self.cu_seqlens.is_some() {
+                "num_seqs"
+            } else {
+                "b"
+            };
+            check_len(
+                "initial_states",
+                Shape(&[
+                    (rows, num_seqs),
+                    ("H", heads),
+                    ("P", head_dim),
+                    ("N", d_state),
+                ]),
+                s0.len(),
+            )?;
+        }
+        if self.check_finite {
+            check_finite("x", self.x)?;
+            check_finite("dt", self.dt)?;
+            check_finite("A", self.a)?;
+            check_finite("B", self.b)?;
+            check_finite("C", self.c)?;
+            if let Some(bias) = self.dt_bias {
+                check_finite("dt_bias", bias)?;
+            }
+            if let Some(d) = &self.d {
+                check_finite("D", d.data())?;
+            }
+            if let Some(z) = self.z {
+                check_finite("z", z)?;
+            }
+            if let Some(s0) = self.initial_states {
+                check_finite("initial_states", s0)?;
+            }
+        }
+        Ok(SsdLayout { num_seqs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> SsdDims {
+        SsdDims {
+            batch: 1,
+            seqlen: 6,
+            heads: 4,
+            head_dim: 2,
+            d_state: 3,
+            groups: 2,
+        }
+    }
+
+    #[test]
+    fn validation_names_arguments() {
+        let x = vec![0f32; 6 * 4 * 2];
+        let dt = vec![0f32; 6 * 4];
+        let a = vec![-1f32; 4];
+        let bc = vec![0f32; 6 * 2 * 3];
+        let p = SsdParams::new(dims(), &x, &dt, &a, &bc, &bc);
+        assert_eq!(p.validate().unwrap().num_seqs, 1);
+        let err = SsdParams { c: &bc[1..], ..p }.validate().unwrap_err();
+        assert!(matches!(err, SsmError::Shape { arg: "C", .. }), "{err}");
+        let err = p.with_dt_limit(1.0, 0.5).validate().unwrap_err();
+        assert!(matches!(err, SsmError::DtLimit { .. }));
+        let d = [1f32; 3];
+        let err = p.with_d(DSkip::PerHead(&d)).validate().unwrap_err();
+        assert!(matches!(err, SsmError::Shape { arg: "D", .. }));
+        let cu = [0i64, 2, 2, 6];
+        let s0 = vec![0f32; 3 * 4 * 2 * 3];
+        assert_eq!(
+            p.with_cu_seqlens(&cu)
+                .with_initial_states(&s0)
+                .validate()
+                .unwrap()
+                .num_seqs,
+            3
+        );
+        let bad_groups = SsdParams {
+            dims: SsdDims {
+                groups: 3,
+                ..dims()
+            },
+            ..p
+        };
+        assert!(matches!(
+            bad_groups.validate().unwrap_err(),
+            SsmError::Groups { .. }
+        ));
+    }
+}

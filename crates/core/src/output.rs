@@ -1,0 +1,30 @@
+//! Outputs shared by every implementation.
+
+use crate::Element;
+
+/// Output of a full-sequence forward pass.
+///
+/// `out` has the layout of the input `u`/`x` (Mamba-1 `(b, D_in, L)`, Mamba-2
+/// `(b, L, H, P)`); `final_states` is present when requested, one state per batch
+/// row, or per sequence for varlen input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanOutput<O, S> {
+    pub out: Vec<O>,
+    pub final_states: Option<Vec<S>>,
+}
+
+impl<O: Element, S: Element> ScanOutput<O, S> {
+    /// Widen to f64 for comparison against the oracle.
+    pub fn to_f64(&self) -> ScanOutput<f64, f64> {
+        ScanOutput {
+            out: crate::element::widen(&self.out),
+            final_states: self.final_states.as_deref().map(crate::element::widen),
+        }
+    }
+}
+
+/// Output of a decode step; the state is updated in place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput<O> {
+    pub out: Vec<O>,
+}

@@ -1,0 +1,184 @@
+//! Shape checks shared by the parameter structs.
+
+use crate::{Element, Result, SsmError};
+
+/// A named shape such as `(b=2, D_in=8, L=16)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape<'a>(pub &'a [(&'static str, usize)]);
+
+impl Shape<'_> {
+    /// Number of elements, or an error naming `arg` when the product overflows.
+    pub fn len(&self, arg: &'static str) -> Result<usize> {
+        self.0.iter().try_fold(1usize, |acc, &(_, d)| {
+            acc.checked_mul(d).ok_or_else(|| SsmError::Dimension {
+                arg,
+                reason: format!("shape {self} has more elements than fit in usize"),
+            })
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().any(|&(_, d)| d == 0)
+    }
+}
+
+impl std::fmt::Display for Shape<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(")?;
+        for (i, (name, d)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{name}={d}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Check that a tensor argument has exactly the elements of `shape`.
+pub fn check_len(arg: &'static str, shape: Shape<'_>, got: usize) -> Result<()> {
+    let expected_len = shape.len(arg)?;
+    if expected_len != got {
+        return Err(SsmError::shape(arg, shape.to_string(), expected_len, got));
+    }
+    Ok(())
+}
+
+/// Check that a dimension is non-zero.
+pub fn check_nonzero(arg: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(SsmError::Dimension {
+            arg,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Check that `groups` divides `count` (channels or heads).
+pub fn check_groups(
+    arg: &'static str,
+    groups: usize,
+    what: &'static str,
+    count: usize,
+) -> Result<()> {
+    if groups == 0 || count % groups != 0 {
+        return Err(SsmError::Groups {
+            arg,
+            groups,
+            what,
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// Validate varlen prefix offsets: starts at 0, non-decreasing, ends at `seqlen`.
+/// Returns the number of sequences.
+pub fn check_cu_seqlens(cu_seqlens: &[i64], batch: usize, seqlen: usize) -> Result<usize> {
+    if batch != 1 {
+        return Err(SsmError::CuSeqlens {
+            reason: format!("varlen input packs all sequences into one row, so batch must be 1 (got batch={batch})"),
+        });
+    }
+    if cu_seqlens.len() < 2 {
+        return Err(SsmError::CuSeqlens {
+            reason: format!(
+                "needs num_seqs + 1 >= 2 offsets, got {} offsets",
+                cu_seqlens.len()
+            ),
+        });
+    }
+    if cu_seqlens[0] != 0 {
+        return Err(SsmError::CuSeqlens {
+            reason: format!("must start at 0, starts at {}", cu_seqlens[0]),
+        });
+    }
+    for (i, w) in cu_seqlens.windows(2).enumerate() {
+        if w[1] < w[0] {
+            return Err(SsmError::CuSeqlens {
+                reason: format!(
+                    "must be non-decreasing, but offset {} = {} < offset {} = {}",
+                    i + 1,
+                    w[1],
+                    i,
+                    w[0]
+                ),
+            });
+        }
+    }
+    let last = *cu_seqlens.last().expect("len >= 2 checked above");
+    if last != seqlen as i64 {
+        return Err(SsmError::CuSeqlens {
+            reason: format!("must end at L = {seqlen}, ends at {last}"),
+        });
+    }
+    Ok(cu_seqlens.len() - 1)
+}
+
+/// Check every element is finite; names the first bad one.
+pub fn check_finite<T: Element>(arg: &'static str, xs: &[T]) -> Result<()> {
+    match xs.iter().position(|x| !x.to_f64().is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(SsmError::NonFinite {
+            arg,
+            index,
+            value: xs[index].to_f64(),
+        }),
+    }
+}
+
+/// Sequence boundaries as `(start, end)` pairs: one sequence of length `seqlen`
+/// when `cu_seqlens` is absent, else the varlen segments.
+pub fn segments(cu_seqlens: Option<&[i64]>, seqlen: usize) -> Vec<(usize, usize)> {
+    match cu_seqlens {
+        None => vec![(0, seqlen)],
+        Some(cu) => cu
+            .windows(2)
+            .map(|w| (w[0] as usize, w[1] as usize))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_error_names_argument_and_shape() {
+        let err = check_len("u", Shape(&[("b", 2), ("D_in", 3), ("L", 4)]), 23).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`u`"), "{msg}");
+        assert!(msg.contains("(b=2, D_in=3, L=4)"), "{msg}");
+        assert!(msg.contains("24 elements"), "{msg}");
+        assert!(msg.contains("got 23"), "{msg}");
+    }
+
+    #[test]
+    fn overflowing_shape_is_an_error_not_a_panic() {
+        assert!(check_len("x", Shape(&[("a", usize::MAX), ("b", 2)]), 0).is_err());
+    }
+
+    #[test]
+    fn cu_seqlens_rules() {
+        assert_eq!(check_cu_seqlens(&[0, 3, 3, 7], 1, 7).unwrap(), 3);
+        assert!(check_cu_seqlens(&[0, 3, 2, 7], 1, 7).is_err());
+        assert!(check_cu_seqlens(&[1, 7], 1, 7).is_err());
+        assert!(check_cu_seqlens(&[0, 6], 1, 7).is_err());
+        assert!(check_cu_seqlens(&[0], 1, 7).is_err());
+        assert!(check_cu_seqlens(&[0, 7], 2, 7).is_err());
+    }
+
+    #[test]
+    fn finite_check_names_first_bad_element() {
+        let err = check_finite("dt", &[1.0f32, f32::NAN, f32::INFINITY]).unwrap_err();
+        assert!(matches!(
+            err,
+            SsmError::NonFinite {
+                arg: "dt",
+                index: 1,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,66 @@
+//! Mamba-1 fused selective scan (design.md §1.1).
+//!
+//! One public API per operation, shared by the CPU path and the CUDA path: pass a
+//! [`Backend`]. Both validate the same parameter struct from `ssm-core` and return
+//! outputs in the input element type (accumulation is f32 in both), with final
+//! states in f32.
+//!
+//! - [`cpu`]: The L-blocked f32 port of the CUDA scan: the state is carried in registers (here: locals) from one L-block to the next, multi-threaded over (batch, channel).
+//! - [`decode_cpu`]: the f32 decode step (design.md §1.3).
+//! - [`cuda`]: the CUDA launcher for the forward kernel.
+//! - [`decode_cuda`]: the CUDA decode-step launcher.
+
+pub mod cpu;
+pub mod cuda;
+pub mod decode_cpu;
+pub mod decode_cuda;
+
+use ssm_core::decode::Mamba1StepParams;
+use ssm_core::mamba1::SelectiveScanParams;
+use ssm_core::{Result, ScanOutput, StepOutput};
+use ssm_gpu::{DeviceElement, Gpu};
+
+/// Options of the CPU port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Steps per L-block (the kernel's time tile); the state is carried between blocks.
+    pub block_len: usize,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions { block_len: 256 }
+    }
+}
+
+/// Where an operation runs.
+#[derive(Clone, Copy)]
+pub enum Backend<'g> {
+    /// The multi-threaded f32 CPU port of the kernel algorithm.
+    Cpu(CpuOptions),
+    /// The CUDA kernel on this device (inputs are copied over and outputs back).
+    Cuda(&'g Gpu),
+}
+
+/// The forward pass on the chosen backend.
+pub fn selective_scan<T: DeviceElement>(
+    p: &SelectiveScanParams<'_, T>,
+    backend: Backend<'_>,
+) -> Result<ScanOutput<T, f32>> {
+    match backend {
+        Backend::Cpu(opts) => cpu::selective_scan_blocked(p, opts.block_len),
+        Backend::Cuda(gpu) => cuda::selective_scan_cuda(gpu, p),
+    }
+}
+
+/// One decode step on the chosen backend; `state` is updated in place.
+pub fn decode_step<T: DeviceElement>(
+    p: &Mamba1StepParams<'_, T>,
+    state: &mut [f32],
+    backend: Backend<'_>,
+) -> Result<StepOutput<T>> {
+    match backend {
+        Backend::Cpu(_) => decode_cpu::decode_step_cpu(p, state),
+        Backend::Cuda(gpu) => decode_cuda::decode_step_cuda(gpu, p, state),
+    }
+}

@@ -1,0 +1,16 @@
+//! CUDA launcher for the decode step.
+use ssm_core::decode::Mamba2StepParams;
+use ssm_core::{Result, SsmError, StepOutput};
+use ssm_gpu::{DeviceElement, Gpu};
+
+pub fn decode_step_cuda<T: DeviceElement>(
+    _gpu: &Gpu,
+    p: &Mamba2StepParams<'_, T>,
+    state: &mut [f32],
+) -> Result<StepOutput<T>> {
+    p.validate(state.len())?;
+    Err(SsmError::Unsupported {
+        implementation: "mamba2-ssd CUDA decode",
+        what: "anything yet (kernel not written)".into(),
+    })
+}

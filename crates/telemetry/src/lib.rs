@@ -1,0 +1,1 @@
+//! Telemetry: NVML sampling, HBM-traffic and roofline model, result records (issue 6).

@@ -1,0 +1,1 @@
+//! Verification harness (in progress).
