@@ -1,0 +1,84 @@
+//! Helpers for tests that need a GPU or NVRTC, so that every such test skips
+//! the same loud way on machines without one, and fails when told not to skip.
+
+use crate::{Compiler, Gpu, GpuError};
+
+/// Set to `1` (the device script does) to turn "no GPU" from a skip into a failure.
+pub const REQUIRE_GPU_ENV: &str = "SSM_REQUIRE_GPU";
+/// Set to `1` to let NVRTC-only tests skip on a machine without NVRTC (CI installs it).
+pub const ALLOW_NO_NVRTC_ENV: &str = "SSM_ALLOW_NO_NVRTC";
+
+fn env_flag(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// The GPU for a test, or `None` after printing `SKIPPED <test>: ...` to stderr
+/// when this machine has no usable GPU. Panics (failing the test) when
+/// `SSM_REQUIRE_GPU=1` and there is no GPU, or when the GPU stack is present but
+/// broken (a driver error is a bug to see, not a reason to skip).
+pub fn test_gpu_or_skip(test_name: &str) -> Option<Gpu> {
+    decide(
+        test_name,
+        Gpu::new(0),
+        env_flag(REQUIRE_GPU_ENV),
+        REQUIRE_GPU_ENV,
+    )
+}
+
+/// An NVRTC compiler for a test, or `None` after a loud `SKIPPED` line when
+/// NVRTC is absent and `SSM_ALLOW_NO_NVRTC=1`. Without that variable a missing
+/// NVRTC fails the test: CI installs it (`.ci/install-cuda.sh`).
+pub fn test_compiler_or_skip(test_name: &str) -> Option<Compiler> {
+    decide(
+        test_name,
+        Compiler::from_env(),
+        !env_flag(ALLOW_NO_NVRTC_ENV),
+        ALLOW_NO_NVRTC_ENV,
+    )
+}
+
+fn decide<T>(
+    test_name: &str,
+    found: Result<T, GpuError>,
+    must_have: bool,
+    variable: &str,
+) -> Option<T> {
+    match found {
+        Ok(value) => Some(value),
+        Err(e) if e.is_unavailable() && !must_have => {
+            eprintln!("SKIPPED {test_name}: {e} (variable {variable} controls this)");
+            None
+        }
+        Err(e) if e.is_unavailable() => {
+            panic!("{test_name}: required but unavailable ({variable}): {e}")
+        }
+        Err(e) => panic!("{test_name}: GPU stack present but failing: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_only_when_allowed() {
+        let missing = || Err::<(), _>(GpuError::NoDevice("none".into()));
+        assert_eq!(decide("t", missing(), false, "V"), None);
+        assert_eq!(decide("t", Ok(7), true, "V"), Some(7));
+        let required = std::panic::catch_unwind(|| decide("t", missing(), true, "V"));
+        assert!(required.is_err());
+    }
+
+    #[test]
+    fn a_broken_stack_fails_even_when_skipping_is_allowed() {
+        let broken = std::panic::catch_unwind(|| {
+            decide::<()>(
+                "t",
+                Err(GpuError::Driver("CUDA_ERROR_UNKNOWN".into())),
+                false,
+                "V",
+            )
+        });
+        assert!(broken.is_err());
+    }
+}
