@@ -1,11 +1,271 @@
-//! The 5-step chunked SSD in f32 (cumsum, intra-chunk, chunk state, state passing, inter-chunk output), multi-threaded over (batch, head).
-use ssm_core::mamba2::SsdParams;
-use ssm_core::{Element, Result, ScanOutput};
+//! The 5-step chunked SSD in f32 (design.md §1.2): the CPU twin of the CUDA kernel
+//! and the fallback for users without a GPU.
+//!
+//! The steps run in the kernel's stages, each parallel where the kernel's is:
+//!
+//! | stage | steps | parallel over | module |
+//! | --- | --- | --- | --- |
+//! | A | 1 cumsum, 3 chunk state | chunks | `chunk_cumsum`, `chunk_state` |
+//! | B | 4 state passing | sequences (sequential over chunks) | `state_passing` |
+//! | C | 2 intra-chunk, 5 inter-chunk, D, z gate | chunks (`C B^T` shared by a group's heads) | `chunk_scan` |
+//!
+//! Chunks restart at every sequence start (`plan`), so varlen input needs no
+//! special case beyond per-sequence initial and final states.
+//!
+//! Decays are computed in base 2, as on the GPU: `log2(e)` is folded into `A` once
+//! per head, cumulative sums hold `log2` of the decay, and every decay is
+//! `exp2` of a difference of two cumulative sums taken inside one chunk, with the
+//! causal mask applied before the `exp2`. Everything is f32; outputs are rounded
+//! to `T` once, final states stay f32.
+//!
+//! Memory beyond the output: `b * L * H` f32 for each of `dt'` and `s`, and one
+//! `(H, P, N)` f32 state per chunk (`ceil(L / Q) * H * P * N` values), as the
+//! kernel's chunk-state buffer.
 
+mod chunk_cumsum;
+mod chunk_scan;
+mod chunk_state;
+pub(crate) mod linalg;
+mod plan;
+mod state_passing;
+mod tiles;
+
+use rayon::prelude::*;
+use ssm_core::mamba2::SsdParams;
+use ssm_core::{Element, Result, ScanOutput, SsmError};
+
+use chunk_cumsum::{chunk_cumsum, ChunkScalars};
+use chunk_scan::{chunk_scan, ScanScratch};
+use chunk_state::chunk_state;
+use plan::{split_lengths_mut, ChunkPlan};
+use state_passing::{pass_states, transpose_blocks};
+use tiles::TileView;
+
+/// The chunked forward pass with chunk length `chunk_size` (any value >= 1; longer
+/// than the sequence means one chunk per sequence).
 pub fn ssd_chunked<T: Element>(
     p: &SsdParams<'_, T>,
     chunk_size: usize,
 ) -> Result<ScanOutput<T, f32>> {
-    let _ = (p.validate()?, chunk_size);
-    todo!("CPU-port helper implements this")
+    let layout = p.validate()?;
+    if chunk_size == 0 {
+        return Err(SsmError::Dimension {
+            arg: "chunk_size",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let dims = p.dims;
+    let plan = ChunkPlan::new(&dims, p.cu_seqlens, chunk_size);
+    let (heads, head_dim, d_state) = (dims.heads, dims.head_dim, dims.d_state);
+    let tokens = dims.batch * dims.seqlen;
+    let state_len = checked_product("initial_states", &[heads, head_dim, d_state])?;
+    let all_chunk_states = checked_product("chunk_size", &[plan.chunks.len(), state_len])?;
+
+    // Stage A: steps 1 and 3 for every chunk.
+    let log2_a: Vec<f32> = p.a.iter().map(|&a| a * std::f32::consts::LOG2_E).collect();
+    let mut dt = vec![0f32; tokens * heads];
+    let mut log2_cumsum = vec![0f32; tokens * heads];
+    let mut chunk_states = vec![0f32; all_chunk_states];
+    {
+        let scalar_lens = plan.chunks.iter().map(|c| c.len * heads);
+        let tasks: Vec<_> = plan
+            .chunks
+            .iter()
+            .zip(split_lengths_mut(&mut dt, scalar_lens.clone()))
+            .zip(split_lengths_mut(&mut log2_cumsum, scalar_lens))
+            .zip(chunk_states.chunks_exact_mut(state_len))
+            .collect();
+        let max_len = plan.max_chunk_len;
+        tasks.into_par_iter().for_each_init(
+            || StateScratch::new(max_len, head_dim, d_state),
+            |scratch, (((chunk, dt), log2_cumsum), states)| {
+                chunk_cumsum(p, chunk, &log2_a, dt, log2_cumsum);
+                let scalars = ChunkScalars {
+                    len: chunk.len,
+                    dt,
+                    log2_cumsum,
+                };
+                chunk_states_of(p, chunk, &scalars, scratch, states);
+            },
+        );
+    }
+    let scalars: Vec<ChunkScalars<'_>> = plan
+        .chunks
+        .iter()
+        .map(|c| {
+            let range = c.token_start * heads..(c.token_start + c.len) * heads;
+            ChunkScalars {
+                len: c.len,
+                dt: &dt[range.clone()],
+                log2_cumsum: &log2_cumsum[range],
+            }
+        })
+        .collect();
+
+    // Stage B: step 4, one sequence at a time per thread.
+    let mut final_states = vec![0f32; layout.num_seqs * state_len];
+    {
+        let per_seq = plan.sequences.iter().map(|s| s.chunks.len() * state_len);
+        let tasks: Vec<_> = plan
+            .sequences
+            .iter()
+            .enumerate()
+            .zip(split_lengths_mut(&mut chunk_states, per_seq))
+            .zip(final_states.chunks_exact_mut(state_len))
+            .collect();
+        tasks.into_par_iter().for_each_init(
+            || vec![0f32; state_len],
+            |running, (((seq_index, seq), states), final_state)| {
+                match p.initial_states {
+                    Some(s0) => transpose_blocks(
+                        &s0[seq_index * state_len..(seq_index + 1) * state_len],
+                        running,
+                        head_dim,
+                        d_state,
+                    ),
+                    None => running.fill(0.0),
+                }
+                pass_states(states, &scalars[seq.chunks.clone()], heads, running);
+                transpose_blocks(running, final_state, d_state, head_dim);
+            },
+        );
+    }
+
+    // Stage C: steps 2 and 5 and the epilogue for every chunk.
+    let mut out = vec![T::default(); tokens * heads * head_dim];
+    {
+        let out_lens = plan.chunks.iter().map(|c| c.len * heads * head_dim);
+        let tasks: Vec<_> = plan
+            .chunks
+            .iter()
+            .zip(&scalars)
+            .zip(chunk_states.chunks_exact(state_len))
+            .zip(split_lengths_mut(&mut out, out_lens))
+            .collect();
+        let max_len = plan.max_chunk_len;
+        tasks.into_par_iter().for_each_init(
+            || ScanScratch::new(max_len, head_dim, d_state),
+            |scratch, (((chunk, scalars), entering), out)| {
+                chunk_scan(p, chunk, scalars, entering, scratch, out);
+            },
+        );
+    }
+
+    Ok(ScanOutput {
+        out,
+        final_states: p.return_final_states.then_some(final_states),
+    })
+}
+
+/// Per-thread scratch of stage A.
+struct StateScratch {
+    b_tile: Vec<f32>,
+    x_tile: Vec<f32>,
+    weighted_bt: Vec<f32>,
+}
+
+impl StateScratch {
+    fn new(max_len: usize, head_dim: usize, d_state: usize) -> Self {
+        StateScratch {
+            b_tile: vec![0.0; max_len * d_state],
+            x_tile: vec![0.0; max_len * head_dim],
+            weighted_bt: vec![0.0; d_state * max_len],
+        }
+    }
+}
+
+/// Step 3 for every head of one chunk into `states` `(H, N, P)`; the B tile is
+/// loaded once per group.
+fn chunk_states_of<T: Element>(
+    p: &SsdParams<'_, T>,
+    chunk: &plan::Chunk,
+    scalars: &ChunkScalars<'_>,
+    scratch: &mut StateScratch,
+    states: &mut [f32],
+) {
+    let dims = p.dims;
+    let heads_per_group = dims.heads / dims.groups;
+    let head_len = dims.head_dim * dims.d_state;
+    let (len, b_len, x_len) = (
+        chunk.len,
+        chunk.len * dims.d_state,
+        chunk.len * dims.head_dim,
+    );
+    for g in 0..dims.groups {
+        TileView::group(chunk.token_start, len, dims.groups, dims.d_state, g)
+            .load(p.b, &mut scratch.b_tile);
+        for h in g * heads_per_group..(g + 1) * heads_per_group {
+            TileView::head(chunk.token_start, len, dims.heads, dims.head_dim, h)
+                .load(p.x, &mut scratch.x_tile);
+            let (dt, s) = scalars.head(h);
+            chunk_state(
+                &scratch.b_tile[..b_len],
+                &scratch.x_tile[..x_len],
+                dt,
+                s,
+                &mut scratch.weighted_bt,
+                &mut states[h * head_len..(h + 1) * head_len],
+            );
+        }
+    }
+}
+
+/// Product of sizes, or a `Dimension` error naming `arg` when it overflows.
+fn checked_product(arg: &'static str, sizes: &[usize]) -> Result<usize> {
+    sizes
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or_else(|| SsmError::Dimension {
+            arg,
+            reason: format!("the buffer of {sizes:?} elements does not fit in memory"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssm_core::mamba2::{DSkip, SsdDims};
+
+    /// One head, P = N = 1, each step halves the state: S = 1, 2.5, 4.25, 5.125.
+    #[test]
+    fn hand_computed_recurrence_for_every_chunk_size() {
+        let dims = SsdDims {
+            batch: 1,
+            seqlen: 4,
+            heads: 1,
+            head_dim: 1,
+            d_state: 1,
+            groups: 1,
+        };
+        let (x, dt, bc) = ([1.0f32, 2.0, 3.0, 3.0], [1.0f32; 4], [1.0f32; 4]);
+        let a = [-std::f32::consts::LN_2];
+        let d = [10.0f32];
+        let p = SsdParams::new(dims, &x, &dt, &a, &bc, &bc)
+            .with_d(DSkip::PerHead(&d))
+            .with_final_states(true);
+        for chunk in [1, 2, 3, 4, 9] {
+            let got = ssd_chunked(&p, chunk).unwrap();
+            let want = [1.0 + 10.0, 2.5 + 20.0, 4.25 + 30.0, 5.125 + 30.0];
+            for (g, w) in got.out.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "Q={chunk}: {:?}", got.out);
+            }
+            let s = got.final_states.unwrap()[0];
+            assert!((s - 5.125).abs() < 1e-5, "Q={chunk}: final {s}");
+        }
+    }
+
+    #[test]
+    fn final_states_only_when_asked() {
+        let dims = SsdDims {
+            batch: 1,
+            seqlen: 2,
+            heads: 1,
+            head_dim: 1,
+            d_state: 1,
+            groups: 1,
+        };
+        let v = [1.0f32; 2];
+        let p = SsdParams::new(dims, &v, &v, &[-1.0], &v, &v);
+        assert!(ssd_chunked(&p, 1).unwrap().final_states.is_none());
+    }
 }
