@@ -64,3 +64,12 @@ pub fn decode_step<T: DeviceElement>(
         Backend::Cuda(gpu) => decode_cuda::decode_step_cuda(gpu, p, state),
     }
 }
+
+/// Every compiled form (source, entry point, defines) of this crate's CUDA
+/// kernels, for `ssmk resources` and the budget check in
+/// `crates/verify/tests/kernel_budgets.rs`. Each label needs an entry in
+/// `kernels/budgets.toml`. (Placeholder from the GPU-runtime work: the kernel
+/// authors list their variants here.)
+pub fn kernel_variants() -> Vec<ssm_gpu::KernelVariant> {
+    Vec::new()
+}
