@@ -50,6 +50,9 @@ pub enum GpuError {
         #[source]
         source: std::io::Error,
     },
+    /// A configuration file (the kernel budgets) could not be read or parsed.
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
     /// A caller passed an argument the runtime cannot act on (zero timing iterations, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

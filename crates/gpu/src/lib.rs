@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Without a GPU: [`Compiler`] + [`report_variants`] compile [`KernelVariant`]s
-//! with NVRTC alone and report ptxas's resource use; `budget` checks them
+//! with NVRTC alone and report ptxas's resource use; [`budget`] checks them
 //! against `kernels/budgets.toml`. Tests use [`test_gpu_or_skip`].
 //!
 //! Environment: `SSM_KERNEL_DIR` (hot reload), `SSM_KERNEL_CACHE` (cache dir or
@@ -24,6 +24,7 @@
 //! `SSM_CUDA_ARCH` (`sm_80`/`sm_90`/`sm_90a`), `SSM_NVRTC_FLAGS`,
 //! `SSM_REQUIRE_GPU`, `SSM_ALLOW_NO_NVRTC`. See the crate README.
 
+pub mod budget;
 pub mod cache;
 pub mod compile;
 mod device;

@@ -73,7 +73,7 @@ impl SourceRoot {
     pub fn describe(&self) -> String {
         match self {
             SourceRoot::Embedded => "embedded at build time".to_string(),
-            SourceRoot::Disk(dir) => format!("{} ({KERNEL_DIR_ENV})", dir.display()),
+            SourceRoot::Disk(dir) => format!("read from {}", dir.display()),
         }
     }
 
