@@ -1,1 +1,50 @@
-fn main() {}
+//! `ssmk`: the kernel author's command.
+//!
+//! With no arguments it runs the project's main job: verify every available
+//! implementation (CPU ports, and CUDA kernels when a GPU is present) against the
+//! f64 oracle on a suite of shapes and print the table.
+
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "ssmk",
+    version,
+    about = "Verify, measure and inspect the SSM kernels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Whether to use the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum GpuMode {
+    /// Use a GPU when one is present, say so loudly when not.
+    #[default]
+    Auto,
+    /// CPU implementations only.
+    Off,
+    /// Fail when no GPU is present (the device script uses this).
+    Require,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify every available implementation against the f64 oracle (the default).
+    Verify(verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli
+        .command
+        .unwrap_or(Command::Verify(verify::VerifyArgs::default()))
+    {
+        Command::Verify(args) => verify::run(&args),
+    }
+}

@@ -59,7 +59,8 @@ impl DSkip<'_> {
     }
 }
 
-/// `(min, max)` clamp applied to the step size; the default is no clamp.
+/// `(min, max)` clamp applied to the step size. The default `[0, inf)` only clamps
+/// negative steps to 0, exactly as mamba_ssm's kernels do.
 pub const NO_DT_LIMIT: (f32, f32) = (0.0, f32::INFINITY);
 
 pub(crate) fn check_dt_limit(limit: (f32, f32)) -> Result<()> {

@@ -1,0 +1,179 @@
+//! Run implementations on one problem and compare each with the oracle.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use ssm_core::tolerance::{compare, max_window_log_decay, rel_l2_budget, state_budget, Comparison};
+use ssm_core::{DType, Result, ScanOutput};
+use ssm_gpu::{DeviceElement, Gpu};
+
+use crate::gen::{Mamba1Data, SsdData, StepData};
+use crate::impls::{Family, ScanImpl, SsdImpl, StepImpl};
+
+/// One line of a verification table.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckRow {
+    pub implementation: String,
+    pub problem: String,
+    pub dtype: DType,
+    pub out: Option<Comparison>,
+    pub state: Option<Comparison>,
+    pub out_budget: f64,
+    pub state_budget: f64,
+    /// Wall time of the call (host to host, including transfers for CUDA).
+    pub time_ms: f64,
+    /// Why the implementation returned no result, if it did not.
+    pub error: Option<String>,
+}
+
+impl CheckRow {
+    pub fn passed(&self) -> bool {
+        let out_ok = self.out.is_some_and(|c| c.passes(self.out_budget));
+        let state_ok = self.state.is_none_or(|c| c.passes(self.state_budget));
+        self.error.is_none() && out_ok && state_ok
+    }
+}
+
+/// Compare outputs and (when the oracle has them) final states. A missing state
+/// where the oracle has one counts as entirely non-finite, so it fails.
+pub fn compare_outputs(
+    got: &ScanOutput<f64, f64>,
+    want: &ScanOutput<f64, f64>,
+) -> (Comparison, Option<Comparison>) {
+    let out = compare(&got.out, &want.out);
+    let state = want
+        .final_states
+        .as_ref()
+        .map(|w| compare(got.final_states.as_deref().unwrap_or(&[]), w));
+    (out, state)
+}
+
+fn row(
+    implementation: String,
+    problem: String,
+    dtype: DType,
+    budgets: (f64, f64),
+    run: impl FnOnce() -> Result<ScanOutput<f64, f64>>,
+    want: &ScanOutput<f64, f64>,
+) -> CheckRow {
+    let start = Instant::now();
+    let result = run();
+    let time_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (out, state, error) = match result {
+        Ok(got) => {
+            let (o, s) = compare_outputs(&got, want);
+            (Some(o), s, None)
+        }
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    CheckRow {
+        implementation,
+        problem,
+        dtype,
+        out,
+        state,
+        out_budget: budgets.0,
+        state_budget: budgets.1,
+        time_ms,
+        error,
+    }
+}
+
+/// Budgets for an implementation with the given log-decay window.
+fn budgets(dtype: DType, k: f64) -> (f64, f64) {
+    (rel_l2_budget(dtype, k), state_budget(k))
+}
+
+/// Check Mamba-1 implementations against the f64 oracle on `T`-rounded inputs.
+pub fn check_scan<T: DeviceElement>(
+    impls: &[ScanImpl],
+    data: &Mamba1Data,
+    gpu: Option<&Gpu>,
+) -> Result<Vec<CheckRow>> {
+    let inputs = data.inputs::<T>();
+    let want = ssm_reference::selective_scan(&inputs.params())?;
+    let problem = data.case.describe();
+    Ok(impls
+        .iter()
+        .map(|imp| {
+            row(
+                imp.name(),
+                problem.clone(),
+                T::DTYPE,
+                budgets(T::DTYPE, 0.0),
+                || imp.run(&inputs, gpu),
+                &want,
+            )
+        })
+        .collect())
+}
+
+/// Check SSD implementations against the f64 recurrence on `T`-rounded inputs.
+pub fn check_ssd<T: DeviceElement>(
+    impls: &[SsdImpl],
+    data: &SsdData,
+    gpu: Option<&Gpu>,
+) -> Result<Vec<CheckRow>> {
+    let inputs = data.inputs::<T>();
+    let want = ssm_reference::ssd_recurrence(&inputs.params())?;
+    let log_decays = data.log_decays(&inputs);
+    let seqlen = data.case.dims.seqlen;
+    let problem = data.case.describe();
+    Ok(impls
+        .iter()
+        .map(|imp| {
+            let k = imp
+                .log_decay_window()
+                .map_or(0.0, |w| max_window_log_decay(&log_decays, seqlen, w));
+            row(
+                imp.name(),
+                problem.clone(),
+                T::DTYPE,
+                budgets(T::DTYPE, k),
+                || imp.run(&inputs, gpu),
+                &want,
+            )
+        })
+        .collect())
+}
+
+/// Check decode-step implementations (output and whole updated cache) against the oracle.
+pub fn check_step<T: DeviceElement>(
+    family: Family,
+    impls: &[StepImpl],
+    data: &StepData,
+    gpu: Option<&Gpu>,
+) -> Result<Vec<CheckRow>> {
+    let inputs = data.inputs::<T>();
+    let want = StepImpl::Reference.run(family, &inputs, None)?;
+    let c = &data.case;
+    let problem = format!(
+        "step b{} {}{} N{} G{}{}{}",
+        c.batch,
+        match family {
+            Family::Mamba1 => format!("D{}", c.channels),
+            Family::Mamba2 => format!("H{} P", c.channels),
+        },
+        match family {
+            Family::Mamba1 => String::new(),
+            Family::Mamba2 => c.head_dim.to_string(),
+        },
+        c.d_state,
+        c.groups,
+        if c.all_options { " +all" } else { "" },
+        if c.indexed.is_some() { " +idx" } else { "" },
+    );
+    Ok(impls
+        .iter()
+        .map(|imp| {
+            row(
+                imp.name(family),
+                problem.clone(),
+                T::DTYPE,
+                budgets(T::DTYPE, 0.0),
+                || imp.run(family, &inputs, gpu),
+                &want,
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,661 @@
+//! Random problems for every operation, reproducible from `(case, seed)`.
+//!
+//! Values follow design.md §4: A < 0 (from `-exp(randn)`, optionally very
+//! negative or near 0), dt from `softplus(randn - 4)` or large (up to 10), B/C/x/u
+//! randn. Inputs are drawn in f32 and rounded once to the element type under test;
+//! the rounded values are what both the oracle and the implementation see.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
+use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
+use ssm_core::Element;
+
+/// How step sizes are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DtRegime {
+    /// `softplus(randn - 4)` before the implementation's own bias/softplus: the usual trained range.
+    #[default]
+    Typical,
+    /// Up to 10: long jumps that stress decays and cumulative sums.
+    Large,
+}
+
+fn randn(rng: &mut StdRng) -> f32 {
+    StandardNormal.sample(rng)
+}
+
+fn randn_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| randn(rng)).collect()
+}
+
+/// Raw step-size inputs: with `softplus` on they go through softplus in the
+/// implementation, so draw pre-activations; otherwise draw positive step sizes.
+fn dt_vec(rng: &mut StdRng, n: usize, regime: DtRegime, softplus: bool) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let pre = match regime {
+                DtRegime::Typical => randn(rng) - 4.0,
+                DtRegime::Large => rng.random_range(-4.0f32..10.0),
+            };
+            if softplus {
+                pre
+            } else {
+                ssm_core::math::softplus_f32(pre)
+            }
+        })
+        .collect()
+}
+
+/// A negative `A`: `-exp(randn)`, in roughly [-8, -0.1].
+fn a_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| -(randn(rng).clamp(-2.3, 2.0)).exp())
+        .collect()
+}
+
+/// Random split of `len` into `num_seqs` pieces (some may be empty).
+pub fn random_cu_seqlens(rng: &mut StdRng, len: usize, num_seqs: usize) -> Vec<i64> {
+    let mut cuts: Vec<i64> = (0..num_seqs.saturating_sub(1))
+        .map(|_| rng.random_range(0..=len) as i64)
+        .collect();
+    cuts.sort_unstable();
+    let mut cu = Vec::with_capacity(num_seqs + 1);
+    cu.push(0);
+    cu.extend(cuts);
+    cu.push(len as i64);
+    cu
+}
+
+/// B or C as grouped `(b, G, N, L)` when `groups` is given, else constant `(D_in, N)`.
+pub fn bc_input<T>(groups: Option<usize>, data: &[T]) -> BcInput<'_, T> {
+    match groups {
+        Some(groups) => BcInput::Grouped { groups, data },
+        None => BcInput::Constant(data),
+    }
+}
+
+fn round<T: Element>(xs: &[f32]) -> Vec<T> {
+    ssm_core::element::round_slice(xs)
+}
+
+// ---------------------------------------------------------------- Mamba-1
+
+/// Shape and options of a Mamba-1 scan problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mamba1Case {
+    pub dims: Mamba1Dims,
+    /// `Some(G)`: B is `(b, G, N, L)`; `None`: constant `(D_in, N)`.
+    pub b_groups: Option<usize>,
+    pub c_groups: Option<usize>,
+    pub d: bool,
+    pub z: bool,
+    pub delta_bias: bool,
+    pub softplus: bool,
+    pub initial_states: bool,
+    pub final_states: bool,
+    /// Number of varlen sequences (batch must be 1), or `None`.
+    pub varlen: Option<usize>,
+    pub dt: DtRegime,
+}
+
+impl Mamba1Case {
+    /// Plain problem: grouped B/C with one group, no options.
+    pub fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+        Mamba1Case {
+            dims: Mamba1Dims {
+                batch,
+                d_inner,
+                d_state,
+                seqlen,
+            },
+            b_groups: Some(1),
+            c_groups: Some(1),
+            d: false,
+            z: false,
+            delta_bias: false,
+            softplus: false,
+            initial_states: false,
+            final_states: true,
+            varlen: None,
+            dt: DtRegime::Typical,
+        }
+    }
+
+    /// Every option on (as in the M1 reference workloads).
+    pub fn all_options(mut self) -> Self {
+        self.d = true;
+        self.z = true;
+        self.delta_bias = true;
+        self.softplus = true;
+        self.initial_states = true;
+        self.final_states = true;
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        let Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        } = self.dims;
+        let mut s = format!("b{batch} D{d_inner} N{d_state} L{seqlen}");
+        let bc = |g: Option<usize>| g.map_or("const".to_string(), |g| format!("G{g}"));
+        s += &format!(" B:{} C:{}", bc(self.b_groups), bc(self.c_groups));
+        for (on, name) in [
+            (self.d, "D"),
+            (self.z, "z"),
+            (self.delta_bias, "bias"),
+            (self.softplus, "softplus"),
+            (self.initial_states, "h0"),
+        ] {
+            if on {
+                s += " +";
+                s += name;
+            }
+        }
+        if let Some(n) = self.varlen {
+            s += &format!(" varlen{n}");
+        }
+        if self.dt == DtRegime::Large {
+            s += " bigdt";
+        }
+        s
+    }
+}
+
+/// The f32 draw of a Mamba-1 problem, before rounding to the element type.
+#[derive(Clone, Debug)]
+pub struct Mamba1Data {
+    pub case: Mamba1Case,
+    pub u: Vec<f32>,
+    pub delta: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub c: Vec<f32>,
+    pub d: Option<Vec<f32>>,
+    pub z: Option<Vec<f32>>,
+    pub delta_bias: Option<Vec<f32>>,
+    pub initial_states: Option<Vec<f32>>,
+    pub cu_seqlens: Option<Vec<i64>>,
+}
+
+impl Mamba1Data {
+    pub fn generate(case: &Mamba1Case, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        } = case.dims;
+        let bdl = batch * d_inner * seqlen;
+        let bc_len =
+            |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
+        let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
+        let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
+        Mamba1Data {
+            u: randn_vec(&mut rng, bdl),
+            delta: dt_vec(&mut rng, bdl, case.dt, case.softplus),
+            a: a_vec(&mut rng, d_inner * d_state),
+            b: randn_vec(&mut rng, bc_len(case.b_groups)),
+            c: randn_vec(&mut rng, bc_len(case.c_groups)),
+            d: case.d.then(|| randn_vec(&mut rng, d_inner)),
+            z: case.z.then(|| randn_vec(&mut rng, bdl)),
+            // Without softplus a negative bias could make dt < 0 and the state grow
+            // without bound (e^100 after a few steps), which is not a Mamba-1 input.
+            delta_bias: case.delta_bias.then(|| {
+                (0..d_inner)
+                    .map(|_| {
+                        let b = 0.5 * randn(&mut rng);
+                        if case.softplus {
+                            b
+                        } else {
+                            b.abs()
+                        }
+                    })
+                    .collect()
+            }),
+            initial_states: case
+                .initial_states
+                .then(|| randn_vec(&mut rng, rows * d_inner * d_state)),
+            cu_seqlens,
+            case: case.clone(),
+        }
+    }
+
+    /// Round the tensor inputs to `T` (parameters and states stay f32).
+    pub fn inputs<T: Element>(&self) -> Mamba1Inputs<'_, T> {
+        Mamba1Inputs {
+            data: self,
+            u: round(&self.u),
+            delta: round(&self.delta),
+            b: round(&self.b),
+            c: round(&self.c),
+            z: self.z.as_deref().map(round),
+        }
+    }
+}
+
+/// A Mamba-1 problem with its tensors rounded to `T`.
+pub struct Mamba1Inputs<'d, T> {
+    pub data: &'d Mamba1Data,
+    pub u: Vec<T>,
+    pub delta: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub z: Option<Vec<T>>,
+}
+
+impl<T: Element> Mamba1Inputs<'_, T> {
+    pub fn params(&self) -> SelectiveScanParams<'_, T> {
+        let data = self.data;
+        let case = &data.case;
+        SelectiveScanParams {
+            dims: case.dims,
+            u: &self.u,
+            delta: &self.delta,
+            a: &data.a,
+            b: bc_input(case.b_groups, &self.b),
+            c: bc_input(case.c_groups, &self.c),
+            d: data.d.as_deref(),
+            z: self.z.as_deref(),
+            delta_bias: data.delta_bias.as_deref(),
+            delta_softplus: case.softplus,
+            initial_states: data.initial_states.as_deref(),
+            cu_seqlens: data.cu_seqlens.as_deref(),
+            return_final_states: case.final_states,
+            check_finite: false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Mamba-2 SSD
+
+/// The skip term's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DKind {
+    None,
+    PerHead,
+    PerHeadDim,
+}
+
+/// Shape and options of an SSD problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SsdCase {
+    pub dims: SsdDims,
+    pub dt_bias: bool,
+    pub softplus: bool,
+    pub dt_limit: Option<(f32, f32)>,
+    pub d: DKind,
+    pub z: bool,
+    pub initial_states: bool,
+    pub final_states: bool,
+    pub varlen: Option<usize>,
+    pub dt: DtRegime,
+}
+
+impl SsdCase {
+    pub fn plain(
+        batch: usize,
+        seqlen: usize,
+        heads: usize,
+        head_dim: usize,
+        d_state: usize,
+        groups: usize,
+    ) -> Self {
+        SsdCase {
+            dims: SsdDims {
+                batch,
+                seqlen,
+                heads,
+                head_dim,
+                d_state,
+                groups,
+            },
+            dt_bias: false,
+            softplus: false,
+            dt_limit: None,
+            d: DKind::None,
+            z: false,
+            initial_states: false,
+            final_states: true,
+            varlen: None,
+            dt: DtRegime::Typical,
+        }
+    }
+
+    pub fn all_options(mut self) -> Self {
+        self.dt_bias = true;
+        self.softplus = true;
+        self.dt_limit = Some((0.001, 5.0));
+        self.d = DKind::PerHead;
+        self.z = true;
+        self.initial_states = true;
+        self.final_states = true;
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        let SsdDims {
+            batch,
+            seqlen,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+        } = self.dims;
+        let mut s = format!("b{batch} L{seqlen} H{heads} P{head_dim} N{d_state} G{groups}");
+        for (on, name) in [
+            (self.dt_bias, "bias"),
+            (self.softplus, "softplus"),
+            (self.dt_limit.is_some(), "limit"),
+            (self.d == DKind::PerHead, "D(H)"),
+            (self.d == DKind::PerHeadDim, "D(H,P)"),
+            (self.z, "z"),
+            (self.initial_states, "s0"),
+        ] {
+            if on {
+                s += " +";
+                s += name;
+            }
+        }
+        if let Some(n) = self.varlen {
+            s += &format!(" varlen{n}");
+        }
+        if self.dt == DtRegime::Large {
+            s += " bigdt";
+        }
+        s
+    }
+}
+
+/// The f32 draw of an SSD problem.
+#[derive(Clone, Debug)]
+pub struct SsdData {
+    pub case: SsdCase,
+    pub x: Vec<f32>,
+    pub dt: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub c: Vec<f32>,
+    pub dt_bias: Option<Vec<f32>>,
+    pub d: Option<Vec<f32>>,
+    pub z: Option<Vec<f32>>,
+    pub initial_states: Option<Vec<f32>>,
+    pub cu_seqlens: Option<Vec<i64>>,
+}
+
+impl SsdData {
+    pub fn generate(case: &SsdCase, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let SsdDims {
+            batch,
+            seqlen,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+        } = case.dims;
+        let blhp = batch * seqlen * heads * head_dim;
+        let blgn = batch * seqlen * groups * d_state;
+        let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
+        let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
+        SsdData {
+            x: randn_vec(&mut rng, blhp),
+            dt: dt_vec(&mut rng, batch * seqlen * heads, case.dt, case.softplus),
+            a: a_vec(&mut rng, heads),
+            b: randn_vec(&mut rng, blgn),
+            c: randn_vec(&mut rng, blgn),
+            dt_bias: case
+                .dt_bias
+                .then(|| (0..heads).map(|_| 0.5 * randn(&mut rng)).collect()),
+            d: match case.d {
+                DKind::None => None,
+                DKind::PerHead => Some(randn_vec(&mut rng, heads)),
+                DKind::PerHeadDim => Some(randn_vec(&mut rng, heads * head_dim)),
+            },
+            z: case.z.then(|| randn_vec(&mut rng, blhp)),
+            initial_states: case
+                .initial_states
+                .then(|| randn_vec(&mut rng, rows * heads * head_dim * d_state)),
+            cu_seqlens,
+            case: case.clone(),
+        }
+    }
+
+    pub fn inputs<T: Element>(&self) -> SsdInputs<'_, T> {
+        SsdInputs {
+            data: self,
+            x: round(&self.x),
+            dt: round(&self.dt),
+            b: round(&self.b),
+            c: round(&self.c),
+            z: self.z.as_deref().map(round),
+        }
+    }
+
+    /// Per-step log decays `dt' * A` as rows of L per (batch, head), for the tolerance model.
+    pub fn log_decays<T: Element>(&self, inputs: &SsdInputs<T>) -> Vec<f64> {
+        let p = inputs.params();
+        let SsdDims {
+            batch,
+            seqlen,
+            heads,
+            ..
+        } = self.case.dims;
+        let mut out = Vec::with_capacity(batch * heads * seqlen);
+        for bi in 0..batch {
+            for h in 0..heads {
+                for t in 0..seqlen {
+                    out.push(p.dt_at(bi, t, h) * self.a[h] as f64);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An SSD problem with its tensors rounded to `T`.
+pub struct SsdInputs<'d, T> {
+    pub data: &'d SsdData,
+    pub x: Vec<T>,
+    pub dt: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub z: Option<Vec<T>>,
+}
+
+impl<T: Element> SsdInputs<'_, T> {
+    pub fn params(&self) -> SsdParams<'_, T> {
+        let data = self.data;
+        let case = &data.case;
+        SsdParams {
+            dims: case.dims,
+            x: &self.x,
+            dt: &self.dt,
+            a: &data.a,
+            b: &self.b,
+            c: &self.c,
+            dt_bias: data.dt_bias.as_deref(),
+            dt_softplus: case.softplus,
+            dt_limit: case.dt_limit.unwrap_or(ssm_core::mamba2::NO_DT_LIMIT),
+            d: match (case.d, data.d.as_deref()) {
+                (DKind::PerHead, Some(d)) => Some(DSkip::PerHead(d)),
+                (DKind::PerHeadDim, Some(d)) => Some(DSkip::PerHeadDim(d)),
+                _ => None,
+            },
+            z: self.z.as_deref(),
+            initial_states: data.initial_states.as_deref(),
+            cu_seqlens: data.cu_seqlens.as_deref(),
+            return_final_states: case.final_states,
+            check_finite: false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- decode steps
+
+/// Shape and options of a decode step (either family).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepCase {
+    pub batch: usize,
+    /// Mamba-1: `(D_in, 1)`; Mamba-2: `(H, P)`.
+    pub channels: usize,
+    pub head_dim: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    /// Extra cache rows beyond the batch; with `Some`, rows are shuffled and some are padding.
+    pub indexed: Option<usize>,
+    pub all_options: bool,
+    pub d_per_head_dim: bool,
+}
+
+/// The f32 draw of a decode step plus its state cache.
+#[derive(Clone, Debug)]
+pub struct StepData {
+    pub case: StepCase,
+    pub x: Vec<f32>,
+    pub dt: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub c: Vec<f32>,
+    pub d: Option<Vec<f32>>,
+    pub z: Option<Vec<f32>>,
+    pub dt_bias: Option<Vec<f32>>,
+    pub state: Vec<f32>,
+    pub cache_rows: usize,
+    pub state_batch_indices: Option<Vec<i64>>,
+}
+
+impl StepData {
+    /// `mamba2`: A is per head `(H)`, else per `(D_in, N)`.
+    pub fn generate(case: &StepCase, mamba2: bool, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let StepCase {
+            batch,
+            channels,
+            head_dim,
+            d_state,
+            groups,
+            ..
+        } = *case;
+        let width = channels * head_dim;
+        let (cache_rows, indices) = match case.indexed {
+            None => (batch, None),
+            Some(extra) => {
+                let rows = batch + extra;
+                let mut perm: Vec<i64> = (0..rows as i64).collect();
+                for i in (1..rows).rev() {
+                    perm.swap(i, rng.random_range(0..=i));
+                }
+                let idx = (0..batch)
+                    .map(|i| if rng.random_bool(0.2) { -1 } else { perm[i] })
+                    .collect();
+                (rows, Some(idx))
+            }
+        };
+        let opts = case.all_options;
+        StepData {
+            x: randn_vec(&mut rng, batch * width),
+            dt: dt_vec(&mut rng, batch * channels, DtRegime::Typical, opts),
+            a: a_vec(&mut rng, if mamba2 { channels } else { channels * d_state }),
+            b: randn_vec(&mut rng, batch * groups * d_state),
+            c: randn_vec(&mut rng, batch * groups * d_state),
+            d: opts
+                .then(|| randn_vec(&mut rng, if case.d_per_head_dim { width } else { channels })),
+            z: opts.then(|| randn_vec(&mut rng, batch * width)),
+            dt_bias: opts.then(|| (0..channels).map(|_| 0.5 * randn(&mut rng)).collect()),
+            state: randn_vec(&mut rng, cache_rows * width * d_state),
+            cache_rows,
+            state_batch_indices: indices,
+            case: case.clone(),
+        }
+    }
+
+    pub fn inputs<T: Element>(&self) -> StepInputs<'_, T> {
+        StepInputs {
+            data: self,
+            x: round(&self.x),
+            dt: round(&self.dt),
+            b: round(&self.b),
+            c: round(&self.c),
+            z: self.z.as_deref().map(round),
+        }
+    }
+}
+
+/// A decode step with its tensors rounded to `T`.
+pub struct StepInputs<'d, T> {
+    pub data: &'d StepData,
+    pub x: Vec<T>,
+    pub dt: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub z: Option<Vec<T>>,
+}
+
+impl<T: Element> StepInputs<'_, T> {
+    pub fn mamba1(&self) -> Mamba1StepParams<'_, T> {
+        let d = self.data;
+        let case = &d.case;
+        Mamba1StepParams {
+            cache_rows: d.cache_rows,
+            d: d.d.as_deref(),
+            z: self.z.as_deref(),
+            dt_bias: d.dt_bias.as_deref(),
+            dt_softplus: case.all_options,
+            state_batch_indices: d.state_batch_indices.as_deref(),
+            ..Mamba1StepParams::new(
+                case.batch,
+                case.channels,
+                case.d_state,
+                case.groups,
+                &self.x,
+                &self.dt,
+                &d.a,
+                &self.b,
+                &self.c,
+            )
+        }
+    }
+
+    pub fn mamba2(&self) -> Mamba2StepParams<'_, T> {
+        let d = self.data;
+        let case = &d.case;
+        Mamba2StepParams {
+            cache_rows: d.cache_rows,
+            d: d.d.as_deref().map(|v| {
+                if case.d_per_head_dim {
+                    DSkip::PerHeadDim(v)
+                } else {
+                    DSkip::PerHead(v)
+                }
+            }),
+            z: self.z.as_deref(),
+            dt_bias: d.dt_bias.as_deref(),
+            dt_softplus: case.all_options,
+            dt_limit: if case.all_options {
+                (0.001, 5.0)
+            } else {
+                ssm_core::mamba2::NO_DT_LIMIT
+            },
+            state_batch_indices: d.state_batch_indices.as_deref(),
+            ..Mamba2StepParams::new(
+                case.batch,
+                case.channels,
+                case.head_dim,
+                case.d_state,
+                case.groups,
+                &self.x,
+                &self.dt,
+                &d.a,
+                &self.b,
+                &self.c,
+            )
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Every implementation of each operation, behind one enum per operation, so that
+//! each one enters the same comparisons.
+//!
+//! All results are widened to f64 (`ScanOutput<f64, f64>`) for comparison.
+
+use ssm_core::{Result, ScanOutput, SsmError};
+use ssm_gpu::{DeviceElement, Gpu};
+
+use crate::gen::{Mamba1Inputs, SsdInputs, StepInputs};
+
+fn need_gpu(gpu: Option<&Gpu>) -> Result<&Gpu> {
+    gpu.ok_or_else(|| SsmError::Backend("no GPU available for a CUDA implementation".into()))
+}
+
+/// Implementations of the Mamba-1 selective scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanImpl {
+    /// The f64 oracle (`ssm_reference::selective_scan`).
+    Reference,
+    /// The L-blocked f32 CPU port.
+    CpuBlocked { block_len: usize },
+    /// The fused CUDA kernel.
+    Cuda,
+}
+
+impl ScanImpl {
+    pub fn name(&self) -> String {
+        match self {
+            ScanImpl::Reference => "m1 reference f64".into(),
+            ScanImpl::CpuBlocked { block_len } => format!("m1 cpu blocked/{block_len}"),
+            ScanImpl::Cuda => "m1 cuda scan".into(),
+        }
+    }
+
+    /// Window over which this implementation exponentiates differences of f32
+    /// cumulative sums (the `K` of the tolerance model); step-wise recurrences have none.
+    pub fn log_decay_window(&self) -> Option<usize> {
+        None
+    }
+
+    pub fn run<T: DeviceElement>(
+        &self,
+        inputs: &Mamba1Inputs<'_, T>,
+        gpu: Option<&Gpu>,
+    ) -> Result<ScanOutput<f64, f64>> {
+        let p = inputs.params();
+        match *self {
+            ScanImpl::Reference => ssm_reference::selective_scan(&p),
+            ScanImpl::CpuBlocked { block_len } => {
+                let opts = mamba1_scan::CpuOptions { block_len };
+                Ok(mamba1_scan::selective_scan(&p, mamba1_scan::Backend::Cpu(opts))?.to_f64())
+            }
+            ScanImpl::Cuda => {
+                let backend = mamba1_scan::Backend::Cuda(need_gpu(gpu)?);
+                Ok(mamba1_scan::selective_scan(&p, backend)?.to_f64())
+            }
+        }
+    }
+}
+
+/// Implementations of the Mamba-2 SSD forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SsdImpl {
+    /// The f64 recurrence (`ssm_reference::ssd_recurrence`): the oracle.
+    Recurrence,
+    /// The f64 quadratic (masked attention) form, independent of the recurrence.
+    Quadratic,
+    /// The 5-step chunked f32 CPU port.
+    CpuChunked { chunk: usize },
+    /// The CUDA kernel.
+    Cuda,
+}
+
+/// Largest chunk a CUDA SSD kernel may use; bounds its tolerance window.
+pub const CUDA_SSD_MAX_CHUNK: usize = 256;
+
+impl SsdImpl {
+    pub fn name(&self) -> String {
+        match self {
+            SsdImpl::Recurrence => "ssd recurrence f64".into(),
+            SsdImpl::Quadratic => "ssd quadratic f64".into(),
+            SsdImpl::CpuChunked { chunk } => format!("ssd cpu chunked/{chunk}"),
+            SsdImpl::Cuda => "ssd cuda".into(),
+        }
+    }
+
+    pub fn log_decay_window(&self) -> Option<usize> {
+        match *self {
+            SsdImpl::Recurrence | SsdImpl::Quadratic => None,
+            SsdImpl::CpuChunked { chunk } => Some(chunk),
+            SsdImpl::Cuda => Some(CUDA_SSD_MAX_CHUNK),
+        }
+    }
+
+    pub fn run<T: DeviceElement>(
+        &self,
+        inputs: &SsdInputs<'_, T>,
+        gpu: Option<&Gpu>,
+    ) -> Result<ScanOutput<f64, f64>> {
+        let p = inputs.params();
+        match *self {
+            SsdImpl::Recurrence => ssm_reference::ssd_recurrence(&p),
+            SsdImpl::Quadratic => ssm_reference::ssd_quadratic(&p),
+            SsdImpl::CpuChunked { chunk } => {
+                let opts = mamba2_ssd::CpuOptions { chunk_size: chunk };
+                Ok(mamba2_ssd::ssd_forward(&p, mamba2_ssd::Backend::Cpu(opts))?.to_f64())
+            }
+            SsdImpl::Cuda => {
+                let backend = mamba2_ssd::Backend::Cuda(need_gpu(gpu)?);
+                Ok(mamba2_ssd::ssd_forward(&p, backend)?.to_f64())
+            }
+        }
+    }
+}
+
+/// Which family a decode step belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Mamba1,
+    Mamba2,
+}
+
+/// Implementations of the decode steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepImpl {
+    Reference,
+    Cpu,
+    Cuda,
+}
+
+impl StepImpl {
+    pub fn name(&self, family: Family) -> String {
+        let f = match family {
+            Family::Mamba1 => "m1",
+            Family::Mamba2 => "m2",
+        };
+        match self {
+            StepImpl::Reference => format!("{f} step reference f64"),
+            StepImpl::Cpu => format!("{f} step cpu"),
+            StepImpl::Cuda => format!("{f} step cuda"),
+        }
+    }
+
+    /// Run one step; returns the output and the whole updated state cache, in f64.
+    pub fn run<T: DeviceElement>(
+        &self,
+        family: Family,
+        inputs: &StepInputs<'_, T>,
+        gpu: Option<&Gpu>,
+    ) -> Result<ScanOutput<f64, f64>> {
+        let state0 = &inputs.data.state;
+        if *self == StepImpl::Reference {
+            let mut state: Vec<f64> = state0.iter().map(|&s| s as f64).collect();
+            let out = match family {
+                Family::Mamba1 => ssm_reference::mamba1_step(&inputs.mamba1(), &mut state)?,
+                Family::Mamba2 => ssm_reference::mamba2_step(&inputs.mamba2(), &mut state)?,
+            };
+            return Ok(ScanOutput {
+                out: out.out,
+                final_states: Some(state),
+            });
+        }
+        let mut state = state0.clone();
+        let out = match (family, self) {
+            (Family::Mamba1, StepImpl::Cpu) => mamba1_scan::decode_step(
+                &inputs.mamba1(),
+                &mut state,
+                mamba1_scan::Backend::Cpu(Default::default()),
+            )?,
+            (Family::Mamba1, _) => mamba1_scan::decode_step(
+                &inputs.mamba1(),
+                &mut state,
+                mamba1_scan::Backend::Cuda(need_gpu(gpu)?),
+            )?,
+            (Family::Mamba2, StepImpl::Cpu) => mamba2_ssd::decode_step(
+                &inputs.mamba2(),
+                &mut state,
+                mamba2_ssd::Backend::Cpu(Default::default()),
+            )?,
+            (Family::Mamba2, _) => mamba2_ssd::decode_step(
+                &inputs.mamba2(),
+                &mut state,
+                mamba2_ssd::Backend::Cuda(need_gpu(gpu)?),
+            )?,
+        };
+        Ok(ScanOutput {
+            out: ssm_core::element::widen(&out.out),
+            final_states: Some(state.iter().map(|&s| s as f64).collect()),
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! Strategies and tensor slicing shared by the property tests.
+#![allow(dead_code)]
+
+use proptest::prelude::*;
+use ssm_core::mamba1::Mamba1Dims;
+use ssm_core::mamba2::SsdDims;
+use ssm_core::tolerance::Comparison;
+use ssm_verify::gen::{DKind, DtRegime, Mamba1Case, SsdCase};
+
+/// Cases per property: 1000 in CI, more with `SSM_PROPTEST_CASES`.
+pub fn config() -> ProptestConfig {
+    let cases = std::env::var("SSM_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig {
+        cases,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    }
+}
+
+pub fn dt_regime() -> impl Strategy<Value = DtRegime> {
+    prop_oneof![4 => Just(DtRegime::Typical), 1 => Just(DtRegime::Large)]
+}
+
+/// Number of packed sequences, when varlen problems are allowed.
+fn varlen_count(allowed: bool) -> BoxedStrategy<Option<usize>> {
+    if allowed {
+        prop::option::weighted(0.5, 1usize..=4).boxed()
+    } else {
+        Just(None).boxed()
+    }
+}
+
+/// Small Mamba-1 problems with random options. `varlen` allows packed sequences.
+pub fn mamba1_case(max_len: usize, varlen: bool) -> impl Strategy<Value = Mamba1Case> {
+    (
+        (
+            1usize..=2,
+            1usize..=2,
+            1usize..=3,
+            1usize..=9,
+            1usize..=max_len,
+        ),
+        (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        (varlen_count(varlen), dt_regime()),
+    )
+        .prop_map(
+            |(
+                (batch, groups, per_group, d_state, seqlen),
+                (d, z, b_kind, c_kind),
+                (bias, sp, h0, fin),
+                (vl, dt),
+            )| {
+                let bc = |kind: u8| match kind {
+                    0 => None,
+                    1 => Some(1),
+                    _ => Some(groups),
+                };
+                Mamba1Case {
+                    dims: Mamba1Dims {
+                        batch: if vl.is_some() { 1 } else { batch },
+                        d_inner: groups * per_group,
+                        d_state,
+                        seqlen,
+                    },
+                    b_groups: bc(b_kind),
+                    c_groups: bc(c_kind),
+                    d,
+                    z,
+                    delta_bias: bias,
+                    softplus: sp,
+                    initial_states: h0,
+                    final_states: fin,
+                    varlen: vl,
+                    dt,
+                }
+            },
+        )
+}
+
+/// Small SSD problems with random options.
+pub fn ssd_case(max_len: usize, varlen: bool) -> impl Strategy<Value = SsdCase> {
+    (
+        (
+            1usize..=2,
+            1usize..=2,
+            1usize..=2,
+            1usize..=4,
+            1usize..=9,
+            1usize..=max_len,
+        ),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0u8..3,
+            any::<bool>(),
+        ),
+        (any::<bool>(), any::<bool>()),
+        (varlen_count(varlen), dt_regime()),
+    )
+        .prop_map(
+            |(
+                (batch, groups, per_group, head_dim, d_state, seqlen),
+                (bias, sp, limit, d, z),
+                (s0, fin),
+                (vl, dt),
+            )| {
+                SsdCase {
+                    dims: SsdDims {
+                        batch: if vl.is_some() { 1 } else { batch },
+                        seqlen,
+                        heads: groups * per_group,
+                        head_dim,
+                        d_state,
+                        groups,
+                    },
+                    dt_bias: bias,
+                    softplus: sp,
+                    dt_limit: limit.then_some((0.001, 5.0)),
+                    d: [DKind::None, DKind::PerHead, DKind::PerHeadDim][d as usize],
+                    z,
+                    initial_states: s0,
+                    final_states: fin,
+                    varlen: vl,
+                    dt,
+                }
+            },
+        )
+}
+
+/// Assert a comparison passes, with a message that names what failed.
+pub fn assert_close(what: &str, c: Comparison, budget: f64) -> Result<(), TestCaseError> {
+    prop_assert!(
+        c.passes(budget),
+        "{what}: rel L2 {:.3e} (budget {:.1e}), max abs {:.3e}, non-finite {}",
+        c.rel_l2,
+        budget,
+        c.max_abs,
+        c.non_finite
+    );
+    Ok(())
+}
+
+/// Tolerance for comparing two f64 implementations of the same math.
+pub const F64_TOL: f64 = 1e-9;
+
+/// Columns `[t0, t1)` of a `(rows, len)` row-major tensor.
+pub fn cols<T: Copy>(x: &[T], len: usize, t0: usize, t1: usize) -> Vec<T> {
+    x.chunks(len)
+        .flat_map(|row| row[t0..t1].iter().copied())
+        .collect()
+}
+
+/// Rows `[t0, t1)` of a `(batch, len, width)` tensor.
+pub fn time_rows<T: Copy>(x: &[T], len: usize, width: usize, t0: usize, t1: usize) -> Vec<T> {
+    x.chunks(len * width)
+        .flat_map(|seq| seq[t0 * width..t1 * width].iter().copied())
+        .collect()
+}
