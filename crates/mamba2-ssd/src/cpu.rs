@@ -6,7 +6,7 @@
 //! | stage | steps | parallel over | module |
 //! | --- | --- | --- | --- |
 //! | A | 1 cumsum, 3 chunk state | chunks | `chunk_cumsum`, `chunk_state` |
-//! | B | 4 state passing | sequences (sequential over chunks) | `state_passing` |
+//! | B | 4 state passing | (sequence, head), sequential over chunks | `state_passing` |
 //! | C | 2 intra-chunk, 5 inter-chunk, D, z gate | chunks (`C B^T` shared by a group's heads) | `chunk_scan` |
 //!
 //! Chunks restart at every sequence start (`plan`), so varlen input needs no
@@ -102,33 +102,51 @@ pub fn ssd_chunked<T: Element>(
         })
         .collect();
 
-    // Stage B: step 4, one sequence at a time per thread.
+    // Stage B: step 4, one (sequence, head) per task, sequential over its chunks.
+    let head_len = head_dim * d_state;
     let mut final_states = vec![0f32; layout.num_seqs * state_len];
     {
-        let per_seq = plan.sequences.iter().map(|s| s.chunks.len() * state_len);
-        let tasks: Vec<_> = plan
-            .sequences
-            .iter()
-            .enumerate()
-            .zip(split_lengths_mut(&mut chunk_states, per_seq))
-            .zip(final_states.chunks_exact_mut(state_len))
+        // Each chunk's (H, N, P) states, handed out one head at a time: tasks are
+        // built in (sequence, head) order, so chunk c's iterator yields head h to
+        // the task of head h of c's sequence.
+        let mut heads_of_chunk: Vec<_> = chunk_states
+            .chunks_exact_mut(state_len)
+            .map(|s| s.chunks_exact_mut(head_len))
             .collect();
-        tasks.into_par_iter().for_each_init(
-            || vec![0f32; state_len],
-            |running, (((seq_index, seq), states), final_state)| {
-                match p.initial_states {
-                    Some(s0) => transpose_blocks(
-                        &s0[seq_index * state_len..(seq_index + 1) * state_len],
-                        running,
-                        head_dim,
-                        d_state,
-                    ),
-                    None => running.fill(0.0),
-                }
-                pass_states(states, &scalars[seq.chunks.clone()], heads, running);
-                transpose_blocks(running, final_state, d_state, head_dim);
-            },
-        );
+        let mut tasks = Vec::with_capacity(layout.num_seqs * heads);
+        for (seq_index, seq) in plan.sequences.iter().enumerate() {
+            for h in 0..heads {
+                let entering: Vec<&mut [f32]> = heads_of_chunk[seq.chunks.clone()]
+                    .iter_mut()
+                    .map(|it| it.next().expect("one slice per head"))
+                    .collect();
+                tasks.push((
+                    seq_index * heads + h,
+                    h,
+                    &scalars[seq.chunks.clone()],
+                    entering,
+                ));
+            }
+        }
+        tasks
+            .into_par_iter()
+            .zip(final_states.par_chunks_exact_mut(head_len))
+            .for_each_init(
+                || vec![0f32; head_len],
+                |running, ((seq_head, h, scalars, mut entering), final_state)| {
+                    match p.initial_states {
+                        Some(s0) => transpose_blocks(
+                            &s0[seq_head * head_len..(seq_head + 1) * head_len],
+                            running,
+                            head_dim,
+                            d_state,
+                        ),
+                        None => running.fill(0.0),
+                    }
+                    pass_states(&mut entering, scalars.iter().map(|s| s.last(h)), running);
+                    transpose_blocks(running, final_state, d_state, head_dim);
+                },
+            );
     }
 
     // Stage C: steps 2 and 5 and the epilogue for every chunk.

@@ -7,15 +7,14 @@
 //! in registers over the whole reduction; [`dot`] splits its reduction into eight
 //! explicit partial sums.
 
-/// Outputs kept in registers per pass of [`vec_mat_acc`]: 8 SSE or 4 AVX registers.
-const BLOCK: usize = 32;
-/// Width of the blocks that mop up the rest of a row.
+/// Width of the blocks that mop up the rest of a row, and of [`dot`]'s partial sums.
 const NARROW: usize = 8;
 
 /// `c[l] += sum_k a[k] * b[k * b_stride + l]` for `l < c.len()`: a row vector times
 /// a row-major matrix whose rows are `b_stride` apart, accumulated into `c`.
 ///
-/// Each output is summed in order of `k`, exactly like the naive loop.
+/// Each output is summed in order of `k`, exactly like the naive loop, so the
+/// result is bit-for-bit the same on every instruction set (no FMA contraction).
 pub(crate) fn vec_mat_acc(a: &[f32], b: &[f32], b_stride: usize, c: &mut [f32]) {
     let width = c.len();
     if a.is_empty() || width == 0 {
@@ -26,6 +25,27 @@ pub(crate) fn vec_mat_acc(a: &[f32], b: &[f32], b_stride: usize, c: &mut [f32]) 
         "matrix too small for {} rows of {width} (stride {b_stride})",
         a.len()
     );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above, which is the only
+        // requirement of a `#[target_feature(enable = "avx2")]` function.
+        unsafe { vec_mat_acc_avx2(a, b, b_stride, c) };
+        return;
+    }
+    // 32 outputs = 8 SSE registers of accumulators.
+    vec_mat_acc_blocked::<32>(a, b, b_stride, c);
+}
+
+/// The same loops compiled for AVX2: 64 outputs = 8 AVX registers of accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vec_mat_acc_avx2(a: &[f32], b: &[f32], b_stride: usize, c: &mut [f32]) {
+    vec_mat_acc_blocked::<64>(a, b, b_stride, c);
+}
+
+/// [`vec_mat_acc`] with `BLOCK` outputs kept in registers per pass over `a`.
+#[inline(always)]
+fn vec_mat_acc_blocked<const BLOCK: usize>(a: &[f32], b: &[f32], b_stride: usize, c: &mut [f32]) {
     let mut col = 0;
     let mut wide = c.chunks_exact_mut(BLOCK);
     for block in &mut wide {
@@ -120,8 +140,8 @@ mod tests {
 
     #[test]
     fn vec_mat_matches_naive_for_every_block_remainder() {
-        // Widths hit the 32-block, the 8-block and the scalar tail paths.
-        for width in [1, 7, 8, 9, 31, 32, 33, 45, 64, 77] {
+        // Widths hit the 64- and 32-blocks, the 8-block and the scalar tail paths.
+        for width in [1, 7, 8, 9, 31, 32, 33, 45, 64, 77, 136] {
             for rows in [1, 3, 17] {
                 let stride = width + 3;
                 let a = values(rows, 1);
@@ -139,6 +159,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let (rows, width, stride) = (19, 100, 104);
+        let a = values(rows, 6);
+        let b = values(rows * stride, 7);
+        let mut dispatched = values(width, 8);
+        let mut portable = dispatched.clone();
+        vec_mat_acc(&a, &b, stride, &mut dispatched);
+        vec_mat_acc_blocked::<32>(&a, &b, stride, &mut portable);
+        assert_eq!(dispatched, portable);
     }
 
     #[test]

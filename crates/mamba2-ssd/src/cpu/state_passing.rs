@@ -4,35 +4,23 @@
 //! It overwrites each chunk's own state `R` with the state *entering* the chunk,
 //! which is what step 5 needs, and returns the state after the last chunk.
 
-use super::chunk_cumsum::ChunkScalars;
-
-/// `chunk_states` holds the `(H, N, P)` states `R^T` of the sequence's chunks in
-/// order, `scalars` their per-head cumulative sums; `running` is `(H, N, P)`
-/// scratch that must hold the initial state (transposed) on entry and holds the
-/// final state on return.
+/// One (sequence, head): `chunk_states[c]` holds the `(N, P)` state `R^T` of the
+/// sequence's chunk `c` and `log2_chunk_decays[c]` its `s_last`; `running` must
+/// hold the initial state `(N, P)` on entry and holds the final state on return.
 pub(crate) fn pass_states(
-    chunk_states: &mut [f32],
-    scalars: &[ChunkScalars<'_>],
-    heads: usize,
+    chunk_states: &mut [&mut [f32]],
+    log2_chunk_decays: impl IntoIterator<Item = f32>,
     running: &mut [f32],
 ) {
-    let state_len = running.len();
-    let head_len = state_len / heads;
-    for (states, sc) in chunk_states.chunks_exact_mut(state_len).zip(scalars) {
-        for (h, (entering, run)) in states
-            .chunks_exact_mut(head_len)
-            .zip(running.chunks_exact_mut(head_len))
-            .enumerate()
-        {
-            // The decay over the whole chunk; the chunk's own state R was formed
-            // with decays relative to the chunk end, so no cumulative product ever
-            // spans more than one chunk.
-            let decay = sc.last(h).exp2();
-            for (slot, s) in entering.iter_mut().zip(run.iter_mut()) {
-                let own = *slot;
-                *slot = *s;
-                *s = decay * *s + own;
-            }
+    for (entering, log2_decay) in chunk_states.iter_mut().zip(log2_chunk_decays) {
+        // The decay over the whole chunk; the chunk's own state R was formed with
+        // decays relative to the chunk end, so no cumulative sum ever spans more
+        // than one chunk.
+        let decay = log2_decay.exp2();
+        for (slot, s) in entering.iter_mut().zip(running.iter_mut()) {
+            let own = *slot;
+            *slot = *s;
+            *s = decay * *s + own;
         }
     }
 }
@@ -67,24 +55,11 @@ mod tests {
 
     #[test]
     fn states_entering_each_chunk_and_the_final_state() {
-        // One head, one state element; chunk decays 1/2 and 1/4 (log2: -1, -2).
-        let (dt, s1, s2) = ([1.0f32], [-1.0f32], [-2.0f32]);
-        let scalars = [
-            ChunkScalars {
-                len: 1,
-                dt: &dt,
-                log2_cumsum: &s1,
-            },
-            ChunkScalars {
-                len: 1,
-                dt: &dt,
-                log2_cumsum: &s2,
-            },
-        ];
-        let mut states = [3.0f32, 5.0]; // R of each chunk
+        // One state element; chunk decays 1/2 and 1/4 (log2: -1, -2).
+        let (mut r0, mut r1) = ([3.0f32], [5.0f32]); // R of each chunk
         let mut running = [8.0f32]; // initial state
-        pass_states(&mut states, &scalars, 1, &mut running);
-        assert_eq!(states, [8.0, 0.5 * 8.0 + 3.0]);
+        pass_states(&mut [&mut r0[..], &mut r1[..]], [-1.0, -2.0], &mut running);
+        assert_eq!((r0, r1), ([8.0], [0.5 * 8.0 + 3.0]));
         assert_eq!(running, [0.25 * 7.0 + 5.0]);
     }
 }
