@@ -4,6 +4,7 @@
 //! implementation (CPU ports, and CUDA kernels when a GPU is present) against the
 //! f64 oracle on a suite of shapes and print the table.
 
+mod resources;
 mod verify;
 
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ pub enum GpuMode {
 enum Command {
     /// Verify every available implementation against the f64 oracle (the default).
     Verify(verify::VerifyArgs),
+    /// Compile every kernel variant with NVRTC (no GPU needed) and print registers,
+    /// spills, stack and shared memory against kernels/budgets.toml.
+    Resources(resources::ResourcesArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,5 +50,6 @@ fn main() -> ExitCode {
         .unwrap_or(Command::Verify(verify::VerifyArgs::default()))
     {
         Command::Verify(args) => verify::run(&args),
+        Command::Resources(args) => resources::run(&args),
     }
 }
