@@ -262,7 +262,7 @@ pub fn venv_cuda_roots() -> Vec<PathBuf> {
         for python in pythons {
             let cu13 = python.join("site-packages/nvidia/cu13");
             if cu13.is_dir() {
-                found.push(cu13);
+                found.push(cu13.canonicalize().unwrap_or(cu13));
             }
         }
     }
