@@ -1,0 +1,301 @@
+// Mamba-1 decode step (design.md §1.3): one token per batch row, the state cache
+// (cache_rows, D_in, N) f32 read, updated and written back in place.
+//
+//   dt      = softplus?(dt[i,d] + dt_bias[d])
+//   h[d,n]  = exp(dt A[d,n]) h[d,n] + dt B[i,g,n] x[i,d]      (g = d / (D_in / G))
+//   y[d]    = sum_n C[i,g,n] h[d,n] + D[d] x[i,d];   out = y * silu(z[i,d])
+//
+// A streaming pass over the state (2 * D_in * N * 4 bytes per batch row; the
+// inputs and outputs are a few bytes per channel), built to move bytes:
+//   * the N states of a channel are spread over TPR lanes, each holding VPT vectors
+//     of VEC floats (16-byte accesses when N % 4 == 0), so one warp instruction
+//     touches 32 * VEC * 4 contiguous bytes of the state (512 B);
+//   * each thread updates the same channel slice for BROWS batch rows, so A (and
+//     D, dt_bias) are read once per BROWS rows and every thread has BROWS * VPT
+//     16-byte state loads in flight before the first use;
+//   * exp(dt A) is one exp2 per state element with log2(e) folded into A on load;
+//   * y[d] is reduced over the TPR lanes of its channel with xor shuffles.
+// All index arithmetic is 64-bit.
+//
+// Compile-time defines (chosen by crates/mamba1-scan/src/decode_cuda.rs):
+//   D_STATE       N
+//   VEC           floats per vector access: 4, 2 or 1 (largest that divides N)
+//   TPR           lanes per channel: a power of two dividing 32
+//   BROWS         batch rows per thread (unrolled)
+//   WARPS         warps per block
+//   STREAM_STATE  1: state loads and stores carry evict-first cache hints
+
+#if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(BROWS) || !defined(WARPS)
+#error "mamba1/decode.cu needs D_STATE, VEC, TPR, BROWS and WARPS defined"
+#endif
+#ifndef STREAM_STATE
+#define STREAM_STATE 0
+#endif
+
+// ---------------------------------------------------------------------------
+// Element types (no CUDA headers: NVRTC compiles this file stand-alone).
+// ---------------------------------------------------------------------------
+
+struct bf16_t { unsigned short bits; };
+struct f16_t { unsigned short bits; };
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16_t v) { return __uint_as_float(((unsigned)v.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float v) {
+    bf16_t r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+template <> __device__ __forceinline__ f16_t from_f32<f16_t>(float v) {
+    f16_t r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+
+// ---------------------------------------------------------------------------
+// Scalar math shared with ssm_core::math (same thresholds, same order).
+// ---------------------------------------------------------------------------
+
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float silu(float z) { return z / (1.0f + expf(-z)); }
+// exp2 on the special-function unit (relative error ~2^-22); denormal results flush to 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fffffff); }
+
+// ---------------------------------------------------------------------------
+// Vector access to the f32 state and to A.
+// ---------------------------------------------------------------------------
+
+template <int V> struct FloatVec;
+template <> struct FloatVec<4> { typedef float4 type; };
+template <> struct FloatVec<2> { typedef float2 type; };
+template <> struct FloatVec<1> { typedef float type; };
+typedef FloatVec<VEC>::type state_vec;
+
+// Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
+// scalar stores when it lost track of the alignment (the loads stayed vectorized).
+#if STREAM_STATE
+#define STATE_HINT ".cs"
+#else
+#define STATE_HINT ""
+#endif
+__device__ __forceinline__ float4 load_state(const float* p, float4*) {
+    float4 v;
+    asm volatile("ld.global" STATE_HINT ".v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float2 load_state(const float* p, float2*) {
+    float2 v;
+    asm volatile("ld.global" STATE_HINT ".v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float load_state(const float* p, float*) {
+    float v;
+    asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
+__device__ __forceinline__ void store_state(float* p, float4 v) {
+    asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float2 v) {
+    asm volatile("st.global" STATE_HINT ".v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(v.x), "f"(v.y) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float v) {
+    asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
+}
+__device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
+__device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
+__device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
+__device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
+__device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
+__device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
+
+// ---------------------------------------------------------------------------
+// Launch geometry.
+// ---------------------------------------------------------------------------
+
+constexpr int VPT = D_STATE / (VEC * TPR);  // vectors per lane per channel
+constexpr int EPT = VPT * VEC;              // state elements per lane per channel
+constexpr int SLOTS = 32 / TPR;             // channels a warp covers side by side
+constexpr int CHANNELS_PER_BLOCK = WARPS * SLOTS;
+constexpr int THREADS = WARPS * 32;
+static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
+static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
+static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
+
+// Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
+// crates/mamba1-scan/src/decode_cuda.rs field by field (sizes asserted on both sides).
+struct Mamba1DecodeArgs {
+    const void* x;                              // (b, D_in)      T
+    const void* dt;                             // (b, D_in)      T
+    const float* A;                             // (D_in, N)
+    const void* B;                              // (b, G, N)      T
+    const void* C;                              // (b, G, N)      T
+    const float* D;                             // (D_in), or null
+    const void* z;                              // (b, D_in)      T, or null
+    const float* dt_bias;                       // (D_in), or null
+    const long long* state_batch_indices;       // (b), or null; negative = padding
+    float* state;                               // (cache_rows, D_in, N)
+    void* out;                                  // (b, D_in)      T
+    long long batch;
+    long long d_inner;
+    long long groups;
+    long long cache_rows;
+    int dt_softplus;
+    int reserved;
+};
+static_assert(sizeof(Mamba1DecodeArgs) == 128, "Mamba1DecodeArgs layout changed: update decode_cuda.rs");
+
+// One block updates CHANNELS_PER_BLOCK channels for BROWS batch rows. Blocks are
+// ordered (batch tile, channel tile) with the channel tile fastest, so neighbouring
+// blocks stream neighbouring memory.
+template <typename T>
+__device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
+    const long long Din = a.d_inner;
+    const long long ctiles = (Din + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK;
+    const long long block = blockIdx.x;
+    const long long ctile = block % ctiles;
+    const long long i0 = (block / ctiles) * BROWS;
+
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int slot = lane / TPR;  // which channel of the warp's side-by-side channels
+    const int sub = lane % TPR;   // which part of that channel's states
+    const long long d = ctile * CHANNELS_PER_BLOCK + warp * SLOTS + slot;
+    const bool channel_live = d < Din;
+    // Element j = k * VEC + e of this lane is state index n(k, e): for a fixed k the
+    // warp's lanes cover contiguous memory.
+#define STATE_INDEX(k, e) ((sub + (k) * TPR) * VEC + (e))
+
+    // Per-channel parameters, read once for all BROWS rows.
+    float a2[EPT];  // A * log2(e)
+    float d_skip = 0.0f, bias = 0.0f;
+    long long g = 0;
+    if (channel_live) {
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            unpack(*reinterpret_cast<const state_vec*>(a.A + d * D_STATE + STATE_INDEX(k, 0)), &a2[k * VEC]);
+        }
+#pragma unroll
+        for (int j = 0; j < EPT; ++j) a2[j] *= LOG2E;
+        if (a.D) d_skip = a.D[d];
+        if (a.dt_bias) bias = a.dt_bias[d];
+        g = d / (Din / a.groups);
+    } else {
+#pragma unroll
+        for (int j = 0; j < EPT; ++j) a2[j] = 0.0f;
+    }
+
+    // Cache rows; 'live' rows are updated, padding rows only get a zero output.
+    long long cache[BROWS];
+    bool live[BROWS];
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const long long i = i0 + r;
+        cache[r] = -1;
+        if (i < a.batch) cache[r] = a.state_batch_indices ? a.state_batch_indices[i] : i;
+        live[r] = channel_live && i < a.batch && cache[r] >= 0 && cache[r] < a.cache_rows;
+    }
+
+    // Issue every state load of this thread before the first use.
+    float s[BROWS][EPT];
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const float* S = a.state + (cache[r] * Din + d) * D_STATE;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            if (live[r]) {
+                unpack(load_state(S + STATE_INDEX(k, 0)), &s[r][k * VEC]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
+            }
+        }
+    }
+    float xv[BROWS], dtv[BROWS], zv[BROWS];
+    float bv[BROWS][EPT], cv[BROWS][EPT];
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const long long i = i0 + r;
+        const long long id = i * Din + d;
+        xv[r] = live[r] ? to_f32(static_cast<const T*>(a.x)[id]) : 0.0f;
+        dtv[r] = live[r] ? to_f32(static_cast<const T*>(a.dt)[id]) : 0.0f;
+        zv[r] = (live[r] && a.z) ? to_f32(static_cast<const T*>(a.z)[id]) : 0.0f;
+        const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
+        const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                bv[r][k * VEC + e] = live[r] ? to_f32(Bg[STATE_INDEX(k, e)]) : 0.0f;
+                cv[r][k * VEC + e] = live[r] ? to_f32(Cg[STATE_INDEX(k, e)]) : 0.0f;
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const long long i = i0 + r;
+        float dt = dtv[r] + bias;
+        if (a.dt_softplus) dt = softplus(dt);
+        const float dtx = dt * xv[r];
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < EPT; ++j) {
+            s[r][j] = fast_exp2(dt * a2[j]) * s[r][j] + dtx * bv[r][j];
+            acc += s[r][j] * cv[r][j];
+        }
+        // Every lane takes part in the shuffles, live row or not.
+#pragma unroll
+        for (int off = TPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (live[r]) {
+            float* S = a.state + (cache[r] * Din + d) * D_STATE;
+#pragma unroll
+            for (int k = 0; k < VPT; ++k) {
+                state_vec v;
+                pack(&s[r][k * VEC], v);
+                store_state(S + STATE_INDEX(k, 0), v);
+            }
+        }
+        if (sub == 0 && channel_live && i < a.batch) {
+            float y;
+            if (live[r]) {
+                y = acc + d_skip * xv[r];
+                if (a.z) y *= silu(zv[r]);
+            } else {
+                // Padding gives 0; an index past the cache (only possible through the
+                // unchecked device entry point) gives NaN, never a state write.
+                y = cache[r] < 0 ? 0.0f : quiet_nan();
+            }
+            static_cast<T*>(a.out)[i * Din + d] = from_f32<T>(y);
+        }
+    }
+#undef STATE_INDEX
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_f32(const Mamba1DecodeArgs args) {
+    decode_step<float>(args);
+}
+extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_f16(const Mamba1DecodeArgs args) {
+    decode_step<f16_t>(args);
+}
+extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_bf16(const Mamba1DecodeArgs args) {
+    decode_step<bf16_t>(args);
+}

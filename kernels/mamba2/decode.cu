@@ -1,0 +1,295 @@
+// Mamba-2 decode step (design.md §1.3): one token per batch row, the state cache
+// (cache_rows, H, P, N) f32 read, updated and written back in place.
+//
+//   dt'  = clamp(softplus?(dt[i,h] + dt_bias[h]), dt_min, dt_max)
+//   S    = exp(dt' A[h]) S + dt' x[i,h,:] B[i,g,:]^T          (P x N per (i, h))
+//   y[p] = S[p,:] . C[i,g,:] + D x[p];   out = y * silu(z)    (z optional)
+//
+// The kernel is a streaming pass over the state: 2 * P * N * 4 bytes per (i, h)
+// against a few hundred bytes of everything else, so it is built to move bytes:
+//   * a state row of N floats is spread over TPR lanes, each holding VPT vectors of
+//     VEC floats (16-byte accesses when N % 4 == 0), interleaved so that one warp
+//     instruction touches TPR * VEC * 4 contiguous bytes (512 B for N = 128);
+//   * each lane-slot updates ROWS rows whose loads are all issued before the first
+//     use, so every thread has ROWS * VPT * 16 bytes in flight;
+//   * B and C of the group are read once per warp into registers and reused for
+//     every row the warp touches (the other warps of the block hit them in L1);
+//   * the per-head decay exp(dt' A) is one exp2 per block with log2(e) folded in;
+//   * y[p] is reduced over the TPR lanes of its row with xor shuffles.
+// All index arithmetic is 64-bit.
+//
+// Compile-time defines (chosen by crates/mamba2-ssd/src/decode_cuda.rs):
+//   D_STATE       N
+//   VEC           floats per vector access: 4, 2 or 1 (largest that divides N)
+//   TPR           lanes per state row: a power of two dividing 32
+//   ROWS          state rows per lane-slot (unrolled)
+//   WARPS         warps per block
+//   STREAM_STATE  1: state loads and stores carry evict-first cache hints
+
+#if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(ROWS) || !defined(WARPS)
+#error "mamba2/decode.cu needs D_STATE, VEC, TPR, ROWS and WARPS defined"
+#endif
+#ifndef STREAM_STATE
+#define STREAM_STATE 0
+#endif
+
+// ---------------------------------------------------------------------------
+// Element types (no CUDA headers: NVRTC compiles this file stand-alone).
+// ---------------------------------------------------------------------------
+
+struct bf16_t { unsigned short bits; };
+struct f16_t { unsigned short bits; };
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16_t v) { return __uint_as_float(((unsigned)v.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float v) {
+    bf16_t r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+template <> __device__ __forceinline__ f16_t from_f32<f16_t>(float v) {
+    f16_t r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+
+// ---------------------------------------------------------------------------
+// Scalar math shared with ssm_core::math (same thresholds, same order).
+// ---------------------------------------------------------------------------
+
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float silu(float z) { return z / (1.0f + expf(-z)); }
+// exp2 on the special-function unit (relative error ~2^-22); denormal results flush to 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fffffff); }
+
+// ---------------------------------------------------------------------------
+// Vector access to the f32 state.
+// ---------------------------------------------------------------------------
+
+template <int V> struct FloatVec;
+template <> struct FloatVec<4> { typedef float4 type; };
+template <> struct FloatVec<2> { typedef float2 type; };
+template <> struct FloatVec<1> { typedef float type; };
+typedef FloatVec<VEC>::type state_vec;
+
+// Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
+// scalar stores when it lost track of the alignment (the loads stayed vectorized).
+#if STREAM_STATE
+#define STATE_HINT ".cs"
+#else
+#define STATE_HINT ""
+#endif
+__device__ __forceinline__ float4 load_state(const float* p, float4*) {
+    float4 v;
+    asm volatile("ld.global" STATE_HINT ".v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float2 load_state(const float* p, float2*) {
+    float2 v;
+    asm volatile("ld.global" STATE_HINT ".v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float load_state(const float* p, float*) {
+    float v;
+    asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
+__device__ __forceinline__ void store_state(float* p, float4 v) {
+    asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float2 v) {
+    asm volatile("st.global" STATE_HINT ".v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(v.x), "f"(v.y) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float v) {
+    asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
+}
+__device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
+__device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
+__device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
+__device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
+__device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
+__device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
+
+// ---------------------------------------------------------------------------
+// Launch geometry.
+// ---------------------------------------------------------------------------
+
+constexpr int VPT = D_STATE / (VEC * TPR);  // vectors per lane per row
+constexpr int EPT = VPT * VEC;              // state elements per lane per row
+constexpr int SLOTS = 32 / TPR;             // rows a warp covers side by side
+constexpr int ROWS_PER_WARP = SLOTS * ROWS;
+constexpr int ROWS_PER_BLOCK = WARPS * ROWS_PER_WARP;
+constexpr int THREADS = WARPS * 32;
+static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
+static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
+static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
+
+// Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
+// crates/mamba2-ssd/src/decode_cuda.rs field by field (sizes asserted on both sides).
+struct Mamba2DecodeArgs {
+    const void* x;                              // (b, H, P)      T
+    const void* dt;                             // (b, H)         T
+    const float* A;                             // (H)
+    const void* B;                              // (b, G, N)      T
+    const void* C;                              // (b, G, N)      T
+    const float* D;                             // (H) or (H, P), or null
+    const void* z;                              // (b, H, P)      T, or null
+    const float* dt_bias;                       // (H), or null
+    const long long* state_batch_indices;       // (b), or null; negative = padding
+    float* state;                               // (cache_rows, H, P, N)
+    void* out;                                  // (b, H, P)      T
+    long long batch;
+    long long heads;
+    long long head_dim;
+    long long groups;
+    long long cache_rows;
+    float dt_min;
+    float dt_max;
+    int dt_softplus;
+    int d_per_head_dim;                         // 1: D is (H, P); 0: D is (H)
+};
+static_assert(sizeof(Mamba2DecodeArgs) == 144, "Mamba2DecodeArgs layout changed: update decode_cuda.rs");
+
+// One block updates ROWS_PER_BLOCK rows of the state of one (batch row i, head h).
+// Blocks are ordered (i, h, row tile) with the tile fastest, so neighbouring blocks
+// stream neighbouring memory.
+template <typename T>
+__device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
+    const long long P = a.head_dim;
+    const long long tiles = (P + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    const long long block = blockIdx.x;
+    const long long tile = block % tiles;
+    const long long bh = block / tiles;  // i * H + h
+    const long long h = bh % a.heads;
+    const long long i = bh / a.heads;
+
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int slot = lane / TPR;  // which row of the warp's side-by-side rows
+    const int sub = lane % TPR;   // which part of that row
+    // Row r of this lane-slot is row0 + r * SLOTS: for a fixed r the warp's slots
+    // cover SLOTS consecutive rows, so each access instruction is contiguous.
+    const long long row0 = tile * ROWS_PER_BLOCK + warp * ROWS_PER_WARP + slot;
+
+    const T* x = static_cast<const T*>(a.x) + bh * P;
+    T* out = static_cast<T*>(a.out) + bh * P;
+
+    const long long cache = a.state_batch_indices ? a.state_batch_indices[i] : i;
+    if (cache < 0 || cache >= a.cache_rows) {
+        // Padding row: zero output, state untouched. An index past the cache (only
+        // possible through the unchecked device entry point) yields NaN, never a write.
+        const float fill = cache < 0 ? 0.0f : quiet_nan();
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const long long row = row0 + (long long)r * SLOTS;
+            if (sub == 0 && row < P) out[row] = from_f32<T>(fill);
+        }
+        return;
+    }
+
+    // Per-head step size and decay (every lane computes the same values).
+    float dt = to_f32(static_cast<const T*>(a.dt)[bh]);
+    if (a.dt_bias) dt += a.dt_bias[h];
+    if (a.dt_softplus) dt = softplus(dt);
+    // Clamp as f32::clamp does: a NaN step stays NaN.
+    dt = dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
+    const float decay = fast_exp2(dt * (a.A[h] * LOG2E));
+
+    // B and C of this head's group, the lane's elements only.
+    const long long g = h / (a.heads / a.groups);
+    const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
+    const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
+    float bv[EPT], cv[EPT];
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int n = (sub + k * TPR) * VEC + e;
+            bv[k * VEC + e] = to_f32(Bg[n]);
+            cv[k * VEC + e] = to_f32(Cg[n]);
+        }
+    }
+
+    float* S = a.state + (cache * a.heads + h) * P * D_STATE;
+
+    // Issue every state load of this thread before the first use.
+    float s[ROWS][EPT];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = row0 + (long long)r * SLOTS;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            if (row < P) {
+                unpack(load_state(S + row * D_STATE + (sub + k * TPR) * VEC), &s[r][k * VEC]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
+            }
+        }
+    }
+    float xv[ROWS], zv[ROWS], dv[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = row0 + (long long)r * SLOTS;
+        const bool live = row < P;
+        xv[r] = live ? to_f32(x[row]) : 0.0f;
+        zv[r] = (live && a.z) ? to_f32(static_cast<const T*>(a.z)[bh * P + row]) : 0.0f;
+        dv[r] = !a.D ? 0.0f : (a.d_per_head_dim ? (live ? a.D[h * P + row] : 0.0f) : a.D[h]);
+    }
+
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = row0 + (long long)r * SLOTS;
+        const float dtx = dt * xv[r];
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < EPT; ++j) {
+            s[r][j] = decay * s[r][j] + dtx * bv[j];
+            acc += s[r][j] * cv[j];
+        }
+        // Every lane takes part in the shuffles, live row or not.
+#pragma unroll
+        for (int off = TPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (row < P) {
+#pragma unroll
+            for (int k = 0; k < VPT; ++k) {
+                state_vec v;
+                pack(&s[r][k * VEC], v);
+                store_state(S + row * D_STATE + (sub + k * TPR) * VEC, v);
+            }
+            if (sub == 0) {
+                float y = acc + dv[r] * xv[r];
+                if (a.z) y *= silu(zv[r]);
+                out[row] = from_f32<T>(y);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_f32(const Mamba2DecodeArgs args) {
+    decode_step<float>(args);
+}
+extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_f16(const Mamba2DecodeArgs args) {
+    decode_step<f16_t>(args);
+}
+extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_bf16(const Mamba2DecodeArgs args) {
+    decode_step<bf16_t>(args);
+}
