@@ -13,8 +13,10 @@
 //! * inside a block the recurrence runs step by step with decays
 //!   `exp2(dt * (A * log2 e))`, as the kernel folds `log2 e` into A.
 //!
-//! Modules: [`plan`](self) cuts the call into tasks, `task` runs one task,
-//! `block` holds the recurrence over one L-block, `exp2` the vectorisable `2^x`.
+//! Modules: `plan` cuts the call into tasks (chunks of channels of one batch
+//! row), `task` runs one task, `block` holds the recurrence over one L-block
+//! (lane groups of 8 channels, AVX2 when the CPU has it), `exp2` the
+//! vectorisable `2^x`.
 
 mod block;
 pub(crate) mod exp2;

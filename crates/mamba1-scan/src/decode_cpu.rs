@@ -70,12 +70,13 @@ fn step_row<T: Element>(p: &Mamba1StepParams<'_, T>, i: usize, state: &mut [f32]
         let x = p.x[token + d].to_f32();
         let dtx = dt * x;
         let a = &p.a[d * n_state..(d + 1) * n_state];
-        let mut y = 0.0f32;
-        for (((h, &a), &b), &c) in h.iter_mut().zip(a).zip(&b).zip(&c) {
+        // Update first (independent per n, so it vectorises), then reduce in
+        // sequential n order as the scan does.
+        for ((h, &a), &b) in h.iter_mut().zip(a).zip(&b) {
             let decay = exp2(dt * (a * std::f32::consts::LOG2_E));
             *h = decay * *h + dtx * b;
-            y += c * *h;
         }
+        let mut y = h.iter().zip(&c).fold(0.0f32, |y, (&h, &c)| y + c * h);
         y += p.d.map_or(0.0, |skip| skip[d]) * x;
         if let Some(z) = p.z {
             y *= silu_f32(z[token + d].to_f32());
