@@ -168,7 +168,7 @@ pub fn run(opts: &SuiteOptions<'_>, mut progress: impl FnMut(&CheckRow)) -> Resu
 /// Header of the verification table.
 pub fn table_header() -> String {
     format!(
-        "{:<22} {:<44} {:<5} {:>10} {:>10} {:>10} {:>10} {:>9}  {}",
+        "{:<20} {:<62} {:<5} {:>10} {:>10} {:>10} {:>10} {:>9}  {}",
         "implementation",
         "shape",
         "dtype",
@@ -192,7 +192,7 @@ pub fn table_line(r: &CheckRow) -> String {
         "FAIL".to_string()
     };
     format!(
-        "{:<22} {:<44} {:<5} {:>10} {:>10} {:>10} {:>10} {:>9.1}  {}",
+        "{:<20} {:<62} {:<5} {:>10} {:>10} {:>10} {:>10} {:>9.1}  {}",
         r.implementation,
         r.problem,
         r.dtype.name(),
