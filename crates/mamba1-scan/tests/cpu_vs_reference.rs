@@ -405,6 +405,21 @@ fn result_does_not_depend_on_blocking_or_threads() {
     }
 }
 
+/// A sequence longer than the largest tile the port holds at once, in one
+/// requested block: still the oracle's answer, and the same bits as short blocks.
+#[test]
+fn very_long_block() {
+    let case = Case::plain(1, 8, 4, 5000).all_options();
+    check_scan::<f32>(&case, 23, usize::MAX);
+    let data = Data::generate(&case, 23);
+    let inputs = Rounded::<f32>::new(&data);
+    let p = inputs.params(&case, &data);
+    assert_eq!(
+        selective_scan_blocked(&p, usize::MAX).unwrap(),
+        selective_scan_blocked(&p, 300).unwrap()
+    );
+}
+
 #[test]
 fn invalid_arguments_are_typed_errors() {
     let case = Case::plain(1, 8, 3, 10);

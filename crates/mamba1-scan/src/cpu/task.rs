@@ -25,6 +25,9 @@ use ssm_core::Element;
 use super::block::{scan_block, BlockInputs, Coefficients, Lanes, LANES};
 use super::plan::{ChannelChunk, Sequence};
 
+/// Longest L-block held in the tiles at once.
+const MAX_BLOCK_STEPS: usize = 4096;
+
 /// Up to `LANES` consecutive channels processed together, with their constants
 /// and their running state.
 struct LaneGroup {
@@ -145,6 +148,10 @@ pub(crate) fn run_chunk<T: Element>(
         .map(|start| LaneGroup::new(p, start..(start + LANES).min(chunk.channels.end)))
         .collect();
 
+    // Longer blocks run in pieces of `MAX_BLOCK_STEPS`: the results are bitwise
+    // the same (the arithmetic of a channel does not depend on where blocks
+    // end, as the tests check), and the tiles stay small whatever was asked.
+    let block_len = block_len.min(MAX_BLOCK_STEPS);
     let tile_len = block_len.min(seqlen);
     let mut tiles = Tiles {
         b: vec![0.0; tile_len * n_state],
