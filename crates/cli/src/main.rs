@@ -15,11 +15,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "ssmk",
     version,
-    about = "Verify, measure and inspect the SSM kernels"
+    about = "Verify, measure and inspect the SSM kernels",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no subcommand, `ssmk [OPTIONS]` is `ssmk verify [OPTIONS]`.
+    #[command(flatten)]
+    verify: verify::VerifyArgs,
 }
 
 /// Whether to use the GPU.
@@ -45,10 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli
-        .command
-        .unwrap_or(Command::Verify(verify::VerifyArgs::default()))
-    {
+    match cli.command.unwrap_or(Command::Verify(cli.verify)) {
         Command::Verify(args) => verify::run(&args),
         Command::Resources(args) => resources::run(&args),
     }
