@@ -18,9 +18,11 @@
 //! causal mask applied before the `exp2`. Everything is f32; outputs are rounded
 //! to `T` once, final states stay f32.
 //!
-//! Memory beyond the output: `b * L * H` f32 for each of `dt'` and `s`, and one
-//! `(H, P, N)` f32 state per chunk (`ceil(L / Q) * H * P * N` values), as the
-//! kernel's chunk-state buffer.
+//! Memory beyond the output: `b * L * H` f32 for each of `dt'` and `s`, one
+//! `(H, P, N)` f32 state per chunk (`ceil(L / Q) * H * P * N` values, the kernel's
+//! chunk-state buffer), and per thread tiles of `Q' * (Q' + 2N + 2P)` f32 with
+//! `Q' = min(Q, longest sequence)`: very large chunks cost `Q'^2` memory, as the
+//! quadratic form does.
 
 mod chunk_cumsum;
 mod chunk_scan;
@@ -36,10 +38,9 @@ use ssm_core::{Element, Result, ScanOutput, SsmError};
 
 use chunk_cumsum::{chunk_cumsum, ChunkScalars};
 use chunk_scan::{chunk_scan, ScanScratch};
-use chunk_state::chunk_state;
+use chunk_state::{chunk_state, StateScratch};
 use plan::{split_lengths_mut, ChunkPlan};
 use state_passing::{pass_states, transpose_blocks};
-use tiles::TileView;
 
 /// The chunked forward pass with chunk length `chunk_size` (any value >= 1; longer
 /// than the sequence means one chunk per sequence).
@@ -58,8 +59,10 @@ pub fn ssd_chunked<T: Element>(
     let plan = ChunkPlan::new(&dims, p.cu_seqlens, chunk_size);
     let (heads, head_dim, d_state) = (dims.heads, dims.head_dim, dims.d_state);
     let tokens = dims.batch * dims.seqlen;
-    let state_len = checked_product("initial_states", &[heads, head_dim, d_state])?;
+    let state_len = checked_product("d_state", &[heads, head_dim, d_state])?;
     let all_chunk_states = checked_product("chunk_size", &[plan.chunks.len(), state_len])?;
+    // Each thread holds a (Q', Q') tile of C B^T, Q' = min(Q, longest sequence).
+    checked_product("chunk_size", &[plan.max_chunk_len, plan.max_chunk_len])?;
 
     // Stage A: steps 1 and 3 for every chunk.
     let log2_a: Vec<f32> = p.a.iter().map(|&a| a * std::f32::consts::LOG2_E).collect();
@@ -85,7 +88,7 @@ pub fn ssd_chunked<T: Element>(
                     dt,
                     log2_cumsum,
                 };
-                chunk_states_of(p, chunk, &scalars, scratch, states);
+                chunk_state(p, chunk, &scalars, scratch, states);
             },
         );
     }
@@ -173,59 +176,6 @@ pub fn ssd_chunked<T: Element>(
         out,
         final_states: p.return_final_states.then_some(final_states),
     })
-}
-
-/// Per-thread scratch of stage A.
-struct StateScratch {
-    b_tile: Vec<f32>,
-    x_tile: Vec<f32>,
-    weighted_bt: Vec<f32>,
-}
-
-impl StateScratch {
-    fn new(max_len: usize, head_dim: usize, d_state: usize) -> Self {
-        StateScratch {
-            b_tile: vec![0.0; max_len * d_state],
-            x_tile: vec![0.0; max_len * head_dim],
-            weighted_bt: vec![0.0; d_state * max_len],
-        }
-    }
-}
-
-/// Step 3 for every head of one chunk into `states` `(H, N, P)`; the B tile is
-/// loaded once per group.
-fn chunk_states_of<T: Element>(
-    p: &SsdParams<'_, T>,
-    chunk: &plan::Chunk,
-    scalars: &ChunkScalars<'_>,
-    scratch: &mut StateScratch,
-    states: &mut [f32],
-) {
-    let dims = p.dims;
-    let heads_per_group = dims.heads / dims.groups;
-    let head_len = dims.head_dim * dims.d_state;
-    let (len, b_len, x_len) = (
-        chunk.len,
-        chunk.len * dims.d_state,
-        chunk.len * dims.head_dim,
-    );
-    for g in 0..dims.groups {
-        TileView::group(chunk.token_start, len, dims.groups, dims.d_state, g)
-            .load(p.b, &mut scratch.b_tile);
-        for h in g * heads_per_group..(g + 1) * heads_per_group {
-            TileView::head(chunk.token_start, len, dims.heads, dims.head_dim, h)
-                .load(p.x, &mut scratch.x_tile);
-            let (dt, s) = scalars.head(h);
-            chunk_state(
-                &scratch.b_tile[..b_len],
-                &scratch.x_tile[..x_len],
-                dt,
-                s,
-                &mut scratch.weighted_bt,
-                &mut states[h * head_len..(h + 1) * head_len],
-            );
-        }
-    }
 }
 
 /// Product of sizes, or a `Dimension` error naming `arg` when it overflows.
