@@ -12,8 +12,9 @@
 //     instruction touches TPR * VEC * 4 contiguous bytes (512 B for N = 128);
 //   * each lane-slot updates ROWS rows whose loads are all issued before the first
 //     use, so every thread has ROWS * VPT * 16 bytes in flight;
-//   * B and C of the group are read once per warp into registers and reused for
-//     every row the warp touches (the other warps of the block hit them in L1);
+//   * B and C of the group are read once per warp into registers (VEC-element
+//     accesses) and reused for every row the warp touches (the other warps of the
+//     block hit them in L1);
 //   * the per-head decay exp(dt' A) is one exp2 per block with log2(e) folded in;
 //   * y[p] is reduced over the TPR lanes of its row with xor shuffles.
 // All index arithmetic is 64-bit.
@@ -128,6 +129,28 @@ __device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float
 __device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
 __device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
 
+// VEC consecutive input elements (B or C) in one access: the row starts of B and C
+// are multiples of N elements, so with N % VEC == 0 they are VEC-element aligned.
+__device__ __forceinline__ void load_inputs(const float* p, float* f) {
+    unpack(*reinterpret_cast<const state_vec*>(p), f);
+}
+template <typename H>
+__device__ __forceinline__ void load_inputs(const H* p, float* f) {
+#if VEC == 4
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    f[0] = to_f32(H{(unsigned short)(u.x & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(u.x >> 16)});
+    f[2] = to_f32(H{(unsigned short)(u.y & 0xffffu)});
+    f[3] = to_f32(H{(unsigned short)(u.y >> 16)});
+#elif VEC == 2
+    const unsigned u = *reinterpret_cast<const unsigned*>(p);
+    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(u >> 16)});
+#else
+    f[0] = to_f32(p[0]);
+#endif
+}
+
 // ---------------------------------------------------------------------------
 // Launch geometry.
 // ---------------------------------------------------------------------------
@@ -220,12 +243,9 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     float bv[EPT], cv[EPT];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const int n = (sub + k * TPR) * VEC + e;
-            bv[k * VEC + e] = to_f32(Bg[n]);
-            cv[k * VEC + e] = to_f32(Cg[n]);
-        }
+        const int n = (sub + k * TPR) * VEC;
+        load_inputs(Bg + n, &bv[k * VEC]);
+        load_inputs(Cg + n, &cv[k * VEC]);
     }
 
     float* S = a.state + (cache * a.heads + h) * P * D_STATE;

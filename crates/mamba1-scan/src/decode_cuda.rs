@@ -31,8 +31,8 @@ const IMPLEMENTATION: &str = "mamba1-scan CUDA decode";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeTiling {
     /// Batch rows each thread updates for its channel slice: `A` is read once for
-    /// all of them and their state loads are in flight together. Capped so that a
-    /// thread holds at most 32 state floats.
+    /// all of them and their state loads are in flight together. Capped so that the
+    /// state, B and C a thread holds fit in registers (see `MAX_ROW_REGS`).
     pub batch_rows: usize,
     /// Warps per block.
     pub warps: usize,
@@ -106,8 +106,10 @@ impl DecodeTiling {
     }
 }
 
-/// Most state floats a thread keeps in registers (batch_rows is capped to fit).
-const MAX_STATE_REGS: usize = 32;
+/// Most floats of state, B and C (3 x N / lanes per batch row) a thread keeps in
+/// registers; batch_rows is capped to fit. At 4 rows x 3 x 7 (N = 7, one lane per
+/// channel) ptxas already spilled, at 8 x 3 x 4 (N = 16) it did not.
+const MAX_ROW_REGS: usize = 72;
 
 /// Everything that decides one compiled form of the kernel and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,11 +132,11 @@ impl Geometry {
             });
         }
         let layout = ChannelLayout::for_state(d_state);
-        let per_row = layout.elems_per_thread(d_state);
+        let per_row = 3 * layout.elems_per_thread(d_state);
         Ok(Geometry {
             d_state,
             layout,
-            batch_rows: tiling.batch_rows.min((MAX_STATE_REGS / per_row).max(1)),
+            batch_rows: tiling.batch_rows.min((MAX_ROW_REGS / per_row).max(1)),
             warps: tiling.warps,
             streaming_hints: tiling.streaming_hints,
         })
@@ -439,6 +441,9 @@ pub fn launch_decode_step<T: DeviceElement>(
     let vec_bytes = 4 * kernel.geometry.layout.vec;
     check_aligned("state", state_ptr, vec_bytes)?;
     check_aligned("A", a, vec_bytes)?;
+    let input_vec_bytes = kernel.geometry.layout.vec * std::mem::size_of::<T>();
+    check_aligned("B", b, input_vec_bytes)?;
+    check_aligned("C", c, input_vec_bytes)?;
     let raw = RawDecodeArgs {
         x,
         dt,
@@ -460,7 +465,7 @@ pub fn launch_decode_step<T: DeviceElement>(
     };
     // SAFETY: the argument struct matches the kernel's (size asserted on both sides);
     // every pointer comes from a live view whose length was checked against the
-    // shapes above, state and A are aligned for the kernel's vector accesses, and the
+    // shapes above, state, A, B and C are aligned for the kernel's vector accesses, and the
     // guards keep cudarc's stream ordering until the launch is queued.
     unsafe {
         stream

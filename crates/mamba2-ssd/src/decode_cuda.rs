@@ -469,7 +469,10 @@ pub fn launch_decode_step<T: DeviceElement>(
     let (indices, _gidx) = optional_ptr(args.state_batch_indices.as_ref(), stream);
     let (state_ptr, _gstate) = state.device_ptr_mut(stream);
     let (out_ptr, _gout) = out.device_ptr_mut(stream);
-    check_aligned("state", state_ptr, 4 * kernel.geometry.layout.vec)?;
+    let vec = kernel.geometry.layout.vec;
+    check_aligned("state", state_ptr, 4 * vec)?;
+    check_aligned("B", b, vec * std::mem::size_of::<T>())?;
+    check_aligned("C", c, vec * std::mem::size_of::<T>())?;
     let raw = RawDecodeArgs {
         x,
         dt,
@@ -494,7 +497,7 @@ pub fn launch_decode_step<T: DeviceElement>(
     };
     // SAFETY: the argument struct matches the kernel's (size asserted on both sides);
     // every pointer comes from a live view whose length was checked against the
-    // shapes above, state is aligned for the kernel's vector accesses, and the guards
+    // shapes above, state, B and C are aligned for the kernel's vector accesses, and the guards
     // keep cudarc's stream ordering until the launch is queued.
     unsafe {
         stream
