@@ -1,15 +1,154 @@
-//! CUDA launcher for the forward kernel.
-use ssm_core::mamba1::SelectiveScanParams;
-use ssm_core::{Result, ScanOutput, SsmError};
-use ssm_gpu::{DeviceElement, Gpu};
+//! CUDA launcher for the forward kernel (`kernels/mamba1/scan_fwd.cu`).
+//!
+//! - [`selective_scan_cuda`]: host slices in, host vectors out (outputs are
+//!   poisoned on the device first, so an unwritten element cannot pass a test).
+//! - [`ScanPlan`] + [`ScanBuffers`]: the device-resident path for benchmarks
+//!   (compile once, launch many times on buffers that stay on the GPU).
+//! - [`scan_kernel_variants`]: the compiled forms, for resource reports and budgets.
+//!
+//! The kernel design, the floors and the measured versions are in
+//! `docs/kernels/mamba1-scan.md`.
 
+mod config;
+mod launch;
+
+pub use config::{ScanConfig, ScanProblem, ScanTuning, MAX_D_STATE};
+pub use launch::{ScanBuffers, ScanPlan};
+
+use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
+use ssm_core::{DType, Result, ScanOutput};
+use ssm_gpu::{DeviceElement, Gpu, KernelVariant};
+
+/// The forward scan on `gpu` with the kernel's default tuning.
 pub fn selective_scan_cuda<T: DeviceElement>(
-    _gpu: &Gpu,
+    gpu: &Gpu,
     p: &SelectiveScanParams<'_, T>,
 ) -> Result<ScanOutput<T, f32>> {
-    p.validate()?;
-    Err(SsmError::Unsupported {
-        implementation: "mamba1-scan CUDA",
-        what: "anything yet (kernel not written)".into(),
-    })
+    selective_scan_cuda_tuned(gpu, p, ScanTuning::default())
+}
+
+/// The forward scan with an explicit work split (tests cover every split).
+pub fn selective_scan_cuda_tuned<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SelectiveScanParams<'_, T>,
+    tuning: ScanTuning,
+) -> Result<ScanOutput<T, f32>> {
+    let problem = ScanProblem::of(p)?;
+    if problem.dims.seqlen == 0 {
+        // Nothing to scan: an empty output, and the initial states unchanged.
+        // Still reject what the kernel would reject, so L = 0 is no loophole.
+        ScanConfig::new(&problem, tuning)?;
+        return Ok(empty_sequence_output(&problem, p));
+    }
+    let plan = ScanPlan::new(gpu, &problem, tuning)?;
+    let mut bufs = launch::ScanBuffers::upload(gpu, p)?;
+    plan.launch(gpu, &mut bufs)?;
+    let out = gpu.download(&bufs.out)?;
+    let final_states = bufs
+        .final_states
+        .as_ref()
+        .map(|s| gpu.download(s))
+        .transpose()?;
+    Ok(ScanOutput { out, final_states })
+}
+
+fn empty_sequence_output<T: DeviceElement>(
+    problem: &ScanProblem,
+    p: &SelectiveScanParams<'_, T>,
+) -> ScanOutput<T, f32> {
+    let final_states = problem.return_final_states.then(|| match p.initial_states {
+        Some(h0) => h0.to_vec(),
+        None => vec![0.0; problem.state_len()],
+    });
+    ScanOutput {
+        out: Vec::new(),
+        final_states,
+    }
+}
+
+/// The kernel forms the crate launches for the reference workloads and the
+/// tests' corner shapes, for `ssmk resources` and the register/smem budgets.
+pub fn scan_kernel_variants() -> Vec<KernelVariant> {
+    let m1 = |dtype, d_state, seqlen, grouped: bool, all_options: bool| ScanProblem {
+        dtype,
+        dims: Mamba1Dims {
+            batch: 1,
+            d_inner: 64,
+            d_state,
+            seqlen,
+        },
+        b_groups: grouped.then_some(1),
+        c_groups: grouped.then_some(1),
+        has_d: all_options,
+        has_z: all_options,
+        has_delta_bias: all_options,
+        delta_softplus: all_options,
+        has_initial_states: false,
+        return_final_states: true,
+        varlen_seqs: None,
+    };
+    let problems = [
+        // The M1 workloads (bf16, N = 16, every option), then the other dtypes.
+        m1(DType::Bf16, 16, 4096, true, true),
+        m1(DType::F16, 16, 4096, true, true),
+        m1(DType::F32, 16, 4096, true, true),
+        // Bare options, constant B/C, unaligned L, odd and largest N.
+        m1(DType::Bf16, 16, 4096, true, false),
+        m1(DType::Bf16, 16, 4096, false, true),
+        m1(DType::Bf16, 16, 4095, true, true),
+        m1(DType::F32, 5, 4095, true, true),
+        m1(DType::Bf16, 256, 4096, true, true),
+        m1(DType::F32, 256, 4096, true, true),
+    ];
+    problems
+        .iter()
+        .filter_map(|problem| ScanConfig::new(problem, ScanTuning::default()).ok())
+        .map(|config| config.variant())
+        .collect()
+}
+
+impl ScanConfig {
+    /// This configuration as a [`KernelVariant`] (label `mamba1.scan_fwd.<label>`).
+    pub fn variant(&self) -> KernelVariant {
+        KernelVariant::new(
+            format!("mamba1.scan_fwd.{}", self.label()),
+            launch::SCAN_SOURCE,
+            launch::SCAN_ENTRY,
+            self.defines(),
+        )
+    }
+}
+
+/// A throughput probe of the exp2 unit (`kernels/mamba1/scan_probe.cu`):
+/// `scan_probe_ex2(float* out, int iters)` runs 8 independent chains of
+/// `x = 2^-x` per thread, `iters` steps each; the benchmark times it to measure
+/// the MUFU ceiling the scan is held against.
+pub static SCAN_PROBE_SOURCE: ssm_gpu::KernelSource =
+    ssm_gpu::kernel_source!("mamba1/scan_probe.cu");
+/// Entry point of [`SCAN_PROBE_SOURCE`].
+pub const SCAN_PROBE_EX2_ENTRY: &str = "scan_probe_ex2";
+/// Independent exp2 chains per thread in the probe.
+pub const SCAN_PROBE_CHAINS: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssm_gpu::{report_variants, test_compiler_or_skip};
+
+    /// Every listed form compiles for sm_90 without spills or stack (a spill in
+    /// the scan loop would cost more than the exponentials).
+    #[test]
+    fn variants_compile_without_spills() {
+        let Some(compiler) = test_compiler_or_skip("variants_compile_without_spills") else {
+            return;
+        };
+        for (label, report) in
+            report_variants(&compiler, &scan_kernel_variants(), ssm_gpu::Arch::Sm90)
+        {
+            let report = report.unwrap_or_else(|e| panic!("{label}: {e}"));
+            let f = &report.resources;
+            assert_eq!(f.spill_bytes(), 0, "{label}: {f:?}");
+            assert!(report.warnings.is_empty(), "{label}: {:?}", report.warnings);
+        }
+    }
 }

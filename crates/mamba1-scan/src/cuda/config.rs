@@ -1,0 +1,415 @@
+//! The compile-time shape of the scan kernel (`kernels/mamba1/scan_fwd.cu`):
+//! which problem it is specialised for (element type, N, options) and how the
+//! work is cut (lanes per channel, states per lane, time tile), chosen here and
+//! passed as `-D` defines. Also the shared-memory size, mirroring the kernel's
+//! layout.
+
+use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+use ssm_core::{DType, Element, Result, SsmError};
+
+pub(crate) const IMPLEMENTATION: &str = "mamba1-scan CUDA";
+
+/// Largest state size: 32 lanes per channel times 8 states per lane.
+pub const MAX_D_STATE: usize = 256;
+/// Time steps per chunk: the unit of the kernel's 16-byte loads and stores.
+const CHUNK: usize = 8;
+/// Dynamic shared memory a configuration may use without the opt-in attribute.
+const SMEM_DEFAULT_LIMIT: usize = 48 * 1024;
+
+/// Shapes and options of a call, without the data: everything the kernel is
+/// specialised on or sized by. Built from validated [`SelectiveScanParams`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanProblem {
+    pub dtype: DType,
+    pub dims: Mamba1Dims,
+    /// `Some(G)` for B `(b, G, N, L)`, `None` for constant B `(D_in, N)`.
+    pub b_groups: Option<usize>,
+    pub c_groups: Option<usize>,
+    pub has_d: bool,
+    pub has_z: bool,
+    pub has_delta_bias: bool,
+    pub delta_softplus: bool,
+    pub has_initial_states: bool,
+    pub return_final_states: bool,
+    /// `Some(num_seqs)` for varlen input.
+    pub varlen_seqs: Option<usize>,
+}
+
+impl ScanProblem {
+    /// Validate `p` and describe it.
+    pub fn of<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<Self> {
+        let layout = p.validate()?;
+        let groups = |bc: &BcInput<'_, T>| match *bc {
+            BcInput::Grouped { groups, .. } => Some(groups),
+            BcInput::Constant(_) => None,
+        };
+        Ok(ScanProblem {
+            dtype: T::DTYPE,
+            dims: p.dims,
+            b_groups: groups(&p.b),
+            c_groups: groups(&p.c),
+            has_d: p.d.is_some(),
+            has_z: p.z.is_some(),
+            has_delta_bias: p.delta_bias.is_some(),
+            delta_softplus: p.delta_softplus,
+            has_initial_states: p.initial_states.is_some(),
+            return_final_states: p.return_final_states,
+            varlen_seqs: p.cu_seqlens.map(|_| layout.num_seqs),
+        })
+    }
+
+    /// Independent sequences: batch rows, or varlen sequences.
+    pub fn num_seqs(&self) -> usize {
+        self.varlen_seqs.unwrap_or(self.dims.batch)
+    }
+
+    /// Elements of u, delta, z and out.
+    pub fn io_len(&self) -> usize {
+        self.dims.batch * self.dims.d_inner * self.dims.seqlen
+    }
+
+    /// Elements of B (or C) given its group count.
+    pub fn bc_len(&self, groups: Option<usize>) -> usize {
+        let Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        } = self.dims;
+        match groups {
+            Some(g) => batch * g * d_state * seqlen,
+            None => d_inner * d_state,
+        }
+    }
+
+    /// Elements of the initial or final states.
+    pub fn state_len(&self) -> usize {
+        self.num_seqs() * self.dims.d_inner * self.dims.d_state
+    }
+
+    /// Channels that share one B group and one C group: the unit a block's
+    /// channels must not cross (their B/C time tiles are shared).
+    pub fn seg_channels(&self) -> usize {
+        let d = self.dims.d_inner;
+        let per_group = |g: Option<usize>| g.map_or(d, |g| d / g);
+        gcd(per_group(self.b_groups), per_group(self.c_groups))
+    }
+
+    /// Bytes the kernel must move at least: u, delta, z read and out written
+    /// once, B/C read once, parameters and states.
+    pub fn min_bytes(&self) -> usize {
+        let e = self.dtype.size_bytes();
+        let io = self.io_len() * e * (3 + usize::from(self.has_z));
+        let bc = (self.bc_len(self.b_groups) + self.bc_len(self.c_groups)) * e;
+        let per_channel = self.dims.d_inner * 4 * (self.dims.d_state + 2);
+        let states = self.state_len()
+            * 4
+            * (usize::from(self.has_initial_states) + usize::from(self.return_final_states));
+        io + bc + per_channel + states
+    }
+
+    /// exp2 evaluations of the recurrence: one per (sequence position, channel, state).
+    pub fn recurrence_exps(&self) -> usize {
+        self.io_len() * self.dims.d_state
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Knobs of the kernel's work split; `None` lets [`ScanConfig::new`] choose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanTuning {
+    /// Lanes per channel (a power of two up to 32); the states are split among them.
+    pub lanes_per_channel: Option<usize>,
+    /// Time steps per tile (a multiple of 8).
+    pub tile: Option<usize>,
+    /// Threads per block (a multiple of 32).
+    pub threads: Option<usize>,
+    /// Of each lane's states, how many take exp2 as an FMA polynomial instead of MUFU.
+    pub exp_poly: Option<usize>,
+    /// `__launch_bounds__` minimum blocks per SM (caps registers).
+    pub min_blocks: Option<usize>,
+}
+
+/// Everything the kernel is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanConfig {
+    pub dtype: DType,
+    pub d_state: usize,
+    pub lanes_per_channel: usize,
+    pub states_per_lane: usize,
+    pub threads: usize,
+    pub tile: usize,
+    pub min_blocks: usize,
+    pub exp_poly: usize,
+    pub has_delta_bias: bool,
+    pub delta_softplus: bool,
+    pub has_d: bool,
+    pub has_z: bool,
+    pub b_const: bool,
+    pub c_const: bool,
+    /// 16-byte vector loads and stores (rows aligned: L a multiple of 8).
+    pub vec_io: bool,
+}
+
+impl ScanConfig {
+    /// The configuration for `problem`, or `Unsupported` for shapes the kernel
+    /// does not handle (never a configuration that would compute a wrong answer).
+    pub fn new(problem: &ScanProblem, tuning: ScanTuning) -> Result<Self> {
+        let n = problem.dims.d_state;
+        if problem.dtype == DType::F64 {
+            return Err(unsupported("f64 inputs (use f32, f16 or bf16)".into()));
+        }
+        if n > MAX_D_STATE {
+            return Err(unsupported(format!(
+                "d_state = {n} (at most {MAX_D_STATE})"
+            )));
+        }
+        let lanes = match tuning.lanes_per_channel {
+            Some(l) => l,
+            None => default_lanes(n),
+        };
+        if !lanes.is_power_of_two() || lanes > 32 {
+            return Err(unsupported(format!(
+                "{lanes} lanes per channel (a power of two up to 32)"
+            )));
+        }
+        let states_per_lane = n.div_ceil(lanes);
+        let threads = tuning.threads.unwrap_or(128);
+        if threads == 0 || threads % 32 != 0 || threads > 1024 {
+            return Err(unsupported(format!(
+                "{threads} threads per block (a multiple of 32 up to 1024)"
+            )));
+        }
+        let exp_poly = tuning.exp_poly.unwrap_or(0);
+        if exp_poly > states_per_lane {
+            return Err(unsupported(format!(
+                "{exp_poly} polynomial exponentials per lane with {states_per_lane} states per lane"
+            )));
+        }
+        let mut config = ScanConfig {
+            dtype: problem.dtype,
+            d_state: n,
+            lanes_per_channel: lanes,
+            states_per_lane,
+            threads,
+            tile: 32,
+            min_blocks: 1,
+            exp_poly,
+            has_delta_bias: problem.has_delta_bias,
+            delta_softplus: problem.delta_softplus,
+            has_d: problem.has_d,
+            has_z: problem.has_z,
+            b_const: problem.b_groups.is_none(),
+            c_const: problem.c_groups.is_none(),
+            vec_io: problem.dims.seqlen % CHUNK == 0,
+        };
+        match tuning.tile {
+            Some(tile) => {
+                if tile == 0 || tile % CHUNK != 0 {
+                    return Err(unsupported(format!(
+                        "a time tile of {tile} (a multiple of 8)"
+                    )));
+                }
+                config.tile = tile;
+            }
+            None => {
+                while config.smem_bytes() > SMEM_DEFAULT_LIMIT && config.tile > CHUNK {
+                    config.tile /= 2;
+                }
+            }
+        }
+        config.min_blocks = match tuning.min_blocks {
+            Some(m) => m,
+            None => config.default_min_blocks(),
+        };
+        Ok(config)
+    }
+
+    /// Channels per block.
+    pub fn channels_per_block(&self) -> usize {
+        self.threads / self.lanes_per_channel
+    }
+
+    /// Dynamic shared memory per block, as laid out by the kernel: (dt, dt*u)
+    /// slots, partial sums, and the f32 B/C rows of grouped B/C.
+    pub fn smem_bytes(&self) -> usize {
+        let cpb = self.channels_per_block();
+        let slots = cpb * (self.tile + 2) * 8;
+        let parts = cpb * self.lanes_per_channel * (self.tile + 4) * 4;
+        let padded_n = self.lanes_per_channel * self.states_per_lane;
+        let grouped = usize::from(!self.b_const) + usize::from(!self.c_const);
+        slots + parts + grouped * self.tile * padded_n * 4
+    }
+
+    /// Register cap through `__launch_bounds__`, for the tuned N = 16 split only:
+    /// enough resident blocks per SM that the M1 workloads (4-5 blocks of 128
+    /// threads per SM) run in one wave. Other splits keep the compiler's choice
+    /// (their prefetch registers grow with tile / lanes; a cap would spill).
+    fn default_min_blocks(&self) -> usize {
+        let tuned_split = self.threads == 128
+            && self.lanes_per_channel == 4
+            && self.states_per_lane == 4
+            && self.tile == 32
+            && self.vec_io;
+        match (tuned_split, self.dtype) {
+            (false, _) => 1,
+            // f32 inputs double the prefetch registers; 96 would spill.
+            (true, DType::F32 | DType::F64) => 4,
+            (true, DType::F16 | DType::Bf16) => 5,
+        }
+    }
+
+    /// The `-D` defines of `kernels/mamba1/scan_fwd.cu`.
+    pub fn defines(&self) -> Vec<(&'static str, String)> {
+        let dtype = match self.dtype {
+            DType::F32 | DType::F64 => 0,
+            DType::F16 => 1,
+            DType::Bf16 => 2,
+        };
+        let flag = |b: bool| String::from(if b { "1" } else { "0" });
+        vec![
+            ("SCAN_DTYPE", dtype.to_string()),
+            ("SCAN_N", self.d_state.to_string()),
+            ("SCAN_TPC", self.lanes_per_channel.to_string()),
+            ("SCAN_NPT", self.states_per_lane.to_string()),
+            ("SCAN_THREADS", self.threads.to_string()),
+            ("SCAN_TILE", self.tile.to_string()),
+            ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
+            ("SCAN_EXP_POLY", self.exp_poly.to_string()),
+            ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
+            ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
+            ("SCAN_HAS_D", flag(self.has_d)),
+            ("SCAN_HAS_Z", flag(self.has_z)),
+            ("SCAN_B_CONST", flag(self.b_const)),
+            ("SCAN_C_CONST", flag(self.c_const)),
+            ("SCAN_VEC_IO", flag(self.vec_io)),
+        ]
+    }
+
+    /// A short stable name, e.g. `bf16.n16.tpc4.t32.p0.zDbs.vec`.
+    pub fn label(&self) -> String {
+        let mut opts = String::new();
+        for (on, c) in [
+            (self.has_z, 'z'),
+            (self.has_d, 'D'),
+            (self.has_delta_bias, 'b'),
+            (self.delta_softplus, 's'),
+        ] {
+            if on {
+                opts.push(c);
+            }
+        }
+        let bc = match (self.b_const, self.c_const) {
+            (false, false) => "",
+            (true, false) => ".Bconst",
+            (false, true) => ".Cconst",
+            (true, true) => ".BCconst",
+        };
+        format!(
+            "{}.n{}.tpc{}.t{}.w{}.p{}.{}{}{}",
+            self.dtype,
+            self.d_state,
+            self.lanes_per_channel,
+            self.tile,
+            self.threads,
+            self.exp_poly,
+            if opts.is_empty() { "-" } else { &opts },
+            bc,
+            if self.vec_io { ".vec" } else { ".scalar" }
+        )
+    }
+}
+
+/// States per lane 4 for small N (more lanes, more channels in flight), 8 past
+/// N = 64 so that 256 states fit 32 lanes.
+fn default_lanes(n: usize) -> usize {
+    let per_lane = if n <= 64 { 4 } else { 8 };
+    n.div_ceil(per_lane).next_power_of_two().min(32)
+}
+
+pub(crate) fn unsupported(what: String) -> SsmError {
+    SsmError::Unsupported {
+        implementation: IMPLEMENTATION,
+        what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(n: usize, seqlen: usize) -> ScanProblem {
+        ScanProblem {
+            dtype: DType::Bf16,
+            dims: Mamba1Dims {
+                batch: 4,
+                d_inner: 5120,
+                d_state: n,
+                seqlen,
+            },
+            b_groups: Some(1),
+            c_groups: Some(1),
+            has_d: true,
+            has_z: true,
+            has_delta_bias: true,
+            delta_softplus: true,
+            has_initial_states: false,
+            return_final_states: false,
+            varlen_seqs: None,
+        }
+    }
+
+    #[test]
+    fn state_split_covers_n_with_at_most_32_lanes() {
+        for n in 1..=MAX_D_STATE {
+            let c = ScanConfig::new(&problem(n, 64), ScanTuning::default()).unwrap();
+            assert!(c.lanes_per_channel * c.states_per_lane >= n, "n={n}");
+            assert!(c.lanes_per_channel <= 32 && c.states_per_lane <= 8, "n={n}");
+            assert!(c.smem_bytes() <= SMEM_DEFAULT_LIMIT, "n={n}: {c:?}");
+            assert_eq!(c.tile % CHUNK, 0);
+        }
+        let c = ScanConfig::new(&problem(16, 4096), ScanTuning::default()).unwrap();
+        assert_eq!((c.lanes_per_channel, c.states_per_lane, c.tile), (4, 4, 32));
+        assert!(c.vec_io);
+    }
+
+    #[test]
+    fn unsupported_shapes_are_errors() {
+        let too_big = ScanConfig::new(&problem(257, 64), ScanTuning::default());
+        assert!(matches!(too_big, Err(SsmError::Unsupported { .. })));
+        let bad_lanes = ScanTuning {
+            lanes_per_channel: Some(3),
+            ..ScanTuning::default()
+        };
+        assert!(ScanConfig::new(&problem(16, 64), bad_lanes).is_err());
+        let f64_problem = ScanProblem {
+            dtype: DType::F64,
+            ..problem(16, 64)
+        };
+        assert!(ScanConfig::new(&f64_problem, ScanTuning::default()).is_err());
+    }
+
+    #[test]
+    fn unaligned_lengths_take_the_scalar_path() {
+        let c = ScanConfig::new(&problem(16, 4095), ScanTuning::default()).unwrap();
+        assert!(!c.vec_io);
+    }
+
+    #[test]
+    fn segments_respect_both_group_counts() {
+        let mut p = problem(16, 64);
+        p.dims.d_inner = 12;
+        p.b_groups = Some(2); // 6 channels per group
+        p.c_groups = Some(3); // 4 channels per group
+        assert_eq!(p.seg_channels(), 2);
+        p.c_groups = None;
+        assert_eq!(p.seg_channels(), 6);
+    }
+}

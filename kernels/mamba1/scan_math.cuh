@@ -1,0 +1,109 @@
+// Scalar math of the Mamba-1 scan kernels (design.md §1.1): exp2 on the MUFU
+// unit or as an FMA polynomial, softplus with mamba_ssm's threshold, silu, and
+// the 16-bit <-> f32 conversions. No toolkit headers: everything is inline PTX
+// or plain arithmetic, so NVRTC needs no include path.
+#pragma once
+
+#define SCAN_LOG2E 1.4426950408889634f
+
+// 2^x on the special-function unit (MUFU.EX2): one issue slot, but the unit
+// retires only 16 lanes per clock per SM, an eighth of the FMA rate. The .ftz
+// form is a single MUFU instruction; without it ptxas wraps denormal handling
+// around it. ex2(0) is exactly 1, which the masked (identity) steps rely on.
+__device__ __forceinline__ float scan_exp2_mufu(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 2^x on the FMA pipe: Cody-Waite split x = j + r with j = rint(x), r in
+// [-1/2, 1/2] (exact), a degree-6 minimax polynomial for 2^r (relative error
+// 2.6e-9 before f32 rounding, with p(0) = 1 exactly so that identity steps stay
+// exact), and 2^j added straight into the exponent field. About 12 FMA-pipe
+// instructions instead of one MUFU slot: worth it only for the share of the
+// exponentials that keeps the two pipes equally busy.
+// The clamp keeps j + exponent(p) inside the normal range: below -126 the result
+// is a tiny number (at most 2^-126, where 2^x is below that too, an absolute
+// error under 1.2e-38); at 128 the exponent field overflows to Inf/NaN, as a
+// true 2^x would overflow f32.
+__device__ __forceinline__ float scan_exp2_poly(float x) {
+    x = fminf(fmaxf(x, -126.0f), 128.0f);
+    const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float t = x + magic;
+    const float j = t - magic;
+    const float r = x - j;
+    float p = 1.559467782e-04f;
+    p = fmaf(p, r, 1.340664341e-03f);
+    p = fmaf(p, r, 9.617692791e-03f);
+    p = fmaf(p, r, 5.550310388e-02f);
+    p = fmaf(p, r, 2.402265221e-01f);
+    p = fmaf(p, r, 6.931472421e-01f);
+    p = fmaf(p, r, 1.0f);
+    // The low mantissa bits of t hold j (two's complement): shift them into
+    // the exponent field. The magic's own bits shift out past bit 31.
+    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+}
+
+// 1/x on the special-function unit (relative error about 1 ulp); 1/Inf = 0.
+__device__ __forceinline__ float scan_rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// softplus(x) = x for x > 20 (ssm_core::math::SOFTPLUS_THRESHOLD), else
+// log1p(exp(x)), to a few f32 ulps over the whole range. Written as
+// max(x, 0) + log1p(w) with w = exp(-|x|) in (0, 1], and log1p(w) = 2 atanh(s),
+// s = w / (2 + w) in (0, 1/3], whose odd series converges fast: the terms kept
+// leave a relative truncation error under 1.5e-8. This avoids both log(1 + w)
+// losing the low bits of a small w and MUFU.LG2's absolute (not relative)
+// error near 1.
+__device__ __forceinline__ float scan_softplus(float x) {
+    const float w = scan_exp2_mufu(-fabsf(x) * SCAN_LOG2E);
+    const float s = w * scan_rcp(2.0f + w);
+    const float q = s * s;
+    float p = 1.0f / 13.0f;
+    p = fmaf(p, q, 1.0f / 11.0f);
+    p = fmaf(p, q, 1.0f / 9.0f);
+    p = fmaf(p, q, 1.0f / 7.0f);
+    p = fmaf(p, q, 1.0f / 5.0f);
+    p = fmaf(p, q, 1.0f / 3.0f);
+    p = fmaf(p, q, 1.0f);
+    const float log1p_w = 2.0f * s * p;
+    return x > 20.0f ? x : fmaxf(x, 0.0f) + log1p_w;
+}
+
+// silu(z) = z * sigmoid(z) = z / (1 + exp(-z)); the limits come out right:
+// exp(-z) = Inf for z << 0 gives z * 0, exp(-z) = 0 for z >> 0 gives z.
+__device__ __forceinline__ float scan_silu(float z) {
+    return z * scan_rcp(1.0f + scan_exp2_mufu(-z * SCAN_LOG2E));
+}
+
+// ---------------------------------------------------------------- 16-bit types
+
+// bf16 -> f32 is a shift: the bf16 bits are the high half of the f32.
+__device__ __forceinline__ float scan_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float scan_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ float scan_f16_lo(unsigned w) {
+    float f;
+    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(f) : "r"(w));
+    return f;
+}
+__device__ __forceinline__ float scan_f16_hi(unsigned w) {
+    float f;
+    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(f) : "r"(w));
+    return f;
+}
+
+// Two f32 -> one word of two 16-bit values (round to nearest even), lo in the low half.
+__device__ __forceinline__ unsigned scan_pack_bf16(float lo, float hi) {
+    unsigned w;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+    return w;
+}
+__device__ __forceinline__ unsigned scan_pack_f16(float lo, float hi) {
+    unsigned w;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+    return w;
+}
