@@ -74,3 +74,34 @@ pub fn hash_tree(root: &Path) -> std::io::Result<String> {
         loaded.iter().map(|(r, c)| (r.as_str(), c.as_slice())),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_sources_only_in_path_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("b/k.cu", "kernel");
+        write("a/h.cuh", "header");
+        write("budgets.toml", "not a source");
+        let expected = hash_files([("a/h.cuh", &b"header"[..]), ("b/k.cu", &b"kernel"[..])]);
+        assert_eq!(hash_tree(dir.path()).unwrap(), expected);
+        write("notes.md", "also not a source");
+        assert_eq!(hash_tree(dir.path()).unwrap(), expected);
+        write("a/h.cuh", "header edited");
+        assert_ne!(hash_tree(dir.path()).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_missing_tree_hashes_like_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert_eq!(hash_tree(&missing).unwrap(), hash_files([]));
+    }
+}

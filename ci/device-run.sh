@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Runs ON the device machine (no cargo there), from the repository root, over
+# the bundle that ci/device-prepare.sh built (carried by the `run` tool).
+#
+# Steps (each logged, timed and limited; a failing step does not stop the next):
+#   info       gpu_info: device, NVRTC, headers, kernel hashes       -> gpu-info.json
+#   resources  ssmk resources --json (every variant vs its budget)   -> resources.json
+#   tests      every GPU test binary, SSM_REQUIRE_GPU=1              -> device-run.log
+#   verify     ssmk verify --gpu require --json                      -> verify.json
+#   bench      examples gpu_*/bench_* and criterion benches          -> results.tar.gz
+# plus summary.txt (printed last) and manifest.json. At most 8 files come back.
+#
+# usage: bash ci/device-run.sh [bundle-dir] [step,step,...]
+# env:   SSM_DEVICE_KERNELS=worktree (default: hot-reload this checkout's kernels/,
+#        which travels with every call) | built (the copy made at prepare time)
+#        SSM_DEVICE_FULL=1     pass --full to ssmk verify (the design.md workloads)
+#        SSM_STEP_TIMEOUT=240  seconds per step
+#        SSM_DEVICE_ONLY=glob  run only tests/examples/benches whose bundle name
+#                              matches (e.g. 'ssm-gpu__*' or '*decode*')
+set -uo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+bundle="${1:-.gpu/loop}"
+steps="${2:-info,resources,tests,verify,bench}"
+out="${OUT:-$repo_root/.gpu/out}"
+mkdir -p "$out"
+log="$out/device-run.log"
+summary="$out/summary.txt"
+: >"$log"
+: >"$summary"
+step_timeout="${SSM_STEP_TIMEOUT:-240}"
+
+if [ ! -f "$bundle/manifest.json" ]; then
+    echo "device-run: no bundle at $bundle (run ci/device-prepare.sh here and carry it)" | tee -a "$summary" >&2
+    exit 2
+fi
+cp "$bundle/manifest.json" "$out/manifest.json"
+
+# NVRTC and its builtins live beside the toolkit; ssm-gpu also finds them there itself.
+for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export SSM_REQUIRE_GPU=1
+export SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
+export SSM_RESULTS_DIR=/tmp/ssm-results
+export RUST_BACKTRACE=1
+rm -rf "$SSM_RESULTS_DIR" && mkdir -p "$SSM_RESULTS_DIR"
+case "${SSM_DEVICE_KERNELS:-worktree}" in
+    worktree) export SSM_KERNEL_DIR="$repo_root/kernels" ;;
+    built) export SSM_KERNEL_DIR="$repo_root/$bundle/kernels" ;;
+    *) echo "device-run: SSM_DEVICE_KERNELS must be worktree or built" >&2; exit 2 ;;
+esac
+
+failures=0
+# run_step NAME COMMAND...: log output, record status and seconds in the summary.
+run_step() {
+    local name="$1"
+    shift
+    local start end status
+    echo "=== $name: $*" >>"$log"
+    start=$(date +%s.%N)
+    timeout --kill-after=10 "$step_timeout" "$@" >>"$log" 2>&1
+    status=$?
+    end=$(date +%s.%N)
+    local verdict=ok
+    if [ $status -eq 124 ] || [ $status -eq 137 ]; then
+        verdict="TIMEOUT after ${step_timeout}s"
+    elif [ $status -ne 0 ]; then
+        verdict="FAILED (exit $status)"
+    fi
+    [ "$verdict" = ok ] || failures=$((failures + 1))
+    printf '%-58s %-22s %7.1fs\n' "$name" "$verdict" "$(awk "BEGIN { print $end - $start }")" >>"$summary"
+    echo "=== $name: $verdict" >>"$log"
+}
+
+has_step() { [[ ",$steps," == *",$1,"* ]]; }
+# selected PATH: the binary's bundle name matches SSM_DEVICE_ONLY (default: all).
+selected() {
+    local name
+    name="$(basename "$1")"
+    # shellcheck disable=SC2053 # the right side is a glob on purpose
+    [[ $name == ${SSM_DEVICE_ONLY:-*} ]]
+}
+ssmk="$bundle/bin/ssmk"
+# Subcommands appear as the CLI grows; skip (and say so) those not built in yet.
+ssmk_has() { "$ssmk" help "$1" >/dev/null 2>&1; }
+
+{
+    echo "device-run on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader 2>&1 || true
+    echo "bundle $bundle: $(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["commit"][:12], "dirty" if m["dirty"] else "clean", "kernels", m["kernels_hash"][:12])' "$bundle/manifest.json" 2>&1)"
+    python3 -c 'import json,sys; f=json.load(open(sys.argv[1])).get("build_failures"); print("NOT BUILT (left out of the bundle): " + ", ".join(f)) if f else None' "$bundle/manifest.json"
+    echo "kernel sources: $SSM_KERNEL_DIR"
+} >>"$summary"
+
+if has_step info; then
+    run_step "info: gpu_info" sh -c "'$bundle/bin/gpu_info' > '$out/gpu-info.json'"
+fi
+if has_step resources; then
+    if ssmk_has resources; then
+        run_step "resources: ssmk resources --json" sh -c "'$ssmk' resources --json > '$out/resources.json'"
+    else
+        echo "resources: SKIPPED (this ssmk has no 'resources' subcommand)" >>"$summary"
+    fi
+fi
+if has_step tests; then
+    for test in "$bundle"/tests/*; do
+        [ -x "$test" ] && selected "$test" || continue
+        # One thread: timings inside tests must not share the GPU with each other.
+        run_step "test: $(basename "$test")" "$test" --test-threads=1 --nocapture
+    done
+fi
+if has_step verify; then
+    if ssmk_has verify; then
+        full=()
+        [ "${SSM_DEVICE_FULL:-0}" = 1 ] && full=(--full)
+        run_step "verify: ssmk verify --gpu require ${full[*]}" \
+            "$ssmk" verify --gpu require "${full[@]}" --json "$out/verify.json"
+    else
+        echo "verify: SKIPPED (this ssmk has no 'verify' subcommand)" >>"$summary"
+    fi
+fi
+if has_step bench; then
+    for example in "$bundle"/examples/*; do
+        [ -x "$example" ] && selected "$example" || continue
+        run_step "example: $(basename "$example")" "$example"
+    done
+    for bench in "$bundle"/benches/*; do
+        [ -x "$bench" ] && selected "$bench" || continue
+        run_step "bench: $(basename "$bench")" "$bench" --bench
+    done
+    if [ -n "$(ls -A "$SSM_RESULTS_DIR")" ]; then
+        tar -czf "$out/results.tar.gz" -C "$SSM_RESULTS_DIR" .
+    fi
+fi
+
+echo "steps failed: $failures" >>"$summary"
+echo
+cat "$summary"
+[ "$failures" -eq 0 ]
