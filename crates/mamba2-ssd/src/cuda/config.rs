@@ -1,0 +1,529 @@
+//! Which kernel runs a call, and the compile-time configuration it gets.
+//!
+//! Two kernels share one argument list and one work-item table:
+//! - `kernels/mamba2/ssd_fused.cu`: f16/bf16 inputs, tensor cores (mma.sync), the
+//!   state on chip; needs `N % 16 == 0`, `N <= 256`, `P % 32 == 0` and its shared
+//!   memory within the device limit.
+//! - `kernels/mamba2/ssd_simt.cu`: f32 arithmetic on CUDA cores for any `N`, `P`
+//!   and input type; the f32 path and the fallback for shapes the fused kernel
+//!   does not take.
+//!
+//! Every option of the forward pass is a compile-time switch (`-D`), so a module
+//! is compiled per combination (NVRTC results are cached on disk).
+
+use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
+use ssm_core::{DType, Element, Result, SsmError};
+use ssm_gpu::{kernel_source, KernelSource, KernelVariant};
+
+pub(crate) const IMPLEMENTATION: &str = "mamba2-ssd CUDA";
+
+/// The fused tensor-core kernel, embedded at build time.
+pub static FUSED_SOURCE: KernelSource = kernel_source!("mamba2/ssd_fused.cu");
+/// The f32 CUDA-core kernel, embedded at build time.
+pub static SIMT_SOURCE: KernelSource = kernel_source!("mamba2/ssd_simt.cu");
+
+/// Chunk lengths the kernels are built for.
+pub const CHUNK_SIZES: [usize; 3] = [64, 128, 256];
+
+/// Which kernel to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelChoice {
+    /// The fused kernel where it applies (f16/bf16 and a supported shape), else SIMT.
+    Auto,
+    /// The fused kernel, or `SsmError::Unsupported`.
+    Fused,
+    /// The f32 CUDA-core kernel (any shape and input type).
+    Simt,
+}
+
+/// How sequences are cut into segments that run in parallel (a prepass computes
+/// each segment's state contribution, the main pass starts from the sum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Segmentation {
+    /// Split only when `sequences x heads x P-tiles` blocks cannot fill the GPU.
+    Auto,
+    /// At most this many segments per sequence (1: never split).
+    AtMost(usize),
+}
+
+/// Knobs of the CUDA path. The defaults are the measured best on the H100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CudaOptions {
+    /// Chunk length Q: 64, 128 or 256.
+    pub chunk_size: usize,
+    pub kernel: KernelChoice,
+    /// cp.async stages of the fused kernel: 1 (more blocks per SM) or 2 (the next
+    /// chunk's copy overlaps this chunk's math).
+    pub stages: usize,
+    pub segmentation: Segmentation,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            chunk_size: 64,
+            kernel: KernelChoice::Auto,
+            stages: 1,
+            segmentation: Segmentation::Auto,
+        }
+    }
+}
+
+/// The skip term's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DMode {
+    None,
+    PerHead,
+    PerHeadDim,
+}
+
+impl DMode {
+    fn define(self) -> u8 {
+        match self {
+            DMode::None => 0,
+            DMode::PerHead => 1,
+            DMode::PerHeadDim => 2,
+        }
+    }
+}
+
+/// The optional inputs and outputs a call uses; each is a compile-time switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SsdFeatures {
+    pub dt_bias: bool,
+    pub dt_softplus: bool,
+    pub d: DMode,
+    pub z: bool,
+    pub initial_states: bool,
+    pub final_states: bool,
+}
+
+impl SsdFeatures {
+    pub fn of<T: Element>(p: &SsdParams<'_, T>) -> Self {
+        SsdFeatures {
+            dt_bias: p.dt_bias.is_some(),
+            dt_softplus: p.dt_softplus,
+            d: match p.d {
+                None => DMode::None,
+                Some(DSkip::PerHead(_)) => DMode::PerHead,
+                Some(DSkip::PerHeadDim(_)) => DMode::PerHeadDim,
+            },
+            z: p.z.is_some(),
+            initial_states: p.initial_states.is_some(),
+            final_states: p.return_final_states,
+        }
+    }
+
+    /// Every option on (the variant list and the resource budgets use it: the
+    /// most registers and code).
+    pub fn all() -> Self {
+        SsdFeatures {
+            dt_bias: true,
+            dt_softplus: true,
+            d: DMode::PerHeadDim,
+            z: true,
+            initial_states: true,
+            final_states: true,
+        }
+    }
+}
+
+/// Tiling of the fused kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FusedTiling {
+    /// Head-dimension columns per block (32 or 64).
+    pub p_tile: usize,
+    pub warps: usize,
+    /// Output columns per warp work unit (32 or 64).
+    pub y_cols: usize,
+    pub stages: usize,
+    /// `__launch_bounds__` minimum blocks per SM (caps registers).
+    pub min_blocks: usize,
+}
+
+/// Which kernel, and how it is tiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    Fused(FusedTiling),
+    Simt,
+}
+
+/// Everything that decides one compiled module and its launch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelConfig {
+    pub dtype: DType,
+    pub chunk: usize,
+    pub d_state: usize,
+    pub head_dim: usize,
+    pub features: SsdFeatures,
+    pub path: KernelPath,
+}
+
+/// Shared memory per SM on sm_90 (228 KiB), and what the driver reserves per block.
+const SMEM_PER_SM: usize = 228 * 1024;
+const SMEM_RESERVED_PER_BLOCK: usize = 1024;
+/// Head-dimension columns per SIMT block (kernels/mamba2/ssd_simt.cu `PT`).
+const SIMT_P_TILE: usize = 32;
+
+fn dtype_code(dtype: DType) -> Result<u8> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::Bf16 => Ok(2),
+        DType::F64 => Err(unsupported("f64 inputs (use f32, f16 or bf16)".into())),
+    }
+}
+
+pub(crate) fn unsupported(what: String) -> SsmError {
+    SsmError::Unsupported {
+        implementation: IMPLEMENTATION,
+        what,
+    }
+}
+
+impl KernelConfig {
+    /// Pick the kernel for a call. `max_smem` is the device's opt-in limit of dynamic
+    /// shared memory per block.
+    pub fn select(
+        dtype: DType,
+        dims: &SsdDims,
+        features: SsdFeatures,
+        opts: &CudaOptions,
+        max_smem: usize,
+    ) -> Result<Self> {
+        dtype_code(dtype)?;
+        if !CHUNK_SIZES.contains(&opts.chunk_size) {
+            return Err(unsupported(format!(
+                "chunk size {} (expected one of {CHUNK_SIZES:?})",
+                opts.chunk_size
+            )));
+        }
+        if !(1..=2).contains(&opts.stages) {
+            return Err(unsupported(format!(
+                "{} cp.async stages (expected 1 or 2)",
+                opts.stages
+            )));
+        }
+        let simt = KernelConfig {
+            dtype,
+            chunk: opts.chunk_size,
+            d_state: dims.d_state,
+            head_dim: dims.head_dim,
+            features,
+            path: KernelPath::Simt,
+        };
+        let fused = Self::fused_tiling(dtype, dims, opts).map(|tiling| KernelConfig {
+            path: KernelPath::Fused(tiling),
+            ..simt
+        });
+        let fits = |c: &KernelConfig| c.smem_bytes(false) <= max_smem;
+        match opts.kernel {
+            KernelChoice::Simt => {}
+            KernelChoice::Auto => {
+                if let Ok(c) = &fused {
+                    if fits(c) {
+                        return Ok(*c);
+                    }
+                }
+            }
+            KernelChoice::Fused => {
+                let c = fused?;
+                if !fits(&c) {
+                    return Err(unsupported(format!(
+                        "the fused kernel at chunk {} and N = {} ({} bytes of shared memory, \
+                         the device allows {max_smem})",
+                        opts.chunk_size,
+                        dims.d_state,
+                        c.smem_bytes(false)
+                    )));
+                }
+                return Ok(c);
+            }
+        }
+        if !fits(&simt) {
+            return Err(unsupported(format!(
+                "N = {} ({} bytes of shared memory for the f32 state tile, the device allows \
+                 {max_smem})",
+                dims.d_state,
+                simt.smem_bytes(false)
+            )));
+        }
+        Ok(simt)
+    }
+
+    /// The fused kernel's tiling for these sizes, or why it does not apply.
+    fn fused_tiling(dtype: DType, dims: &SsdDims, opts: &CudaOptions) -> Result<FusedTiling> {
+        if !matches!(dtype, DType::F16 | DType::Bf16) {
+            return Err(unsupported(format!(
+                "the tensor-core kernel with {dtype} inputs (f16/bf16 only)"
+            )));
+        }
+        let n = dims.d_state;
+        if n % 16 != 0 || n > 256 {
+            return Err(unsupported(format!(
+                "the tensor-core kernel with N = {n} (a multiple of 16, at most 256)"
+            )));
+        }
+        let p = dims.head_dim;
+        if p % 32 != 0 {
+            return Err(unsupported(format!(
+                "the tensor-core kernel with P = {p} (a multiple of 32)"
+            )));
+        }
+        let p_tile = if p % 64 == 0 { 64 } else { 32 };
+        // The state tile (p_tile x N f32) is spread over the warps' registers: at most
+        // 64 floats per thread.
+        let warps = if p_tile * n / (32 * 4) > 64 { 8 } else { 4 };
+        let y_cols = if p_tile == 32 || warps == 8 { 32 } else { 64 };
+        let mut tiling = FusedTiling {
+            p_tile,
+            warps,
+            y_cols,
+            stages: opts.stages,
+            min_blocks: 1,
+        };
+        if warps == 4 {
+            let probe = KernelConfig {
+                dtype,
+                chunk: opts.chunk_size,
+                d_state: n,
+                head_dim: p,
+                features: SsdFeatures::all(),
+                path: KernelPath::Fused(tiling),
+            };
+            let per_sm = SMEM_PER_SM / (probe.smem_bytes(false) + SMEM_RESERVED_PER_BLOCK);
+            tiling.min_blocks = per_sm.clamp(1, 3);
+        }
+        Ok(tiling)
+    }
+
+    pub fn is_fused(&self) -> bool {
+        matches!(self.path, KernelPath::Fused(_))
+    }
+
+    pub fn entry(&self) -> &'static str {
+        match self.path {
+            KernelPath::Fused(_) => "ssd_fused_fwd",
+            KernelPath::Simt => "ssd_simt_fwd",
+        }
+    }
+
+    pub fn source(&self) -> KernelSource {
+        match self.path {
+            KernelPath::Fused(_) => FUSED_SOURCE,
+            KernelPath::Simt => SIMT_SOURCE,
+        }
+    }
+
+    pub fn threads(&self) -> u32 {
+        match self.path {
+            KernelPath::Fused(t) => 32 * t.warps as u32,
+            KernelPath::Simt => 256,
+        }
+    }
+
+    /// Head-dimension columns per block.
+    pub fn p_tile(&self) -> usize {
+        match self.path {
+            KernelPath::Fused(t) => t.p_tile,
+            KernelPath::Simt => SIMT_P_TILE,
+        }
+    }
+
+    /// Blocks per (item, head).
+    pub fn p_tiles(&self) -> usize {
+        self.head_dim.div_ceil(self.p_tile())
+    }
+
+    /// Dynamic shared memory in bytes; mirrors the layout constants of the kernels.
+    pub fn smem_bytes(&self, state_only: bool) -> usize {
+        let q = self.chunk;
+        let n = self.d_state;
+        match self.path {
+            KernelPath::Fused(t) => {
+                let x_tile = q * (t.p_tile + 8) * 2;
+                let bc_tile = q * (n + 8) * 2;
+                let stage = x_tile + bc_tile * if state_only { 1 } else { 2 };
+                let state = if state_only {
+                    0
+                } else {
+                    t.p_tile * (n + 8) * 2
+                };
+                t.stages * stage + state + t.warps * 3 * q * 4
+            }
+            KernelPath::Simt => {
+                let floats = SIMT_P_TILE * (n + 1) + 3 * q + 64 * 33 * 2 + 64 * 65 + 64 * 33;
+                floats * 4
+            }
+        }
+    }
+
+    /// The `-D` defines of the kernel source.
+    pub fn defines(&self, state_only: bool) -> Vec<(&'static str, String)> {
+        let f = &self.features;
+        let flag = |on: bool| u8::from(on).to_string();
+        let mut d = vec![
+            ("SSD_DTYPE", dtype_code(self.dtype).unwrap_or(0).to_string()),
+            ("SSD_Q", self.chunk.to_string()),
+            ("SSD_N", self.d_state.to_string()),
+            ("SSD_P", self.head_dim.to_string()),
+            ("SSD_DT_BIAS", flag(f.dt_bias)),
+            ("SSD_DT_SOFTPLUS", flag(f.dt_softplus)),
+            ("SSD_D_MODE", f.d.define().to_string()),
+            ("SSD_HAS_Z", flag(f.z)),
+            ("SSD_HAS_S0", flag(f.initial_states)),
+            ("SSD_FINAL", flag(f.final_states)),
+            ("SSD_STATE_ONLY", flag(state_only)),
+        ];
+        if let KernelPath::Fused(t) = self.path {
+            d.extend([
+                ("SSD_PT", t.p_tile.to_string()),
+                ("SSD_NWARPS", t.warps.to_string()),
+                ("SSD_YC", t.y_cols.to_string()),
+                ("SSD_STAGES", t.stages.to_string()),
+                ("SSD_MIN_BLOCKS", t.min_blocks.to_string()),
+            ]);
+        }
+        d
+    }
+
+    /// A stable name for budgets and reports, e.g. `mamba2.ssd_fused.bf16.q64.n128.p64`.
+    pub fn label(&self, state_only: bool) -> String {
+        let kind = match self.path {
+            KernelPath::Fused(t) => format!("ssd_fused.s{}", t.stages),
+            KernelPath::Simt => "ssd_simt".to_string(),
+        };
+        let pass = if state_only { ".prepass" } else { "" };
+        format!(
+            "mamba2.{kind}.{}.q{}.n{}.p{}{pass}",
+            self.dtype, self.chunk, self.d_state, self.head_dim
+        )
+    }
+
+    pub fn variant(&self, state_only: bool) -> KernelVariant {
+        KernelVariant::new(
+            self.label(state_only),
+            self.source(),
+            self.entry(),
+            self.defines(state_only),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(n: usize, p: usize) -> SsdDims {
+        SsdDims {
+            batch: 1,
+            seqlen: 100,
+            heads: 2,
+            head_dim: p,
+            d_state: n,
+            groups: 1,
+        }
+    }
+
+    const H100_SMEM: usize = 227 * 1024;
+
+    #[test]
+    fn bf16_reference_shape_takes_the_fused_kernel_with_three_blocks_per_sm() {
+        let c = KernelConfig::select(
+            DType::Bf16,
+            &dims(128, 64),
+            SsdFeatures::all(),
+            &CudaOptions::default(),
+            H100_SMEM,
+        )
+        .unwrap();
+        let KernelPath::Fused(t) = c.path else {
+            panic!("expected the fused kernel, got {c:?}")
+        };
+        assert_eq!((t.p_tile, t.warps, t.y_cols, t.min_blocks), (64, 4, 64, 3));
+        // 1 stage of x/B/C tiles, the bf16 state tile, per-warp cumsum arrays.
+        assert_eq!(
+            c.smem_bytes(false),
+            64 * 72 * 2 + 2 * 64 * 136 * 2 + 64 * 136 * 2 + 4 * 3 * 64 * 4
+        );
+        assert!(c.smem_bytes(true) < c.smem_bytes(false));
+    }
+
+    #[test]
+    fn f32_and_odd_shapes_fall_back_to_simt() {
+        let opts = CudaOptions::default();
+        let f = SsdFeatures::all();
+        for (dtype, n, p) in [
+            (DType::F32, 128, 64),
+            (DType::Bf16, 24, 64),
+            (DType::F16, 64, 48),
+        ] {
+            let c = KernelConfig::select(dtype, &dims(n, p), f, &opts, H100_SMEM).unwrap();
+            assert_eq!(c.path, KernelPath::Simt, "{dtype} N={n} P={p}");
+        }
+        let forced = CudaOptions {
+            kernel: KernelChoice::Fused,
+            ..opts
+        };
+        let err = KernelConfig::select(DType::F32, &dims(128, 64), f, &forced, H100_SMEM);
+        assert!(matches!(err, Err(SsmError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn large_chunks_that_do_not_fit_fall_back_or_refuse() {
+        let opts = CudaOptions {
+            chunk_size: 256,
+            stages: 2,
+            ..CudaOptions::default()
+        };
+        let c = KernelConfig::select(
+            DType::Bf16,
+            &dims(256, 64),
+            SsdFeatures::all(),
+            &opts,
+            H100_SMEM,
+        )
+        .unwrap();
+        assert_eq!(c.path, KernelPath::Simt);
+        let bad = CudaOptions {
+            chunk_size: 96,
+            ..CudaOptions::default()
+        };
+        assert!(matches!(
+            KernelConfig::select(
+                DType::Bf16,
+                &dims(64, 64),
+                SsdFeatures::all(),
+                &bad,
+                H100_SMEM
+            ),
+            Err(SsmError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            KernelConfig::select(
+                DType::F64,
+                &dims(64, 64),
+                SsdFeatures::all(),
+                &CudaOptions::default(),
+                H100_SMEM
+            ),
+            Err(SsmError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn n256_uses_eight_warps_to_keep_the_state_at_64_registers() {
+        let c = KernelConfig::select(
+            DType::Bf16,
+            &dims(256, 128),
+            SsdFeatures::all(),
+            &CudaOptions::default(),
+            H100_SMEM,
+        )
+        .unwrap();
+        let KernelPath::Fused(t) = c.path else {
+            panic!("expected fused")
+        };
+        assert_eq!((t.warps, t.y_cols, c.p_tiles()), (8, 32, 2));
+    }
+}

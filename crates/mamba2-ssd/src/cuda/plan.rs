@@ -1,0 +1,358 @@
+//! Device-resident forward pass: a plan (compiled kernels, work table, workspace)
+//! and launches on buffers that stay on the GPU (benchmarks, and callers that keep
+//! their tensors there).
+
+use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
+use ssm_core::{Result, SsmError};
+use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use ssm_gpu::{DeviceElement, Gpu, Kernel};
+
+use super::config::{unsupported, CudaOptions, KernelConfig, SsdFeatures};
+use super::work::{self, WorkTable};
+
+/// Inputs of a forward pass on the device (layouts as in `SsdParams`).
+pub struct SsdDeviceInputs<T> {
+    pub x: CudaSlice<T>,
+    pub dt: CudaSlice<T>,
+    pub a: CudaSlice<f32>,
+    pub b: CudaSlice<T>,
+    pub c: CudaSlice<T>,
+    pub dt_bias: Option<CudaSlice<f32>>,
+    /// `(H)` or `(H, P)`, as the plan's features say.
+    pub d: Option<CudaSlice<f32>>,
+    pub z: Option<CudaSlice<T>>,
+    pub initial_states: Option<CudaSlice<f32>>,
+}
+
+impl<T: DeviceElement> SsdDeviceInputs<T> {
+    /// Copy the inputs of `p` to the device.
+    pub fn upload(gpu: &Gpu, p: &SsdParams<'_, T>) -> Result<Self> {
+        let opt = |v: Option<&[f32]>| v.map(|s| gpu.upload(s)).transpose();
+        Ok(SsdDeviceInputs {
+            x: gpu.upload(p.x)?,
+            dt: gpu.upload(p.dt)?,
+            a: gpu.upload(p.a)?,
+            b: gpu.upload(p.b)?,
+            c: gpu.upload(p.c)?,
+            dt_bias: opt(p.dt_bias)?,
+            d: opt(p.d.as_ref().map(DSkip::data))?,
+            z: p.z.map(|z| gpu.upload(z)).transpose()?,
+            initial_states: opt(p.initial_states)?,
+        })
+    }
+}
+
+/// Outputs of a forward pass on the device.
+pub struct SsdDeviceOutputs<T> {
+    /// `(b, L, H, P)`.
+    pub out: CudaSlice<T>,
+    /// `(b or num_seqs, H, P, N)` when the plan returns final states.
+    pub final_states: Option<CudaSlice<f32>>,
+}
+
+/// Compiled kernels, the work table on the device and the segment workspace for
+/// one problem shape and option set.
+pub struct SsdPlan {
+    config: KernelConfig,
+    dims: SsdDims,
+    dt_limit: (f32, f32),
+    table: WorkTable,
+    main: Kernel,
+    prepass: Option<Kernel>,
+    items: CudaSlice<i64>,
+    prepass_items: Option<CudaSlice<i64>>,
+    ws_states: CudaSlice<f32>,
+    ws_decay: CudaSlice<f32>,
+}
+
+/// Copy the work table (i64, which is no `DeviceElement`) to the device.
+fn upload_i64(gpu: &Gpu, host: &[i64]) -> Result<CudaSlice<i64>> {
+    gpu.stream()
+        .clone_htod(host)
+        .map_err(|e| SsmError::Backend(format!("uploading the work table: {e:?}")))
+}
+
+/// Resident blocks per SM for a kernel, from its registers, threads and shared memory.
+fn blocks_per_sm(kernel: &Kernel, threads: u32, smem: usize) -> usize {
+    const REGS_PER_SM: usize = 65536;
+    const SMEM_PER_SM: usize = 228 * 1024;
+    // Registers are allocated per warp in units of 256.
+    let regs_per_warp = (kernel.resources.registers as usize * 32).div_ceil(256) * 256;
+    let by_regs = REGS_PER_SM / (regs_per_warp * (threads as usize / 32)).max(1);
+    let by_smem = SMEM_PER_SM / (smem + 1024);
+    let by_threads = 2048 / threads as usize;
+    by_regs.min(by_smem).min(by_threads).min(32)
+}
+
+impl SsdPlan {
+    /// Plan the call described by `p` (its sizes, options and `cu_seqlens`; the
+    /// tensor contents are not read).
+    pub fn new<T: DeviceElement>(
+        gpu: &Gpu,
+        p: &SsdParams<'_, T>,
+        opts: &CudaOptions,
+    ) -> Result<Self> {
+        p.validate()?;
+        let dims = p.dims;
+        let max_smem = gpu.max_smem_per_block_optin()? as usize;
+        let config = KernelConfig::select(T::DTYPE, &dims, SsdFeatures::of(p), opts, max_smem)?;
+
+        let load = |state_only: bool| -> Result<Kernel> {
+            let mut k = gpu.kernel_variant(&config.variant(state_only))?;
+            k.set_max_dynamic_smem(config.smem_bytes(state_only) as u32)?;
+            Ok(k)
+        };
+        let main = load(false)?;
+        let seqs = work::sequences(dims.batch, dims.seqlen, p.cu_seqlens);
+        let per_item = dims.heads * config.p_tiles();
+        let max_segments = match opts.segmentation {
+            super::Segmentation::AtMost(n) => n.max(1),
+            super::Segmentation::Auto => {
+                let slots = gpu.multiprocessor_count()? as usize
+                    * blocks_per_sm(&main, config.threads(), config.smem_bytes(false));
+                work::auto_segments(seqs.len() * per_item, slots)
+            }
+        };
+        let table = work::build(&seqs, config.chunk, max_segments);
+        for n in [table.num_items(), table.num_prepass()] {
+            if n.checked_mul(per_item)
+                .is_none_or(|b| b > i32::MAX as usize)
+            {
+                return Err(SsmError::Dimension {
+                    arg: "cu_seqlens",
+                    reason: format!(
+                        "{n} work items x {per_item} blocks each exceed the grid limit of 2^31 - 1"
+                    ),
+                });
+            }
+        }
+        let prepass = if table.num_prepass() > 0 {
+            Some(load(true)?)
+        } else {
+            None
+        };
+        let ws_len = table.slots.max(1) * dims.heads * dims.head_dim * dims.d_state;
+        Ok(SsdPlan {
+            items: upload_i64(gpu, &table.items)?,
+            prepass_items: if table.prepass.is_empty() {
+                None
+            } else {
+                Some(upload_i64(gpu, &table.prepass)?)
+            },
+            ws_states: gpu.alloc_poisoned::<f32>(ws_len)?,
+            ws_decay: gpu.alloc_poisoned::<f32>(table.slots.max(1) * dims.heads)?,
+            config,
+            dims,
+            dt_limit: p.dt_limit,
+            table,
+            main,
+            prepass,
+        })
+    }
+
+    pub fn config(&self) -> &KernelConfig {
+        &self.config
+    }
+    pub fn table(&self) -> &WorkTable {
+        &self.table
+    }
+    /// The main kernel (resources: registers, shared memory, spills).
+    pub fn main_kernel(&self) -> &Kernel {
+        &self.main
+    }
+    pub fn prepass_kernel(&self) -> Option<&Kernel> {
+        self.prepass.as_ref()
+    }
+
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} regs, {} B smem, {} items{}, {} threads)",
+            self.config.label(false),
+            self.main.resources.registers,
+            self.config.smem_bytes(false),
+            self.table.num_items(),
+            if self.table.num_prepass() > 0 {
+                format!(" + {} prepass", self.table.num_prepass())
+            } else {
+                String::new()
+            },
+            self.config.threads()
+        )
+    }
+
+    /// Allocate outputs for this plan, poisoned (NaN) so that unwritten elements show.
+    pub fn alloc_outputs<T: DeviceElement>(&self, gpu: &Gpu) -> Result<SsdDeviceOutputs<T>> {
+        let d = &self.dims;
+        let out = gpu.alloc_poisoned::<T>(d.batch * d.seqlen * d.heads * d.head_dim)?;
+        let final_states = if self.config.features.final_states {
+            Some(gpu.alloc_poisoned::<f32>(self.table.num_seqs * d.heads * d.head_dim * d.d_state)?)
+        } else {
+            None
+        };
+        Ok(SsdDeviceOutputs { out, final_states })
+    }
+
+    fn check_inputs<T: DeviceElement>(
+        &self,
+        inp: &SsdDeviceInputs<T>,
+        out: &SsdDeviceOutputs<T>,
+    ) -> Result<()> {
+        let d = &self.dims;
+        let f = &self.config.features;
+        let tokens = d.batch * d.seqlen;
+        let state_len = self.table.num_seqs * d.heads * d.head_dim * d.d_state;
+        let d_len = match f.d {
+            super::DMode::None => 0,
+            super::DMode::PerHead => d.heads,
+            super::DMode::PerHeadDim => d.heads * d.head_dim,
+        };
+        let check = |arg: &'static str, got: Option<usize>, want: Option<usize>| -> Result<()> {
+            if got == want {
+                return Ok(());
+            }
+            Err(SsmError::Dimension {
+                arg,
+                reason: format!(
+                    "device buffer has {} elements, the plan expects {}",
+                    got.map_or("none".into(), |g| g.to_string()),
+                    want.map_or("none".into(), |w| w.to_string())
+                ),
+            })
+        };
+        let len = |s: &CudaSlice<T>| Some(s.len());
+        let len32 = |s: &CudaSlice<f32>| Some(s.len());
+        check("x", len(&inp.x), Some(tokens * d.heads * d.head_dim))?;
+        check("dt", len(&inp.dt), Some(tokens * d.heads))?;
+        check("A", len32(&inp.a), Some(d.heads))?;
+        check("B", len(&inp.b), Some(tokens * d.groups * d.d_state))?;
+        check("C", len(&inp.c), Some(tokens * d.groups * d.d_state))?;
+        check(
+            "dt_bias",
+            inp.dt_bias.as_ref().map(CudaSlice::len),
+            f.dt_bias.then_some(d.heads),
+        )?;
+        check(
+            "D",
+            inp.d.as_ref().map(CudaSlice::len),
+            (d_len > 0).then_some(d_len),
+        )?;
+        check(
+            "z",
+            inp.z.as_ref().map(CudaSlice::len),
+            f.z.then_some(tokens * d.heads * d.head_dim),
+        )?;
+        check(
+            "initial_states",
+            inp.initial_states.as_ref().map(CudaSlice::len),
+            f.initial_states.then_some(state_len),
+        )?;
+        check("out", len(&out.out), Some(tokens * d.heads * d.head_dim))?;
+        check(
+            "final_states",
+            out.final_states.as_ref().map(CudaSlice::len),
+            f.final_states.then_some(state_len),
+        )?;
+        Ok(())
+    }
+
+    /// Enqueue the forward pass (prepass, when sequences are split, then the main
+    /// kernel) on the GPU's stream. Does not synchronize.
+    pub fn launch<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        inp: &SsdDeviceInputs<T>,
+        out: &mut SsdDeviceOutputs<T>,
+    ) -> Result<()> {
+        if T::DTYPE != self.config.dtype {
+            return Err(unsupported(format!(
+                "{} buffers with a plan made for {}",
+                T::DTYPE,
+                self.config.dtype
+            )));
+        }
+        self.check_inputs(inp, out)?;
+        if let (Some(k), Some(items)) = (&self.prepass, &self.prepass_items) {
+            self.launch_one(gpu, k, true, items, self.table.num_prepass(), inp, out)?;
+        }
+        self.launch_one(
+            gpu,
+            &self.main,
+            false,
+            &self.items,
+            self.table.num_items(),
+            inp,
+            out,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_one<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        kernel: &Kernel,
+        state_only: bool,
+        items: &CudaSlice<i64>,
+        num_items: usize,
+        inp: &SsdDeviceInputs<T>,
+        out: &mut SsdDeviceOutputs<T>,
+    ) -> Result<()> {
+        let blocks = num_items * self.dims.heads * self.config.p_tiles();
+        if blocks == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (self.config.threads(), 1, 1),
+            shared_mem_bytes: self.config.smem_bytes(state_only) as u32,
+        };
+        // Absent optional tensors are null pointers; the kernel is compiled without them.
+        let null: u64 = 0;
+        let heads = self.dims.heads as i32;
+        let groups = self.dims.groups as i32;
+        let (dt_min, dt_max) = self.dt_limit;
+        let stream = gpu.stream();
+        let mut b = stream.launch_builder(&kernel.func);
+        b.arg(&inp.x)
+            .arg(&inp.dt)
+            .arg(&inp.a)
+            .arg(&inp.b)
+            .arg(&inp.c);
+        match &inp.dt_bias {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        match &inp.d {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        match &inp.z {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        match &inp.initial_states {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        b.arg(&mut out.out);
+        match &mut out.final_states {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        b.arg(&self.ws_states)
+            .arg(&self.ws_decay)
+            .arg(items)
+            .arg(&heads)
+            .arg(&groups)
+            .arg(&dt_min)
+            .arg(&dt_max);
+        // SAFETY: the argument list matches the kernels' signature (ssd_fused_fwd /
+        // ssd_simt_fwd); every buffer's length was checked against the plan's shape
+        // (check_inputs), the work table only names tokens inside [0, b * L) and
+        // sequences inside the state buffers, and absent tensors are null pointers
+        // that the kernel, compiled without those options, never reads.
+        unsafe { b.launch(cfg) }
+            .map_err(|e| SsmError::Backend(format!("{}: {e:?}", kernel.name)))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+// Shared pieces of the Mamba-2 SSD forward kernels (ssd_simt.cu, ssd_fused.cu):
+// element types, the step-size transform, the work-item table, and thin wrappers
+// over the PTX instructions the tensor-core kernel uses (ldmatrix, mma.sync,
+// cp.async).
+//
+// Every wrapper has a host twin in ssd_emu.cuh: with SSD_EMULATE defined (by the
+// host program ssd_emu_check.cu) the kernels compile with g++ and run on the CPU,
+// one fiber per CUDA thread, so fragment layouts and index arithmetic can be
+// checked without a GPU. NVRTC never sees that branch.
+//
+// Compile-time define shared by both kernels:
+//   SSD_DTYPE   0: f32, 1: f16, 2: bf16 (storage type of x, dt, B, C, z, out)
+#pragma once
+
+#ifndef SSD_DTYPE
+#error "ssd kernels need SSD_DTYPE (0 f32, 1 f16, 2 bf16)"
+#endif
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef long long i64;
+
+#if SSD_DTYPE == 0
+typedef float elem_t;
+#else
+typedef u16 elem_t;  // raw bits of an f16 or bf16
+#endif
+
+#ifndef SSD_EMULATE
+#define SSD_DEV __device__ __forceinline__
+#else
+#define SSD_DEV inline
+#endif
+
+// log2(e): decays are formed as exp2 of cumulative sums of dt' * A * log2(e).
+#define SSD_LOG2E 1.4426950408889634f
+
+// ---------------------------------------------------------------------------
+// Element conversions (round to nearest even, as ssm_core::Element::from_f32).
+// ---------------------------------------------------------------------------
+#ifndef SSD_EMULATE
+SSD_DEV float half_bits_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+SSD_DEV u16 f32_to_half_bits(float v) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
+}
+SSD_DEV u16 f32_to_bf16_bits(float v) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
+}
+SSD_DEV float bits_as_f32(u32 b) { return __uint_as_float(b); }
+#endif
+
+SSD_DEV float elem_to_f32(float v) { return v; }
+SSD_DEV float elem_to_f32(u16 v) {
+#if SSD_DTYPE == 1
+    return half_bits_to_f32(v);
+#else
+    return bits_as_f32(((u32)v) << 16);
+#endif
+}
+
+SSD_DEV u16 f32_to_elem16(float v) {
+#if SSD_DTYPE == 1
+    return f32_to_half_bits(v);
+#else
+    return f32_to_bf16_bits(v);
+#endif
+}
+
+#ifdef SSD_EMULATE
+inline float emu_elem16(u16 b) { return elem_to_f32(b); }
+#endif
+
+SSD_DEV void store_elem(float* p, float v) { *p = v; }
+SSD_DEV void store_elem(u16* p, float v) { *p = f32_to_elem16(v); }
+
+// Two 16-bit elements in one 32-bit register: `lo` in the low half (the lower
+// column index in every fragment layout below).
+SSD_DEV u32 pack2(float lo, float hi) {
+    return ((u32)f32_to_elem16(hi) << 16) | (u32)f32_to_elem16(lo);
+}
+SSD_DEV float unpack_lo(u32 v) { return elem_to_f32((u16)(v & 0xffffu)); }
+SSD_DEV float unpack_hi(u32 v) { return elem_to_f32((u16)(v >> 16)); }
+
+// ---------------------------------------------------------------------------
+// Step size (ssm_core::math::ssd_dt_f32): bias, softplus with threshold 20,
+// clamp to [dt_min, dt_max].
+// ---------------------------------------------------------------------------
+SSD_DEV float ssd_dt(float raw, float bias, float dt_min, float dt_max) {
+    float v = raw + bias;
+#if SSD_DT_SOFTPLUS
+    v = v > 20.0f ? v : log1pf(expf(v));
+#endif
+    return fminf(fmaxf(v, dt_min), dt_max);
+}
+
+SSD_DEV float silu(float z) { return z / (1.0f + expf(-z)); }
+
+// ---------------------------------------------------------------------------
+// Work items. Every block works on one item (a segment of one sequence) for one
+// head and one tile of the head dimension. The host builds the table
+// (crates/mamba2-ssd/src/cuda/work.rs); a plain batch is the varlen case with
+// cu_seqlens = [0, L, 2L, ...].
+// ---------------------------------------------------------------------------
+#define SSD_ITEM_START 0    // first token of the segment in the packed (b*L) token axis
+#define SSD_ITEM_LEN 1      // tokens in the segment (0 for an empty sequence)
+#define SSD_ITEM_SEQ 2      // sequence index: row of initial/final states
+#define SSD_ITEM_SEG 3      // index k of the segment within its sequence
+#define SSD_ITEM_NSEG 4     // segments of the sequence
+#define SSD_ITEM_WS 5       // workspace slot of the sequence's segment 0
+#define SSD_ITEM_FIELDS 6
+
+// ---------------------------------------------------------------------------
+// Tensor-core and async-copy wrappers (sm_80+ PTX; the fused kernel only).
+// ---------------------------------------------------------------------------
+#ifndef SSD_EMULATE
+SSD_DEV u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i.
+SSD_DEV void ldsm_x4(u32 r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+SSD_DEV void ldsm_x4_trans(u32 r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+// Two matrices; lanes 0..15 give the row addresses.
+SSD_DEV void ldsm_x2_trans(u32 r[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+
+// d += a * b for one m16n8k16 tile, f32 accumulate.
+SSD_DEV void mma16816(float d[4], const u32 a[4], u32 b0, u32 b1) {
+#if SSD_DTYPE == 1
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// 16-byte global -> shared copy; bytes past `src_bytes` (0 or 16) are zero-filled.
+SSD_DEV void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+SSD_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+SSD_DEV void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+#endif

@@ -1,0 +1,552 @@
+// Mamba-2 SSD chunked forward, fused into one kernel on tensor cores
+// (design.md §1.2; notes and measurements in docs/kernels/mamba2-ssd.md).
+//
+// One block per (work item, head, tile of PT head-dim columns). A work item is a
+// sequence, or a segment of one (see ssd_common.cuh); the block walks its chunks
+// of Q tokens in order and keeps the PT x N f32 state S in registers, as mma.sync
+// accumulator fragments, for the whole walk. Per chunk:
+//   1. every warp computes dt', the cumulative log2-decay s and the state weights
+//      w_j = exp2(s_last - s_j) dt'_j of the chunk (redundantly: no block barrier);
+//   2. Y = exp2(s_i) C S_prev^T (inter-chunk)  +  (C B^T o decay o mask o dt') x
+//      (intra-chunk), computed 16 rows at a time: the C B^T tile of 16 x 16 is
+//      formed in registers, masked and scaled, and fed back as the A operand of
+//      the next mma (its accumulator layout is the A-fragment layout);
+//   3. out = (Y + D x) * silu(z) is written from the fragments;
+//   4. S = exp2(s_last) S + (w o x)^T B on tensor cores, accumulating into S.
+//      (w o x) is split into hi + lo halves of the input type so that the state
+//      keeps ~16 mantissa bits (final states meet the f32 budget);
+//   5. S is written to shared memory in the input type for the next chunk's step 2.
+// x, B, C of a chunk arrive by cp.async (SSD_STAGES = 2: the next chunk's copy is
+// in flight while this one computes). dt is prefetched a chunk ahead in registers.
+//
+// SSD_STATE_ONLY = 1 builds the prepass of a split sequence: steps 1 and 4 only,
+// from a zero state, writing the segment's state and total log2-decay to a
+// workspace; the main pass then starts segment k from
+//   S_k = sum_m (prod_{m < m' < k} exp2(dec_m')) R_m  (+ decayed initial state).
+//
+// Compile-time defines (chosen by crates/mamba2-ssd/src/cuda/config.rs):
+//   SSD_DTYPE 1|2, SSD_Q (64, 128, 256), SSD_N (16..256, % 16), SSD_P, SSD_PT (32|64,
+//   divides P), SSD_NWARPS, SSD_YC (32|64, divides PT), SSD_STAGES (1|2),
+//   SSD_MIN_BLOCKS (launch bound), SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none,
+//   1 per head, 2 per head and p), SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY.
+#include "ssd_common.cuh"
+
+#if SSD_DTYPE == 0
+#error "ssd_fused.cu is the f16/bf16 tensor-core kernel; f32 uses ssd_simt.cu"
+#endif
+
+namespace ssd_fused {
+
+constexpr int Q = SSD_Q;
+constexpr int N = SSD_N;
+constexpr int P = SSD_P;
+constexpr int PT = SSD_PT;
+constexpr int NW = SSD_NWARPS;
+constexpr int NT = NW * 32;
+constexpr int YC = SSD_YC;
+constexpr int STAGES = SSD_STAGES;
+#ifdef SSD_STATE_ONLY
+constexpr bool STATE_ONLY = SSD_STATE_ONLY != 0;
+#else
+constexpr bool STATE_ONLY = false;
+#endif
+
+static_assert(Q % 64 == 0 && Q <= 256, "chunk must be 64, 128 or 256");
+static_assert(N % 16 == 0 && N <= 256, "N must be a multiple of 16, at most 256");
+static_assert(PT % 16 == 0 && P % PT == 0, "PT must divide P");
+static_assert(PT % YC == 0 && YC % 16 == 0, "YC must divide PT");
+static_assert(STAGES == 1 || STAGES == 2, "1 or 2 stages");
+
+// Shared-memory row strides in elements: +8 (16 bytes) so that the 8 rows an
+// ldmatrix phase reads fall in 8 different 16-byte bank groups.
+constexpr int XS = PT + 8;
+constexpr int BS = N + 8;
+
+// State fragments: warps form a WM x WN grid over the PT x N state.
+constexpr int WM = (NW < PT / 16) ? NW : PT / 16;
+constexpr int WN = NW / WM;
+constexpr int MT = PT / 16 / WM;  // 16-row tiles per warp
+constexpr int NTL = N / 8 / WN;   // 8-column tiles per warp
+static_assert(WM * WN == NW && MT * WM * 16 == PT && NTL * WN * 8 == N, "state split");
+
+// Shared memory layout (bytes), one stage = x tile, B tile, C tile.
+constexpr int X_BYTES = Q * XS * 2;
+constexpr int B_BYTES = Q * BS * 2;
+constexpr int C_BYTES = STATE_ONLY ? 0 : Q * BS * 2;
+constexpr int STAGE_BYTES = X_BYTES + B_BYTES + C_BYTES;
+constexpr int S_BYTES = STATE_ONLY ? 0 : PT * BS * 2;
+constexpr int WARP_F32 = 3 * Q;  // s, dt', w per warp
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + NW * WARP_F32 * 4;
+static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
+
+struct Args {
+    const elem_t* x;
+    const elem_t* dt;
+    const float* A;
+    const elem_t* B;
+    const elem_t* C;
+    const float* dt_bias;
+    const float* D;
+    const elem_t* z;
+    const float* s0;
+    elem_t* out;
+    float* final_states;
+    float* ws_states;
+    float* ws_decay;
+    const i64* items;
+    int H;
+    int G;
+    float dt_min;
+    float dt_max;
+};
+
+// Issue the cp.async copies of one chunk (rows >= clen are zero-filled).
+SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, int h, int g,
+                        int pt) {
+    const int tid = threadIdx.x;
+    u16* xs = reinterpret_cast<u16*>(stage);
+    u16* bs = reinterpret_cast<u16*>(stage + X_BYTES);
+    u16* cs = reinterpret_cast<u16*>(stage + X_BYTES + B_BYTES);
+    const i64 HP = (i64)a.H * P;
+    const i64 GN = (i64)a.G * N;
+    constexpr int XV = PT / 8;  // 16-byte vectors per x row
+    for (int v = tid; v < Q * XV; v += NT) {
+        const int r = v / XV, c = (v % XV) * 8;
+        const bool in = r < clen;
+        const elem_t* src = in ? a.x + (tok + r) * HP + (i64)h * P + pt * PT + c : a.x;
+        cp_async16(xs + r * XS + c, src, in ? 16 : 0);
+    }
+    constexpr int BV = N / 8;
+    for (int v = tid; v < Q * BV; v += NT) {
+        const int r = v / BV, c = (v % BV) * 8;
+        const bool in = r < clen;
+        const i64 off = (tok + r) * GN + (i64)g * N + c;
+        cp_async16(bs + r * BS + c, in ? a.B + off : a.B, in ? 16 : 0);
+        if (!STATE_ONLY) cp_async16(cs + r * BS + c, in ? a.C + off : a.C, in ? 16 : 0);
+    }
+}
+
+// dt of one chunk, V consecutive steps per lane, prefetched into registers.
+template <int V>
+SSD_DEV void load_dt(const Args& a, float (&dtr)[V], i64 tok, int clen, int h) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = lane * V + v;
+        dtr[v] = j < clen ? elem_to_f32(a.dt[(tok + j) * a.H + h]) : 0.0f;
+    }
+}
+
+// Step 1: dt', s (inclusive cumulative log2-decay) and w of the chunk into this
+// warp's arrays. Rows past clen get dt' = 0: no decay, no contribution.
+template <int V>
+SSD_DEV float chunk_cumsum(const float (&dtr)[V], int clen, float bias, float A2, float dt_min,
+                           float dt_max, float* s_w, float* dtp_w, float* w_w) {
+    const int lane = threadIdx.x & 31;
+    float dtp[V], pre[V];
+    float run = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = lane * V + v;
+        dtp[v] = j < clen ? ssd_dt(dtr[v], bias, dt_min, dt_max) : 0.0f;
+        run += dtp[v] * A2;
+        pre[v] = run;
+    }
+    float incl = run;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += up;
+    }
+    const float excl = incl - run;
+    const float s_last = __shfl_sync(0xffffffffu, incl, 31);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = lane * V + v;
+        const float s = excl + pre[v];
+        s_w[j] = s;
+        dtp_w[j] = dtp[v];
+        w_w[j] = exp2f(s_last - s) * dtp[v];
+    }
+    __syncwarp();
+    return s_last;
+}
+
+// Steps 2-3 for one unit: rows [16 rt, 16 rt + 16) x columns [YC cg, YC cg + YC).
+SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16* cs,
+                          const u16* ss, const float* s_w, const float* dtp_w, int rt, int cg,
+                          bool have_state, i64 tok, int clen, int h, int pt) {
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    // ldmatrix row/column offsets: pattern 1 serves A from [m][k] and B from [k][n]
+    // (.trans); pattern 2 serves B from [n][k] and A from [k][m] (.trans).
+    const int r1 = (lane & 7) + ((lane >> 3) & 1) * 8, c1 = (lane >> 4) * 8;
+    const int r2 = (lane & 7) + (lane >> 4) * 8, c2 = ((lane >> 3) & 1) * 8;
+    const int i0 = rt * 16;
+
+    float acc[YC / 8][4];
+#pragma unroll
+    for (int n = 0; n < YC / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    const float si0 = s_w[i0 + g], si1 = s_w[i0 + g + 8];
+    if (have_state) {
+        // Inter-chunk: C (16 x N) times S^T (N x YC), S stored [p][n].
+#pragma unroll 4
+        for (int ks = 0; ks < N / 16; ++ks) {
+            u32 af[4];
+            ldsm_x4(af, cs + (i0 + r1) * BS + ks * 16 + c1);
+#pragma unroll
+            for (int np = 0; np < YC / 16; ++np) {
+                u32 bf[4];
+                ldsm_x4(bf, ss + (cg * YC + np * 16 + r2) * BS + ks * 16 + c2);
+                mma16816(acc[2 * np], af, bf[0], bf[1]);
+                mma16816(acc[2 * np + 1], af, bf[2], bf[3]);
+            }
+        }
+        const float e0 = exp2f(si0), e1 = exp2f(si1);
+#pragma unroll
+        for (int n = 0; n < YC / 8; ++n) {
+            acc[n][0] *= e0;
+            acc[n][1] *= e0;
+            acc[n][2] *= e1;
+            acc[n][3] *= e1;
+        }
+    }
+
+    // Intra-chunk, 16 columns j at a time up to the diagonal.
+    for (int jt = 0; jt <= rt; ++jt) {
+        const int j0 = jt * 16;
+        float cb[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll 4
+        for (int ks = 0; ks < N / 16; ++ks) {
+            u32 af[4], bf[4];
+            ldsm_x4(af, cs + (i0 + r1) * BS + ks * 16 + c1);
+            ldsm_x4(bf, bs + (j0 + r2) * BS + ks * 16 + c2);
+            mma16816(cb[0], af, bf[0], bf[1]);
+            mma16816(cb[1], af, bf[2], bf[3]);
+        }
+        // L_ij = CB_ij exp2(s_i - s_j) dt'_j for j <= i, else 0 (mask before exp).
+        const bool diag = jt == rt;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int jl = hf * 8 + 2 * t + e;  // column within the tile
+                const float sj = s_w[j0 + jl], dj = dtp_w[j0 + jl];
+                const bool ok0 = !diag || jl <= g;
+                const bool ok1 = !diag || jl <= g + 8;
+                cb[hf][e] = ok0 ? cb[hf][e] * exp2f(si0 - sj) * dj : 0.0f;
+                cb[hf][2 + e] = ok1 ? cb[hf][2 + e] * exp2f(si1 - sj) * dj : 0.0f;
+            }
+        }
+        u32 lf[4];
+        lf[0] = pack2(cb[0][0], cb[0][1]);
+        lf[1] = pack2(cb[0][2], cb[0][3]);
+        lf[2] = pack2(cb[1][0], cb[1][1]);
+        lf[3] = pack2(cb[1][2], cb[1][3]);
+#pragma unroll
+        for (int np = 0; np < YC / 16; ++np) {
+            u32 bf[4];
+            ldsm_x4_trans(bf, xs + (j0 + r1) * XS + cg * YC + np * 16 + c1);
+            mma16816(acc[2 * np], lf, bf[0], bf[1]);
+            mma16816(acc[2 * np + 1], lf, bf[2], bf[3]);
+        }
+    }
+
+    // Epilogue: + D x, z gate, store. Each thread owns column pairs (2t, 2t+1).
+    const i64 HP = (i64)a.H * P;
+#pragma unroll
+    for (int n = 0; n < YC / 8; ++n) {
+        const int p = cg * YC + n * 8 + 2 * t;  // within the PT tile
+        const int pg = pt * PT + p;             // within the head
+#if SSD_D_MODE == 1
+        const float d0 = a.D[h], d1 = d0;
+#elif SSD_D_MODE == 2
+        const float d0 = a.D[h * P + pg], d1 = a.D[h * P + pg + 1];
+#endif
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int i = i0 + g + 8 * hr;
+            if (i >= clen) continue;
+            float y0 = acc[n][2 * hr], y1 = acc[n][2 * hr + 1];
+#if SSD_D_MODE != 0
+            const u32 xv = *reinterpret_cast<const u32*>(xs + i * XS + p);
+            y0 += d0 * unpack_lo(xv);
+            y1 += d1 * unpack_hi(xv);
+#endif
+            const i64 off = (tok + i) * HP + (i64)h * P + pg;
+#if SSD_HAS_Z
+            const u32 zv = *reinterpret_cast<const u32*>(a.z + off);
+            y0 *= silu(unpack_lo(zv));
+            y1 *= silu(unpack_hi(zv));
+#endif
+            *reinterpret_cast<u32*>(a.out + off) = pack2(y0, y1);
+        }
+    }
+}
+
+// Element (row p, column n) of state fragment (mi, nt, e) for this thread.
+SSD_DEV int frag_p(int wm, int mi, int e) {
+    const int lane = threadIdx.x & 31;
+    return (wm * MT + mi) * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+}
+SSD_DEV int frag_n(int wn, int nt, int e) {
+    const int lane = threadIdx.x & 31;
+    return (wn * NTL + nt) * 8 + 2 * (lane & 3) + (e & 1);
+}
+
+// Step 4: S = exp2(s_last) S + (w o x)^T B over the chunk's first `clen` rows.
+SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, const float* w_w,
+                         float dec, int clen, int wm, int wn) {
+    const int lane = threadIdx.x & 31;
+    const int t = lane & 3;
+    const int r1 = (lane & 7) + ((lane >> 3) & 1) * 8, c1 = (lane >> 4) * 8;
+    const int r2 = (lane & 7) + (lane >> 4) * 8, c2 = ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int n = 0; n < NTL; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[mi][n][e] *= dec;
+
+    const int ksteps = (clen + 15) / 16;
+    for (int ks = 0; ks < ksteps; ++ks) {
+        const int k0 = ks * 16;
+        const float w0 = w_w[k0 + 2 * t], w1 = w_w[k0 + 2 * t + 1];
+        const float w2 = w_w[k0 + 2 * t + 8], w3 = w_w[k0 + 2 * t + 9];
+        u32 ahi[MT][4], alo[MT][4];
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi) {
+            u32 xf[4];
+            // A[m = p][k = j] from x stored [j][p]: pattern 2, transposed.
+            ldsm_x4_trans(xf, xs + (k0 + r2) * XS + (wm * MT + mi) * 16 + c2);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const float wl = r < 2 ? w0 : w2, wh = r < 2 ? w1 : w3;
+                const float v0 = unpack_lo(xf[r]) * wl, v1 = unpack_hi(xf[r]) * wh;
+                const u32 hi = pack2(v0, v1);
+                ahi[mi][r] = hi;
+                alo[mi][r] = pack2(v0 - unpack_lo(hi), v1 - unpack_hi(hi));
+            }
+        }
+        if constexpr (NTL % 2 == 0) {
+#pragma unroll
+            for (int np = 0; np < NTL / 2; ++np) {
+                u32 bf[4];
+                // B[k = j][n] from B stored [j][n]: pattern 1, transposed.
+                ldsm_x4_trans(bf, bs + (k0 + r1) * BS + (wn * NTL + 2 * np) * 8 + c1);
+#pragma unroll
+                for (int mi = 0; mi < MT; ++mi) {
+                    mma16816(S[mi][2 * np], ahi[mi], bf[0], bf[1]);
+                    mma16816(S[mi][2 * np], alo[mi], bf[0], bf[1]);
+                    mma16816(S[mi][2 * np + 1], ahi[mi], bf[2], bf[3]);
+                    mma16816(S[mi][2 * np + 1], alo[mi], bf[2], bf[3]);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int n = 0; n < NTL; ++n) {
+                u32 bf[2];
+                ldsm_x2_trans(bf, bs + (k0 + (lane & 15)) * BS + (wn * NTL + n) * 8);
+#pragma unroll
+                for (int mi = 0; mi < MT; ++mi) {
+                    mma16816(S[mi][n], ahi[mi], bf[0], bf[1]);
+                    mma16816(S[mi][n], alo[mi], bf[0], bf[1]);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace ssd_fused
+
+#ifndef SSD_MIN_BLOCKS
+#define SSD_MIN_BLOCKS 1
+#endif
+
+extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
+    ssd_fused_fwd(const elem_t* x, const elem_t* dt, const float* A, const elem_t* B,
+                  const elem_t* C, const float* dt_bias, const float* D, const elem_t* z,
+                  const float* s0, elem_t* out, float* final_states, float* ws_states,
+                  float* ws_decay, const i64* items, int H, int G, float dt_min,
+                  float dt_max) {
+    using namespace ssd_fused;
+#ifndef SSD_EMULATE
+    extern __shared__ __align__(16) unsigned char smem[];
+#else
+    unsigned char* smem = emu::shared_memory();
+#endif
+    const Args a{x,  dt,           A,         B,        C,     dt_bias, D, z,      s0,
+                 out, final_states, ws_states, ws_decay, items, H,       G, dt_min, dt_max};
+
+    constexpr int NPT = P / PT;
+    const int bid = blockIdx.x;
+    const int pt = bid % NPT;
+    const int h = (bid / NPT) % H;
+    const i64 item = (i64)(bid / NPT / H) * SSD_ITEM_FIELDS;
+    const i64 tok0 = items[item + SSD_ITEM_START];
+    const i64 len = items[item + SSD_ITEM_LEN];
+    const i64 seq = items[item + SSD_ITEM_SEQ];
+    const int seg = (int)items[item + SSD_ITEM_SEG];
+    const int nseg = (int)items[item + SSD_ITEM_NSEG];
+    const i64 ws0 = items[item + SSD_ITEM_WS];
+    const int g = h / (H / G);
+    (void)seq;
+    (void)nseg;
+
+    const int warp = threadIdx.x >> 5;
+    const int wm = warp % WM, wn = warp / WM;
+    unsigned char* stages = smem;
+    u16* ss = reinterpret_cast<u16*>(smem + STAGES * STAGE_BYTES);
+    float* warp_f32 =
+        reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + S_BYTES) + warp * WARP_F32;
+    float* s_w = warp_f32;
+    float* dtp_w = warp_f32 + Q;
+    float* w_w = warp_f32 + 2 * Q;
+
+    const float A2 = A[h] * SSD_LOG2E;
+    const float bias = SSD_DT_BIAS ? dt_bias[h] : 0.0f;
+    const i64 PN = (i64)P * N;
+
+    // Initial state: the given one for segment 0, else the decayed sum of the
+    // earlier segments' states from the prepass.
+    float S[MT][NTL][4];
+    bool have_state = false;
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int n = 0; n < NTL; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[mi][n][e] = 0.0f;
+    if (!STATE_ONLY) {
+#if SSD_HAS_S0
+        const float* src = s0 + (seq * H + h) * PN;
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+            for (int n = 0; n < NTL; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    S[mi][n][e] =
+                        src[(i64)(pt * PT + frag_p(wm, mi, e)) * N + frag_n(wn, n, e)];
+        have_state = true;
+#endif
+        for (int m = 0; m < seg; ++m) {
+            const float d = exp2f(ws_decay[(ws0 + m) * H + h]);
+            const float* src = ws_states + ((ws0 + m) * H + h) * PN;
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+                for (int n = 0; n < NTL; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        S[mi][n][e] = d * S[mi][n][e] +
+                                      src[(i64)(pt * PT + frag_p(wm, mi, e)) * N +
+                                          frag_n(wn, n, e)];
+            have_state = true;
+        }
+        if (have_state) {
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+                for (int n = 0; n < NTL; ++n)
+#pragma unroll
+                    for (int hr = 0; hr < 2; ++hr)
+                        *reinterpret_cast<u32*>(ss + frag_p(wm, mi, 2 * hr) * BS +
+                                                frag_n(wn, n, 0)) =
+                            pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
+        }
+    }
+
+    constexpr int V = Q / 32;
+    float dtr[V];
+    const int nchunks = (int)((len + Q - 1) / Q);
+    float dec_total = 0.0f;
+    if (nchunks > 0) {
+        const int clen0 = (int)(len < Q ? len : Q);
+        load_dt<V>(a, dtr, tok0, clen0, h);
+        load_chunk(a, stages, tok0, clen0, h, g, pt);
+        cp_async_commit();
+    }
+    for (int c = 0; c < nchunks; ++c) {
+        const i64 tok = tok0 + (i64)c * Q;
+        const int clen = (int)((len - (i64)c * Q) < Q ? (len - (i64)c * Q) : Q);
+        unsigned char* stage = stages + (STAGES == 2 ? (c & 1) : 0) * STAGE_BYTES;
+        if (STAGES == 2 && c + 1 < nchunks) {
+            const i64 rem = len - (i64)(c + 1) * Q;
+            load_chunk(a, stages + ((c + 1) & 1) * STAGE_BYTES, tok + Q, (int)(rem < Q ? rem : Q),
+                       h, g, pt);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this chunk's tiles (and the state in ss) are visible
+
+        const float s_last = chunk_cumsum<V>(dtr, clen, bias, A2, dt_min, dt_max, s_w, dtp_w, w_w);
+        dec_total += s_last;
+        if (c + 1 < nchunks) {
+            const i64 rem = len - (i64)(c + 1) * Q;
+            load_dt<V>(a, dtr, tok + Q, (int)(rem < Q ? rem : Q), h);
+        }
+
+        const u16* xs = reinterpret_cast<const u16*>(stage);
+        const u16* bs = reinterpret_cast<const u16*>(stage + X_BYTES);
+        const u16* cs = reinterpret_cast<const u16*>(stage + X_BYTES + B_BYTES);
+        if (!STATE_ONLY) {
+            // Units (row tile, column group), dealt in a snake order so that every
+            // warp gets a similar share of the causal (triangular) work.
+            constexpr int YCG = PT / YC;
+            constexpr int UNITS = (Q / 16) * YCG;
+            for (int k = 0; k * NW < UNITS; ++k) {
+                const int u = (k & 1) ? k * NW + (NW - 1 - warp) : k * NW + warp;
+                if (u >= UNITS) continue;
+                chunk_output(a, xs, bs, cs, ss, s_w, dtp_w, u / YCG, u % YCG, have_state, tok,
+                             clen, h, pt);
+            }
+        }
+        chunk_state(S, xs, bs, w_w, exp2f(s_last), clen, wm, wn);
+        have_state = true;
+        __syncthreads();  // everyone is done reading this stage and ss
+
+        if (!STATE_ONLY) {
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+                for (int n = 0; n < NTL; ++n)
+#pragma unroll
+                    for (int hr = 0; hr < 2; ++hr)
+                        *reinterpret_cast<u32*>(ss + frag_p(wm, mi, 2 * hr) * BS +
+                                                frag_n(wn, n, 0)) =
+                            pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
+        }
+        if (STAGES == 1 && c + 1 < nchunks) {
+            const i64 rem = len - (i64)(c + 1) * Q;
+            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt);
+            cp_async_commit();
+        }
+    }
+
+    // Outputs of the walk: the segment state for the prepass, the final state of
+    // the sequence for its last segment.
+    float* dst = nullptr;
+    if (STATE_ONLY) {
+        dst = ws_states + ((ws0 + seg) * H + h) * PN;
+        if (threadIdx.x == 0 && pt == 0) ws_decay[(ws0 + seg) * H + h] = dec_total;
+    } else {
+#if SSD_FINAL
+        if (seg == nseg - 1) dst = final_states + (seq * H + h) * PN;
+#endif
+    }
+    if (dst != nullptr) {
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+            for (int n = 0; n < NTL; ++n)
+#pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    float* p = dst + (i64)(pt * PT + frag_p(wm, mi, 2 * hr)) * N + frag_n(wn, n, 0);
+                    p[0] = S[mi][n][2 * hr];
+                    p[1] = S[mi][n][2 * hr + 1];
+                }
+    }
+}
