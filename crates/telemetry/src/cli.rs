@@ -1,0 +1,271 @@
+//! Command-line front ends shared by `ssmk gate` / `ssmk plot` and this crate's
+//! `ssm-results` binary: the argument structs (clap) and their `run` functions.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::compat::read_any;
+use crate::error::{Result, TelemetryError};
+use crate::gate::{compare, GateOptions};
+use crate::ncu::{self, ManifestEntry};
+use crate::record::ResultSet;
+use crate::roofline::{Ceilings, Floor};
+use crate::traffic::cost;
+use crate::workloads::reference_workloads;
+
+/// `gate`: fail when the new results regress against the baseline.
+#[derive(Args, Debug, Clone)]
+pub struct GateArgs {
+    /// Baseline result set (this schema or a converted producer's JSON).
+    #[arg(long)]
+    pub baseline: PathBuf,
+    /// New result set.
+    #[arg(long = "new")]
+    pub new: PathBuf,
+    /// Slow-down tolerated on top of the measured spread (0.05 = 5%).
+    #[arg(long, default_value_t = 0.05)]
+    pub noise: f64,
+    /// Growth of measured DRAM bytes tolerated (0.02 = 2%).
+    #[arg(long, default_value_t = 0.02)]
+    pub bytes_tolerance: f64,
+    /// Baseline results missing from the new set are notes, not failures.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Compare sets from different devices (times skipped).
+    #[arg(long)]
+    pub allow_device_change: bool,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Run the gate; exit 0 on pass, 1 on a regression, 2 when an input cannot be read.
+pub fn run_gate(args: &GateArgs) -> ExitCode {
+    let load = |p: &Path| {
+        read_any(p).map_err(|e| {
+            eprintln!("gate: {e}");
+        })
+    };
+    let (Ok(baseline), Ok(new)) = (load(&args.baseline), load(&args.new)) else {
+        return ExitCode::from(2);
+    };
+    if !(args.noise >= 0.0 && args.bytes_tolerance >= 0.0) {
+        eprintln!("gate: --noise and --bytes-tolerance must be non-negative");
+        return ExitCode::from(2);
+    }
+    let opts = GateOptions {
+        time_noise: args.noise,
+        bytes_tolerance: args.bytes_tolerance,
+        allow_missing: args.allow_missing,
+        allow_device_change: args.allow_device_change,
+    };
+    let report = compare(&baseline, &new, &opts);
+    print!("{}", report.render());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("gate: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `plot`: SVG plots of result files.
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// Result files (any accepted format) or folders searched for `*.json`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Folder the SVG files are written to.
+    #[arg(long, default_value = "docs/plots")]
+    pub out: PathBuf,
+}
+
+/// Every `*.json` under `path` (or `path` itself), sorted.
+fn json_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(path).map_err(|e| TelemetryError::io(path, e))?;
+    for entry in entries {
+        let p = entry.map_err(|e| TelemetryError::io(path, e))?.path();
+        if p.is_dir() {
+            files.extend(json_files(&p)?);
+        } else if p.extension().is_some_and(|e| e == "json") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub fn run_plot(args: &PlotArgs) -> ExitCode {
+    let mut sets = Vec::new();
+    for input in &args.inputs {
+        let files = match json_files(input) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("plot: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        for file in files {
+            match read_any(&file) {
+                Ok(set) => sets.push(set),
+                // Folders hold other JSON too (manifests, verify tables): say and go on.
+                Err(e) => eprintln!("plot: skipping {}: {e}", file.display()),
+            }
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("plot: {}: {e}", args.out.display());
+        return ExitCode::from(2);
+    }
+    let results: usize = sets.iter().map(|s| s.results.len()).sum();
+    for (name, svg) in crate::plot::plots(&sets) {
+        let path = args.out.join(&name);
+        if let Err(e) = std::fs::write(&path, svg) {
+            eprintln!("plot: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("wrote {}", path.display());
+    }
+    println!("{} result sets, {results} results", sets.len());
+    ExitCode::SUCCESS
+}
+
+/// `merge-ncu`: attach ncu's DRAM bytes to a result set.
+#[derive(Args, Debug, Clone)]
+pub struct MergeNcuArgs {
+    /// The result set (this schema) to update.
+    #[arg(long)]
+    pub results: PathBuf,
+    /// ncu's CSV output (`--csv`, details or raw page).
+    #[arg(long)]
+    pub ncu: PathBuf,
+    /// The manifest the bench binary wrote with `--ncu-manifest`.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Where to write the merged set (default: overwrite `--results`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn merge_ncu(args: &MergeNcuArgs) -> Result<usize> {
+    let mut set = ResultSet::read(&args.results)?;
+    let csv = std::fs::read_to_string(&args.ncu).map_err(|e| TelemetryError::io(&args.ncu, e))?;
+    let launches = ncu::parse_csv(&csv, &args.ncu.display().to_string())?;
+    let manifest_text = std::fs::read_to_string(&args.manifest)
+        .map_err(|e| TelemetryError::io(&args.manifest, e))?;
+    let manifest: Vec<ManifestEntry> = serde_json::from_str(&manifest_text)
+        .map_err(|e| TelemetryError::parse(args.manifest.display().to_string(), e.to_string()))?;
+    let attached = ncu::attach(&mut set, &launches, &manifest)?;
+    set.run.notes.push(format!(
+        "DRAM bytes: ncu --clock-control none, {} launches, attached to {attached} results",
+        launches.len()
+    ));
+    set.write(args.out.as_ref().unwrap_or(&args.results))?;
+    Ok(attached)
+}
+
+pub fn run_merge_ncu(args: &MergeNcuArgs) -> ExitCode {
+    match merge_ncu(args) {
+        Ok(n) => {
+            println!("merge-ncu: DRAM bytes attached to {n} results");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("merge-ncu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The floors of design.md §6's workloads, as a markdown table.
+pub fn floors_table(ceilings: &Ceilings) -> String {
+    let mut out = String::from(
+        "| workload | shape | min bytes | bytes floor | MMA floor | exp floor | floor (limiter) | mamba_ssm / floor |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for w in reference_workloads() {
+        let c = cost(&w.problem);
+        let f = Floor::of(&c, ceilings);
+        out += &format!(
+            "| {} | {} | {:.1} MB | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms ({}) | {:.1}x |\n",
+            w.name,
+            w.problem.label(),
+            c.bytes() as f64 / 1e6,
+            f.bytes_ms,
+            f.mma_ms,
+            f.exp_ms,
+            f.floor_ms,
+            f.limiter,
+            w.mamba_ssm_ms / f.floor_ms
+        );
+    }
+    out
+}
+
+/// `show`: one line per result.
+#[derive(Args, Debug, Clone)]
+pub struct ShowArgs {
+    /// Result files (any accepted format).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+pub fn run_show(args: &ShowArgs) -> ExitCode {
+    let mut status = ExitCode::SUCCESS;
+    for input in &args.inputs {
+        match read_any(input) {
+            Ok(set) => print!("{}", summary_table(&set)),
+            Err(e) => {
+                eprintln!("show: {e}");
+                status = ExitCode::from(2);
+            }
+        }
+    }
+    status
+}
+
+/// A fixed-width table of a result set.
+pub fn summary_table(set: &ResultSet) -> String {
+    let mut out = format!(
+        "{} | commit {} | kernels {} | {}\n",
+        set.device.name,
+        set.run
+            .commit
+            .as_deref()
+            .map_or("?", |c| &c[..c.len().min(12)]),
+        &set.run.kernels_hash[..set.run.kernels_hash.len().min(12)],
+        set.run.tool
+    );
+    out += &format!(
+        "{:<58} {:>10} {:>7} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
+        "id", "median ms", "spread", "floor ms", "of floor", "GB/s", "meas/min", "thr"
+    );
+    for r in &set.results {
+        out += &format!(
+            "{:<58} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}% {:>8.0} {:>9} {:>5}\n",
+            r.id,
+            r.timing.median_ms,
+            100.0 * r.timing.spread,
+            r.roofline.floor_ms,
+            100.0 * r.roofline.fraction_of_floor,
+            r.throughput.model_gb_per_s,
+            r.hbm
+                .measured_over_model
+                .map_or("-".to_string(), |x| format!("{x:.2}")),
+            if r.throttled { "YES" } else { "no" }
+        );
+    }
+    out
+}

@@ -1,0 +1,322 @@
+//! Reading result files of other producers, converted into [`ResultSet`]s.
+//!
+//! Accepted:
+//! - this crate's schema (`"schema": "ssm-bench-results"`);
+//! - `gpu_decode_bench` reports (`"bench": "gpu_decode_bench"`, written by
+//!   `crates/mamba2-ssd/examples/gpu_decode_bench.rs` under
+//!   `benches/results/decode/`): one record per (family, batch, dtype, tiling)
+//!   with median/min/max of CUDA-event timings, the kernel's resources and
+//!   ptxas report. Differences from this schema, filled in on conversion:
+//!   no p10/p90 (the spread is taken as `(max - min) / median`, which is wider,
+//!   so the gate is more lenient, never stricter), no NVML, and the tiling is
+//!   part of the implementation name (`mamba2-ssd.decode.cuda[rows8,w4]`).
+
+use std::path::Path;
+
+use serde_json::Value;
+use ssm_core::DType;
+use ssm_gpu::{KernelResources, PtxasFunction};
+
+use crate::error::{Result, TelemetryError};
+use crate::problem::{Mamba1StepShape, Mamba2StepShape, Problem, SkipKind};
+use crate::record::{
+    BenchResult, DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod,
+    TimingStats, SCHEMA,
+};
+use crate::roofline::Ceilings;
+use crate::sram::{LaunchShape, SmLimits, SramUse};
+
+/// Read a result file of any accepted producer.
+pub fn read_any(path: &Path) -> Result<ResultSet> {
+    let text = std::fs::read_to_string(path).map_err(|e| TelemetryError::io(path, e))?;
+    parse_any(&text, &path.display().to_string())
+}
+
+/// Parse a result document of any accepted producer.
+pub fn parse_any(text: &str, source_name: &str) -> Result<ResultSet> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| TelemetryError::parse(source_name, format!("not JSON: {e}")))?;
+    if value.get("schema").and_then(Value::as_str) == Some(SCHEMA) {
+        return ResultSet::from_json(text, source_name);
+    }
+    match value.get("bench").and_then(Value::as_str) {
+        Some("gpu_decode_bench") => convert_decode_bench(&value, source_name),
+        _ => {
+            let keys: Vec<&String> = value
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            Err(TelemetryError::parse(
+                source_name,
+                format!("unknown result format (top-level keys {keys:?}); expected \"schema\": \"{SCHEMA}\" or \"bench\": \"gpu_decode_bench\""),
+            ))
+        }
+    }
+}
+
+fn field<'v>(v: &'v Value, key: &str, source_name: &str) -> Result<&'v Value> {
+    v.get(key)
+        .ok_or_else(|| TelemetryError::parse(source_name, format!("missing field `{key}`")))
+}
+
+fn number(v: &Value, key: &str, source_name: &str) -> Result<f64> {
+    field(v, key, source_name)?
+        .as_f64()
+        .ok_or_else(|| TelemetryError::parse(source_name, format!("`{key}` is not a number")))
+}
+
+fn count(v: &Value, key: &str, source_name: &str) -> Result<usize> {
+    field(v, key, source_name)?
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| TelemetryError::parse(source_name, format!("`{key}` is not a count")))
+}
+
+fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
+    let ceilings = Ceilings::H100_SXM;
+    let run = RunInfo {
+        commit: doc.get("commit").and_then(Value::as_str).map(str::to_string),
+        dirty: false,
+        kernels_hash: doc
+            .get("kernels_hash")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        created_unix_s: 0,
+        tool: "gpu_decode_bench (converted by ssm-telemetry)".into(),
+        notes: vec![format!(
+            "converted from {source_name}: spread = (max - min) / median (no quantiles in the source); no NVML"
+        )],
+    };
+    let device = DeviceInfo {
+        name: doc
+            .get("device_name")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string(),
+        ..Default::default()
+    };
+    let mut set = ResultSet::new(run, device, &ceilings);
+    let records = field(doc, "results", source_name)?
+        .as_array()
+        .ok_or_else(|| TelemetryError::parse(source_name, "`results` is not an array"))?;
+    for (i, rec) in records.iter().enumerate() {
+        let where_ = format!("{source_name}: results[{i}]");
+        set.results
+            .push(convert_decode_record(rec, &where_, &ceilings)?);
+    }
+    let mut ids = std::collections::HashSet::new();
+    for r in &set.results {
+        if !ids.insert(r.id.clone()) {
+            return Err(TelemetryError::parse(
+                source_name,
+                format!("two records convert to the id `{}`", r.id),
+            ));
+        }
+    }
+    Ok(set)
+}
+
+fn convert_decode_record(
+    rec: &Value,
+    source_name: &str,
+    ceilings: &Ceilings,
+) -> Result<BenchResult> {
+    let family = field(rec, "family", source_name)?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let dtype: DType = field(rec, "dtype", source_name)?
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| TelemetryError::parse(source_name, e))?;
+    let options = rec.get("options").and_then(Value::as_str).unwrap_or("");
+    let has = |name: &str| options.split(',').any(|o| o.trim().starts_with(name));
+    let shape = field(rec, "shape", source_name)?;
+    let batch = count(shape, "batch", source_name)?;
+    let groups = count(shape, "groups", source_name)?;
+    let d_state = count(shape, "d_state", source_name)?;
+    let (problem, implementation) = match family.as_str() {
+        "mamba2" => (
+            Problem::Mamba2Step(Mamba2StepShape {
+                batch,
+                heads: count(shape, "heads", source_name)?,
+                head_dim: count(shape, "head_dim", source_name)?,
+                d_state,
+                groups,
+                dtype,
+                z: has("z"),
+                d: if options.contains("D per head dim") {
+                    SkipKind::PerHeadDim
+                } else if has("D") {
+                    SkipKind::PerHead
+                } else {
+                    SkipKind::None
+                },
+                dt_bias: has("dt_bias"),
+                softplus: has("softplus"),
+            }),
+            "mamba2-ssd.decode.cuda",
+        ),
+        "mamba1" => (
+            Problem::Mamba1Step(Mamba1StepShape {
+                batch,
+                d_inner: count(shape, "d_inner", source_name)?,
+                d_state,
+                groups,
+                dtype,
+                z: has("z"),
+                d: has("D"),
+                dt_bias: has("dt_bias"),
+                softplus: has("softplus"),
+            }),
+            "mamba1-scan.decode.cuda",
+        ),
+        other => {
+            return Err(TelemetryError::parse(
+                source_name,
+                format!("unknown family `{other}`"),
+            ))
+        }
+    };
+    let tiling = rec.get("tiling");
+    let warps = tiling
+        .and_then(|t| t.get("warps"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32;
+    let tiling_label = tiling
+        .and_then(Value::as_object)
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let time = field(rec, "time_ms", source_name)?;
+    let (median, min, max) = (
+        number(time, "median", source_name)?,
+        number(time, "min", source_name)?,
+        number(time, "max", source_name)?,
+    );
+    if !(median > 0.0 && min > 0.0 && max >= min) {
+        return Err(TelemetryError::parse(
+            source_name,
+            format!("implausible times median {median} min {min} max {max}"),
+        ));
+    }
+    let timing = TimingStats {
+        method: TimingMethod::CudaEvents,
+        samples: time.get("samples").and_then(Value::as_u64).unwrap_or(0) as usize,
+        median_ms: median,
+        mean_ms: median,
+        min_ms: min,
+        max_ms: max,
+        p10_ms: min,
+        p90_ms: max,
+        spread: (max - min) / median,
+    };
+    let resources: Option<KernelResources> = rec
+        .get("resources")
+        .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let ptxas: Option<PtxasFunction> = rec
+        .get("ptxas")
+        .and_then(|p| serde_json::from_value(p.clone()).ok());
+    let kernel_name = rec
+        .get("kernel")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let sram = resources.filter(|_| warps > 0).map(|r| {
+        SramUse::new(
+            &r,
+            ptxas.as_ref(),
+            LaunchShape {
+                threads_per_block: 32 * warps,
+                dynamic_smem_bytes: 0,
+            },
+            &SmLimits::SM90,
+        )
+    });
+    let implementation = if tiling_label.is_empty() {
+        implementation.to_string()
+    } else {
+        format!("{implementation}[{tiling_label}]")
+    };
+    Ok(BenchResult::new(
+        Measurement {
+            implementation,
+            workload: format!("decode-b{batch}"),
+            problem,
+            timing,
+            kernels: vec![KernelRecord {
+                name: kernel_name,
+                sram,
+                dram: None,
+                ncu_duration_ms: None,
+            }],
+            nvml: None,
+            runs_in_nvml_window: 0,
+        },
+        ceilings,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECODE_REPORT: &str = r#"{
+      "bench": "gpu_decode_bench", "commit": "abc123", "kernels_hash": "k1",
+      "device_name": "NVIDIA H100 80GB HBM3",
+      "results": [
+        {"family": "mamba2",
+         "shape": {"batch": 256, "heads": 80, "head_dim": 64, "d_state": 128, "groups": 1},
+         "dtype": "bf16", "tiling": {"rows_per_slot": 8, "warps": 4, "streaming_hints": false},
+         "options": "z, D per head, dt_bias, softplus",
+         "time_ms": {"median": 0.5, "min": 0.49, "max": 0.55, "samples": 200},
+         "kernel": "mamba2_decode_bf16",
+         "resources": {"registers": 64, "static_smem_bytes": 0, "local_bytes": 0,
+                       "max_threads_per_block": 128, "max_dynamic_smem_bytes": 0},
+         "ptxas": null},
+        {"family": "mamba1",
+         "shape": {"batch": 1, "d_inner": 5120, "d_state": 16, "groups": 1},
+         "dtype": "f32", "tiling": {"batch_rows": 4, "warps": 8, "streaming_hints": false},
+         "options": "z, D, dt_bias, softplus",
+         "time_ms": {"median": 0.01, "min": 0.009, "max": 0.02, "samples": 200},
+         "kernel": "mamba1_decode_f32"}
+      ]}"#;
+
+    #[test]
+    fn decode_bench_reports_convert() {
+        let set = parse_any(DECODE_REPORT, "fixture").unwrap();
+        assert_eq!(set.run.commit.as_deref(), Some("abc123"));
+        assert_eq!(set.results.len(), 2);
+        let m2 = &set.results[0];
+        assert!(
+            m2.id.starts_with("mamba2-ssd.decode.cuda[") && m2.id.ends_with("/decode-b256/bf16")
+        );
+        let Problem::Mamba2Step(s) = m2.problem else {
+            panic!("wrong op")
+        };
+        assert!(s.z && s.dt_bias && s.softplus && s.d == SkipKind::PerHead);
+        let sram = m2.kernels[0].sram.as_ref().unwrap();
+        assert_eq!(
+            (sram.registers_per_thread, sram.threads_per_block),
+            (64, 128)
+        );
+        assert!((m2.timing.spread - 0.12).abs() < 1e-9);
+        assert!(m2.kernels[0].sram.is_some());
+        assert!(
+            set.results[1].kernels[0].sram.is_none(),
+            "no resources in the record"
+        );
+    }
+
+    #[test]
+    fn unknown_formats_name_their_keys() {
+        let err = parse_any(r#"{"foo": 1}"#, "x").unwrap_err().to_string();
+        assert!(err.contains("foo"), "{err}");
+    }
+}

@@ -1,0 +1,520 @@
+//! SVG plots of result sets, written directly (no plotting dependency):
+//! - `time_vs_L_<op>.svg`: median time against L per implementation, with the
+//!   H100 floor dashed;
+//! - `fraction_of_floor_vs_L_<op>.svg`: floor / time against L (GPU timings);
+//! - `bytes_measured_vs_min.svg`: measured DRAM bytes beside the model minimum;
+//! - `reference_workloads.svg`: fraction of floor on design.md §6's workloads.
+//!
+//! Series are grouped by implementation and dtype; a sweep point is any result
+//! whose workload starts with `L-sweep`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::record::{BenchResult, ResultSet, TimingMethod};
+
+const WIDTH: f64 = 760.0;
+const HEIGHT: f64 = 460.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 230.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 60.0;
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22",
+];
+
+/// One line of a chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A log-scale axis from `lo` to `hi` (positive), mapped onto `[a, b]` pixels.
+struct LogAxis {
+    lo: f64,
+    hi: f64,
+    a: f64,
+    b: f64,
+}
+
+impl LogAxis {
+    fn new(values: impl Iterator<Item = f64>, a: f64, b: f64) -> Option<LogAxis> {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for v in values.filter(|v| *v > 0.0 && v.is_finite()) {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if !lo.is_finite() {
+            return None;
+        }
+        if hi / lo < 1.5 {
+            // Widen a nearly flat range so that the ticks make sense.
+            lo /= 1.25;
+            hi *= 1.25;
+        }
+        Some(LogAxis {
+            lo: lo / 1.08,
+            hi: hi * 1.08,
+            a,
+            b,
+        })
+    }
+
+    fn map(&self, v: f64) -> f64 {
+        let t = (v.ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln());
+        self.a + t * (self.b - self.a)
+    }
+
+    /// Ticks at 1, 2, 5 x 10^k (or powers of two when `base2`).
+    fn ticks(&self, base2: bool) -> Vec<f64> {
+        let mut ticks = Vec::new();
+        if base2 {
+            let mut k = self.lo.log2().ceil() as i32;
+            while 2f64.powi(k) <= self.hi {
+                ticks.push(2f64.powi(k));
+                k += 1;
+            }
+        } else {
+            let mut e = self.lo.log10().floor() as i32;
+            while 10f64.powi(e) <= self.hi {
+                for m in [1.0, 2.0, 5.0] {
+                    let v = m * 10f64.powi(e);
+                    if v >= self.lo && v <= self.hi {
+                        ticks.push(v);
+                    }
+                }
+                e += 1;
+            }
+        }
+        ticks
+    }
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 1024.0 && (v.log2().fract()).abs() < 1e-9 {
+        format!("{}K", v / 1024.0)
+    } else if v >= 1000.0 || (v.fract() == 0.0 && v >= 1.0) {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// The page, title, axis labels and plot-area border of a chart `height` pixels tall.
+fn frame(svg: &mut String, title: &str, x_label: &str, y_label: &str, height: f64) {
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        escape(title)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        height - 15.0,
+        escape(x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="18" y="{y}" text-anchor="middle" transform="rotate(-90 18 {y})">{}</text>"#,
+        escape(y_label),
+        y = (TOP + height - BOTTOM) / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
+        WIDTH - LEFT - RIGHT,
+        height - TOP - BOTTOM
+    );
+}
+
+fn empty_message(svg: &mut String, message: &str) {
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">{}</text>"##,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        (TOP + HEIGHT - BOTTOM) / 2.0,
+        escape(message)
+    );
+}
+
+fn legend(svg: &mut String, entries: &[(String, &str, bool)]) {
+    let x = WIDTH - RIGHT + 12.0;
+    for (i, (name, color, dashed)) in entries.iter().enumerate() {
+        let y = TOP + 12.0 + 18.0 * i as f64;
+        let dash = if *dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>"#,
+            x + 22.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            x + 28.0,
+            y + 4.0,
+            escape(name)
+        );
+    }
+}
+
+/// A log-log line chart. `base2_x` puts x ticks on powers of two.
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    base2_x: bool,
+) -> String {
+    let mut svg = String::new();
+    frame(&mut svg, title, x_label, y_label, HEIGHT);
+    let all = || series.iter().flat_map(|s| s.points.iter().copied());
+    let axes = LogAxis::new(all().map(|p| p.0), LEFT, WIDTH - RIGHT).zip(LogAxis::new(
+        all().map(|p| p.1),
+        HEIGHT - BOTTOM,
+        TOP,
+    ));
+    let Some((xa, ya)) = axes else {
+        empty_message(&mut svg, "no results for this plot yet");
+        svg.push_str("</svg>\n");
+        return svg;
+    };
+    for t in xa.ticks(base2_x) {
+        let x = xa.map(t);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            HEIGHT - BOTTOM,
+            HEIGHT - BOTTOM + 16.0,
+            fmt_tick(t)
+        );
+    }
+    for t in ya.ticks(false) {
+        let y = ya.map(t);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_tick(t)
+        );
+    }
+    let mut entries = Vec::new();
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let mut pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| *x > 0.0 && *y > 0.0 && x.is_finite() && y.is_finite())
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", xa.map(*x), ya.map(*y)))
+            .collect();
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+            path.join(" ")
+        );
+        for (x, y) in &pts {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                xa.map(*x),
+                ya.map(*y)
+            );
+        }
+        entries.push((s.name.clone(), color, s.dashed));
+    }
+    legend(&mut svg, &entries);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Horizontal grouped bars: one row per category, one bar per series (linear scale from 0).
+pub fn bar_chart(
+    title: &str,
+    x_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let mut svg = String::new();
+    let rows = categories.len().max(1) as f64;
+    let height = (TOP + BOTTOM + rows * 14.0 * (series.len().max(1) as f64 + 1.0)).max(HEIGHT);
+    frame(&mut svg, title, x_label, "", height);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    if categories.is_empty() || max <= 0.0 {
+        empty_message(&mut svg, "no results for this plot yet");
+        svg.push_str("</svg>\n");
+        return svg;
+    }
+    let left = 250.0;
+    let span = WIDTH - RIGHT - left;
+    let row_h = (height - TOP - BOTTOM) / rows;
+    let bar_h = (row_h * 0.8 / series.len().max(1) as f64).min(16.0);
+    for i in 0..=4 {
+        let v = max * i as f64 / 4.0;
+        let x = left + span * i as f64 / 4.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            height - BOTTOM,
+            height - BOTTOM + 16.0,
+            fmt_tick((v * 1000.0).round() / 1000.0)
+        );
+    }
+    for (r, cat) in categories.iter().enumerate() {
+        let y0 = TOP + row_h * r as f64 + row_h * 0.1;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"#,
+            left - 6.0,
+            y0 + row_h * 0.4,
+            escape(cat)
+        );
+        for (s, (_, values)) in series.iter().enumerate() {
+            let Some(v) = values.get(r).copied().filter(|v| v.is_finite() && *v > 0.0) else {
+                continue;
+            };
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{bar_h:.1}" fill="{}"/>"#,
+                y0 + bar_h * s as f64,
+                span * v / max,
+                PALETTE[s % PALETTE.len()]
+            );
+        }
+    }
+    let entries: Vec<(String, &str, bool)> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), PALETTE[i % PALETTE.len()], false))
+        .collect();
+    legend(&mut svg, &entries);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn series_name(r: &BenchResult) -> String {
+    format!("{} {}", r.implementation, r.problem.dtype())
+}
+
+fn is_l_sweep(r: &BenchResult) -> bool {
+    r.workload.starts_with("L-sweep") && r.problem.seqlen().is_some()
+}
+
+/// Every plot of the given results: (file name, SVG text).
+pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
+    let results: Vec<&BenchResult> = sets.iter().flat_map(|s| s.results.iter()).collect();
+    let mut out = Vec::new();
+    for (op, title) in [
+        ("mamba1_scan", "Mamba-1 selective scan"),
+        ("ssd", "Mamba-2 SSD"),
+    ] {
+        let sweep: Vec<&&BenchResult> = results
+            .iter()
+            .filter(|r| r.problem.op_name() == op && is_l_sweep(r))
+            .collect();
+        let mut times: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut fractions: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut floors: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut shape = String::new();
+        for r in &sweep {
+            let l = r.problem.seqlen().unwrap_or(0) as f64;
+            times
+                .entry(series_name(r))
+                .or_default()
+                .push((l, r.timing.median_ms));
+            let floor_key = format!("H100 floor {}", r.problem.dtype());
+            let f = floors.entry(floor_key).or_default();
+            if !f.iter().any(|p| p.0 == l) {
+                f.push((l, r.roofline.floor_ms));
+            }
+            if r.timing.method == TimingMethod::CudaEvents {
+                fractions
+                    .entry(series_name(r))
+                    .or_default()
+                    .push((l, r.roofline.fraction_of_floor));
+            }
+            if shape.is_empty() {
+                shape = r.problem.with_seqlen(0).label().replace(" L0", "");
+            }
+        }
+        let mut series: Vec<Series> = times
+            .into_iter()
+            .map(|(name, points)| Series {
+                name,
+                points,
+                dashed: false,
+            })
+            .collect();
+        series.extend(floors.into_iter().map(|(name, points)| Series {
+            name,
+            points,
+            dashed: true,
+        }));
+        out.push((
+            format!("time_vs_L_{op}.svg"),
+            line_chart(
+                &format!("{title}: median time vs L ({shape})"),
+                "sequence length L",
+                "time (ms, log)",
+                &series,
+                true,
+            ),
+        ));
+        let series: Vec<Series> = fractions
+            .into_iter()
+            .map(|(name, points)| Series {
+                name,
+                points,
+                dashed: false,
+            })
+            .collect();
+        out.push((
+            format!("fraction_of_floor_vs_L_{op}.svg"),
+            line_chart(
+                &format!("{title}: fraction of the H100 floor vs L (GPU timings)"),
+                "sequence length L",
+                "floor / time (1 = at the floor)",
+                &series,
+                true,
+            ),
+        ));
+    }
+
+    let measured: Vec<&&BenchResult> = results
+        .iter()
+        .filter(|r| r.measured_bytes().is_some())
+        .collect();
+    let categories: Vec<String> = measured
+        .iter()
+        .map(|r| format!("{} {}", r.implementation, r.workload))
+        .collect();
+    let gb = |b: u64| b as f64 / 1e9;
+    out.push((
+        "bytes_measured_vs_min.svg".to_string(),
+        bar_chart(
+            "DRAM bytes per call: measured (ncu) vs minimum (model)",
+            "GB per call",
+            &categories,
+            &[
+                (
+                    "minimum (model)".to_string(),
+                    measured.iter().map(|r| gb(r.hbm.model_bytes)).collect(),
+                ),
+                (
+                    "measured (ncu)".to_string(),
+                    measured
+                        .iter()
+                        .map(|r| r.measured_bytes().map_or(f64::NAN, gb))
+                        .collect(),
+                ),
+            ],
+        ),
+    ));
+
+    let reference: Vec<&&BenchResult> = results
+        .iter()
+        .filter(|r| {
+            r.timing.method == TimingMethod::CudaEvents
+                && crate::workloads::reference_workload(&r.workload).is_some()
+        })
+        .collect();
+    let categories: Vec<String> = reference
+        .iter()
+        .map(|r| format!("{} {} {}", r.workload, r.implementation, r.problem.dtype()))
+        .collect();
+    out.push((
+        "reference_workloads.svg".to_string(),
+        bar_chart(
+            "design.md §6 workloads: fraction of the H100 floor (1 = at the floor)",
+            "floor / median time",
+            &categories,
+            &[(
+                "fraction of floor".to_string(),
+                reference
+                    .iter()
+                    .map(|r| r.roofline.fraction_of_floor)
+                    .collect(),
+            )],
+        ),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_chart_draws_every_series_and_escapes_text() {
+        let s = vec![
+            Series {
+                name: "a<b>".into(),
+                points: vec![(512.0, 0.1), (1024.0, 0.2), (2048.0, 0.4)],
+                dashed: false,
+            },
+            Series {
+                name: "floor".into(),
+                points: vec![(512.0, 0.05), (2048.0, 0.2)],
+                dashed: true,
+            },
+        ];
+        let svg = line_chart("t & u", "L", "ms", &s, true);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 5);
+        assert!(svg.contains("a&lt;b&gt;") && svg.contains("t &amp; u"));
+        assert!(svg.contains(">1K<") && svg.contains(">512<"));
+    }
+
+    #[test]
+    fn empty_charts_say_so() {
+        let svg = line_chart("t", "x", "y", &[], true);
+        assert!(svg.contains("no results for this plot yet"));
+        let svg = bar_chart("t", "x", &[], &[]);
+        assert!(svg.contains("no results for this plot yet"));
+    }
+
+    #[test]
+    fn log_ticks() {
+        let a = LogAxis::new([0.05, 3.0].into_iter(), 0.0, 1.0).unwrap();
+        let t = a.ticks(false);
+        assert!(t.contains(&0.1) && t.contains(&1.0) && t.contains(&2.0));
+        assert!(a.map(0.05) > 0.0 && a.map(3.0) < 1.0);
+    }
+}

@@ -1,0 +1,304 @@
+//! What a benchmark computes: the shape, element type and options of one call.
+//!
+//! A [`Problem`] is all the traffic model needs ([`crate::traffic`]) and is
+//! stored in every result, so a result can be re-costed later and two results are
+//! only compared when their problems are equal.
+
+use serde::{Deserialize, Serialize};
+use ssm_core::DType;
+
+/// Mamba-1 selective scan (design.md §1.1; layouts §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mamba1ScanShape {
+    pub batch: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub seqlen: usize,
+    /// B/C groups (`(b, G, N, L)`); `None`: constant `(D_in, N)` B and C.
+    pub groups: Option<usize>,
+    /// Element type of u, delta, z, B, C and out.
+    pub dtype: DType,
+    pub z: bool,
+    pub d: bool,
+    pub delta_bias: bool,
+    pub softplus: bool,
+    pub initial_states: bool,
+    pub final_states: bool,
+}
+
+/// The skip term `D` of SSD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipKind {
+    None,
+    PerHead,
+    PerHeadDim,
+}
+
+/// Mamba-2 SSD forward (design.md §1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsdShape {
+    pub batch: usize,
+    pub seqlen: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    /// Chunk length Q of the chunked algorithm (sets the MMA work, not the bytes).
+    pub chunk_size: usize,
+    /// Element type of x, dt, B, C, z and out.
+    pub dtype: DType,
+    pub z: bool,
+    pub d: SkipKind,
+    pub dt_bias: bool,
+    pub softplus: bool,
+    pub initial_states: bool,
+    pub final_states: bool,
+}
+
+/// One Mamba-1 decode step; the f32 state cache has `batch` live rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mamba1StepShape {
+    pub batch: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    pub dtype: DType,
+    pub z: bool,
+    pub d: bool,
+    pub dt_bias: bool,
+    pub softplus: bool,
+}
+
+/// One Mamba-2 decode step; the f32 state cache has `batch` live rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mamba2StepShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    pub dtype: DType,
+    pub z: bool,
+    pub d: SkipKind,
+    pub dt_bias: bool,
+    pub softplus: bool,
+}
+
+/// A streaming kernel over `elements` items that reads `read_bytes_per_element`
+/// and writes `write_bytes_per_element` (the runtime's self-test axpy: the
+/// bandwidth ceiling and the telemetry path's own check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamShape {
+    pub elements: usize,
+    pub read_bytes_per_element: usize,
+    pub write_bytes_per_element: usize,
+    /// Floating-point operations per element.
+    pub flops_per_element: usize,
+}
+
+/// Any benchmarked operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Problem {
+    Mamba1Scan(Mamba1ScanShape),
+    Ssd(SsdShape),
+    Mamba1Step(Mamba1StepShape),
+    Mamba2Step(Mamba2StepShape),
+    Stream(StreamShape),
+}
+
+impl Problem {
+    /// Short family name: `mamba1_scan`, `ssd`, `mamba1_step`, `mamba2_step`, `stream`.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Problem::Mamba1Scan(_) => "mamba1_scan",
+            Problem::Ssd(_) => "ssd",
+            Problem::Mamba1Step(_) => "mamba1_step",
+            Problem::Mamba2Step(_) => "mamba2_step",
+            Problem::Stream(_) => "stream",
+        }
+    }
+
+    /// Tokens one call processes (batch x length; a decode step is one token per row).
+    pub fn tokens(&self) -> u64 {
+        let t = match *self {
+            Problem::Mamba1Scan(s) => s.batch * s.seqlen,
+            Problem::Ssd(s) => s.batch * s.seqlen,
+            Problem::Mamba1Step(s) => s.batch,
+            Problem::Mamba2Step(s) => s.batch,
+            Problem::Stream(s) => s.elements,
+        };
+        t as u64
+    }
+
+    /// Sequence length, for plots against L (`None` for decode steps and streams).
+    pub fn seqlen(&self) -> Option<usize> {
+        match *self {
+            Problem::Mamba1Scan(s) => Some(s.seqlen),
+            Problem::Ssd(s) => Some(s.seqlen),
+            _ => None,
+        }
+    }
+
+    /// Input element type (f32 for the stream kernel, whose inputs are mixed).
+    pub fn dtype(&self) -> DType {
+        match *self {
+            Problem::Mamba1Scan(s) => s.dtype,
+            Problem::Ssd(s) => s.dtype,
+            Problem::Mamba1Step(s) => s.dtype,
+            Problem::Mamba2Step(s) => s.dtype,
+            Problem::Stream(_) => DType::F32,
+        }
+    }
+
+    /// The same problem with sequence length `seqlen` (decode steps and streams are unchanged).
+    pub fn with_seqlen(mut self, seqlen: usize) -> Self {
+        match &mut self {
+            Problem::Mamba1Scan(s) => s.seqlen = seqlen,
+            Problem::Ssd(s) => s.seqlen = seqlen,
+            _ => {}
+        }
+        self
+    }
+
+    /// The same problem with its input element type changed.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        match &mut self {
+            Problem::Mamba1Scan(s) => s.dtype = dtype,
+            Problem::Ssd(s) => s.dtype = dtype,
+            Problem::Mamba1Step(s) => s.dtype = dtype,
+            Problem::Mamba2Step(s) => s.dtype = dtype,
+            Problem::Stream(_) => {}
+        }
+        self
+    }
+
+    /// A compact label such as `b4 D5120 N16 L4096 bf16 +z+D+softplus`.
+    pub fn label(&self) -> String {
+        let flags = |pairs: &[(bool, &str)]| -> String {
+            pairs
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, name)| format!("+{name}"))
+                .collect()
+        };
+        match *self {
+            Problem::Mamba1Scan(s) => {
+                let bc = s.groups.map_or("const".to_string(), |g| format!("G{g}"));
+                format!(
+                    "b{} D{} N{} L{} {} {} {}",
+                    s.batch,
+                    s.d_inner,
+                    s.d_state,
+                    s.seqlen,
+                    bc,
+                    s.dtype,
+                    flags(&[
+                        (s.z, "z"),
+                        (s.d, "D"),
+                        (s.delta_bias, "bias"),
+                        (s.softplus, "softplus"),
+                        (s.initial_states, "h0"),
+                        (s.final_states, "hT"),
+                    ])
+                )
+            }
+            Problem::Ssd(s) => format!(
+                "b{} L{} H{} P{} N{} G{} Q{} {} {}",
+                s.batch,
+                s.seqlen,
+                s.heads,
+                s.head_dim,
+                s.d_state,
+                s.groups,
+                s.chunk_size,
+                s.dtype,
+                flags(&[
+                    (s.z, "z"),
+                    (s.d != SkipKind::None, "D"),
+                    (s.dt_bias, "bias"),
+                    (s.softplus, "softplus"),
+                    (s.initial_states, "h0"),
+                    (s.final_states, "hT"),
+                ])
+            ),
+            Problem::Mamba1Step(s) => format!(
+                "step b{} D{} N{} G{} {} {}",
+                s.batch,
+                s.d_inner,
+                s.d_state,
+                s.groups,
+                s.dtype,
+                flags(&[
+                    (s.z, "z"),
+                    (s.d, "D"),
+                    (s.dt_bias, "bias"),
+                    (s.softplus, "softplus")
+                ])
+            ),
+            Problem::Mamba2Step(s) => format!(
+                "step b{} H{} P{} N{} G{} {} {}",
+                s.batch,
+                s.heads,
+                s.head_dim,
+                s.d_state,
+                s.groups,
+                s.dtype,
+                flags(&[
+                    (s.z, "z"),
+                    (s.d != SkipKind::None, "D"),
+                    (s.dt_bias, "bias"),
+                    (s.softplus, "softplus")
+                ])
+            ),
+            Problem::Stream(s) => format!(
+                "stream n{} r{}B w{}B",
+                s.elements, s.read_bytes_per_element, s.write_bytes_per_element
+            ),
+        }
+        .trim_end()
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan() -> Problem {
+        Problem::Mamba1Scan(Mamba1ScanShape {
+            batch: 2,
+            d_inner: 64,
+            d_state: 16,
+            seqlen: 512,
+            groups: Some(1),
+            dtype: DType::Bf16,
+            z: true,
+            d: true,
+            delta_bias: false,
+            softplus: true,
+            initial_states: false,
+            final_states: false,
+        })
+    }
+
+    #[test]
+    fn json_round_trip_is_tagged_by_op() {
+        let p = scan();
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"op\":\"mamba1_scan\""), "{json}");
+        assert!(json.contains("\"dtype\":\"bf16\""), "{json}");
+        let back: Problem = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn tokens_seqlen_and_relabelling() {
+        let p = scan();
+        assert_eq!(p.tokens(), 1024);
+        assert_eq!(p.with_seqlen(4096).seqlen(), Some(4096));
+        assert_eq!(p.with_dtype(DType::F32).dtype(), DType::F32);
+        assert_eq!(p.label(), "b2 D64 N16 L512 G1 bf16 +z+D+softplus");
+    }
+}

@@ -1,0 +1,529 @@
+//! The result schema: one versioned JSON document per benchmark run.
+//!
+//! ```text
+//! ResultSet { schema: "ssm-bench-results", version: 1, run, device, ceilings, results: [BenchResult] }
+//! BenchResult { id, implementation, workload, problem, timing, model, roofline,
+//!               throughput, kernels: [KernelRecord { sram, dram }], hbm, nvml,
+//!               energy_per_token_j, throttled }
+//! ```
+//!
+//! `id` is the stable key the regression gate pairs results by
+//! (`implementation/workload/dtype`). Everything derived (throughput, roofline,
+//! measured/minimum) is computed by [`BenchResult::new`] from the measurement and
+//! the model, never typed in by hand, so every producer agrees.
+//!
+//! Version history: 1 — first version. A reader accepts versions up to
+//! [`SCHEMA_VERSION`]; fields added later must be `#[serde(default)]`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TelemetryError};
+use crate::ncu::DramBytes;
+use crate::nvml::RunTelemetry;
+use crate::problem::Problem;
+use crate::roofline::{Ceilings, Floor, Limiter};
+use crate::sram::SramUse;
+use crate::traffic::{cost, Cost};
+
+pub const SCHEMA: &str = "ssm-bench-results";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where and from what code a run was taken.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `git rev-parse HEAD` of the tree the binaries were built from.
+    pub commit: Option<String>,
+    /// The tree had uncommitted changes.
+    #[serde(default)]
+    pub dirty: bool,
+    /// `ssm_gpu::KERNELS_HASH` of the binaries.
+    pub kernels_hash: String,
+    /// Seconds since the Unix epoch.
+    pub created_unix_s: u64,
+    /// The program and version that wrote the file.
+    pub tool: String,
+    /// Anything a reader should know (skipped cases, throttling, converted input).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// The machine the results were measured on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// `"cpu"` for CPU-only runs, else the GPU's name.
+    pub name: String,
+    pub compute_capability: Option<String>,
+    pub sm_count: Option<u32>,
+    pub driver_version: Option<String>,
+    pub power_limit_w: Option<f64>,
+    pub max_sm_clock_mhz: Option<u32>,
+    pub max_mem_clock_mhz: Option<u32>,
+    /// Host CPU threads used by CPU implementations.
+    pub cpu_threads: Option<usize>,
+}
+
+/// How times were taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimingMethod {
+    /// CUDA events around each launch (device time).
+    CudaEvents,
+    /// A host clock around a synchronous call (CPU implementations).
+    WallClock,
+    /// Copied from another tool's output (see the run's notes).
+    Imported,
+}
+
+/// Summary of the per-run times, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimingStats {
+    pub method: TimingMethod,
+    pub samples: usize,
+    pub median_ms: f64,
+    pub mean_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    /// `(p90 - p10) / median`: the noise band the gate allows on top of its threshold.
+    pub spread: f64,
+}
+
+impl TimingStats {
+    /// Summarise per-run times. `None` when empty or any time is not finite and positive.
+    pub fn from_samples(method: TimingMethod, samples: &[f64]) -> Option<TimingStats> {
+        if samples.is_empty() || samples.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return None;
+        }
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            // Linear interpolation between closest ranks.
+            let x = p * (v.len() - 1) as f64;
+            let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+            v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+        };
+        let median = q(0.5);
+        Some(TimingStats {
+            method,
+            samples: v.len(),
+            median_ms: median,
+            mean_ms: v.iter().sum::<f64>() / v.len() as f64,
+            min_ms: v[0],
+            max_ms: v[v.len() - 1],
+            p10_ms: q(0.1),
+            p90_ms: q(0.9),
+            spread: (q(0.9) - q(0.1)) / median,
+        })
+    }
+}
+
+/// The minimum cost of the problem (from [`crate::traffic`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub mma_flops: f64,
+    pub simt_flops: f64,
+    pub exps: f64,
+}
+
+impl From<&Cost> for ModelRecord {
+    fn from(c: &Cost) -> Self {
+        ModelRecord {
+            read_bytes: c.read_bytes,
+            write_bytes: c.write_bytes,
+            mma_flops: c.mma_flops,
+            simt_flops: c.simt_flops,
+            exps: c.exps,
+        }
+    }
+}
+
+impl ModelRecord {
+    pub fn bytes(&self) -> u64 {
+        self.read_bytes + self.write_bytes
+    }
+}
+
+/// The floor on the run's card and how close the median came.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RooflineRecord {
+    pub floor_ms: f64,
+    pub bytes_ms: f64,
+    pub mma_ms: f64,
+    pub exp_ms: f64,
+    pub limiter: Limiter,
+    /// `floor_ms / median_ms` (1.0 = at the floor). Meaningful for GPU timings only.
+    pub fraction_of_floor: f64,
+}
+
+/// Rates at the median time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub tokens_per_s: f64,
+    /// Minimum bytes (model) per second: the "useful" bandwidth.
+    pub model_gb_per_s: f64,
+    /// Measured DRAM bytes per second, when ncu measured them.
+    pub measured_gb_per_s: Option<f64>,
+    /// MMA plus ordinary flops per second, in TFLOP/s.
+    pub tflop_per_s: f64,
+}
+
+/// One kernel of a result: its on-chip memory and, when measured, its DRAM bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelRecord {
+    pub name: String,
+    pub sram: Option<SramUse>,
+    /// DRAM bytes of one launch (ncu), when measured.
+    pub dram: Option<DramBytes>,
+    /// ncu's duration of that launch, for cross-checking the event timing.
+    pub ncu_duration_ms: Option<f64>,
+}
+
+/// HBM traffic: the model's minimum and what ncu measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HbmRecord {
+    pub model_bytes: u64,
+    pub measured_read_bytes: Option<u64>,
+    pub measured_write_bytes: Option<u64>,
+    /// `measured / model` (1.0 = the minimum; above 1 = re-reads or spills).
+    pub measured_over_model: Option<f64>,
+}
+
+/// What a producer measured; [`BenchResult::new`] derives the rest.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub implementation: String,
+    pub workload: String,
+    pub problem: Problem,
+    pub timing: TimingStats,
+    pub kernels: Vec<KernelRecord>,
+    pub nvml: Option<RunTelemetry>,
+    /// Calls made while NVML integrated the energy in `nvml`.
+    pub runs_in_nvml_window: u64,
+}
+
+/// One benchmark result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// `implementation/workload/dtype`: the gate's key.
+    pub id: String,
+    /// e.g. `mamba1-scan.cuda`, `mamba2-ssd.cpu`, `reference`.
+    pub implementation: String,
+    /// A design.md §6 name (`M1-2.8B`) or a sweep point (`L-sweep/L=4096`).
+    pub workload: String,
+    pub problem: Problem,
+    pub timing: TimingStats,
+    pub model: ModelRecord,
+    pub roofline: RooflineRecord,
+    pub throughput: Throughput,
+    #[serde(default)]
+    pub kernels: Vec<KernelRecord>,
+    pub hbm: HbmRecord,
+    pub nvml: Option<RunTelemetry>,
+    /// Joules per token of one call, from the energy over the measured runs.
+    pub energy_per_token_j: Option<f64>,
+    /// NVML saw a throttle reason other than idle / applications clocks.
+    pub throttled: bool,
+}
+
+/// The stable key of a result.
+pub fn result_id(implementation: &str, workload: &str, problem: &Problem) -> String {
+    format!("{implementation}/{workload}/{}", problem.dtype())
+}
+
+impl BenchResult {
+    /// Build a result; every derived number comes from `timing`, the model of
+    /// `problem` on `ceilings`, and the optional measurements.
+    pub fn new(m: Measurement, ceilings: &Ceilings) -> BenchResult {
+        let Measurement {
+            implementation,
+            workload,
+            problem,
+            timing,
+            kernels,
+            nvml,
+            runs_in_nvml_window,
+        } = m;
+        let c = cost(&problem);
+        let floor = Floor::of(&c, ceilings);
+        let seconds = timing.median_ms * 1e-3;
+        let per_s = |x: f64| x / seconds;
+        let energy_per_token_j = nvml.as_ref().and_then(|t| {
+            (runs_in_nvml_window > 0 && problem.tokens() > 0)
+                .then(|| t.energy_j / runs_in_nvml_window as f64 / problem.tokens() as f64)
+        });
+        let throttled = nvml.as_ref().is_some_and(|t| t.throttled);
+        let mut result = BenchResult {
+            id: result_id(&implementation, &workload, &problem),
+            implementation,
+            workload,
+            problem,
+            model: ModelRecord::from(&c),
+            roofline: RooflineRecord {
+                floor_ms: floor.floor_ms,
+                bytes_ms: floor.bytes_ms,
+                mma_ms: floor.mma_ms,
+                exp_ms: floor.exp_ms,
+                limiter: floor.limiter,
+                fraction_of_floor: floor.fraction_of(timing.median_ms).unwrap_or(0.0),
+            },
+            throughput: Throughput {
+                tokens_per_s: per_s(problem.tokens() as f64),
+                model_gb_per_s: per_s(c.bytes() as f64) / 1e9,
+                measured_gb_per_s: None,
+                tflop_per_s: per_s(c.flops()) / 1e12,
+            },
+            hbm: HbmRecord {
+                model_bytes: c.bytes(),
+                measured_read_bytes: None,
+                measured_write_bytes: None,
+                measured_over_model: None,
+            },
+            timing,
+            kernels,
+            nvml,
+            energy_per_token_j,
+            throttled,
+        };
+        result.refresh_measured_bytes();
+        result
+    }
+
+    /// Recompute the HBM summary from the kernels' measured DRAM bytes (call after
+    /// attaching ncu measurements). Measured totals need every kernel measured.
+    pub fn refresh_measured_bytes(&mut self) {
+        let all: Option<Vec<DramBytes>> = if self.kernels.is_empty() {
+            None
+        } else {
+            self.kernels.iter().map(|k| k.dram).collect()
+        };
+        let (read, write) = match all {
+            Some(d) => (
+                Some(d.iter().map(|b| b.read).sum::<u64>()),
+                Some(d.iter().map(|b| b.write).sum::<u64>()),
+            ),
+            None => (None, None),
+        };
+        self.hbm.measured_read_bytes = read;
+        self.hbm.measured_write_bytes = write;
+        let measured = read.zip(write).map(|(r, w)| r + w);
+        self.hbm.measured_over_model = measured
+            .filter(|_| self.hbm.model_bytes > 0)
+            .map(|m| m as f64 / self.hbm.model_bytes as f64);
+        self.throughput.measured_gb_per_s =
+            measured.map(|m| m as f64 / (self.timing.median_ms * 1e-3) / 1e9);
+    }
+
+    /// Measured DRAM bytes of one call, when every kernel was measured.
+    pub fn measured_bytes(&self) -> Option<u64> {
+        self.hbm
+            .measured_read_bytes
+            .zip(self.hbm.measured_write_bytes)
+            .map(|(r, w)| r + w)
+    }
+}
+
+/// One benchmark run: every result plus where it was taken.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultSet {
+    pub schema: String,
+    pub version: u32,
+    pub run: RunInfo,
+    pub device: DeviceInfo,
+    pub ceilings: CeilingsRecord,
+    pub results: Vec<BenchResult>,
+}
+
+/// [`Ceilings`] as stored (owned strings, so it deserialises).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CeilingsRecord {
+    pub source: String,
+    pub hbm_bytes_per_s: f64,
+    pub mma_flops_per_s: f64,
+    pub exp_per_s: f64,
+}
+
+impl From<&Ceilings> for CeilingsRecord {
+    fn from(c: &Ceilings) -> Self {
+        CeilingsRecord {
+            source: c.source.to_string(),
+            hbm_bytes_per_s: c.hbm_bytes_per_s,
+            mma_flops_per_s: c.mma_flops_per_s,
+            exp_per_s: c.exp_per_s,
+        }
+    }
+}
+
+impl ResultSet {
+    pub fn new(run: RunInfo, device: DeviceInfo, ceilings: &Ceilings) -> ResultSet {
+        ResultSet {
+            schema: SCHEMA.to_string(),
+            version: SCHEMA_VERSION,
+            run,
+            device,
+            ceilings: CeilingsRecord::from(ceilings),
+            results: Vec::new(),
+        }
+    }
+
+    /// Parse a result set of this schema (see [`crate::compat::read_any`] for
+    /// other producers' files). `source_name` names the input in errors.
+    pub fn from_json(text: &str, source_name: &str) -> Result<ResultSet> {
+        #[derive(Deserialize)]
+        struct Header {
+            schema: Option<String>,
+            version: Option<u32>,
+        }
+        let header: Header = serde_json::from_str(text)
+            .map_err(|e| TelemetryError::parse(source_name, format!("not JSON: {e}")))?;
+        let schema = header.schema.unwrap_or_default();
+        let version = header.version.unwrap_or(0);
+        if schema != SCHEMA || version == 0 || version > SCHEMA_VERSION {
+            return Err(TelemetryError::Schema {
+                source_name: source_name.to_string(),
+                schema,
+                version,
+                expected: SCHEMA,
+                max_version: SCHEMA_VERSION,
+            });
+        }
+        let set: ResultSet = serde_json::from_str(text)
+            .map_err(|e| TelemetryError::parse(source_name, e.to_string()))?;
+        set.check_unique_ids(source_name)?;
+        Ok(set)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .expect("result sets hold only finite numbers and strings")
+    }
+
+    pub fn read(path: &Path) -> Result<ResultSet> {
+        let text = std::fs::read_to_string(path).map_err(|e| TelemetryError::io(path, e))?;
+        ResultSet::from_json(&text, &path.display().to_string())
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| TelemetryError::io(dir, e))?;
+        }
+        std::fs::write(path, self.to_json() + "\n").map_err(|e| TelemetryError::io(path, e))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&BenchResult> {
+        self.results.iter().find(|r| r.id == id)
+    }
+
+    fn check_unique_ids(&self, source_name: &str) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.results {
+            if !seen.insert(r.id.as_str()) {
+                return Err(TelemetryError::parse(
+                    source_name,
+                    format!("result id `{}` appears twice", r.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::reference_workload;
+
+    fn sample_result() -> BenchResult {
+        let w = reference_workload("M2-decode").unwrap();
+        let timing =
+            TimingStats::from_samples(TimingMethod::CudaEvents, &[0.6, 0.5, 0.55]).unwrap();
+        BenchResult::new(
+            Measurement {
+                implementation: "mamba2-ssd.decode.cuda".into(),
+                workload: w.name.into(),
+                problem: w.problem,
+                timing,
+                kernels: vec![KernelRecord {
+                    name: "mamba2_decode_bf16".into(),
+                    sram: None,
+                    dram: None,
+                    ncu_duration_ms: None,
+                }],
+                nvml: None,
+                runs_in_nvml_window: 0,
+            },
+            &Ceilings::H100_SXM,
+        )
+    }
+
+    #[test]
+    fn quantiles_and_spread() {
+        let t =
+            TimingStats::from_samples(TimingMethod::WallClock, &[5.0, 1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(
+            (t.median_ms, t.min_ms, t.max_ms, t.mean_ms),
+            (3.0, 1.0, 5.0, 3.0)
+        );
+        assert!((t.p10_ms - 1.4).abs() < 1e-12 && (t.p90_ms - 4.6).abs() < 1e-12);
+        assert!((t.spread - 3.2 / 3.0).abs() < 1e-12);
+        assert!(TimingStats::from_samples(TimingMethod::WallClock, &[]).is_none());
+        assert!(TimingStats::from_samples(TimingMethod::WallClock, &[1.0, f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn derived_numbers_follow_the_model() {
+        let r = sample_result();
+        assert_eq!(r.id, "mamba2-ssd.decode.cuda/M2-decode/bf16");
+        let bytes = r.model.bytes() as f64;
+        assert!((r.throughput.model_gb_per_s - bytes / 0.55e-3 / 1e9).abs() < 1e-6);
+        assert!((r.roofline.fraction_of_floor - r.roofline.floor_ms / 0.55).abs() < 1e-12);
+        assert_eq!(r.hbm.measured_over_model, None);
+    }
+
+    #[test]
+    fn attaching_dram_bytes_fills_the_hbm_summary() {
+        let mut r = sample_result();
+        let model = r.hbm.model_bytes;
+        r.kernels[0].dram = Some(DramBytes {
+            read: model / 2,
+            write: model / 2 + model / 10,
+        });
+        r.refresh_measured_bytes();
+        let ratio = r.hbm.measured_over_model.unwrap();
+        assert!((ratio - 1.1).abs() < 1e-3, "{ratio}");
+        assert!(r.throughput.measured_gb_per_s.unwrap() > r.throughput.model_gb_per_s);
+    }
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let mut set = ResultSet::new(
+            RunInfo {
+                kernels_hash: "abc".into(),
+                tool: "test".into(),
+                ..Default::default()
+            },
+            DeviceInfo {
+                name: "cpu".into(),
+                ..Default::default()
+            },
+            &Ceilings::H100_SXM,
+        );
+        set.results.push(sample_result());
+        let text = set.to_json();
+        assert_eq!(ResultSet::from_json(&text, "t").unwrap(), set);
+        let future = text.replace("\"version\": 1", "\"version\": 99");
+        assert!(matches!(
+            ResultSet::from_json(&future, "t"),
+            Err(TelemetryError::Schema { version: 99, .. })
+        ));
+        set.results.push(sample_result());
+        assert!(
+            ResultSet::from_json(&set.to_json(), "t").is_err(),
+            "duplicate ids"
+        );
+    }
+}
