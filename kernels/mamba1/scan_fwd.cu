@@ -10,9 +10,10 @@
 //             f32 rows [t][n] shared by all channels of the block; then it
 //             issues the global loads of the next tile, which fly during the scan.
 //   scan      each lane steps its states through the tile: per state and step
-//             one exp2 (MUFU, or an FMA polynomial for the first SCAN_EXP_POLY
-//             states), two FMAs and a multiply; its partial C.h goes to shared
-//             memory, four steps per 16-byte store.
+//             one exp2 (MUFU, or an FMA polynomial for SCAN_EXP_POLY of every
+//             4 * SCAN_NPT, so that the MUFU and FMA pipes share the load), two
+//             FMAs and a multiply; its partial C.h goes to shared memory, four
+//             steps per 16-byte store.
 //   epilogue  every thread sums the SCAN_TPC partials of its chunks, adds D*u,
 //             gates with silu(z) and stores 8 steps as one 16-byte vector.
 //
@@ -22,6 +23,7 @@
 //
 // Compile-time configuration (-D): SCAN_DTYPE, SCAN_N, SCAN_TPC, SCAN_NPT,
 // SCAN_THREADS, SCAN_TILE, SCAN_MIN_BLOCKS, SCAN_EXP_POLY, and the 0/1 flags
+// SCAN_ELEM_EXP_POLY (softplus/silu exponentials as polynomials),
 // SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
 // SCAN_C_CONST, SCAN_VEC_IO. The host (crates/mamba1-scan/src/cuda/) picks them
 // and mirrors the shared-memory layout below.
@@ -60,9 +62,41 @@
 #if SCAN_NP < SCAN_N
 #error "SCAN_TPC * SCAN_NPT must cover SCAN_N"
 #endif
-#if SCAN_EXP_POLY > SCAN_NPT
-#error "SCAN_EXP_POLY counts states of one lane: at most SCAN_NPT"
+#if SCAN_EXP_POLY > 4 * SCAN_NPT
+#error "SCAN_EXP_POLY counts exponentials of a lane's 4-step group: at most 4 * SCAN_NPT"
 #endif
+
+// SCAN_EXP_POLY of the 4 * SCAN_NPT exponentials of a lane's 4-step group take
+// the FMA polynomial, spread evenly over the group: pair p (= step * NPT + state)
+// does when the running count p * k / (4 NPT) steps up. A compile-time
+// constant after unrolling.
+__device__ __forceinline__ constexpr bool scan_poly_pair(int p) {
+    return (p * SCAN_EXP_POLY) % (4 * SCAN_NPT) < SCAN_EXP_POLY;
+}
+
+// A lane's SCAN_NPT consecutive floats of a B or C row in shared memory.
+__device__ __forceinline__ void scan_load_row(float (&v)[SCAN_NPT], const float* row) {
+#if SCAN_NPT % 4 == 0
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; i += 4) {
+        const float4 f = *reinterpret_cast<const float4*>(row + i);
+        v[i] = f.x;
+        v[i + 1] = f.y;
+        v[i + 2] = f.z;
+        v[i + 3] = f.w;
+    }
+#elif SCAN_NPT % 2 == 0
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; i += 2) {
+        const float2 f = *reinterpret_cast<const float2*>(row + i);
+        v[i] = f.x;
+        v[i + 1] = f.y;
+    }
+#else
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; ++i) v[i] = row[i];
+#endif
+}
 
 // Kernel arguments, passed by value; mirrored by `ScanArgs` in
 // crates/mamba1-scan/src/cuda/launch.rs (every field 8 bytes, no padding).
@@ -232,10 +266,13 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #endif
     };
 
+    // Tiles start at multiples of SCAN_TILE (aligned vector loads); an empty
+    // sequence runs none and returns its initial state.
     const long long t_first = seq_lo - seq_lo % SCAN_TILE;
-    if (seq_lo < seq_hi) load_tile(t_first);
+    const long long t_end = seq_lo < seq_hi ? seq_hi : t_first;
+    if (t_first < t_end) load_tile(t_first);
 
-    for (long long t0 = t_first; t0 < seq_hi; t0 += SCAN_TILE) {
+    for (long long t0 = t_first; t0 < t_end; t0 += SCAN_TILE) {
         ScanChunk cur_u[SCAN_ELEM_ITERS];
 #if SCAN_HAS_Z
         ScanChunk cur_z[SCAN_ELEM_ITERS];
@@ -254,26 +291,35 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
             const int rc = j % SCAN_ROW_CHUNKS;
             if (j < SCAN_ELEM_CHUNKS && ech < nch) {
                 const long long pos0 = t0 + (long long)rc * SCAN_CHUNK;
-                float4* dst = reinterpret_cast<float4*>(slot + ech * SCAN_SLOT_STRIDE + rc * SCAN_CHUNK);
+                float dt[SCAN_CHUNK], dtu[SCAN_CHUNK];
 #pragma unroll
-                for (int i = 0; i < SCAN_CHUNK; i += 2) {
-                    float v[4];
-#pragma unroll
-                    for (int q = 0; q < 2; ++q) {
-                        float dt = scan_chunk_get(nx_delta[k], i + q);
+                for (int i = 0; i < SCAN_CHUNK; ++i) {
+                    float d = scan_chunk_get(nx_delta[k], i);
 #if SCAN_HAS_BIAS
-                        dt += ebias[k];
+                    d += ebias[k];
 #endif
 #if SCAN_SOFTPLUS
-                        dt = scan_softplus(dt);
+                    d = scan_softplus(d);
 #endif
-                        const long long pos = pos0 + i + q;
-                        const bool in_seq = pos >= seq_lo && pos < seq_hi;
-                        v[2 * q] = in_seq ? dt : 0.0f;
-                        v[2 * q + 1] = in_seq ? dt * scan_chunk_get(cur_u[k], i + q) : 0.0f;
-                    }
-                    dst[i / 2] = make_float4(v[0], v[1], v[2], v[3]);
+                    dt[i] = d;
+                    dtu[i] = d * scan_chunk_get(cur_u[k], i);
                 }
+                // Steps outside the sequence become identity steps (only in the
+                // first and last chunk of a sequence: a uniform branch elsewhere).
+                if (pos0 < seq_lo || pos0 + SCAN_CHUNK > seq_hi) {
+                    const int lo = (int)max(seq_lo - pos0, 0ll);
+                    const int hi = (int)min(seq_hi - pos0, (long long)SCAN_CHUNK);
+#pragma unroll
+                    for (int i = 0; i < SCAN_CHUNK; ++i) {
+                        const bool in_seq = i >= lo && i < hi;
+                        dt[i] = in_seq ? dt[i] : 0.0f;
+                        dtu[i] = in_seq ? dtu[i] : 0.0f;
+                    }
+                }
+                float4* dst = reinterpret_cast<float4*>(slot + ech * SCAN_SLOT_STRIDE + rc * SCAN_CHUNK);
+#pragma unroll
+                for (int i = 0; i < SCAN_CHUNK; i += 2)
+                    dst[i / 2] = make_float4(dt[i], dtu[i], dt[i + 1], dtu[i + 1]);
             }
         }
 #if SCAN_BC_GROUPED > 0
@@ -291,14 +337,21 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
             }
         }
 #endif
-        if (t0 + SCAN_TILE < seq_hi) load_tile(t0 + SCAN_TILE);
+        if (t0 + SCAN_TILE < t_end) load_tile(t0 + SCAN_TILE);
         __syncthreads();  // prep visible to the scan lanes
 
-        // ---- scan: SCAN_TILE steps of this lane's states
+        // ---- scan: SCAN_TILE steps of this lane's states (fully unrolled, so
+        // every shared-memory access is a base register plus an immediate)
         if (scan_active) {
             const float2* my_slot = slot + sch * SCAN_SLOT_STRIDE;
             float* my_part = part + (sch * SCAN_TPC + slice) * SCAN_PART_STRIDE;
-#pragma unroll 1
+#if !SCAN_B_CONST
+            const float* my_B = Bs + slice * SCAN_NPT;
+#endif
+#if !SCAN_C_CONST
+            const float* my_C = Cs + slice * SCAN_NPT;
+#endif
+#pragma unroll
             for (int t = 0; t < SCAN_TILE; t += 4) {
                 const float4 s01 = *reinterpret_cast<const float4*>(my_slot + t);
                 const float4 s23 = *reinterpret_cast<const float4*>(my_slot + t + 2);
@@ -311,39 +364,14 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #if SCAN_B_CONST
 #pragma unroll
                     for (int i = 0; i < SCAN_NPT; ++i) bv[i] = Breg[i];
+#else
+                    scan_load_row(bv, my_B + (t + q) * SCAN_NP);
 #endif
 #if SCAN_C_CONST
 #pragma unroll
                     for (int i = 0; i < SCAN_NPT; ++i) cv[i] = Creg[i];
-#endif
-#if !SCAN_B_CONST || !SCAN_C_CONST
-                    const int rowoff = (t + q) * SCAN_NP + slice * SCAN_NPT;
-#endif
-#if SCAN_NPT % 4 == 0
-#if !SCAN_B_CONST
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; i += 4) {
-                        const float4 b4 = *reinterpret_cast<const float4*>(Bs + rowoff + i);
-                        bv[i] = b4.x; bv[i + 1] = b4.y; bv[i + 2] = b4.z; bv[i + 3] = b4.w;
-                    }
-#endif
-#if !SCAN_C_CONST
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; i += 4) {
-                        const float4 c4 = *reinterpret_cast<const float4*>(Cs + rowoff + i);
-                        cv[i] = c4.x; cv[i + 1] = c4.y; cv[i + 2] = c4.z; cv[i + 3] = c4.w;
-                    }
-#endif
 #else
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; ++i) {
-#if !SCAN_B_CONST
-                        bv[i] = Bs[rowoff + i];
-#endif
-#if !SCAN_C_CONST
-                        cv[i] = Cs[rowoff + i];
-#endif
-                    }
+                    scan_load_row(cv, my_C + (t + q) * SCAN_NP);
 #endif
                     const float dt = dts[q];
                     const float dtu = dtus[q];
@@ -351,7 +379,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
                     for (int i = 0; i < SCAN_NPT; ++i) {
                         const float x = dt * A2[i];
-                        const float dA = (i < SCAN_EXP_POLY) ? scan_exp2_poly(x) : scan_exp2_mufu(x);
+                        const float dA = scan_poly_pair(q * SCAN_NPT + i) ? scan_exp2_poly(x)
+                                                                          : scan_exp2_mufu(x);
                         h[i] = fmaf(dA, h[i], bv[i] * dtu);
                         y = fmaf(cv[i], h[i], y);
                     }

@@ -4,6 +4,10 @@
 // or plain arithmetic, so NVRTC needs no include path.
 #pragma once
 
+#ifndef SCAN_ELEM_EXP_POLY
+#define SCAN_ELEM_EXP_POLY 0
+#endif
+
 #define SCAN_LOG2E 1.4426950408889634f
 
 // 2^x on the special-function unit (MUFU.EX2): one issue slot, but the unit
@@ -51,32 +55,43 @@ __device__ __forceinline__ float scan_rcp(float x) {
     return y;
 }
 
+// exp(x) for the elementwise work (softplus, silu): MUFU by default, or the
+// FMA polynomial when SCAN_ELEM_EXP_POLY is set (moves 2 MUFU ops per element
+// to the FMA pipe when MUFU, not issue, is the bottleneck).
+__device__ __forceinline__ float scan_exp_elem(float x) {
+#if SCAN_ELEM_EXP_POLY
+    return scan_exp2_poly(x * SCAN_LOG2E);
+#else
+    return scan_exp2_mufu(x * SCAN_LOG2E);
+#endif
+}
+
 // softplus(x) = x for x > 20 (ssm_core::math::SOFTPLUS_THRESHOLD), else
 // log1p(exp(x)), to a few f32 ulps over the whole range. Written as
 // max(x, 0) + log1p(w) with w = exp(-|x|) in (0, 1], and log1p(w) = 2 atanh(s),
-// s = w / (2 + w) in (0, 1/3], whose odd series converges fast: the terms kept
-// leave a relative truncation error under 1.5e-8. This avoids both log(1 + w)
-// losing the low bits of a small w and MUFU.LG2's absolute (not relative)
-// error near 1.
+// s = w / (2 + w) in (0, 1/3]: atanh(s)/s is a degree-4 minimax polynomial in
+// s^2 (relative error 4.5e-9). This avoids both log(1 + w) losing the low bits
+// of a small w and MUFU.LG2's absolute (not relative) error near 1.
+// The threshold needs no branch: for x > 16, log1p(w) < 1.2e-7 is below half
+// an ulp of x, so max(x, 0) + log1p(w) rounds to x exactly, which is what both
+// the threshold (x > 20) and the f64 log1p(exp(x)) rounded to f32 (16 < x <= 20)
+// give. Inf maps to Inf, -Inf to 0, NaN to NaN.
 __device__ __forceinline__ float scan_softplus(float x) {
-    const float w = scan_exp2_mufu(-fabsf(x) * SCAN_LOG2E);
+    const float w = scan_exp_elem(-fabsf(x));
     const float s = w * scan_rcp(2.0f + w);
     const float q = s * s;
-    float p = 1.0f / 13.0f;
-    p = fmaf(p, q, 1.0f / 11.0f);
-    p = fmaf(p, q, 1.0f / 9.0f);
-    p = fmaf(p, q, 1.0f / 7.0f);
-    p = fmaf(p, q, 1.0f / 5.0f);
-    p = fmaf(p, q, 1.0f / 3.0f);
+    float p = 1.400599331e-01f;
+    p = fmaf(p, q, 1.400090307e-01f);
+    p = fmaf(p, q, 2.001076341e-01f);
+    p = fmaf(p, q, 3.333320916e-01f);
     p = fmaf(p, q, 1.0f);
-    const float log1p_w = 2.0f * s * p;
-    return x > 20.0f ? x : fmaxf(x, 0.0f) + log1p_w;
+    return fmaxf(x, 0.0f) + 2.0f * s * p;
 }
 
 // silu(z) = z * sigmoid(z) = z / (1 + exp(-z)); the limits come out right:
 // exp(-z) = Inf for z << 0 gives z * 0, exp(-z) = 0 for z >> 0 gives z.
 __device__ __forceinline__ float scan_silu(float z) {
-    return z * scan_rcp(1.0f + scan_exp2_mufu(-z * SCAN_LOG2E));
+    return z * scan_rcp(1.0f + scan_exp_elem(-z));
 }
 
 // ---------------------------------------------------------------- 16-bit types

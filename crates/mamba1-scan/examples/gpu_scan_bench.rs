@@ -4,6 +4,7 @@
 //! bandwidth and the exp2 unit's rate) on the same GPU.
 //!
 //! usage: gpu_scan_bench [--quick] [--json PATH] [--cubins DIR] [--variants a,b,..]
+//!                       [--workloads M1-2.8B,M1-small] [--bf16-only]
 //!
 //! Prints a table and, with `--json`, writes every number with the commit
 //! (`SSM_COMMIT`) and `ssm_gpu::KERNELS_HASH`. With `--cubins` it also writes the
@@ -57,25 +58,29 @@ const WORKLOADS: [Workload; 2] = [
 
 /// The work splits timed, by name.
 fn variants() -> Vec<(&'static str, ScanTuning)> {
-    let t = |lanes, tile, threads, poly, min_blocks| ScanTuning {
+    let t = |lanes, tile, threads, poly, elem, min_blocks| ScanTuning {
         lanes_per_channel: lanes,
         tile,
         threads,
         exp_poly: poly,
+        elem_exp_poly: elem,
         min_blocks,
     };
     vec![
         ("default", ScanTuning::default()),
-        ("tpc2", t(Some(2), None, None, None, None)),
-        ("tpc8", t(Some(8), None, None, None, None)),
-        ("tile16", t(None, Some(16), None, None, None)),
-        ("tile64", t(None, Some(64), None, None, Some(3))),
-        ("poly1", t(None, None, None, Some(1), None)),
-        ("poly2", t(None, None, None, Some(2), None)),
-        ("mb4", t(None, None, None, None, Some(4))),
-        ("mb6", t(None, None, None, None, Some(6))),
-        ("thr64", t(None, None, Some(64), None, Some(10))),
-        ("thr256", t(None, None, Some(256), None, Some(2))),
+        ("poly1", t(None, None, None, Some(1), None, None)),
+        ("poly2", t(None, None, None, Some(2), None, None)),
+        ("poly4", t(None, None, None, Some(4), None, None)),
+        ("elem", t(None, None, None, None, Some(true), None)),
+        ("poly1elem", t(None, None, None, Some(1), Some(true), None)),
+        ("mb4", t(None, None, None, None, None, Some(4))),
+        ("tpc2", t(Some(2), None, None, None, None, None)),
+        ("tpc2w64", t(Some(2), None, Some(64), None, None, None)),
+        ("tpc2w64p2", t(Some(2), None, Some(64), Some(2), None, None)),
+        ("thr64", t(None, None, Some(64), None, None, Some(10))),
+        ("thr64p2", t(None, None, Some(64), Some(2), None, Some(10))),
+        ("tile16", t(None, Some(16), None, None, None, Some(5))),
+        ("tile64", t(None, Some(64), None, None, None, Some(3))),
     ]
 }
 
@@ -84,6 +89,9 @@ struct Args {
     json: Option<String>,
     cubins: Option<String>,
     only: Option<Vec<String>>,
+    workloads: Option<Vec<String>>,
+    /// Also time f16 and f32 inputs (default split, M1-2.8B).
+    other_dtypes: bool,
 }
 
 fn parse_args() -> Result<Args, Box<dyn Error>> {
@@ -92,6 +100,8 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
         json: None,
         cubins: None,
         only: None,
+        workloads: None,
+        other_dtypes: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -103,6 +113,11 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
                 let list = it.next().ok_or("--variants needs a list")?;
                 args.only = Some(list.split(',').map(str::to_string).collect());
             }
+            "--workloads" => {
+                let list = it.next().ok_or("--workloads needs a list")?;
+                args.workloads = Some(list.split(',').map(str::to_string).collect());
+            }
+            "--bf16-only" => args.other_dtypes = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -484,7 +499,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let iters = if args.quick { 20 } else { 100 };
     let mut rng = StdRng::seed_from_u64(rand::random());
     let mut rows = Vec::new();
-    for w in &WORKLOADS {
+    let selected = |w: &Workload| {
+        args.workloads
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|n| n == w.name))
+    };
+    for w in WORKLOADS.iter().filter(|w| selected(w)) {
         bench_workload::<bf16>(
             &gpu,
             w,
@@ -497,27 +517,29 @@ fn main() -> Result<(), Box<dyn Error>> {
         )?;
     }
     // The other input types at the big shape, default split only.
-    let default_only = [("default", ScanTuning::default())];
-    bench_workload::<half::f16>(
-        &gpu,
-        &WORKLOADS[0],
-        &ceilings,
-        &default_only,
-        iters,
-        None,
-        &mut rng,
-        &mut rows,
-    )?;
-    bench_workload::<f32>(
-        &gpu,
-        &WORKLOADS[0],
-        &ceilings,
-        &default_only,
-        iters,
-        None,
-        &mut rng,
-        &mut rows,
-    )?;
+    if args.other_dtypes && selected(&WORKLOADS[0]) {
+        let default_only = [("default", ScanTuning::default())];
+        bench_workload::<half::f16>(
+            &gpu,
+            &WORKLOADS[0],
+            &ceilings,
+            &default_only,
+            iters,
+            None,
+            &mut rng,
+            &mut rows,
+        )?;
+        bench_workload::<f32>(
+            &gpu,
+            &WORKLOADS[0],
+            &ceilings,
+            &default_only,
+            iters,
+            None,
+            &mut rng,
+            &mut rows,
+        )?;
+    }
 
     println!(
         "\n| workload | dtype | variant | config | regs | smem B | blocks | median ms | min..max ms | GB/s | exp2/s | byte floor | exp floor | x mamba_ssm | rel L2 |"

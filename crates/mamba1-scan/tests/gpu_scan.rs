@@ -111,8 +111,8 @@ impl Case {
         let t = self.tuning;
         if t != ScanTuning::default() {
             s += &format!(
-                " [tpc {:?} tile {:?} thr {:?} poly {:?}]",
-                t.lanes_per_channel, t.tile, t.threads, t.exp_poly
+                " [tpc {:?} tile {:?} thr {:?} poly {:?} elem {:?}]",
+                t.lanes_per_channel, t.tile, t.threads, t.exp_poly, t.elem_exp_poly
             );
         }
         s
@@ -512,27 +512,31 @@ fn every_work_split_computes_the_same_function() {
     let (mut rng, seed) = fresh_rng();
     let mut rows = Vec::new();
     let base = Case::plain(2, 40, 16, 300).all_options();
+    // (lanes per channel, tile, threads, polynomial exps per 4 steps, softplus/silu exps as polynomials)
     let splits = [
-        (Some(1), None, None, None),
-        (Some(2), None, None, None),
-        (Some(8), None, None, None),
-        (Some(16), None, None, None),
-        (Some(4), Some(8), None, None),
-        (Some(4), Some(16), None, None),
-        (Some(4), Some(64), None, None),
-        (Some(4), None, Some(64), None),
-        (Some(4), None, Some(256), None),
-        (Some(4), None, None, Some(1)),
-        (Some(4), None, None, Some(2)),
-        (Some(4), None, None, Some(4)),
-        (Some(2), None, None, Some(3)),
+        (Some(1), None, None, None, None),
+        (Some(2), None, None, None, None),
+        (Some(8), None, None, None, None),
+        (Some(16), None, None, None, None),
+        (Some(4), Some(8), None, None, None),
+        (Some(4), Some(16), None, None, None),
+        (Some(4), Some(64), None, None, None),
+        (Some(4), None, Some(64), None, None),
+        (Some(4), None, Some(256), None, None),
+        (Some(4), None, None, Some(1), None),
+        (Some(4), None, None, Some(2), None),
+        (Some(4), None, None, Some(7), None),
+        (Some(4), None, None, Some(16), Some(true)),
+        (Some(4), None, None, None, Some(true)),
+        (Some(2), None, None, Some(3), None),
     ];
-    for (lanes, tile, threads, poly) in splits {
+    for (lanes, tile, threads, poly, elem_poly) in splits {
         let tuning = ScanTuning {
             lanes_per_channel: lanes,
             tile,
             threads,
             exp_poly: poly,
+            elem_exp_poly: elem_poly,
             min_blocks: None,
         };
         let case = Case {
@@ -542,9 +546,11 @@ fn every_work_split_computes_the_same_function() {
         rows.push(run_case::<f32>(&gpu, &case, &mut rng, false));
         rows.push(run_case::<bf16>(&gpu, &case, &mut rng, false));
     }
-    // A varlen case through the polynomial exponentials (identity steps must stay exact).
+    // Varlen and large steps through the polynomial exponentials (identity steps
+    // must stay exact, and 2^x must underflow gracefully).
     let tuning = ScanTuning {
-        exp_poly: Some(4),
+        exp_poly: Some(16),
+        elem_exp_poly: Some(true),
         ..ScanTuning::default()
     };
     let case = Case {
@@ -554,6 +560,13 @@ fn every_work_split_computes_the_same_function() {
             .varlen(&[5, 0, 60, 1, 30])
     };
     rows.push(run_case::<f32>(&gpu, &case, &mut rng, false));
+    let case = Case {
+        tuning,
+        large_dt: true,
+        ..Case::plain(2, 24, 16, 100).all_options()
+    };
+    rows.push(run_case::<f32>(&gpu, &case, &mut rng, false));
+    rows.push(run_case::<bf16>(&gpu, &case, &mut rng, false));
     report("work splits", seed, &rows);
 }
 

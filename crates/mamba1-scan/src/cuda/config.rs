@@ -131,8 +131,11 @@ pub struct ScanTuning {
     pub tile: Option<usize>,
     /// Threads per block (a multiple of 32).
     pub threads: Option<usize>,
-    /// Of each lane's states, how many take exp2 as an FMA polynomial instead of MUFU.
+    /// Of the `4 * states_per_lane` exponentials of a lane's 4-step group, how
+    /// many take exp2 as an FMA polynomial instead of MUFU (spread evenly).
     pub exp_poly: Option<usize>,
+    /// The softplus and silu exponentials as FMA polynomials too.
+    pub elem_exp_poly: Option<bool>,
     /// `__launch_bounds__` minimum blocks per SM (caps registers).
     pub min_blocks: Option<usize>,
 }
@@ -148,6 +151,7 @@ pub struct ScanConfig {
     pub tile: usize,
     pub min_blocks: usize,
     pub exp_poly: usize,
+    pub elem_exp_poly: bool,
     pub has_delta_bias: bool,
     pub delta_softplus: bool,
     pub has_d: bool,
@@ -188,9 +192,9 @@ impl ScanConfig {
             )));
         }
         let exp_poly = tuning.exp_poly.unwrap_or(0);
-        if exp_poly > states_per_lane {
+        if exp_poly > 4 * states_per_lane {
             return Err(unsupported(format!(
-                "{exp_poly} polynomial exponentials per lane with {states_per_lane} states per lane"
+                "{exp_poly} polynomial exponentials per 4 steps of a lane with {states_per_lane} states"
             )));
         }
         let mut config = ScanConfig {
@@ -202,6 +206,7 @@ impl ScanConfig {
             tile: 32,
             min_blocks: 1,
             exp_poly,
+            elem_exp_poly: tuning.elem_exp_poly.unwrap_or(false),
             has_delta_bias: problem.has_delta_bias,
             delta_softplus: problem.delta_softplus,
             has_d: problem.has_d,
@@ -283,6 +288,7 @@ impl ScanConfig {
             ("SCAN_TILE", self.tile.to_string()),
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
             ("SCAN_EXP_POLY", self.exp_poly.to_string()),
+            ("SCAN_ELEM_EXP_POLY", flag(self.elem_exp_poly)),
             ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
             ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
             ("SCAN_HAS_D", flag(self.has_d)),
@@ -313,13 +319,15 @@ impl ScanConfig {
             (true, true) => ".BCconst",
         };
         format!(
-            "{}.n{}.tpc{}.t{}.w{}.p{}.{}{}{}",
+            "{}.n{}.tpc{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
             self.dtype,
             self.d_state,
             self.lanes_per_channel,
             self.tile,
             self.threads,
+            self.min_blocks,
             self.exp_poly,
+            if self.elem_exp_poly { "e" } else { "" },
             if opts.is_empty() { "-" } else { &opts },
             bc,
             if self.vec_io { ".vec" } else { ".scalar" }
