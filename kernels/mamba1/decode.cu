@@ -11,11 +11,19 @@
 //     of VEC floats (16-byte accesses when N % 4 == 0), so one warp instruction
 //     touches 32 * VEC * 4 contiguous bytes of the state (512 B);
 //   * each thread updates the same channel slice for BROWS batch rows, so A (and
-//     D, dt_bias) are read once per BROWS rows and every thread has BROWS * VPT
-//     16-byte state loads in flight before the first use;
+//     D, dt_bias) are read once per BROWS rows; its BROWS * VPT 16-byte state loads
+//     are issued first, before anything else is fetched;
+//   * only the state stays in registers across rows: B and C are fetched row by
+//     row just before use (ordered loads, L1 hits), which keeps the register count
+//     low enough for 3 to 4 blocks of 256 threads per SM (v1 held every row's B
+//     and C and ran 2 blocks per SM, see docs/kernels/decode.md);
 //   * B and C are read with VEC-element accesses (8 bytes for 16-bit inputs);
 //   * exp(dt A) is one exp2 per state element with log2(e) folded into A on load;
-//   * y[d] is reduced over the TPR lanes of its channel with xor shuffles.
+//   * y[d] is reduced over the TPR lanes of its channel with xor shuffles;
+//   * the per-(row, channel) scalar work (loads of x, dt, z; softplus; silu; the
+//     output store) is spread over the TPR lanes of a channel instead of repeated
+//     by each of them: lane j owns rows j, j + TPR, ... and hands dt and dt * x to
+//     the others by shuffle.
 // All index arithmetic is 64-bit.
 //
 // Compile-time defines (chosen by crates/mamba1-scan/src/decode_cuda.rs):
@@ -25,12 +33,16 @@
 //   BROWS         batch rows per thread (unrolled)
 //   WARPS         warps per block
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
+//   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(BROWS) || !defined(WARPS)
 #error "mamba1/decode.cu needs D_STATE, VEC, TPR, BROWS and WARPS defined"
 #endif
 #ifndef STREAM_STATE
 #define STREAM_STATE 0
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
 #endif
 
 // ---------------------------------------------------------------------------
@@ -150,6 +162,39 @@ __device__ __forceinline__ void load_inputs(const H* p, float* f) {
 #endif
 }
 
+// The same, as ordered (volatile) loads: they stay where the code puts them
+// instead of being hoisted ahead of the state updates.
+__device__ __forceinline__ void load_inputs_ordered(const float* p, float* f) {
+#if VEC == 4
+    asm volatile("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(f[0]), "=f"(f[1]), "=f"(f[2]), "=f"(f[3]) : "l"(p));
+#elif VEC == 2
+    asm volatile("ld.global.v2.f32 {%0, %1}, [%2];" : "=f"(f[0]), "=f"(f[1]) : "l"(p));
+#else
+    asm volatile("ld.global.f32 %0, [%1];" : "=f"(f[0]) : "l"(p));
+#endif
+}
+template <typename H>
+__device__ __forceinline__ void load_inputs_ordered(const H* p, float* f) {
+#if VEC == 4
+    unsigned lo, hi;
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(lo), "=r"(hi) : "l"(p));
+    f[0] = to_f32(H{(unsigned short)(lo & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(lo >> 16)});
+    f[2] = to_f32(H{(unsigned short)(hi & 0xffffu)});
+    f[3] = to_f32(H{(unsigned short)(hi >> 16)});
+#elif VEC == 2
+    unsigned u;
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(u) : "l"(p));
+    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(u >> 16)});
+#else
+    unsigned short u;
+    asm volatile("ld.global.u16 %0, [%1];" : "=h"(u) : "l"(p));
+    f[0] = to_f32(H{u});
+#endif
+}
+
 // ---------------------------------------------------------------------------
 // Launch geometry.
 // ---------------------------------------------------------------------------
@@ -161,6 +206,7 @@ constexpr int CHANNELS_PER_BLOCK = WARPS * SLOTS;
 constexpr int THREADS = WARPS * 32;
 static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
 static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
+constexpr int SROWS = (BROWS + TPR - 1) / TPR;  // batch rows whose scalars a lane owns
 static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
 
 // Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
@@ -186,6 +232,12 @@ struct Mamba1DecodeArgs {
 };
 static_assert(sizeof(Mamba1DecodeArgs) == 128, "Mamba1DecodeArgs layout changed: update decode_cuda.rs");
 
+// Cache row of batch row i; -1 (padding) for rows past the batch.
+__device__ __forceinline__ long long cache_row(const Mamba1DecodeArgs& a, long long i) {
+    if (i >= a.batch) return -1;
+    return a.state_batch_indices ? a.state_batch_indices[i] : i;
+}
+
 // One block updates CHANNELS_PER_BLOCK channels for BROWS batch rows. Blocks are
 // ordered (batch tile, channel tile) with the channel tile fastest, so neighbouring
 // blocks stream neighbouring memory.
@@ -207,6 +259,33 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     // warp's lanes cover contiguous memory.
 #define STATE_INDEX(k, e) ((sub + (k) * TPR) * VEC + (e))
 
+    // Cache rows of the BROWS batch rows (every lane needs them for the addresses),
+    // kept as 32-bit row numbers to save registers; -1 marks a row with no state
+    // (padding, past the batch, or an index past the cache).
+    int cache[BROWS];
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const long long c = cache_row(a, i0 + r);
+        cache[r] = (channel_live && c >= 0 && c < a.cache_rows) ? (int)c : -1;
+    }
+
+    // First thing: every state load of this thread, so that they are in flight
+    // while everything else is fetched and computed.
+    float s[BROWS][EPT];
+#pragma unroll
+    for (int r = 0; r < BROWS; ++r) {
+        const float* S = a.state + ((long long)cache[r] * Din + d) * D_STATE;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            if (cache[r] >= 0) {
+                unpack(load_state(S + STATE_INDEX(k, 0)), &s[r][k * VEC]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
+            }
+        }
+    }
+
     // Per-channel parameters, read once for all BROWS rows.
     float a2[EPT];  // A * log2(e)
     float d_skip = 0.0f, bias = 0.0f;
@@ -226,72 +305,66 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         for (int j = 0; j < EPT; ++j) a2[j] = 0.0f;
     }
 
-    // Cache rows; 'live' rows are updated, padding rows only get a zero output.
-    long long cache[BROWS];
-    bool live[BROWS];
+    // Per-(row, channel) scalars are owned by one lane of the channel: lane `sub`
+    // owns rows r = q * TPR + sub. It loads x, dt and z once, computes the step size
+    // once, and later finishes the row's output; the state update of the other
+    // lanes gets dt and dt * x by shuffle.
+    float dt_own[SROWS], dtx_own[SROWS], x_own[SROWS], z_own[SROWS];
 #pragma unroll
-    for (int r = 0; r < BROWS; ++r) {
+    for (int q = 0; q < SROWS; ++q) {
+        const int r = q * TPR + sub;
         const long long i = i0 + r;
-        cache[r] = -1;
-        if (i < a.batch) cache[r] = a.state_batch_indices ? a.state_batch_indices[i] : i;
-        live[r] = channel_live && i < a.batch && cache[r] >= 0 && cache[r] < a.cache_rows;
+        const long long c = r < BROWS ? cache_row(a, i) : -1;
+        const bool own_live = channel_live && c >= 0 && c < a.cache_rows;
+        const long long id = i * Din + d;
+        const float x = own_live ? to_f32(static_cast<const T*>(a.x)[id]) : 0.0f;
+        float dt = own_live ? to_f32(static_cast<const T*>(a.dt)[id]) : 0.0f;
+        z_own[q] = (own_live && a.z) ? to_f32(static_cast<const T*>(a.z)[id]) : 0.0f;
+        dt += bias;
+        if (a.dt_softplus) dt = softplus(dt);
+        x_own[q] = x;
+        dt_own[q] = dt;
+        dtx_own[q] = dt * x;
     }
 
-    // Issue every state load of this thread before the first use.
-    float s[BROWS][EPT];
+    // Update the state row by row. B and C of a row are fetched just before its
+    // update (L1 hits after the first warp of the block) with ordered loads, so the
+    // compiler cannot hoist all rows' B and C into registers: only the state has to
+    // stay live, which is what buys occupancy. The owning lane keeps C . h.
+    const int group_base = lane & ~(TPR - 1);
+    float acc_own[SROWS];
 #pragma unroll
-    for (int r = 0; r < BROWS; ++r) {
-        const float* S = a.state + (cache[r] * Din + d) * D_STATE;
-#pragma unroll
-        for (int k = 0; k < VPT; ++k) {
-            if (live[r]) {
-                unpack(load_state(S + STATE_INDEX(k, 0)), &s[r][k * VEC]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
-            }
-        }
-    }
-    float xv[BROWS], dtv[BROWS], zv[BROWS];
-    float bv[BROWS][EPT], cv[BROWS][EPT];
+    for (int q = 0; q < SROWS; ++q) acc_own[q] = 0.0f;
 #pragma unroll
     for (int r = 0; r < BROWS; ++r) {
         const long long i = i0 + r;
-        const long long id = i * Din + d;
-        xv[r] = live[r] ? to_f32(static_cast<const T*>(a.x)[id]) : 0.0f;
-        dtv[r] = live[r] ? to_f32(static_cast<const T*>(a.dt)[id]) : 0.0f;
-        zv[r] = (live[r] && a.z) ? to_f32(static_cast<const T*>(a.z)[id]) : 0.0f;
+        float bv[EPT], cv[EPT];
         const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
         const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
-            if (live[r]) {
-                load_inputs(Bg + STATE_INDEX(k, 0), &bv[r][k * VEC]);
-                load_inputs(Cg + STATE_INDEX(k, 0), &cv[r][k * VEC]);
+            if (cache[r] >= 0) {
+                load_inputs_ordered(Bg + STATE_INDEX(k, 0), &bv[k * VEC]);
+                load_inputs_ordered(Cg + STATE_INDEX(k, 0), &cv[k * VEC]);
             } else {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) bv[r][k * VEC + e] = cv[r][k * VEC + e] = 0.0f;
+                for (int e = 0; e < VEC; ++e) bv[k * VEC + e] = cv[k * VEC + e] = 0.0f;
             }
         }
-    }
-
-#pragma unroll
-    for (int r = 0; r < BROWS; ++r) {
-        const long long i = i0 + r;
-        float dt = dtv[r] + bias;
-        if (a.dt_softplus) dt = softplus(dt);
-        const float dtx = dt * xv[r];
-        float acc = 0.0f;
+        // Every lane takes part in the shuffles, live row or not.
+        const float dt = __shfl_sync(0xffffffffu, dt_own[r / TPR], group_base + r % TPR);
+        const float dtx = __shfl_sync(0xffffffffu, dtx_own[r / TPR], group_base + r % TPR);
+        float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < EPT; ++j) {
-            s[r][j] = fast_exp2(dt * a2[j]) * s[r][j] + dtx * bv[r][j];
-            acc += s[r][j] * cv[r][j];
+            s[r][j] = fast_exp2(dt * a2[j]) * s[r][j] + dtx * bv[j];
+            sum += s[r][j] * cv[j];
         }
-        // Every lane takes part in the shuffles, live row or not.
 #pragma unroll
-        for (int off = TPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (live[r]) {
-            float* S = a.state + (cache[r] * Din + d) * D_STATE;
+        for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        if (sub == r % TPR) acc_own[r / TPR] = sum;
+        if (cache[r] >= 0) {
+            float* S = a.state + ((long long)cache[r] * Din + d) * D_STATE;
 #pragma unroll
             for (int k = 0; k < VPT; ++k) {
                 state_vec v;
@@ -299,28 +372,35 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
                 store_state(S + STATE_INDEX(k, 0), v);
             }
         }
-        if (sub == 0 && channel_live && i < a.batch) {
-            float y;
-            if (live[r]) {
-                y = acc + d_skip * xv[r];
-                if (a.z) y *= silu(zv[r]);
-            } else {
-                // Padding gives 0; an index past the cache (only possible through the
-                // unchecked device entry point) gives NaN, never a state write.
-                y = cache[r] < 0 ? 0.0f : quiet_nan();
-            }
-            static_cast<T*>(a.out)[i * Din + d] = from_f32<T>(y);
+    }
+
+    // Each lane finishes the rows it owns.
+#pragma unroll
+    for (int q = 0; q < SROWS; ++q) {
+        const int r = q * TPR + sub;
+        const long long i = i0 + r;
+        if (!channel_live || r >= BROWS || i >= a.batch) continue;
+        const long long c = cache_row(a, i);
+        float y;
+        if (c >= 0 && c < a.cache_rows) {
+            y = acc_own[q] + d_skip * x_own[q];
+            if (a.z) y *= silu(z_own[q]);
+        } else {
+            // Padding gives 0; an index past the cache (only possible through the
+            // unchecked device entry point) gives NaN, never a state write.
+            y = c < 0 ? 0.0f : quiet_nan();
         }
+        static_cast<T*>(a.out)[i * Din + d] = from_f32<T>(y);
     }
 #undef STATE_INDEX
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_f32(const Mamba1DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_f32(const Mamba1DecodeArgs args) {
     decode_step<float>(args);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_f16(const Mamba1DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_f16(const Mamba1DecodeArgs args) {
     decode_step<f16_t>(args);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) mamba1_decode_bf16(const Mamba1DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_bf16(const Mamba1DecodeArgs args) {
     decode_step<bf16_t>(args);
 }

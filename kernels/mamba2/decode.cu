@@ -16,7 +16,9 @@
 //     accesses) and reused for every row the warp touches (the other warps of the
 //     block hit them in L1);
 //   * the per-head decay exp(dt' A) is one exp2 per block with log2(e) folded in;
-//   * y[p] is reduced over the TPR lanes of its row with xor shuffles.
+//   * y[p] is reduced over the TPR lanes of its row with xor shuffles, and the
+//     output epilogue (z, D, silu, the store) is spread over those lanes: lane j
+//     finishes rows j, j + TPR, ... instead of one lane finishing every row.
 // All index arithmetic is 64-bit.
 //
 // Compile-time defines (chosen by crates/mamba2-ssd/src/decode_cuda.rs):
@@ -26,12 +28,16 @@
 //   ROWS          state rows per lane-slot (unrolled)
 //   WARPS         warps per block
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
+//   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(ROWS) || !defined(WARPS)
 #error "mamba2/decode.cu needs D_STATE, VEC, TPR, ROWS and WARPS defined"
 #endif
 #ifndef STREAM_STATE
 #define STREAM_STATE 0
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
 #endif
 
 // ---------------------------------------------------------------------------
@@ -163,6 +169,7 @@ constexpr int ROWS_PER_BLOCK = WARPS * ROWS_PER_WARP;
 constexpr int THREADS = WARPS * 32;
 static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
 static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
+constexpr int SROWS = (ROWS + TPR - 1) / TPR;  // rows whose output a lane finishes
 static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
 
 // Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
@@ -265,29 +272,40 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
             }
         }
     }
-    float xv[ROWS], zv[ROWS], dv[ROWS];
+    // x is needed by every lane of a row (dt * x enters the update). z and D are
+    // needed only to finish the output, which lane `sub` does for the rows it owns
+    // (r = q * TPR + sub) instead of one lane per row doing it for all.
+    float xv[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = row0 + (long long)r * SLOTS;
-        const bool live = row < P;
-        xv[r] = live ? to_f32(x[row]) : 0.0f;
-        zv[r] = (live && a.z) ? to_f32(static_cast<const T*>(a.z)[bh * P + row]) : 0.0f;
-        dv[r] = !a.D ? 0.0f : (a.d_per_head_dim ? (live ? a.D[h * P + row] : 0.0f) : a.D[h]);
+        xv[r] = row < P ? to_f32(x[row]) : 0.0f;
+    }
+    float z_own[SROWS], d_own[SROWS];
+#pragma unroll
+    for (int q = 0; q < SROWS; ++q) {
+        const int r = q * TPR + sub;
+        const long long row = row0 + (long long)r * SLOTS;
+        const bool owned = r < ROWS && row < P;
+        z_own[q] = (owned && a.z) ? to_f32(static_cast<const T*>(a.z)[bh * P + row]) : 0.0f;
+        d_own[q] = !a.D ? 0.0f : (a.d_per_head_dim ? (owned ? a.D[h * P + row] : 0.0f) : a.D[h]);
     }
 
+    float acc[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = row0 + (long long)r * SLOTS;
         const float dtx = dt * xv[r];
-        float acc = 0.0f;
+        float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < EPT; ++j) {
             s[r][j] = decay * s[r][j] + dtx * bv[j];
-            acc += s[r][j] * cv[j];
+            sum += s[r][j] * cv[j];
         }
         // Every lane takes part in the shuffles, live row or not.
 #pragma unroll
-        for (int off = TPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        acc[r] = sum;
         if (row < P) {
 #pragma unroll
             for (int k = 0; k < VPT; ++k) {
@@ -295,21 +313,35 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
                 pack(&s[r][k * VEC], v);
                 store_state(S + row * D_STATE + (sub + k * TPR) * VEC, v);
             }
-            if (sub == 0) {
-                float y = acc + dv[r] * xv[r];
-                if (a.z) y *= silu(zv[r]);
-                out[row] = from_f32<T>(y);
+        }
+    }
+
+    // Each lane finishes the rows it owns.
+#pragma unroll
+    for (int q = 0; q < SROWS; ++q) {
+        const int r = q * TPR + sub;
+        const long long row = row0 + (long long)r * SLOTS;
+        if (r >= ROWS || row >= P) continue;
+        float sum = 0.0f, xr = 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < ROWS; ++rr) {
+            if (rr == r) {  // a select chain: no run-time register index
+                sum = acc[rr];
+                xr = xv[rr];
             }
         }
+        float y = sum + d_own[q] * xr;
+        if (a.z) y *= silu(z_own[q]);
+        out[row] = from_f32<T>(y);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_f32(const Mamba2DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_f32(const Mamba2DecodeArgs args) {
     decode_step<float>(args);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_f16(const Mamba2DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_f16(const Mamba2DecodeArgs args) {
     decode_step<f16_t>(args);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) mamba2_decode_bf16(const Mamba2DecodeArgs args) {
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_bf16(const Mamba2DecodeArgs args) {
     decode_step<bf16_t>(args);
 }

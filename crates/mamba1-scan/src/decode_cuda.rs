@@ -31,21 +31,28 @@ const IMPLEMENTATION: &str = "mamba1-scan CUDA decode";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeTiling {
     /// Batch rows each thread updates for its channel slice: `A` is read once for
-    /// all of them and their state loads are in flight together. Capped so that the
-    /// state, B and C a thread holds fit in registers (see `MAX_ROW_REGS`).
+    /// all of them and their state loads are in flight together. Capped so that a
+    /// thread holds at most 32 state floats.
     pub batch_rows: usize,
     /// Warps per block.
     pub warps: usize,
     /// Evict-first cache hints on the state loads and stores.
     pub streaming_hints: bool,
+    /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
+    /// second argument); 0 leaves the register count to ptxas. Ignored when a
+    /// thread holds more than 16 state floats (it would spill).
+    pub min_blocks_per_sm: usize,
 }
 
 impl Default for DecodeTiling {
     fn default() -> Self {
+        // v2 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread and
+        // registers capped at 64 so that 4 blocks (1024 threads) fit per SM.
         DecodeTiling {
             batch_rows: 4,
             warps: 8,
             streaming_hints: false,
+            min_blocks_per_sm: 4,
         }
     }
 }
@@ -87,17 +94,30 @@ impl DecodeTiling {
     /// the default, less and more work in flight per thread, and cache hints.
     pub fn candidates() -> Vec<DecodeTiling> {
         let base = DecodeTiling::default();
+        let uncapped = DecodeTiling {
+            min_blocks_per_sm: 0,
+            ..base
+        };
         vec![
             base,
+            uncapped,
             DecodeTiling {
                 batch_rows: 1,
-                ..base
+                ..uncapped
+            },
+            DecodeTiling {
+                batch_rows: 2,
+                ..uncapped
             },
             DecodeTiling {
                 batch_rows: 8,
+                ..uncapped
+            },
+            DecodeTiling {
+                warps: 4,
+                min_blocks_per_sm: 8,
                 ..base
             },
-            DecodeTiling { warps: 4, ..base },
             DecodeTiling {
                 streaming_hints: true,
                 ..base
@@ -106,10 +126,12 @@ impl DecodeTiling {
     }
 }
 
-/// Most floats of state, B and C (3 x N / lanes per batch row) a thread keeps in
-/// registers; batch_rows is capped to fit. At 4 rows x 3 x 7 (N = 7, one lane per
-/// channel) ptxas already spilled, at 8 x 3 x 4 (N = 16) it did not.
-const MAX_ROW_REGS: usize = 72;
+/// Most state floats a thread keeps in registers (batch_rows is capped to fit).
+/// B and C are fetched row by row, so the state is what stays live.
+const MAX_STATE_REGS: usize = 32;
+/// `min_blocks_per_sm` is honoured only up to this many state floats per thread:
+/// at 16 (N = 16, 4 rows) 64 registers suffice, at 28 (N = 7, 4 rows) ptxas spilled.
+const MAX_CAPPED_STATE_REGS: usize = 16;
 
 /// Everything that decides one compiled form of the kernel and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +141,7 @@ struct Geometry {
     batch_rows: usize,
     warps: usize,
     streaming_hints: bool,
+    min_blocks_per_sm: usize,
 }
 
 impl Geometry {
@@ -131,14 +154,35 @@ impl Geometry {
                 reason: format!("{} warps per block; expected 1 to 32", tiling.warps),
             });
         }
+        // An SM holds at most 2048 threads; asking ptxas for room for more blocks
+        // than fit would only make it fail.
+        if tiling.min_blocks_per_sm * tiling.warps * 32 > 2048 {
+            return Err(SsmError::Dimension {
+                arg: "min_blocks_per_sm",
+                reason: format!(
+                    "{} blocks of {} threads do not fit in one SM (2048 threads)",
+                    tiling.min_blocks_per_sm,
+                    tiling.warps * 32
+                ),
+            });
+        }
         let layout = ChannelLayout::for_state(d_state);
-        let per_row = 3 * layout.elems_per_thread(d_state);
+        let per_row = layout.elems_per_thread(d_state);
+        let batch_rows = tiling.batch_rows.min((MAX_STATE_REGS / per_row).max(1));
+        // The register cap is a tuning for the common layouts; with more state per
+        // thread (odd N: one lane holds a whole channel) it would only force spills.
+        let min_blocks_per_sm = if batch_rows * per_row <= MAX_CAPPED_STATE_REGS {
+            tiling.min_blocks_per_sm
+        } else {
+            0
+        };
         Ok(Geometry {
             d_state,
             layout,
-            batch_rows: tiling.batch_rows.min((MAX_ROW_REGS / per_row).max(1)),
+            batch_rows,
             warps: tiling.warps,
             streaming_hints: tiling.streaming_hints,
+            min_blocks_per_sm,
         })
     }
 
@@ -151,6 +195,7 @@ impl Geometry {
             ("BROWS", self.batch_rows.to_string()),
             ("WARPS", self.warps.to_string()),
             ("STREAM_STATE", u8::from(self.streaming_hints).to_string()),
+            ("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()),
         ]
     }
 
@@ -190,6 +235,9 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
             geometry.warps,
             if geometry.streaming_hints { "cs" } else { "" }
         ));
+        if geometry.min_blocks_per_sm > 0 {
+            label.push_str(&format!("m{}", geometry.min_blocks_per_sm));
+        }
     }
     Ok(KernelVariant::new(
         label,

@@ -38,14 +38,20 @@ pub struct DecodeTiling {
     pub warps: usize,
     /// Evict-first cache hints on the state loads and stores.
     pub streaming_hints: bool,
+    /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
+    /// second argument); 0 leaves the register count to ptxas.
+    pub min_blocks_per_sm: usize,
 }
 
 impl Default for DecodeTiling {
     fn default() -> Self {
+        // v2 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread at about
+        // 60 registers, 8 blocks of 128 threads per SM; 8 rows measured slower.
         DecodeTiling {
-            rows_per_slot: 8,
+            rows_per_slot: 4,
             warps: 4,
             streaming_hints: false,
+            min_blocks_per_sm: 0,
         }
     }
 }
@@ -94,7 +100,11 @@ impl DecodeTiling {
                 ..base
             },
             DecodeTiling {
-                rows_per_slot: 4,
+                rows_per_slot: 2,
+                ..base
+            },
+            DecodeTiling {
+                rows_per_slot: 8,
                 ..base
             },
             DecodeTiling { warps: 8, ..base },
@@ -117,6 +127,7 @@ struct Geometry {
     rows_per_slot: usize,
     warps: usize,
     streaming_hints: bool,
+    min_blocks_per_sm: usize,
 }
 
 impl Geometry {
@@ -129,6 +140,18 @@ impl Geometry {
                 reason: format!("{} warps per block; expected 1 to 32", tiling.warps),
             });
         }
+        // An SM holds at most 2048 threads; asking ptxas for room for more blocks
+        // than fit would only make it fail.
+        if tiling.min_blocks_per_sm * tiling.warps * 32 > 2048 {
+            return Err(SsmError::Dimension {
+                arg: "min_blocks_per_sm",
+                reason: format!(
+                    "{} blocks of {} threads do not fit in one SM (2048 threads)",
+                    tiling.min_blocks_per_sm,
+                    tiling.warps * 32
+                ),
+            });
+        }
         let layout = RowLayout::for_state(d_state);
         let per_row = layout.elems_per_thread(d_state);
         Ok(Geometry {
@@ -137,6 +160,7 @@ impl Geometry {
             rows_per_slot: tiling.rows_per_slot.min((MAX_STATE_REGS / per_row).max(1)),
             warps: tiling.warps,
             streaming_hints: tiling.streaming_hints,
+            min_blocks_per_sm: tiling.min_blocks_per_sm,
         })
     }
 
@@ -149,6 +173,7 @@ impl Geometry {
             ("ROWS", self.rows_per_slot.to_string()),
             ("WARPS", self.warps.to_string()),
             ("STREAM_STATE", u8::from(self.streaming_hints).to_string()),
+            ("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()),
         ]
     }
 
@@ -188,6 +213,9 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
             geometry.warps,
             if geometry.streaming_hints { "cs" } else { "" }
         ));
+        if geometry.min_blocks_per_sm > 0 {
+            label.push_str(&format!("m{}", geometry.min_blocks_per_sm));
+        }
     }
     Ok(KernelVariant::new(
         label,
