@@ -68,8 +68,9 @@ pub fn decode_step<T: DeviceElement>(
 /// Every compiled form (source, entry point, defines) of this crate's CUDA
 /// kernels, for `ssmk resources` and the budget check in
 /// `crates/verify/tests/kernel_budgets.rs`. Each label needs an entry in
-/// `kernels/budgets.toml`. (Placeholder from the GPU-runtime work: the kernel
-/// authors list their variants here.)
+/// `kernels/budgets.toml`.
 pub fn kernel_variants() -> Vec<ssm_gpu::KernelVariant> {
-    Vec::new()
+    let mut variants = cuda::scan_kernel_variants();
+    variants.extend(decode_cuda::decode_kernel_variants());
+    variants
 }
