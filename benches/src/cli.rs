@@ -1,0 +1,218 @@
+//! `ssmk bench` and the `bench_suite` binary: run the suites, print a table,
+//! write the JSON result set; or launch each GPU case once for ncu.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use ssm_gpu::Gpu;
+use ssm_telemetry::nvml::NvmlMonitor;
+use ssm_telemetry::Ceilings;
+
+use crate::runner::{self, CaseOutcome, Timing};
+use crate::suite::{cpu_cases, gpu_cases, reference_cases, Backend, Case};
+
+/// Which cases to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// GPU kernels when a GPU is present, else the CPU ports.
+    Auto,
+    Gpu,
+    Cpu,
+    Reference,
+    All,
+}
+
+/// Arguments of `ssmk bench` / `bench_suite`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Which cases: auto (GPU if present, else CPU ports), gpu, cpu, reference, all.
+    #[arg(long, value_enum, default_value_t = Suite::Auto)]
+    pub suite: Suite,
+    /// Trimmed sweeps (every family, fewer points).
+    #[arg(long)]
+    pub quick: bool,
+    /// Only cases whose id contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Write the result set here (default: $SSM_RESULTS_DIR/bench_suite.json when set).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Least timed window per case, in ms.
+    #[arg(long, default_value_t = 300)]
+    pub min_time_ms: u64,
+    /// Most timed launches per GPU case.
+    #[arg(long, default_value_t = 2000)]
+    pub max_iters: usize,
+    /// Seed of the inputs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// List the selected cases and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Fail (exit 1) when no GPU is usable instead of running CPU cases only.
+    #[arg(long)]
+    pub require_gpu: bool,
+    /// Launch each GPU case once (for `ncu`) and write the kernel manifest here;
+    /// nothing is timed.
+    #[arg(long)]
+    pub ncu_manifest: Option<PathBuf>,
+}
+
+fn open_gpu(require: bool) -> Result<Option<Gpu>, String> {
+    match Gpu::new(0) {
+        Ok(g) => Ok(Some(g)),
+        Err(e) if require => Err(format!("--require-gpu, but no GPU is usable: {e}")),
+        Err(e) => {
+            eprintln!("NO GPU: {e}");
+            Ok(None)
+        }
+    }
+}
+
+fn selected(args: &BenchArgs, have_gpu: bool) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let suite = match args.suite {
+        Suite::Auto if have_gpu => Suite::Gpu,
+        Suite::Auto => Suite::Cpu,
+        s => s,
+    };
+    if matches!(suite, Suite::Gpu | Suite::All) {
+        cases.extend(gpu_cases(args.quick));
+    }
+    if matches!(suite, Suite::Cpu | Suite::All) {
+        cases.extend(cpu_cases(args.quick));
+    }
+    if matches!(suite, Suite::Reference | Suite::All) {
+        cases.extend(reference_cases());
+    }
+    cases.retain(|c| c.matches(args.filter.as_deref()));
+    cases
+}
+
+fn output_path(args: &BenchArgs) -> Option<PathBuf> {
+    args.json.clone().or_else(|| {
+        std::env::var_os("SSM_RESULTS_DIR").map(|d| PathBuf::from(d).join("bench_suite.json"))
+    })
+}
+
+/// Run `ssmk bench`. Exit 0 when every selected case was measured or skipped
+/// for a stated reason, 1 when any failed, 2 on a usage or output error.
+pub fn run(args: &BenchArgs) -> ExitCode {
+    let gpu = match open_gpu(args.require_gpu || args.ncu_manifest.is_some()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cases = selected(args, gpu.is_some());
+    if args.list {
+        for c in &cases {
+            println!("{}  [{}]", c.id(), c.problem.label());
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let (Some(path), Some(gpu)) = (&args.ncu_manifest, gpu.as_ref()) {
+        return write_manifest(gpu, &cases, args.seed, path);
+    }
+    if gpu.is_none() && cases.iter().any(|c| c.backend == Backend::Cuda) {
+        eprintln!(
+            "SKIPPED: every CUDA case ({} of them): no GPU on this machine",
+            cases.iter().filter(|c| c.backend == Backend::Cuda).count()
+        );
+    }
+    let nvml = match gpu.as_ref().map(|_| NvmlMonitor::open(0)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            eprintln!("NVML: {e} (no clocks, power, energy or throttle data in this run)");
+            None
+        }
+        None => None,
+    };
+    let timing = Timing {
+        min_time: Duration::from_millis(args.min_time_ms),
+        max_iters: args.max_iters,
+        ..Timing::default()
+    };
+    let ceilings = Ceilings::H100_SXM;
+    let mut set = runner::new_result_set(
+        gpu.as_ref(),
+        nvml.as_ref(),
+        concat!("ssm-benches ", env!("CARGO_PKG_VERSION")),
+    );
+    if let Some(g) = &gpu {
+        println!("{}", g.describe());
+    }
+    println!(
+        "kernels {} | commit {}",
+        set.run.kernels_hash,
+        set.run.commit.as_deref().unwrap_or("unknown")
+    );
+    let mut failed = 0;
+    for case in &cases {
+        let outcome = match (case.backend, gpu.as_ref()) {
+            (Backend::Cuda, Some(g)) => {
+                runner::measure_gpu(g, nvml.as_ref(), case, &timing, args.seed, &ceilings)
+            }
+            (Backend::Cuda, None) => CaseOutcome::Skipped("no GPU".into()),
+            _ => runner::measure_cpu(case, &timing, args.seed, &ceilings),
+        };
+        match outcome {
+            CaseOutcome::Measured(r) => {
+                println!(
+                    "{:<60} {:>10.4} ms  {:>5.1}% of floor  {:>7.0} GB/s{}",
+                    r.id,
+                    r.timing.median_ms,
+                    100.0 * r.roofline.fraction_of_floor,
+                    r.throughput.model_gb_per_s,
+                    if r.throttled { "  THROTTLED" } else { "" }
+                );
+                set.results.push(*r);
+            }
+            CaseOutcome::Skipped(why) => {
+                println!("SKIPPED {}: {why}", case.id());
+                set.run.notes.push(format!("skipped {}: {why}", case.id()));
+            }
+            CaseOutcome::Failed(why) => {
+                println!("FAILED {}: {why}", case.id());
+                set.run.notes.push(format!("FAILED {}: {why}", case.id()));
+                failed += 1;
+            }
+        }
+    }
+    println!();
+    print!("{}", ssm_telemetry::cli::summary_table(&set));
+    if let Some(path) = output_path(args) {
+        if let Err(e) = set.write(&path) {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+        println!("wrote {} ({} results)", path.display(), set.results.len());
+    }
+    if failed > 0 {
+        eprintln!("bench: {failed} cases FAILED");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn write_manifest(gpu: &Gpu, cases: &[Case], seed: u64, path: &PathBuf) -> ExitCode {
+    let (manifest, skipped) = runner::profile_once(gpu, cases, seed);
+    for (id, why) in &skipped {
+        eprintln!("profile-once: not launched {id}: {why}");
+    }
+    let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("bench: writing {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    println!(
+        "profile-once: {} cases launched once, manifest {}",
+        manifest.len(),
+        path.display()
+    );
+    ExitCode::SUCCESS
+}

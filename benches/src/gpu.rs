@@ -1,0 +1,501 @@
+//! Running a case on the GPU through each kernel crate's device-resident entry
+//! point: compile once, upload once, then launch as often as the timer wants
+//! with no host copies in the timed region.
+//!
+//! Entry points used:
+//! - `mamba1_scan::cuda::{ScanPlan, ScanBuffers}` (forward scan);
+//! - `mamba2_ssd::cuda::{SsdPlan, SsdDeviceInputs, SsdDeviceOutputs}` (SSD);
+//! - `*::decode_cuda::{DecodeKernel, DeviceStepArgs, launch_decode_step}` (decode);
+//! - `ssm_gpu::selftest` (`ssm_selftest_axpy`, a streaming kernel: the card's
+//!   bandwidth and a known answer for the telemetry path).
+//!
+//! Small problems fit in the 50 MB L2 and would be timed from cache: inputs
+//! rotate over enough buffer sets ("slots") that together they cover 4x the
+//! L2, so every timed call reads from HBM as a real layer would.
+
+use half::{bf16, f16};
+use ssm_core::{DType, Result, SsmError};
+use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use ssm_gpu::{DeviceElement, Gpu, KernelResources, PtxasFunction};
+use ssm_telemetry::problem::{Problem, SkipKind, StreamShape};
+use ssm_telemetry::sram::LaunchShape;
+use ssm_telemetry::traffic::cost;
+
+use crate::inputs::{fill, Dist, Mamba1Host, SsdHost, StepHost};
+use crate::suite::{Backend, Case};
+
+/// A kernel one call launches, with what is needed for its SRAM record.
+#[derive(Clone, Debug)]
+pub struct LaunchedKernel {
+    pub name: String,
+    pub resources: KernelResources,
+    pub ptxas: Option<PtxasFunction>,
+    pub launch: LaunchShape,
+}
+
+/// A case ready to launch on the GPU.
+pub trait GpuWork {
+    /// Enqueue one call (asynchronous), on the next slot.
+    fn launch(&mut self, gpu: &Gpu) -> Result<()>;
+    /// The kernels one call launches, in launch order (for ncu's manifest).
+    fn kernels(&self) -> Vec<LaunchedKernel>;
+    /// Non-finite output elements after the calls so far (poisoned NaN outputs
+    /// that a kernel left unwritten count here).
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize>;
+}
+
+/// Buffer sets needed so that `bytes_per_call` rotated over them covers 4x L2.
+pub fn rotation_slots(l2_bytes: usize, bytes_per_call: u64) -> usize {
+    let cover = 4 * l2_bytes as u64;
+    (cover.div_ceil(bytes_per_call.max(1)) as usize).clamp(1, 64)
+}
+
+fn count_bad<T: DeviceElement>(gpu: &Gpu, buf: &CudaSlice<T>) -> Result<usize> {
+    Ok(gpu
+        .download(buf)?
+        .iter()
+        .filter(|v| !v.to_f64().is_finite())
+        .count())
+}
+
+fn unsupported(what: String) -> SsmError {
+    SsmError::Unsupported {
+        implementation: "ssm-benches GPU runner",
+        what,
+    }
+}
+
+/// Compile, upload and allocate `case` on `gpu`. `Unsupported` means the
+/// kernel does not handle this shape (the runner reports it as skipped).
+pub fn prepare(gpu: &Gpu, case: &Case, seed: u64) -> Result<Box<dyn GpuWork>> {
+    if case.backend != Backend::Cuda {
+        return Err(unsupported(format!("{:?} cases on the GPU", case.backend)));
+    }
+    let l2 = gpu.l2_cache_bytes()? as usize;
+    let slots = rotation_slots(l2, cost(&case.problem).bytes());
+    match case.problem.dtype() {
+        DType::F32 => prepare_typed::<f32>(gpu, case, seed, slots),
+        DType::F16 => prepare_typed::<f16>(gpu, case, seed, slots),
+        DType::Bf16 => prepare_typed::<bf16>(gpu, case, seed, slots),
+        DType::F64 => Err(unsupported("f64 inputs".into())),
+    }
+}
+
+fn prepare_typed<T: DeviceElement>(
+    gpu: &Gpu,
+    case: &Case,
+    seed: u64,
+    slots: usize,
+) -> Result<Box<dyn GpuWork>> {
+    Ok(match case.problem {
+        Problem::Mamba1Scan(s) => Box::new(ScanWork::<T>::new(
+            gpu,
+            &Mamba1Host::generate(&s, seed),
+            slots,
+        )?),
+        Problem::Ssd(s) => Box::new(SsdWork::<T>::new(gpu, &SsdHost::generate(&s, seed), slots)?),
+        Problem::Mamba1Step(s) => Box::new(Mamba1StepWork::<T>::new(gpu, &s, seed, slots)?),
+        Problem::Mamba2Step(s) => Box::new(Mamba2StepWork::<T>::new(gpu, &s, seed, slots)?),
+        Problem::Stream(s) => Box::new(StreamWork::new(gpu, &s, seed)?),
+    })
+}
+
+fn launched(kernel: &ssm_gpu::Kernel, threads: u32, dynamic_smem_bytes: u32) -> LaunchedKernel {
+    LaunchedKernel {
+        name: kernel.name.clone(),
+        resources: kernel.resources,
+        ptxas: kernel.ptxas.clone(),
+        launch: LaunchShape {
+            threads_per_block: threads,
+            dynamic_smem_bytes,
+        },
+    }
+}
+
+// ------------------------------------------------------------------ Mamba-1 scan
+
+struct ScanWork<T> {
+    plan: mamba1_scan::cuda::ScanPlan,
+    bufs: Vec<mamba1_scan::cuda::ScanBuffers<T>>,
+    next: usize,
+}
+
+impl<T: DeviceElement> ScanWork<T> {
+    fn new(gpu: &Gpu, host: &Mamba1Host<T>, slots: usize) -> Result<Self> {
+        let params = host.params();
+        let problem = mamba1_scan::cuda::ScanProblem::of(&params)?;
+        let plan = mamba1_scan::cuda::ScanPlan::new(gpu, &problem, Default::default())?;
+        let bufs = (0..slots)
+            .map(|_| mamba1_scan::cuda::ScanBuffers::upload(gpu, &params))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ScanWork {
+            plan,
+            bufs,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for ScanWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let slot = self.next % self.bufs.len();
+        self.next += 1;
+        self.plan.launch(gpu, &mut self.bufs[slot])
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        vec![launched(
+            &self.plan.kernel,
+            self.plan.config.threads as u32,
+            self.plan.config.smem_bytes() as u32,
+        )]
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        count_bad(gpu, &self.bufs[0].out)
+    }
+}
+
+// ------------------------------------------------------------------ SSD
+
+struct SsdWork<T> {
+    plan: mamba2_ssd::cuda::SsdPlan,
+    inputs: Vec<mamba2_ssd::cuda::SsdDeviceInputs<T>>,
+    outputs: Vec<mamba2_ssd::cuda::SsdDeviceOutputs<T>>,
+    next: usize,
+}
+
+impl<T: DeviceElement> SsdWork<T> {
+    fn new(gpu: &Gpu, host: &SsdHost<T>, slots: usize) -> Result<Self> {
+        let params = host.params();
+        let opts = mamba2_ssd::cuda::CudaOptions {
+            chunk_size: host.shape.chunk_size,
+            ..Default::default()
+        };
+        let plan = mamba2_ssd::cuda::SsdPlan::new(gpu, &params, &opts)?;
+        let inputs = (0..slots)
+            .map(|_| mamba2_ssd::cuda::SsdDeviceInputs::upload(gpu, &params))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = (0..slots)
+            .map(|_| plan.alloc_outputs::<T>(gpu))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SsdWork {
+            plan,
+            inputs,
+            outputs,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for SsdWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let slot = self.next % self.inputs.len();
+        self.next += 1;
+        self.plan
+            .launch(gpu, &self.inputs[slot], &mut self.outputs[slot])
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        let config = self.plan.config();
+        let mut kernels = Vec::new();
+        if let Some(k) = self.plan.prepass_kernel() {
+            kernels.push(launched(
+                k,
+                config.threads(),
+                config.smem_bytes(true) as u32,
+            ));
+        }
+        kernels.push(launched(
+            self.plan.main_kernel(),
+            config.threads(),
+            config.smem_bytes(false) as u32,
+        ));
+        kernels
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        count_bad(gpu, &self.outputs[0].out)
+    }
+}
+
+// ------------------------------------------------------------------ decode steps
+
+/// Device copies of a decode step's tensors, `slots` sets side by side.
+struct StepBuffers<T> {
+    x: CudaSlice<T>,
+    dt: CudaSlice<T>,
+    a: CudaSlice<f32>,
+    b: CudaSlice<T>,
+    c: CudaSlice<T>,
+    d: Option<CudaSlice<f32>>,
+    z: Option<CudaSlice<T>>,
+    dt_bias: Option<CudaSlice<f32>>,
+    state: CudaSlice<f32>,
+    out: CudaSlice<T>,
+}
+
+/// Upload `slots` copies of `host` (each slot its own tensors and state rows).
+fn upload_step<T: DeviceElement>(
+    gpu: &Gpu,
+    host: &StepHost<T>,
+    slots: usize,
+    out_len: usize,
+) -> Result<StepBuffers<T>> {
+    let rep = |v: &[T]| -> Vec<T> { v.repeat(slots) };
+    let rep32 = |v: &[f32]| -> Vec<f32> { v.repeat(slots) };
+    let opt = |v: &[f32]| (!v.is_empty()).then(|| gpu.upload(&rep32(v))).transpose();
+    Ok(StepBuffers {
+        x: gpu.upload(&rep(&host.x))?,
+        dt: gpu.upload(&rep(&host.dt))?,
+        a: gpu.upload(&rep32(&host.a))?,
+        b: gpu.upload(&rep(&host.b))?,
+        c: gpu.upload(&rep(&host.c))?,
+        d: opt(&host.d)?,
+        z: (!host.z.is_empty())
+            .then(|| gpu.upload(&rep(&host.z)))
+            .transpose()?,
+        dt_bias: opt(&host.dt_bias)?,
+        state: gpu.upload(&rep32(&host.state))?,
+        out: gpu.alloc_poisoned::<T>(slots * out_len)?,
+    })
+}
+
+/// The `s`-th of `slots` equal parts of a buffer's index range.
+fn part(len: usize, slots: usize, s: usize) -> std::ops::Range<usize> {
+    let n = len / slots;
+    s * n..(s + 1) * n
+}
+
+struct Mamba1StepWork<T> {
+    shape: ssm_telemetry::problem::Mamba1StepShape,
+    kernel: mamba1_scan::decode_cuda::DecodeKernel<T>,
+    threads: u32,
+    bufs: StepBuffers<T>,
+    slots: usize,
+    next: usize,
+}
+
+impl<T: DeviceElement> Mamba1StepWork<T> {
+    fn new(
+        gpu: &Gpu,
+        s: &ssm_telemetry::problem::Mamba1StepShape,
+        seed: u64,
+        slots: usize,
+    ) -> Result<Self> {
+        let tiling = mamba1_scan::decode_cuda::DecodeTiling::default();
+        let kernel = mamba1_scan::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
+        let host = StepHost::<T>::mamba1(s, seed);
+        Ok(Mamba1StepWork {
+            shape: *s,
+            kernel,
+            threads: 32 * tiling.warps as u32,
+            bufs: upload_step(gpu, &host, slots, s.batch * s.d_inner)?,
+            slots,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for Mamba1StepWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        use mamba1_scan::decode_cuda::{launch_decode_step, DeviceStepArgs};
+        let (k, b) = (self.slots, &mut self.bufs);
+        let s = self.next % k;
+        self.next += 1;
+        let sh = &self.shape;
+        let args = DeviceStepArgs {
+            batch: sh.batch,
+            d_inner: sh.d_inner,
+            d_state: sh.d_state,
+            groups: sh.groups,
+            cache_rows: sh.batch,
+            x: b.x.slice(part(b.x.len(), k, s)),
+            dt: b.dt.slice(part(b.dt.len(), k, s)),
+            a: b.a.slice(part(b.a.len(), k, s)),
+            b: b.b.slice(part(b.b.len(), k, s)),
+            c: b.c.slice(part(b.c.len(), k, s)),
+            d: b.d.as_ref().map(|v| v.slice(part(v.len(), k, s))),
+            z: b.z.as_ref().map(|v| v.slice(part(v.len(), k, s))),
+            dt_bias: b.dt_bias.as_ref().map(|v| v.slice(part(v.len(), k, s))),
+            dt_softplus: sh.softplus,
+            state_batch_indices: None,
+        };
+        let state_range = part(b.state.len(), k, s);
+        let out_range = part(b.out.len(), k, s);
+        launch_decode_step(
+            gpu,
+            &self.kernel,
+            &args,
+            &mut b.state.slice_mut(state_range),
+            &mut b.out.slice_mut(out_range),
+        )
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        vec![launched(self.kernel.kernel(), self.threads, 0)]
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        count_bad(gpu, &self.bufs.out)
+    }
+}
+
+struct Mamba2StepWork<T> {
+    shape: ssm_telemetry::problem::Mamba2StepShape,
+    kernel: mamba2_ssd::decode_cuda::DecodeKernel<T>,
+    threads: u32,
+    bufs: StepBuffers<T>,
+    slots: usize,
+    next: usize,
+}
+
+impl<T: DeviceElement> Mamba2StepWork<T> {
+    fn new(
+        gpu: &Gpu,
+        s: &ssm_telemetry::problem::Mamba2StepShape,
+        seed: u64,
+        slots: usize,
+    ) -> Result<Self> {
+        let tiling = mamba2_ssd::decode_cuda::DecodeTiling::default();
+        let kernel = mamba2_ssd::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
+        let host = StepHost::<T>::mamba2(s, seed);
+        Ok(Mamba2StepWork {
+            shape: *s,
+            kernel,
+            threads: 32 * tiling.warps as u32,
+            bufs: upload_step(gpu, &host, slots, s.batch * s.heads * s.head_dim)?,
+            slots,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for Mamba2StepWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        use mamba2_ssd::decode_cuda::{launch_decode_step, DeviceDSkip, DeviceStepArgs};
+        let (k, b) = (self.slots, &mut self.bufs);
+        let s = self.next % k;
+        self.next += 1;
+        let sh = &self.shape;
+        let d = b.d.as_ref().map(|v| v.slice(part(v.len(), k, s)));
+        let args = DeviceStepArgs {
+            batch: sh.batch,
+            heads: sh.heads,
+            head_dim: sh.head_dim,
+            d_state: sh.d_state,
+            groups: sh.groups,
+            cache_rows: sh.batch,
+            x: b.x.slice(part(b.x.len(), k, s)),
+            dt: b.dt.slice(part(b.dt.len(), k, s)),
+            a: b.a.slice(part(b.a.len(), k, s)),
+            b: b.b.slice(part(b.b.len(), k, s)),
+            c: b.c.slice(part(b.c.len(), k, s)),
+            d: match sh.d {
+                SkipKind::None => None,
+                SkipKind::PerHead => d.map(DeviceDSkip::PerHead),
+                SkipKind::PerHeadDim => d.map(DeviceDSkip::PerHeadDim),
+            },
+            z: b.z.as_ref().map(|v| v.slice(part(v.len(), k, s))),
+            dt_bias: b.dt_bias.as_ref().map(|v| v.slice(part(v.len(), k, s))),
+            dt_softplus: sh.softplus,
+            dt_limit: ssm_core::mamba2::NO_DT_LIMIT,
+            state_batch_indices: None,
+        };
+        let state_range = part(b.state.len(), k, s);
+        let out_range = part(b.out.len(), k, s);
+        launch_decode_step(
+            gpu,
+            &self.kernel,
+            &args,
+            &mut b.state.slice_mut(state_range),
+            &mut b.out.slice_mut(out_range),
+        )
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        vec![launched(self.kernel.kernel(), self.threads, 0)]
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        count_bad(gpu, &self.bufs.out)
+    }
+}
+
+// ------------------------------------------------------------------ stream (self-test axpy)
+
+const STREAM_THREADS: u32 = 256;
+
+struct StreamWork {
+    kernel: ssm_gpu::Kernel,
+    out: CudaSlice<f32>,
+    x: CudaSlice<f32>,
+    y: CudaSlice<bf16>,
+    n: i64,
+    blocks: u32,
+}
+
+impl StreamWork {
+    fn new(gpu: &Gpu, s: &StreamShape, seed: u64) -> Result<Self> {
+        // The axpy reads an f32 and a bf16 and writes an f32 per element.
+        if (s.read_bytes_per_element, s.write_bytes_per_element) != (6, 4) {
+            return Err(unsupported(format!(
+                "a stream of {} + {} bytes per element (the self-test axpy moves 6 + 4)",
+                s.read_bytes_per_element, s.write_bytes_per_element
+            )));
+        }
+        let kernel = gpu.kernel(
+            &ssm_gpu::selftest::SELFTEST_SOURCE,
+            "ssm_selftest_axpy",
+            &[("SELFTEST_SCALE", "2.0f".into())],
+        )?;
+        let sms = gpu.multiprocessor_count()?;
+        let blocks = (s.elements as u64)
+            .div_ceil(u64::from(STREAM_THREADS))
+            .min(u64::from(sms) * 16) as u32;
+        Ok(StreamWork {
+            out: gpu.alloc_poisoned::<f32>(s.elements)?,
+            x: gpu.upload(&fill::<f32>(s.elements, seed, Dist::Normal))?,
+            y: gpu.upload(&fill::<bf16>(s.elements, seed + 1, Dist::Normal))?,
+            n: s.elements as i64,
+            kernel,
+            blocks,
+        })
+    }
+}
+
+impl GpuWork for StreamWork {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (self.blocks, 1, 1),
+            block_dim: (STREAM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `ssm_selftest_axpy(float* out, const float* x, const bf16* y, long long n)`
+        // with three buffers of exactly `n` elements; the kernel is grid-stride
+        // and bounds-checked on `n`.
+        unsafe {
+            gpu.stream()
+                .launch_builder(&self.kernel.func)
+                .arg(&mut self.out)
+                .arg(&self.x)
+                .arg(&self.y)
+                .arg(&self.n)
+                .launch(cfg)
+        }
+        .map_err(|e| SsmError::Backend(format!("ssm_selftest_axpy: {e:?}")))?;
+        Ok(())
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        vec![launched(&self.kernel, STREAM_THREADS, 0)]
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        count_bad(gpu, &self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_covers_four_l2_caches() {
+        let l2 = 50 << 20;
+        assert_eq!(rotation_slots(l2, 1 << 30), 1);
+        assert_eq!(rotation_slots(l2, 50 << 20), 4);
+        assert_eq!(rotation_slots(l2, 1), 64, "capped");
+        assert_eq!(part(12, 3, 2), 8..12);
+    }
+}
