@@ -9,7 +9,15 @@
 //!   ptxas report. Differences from this schema, filled in on conversion:
 //!   no p10/p90 (the spread is taken as `(max - min) / median`, which is wider,
 //!   so the gate is more lenient, never stricter), no NVML, and the tiling is
-//!   part of the implementation name (`mamba2-ssd.decode.cuda[rows8,w4]`).
+//!   part of the implementation name (`mamba2-ssd.decode.cuda[rows8,w4]`);
+//! - `gpu_scan_bench` reports (`"benchmark": "mamba1 selective scan forward
+//!   (CUDA)"`, from `crates/mamba1-scan/examples/gpu_scan_bench.rs`): rows per
+//!   (design.md workload, dtype, work split) with registers, dynamic shared
+//!   memory, local bytes and median/min/max. Differences: the spread is again
+//!   `(max - min) / median`; threads per block are read from the config label
+//!   (`...w256...`); static shared memory is not reported (taken as 0); the
+//!   problem is the design.md workload with the row's dtype; the work split is
+//!   part of the implementation name.
 
 use std::path::Path;
 
@@ -39,6 +47,9 @@ pub fn parse_any(text: &str, source_name: &str) -> Result<ResultSet> {
     if value.get("schema").and_then(Value::as_str) == Some(SCHEMA) {
         return ResultSet::from_json(text, source_name);
     }
+    if value.get("benchmark").and_then(Value::as_str) == Some(SCAN_BENCH) {
+        return convert_scan_bench(&value, source_name);
+    }
     match value.get("bench").and_then(Value::as_str) {
         Some("gpu_decode_bench") => convert_decode_bench(&value, source_name),
         _ => {
@@ -48,11 +59,13 @@ pub fn parse_any(text: &str, source_name: &str) -> Result<ResultSet> {
                 .unwrap_or_default();
             Err(TelemetryError::parse(
                 source_name,
-                format!("unknown result format (top-level keys {keys:?}); expected \"schema\": \"{SCHEMA}\" or \"bench\": \"gpu_decode_bench\""),
+                format!("unknown result format (top-level keys {keys:?}); expected \"schema\": \"{SCHEMA}\", \"bench\": \"gpu_decode_bench\" or \"benchmark\": \"{SCAN_BENCH}\""),
             ))
         }
     }
 }
+
+const SCAN_BENCH: &str = "mamba1 selective scan forward (CUDA)";
 
 fn field<'v>(v: &'v Value, key: &str, source_name: &str) -> Result<&'v Value> {
     v.get(key)
@@ -72,10 +85,13 @@ fn count(v: &Value, key: &str, source_name: &str) -> Result<usize> {
         .ok_or_else(|| TelemetryError::parse(source_name, format!("`{key}` is not a count")))
 }
 
-fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
-    let ceilings = Ceilings::H100_SXM;
-    let run = RunInfo {
-        commit: doc.get("commit").and_then(Value::as_str).map(str::to_string),
+fn run_info(doc: &Value, tool: &str, source_name: &str) -> RunInfo {
+    RunInfo {
+        commit: doc
+            .get("commit")
+            .and_then(Value::as_str)
+            .filter(|c| *c != "unknown")
+            .map(str::to_string),
         dirty: false,
         kernels_hash: doc
             .get("kernels_hash")
@@ -83,17 +99,156 @@ fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
             .unwrap_or_default()
             .to_string(),
         created_unix_s: 0,
-        tool: "gpu_decode_bench (converted by ssm-telemetry)".into(),
+        tool: format!("{tool} (converted by ssm-telemetry)"),
         notes: vec![format!(
             "converted from {source_name}: spread = (max - min) / median (no quantiles in the source); no NVML"
         )],
-    };
+    }
+}
+
+/// A device name from a `Gpu::describe()` line (`NAME (cc 9.0, ...); ...`).
+fn device_from_description(doc: &Value) -> String {
+    doc.get("device_name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            doc.get("device")
+                .and_then(Value::as_str)
+                .map(|d| d.split(" (").next().unwrap_or(d).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Timing from median / min / max only.
+fn timing_from_range(
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: usize,
+    source_name: &str,
+) -> Result<TimingStats> {
+    if !(median > 0.0 && min > 0.0 && max >= median && median >= min) {
+        return Err(TelemetryError::parse(
+            source_name,
+            format!("implausible times median {median} min {min} max {max}"),
+        ));
+    }
+    Ok(TimingStats {
+        method: TimingMethod::CudaEvents,
+        samples,
+        median_ms: median,
+        mean_ms: median,
+        min_ms: min,
+        max_ms: max,
+        p10_ms: min,
+        p90_ms: max,
+        spread: (max - min) / median,
+    })
+}
+
+fn check_unique(set: &ResultSet, source_name: &str) -> Result<()> {
+    let mut ids = std::collections::HashSet::new();
+    for r in &set.results {
+        if !ids.insert(r.id.clone()) {
+            return Err(TelemetryError::parse(
+                source_name,
+                format!("two records convert to the id `{}`", r.id),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
+    let ceilings = Ceilings::H100_SXM;
     let device = DeviceInfo {
-        name: doc
-            .get("device_name")
+        name: device_from_description(doc),
+        ..Default::default()
+    };
+    let mut set = ResultSet::new(
+        run_info(doc, "gpu_scan_bench", source_name),
+        device,
+        &ceilings,
+    );
+    let rows = field(doc, "rows", source_name)?
+        .as_array()
+        .ok_or_else(|| TelemetryError::parse(source_name, "`rows` is not an array"))?;
+    for (i, row) in rows.iter().enumerate() {
+        let where_ = format!("{source_name}: rows[{i}]");
+        let workload = field(row, "workload", &where_)?
+            .as_str()
+            .unwrap_or_default();
+        let reference = crate::workloads::reference_workload(workload).ok_or_else(|| {
+            TelemetryError::parse(&where_, format!("unknown workload `{workload}`"))
+        })?;
+        let dtype: DType = field(row, "dtype", &where_)?
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| TelemetryError::parse(&where_, e))?;
+        let label = row.get("label").and_then(Value::as_str).unwrap_or("");
+        let threads = label
+            .split('.')
+            .find_map(|part| part.strip_prefix('w').and_then(|t| t.parse::<u32>().ok()));
+        let resources = KernelResources {
+            registers: count(row, "registers", &where_)? as u32,
+            static_smem_bytes: 0,
+            local_bytes: count(row, "local_bytes", &where_)? as u32,
+            max_threads_per_block: 0,
+            max_dynamic_smem_bytes: 0,
+        };
+        let sram = threads.map(|t| {
+            SramUse::new(
+                &resources,
+                None,
+                LaunchShape {
+                    threads_per_block: t,
+                    dynamic_smem_bytes: row
+                        .get("dynamic_smem_bytes")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as u32,
+                },
+                &SmLimits::SM90,
+            )
+        });
+        let timing = timing_from_range(
+            number(row, "median_ms", &where_)?,
+            number(row, "min_ms", &where_)?,
+            number(row, "max_ms", &where_)?,
+            0,
+            &where_,
+        )?;
+        let variant = row
+            .get("variant")
             .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string(),
+            .unwrap_or("default");
+        set.results.push(BenchResult::new(
+            Measurement {
+                implementation: format!("mamba1-scan.cuda[{variant}]"),
+                workload: workload.to_string(),
+                problem: reference.problem.with_dtype(dtype),
+                timing,
+                kernels: vec![KernelRecord {
+                    name: "mamba1_scan_fwd".into(),
+                    sram,
+                    dram: None,
+                    ncu_duration_ms: None,
+                }],
+                nvml: None,
+                runs_in_nvml_window: 0,
+            },
+            &ceilings,
+        ));
+    }
+    check_unique(&set, source_name)?;
+    Ok(set)
+}
+
+fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
+    let ceilings = Ceilings::H100_SXM;
+    let run = run_info(doc, "gpu_decode_bench", source_name);
+    let device = DeviceInfo {
+        name: device_from_description(doc),
         ..Default::default()
     };
     let mut set = ResultSet::new(run, device, &ceilings);
@@ -105,15 +260,7 @@ fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
         set.results
             .push(convert_decode_record(rec, &where_, &ceilings)?);
     }
-    let mut ids = std::collections::HashSet::new();
-    for r in &set.results {
-        if !ids.insert(r.id.clone()) {
-            return Err(TelemetryError::parse(
-                source_name,
-                format!("two records convert to the id `{}`", r.id),
-            ));
-        }
-    }
+    check_unique(&set, source_name)?;
     Ok(set)
 }
 
@@ -200,23 +347,8 @@ fn convert_decode_record(
         number(time, "min", source_name)?,
         number(time, "max", source_name)?,
     );
-    if !(median > 0.0 && min > 0.0 && max >= min) {
-        return Err(TelemetryError::parse(
-            source_name,
-            format!("implausible times median {median} min {min} max {max}"),
-        ));
-    }
-    let timing = TimingStats {
-        method: TimingMethod::CudaEvents,
-        samples: time.get("samples").and_then(Value::as_u64).unwrap_or(0) as usize,
-        median_ms: median,
-        mean_ms: median,
-        min_ms: min,
-        max_ms: max,
-        p10_ms: min,
-        p90_ms: max,
-        spread: (max - min) / median,
-    };
+    let samples = time.get("samples").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let timing = timing_from_range(median, min, max, samples, source_name)?;
     let resources: Option<KernelResources> = rec
         .get("resources")
         .and_then(|r| serde_json::from_value(r.clone()).ok());
@@ -311,6 +443,36 @@ mod tests {
         assert!(
             set.results[1].kernels[0].sram.is_none(),
             "no resources in the record"
+        );
+    }
+
+    const SCAN_REPORT: &str = r#"{
+      "benchmark": "mamba1 selective scan forward (CUDA)", "commit": "unknown", "kernels_hash": "k2",
+      "device": "NVIDIA H100 80GB HBM3 (cc 9.0, compiling for sm_90); NVRTC 13.0",
+      "rows": [
+        {"workload": "M1-2.8B", "dtype": "bf16", "variant": "tpc4", "label": "bf16.n16.tpc4.t32.w256.p0.zDbs.vec",
+         "registers": 96, "dynamic_smem_bytes": 40960, "local_bytes": 0, "blocks": 5120,
+         "median_ms": 0.71, "min_ms": 0.70, "max_ms": 0.74, "ok": true}
+      ]}"#;
+
+    #[test]
+    fn scan_bench_reports_convert() {
+        let set = parse_any(SCAN_REPORT, "fixture").unwrap();
+        assert_eq!(set.device.name, "NVIDIA H100 80GB HBM3");
+        assert_eq!(set.run.commit, None, "\"unknown\" is no commit");
+        let r = &set.results[0];
+        assert_eq!(r.id, "mamba1-scan.cuda[tpc4]/M1-2.8B/bf16");
+        let sram = r.kernels[0].sram.as_ref().unwrap();
+        assert_eq!(
+            (sram.threads_per_block, sram.registers_per_thread),
+            (256, 96)
+        );
+        assert_eq!(sram.dynamic_smem_bytes, 40960);
+        // The design.md workload's floor: exp-bound at 0.323 ms.
+        assert!(
+            (r.roofline.floor_ms - 0.3234).abs() < 1e-3,
+            "{}",
+            r.roofline.floor_ms
         );
     }
 
