@@ -3,7 +3,8 @@
 // One block owns CPB channels of one sequence (a batch row, or one varlen
 // sequence) and walks the sequence in time tiles of SCAN_TILE steps. Each
 // channel's N states are split over SCAN_TPC adjacent lanes, SCAN_NPT states
-// each, kept in registers across tiles. Per tile:
+// each; each lane carries SCAN_CPL channels (sharing the B/C values it reads);
+// the states stay in registers across tiles. Per tile:
 //
 //   prep      every thread turns 8-step chunks of delta/u into (dt, dt*u) pairs
 //             in shared memory (bias, softplus, masking), and B/C chunks into
@@ -11,7 +12,7 @@
 //             issues the global loads of the next tile, which fly during the scan.
 //   scan      each lane steps its states through the tile: per state and step
 //             one exp2 (MUFU, or an FMA polynomial for SCAN_EXP_POLY of every
-//             4 * SCAN_NPT, so that the MUFU and FMA pipes share the load), two
+//             4 * CPL * NPT, so that the MUFU and FMA pipes share the load), two
 //             FMAs and a multiply; its partial C.h goes to shared memory, four
 //             steps per 16-byte store.
 //   epilogue  every thread sums the SCAN_TPC partials of its chunks, adds D*u,
@@ -21,7 +22,7 @@
 // identity step (2^0 = 1, h + 0), so a varlen sequence may start and end
 // anywhere inside a tile with no branch in the scan loop.
 //
-// Compile-time configuration (-D): SCAN_DTYPE, SCAN_N, SCAN_TPC, SCAN_NPT,
+// Compile-time configuration (-D): SCAN_DTYPE, SCAN_N, SCAN_TPC, SCAN_NPT, SCAN_CPL,
 // SCAN_THREADS, SCAN_TILE, SCAN_MIN_BLOCKS, SCAN_EXP_POLY, and the 0/1 flags
 // SCAN_ELEM_EXP_POLY (softplus/silu exponentials as polynomials),
 // SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
@@ -40,7 +41,10 @@
 #define SCAN_EXP_POLY 0
 #endif
 
-#define SCAN_CPB (SCAN_THREADS / SCAN_TPC)     // channels per block
+#ifndef SCAN_CPL
+#define SCAN_CPL 1
+#endif
+#define SCAN_CPB (SCAN_THREADS / SCAN_TPC * SCAN_CPL)  // channels per block
 #define SCAN_NP (SCAN_TPC * SCAN_NPT)          // N padded to the lanes' slices
 #define SCAN_ROW_CHUNKS (SCAN_TILE / SCAN_CHUNK)  // chunks per channel row of a tile
 #define SCAN_ELEM_CHUNKS (SCAN_CPB * SCAN_ROW_CHUNKS)
@@ -62,16 +66,16 @@
 #if SCAN_NP < SCAN_N
 #error "SCAN_TPC * SCAN_NPT must cover SCAN_N"
 #endif
-#if SCAN_EXP_POLY > 4 * SCAN_NPT
-#error "SCAN_EXP_POLY counts exponentials of a lane's 4-step group: at most 4 * SCAN_NPT"
+#if SCAN_EXP_POLY > 4 * SCAN_CPL * SCAN_NPT
+#error "SCAN_EXP_POLY counts exponentials of a lane's 4-step group: at most 4 * SCAN_CPL * SCAN_NPT"
 #endif
 
-// SCAN_EXP_POLY of the 4 * SCAN_NPT exponentials of a lane's 4-step group take
-// the FMA polynomial, spread evenly over the group: pair p (= step * NPT + state)
-// does when the running count p * k / (4 NPT) steps up. A compile-time
-// constant after unrolling.
+// SCAN_EXP_POLY of the 4 * CPL * NPT exponentials of a lane's 4-step group
+// take the FMA polynomial, spread evenly over the group: exponential
+// p = (step * CPL + channel) * NPT + state does when the running count
+// p * k / (4 CPL NPT) steps up. A compile-time constant after unrolling.
 __device__ __forceinline__ constexpr bool scan_poly_pair(int p) {
-    return (p * SCAN_EXP_POLY) % (4 * SCAN_NPT) < SCAN_EXP_POLY;
+    return (p * SCAN_EXP_POLY) % (4 * SCAN_CPL * SCAN_NPT) < SCAN_EXP_POLY;
 }
 
 // A lane's SCAN_NPT consecutive floats of a B or C row in shared memory.
@@ -164,34 +168,41 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     (void)gb;
     (void)gc;
 
-    // ---- scan lane: channel sch of the block, states slice*NPT .. +NPT
-    const int sch = tid / SCAN_TPC;
+    // ---- scan lane: channels sch0 .. sch0 + CPL - 1 of the block, states
+    // slice*NPT .. +NPT of each. A lane loads each B/C value once per step and
+    // uses it for all its channels: shared memory delivers 128 bytes per clock
+    // per SM, and at one channel per lane the B and C reads alone (8 bytes per
+    // state and step) would cap the scan at the MUFU rate.
+    const int sch0 = (tid / SCAN_TPC) * SCAN_CPL;
     const int slice = tid % SCAN_TPC;
-    const bool scan_active = sch < nch;
-    const long long schan = c0 + sch;
-    float A2[SCAN_NPT], h[SCAN_NPT];
+    const bool scan_active = sch0 < nch;
+    float A2[SCAN_CPL][SCAN_NPT], h[SCAN_CPL][SCAN_NPT];
 #if SCAN_B_CONST
-    float Breg[SCAN_NPT];
+    float Breg[SCAN_CPL][SCAN_NPT];
 #endif
 #if SCAN_C_CONST
-    float Creg[SCAN_NPT];
+    float Creg[SCAN_CPL][SCAN_NPT];
 #endif
 #pragma unroll
-    for (int i = 0; i < SCAN_NPT; ++i) {
-        const int n = slice * SCAN_NPT + i;
-        const bool real = scan_active && n < SCAN_N;
-        const long long an = schan * SCAN_N + n;
-        // Padded states get A = B = C = 0 and h = 0, and stay 0.
-        A2[i] = real ? args.A[an] * SCAN_LOG2E : 0.0f;
-        h[i] = (real && args.initial_states != nullptr)
-                   ? args.initial_states[(seq * Din + schan) * SCAN_N + n]
-                   : 0.0f;
+    for (int c = 0; c < SCAN_CPL; ++c) {
+        const long long schan = c0 + sch0 + c;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; ++i) {
+            const int n = slice * SCAN_NPT + i;
+            const bool real = sch0 + c < nch && n < SCAN_N;
+            const long long an = schan * SCAN_N + n;
+            // Padded states and channels get A = B = C = 0 and h = 0, and stay 0.
+            A2[c][i] = real ? args.A[an] * SCAN_LOG2E : 0.0f;
+            h[c][i] = (real && args.initial_states != nullptr)
+                          ? args.initial_states[(seq * Din + schan) * SCAN_N + n]
+                          : 0.0f;
 #if SCAN_B_CONST
-        Breg[i] = real ? scan_elem_to_f32(args.B[an]) : 0.0f;
+            Breg[c][i] = real ? scan_elem_to_f32(args.B[an]) : 0.0f;
 #endif
 #if SCAN_C_CONST
-        Creg[i] = real ? scan_elem_to_f32(args.C[an]) : 0.0f;
+            Creg[c][i] = real ? scan_elem_to_f32(args.C[an]) : 0.0f;
 #endif
+        }
     }
 
     // ---- element chunks of this thread (prep and epilogue): (channel, 8 steps)
@@ -343,8 +354,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         // ---- scan: SCAN_TILE steps of this lane's states (fully unrolled, so
         // every shared-memory access is a base register plus an immediate)
         if (scan_active) {
-            const float2* my_slot = slot + sch * SCAN_SLOT_STRIDE;
-            float* my_part = part + (sch * SCAN_TPC + slice) * SCAN_PART_STRIDE;
+            const float2* my_slot = slot + sch0 * SCAN_SLOT_STRIDE;
+            float* my_part = part + (sch0 * SCAN_TPC + slice) * SCAN_PART_STRIDE;
 #if !SCAN_B_CONST
             const float* my_B = Bs + slice * SCAN_NPT;
 #endif
@@ -353,40 +364,58 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #endif
 #pragma unroll
             for (int t = 0; t < SCAN_TILE; t += 4) {
-                const float4 s01 = *reinterpret_cast<const float4*>(my_slot + t);
-                const float4 s23 = *reinterpret_cast<const float4*>(my_slot + t + 2);
-                const float dts[4] = {s01.x, s01.z, s23.x, s23.z};
-                const float dtus[4] = {s01.y, s01.w, s23.y, s23.w};
-                float ys[4];
+                float dts[SCAN_CPL][4], dtus[SCAN_CPL][4];
+#pragma unroll
+                for (int c = 0; c < SCAN_CPL; ++c) {
+                    const float4 s01 = *reinterpret_cast<const float4*>(my_slot + c * SCAN_SLOT_STRIDE + t);
+                    const float4 s23 = *reinterpret_cast<const float4*>(my_slot + c * SCAN_SLOT_STRIDE + t + 2);
+                    dts[c][0] = s01.x; dtus[c][0] = s01.y;
+                    dts[c][1] = s01.z; dtus[c][1] = s01.w;
+                    dts[c][2] = s23.x; dtus[c][2] = s23.y;
+                    dts[c][3] = s23.z; dtus[c][3] = s23.w;
+                }
+                float ys[SCAN_CPL][4];
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                    float bv[SCAN_NPT], cv[SCAN_NPT];
-#if SCAN_B_CONST
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; ++i) bv[i] = Breg[i];
-#else
+#if !SCAN_B_CONST
+                    float bv[SCAN_NPT];
                     scan_load_row(bv, my_B + (t + q) * SCAN_NP);
 #endif
-#if SCAN_C_CONST
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; ++i) cv[i] = Creg[i];
-#else
+#if !SCAN_C_CONST
+                    float cv[SCAN_NPT];
                     scan_load_row(cv, my_C + (t + q) * SCAN_NP);
 #endif
-                    const float dt = dts[q];
-                    const float dtu = dtus[q];
-                    float y = 0.0f;
 #pragma unroll
-                    for (int i = 0; i < SCAN_NPT; ++i) {
-                        const float x = dt * A2[i];
-                        const float dA = scan_poly_pair(q * SCAN_NPT + i) ? scan_exp2_poly(x)
-                                                                          : scan_exp2_mufu(x);
-                        h[i] = fmaf(dA, h[i], bv[i] * dtu);
-                        y = fmaf(cv[i], h[i], y);
+                    for (int c = 0; c < SCAN_CPL; ++c) {
+                        const float dt = dts[c][q];
+                        const float dtu = dtus[c][q];
+                        float y = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < SCAN_NPT; ++i) {
+#if SCAN_B_CONST
+                            const float b = Breg[c][i];
+#else
+                            const float b = bv[i];
+#endif
+#if SCAN_C_CONST
+                            const float cc = Creg[c][i];
+#else
+                            const float cc = cv[i];
+#endif
+                            const float x = dt * A2[c][i];
+                            const float dA = scan_poly_pair((q * SCAN_CPL + c) * SCAN_NPT + i)
+                                                 ? scan_exp2_poly(x)
+                                                 : scan_exp2_mufu(x);
+                            h[c][i] = fmaf(dA, h[c][i], b * dtu);
+                            y = fmaf(cc, h[c][i], y);
+                        }
+                        ys[c][q] = y;
                     }
-                    ys[q] = y;
                 }
-                *reinterpret_cast<float4*>(my_part + t) = make_float4(ys[0], ys[1], ys[2], ys[3]);
+#pragma unroll
+                for (int c = 0; c < SCAN_CPL; ++c)
+                    *reinterpret_cast<float4*>(my_part + c * SCAN_TPC * SCAN_PART_STRIDE + t) =
+                        make_float4(ys[c][0], ys[c][1], ys[c][2], ys[c][3]);
             }
         }
         __syncthreads();  // partial sums complete
@@ -430,11 +459,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     }
 
     // ---- final states
-    if (args.final_states != nullptr && scan_active) {
+    if (args.final_states != nullptr) {
 #pragma unroll
-        for (int i = 0; i < SCAN_NPT; ++i) {
-            const int n = slice * SCAN_NPT + i;
-            if (n < SCAN_N) args.final_states[(seq * Din + schan) * SCAN_N + n] = h[i];
+        for (int c = 0; c < SCAN_CPL; ++c) {
+#pragma unroll
+            for (int i = 0; i < SCAN_NPT; ++i) {
+                const int n = slice * SCAN_NPT + i;
+                if (sch0 + c < nch && n < SCAN_N)
+                    args.final_states[(seq * Din + c0 + sch0 + c) * SCAN_N + n] = h[c][i];
+            }
         }
     }
 }

@@ -56,10 +56,11 @@ const WORKLOADS: [Workload; 2] = [
     },
 ];
 
-/// The work splits timed, by name.
+/// The work splits timed, by name (the default first).
 fn variants() -> Vec<(&'static str, ScanTuning)> {
-    let t = |lanes, tile, threads, poly, elem, min_blocks| ScanTuning {
-        lanes_per_channel: lanes,
+    let t = |cpl, threads, tile, poly, elem, min_blocks| ScanTuning {
+        lanes_per_channel: None,
+        channels_per_lane: cpl,
         tile,
         threads,
         exp_poly: poly,
@@ -68,19 +69,23 @@ fn variants() -> Vec<(&'static str, ScanTuning)> {
     };
     vec![
         ("default", ScanTuning::default()),
-        ("poly1", t(None, None, None, Some(1), None, None)),
-        ("poly2", t(None, None, None, Some(2), None, None)),
-        ("poly4", t(None, None, None, Some(4), None, None)),
-        ("elem", t(None, None, None, None, Some(true), None)),
-        ("poly1elem", t(None, None, None, Some(1), Some(true), None)),
-        ("mb4", t(None, None, None, None, None, Some(4))),
-        ("tpc2", t(Some(2), None, None, None, None, None)),
-        ("tpc2w64", t(Some(2), None, Some(64), None, None, None)),
-        ("tpc2w64p2", t(Some(2), None, Some(64), Some(2), None, None)),
-        ("thr64", t(None, None, Some(64), None, None, Some(10))),
-        ("thr64p2", t(None, None, Some(64), Some(2), None, Some(10))),
-        ("tile16", t(None, Some(16), None, None, None, Some(5))),
-        ("tile64", t(None, Some(64), None, None, None, Some(3))),
+        ("cpl2mb8", t(Some(2), Some(64), None, None, None, Some(8))),
+        ("cpl2p2", t(Some(2), Some(64), None, Some(2), None, None)),
+        ("cpl2p4", t(Some(2), Some(64), None, Some(4), None, None)),
+        ("cpl2p6", t(Some(2), Some(64), None, Some(6), None, None)),
+        (
+            "cpl2elem",
+            t(Some(2), Some(64), None, None, Some(true), None),
+        ),
+        (
+            "cpl2p4elem",
+            t(Some(2), Some(64), None, Some(4), Some(true), None),
+        ),
+        ("cpl2t16", t(Some(2), Some(64), Some(16), None, None, None)),
+        ("cpl2w128", t(Some(2), Some(128), None, None, None, Some(2))),
+        ("cpl1", t(Some(1), Some(128), None, None, None, None)),
+        ("cpl1p2", t(Some(1), Some(128), None, Some(2), None, None)),
+        ("cpl4", t(Some(4), Some(32), None, None, None, None)),
     ]
 }
 
@@ -529,11 +534,23 @@ fn main() -> Result<(), Box<dyn Error>> {
             &mut rng,
             &mut rows,
         )?;
+        let f32_splits = [
+            ("default", ScanTuning::default()),
+            (
+                "cpl2",
+                ScanTuning {
+                    channels_per_lane: Some(2),
+                    threads: Some(64),
+                    min_blocks: Some(4),
+                    ..ScanTuning::default()
+                },
+            ),
+        ];
         bench_workload::<f32>(
             &gpu,
             &WORKLOADS[0],
             &ceilings,
-            &default_only,
+            &f32_splits,
             iters,
             None,
             &mut rng,

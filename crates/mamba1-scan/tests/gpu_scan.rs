@@ -111,8 +111,13 @@ impl Case {
         let t = self.tuning;
         if t != ScanTuning::default() {
             s += &format!(
-                " [tpc {:?} tile {:?} thr {:?} poly {:?} elem {:?}]",
-                t.lanes_per_channel, t.tile, t.threads, t.exp_poly, t.elem_exp_poly
+                " [tpc {:?} cpl {:?} tile {:?} thr {:?} poly {:?} elem {:?}]",
+                t.lanes_per_channel,
+                t.channels_per_lane,
+                t.tile,
+                t.threads,
+                t.exp_poly,
+                t.elem_exp_poly
             );
         }
         s
@@ -512,27 +517,33 @@ fn every_work_split_computes_the_same_function() {
     let (mut rng, seed) = fresh_rng();
     let mut rows = Vec::new();
     let base = Case::plain(2, 40, 16, 300).all_options();
-    // (lanes per channel, tile, threads, polynomial exps per 4 steps, softplus/silu exps as polynomials)
+    // (lanes per channel, channels per lane, tile, threads, polynomial exps per
+    // 4 steps, softplus/silu exps as polynomials)
     let splits = [
-        (Some(1), None, None, None, None),
-        (Some(2), None, None, None, None),
-        (Some(8), None, None, None, None),
-        (Some(16), None, None, None, None),
-        (Some(4), Some(8), None, None, None),
-        (Some(4), Some(16), None, None, None),
-        (Some(4), Some(64), None, None, None),
-        (Some(4), None, Some(64), None, None),
-        (Some(4), None, Some(256), None, None),
-        (Some(4), None, None, Some(1), None),
-        (Some(4), None, None, Some(2), None),
-        (Some(4), None, None, Some(7), None),
-        (Some(4), None, None, Some(16), Some(true)),
-        (Some(4), None, None, None, Some(true)),
-        (Some(2), None, None, Some(3), None),
+        (Some(1), Some(1), None, None, None, None),
+        (Some(2), Some(1), None, None, None, None),
+        (Some(8), Some(1), None, None, None, None),
+        (Some(16), Some(1), None, None, None, None),
+        (Some(4), Some(1), None, None, None, None),
+        (Some(4), Some(3), None, None, None, None),
+        (Some(4), Some(4), None, Some(32), None, None),
+        (Some(2), Some(2), None, None, None, None),
+        (Some(4), None, Some(8), None, None, None),
+        (Some(4), None, Some(16), None, None, None),
+        (Some(4), None, Some(64), None, None, None),
+        (Some(4), Some(1), None, Some(64), None, None),
+        (Some(4), Some(1), None, Some(256), None, None),
+        (Some(4), None, None, None, Some(1), None),
+        (Some(4), None, None, None, Some(2), None),
+        (Some(4), None, None, None, Some(7), None),
+        (Some(4), Some(2), None, None, Some(32), Some(true)),
+        (Some(4), None, None, None, None, Some(true)),
+        (Some(2), Some(1), None, None, Some(3), None),
     ];
-    for (lanes, tile, threads, poly, elem_poly) in splits {
+    for (lanes, cpl, tile, threads, poly, elem_poly) in splits {
         let tuning = ScanTuning {
             lanes_per_channel: lanes,
+            channels_per_lane: cpl,
             tile,
             threads,
             exp_poly: poly,

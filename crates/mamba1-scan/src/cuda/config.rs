@@ -127,6 +127,9 @@ fn gcd(a: usize, b: usize) -> usize {
 pub struct ScanTuning {
     /// Lanes per channel (a power of two up to 32); the states are split among them.
     pub lanes_per_channel: Option<usize>,
+    /// Channels per lane (1 to 4): each B/C value a lane reads from shared
+    /// memory serves that many channels.
+    pub channels_per_lane: Option<usize>,
     /// Time steps per tile (a multiple of 8).
     pub tile: Option<usize>,
     /// Threads per block (a multiple of 32).
@@ -147,6 +150,7 @@ pub struct ScanConfig {
     pub d_state: usize,
     pub lanes_per_channel: usize,
     pub states_per_lane: usize,
+    pub channels_per_lane: usize,
     pub threads: usize,
     pub tile: usize,
     pub min_blocks: usize,
@@ -185,16 +189,32 @@ impl ScanConfig {
             )));
         }
         let states_per_lane = n.div_ceil(lanes);
-        let threads = tuning.threads.unwrap_or(128);
+        // Two channels per lane halve the shared-memory bytes per state and step
+        // (measured: 0.70 -> see docs/kernels/mamba1-scan.md); f32 inputs keep
+        // one, their prefetch registers would not leave room for five blocks.
+        let pair_channels = lanes == 4 && states_per_lane == 4 && problem.dtype != DType::F32;
+        let channels_per_lane =
+            tuning
+                .channels_per_lane
+                .unwrap_or(if pair_channels { 2 } else { 1 });
+        if !(1..=4).contains(&channels_per_lane) {
+            return Err(unsupported(format!(
+                "{channels_per_lane} channels per lane (1 to 4)"
+            )));
+        }
+        let threads = tuning
+            .threads
+            .unwrap_or(if channels_per_lane == 2 { 64 } else { 128 });
         if threads == 0 || threads % 32 != 0 || threads > 1024 {
             return Err(unsupported(format!(
                 "{threads} threads per block (a multiple of 32 up to 1024)"
             )));
         }
         let exp_poly = tuning.exp_poly.unwrap_or(0);
-        if exp_poly > 4 * states_per_lane {
+        if exp_poly > 4 * channels_per_lane * states_per_lane {
             return Err(unsupported(format!(
-                "{exp_poly} polynomial exponentials per 4 steps of a lane with {states_per_lane} states"
+                "{exp_poly} polynomial exponentials per 4 steps of a lane with \
+                 {channels_per_lane} x {states_per_lane} states"
             )));
         }
         let mut config = ScanConfig {
@@ -202,6 +222,7 @@ impl ScanConfig {
             d_state: n,
             lanes_per_channel: lanes,
             states_per_lane,
+            channels_per_lane,
             threads,
             tile: 32,
             min_blocks: 1,
@@ -239,7 +260,7 @@ impl ScanConfig {
 
     /// Channels per block.
     pub fn channels_per_block(&self) -> usize {
-        self.threads / self.lanes_per_channel
+        self.threads / self.lanes_per_channel * self.channels_per_lane
     }
 
     /// Dynamic shared memory per block, as laid out by the kernel: (dt, dt*u)
@@ -253,19 +274,19 @@ impl ScanConfig {
         slots + parts + grouped * self.tile * padded_n * 4
     }
 
-    /// Register cap through `__launch_bounds__`, for the tuned N = 16 split only:
-    /// enough resident blocks per SM that the M1 workloads (4-5 blocks of 128
-    /// threads per SM) run in one wave. Other splits keep the compiler's choice
-    /// (their prefetch registers grow with tile / lanes; a cap would spill).
+    /// Register cap through `__launch_bounds__`, for the tuned N = 16 splits
+    /// only: five resident blocks per SM, so that the M1 workloads (4-5 blocks
+    /// per SM) run in one wave. Other splits keep the compiler's choice (their
+    /// prefetch registers grow with tile / lanes; a cap would spill).
     fn default_min_blocks(&self) -> usize {
-        let tuned_split = self.threads == 128
-            && self.lanes_per_channel == 4
+        let tuned_split = self.lanes_per_channel == 4
             && self.states_per_lane == 4
             && self.tile == 32
-            && self.vec_io;
+            && self.vec_io
+            && self.threads * self.channels_per_lane == 128;
         match (tuned_split, self.dtype) {
             (false, _) => 1,
-            // f32 inputs double the prefetch registers; 96 would spill.
+            // f32 inputs double the prefetch registers; the 5-block cap would spill.
             (true, DType::F32 | DType::F64) => 4,
             (true, DType::F16 | DType::Bf16) => 5,
         }
@@ -284,6 +305,7 @@ impl ScanConfig {
             ("SCAN_N", self.d_state.to_string()),
             ("SCAN_TPC", self.lanes_per_channel.to_string()),
             ("SCAN_NPT", self.states_per_lane.to_string()),
+            ("SCAN_CPL", self.channels_per_lane.to_string()),
             ("SCAN_THREADS", self.threads.to_string()),
             ("SCAN_TILE", self.tile.to_string()),
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
@@ -319,10 +341,11 @@ impl ScanConfig {
             (true, true) => ".BCconst",
         };
         format!(
-            "{}.n{}.tpc{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
+            "{}.n{}.tpc{}.cpl{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
             self.dtype,
             self.d_state,
             self.lanes_per_channel,
+            self.channels_per_lane,
             self.tile,
             self.threads,
             self.min_blocks,
