@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300)]
     pub min_time_ms: u64,
     /// Most timed launches per GPU case.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 20_000)]
     pub max_iters: usize,
     /// Seed of the inputs.
     #[arg(long, default_value_t = 1)]

@@ -27,7 +27,11 @@ use crate::suite::{Backend, Case};
 /// A kernel one call launches, with what is needed for its SRAM record.
 #[derive(Clone, Debug)]
 pub struct LaunchedKernel {
+    /// The record's name: the entry point, with `#role` when one call launches the
+    /// same entry point in two roles (SSD's state-only prepass).
     pub name: String,
+    /// The entry point as the driver and ncu know it.
+    pub entry: String,
     pub resources: KernelResources,
     pub ptxas: Option<PtxasFunction>,
     pub launch: LaunchShape,
@@ -103,6 +107,7 @@ fn prepare_typed<T: DeviceElement>(
 fn launched(kernel: &ssm_gpu::Kernel, threads: u32, dynamic_smem_bytes: u32) -> LaunchedKernel {
     LaunchedKernel {
         name: kernel.name.clone(),
+        entry: kernel.name.clone(),
         resources: kernel.resources,
         ptxas: kernel.ptxas.clone(),
         launch: LaunchShape {
@@ -197,11 +202,9 @@ impl<T: DeviceElement> GpuWork for SsdWork<T> {
         let config = self.plan.config();
         let mut kernels = Vec::new();
         if let Some(k) = self.plan.prepass_kernel() {
-            kernels.push(launched(
-                k,
-                config.threads(),
-                config.smem_bytes(true) as u32,
-            ));
+            let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
+            prepass.name += "#prepass";
+            kernels.push(prepass);
         }
         kernels.push(launched(
             self.plan.main_kernel(),

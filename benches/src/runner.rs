@@ -1,11 +1,11 @@
 //! Measure cases into a [`ResultSet`]: GPU cases with CUDA events (and NVML
 //! sampling around the timed launches), CPU cases with a wall clock.
 //!
-//! GPU method: compile and upload, 3 warm-up calls, an estimate of one call's
-//! time, then `iters` calls each between its own pair of CUDA events, with
-//! `iters` chosen so the timed window lasts at least `min_time` (NVML's energy
-//! counter needs a window of about 100 ms to mean anything) and at most
-//! `max_iters`. Afterwards the output is checked for non-finite elements
+//! GPU method: compile and upload, 3 warm-up calls (and 3 more to estimate one
+//! call's time), then `iters` back-to-back calls each between its own pair of
+//! CUDA events (created beforehand), with `iters` chosen so the timed window
+//! lasts at least `min_time` (NVML's energy counter needs about 100 ms to mean
+//! anything) and at most `max_iters`. NVML samples during that window only. Afterwards the output is checked for non-finite elements
 //! (outputs start poisoned with NaN, so an unwritten element shows): a case
 //! whose output is wrong is reported as failed, not timed.
 //!
@@ -25,7 +25,7 @@ use ssm_telemetry::sram::{SmLimits, SramUse};
 use ssm_telemetry::Ceilings;
 
 use crate::suite::{Backend, Case};
-use crate::{cpu, gpu};
+use crate::{cpu, events, gpu};
 
 /// How long and how often to measure.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +42,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             min_time: Duration::from_millis(300),
-            max_iters: 2000,
+            max_iters: 20_000,
             max_cpu_samples: 30,
         }
     }
@@ -104,7 +104,13 @@ pub fn measure_gpu(
     };
     let iters = ((timing.min_time.as_secs_f64() * 1e3 / estimate).ceil() as usize)
         .clamp(10, timing.max_iters.max(10));
-    let mut timed = || gpu.time(2, iters, || work.launch(gpu).map_err(to_gpu_error));
+    let events = match events::EventPairs::new(gpu, iters) {
+        Ok(e) => e,
+        Err(e) => return CaseOutcome::Failed(format!("creating events: {e}")),
+    };
+    // The NVML window holds the timed launches and nothing else (events are made
+    // before it), so its energy over `iters` is the energy of one call.
+    let mut timed = || events.time(gpu, work.as_mut());
     let (times, telemetry) = match nvml {
         Some(monitor) => {
             let (t, tel) = monitor.measure(NVML_INTERVAL, &mut timed);
@@ -112,7 +118,7 @@ pub fn measure_gpu(
         }
         None => (timed(), None),
     };
-    let times = match times {
+    let samples = match times {
         Ok(t) => t,
         Err(e) => return CaseOutcome::Failed(format!("timing: {e}")),
     };
@@ -125,7 +131,7 @@ pub fn measure_gpu(
         }
         Err(e) => return CaseOutcome::Failed(format!("reading the output: {e}")),
     }
-    let Some(stats) = TimingStats::from_samples(TimingMethod::CudaEvents, &times.samples) else {
+    let Some(stats) = TimingStats::from_samples(TimingMethod::CudaEvents, &samples) else {
         return CaseOutcome::Failed("a CUDA-event time was not positive".into());
     };
     CaseOutcome::Measured(Box::new(BenchResult::new(
@@ -136,8 +142,7 @@ pub fn measure_gpu(
             timing: stats,
             kernels: kernel_records(work.as_ref()),
             nvml: telemetry,
-            // Two warm-up calls and the timed ones ran inside the NVML window.
-            runs_in_nvml_window: iters as u64 + 2,
+            runs_in_nvml_window: iters as u64,
         },
         ceilings,
     )))
@@ -202,7 +207,7 @@ pub fn profile_once(
         match outcome {
             Ok(kernels) => manifest.push(ManifestEntry {
                 result_id: case.id(),
-                kernels: kernels.into_iter().map(|k| k.name).collect(),
+                kernels: kernels.into_iter().map(|k| k.entry).collect(),
             }),
             Err(e) => skipped.push((case.id(), e.to_string())),
         }

@@ -375,7 +375,23 @@ pub fn attach(
         let Some(result) = set.results.iter_mut().find(|r| r.id == id) else {
             continue; // profiled but not timed (e.g. filtered out of the timed run)
         };
-        // A kernel launched several times per call: its bytes and times add up.
+        // One record per launch (the bench runner's layout; a record may carry a
+        // suffix such as `ssd_fused_fwd#prepass`): pair them in order.
+        let per_launch = measured.len() == result.kernels.len()
+            && measured
+                .iter()
+                .zip(&result.kernels)
+                .all(|(m, k)| k.name == m.kernel || k.name.starts_with(&format!("{}#", m.kernel)));
+        if per_launch {
+            for (m, k) in measured.into_iter().zip(result.kernels.iter_mut()) {
+                k.dram = m.dram;
+                k.ncu_duration_ms = m.duration_ms;
+            }
+            result.refresh_measured_bytes();
+            attached += 1;
+            continue;
+        }
+        // Otherwise a kernel launched several times per call: its bytes and times add up.
         let mut sums: BTreeMap<String, (Option<DramBytes>, Option<f64>)> = BTreeMap::new();
         for m in measured {
             let entry = sums

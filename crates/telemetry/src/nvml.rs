@@ -259,6 +259,10 @@ impl NvmlMonitor {
 
     /// Run `work` while a second thread samples the card every `interval`.
     /// The work's result is returned whatever happens to the telemetry.
+    ///
+    /// The energy counter is read immediately before and after `work`, so the
+    /// energy and the duration cover the work alone (the other readings of the
+    /// bracketing snapshots take milliseconds and stay outside).
     pub fn measure<R>(
         &self,
         interval: Duration,
@@ -266,8 +270,16 @@ impl NvmlMonitor {
     ) -> (R, Result<RunTelemetry>) {
         let start = Instant::now();
         let first = self.snapshot(start);
+        let energy_now = || {
+            self.nvml
+                .device_by_index(self.index)
+                .ok()
+                .and_then(|d| d.total_energy_consumption().ok())
+        };
+        let energy_before = energy_now();
+        let window = Instant::now();
         let stop = AtomicBool::new(false);
-        let (result, during, duration_s) = std::thread::scope(|scope| {
+        let (result, during, duration_s, energy_after) = std::thread::scope(|scope| {
             let sampler = scope.spawn(|| {
                 let mut taken = Vec::new();
                 while !stop.load(Ordering::Acquire) {
@@ -279,13 +291,16 @@ impl NvmlMonitor {
                 taken
             });
             let result = work();
-            let duration_s = start.elapsed().as_secs_f64();
+            let energy_after = energy_now();
+            let duration_s = window.elapsed().as_secs_f64();
             stop.store(true, Ordering::Release);
             let during = sampler.join().unwrap_or_default();
-            (result, during, duration_s)
+            (result, during, duration_s, energy_after)
         });
-        let telemetry = first.and_then(|first| {
-            let last = self.snapshot(start)?;
+        let telemetry = first.and_then(|mut first| {
+            let mut last = self.snapshot(start)?;
+            first.energy_mj = energy_before;
+            last.energy_mj = energy_after;
             RunTelemetry::from_snapshots(&first, &during, &last, duration_s)
                 .ok_or_else(|| TelemetryError::Nvml("no samples".into()))
         });

@@ -252,8 +252,9 @@ impl BenchResult {
         let floor = Floor::of(&c, ceilings);
         let seconds = timing.median_ms * 1e-3;
         let per_s = |x: f64| x / seconds;
+        // A window too short for the counter to tick reads 0 J: no number then.
         let energy_per_token_j = nvml.as_ref().and_then(|t| {
-            (runs_in_nvml_window > 0 && problem.tokens() > 0)
+            (runs_in_nvml_window > 0 && problem.tokens() > 0 && t.energy_j > 0.0)
                 .then(|| t.energy_j / runs_in_nvml_window as f64 / problem.tokens() as f64)
         });
         let throttled = nvml.as_ref().is_some_and(|t| t.throttled);

@@ -182,3 +182,45 @@ fn repeated_launches_of_one_kernel_add_up() {
         Some(402_667_520 + 268_439_552 + 402_665_472 + 268_437_504)
     );
 }
+
+#[test]
+fn one_entry_point_in_two_roles_pairs_by_launch_order() {
+    // SSD launches `ssd_fused_fwd` twice per call (state-only prepass, then the
+    // main pass); the runner records them as `ssd_fused_fwd#prepass` and
+    // `ssd_fused_fwd`, and each gets its own launch's bytes.
+    let launches = ncu::parse_csv(&read("raw_page.csv"), "fixture").unwrap();
+    let axpy = Problem::Stream(StreamShape {
+        elements: 1 << 26,
+        read_bytes_per_element: 6,
+        write_bytes_per_element: 4,
+        flops_per_element: 2,
+    });
+    let mut set = ResultSet::new(
+        RunInfo::default(),
+        DeviceInfo::default(),
+        &Ceilings::H100_SXM,
+    );
+    let mut r = result(
+        "selftest.cuda",
+        "two-roles",
+        axpy,
+        "ssm_selftest_axpy#prepass",
+    );
+    r.kernels.push(KernelRecord {
+        name: "ssm_selftest_axpy".into(),
+        sram: None,
+        dram: None,
+        ncu_duration_ms: None,
+    });
+    set.results.push(r);
+    let id = set.results[0].id.clone();
+    let m = manifest(&[(&id, &["ssm_selftest_axpy", "ssm_selftest_axpy"])]);
+    ncu::attach(&mut set, &launches, &m).unwrap();
+    let k = &set.results[0].kernels;
+    assert_eq!(k[0].dram.unwrap().read, 402_667_520);
+    assert_eq!(k[1].dram.unwrap().read, 402_665_472);
+    assert_eq!(
+        set.results[0].measured_bytes(),
+        Some(402_667_520 + 268_439_552 + 402_665_472 + 268_437_504)
+    );
+}
