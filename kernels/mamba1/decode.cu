@@ -14,9 +14,10 @@
 //     D, dt_bias) are read once per BROWS rows; its BROWS * VPT 16-byte state loads
 //     are issued first, before anything else is fetched;
 //   * only the state stays in registers across rows: B and C are fetched row by
-//     row just before use (ordered loads, L1 hits), which keeps the register count
-//     low enough for 3 to 4 blocks of 256 threads per SM (v1 held every row's B
-//     and C and ran 2 blocks per SM, see docs/kernels/decode.md);
+//     row (ordered loads, L1 hits), packed, BC_PREFETCH rows ahead of their use,
+//     which keeps the register count low enough for 4 blocks of 256 threads per
+//     SM (v1 held every row's B and C and ran 2 blocks per SM; v2 fetched them
+//     just in time, after the step-size math, see docs/kernels/decode.md);
 //   * B and C are read with VEC-element accesses (8 bytes for 16-bit inputs);
 //   * exp(dt A) is one exp2 per state element with log2(e) folded into A on load;
 //   * y[d] is reduced over the TPR lanes of its channel with xor shuffles;
@@ -34,6 +35,7 @@
 //   WARPS         warps per block
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
 //   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
+//   BC_PREFETCH   rows of B and C fetched ahead of their update (0: just in time)
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(BROWS) || !defined(WARPS)
 #error "mamba1/decode.cu needs D_STATE, VEC, TPR, BROWS and WARPS defined"
@@ -43,6 +45,9 @@
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1
+#endif
+#ifndef BC_PREFETCH
+#define BC_PREFETCH 1
 #endif
 
 // ---------------------------------------------------------------------------
@@ -162,37 +167,52 @@ __device__ __forceinline__ void load_inputs(const H* p, float* f) {
 #endif
 }
 
-// The same, as ordered (volatile) loads: they stay where the code puts them
-// instead of being hoisted ahead of the state updates.
-__device__ __forceinline__ void load_inputs_ordered(const float* p, float* f) {
+// VEC input elements (B or C) as loaded, still packed: 16-bit inputs take half the
+// registers of floats while they wait for their row.
+template <typename T> struct RawInputs { unsigned w[VEC]; };  // f32: one word each
+template <> struct RawInputs<bf16_t> { unsigned w[(VEC + 1) / 2]; };
+template <> struct RawInputs<f16_t> { unsigned w[(VEC + 1) / 2]; };
+
+// Ordered (volatile) loads: they stay where the code puts them instead of being
+// hoisted, so the register budget holds.
+__device__ __forceinline__ void load_raw(const float* p, RawInputs<float>& r) {
 #if VEC == 4
-    asm volatile("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(f[0]), "=f"(f[1]), "=f"(f[2]), "=f"(f[3]) : "l"(p));
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
 #elif VEC == 2
-    asm volatile("ld.global.v2.f32 {%0, %1}, [%2];" : "=f"(f[0]), "=f"(f[1]) : "l"(p));
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
 #else
-    asm volatile("ld.global.f32 %0, [%1];" : "=f"(f[0]) : "l"(p));
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));
 #endif
 }
 template <typename H>
-__device__ __forceinline__ void load_inputs_ordered(const H* p, float* f) {
+__device__ __forceinline__ void load_raw(const H* p, RawInputs<H>& r) {
 #if VEC == 4
-    unsigned lo, hi;
-    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(lo), "=r"(hi) : "l"(p));
-    f[0] = to_f32(H{(unsigned short)(lo & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(lo >> 16)});
-    f[2] = to_f32(H{(unsigned short)(hi & 0xffffu)});
-    f[3] = to_f32(H{(unsigned short)(hi >> 16)});
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
 #elif VEC == 2
-    unsigned u;
-    asm volatile("ld.global.u32 %0, [%1];" : "=r"(u) : "l"(p));
-    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(u >> 16)});
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));
 #else
     unsigned short u;
     asm volatile("ld.global.u16 %0, [%1];" : "=h"(u) : "l"(p));
-    f[0] = to_f32(H{u});
+    r.w[0] = u;
 #endif
+}
+__device__ __forceinline__ void unpack_raw(const RawInputs<float>& r, float* f) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) f[e] = __uint_as_float(r.w[e]);
+}
+template <typename H>
+__device__ __forceinline__ void unpack_raw(const RawInputs<H>& r, float* f) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const unsigned w = r.w[e / 2];
+        f[e] = to_f32(H{(unsigned short)((e % 2) ? (w >> 16) : (w & 0xffffu))});
+    }
+}
+template <typename T>
+__device__ __forceinline__ void zero_raw(RawInputs<T>& r) {
+#pragma unroll
+    for (int e = 0; e < (int)(sizeof(r.w) / sizeof(r.w[0])); ++e) r.w[e] = 0u;
 }
 
 // ---------------------------------------------------------------------------
@@ -228,7 +248,7 @@ struct Mamba1DecodeArgs {
     long long groups;
     long long cache_rows;
     int dt_softplus;
-    int reserved;
+    unsigned channels_per_group;                // D_in / G
 };
 static_assert(sizeof(Mamba1DecodeArgs) == 128, "Mamba1DecodeArgs layout changed: update decode_cuda.rs");
 
@@ -244,16 +264,16 @@ __device__ __forceinline__ long long cache_row(const Mamba1DecodeArgs& a, long l
 template <typename T>
 __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     const long long Din = a.d_inner;
-    const long long ctiles = (Din + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK;
-    const long long block = blockIdx.x;
-    const long long ctile = block % ctiles;
-    const long long i0 = (block / ctiles) * BROWS;
+    // 32-bit division: the host checks that the grid and D_in fit in 31 bits.
+    const unsigned ctiles = ((unsigned)Din + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK;
+    const unsigned ctile = blockIdx.x % ctiles;
+    const long long i0 = (long long)(blockIdx.x / ctiles) * BROWS;
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int slot = lane / TPR;  // which channel of the warp's side-by-side channels
     const int sub = lane % TPR;   // which part of that channel's states
-    const long long d = ctile * CHANNELS_PER_BLOCK + warp * SLOTS + slot;
+    const long long d = (long long)ctile * CHANNELS_PER_BLOCK + warp * SLOTS + slot;
     const bool channel_live = d < Din;
     // Element j = k * VEC + e of this lane is state index n(k, e): for a fixed k the
     // warp's lanes cover contiguous memory.
@@ -289,7 +309,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     // Per-channel parameters, read once for all BROWS rows.
     float a2[EPT];  // A * log2(e)
     float d_skip = 0.0f, bias = 0.0f;
-    long long g = 0;
+    unsigned g = 0;
     if (channel_live) {
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
@@ -299,7 +319,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         for (int j = 0; j < EPT; ++j) a2[j] *= LOG2E;
         if (a.D) d_skip = a.D[d];
         if (a.dt_bias) bias = a.dt_bias[d];
-        g = d / (Din / a.groups);
+        g = (unsigned)d / a.channels_per_group;
     } else {
 #pragma unroll
         for (int j = 0; j < EPT; ++j) a2[j] = 0.0f;
@@ -309,7 +329,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     // owns rows r = q * TPR + sub. It loads x, dt and z once, computes the step size
     // once, and later finishes the row's output; the state update of the other
     // lanes gets dt and dt * x by shuffle.
-    float dt_own[SROWS], dtx_own[SROWS], x_own[SROWS], z_own[SROWS];
+    float dt_own[SROWS], x_own[SROWS], z_own[SROWS];
 #pragma unroll
     for (int q = 0; q < SROWS; ++q) {
         const int r = q * TPR + sub;
@@ -317,39 +337,67 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         const long long c = r < BROWS ? cache_row(a, i) : -1;
         const bool own_live = channel_live && c >= 0 && c < a.cache_rows;
         const long long id = i * Din + d;
-        const float x = own_live ? to_f32(static_cast<const T*>(a.x)[id]) : 0.0f;
-        float dt = own_live ? to_f32(static_cast<const T*>(a.dt)[id]) : 0.0f;
+        x_own[q] = own_live ? to_f32(static_cast<const T*>(a.x)[id]) : 0.0f;
+        dt_own[q] = own_live ? to_f32(static_cast<const T*>(a.dt)[id]) : 0.0f;
         z_own[q] = (own_live && a.z) ? to_f32(static_cast<const T*>(a.z)[id]) : 0.0f;
-        dt += bias;
-        if (a.dt_softplus) dt = softplus(dt);
-        x_own[q] = x;
-        dt_own[q] = dt;
-        dtx_own[q] = dt * x;
     }
 
-    // Update the state row by row. B and C of a row are fetched just before its
-    // update (L1 hits after the first warp of the block) with ordered loads, so the
-    // compiler cannot hoist all rows' B and C into registers: only the state has to
-    // stay live, which is what buys occupancy. The owning lane keeps C . h.
+    // B and C of row r, packed, fetched ahead of their use. With BC_PREFETCH the
+    // first rows' loads go out before the step sizes are computed (which waits on
+    // dt from memory) and row r + BC_PREFETCH is fetched while row r is updated;
+    // without it each row's B and C are fetched just before its update.
+    const T* Bbase = static_cast<const T*>(a.B) + (long long)g * D_STATE;
+    const T* Cbase = static_cast<const T*>(a.C) + (long long)g * D_STATE;
+    const long long bc_row_stride = (long long)a.groups * D_STATE;
+    constexpr int BC_DEPTH = BC_PREFETCH > 0 ? BC_PREFETCH + 1 : 1;
+    RawInputs<T> braw[BC_DEPTH][VPT], craw[BC_DEPTH][VPT];
+#define FETCH_BC(r)                                                                   \
+    do {                                                                              \
+        _Pragma("unroll") for (int k = 0; k < VPT; ++k) {                             \
+            if (cache[(r)] >= 0) {                                                    \
+                load_raw(Bbase + (i0 + (r)) * bc_row_stride + STATE_INDEX(k, 0),      \
+                         braw[(r) % BC_DEPTH][k]);                                    \
+                load_raw(Cbase + (i0 + (r)) * bc_row_stride + STATE_INDEX(k, 0),      \
+                         craw[(r) % BC_DEPTH][k]);                                    \
+            } else {                                                                  \
+                zero_raw(braw[(r) % BC_DEPTH][k]);                                    \
+                zero_raw(craw[(r) % BC_DEPTH][k]);                                    \
+            }                                                                         \
+        }                                                                             \
+    } while (0)
+#pragma unroll
+    for (int r = 0; r < BC_PREFETCH && r < BROWS; ++r) FETCH_BC(r);
+
+    // Step sizes, and the output's skip term and gate, computed now so that only
+    // one value per owned row waits through the state update for each.
+    float dtx_own[SROWS], skip_own[SROWS], gate_own[SROWS];
+#pragma unroll
+    for (int q = 0; q < SROWS; ++q) {
+        float dt = dt_own[q] + bias;
+        if (a.dt_softplus) dt = softplus(dt);
+        dt_own[q] = dt;
+        dtx_own[q] = dt * x_own[q];
+        skip_own[q] = d_skip * x_own[q];
+        gate_own[q] = a.z ? silu(z_own[q]) : 1.0f;
+    }
+
+    // Update the state row by row; the owning lane keeps C . h.
     const int group_base = lane & ~(TPR - 1);
     float acc_own[SROWS];
 #pragma unroll
     for (int q = 0; q < SROWS; ++q) acc_own[q] = 0.0f;
 #pragma unroll
     for (int r = 0; r < BROWS; ++r) {
-        const long long i = i0 + r;
+        if (BC_PREFETCH == 0) {
+            FETCH_BC(r);
+        } else if (r + BC_PREFETCH < BROWS) {
+            FETCH_BC(r + BC_PREFETCH);
+        }
         float bv[EPT], cv[EPT];
-        const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
-        const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
-            if (cache[r] >= 0) {
-                load_inputs_ordered(Bg + STATE_INDEX(k, 0), &bv[k * VEC]);
-                load_inputs_ordered(Cg + STATE_INDEX(k, 0), &cv[k * VEC]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) bv[k * VEC + e] = cv[k * VEC + e] = 0.0f;
-            }
+            unpack_raw(braw[r % BC_DEPTH][k], &bv[k * VEC]);
+            unpack_raw(craw[r % BC_DEPTH][k], &cv[k * VEC]);
         }
         // Every lane takes part in the shuffles, live row or not.
         const float dt = __shfl_sync(0xffffffffu, dt_own[r / TPR], group_base + r % TPR);
@@ -373,6 +421,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
             }
         }
     }
+#undef FETCH_BC
 
     // Each lane finishes the rows it owns.
 #pragma unroll
@@ -383,8 +432,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         const long long c = cache_row(a, i);
         float y;
         if (c >= 0 && c < a.cache_rows) {
-            y = acc_own[q] + d_skip * x_own[q];
-            if (a.z) y *= silu(z_own[q]);
+            y = (acc_own[q] + skip_own[q]) * gate_own[q];
         } else {
             // Padding gives 0; an index past the cache (only possible through the
             // unchecked device entry point) gives NaN, never a state write.

@@ -204,12 +204,13 @@ static_assert(sizeof(Mamba2DecodeArgs) == 144, "Mamba2DecodeArgs layout changed:
 template <typename T>
 __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     const long long P = a.head_dim;
-    const long long tiles = (P + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    const long long block = blockIdx.x;
-    const long long tile = block % tiles;
-    const long long bh = block / tiles;  // i * H + h
-    const long long h = bh % a.heads;
-    const long long i = bh / a.heads;
+    // 32-bit division: the grid (b * H * tiles blocks) fits in 31 bits (host check).
+    const unsigned tiles = ((unsigned)P + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    const unsigned tile = blockIdx.x % tiles;
+    const unsigned bh32 = blockIdx.x / tiles;  // i * H + h
+    const long long bh = bh32;
+    const long long h = bh32 % (unsigned)a.heads;
+    const long long i = bh32 / (unsigned)a.heads;
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -217,7 +218,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     const int sub = lane % TPR;   // which part of that row
     // Row r of this lane-slot is row0 + r * SLOTS: for a fixed r the warp's slots
     // cover SLOTS consecutive rows, so each access instruction is contiguous.
-    const long long row0 = tile * ROWS_PER_BLOCK + warp * ROWS_PER_WARP + slot;
+    const long long row0 = (long long)tile * ROWS_PER_BLOCK + warp * ROWS_PER_WARP + slot;
 
     const T* x = static_cast<const T*>(a.x) + bh * P;
     T* out = static_cast<T*>(a.out) + bh * P;
@@ -244,7 +245,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     const float decay = fast_exp2(dt * (a.A[h] * LOG2E));
 
     // B and C of this head's group, the lane's elements only.
-    const long long g = h / (a.heads / a.groups);
+    const long long g = (unsigned)h / (unsigned)(a.heads / a.groups);
     const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
     const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
     float bv[EPT], cv[EPT];

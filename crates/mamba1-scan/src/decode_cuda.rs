@@ -40,19 +40,25 @@ pub struct DecodeTiling {
     pub streaming_hints: bool,
     /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
     /// second argument); 0 leaves the register count to ptxas. Ignored when a
-    /// thread holds more than 16 state floats (it would spill).
+    /// thread holds more than 16 state floats or N % 4 != 0 (it would spill).
     pub min_blocks_per_sm: usize,
+    /// Rows of B and C fetched ahead of their update (0: just before it). With the
+    /// register cap, only 16-bit inputs can afford the packed copy of the next row:
+    /// f32 inputs fall back to 0 there (ptxas spilled otherwise).
+    pub bc_prefetch: usize,
 }
 
 impl Default for DecodeTiling {
     fn default() -> Self {
-        // v2 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread and
-        // registers capped at 64 so that 4 blocks (1024 threads) fit per SM.
+        // v3 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread,
+        // registers capped at 64 so that 4 blocks (1024 threads) fit per SM, and
+        // the next row's B and C fetched while a row is updated.
         DecodeTiling {
             batch_rows: 4,
             warps: 8,
             streaming_hints: false,
             min_blocks_per_sm: 4,
+            bc_prefetch: 1,
         }
     }
 }
@@ -94,28 +100,30 @@ impl DecodeTiling {
     /// the default, less and more work in flight per thread, and cache hints.
     pub fn candidates() -> Vec<DecodeTiling> {
         let base = DecodeTiling::default();
-        let uncapped = DecodeTiling {
-            min_blocks_per_sm: 0,
+        let just_in_time = DecodeTiling {
+            bc_prefetch: 0,
             ..base
         };
         vec![
             base,
-            uncapped,
+            // v2: B and C fetched just before each row's update.
+            just_in_time,
             DecodeTiling {
-                batch_rows: 1,
-                ..uncapped
+                min_blocks_per_sm: 0,
+                ..base
             },
             DecodeTiling {
                 batch_rows: 2,
-                ..uncapped
+                ..base
             },
             DecodeTiling {
                 batch_rows: 8,
-                ..uncapped
+                min_blocks_per_sm: 2,
+                ..base
             },
             DecodeTiling {
                 warps: 4,
-                min_blocks_per_sm: 8,
+                min_blocks_per_sm: 7,
                 ..base
             },
             DecodeTiling {
@@ -129,8 +137,9 @@ impl DecodeTiling {
 /// Most state floats a thread keeps in registers (batch_rows is capped to fit).
 /// B and C are fetched row by row, so the state is what stays live.
 const MAX_STATE_REGS: usize = 32;
-/// `min_blocks_per_sm` is honoured only up to this many state floats per thread:
-/// at 16 (N = 16, 4 rows) 64 registers suffice, at 28 (N = 7, 4 rows) ptxas spilled.
+/// `min_blocks_per_sm` is honoured only up to this many state floats per thread,
+/// held as 16-byte vectors: at 16 (N = 16, 4 rows) 64 registers suffice; with
+/// scalar layouts (N = 7: 2 rows x 7) ptxas spilled.
 const MAX_CAPPED_STATE_REGS: usize = 16;
 
 /// Everything that decides one compiled form of the kernel and its launch shape.
@@ -142,10 +151,12 @@ struct Geometry {
     warps: usize,
     streaming_hints: bool,
     min_blocks_per_sm: usize,
+    bc_prefetch: usize,
 }
 
 impl Geometry {
-    fn new(d_state: usize, tiling: DecodeTiling) -> Result<Self> {
+    /// `elem_bytes`: size of the input element type (B and C are held packed).
+    fn new(d_state: usize, elem_bytes: usize, tiling: DecodeTiling) -> Result<Self> {
         check_nonzero("d_state", d_state)?;
         check_nonzero("batch_rows", tiling.batch_rows)?;
         if !(1..=32).contains(&tiling.warps) {
@@ -171,10 +182,18 @@ impl Geometry {
         let batch_rows = tiling.batch_rows.min((MAX_STATE_REGS / per_row).max(1));
         // The register cap is a tuning for the common layouts; with more state per
         // thread (odd N: one lane holds a whole channel) it would only force spills.
-        let min_blocks_per_sm = if batch_rows * per_row <= MAX_CAPPED_STATE_REGS {
+        let min_blocks_per_sm = if layout.vec == 4 && batch_rows * per_row <= MAX_CAPPED_STATE_REGS
+        {
             tiling.min_blocks_per_sm
         } else {
             0
+        };
+        // A prefetched row of packed B and C costs 2 x per_row x elem_bytes / 4
+        // registers; under the cap only the 16-bit form fits.
+        let bc_prefetch = if min_blocks_per_sm > 0 && elem_bytes > 2 {
+            0
+        } else {
+            tiling.bc_prefetch.min(batch_rows)
         };
         Ok(Geometry {
             d_state,
@@ -183,6 +202,7 @@ impl Geometry {
             warps: tiling.warps,
             streaming_hints: tiling.streaming_hints,
             min_blocks_per_sm,
+            bc_prefetch,
         })
     }
 
@@ -196,6 +216,7 @@ impl Geometry {
             ("WARPS", self.warps.to_string()),
             ("STREAM_STATE", u8::from(self.streaming_hints).to_string()),
             ("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()),
+            ("BC_PREFETCH", self.bc_prefetch.to_string()),
         ]
     }
 
@@ -226,7 +247,7 @@ impl Geometry {
 
 /// The kernel variant (source, entry, defines) for one element type, `N` and tiling.
 pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Result<KernelVariant> {
-    let geometry = Geometry::new(d_state, tiling)?;
+    let geometry = Geometry::new(d_state, dtype.size_bytes(), tiling)?;
     let mut label = format!("mamba1.decode.{dtype}.n{d_state}");
     if tiling != DecodeTiling::default() {
         label.push_str(&format!(
@@ -238,6 +259,7 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
         if geometry.min_blocks_per_sm > 0 {
             label.push_str(&format!("m{}", geometry.min_blocks_per_sm));
         }
+        label.push_str(&format!("p{}", geometry.bc_prefetch));
     }
     Ok(KernelVariant::new(
         label,
@@ -269,7 +291,7 @@ pub struct DecodeKernel<T> {
 impl<T: DeviceElement> DecodeKernel<T> {
     /// Compile (through the runtime's cache) and load the kernel.
     pub fn new(gpu: &Gpu, d_state: usize, tiling: DecodeTiling) -> Result<Self> {
-        let geometry = Geometry::new(d_state, tiling)?;
+        let geometry = Geometry::new(d_state, T::DTYPE.size_bytes(), tiling)?;
         let variant = decode_variant(T::DTYPE, d_state, tiling)?;
         let kernel = gpu.kernel_variant(&variant)?;
         Ok(DecodeKernel {
@@ -346,6 +368,15 @@ impl<T> DeviceStepArgs<'_, T> {
         check_nonzero("d_inner", self.d_inner)?;
         check_nonzero("d_state", self.d_state)?;
         check_groups("B", self.groups, "D_in", self.d_inner)?;
+        if self.d_inner > i32::MAX as usize {
+            return Err(SsmError::Dimension {
+                arg: "d_inner",
+                reason: format!(
+                    "D_in = {} does not fit the kernel's 32-bit channel index",
+                    self.d_inner
+                ),
+            });
+        }
         if self.d_state != d_state {
             return Err(SsmError::Dimension {
                 arg: "d_state",
@@ -425,7 +456,7 @@ struct RawDecodeArgs {
     groups: i64,
     cache_rows: i64,
     dt_softplus: i32,
-    reserved: i32,
+    channels_per_group: u32,
 }
 
 // The .cu file asserts the same size.
@@ -509,7 +540,8 @@ pub fn launch_decode_step<T: DeviceElement>(
         groups: args.groups as i64,
         cache_rows: args.cache_rows as i64,
         dt_softplus: i32::from(args.dt_softplus),
-        reserved: 0,
+        // Fits: validate() checks D_in < 2^31.
+        channels_per_group: (args.d_inner / args.groups) as u32,
     };
     // SAFETY: the argument struct matches the kernel's (size asserted on both sides);
     // every pointer comes from a live view whose length was checked against the

@@ -3,8 +3,11 @@
 //! run.
 //!
 //! ```text
-//! gpu_decode_bench <results.json> [--commit <sha>] [--quick]
+//! gpu_decode_bench <results.json> [--commit <sha>] [--quick] [--only <family>-<batch>-<dtype>]
 //! ```
+//!
+//! `--only mamba1-256-bf16` times just that configuration with the default tiling
+//! (no copy rate, no candidates): for profilers such as `ncu`.
 //!
 //! The commit defaults to `$SSM_COMMIT` (the device machine has no git history).
 //! For every (family, batch, dtype, tiling):
@@ -45,6 +48,7 @@ struct Settings {
     out_path: String,
     commit: String,
     quick: bool,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Settings, String> {
@@ -52,10 +56,12 @@ fn parse_args() -> Result<Settings, String> {
     let mut out_path = None;
     let mut commit = std::env::var("SSM_COMMIT").unwrap_or_else(|_| "unknown".into());
     let mut quick = false;
+    let mut only = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--commit" => commit = args.next().ok_or("--commit needs a value")?,
             "--quick" => quick = true,
+            "--only" => only = Some(args.next().ok_or("--only needs <family>-<batch>-<dtype>")?),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => out_path = Some(s.to_string()),
         }
@@ -65,6 +71,7 @@ fn parse_args() -> Result<Settings, String> {
             .ok_or("usage: gpu_decode_bench <results.json> [--commit <sha>] [--quick]")?,
         commit,
         quick,
+        only,
     })
 }
 
@@ -116,6 +123,9 @@ fn run(settings: &Settings) -> BenchResult<()> {
     let l2 = gpu.l2_cache_bytes()? as usize;
     let mut rng = StdRng::seed_from_u64(rand::rng().random());
     let iters = if settings.quick { 50 } else { 200 };
+    if let Some(only) = &settings.only {
+        return run_only(&gpu, l2, iters, &mut rng, only);
+    }
 
     let copy_before = copy_rate(&gpu, iters.min(50))?;
     println!(
@@ -165,6 +175,39 @@ fn run(settings: &Settings) -> BenchResult<()> {
     });
     std::fs::write(&settings.out_path, serde_json::to_string_pretty(&report)?)?;
     println!("wrote {}", settings.out_path);
+    Ok(())
+}
+
+/// One configuration with the default tiling, printed, nothing written.
+fn run_only(gpu: &Gpu, l2: usize, iters: usize, rng: &mut StdRng, only: &str) -> BenchResult<()> {
+    let parts: Vec<&str> = only.split('-').collect();
+    let [family, batch, dtype] = parts[..] else {
+        return Err(BenchError(format!(
+            "--only {only}: expected <family>-<batch>-<dtype>"
+        )));
+    };
+    let batch: usize = batch
+        .parse()
+        .map_err(|_| BenchError(format!("--only {only}: bad batch")))?;
+    let mut bench = Bench {
+        gpu,
+        l2,
+        iters,
+        copy_gbps: f64::NAN,
+        rng,
+    };
+    let record = match (family, dtype) {
+        ("mamba2", "f32") => bench.m2::<f32>(batch, m2::DecodeTiling::default())?,
+        ("mamba2", "bf16") => bench.m2::<bf16>(batch, m2::DecodeTiling::default())?,
+        ("mamba1", "f32") => bench.m1::<f32>(batch, m1::DecodeTiling::default())?,
+        ("mamba1", "bf16") => bench.m1::<bf16>(batch, m1::DecodeTiling::default())?,
+        _ => {
+            return Err(BenchError(format!(
+                "--only {only}: unknown family or dtype"
+            )))
+        }
+    };
+    print_table(&[record]);
     Ok(())
 }
 

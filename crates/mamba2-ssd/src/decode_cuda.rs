@@ -341,6 +341,15 @@ impl<T> DeviceStepArgs<'_, T> {
         check_nonzero("head_dim", self.head_dim)?;
         check_nonzero("d_state", self.d_state)?;
         check_groups("B", self.groups, "H", self.heads)?;
+        if self.head_dim > i32::MAX as usize {
+            return Err(SsmError::Dimension {
+                arg: "head_dim",
+                reason: format!(
+                    "P = {} does not fit the kernel's 32-bit row index",
+                    self.head_dim
+                ),
+            });
+        }
         if self.d_state != d_state {
             return Err(SsmError::Dimension {
                 arg: "d_state",
