@@ -25,6 +25,7 @@
 // Compile-time configuration (-D): SCAN_DTYPE, SCAN_N, SCAN_TPC, SCAN_NPT, SCAN_CPL,
 // SCAN_THREADS, SCAN_TILE, SCAN_MIN_BLOCKS, SCAN_EXP_POLY, and the 0/1 flags
 // SCAN_ELEM_EXP_POLY (softplus/silu exponentials as polynomials),
+// SCAN_SLICE_MAJOR (lane order: slice-major makes B/C reads warp-uniform),
 // SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
 // SCAN_C_CONST, SCAN_VEC_IO. The host (crates/mamba1-scan/src/cuda/) picks them
 // and mirrors the shared-memory layout below.
@@ -56,6 +57,20 @@
 // into different banks.
 #define SCAN_SLOT_STRIDE (SCAN_TILE + 2)  // float2 (dt, dt*u) per step
 #define SCAN_PART_STRIDE (SCAN_TILE + 4)  // float partial C.h per step
+
+#ifndef SCAN_SLICE_MAJOR
+#define SCAN_SLICE_MAJOR 0
+#endif
+// Row of the partial sums of (channel ch, state slice sl), in units of
+// SCAN_PART_STRIDE. Slice-major puts the rows one warp writes at once next to
+// each other (stride 36 words: conflict-free 16-byte stores).
+#if SCAN_SLICE_MAJOR
+#define SCAN_PART_ROW(ch, sl) ((sl) * SCAN_CPB + (ch))
+#define SCAN_PART_CH_STEP 1
+#else
+#define SCAN_PART_ROW(ch, sl) ((ch) * SCAN_TPC + (sl))
+#define SCAN_PART_CH_STEP SCAN_TPC
+#endif
 
 #if SCAN_TILE % SCAN_CHUNK != 0 || SCAN_TILE % 4 != 0
 #error "SCAN_TILE must be a multiple of 8"
@@ -173,8 +188,17 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     // uses it for all its channels: shared memory delivers 128 bytes per clock
     // per SM, and at one channel per lane the B and C reads alone (8 bytes per
     // state and step) would cap the scan at the MUFU rate.
+#if SCAN_SLICE_MAJOR
+    // Lanes of one state slice are consecutive (a warp holds one slice of 32
+    // channels): every B/C read of the scan is then the same address across
+    // the warp, a broadcast.
+    const int sch0 = (tid % (SCAN_THREADS / SCAN_TPC)) * SCAN_CPL;
+    const int slice = tid / (SCAN_THREADS / SCAN_TPC);
+#else
+    // The SCAN_TPC lanes of a channel are adjacent.
     const int sch0 = (tid / SCAN_TPC) * SCAN_CPL;
     const int slice = tid % SCAN_TPC;
+#endif
     const bool scan_active = sch0 < nch;
     float A2[SCAN_CPL][SCAN_NPT], h[SCAN_CPL][SCAN_NPT];
 #if SCAN_B_CONST
@@ -355,7 +379,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         // every shared-memory access is a base register plus an immediate)
         if (scan_active) {
             const float2* my_slot = slot + sch0 * SCAN_SLOT_STRIDE;
-            float* my_part = part + (sch0 * SCAN_TPC + slice) * SCAN_PART_STRIDE;
+            float* my_part = part + SCAN_PART_ROW(sch0, slice) * SCAN_PART_STRIDE;
 #if !SCAN_B_CONST
             const float* my_B = Bs + slice * SCAN_NPT;
 #endif
@@ -414,7 +438,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 }
 #pragma unroll
                 for (int c = 0; c < SCAN_CPL; ++c)
-                    *reinterpret_cast<float4*>(my_part + c * SCAN_TPC * SCAN_PART_STRIDE + t) =
+                    *reinterpret_cast<float4*>(my_part + c * SCAN_PART_CH_STEP * SCAN_PART_STRIDE + t) =
                         make_float4(ys[c][0], ys[c][1], ys[c][2], ys[c][3]);
             }
         }
@@ -433,7 +457,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
                 for (int sl = 0; sl < SCAN_TPC; ++sl) {
                     const float4* src = reinterpret_cast<const float4*>(
-                        part + (ech * SCAN_TPC + sl) * SCAN_PART_STRIDE + rc * SCAN_CHUNK);
+                        part + SCAN_PART_ROW(ech, sl) * SCAN_PART_STRIDE + rc * SCAN_CHUNK);
 #pragma unroll
                     for (int v = 0; v < SCAN_CHUNK / 4; ++v) {
                         const float4 p4 = src[v];

@@ -58,9 +58,10 @@ const WORKLOADS: [Workload; 2] = [
 
 /// The work splits timed, by name (the default first).
 fn variants() -> Vec<(&'static str, ScanTuning)> {
-    let t = |cpl, threads, tile, poly, elem, min_blocks| ScanTuning {
+    let t = |slice_major, cpl, threads, tile, poly, elem, min_blocks| ScanTuning {
         lanes_per_channel: None,
         channels_per_lane: cpl,
+        slice_major: Some(slice_major),
         tile,
         threads,
         exp_poly: poly,
@@ -69,23 +70,47 @@ fn variants() -> Vec<(&'static str, ScanTuning)> {
     };
     vec![
         ("default", ScanTuning::default()),
-        ("cpl2mb8", t(Some(2), Some(64), None, None, None, Some(8))),
-        ("cpl2p2", t(Some(2), Some(64), None, Some(2), None, None)),
-        ("cpl2p4", t(Some(2), Some(64), None, Some(4), None, None)),
-        ("cpl2p6", t(Some(2), Some(64), None, Some(6), None, None)),
+        ("cm", t(false, Some(1), Some(128), None, None, None, None)),
         (
-            "cpl2elem",
-            t(Some(2), Some(64), None, None, Some(true), None),
+            "cm_p2",
+            t(false, Some(1), Some(128), None, Some(2), None, None),
         ),
         (
-            "cpl2p4elem",
-            t(Some(2), Some(64), None, Some(4), Some(true), None),
+            "s_p1",
+            t(true, Some(1), Some(128), None, Some(1), None, None),
         ),
-        ("cpl2t16", t(Some(2), Some(64), Some(16), None, None, None)),
-        ("cpl2w128", t(Some(2), Some(128), None, None, None, Some(2))),
-        ("cpl1", t(Some(1), Some(128), None, None, None, None)),
-        ("cpl1p2", t(Some(1), Some(128), None, Some(2), None, None)),
-        ("cpl4", t(Some(4), Some(32), None, None, None, None)),
+        (
+            "s_p2",
+            t(true, Some(1), Some(128), None, Some(2), None, None),
+        ),
+        (
+            "s_p4",
+            t(true, Some(1), Some(128), None, Some(4), None, None),
+        ),
+        (
+            "s_elem",
+            t(true, Some(1), Some(128), None, None, Some(true), None),
+        ),
+        (
+            "s_p2elem",
+            t(true, Some(1), Some(128), None, Some(2), Some(true), None),
+        ),
+        (
+            "s_mb4",
+            t(true, Some(1), Some(128), None, None, None, Some(4)),
+        ),
+        (
+            "s_t16",
+            t(true, Some(1), Some(128), Some(16), None, None, Some(5)),
+        ),
+        (
+            "s_cpl2",
+            t(true, Some(2), Some(128), None, None, None, Some(2)),
+        ),
+        (
+            "cm_cpl2",
+            t(false, Some(2), Some(64), None, None, None, Some(5)),
+        ),
     ]
 }
 
@@ -537,11 +562,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         let f32_splits = [
             ("default", ScanTuning::default()),
             (
-                "cpl2",
+                "cm",
                 ScanTuning {
-                    channels_per_lane: Some(2),
-                    threads: Some(64),
-                    min_blocks: Some(4),
+                    slice_major: Some(false),
                     ..ScanTuning::default()
                 },
             ),

@@ -111,8 +111,9 @@ impl Case {
         let t = self.tuning;
         if t != ScanTuning::default() {
             s += &format!(
-                " [tpc {:?} cpl {:?} tile {:?} thr {:?} poly {:?} elem {:?}]",
+                " [tpc {:?} sm {:?} cpl {:?} tile {:?} thr {:?} poly {:?} elem {:?}]",
                 t.lanes_per_channel,
+                t.slice_major,
                 t.channels_per_lane,
                 t.tile,
                 t.threads,
@@ -541,21 +542,26 @@ fn every_work_split_computes_the_same_function() {
         (Some(2), Some(1), None, None, Some(3), None),
     ];
     for (lanes, cpl, tile, threads, poly, elem_poly) in splits {
-        let tuning = ScanTuning {
-            lanes_per_channel: lanes,
-            channels_per_lane: cpl,
-            tile,
-            threads,
-            exp_poly: poly,
-            elem_exp_poly: elem_poly,
-            min_blocks: None,
-        };
-        let case = Case {
-            tuning,
-            ..base.clone()
-        };
-        rows.push(run_case::<f32>(&gpu, &case, &mut rng, false));
-        rows.push(run_case::<bf16>(&gpu, &case, &mut rng, false));
+        // Both lane orders (slice-major B/C reads are warp-uniform only where
+        // whole warps share a slice, but every order must be right).
+        for slice_major in [false, true] {
+            let tuning = ScanTuning {
+                lanes_per_channel: lanes,
+                channels_per_lane: cpl,
+                slice_major: Some(slice_major),
+                tile,
+                threads,
+                exp_poly: poly,
+                elem_exp_poly: elem_poly,
+                min_blocks: None,
+            };
+            let case = Case {
+                tuning,
+                ..base.clone()
+            };
+            rows.push(run_case::<f32>(&gpu, &case, &mut rng, false));
+            rows.push(run_case::<bf16>(&gpu, &case, &mut rng, false));
+        }
     }
     // Varlen and large steps through the polynomial exponentials (identity steps
     // must stay exact, and 2^x must underflow gracefully).

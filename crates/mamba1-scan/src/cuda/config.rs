@@ -139,6 +139,10 @@ pub struct ScanTuning {
     pub exp_poly: Option<usize>,
     /// The softplus and silu exponentials as FMA polynomials too.
     pub elem_exp_poly: Option<bool>,
+    /// Lane order: `true` puts the lanes of one state slice of 32 channels in a
+    /// warp (B/C reads become warp-wide broadcasts), `false` the lanes of one
+    /// channel next to each other.
+    pub slice_major: Option<bool>,
     /// `__launch_bounds__` minimum blocks per SM (caps registers).
     pub min_blocks: Option<usize>,
 }
@@ -156,6 +160,7 @@ pub struct ScanConfig {
     pub min_blocks: usize,
     pub exp_poly: usize,
     pub elem_exp_poly: bool,
+    pub slice_major: bool,
     pub has_delta_bias: bool,
     pub delta_softplus: bool,
     pub has_d: bool,
@@ -190,13 +195,9 @@ impl ScanConfig {
         }
         let states_per_lane = n.div_ceil(lanes);
         // Two channels per lane halve the shared-memory bytes per state and step
-        // (measured: 0.70 -> see docs/kernels/mamba1-scan.md); f32 inputs keep
-        // one, their prefetch registers would not leave room for five blocks.
-        let pair_channels = lanes == 4 && states_per_lane == 4 && problem.dtype != DType::F32;
-        let channels_per_lane =
-            tuning
-                .channels_per_lane
-                .unwrap_or(if pair_channels { 2 } else { 1 });
+        // but also the warps in flight; measured slower on the M1 workloads
+        // (docs/kernels/mamba1-scan.md, v3), so one is the default.
+        let channels_per_lane = tuning.channels_per_lane.unwrap_or(1);
         if !(1..=4).contains(&channels_per_lane) {
             return Err(unsupported(format!(
                 "{channels_per_lane} channels per lane (1 to 4)"
@@ -228,6 +229,8 @@ impl ScanConfig {
             min_blocks: 1,
             exp_poly,
             elem_exp_poly: tuning.elem_exp_poly.unwrap_or(false),
+            // Warp-uniform B/C reads need whole warps per slice.
+            slice_major: tuning.slice_major.unwrap_or(threads % (32 * lanes) == 0),
             has_delta_bias: problem.has_delta_bias,
             delta_softplus: problem.delta_softplus,
             has_d: problem.has_d,
@@ -311,6 +314,7 @@ impl ScanConfig {
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
             ("SCAN_EXP_POLY", self.exp_poly.to_string()),
             ("SCAN_ELEM_EXP_POLY", flag(self.elem_exp_poly)),
+            ("SCAN_SLICE_MAJOR", flag(self.slice_major)),
             ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
             ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
             ("SCAN_HAS_D", flag(self.has_d)),
@@ -341,10 +345,11 @@ impl ScanConfig {
             (true, true) => ".BCconst",
         };
         format!(
-            "{}.n{}.tpc{}.cpl{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
+            "{}.n{}.tpc{}{}.cpl{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
             self.dtype,
             self.d_state,
             self.lanes_per_channel,
+            if self.slice_major { "s" } else { "" },
             self.channels_per_lane,
             self.tile,
             self.threads,
