@@ -115,7 +115,14 @@ SSD_DEV float silu(float z) { return z / (1.0f + expf(-z)); }
 #define SSD_ITEM_SEG 3      // index k of the segment within its sequence
 #define SSD_ITEM_NSEG 4     // segments of the sequence
 #define SSD_ITEM_WS 5       // workspace slot of the sequence's segment 0
-#define SSD_ITEM_FIELDS 6
+#define SSD_ITEM_CHUNK 6    // index of the segment's first chunk in the chunk table
+#define SSD_ITEM_FIELDS 7
+
+// Tiles of 16 x 16 on or below the diagonal of a Q x Q chunk, row-major:
+// tile (rt, jt), jt <= rt, is number rt (rt + 1) / 2 + jt. The C B^T workspace
+// (ssd_chunk_cb.cu) stores each tile as 32 lanes x 8 floats in mma.sync
+// accumulator order (two m16n8 tiles: columns 0-7, then 8-15).
+#define SSD_CB_TILE(rt, jt) ((rt) * ((rt) + 1) / 2 + (jt))
 
 // ---------------------------------------------------------------------------
 // Tensor-core and async-copy wrappers (sm_80+ PTX; the fused kernel only).

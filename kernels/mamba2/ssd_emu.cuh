@@ -30,6 +30,10 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
 namespace emu {
 
 struct dim3u {

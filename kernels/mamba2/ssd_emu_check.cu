@@ -32,10 +32,13 @@
 #define EMU_SIG                                                                              \
     (const elem_t* x, const elem_t* dt, const float* A, const elem_t* B, const elem_t* C,     \
      const float* dt_bias, const float* D, const elem_t* z, const float* s0, elem_t* out,     \
-     float* final_states, float* ws_states, float* ws_decay, const i64* items, int H, int G, \
-     float dt_min, float dt_max)
+     float* final_states, float* ws_states, float* ws_decay, const float* cbw, const i64* items, \
+     int H, int G, float dt_min, float dt_max)
 extern "C" void EMU_MAIN_ENTRY EMU_SIG;
 extern "C" void EMU_STATE_ENTRY EMU_SIG;
+#ifdef EMU_CB_ENTRY
+extern "C" void EMU_CB_ENTRY(const elem_t* B, const elem_t* C, const i64* chunks, float* cb, int G);
+#endif
 
 static elem_t round_elem(double v) {
 #if SSD_DTYPE == 0
@@ -89,7 +92,7 @@ int main(int argc, char** argv) {
     for (auto& o : out) o = round_elem(NAN);
 
     // Work items (mirrors crates/mamba2-ssd/src/cuda/work.rs).
-    std::vector<i64> items, prepass;
+    std::vector<i64> items, prepass, chunk_tab;
     i64 slots = 0;
     for (int s = 0; s < S; ++s) {
         const i64 chunks = (lens[s] + Q - 1) / Q;
@@ -99,9 +102,13 @@ int main(int argc, char** argv) {
         for (i64 k = 0; k < nseg; ++k) {
             const i64 start = k * seg_chunks * Q;
             const i64 end = std::min(lens[s], (k + 1) * seg_chunks * Q);
-            const i64 it[6] = {cu[s] + start, end - start, s, k, nseg, slots};
-            items.insert(items.end(), it, it + 6);
-            if (k + 1 < nseg) prepass.insert(prepass.end(), it, it + 6);
+            const i64 it[7] = {cu[s] + start, end - start, s, k, nseg, slots, (i64)chunk_tab.size() / 2};
+            items.insert(items.end(), it, it + 7);
+            if (k + 1 < nseg) prepass.insert(prepass.end(), it, it + 7);
+            for (i64 c = start; c < end; c += Q) {
+                chunk_tab.push_back(cu[s] + c);
+                chunk_tab.push_back(std::min<i64>(Q, end - c));
+            }
         }
         slots += nseg - 1;
     }
@@ -110,13 +117,21 @@ int main(int argc, char** argv) {
     std::vector<float> fin((size_t)S * H * P * N, NAN);
 
     const int npt = (P + EMU_PT - 1) / EMU_PT;
+    const i64 nchunks = (i64)chunk_tab.size() / 2;
+    const int tiles = (Q / 16) * (Q / 16 + 1) / 2;
+    std::vector<float> cbw((size_t)std::max<i64>(nchunks, 1) * G * tiles * 256, NAN);
+#ifdef EMU_CB_ENTRY
+    if (nchunks > 0)
+        emu::launch((unsigned)(nchunks * G), 128, EMU_SMEM,
+                    [&] { EMU_CB_ENTRY(B.data(), C.data(), chunk_tab.data(), cbw.data(), G); });
+#endif
     auto run = [&](auto entry, const std::vector<i64>& its) {
-        const unsigned grid = (unsigned)(its.size() / 6) * H * npt;
+        const unsigned grid = (unsigned)(its.size() / 7) * H * npt;
         if (grid == 0) return;
         emu::launch(grid, EMU_THREADS, EMU_SMEM, [&] {
             entry(x.data(), dt.data(), A.data(), B.data(), C.data(), dtb.data(), D.data(), z.data(),
-                  s0.data(), out.data(), fin.data(), ws_states.data(), ws_decay.data(), its.data(), H,
-                  G, dt_min, dt_max);
+                  s0.data(), out.data(), fin.data(), ws_states.data(), ws_decay.data(), cbw.data(),
+                  its.data(), H, G, dt_min, dt_max);
         });
     };
     run(EMU_STATE_ENTRY, prepass);

@@ -19,6 +19,10 @@
 // x, B, C of a chunk arrive by cp.async (SSD_STAGES = 2: the next chunk's copy is
 // in flight while this one computes). dt is prefetched a chunk ahead in registers.
 //
+// SSD_CB_GLOBAL = 1: the C B^T tiles of step 2 come precomputed, once per group,
+// from ssd_chunk_cb.cu (through the same cp.async stage) instead of being formed
+// here: the mma work of step 2 drops by about 40% and so do its shared-memory reads.
+//
 // SSD_STATE_ONLY = 1 builds the prepass of a split sequence: steps 1 and 4 only,
 // from a zero state, writing the segment's state and total log2-decay to a
 // workspace; the main pass then starts segment k from
@@ -27,7 +31,7 @@
 // Compile-time defines (chosen by crates/mamba2-ssd/src/cuda/config.rs):
 //   SSD_DTYPE 1|2, SSD_Q (64, 128, 256), SSD_N (16..256, % 16), SSD_P, SSD_PT (32|64,
 //   divides P), SSD_NWARPS, SSD_YC (32|64, divides PT), SSD_STAGES (1|2),
-//   SSD_MIN_BLOCKS (launch bound), SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none,
+//   SSD_MIN_BLOCKS (launch bound), SSD_CB_GLOBAL, SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none,
 //   1 per head, 2 per head and p), SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY.
 #include "ssd_common.cuh"
 
@@ -50,6 +54,13 @@ constexpr bool STATE_ONLY = SSD_STATE_ONLY != 0;
 #else
 constexpr bool STATE_ONLY = false;
 #endif
+#ifdef SSD_CB_GLOBAL
+constexpr bool CB_GLOBAL = SSD_CB_GLOBAL != 0 && !STATE_ONLY;
+#else
+constexpr bool CB_GLOBAL = false;
+#endif
+constexpr int RT = Q / 16;
+constexpr int CB_TILES = RT * (RT + 1) / 2;
 
 static_assert(Q % 64 == 0 && Q <= 256, "chunk must be 64, 128 or 256");
 static_assert(N % 16 == 0 && N <= 256, "N must be a multiple of 16, at most 256");
@@ -73,7 +84,8 @@ static_assert(WM * WN == NW && MT * WM * 16 == PT && NTL * WN * 8 == N, "state s
 constexpr int X_BYTES = Q * XS * 2;
 constexpr int B_BYTES = Q * BS * 2;
 constexpr int C_BYTES = STATE_ONLY ? 0 : Q * BS * 2;
-constexpr int STAGE_BYTES = X_BYTES + B_BYTES + C_BYTES;
+constexpr int CB_BYTES = CB_GLOBAL ? CB_TILES * 256 * 4 : 0;
+constexpr int STAGE_BYTES = X_BYTES + B_BYTES + C_BYTES + CB_BYTES;
 constexpr int S_BYTES = STATE_ONLY ? 0 : PT * BS * 2;
 constexpr int WARP_F32 = 3 * Q;  // s, dt', w per warp
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + NW * WARP_F32 * 4;
@@ -93,6 +105,7 @@ struct Args {
     float* final_states;
     float* ws_states;
     float* ws_decay;
+    const float* cbw;
     const i64* items;
     int H;
     int G;
@@ -102,7 +115,7 @@ struct Args {
 
 // Issue the cp.async copies of one chunk (rows >= clen are zero-filled).
 SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, int h, int g,
-                        int pt) {
+                        int pt, i64 chunk) {
     const int tid = threadIdx.x;
     u16* xs = reinterpret_cast<u16*>(stage);
     u16* bs = reinterpret_cast<u16*>(stage + X_BYTES);
@@ -123,6 +136,11 @@ SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, 
         const i64 off = (tok + r) * GN + (i64)g * N + c;
         cp_async16(bs + r * BS + c, in ? a.B + off : a.B, in ? 16 : 0);
         if (!STATE_ONLY) cp_async16(cs + r * BS + c, in ? a.C + off : a.C, in ? 16 : 0);
+    }
+    if (CB_GLOBAL) {
+        float* cbs = reinterpret_cast<float*>(stage + X_BYTES + B_BYTES + C_BYTES);
+        const float* src = a.cbw + (chunk * a.G + g) * (CB_TILES * 256);
+        for (int v = tid; v < CB_TILES * 64; v += NT) cp_async16(cbs + v * 4, src + v * 4, 16);
     }
 }
 
@@ -173,8 +191,8 @@ SSD_DEV float chunk_cumsum(const float (&dtr)[V], int clen, float bias, float A2
 
 // Steps 2-3 for one unit: rows [16 rt, 16 rt + 16) x columns [YC cg, YC cg + YC).
 SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16* cs,
-                          const u16* ss, const float* s_w, const float* dtp_w, int rt, int cg,
-                          bool have_state, i64 tok, int clen, int h, int pt) {
+                          const float* cbs, const u16* ss, const float* s_w, const float* dtp_w,
+                          int rt, int cg, bool have_state, i64 tok, int clen, int h, int pt) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     // ldmatrix row/column offsets: pattern 1 serves A from [m][k] and B from [k][n]
@@ -182,12 +200,28 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     const int r1 = (lane & 7) + ((lane >> 3) & 1) * 8, c1 = (lane >> 4) * 8;
     const int r2 = (lane & 7) + (lane >> 4) * 8, c2 = ((lane >> 3) & 1) * 8;
     const int i0 = rt * 16;
+    const i64 HP = (i64)a.H * P;
+
+#if SSD_HAS_Z
+    // The gate's loads go out first, so that the mma work below hides their
+    // latency (with C B^T formed in-block there are no registers to spare for them).
+    u32 zr[YC / 8][2];
+    if (CB_GLOBAL) {
+        const elem_t* zrow = a.z + (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC + 2 * t;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const bool in = i0 + g + 8 * hr < clen;
+#pragma unroll
+            for (int n = 0; n < YC / 8; ++n)
+                zr[n][hr] = in ? *reinterpret_cast<const u32*>(zrow + 8 * hr * HP + n * 8) : 0u;
+        }
+    }
+#endif
 
     float acc[YC / 8][4];
 #pragma unroll
     for (int n = 0; n < YC / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    const float si0 = s_w[i0 + g], si1 = s_w[i0 + g + 8];
     if (have_state) {
         // Inter-chunk: C (16 x N) times S^T (N x YC), S stored [p][n].
 #pragma unroll 4
@@ -202,7 +236,7 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
                 mma16816(acc[2 * np + 1], af, bf[2], bf[3]);
             }
         }
-        const float e0 = exp2f(si0), e1 = exp2f(si1);
+        const float e0 = exp2f(s_w[i0 + g]), e1 = exp2f(s_w[i0 + g + 8]);
 #pragma unroll
         for (int n = 0; n < YC / 8; ++n) {
             acc[n][0] *= e0;
@@ -213,16 +247,40 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     }
 
     // Intra-chunk, 16 columns j at a time up to the diagonal.
+    const float si0 = s_w[i0 + g], si1 = s_w[i0 + g + 8];
     for (int jt = 0; jt <= rt; ++jt) {
         const int j0 = jt * 16;
-        float cb[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll 4
-        for (int ks = 0; ks < N / 16; ++ks) {
-            u32 af[4], bf[4];
-            ldsm_x4(af, cs + (i0 + r1) * BS + ks * 16 + c1);
-            ldsm_x4(bf, bs + (j0 + r2) * BS + ks * 16 + c2);
-            mma16816(cb[0], af, bf[0], bf[1]);
-            mma16816(cb[1], af, bf[2], bf[3]);
+        float cb[2][4];
+        if (CB_GLOBAL) {
+            const float4* tile =
+                reinterpret_cast<const float4*>(cbs + SSD_CB_TILE(rt, jt) * 256 + lane * 8);
+            const float4 lo = tile[0], hi = tile[1];
+            cb[0][0] = lo.x, cb[0][1] = lo.y, cb[0][2] = lo.z, cb[0][3] = lo.w;
+            cb[1][0] = hi.x, cb[1][1] = hi.y, cb[1][2] = hi.z, cb[1][3] = hi.w;
+        } else {
+            // Two accumulator pairs over alternate k-steps: chains half as long.
+            float cb2[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) cb[0][e] = cb[1][e] = 0.0f;
+#pragma unroll 2
+            for (int ks = 0; ks < N / 16; ks += 2) {
+                u32 af[4], bf[4];
+                ldsm_x4(af, cs + (i0 + r1) * BS + ks * 16 + c1);
+                ldsm_x4(bf, bs + (j0 + r2) * BS + ks * 16 + c2);
+                mma16816(cb[0], af, bf[0], bf[1]);
+                mma16816(cb[1], af, bf[2], bf[3]);
+                if (ks + 1 < N / 16) {
+                    ldsm_x4(af, cs + (i0 + r1) * BS + (ks + 1) * 16 + c1);
+                    ldsm_x4(bf, bs + (j0 + r2) * BS + (ks + 1) * 16 + c2);
+                    mma16816(cb2[0], af, bf[0], bf[1]);
+                    mma16816(cb2[1], af, bf[2], bf[3]);
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                cb[0][e] += cb2[0][e];
+                cb[1][e] += cb2[1][e];
+            }
         }
         // L_ij = CB_ij exp2(s_i - s_j) dt'_j for j <= i, else 0 (mask before exp).
         const bool diag = jt == rt;
@@ -253,7 +311,6 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     }
 
     // Epilogue: + D x, z gate, store. Each thread owns column pairs (2t, 2t+1).
-    const i64 HP = (i64)a.H * P;
 #pragma unroll
     for (int n = 0; n < YC / 8; ++n) {
         const int p = cg * YC + n * 8 + 2 * t;  // within the PT tile
@@ -275,7 +332,7 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
 #endif
             const i64 off = (tok + i) * HP + (i64)h * P + pg;
 #if SSD_HAS_Z
-            const u32 zv = *reinterpret_cast<const u32*>(a.z + off);
+            const u32 zv = CB_GLOBAL ? zr[n][hr] : *reinterpret_cast<const u32*>(a.z + off);
             y0 *= silu(unpack_lo(zv));
             y1 *= silu(unpack_hi(zv));
 #endif
@@ -334,11 +391,15 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
                 u32 bf[4];
                 // B[k = j][n] from B stored [j][n]: pattern 1, transposed.
                 ldsm_x4_trans(bf, bs + (k0 + r1) * BS + (wn * NTL + 2 * np) * 8 + c1);
+                // hi halves of both tiles first, so that no mma waits on the one before.
 #pragma unroll
                 for (int mi = 0; mi < MT; ++mi) {
                     mma16816(S[mi][2 * np], ahi[mi], bf[0], bf[1]);
-                    mma16816(S[mi][2 * np], alo[mi], bf[0], bf[1]);
                     mma16816(S[mi][2 * np + 1], ahi[mi], bf[2], bf[3]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < MT; ++mi) {
+                    mma16816(S[mi][2 * np], alo[mi], bf[0], bf[1]);
                     mma16816(S[mi][2 * np + 1], alo[mi], bf[2], bf[3]);
                 }
             }
@@ -367,16 +428,16 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     ssd_fused_fwd(const elem_t* x, const elem_t* dt, const float* A, const elem_t* B,
                   const elem_t* C, const float* dt_bias, const float* D, const elem_t* z,
                   const float* s0, elem_t* out, float* final_states, float* ws_states,
-                  float* ws_decay, const i64* items, int H, int G, float dt_min,
-                  float dt_max) {
+                  float* ws_decay, const float* cbw, const i64* items, int H, int G,
+                  float dt_min, float dt_max) {
     using namespace ssd_fused;
 #ifndef SSD_EMULATE
     extern __shared__ __align__(16) unsigned char smem[];
 #else
     unsigned char* smem = emu::shared_memory();
 #endif
-    const Args a{x,  dt,           A,         B,        C,     dt_bias, D, z,      s0,
-                 out, final_states, ws_states, ws_decay, items, H,       G, dt_min, dt_max};
+    const Args a{x,         dt,        A,        B,   C,     dt_bias, D, z,      s0,    out,
+                 final_states, ws_states, ws_decay, cbw, items, H,       G, dt_min, dt_max};
 
     constexpr int NPT = P / PT;
     const int bid = blockIdx.x;
@@ -389,6 +450,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     const int seg = (int)items[item + SSD_ITEM_SEG];
     const int nseg = (int)items[item + SSD_ITEM_NSEG];
     const i64 ws0 = items[item + SSD_ITEM_WS];
+    const i64 chunk0 = items[item + SSD_ITEM_CHUNK];
     const int g = h / (H / G);
     (void)seq;
     (void)nseg;
@@ -464,7 +526,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     if (nchunks > 0) {
         const int clen0 = (int)(len < Q ? len : Q);
         load_dt<V>(a, dtr, tok0, clen0, h);
-        load_chunk(a, stages, tok0, clen0, h, g, pt);
+        load_chunk(a, stages, tok0, clen0, h, g, pt, chunk0);
         cp_async_commit();
     }
     for (int c = 0; c < nchunks; ++c) {
@@ -474,7 +536,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         if (STAGES == 2 && c + 1 < nchunks) {
             const i64 rem = len - (i64)(c + 1) * Q;
             load_chunk(a, stages + ((c + 1) & 1) * STAGE_BYTES, tok + Q, (int)(rem < Q ? rem : Q),
-                       h, g, pt);
+                       h, g, pt, chunk0 + c + 1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -492,6 +554,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         const u16* xs = reinterpret_cast<const u16*>(stage);
         const u16* bs = reinterpret_cast<const u16*>(stage + X_BYTES);
         const u16* cs = reinterpret_cast<const u16*>(stage + X_BYTES + B_BYTES);
+        const float* cbs = reinterpret_cast<const float*>(stage + X_BYTES + B_BYTES + C_BYTES);
         if (!STATE_ONLY) {
             // Units (row tile, column group), dealt in a snake order so that every
             // warp gets a similar share of the causal (triangular) work.
@@ -500,8 +563,8 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
             for (int k = 0; k * NW < UNITS; ++k) {
                 const int u = (k & 1) ? k * NW + (NW - 1 - warp) : k * NW + warp;
                 if (u >= UNITS) continue;
-                chunk_output(a, xs, bs, cs, ss, s_w, dtp_w, u / YCG, u % YCG, have_state, tok,
-                             clen, h, pt);
+                chunk_output(a, xs, bs, cs, cbs, ss, s_w, dtp_w, u / YCG, u % YCG, have_state,
+                             tok, clen, h, pt);
             }
         }
         chunk_state(S, xs, bs, w_w, exp2f(s_last), clen, wm, wn);
@@ -521,7 +584,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         }
         if (STAGES == 1 && c + 1 < nchunks) {
             const i64 rem = len - (i64)(c + 1) * Q;
-            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt);
+            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1);
             cp_async_commit();
         }
     }

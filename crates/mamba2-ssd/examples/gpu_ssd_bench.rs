@@ -91,7 +91,24 @@ fn variants() -> Vec<Variant> {
     };
     vec![
         v("default", base, false, false),
-        v("stages2", CudaOptions { stages: 2, ..base }, false, false),
+        v(
+            "cb_in_block",
+            CudaOptions {
+                shared_cb: Some(false),
+                ..base
+            },
+            false,
+            false,
+        ),
+        v(
+            "w8",
+            CudaOptions {
+                warps: Some(8),
+                ..base
+            },
+            false,
+            false,
+        ),
         v(
             "q128",
             CudaOptions {
@@ -102,18 +119,18 @@ fn variants() -> Vec<Variant> {
             false,
         ),
         v(
-            "q256",
+            "nosplit",
             CudaOptions {
-                chunk_size: 256,
+                segmentation: Segmentation::AtMost(1),
                 ..base
             },
             false,
             false,
         ),
         v(
-            "nosplit",
+            "split6",
             CudaOptions {
-                segmentation: Segmentation::AtMost(1),
+                segmentation: Segmentation::AtMost(6),
                 ..base
             },
             false,
@@ -131,6 +148,16 @@ fn variants() -> Vec<Variant> {
             false,
         ),
     ]
+}
+
+/// Variants that only make sense for some workloads, and the slow reference one
+/// (run it with `--variants simt`).
+fn applies(variant: &str, workload: &str, explicit: bool) -> bool {
+    match variant {
+        "nosplit" | "split6" => workload == "M2-long",
+        "simt" => explicit,
+        _ => true,
+    }
 }
 
 /// Inputs of one workload, generated in parallel (fresh random data every run).
@@ -477,8 +504,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             if !wanted(value("--variants"), v.name) {
                 continue;
             }
-            if v.name == "nosplit" && w.name != "M2-long" {
-                continue; // identical to default where nothing is split
+            if !applies(v.name, w.name, value("--variants").is_some()) {
+                continue;
             }
             let p = inp.params(dims, &v);
             let plan = match SsdPlan::new(&gpu, &p, &v.opts) {
@@ -636,7 +663,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         let doc = serde_json::json!({
             "bench": "mamba2-ssd forward (gpu_ssd_bench)",
             "commit": std::env::var("SSM_COMMIT").unwrap_or_else(|_| "unknown".into()),
-            "kernels_hash": ssm_gpu::KERNELS_HASH,
+            "kernels_hash_built": ssm_gpu::KERNELS_HASH,
+            "kernels_hash": gpu.compiler().source_root().kernels_hash()?,
             "device": gpu.describe(),
             "seed": seed,
             "copy_bytes_per_s": copy_bw,

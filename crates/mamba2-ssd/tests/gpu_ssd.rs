@@ -409,11 +409,28 @@ fn large_and_spiky_steps_and_the_simt_kernel_on_half_inputs() {
         stages: 2,
         ..opts(64)
     };
+    let cb_in_block = CudaOptions {
+        shared_cb: Some(false),
+        ..opts(64)
+    };
+    let cb_shared = CudaOptions {
+        shared_cb: Some(true),
+        ..opts(128)
+    };
+    let warps8 = CudaOptions {
+        warps: Some(8),
+        ..opts(64)
+    };
     for (label, o, dtype) in [
         ("forced SIMT", simt, DType::Bf16),
         ("forced SIMT", simt, DType::F16),
         ("2 cp.async stages", stages2, DType::Bf16),
         ("2 cp.async stages", stages2, DType::F16),
+        ("C B^T formed in-block", cb_in_block, DType::Bf16),
+        ("C B^T formed in-block", cb_in_block, DType::F16),
+        ("C B^T precomputed, Q=128", cb_shared, DType::Bf16),
+        ("8 warps", warps8, DType::Bf16),
+        ("8 warps", warps8, DType::F16),
     ] {
         jobs.push(Job {
             label: label.into(),

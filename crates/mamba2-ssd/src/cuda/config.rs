@@ -21,6 +21,8 @@ pub(crate) const IMPLEMENTATION: &str = "mamba2-ssd CUDA";
 pub static FUSED_SOURCE: KernelSource = kernel_source!("mamba2/ssd_fused.cu");
 /// The f32 CUDA-core kernel, embedded at build time.
 pub static SIMT_SOURCE: KernelSource = kernel_source!("mamba2/ssd_simt.cu");
+/// The per-group C B^T pre-kernel, embedded at build time.
+pub static CHUNK_CB_SOURCE: KernelSource = kernel_source!("mamba2/ssd_chunk_cb.cu");
 
 /// Chunk lengths the kernels are built for.
 pub const CHUNK_SIZES: [usize; 3] = [64, 128, 256];
@@ -56,6 +58,11 @@ pub struct CudaOptions {
     /// chunk's copy overlaps this chunk's math).
     pub stages: usize,
     pub segmentation: Segmentation,
+    /// Precompute C B^T once per (chunk, group) for the fused kernel: `None` does
+    /// it when at least two blocks share each chunk's tiles at chunk 64.
+    pub shared_cb: Option<bool>,
+    /// Warps per fused block (4 or 8); `None` picks 4 unless the state needs 8.
+    pub warps: Option<usize>,
 }
 
 impl Default for CudaOptions {
@@ -65,6 +72,8 @@ impl Default for CudaOptions {
             kernel: KernelChoice::Auto,
             stages: 1,
             segmentation: Segmentation::Auto,
+            shared_cb: None,
+            warps: None,
         }
     }
 }
@@ -139,6 +148,8 @@ pub struct FusedTiling {
     pub stages: usize,
     /// `__launch_bounds__` minimum blocks per SM (caps registers).
     pub min_blocks: usize,
+    /// C B^T tiles read from the pre-kernel's workspace instead of formed in-block.
+    pub cb_global: bool,
 }
 
 /// Which kernel, and how it is tiled.
@@ -212,7 +223,7 @@ impl KernelConfig {
             features,
             path: KernelPath::Simt,
         };
-        let fused = Self::fused_tiling(dtype, dims, opts).map(|tiling| KernelConfig {
+        let fused = Self::fused_tiling(dtype, dims, features, opts).map(|tiling| KernelConfig {
             path: KernelPath::Fused(tiling),
             ..simt
         });
@@ -252,7 +263,12 @@ impl KernelConfig {
     }
 
     /// The fused kernel's tiling for these sizes, or why it does not apply.
-    fn fused_tiling(dtype: DType, dims: &SsdDims, opts: &CudaOptions) -> Result<FusedTiling> {
+    fn fused_tiling(
+        dtype: DType,
+        dims: &SsdDims,
+        features: SsdFeatures,
+        opts: &CudaOptions,
+    ) -> Result<FusedTiling> {
         if !matches!(dtype, DType::F16 | DType::Bf16) {
             return Err(unsupported(format!(
                 "the tensor-core kernel with {dtype} inputs (f16/bf16 only)"
@@ -273,27 +289,44 @@ impl KernelConfig {
         let p_tile = if p % 64 == 0 { 64 } else { 32 };
         // The state tile (p_tile x N f32) is spread over the warps' registers: at most
         // 64 floats per thread.
-        let warps = if p_tile * n / (32 * 4) > 64 { 8 } else { 4 };
+        let needed = if p_tile * n / (32 * 4) > 64 { 8 } else { 4 };
+        let warps = match opts.warps {
+            None => needed,
+            Some(w) if (w == 8 && p_tile == 64) || (w == 4 && needed == 4) => w,
+            Some(w) => {
+                return Err(unsupported(format!(
+                    "{w} warps for the fused kernel at P tile {p_tile}, N = {n} (4, or 8 with \
+                     a P tile of 64)"
+                )))
+            }
+        };
         let y_cols = if p_tile == 32 || warps == 8 { 32 } else { 64 };
+        // Blocks that read each chunk's C B^T tiles: the heads of a group times the P
+        // tiles of a head. Precomputing pays when they are at least two.
+        let sharing = dims.heads / dims.groups * (p / p_tile);
+        let cb_global = opts
+            .shared_cb
+            .unwrap_or(sharing >= 2 && opts.chunk_size == 64);
         let mut tiling = FusedTiling {
             p_tile,
             warps,
             y_cols,
             stages: opts.stages,
             min_blocks: 1,
+            cb_global,
         };
-        if warps == 4 {
-            let probe = KernelConfig {
-                dtype,
-                chunk: opts.chunk_size,
-                d_state: n,
-                head_dim: p,
-                features: SsdFeatures::all(),
-                path: KernelPath::Fused(tiling),
-            };
-            let per_sm = SMEM_PER_SM / (probe.smem_bytes(false) + SMEM_RESERVED_PER_BLOCK);
-            tiling.min_blocks = per_sm.clamp(1, 3);
-        }
+        let probe = KernelConfig {
+            dtype,
+            chunk: opts.chunk_size,
+            d_state: n,
+            head_dim: p,
+            features,
+            path: KernelPath::Fused(tiling),
+        };
+        let per_sm = SMEM_PER_SM / (probe.smem_bytes(false) + SMEM_RESERVED_PER_BLOCK);
+        // Registers cap the blocks too: 4 warps fit 3 blocks at 168 registers, 8
+        // warps 2 blocks at 128 (the state takes 64 and 32 of them).
+        tiling.min_blocks = per_sm.clamp(1, if warps == 4 { 3 } else { 2 });
         Ok(tiling)
     }
 
@@ -343,7 +376,13 @@ impl KernelConfig {
             KernelPath::Fused(t) => {
                 let x_tile = q * (t.p_tile + 8) * 2;
                 let bc_tile = q * (n + 8) * 2;
-                let stage = x_tile + bc_tile * if state_only { 1 } else { 2 };
+                let tiles = (q / 16) * (q / 16 + 1) / 2;
+                let cb_tiles = if t.cb_global && !state_only {
+                    tiles * 256 * 4
+                } else {
+                    0
+                };
+                let stage = x_tile + bc_tile * if state_only { 1 } else { 2 } + cb_tiles;
                 let state = if state_only {
                     0
                 } else {
@@ -382,15 +421,54 @@ impl KernelConfig {
                 ("SSD_YC", t.y_cols.to_string()),
                 ("SSD_STAGES", t.stages.to_string()),
                 ("SSD_MIN_BLOCKS", t.min_blocks.to_string()),
+                ("SSD_CB_GLOBAL", flag(t.cb_global)),
             ]);
         }
         d
     }
 
+    /// Whether the C B^T pre-kernel runs before the main pass.
+    pub fn uses_chunk_cb(&self) -> bool {
+        matches!(self.path, KernelPath::Fused(t) if t.cb_global)
+    }
+
+    /// Floats of C B^T workspace per (chunk, group).
+    pub fn cb_floats_per_chunk(&self) -> usize {
+        let rt = self.chunk / 16;
+        rt * (rt + 1) / 2 * 256
+    }
+
+    /// The C B^T pre-kernel (`kernels/mamba2/ssd_chunk_cb.cu`) for this config.
+    pub fn chunk_cb_variant(&self) -> KernelVariant {
+        KernelVariant::new(
+            format!(
+                "mamba2.ssd_chunk_cb.{}.q{}.n{}",
+                self.dtype, self.chunk, self.d_state
+            ),
+            CHUNK_CB_SOURCE,
+            "ssd_chunk_cb",
+            vec![
+                ("SSD_DTYPE", dtype_code(self.dtype).unwrap_or(0).to_string()),
+                ("SSD_Q", self.chunk.to_string()),
+                ("SSD_N", self.d_state.to_string()),
+            ],
+        )
+    }
+
+    /// Dynamic shared memory of the C B^T pre-kernel (its B and C tiles).
+    pub fn chunk_cb_smem_bytes(&self) -> usize {
+        2 * self.chunk * (self.d_state + 8) * 2
+    }
+
     /// A stable name for budgets and reports, e.g. `mamba2.ssd_fused.bf16.q64.n128.p64`.
     pub fn label(&self, state_only: bool) -> String {
         let kind = match self.path {
-            KernelPath::Fused(t) => format!("ssd_fused.s{}", t.stages),
+            KernelPath::Fused(t) => format!(
+                "ssd_fused.s{}w{}{}",
+                t.stages,
+                t.warps,
+                if t.cb_global { "cb" } else { "" }
+            ),
             KernelPath::Simt => "ssd_simt".to_string(),
         };
         let pass = if state_only { ".prepass" } else { "" };
@@ -440,13 +518,20 @@ mod tests {
         let KernelPath::Fused(t) = c.path else {
             panic!("expected the fused kernel, got {c:?}")
         };
-        assert_eq!((t.p_tile, t.warps, t.y_cols, t.min_blocks), (64, 4, 64, 3));
-        // 1 stage of x/B/C tiles, the bf16 state tile, per-warp cumsum arrays.
+        // dims() has 2 heads in 1 group: the C B^T tiles are shared, so precomputed.
+        assert_eq!(
+            (t.p_tile, t.warps, t.y_cols, t.min_blocks, t.cb_global),
+            (64, 4, 64, 3, true)
+        );
+        // 1 stage of x/B/C tiles and the 10 f32 C B^T tiles, the bf16 state tile,
+        // per-warp cumsum arrays: three blocks fit in 228 KiB.
         assert_eq!(
             c.smem_bytes(false),
-            64 * 72 * 2 + 2 * 64 * 136 * 2 + 64 * 136 * 2 + 4 * 3 * 64 * 4
+            64 * 72 * 2 + 2 * 64 * 136 * 2 + 10 * 1024 + 64 * 136 * 2 + 4 * 3 * 64 * 4
         );
+        assert!(3 * (c.smem_bytes(false) + 1024) <= 228 * 1024);
         assert!(c.smem_bytes(true) < c.smem_bytes(false));
+        assert_eq!(c.cb_floats_per_chunk(), 10 * 256);
     }
 
     #[test]
@@ -525,5 +610,35 @@ mod tests {
             panic!("expected fused")
         };
         assert_eq!((t.warps, t.y_cols, c.p_tiles()), (8, 32, 2));
+    }
+
+    #[test]
+    fn a_head_alone_in_its_group_forms_its_own_tiles() {
+        let d = SsdDims {
+            groups: 2,
+            ..dims(128, 64)
+        };
+        let c = KernelConfig::select(
+            DType::Bf16,
+            &d,
+            SsdFeatures::all(),
+            &CudaOptions::default(),
+            H100_SMEM,
+        )
+        .unwrap();
+        assert!(!c.uses_chunk_cb());
+        let q128 = CudaOptions {
+            chunk_size: 128,
+            ..CudaOptions::default()
+        };
+        let c = KernelConfig::select(
+            DType::Bf16,
+            &dims(128, 64),
+            SsdFeatures::all(),
+            &q128,
+            H100_SMEM,
+        )
+        .unwrap();
+        assert!(!c.uses_chunk_cb(), "only chunk 64 precomputes by default");
     }
 }

@@ -59,10 +59,19 @@ pub struct SsdPlan {
     table: WorkTable,
     main: Kernel,
     prepass: Option<Kernel>,
+    /// The C B^T pre-kernel with its chunk table and workspace, when the fused
+    /// kernel reads precomputed tiles.
+    chunk_cb: Option<ChunkCb>,
     items: CudaSlice<i64>,
     prepass_items: Option<CudaSlice<i64>>,
     ws_states: CudaSlice<f32>,
     ws_decay: CudaSlice<f32>,
+}
+
+struct ChunkCb {
+    kernel: Kernel,
+    chunks: CudaSlice<i64>,
+    workspace: CudaSlice<f32>,
 }
 
 /// Copy the work table (i64, which is no `DeviceElement`) to the device.
@@ -131,6 +140,25 @@ impl SsdPlan {
         } else {
             None
         };
+        let chunk_cb = if config.uses_chunk_cb() && table.num_chunks() > 0 {
+            let mut kernel = gpu.kernel_variant(&config.chunk_cb_variant())?;
+            kernel.set_max_dynamic_smem(config.chunk_cb_smem_bytes() as u32)?;
+            let blocks = table.num_chunks() * dims.groups;
+            if blocks > i32::MAX as usize {
+                return Err(SsmError::Dimension {
+                    arg: "seqlen",
+                    reason: format!("{blocks} (chunk, group) blocks exceed the grid limit"),
+                });
+            }
+            let len = blocks * config.cb_floats_per_chunk();
+            Some(ChunkCb {
+                kernel,
+                chunks: upload_i64(gpu, &table.chunks)?,
+                workspace: gpu.alloc_poisoned::<f32>(len)?,
+            })
+        } else {
+            None
+        };
         let ws_len = table.slots.max(1) * dims.heads * dims.head_dim * dims.d_state;
         Ok(SsdPlan {
             items: upload_i64(gpu, &table.items)?,
@@ -147,6 +175,7 @@ impl SsdPlan {
             table,
             main,
             prepass,
+            chunk_cb,
         })
     }
 
@@ -163,17 +192,25 @@ impl SsdPlan {
     pub fn prepass_kernel(&self) -> Option<&Kernel> {
         self.prepass.as_ref()
     }
+    pub fn chunk_cb_kernel(&self) -> Option<&Kernel> {
+        self.chunk_cb.as_ref().map(|c| &c.kernel)
+    }
 
     /// One line for reports.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({} regs, {} B smem, {} items{}, {} threads)",
+            "{} ({} regs, {} B smem, {} items{}{}, {} threads)",
             self.config.label(false),
             self.main.resources.registers,
             self.config.smem_bytes(false),
             self.table.num_items(),
             if self.table.num_prepass() > 0 {
                 format!(" + {} prepass", self.table.num_prepass())
+            } else {
+                String::new()
+            },
+            if self.chunk_cb.is_some() {
+                format!(" + C B^T of {} chunks", self.table.num_chunks())
             } else {
                 String::new()
             },
@@ -272,6 +309,9 @@ impl SsdPlan {
             )));
         }
         self.check_inputs(inp, out)?;
+        if let Some(cb) = &self.chunk_cb {
+            self.launch_chunk_cb(gpu, cb, inp)?;
+        }
         if let (Some(k), Some(items)) = (&self.prepass, &self.prepass_items) {
             self.launch_one(gpu, k, true, items, self.table.num_prepass(), inp, out)?;
         }
@@ -284,6 +324,32 @@ impl SsdPlan {
             inp,
             out,
         )
+    }
+
+    fn launch_chunk_cb<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        cb: &ChunkCb,
+        inp: &SsdDeviceInputs<T>,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: ((self.table.num_chunks() * self.dims.groups) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: self.config.chunk_cb_smem_bytes() as u32,
+        };
+        let groups = self.dims.groups as i32;
+        let mut b = gpu.stream().launch_builder(&cb.kernel.func);
+        b.arg(&inp.b)
+            .arg(&inp.c)
+            .arg(&cb.chunks)
+            .arg(&cb.workspace)
+            .arg(&groups);
+        // SAFETY: matches `ssd_chunk_cb(B, C, chunks, cb, G)`; the chunk table names
+        // tokens inside the checked B and C buffers, and the workspace holds
+        // (chunks x G) blocks of `cb_floats_per_chunk` floats, one per launch block.
+        unsafe { b.launch(cfg) }
+            .map_err(|e| SsmError::Backend(format!("{}: {e:?}", cb.kernel.name)))?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -339,9 +405,12 @@ impl SsdPlan {
             Some(s) => b.arg(s),
             None => b.arg(&null),
         };
-        b.arg(&self.ws_states)
-            .arg(&self.ws_decay)
-            .arg(items)
+        b.arg(&self.ws_states).arg(&self.ws_decay);
+        match &self.chunk_cb {
+            Some(cb) => b.arg(&cb.workspace),
+            None => b.arg(&null),
+        };
+        b.arg(items)
             .arg(&heads)
             .arg(&groups)
             .arg(&dt_min)

@@ -8,13 +8,18 @@
 //! initial state). Chunks restart at every sequence start; segments start at chunk
 //! boundaries of their sequence, so the chunking is the same as without the split.
 //!
-//! Layout of one item (6 x i64, `kernels/mamba2/ssd_common.cuh` `SSD_ITEM_*`):
+//! Layout of one item (7 x i64, `kernels/mamba2/ssd_common.cuh` `SSD_ITEM_*`):
 //! first token, length, sequence index, segment index k, segments of the sequence,
 //! workspace slot of the sequence's segment 0 (segment k < nseg - 1 writes slot
-//! `ws + k`).
+//! `ws + k`), index of the segment's first chunk in the chunk table.
+//!
+//! The chunk table lists every chunk of the call (first token, length) in item
+//! order; the C B^T pre-kernel runs one block per (chunk, group) over it.
 
 /// Fields per item; matches `SSD_ITEM_FIELDS`.
-pub const ITEM_FIELDS: usize = 6;
+pub const ITEM_FIELDS: usize = 7;
+/// Fields per chunk-table entry: first token, length.
+pub const CHUNK_FIELDS: usize = 2;
 
 /// A sequence on the packed token axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +53,7 @@ pub fn sequences(batch: usize, seqlen: usize, cu_seqlens: Option<&[i64]>) -> Vec
 pub struct WorkTable {
     pub items: Vec<i64>,
     pub prepass: Vec<i64>,
+    pub chunks: Vec<i64>,
     /// Workspace slots (one state per slot and head).
     pub slots: usize,
     pub num_seqs: usize,
@@ -59,6 +65,9 @@ impl WorkTable {
     }
     pub fn num_prepass(&self) -> usize {
         self.prepass.len() / ITEM_FIELDS
+    }
+    pub fn num_chunks(&self) -> usize {
+        self.chunks.len() / CHUNK_FIELDS
     }
     /// Longest segment in chunks (the critical path of the main pass).
     pub fn max_item_len(&self) -> usize {
@@ -79,6 +88,7 @@ pub const MIN_SEGMENT_CHUNKS: usize = 8;
 pub fn build(seqs: &[Sequence], chunk: usize, max_segments: usize) -> WorkTable {
     let mut items = Vec::with_capacity(seqs.len() * ITEM_FIELDS);
     let mut prepass = Vec::new();
+    let mut chunk_table = Vec::new();
     let mut slots = 0usize;
     for (s, seq) in seqs.iter().enumerate() {
         let chunks = seq.len.div_ceil(chunk);
@@ -97,10 +107,15 @@ pub fn build(seqs: &[Sequence], chunk: usize, max_segments: usize) -> WorkTable 
                 k as i64,
                 nseg as i64,
                 slots as i64,
+                (chunk_table.len() / CHUNK_FIELDS) as i64,
             ];
             items.extend_from_slice(&item);
             if k + 1 < nseg {
                 prepass.extend_from_slice(&item);
+            }
+            for c in (start..end).step_by(chunk) {
+                chunk_table
+                    .extend_from_slice(&[(seq.start + c) as i64, (end - c).min(chunk) as i64]);
             }
         }
         slots += nseg - 1;
@@ -108,6 +123,7 @@ pub fn build(seqs: &[Sequence], chunk: usize, max_segments: usize) -> WorkTable 
     WorkTable {
         items,
         prepass,
+        chunks: chunk_table,
         slots,
         num_seqs: seqs.len(),
     }
@@ -148,8 +164,10 @@ mod tests {
         let t = build(&sequences(1, 10, Some(&[0, 4, 4, 10])), 64, 1);
         assert_eq!(t.num_items(), 3);
         assert_eq!(t.num_prepass(), 0);
-        assert_eq!(item(&t, 1), [4, 0, 1, 0, 1, 0]);
-        assert_eq!(item(&t, 2), [4, 6, 2, 0, 1, 0]);
+        assert_eq!(item(&t, 1), [4, 0, 1, 0, 1, 0, 1]);
+        assert_eq!(item(&t, 2), [4, 6, 2, 0, 1, 0, 1]);
+        // Chunks: (0, 4) and (4, 6); the empty sequence has none.
+        assert_eq!(t.chunks, vec![0, 4, 4, 6]);
     }
 
     #[test]
@@ -166,9 +184,17 @@ mod tests {
             assert_eq!(it[0], next, "segments are contiguous");
             assert_eq!((it[0] - 7) % 64, 0, "segments start on chunk boundaries");
             assert_eq!((it[2], it[3], it[4], it[5]), (0, i as i64, 4, 0));
+            // The item's first chunk in the table starts where the item starts.
+            assert_eq!(t.chunks[it[6] as usize * CHUNK_FIELDS], it[0]);
             next += it[1];
         }
         assert_eq!(next, 7 + len as i64);
+        assert_eq!(t.num_chunks(), 101);
+        assert_eq!(
+            t.chunks[100 * CHUNK_FIELDS + 1],
+            5,
+            "the tail chunk has 5 tokens"
+        );
     }
 
     #[test]
