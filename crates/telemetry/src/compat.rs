@@ -17,7 +17,18 @@
 //!   `(max - min) / median`; threads per block are read from the config label
 //!   (`...w256...`); static shared memory is not reported (taken as 0); the
 //!   problem is the design.md workload with the row's dtype; the work split is
-//!   part of the implementation name.
+//!   part of the implementation name;
+//! - `gpu_ssd_bench` reports (`"bench": "mamba2-ssd forward (gpu_ssd_bench)"`,
+//!   from `crates/mamba2-ssd/examples/gpu_ssd_bench.rs`): `records` per
+//!   (workload, dtype, variant) with registers, shared memory and
+//!   median/min/max. Differences: the chunk length and threads per block are
+//!   read from the kernel description (`...q64... 128 threads)`); the options
+//!   string sets z and initial/final states on the design.md workload; the
+//!   prepass kernel (when the record names its registers) is recorded as
+//!   `<entry>#prepass` with unknown shared memory (no SRAM record).
+//!
+//! Records that convert to the same id (a producer listing one configuration
+//! twice) get `#2`, `#3`, ... appended to the implementation in file order.
 
 use std::path::Path;
 
@@ -52,6 +63,7 @@ pub fn parse_any(text: &str, source_name: &str) -> Result<ResultSet> {
     }
     match value.get("bench").and_then(Value::as_str) {
         Some("gpu_decode_bench") => convert_decode_bench(&value, source_name),
+        Some(SSD_BENCH) => convert_ssd_bench(&value, source_name),
         _ => {
             let keys: Vec<&String> = value
                 .as_object()
@@ -59,13 +71,14 @@ pub fn parse_any(text: &str, source_name: &str) -> Result<ResultSet> {
                 .unwrap_or_default();
             Err(TelemetryError::parse(
                 source_name,
-                format!("unknown result format (top-level keys {keys:?}); expected \"schema\": \"{SCHEMA}\", \"bench\": \"gpu_decode_bench\" or \"benchmark\": \"{SCAN_BENCH}\""),
+                format!("unknown result format (top-level keys {keys:?}); expected \"schema\": \"{SCHEMA}\", \"bench\": \"gpu_decode_bench\" / \"{SSD_BENCH}\" or \"benchmark\": \"{SCAN_BENCH}\""),
             ))
         }
     }
 }
 
 const SCAN_BENCH: &str = "mamba1 selective scan forward (CUDA)";
+const SSD_BENCH: &str = "mamba2-ssd forward (gpu_ssd_bench)";
 
 fn field<'v>(v: &'v Value, key: &str, source_name: &str) -> Result<&'v Value> {
     v.get(key)
@@ -146,17 +159,151 @@ fn timing_from_range(
     })
 }
 
-fn check_unique(set: &ResultSet, source_name: &str) -> Result<()> {
-    let mut ids = std::collections::HashSet::new();
-    for r in &set.results {
-        if !ids.insert(r.id.clone()) {
-            return Err(TelemetryError::parse(
-                source_name,
-                format!("two records convert to the id `{}`", r.id),
-            ));
+/// Make ids unique: a repeated id gets `#2`, `#3`, ... on its implementation.
+fn check_unique(set: &mut ResultSet, _source_name: &str) -> Result<()> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in &mut set.results {
+        let n = seen.entry(r.id.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            r.implementation = format!("{}#{n}", r.implementation);
+            r.id = crate::record::result_id(&r.implementation, &r.workload, &r.problem);
         }
     }
     Ok(())
+}
+
+/// The number before `suffix` in `text` (`"... 128 threads)"`, `" threads"` -> 128).
+fn number_before(text: &str, suffix: &str) -> Option<u64> {
+    let end = text.find(suffix)?;
+    let digits: String = text[..end]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().ok()
+}
+
+fn convert_ssd_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
+    let ceilings = Ceilings::H100_SXM;
+    let device = DeviceInfo {
+        name: device_from_description(doc),
+        ..Default::default()
+    };
+    let mut set = ResultSet::new(
+        run_info(doc, "gpu_ssd_bench", source_name),
+        device,
+        &ceilings,
+    );
+    let records = field(doc, "records", source_name)?
+        .as_array()
+        .ok_or_else(|| TelemetryError::parse(source_name, "`records` is not an array"))?;
+    for (i, rec) in records.iter().enumerate() {
+        let where_ = format!("{source_name}: records[{i}]");
+        let workload = field(rec, "workload", &where_)?
+            .as_str()
+            .unwrap_or_default();
+        let reference = crate::workloads::reference_workload(workload).ok_or_else(|| {
+            TelemetryError::parse(&where_, format!("unknown workload `{workload}`"))
+        })?;
+        let dtype: DType = field(rec, "dtype", &where_)?
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| TelemetryError::parse(&where_, e))?;
+        let kernel = rec.get("kernel").and_then(Value::as_str).unwrap_or("");
+        let options = rec.get("options").and_then(Value::as_str).unwrap_or("");
+        let label = kernel.split(' ').next().unwrap_or("");
+        let chunk = label
+            .split('.')
+            .find_map(|p| p.strip_prefix('q').and_then(|q| q.parse::<usize>().ok()));
+        let problem = match reference.problem.with_dtype(dtype) {
+            Problem::Ssd(mut s) => {
+                if let Some(q) = chunk {
+                    s.chunk_size = q;
+                }
+                s.z = options.split(',').any(|o| o.trim() == "z");
+                let states = options.contains("initial+final states");
+                s.initial_states = states;
+                s.final_states = states;
+                Problem::Ssd(s)
+            }
+            _ => {
+                return Err(TelemetryError::parse(
+                    &where_,
+                    format!("`{workload}` is not an SSD workload"),
+                ))
+            }
+        };
+        let entry = if label.contains("ssd_simt") {
+            "ssd_simt_fwd"
+        } else {
+            "ssd_fused_fwd"
+        };
+        let smem = count(rec, "smem_bytes", &where_)? as u32;
+        let resources = KernelResources {
+            registers: count(rec, "registers", &where_)? as u32,
+            static_smem_bytes: 0,
+            local_bytes: count(rec, "local_bytes", &where_)? as u32,
+            max_threads_per_block: 0,
+            max_dynamic_smem_bytes: smem,
+        };
+        let sram = number_before(kernel, " threads").map(|t| {
+            SramUse::new(
+                &resources,
+                None,
+                LaunchShape {
+                    threads_per_block: t as u32,
+                    dynamic_smem_bytes: smem,
+                },
+                &SmLimits::SM90,
+            )
+        });
+        let mut kernels = Vec::new();
+        if rec
+            .get("prepass_registers")
+            .and_then(Value::as_u64)
+            .is_some()
+        {
+            kernels.push(KernelRecord {
+                name: format!("{entry}#prepass"),
+                sram: None,
+                dram: None,
+                ncu_duration_ms: None,
+            });
+        }
+        kernels.push(KernelRecord {
+            name: entry.to_string(),
+            sram,
+            dram: None,
+            ncu_duration_ms: None,
+        });
+        let timing = timing_from_range(
+            number(rec, "median_ms", &where_)?,
+            number(rec, "min_ms", &where_)?,
+            number(rec, "max_ms", &where_)?,
+            rec.get("iters").and_then(Value::as_u64).unwrap_or(0) as usize,
+            &where_,
+        )?;
+        let variant = rec
+            .get("variant")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        set.results.push(BenchResult::new(
+            Measurement {
+                implementation: format!("mamba2-ssd.cuda[{variant}]"),
+                workload: workload.to_string(),
+                problem,
+                timing,
+                kernels,
+                nvml: None,
+                runs_in_nvml_window: 0,
+            },
+            &ceilings,
+        ));
+    }
+    check_unique(&mut set, source_name)?;
+    Ok(set)
 }
 
 fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
@@ -240,7 +387,7 @@ fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
             &ceilings,
         ));
     }
-    check_unique(&set, source_name)?;
+    check_unique(&mut set, source_name)?;
     Ok(set)
 }
 
@@ -260,7 +407,7 @@ fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
         set.results
             .push(convert_decode_record(rec, &where_, &ceilings)?);
     }
-    check_unique(&set, source_name)?;
+    check_unique(&mut set, source_name)?;
     Ok(set)
 }
 
@@ -473,6 +620,43 @@ mod tests {
             (r.roofline.floor_ms - 0.3234).abs() < 1e-3,
             "{}",
             r.roofline.floor_ms
+        );
+    }
+
+    const SSD_REPORT: &str = r#"{
+      "bench": "mamba2-ssd forward (gpu_ssd_bench)", "commit": "a6a13ab", "kernels_hash": "k3",
+      "device": "NVIDIA H100 80GB HBM3 (cc 9.0, compiling for sm_90)",
+      "records": [
+        {"workload": "M2-long", "dtype": "bf16", "variant": "z", "options": "dt_bias, dt_softplus, D(H), z",
+         "kernel": "mamba2.ssd_fused.s1.bf16.q64.n128.p64 (168 regs, 64512 B smem, 12 items + 96 prepass, 128 threads)",
+         "registers": 168, "smem_bytes": 64512, "local_bytes": 0, "prepass_registers": 168,
+         "median_ms": 1.57, "min_ms": 1.55, "max_ms": 1.60, "iters": 50},
+        {"workload": "M2-long", "dtype": "bf16", "variant": "z", "options": "dt_bias, dt_softplus, D(H), z",
+         "kernel": "mamba2.ssd_fused.s1.bf16.q64.n128.p64 (168 regs, 64512 B smem, 12 items, 128 threads)",
+         "registers": 168, "smem_bytes": 64512, "local_bytes": 0,
+         "median_ms": 1.58, "min_ms": 1.55, "max_ms": 1.60}
+      ]}"#;
+
+    #[test]
+    fn ssd_bench_reports_convert_and_repeats_get_an_ordinal() {
+        let set = parse_any(SSD_REPORT, "fixture").unwrap();
+        let r = &set.results[0];
+        assert_eq!(r.id, "mamba2-ssd.cuda[z]/M2-long/bf16");
+        let Problem::Ssd(s) = r.problem else {
+            panic!("wrong op")
+        };
+        assert!(s.z && !s.final_states && s.chunk_size == 64);
+        assert_eq!(r.kernels.len(), 2);
+        assert_eq!(r.kernels[0].name, "ssd_fused_fwd#prepass");
+        let sram = r.kernels[1].sram.as_ref().unwrap();
+        assert_eq!(
+            (sram.threads_per_block, sram.dynamic_smem_bytes),
+            (128, 64512)
+        );
+        assert_eq!(set.results[1].id, "mamba2-ssd.cuda[z]#2/M2-long/bf16");
+        assert_eq!(
+            number_before("(1 items, 256 threads)", " threads"),
+            Some(256)
         );
     }
 

@@ -13,11 +13,11 @@ use std::fmt::Write as _;
 
 use crate::record::{BenchResult, ResultSet, TimingMethod};
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 1040.0;
 const HEIGHT: f64 = 460.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 230.0;
-const TOP: f64 = 40.0;
+const RIGHT: f64 = 400.0;
+const TOP: f64 = 44.0;
 const BOTTOM: f64 = 60.0;
 const PALETTE: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -100,6 +100,79 @@ impl LogAxis {
     }
 }
 
+/// How the y axis is scaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YScale {
+    /// Logarithmic over the data's range (times).
+    Log,
+    /// Linear from 0 to at least 1 (fractions of a floor).
+    UnitLinear,
+}
+
+/// A linear axis from `lo` to `hi`, mapped onto `[a, b]` pixels.
+struct LinearAxis {
+    lo: f64,
+    hi: f64,
+    a: f64,
+    b: f64,
+}
+
+impl LinearAxis {
+    fn map(&self, v: f64) -> f64 {
+        self.a + (v - self.lo) / (self.hi - self.lo) * (self.b - self.a)
+    }
+    /// Ticks at multiples of 0.2 (of 1 past 2).
+    fn ticks(&self) -> Vec<f64> {
+        let step = if self.hi > 2.0 { 1.0 } else { 0.2 };
+        (0..)
+            .map(|i| self.lo + step * i as f64)
+            .take_while(|v| *v <= self.hi + 1e-9)
+            .collect()
+    }
+}
+
+enum YAxis {
+    Log(LogAxis),
+    Linear(LinearAxis),
+}
+
+impl YAxis {
+    fn new(scale: YScale, values: impl Iterator<Item = f64>, a: f64, b: f64) -> Option<YAxis> {
+        match scale {
+            YScale::Log => LogAxis::new(values, a, b).map(YAxis::Log),
+            YScale::UnitLinear => {
+                let max = values.filter(|v| v.is_finite()).fold(f64::NAN, f64::max);
+                (!max.is_nan()).then(|| {
+                    YAxis::Linear(LinearAxis {
+                        lo: 0.0,
+                        hi: max.max(1.0) * 1.05,
+                        a,
+                        b,
+                    })
+                })
+            }
+        }
+    }
+    fn map(&self, v: f64) -> f64 {
+        match self {
+            YAxis::Log(l) => l.map(v),
+            YAxis::Linear(l) => l.map(v),
+        }
+    }
+    fn ticks(&self) -> Vec<f64> {
+        match self {
+            YAxis::Log(l) => l.ticks(false),
+            YAxis::Linear(l) => l.ticks(),
+        }
+    }
+    fn accepts(&self, v: f64) -> bool {
+        match self {
+            YAxis::Log(_) => v > 0.0,
+            YAxis::Linear(_) => v >= 0.0,
+        }
+    }
+}
+
 fn fmt_tick(v: f64) -> String {
     if v >= 1024.0 && (v.log2().fract()).abs() < 1e-9 {
         format!("{}K", v / 1024.0)
@@ -118,12 +191,22 @@ fn frame(svg: &mut String, title: &str, x_label: &str, y_label: &str, height: f6
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // "Title | subtitle": the subtitle goes on a second, smaller line.
+    let (main, sub) = title.split_once(" | ").unwrap_or((title, ""));
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        (LEFT + WIDTH - RIGHT) / 2.0,
-        escape(title)
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="15">{}</text>"#,
+        WIDTH / 2.0,
+        escape(main)
     );
+    if !sub.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="33" text-anchor="middle" font-size="11" fill="#444">{}</text>"##,
+            WIDTH / 2.0,
+            escape(sub)
+        );
+    }
     let _ = writeln!(
         svg,
         r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
@@ -179,18 +262,21 @@ fn legend(svg: &mut String, entries: &[(String, &str, bool)]) {
     }
 }
 
-/// A log-log line chart. `base2_x` puts x ticks on powers of two.
+/// A line chart with a log x axis (`base2_x`: ticks on powers of two) and a
+/// `y_scale` y axis.
 pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
     base2_x: bool,
+    y_scale: YScale,
 ) -> String {
     let mut svg = String::new();
     frame(&mut svg, title, x_label, y_label, HEIGHT);
     let all = || series.iter().flat_map(|s| s.points.iter().copied());
-    let axes = LogAxis::new(all().map(|p| p.0), LEFT, WIDTH - RIGHT).zip(LogAxis::new(
+    let axes = LogAxis::new(all().map(|p| p.0), LEFT, WIDTH - RIGHT).zip(YAxis::new(
+        y_scale,
         all().map(|p| p.1),
         HEIGHT - BOTTOM,
         TOP,
@@ -210,7 +296,7 @@ pub fn line_chart(
             fmt_tick(t)
         );
     }
-    for t in ya.ticks(false) {
+    for t in ya.ticks() {
         let y = ya.map(t);
         let _ = writeln!(
             svg,
@@ -228,7 +314,7 @@ pub fn line_chart(
             .points
             .iter()
             .copied()
-            .filter(|(x, y)| *x > 0.0 && *y > 0.0 && x.is_finite() && y.is_finite())
+            .filter(|(x, y)| *x > 0.0 && ya.accepts(*y) && x.is_finite() && y.is_finite())
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let path: Vec<String> = pts
@@ -266,6 +352,7 @@ pub fn bar_chart(
     x_label: &str,
     categories: &[String],
     series: &[(String, Vec<f64>)],
+    mark: Option<f64>,
 ) -> String {
     let mut svg = String::new();
     let rows = categories.len().max(1) as f64;
@@ -275,13 +362,13 @@ pub fn bar_chart(
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
-    if categories.is_empty() || max <= 0.0 {
+        .fold(mark.unwrap_or(0.0), f64::max);
+    if categories.is_empty() || series.iter().all(|(_, v)| v.is_empty()) || max <= 0.0 {
         empty_message(&mut svg, "no results for this plot yet");
         svg.push_str("</svg>\n");
         return svg;
     }
-    let left = 250.0;
+    let left = 380.0;
     let span = WIDTH - RIGHT - left;
     let row_h = (height - TOP - BOTTOM) / rows;
     let bar_h = (row_h * 0.8 / series.len().max(1) as f64).min(16.0);
@@ -296,11 +383,19 @@ pub fn bar_chart(
             fmt_tick((v * 1000.0).round() / 1000.0)
         );
     }
+    if let Some(m) = mark {
+        let x = left + span * m / max;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#000" stroke-dasharray="4 3"/>"##,
+            height - BOTTOM
+        );
+    }
     for (r, cat) in categories.iter().enumerate() {
         let y0 = TOP + row_h * r as f64 + row_h * 0.1;
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"#,
+            r#"<text x="{}" y="{:.1}" text-anchor="end" font-size="10">{}</text>"#,
             left - 6.0,
             y0 + row_h * 0.4,
             escape(cat)
@@ -328,8 +423,26 @@ pub fn bar_chart(
     svg
 }
 
+/// The shape without L, short enough for a legend (`D5120 N16`, `H80 P64 N128 Q64`).
+fn compact_shape(p: &crate::problem::Problem) -> String {
+    use crate::problem::Problem;
+    match p {
+        Problem::Mamba1Scan(s) => format!("b{} D{} N{}", s.batch, s.d_inner, s.d_state),
+        Problem::Ssd(s) => format!(
+            "b{} H{} P{} N{} Q{}",
+            s.batch, s.heads, s.head_dim, s.d_state, s.chunk_size
+        ),
+        other => other.label(),
+    }
+}
+
 fn series_name(r: &BenchResult) -> String {
-    format!("{} {}", r.implementation, r.problem.dtype())
+    format!(
+        "{} {} {}",
+        r.implementation,
+        r.problem.dtype(),
+        compact_shape(&r.problem)
+    )
 }
 
 fn is_l_sweep(r: &BenchResult) -> bool {
@@ -351,26 +464,28 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         let mut times: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut fractions: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut floors: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        let mut shape = String::new();
         for r in &sweep {
             let l = r.problem.seqlen().unwrap_or(0) as f64;
             times
                 .entry(series_name(r))
                 .or_default()
                 .push((l, r.timing.median_ms));
-            let floor_key = format!("H100 floor {}", r.problem.dtype());
-            let f = floors.entry(floor_key).or_default();
-            if !f.iter().any(|p| p.0 == l) {
-                f.push((l, r.roofline.floor_ms));
-            }
             if r.timing.method == TimingMethod::CudaEvents {
+                // The H100 floor of the shapes the GPU ran (a CPU shape's floor
+                // on the H100 would say nothing about the CPU).
+                let floor_key = format!(
+                    "H100 floor {} {}",
+                    r.problem.dtype(),
+                    compact_shape(&r.problem)
+                );
+                let f = floors.entry(floor_key).or_default();
+                if !f.iter().any(|p| p.0 == l) {
+                    f.push((l, r.roofline.floor_ms));
+                }
                 fractions
                     .entry(series_name(r))
                     .or_default()
                     .push((l, r.roofline.fraction_of_floor));
-            }
-            if shape.is_empty() {
-                shape = r.problem.with_seqlen(0).label().replace(" L0", "");
             }
         }
         let mut series: Vec<Series> = times
@@ -381,19 +496,26 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
                 dashed: false,
             })
             .collect();
-        series.extend(floors.into_iter().map(|(name, points)| Series {
-            name,
-            points,
-            dashed: true,
-        }));
+        // A floor is drawn for a dtype swept over L (single dtype points would clutter).
+        series.extend(
+            floors
+                .into_iter()
+                .filter(|(_, points)| points.len() > 1)
+                .map(|(name, points)| Series {
+                    name,
+                    points,
+                    dashed: true,
+                }),
+        );
         out.push((
             format!("time_vs_L_{op}.svg"),
             line_chart(
-                &format!("{title}: median time vs L ({shape})"),
+                &format!("{title}: median time vs L | CUDA events (GPU), wall clock (CPU ports); dashed: the H100 floor of the GPU shape"),
                 "sequence length L",
                 "time (ms, log)",
                 &series,
                 true,
+                YScale::Log,
             ),
         ));
         let series: Vec<Series> = fractions
@@ -407,11 +529,12 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         out.push((
             format!("fraction_of_floor_vs_L_{op}.svg"),
             line_chart(
-                &format!("{title}: fraction of the H100 floor vs L (GPU timings)"),
+                &format!("{title}: fraction of the H100 floor vs L | GPU timings; floor = max(bytes, MMA, exp time) at the measured ceilings"),
                 "sequence length L",
                 "floor / time (1 = at the floor)",
                 &series,
                 true,
+                YScale::UnitLinear,
             ),
         ));
     }
@@ -422,35 +545,40 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         .collect();
     let categories: Vec<String> = measured
         .iter()
-        .map(|r| format!("{} {}", r.implementation, r.workload))
+        .map(|r| {
+            format!(
+                "{} {} {} ({:.0} MB)",
+                r.implementation,
+                r.workload,
+                r.problem.dtype(),
+                r.hbm.model_bytes as f64 / 1e6
+            )
+        })
         .collect();
-    let gb = |b: u64| b as f64 / 1e9;
     out.push((
         "bytes_measured_vs_min.svg".to_string(),
         bar_chart(
-            "DRAM bytes per call: measured (ncu) vs minimum (model)",
-            "GB per call",
+            "DRAM bytes per call: measured (ncu) / minimum (model) | 1 = each input read once and each output written once; below 1: outputs still in L2 when the kernel ends",
+            "measured / minimum bytes",
             &categories,
-            &[
-                (
-                    "minimum (model)".to_string(),
-                    measured.iter().map(|r| gb(r.hbm.model_bytes)).collect(),
-                ),
-                (
-                    "measured (ncu)".to_string(),
-                    measured
-                        .iter()
-                        .map(|r| r.measured_bytes().map_or(f64::NAN, gb))
-                        .collect(),
-                ),
-            ],
+            &[(
+                "measured / minimum".to_string(),
+                measured
+                    .iter()
+                    .map(|r| r.hbm.measured_over_model.unwrap_or(f64::NAN))
+                    .collect(),
+            )],
+            Some(1.0),
         ),
     ));
 
     let reference: Vec<&&BenchResult> = results
         .iter()
+        // Default configurations only: converted variant sweeps (`impl[variant]`)
+        // belong to the kernels' own notes.
         .filter(|r| {
             r.timing.method == TimingMethod::CudaEvents
+                && !r.implementation.contains('[')
                 && crate::workloads::reference_workload(&r.workload).is_some()
         })
         .collect();
@@ -461,7 +589,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
     out.push((
         "reference_workloads.svg".to_string(),
         bar_chart(
-            "design.md §6 workloads: fraction of the H100 floor (1 = at the floor)",
+            "design.md §6 workloads: fraction of the H100 floor | floor / median time; 1 = at the floor (bytes, MMA or exp bound, whichever is largest)",
             "floor / median time",
             &categories,
             &[(
@@ -471,6 +599,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
                     .map(|r| r.roofline.fraction_of_floor)
                     .collect(),
             )],
+            Some(1.0),
         ),
     ));
     out
@@ -494,7 +623,7 @@ mod tests {
                 dashed: true,
             },
         ];
-        let svg = line_chart("t & u", "L", "ms", &s, true);
+        let svg = line_chart("t & u", "L", "ms", &s, true, YScale::Log);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert_eq!(svg.matches("<circle").count(), 5);
@@ -504,9 +633,9 @@ mod tests {
 
     #[test]
     fn empty_charts_say_so() {
-        let svg = line_chart("t", "x", "y", &[], true);
+        let svg = line_chart("t", "x", "y", &[], true, YScale::UnitLinear);
         assert!(svg.contains("no results for this plot yet"));
-        let svg = bar_chart("t", "x", &[], &[]);
+        let svg = bar_chart("t", "x", &[], &[], None);
         assert!(svg.contains("no results for this plot yet"));
     }
 
