@@ -4,6 +4,9 @@
 //! implementation (CPU ports, and CUDA kernels when a GPU is present) against the
 //! f64 oracle on a suite of shapes and print the table.
 
+mod bench;
+mod fuzz;
+mod gate;
 mod resources;
 mod verify;
 
@@ -45,6 +48,13 @@ enum Command {
     /// Compile every kernel variant with NVRTC (no GPU needed) and print registers,
     /// spills, stack and shared memory against kernels/budgets.toml.
     Resources(resources::ResourcesArgs),
+    /// Differential fuzzing from random seeds: every implementation (CUDA too with a
+    /// GPU) against the oracle; stops at the first finding with a replayable seed.
+    Fuzz(fuzz::FuzzArgs),
+    /// Benchmark every implementation and write the versioned JSON result set.
+    Bench(bench::Args),
+    /// Compare a new result set with a baseline; non-zero exit on a regression.
+    Gate(gate::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,5 +62,8 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Verify(cli.verify)) {
         Command::Verify(args) => verify::run(&args),
         Command::Resources(args) => resources::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Gate(args) => gate::run(&args),
     }
 }
