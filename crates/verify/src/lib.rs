@@ -10,6 +10,7 @@
 //! - [`suite`]: the named shapes of the main verification run and its table.
 
 pub mod check;
+pub mod fuzz;
 pub mod gen;
 pub mod impls;
 pub mod suite;

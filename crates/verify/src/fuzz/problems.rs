@@ -1,0 +1,588 @@
+//! Problems decoded from fuzzer bytes: a shape and options, values from the
+//! verify generators, then extreme regimes and single-element patches (see
+//! [`super::draw`]), plus the implementation options (L-block, chunk length).
+
+use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
+use ssm_core::mamba1::Mamba1Dims;
+use ssm_core::mamba2::{DSkip, SsdDims, NO_DT_LIMIT};
+use ssm_core::{DType, Element};
+
+use super::draw::{patch, regime_rng, AScale, Bytes, DtScale, Scale};
+use crate::gen::{DKind, DtRegime, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData};
+use crate::impls::Family;
+
+/// Names of the non-typical regimes a problem was drawn with, for messages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Regimes(Vec<String>);
+
+impl Regimes {
+    fn patches(&mut self, patches: Vec<super::draw::Patch>) {
+        self.0.extend(patches.iter().map(|p| p.to_string()));
+    }
+
+    /// Record `regime` for `tensor` unless it is the plain one.
+    fn note<R: std::fmt::Debug + PartialEq>(&mut self, tensor: &str, regime: R, plain: R) {
+        if regime != plain {
+            self.0.push(format!("{tensor}:{regime:?}"));
+        }
+    }
+}
+
+impl std::fmt::Display for Regimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.0 {
+            write!(f, " {r}")?;
+        }
+        Ok(())
+    }
+}
+
+fn draw_scale(bytes: &mut Bytes<'_>, regimes: &mut Regimes, tensor: &str) -> Scale {
+    let s = Scale::draw(bytes);
+    regimes.note(tensor, s, Scale::Typical);
+    s
+}
+
+// ---------------------------------------------------------------- Mamba-1 scan
+
+/// A Mamba-1 scan problem and the CPU port's L-block.
+#[derive(Clone, Debug)]
+pub struct ScanProblem {
+    pub data: Mamba1Data,
+    pub dtype: DType,
+    pub block_len: usize,
+    pub regimes: Regimes,
+}
+
+impl ScanProblem {
+    pub fn decode(bytes: &mut Bytes<'_>) -> Self {
+        let seqlen = bytes.seqlen(64);
+        let groups = bytes.int(1, 3);
+        let per_group = bytes.int(1, 12);
+        let d_state = bytes.int(1, 17);
+        let varlen = bytes.chance(64).then(|| bytes.int(1, 5));
+        let batch = if varlen.is_some() { 1 } else { bytes.int(1, 3) };
+        let bc = |kind: usize| match kind {
+            0 => Some(1),
+            1 => Some(groups),
+            _ => None,
+        };
+        let (b_kind, c_kind) = (bytes.int(0, 2), bytes.int(0, 2));
+        let case = Mamba1Case {
+            dims: Mamba1Dims {
+                batch,
+                d_inner: groups * per_group,
+                d_state,
+                seqlen,
+            },
+            b_groups: bc(b_kind),
+            c_groups: bc(c_kind),
+            d: bytes.bool(),
+            z: bytes.bool(),
+            delta_bias: bytes.bool(),
+            softplus: bytes.bool(),
+            initial_states: bytes.bool(),
+            final_states: !bytes.chance(32),
+            varlen,
+            dt: if bytes.bool() {
+                DtRegime::Large
+            } else {
+                DtRegime::Typical
+            },
+        };
+        let seed = bytes.u64();
+        let mut data = Mamba1Data::generate(&case, seed);
+        if let Some(n) = varlen {
+            // Same count as the generator's, so the initial states keep their rows.
+            data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
+        }
+        let mut rng = regime_rng(seed);
+        let mut regimes = Regimes::default();
+        draw_scale(bytes, &mut regimes, "u").apply(&mut data.u, &mut rng);
+        let dt = DtScale::draw(bytes);
+        regimes.note("dt", dt, DtScale::AsGenerated);
+        dt.apply(&mut data.delta, case.softplus, &mut rng);
+        let a = AScale::draw(bytes);
+        regimes.note("A", a, AScale::AsGenerated);
+        a.apply(&mut data.a, &mut rng);
+        draw_scale(bytes, &mut regimes, "B").apply(&mut data.b, &mut rng);
+        draw_scale(bytes, &mut regimes, "C").apply(&mut data.c, &mut rng);
+        if let Some(h0) = data.initial_states.as_mut() {
+            draw_scale(bytes, &mut regimes, "h0").apply(h0, &mut rng);
+        }
+        {
+            let mut targets: Vec<(&str, &mut [f32])> = vec![
+                ("u", &mut data.u),
+                ("delta", &mut data.delta),
+                ("A", &mut data.a),
+                ("B", &mut data.b),
+                ("C", &mut data.c),
+            ];
+            let optional = [
+                ("D", &mut data.d),
+                ("z", &mut data.z),
+                ("bias", &mut data.delta_bias),
+                ("h0", &mut data.initial_states),
+            ];
+            for (name, t) in optional {
+                if let Some(t) = t {
+                    targets.push((name, t));
+                }
+            }
+            regimes.patches(patch(bytes, &mut targets, 6));
+        }
+        let dtype = bytes.dtype();
+        let block_len = bytes.tile(seqlen);
+        ScanProblem {
+            data,
+            dtype,
+            block_len,
+            regimes,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} {} block {}{}",
+            self.data.case.describe(),
+            self.dtype,
+            self.block_len,
+            self.regimes
+        );
+        if let Some(cu) = &self.data.cu_seqlens {
+            s += &format!(" cu {cu:?}");
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------- Mamba-2 SSD
+
+/// Step-size clamps the SSD problems use: none, the usual, degenerate (min = max)
+/// and wide.
+const DT_LIMITS: &[Option<(f32, f32)>] = &[
+    None,
+    Some((0.001, 5.0)),
+    Some((0.0, 0.1)),
+    Some((1.0, 1.0)),
+    Some((0.5, 1e3)),
+];
+
+/// An SSD problem and the CPU port's chunk length.
+#[derive(Clone, Debug)]
+pub struct SsdProblem {
+    pub data: SsdData,
+    pub dtype: DType,
+    pub chunk: usize,
+    pub regimes: Regimes,
+}
+
+impl SsdProblem {
+    pub fn decode(bytes: &mut Bytes<'_>) -> Self {
+        let seqlen = bytes.seqlen(64);
+        let groups = bytes.int(1, 3);
+        let heads_per_group = bytes.int(1, 3);
+        let head_dim = bytes.int(1, 8);
+        let d_state = bytes.int(1, 12);
+        let varlen = bytes.chance(64).then(|| bytes.int(1, 5));
+        let batch = if varlen.is_some() { 1 } else { bytes.int(1, 2) };
+        let case = SsdCase {
+            dims: SsdDims {
+                batch,
+                seqlen,
+                heads: groups * heads_per_group,
+                head_dim,
+                d_state,
+                groups,
+            },
+            dt_bias: bytes.bool(),
+            softplus: bytes.bool(),
+            dt_limit: bytes.pick(DT_LIMITS),
+            d: bytes.pick(&[DKind::None, DKind::PerHead, DKind::PerHeadDim]),
+            z: bytes.bool(),
+            initial_states: bytes.bool(),
+            final_states: !bytes.chance(32),
+            varlen,
+            dt: if bytes.bool() {
+                DtRegime::Large
+            } else {
+                DtRegime::Typical
+            },
+        };
+        let seed = bytes.u64();
+        let mut data = SsdData::generate(&case, seed);
+        if let Some(n) = varlen {
+            data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
+        }
+        let mut rng = regime_rng(seed);
+        let mut regimes = Regimes::default();
+        draw_scale(bytes, &mut regimes, "x").apply(&mut data.x, &mut rng);
+        let dt = DtScale::draw(bytes);
+        regimes.note("dt", dt, DtScale::AsGenerated);
+        dt.apply(&mut data.dt, case.softplus, &mut rng);
+        let a = AScale::draw(bytes);
+        regimes.note("A", a, AScale::AsGenerated);
+        a.apply(&mut data.a, &mut rng);
+        draw_scale(bytes, &mut regimes, "B").apply(&mut data.b, &mut rng);
+        draw_scale(bytes, &mut regimes, "C").apply(&mut data.c, &mut rng);
+        if let Some(s0) = data.initial_states.as_mut() {
+            draw_scale(bytes, &mut regimes, "s0").apply(s0, &mut rng);
+        }
+        {
+            let mut targets: Vec<(&str, &mut [f32])> = vec![
+                ("x", &mut data.x),
+                ("dt", &mut data.dt),
+                ("A", &mut data.a),
+                ("B", &mut data.b),
+                ("C", &mut data.c),
+            ];
+            let optional = [
+                ("D", &mut data.d),
+                ("z", &mut data.z),
+                ("dt_bias", &mut data.dt_bias),
+                ("s0", &mut data.initial_states),
+            ];
+            for (name, t) in optional {
+                if let Some(t) = t {
+                    targets.push((name, t));
+                }
+            }
+            regimes.patches(patch(bytes, &mut targets, 6));
+        }
+        let dtype = bytes.dtype();
+        let chunk = bytes.tile(seqlen);
+        SsdProblem {
+            data,
+            dtype,
+            chunk,
+            regimes,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} {} chunk {}{}",
+            self.data.case.describe(),
+            self.dtype,
+            self.chunk,
+            self.regimes
+        );
+        if let Some(cu) = &self.data.cu_seqlens {
+            s += &format!(" cu {cu:?}");
+        }
+        if let Some((lo, hi)) = self.data.case.dt_limit {
+            s += &format!(" dt_limit ({lo}, {hi})");
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------- decode steps
+
+/// One decode step of either family with every option chosen independently.
+#[derive(Clone, Debug)]
+pub struct StepProblem {
+    pub family: Family,
+    pub dtype: DType,
+    pub batch: usize,
+    /// Mamba-1: `D_in`; Mamba-2: `H`.
+    pub channels: usize,
+    /// Mamba-2: `P`; Mamba-1: 1.
+    pub head_dim: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    pub cache_rows: usize,
+    pub x: Vec<f32>,
+    pub dt: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub c: Vec<f32>,
+    pub d: Option<Vec<f32>>,
+    pub d_per_head_dim: bool,
+    pub z: Option<Vec<f32>>,
+    pub dt_bias: Option<Vec<f32>>,
+    pub softplus: bool,
+    /// Mamba-2 only.
+    pub dt_limit: (f32, f32),
+    pub state: Vec<f32>,
+    pub indices: Option<Vec<i64>>,
+    pub regimes: Regimes,
+}
+
+/// A step's tensors rounded to `T`.
+pub struct StepTensors<T> {
+    pub x: Vec<T>,
+    pub dt: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub z: Option<Vec<T>>,
+}
+
+impl StepProblem {
+    pub fn decode(bytes: &mut Bytes<'_>) -> Self {
+        let family = bytes.pick(&[Family::Mamba1, Family::Mamba2]);
+        let batch = bytes.int(1, 4);
+        let groups = bytes.int(1, 3);
+        let (channels, head_dim) = match family {
+            Family::Mamba1 => (groups * bytes.int(1, 12), 1),
+            Family::Mamba2 => (groups * bytes.int(1, 3), bytes.int(1, 8)),
+        };
+        let d_state = bytes.int(1, 17);
+        let indexed = bytes.bool().then(|| bytes.int(0, 3));
+        let d_per_head_dim = family == Family::Mamba2 && bytes.bool();
+        let case = StepCase {
+            batch,
+            channels,
+            head_dim,
+            d_state,
+            groups,
+            indexed,
+            all_options: true,
+            d_per_head_dim,
+        };
+        let seed = bytes.u64();
+        let mut g = StepData::generate(&case, family == Family::Mamba2, seed);
+        let softplus = bytes.bool();
+        if !softplus {
+            // The generator drew pre-activations; without softplus keep dt > 0.
+            g.dt.iter_mut()
+                .for_each(|v| *v = ssm_core::math::softplus_f32(*v));
+        }
+        let d = bytes.bool().then(|| g.d.take()).flatten();
+        let z = bytes.bool().then(|| g.z.take()).flatten();
+        let dt_bias = bytes.bool().then(|| g.dt_bias.take()).flatten();
+        let dt_limit = match family {
+            Family::Mamba1 => NO_DT_LIMIT,
+            Family::Mamba2 => bytes.pick(DT_LIMITS).unwrap_or(NO_DT_LIMIT),
+        };
+        let mut indices = g.state_batch_indices.take();
+        if let Some(idx) = indices.as_mut() {
+            // Now and then a raw index: out of range or repeated, a typed error.
+            if bytes.chance(24) {
+                let at = bytes.int(0, idx.len() - 1);
+                idx[at] = bytes.pick(&[-1, -7, i64::MIN, g.cache_rows as i64, i64::MAX, 0]);
+            }
+        }
+        let mut rng = regime_rng(seed);
+        let mut regimes = Regimes::default();
+        draw_scale(bytes, &mut regimes, "x").apply(&mut g.x, &mut rng);
+        let dt = DtScale::draw(bytes);
+        regimes.note("dt", dt, DtScale::AsGenerated);
+        dt.apply(&mut g.dt, softplus, &mut rng);
+        let a = AScale::draw(bytes);
+        regimes.note("A", a, AScale::AsGenerated);
+        a.apply(&mut g.a, &mut rng);
+        draw_scale(bytes, &mut regimes, "B").apply(&mut g.b, &mut rng);
+        draw_scale(bytes, &mut regimes, "C").apply(&mut g.c, &mut rng);
+        draw_scale(bytes, &mut regimes, "state").apply(&mut g.state, &mut rng);
+        let mut problem = StepProblem {
+            family,
+            dtype: DType::F32,
+            batch,
+            channels,
+            head_dim,
+            d_state,
+            groups,
+            cache_rows: g.cache_rows,
+            x: g.x,
+            dt: g.dt,
+            a: g.a,
+            b: g.b,
+            c: g.c,
+            d,
+            d_per_head_dim,
+            z,
+            dt_bias,
+            softplus,
+            dt_limit,
+            state: g.state,
+            indices,
+            regimes,
+        };
+        {
+            let p = &mut problem;
+            let mut targets: Vec<(&str, &mut [f32])> = vec![
+                ("x", &mut p.x),
+                ("dt", &mut p.dt),
+                ("A", &mut p.a),
+                ("B", &mut p.b),
+                ("C", &mut p.c),
+                ("state", &mut p.state),
+            ];
+            for (name, t) in [
+                ("D", &mut p.d),
+                ("z", &mut p.z),
+                ("dt_bias", &mut p.dt_bias),
+            ] {
+                if let Some(t) = t {
+                    targets.push((name, t));
+                }
+            }
+            let patches = patch(bytes, &mut targets, 6);
+            p.regimes.patches(patches);
+        }
+        problem.dtype = bytes.dtype();
+        problem
+    }
+
+    pub fn tensors<T: Element>(&self) -> StepTensors<T> {
+        let round = ssm_core::element::round_slice::<T>;
+        StepTensors {
+            x: round(&self.x),
+            dt: round(&self.dt),
+            b: round(&self.b),
+            c: round(&self.c),
+            z: self.z.as_deref().map(round),
+        }
+    }
+
+    pub fn mamba1<'a, T: Element>(&'a self, t: &'a StepTensors<T>) -> Mamba1StepParams<'a, T> {
+        Mamba1StepParams {
+            cache_rows: self.cache_rows,
+            d: self.d.as_deref(),
+            z: t.z.as_deref(),
+            dt_bias: self.dt_bias.as_deref(),
+            dt_softplus: self.softplus,
+            state_batch_indices: self.indices.as_deref(),
+            ..Mamba1StepParams::new(
+                self.batch,
+                self.channels,
+                self.d_state,
+                self.groups,
+                &t.x,
+                &t.dt,
+                &self.a,
+                &t.b,
+                &t.c,
+            )
+        }
+    }
+
+    pub fn mamba2<'a, T: Element>(&'a self, t: &'a StepTensors<T>) -> Mamba2StepParams<'a, T> {
+        Mamba2StepParams {
+            cache_rows: self.cache_rows,
+            d: self.d.as_deref().map(|d| {
+                if self.d_per_head_dim {
+                    DSkip::PerHeadDim(d)
+                } else {
+                    DSkip::PerHead(d)
+                }
+            }),
+            z: t.z.as_deref(),
+            dt_bias: self.dt_bias.as_deref(),
+            dt_softplus: self.softplus,
+            dt_limit: self.dt_limit,
+            state_batch_indices: self.indices.as_deref(),
+            ..Mamba2StepParams::new(
+                self.batch,
+                self.channels,
+                self.head_dim,
+                self.d_state,
+                self.groups,
+                &t.x,
+                &t.dt,
+                &self.a,
+                &t.b,
+                &t.c,
+            )
+        }
+    }
+
+    /// Elements of one cache row.
+    pub fn row_len(&self) -> usize {
+        self.channels * self.head_dim * self.d_state
+    }
+
+    pub fn describe(&self) -> String {
+        let family = match self.family {
+            Family::Mamba1 => format!("m1 step D{}", self.channels),
+            Family::Mamba2 => format!("m2 step H{} P{}", self.channels, self.head_dim),
+        };
+        let mut s = format!(
+            "{family} b{} N{} G{} rows{} {}",
+            self.batch, self.d_state, self.groups, self.cache_rows, self.dtype
+        );
+        for (on, name) in [
+            (self.d.is_some(), "D"),
+            (self.d_per_head_dim, "(H,P)"),
+            (self.z.is_some(), "z"),
+            (self.dt_bias.is_some(), "bias"),
+            (self.softplus, "softplus"),
+        ] {
+            if on {
+                s += " +";
+                s += name;
+            }
+        }
+        if self.family == Family::Mamba2 && self.dt_limit != NO_DT_LIMIT {
+            s += &format!(" dt_limit {:?}", self.dt_limit);
+        }
+        if let Some(idx) = &self.indices {
+            s += &format!(" idx {idx:?}");
+        }
+        s + &self.regimes.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random()).collect()
+    }
+
+    #[test]
+    fn empty_input_decodes_to_small_plain_problems() {
+        let s = ScanProblem::decode(&mut Bytes::new(&[]));
+        assert_eq!(s.data.case.dims.seqlen, 1);
+        assert_eq!(s.dtype, DType::F32);
+        assert_eq!(s.block_len, 2);
+        let d = SsdProblem::decode(&mut Bytes::new(&[]));
+        assert_eq!(d.data.case.dims.heads, 1);
+        let st = StepProblem::decode(&mut Bytes::new(&[]));
+        assert_eq!((st.family, st.batch), (Family::Mamba1, 1));
+    }
+
+    #[test]
+    fn decoded_problems_pass_validation_unless_an_index_is_raw() {
+        for seed in 0..300 {
+            let bytes = bytes_of(seed, 200);
+            let s = ScanProblem::decode(&mut Bytes::new(&bytes));
+            let inputs = s.data.inputs::<f32>();
+            inputs.params().validate().unwrap();
+            let d = SsdProblem::decode(&mut Bytes::new(&bytes));
+            d.data.inputs::<f32>().params().validate().unwrap();
+            let st = StepProblem::decode(&mut Bytes::new(&bytes));
+            let t = st.tensors::<f32>();
+            let ok = match st.family {
+                Family::Mamba1 => st.mamba1(&t).validate(st.state.len()),
+                Family::Mamba2 => st.mamba2(&t).validate(st.state.len()),
+            };
+            let raw = st
+                .indices
+                .as_ref()
+                .is_some_and(|i| i.iter().any(|&v| v >= st.cache_rows as i64 || v < -1));
+            if ok.is_err() && !raw {
+                // Duplicates from a raw index are the only other way to fail.
+                let idx = st.indices.clone().unwrap_or_default();
+                let mut seen = idx.iter().filter(|&&v| v >= 0).collect::<Vec<_>>();
+                seen.sort();
+                let before = seen.len();
+                seen.dedup();
+                assert!(seen.len() < before, "{}: {ok:?}", st.describe());
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_bytes_decode_to_the_same_problem() {
+        let bytes = bytes_of(7, 300);
+        let a = ScanProblem::decode(&mut Bytes::new(&bytes));
+        let b = ScanProblem::decode(&mut Bytes::new(&bytes));
+        assert_eq!(a.describe(), b.describe());
+        assert_eq!(a.data.u, b.data.u);
+    }
+}

@@ -1,0 +1,517 @@
+//! The differential targets: decode a problem, run the oracle and every
+//! implementation on the same rounded inputs, judge each by [`super::verdict`].
+
+use std::cell::OnceCell;
+
+use half::{bf16, f16};
+use ssm_core::mamba1::{BcInput, SelectiveScanParams};
+use ssm_core::mamba2::{DSkip, SsdParams};
+use ssm_core::shape::segments;
+use ssm_core::tolerance::{rel_l2_budget, state_budget};
+use ssm_core::{DType, Result, ScanOutput};
+use ssm_gpu::DeviceElement;
+
+use super::envelope::{
+    mamba1_step_envelope, mamba2_step_envelope, scan_envelope, ssd_envelope, Envelope,
+};
+use super::problems::{ScanProblem, SsdProblem, StepProblem};
+use super::verdict::{judge, Budget, Class};
+use super::{guarded, Ctx, Finding, Outcome, Target};
+use crate::impls::{Family, ScanImpl, SsdImpl, CUDA_SSD_MAX_CHUNK};
+
+const F32_MAX: f64 = f32::MAX as f64;
+
+/// `|x|` elementwise (exact in every element type).
+fn abs_of<T: ssm_core::Element>(xs: &[T]) -> Vec<T> {
+    xs.iter().map(|v| T::from_f64(v.to_f64().abs())).collect()
+}
+
+/// Longest sequence of a (possibly varlen) row.
+fn longest(cu_seqlens: Option<&[i64]>, seqlen: usize) -> usize {
+    segments(cu_seqlens, seqlen)
+        .iter()
+        .map(|&(s, e)| e.saturating_sub(s))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Dispatch on a decoded element type.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            DType::F32 | DType::F64 => $f::<f32>($($arg),*),
+            DType::Bf16 => $f::<bf16>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+        }
+    };
+}
+
+/// The oracle on absolute values (verdict docs), computed at most once.
+type Magnitude<'a> = Box<dyn Fn() -> Option<ScanOutput<f64, f64>> + 'a>;
+
+/// Runs implementations against one oracle result and records the outcome.
+struct Referee<'a> {
+    target: Target,
+    problem: String,
+    want: &'a Result<ScanOutput<f64, f64>>,
+    env: Option<Envelope>,
+    magnitude: Magnitude<'a>,
+    magnitude_cache: OnceCell<Option<ScanOutput<f64, f64>>>,
+    outcome: Outcome,
+}
+
+impl<'a> Referee<'a> {
+    fn new(
+        target: Target,
+        problem: String,
+        want: &'a Result<ScanOutput<f64, f64>>,
+        env: Option<Envelope>,
+        magnitude: Magnitude<'a>,
+    ) -> std::result::Result<Self, Finding> {
+        let referee = Referee {
+            target,
+            problem,
+            want,
+            env,
+            magnitude,
+            magnitude_cache: OnceCell::new(),
+            outcome: Outcome::default(),
+        };
+        referee.check_oracle()?;
+        Ok(referee)
+    }
+
+    fn finding(&self, implementation: &str, class: Option<Class>, detail: String) -> Finding {
+        Finding {
+            target: self.target,
+            implementation: implementation.to_string(),
+            problem: self.problem.clone(),
+            class,
+            detail,
+        }
+    }
+
+    /// The oracle itself must be finite on finite inputs that fit f64.
+    fn check_oracle(&self) -> std::result::Result<(), Finding> {
+        if let (Ok(want), Some(env)) = (self.want, &self.env) {
+            if Class::of(env, want, f64::MAX, None) == Class::InModel {
+                let states = want.final_states.as_deref().unwrap_or(&[]);
+                if want.out.iter().chain(states).any(|v| !v.is_finite()) {
+                    return Err(self.finding(
+                        "oracle",
+                        Some(Class::InModel),
+                        "non-finite result on finite inputs whose envelope fits f64".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Judge one implementation; `precision` is the largest finite value it
+    /// computes with, `out_dtype` the type its outputs are stored in.
+    fn judge(
+        &mut self,
+        name: &str,
+        precision: f64,
+        out_dtype: Option<DType>,
+        budget: impl FnOnce(&Envelope) -> Budget,
+        may_decline: bool,
+        run: impl FnOnce() -> Result<ScanOutput<f64, f64>>,
+    ) -> std::result::Result<(), Finding> {
+        let (class, budget) = match (self.want, &self.env) {
+            (Ok(want), Some(env)) => {
+                let budget = budget(env);
+                (
+                    Class::of(env, want, precision, out_dtype).bounded_by(&budget),
+                    budget,
+                )
+            }
+            _ => (Class::Invalid, Budget::NONE),
+        };
+        let got =
+            guarded(run).map_err(|m| self.finding(name, Some(class), format!("panicked: {m}")))?;
+        let magnitude = || {
+            self.magnitude_cache
+                .get_or_init(|| guarded(&self.magnitude).ok().flatten())
+                .as_ref()
+        };
+        let checked = judge(class, &got, self.want, &budget, may_decline, magnitude)
+            .map_err(|d| self.finding(name, Some(class), d))?;
+        self.outcome.record(class, checked);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- scan
+
+pub(super) fn scan(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+    let problem = ScanProblem::decode(&mut super::draw::Bytes::new(bytes));
+    by_dtype!(problem.dtype, scan_as(&problem, ctx))
+}
+
+fn scan_as<T: DeviceElement>(
+    problem: &ScanProblem,
+    ctx: &Ctx<'_>,
+) -> std::result::Result<Outcome, Finding> {
+    let inputs = problem.data.inputs::<T>();
+    let p = inputs.params();
+    let describe = problem.describe();
+    let want = guarded(|| ssm_reference::selective_scan(&p))
+        .map_err(|m| oracle_panic(Target::Scan, &describe, m))?;
+    let env = want.is_ok().then(|| scan_envelope(&p));
+    let magnitude = Box::new(|| {
+        let (u, b, c) = (abs_of(p.u), abs_of(p.b.data()), abs_of(p.c.data()));
+        let (d, h0) = (p.d.map(abs_of), p.initial_states.map(abs_of));
+        let like = |bc: &BcInput<'_, T>, data| match *bc {
+            BcInput::Grouped { groups, .. } => BcInput::Grouped { groups, data },
+            BcInput::Constant(_) => BcInput::Constant(data),
+        };
+        let q = SelectiveScanParams {
+            u: &u,
+            b: like(&p.b, &b),
+            c: like(&p.c, &c),
+            d: d.as_deref(),
+            initial_states: h0.as_deref(),
+            ..p
+        };
+        ssm_reference::selective_scan(&q).ok()
+    });
+    let mut referee = Referee::new(Target::Scan, describe, &want, env, magnitude)?;
+    let reduction = p.dims.d_state + longest(p.cu_seqlens, p.dims.seqlen);
+    let f32_budget = |env: &Envelope| {
+        Budget::f32(
+            rel_l2_budget(T::DTYPE, 0.0),
+            state_budget(0.0),
+            T::DTYPE,
+            reduction,
+            env,
+        )
+    };
+    let mut impls = vec![ScanImpl::CpuBlocked {
+        block_len: problem.block_len,
+    }];
+    if ctx.gpu.is_some() {
+        impls.push(ScanImpl::Cuda);
+    }
+    for imp in impls {
+        let run = || imp.run(&inputs, ctx.gpu);
+        let is_cuda = imp == ScanImpl::Cuda;
+        referee.judge(
+            &imp.name(),
+            F32_MAX,
+            Some(T::DTYPE),
+            f32_budget,
+            is_cuda,
+            run,
+        )?;
+    }
+    Ok(referee.outcome)
+}
+
+// ---------------------------------------------------------------- SSD
+
+pub(super) fn ssd(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+    let problem = SsdProblem::decode(&mut super::draw::Bytes::new(bytes));
+    by_dtype!(problem.dtype, ssd_as(&problem, ctx))
+}
+
+/// The largest `sum |dt' A|` over windows of `window` steps that restart at every
+/// sequence start, as a chunked implementation cuts them (`usize::MAX`: whole
+/// sequences). The tolerance model's `K`.
+pub fn ssd_window_log_decay<T: ssm_core::Element>(p: &SsdParams<'_, T>, window: usize) -> f64 {
+    let dims = p.dims;
+    let rows = if p.cu_seqlens.is_some() {
+        1
+    } else {
+        dims.batch
+    };
+    let mut k: f64 = 0.0;
+    for row in 0..rows {
+        for (start, end) in segments(p.cu_seqlens, dims.seqlen) {
+            for h in 0..dims.heads {
+                let a = p.a[h] as f64;
+                let mut t = start;
+                while t < end {
+                    let stop = end.min(t.saturating_add(window));
+                    let sum: f64 = (t..stop).map(|s| (p.dt_at(row, s, h) * a).abs()).sum();
+                    k = k.max(sum);
+                    t = stop;
+                }
+            }
+        }
+    }
+    k
+}
+
+fn ssd_as<T: DeviceElement>(
+    problem: &SsdProblem,
+    ctx: &Ctx<'_>,
+) -> std::result::Result<Outcome, Finding> {
+    let inputs = problem.data.inputs::<T>();
+    let p = inputs.params();
+    let describe = problem.describe();
+    let want = guarded(|| ssm_reference::ssd_recurrence(&p))
+        .map_err(|m| oracle_panic(Target::Ssd, &describe, m))?;
+    let env = want.is_ok().then(|| ssd_envelope(&p));
+    let magnitude = Box::new(|| {
+        let (x, b, c) = (abs_of(p.x), abs_of(p.b), abs_of(p.c));
+        let s0 = p.initial_states.map(abs_of);
+        let d = p.d.as_ref().map(|d| abs_of(d.data()));
+        let q = SsdParams {
+            x: &x,
+            b: &b,
+            c: &c,
+            initial_states: s0.as_deref(),
+            d: match (&p.d, &d) {
+                (Some(DSkip::PerHead(_)), Some(d)) => Some(DSkip::PerHead(d)),
+                (Some(DSkip::PerHeadDim(_)), Some(d)) => Some(DSkip::PerHeadDim(d)),
+                _ => None,
+            },
+            ..p
+        };
+        ssm_reference::ssd_recurrence(&q).ok()
+    });
+    let mut referee = Referee::new(Target::Ssd, describe, &want, env, magnitude)?;
+    let dims = p.dims;
+    let reduction = dims.d_state + dims.head_dim + longest(p.cu_seqlens, dims.seqlen);
+    let valid = want.is_ok();
+    let k_of = |window: usize| {
+        if valid {
+            ssd_window_log_decay(&p, window)
+        } else {
+            0.0
+        }
+    };
+
+    let quadratic = SsdImpl::Quadratic;
+    let k_full = k_of(usize::MAX);
+    referee.judge(
+        &quadratic.name(),
+        f64::MAX,
+        None,
+        |env| Budget::f64(k_full, reduction, env),
+        false,
+        || quadratic.run(&inputs, None),
+    )?;
+
+    let mut impls = vec![SsdImpl::CpuChunked {
+        chunk: problem.chunk,
+    }];
+    if ctx.gpu.is_some() {
+        impls.push(SsdImpl::Cuda);
+    }
+    for imp in impls {
+        let window = match imp {
+            SsdImpl::CpuChunked { chunk } => chunk,
+            _ => CUDA_SSD_MAX_CHUNK,
+        };
+        let k = k_of(window);
+        let budget = |env: &Envelope| {
+            Budget::f32(
+                rel_l2_budget(T::DTYPE, k),
+                state_budget(k),
+                T::DTYPE,
+                reduction,
+                env,
+            )
+        };
+        let is_cuda = imp == SsdImpl::Cuda;
+        let run = || imp.run(&inputs, ctx.gpu);
+        referee.judge(&imp.name(), F32_MAX, Some(T::DTYPE), budget, is_cuda, run)?;
+    }
+    Ok(referee.outcome)
+}
+
+// ---------------------------------------------------------------- decode steps
+
+pub(super) fn step(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+    let problem = StepProblem::decode(&mut super::draw::Bytes::new(bytes));
+    by_dtype!(problem.dtype, step_as(&problem, ctx))
+}
+
+/// Where a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepBackend {
+    Cpu,
+    Cuda,
+}
+
+/// Run one step of `problem` on a copy of its cache; returns the output and the
+/// whole updated cache, widened to f64, and the cache itself for bitwise checks.
+fn run_step<T: DeviceElement>(
+    problem: &StepProblem,
+    tensors: &super::problems::StepTensors<T>,
+    backend: StepBackend,
+    ctx: &Ctx<'_>,
+) -> (Result<ScanOutput<f64, f64>>, Vec<f32>) {
+    let mut state = problem.state.clone();
+    let result = (|| {
+        let out = match (problem.family, backend) {
+            (Family::Mamba1, StepBackend::Cpu) => mamba1_scan::decode_step(
+                &problem.mamba1(tensors),
+                &mut state,
+                mamba1_scan::Backend::Cpu(Default::default()),
+            )?,
+            (Family::Mamba1, StepBackend::Cuda) => mamba1_scan::decode_step(
+                &problem.mamba1(tensors),
+                &mut state,
+                mamba1_scan::Backend::Cuda(ctx.require_gpu()?),
+            )?,
+            (Family::Mamba2, StepBackend::Cpu) => mamba2_ssd::decode_step(
+                &problem.mamba2(tensors),
+                &mut state,
+                mamba2_ssd::Backend::Cpu(Default::default()),
+            )?,
+            (Family::Mamba2, StepBackend::Cuda) => mamba2_ssd::decode_step(
+                &problem.mamba2(tensors),
+                &mut state,
+                mamba2_ssd::Backend::Cuda(ctx.require_gpu()?),
+            )?,
+        };
+        Ok(ScanOutput {
+            out: ssm_core::element::widen(&out.out),
+            final_states: Some(state.iter().map(|&v| v as f64).collect()),
+        })
+    })();
+    (result, state)
+}
+
+/// What a step must leave alone, whatever the values: cache rows no batch row
+/// names stay bit for bit, padding rows output exactly zero, and a rejected call
+/// touches nothing.
+fn step_invariants(
+    problem: &StepProblem,
+    got: &Result<ScanOutput<f64, f64>>,
+    cache_after: &[f32],
+) -> std::result::Result<(), String> {
+    let same_bits = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let Ok(got) = got else {
+        return if same_bits(cache_after, &problem.state) {
+            Ok(())
+        } else {
+            Err("a rejected call modified the state cache".into())
+        };
+    };
+    let Some(indices) = &problem.indices else {
+        return Ok(());
+    };
+    let row_len = problem.row_len();
+    let mut named = vec![false; problem.cache_rows];
+    for &i in indices {
+        if i >= 0 {
+            named[i as usize] = true;
+        }
+    }
+    for (r, named) in named.iter().enumerate() {
+        let range = r * row_len..(r + 1) * row_len;
+        if !named && !same_bits(&cache_after[range.clone()], &problem.state[range]) {
+            return Err(format!(
+                "cache row {r}, named by no batch row, was modified"
+            ));
+        }
+    }
+    let out_len = problem.channels * problem.head_dim;
+    for (i, &idx) in indices.iter().enumerate() {
+        if idx < 0
+            && got.out[i * out_len..(i + 1) * out_len]
+                .iter()
+                .any(|&v| v != 0.0)
+        {
+            return Err(format!("padding row {i} has a non-zero output"));
+        }
+    }
+    Ok(())
+}
+
+fn step_as<T: DeviceElement>(
+    problem: &StepProblem,
+    ctx: &Ctx<'_>,
+) -> std::result::Result<Outcome, Finding> {
+    let tensors = problem.tensors::<T>();
+    let describe = problem.describe();
+    let want = guarded(|| {
+        let mut state: Vec<f64> = problem.state.iter().map(|&v| v as f64).collect();
+        let out = match problem.family {
+            Family::Mamba1 => ssm_reference::mamba1_step(&problem.mamba1(&tensors), &mut state)?,
+            Family::Mamba2 => ssm_reference::mamba2_step(&problem.mamba2(&tensors), &mut state)?,
+        };
+        Ok(ScanOutput {
+            out: out.out,
+            final_states: Some(state),
+        })
+    })
+    .map_err(|m| oracle_panic(Target::Step, &describe, m))?;
+    let env = want.is_ok().then(|| match problem.family {
+        Family::Mamba1 => mamba1_step_envelope(&problem.mamba1(&tensors), &problem.state),
+        Family::Mamba2 => mamba2_step_envelope(&problem.mamba2(&tensors), &problem.state),
+    });
+    let magnitude = Box::new(|| {
+        let abs = StepProblem {
+            x: problem.x.iter().map(|v| v.abs()).collect(),
+            b: problem.b.iter().map(|v| v.abs()).collect(),
+            c: problem.c.iter().map(|v| v.abs()).collect(),
+            d: problem
+                .d
+                .as_ref()
+                .map(|d| d.iter().map(|v| v.abs()).collect()),
+            state: problem.state.iter().map(|v| v.abs()).collect(),
+            ..problem.clone()
+        };
+        let tensors = abs.tensors::<T>();
+        let mut state: Vec<f64> = abs.state.iter().map(|&v| v as f64).collect();
+        let out = match abs.family {
+            Family::Mamba1 => ssm_reference::mamba1_step(&abs.mamba1(&tensors), &mut state),
+            Family::Mamba2 => ssm_reference::mamba2_step(&abs.mamba2(&tensors), &mut state),
+        };
+        out.ok().map(|o| ScanOutput {
+            out: o.out,
+            final_states: Some(state),
+        })
+    });
+    let mut referee = Referee::new(Target::Step, describe, &want, env, magnitude)?;
+    let reduction = problem.d_state + problem.head_dim;
+    let budget = |env: &Envelope| {
+        Budget::f32(
+            rel_l2_budget(T::DTYPE, 0.0),
+            state_budget(0.0),
+            T::DTYPE,
+            reduction,
+            env,
+        )
+    };
+    let mut backends = vec![StepBackend::Cpu];
+    if ctx.gpu.is_some() {
+        backends.push(StepBackend::Cuda);
+    }
+    for backend in backends {
+        let name = match backend {
+            StepBackend::Cpu => crate::impls::StepImpl::Cpu.name(problem.family),
+            StepBackend::Cuda => crate::impls::StepImpl::Cuda.name(problem.family),
+        };
+        let is_cuda = backend == StepBackend::Cuda;
+        // `judge` consumes the result; keep it and the cache for the invariants.
+        let mut kept = None;
+        let run = || {
+            let (result, cache) = run_step(problem, &tensors, backend, ctx);
+            kept = Some((result.clone(), cache));
+            result
+        };
+        referee.judge(&name, F32_MAX, Some(T::DTYPE), budget, is_cuda, run)?;
+        if let Some((got, cache_after)) = kept {
+            step_invariants(problem, &got, &cache_after)
+                .map_err(|d| referee.finding(&name, None, d))?;
+        }
+    }
+    Ok(referee.outcome)
+}
+
+fn oracle_panic(target: Target, problem: &str, message: String) -> Finding {
+    Finding {
+        target,
+        implementation: "oracle".into(),
+        problem: problem.to_string(),
+        class: None,
+        detail: format!("panicked: {message}"),
+    }
+}

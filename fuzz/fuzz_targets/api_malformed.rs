@@ -1,0 +1,15 @@
+//! Fuzz target `api_malformed`: malformed parameters: a typed error (the one validate gives), never a panic.
+//!
+//! The decoding and the checks live in `ssm_verify::fuzz` (shared with the
+//! corpus replay in crates/verify/tests/regressions.rs and `ssmk fuzz`);
+//! docs/FUZZING.md has the rule each implementation is held to.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ssm_verify::fuzz::{Ctx, Target};
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(finding) = Target::Api.run(data, &Ctx::CPU) {
+        panic!("{finding}");
+    }
+});

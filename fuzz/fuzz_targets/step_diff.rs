@@ -1,0 +1,15 @@
+//! Fuzz target `step_diff`: decode steps of both families: the CPU steps against the f64 oracle, cache rows and padding untouched.
+//!
+//! The decoding and the checks live in `ssm_verify::fuzz` (shared with the
+//! corpus replay in crates/verify/tests/regressions.rs and `ssmk fuzz`);
+//! docs/FUZZING.md has the rule each implementation is held to.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ssm_verify::fuzz::{Ctx, Target};
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(finding) = Target::Step.run(data, &Ctx::CPU) {
+        panic!("{finding}");
+    }
+});
