@@ -129,6 +129,7 @@ if has_step bench; then
         [ -x "$bench" ] && selected "$bench" || continue
         run_step "bench: $(basename "$bench")" "$bench" --bench
     done
+    run_step "bench: ci/bench.sh (suite + NVML + ncu)" env OUT="$SSM_RESULTS_DIR/bench" bash ci/bench.sh "$bundle"
     if [ -n "$(ls -A "$SSM_RESULTS_DIR")" ]; then
         tar -czf "$out/results.tar.gz" -C "$SSM_RESULTS_DIR" .
     fi

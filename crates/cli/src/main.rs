@@ -55,6 +55,9 @@ enum Command {
     Bench(bench::Args),
     /// Compare a new result set with a baseline; non-zero exit on a regression.
     Gate(gate::Args),
+    /// Draw the SVG plots (time and fraction of roofline against L, bytes measured
+    /// vs minimum) from result sets.
+    Plot(ssm_telemetry::cli::PlotArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,5 +68,6 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Gate(args) => gate::run(&args),
+        Command::Plot(args) => ssm_telemetry::cli::run_plot(&args),
     }
 }
