@@ -6,7 +6,8 @@
 //! and silu come from `ssm_core::math`, the definitions every implementation
 //! shares. This crate never depends on anything GPU.
 //!
-//! - [`mamba1::selective_scan`]: the Mamba-1 recurrence, one step at a time.
+//! - [`mamba1::selective_scan`]: the Mamba-1 recurrence, one step at a time
+//!   (independent (sequence, channel) pairs run in parallel; each is sequential in t).
 //! - [`ssd::ssd_recurrence`] and [`ssd::ssd_quadratic`]: Mamba-2 SSD as a
 //!   recurrence and, independently, as masked attention; they check each other.
 //! - [`decode::mamba1_step`], [`decode::mamba2_step`]: one token on a state cache.

@@ -19,7 +19,9 @@ use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::math::scan_dt;
 use ssm_core::{Element, Result, ScanOutput};
 
-use crate::sequence::{gate, load_initial_state, sequences};
+use rayon::prelude::*;
+
+use crate::sequence::{gate, load_initial_state, sequences, Sequence};
 
 /// Naive f64 selective scan with every option of design.md §1.1.
 /// `out` is `(b, D_in, L)`; final states `(b or num_seqs, D_in, N)` when requested.
@@ -32,24 +34,25 @@ pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<Scan
         seqlen,
     } = p.dims;
 
-    let mut out = vec![0.0; batch * d_inner * seqlen];
-    // The running states live directly in the final-state buffer: one (D_in, N)
-    // block per sequence, each started from its own initial state.
-    let mut states = vec![0.0; layout.num_seqs * d_inner * d_state];
-
-    for seq in sequences(batch, seqlen, p.cu_seqlens) {
-        for d in 0..d_inner {
-            let state_at = (seq.state * d_inner + d) * d_state;
-            let h = &mut states[state_at..state_at + d_state];
+    // Every (sequence, channel) is independent: run them in parallel (rayon), each
+    // returning its final state and its outputs, then place them.
+    let tasks: Vec<(Sequence, usize)> = sequences(batch, seqlen, p.cu_seqlens)
+        .into_iter()
+        .flat_map(|seq| (0..d_inner).map(move |d| (seq, d)))
+        .collect();
+    let results: Vec<(Vec<f64>, Vec<f64>)> = tasks
+        .par_iter()
+        .map(|&(seq, d)| {
+            let mut h = vec![0.0; d_state];
             // Initial states are (seqs, D_in, N): rows of N values indexed by (seq, d).
-            load_initial_state(h, p.initial_states, seq.state * d_inner + d);
+            load_initial_state(&mut h, p.initial_states, seq.state * d_inner + d);
 
             // u, delta, z and out share the (b, D_in, L) layout.
             let channel_at = (seq.row * d_inner + d) * seqlen;
             let bias = p.delta_bias.map_or(0.0, |bias| f64::from(bias[d]));
             let skip = p.d.map_or(0.0, |skip| f64::from(skip[d]));
             let a_row = &p.a[d * d_state..(d + 1) * d_state];
-
+            let mut ys = Vec::with_capacity(seq.len());
             for t in seq.positions() {
                 let u = p.u[channel_at + t].to_f64();
                 let dt = scan_dt(p.delta[channel_at + t].to_f64(), bias, p.delta_softplus);
@@ -61,9 +64,19 @@ pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<Scan
                     y += c * *h_n;
                 }
                 y += skip * u;
-                out[channel_at + t] = gate(y, p.z.map(|z| z[channel_at + t].to_f64()));
+                ys.push(gate(y, p.z.map(|z| z[channel_at + t].to_f64())));
             }
-        }
+            (h, ys)
+        })
+        .collect();
+
+    let mut out = vec![0.0; batch * d_inner * seqlen];
+    let mut states = vec![0.0; layout.num_seqs * d_inner * d_state];
+    for (&(seq, d), (h, ys)) in tasks.iter().zip(results) {
+        let state_at = (seq.state * d_inner + d) * d_state;
+        states[state_at..state_at + d_state].copy_from_slice(&h);
+        let channel_at = (seq.row * d_inner + d) * seqlen;
+        out[channel_at + seq.start..channel_at + seq.end].copy_from_slice(&ys);
     }
 
     Ok(ScanOutput {

@@ -24,6 +24,8 @@
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{Element, Result, ScanOutput};
 
+use rayon::prelude::*;
+
 use crate::sequence::{gate, load_initial_state, sequences, Sequence};
 
 /// The SSD recurrence `S_t = exp(a_t) S_{t-1} + dt'_t x_t B_t^T`, `y_t = S_t C_t + D x_t`, gated by z.
@@ -40,17 +42,20 @@ pub fn ssd_recurrence<T: Element>(p: &SsdParams<'_, T>) -> Result<ScanOutput<f64
         ..
     } = p.dims;
 
-    let mut out = vec![0.0; batch * seqlen * heads * head_dim];
-    // Running states live in the final-state buffer, one (P, N) block per (sequence, head).
-    let mut states = vec![0.0; layout.num_seqs * heads * head_dim * d_state];
-
-    for seq in sequences(batch, seqlen, p.cu_seqlens) {
-        for h in 0..heads {
-            let block = seq.state * heads + h;
-            let state = &mut states[block * head_dim * d_state..(block + 1) * head_dim * d_state];
-            load_initial_state(state, p.initial_states, block);
+    let state_len = head_dim * d_state;
+    // Every (sequence, head) is independent: run them in parallel (rayon), each
+    // returning its final state and its outputs in (t, p) order, then place them.
+    let tasks: Vec<(Sequence, usize)> = sequences(batch, seqlen, p.cu_seqlens)
+        .into_iter()
+        .flat_map(|seq| (0..heads).map(move |h| (seq, h)))
+        .collect();
+    let results: Vec<(Vec<f64>, Vec<f64>)> = tasks
+        .par_iter()
+        .map(|&(seq, h)| {
+            let mut state = vec![0.0; state_len];
+            load_initial_state(&mut state, p.initial_states, seq.state * heads + h);
             let a = f64::from(p.a[h]);
-
+            let mut ys = Vec::with_capacity(seq.len() * head_dim);
             for t in seq.positions() {
                 let dt = p.dt_at(seq.row, t, h);
                 let decay = (dt * a).exp();
@@ -62,8 +67,21 @@ pub fn ssd_recurrence<T: Element>(p: &SsdParams<'_, T>) -> Result<ScanOutput<f64
                         y += *s * io.c(seq.row, t, h, n);
                     }
                     y += io.skip(h, pi) * x;
-                    out[io.x_index(seq.row, t, h, pi)] = gate(y, io.z(seq.row, t, h, pi));
+                    ys.push(gate(y, io.z(seq.row, t, h, pi)));
                 }
+            }
+            (state, ys)
+        })
+        .collect();
+
+    let mut out = vec![0.0; batch * seqlen * heads * head_dim];
+    let mut states = vec![0.0; layout.num_seqs * heads * state_len];
+    for (&(seq, h), (state, ys)) in tasks.iter().zip(results) {
+        let block = seq.state * heads + h;
+        states[block * state_len..(block + 1) * state_len].copy_from_slice(&state);
+        for (t, y_t) in seq.positions().zip(ys.chunks_exact(head_dim)) {
+            for (pi, &y) in y_t.iter().enumerate() {
+                out[io.x_index(seq.row, t, h, pi)] = y;
             }
         }
     }
