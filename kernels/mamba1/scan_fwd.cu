@@ -2,9 +2,11 @@
 //
 // One block owns CPB channels of one sequence (a batch row, or one varlen
 // sequence) and walks the sequence in time tiles of SCAN_TILE steps. Each
-// channel's N states are split over SCAN_TPC adjacent lanes, SCAN_NPT states
-// each; each lane carries SCAN_CPL channels (sharing the B/C values it reads);
-// the states stay in registers across tiles. Per tile:
+// channel's N states are split over SCAN_TPC lanes, SCAN_NPT states each (the
+// lanes of one state slice side by side with SCAN_SLICE_MAJOR, so that a warp's
+// B/C reads are broadcasts; else the lanes of one channel side by side); each
+// lane carries SCAN_CPL channels (sharing the B/C values it reads); the states
+// stay in registers across tiles. Per tile:
 //
 //   prep      every thread turns 8-step chunks of delta/u into (dt, dt*u) pairs
 //             in shared memory (bias, softplus, masking), and B/C chunks into

@@ -138,6 +138,16 @@ mod tests {
     /// Every listed form compiles for sm_90 without spills or stack (a spill in
     /// the scan loop would cost more than the exponentials).
     #[test]
+    fn variant_labels_are_unique() {
+        let variants = scan_kernel_variants();
+        assert!(ssm_gpu::variants::duplicate_labels(&variants).is_empty());
+        assert!(
+            variants.len() >= 9,
+            "every listed problem has a configuration"
+        );
+    }
+
+    #[test]
     fn variants_compile_without_spills() {
         let Some(compiler) = test_compiler_or_skip("variants_compile_without_spills") else {
             return;
@@ -147,6 +157,7 @@ mod tests {
         {
             let report = report.unwrap_or_else(|e| panic!("{label}: {e}"));
             let f = &report.resources;
+            println!("{label:<64} {:>4} registers", f.registers);
             assert_eq!(f.spill_bytes(), 0, "{label}: {f:?}");
             assert!(report.warnings.is_empty(), "{label}: {:?}", report.warnings);
         }

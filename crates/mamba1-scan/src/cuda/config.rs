@@ -411,9 +411,12 @@ mod tests {
             assert!(c.smem_bytes() <= SMEM_DEFAULT_LIMIT, "n={n}: {c:?}");
             assert_eq!(c.tile % CHUNK, 0);
         }
+        // The measured split of the M1 workloads (docs/kernels/mamba1-scan.md, v4).
         let c = ScanConfig::new(&problem(16, 4096), ScanTuning::default()).unwrap();
         assert_eq!((c.lanes_per_channel, c.states_per_lane, c.tile), (4, 4, 32));
-        assert!(c.vec_io);
+        assert_eq!((c.channels_per_lane, c.threads, c.min_blocks), (1, 128, 5));
+        assert!(c.slice_major && c.vec_io);
+        assert_eq!(c.smem_bytes(), 31_232);
     }
 
     #[test]
