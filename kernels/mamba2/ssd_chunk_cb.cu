@@ -4,8 +4,8 @@
 //
 // One block per (chunk, group). The chunk's B and C (Q x N) arrive by cp.async;
 // warps take the tiles on or below the diagonal in turn (SSD_CB_TILE order) and
-// store each as 32 lanes x 8 f32 in mma.sync accumulator order, so the consumer
-// reads its fragment with two 16-byte loads. Rows past the chunk's length are
+// store each as two halves (columns 0-7, 8-15) of 32 lanes x 4 f32 in mma.sync
+// accumulator order, so the consumer reads its fragment with two 16-byte loads. Rows past the chunk's length are
 // zero (zero-filled inputs), and the mask and decays are applied by the consumer.
 //
 // Defines: SSD_DTYPE 1|2, SSD_Q, SSD_N (as ssd_fused.cu).
@@ -73,11 +73,13 @@ extern "C" __global__ void __launch_bounds__(ssd_cb::NT)
                 mma16816(acc[0], af, bf[0], bf[1]);
                 mma16816(acc[1], af, bf[2], bf[3]);
             }
-            float* dst = out + tile * 256 + lane * 8;
+            // [tile][n-tile half][lane][4]: a warp's 16-byte reads of one half are
+            // 512 contiguous bytes.
+            float* dst = out + tile * 256 + lane * 4;
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 dst[e] = acc[0][e];
-                dst[4 + e] = acc[1][e];
+                dst[128 + e] = acc[1][e];
             }
         }
     }

@@ -120,8 +120,8 @@ SSD_DEV float silu(float z) { return z / (1.0f + expf(-z)); }
 
 // Tiles of 16 x 16 on or below the diagonal of a Q x Q chunk, row-major:
 // tile (rt, jt), jt <= rt, is number rt (rt + 1) / 2 + jt. The C B^T workspace
-// (ssd_chunk_cb.cu) stores each tile as 32 lanes x 8 floats in mma.sync
-// accumulator order (two m16n8 tiles: columns 0-7, then 8-15).
+// (ssd_chunk_cb.cu) stores each tile as 256 floats: for columns 0-7, then 8-15
+// (two m16n8 tiles), 32 lanes x 4 floats in mma.sync accumulator order.
 #define SSD_CB_TILE(rt, jt) ((rt) * ((rt) + 1) / 2 + (jt))
 
 // ---------------------------------------------------------------------------

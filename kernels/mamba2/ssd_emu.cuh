@@ -33,6 +33,9 @@ typedef unsigned short u16;
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
 
 namespace emu {
 
@@ -163,6 +166,10 @@ inline T emu_shfl(T v, int src_lane) {
 template <typename T>
 inline T __shfl_sync(unsigned, T v, int src) {
     return emu_shfl(v, src & 31);
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int mask) {
+    return emu_shfl(v, (int)(emu::me().tid % 32) ^ mask);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned, T v, unsigned delta) {

@@ -122,24 +122,37 @@ SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, 
     u16* cs = reinterpret_cast<u16*>(stage + X_BYTES + B_BYTES);
     const i64 HP = (i64)a.H * P;
     const i64 GN = (i64)a.G * N;
+    // Each thread copies one 16-byte column of a tile, every STEP-th row, walking a
+    // pointer (64-bit index math once per chunk, not once per copy).
     constexpr int XV = PT / 8;  // 16-byte vectors per x row
-    for (int v = tid; v < Q * XV; v += NT) {
-        const int r = v / XV, c = (v % XV) * 8;
-        const bool in = r < clen;
-        const elem_t* src = in ? a.x + (tok + r) * HP + (i64)h * P + pt * PT + c : a.x;
-        cp_async16(xs + r * XS + c, src, in ? 16 : 0);
+    static_assert(NT % XV == 0, "x rows split evenly over the threads");
+    {
+        constexpr int STEP = NT / XV;
+        const int r0 = tid / XV, c = (tid % XV) * 8;
+        const elem_t* src = a.x + (tok + r0) * HP + (i64)h * P + pt * PT + c;
+#pragma unroll
+        for (int r = r0; r < Q; r += STEP, src += STEP * HP)
+            cp_async16(xs + r * XS + c, r < clen ? src : a.x, r < clen ? 16 : 0);
     }
     constexpr int BV = N / 8;
-    for (int v = tid; v < Q * BV; v += NT) {
-        const int r = v / BV, c = (v % BV) * 8;
-        const bool in = r < clen;
-        const i64 off = (tok + r) * GN + (i64)g * N + c;
-        cp_async16(bs + r * BS + c, in ? a.B + off : a.B, in ? 16 : 0);
-        if (!STATE_ONLY) cp_async16(cs + r * BS + c, in ? a.C + off : a.C, in ? 16 : 0);
+    static_assert(NT % BV == 0, "B/C rows split evenly over the threads");
+    {
+        constexpr int STEP = NT / BV;
+        const int r0 = tid / BV, c = (tid % BV) * 8;
+        const i64 off0 = (tok + r0) * GN + (i64)g * N + c;
+        const elem_t* bsrc = a.B + off0;
+        const elem_t* csrc = a.C + off0;
+#pragma unroll
+        for (int r = r0; r < Q; r += STEP, bsrc += STEP * GN, csrc += STEP * GN) {
+            const bool in = r < clen;
+            cp_async16(bs + r * BS + c, in ? bsrc : a.B, in ? 16 : 0);
+            if (!STATE_ONLY) cp_async16(cs + r * BS + c, in ? csrc : a.C, in ? 16 : 0);
+        }
     }
     if (CB_GLOBAL) {
         float* cbs = reinterpret_cast<float*>(stage + X_BYTES + B_BYTES + C_BYTES);
         const float* src = a.cbw + (chunk * a.G + g) * (CB_TILES * 256);
+#pragma unroll
         for (int v = tid; v < CB_TILES * 64; v += NT) cp_async16(cbs + v * 4, src + v * 4, 16);
     }
 }
@@ -252,9 +265,9 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
         const int j0 = jt * 16;
         float cb[2][4];
         if (CB_GLOBAL) {
-            const float4* tile =
-                reinterpret_cast<const float4*>(cbs + SSD_CB_TILE(rt, jt) * 256 + lane * 8);
-            const float4 lo = tile[0], hi = tile[1];
+            const float* tile = cbs + SSD_CB_TILE(rt, jt) * 256 + lane * 4;
+            const float4 lo = *reinterpret_cast<const float4*>(tile);
+            const float4 hi = *reinterpret_cast<const float4*>(tile + 128);
             cb[0][0] = lo.x, cb[0][1] = lo.y, cb[0][2] = lo.z, cb[0][3] = lo.w;
             cb[1][0] = hi.x, cb[1][1] = hi.y, cb[1][2] = hi.z, cb[1][3] = hi.w;
         } else {
@@ -310,33 +323,57 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
         }
     }
 
-    // Epilogue: + D x, z gate, store. Each thread owns column pairs (2t, 2t+1).
-#pragma unroll
-    for (int n = 0; n < YC / 8; ++n) {
-        const int p = cg * YC + n * 8 + 2 * t;  // within the PT tile
-        const int pg = pt * PT + p;             // within the head
+    // Epilogue: + D x, z gate, store. Each thread owns column pairs (2t, 2t+1) of
+    // every 8-column tile; lane pairs swap one packed pair so that each stores 4
+    // consecutive columns (8 bytes): a quad then writes whole 32-byte sectors.
+    const i64 row0 = (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC;
 #if SSD_D_MODE == 1
-        const float d0 = a.D[h], d1 = d0;
-#elif SSD_D_MODE == 2
-        const float d0 = a.D[h * P + pg], d1 = a.D[h * P + pg + 1];
+    const float dh = a.D[h];
 #endif
+#pragma unroll
+    for (int n = 0; n < YC / 8; n += 2) {
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const int i = i0 + g + 8 * hr;
-            if (i >= clen) continue;
-            float y0 = acc[n][2 * hr], y1 = acc[n][2 * hr + 1];
+            u32 packed[2];
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                const int p = cg * YC + (n + m) * 8 + 2 * t;  // within the PT tile
+                float y0 = acc[n + m][2 * hr], y1 = acc[n + m][2 * hr + 1];
 #if SSD_D_MODE != 0
-            const u32 xv = *reinterpret_cast<const u32*>(xs + i * XS + p);
-            y0 += d0 * unpack_lo(xv);
-            y1 += d1 * unpack_hi(xv);
+#if SSD_D_MODE == 1
+                const float d0 = dh, d1 = dh;
+#else
+                const float d0 = a.D[h * P + pt * PT + p], d1 = a.D[h * P + pt * PT + p + 1];
 #endif
-            const i64 off = (tok + i) * HP + (i64)h * P + pg;
+                const u32 xv = *reinterpret_cast<const u32*>(xs + i * XS + p);
+                y0 += d0 * unpack_lo(xv);
+                y1 += d1 * unpack_hi(xv);
+#endif
 #if SSD_HAS_Z
-            const u32 zv = CB_GLOBAL ? zr[n][hr] : *reinterpret_cast<const u32*>(a.z + off);
-            y0 *= silu(unpack_lo(zv));
-            y1 *= silu(unpack_hi(zv));
+                u32 zv;
+                if (CB_GLOBAL) {
+                    zv = zr[n + m][hr];
+                } else {
+                    const i64 off = row0 + 8 * hr * HP + (n + m) * 8 + 2 * t;
+                    zv = i < clen ? *reinterpret_cast<const u32*>(a.z + off) : 0u;
+                }
+                y0 *= silu(unpack_lo(zv));
+                y1 *= silu(unpack_hi(zv));
 #endif
-            *reinterpret_cast<u32*>(a.out + off) = pack2(y0, y1);
+                packed[m] = pack2(y0, y1);
+            }
+            // Even lanes keep tile n and take their partner's pair of it; odd lanes
+            // keep tile n + 1 and take their partner's pair of that.
+            const bool even = (t & 1) == 0;
+            const u32 got = __shfl_xor_sync(0xffffffffu, even ? packed[1] : packed[0], 1);
+            if (i < clen) {
+                const int col = even ? n * 8 + 2 * t : (n + 1) * 8 + 2 * (t - 1);
+                uint2 v;
+                v.x = even ? packed[0] : got;
+                v.y = even ? got : packed[1];
+                *reinterpret_cast<uint2*>(a.out + row0 + 8 * hr * HP + col) = v;
+            }
         }
     }
 }

@@ -101,6 +101,24 @@ fn variants() -> Vec<Variant> {
             false,
         ),
         v(
+            "yc32",
+            CudaOptions {
+                y_cols: Some(32),
+                ..base
+            },
+            false,
+            false,
+        ),
+        v(
+            "yc64",
+            CudaOptions {
+                y_cols: Some(64),
+                ..base
+            },
+            false,
+            false,
+        ),
+        v(
             "w8",
             CudaOptions {
                 warps: Some(8),

@@ -421,6 +421,15 @@ fn large_and_spiky_steps_and_the_simt_kernel_on_half_inputs() {
         warps: Some(8),
         ..opts(64)
     };
+    let yc32 = CudaOptions {
+        y_cols: Some(32),
+        ..opts(64)
+    };
+    let yc64_in_block = CudaOptions {
+        y_cols: Some(64),
+        shared_cb: Some(false),
+        ..opts(64)
+    };
     for (label, o, dtype) in [
         ("forced SIMT", simt, DType::Bf16),
         ("forced SIMT", simt, DType::F16),
@@ -431,6 +440,13 @@ fn large_and_spiky_steps_and_the_simt_kernel_on_half_inputs() {
         ("C B^T precomputed, Q=128", cb_shared, DType::Bf16),
         ("8 warps", warps8, DType::Bf16),
         ("8 warps", warps8, DType::F16),
+        ("32-column units", yc32, DType::Bf16),
+        ("32-column units", yc32, DType::F16),
+        (
+            "64-column units, C B^T in-block",
+            yc64_in_block,
+            DType::Bf16,
+        ),
     ] {
         jobs.push(Job {
             label: label.into(),

@@ -63,6 +63,9 @@ pub struct CudaOptions {
     pub shared_cb: Option<bool>,
     /// Warps per fused block (4 or 8); `None` picks 4 unless the state needs 8.
     pub warps: Option<usize>,
+    /// Output columns per warp work unit of the fused kernel (32 or 64, at most
+    /// the P tile); `None` picks the measured best.
+    pub y_cols: Option<usize>,
 }
 
 impl Default for CudaOptions {
@@ -74,6 +77,7 @@ impl Default for CudaOptions {
             segmentation: Segmentation::Auto,
             shared_cb: None,
             warps: None,
+            y_cols: None,
         }
     }
 }
@@ -300,7 +304,16 @@ impl KernelConfig {
                 )))
             }
         };
-        let y_cols = if p_tile == 32 || warps == 8 { 32 } else { 64 };
+        let y_cols = match opts.y_cols {
+            None if p_tile == 32 || warps == 8 => 32,
+            None => 64,
+            Some(c) if (c == 32 || c == 64) && c <= p_tile => c,
+            Some(c) => {
+                return Err(unsupported(format!(
+                    "{c} output columns per warp unit (32 or 64, at most the P tile {p_tile})"
+                )))
+            }
+        };
         // Blocks that read each chunk's C B^T tiles: the heads of a group times the P
         // tiles of a head. Precomputing pays when they are at least two.
         let sharing = dims.heads / dims.groups * (p / p_tile);
@@ -464,9 +477,10 @@ impl KernelConfig {
     pub fn label(&self, state_only: bool) -> String {
         let kind = match self.path {
             KernelPath::Fused(t) => format!(
-                "ssd_fused.s{}w{}{}",
+                "ssd_fused.s{}w{}y{}{}",
                 t.stages,
                 t.warps,
+                t.y_cols,
                 if t.cb_global { "cb" } else { "" }
             ),
             KernelPath::Simt => "ssd_simt".to_string(),
