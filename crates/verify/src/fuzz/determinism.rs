@@ -174,3 +174,94 @@ fn step_as<T: Element>(problem: &StepProblem) -> std::result::Result<Outcome, Fi
         }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::problems::Regimes;
+    use crate::gen::{DKind, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData};
+
+    /// Shapes big enough that the ports cut them into many tasks on 2 threads.
+    #[test]
+    fn cpu_ports_are_bitwise_repeatable_on_1_and_2_threads() {
+        let mut varlen = Mamba1Case::plain(1, 40, 5, 300).all_options();
+        varlen.varlen = Some(4);
+        for (case, block_len) in [
+            (Mamba1Case::plain(2, 64, 16, 300).all_options(), 64),
+            (varlen, 37),
+        ] {
+            let problem = ScanProblem {
+                data: Mamba1Data::generate(&case, 1),
+                dtype: DType::F32,
+                block_len,
+                regimes: Regimes::default(),
+            };
+            scan_as::<f32>(&problem).unwrap();
+            scan_as::<bf16>(&problem).unwrap();
+        }
+        let mut varlen = SsdCase::plain(1, 300, 4, 8, 12, 2).all_options();
+        varlen.varlen = Some(5);
+        varlen.d = DKind::PerHeadDim;
+        for (case, chunk) in [
+            (SsdCase::plain(2, 300, 8, 16, 16, 2).all_options(), 64),
+            (varlen, 50),
+        ] {
+            let problem = SsdProblem {
+                data: SsdData::generate(&case, 2),
+                dtype: DType::F32,
+                chunk,
+                regimes: Regimes::default(),
+            };
+            ssd_as::<f32>(&problem).unwrap();
+            ssd_as::<f16>(&problem).unwrap();
+        }
+        for (family, channels, head_dim) in [(Family::Mamba1, 256, 1), (Family::Mamba2, 8, 16)] {
+            let case = StepCase {
+                batch: 16,
+                channels,
+                head_dim,
+                d_state: 16,
+                groups: 2,
+                indexed: Some(5),
+                all_options: true,
+                d_per_head_dim: false,
+            };
+            let g = StepData::generate(&case, family == Family::Mamba2, 3);
+            let problem = StepProblem {
+                family,
+                dtype: DType::F32,
+                batch: case.batch,
+                channels,
+                head_dim,
+                d_state: case.d_state,
+                groups: case.groups,
+                cache_rows: g.cache_rows,
+                x: g.x,
+                dt: g.dt,
+                a: g.a,
+                b: g.b,
+                c: g.c,
+                d: g.d,
+                d_per_head_dim: false,
+                z: g.z,
+                dt_bias: g.dt_bias,
+                softplus: true,
+                dt_limit: (0.001, 5.0),
+                state: g.state,
+                indices: g.state_batch_indices,
+                regimes: Regimes::default(),
+            };
+            step_as::<f32>(&problem).unwrap();
+        }
+    }
+
+    /// The check itself can fail: a call whose result depends on the pool differs.
+    #[test]
+    fn a_thread_dependent_result_is_a_finding() {
+        let f = same_everywhere("probe".into(), "probe", || {
+            Ok((vec![rayon::current_num_threads() as u64], None))
+        })
+        .unwrap_err();
+        assert!(f.detail.contains("2 thread(s)"), "{f}");
+    }
+}

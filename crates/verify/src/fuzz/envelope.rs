@@ -23,8 +23,9 @@
 //!   multiplied by at most this; it gives the absolute error floor of
 //!   [`super::verdict`].
 //!
-//! The bounds are deliberately loose (a state bounded by `|h0| + L dt |u| |B|`),
-//! so they only push problems with genuinely extreme values out of the model.
+//! The bounds are deliberately loose (a state bounded by `|h0| + L dt |u| |B|`,
+//! products bounded in any evaluation order by the product of `max(1, |f|)`), so
+//! they only push problems with genuinely extreme values out of the model.
 
 use std::f64::consts::LOG2_E;
 
@@ -187,6 +188,13 @@ impl StepSizes {
     }
 }
 
+/// A bound on every partial product of `factors`, whatever the order in which an
+/// implementation multiplies them (`|B| * dt` before `* x` can overflow where
+/// `(dt * x) * |B|` does not): the product of `max(1, f)`.
+fn any_order(factors: &[f64]) -> f64 {
+    factors.iter().map(|f| f.max(1.0)).product()
+}
+
 /// Smallest and largest finite values of `xs` (`(0, 0)` when none).
 fn range(xs: &[f32]) -> (f64, f64) {
     let finite = xs.iter().map(|&v| v as f64).filter(|v| v.is_finite());
@@ -238,19 +246,17 @@ pub fn scan_envelope<T: Element>(p: &SelectiveScanParams<'_, T>) -> Envelope {
     env.finite_log_decays = dt.finite && a.finite;
     let len = longest_sequence(p.cu_seqlens, dims.seqlen) as f64;
     let n = dims.d_state as f64;
-    let input = dt.max * u.max * b.max;
+    let input = any_order(&[dt.max, u.max, b.max]);
     let state = h0.max + len * input;
-    let y = n * c.max * state + d.max * u.max;
+    let y = n * any_order(&[c.max, state]) + any_order(&[d.max, u.max]);
     env.bounds(&[
         a.max * LOG2_E,
         delta.max + bias.max,
         dt.max,
-        dt.max * u.max,
         input,
         state,
-        c.max * state,
         y,
-        y * gate.max,
+        any_order(&[y, gate.max]),
     ]);
     env.factors(
         &[
@@ -295,10 +301,12 @@ pub fn ssd_envelope<T: Element>(p: &SsdParams<'_, T>) -> Envelope {
     env.finite_log_decays = dt.finite && a.finite;
     let len = longest_sequence(p.cu_seqlens, dims.seqlen) as f64;
     let n = dims.d_state as f64;
-    let input = dt.max * x.max * b.max;
+    let input = any_order(&[dt.max, x.max, b.max]);
     let state = s0.max + len * input;
-    let cb = n * c.max * b.max;
-    let y = n * c.max * state + len * cb * dt.max * x.max + d.max * x.max;
+    let cb = n * any_order(&[c.max, b.max]);
+    let y = n * any_order(&[c.max, state])
+        + len * any_order(&[cb, dt.max, x.max])
+        + any_order(&[d.max, x.max]);
     env.bounds(&[
         a.max * LOG2_E,
         dt_raw.max + bias.max,
@@ -308,10 +316,8 @@ pub fn ssd_envelope<T: Element>(p: &SsdParams<'_, T>) -> Envelope {
         input,
         state,
         cb,
-        cb * dt.max,
-        c.max * state,
         y,
-        y * gate.max,
+        any_order(&[y, gate.max]),
     ]);
     env.factors(
         &[
@@ -401,18 +407,17 @@ fn step_bounds(
     head_dim: usize,
 ) {
     let n = d_state as f64;
-    let state = h.max + dt.max * x.max * b.max;
-    let y = n * c.max * state + d.max * x.max;
+    let input = any_order(&[dt.max, x.max, b.max]);
+    let state = h.max + input;
+    let y = n * any_order(&[c.max, state]) + any_order(&[d.max, x.max]);
     env.bounds(&[
         a.max * LOG2_E,
         raw_dt,
         dt.max,
-        dt.max * x.max,
-        dt.max * x.max * b.max,
+        input,
         state,
-        c.max * state,
         y,
-        y * gate.max,
+        any_order(&[y, gate.max]),
     ]);
     env.factors(
         &[
