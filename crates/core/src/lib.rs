@@ -20,6 +20,7 @@ pub mod mamba1;
 pub mod mamba2;
 pub mod math;
 pub mod output;
+pub mod planted;
 pub mod shape;
 pub mod tolerance;
 
