@@ -37,10 +37,32 @@ const MMA_BF16_FLOPS_PER_S: f64 = 790e12;
 struct Workload {
     name: &'static str,
     dims: SsdDims,
+    /// Packed sequences (varlen); `None` for a plain batch.
+    cu_seqlens: Option<Vec<i64>>,
     /// mamba_ssm (Triton) time quoted in design.md §6, in ms.
     mamba_ssm_ms: &'static str,
     target_ms: f64,
 }
+
+impl Workload {
+    /// (first token, length) of every sequence.
+    fn sequences(&self) -> Vec<(usize, usize)> {
+        match &self.cu_seqlens {
+            Some(cu) => cu
+                .windows(2)
+                .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+                .collect(),
+            None => (0..self.dims.batch)
+                .map(|b| (b * self.dims.seqlen, self.dims.seqlen))
+                .collect(),
+        }
+    }
+}
+
+/// A packed row of 2^21 + 1000 tokens x 16 heads x 64: the second sequence's
+/// elements sit past 2^31 in x and out (mamba_ssm's int32 offsets break past ~61K
+/// tokens at its shapes). Only that sequence is verified, every head of it.
+const OFFSETS_WORKLOAD: &str = "offsets>2^31";
 
 fn workloads() -> Vec<Workload> {
     let d = |batch, seqlen, heads, head_dim, d_state, groups| SsdDims {
@@ -55,20 +77,30 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "M2-2.7B",
             dims: d(4, 4096, 80, 64, 128, 1),
+            cu_seqlens: None,
             mamba_ssm_ms: "0.72-0.81",
             target_ms: 0.40,
         },
         Workload {
             name: "M2-long",
             dims: d(1, 65536, 32, 64, 128, 1),
+            cu_seqlens: None,
             mamba_ssm_ms: "1.56",
             target_ms: 0.80,
         },
         Workload {
             name: "M2-groups",
             dims: d(4, 4096, 32, 128, 128, 8),
+            cu_seqlens: None,
             mamba_ssm_ms: "0.86",
             target_ms: 0.45,
+        },
+        Workload {
+            name: OFFSETS_WORKLOAD,
+            dims: d(1, (1 << 21) + 1000, 16, 64, 16, 1),
+            cu_seqlens: Some(vec![0, 1 << 21, (1 << 21) + 1000]),
+            mamba_ssm_ms: "-",
+            target_ms: f64::NAN,
         },
     ]
 }
@@ -171,6 +203,9 @@ fn variants() -> Vec<Variant> {
 /// Variants that only make sense for some workloads, and the slow reference one
 /// (run it with `--variants simt`).
 fn applies(variant: &str, workload: &str, explicit: bool) -> bool {
+    if workload == OFFSETS_WORKLOAD {
+        return variant == "default";
+    }
     match variant {
         "nosplit" | "split6" => workload == "M2-long",
         "simt" => explicit,
@@ -205,7 +240,7 @@ fn randn_bf16(len: usize, seed: u64, scale: f32, shift: f32) -> Vec<bf16> {
 }
 
 impl Inputs {
-    fn new(dims: &SsdDims, seed: u64) -> Self {
+    fn new(dims: &SsdDims, num_seqs: usize, with_z: bool, seed: u64) -> Self {
         let tokens = dims.batch * dims.seqlen;
         let mut rng = StdRng::seed_from_u64(seed);
         let hp = tokens * dims.heads * dims.head_dim;
@@ -219,24 +254,36 @@ impl Inputs {
                 .collect(),
             b: randn_bf16(gn, seed ^ 3, 1.0, 0.0),
             c: randn_bf16(gn, seed ^ 4, 1.0, 0.0),
-            z: randn_bf16(hp, seed ^ 5, 1.0, 0.0),
+            z: if with_z {
+                randn_bf16(hp, seed ^ 5, 1.0, 0.0)
+            } else {
+                Vec::new()
+            },
             dt_bias: (0..dims.heads)
                 .map(|_| rng.random_range(-0.5f32..0.5))
                 .collect(),
             d: (0..dims.heads)
                 .map(|_| rng.random_range(-1.0f32..1.0))
                 .collect(),
-            s0: (0..dims.batch * dims.heads * dims.head_dim * dims.d_state)
+            s0: (0..num_seqs * dims.heads * dims.head_dim * dims.d_state)
                 .map(|_| StandardNormal.sample(&mut rng))
                 .collect(),
         }
     }
 
-    fn params(&self, dims: SsdDims, v: &Variant) -> SsdParams<'_, bf16> {
+    fn params<'a>(
+        &'a self,
+        dims: SsdDims,
+        cu_seqlens: Option<&'a [i64]>,
+        v: &Variant,
+    ) -> SsdParams<'a, bf16> {
         let mut p = SsdParams::new(dims, &self.x, &self.dt, &self.a, &self.b, &self.c)
             .with_dt_bias(&self.dt_bias)
             .with_dt_softplus(true)
             .with_d(DSkip::PerHead(&self.d));
+        if let Some(cu) = cu_seqlens {
+            p = p.with_cu_seqlens(cu);
+        }
         if v.z {
             p = p.with_z(&self.z);
         }
@@ -247,7 +294,7 @@ impl Inputs {
     }
 }
 
-/// The (batch row, head) sub-problem as a problem of its own (batch 1, one head,
+/// The (sequence, head) sub-problem as a problem of its own (batch 1, one head,
 /// one group), for the f64 oracle.
 struct SubProblem {
     x: Vec<bf16>,
@@ -262,15 +309,15 @@ struct SubProblem {
 }
 
 impl SubProblem {
-    fn new(inp: &Inputs, dims: &SsdDims, bi: usize, h: usize) -> Self {
+    fn new(inp: &Inputs, dims: &SsdDims, seq: (usize, usize), si: usize, h: usize) -> Self {
         let SsdDims {
-            seqlen: l,
             heads,
             head_dim: p,
             d_state: n,
             groups,
             ..
         } = *dims;
+        let (start, l) = seq;
         let g = dims.group_of(h);
         let mut s = SubProblem {
             x: Vec::with_capacity(l * p),
@@ -281,13 +328,15 @@ impl SubProblem {
             a: [inp.a[h]],
             bias: [inp.dt_bias[h]],
             d: [inp.d[h]],
-            s0: inp.s0[(bi * heads + h) * p * n..(bi * heads + h + 1) * p * n].to_vec(),
+            s0: inp.s0[(si * heads + h) * p * n..(si * heads + h + 1) * p * n].to_vec(),
         };
         for t in 0..l {
-            let tok = bi * l + t;
+            let tok = start + t;
             let xo = (tok * heads + h) * p;
             s.x.extend_from_slice(&inp.x[xo..xo + p]);
-            s.z.extend_from_slice(&inp.z[xo..xo + p]);
+            if !inp.z.is_empty() {
+                s.z.extend_from_slice(&inp.z[xo..xo + p]);
+            }
             s.dt.push(inp.dt[tok * heads + h]);
             let bo = (tok * groups + g) * n;
             s.b.extend_from_slice(&inp.b[bo..bo + n]);
@@ -299,6 +348,7 @@ impl SubProblem {
     fn params(&self, dims: &SsdDims, v: &Variant) -> SsdParams<'_, bf16> {
         let sub = SsdDims {
             batch: 1,
+            seqlen: self.dt.len(),
             heads: 1,
             groups: 1,
             ..*dims
@@ -319,7 +369,7 @@ impl SubProblem {
 
 #[derive(serde::Serialize)]
 struct Check {
-    batch_row: usize,
+    sequence: usize,
     head: usize,
     out_rel_l2: f64,
     out_budget: f64,
@@ -328,44 +378,42 @@ struct Check {
     non_finite: usize,
 }
 
-/// Verify `out` (the full GPU output) on sampled (batch row, head) pairs.
+/// Verify `out` (the full GPU output) on sampled (sequence, head) pairs.
 fn verify(
     inp: &Inputs,
-    dims: &SsdDims,
+    w: &Workload,
     v: &Variant,
     out: &[bf16],
     states: Option<&[f32]>,
     pairs: &[(usize, usize)],
 ) -> Vec<Check> {
+    let dims = &w.dims;
+    let seqs = w.sequences();
     pairs
         .par_iter()
-        .map(|&(bi, h)| {
-            let sub = SubProblem::new(inp, dims, bi, h);
+        .map(|&(si, h)| {
+            let sub = SubProblem::new(inp, dims, seqs[si], si, h);
             let p = sub.params(dims, v);
             let want = ssm_reference::ssd_recurrence(&p).expect("valid sub-problem");
-            let (l, heads, hp, pn) = (
-                dims.seqlen,
-                dims.heads,
-                dims.head_dim,
-                dims.head_dim * dims.d_state,
-            );
+            let (start, l) = seqs[si];
+            let (heads, hp, pn) = (dims.heads, dims.head_dim, dims.head_dim * dims.d_state);
             let mut got = Vec::with_capacity(l * hp);
             for t in 0..l {
-                let o = ((bi * l + t) * heads + h) * hp;
+                let o = ((start + t) * heads + h) * hp;
                 got.extend(out[o..o + hp].iter().map(|e| e.to_f64()));
             }
             let log_decay: Vec<f64> = (0..l).map(|t| p.dt_at(0, t, 0) * p.a[0] as f64).collect();
             let k = max_window_log_decay(&log_decay, l, v.opts.chunk_size);
             let c = compare(&got, &want.out);
             let state = states.map(|s| {
-                let g: Vec<f64> = s[(bi * heads + h) * pn..(bi * heads + h + 1) * pn]
+                let g: Vec<f64> = s[(si * heads + h) * pn..(si * heads + h + 1) * pn]
                     .iter()
                     .map(|&e| e as f64)
                     .collect();
                 compare(&g, want.final_states.as_deref().expect("requested"))
             });
             Check {
-                batch_row: bi,
+                sequence: si,
                 head: h,
                 out_rel_l2: c.rel_l2,
                 out_budget: rel_l2_budget(DType::Bf16, k),
@@ -491,8 +539,11 @@ fn main() -> Result<(), Box<dyn Error>> {
             continue;
         }
         let dims = w.dims;
+        let offsets = w.name == OFFSETS_WORKLOAD;
+        let seqs = w.sequences();
+        let cu = w.cu_seqlens.as_deref();
         let t0 = std::time::Instant::now();
-        let inp = Inputs::new(&dims, seed ^ dims.seqlen as u64);
+        let inp = Inputs::new(&dims, seqs.len(), !offsets, seed ^ dims.seqlen as u64);
         eprintln!(
             "{}: inputs generated in {:.1} s",
             w.name,
@@ -502,22 +553,26 @@ fn main() -> Result<(), Box<dyn Error>> {
         let all = Variant {
             name: "upload",
             opts: CudaOptions::default(),
-            z: true,
+            z: !offsets,
             states: true,
         };
-        let full = SsdDeviceInputs::upload(&gpu, &inp.params(dims, &all))?;
+        let full = SsdDeviceInputs::upload(&gpu, &inp.params(dims, cu, &all))?;
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let samples = if quick { 2 } else { 4 };
-        let pairs: Vec<(usize, usize)> = (0..samples)
-            .map(|i| {
-                let bi = if i == 0 {
-                    0
-                } else {
-                    rng.random_range(0..dims.batch)
-                };
-                (bi, rng.random_range(0..dims.heads))
-            })
-            .collect();
+        let pairs: Vec<(usize, usize)> = if offsets {
+            (0..dims.heads).map(|h| (seqs.len() - 1, h)).collect()
+        } else {
+            (0..samples)
+                .map(|i| {
+                    let si = if i == 0 {
+                        0
+                    } else {
+                        rng.random_range(0..seqs.len())
+                    };
+                    (si, rng.random_range(0..dims.heads))
+                })
+                .collect()
+        };
         for v in variants() {
             if !wanted(value("--variants"), v.name) {
                 continue;
@@ -525,7 +580,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             if !applies(v.name, w.name, value("--variants").is_some()) {
                 continue;
             }
-            let p = inp.params(dims, &v);
+            let p = inp.params(dims, cu, &v);
             let plan = match SsdPlan::new(&gpu, &p, &v.opts) {
                 Ok(plan) => plan,
                 Err(e) => {
@@ -557,12 +612,12 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .as_ref()
                 .map(|s| gpu.download(s))
                 .transpose()?;
-            let vpairs: Vec<_> = if v.name == "simt" || w.name == "M2-long" {
+            let vpairs: Vec<_> = if !offsets && (v.name == "simt" || w.name == "M2-long") {
                 pairs[..pairs.len().min(2)].to_vec()
             } else {
                 pairs.clone()
             };
-            let checks = verify(&inp, &dims, &v, &host_out, host_states.as_deref(), &vpairs);
+            let checks = verify(&inp, &w, &v, &host_out, host_states.as_deref(), &vpairs);
             let verified = checks.iter().all(|c| {
                 c.non_finite == 0
                     && c.out_rel_l2 <= c.out_budget
