@@ -119,7 +119,7 @@ inline void launch(unsigned grid, unsigned threads, size_t smem_bytes, std::func
         for (unsigned t = 0; t < threads; ++t) {
             Fiber& f = b.fibers[t];
             f.tid = t;
-            f.stack.resize(1024 * 1024);
+            f.stack.resize(256 * 1024);
             getcontext(&f.ctx);
             f.ctx.uc_stack.ss_sp = f.stack.data();
             f.ctx.uc_stack.ss_size = f.stack.size();

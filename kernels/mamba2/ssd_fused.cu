@@ -205,8 +205,7 @@ SSD_DEV float chunk_cumsum(const float (&dtr)[V], int clen, float bias, float A2
 // Steps 2-3 for one unit: rows [16 rt, 16 rt + 16) x columns [YC cg, YC cg + YC).
 SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16* cs,
                           const float* cbs, const u16* ss, const float* s_w, const float* dtp_w,
-                          int rt, int cg, bool have_state, i64 tok, int clen, int h, int pt,
-                          float dh) {
+                          int rt, int cg, bool have_state, i64 tok, int clen, int h, int pt) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     // ldmatrix row/column offsets: pattern 1 serves A from [m][k] and B from [k][n]
@@ -328,6 +327,9 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     // every 8-column tile; lane pairs swap one packed pair so that each stores 4
     // consecutive columns (8 bytes): a quad then writes whole 32-byte sectors.
     const i64 row0 = (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC;
+#if SSD_D_MODE == 1
+    const float dh = a.D[h];
+#endif
 #pragma unroll
     for (int n = 0; n < YC / 8; n += 2) {
 #pragma unroll
@@ -400,12 +402,8 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
 #pragma unroll
             for (int e = 0; e < 4; ++e) S[mi][n][e] *= dec;
 
-    // All Q/16 k-steps, unrolled so that one step's fragment loads and hi/lo
-    // splits overlap the previous step's mmas. Rows past clen add zero: their x
-    // rows are zero-filled and their weights are 0.
-    (void)clen;
-#pragma unroll
-    for (int ks = 0; ks < Q / 16; ++ks) {
+    const int ksteps = (clen + 15) / 16;
+    for (int ks = 0; ks < ksteps; ++ks) {
         const int k0 = ks * 16;
         const float w0 = w_w[k0 + 2 * t], w1 = w_w[k0 + 2 * t + 1];
         const float w2 = w_w[k0 + 2 * t + 8], w3 = w_w[k0 + 2 * t + 9];
@@ -505,8 +503,6 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     float* w_w = warp_f32 + 2 * Q;
 
     const float A2 = A[h] * SSD_LOG2E;
-    // The per-head skip weight, read once (the epilogue would wait on it every chunk).
-    const float d_head = SSD_D_MODE == 1 ? D[h] : 0.0f;
     const float bias = SSD_DT_BIAS ? dt_bias[h] : 0.0f;
     const i64 PN = (i64)P * N;
 
@@ -605,7 +601,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
                 const int u = (k & 1) ? k * NW + (NW - 1 - warp) : k * NW + warp;
                 if (u >= UNITS) continue;
                 chunk_output(a, xs, bs, cs, cbs, ss, s_w, dtp_w, u / YCG, u % YCG, have_state,
-                             tok, clen, h, pt, d_head);
+                             tok, clen, h, pt);
             }
         }
         chunk_state(S, xs, bs, w_w, exp2f(s_last), clen, wm, wn);
