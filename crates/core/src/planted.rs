@@ -5,7 +5,8 @@
 //! at the place where a kernel author could make that mistake. Without the cargo
 //! feature `planted-bugs` (the default) [`active`] is a constant `false` and the
 //! hooks compile away. With it, the bug named by the environment variable
-//! `SSM_PLANTED_BUG` (see [`Bug::name`]) is active, or the one set by [`set`].
+//! `SSM_PLANTED_BUG` (see [`Bug::name`]; unset or empty: none) is active, or the
+//! one set by [`set`].
 //!
 //! ```text
 //! SSM_PLANTED_BUG=dropped-d cargo test -p ssm-verify --features planted-bugs --test equivalence
@@ -113,7 +114,7 @@ mod switch {
     pub fn selected_code() -> u8 {
         match SELECTED.load(Ordering::Relaxed) {
             0 => {
-                let from_env = std::env::var(ENV).ok();
+                let from_env = std::env::var(ENV).ok().filter(|v| !v.is_empty());
                 let bug = from_env.as_deref().map(|name| {
                     Bug::from_name(name).unwrap_or_else(|| {
                         let all: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();

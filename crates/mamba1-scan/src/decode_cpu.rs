@@ -28,7 +28,14 @@ pub fn decode_step_cpu<T: Element>(
     let mut cache: Vec<Option<&mut [f32]>> =
         state.chunks_exact_mut(channel_state).map(Some).collect();
     let rows: Vec<Option<&mut [f32]>> = (0..p.batch)
-        .map(|i| cache_row(p.state_batch_indices, i).and_then(|r| cache[r].take()))
+        .map(|i| {
+            cache_row(p.state_batch_indices, i)
+                .or_else(|| {
+                    ssm_core::planted::active(ssm_core::planted::Bug::PaddingRowWritten)
+                        .then(|| p.cache_rows - 1)
+                })
+                .and_then(|r| cache[r].take())
+        })
         .collect();
 
     let mut out = vec![T::from_f32(0.0); p.batch * d_inner];

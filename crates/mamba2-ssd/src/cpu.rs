@@ -167,6 +167,11 @@ pub fn ssd_chunked<T: Element>(
         tasks.into_par_iter().for_each_init(
             || ScanScratch::new(max_len, head_dim, d_state),
             |scratch, (((chunk, scalars), entering), out)| {
+                if ssm_core::planted::active(ssm_core::planted::Bug::LastPartialChunkSkipped)
+                    && chunk.len < chunk_size
+                {
+                    return;
+                }
                 chunk_scan(p, chunk, scalars, entering, scratch, out);
             },
         );

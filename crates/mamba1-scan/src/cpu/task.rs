@@ -85,7 +85,8 @@ impl LaneGroup {
     fn load_state(&mut self, initial_states: Option<&[f32]>, seq_state: usize, d_inner: usize) {
         let n_state = self.state.len();
         self.state.fill([0.0; LANES]);
-        if let Some(h0) = initial_states {
+        let planted_ignore = ssm_core::planted::active(ssm_core::planted::Bug::InitialStateIgnored);
+        if let Some(h0) = initial_states.filter(|_| !planted_ignore) {
             for (l, d) in self.channels.clone().enumerate() {
                 let at = (seq_state * d_inner + d) * n_state;
                 for (slot, &v) in self.state.iter_mut().zip(&h0[at..at + n_state]) {
@@ -171,11 +172,18 @@ pub(crate) fn run_chunk<T: Element>(
         for block_start in seq.positions.clone().step_by(block_len) {
             let block = block_start..(block_start + block_len).min(seq.positions.end);
             let steps = block.len();
+            let bc_block = if ssm_core::planted::active(ssm_core::planted::Bug::ScanBlockBoundary)
+                && block_start > seq.positions.start
+            {
+                block.start - 1..block.end - 1
+            } else {
+                block.clone()
+            };
             if let Some(data) = b_group {
-                load_shared_tile(&mut tiles.b, data, (n_state, seqlen), &block);
+                load_shared_tile(&mut tiles.b, data, (n_state, seqlen), &bc_block);
             }
             if let Some(data) = c_group {
-                load_shared_tile(&mut tiles.c, data, (n_state, seqlen), &block);
+                load_shared_tile(&mut tiles.c, data, (n_state, seqlen), &bc_block);
             }
             for group in &mut groups {
                 load_channel_tiles(p, group, row_at, &block, &mut tiles);
@@ -208,6 +216,11 @@ fn group_slice<'a, T: Element>(
     match *bc {
         BcInput::Grouped { groups, data } => {
             let g = SelectiveScanParams::<T>::group_of(bc, d_inner, chunk.channels.start);
+            let g = if ssm_core::planted::active(ssm_core::planted::Bug::WrongGroup) {
+                chunk.channels.start % groups
+            } else {
+                g
+            };
             let at = (chunk.row * groups + g) * n_state * seqlen;
             Some(&data[at..at + n_state * seqlen])
         }
@@ -252,6 +265,11 @@ fn load_channel_tiles<T: Element>(
         let slots = dt_tile.iter_mut().zip(u_tile.iter_mut());
         for ((dt_slot, u_slot), (&delta, &u)) in slots.zip(delta.iter().zip(u)) {
             dt_slot[l] = scan_dt_f32(delta.to_f32(), bias, p.delta_softplus);
+            if ssm_core::planted::active(ssm_core::planted::Bug::SoftplusThreshold)
+                && p.delta_softplus
+            {
+                dt_slot[l] = ssm_core::planted::softplus_low_threshold(delta.to_f32() + bias);
+            }
             u_slot[l] = u.to_f32();
         }
     }

@@ -132,6 +132,9 @@ fn write_head_output<T: Element>(
         }
         None => d_row.fill(0.0),
     }
+    if ssm_core::planted::active(ssm_core::planted::Bug::DroppedD) {
+        d_row.fill(0.0);
+    }
     let z_view = TileView::head(chunk.token_start, chunk.len, heads, head_dim, h);
     for (i, (y_i, x_i)) in y
         .chunks_exact(head_dim)

@@ -80,6 +80,13 @@ fn head_state(
     for (j, b_row) in b_tile.chunks_exact(d_state).enumerate() {
         // s_last >= s_j for A <= 0: the decay to the chunk end is at most 1.
         let w = (s_last - log2_cumsum[j]).exp2() * dt[j];
+        let w = if ssm_core::planted::active(ssm_core::planted::Bug::SsdChunkBoundary)
+            && j + 1 == len
+        {
+            0.0
+        } else {
+            w
+        };
         for (n, &b) in b_row.iter().enumerate() {
             weighted_bt[n * len + j] = b * w;
         }

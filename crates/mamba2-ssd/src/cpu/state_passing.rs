@@ -17,6 +17,11 @@ pub(crate) fn pass_states(
         // decays relative to the chunk end, so no cumulative sum ever spans more
         // than one chunk.
         let decay = log2_decay.exp2();
+        let decay = if ssm_core::planted::active(ssm_core::planted::Bug::NoCarriedDecay) {
+            1.0
+        } else {
+            decay
+        };
         for (slot, s) in entering.iter_mut().zip(running.iter_mut()) {
             let own = *slot;
             *slot = *s;
