@@ -338,9 +338,9 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
             u32 packed[2];
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
-                const int p = cg * YC + (n + m) * 8 + 2 * t;  // within the PT tile
                 float y0 = acc[n + m][2 * hr], y1 = acc[n + m][2 * hr + 1];
 #if SSD_D_MODE != 0
+                const int p = cg * YC + (n + m) * 8 + 2 * t;  // within the PT tile
 #if SSD_D_MODE == 1
                 const float d0 = dh, d1 = dh;
 #else
