@@ -48,12 +48,29 @@ pub fn compare_outputs(
     (out, state)
 }
 
+/// Bit-for-bit equality of two results (NaN payloads included).
+fn bitwise_equal(a: &ScanOutput<f64, f64>, b: &ScanOutput<f64, f64>) -> bool {
+    let same = |x: &[f64], y: &[f64]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+    };
+    same(&a.out, &b.out)
+        && match (&a.final_states, &b.final_states) {
+            (Some(x), Some(y)) => same(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// Run an implementation and compare it with the oracle. With `repeat`, run it a
+/// second time on the same inputs and fail unless both runs agree bit for bit
+/// (the determinism check of the GPU kernels).
 fn row(
     implementation: String,
     problem: String,
     dtype: DType,
     budgets: (f64, f64),
-    run: impl FnOnce() -> Result<ScanOutput<f64, f64>>,
+    repeat: bool,
+    mut run: impl FnMut() -> Result<ScanOutput<f64, f64>>,
     want: &ScanOutput<f64, f64>,
 ) -> CheckRow {
     let start = Instant::now();
@@ -62,7 +79,16 @@ fn row(
     let (out, state, error) = match result {
         Ok(got) => {
             let (o, s) = compare_outputs(&got, want);
-            (Some(o), s, None)
+            let again = if repeat { Some(run()) } else { None };
+            let error = match again {
+                Some(Ok(second)) if !bitwise_equal(&got, &second) => Some(
+                    "not deterministic: a second run on the same inputs differs bitwise"
+                        .to_string(),
+                ),
+                Some(Err(e)) => Some(format!("second run failed: {e}")),
+                _ => None,
+            };
+            (Some(o), s, error)
         }
         Err(e) => (None, None, Some(e.to_string())),
     };
@@ -101,6 +127,7 @@ pub fn check_scan<T: DeviceElement>(
                 problem.clone(),
                 T::DTYPE,
                 budgets(T::DTYPE, 0.0),
+                *imp == ScanImpl::Cuda,
                 || imp.run(&inputs, gpu),
                 &want,
             )
@@ -130,6 +157,7 @@ pub fn check_ssd<T: DeviceElement>(
                 problem.clone(),
                 T::DTYPE,
                 budgets(T::DTYPE, k),
+                *imp == SsdImpl::Cuda,
                 || imp.run(&inputs, gpu),
                 &want,
             )
@@ -171,6 +199,7 @@ pub fn check_step<T: DeviceElement>(
                 problem.clone(),
                 T::DTYPE,
                 budgets(T::DTYPE, 0.0),
+                *imp == StepImpl::Cuda,
                 || imp.run(family, &inputs, gpu),
                 &want,
             )
