@@ -7,7 +7,9 @@
 #   resources  ssmk resources --json (every variant vs its budget)   -> resources.json
 #   tests      every GPU test binary, SSM_REQUIRE_GPU=1              -> device-run.log
 #   verify     ssmk verify --gpu require --json                      -> verify.json
-#   bench      examples gpu_*/bench_* and criterion benches          -> results.tar.gz
+#   fuzz       ssmk fuzz --gpu require (SSM_FUZZ_SECONDS, default 60)  -> device-run.log
+#   sanitize   ci/sanitize.sh: compute-sanitizer memcheck/racecheck/initcheck/synccheck
+#   bench      examples gpu_*/bench_*, criterion benches, ci/bench.sh  -> results.tar.gz
 # plus summary.txt (printed last) and manifest.json. At most 8 files come back.
 #
 # usage: bash ci/device-run.sh [bundle-dir] [step,step,...]
@@ -119,6 +121,17 @@ if has_step verify; then
     else
         echo "verify: SKIPPED (this ssmk has no 'verify' subcommand)" >>"$summary"
     fi
+fi
+if has_step fuzz; then
+    if ssmk_has fuzz; then
+        run_step "fuzz: ssmk fuzz --gpu require --seconds ${SSM_FUZZ_SECONDS:-60}" \
+            "$ssmk" fuzz --gpu require --seconds "${SSM_FUZZ_SECONDS:-60}"
+    else
+        echo "fuzz: SKIPPED (this ssmk has no 'fuzz' subcommand)" >>"$summary"
+    fi
+fi
+if has_step sanitize; then
+    run_step "sanitize: ci/sanitize.sh" env OUT="$SSM_RESULTS_DIR/sanitize" bash ci/sanitize.sh "$bundle"
 fi
 if has_step bench; then
     for example in "$bundle"/examples/*; do
