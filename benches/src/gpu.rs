@@ -201,6 +201,13 @@ impl<T: DeviceElement> GpuWork for SsdWork<T> {
     fn kernels(&self) -> Vec<LaunchedKernel> {
         let config = self.plan.config();
         let mut kernels = Vec::new();
+        // Launch order of `SsdPlan::launch`: C·Bᵀ pre-kernel, prepass, main kernel.
+        if let Some(k) = self.plan.chunk_cb_kernel() {
+            let threads = mamba2_ssd::cuda::plan::CHUNK_CB_THREADS;
+            let mut cb = launched(k, threads, config.chunk_cb_smem_bytes() as u32);
+            cb.name += "#chunk_cb";
+            kernels.push(cb);
+        }
         if let Some(k) = self.plan.prepass_kernel() {
             let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
             prepass.name += "#prepass";

@@ -41,11 +41,13 @@ pub fn ssd_forward_cuda_with<T: DeviceElement>(
     p: &SsdParams<'_, T>,
     opts: &CudaOptions,
 ) -> Result<ScanOutput<T, f32>> {
-    // Inputs must be finite here: a NaN/Inf input (Inf in C, say) can poison the
-    // final states on the GPU where the oracle keeps them finite (found by
-    // `ssmk fuzz`, case seed 3258114134765900356), so it is a typed error naming
-    // the argument instead.
-    let layout = p.with_check_finite(true).validate()?;
+    let layout = p.validate()?;
+    // Non-finite inputs are not supported here: a NaN/Inf input (Inf in C, say) can
+    // poison the final states on the GPU where the oracle keeps them finite (found
+    // by `ssmk fuzz`, case seed 3258114134765900356). Decline with the argument named.
+    if let Err(e) = p.with_check_finite(true).validate() {
+        return Err(config::unsupported(format!("non-finite inputs ({e})")));
+    }
     if p.x.is_empty() {
         // No tokens (L = 0): nothing to launch; every final state is the initial one.
         return Ok(empty_sequence_output(p, layout.num_seqs));

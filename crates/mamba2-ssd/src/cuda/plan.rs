@@ -52,6 +52,9 @@ pub struct SsdDeviceOutputs<T> {
 
 /// Compiled kernels, the work table on the device and the segment workspace for
 /// one problem shape and option set.
+/// Threads per block of the C·Bᵀ pre-kernel (`kernels/mamba2/ssd_chunk_cb.cu`).
+pub const CHUNK_CB_THREADS: u32 = 128;
+
 pub struct SsdPlan {
     config: KernelConfig,
     dims: SsdDims,
@@ -334,7 +337,7 @@ impl SsdPlan {
     ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: ((self.table.num_chunks() * self.dims.groups) as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (CHUNK_CB_THREADS, 1, 1),
             shared_mem_bytes: self.config.chunk_cb_smem_bytes() as u32,
         };
         let groups = self.dims.groups as i32;
