@@ -163,6 +163,12 @@ impl<'a, T: Element> Mamba1StepParams<'a, T> {
             if let Some(z) = self.z {
                 check_finite("z", z)?;
             }
+            if let Some(d) = self.d {
+                check_finite("D", d)?;
+            }
+            if let Some(bias) = self.dt_bias {
+                check_finite("dt_bias", bias)?;
+            }
         }
         Ok(())
     }
@@ -280,6 +286,12 @@ impl<'a, T: Element> Mamba2StepParams<'a, T> {
             check_finite("C", self.c)?;
             if let Some(z) = self.z {
                 check_finite("z", z)?;
+            }
+            if let Some(d) = &self.d {
+                check_finite("D", d.data())?;
+            }
+            if let Some(bias) = self.dt_bias {
+                check_finite("dt_bias", bias)?;
             }
         }
         Ok(())

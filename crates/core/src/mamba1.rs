@@ -5,7 +5,10 @@
 //! constant `(D_in, N)`; `D, delta_bias: (D_in)`; states `(b, D_in, N)`, or
 //! `(num_seqs, D_in, N)` for varlen input.
 
-use crate::shape::{check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero, Shape};
+use crate::shape::{
+    check_allocatable, check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero,
+    Shape,
+};
 use crate::{Element, Result};
 
 /// Sizes of a selective-scan call.
@@ -183,12 +186,18 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
             Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
             None => batch,
         };
+        let rows = if self.cu_seqlens.is_some() {
+            "num_seqs"
+        } else {
+            "b"
+        };
+        if self.return_final_states {
+            check_allocatable(
+                "final_states",
+                Shape(&[(rows, num_seqs), ("D_in", d_inner), ("N", d_state)]),
+            )?;
+        }
         if let Some(h0) = self.initial_states {
-            let rows = if self.cu_seqlens.is_some() {
-                "num_seqs"
-            } else {
-                "b"
-            };
             check_len(
                 "initial_states",
                 Shape(&[(rows, num_seqs), ("D_in", d_inner), ("N", d_state)]),

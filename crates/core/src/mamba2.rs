@@ -4,7 +4,10 @@
 //! `A, dt_bias: (H)`; `B, C: (b, L, G, N)`; `D: (H)` or `(H, P)`; states
 //! `(b, H, P, N)`, or `(num_seqs, H, P, N)` for varlen input.
 
-use crate::shape::{check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero, Shape};
+use crate::shape::{
+    check_allocatable, check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero,
+    Shape,
+};
 use crate::{Element, Result, SsmError};
 
 /// Sizes of an SSD call.
@@ -209,12 +212,23 @@ impl<'a, T: Element> SsdParams<'a, T> {
             Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
             None => batch,
         };
+        let rows = if self.cu_seqlens.is_some() {
+            "num_seqs"
+        } else {
+            "b"
+        };
+        if self.return_final_states {
+            check_allocatable(
+                "final_states",
+                Shape(&[
+                    (rows, num_seqs),
+                    ("H", heads),
+                    ("P", head_dim),
+                    ("N", d_state),
+                ]),
+            )?;
+        }
         if let Some(s0) = self.initial_states {
-            let rows = if self.cu_seqlens.is_some() {
-                "num_seqs"
-            } else {
-                "b"
-            };
             check_len(
                 "initial_states",
                 Shape(&[

@@ -44,6 +44,31 @@ pub fn check_len(arg: &'static str, shape: Shape<'_>, got: usize) -> Result<()> 
     Ok(())
 }
 
+/// Largest tensor an implementation is asked to allocate, in bytes at f64 (the
+/// oracle's precision): 1 TiB, more memory than any machine this runs on. Sizes
+/// not bounded by a given input (final states when L = 0, say) are checked against
+/// it, so absurd dimensions are a typed error instead of an allocation abort.
+pub const MAX_TENSOR_BYTES: usize = 1 << 40;
+
+/// Check that a tensor the call will allocate (not one the caller passed) has a
+/// representable size of at most [`MAX_TENSOR_BYTES`] at 8 bytes per element.
+pub fn check_allocatable(arg: &'static str, shape: Shape<'_>) -> Result<usize> {
+    let len = shape.len(arg)?;
+    if len
+        .checked_mul(8)
+        .is_none_or(|bytes| bytes > MAX_TENSOR_BYTES)
+    {
+        return Err(SsmError::Dimension {
+            arg,
+            reason: format!(
+                "shape {shape} would allocate {len} elements, more than {} bytes at f64",
+                MAX_TENSOR_BYTES
+            ),
+        });
+    }
+    Ok(len)
+}
+
 /// Check that a dimension is non-zero.
 pub fn check_nonzero(arg: &'static str, value: usize) -> Result<()> {
     if value == 0 {
