@@ -77,6 +77,23 @@ pub fn bc_input<T>(groups: Option<usize>, data: &[T]) -> BcInput<'_, T> {
     }
 }
 
+/// The option part of a case description: ` +name` per option on, then the
+/// varlen count and the step-size regime.
+fn option_suffix(options: &[(bool, &str)], varlen: Option<usize>, dt: DtRegime) -> String {
+    let mut s: String = options
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| format!(" +{name}"))
+        .collect();
+    if let Some(n) = varlen {
+        s += &format!(" varlen{n}");
+    }
+    if dt == DtRegime::Large {
+        s += " bigdt";
+    }
+    s
+}
+
 fn round<T: Element>(xs: &[f32]) -> Vec<T> {
     ssm_core::element::round_slice(xs)
 }
@@ -145,25 +162,14 @@ impl Mamba1Case {
         let mut s = format!("b{batch} D{d_inner} N{d_state} L{seqlen}");
         let bc = |g: Option<usize>| g.map_or("const".to_string(), |g| format!("G{g}"));
         s += &format!(" B:{} C:{}", bc(self.b_groups), bc(self.c_groups));
-        for (on, name) in [
+        let options = [
             (self.d, "D"),
             (self.z, "z"),
             (self.delta_bias, "bias"),
             (self.softplus, "softplus"),
             (self.initial_states, "h0"),
-        ] {
-            if on {
-                s += " +";
-                s += name;
-            }
-        }
-        if let Some(n) = self.varlen {
-            s += &format!(" varlen{n}");
-        }
-        if self.dt == DtRegime::Large {
-            s += " bigdt";
-        }
-        s
+        ];
+        s + &option_suffix(&options, self.varlen, self.dt)
     }
 }
 
@@ -348,8 +354,8 @@ impl SsdCase {
             d_state,
             groups,
         } = self.dims;
-        let mut s = format!("b{batch} L{seqlen} H{heads} P{head_dim} N{d_state} G{groups}");
-        for (on, name) in [
+        let s = format!("b{batch} L{seqlen} H{heads} P{head_dim} N{d_state} G{groups}");
+        let options = [
             (self.dt_bias, "bias"),
             (self.softplus, "softplus"),
             (self.dt_limit.is_some(), "limit"),
@@ -357,19 +363,8 @@ impl SsdCase {
             (self.d == DKind::PerHeadDim, "D(H,P)"),
             (self.z, "z"),
             (self.initial_states, "s0"),
-        ] {
-            if on {
-                s += " +";
-                s += name;
-            }
-        }
-        if let Some(n) = self.varlen {
-            s += &format!(" varlen{n}");
-        }
-        if self.dt == DtRegime::Large {
-            s += " bigdt";
-        }
-        s
+        ];
+        s + &option_suffix(&options, self.varlen, self.dt)
     }
 }
 
