@@ -122,6 +122,26 @@ fn step_subnormal_step_size_times_a_huge_rate_is_within_the_floor() {
     );
 }
 
+/// One step with `dt A = -34.5` on a state of 0.6 and an input of 3e-13: the
+/// decayed state (6e-16) and the new input term (5e-16) are the whole output.
+/// The port rounds `dt`, `A log2 e` and their product to a few eps32 each, an
+/// absolute error of ~1e-5 in the exponent, so the output is off by 1.2e-5
+/// relative with every operation correctly rounded. The rule now allows the
+/// oracle's own sensitivity to a 4 eps32 shift of the rates (verdict docs).
+/// The CI run of 2026-11-23 found the Mamba-2 form of the same thing (`dt'`
+/// clamped to 0.1 with a very negative A: final states off by 2.1e-5).
+#[test]
+fn step_a_decay_of_exp_minus_34_is_judged_by_its_conditioning() {
+    regression(
+        Target::Step,
+        &[
+            0x0e, 0x52, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0xc8, 0xc8, 0xc8, 0xff, 0x00,
+            0xd1, 0xce, 0x2f, 0x2f, 0x2f, 0x27, 0x2f,
+        ],
+        "m1 step D1 b3 N1 G1 rows3 f32 +z +bias +softplus x:Tiny A:VeryNegative",
+    );
+}
+
 /// One step of `dt = 1e20`: the chunk's f32 cumulative log-decay jumps to -1e20
 /// and every later step's decay is lost in its rounding, so the chunked port's
 /// states are off by 1e19 (the f64 recurrence decays them to ~0). The tolerance

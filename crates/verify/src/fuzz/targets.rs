@@ -15,7 +15,7 @@ use super::envelope::{
     mamba1_step_envelope, mamba2_step_envelope, scan_envelope, ssd_envelope, Envelope,
 };
 use super::problems::{ScanProblem, SsdProblem, StepProblem};
-use super::verdict::{judge, Budget, Class};
+use super::verdict::{judge, shift_rates, Budget, Class, Conditioning};
 use super::{guarded, Ctx, Finding, Outcome, Target};
 use crate::impls::{Family, ScanImpl, SsdImpl, CUDA_SSD_MAX_CHUNK};
 
@@ -46,8 +46,25 @@ macro_rules! by_dtype {
     };
 }
 
-/// The oracle on absolute values (verdict docs), computed at most once.
-type Magnitude<'a> = Box<dyn Fn() -> Option<ScanOutput<f64, f64>> + 'a>;
+/// One oracle run on modified inputs (verdict docs), computed at most once.
+type OracleRun<'a> = Box<dyn Fn() -> Option<ScanOutput<f64, f64>> + 'a>;
+
+/// The two runs that make up a problem's [`Conditioning`].
+struct ConditioningRuns<'a> {
+    /// The oracle on absolute values of the linear inputs.
+    magnitude: OracleRun<'a>,
+    /// The oracle with the rates moved by [`shift_rates`].
+    shifted: OracleRun<'a>,
+}
+
+impl ConditioningRuns<'_> {
+    fn run(&self) -> Conditioning {
+        Conditioning {
+            magnitude: guarded(&self.magnitude).ok().flatten(),
+            shifted: guarded(&self.shifted).ok().flatten(),
+        }
+    }
+}
 
 /// Runs implementations against one oracle result and records the outcome.
 struct Referee<'a> {
@@ -55,8 +72,8 @@ struct Referee<'a> {
     problem: String,
     want: &'a Result<ScanOutput<f64, f64>>,
     env: Option<Envelope>,
-    magnitude: Magnitude<'a>,
-    magnitude_cache: OnceCell<Option<ScanOutput<f64, f64>>>,
+    conditioning: ConditioningRuns<'a>,
+    conditioning_cache: OnceCell<Conditioning>,
     outcome: Outcome,
 }
 
@@ -66,15 +83,15 @@ impl<'a> Referee<'a> {
         problem: String,
         want: &'a Result<ScanOutput<f64, f64>>,
         env: Option<Envelope>,
-        magnitude: Magnitude<'a>,
+        conditioning: ConditioningRuns<'a>,
     ) -> std::result::Result<Self, Finding> {
         let referee = Referee {
             target,
             problem,
             want,
             env,
-            magnitude,
-            magnitude_cache: OnceCell::new(),
+            conditioning,
+            conditioning_cache: OnceCell::new(),
             outcome: Outcome::default(),
         };
         referee.check_oracle()?;
@@ -131,12 +148,11 @@ impl<'a> Referee<'a> {
         };
         let got =
             guarded(run).map_err(|m| self.finding(name, Some(class), format!("panicked: {m}")))?;
-        let magnitude = || {
-            self.magnitude_cache
-                .get_or_init(|| guarded(&self.magnitude).ok().flatten())
-                .as_ref()
+        let conditioning = || {
+            self.conditioning_cache
+                .get_or_init(|| self.conditioning.run())
         };
-        let checked = judge(class, &got, self.want, &budget, may_decline, magnitude)
+        let checked = judge(class, &got, self.want, &budget, may_decline, conditioning)
             .map_err(|d| self.finding(name, Some(class), d))?;
         self.outcome.record(class, checked);
         Ok(())
@@ -177,7 +193,12 @@ fn scan_as<T: DeviceElement>(
         };
         ssm_reference::selective_scan(&q).ok()
     });
-    let mut referee = Referee::new(Target::Scan, describe, &want, env, magnitude)?;
+    let shifted = Box::new(|| {
+        let a = shift_rates(p.a);
+        ssm_reference::selective_scan(&SelectiveScanParams { a: &a, ..p }).ok()
+    });
+    let runs = ConditioningRuns { magnitude, shifted };
+    let mut referee = Referee::new(Target::Scan, describe, &want, env, runs)?;
     let reduction = p.dims.d_state + longest(p.cu_seqlens, p.dims.seqlen);
     let f32_budget = |env: &Envelope| {
         Budget::f32(
@@ -272,7 +293,12 @@ fn ssd_as<T: DeviceElement>(
         };
         ssm_reference::ssd_recurrence(&q).ok()
     });
-    let mut referee = Referee::new(Target::Ssd, describe, &want, env, magnitude)?;
+    let shifted = Box::new(|| {
+        let a = shift_rates(p.a);
+        ssm_reference::ssd_recurrence(&SsdParams { a: &a, ..p }).ok()
+    });
+    let runs = ConditioningRuns { magnitude, shifted };
+    let mut referee = Referee::new(Target::Ssd, describe, &want, env, runs)?;
     let dims = p.dims;
     let reduction = dims.d_state + dims.head_dim + longest(p.cu_seqlens, dims.seqlen);
     let valid = want.is_ok();
@@ -424,30 +450,35 @@ fn step_invariants(
     Ok(())
 }
 
+/// The f64 oracle on one step problem, its inputs rounded to `T`; the cache
+/// after the step is the result's final states.
+fn step_oracle<T: DeviceElement>(problem: &StepProblem) -> Result<ScanOutput<f64, f64>> {
+    let tensors = problem.tensors::<T>();
+    let mut state: Vec<f64> = problem.state.iter().map(|&v| v as f64).collect();
+    let out = match problem.family {
+        Family::Mamba1 => ssm_reference::mamba1_step(&problem.mamba1(&tensors), &mut state)?,
+        Family::Mamba2 => ssm_reference::mamba2_step(&problem.mamba2(&tensors), &mut state)?,
+    };
+    Ok(ScanOutput {
+        out: out.out,
+        final_states: Some(state),
+    })
+}
+
 fn step_as<T: DeviceElement>(
     problem: &StepProblem,
     ctx: &Ctx<'_>,
 ) -> std::result::Result<Outcome, Finding> {
     let tensors = problem.tensors::<T>();
     let describe = problem.describe();
-    let want = guarded(|| {
-        let mut state: Vec<f64> = problem.state.iter().map(|&v| v as f64).collect();
-        let out = match problem.family {
-            Family::Mamba1 => ssm_reference::mamba1_step(&problem.mamba1(&tensors), &mut state)?,
-            Family::Mamba2 => ssm_reference::mamba2_step(&problem.mamba2(&tensors), &mut state)?,
-        };
-        Ok(ScanOutput {
-            out: out.out,
-            final_states: Some(state),
-        })
-    })
-    .map_err(|m| oracle_panic(Target::Step, &describe, m))?;
+    let want = guarded(|| step_oracle::<T>(problem))
+        .map_err(|m| oracle_panic(Target::Step, &describe, m))?;
     let env = want.is_ok().then(|| match problem.family {
         Family::Mamba1 => mamba1_step_envelope(&problem.mamba1(&tensors), &problem.state),
         Family::Mamba2 => mamba2_step_envelope(&problem.mamba2(&tensors), &problem.state),
     });
     let magnitude = Box::new(|| {
-        let abs = StepProblem {
+        step_oracle::<T>(&StepProblem {
             x: problem.x.iter().map(|v| v.abs()).collect(),
             b: problem.b.iter().map(|v| v.abs()).collect(),
             c: problem.c.iter().map(|v| v.abs()).collect(),
@@ -457,19 +488,18 @@ fn step_as<T: DeviceElement>(
                 .map(|d| d.iter().map(|v| v.abs()).collect()),
             state: problem.state.iter().map(|v| v.abs()).collect(),
             ..problem.clone()
-        };
-        let tensors = abs.tensors::<T>();
-        let mut state: Vec<f64> = abs.state.iter().map(|&v| v as f64).collect();
-        let out = match abs.family {
-            Family::Mamba1 => ssm_reference::mamba1_step(&abs.mamba1(&tensors), &mut state),
-            Family::Mamba2 => ssm_reference::mamba2_step(&abs.mamba2(&tensors), &mut state),
-        };
-        out.ok().map(|o| ScanOutput {
-            out: o.out,
-            final_states: Some(state),
         })
+        .ok()
     });
-    let mut referee = Referee::new(Target::Step, describe, &want, env, magnitude)?;
+    let shifted = Box::new(|| {
+        step_oracle::<T>(&StepProblem {
+            a: shift_rates(&problem.a),
+            ..problem.clone()
+        })
+        .ok()
+    });
+    let runs = ConditioningRuns { magnitude, shifted };
+    let mut referee = Referee::new(Target::Step, describe, &want, env, runs)?;
     let reduction = problem.d_state + problem.head_dim;
     let budget = |env: &Envelope| {
         Budget::f32(

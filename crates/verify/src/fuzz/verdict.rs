@@ -5,7 +5,7 @@
 //! | class | when | the implementation must |
 //! | --- | --- | --- |
 //! | `Invalid` | the oracle returns an error | return an error (the same one, for the CPU ports) |
-//! | `InModel` | inputs finite, `dt' >= 0`, no decay above 1, the envelope fits the implementation's precision, the oracle's outputs fit the output type | match the oracle within the tolerance model, widened for ill-conditioned sums and for underflow (below) |
+//! | `InModel` | inputs finite, `dt' >= 0`, no decay above 1, the envelope fits the implementation's precision, the oracle's outputs fit the output type | match the oracle within the tolerance model, widened for ill-conditioned sums, for decays far from 1 and for underflow (below) |
 //! | `NonFinite` | some input is NaN/Inf, otherwise as `InModel` | be finite wherever the oracle is finite |
 //! | `OutOfRange` | anything else (growth, a non-finite `dt'` or `A`, overflow of the precision or the output type, a tolerance budget of 100% or more) | not panic, return `Ok` with outputs of the right shape |
 //!
@@ -20,21 +20,83 @@
 //! when its absolute L2 error is within
 //!
 //! ```text
-//! budget * ||ref|| + gamma * ||mag|| + floor * sqrt(len)
+//! budget * ||ref|| + gamma * ||mag|| + ||shifted - ref|| + floor * sqrt(len)
 //! gamma = 4 sqrt(n) u,   n = N + L + P (the longest reductions)
 //! ```
 //!
 //! where `mag` is the oracle run on the absolute values of every linear input
 //! (`|u|, |B|, |C|, |D|, |h0|`; step sizes, rates and gates unchanged): the sums
 //! of absolute terms that the classic rounding-error bounds are stated in, with the
-//! probabilistic `sqrt(n)` growth of Higham and Mary (2019). `mag` is computed only
-//! when the plain relative check fails. `floor` is the underflow floor of
-//! [`super::envelope`].
+//! probabilistic `sqrt(n)` growth of Higham and Mary (2019).
+//!
+//! `shifted` is the oracle with every rate `A` moved outwards by 8 f32 ulps (at
+//! least 4 eps32 relative, [`shift_rates`]): the conditioning of the result in
+//! its log-decays. An f32 implementation rounds each `dt A` (and `A log2 e`) to
+//! a few eps32 relative, which is an *absolute* error of `eps32 |dt A|` in the
+//! exponent, so a decay `exp(dt A) = exp(-100)` is off by 1e-5 relative however
+//! carefully it is computed. It matters when the result is dominated by such a
+//! decayed term (a tiny input next to a state that decayed by `exp(-100)` in one
+//! step: the fuzzer's `x:Tiny A:VeryNegative`), and it is zero where nothing
+//! decays. Both widenings are computed only when the plain relative check fails.
+//! `floor` is the underflow floor of [`super::envelope`].
 
 use ssm_core::tolerance::{compare, Comparison};
 use ssm_core::{DType, Result, ScanOutput, SsmError};
 
 use super::envelope::Envelope;
+
+/// The oracle's answers that widen the `InModel` check (module docs); computed
+/// once per problem, on demand.
+#[derive(Clone, Debug, Default)]
+pub struct Conditioning {
+    /// The oracle on the absolute values of the linear inputs.
+    pub magnitude: Option<ScanOutput<f64, f64>>,
+    /// The oracle with the rates moved by [`shift_rates`].
+    pub shifted: Option<ScanOutput<f64, f64>>,
+}
+
+impl Conditioning {
+    /// Absolute L2 allowance for the outputs (`states`: the final states).
+    fn allowance(&self, want: &[f64], gamma: f64, states: bool) -> f64 {
+        let pick = |o: &ScanOutput<f64, f64>| -> Option<Vec<f64>> {
+            if states {
+                o.final_states.clone()
+            } else {
+                Some(o.out.clone())
+            }
+        };
+        let mag = self
+            .magnitude
+            .as_ref()
+            .and_then(pick)
+            .map_or(0.0, |m| l2(&m));
+        let shift = self
+            .shifted
+            .as_ref()
+            .and_then(pick)
+            .filter(|s| s.len() == want.len())
+            .map_or(0.0, |s| {
+                l2(&s.iter().zip(want).map(|(s, w)| s - w).collect::<Vec<_>>())
+            });
+        gamma * mag + shift
+    }
+}
+
+/// Rates moved outwards by 8 f32 ulps: at least 4 eps32 relative for normal
+/// values (an ulp is between eps32 / 2 and eps32 of the value). Zero and values
+/// whose shift would not be finite stay as they are.
+pub fn shift_rates(a: &[f32]) -> Vec<f32> {
+    a.iter()
+        .map(|&v| {
+            let moved = f32::from_bits(v.to_bits().wrapping_add(8));
+            if v == 0.0 || !v.is_finite() || !moved.is_finite() {
+                v
+            } else {
+                moved
+            }
+        })
+        .collect()
+}
 
 /// Which rule applies to one implementation on one problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,14 +236,13 @@ fn l2(xs: &[f64]) -> f64 {
 }
 
 /// Within the relative budget; failing that, within the widened absolute bound
-/// of the module docs (`magnitude` gives `mag` on demand).
+/// of the module docs (`allowance` gives its conditioning terms on demand).
 fn within(
     c: &Comparison,
     reference: &[f64],
     budget: f64,
-    gamma: f64,
     floor: f64,
-    magnitude: impl FnOnce() -> Option<f64>,
+    allowance: impl FnOnce() -> f64,
 ) -> bool {
     if c.non_finite > 0 {
         return false;
@@ -195,8 +256,7 @@ fn within(
     } else {
         c.rel_l2
     };
-    let mag_l2 = magnitude().unwrap_or(0.0);
-    abs_l2 <= budget * ref_l2 + gamma * mag_l2 + floor * (reference.len() as f64).sqrt()
+    abs_l2 <= budget * ref_l2 + allowance() + floor * (reference.len() as f64).sqrt()
 }
 
 /// Elements finite in `want` but not in `got`.
@@ -209,7 +269,7 @@ fn newly_non_finite(got: &[f64], want: &[f64]) -> usize {
 
 /// Check one implementation's result against the oracle's under `class`.
 /// `may_decline`: the implementation may answer `SsmError::Unsupported`;
-/// `magnitude`: the oracle on absolute values (module docs), computed on demand.
+/// `conditioning`: the widening oracle runs (module docs), computed on demand.
 /// Returns `Ok(false)` when it declined, `Ok(true)` when checked, `Err(why)` on a finding.
 pub fn judge<'m>(
     class: Class,
@@ -217,7 +277,7 @@ pub fn judge<'m>(
     want: &Result<ScanOutput<f64, f64>>,
     budget: &Budget,
     may_decline: bool,
-    magnitude: impl Fn() -> Option<&'m ScanOutput<f64, f64>>,
+    conditioning: impl Fn() -> &'m Conditioning,
 ) -> std::result::Result<bool, String> {
     let (got, want) = match (got, want) {
         (Err(SsmError::Unsupported { .. }), _) if may_decline => return Ok(false),
@@ -271,15 +331,8 @@ pub fn judge<'m>(
         }
         Class::InModel => {
             let out = compare(&got.out, &want.out);
-            let mag_out = || magnitude().map(|m| l2(&m.out));
-            if !within(
-                &out,
-                &want.out,
-                budget.out,
-                budget.gamma,
-                budget.out_floor,
-                mag_out,
-            ) {
+            let allow_out = || conditioning().allowance(&want.out, budget.gamma, false);
+            if !within(&out, &want.out, budget.out, budget.out_floor, allow_out) {
                 return Err(format!(
                     "output: rel L2 {:.3e} (budget {:.1e}, floor {:.1e}), max abs {:.3e}, non-finite {}",
                     out.rel_l2, budget.out, budget.out_floor, out.max_abs, out.non_finite
@@ -287,15 +340,8 @@ pub fn judge<'m>(
             }
             if let Some((g, w)) = states {
                 let st = compare(g, w);
-                let mag_state = || magnitude().and_then(|m| m.final_states.as_deref().map(l2));
-                if !within(
-                    &st,
-                    w,
-                    budget.state,
-                    budget.gamma,
-                    budget.state_floor,
-                    mag_state,
-                ) {
+                let allow_state = || conditioning().allowance(w, budget.gamma, true);
+                if !within(&st, w, budget.state, budget.state_floor, allow_state) {
                     return Err(format!(
                         "final states: rel L2 {:.3e} (budget {:.1e}, floor {:.1e}), max abs {:.3e}, non-finite {}",
                         st.rel_l2, budget.state, budget.state_floor, st.max_abs, st.non_finite
@@ -321,8 +367,12 @@ mod tests {
         }
     }
 
-    fn no_mag() -> Option<&'static ScanOutput<f64, f64>> {
-        None
+    fn no_mag() -> &'static Conditioning {
+        static NONE: Conditioning = Conditioning {
+            magnitude: None,
+            shifted: None,
+        };
+        &NONE
     }
 
     fn out(v: &[f64]) -> Result<ScanOutput<f64, f64>> {
@@ -419,15 +469,51 @@ mod tests {
         // is 6e-7 absolute, 6e-4 relative.
         let want = out(&[1e-3]);
         let got = out(&[1e-3 + 6e-7]);
-        let mag = ScanOutput {
-            out: vec![10.0],
-            final_states: None,
+        let mag = Conditioning {
+            magnitude: out(&[10.0]).ok(),
+            shifted: None,
         };
         assert!(judge(Class::InModel, &got, &want, &b, false, no_mag).is_err());
-        assert!(judge(Class::InModel, &got, &want, &b, false, || Some(&mag)).is_ok());
+        assert!(judge(Class::InModel, &got, &want, &b, false, || &mag).is_ok());
         // Ten times the rounding error is still a finding.
         let got = out(&[1e-3 + 6e-5]);
-        assert!(judge(Class::InModel, &got, &want, &b, false, || Some(&mag)).is_err());
+        assert!(judge(Class::InModel, &got, &want, &b, false, || &mag).is_err());
+    }
+
+    #[test]
+    fn a_decay_of_exp_minus_60_is_judged_by_its_conditioning() {
+        let b = Budget::f32(1e-5, 1e-5, DType::F32, 16, &env());
+        // y = exp(dt A) h with dt A = -60: rounding dt A by 2 eps32 moves y by
+        // 1.4e-5 relative.
+        let y = (-60.0f64).exp();
+        let want = out(&[y]);
+        let got = out(&[y * (1.0 + 1.4e-5)]);
+        let a = [-60.0f32];
+        let shifted_rate = shift_rates(&a)[0] as f64;
+        assert!(shifted_rate / -60.0 - 1.0 >= 4.0 * f32::EPSILON as f64);
+        let cond = Conditioning {
+            magnitude: out(&[y]).ok(),
+            shifted: out(&[shifted_rate.exp()]).ok(),
+        };
+        assert!(judge(Class::InModel, &got, &want, &b, false, no_mag).is_err());
+        assert!(judge(Class::InModel, &got, &want, &b, false, || &cond).is_ok());
+        // Far more than the conditioning is still a finding.
+        let got = out(&[y * (1.0 + 1e-3)]);
+        assert!(judge(Class::InModel, &got, &want, &b, false, || &cond).is_err());
+    }
+
+    #[test]
+    fn rates_move_outwards_by_at_least_four_eps() {
+        let eps = f32::EPSILON as f64;
+        for a in [-1.0f32, -1.9999999, -3.0e-3, -7.5e4, 2.0] {
+            let moved = shift_rates(&[a])[0] as f64;
+            let rel = moved / a as f64 - 1.0;
+            assert!((4.0 * eps..=8.0 * eps).contains(&rel), "{a}: {rel:e}");
+        }
+        assert_eq!(
+            shift_rates(&[0.0, f32::NEG_INFINITY, -f32::MAX]),
+            [0.0, f32::NEG_INFINITY, -f32::MAX]
+        );
     }
 
     #[test]
