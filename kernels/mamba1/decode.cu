@@ -18,6 +18,10 @@
 //     which keeps the register count low enough for 4 blocks of 256 threads per
 //     SM (v1 held every row's B and C and ran 2 blocks per SM; v2 fetched them
 //     just in time, after the step-size math, see docs/kernels/decode.md);
+//     or (BC_SHARED) the block stages its rows of B and C in shared memory once,
+//     while its state loads are in flight, and every row reads them from there:
+//     no registers wait for them and no thread waits on L2 during the update
+//     (v4, for f32 inputs, whose prefetched B and C do not fit the register cap);
 //   * B and C are read with VEC-element accesses (8 bytes for 16-bit inputs);
 //   * exp(dt A) is one exp2 per state element with log2(e) folded into A on load;
 //   * y[d] is reduced over the TPR lanes of its channel with xor shuffles;
@@ -36,6 +40,8 @@
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
 //   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
 //   BC_PREFETCH   rows of B and C fetched ahead of their update (0: just in time)
+//   BC_SHARED     groups of B and C a block stages in shared memory (0: none); a
+//                 block whose channels span more groups reads them just in time
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(BROWS) || !defined(WARPS)
 #error "mamba1/decode.cu needs D_STATE, VEC, TPR, BROWS and WARPS defined"
@@ -48,6 +54,12 @@
 #endif
 #ifndef BC_PREFETCH
 #define BC_PREFETCH 1
+#endif
+#ifndef BC_SHARED
+#define BC_SHARED 0
+#endif
+#if BC_SHARED && BC_PREFETCH
+#error "BC_SHARED replaces BC_PREFETCH: define BC_PREFETCH 0"
 #endif
 
 // ---------------------------------------------------------------------------
@@ -368,6 +380,39 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
 #pragma unroll
     for (int r = 0; r < BC_PREFETCH && r < BROWS; ++r) FETCH_BC(r);
 
+#if BC_SHARED
+    // B and C of the block's BROWS rows for the (at most BC_SHARED) groups its
+    // channels read, widened to f32 once. The stores wait for the loads (L2), but
+    // the state loads issued above are in flight meanwhile, and the update needs
+    // those anyway. `staged` is the same for every thread of the block.
+    __shared__ __align__(16) float bc_stage[2][BROWS][BC_SHARED][D_STATE];
+    const long long d_first = (long long)ctile * CHANNELS_PER_BLOCK;
+    const long long d_last = min(d_first + CHANNELS_PER_BLOCK, Din) - 1;
+    const unsigned g_first = (unsigned)d_first / a.channels_per_group;
+    const int block_groups = (int)((unsigned)d_last / a.channels_per_group - g_first) + 1;
+    const bool staged = block_groups <= BC_SHARED;
+    if (staged) {
+        // Compile-time bounds and divisors keep the index math in few registers.
+        for (int idx = threadIdx.x; idx < BROWS * BC_SHARED * D_STATE; idx += THREADS) {
+            const int n = idx % D_STATE;
+            const int gi = (idx / D_STATE) % BC_SHARED;
+            const int r = idx / (D_STATE * BC_SHARED);
+            float bn = 0.0f, cn = 0.0f;
+            if (gi < block_groups && i0 + r < a.batch) {
+                const long long at = ((i0 + r) * a.groups + g_first + gi) * D_STATE + n;
+                bn = to_f32(static_cast<const T*>(a.B)[at]);
+                cn = to_f32(static_cast<const T*>(a.C)[at]);
+            }
+            bc_stage[0][r][gi][n] = bn;
+            bc_stage[1][r][gi][n] = cn;
+        }
+    }
+    // This thread's group among the staged ones (dead channels read group 0).
+    const int staged_group = channel_live ? (int)(g - g_first) : 0;
+#else
+    const bool staged = false;
+#endif
+
     // Step sizes, and the output's skip term and gate, computed now so that only
     // one value per owned row waits through the state update for each.
     float dtx_own[SROWS], skip_own[SROWS], gate_own[SROWS];
@@ -386,18 +431,33 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     float acc_own[SROWS];
 #pragma unroll
     for (int q = 0; q < SROWS; ++q) acc_own[q] = 0.0f;
+#if BC_SHARED
+    __syncthreads();  // the staged B and C are complete
+#endif
 #pragma unroll
     for (int r = 0; r < BROWS; ++r) {
-        if (BC_PREFETCH == 0) {
-            FETCH_BC(r);
-        } else if (r + BC_PREFETCH < BROWS) {
-            FETCH_BC(r + BC_PREFETCH);
-        }
         float bv[EPT], cv[EPT];
+        if (staged) {
+#if BC_SHARED
 #pragma unroll
-        for (int k = 0; k < VPT; ++k) {
-            unpack_raw(braw[r % BC_DEPTH][k], &bv[k * VEC]);
-            unpack_raw(craw[r % BC_DEPTH][k], &cv[k * VEC]);
+            for (int k = 0; k < VPT; ++k) {
+                unpack(*reinterpret_cast<const state_vec*>(&bc_stage[0][r][staged_group][STATE_INDEX(k, 0)]),
+                       &bv[k * VEC]);
+                unpack(*reinterpret_cast<const state_vec*>(&bc_stage[1][r][staged_group][STATE_INDEX(k, 0)]),
+                       &cv[k * VEC]);
+            }
+#endif
+        } else {
+            if (BC_PREFETCH == 0) {
+                FETCH_BC(r);
+            } else if (r + BC_PREFETCH < BROWS) {
+                FETCH_BC(r + BC_PREFETCH);
+            }
+#pragma unroll
+            for (int k = 0; k < VPT; ++k) {
+                unpack_raw(braw[r % BC_DEPTH][k], &bv[k * VEC]);
+                unpack_raw(craw[r % BC_DEPTH][k], &cv[k * VEC]);
+            }
         }
         // Every lane takes part in the shuffles, live row or not.
         const float dt = __shfl_sync(0xffffffffu, dt_own[r / TPR], group_base + r % TPR);

@@ -46,6 +46,10 @@ pub struct DecodeTiling {
     /// register cap, only 16-bit inputs can afford the packed copy of the next row:
     /// f32 inputs fall back to 0 there (ptxas spilled otherwise).
     pub bc_prefetch: usize,
+    /// Groups of B and C a block stages in shared memory before its update (0:
+    /// none). Replaces `bc_prefetch`; a block whose channels read more groups
+    /// fetches them just in time instead.
+    pub bc_shared: usize,
 }
 
 impl Default for DecodeTiling {
@@ -59,6 +63,7 @@ impl Default for DecodeTiling {
             streaming_hints: false,
             min_blocks_per_sm: 4,
             bc_prefetch: 1,
+            bc_shared: 0,
         }
     }
 }
@@ -130,6 +135,23 @@ impl DecodeTiling {
                 streaming_hints: true,
                 ..base
             },
+            // v4: B and C staged in shared memory (2 groups: a block's 64
+            // channels span at most 2 groups whenever D_in / G >= 64).
+            DecodeTiling {
+                bc_shared: 2,
+                ..base
+            },
+            DecodeTiling {
+                bc_shared: 2,
+                min_blocks_per_sm: 0,
+                ..base
+            },
+            DecodeTiling {
+                bc_shared: 2,
+                warps: 4,
+                min_blocks_per_sm: 8,
+                ..base
+            },
         ]
     }
 }
@@ -141,6 +163,8 @@ const MAX_STATE_REGS: usize = 32;
 /// held as 16-byte vectors: at 16 (N = 16, 4 rows) 64 registers suffice; with
 /// scalar layouts (N = 7: 2 rows x 7) ptxas spilled.
 const MAX_CAPPED_STATE_REGS: usize = 16;
+/// Static shared memory a kernel may declare without opting in to more.
+const MAX_STATIC_SHARED_BYTES: usize = 48 * 1024;
 
 /// Everything that decides one compiled form of the kernel and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +176,7 @@ struct Geometry {
     streaming_hints: bool,
     min_blocks_per_sm: usize,
     bc_prefetch: usize,
+    bc_shared: usize,
 }
 
 impl Geometry {
@@ -190,11 +215,22 @@ impl Geometry {
         };
         // A prefetched row of packed B and C costs 2 x per_row x elem_bytes / 4
         // registers; under the cap only the 16-bit form fits.
-        let bc_prefetch = if min_blocks_per_sm > 0 && elem_bytes > 2 {
+        let bc_prefetch = if tiling.bc_shared > 0 || (min_blocks_per_sm > 0 && elem_bytes > 2) {
             0
         } else {
             tiling.bc_prefetch.min(batch_rows)
         };
+        let staged_bytes = 2 * batch_rows * tiling.bc_shared * d_state * 4;
+        if staged_bytes > MAX_STATIC_SHARED_BYTES {
+            return Err(SsmError::Dimension {
+                arg: "bc_shared",
+                reason: format!(
+                    "{} staged groups of B and C for {batch_rows} rows at N = {d_state} take \
+                     {staged_bytes} bytes of shared memory; at most {MAX_STATIC_SHARED_BYTES}",
+                    tiling.bc_shared
+                ),
+            });
+        }
         Ok(Geometry {
             d_state,
             layout,
@@ -203,6 +239,7 @@ impl Geometry {
             streaming_hints: tiling.streaming_hints,
             min_blocks_per_sm,
             bc_prefetch,
+            bc_shared: tiling.bc_shared,
         })
     }
 
@@ -217,6 +254,7 @@ impl Geometry {
             ("STREAM_STATE", u8::from(self.streaming_hints).to_string()),
             ("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()),
             ("BC_PREFETCH", self.bc_prefetch.to_string()),
+            ("BC_SHARED", self.bc_shared.to_string()),
         ]
     }
 
@@ -260,6 +298,9 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
             label.push_str(&format!("m{}", geometry.min_blocks_per_sm));
         }
         label.push_str(&format!("p{}", geometry.bc_prefetch));
+        if geometry.bc_shared > 0 {
+            label.push_str(&format!("s{}", geometry.bc_shared));
+        }
     }
     Ok(KernelVariant::new(
         label,

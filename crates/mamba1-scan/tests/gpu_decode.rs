@@ -476,6 +476,26 @@ fn m1_decode_batch_256() {
     run_all(&gpu, cases);
 }
 
+/// Shapes off the common path: odd N (scalar layouts, rows capped), channel
+/// counts that leave a partial block, batches that leave a partial batch tile,
+/// groups > 1 with few channels per group.
+fn odd_shapes() -> [Shape; 6] {
+    let shape = |batch, d_inner, d_state, groups| Shape {
+        batch,
+        d_inner,
+        d_state,
+        groups,
+    };
+    [
+        shape(3, 100, 7, 4),
+        shape(5, 66, 6, 3),
+        shape(7, 96, 12, 2),
+        shape(2, 40, 64, 1),
+        shape(9, 33, 16, 3),
+        shape(1, 1, 1, 1),
+    ]
+}
+
 /// State sizes off the fast path (N not a multiple of 4, one lane per channel,
 /// rows capped), channel counts that leave a partial block, batches that leave a
 /// partial batch tile, groups > 1.
@@ -484,21 +504,8 @@ fn m1_decode_odd_shapes() {
     let Some(gpu) = test_gpu_or_skip("m1_decode_odd_shapes") else {
         return;
     };
-    let shape = |batch, d_inner, d_state, groups| Shape {
-        batch,
-        d_inner,
-        d_state,
-        groups,
-    };
     let mut cases = Vec::new();
-    for s in [
-        shape(3, 100, 7, 4),
-        shape(5, 66, 6, 3),
-        shape(7, 96, 12, 2),
-        shape(2, 40, 64, 1),
-        shape(9, 33, 16, 3),
-        shape(1, 1, 1, 1),
-    ] {
+    for s in odd_shapes() {
         cases.push(case::<f32>(s, Options::ALL));
         cases.push(case::<bf16>(s, Options::MIXED));
         cases.push(case::<f32>(s, Options::PLAIN));
@@ -515,10 +522,24 @@ fn m1_decode_bench_tilings() {
     let results: Vec<CaseResult> = DecodeTiling::candidates()
         .into_iter()
         .flat_map(|t| {
-            [
+            let mut cases = vec![
                 run_case::<bf16>(&gpu, Shape::m1(19, 8), Options::ALL, Some(t)),
                 run_case::<f32>(&gpu, Shape::m1(19, 1), Options::MIXED, Some(t)),
-            ]
+            ];
+            // Staged B and C: blocks whose channels span 1, 2 (staged) and more
+            // (just in time) groups, partial blocks and batch tiles, odd N.
+            if t.bc_shared > 0 {
+                for s in odd_shapes() {
+                    cases.push(run_case::<f32>(&gpu, s, Options::ALL, Some(t)));
+                }
+                cases.push(run_case::<f32>(
+                    &gpu,
+                    Shape::m1(7, 80),
+                    Options::ALL,
+                    Some(t),
+                ));
+            }
+            cases
         })
         .collect();
     for r in &results {

@@ -153,6 +153,7 @@ fn run(settings: &Settings) -> BenchResult<()> {
     }
     for tiling in m1::DecodeTiling::candidates().into_iter().skip(1) {
         records.push(bench.m1::<bf16>(256, tiling)?);
+        records.push(bench.m1::<f32>(256, tiling)?);
     }
 
     let copy_after = copy_rate(&gpu, iters.min(50))?;
