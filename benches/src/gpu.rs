@@ -289,7 +289,7 @@ impl<T: DeviceElement> Mamba1StepWork<T> {
         seed: u64,
         slots: usize,
     ) -> Result<Self> {
-        let tiling = mamba1_scan::decode_cuda::DecodeTiling::default();
+        let tiling = mamba1_scan::decode_cuda::DecodeTiling::for_dtype(T::DTYPE);
         let kernel = mamba1_scan::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
         let host = StepHost::<T>::mamba1(s, seed);
         Ok(Mamba1StepWork {

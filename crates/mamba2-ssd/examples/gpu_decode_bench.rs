@@ -35,7 +35,7 @@ use mamba2_ssd::decode_cuda as m2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use ssm_core::{Element, SsmError};
+use ssm_core::{DType, Element, SsmError};
 use ssm_gpu::cudarc::driver::CudaSlice;
 use ssm_gpu::{DeviceElement, Gpu, GpuError, Timing, KERNELS_HASH};
 
@@ -145,8 +145,8 @@ fn run(settings: &Settings) -> BenchResult<()> {
     for &batch in &batches {
         records.push(bench.m2::<f32>(batch, m2::DecodeTiling::default())?);
         records.push(bench.m2::<bf16>(batch, m2::DecodeTiling::default())?);
-        records.push(bench.m1::<f32>(batch, m1::DecodeTiling::default())?);
-        records.push(bench.m1::<bf16>(batch, m1::DecodeTiling::default())?);
+        records.push(bench.m1::<f32>(batch, m1::DecodeTiling::for_dtype(DType::F32))?);
+        records.push(bench.m1::<bf16>(batch, m1::DecodeTiling::for_dtype(DType::Bf16))?);
     }
     for tiling in m2::DecodeTiling::candidates().into_iter().skip(1) {
         records.push(bench.m2::<bf16>(256, tiling)?);
@@ -200,8 +200,8 @@ fn run_only(gpu: &Gpu, l2: usize, iters: usize, rng: &mut StdRng, only: &str) ->
     let record = match (family, dtype) {
         ("mamba2", "f32") => bench.m2::<f32>(batch, m2::DecodeTiling::default())?,
         ("mamba2", "bf16") => bench.m2::<bf16>(batch, m2::DecodeTiling::default())?,
-        ("mamba1", "f32") => bench.m1::<f32>(batch, m1::DecodeTiling::default())?,
-        ("mamba1", "bf16") => bench.m1::<bf16>(batch, m1::DecodeTiling::default())?,
+        ("mamba1", "f32") => bench.m1::<f32>(batch, m1::DecodeTiling::for_dtype(DType::F32))?,
+        ("mamba1", "bf16") => bench.m1::<bf16>(batch, m1::DecodeTiling::for_dtype(DType::Bf16))?,
         _ => {
             return Err(BenchError(format!(
                 "--only {only}: unknown family or dtype"
