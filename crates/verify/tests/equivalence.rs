@@ -9,11 +9,11 @@ use common::*;
 use proptest::prelude::*;
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::mamba2::{DSkip, SsdParams};
+use ssm_core::mamba2::DSkip;
 use ssm_core::tolerance::{compare, max_window_log_decay, rel_l2_budget, state_budget};
 use ssm_core::{DType, Element, ScanOutput};
 use ssm_verify::check::{check_scan, check_ssd, check_step, compare_outputs, CheckRow};
-use ssm_verify::gen::{bc_input, Mamba1Data, SsdData, StepCase, StepData};
+use ssm_verify::gen::{Mamba1Data, SsdData, StepCase, StepData};
 use ssm_verify::impls::{Family, ScanImpl, SsdImpl, StepImpl};
 
 fn assert_rows(rows: Vec<CheckRow>) -> Result<(), TestCaseError> {
@@ -220,22 +220,8 @@ proptest! {
         let k = ((len as f64) * split) as usize;
         let opts = mamba1_scan::Backend::Cpu(mamba1_scan::CpuOptions { block_len });
         let part = |t0: usize, t1: usize, h0: Option<&[f32]>| {
-            let p = inputs.params();
-            let sl = |v: &[f32]| cols(v, len, t0, t1);
-            let u = sl(&inputs.u);
-            let delta = sl(&inputs.delta);
-            let z = inputs.z.as_deref().map(sl);
-            let bc = |x: BcInput<'_, f32>| match x {
-                BcInput::Grouped { groups, data } => (Some(groups), sl(data)),
-                BcInput::Constant(data) => (None, data.to_vec()),
-            };
-            let (bg, b) = bc(p.b);
-            let (cg, c) = bc(p.c);
-            let q = SelectiveScanParams {
-                dims: Mamba1Dims { seqlen: t1 - t0, ..p.dims },
-                u: &u, delta: &delta, b: bc_input(bg, &b), c: bc_input(cg, &c), z: z.as_deref(),
-                initial_states: h0, return_final_states: true, ..p
-            };
+            let slice = ScanSlice::new(&inputs.params(), t0, t1);
+            let q = slice.params(inputs.params(), h0);
             (ssm_reference::selective_scan(&q).unwrap(), mamba1_scan::selective_scan(&q, opts).unwrap())
         };
         let (ref_a, cpu_a) = part(0, k, data.initial_states.as_deref());
@@ -268,21 +254,10 @@ proptest! {
         let len = dims.seqlen;
         let k = ((len as f64) * split) as usize;
         let width = dims.heads * dims.head_dim;
-        let gn = dims.groups * dims.d_state;
         let opts = mamba2_ssd::Backend::Cpu(mamba2_ssd::CpuOptions { chunk_size: chunk });
         let part = |t0: usize, t1: usize, s0: Option<&[f32]>| {
-            let p = inputs.params();
-            let x = time_rows(&inputs.x, len, width, t0, t1);
-            let dt = time_rows(&inputs.dt, len, dims.heads, t0, t1);
-            let b = time_rows(&inputs.b, len, gn, t0, t1);
-            let c = time_rows(&inputs.c, len, gn, t0, t1);
-            let z = inputs.z.as_deref().map(|z| time_rows(z, len, width, t0, t1));
-            let q = SsdParams {
-                dims: ssm_core::mamba2::SsdDims { seqlen: t1 - t0, ..dims },
-                x: &x, dt: &dt, b: &b, c: &c, z: z.as_deref(),
-                initial_states: s0, return_final_states: true, ..p
-            };
-            mamba2_ssd::ssd_forward(&q, opts).unwrap()
+            let slice = SsdSlice::new(&inputs.params(), t0, t1);
+            mamba2_ssd::ssd_forward(&slice.params(inputs.params(), s0), opts).unwrap()
         };
         let a = part(0, k, data.initial_states.as_deref());
         let b = part(k, len, a.final_states.as_deref());
@@ -314,16 +289,8 @@ proptest! {
         for (i, w) in cu.windows(2).enumerate() {
             let (t0, t1) = (w[0] as usize, w[1] as usize);
             let p = inputs.params();
-            let sl = |v: &[f32]| cols(v, dims.seqlen, t0, t1);
-            let (u, delta, z) = (sl(&inputs.u), sl(&inputs.delta), inputs.z.as_deref().map(sl));
-            let bc_owned = |x: BcInput<'_, f32>| match x { BcInput::Grouped { groups, data } => (Some(groups), sl(data)), BcInput::Constant(d) => (None, d.to_vec()) };
-            let ((bg, b), (cg, c)) = (bc_owned(p.b), bc_owned(p.c));
-            let h0 = p.initial_states.map(|h| &h[i * hn..(i + 1) * hn]);
-            let q = SelectiveScanParams {
-                dims: Mamba1Dims { seqlen: t1 - t0, ..dims },
-                u: &u, delta: &delta, b: bc_input(bg, &b), c: bc_input(cg, &c), z: z.as_deref(),
-                initial_states: h0, cu_seqlens: None, return_final_states: true, ..p
-            };
+            let slice = ScanSlice::new(&p, t0, t1);
+            let q = slice.params(p, p.initial_states.map(|h| &h[i * hn..(i + 1) * hn]));
             let r = ssm_reference::selective_scan(&q).unwrap();
             for d in 0..dims.d_inner {
                 for t in t0..t1 {
@@ -346,23 +313,14 @@ proptest! {
         let cpu_packed = mamba2_ssd::ssd_forward(&inputs.params(), mamba2_ssd::Backend::Cpu(Default::default())).unwrap().to_f64();
         let cu = data.cu_seqlens.clone().unwrap();
         let dims = ssd.dims;
-        let (width, gn) = (dims.heads * dims.head_dim, dims.groups * dims.d_state);
+        let width = dims.heads * dims.head_dim;
         let sn = width * dims.d_state;
         let mut sep = ScanOutput { out: vec![], final_states: Some(vec![]) };
         for (i, w) in cu.windows(2).enumerate() {
             let (t0, t1) = (w[0] as usize, w[1] as usize);
             let p = inputs.params();
-            let x = time_rows(&inputs.x, dims.seqlen, width, t0, t1);
-            let dt = time_rows(&inputs.dt, dims.seqlen, dims.heads, t0, t1);
-            let b = time_rows(&inputs.b, dims.seqlen, gn, t0, t1);
-            let c = time_rows(&inputs.c, dims.seqlen, gn, t0, t1);
-            let z = inputs.z.as_deref().map(|z| time_rows(z, dims.seqlen, width, t0, t1));
-            let q = SsdParams {
-                dims: ssm_core::mamba2::SsdDims { seqlen: t1 - t0, ..dims },
-                x: &x, dt: &dt, b: &b, c: &c, z: z.as_deref(),
-                initial_states: p.initial_states.map(|s| &s[i * sn..(i + 1) * sn]),
-                cu_seqlens: None, return_final_states: true, ..p
-            };
+            let slice = SsdSlice::new(&p, t0, t1);
+            let q = slice.params(p, p.initial_states.map(|s| &s[i * sn..(i + 1) * sn]));
             let r = ssm_reference::ssd_recurrence(&q).unwrap();
             sep.out.extend(r.out);
             sep.final_states.as_mut().unwrap().extend(r.final_states.unwrap());

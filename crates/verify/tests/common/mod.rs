@@ -2,10 +2,10 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use ssm_core::mamba1::Mamba1Dims;
-use ssm_core::mamba2::SsdDims;
+use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::tolerance::Comparison;
-use ssm_verify::gen::{DKind, DtRegime, Mamba1Case, SsdCase};
+use ssm_verify::gen::{bc_input, DKind, DtRegime, Mamba1Case, SsdCase};
 
 /// Cases per property: 1000 in CI, more with `SSM_PROPTEST_CASES`.
 pub fn config() -> ProptestConfig {
@@ -186,4 +186,107 @@ pub fn time_rows<T: Copy>(x: &[T], len: usize, width: usize, t0: usize, t1: usiz
     x.chunks(len * width)
         .flat_map(|seq| seq[t0 * width..t1 * width].iter().copied())
         .collect()
+}
+
+/// The per-token tensors of a scan problem cut to the time steps `[t0, t1)`,
+/// owned, so a test can run part of a sequence (splits, varlen pieces).
+pub struct ScanSlice {
+    seqlen: usize,
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    z: Option<Vec<f32>>,
+    b: (Option<usize>, Vec<f32>),
+    c: (Option<usize>, Vec<f32>),
+}
+
+impl ScanSlice {
+    pub fn new(p: &SelectiveScanParams<'_, f32>, t0: usize, t1: usize) -> Self {
+        let len = p.dims.seqlen;
+        let sl = |v: &[f32]| cols(v, len, t0, t1);
+        // Constant B/C (D_in, N) has no time axis: it is shared by every slice.
+        let bc = |x: &BcInput<'_, f32>| match *x {
+            BcInput::Grouped { groups, data } => (Some(groups), sl(data)),
+            BcInput::Constant(data) => (None, data.to_vec()),
+        };
+        ScanSlice {
+            seqlen: t1 - t0,
+            u: sl(p.u),
+            delta: sl(p.delta),
+            z: p.z.map(sl),
+            b: bc(&p.b),
+            c: bc(&p.c),
+        }
+    }
+
+    /// `p` on this slice alone: one sequence from `initial_states`, final states returned.
+    pub fn params<'a>(
+        &'a self,
+        p: SelectiveScanParams<'a, f32>,
+        initial_states: Option<&'a [f32]>,
+    ) -> SelectiveScanParams<'a, f32> {
+        SelectiveScanParams {
+            dims: Mamba1Dims {
+                seqlen: self.seqlen,
+                ..p.dims
+            },
+            u: &self.u,
+            delta: &self.delta,
+            b: bc_input(self.b.0, &self.b.1),
+            c: bc_input(self.c.0, &self.c.1),
+            z: self.z.as_deref(),
+            initial_states,
+            cu_seqlens: None,
+            return_final_states: true,
+            ..p
+        }
+    }
+}
+
+/// The per-token tensors of an SSD problem cut to the time steps `[t0, t1)`.
+pub struct SsdSlice {
+    seqlen: usize,
+    x: Vec<f32>,
+    dt: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    z: Option<Vec<f32>>,
+}
+
+impl SsdSlice {
+    pub fn new(p: &SsdParams<'_, f32>, t0: usize, t1: usize) -> Self {
+        let d = p.dims;
+        let (width, gn) = (d.heads * d.head_dim, d.groups * d.d_state);
+        let rows = |v: &[f32], w: usize| time_rows(v, d.seqlen, w, t0, t1);
+        SsdSlice {
+            seqlen: t1 - t0,
+            x: rows(p.x, width),
+            dt: rows(p.dt, d.heads),
+            b: rows(p.b, gn),
+            c: rows(p.c, gn),
+            z: p.z.map(|z| rows(z, width)),
+        }
+    }
+
+    /// `p` on this slice alone: one sequence from `initial_states`, final states returned.
+    pub fn params<'a>(
+        &'a self,
+        p: SsdParams<'a, f32>,
+        initial_states: Option<&'a [f32]>,
+    ) -> SsdParams<'a, f32> {
+        SsdParams {
+            dims: SsdDims {
+                seqlen: self.seqlen,
+                ..p.dims
+            },
+            x: &self.x,
+            dt: &self.dt,
+            b: &self.b,
+            c: &self.c,
+            z: self.z.as_deref(),
+            initial_states,
+            cu_seqlens: None,
+            return_final_states: true,
+            ..p
+        }
+    }
 }
