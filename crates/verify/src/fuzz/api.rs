@@ -589,7 +589,7 @@ fn mamba1_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
             batch, d_inner, d_state, groups, &x, &dt, &a, &b_data, &c_data,
         )
     };
-    let mut c = Contract {
+    let c = Contract {
         target_problem: format!(
             "api m1 step b{batch} D{d_inner} N{d_state} G{groups} rows {cache_rows} state {} idx {indices:?} check_finite {}",
             state.len(),
@@ -597,48 +597,22 @@ fn mamba1_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
         ),
         outcome: Outcome::default(),
     };
-    let valid = guarded(|| p.validate(state.len()))
-        .map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
-    finite_contract(
-        &c,
-        p.check_finite,
-        &valid,
-        &[
-            Some(&x),
-            Some(&dt),
-            Some(&a),
-            Some(&b_data),
-            Some(&c_data),
-            z.as_deref(),
-        ],
+    let tensors = [
+        Some(&x[..]),
+        Some(&dt),
+        Some(&a),
+        Some(&b_data),
+        Some(&c_data),
+        z.as_deref(),
+    ];
+    step_contract(
+        c,
+        &p,
+        &state,
+        &tensors,
         &[d.as_deref(), bias.as_deref()],
-    )?;
-    let want = (x.len(), None);
-    c.check("m1 step reference f64", &valid, want, false, false, || {
-        let mut s: Vec<f64> = state.iter().map(|&v| v as f64).collect();
-        ssm_reference::mamba1_step(&p, &mut s).map(|o| (o.out.len(), None))
-    })?;
-    c.check("m1 step cpu", &valid, want, false, false, || {
-        let mut s = state.clone();
-        let backend = mamba1_scan::Backend::Cpu(Default::default());
-        mamba1_scan::decode_step(&p, &mut s, backend).map(|o| (o.out.len(), None))
-    })?;
-    if let Some(gpu) = ctx.gpu {
-        c.check("m1 step cuda", &valid, want, false, true, || {
-            let mut s = state.clone();
-            mamba1_scan::decode_step(&p, &mut s, mamba1_scan::Backend::Cuda(gpu))
-                .map(|o| (o.out.len(), None))
-        })?;
-    }
-    c.outcome.record(
-        if valid.is_ok() {
-            Class::OutOfRange
-        } else {
-            Class::Invalid
-        },
-        true,
-    );
-    Ok(c.outcome)
+        ctx,
+    )
 }
 
 fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
@@ -683,7 +657,7 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
             batch, heads, head_dim, d_state, groups, &x, &dt, &a, &b_data, &c_data,
         )
     };
-    let mut c = Contract {
+    let c = Contract {
         target_problem: format!(
             "api m2 step b{batch} H{heads} P{head_dim} N{d_state} G{groups} rows {cache_rows} state {} idx {indices:?} dt_limit {dt_limit:?} check_finite {}",
             state.len(),
@@ -691,37 +665,110 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
         ),
         outcome: Outcome::default(),
     };
+    let tensors = [
+        Some(&x[..]),
+        Some(&dt),
+        Some(&a),
+        Some(&b_data),
+        Some(&c_data),
+        z.as_deref(),
+    ];
+    step_contract(
+        c,
+        &p,
+        &state,
+        &tensors,
+        &[d.as_deref(), bias.as_deref()],
+        ctx,
+    )
+}
+
+/// The decode-step parameters of either family, as the step contract uses them.
+trait StepApi {
+    /// "m1" or "m2", for the implementation names.
+    const FAMILY: &'static str;
+    fn check_finite(&self) -> bool;
+    fn validate(&self, state_len: usize) -> Result<()>;
+    fn out_len(&self) -> usize;
+    /// Each returns the length of the output it produced.
+    fn reference(&self, state: &mut [f64]) -> Result<usize>;
+    fn cpu(&self, state: &mut [f32]) -> Result<usize>;
+    fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize>;
+}
+
+impl StepApi for Mamba1StepParams<'_, f32> {
+    const FAMILY: &'static str = "m1";
+    fn check_finite(&self) -> bool {
+        self.check_finite
+    }
+    fn validate(&self, state_len: usize) -> Result<()> {
+        Mamba1StepParams::validate(self, state_len)
+    }
+    fn out_len(&self) -> usize {
+        self.x.len()
+    }
+    fn reference(&self, state: &mut [f64]) -> Result<usize> {
+        ssm_reference::mamba1_step(self, state).map(|o| o.out.len())
+    }
+    fn cpu(&self, state: &mut [f32]) -> Result<usize> {
+        let backend = mamba1_scan::Backend::Cpu(Default::default());
+        mamba1_scan::decode_step(self, state, backend).map(|o| o.out.len())
+    }
+    fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize> {
+        mamba1_scan::decode_step(self, state, mamba1_scan::Backend::Cuda(gpu)).map(|o| o.out.len())
+    }
+}
+
+impl StepApi for Mamba2StepParams<'_, f32> {
+    const FAMILY: &'static str = "m2";
+    fn check_finite(&self) -> bool {
+        self.check_finite
+    }
+    fn validate(&self, state_len: usize) -> Result<()> {
+        Mamba2StepParams::validate(self, state_len)
+    }
+    fn out_len(&self) -> usize {
+        self.x.len()
+    }
+    fn reference(&self, state: &mut [f64]) -> Result<usize> {
+        ssm_reference::mamba2_step(self, state).map(|o| o.out.len())
+    }
+    fn cpu(&self, state: &mut [f32]) -> Result<usize> {
+        let backend = mamba2_ssd::Backend::Cpu(Default::default());
+        mamba2_ssd::decode_step(self, state, backend).map(|o| o.out.len())
+    }
+    fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize> {
+        mamba2_ssd::decode_step(self, state, mamba2_ssd::Backend::Cuda(gpu)).map(|o| o.out.len())
+    }
+}
+
+/// The contract both decode steps share once their parameters are drawn:
+/// validation does not panic and rejects non-finite `tensors` when asked (see
+/// [`finite_contract`] for `unchecked`); the oracle, the CPU step and, with a
+/// GPU, the CUDA step each agree with validation and return `out_len` outputs.
+fn step_contract<P: StepApi>(
+    mut c: Contract,
+    p: &P,
+    state: &[f32],
+    tensors: &[Option<&[f32]>],
+    unchecked: &[Option<&[f32]>],
+    ctx: &Ctx<'_>,
+) -> std::result::Result<Outcome, Finding> {
     let valid = guarded(|| p.validate(state.len()))
         .map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
-    finite_contract(
-        &c,
-        p.check_finite,
-        &valid,
-        &[
-            Some(&x),
-            Some(&dt),
-            Some(&a),
-            Some(&b_data),
-            Some(&c_data),
-            z.as_deref(),
-        ],
-        &[d.as_deref(), bias.as_deref()],
-    )?;
-    let want = (x.len(), None);
-    c.check("m2 step reference f64", &valid, want, false, false, || {
+    finite_contract(&c, p.check_finite(), &valid, tensors, unchecked)?;
+    let want = (p.out_len(), None);
+    let name = |implementation: &str| format!("{} step {implementation}", P::FAMILY);
+    c.check(&name("reference f64"), &valid, want, false, false, || {
         let mut s: Vec<f64> = state.iter().map(|&v| v as f64).collect();
-        ssm_reference::mamba2_step(&p, &mut s).map(|o| (o.out.len(), None))
+        p.reference(&mut s).map(|n| (n, None))
     })?;
-    c.check("m2 step cpu", &valid, want, false, false, || {
-        let mut s = state.clone();
-        let backend = mamba2_ssd::Backend::Cpu(Default::default());
-        mamba2_ssd::decode_step(&p, &mut s, backend).map(|o| (o.out.len(), None))
+    c.check(&name("cpu"), &valid, want, false, false, || {
+        p.cpu(&mut state.to_vec()).map(|n| (n, None))
     })?;
     if let Some(gpu) = ctx.gpu {
-        c.check("m2 step cuda", &valid, want, false, true, || {
-            let mut s = state.clone();
-            mamba2_ssd::decode_step(&p, &mut s, mamba2_ssd::Backend::Cuda(gpu))
-                .map(|o| (o.out.len(), None))
+        c.check(&name("cuda"), &valid, want, false, true, || {
+            p.cuda(gpu, &mut state.to_vec()).map(|n| (n, None))
         })?;
     }
     c.outcome.record(
