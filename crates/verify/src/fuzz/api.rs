@@ -597,22 +597,7 @@ fn mamba1_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
         ),
         outcome: Outcome::default(),
     };
-    let tensors = [
-        Some(&x[..]),
-        Some(&dt),
-        Some(&a),
-        Some(&b_data),
-        Some(&c_data),
-        z.as_deref(),
-    ];
-    step_contract(
-        c,
-        &p,
-        &state,
-        &tensors,
-        &[d.as_deref(), bias.as_deref()],
-        ctx,
-    )
+    step_contract(c, &p, &state, &[d.as_deref(), bias.as_deref()], ctx)
 }
 
 fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
@@ -665,22 +650,7 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
         ),
         outcome: Outcome::default(),
     };
-    let tensors = [
-        Some(&x[..]),
-        Some(&dt),
-        Some(&a),
-        Some(&b_data),
-        Some(&c_data),
-        z.as_deref(),
-    ];
-    step_contract(
-        c,
-        &p,
-        &state,
-        &tensors,
-        &[d.as_deref(), bias.as_deref()],
-        ctx,
-    )
+    step_contract(c, &p, &state, &[d.as_deref(), bias.as_deref()], ctx)
 }
 
 /// The decode-step parameters of either family, as the step contract uses them.
@@ -690,73 +660,84 @@ trait StepApi {
     fn check_finite(&self) -> bool;
     fn validate(&self, state_len: usize) -> Result<()>;
     fn out_len(&self) -> usize;
+    /// The tensors `check_finite` covers.
+    fn checked_tensors(&self) -> [Option<&[f32]>; 6];
     /// Each returns the length of the output it produced.
     fn reference(&self, state: &mut [f64]) -> Result<usize>;
     fn cpu(&self, state: &mut [f32]) -> Result<usize>;
     fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize>;
 }
 
-impl StepApi for Mamba1StepParams<'_, f32> {
-    const FAMILY: &'static str = "m1";
-    fn check_finite(&self) -> bool {
-        self.check_finite
-    }
-    fn validate(&self, state_len: usize) -> Result<()> {
-        Mamba1StepParams::validate(self, state_len)
-    }
-    fn out_len(&self) -> usize {
-        self.x.len()
-    }
-    fn reference(&self, state: &mut [f64]) -> Result<usize> {
-        ssm_reference::mamba1_step(self, state).map(|o| o.out.len())
-    }
-    fn cpu(&self, state: &mut [f32]) -> Result<usize> {
-        let backend = mamba1_scan::Backend::Cpu(Default::default());
-        mamba1_scan::decode_step(self, state, backend).map(|o| o.out.len())
-    }
-    fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize> {
-        mamba1_scan::decode_step(self, state, mamba1_scan::Backend::Cuda(gpu)).map(|o| o.out.len())
-    }
+/// `StepApi` for one family: its parameter type, name, oracle and crate.
+macro_rules! step_api {
+    ($params:ident, $family:literal, $oracle:path, $krate:ident) => {
+        impl StepApi for $params<'_, f32> {
+            const FAMILY: &'static str = $family;
+            fn check_finite(&self) -> bool {
+                self.check_finite
+            }
+            fn validate(&self, state_len: usize) -> Result<()> {
+                $params::validate(self, state_len)
+            }
+            fn out_len(&self) -> usize {
+                self.x.len()
+            }
+            fn checked_tensors(&self) -> [Option<&[f32]>; 6] {
+                [
+                    Some(self.x),
+                    Some(self.dt),
+                    Some(self.a),
+                    Some(self.b),
+                    Some(self.c),
+                    self.z,
+                ]
+            }
+            fn reference(&self, state: &mut [f64]) -> Result<usize> {
+                $oracle(self, state).map(|o| o.out.len())
+            }
+            fn cpu(&self, state: &mut [f32]) -> Result<usize> {
+                let backend = $krate::Backend::Cpu(Default::default());
+                $krate::decode_step(self, state, backend).map(|o| o.out.len())
+            }
+            fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize> {
+                $krate::decode_step(self, state, $krate::Backend::Cuda(gpu)).map(|o| o.out.len())
+            }
+        }
+    };
 }
-
-impl StepApi for Mamba2StepParams<'_, f32> {
-    const FAMILY: &'static str = "m2";
-    fn check_finite(&self) -> bool {
-        self.check_finite
-    }
-    fn validate(&self, state_len: usize) -> Result<()> {
-        Mamba2StepParams::validate(self, state_len)
-    }
-    fn out_len(&self) -> usize {
-        self.x.len()
-    }
-    fn reference(&self, state: &mut [f64]) -> Result<usize> {
-        ssm_reference::mamba2_step(self, state).map(|o| o.out.len())
-    }
-    fn cpu(&self, state: &mut [f32]) -> Result<usize> {
-        let backend = mamba2_ssd::Backend::Cpu(Default::default());
-        mamba2_ssd::decode_step(self, state, backend).map(|o| o.out.len())
-    }
-    fn cuda(&self, gpu: &ssm_gpu::Gpu, state: &mut [f32]) -> Result<usize> {
-        mamba2_ssd::decode_step(self, state, mamba2_ssd::Backend::Cuda(gpu)).map(|o| o.out.len())
-    }
-}
+step_api!(
+    Mamba1StepParams,
+    "m1",
+    ssm_reference::mamba1_step,
+    mamba1_scan
+);
+step_api!(
+    Mamba2StepParams,
+    "m2",
+    ssm_reference::mamba2_step,
+    mamba2_ssd
+);
 
 /// The contract both decode steps share once their parameters are drawn:
-/// validation does not panic and rejects non-finite `tensors` when asked (see
+/// validation does not panic and rejects non-finite inputs when asked (see
 /// [`finite_contract`] for `unchecked`); the oracle, the CPU step and, with a
 /// GPU, the CUDA step each agree with validation and return `out_len` outputs.
 fn step_contract<P: StepApi>(
     mut c: Contract,
     p: &P,
     state: &[f32],
-    tensors: &[Option<&[f32]>],
     unchecked: &[Option<&[f32]>],
     ctx: &Ctx<'_>,
 ) -> std::result::Result<Outcome, Finding> {
     let valid = guarded(|| p.validate(state.len()))
         .map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
-    finite_contract(&c, p.check_finite(), &valid, tensors, unchecked)?;
+    finite_contract(
+        &c,
+        p.check_finite(),
+        &valid,
+        &p.checked_tensors(),
+        unchecked,
+    )?;
     let want = (p.out_len(), None);
     let name = |implementation: &str| format!("{} step {implementation}", P::FAMILY);
     c.check(&name("reference f64"), &valid, want, false, false, || {
