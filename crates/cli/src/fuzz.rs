@@ -236,8 +236,8 @@ fn describe(o: &Outcome) -> String {
     if o.declined > 0 {
         parts.push(format!("{} declined by CUDA", o.declined));
     }
-    if o.skipped_known > 0 {
-        parts.push(format!("{} skipped (open finding)", o.skipped_known));
+    if o.skipped_large > 0 {
+        parts.push(format!("{} skipped (too large to run)", o.skipped_large));
     }
     if parts.is_empty() {
         "nothing checked".into()

@@ -182,18 +182,16 @@ fn ssd_overflow_that_depends_on_the_evaluation_order_is_out_of_range() {
 //
 // Found in ssm-core validation by the API target and fixed there (final states
 // are checked with `shape::check_allocatable`; the decode steps' `check_finite`
-// covers D and dt_bias). The API target still skips problems above 2^20 output
-// elements unless SSM_FUZZ_KNOWN_BUGS=1, to keep fuzzing fast.
+// covers D and dt_bias). The API target still skips valid problems above 2^20
+// output elements, to keep fuzzing fast.
 
 /// With L = 0 no input tensor has a length tied to the batch (Mamba-1) or to
 /// P and N (SSD), so validation accepts any size, and the final states
-/// `(b, D_in, N)` / `(b, H, P, N)` cannot be allocated: the oracle panics
-/// ("capacity overflow"), the CPU ports try to allocate (the scan's task list
-/// alone has b entries) and get the process killed for memory. Expected: a
-/// typed error from validation (`SsmError::Dimension`). The test only calls
-/// `validate`, so it is safe to run.
+/// `(b, D_in, N)` / `(b, H, P, N)` cannot be allocated: the oracle panicked
+/// ("capacity overflow"), the CPU ports tried to allocate (the scan's task list
+/// alone has b entries) and got the process killed for memory. Now a typed
+/// error from validation (`SsmError::Dimension`).
 #[test]
-
 fn huge_dims_with_empty_sequence_are_a_typed_error() {
     use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
     use ssm_core::mamba2::{SsdDims, SsdParams};
@@ -239,11 +237,10 @@ fn huge_dims_with_empty_sequence_are_a_typed_error() {
     );
 }
 
-/// `check_finite` on a decode step checks x, dt, A, B, C and z but not D and
-/// dt_bias (the scan and SSD check every input): a NaN there passes validation
-/// and reaches the output.
+/// `check_finite` on a decode step checked x, dt, A, B, C and z but not D and
+/// dt_bias (the scan and SSD check every input): a NaN there passed validation
+/// and reached the output.
 #[test]
-
 fn step_check_finite_rejects_nan_in_d_and_dt_bias() {
     use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
     use ssm_core::mamba2::DSkip;
