@@ -142,6 +142,23 @@ fn step_a_decay_of_exp_minus_34_is_judged_by_its_conditioning() {
     );
 }
 
+/// One chunk of 62 steps with large step sizes (`K = 185`) whose final state
+/// nearly cancels: 4.6e-3 from terms whose absolute values add up to 0.43. Each
+/// term's decay comes from f32 cumulative sums (relative error up to 4 eps32 K
+/// = 8.8e-5 of the *term*), so the state was off by 5.3e-4 relative to itself
+/// (5.7e-6 of the terms). The cancellation allowance now carries the K term too.
+#[test]
+fn ssd_cancelling_state_with_large_log_decays_is_judged_against_its_terms() {
+    regression(
+        Target::Ssd,
+        &[
+            0xd4, 0x3d, 0x00, 0x00, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x14, 0x4a, 0xff, 0xff,
+            0x50, 0x2b, 0x00, 0x27, 0x00, 0x3e, 0x00, 0x00, 0x00, 0x00,
+        ],
+        "b1 L62 H1 P1 N1 G1 +softplus +D(H,P) +z +s0 varlen1 bigdt f32 chunk 63 cu [0, 62]",
+    );
+}
+
 /// One step of `dt = 1e20`: the chunk's f32 cumulative log-decay jumps to -1e20
 /// and every later step's decay is lost in its rounding, so the chunked port's
 /// states are off by 1e19 (the f64 recurrence decays them to ~0). The tolerance

@@ -341,6 +341,7 @@ fn ssd_as<T: DeviceElement>(
                 reduction,
                 env,
             )
+            .with_log_decay(k)
         };
         let is_cuda = imp == SsdImpl::Cuda;
         let run = || imp.run(&inputs, ctx.gpu);
