@@ -61,27 +61,23 @@ pub struct Conditioning {
 impl Conditioning {
     /// Absolute L2 allowance for the outputs (`states`: the final states).
     fn allowance(&self, want: &[f64], gamma: f64, states: bool) -> f64 {
-        let pick = |o: &ScanOutput<f64, f64>| -> Option<Vec<f64>> {
-            if states {
-                o.final_states.clone()
-            } else {
-                Some(o.out.clone())
-            }
-        };
-        let mag = self
-            .magnitude
-            .as_ref()
-            .and_then(pick)
-            .map_or(0.0, |m| l2(&m));
-        let shift = self
-            .shifted
-            .as_ref()
-            .and_then(pick)
+        let mag = part(self.magnitude.as_ref(), states).map_or(0.0, l2);
+        let shift = part(self.shifted.as_ref(), states)
             .filter(|s| s.len() == want.len())
             .map_or(0.0, |s| {
                 l2(&s.iter().zip(want).map(|(s, w)| s - w).collect::<Vec<_>>())
             });
         gamma * mag + shift
+    }
+}
+
+/// The outputs (`states`: the final states) of an oracle run, if it has them.
+fn part(o: Option<&ScanOutput<f64, f64>>, states: bool) -> Option<&[f64]> {
+    let o = o?;
+    if states {
+        o.final_states.as_deref()
+    } else {
+        Some(&o.out)
     }
 }
 
