@@ -83,8 +83,24 @@ SSD_DEV void store_elem(u16* p, float v) { *p = f32_to_elem16(v); }
 
 // Two 16-bit elements in one 32-bit register: `lo` in the low half (the lower
 // column index in every fragment layout below).
+// One cvt.rn.{bf16,f16}x2.f32 on the device (its first source goes to the upper
+// half); two conversions, a shift and an or if written out, and the kernels pack
+// ~70 pairs per warp and chunk.
+#ifndef SSD_PACKED_CVT
+#define SSD_PACKED_CVT 1
+#endif
 SSD_DEV u32 pack2(float lo, float hi) {
+#if !defined(SSD_EMULATE) && SSD_PACKED_CVT
+    u32 r;
+#if SSD_DTYPE == 1
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+    return r;
+#else
     return ((u32)f32_to_elem16(hi) << 16) | (u32)f32_to_elem16(lo);
+#endif
 }
 SSD_DEV float unpack_lo(u32 v) { return elem_to_f32((u16)(v & 0xffffu)); }
 SSD_DEV float unpack_hi(u32 v) { return elem_to_f32((u16)(v >> 16)); }
@@ -99,6 +115,20 @@ SSD_DEV float ssd_dt(float raw, float bias, float dt_min, float dt_max) {
     v = v > 20.0f ? v : log1pf(expf(v));
 #endif
     return fminf(fmaxf(v, dt_min), dt_max);
+}
+
+// 2^x on the special-function unit with denormal results flushed to zero: one
+// MUFU.EX2 (exp2f adds a range check and two multiplies around it). The decays
+// it forms are products with values of order one, where a flushed 2^-126 is
+// below every tolerance.
+SSD_DEV float ssd_exp2(float x) {
+#ifndef SSD_EMULATE
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
 }
 
 SSD_DEV float silu(float z) { return z / (1.0f + expf(-z)); }
@@ -170,6 +200,16 @@ SSD_DEV void mma16816(float d[4], const u32 a[4], u32 b0, u32 b1) {
 SSD_DEV void cp_async16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
                  "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+// One 8-byte global store (p 8-byte aligned): two 32-bit words, `lo` first.
+SSD_DEV void store_b32x2(void* p, u32 lo, u32 hi) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(lo), "r"(hi) : "memory");
+}
+// One 16-byte global store (p 16-byte aligned).
+SSD_DEV void store_b32x4(void* p, uint4 v) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v.x), "r"(v.y),
+                 "r"(v.z), "r"(v.w)
                  : "memory");
 }
 SSD_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }

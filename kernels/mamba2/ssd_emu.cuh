@@ -33,6 +33,9 @@ typedef unsigned short u16;
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(16) uint4 {
+    u32 x, y, z, w;
+};
 struct alignas(8) uint2 {
     unsigned x, y;
 };
@@ -272,5 +275,10 @@ inline void cp_async16(void* dst, const void* src, int src_bytes) {
     if (src_bytes > 0) std::memcpy(dst, src, (size_t)src_bytes);
 }
 inline void cp_async_commit() {}
+inline void store_b32x4(void* p, uint4 v) { std::memcpy(p, &v, sizeof v); }
+inline void store_b32x2(void* p, u32 lo, u32 hi) {
+    const u32 v[2] = {lo, hi};
+    std::memcpy(p, v, sizeof v);
+}
 template <int PENDING>
 inline void cp_async_wait() {}

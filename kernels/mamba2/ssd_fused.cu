@@ -59,10 +59,39 @@ constexpr bool CB_GLOBAL = SSD_CB_GLOBAL != 0 && !STATE_ONLY;
 #else
 constexpr bool CB_GLOBAL = false;
 #endif
+// The z gate's loads go out before the unit's mma work when C B^T comes from the
+// workspace (registers to spare), unless SSD_Z_PREFETCH=0.
+#ifndef SSD_Z_PREFETCH
+#define SSD_Z_PREFETCH 1
+#endif
+constexpr bool Z_PREFETCH = SSD_Z_PREFETCH && CB_GLOBAL;
 constexpr int RT = Q / 16;
 constexpr int CB_TILES = RT * (RT + 1) / 2;
 
 static_assert(Q % 64 == 0 && Q <= 256, "chunk must be 64, 128 or 256");
+
+// Experiment switches (SSM_NVRTC_FLAGS="-DSSD_...=..." on the device, no rebuild;
+// docs/kernels/mamba2-ssd.md records what each measured):
+//   SSD_UNROLL_STATE  1: the state update's Q/16 k-steps fully unrolled
+//   SSD_UNROLL_INTRA  1: the intra-chunk tile loop unrolled (guarded by the row tile)
+//   SSD_EARLY_CB      1: (1 stage, C B^T precomputed) the next chunk's C and C B^T
+//                     copies start after the output step instead of after the state
+//                     update (one more barrier per chunk)
+//   SSD_STATE_SPLIT   0: the state update with one mma per k-step ((w o x) rounded to
+//                     the input type, as mamba_ssm does; final states then miss the
+//                     f32 budget): a measurement of what the hi/lo split costs
+#ifndef SSD_UNROLL_STATE
+#define SSD_UNROLL_STATE 1
+#endif
+#ifndef SSD_UNROLL_INTRA
+#define SSD_UNROLL_INTRA 0
+#endif
+#ifndef SSD_EARLY_CB
+#define SSD_EARLY_CB 1
+#endif
+#ifndef SSD_STATE_SPLIT
+#define SSD_STATE_SPLIT 1
+#endif
 static_assert(N % 16 == 0 && N <= 256, "N must be a multiple of 16, at most 256");
 static_assert(PT % 16 == 0 && P % PT == 0, "PT must divide P");
 static_assert(PT % YC == 0 && YC % 16 == 0, "YC must divide PT");
@@ -87,8 +116,10 @@ constexpr int C_BYTES = STATE_ONLY ? 0 : Q * BS * 2;
 constexpr int CB_BYTES = CB_GLOBAL ? CB_TILES * 256 * 4 : 0;
 constexpr int STAGE_BYTES = X_BYTES + B_BYTES + C_BYTES + CB_BYTES;
 constexpr int S_BYTES = STATE_ONLY ? 0 : PT * BS * 2;
-constexpr int WARP_F32 = 3 * Q;  // s, dt', w per warp
-constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + NW * WARP_F32 * 4;
+// s, dt' and w of a chunk, double-buffered: warp 0 fills the next chunk's while
+// the block works on this one.
+constexpr int CUM_F32 = 3 * Q;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + 2 * CUM_F32 * 4;
 static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
 
 struct Args {
@@ -113,9 +144,14 @@ struct Args {
     float dt_max;
 };
 
-// Issue the cp.async copies of one chunk (rows >= clen are zero-filled).
-SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, int h, int g,
-                        int pt, i64 chunk) {
+// Which tiles of a chunk load_chunk copies.
+enum ChunkParts { PARTS_ALL = 3, PARTS_X_B = 1, PARTS_C_CB = 2 };
+
+// Issue the cp.async copies of one chunk (rows >= clen are zero-filled). FULL:
+// clen == Q, no row checks (every chunk but a sequence's last).
+template <bool FULL>
+SSD_DEV void load_chunk_rows(const Args& a, unsigned char* stage, i64 tok, int clen, int h, int g,
+                             int pt, i64 chunk, int parts) {
     const int tid = threadIdx.x;
     u16* xs = reinterpret_cast<u16*>(stage);
     u16* bs = reinterpret_cast<u16*>(stage + X_BYTES);
@@ -126,13 +162,13 @@ SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, 
     // pointer (64-bit index math once per chunk, not once per copy).
     constexpr int XV = PT / 8;  // 16-byte vectors per x row
     static_assert(NT % XV == 0, "x rows split evenly over the threads");
-    {
+    if (parts & PARTS_X_B) {
         constexpr int STEP = NT / XV;
         const int r0 = tid / XV, c = (tid % XV) * 8;
         const elem_t* src = a.x + (tok + r0) * HP + (i64)h * P + pt * PT + c;
 #pragma unroll
         for (int r = r0; r < Q; r += STEP, src += STEP * HP)
-            cp_async16(xs + r * XS + c, r < clen ? src : a.x, r < clen ? 16 : 0);
+            cp_async16(xs + r * XS + c, FULL || r < clen ? src : a.x, FULL || r < clen ? 16 : 0);
     }
     constexpr int BV = N / 8;
     static_assert(NT % BV == 0, "B/C rows split evenly over the threads");
@@ -144,17 +180,26 @@ SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, 
         const elem_t* csrc = a.C + off0;
 #pragma unroll
         for (int r = r0; r < Q; r += STEP, bsrc += STEP * GN, csrc += STEP * GN) {
-            const bool in = r < clen;
-            cp_async16(bs + r * BS + c, in ? bsrc : a.B, in ? 16 : 0);
-            if (!STATE_ONLY) cp_async16(cs + r * BS + c, in ? csrc : a.C, in ? 16 : 0);
+            const bool in = FULL || r < clen;
+            if (parts & PARTS_X_B) cp_async16(bs + r * BS + c, in ? bsrc : a.B, in ? 16 : 0);
+            if (!STATE_ONLY && (parts & PARTS_C_CB))
+                cp_async16(cs + r * BS + c, in ? csrc : a.C, in ? 16 : 0);
         }
     }
-    if (CB_GLOBAL) {
+    if (CB_GLOBAL && (parts & PARTS_C_CB)) {
         float* cbs = reinterpret_cast<float*>(stage + X_BYTES + B_BYTES + C_BYTES);
         const float* src = a.cbw + (chunk * a.G + g) * (CB_TILES * 256);
 #pragma unroll
         for (int v = tid; v < CB_TILES * 64; v += NT) cp_async16(cbs + v * 4, src + v * 4, 16);
     }
+}
+
+SSD_DEV void load_chunk(const Args& a, unsigned char* stage, i64 tok, int clen, int h, int g,
+                        int pt, i64 chunk, int parts = PARTS_ALL) {
+    if (clen == Q)
+        load_chunk_rows<true>(a, stage, tok, clen, h, g, pt, chunk, parts);
+    else
+        load_chunk_rows<false>(a, stage, tok, clen, h, g, pt, chunk, parts);
 }
 
 // dt of one chunk, V consecutive steps per lane, prefetched into registers.
@@ -196,16 +241,23 @@ SSD_DEV float chunk_cumsum(const float (&dtr)[V], int clen, float bias, float A2
         const float s = excl + pre[v];
         s_w[j] = s;
         dtp_w[j] = dtp[v];
-        w_w[j] = exp2f(s_last - s) * dtp[v];
+        w_w[j] = ssd_exp2(s_last - s) * dtp[v];
     }
     __syncwarp();
     return s_last;
 }
 
+// The output tile of a unit leaves through shared memory (16-byte coalesced
+// stores, no per-store address arithmetic) when its warp owns the unit's C rows
+// outright: one unit per row tile (YC == PT), so no other warp reads those rows,
+// and rows long enough to hold YC outputs.
+constexpr bool STAGED_STORE = YC == PT && BS >= YC;
+
 // Steps 2-3 for one unit: rows [16 rt, 16 rt + 16) x columns [YC cg, YC cg + YC).
-SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16* cs,
+SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, u16* cs,
                           const float* cbs, const u16* ss, const float* s_w, const float* dtp_w,
-                          int rt, int cg, bool have_state, i64 tok, int clen, int h, int pt) {
+                          int rt, int cg, bool have_state, i64 tok, int clen, int h, int pt,
+                          float d_head) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     // ldmatrix row/column offsets: pattern 1 serves A from [m][k] and B from [k][n]
@@ -219,7 +271,7 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     // The gate's loads go out first, so that the mma work below hides their
     // latency (with C B^T formed in-block there are no registers to spare for them).
     u32 zr[YC / 8][2];
-    if (CB_GLOBAL) {
+    if (Z_PREFETCH) {
         const elem_t* zrow = a.z + (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC + 2 * t;
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
@@ -249,7 +301,7 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
                 mma16816(acc[2 * np + 1], af, bf[2], bf[3]);
             }
         }
-        const float e0 = exp2f(s_w[i0 + g]), e1 = exp2f(s_w[i0 + g + 8]);
+        const float e0 = ssd_exp2(s_w[i0 + g]), e1 = ssd_exp2(s_w[i0 + g + 8]);
 #pragma unroll
         for (int n = 0; n < YC / 8; ++n) {
             acc[n][0] *= e0;
@@ -261,7 +313,13 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
 
     // Intra-chunk, 16 columns j at a time up to the diagonal.
     const float si0 = s_w[i0 + g], si1 = s_w[i0 + g + 8];
+#if SSD_UNROLL_INTRA
+#pragma unroll
+    for (int jt = 0; jt < RT; ++jt) {
+        if (jt > rt) break;
+#else
     for (int jt = 0; jt <= rt; ++jt) {
+#endif
         const int j0 = jt * 16;
         float cb[2][4];
         if (CB_GLOBAL) {
@@ -305,8 +363,8 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
                 const float sj = s_w[j0 + jl], dj = dtp_w[j0 + jl];
                 const bool ok0 = !diag || jl <= g;
                 const bool ok1 = !diag || jl <= g + 8;
-                cb[hf][e] = ok0 ? cb[hf][e] * exp2f(si0 - sj) * dj : 0.0f;
-                cb[hf][2 + e] = ok1 ? cb[hf][2 + e] * exp2f(si1 - sj) * dj : 0.0f;
+                cb[hf][e] = ok0 ? cb[hf][e] * ssd_exp2(si0 - sj) * dj : 0.0f;
+                cb[hf][2 + e] = ok1 ? cb[hf][2 + e] * ssd_exp2(si1 - sj) * dj : 0.0f;
             }
         }
         u32 lf[4];
@@ -324,55 +382,78 @@ SSD_DEV void chunk_output(const Args& a, const u16* xs, const u16* bs, const u16
     }
 
     // Epilogue: + D x, z gate, store. Each thread owns column pairs (2t, 2t+1) of
-    // every 8-column tile; lane pairs swap one packed pair so that each stores 4
-    // consecutive columns (8 bytes): a quad then writes whole 32-byte sectors.
-    const i64 row0 = (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC;
-#if SSD_D_MODE == 1
-    const float dh = a.D[h];
-#endif
-#pragma unroll
-    for (int n = 0; n < YC / 8; n += 2) {
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-            const int i = i0 + g + 8 * hr;
-            u32 packed[2];
-#pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                float y0 = acc[n + m][2 * hr], y1 = acc[n + m][2 * hr + 1];
-#if SSD_D_MODE != 0
-                const int p = cg * YC + (n + m) * 8 + 2 * t;  // within the PT tile
-#if SSD_D_MODE == 1
-                const float d0 = dh, d1 = dh;
-#else
-                const float d0 = a.D[h * P + pt * PT + p], d1 = a.D[h * P + pt * PT + p + 1];
-#endif
-                const u32 xv = *reinterpret_cast<const u32*>(xs + i * XS + p);
-                y0 += d0 * unpack_lo(xv);
-                y1 += d1 * unpack_hi(xv);
+    // every 8-column tile.
+    const u16* const x_row = xs + (i0 + g) * XS + cg * YC + 2 * t;
+#if SSD_D_MODE == 2
+    const float* const d_cols = a.D + (i64)h * P + pt * PT + cg * YC + 2 * t;
 #endif
 #if SSD_HAS_Z
-                u32 zv;
-                if (CB_GLOBAL) {
-                    zv = zr[n + m][hr];
-                } else {
-                    const i64 off = row0 + 8 * hr * HP + (n + m) * 8 + 2 * t;
-                    zv = i < clen ? *reinterpret_cast<const u32*>(a.z + off) : 0u;
-                }
-                y0 *= silu(unpack_lo(zv));
-                y1 *= silu(unpack_hi(zv));
+    const elem_t* const z_row = a.z + (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC + 2 * t;
 #endif
-                packed[m] = pack2(y0, y1);
-            }
-            // Even lanes keep tile n and take their partner's pair of it; odd lanes
-            // keep tile n + 1 and take their partner's pair of that.
-            const bool even = (t & 1) == 0;
-            const u32 got = __shfl_xor_sync(0xffffffffu, even ? packed[1] : packed[0], 1);
-            if (i < clen) {
-                const int col = even ? n * 8 + 2 * t : (n + 1) * 8 + 2 * (t - 1);
-                uint2 v;
-                v.x = even ? packed[0] : got;
-                v.y = even ? got : packed[1];
-                *reinterpret_cast<uint2*>(a.out + row0 + 8 * hr * HP + col) = v;
+    // The packed outputs of rows g + 8 hr, columns (n, 2t .. 2t + 1).
+    auto finish = [&](int n, int hr) {
+        float y0 = acc[n][2 * hr], y1 = acc[n][2 * hr + 1];
+#if SSD_D_MODE != 0
+#if SSD_D_MODE == 1
+        const float d0 = d_head, d1 = d_head;
+#else
+        const float d0 = d_cols[n * 8], d1 = d_cols[n * 8 + 1];
+#endif
+        const u32 xv = *reinterpret_cast<const u32*>(x_row + 8 * hr * XS + n * 8);
+        y0 += d0 * unpack_lo(xv);
+        y1 += d1 * unpack_hi(xv);
+#endif
+#if SSD_HAS_Z
+        u32 zv;
+        if (Z_PREFETCH) {
+            zv = zr[n][hr];
+        } else {
+            zv = i0 + g + 8 * hr < clen
+                     ? *reinterpret_cast<const u32*>(z_row + 8 * hr * HP + n * 8)
+                     : 0u;
+        }
+        y0 *= silu(unpack_lo(zv));
+        y1 *= silu(unpack_hi(zv));
+#endif
+        return pack2(y0, y1);
+    };
+    if constexpr (STAGED_STORE) {
+        // Into this warp's C rows (no longer read), then out 16 bytes per lane: a
+        // pass writes RPP whole rows of YC outputs.
+        u16* const tile = cs + i0 * BS;
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < YC / 8; ++n)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr)
+                *reinterpret_cast<u32*>(tile + (g + 8 * hr) * BS + n * 8 + 2 * t) = finish(n, hr);
+        __syncwarp();
+        constexpr int VPR = YC / 8;   // 16-byte vectors per row
+        constexpr int RPP = 32 / VPR;  // rows per pass
+        const int rr = lane / VPR, cc = (lane % VPR) * 8;
+        elem_t* dst = a.out + (tok + i0 + rr) * HP + (i64)h * P + pt * PT + cg * YC + cc;
+#pragma unroll
+        for (int r = rr; r < 16; r += RPP, dst += RPP * HP) {
+            const uint4 v = *reinterpret_cast<const uint4*>(tile + r * BS + cc);
+            if (i0 + r < clen) store_b32x4(dst, v);
+        }
+    } else {
+        // Lane pairs swap one packed pair so that each stores 4 consecutive columns
+        // (8 bytes): a quad then writes whole 32-byte sectors.
+        const bool even = (t & 1) == 0;
+        const int store_col = even ? 2 * t : 8 + 2 * (t - 1);  // within a pair of tiles
+        elem_t* const out_row =
+            a.out + (tok + i0 + g) * HP + (i64)h * P + pt * PT + cg * YC + store_col;
+#pragma unroll
+        for (int n = 0; n < YC / 8; n += 2) {
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const u32 p0 = finish(n, hr), p1 = finish(n + 1, hr);
+                // Even lanes keep tile n and take their partner's pair of it; odd
+                // lanes keep tile n + 1 and take their partner's pair of that.
+                const u32 got = __shfl_xor_sync(0xffffffffu, even ? p1 : p0, 1);
+                const u32 lo = even ? p0 : got, hi = even ? got : p1;
+                if (i0 + g + 8 * hr < clen) store_b32x2(out_row + 8 * hr * HP + n * 8, lo, hi);
             }
         }
     }
@@ -402,8 +483,17 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
 #pragma unroll
             for (int e = 0; e < 4; ++e) S[mi][n][e] *= dec;
 
+#if SSD_UNROLL_STATE
+    // All Q/16 k-steps, unrolled so that one step's fragment loads and hi/lo
+    // splits overlap the previous step's mmas. Rows past clen add zero: their x
+    // rows are zero-filled and their weights are 0.
+    (void)clen;
+#pragma unroll
+    for (int ks = 0; ks < Q / 16; ++ks) {
+#else
     const int ksteps = (clen + 15) / 16;
     for (int ks = 0; ks < ksteps; ++ks) {
+#endif
         const int k0 = ks * 16;
         const float w0 = w_w[k0 + 2 * t], w1 = w_w[k0 + 2 * t + 1];
         const float w2 = w_w[k0 + 2 * t + 8], w3 = w_w[k0 + 2 * t + 9];
@@ -419,7 +509,7 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
                 const float v0 = unpack_lo(xf[r]) * wl, v1 = unpack_hi(xf[r]) * wh;
                 const u32 hi = pack2(v0, v1);
                 ahi[mi][r] = hi;
-                alo[mi][r] = pack2(v0 - unpack_lo(hi), v1 - unpack_hi(hi));
+                alo[mi][r] = SSD_STATE_SPLIT ? pack2(v0 - unpack_lo(hi), v1 - unpack_hi(hi)) : 0u;
             }
         }
         if constexpr (NTL % 2 == 0) {
@@ -435,7 +525,7 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
                     mma16816(S[mi][2 * np + 1], ahi[mi], bf[2], bf[3]);
                 }
 #pragma unroll
-                for (int mi = 0; mi < MT; ++mi) {
+                for (int mi = 0; mi < MT && SSD_STATE_SPLIT; ++mi) {
                     mma16816(S[mi][2 * np], alo[mi], bf[0], bf[1]);
                     mma16816(S[mi][2 * np + 1], alo[mi], bf[2], bf[3]);
                 }
@@ -448,7 +538,7 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
 #pragma unroll
                 for (int mi = 0; mi < MT; ++mi) {
                     mma16816(S[mi][n], ahi[mi], bf[0], bf[1]);
-                    mma16816(S[mi][n], alo[mi], bf[0], bf[1]);
+                    if (SSD_STATE_SPLIT) mma16816(S[mi][n], alo[mi], bf[0], bf[1]);
                 }
             }
         }
@@ -496,13 +586,12 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     const int wm = warp % WM, wn = warp / WM;
     unsigned char* stages = smem;
     u16* ss = reinterpret_cast<u16*>(smem + STAGES * STAGE_BYTES);
-    float* warp_f32 =
-        reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + S_BYTES) + warp * WARP_F32;
-    float* s_w = warp_f32;
-    float* dtp_w = warp_f32 + Q;
-    float* w_w = warp_f32 + 2 * Q;
+    // cum[b]: s, dt', w of the chunks c with c % 2 == b.
+    float* const cum = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + S_BYTES);
 
     const float A2 = A[h] * SSD_LOG2E;
+    // The per-head skip weight, read once (the epilogue would wait on it every chunk).
+    const float d_head = SSD_D_MODE == 1 ? D[h] : 0.0f;
     const float bias = SSD_DT_BIAS ? dt_bias[h] : 0.0f;
     const i64 PN = (i64)P * N;
 
@@ -556,15 +645,27 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         }
     }
 
+    // Step 1 runs a chunk ahead, on warp 0 only: it fills cum[(c + 1) % 2] while
+    // the block works on chunk c (warp 0 has the lightest share of the causal
+    // output work), and dt is read from global memory a chunk before that.
     constexpr int V = Q / 32;
     float dtr[V];
     const int nchunks = (int)((len + Q - 1) / Q);
+    auto chunk_len = [&](int c) { return (int)((len - (i64)c * Q) < Q ? (len - (i64)c * Q) : Q); };
+    auto next_cumsum = [&](int c) {  // warp 0: step 1 of chunk c, then dt of chunk c + 1
+        float* dst = cum + (c & 1) * CUM_F32;
+        chunk_cumsum<V>(dtr, chunk_len(c), bias, A2, dt_min, dt_max, dst, dst + Q, dst + 2 * Q);
+        if (c + 1 < nchunks) load_dt<V>(a, dtr, tok0 + (i64)(c + 1) * Q, chunk_len(c + 1), h);
+    };
     float dec_total = 0.0f;
     if (nchunks > 0) {
-        const int clen0 = (int)(len < Q ? len : Q);
-        load_dt<V>(a, dtr, tok0, clen0, h);
+        const int clen0 = chunk_len(0);
         load_chunk(a, stages, tok0, clen0, h, g, pt, chunk0);
         cp_async_commit();
+        if (warp == 0) {
+            load_dt<V>(a, dtr, tok0, clen0, h);
+            next_cumsum(0);
+        }
     }
     for (int c = 0; c < nchunks; ++c) {
         const i64 tok = tok0 + (i64)c * Q;
@@ -579,18 +680,18 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         } else {
             cp_async_wait<0>();
         }
-        __syncthreads();  // this chunk's tiles (and the state in ss) are visible
+        __syncthreads();  // this chunk's tiles, its s/dt'/w and the state in ss are visible
 
-        const float s_last = chunk_cumsum<V>(dtr, clen, bias, A2, dt_min, dt_max, s_w, dtp_w, w_w);
+        const float* s_w = cum + (c & 1) * CUM_F32;
+        const float* dtp_w = s_w + Q;
+        const float* w_w = s_w + 2 * Q;
+        // Rows past clen have dt' = 0, so the last entry is the chunk's total.
+        const float s_last = s_w[Q - 1];
         dec_total += s_last;
-        if (c + 1 < nchunks) {
-            const i64 rem = len - (i64)(c + 1) * Q;
-            load_dt<V>(a, dtr, tok + Q, (int)(rem < Q ? rem : Q), h);
-        }
 
         const u16* xs = reinterpret_cast<const u16*>(stage);
         const u16* bs = reinterpret_cast<const u16*>(stage + X_BYTES);
-        const u16* cs = reinterpret_cast<const u16*>(stage + X_BYTES + B_BYTES);
+        u16* cs = reinterpret_cast<u16*>(stage + X_BYTES + B_BYTES);
         const float* cbs = reinterpret_cast<const float*>(stage + X_BYTES + B_BYTES + C_BYTES);
         if (!STATE_ONLY) {
             // Units (row tile, column group), dealt in a snake order so that every
@@ -601,10 +702,23 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
                 const int u = (k & 1) ? k * NW + (NW - 1 - warp) : k * NW + warp;
                 if (u >= UNITS) continue;
                 chunk_output(a, xs, bs, cs, cbs, ss, s_w, dtp_w, u / YCG, u % YCG, have_state,
-                             tok, clen, h, pt);
+                             tok, clen, h, pt, d_head);
             }
         }
-        chunk_state(S, xs, bs, w_w, exp2f(s_last), clen, wm, wn);
+        // cum[(c + 1) % 2] was last read in chunk c - 1, before its closing barrier.
+        if (warp == 0 && c + 1 < nchunks) next_cumsum(c + 1);
+        // The next chunk's C and C B^T may overwrite this stage's once every warp is
+        // past the output step; x and B stay until the state update is done.
+        constexpr bool EARLY = SSD_EARLY_CB && STAGES == 1 && CB_GLOBAL;
+        const bool early = EARLY && c + 1 < nchunks;
+        if (early) {
+            __syncthreads();
+            const i64 rem = len - (i64)(c + 1) * Q;
+            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1,
+                       PARTS_C_CB);
+            cp_async_commit();
+        }
+        chunk_state(S, xs, bs, w_w, ssd_exp2(s_last), clen, wm, wn);
         have_state = true;
         __syncthreads();  // everyone is done reading this stage and ss
 
@@ -621,7 +735,8 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         }
         if (STAGES == 1 && c + 1 < nchunks) {
             const i64 rem = len - (i64)(c + 1) * Q;
-            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1);
+            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1,
+                       early ? PARTS_X_B : PARTS_ALL);
             cp_async_commit();
         }
     }

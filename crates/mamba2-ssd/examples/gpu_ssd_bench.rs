@@ -4,6 +4,12 @@
 //! ceiling on the same GPU.
 //!
 //! usage: gpu_ssd_bench [--quick] [--json PATH] [--variants a,b,..] [--shapes a,b,..]
+//!                      [--batch B]
+//!
+//! `--batch B` runs the plain-batch workloads with B sequences instead of their
+//! own batch (a diagnostic: fewer blocks per SM). Kernel experiments compiled
+//! with extra `SSM_NVRTC_FLAGS` (e.g. `-DSSD_UNROLL_STATE=1`) are recorded with
+//! those flags.
 //!
 //! Prints a table; writes every number with the commit (`SSM_COMMIT`) and
 //! `ssm_gpu::KERNELS_HASH` to `--json PATH`, or to
@@ -534,9 +540,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     eprintln!("device copy: {:.2} TB/s (read + write)", copy_bw / 1e12);
 
     let mut records = Vec::new();
-    for w in workloads() {
+    let batch_override: Option<usize> = match value("--batch") {
+        Some(b) => Some(b.parse().map_err(|_| format!("--batch: expected a count, got {b}"))?),
+        None => None,
+    };
+    for mut w in workloads() {
         if !wanted(value("--shapes"), w.name) {
             continue;
+        }
+        if let (Some(b), None) = (batch_override, &w.cu_seqlens) {
+            w.dims.batch = b;
         }
         let dims = w.dims;
         let offsets = w.name == OFFSETS_WORKLOAD;
@@ -737,6 +750,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             "bench": "mamba2-ssd forward (gpu_ssd_bench)",
             "commit": std::env::var("SSM_COMMIT").unwrap_or_else(|_| "unknown".into()),
             "kernels_hash_built": ssm_gpu::KERNELS_HASH,
+            "nvrtc_flags": std::env::var("SSM_NVRTC_FLAGS").unwrap_or_default(),
+            "batch_override": batch_override,
             "kernels_hash": gpu.compiler().source_root().kernels_hash()?,
             "device": gpu.describe(),
             "seed": seed,

@@ -190,13 +190,16 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", variant.label));
             let r = &report.resources;
             println!("{:<48} {:>3} registers", variant.label, r.registers);
-            // With every option on, two P tiles per head and the z gate's loads in
-            // flight, the fused kernel needs one register more than the 168 that
-            // three blocks per SM allow; ptxas spills it (4 bytes, once per unit).
-            let tolerated = if variant.label.contains(".p128") {
-                8
-            } else {
-                0
+            // With every option on, the z gate's loads of a unit stay in flight across
+            // its mma work (SSD_Z_PREFETCH, 1.3x faster with z) and ptxas spills a few
+            // registers under the 168 that three blocks per SM allow; kernels/budgets.toml
+            // carries the same limits.
+            let all_options_cb = variant.label.starts_with("mamba2.ssd_fused.s1w4y64cb.")
+                && !variant.label.ends_with(".prepass");
+            let tolerated = match (all_options_cb, variant.label.contains(".p128")) {
+                (true, true) => 32,
+                (true, false) => 16,
+                (false, _) => 0,
             };
             assert!(
                 r.stack_frame_bytes <= tolerated && r.spill_bytes() <= tolerated,

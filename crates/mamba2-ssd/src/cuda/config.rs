@@ -401,7 +401,8 @@ impl KernelConfig {
                 } else {
                     t.p_tile * (n + 8) * 2
                 };
-                t.stages * stage + state + t.warps * 3 * q * 4
+                // s, dt' and w of two chunks (kernel `CUM_F32`, double-buffered).
+                t.stages * stage + state + 2 * 3 * q * 4
             }
             KernelPath::Simt => {
                 let floats = SIMT_P_TILE * (n + 1) + 3 * q + 64 * 33 * 2 + 64 * 65 + 64 * 33;
@@ -538,10 +539,10 @@ mod tests {
             (64, 4, 64, 3, true)
         );
         // 1 stage of x/B/C tiles and the 10 f32 C B^T tiles, the bf16 state tile,
-        // per-warp cumsum arrays: three blocks fit in 228 KiB.
+        // the double-buffered s/dt'/w arrays: three blocks fit in 228 KiB.
         assert_eq!(
             c.smem_bytes(false),
-            64 * 72 * 2 + 2 * 64 * 136 * 2 + 10 * 1024 + 64 * 136 * 2 + 4 * 3 * 64 * 4
+            64 * 72 * 2 + 2 * 64 * 136 * 2 + 10 * 1024 + 64 * 136 * 2 + 2 * 3 * 64 * 4
         );
         assert!(3 * (c.smem_bytes(false) + 1024) <= 228 * 1024);
         assert!(c.smem_bytes(true) < c.smem_bytes(false));
