@@ -541,7 +541,10 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let mut records = Vec::new();
     let batch_override: Option<usize> = match value("--batch") {
-        Some(b) => Some(b.parse().map_err(|_| format!("--batch: expected a count, got {b}"))?),
+        Some(b) => Some(
+            b.parse()
+                .map_err(|_| format!("--batch: expected a count, got {b}"))?,
+        ),
         None => None,
     };
     for mut w in workloads() {
