@@ -82,10 +82,10 @@ SSD_DEV void store_elem(float* p, float v) { *p = v; }
 SSD_DEV void store_elem(u16* p, float v) { *p = f32_to_elem16(v); }
 
 // Two 16-bit elements in one 32-bit register: `lo` in the low half (the lower
-// column index in every fragment layout below).
-// One cvt.rn.{bf16,f16}x2.f32 on the device (its first source goes to the upper
-// half); two conversions, a shift and an or if written out, and the kernels pack
-// ~70 pairs per warp and chunk.
+// column index in every fragment layout below). On the device one
+// cvt.rn.{bf16,f16}x2.f32 (its first source goes to the upper half) instead of two
+// conversions, a shift and an or: the kernels pack ~70 pairs per warp and chunk.
+// SSD_PACKED_CVT=0 keeps the scalar form (the v3 code) for comparison.
 #ifndef SSD_PACKED_CVT
 #define SSD_PACKED_CVT 1
 #endif

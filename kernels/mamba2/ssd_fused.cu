@@ -669,12 +669,11 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     }
     for (int c = 0; c < nchunks; ++c) {
         const i64 tok = tok0 + (i64)c * Q;
-        const int clen = (int)((len - (i64)c * Q) < Q ? (len - (i64)c * Q) : Q);
+        const int clen = chunk_len(c);
         unsigned char* stage = stages + (STAGES == 2 ? (c & 1) : 0) * STAGE_BYTES;
         if (STAGES == 2 && c + 1 < nchunks) {
-            const i64 rem = len - (i64)(c + 1) * Q;
-            load_chunk(a, stages + ((c + 1) & 1) * STAGE_BYTES, tok + Q, (int)(rem < Q ? rem : Q),
-                       h, g, pt, chunk0 + c + 1);
+            load_chunk(a, stages + ((c + 1) & 1) * STAGE_BYTES, tok + Q, chunk_len(c + 1), h, g, pt,
+                       chunk0 + c + 1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -713,9 +712,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         const bool early = EARLY && c + 1 < nchunks;
         if (early) {
             __syncthreads();
-            const i64 rem = len - (i64)(c + 1) * Q;
-            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1,
-                       PARTS_C_CB);
+            load_chunk(a, stages, tok + Q, chunk_len(c + 1), h, g, pt, chunk0 + c + 1, PARTS_C_CB);
             cp_async_commit();
         }
         chunk_state(S, xs, bs, w_w, ssd_exp2(s_last), clen, wm, wn);
@@ -734,8 +731,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
                             pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
         }
         if (STAGES == 1 && c + 1 < nchunks) {
-            const i64 rem = len - (i64)(c + 1) * Q;
-            load_chunk(a, stages, tok + Q, (int)(rem < Q ? rem : Q), h, g, pt, chunk0 + c + 1,
+            load_chunk(a, stages, tok + Q, chunk_len(c + 1), h, g, pt, chunk0 + c + 1,
                        early ? PARTS_X_B : PARTS_ALL);
             cp_async_commit();
         }
