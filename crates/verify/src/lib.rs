@@ -7,9 +7,12 @@
 //!   enters the same comparisons (reference, CPU ports, CUDA kernels).
 //! - [`check`]: run one implementation on one problem and compare it with the
 //!   oracle under the tolerance model of `ssm_core::tolerance`.
+//! - [`conditioning`]: the oracle runs that say how far a near cancellation may
+//!   widen a relative check (shared by the fuzzers and the property tests).
 //! - [`suite`]: the named shapes of the main verification run and its table.
 
 pub mod check;
+pub mod conditioning;
 pub mod fuzz;
 pub mod gen;
 pub mod impls;

@@ -4,8 +4,7 @@
 use std::cell::OnceCell;
 
 use half::{bf16, f16};
-use ssm_core::mamba1::{BcInput, SelectiveScanParams};
-use ssm_core::mamba2::{DSkip, SsdParams};
+use ssm_core::mamba2::SsdParams;
 use ssm_core::shape::segments;
 use ssm_core::tolerance::{rel_l2_budget, state_budget};
 use ssm_core::{DType, Result, ScanOutput};
@@ -17,14 +16,10 @@ use super::envelope::{
 use super::problems::{ScanProblem, SsdProblem, StepProblem};
 use super::verdict::{judge, shift_rates, Budget, Class, Conditioning};
 use super::{guarded, Ctx, Finding, Outcome, Target};
+use crate::conditioning::{scan_magnitude, scan_shifted, ssd_magnitude, ssd_shifted};
 use crate::impls::{Family, ScanImpl, SsdImpl, CUDA_SSD_MAX_CHUNK};
 
 const F32_MAX: f64 = f32::MAX as f64;
-
-/// `|x|` elementwise (exact in every element type).
-fn abs_of<T: ssm_core::Element>(xs: &[T]) -> Vec<T> {
-    xs.iter().map(|v| T::from_f64(v.to_f64().abs())).collect()
-}
 
 /// Longest sequence of a (possibly varlen) row.
 fn longest(cu_seqlens: Option<&[i64]>, seqlen: usize) -> usize {
@@ -176,27 +171,8 @@ fn scan_as<T: DeviceElement>(
     let want = guarded(|| ssm_reference::selective_scan(&p))
         .map_err(|m| oracle_panic(Target::Scan, &describe, m))?;
     let env = want.is_ok().then(|| scan_envelope(&p));
-    let magnitude = Box::new(|| {
-        let (u, b, c) = (abs_of(p.u), abs_of(p.b.data()), abs_of(p.c.data()));
-        let (d, h0) = (p.d.map(abs_of), p.initial_states.map(abs_of));
-        let like = |bc: &BcInput<'_, T>, data| match *bc {
-            BcInput::Grouped { groups, .. } => BcInput::Grouped { groups, data },
-            BcInput::Constant(_) => BcInput::Constant(data),
-        };
-        let q = SelectiveScanParams {
-            u: &u,
-            b: like(&p.b, &b),
-            c: like(&p.c, &c),
-            d: d.as_deref(),
-            initial_states: h0.as_deref(),
-            ..p
-        };
-        ssm_reference::selective_scan(&q).ok()
-    });
-    let shifted = Box::new(|| {
-        let a = shift_rates(p.a);
-        ssm_reference::selective_scan(&SelectiveScanParams { a: &a, ..p }).ok()
-    });
+    let magnitude = Box::new(|| scan_magnitude(&p));
+    let shifted = Box::new(|| scan_shifted(&p));
     let runs = ConditioningRuns { magnitude, shifted };
     let mut referee = Referee::new(Target::Scan, describe, &want, env, runs)?;
     let reduction = p.dims.d_state + longest(p.cu_seqlens, p.dims.seqlen);
@@ -275,28 +251,8 @@ fn ssd_as<T: DeviceElement>(
     let want = guarded(|| ssm_reference::ssd_recurrence(&p))
         .map_err(|m| oracle_panic(Target::Ssd, &describe, m))?;
     let env = want.is_ok().then(|| ssd_envelope(&p));
-    let magnitude = Box::new(|| {
-        let (x, b, c) = (abs_of(p.x), abs_of(p.b), abs_of(p.c));
-        let s0 = p.initial_states.map(abs_of);
-        let d = p.d.as_ref().map(|d| abs_of(d.data()));
-        let q = SsdParams {
-            x: &x,
-            b: &b,
-            c: &c,
-            initial_states: s0.as_deref(),
-            d: match (&p.d, &d) {
-                (Some(DSkip::PerHead(_)), Some(d)) => Some(DSkip::PerHead(d)),
-                (Some(DSkip::PerHeadDim(_)), Some(d)) => Some(DSkip::PerHeadDim(d)),
-                _ => None,
-            },
-            ..p
-        };
-        ssm_reference::ssd_recurrence(&q).ok()
-    });
-    let shifted = Box::new(|| {
-        let a = shift_rates(p.a);
-        ssm_reference::ssd_recurrence(&SsdParams { a: &a, ..p }).ok()
-    });
+    let magnitude = Box::new(|| ssd_magnitude(&p));
+    let shifted = Box::new(|| ssd_shifted(&p));
     let runs = ConditioningRuns { magnitude, shifted };
     let mut referee = Referee::new(Target::Ssd, describe, &want, env, runs)?;
     let dims = p.dims;

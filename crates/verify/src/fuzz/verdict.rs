@@ -43,59 +43,12 @@
 //! decays. Both widenings are computed only when the plain relative check fails.
 //! `floor` is the underflow floor of [`super::envelope`].
 
-use ssm_core::tolerance::{compare, Comparison};
+use ssm_core::tolerance::compare;
 use ssm_core::{DType, Result, ScanOutput, SsmError};
 
 use super::envelope::Envelope;
-
-/// The oracle's answers that widen the `InModel` check (module docs); computed
-/// once per problem, on demand.
-#[derive(Clone, Debug, Default)]
-pub struct Conditioning {
-    /// The oracle on the absolute values of the linear inputs.
-    pub magnitude: Option<ScanOutput<f64, f64>>,
-    /// The oracle with the rates moved by [`shift_rates`].
-    pub shifted: Option<ScanOutput<f64, f64>>,
-}
-
-impl Conditioning {
-    /// Absolute L2 allowance for the outputs (`states`: the final states).
-    fn allowance(&self, want: &[f64], gamma: f64, states: bool) -> f64 {
-        let mag = part(self.magnitude.as_ref(), states).map_or(0.0, l2);
-        let shift = part(self.shifted.as_ref(), states)
-            .filter(|s| s.len() == want.len())
-            .map_or(0.0, |s| {
-                l2(&s.iter().zip(want).map(|(s, w)| s - w).collect::<Vec<_>>())
-            });
-        gamma * mag + shift
-    }
-}
-
-/// The outputs (`states`: the final states) of an oracle run, if it has them.
-fn part(o: Option<&ScanOutput<f64, f64>>, states: bool) -> Option<&[f64]> {
-    let o = o?;
-    if states {
-        o.final_states.as_deref()
-    } else {
-        Some(&o.out)
-    }
-}
-
-/// Rates moved outwards by 8 f32 ulps: at least 4 eps32 relative for normal
-/// values (an ulp is between eps32 / 2 and eps32 of the value). Zero and values
-/// whose shift would not be finite stay as they are.
-pub fn shift_rates(a: &[f32]) -> Vec<f32> {
-    a.iter()
-        .map(|&v| {
-            let moved = f32::from_bits(v.to_bits().wrapping_add(8));
-            if v == 0.0 || !v.is_finite() || !moved.is_finite() {
-                v
-            } else {
-                moved
-            }
-        })
-        .collect()
-}
+use crate::conditioning::{f32_gamma, subnormal_half_ulp, within};
+pub use crate::conditioning::{shift_rates, Conditioning};
 
 /// Which rule applies to one implementation on one problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,17 +118,6 @@ pub fn largest_finite(dtype: DType) -> f64 {
     }
 }
 
-/// Half the spacing of an element type's subnormals: the absolute error of
-/// rounding a tiny output to it.
-fn subnormal_half_ulp(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 0.0,
-        DType::F32 => 2f64.powi(-150),
-        DType::F16 => 2f64.powi(-25),
-        DType::Bf16 => 2f64.powi(-134),
-    }
-}
-
 /// Budgets of one implementation: relative L2 for outputs and states, the
 /// conditioning coefficient `gamma` and the absolute floors (per element) that
 /// underflow may add (module docs).
@@ -205,7 +147,7 @@ impl Budget {
         Budget {
             out,
             state,
-            gamma: 4.0 * (reduction as f64).sqrt() * f32::EPSILON as f64 / 2.0,
+            gamma: f32_gamma(reduction, 0.0),
             out_floor: underflow + subnormal_half_ulp(out_dtype),
             state_floor: underflow,
         }
@@ -235,38 +177,6 @@ impl Budget {
             state_floor: underflow,
         }
     }
-}
-
-fn l2(xs: &[f64]) -> f64 {
-    xs.iter()
-        .filter(|v| v.is_finite())
-        .map(|v| v * v)
-        .sum::<f64>()
-        .sqrt()
-}
-
-/// Within the relative budget; failing that, within the widened absolute bound
-/// of the module docs (`allowance` gives its conditioning terms on demand).
-fn within(
-    c: &Comparison,
-    reference: &[f64],
-    budget: f64,
-    floor: f64,
-    allowance: impl FnOnce() -> f64,
-) -> bool {
-    if c.non_finite > 0 {
-        return false;
-    }
-    if c.rel_l2 <= budget {
-        return true;
-    }
-    let ref_l2 = l2(reference);
-    let abs_l2 = if ref_l2 > 0.0 {
-        c.rel_l2 * ref_l2
-    } else {
-        c.rel_l2
-    };
-    abs_l2 <= budget * ref_l2 + allowance() + floor * (reference.len() as f64).sqrt()
 }
 
 /// Elements finite in `want` but not in `got`.
@@ -529,20 +439,6 @@ mod tests {
         // Ten times the terms' own error is still a finding.
         let got = out(&[4.6e-3 + 4e-4]);
         assert!(judge(Class::InModel, &got, &want, &chunked, false, || &mag).is_err());
-    }
-
-    #[test]
-    fn rates_move_outwards_by_at_least_four_eps() {
-        let eps = f32::EPSILON as f64;
-        for a in [-1.0f32, -1.9999999, -3.0e-3, -7.5e4, 2.0] {
-            let moved = shift_rates(&[a])[0] as f64;
-            let rel = moved / a as f64 - 1.0;
-            assert!((4.0 * eps..=8.0 * eps).contains(&rel), "{a}: {rel:e}");
-        }
-        assert_eq!(
-            shift_rates(&[0.0, f32::NEG_INFINITY, -f32::MAX]),
-            [0.0, f32::NEG_INFINITY, -f32::MAX]
-        );
     }
 
     #[test]
