@@ -5,16 +5,17 @@
 // sequence, or a segment of one (see ssd_common.cuh); the block walks its chunks
 // of Q tokens in order and keeps the PT x N f32 state S in registers, as mma.sync
 // accumulator fragments, for the whole walk. Per chunk:
-//   1. every warp computes dt', the cumulative log2-decay s and the state weights
-//      w_j = exp2(s_last - s_j) dt'_j of the chunk (redundantly: no block barrier);
+//   1. warp 0 computes dt', the cumulative log2-decay s and the state weights
+//      w_j = exp2(s_last - s_j) dt'_j a chunk ahead, into a double-buffered
+//      shared array;
 //   2. Y = exp2(s_i) C S_prev^T (inter-chunk)  +  (C B^T o decay o mask o dt') x
 //      (intra-chunk), computed 16 rows at a time: the C B^T tile of 16 x 16 is
 //      formed in registers, masked and scaled, and fed back as the A operand of
 //      the next mma (its accumulator layout is the A-fragment layout);
 //   3. out = (Y + D x) * silu(z) is written from the fragments;
 //   4. S = exp2(s_last) S + (w o x)^T B on tensor cores, accumulating into S.
-//      (w o x) is split into hi + lo halves of the input type so that the state
-//      keeps ~16 mantissa bits (final states meet the f32 budget);
+//      With final states, (w o x) is split into hi + lo halves of the input type so
+//      that the state keeps ~16 mantissa bits (they meet the f32 budget);
 //   5. S is written to shared memory in the input type for the next chunk's step 2.
 // x, B, C of a chunk arrive by cp.async (SSD_STAGES = 2: the next chunk's copy is
 // in flight while this one computes). dt is prefetched a chunk ahead in registers.
@@ -77,9 +78,7 @@ static_assert(Q % 64 == 0 && Q <= 256, "chunk must be 64, 128 or 256");
 //   SSD_EARLY_CB      1: (1 stage, C B^T precomputed) the next chunk's C and C B^T
 //                     copies start after the output step instead of after the state
 //                     update (one more barrier per chunk)
-//   SSD_STATE_SPLIT   0: the state update with one mma per k-step ((w o x) rounded to
-//                     the input type, as mamba_ssm does; final states then miss the
-//                     f32 budget): a measurement of what the hi/lo split costs
+//   SSD_STATE_SPLIT   the state update's hi/lo split (below); defaults to SSD_FINAL
 #ifndef SSD_UNROLL_STATE
 #define SSD_UNROLL_STATE 1
 #endif
@@ -89,8 +88,15 @@ static_assert(Q % 64 == 0 && Q <= 256, "chunk must be 64, 128 or 256");
 #ifndef SSD_EARLY_CB
 #define SSD_EARLY_CB 1
 #endif
+// The hi/lo split of (w o x) keeps ~16 mantissa bits in the f32 state, which the
+// final states need for their f32 budget. The outputs see the state only through
+// its input-type copy (step 5), rounded to 8 (11) bits every chunk anyway, so
+// without final states one mma per k-step does: the state then carries a relative
+// error near the input type's rounding (~1e-3 for bf16, measured on the outputs in
+// docs/kernels/mamba2-ssd.md), and the state update costs half the mma work. The
+// prepass follows its main pass: its states reach the final states only through it.
 #ifndef SSD_STATE_SPLIT
-#define SSD_STATE_SPLIT 1
+#define SSD_STATE_SPLIT SSD_FINAL
 #endif
 static_assert(N % 16 == 0 && N <= 256, "N must be a multiple of 16, at most 256");
 static_assert(PT % 16 == 0 && P % PT == 0, "PT must divide P");
