@@ -489,13 +489,16 @@ fn model_flops(d: &SsdDims, q: usize) -> f64 {
 }
 
 /// Tensor-core flops the fused kernel issues: whole 16 x 16 tiles on the diagonal,
-/// the state update twice (hi and lo halves); C B^T once per P tile.
-fn executed_mma_flops(d: &SsdDims, q: usize, p_tile: usize) -> f64 {
+/// C B^T once per P tile, the inter-chunk output, and the state update, twice
+/// (hi and lo halves) when final states are returned (`split`), else once.
+fn executed_mma_flops(d: &SsdDims, q: usize, p_tile: usize, split: bool) -> f64 {
     let (n, p) = (d.d_state as f64, d.head_dim as f64);
     let rt = q / 16;
     let tiles = (rt * (rt + 1) / 2) as f64; // 16 x 16 tiles on or below the diagonal
     let p_tiles = (d.head_dim / p_tile) as f64;
-    let per_chunk = tiles * 256.0 * 2.0 * (n * p_tiles + p) + 2.0 * (q as f64) * n * p * 3.0;
+    let state_products = if split { 3.0 } else { 2.0 };
+    let per_chunk =
+        tiles * 256.0 * 2.0 * (n * p_tiles + p) + 2.0 * (q as f64) * n * p * state_products;
     per_chunk * ((d.batch * d.seqlen * d.heads) as f64 / q as f64)
 }
 
@@ -651,7 +654,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             let bytes = min_bytes(&dims, &v);
             let model = model_flops(&dims, cfg.chunk);
-            let executed = executed_mma_flops(&dims, cfg.chunk, p_tile);
+            let executed = executed_mma_flops(&dims, cfg.chunk, p_tile, v.states);
             let byte_floor = bytes / copy_bw * 1e3;
             let mma_floor = executed / MMA_BF16_FLOPS_PER_S * 1e3;
             let ms = timing.median_ms;
