@@ -169,6 +169,27 @@ pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
     };
     push(DType::Bf16, 128, 64, &in_block, false);
     push(DType::F32, 128, 64, &opts, true);
+    // The reference workloads' forward without final states: the state update
+    // without its hi/lo split is different code (and a different register schedule).
+    let no_final = SsdFeatures {
+        final_states: false,
+        ..features
+    };
+    for (p, prepass) in [(64, true), (128, false)] {
+        if let Ok(c) = KernelConfig::select(DType::Bf16, &dims(128, p), no_final, &opts, MAX_SMEM) {
+            let mut passes = vec![false];
+            if prepass {
+                passes.push(true);
+            }
+            for state_only in passes {
+                let v = c.variant(state_only);
+                variants.push(KernelVariant {
+                    label: format!("{}.no_final", v.label),
+                    ..v
+                });
+            }
+        }
+    }
     variants
 }
 
@@ -195,11 +216,15 @@ mod tests {
             // registers under the 168 that three blocks per SM allow; kernels/budgets.toml
             // carries the same limits.
             let all_options_cb = variant.label.starts_with("mamba2.ssd_fused.s1w4y64cb.")
-                && !variant.label.ends_with(".prepass");
-            let tolerated = match (all_options_cb, variant.label.contains(".p128")) {
-                (true, true) => 32,
-                (true, false) => 16,
-                (false, _) => 0,
+                && !variant.label.contains(".prepass");
+            // Without final states (no hi/lo split) ptxas schedules the P = 128 tile
+            // with 16 bytes more.
+            let p128 = variant.label.contains(".p128");
+            let tolerated = match (all_options_cb, p128, variant.label.ends_with(".no_final")) {
+                (true, true, true) => 48,
+                (true, true, false) => 32,
+                (true, false, _) => 16,
+                (false, _, _) => 0,
             };
             assert!(
                 r.stack_frame_bytes <= tolerated && r.spill_bytes() <= tolerated,
