@@ -150,10 +150,25 @@ pub struct FusedTiling {
     /// Output columns per warp work unit (32 or 64).
     pub y_cols: usize,
     pub stages: usize,
+    /// cp.async stages of the state-only prepass of split sequences: 2 where they
+    /// fit (its stage holds only x and B, and with one stage each chunk waits for its
+    /// own copy: M2-long's prepass took 241 of 784 µs so).
+    pub prepass_stages: usize,
     /// `__launch_bounds__` minimum blocks per SM (caps registers).
     pub min_blocks: usize,
     /// C B^T tiles read from the pre-kernel's workspace instead of formed in-block.
     pub cb_global: bool,
+}
+
+impl FusedTiling {
+    /// cp.async stages of the main pass, or of the prepass (`state_only`).
+    pub fn stages_of(&self, state_only: bool) -> usize {
+        if state_only {
+            self.prepass_stages
+        } else {
+            self.stages
+        }
+    }
 }
 
 /// Which kernel, and how it is tiled.
@@ -325,6 +340,7 @@ impl KernelConfig {
             warps,
             y_cols,
             stages: opts.stages,
+            prepass_stages: 1,
             min_blocks: 1,
             cb_global,
         };
@@ -340,6 +356,19 @@ impl KernelConfig {
         // Registers cap the blocks too: 4 warps fit 3 blocks at 168 registers, 8
         // warps 2 blocks at 128 (the state takes 64 and 32 of them).
         tiling.min_blocks = per_sm.clamp(1, if warps == 4 { 3 } else { 2 });
+        // Two prepass stages only where as many prepass blocks as main blocks still
+        // fit on an SM.
+        let two_stage_prepass = KernelConfig {
+            path: KernelPath::Fused(FusedTiling {
+                prepass_stages: 2,
+                ..tiling
+            }),
+            ..probe
+        }
+        .smem_bytes(true);
+        if tiling.min_blocks * (two_stage_prepass + SMEM_RESERVED_PER_BLOCK) <= SMEM_PER_SM {
+            tiling.prepass_stages = 2;
+        }
         Ok(tiling)
     }
 
@@ -402,7 +431,7 @@ impl KernelConfig {
                     t.p_tile * (n + 8) * 2
                 };
                 // s, dt' and w of two chunks (kernel `CUM_F32`, double-buffered).
-                t.stages * stage + state + 2 * 3 * q * 4
+                t.stages_of(state_only) * stage + state + 2 * 3 * q * 4
             }
             KernelPath::Simt => {
                 let floats = SIMT_P_TILE * (n + 1) + 3 * q + 64 * 33 * 2 + 64 * 65 + 64 * 33;
@@ -433,7 +462,7 @@ impl KernelConfig {
                 ("SSD_PT", t.p_tile.to_string()),
                 ("SSD_NWARPS", t.warps.to_string()),
                 ("SSD_YC", t.y_cols.to_string()),
-                ("SSD_STAGES", t.stages.to_string()),
+                ("SSD_STAGES", t.stages_of(state_only).to_string()),
                 ("SSD_MIN_BLOCKS", t.min_blocks.to_string()),
                 ("SSD_CB_GLOBAL", flag(t.cb_global)),
             ]);
@@ -479,7 +508,7 @@ impl KernelConfig {
         let kind = match self.path {
             KernelPath::Fused(t) => format!(
                 "ssd_fused.s{}w{}y{}{}",
-                t.stages,
+                t.stages_of(state_only),
                 t.warps,
                 t.y_cols,
                 if t.cb_global { "cb" } else { "" }
@@ -547,6 +576,49 @@ mod tests {
         assert!(3 * (c.smem_bytes(false) + 1024) <= 228 * 1024);
         assert!(c.smem_bytes(true) < c.smem_bytes(false));
         assert_eq!(c.cb_floats_per_chunk(), 10 * 256);
+    }
+
+    #[test]
+    fn the_prepass_takes_two_stages_where_three_blocks_still_fit() {
+        let select = |q: usize, n: usize| {
+            let opts = CudaOptions {
+                chunk_size: q,
+                ..CudaOptions::default()
+            };
+            KernelConfig::select(
+                DType::Bf16,
+                &dims(n, 64),
+                SsdFeatures::all(),
+                &opts,
+                H100_SMEM,
+            )
+            .unwrap()
+        };
+        let c = select(64, 128);
+        let KernelPath::Fused(t) = c.path else {
+            panic!("expected the fused kernel, got {c:?}")
+        };
+        assert_eq!((t.stages, t.prepass_stages), (1, 2));
+        // Two stages of x and B tiles plus the s/dt'/w arrays, no C, C B^T or state.
+        assert_eq!(
+            c.smem_bytes(true),
+            2 * (64 * 72 * 2 + 64 * 136 * 2) + 2 * 3 * 64 * 4
+        );
+        assert!(t.min_blocks * (c.smem_bytes(true) + 1024) <= 228 * 1024);
+        let defines = c.defines(true);
+        assert!(defines.contains(&("SSD_STAGES", "2".to_string())));
+        assert!(c.label(true).starts_with("mamba2.ssd_fused.s2w4y64cb."));
+        assert!(c.defines(false).contains(&("SSD_STAGES", "1".to_string())));
+        // Wherever it is chosen, as many prepass blocks as main blocks fit on an SM.
+        for q in CHUNK_SIZES {
+            for n in [16, 32, 64, 128, 256] {
+                let c = select(q, n);
+                if let KernelPath::Fused(t) = c.path {
+                    let fits = t.min_blocks * (c.smem_bytes(true) + 1024) <= 228 * 1024;
+                    assert!(fits, "Q={q} N={n}: {t:?}, {} B", c.smem_bytes(true));
+                }
+            }
+        }
     }
 
     #[test]
