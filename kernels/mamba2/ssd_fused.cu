@@ -122,10 +122,12 @@ constexpr int C_BYTES = STATE_ONLY ? 0 : Q * BS * 2;
 constexpr int CB_BYTES = CB_GLOBAL ? CB_TILES * 256 * 4 : 0;
 constexpr int STAGE_BYTES = X_BYTES + B_BYTES + C_BYTES + CB_BYTES;
 constexpr int S_BYTES = STATE_ONLY ? 0 : PT * BS * 2;
-// s, dt' and w of a chunk, double-buffered: warp 0 fills the next chunk's while
-// the block works on this one.
+// s, dt' and w of a chunk. The main pass double-buffers them (warp 0 fills the
+// next chunk's while the block works on this one); the prepass keeps 2 NW (each
+// warp fills one chunk's in every group of NW, NW chunks ahead; see step 1).
 constexpr int CUM_F32 = 3 * Q;
-constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + 2 * CUM_F32 * 4;
+constexpr int CUM_BUFS = STATE_ONLY ? 2 * NW : 2;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + CUM_BUFS * CUM_F32 * 4;
 static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
 
 struct Args {
@@ -592,7 +594,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     const int wm = warp % WM, wn = warp / WM;
     unsigned char* stages = smem;
     u16* ss = reinterpret_cast<u16*>(smem + STAGES * STAGE_BYTES);
-    // cum[b]: s, dt', w of the chunks c with c % 2 == b.
+    // cum[b]: s, dt', w of the chunks c with c % CUM_BUFS == b.
     float* const cum = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + S_BYTES);
 
     const float A2 = A[h] * SSD_LOG2E;
@@ -651,26 +653,29 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         }
     }
 
-    // Step 1 runs a chunk ahead, on warp 0 only: it fills cum[(c + 1) % 2] while
-    // the block works on chunk c (warp 0 has the lightest share of the causal
-    // output work), and dt is read from global memory a chunk before that.
+    // Step 1 runs ahead of the walk, with dt read from global memory one step 1
+    // before its own. Main pass: on warp 0 (the lightest share of the causal output
+    // work), one chunk ahead, into cum[(c + 1) % 2] while the block works on chunk
+    // c. Prepass: with no output work to hide it behind, one warp's step 1 per
+    // chunk held the whole block at its barrier (a third of the prepass's time,
+    // ncu), so every warp computes one chunk's in each group of NW, NW chunks ahead.
     constexpr int V = Q / 32;
     float dtr[V];
     const int nchunks = (int)((len + Q - 1) / Q);
     auto chunk_len = [&](int c) { return (int)((len - (i64)c * Q) < Q ? (len - (i64)c * Q) : Q); };
-    auto next_cumsum = [&](int c) {  // warp 0: step 1 of chunk c, then dt of chunk c + 1
-        float* dst = cum + (c & 1) * CUM_F32;
+    auto step1 = [&](int c, int next) {  // this warp: step 1 of chunk c, then dt of chunk next
+        float* dst = cum + (c % CUM_BUFS) * CUM_F32;
         chunk_cumsum<V>(dtr, chunk_len(c), bias, A2, dt_min, dt_max, dst, dst + Q, dst + 2 * Q);
-        if (c + 1 < nchunks) load_dt<V>(a, dtr, tok0 + (i64)(c + 1) * Q, chunk_len(c + 1), h);
+        if (next < nchunks) load_dt<V>(a, dtr, tok0 + (i64)next * Q, chunk_len(next), h);
     };
     float dec_total = 0.0f;
     if (nchunks > 0) {
-        const int clen0 = chunk_len(0);
-        load_chunk(a, stages, tok0, clen0, h, g, pt, chunk0);
+        load_chunk(a, stages, tok0, chunk_len(0), h, g, pt, chunk0);
         cp_async_commit();
-        if (warp == 0) {
-            load_dt<V>(a, dtr, tok0, clen0, h);
-            next_cumsum(0);
+        const int first = STATE_ONLY ? warp : 0;  // this warp's first step 1, if any
+        if ((STATE_ONLY || warp == 0) && first < nchunks) {
+            load_dt<V>(a, dtr, tok0 + (i64)first * Q, chunk_len(first), h);
+            step1(first, first + (STATE_ONLY ? NW : 1));
         }
     }
     for (int c = 0; c < nchunks; ++c) {
@@ -687,7 +692,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         }
         __syncthreads();  // this chunk's tiles, its s/dt'/w and the state in ss are visible
 
-        const float* s_w = cum + (c & 1) * CUM_F32;
+        const float* s_w = cum + (c % CUM_BUFS) * CUM_F32;
         const float* dtp_w = s_w + Q;
         const float* w_w = s_w + 2 * Q;
         // Rows past clen have dt' = 0, so the last entry is the chunk's total.
@@ -710,8 +715,14 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
                              tok, clen, h, pt, d_head);
             }
         }
-        // cum[(c + 1) % 2] was last read in chunk c - 1, before its closing barrier.
-        if (warp == 0 && c + 1 < nchunks) next_cumsum(c + 1);
+        // The buffers written here were last read in chunk c - 1 or earlier, before
+        // its closing barrier, and are next read after this chunk's.
+        if (STATE_ONLY) {
+            const int mine = c + NW + warp;
+            if (c % NW == 0 && mine < nchunks) step1(mine, mine + NW);
+        } else if (warp == 0 && c + 1 < nchunks) {
+            step1(c + 1, c + 2);
+        }
         // The next chunk's C and C B^T may overwrite this stage's once every warp is
         // past the output step; x and B stay until the state update is done.
         constexpr bool EARLY = SSD_EARLY_CB && STAGES == 1 && CB_GLOBAL;

@@ -430,8 +430,9 @@ impl KernelConfig {
                 } else {
                     t.p_tile * (n + 8) * 2
                 };
-                // s, dt' and w of two chunks (kernel `CUM_F32`, double-buffered).
-                t.stages_of(state_only) * stage + state + 2 * 3 * q * 4
+                // s, dt' and w of 2 chunks, 2 per warp in the prepass (kernel `CUM_BUFS`).
+                let cum_bufs = if state_only { 2 * t.warps } else { 2 };
+                t.stages_of(state_only) * stage + state + cum_bufs * 3 * q * 4
             }
             KernelPath::Simt => {
                 let floats = SIMT_P_TILE * (n + 1) + 3 * q + 64 * 33 * 2 + 64 * 65 + 64 * 33;
@@ -599,10 +600,10 @@ mod tests {
             panic!("expected the fused kernel, got {c:?}")
         };
         assert_eq!((t.stages, t.prepass_stages), (1, 2));
-        // Two stages of x and B tiles plus the s/dt'/w arrays, no C, C B^T or state.
+        // Two stages of x and B tiles plus 8 chunks' s/dt'/w, no C, C B^T or state.
         assert_eq!(
             c.smem_bytes(true),
-            2 * (64 * 72 * 2 + 64 * 136 * 2) + 2 * 3 * 64 * 4
+            2 * (64 * 72 * 2 + 64 * 136 * 2) + 8 * 3 * 64 * 4
         );
         assert!(t.min_blocks * (c.smem_bytes(true) + 1024) <= 228 * 1024);
         let defines = c.defines(true);
