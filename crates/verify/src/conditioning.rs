@@ -57,13 +57,12 @@ impl Conditioning {
                 .run(family, &d.inputs::<f32>(), None)
                 .ok()
         };
-        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
         let magnitude = StepData {
-            x: abs(&data.x),
-            b: abs(&data.b),
-            c: abs(&data.c),
-            d: data.d.as_deref().map(abs),
-            state: abs(&data.state),
+            x: abs_of(&data.x),
+            b: abs_of(&data.b),
+            c: abs_of(&data.c),
+            d: data.d.as_deref().map(abs_of),
+            state: abs_of(&data.state),
             ..data.clone()
         };
         let shifted = StepData {
@@ -95,8 +94,13 @@ impl Conditioning {
 /// implementation whose decay factors come from cumulative sums over windows of
 /// largest `sum |dt A|` = `k` (0 for step-by-step implementations).
 pub fn f32_gamma(reduction: usize, k: f64) -> f64 {
-    let eps = f32::EPSILON as f64;
-    4.0 * (reduction as f64).sqrt() * eps / 2.0 + 4.0 * eps * k
+    4.0 * (reduction as f64).sqrt() * f32::EPSILON as f64 / 2.0 + log_decay_gamma(k)
+}
+
+/// The part of [`f32_gamma`] from decay factors formed as differences of f32
+/// cumulative sums over windows of largest `sum |dt A|` = `k`: `4 eps32 k`.
+pub fn log_decay_gamma(k: f64) -> f64 {
+    4.0 * f32::EPSILON as f64 * k
 }
 
 /// Half the spacing of an element type's subnormals: the absolute error of

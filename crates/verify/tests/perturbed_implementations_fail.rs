@@ -5,12 +5,13 @@
 //! a step shifted) or perturbs its output slightly; every one must fail on every
 //! seed tried. The in-kernel planted bugs of the fuzzing issue build on this.
 
+mod common;
+
+use common::Oracle;
 use ssm_core::mamba1::SelectiveScanParams;
 use ssm_core::mamba2::SsdParams;
 use ssm_core::tolerance::{max_window_log_decay, rel_l2_budget, state_budget};
 use ssm_core::{DType, ScanOutput};
-use ssm_verify::check::compare_outputs;
-use ssm_verify::conditioning::{f32_gamma, within, Conditioning};
 use ssm_verify::gen::{Mamba1Case, Mamba1Data, SsdCase, SsdData};
 
 type ScanMutant = fn(SelectiveScanParams<'_, f32>, &mut Vec<f32>) -> ScanOutput<f64, f64>;
@@ -106,30 +107,6 @@ const SSD_MUTANTS: &[(&str, SsdMutant)] = &[
     }),
 ];
 
-/// Whether `got` fails the property tests' rule: the relative budget, widened
-/// for near cancellation by the problem's [`Conditioning`] (`reduction`: the `n`
-/// of `gamma`). The widening must not let a mutant through.
-fn fails(
-    got: &ScanOutput<f64, f64>,
-    want: &ScanOutput<f64, f64>,
-    k: f64,
-    reduction: usize,
-    conditioning: &Conditioning,
-) -> bool {
-    let (o, s) = compare_outputs(got, want);
-    let gamma = f32_gamma(reduction, k);
-    let out_ok = within(&o, &want.out, rel_l2_budget(DType::F32, k), 0.0, || {
-        conditioning.allowance(&want.out, gamma, false)
-    });
-    let state_ok = s.is_none_or(|s| {
-        let w = want.final_states.as_deref().unwrap_or(&[]);
-        within(&s, w, state_budget(k), 0.0, || {
-            conditioning.allowance(w, gamma, true)
-        })
-    });
-    !(out_ok && state_ok)
-}
-
 #[test]
 fn every_scan_mutant_fails_and_the_real_port_passes() {
     for seed in 0..8 {
@@ -138,9 +115,11 @@ fn every_scan_mutant_fails_and_the_real_port_passes() {
         case.dt = ssm_verify::gen::DtRegime::Large;
         let data = Mamba1Data::generate(&case, seed);
         let inputs = data.inputs::<f32>();
-        let want = ssm_reference::selective_scan(&inputs.params()).unwrap();
-        let cond = Conditioning::of_scan(&inputs.params());
-        let fails = |got: &ScanOutput<f64, f64>| fails(got, &want, 0.0, 6 + 48, &cond);
+        let oracle = Oracle::scan(inputs.params());
+        let (out_budget, st_budget) = (rel_l2_budget(DType::F32, 0.0), state_budget(0.0));
+        let fails = |got: &ScanOutput<f64, f64>| {
+            (oracle.assert_matches("scan", got, out_budget, st_budget)).is_err()
+        };
         assert!(
             !fails(&run_scan(&inputs.params())),
             "the unmodified port must pass"
@@ -161,10 +140,12 @@ fn every_ssd_mutant_fails_and_the_real_port_passes() {
         case.dt_limit = Some((0.001, 0.05));
         let data = SsdData::generate(&case, seed);
         let inputs = data.inputs::<f32>();
-        let want = ssm_reference::ssd_recurrence(&inputs.params()).unwrap();
         let k = max_window_log_decay(&data.log_decays(&inputs), 40, 256);
-        let cond = Conditioning::of_ssd(&inputs.params());
-        let fails = |got: &ScanOutput<f64, f64>| fails(got, &want, k, 6 + 4 + 40, &cond);
+        let oracle = Oracle::ssd(inputs.params(), k);
+        let (out_budget, st_budget) = (rel_l2_budget(DType::F32, k), state_budget(k));
+        let fails = |got: &ScanOutput<f64, f64>| {
+            (oracle.assert_matches("ssd", got, out_budget, st_budget)).is_err()
+        };
         assert!(
             !fails(&run_ssd(&inputs.params())),
             "the unmodified port must pass"

@@ -47,7 +47,7 @@ use ssm_core::tolerance::compare;
 use ssm_core::{DType, Result, ScanOutput, SsmError};
 
 use super::envelope::Envelope;
-use crate::conditioning::{f32_gamma, subnormal_half_ulp, within};
+use crate::conditioning::{f32_gamma, log_decay_gamma, subnormal_half_ulp, within};
 pub use crate::conditioning::{shift_rates, Conditioning};
 
 /// Which rule applies to one implementation on one problem.
@@ -159,7 +159,7 @@ impl Budget {
     /// too (module docs).
     pub fn with_log_decay(self, k: f64) -> Self {
         Budget {
-            gamma: self.gamma + 4.0 * f32::EPSILON as f64 * k,
+            gamma: self.gamma + log_decay_gamma(k),
             ..self
         }
     }
