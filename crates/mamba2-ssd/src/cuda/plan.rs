@@ -50,11 +50,11 @@ pub struct SsdDeviceOutputs<T> {
     pub final_states: Option<CudaSlice<f32>>,
 }
 
-/// Compiled kernels, the work table on the device and the segment workspace for
-/// one problem shape and option set.
 /// Threads per block of the C·Bᵀ pre-kernel (`kernels/mamba2/ssd_chunk_cb.cu`).
 pub const CHUNK_CB_THREADS: u32 = 128;
 
+/// Compiled kernels, the work table on the device and the segment workspace for
+/// one problem shape and option set.
 pub struct SsdPlan {
     config: KernelConfig,
     dims: SsdDims,
