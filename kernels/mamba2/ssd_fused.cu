@@ -178,11 +178,15 @@ SSD_DEV void load_chunk_rows(const Args& a, unsigned char* stage, i64 tok, int c
         for (int r = r0; r < Q; r += STEP, src += STEP * HP)
             cp_async16(xs + r * XS + c, FULL || r < clen ? src : a.x, FULL || r < clen ? 16 : 0);
     }
-    constexpr int BV = N / 8;
-    static_assert(NT % BV == 0, "B/C rows split evenly over the threads");
+    constexpr int BV = N / 8;  // 16-byte vectors per B/C row
+    static_assert(BV <= NT, "a B/C row within one pass of the threads");
     {
+        // STEP rows per pass. Where BV does not divide NT (N = 48, 80, 96, ...) the
+        // last NT - STEP * BV threads copy nothing (their first row is past Q); where
+        // it does, the test folds away and the code is the even split's.
         constexpr int STEP = NT / BV;
-        const int r0 = tid / BV, c = (tid % BV) * 8;
+        constexpr bool EVEN = NT % BV == 0;
+        const int r0 = (EVEN || tid < STEP * BV) ? tid / BV : Q, c = (tid % BV) * 8;
         const i64 off0 = (tok + r0) * GN + (i64)g * N + c;
         const elem_t* bsrc = a.B + off0;
         const elem_t* csrc = a.C + off0;

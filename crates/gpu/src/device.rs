@@ -11,6 +11,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::compile::Compiler;
+use crate::limits::DeviceLimits;
 use crate::nvrtc::{Arch, ARCH_ENV};
 use crate::ptxas::{find_entry, PtxasFunction};
 use crate::timing::Timing;
@@ -200,6 +201,26 @@ impl Gpu {
     }
     pub fn l2_cache_bytes(&self) -> Result<u32, GpuError> {
         self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+    }
+    /// The limits kernel selection plans from, read from this device's attributes.
+    pub fn limits(&self) -> Result<DeviceLimits, GpuError> {
+        use CUdevice_attribute::*;
+        // The driver reports no reserved amount before CUDA 11; 1 KiB is what sm_80
+        // and sm_90 reserve.
+        let reserved = self
+            .attribute(CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)
+            .unwrap_or(1024);
+        Ok(DeviceLimits {
+            sm_count: self.multiprocessor_count()?,
+            smem_per_block_optin: self.max_smem_per_block_optin()?,
+            smem_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            smem_reserved_per_block: reserved,
+            registers_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?,
+            register_unit_per_warp: 256,
+            max_threads_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?,
+            max_blocks_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR)?,
+            l2_bytes: self.l2_cache_bytes()?,
+        })
     }
     fn attribute(&self, attribute: CUdevice_attribute) -> Result<u32, GpuError> {
         Ok(self.ctx.attribute(attribute)?.max(0) as u32)
