@@ -8,6 +8,7 @@
 //! - [`element`]: the input element types (f32, f16, bf16, and f64 for the oracle).
 //! - [`error`]: [`SsmError`], the typed validation error naming the bad argument.
 //! - [`mamba1`]: the Mamba-1 selective scan problem (design.md §1.1, §2).
+//! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
 //! - [`mamba2`]: the Mamba-2 SSD problem (design.md §1.2, §2).
 //! - [`decode`]: single-token decode steps for both families (design.md §1.3).
 //! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod element;
 pub mod error;
 pub mod mamba1;
+pub mod mamba1_grad;
 pub mod mamba2;
 pub mod math;
 pub mod output;
@@ -26,6 +28,7 @@ pub mod tolerance;
 
 pub use element::{DType, Element};
 pub use error::SsmError;
+pub use mamba1_grad::{ScanGradInputs, ScanGrads};
 pub use output::{ScanOutput, StepOutput};
 
 /// Result alias used across the workspace.
