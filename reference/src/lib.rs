@@ -19,6 +19,7 @@
 pub mod decode;
 pub mod mamba1;
 pub mod mamba1_backward;
+pub mod mamba1_backward;
 mod sequence;
 pub mod ssd;
 #[cfg(test)]

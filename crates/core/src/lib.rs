@@ -9,6 +9,7 @@
 //! - [`error`]: [`SsmError`], the typed validation error naming the bad argument.
 //! - [`mamba1`]: the Mamba-1 selective scan problem (design.md §1.1, §2).
 //! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
+//! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
 //! - [`mamba2`]: the Mamba-2 SSD problem (design.md §1.2, §2).
 //! - [`decode`]: single-token decode steps for both families (design.md §1.3).
 //! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
@@ -19,6 +20,7 @@ pub mod element;
 pub mod error;
 pub mod mamba1;
 pub mod mamba1_grad;
+pub mod mamba1_grad;
 pub mod mamba2;
 pub mod math;
 pub mod output;
@@ -28,6 +30,7 @@ pub mod tolerance;
 
 pub use element::{DType, Element};
 pub use error::SsmError;
+pub use mamba1_grad::{ScanGradInputs, ScanGrads};
 pub use mamba1_grad::{ScanGradInputs, ScanGrads};
 pub use output::{ScanOutput, StepOutput};
 
