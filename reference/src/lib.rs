@@ -19,9 +19,9 @@
 pub mod decode;
 pub mod mamba1;
 pub mod mamba1_backward;
-pub mod mamba1_backward;
 mod sequence;
 pub mod ssd;
+pub mod ssd_backward;
 #[cfg(test)]
 mod test_support;
 

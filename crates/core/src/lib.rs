@@ -9,8 +9,8 @@
 //! - [`error`]: [`SsmError`], the typed validation error naming the bad argument.
 //! - [`mamba1`]: the Mamba-1 selective scan problem (design.md §1.1, §2).
 //! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
-//! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
 //! - [`mamba2`]: the Mamba-2 SSD problem (design.md §1.2, §2).
+//! - [`mamba2_grad`]: the SSD backward's gradient inputs, [`mamba2_grad::SsdGrads`], the shared derivatives.
 //! - [`decode`]: single-token decode steps for both families (design.md §1.3).
 //! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
 //! - [`tolerance`]: error metrics and the tolerance model of design.md §4.
@@ -20,8 +20,8 @@ pub mod element;
 pub mod error;
 pub mod mamba1;
 pub mod mamba1_grad;
-pub mod mamba1_grad;
 pub mod mamba2;
+pub mod mamba2_grad;
 pub mod math;
 pub mod output;
 pub mod planted;
@@ -31,7 +31,7 @@ pub mod tolerance;
 pub use element::{DType, Element};
 pub use error::SsmError;
 pub use mamba1_grad::{ScanGradInputs, ScanGrads};
-pub use mamba1_grad::{ScanGradInputs, ScanGrads};
+pub use mamba2_grad::SsdGrads;
 pub use output::{ScanOutput, StepOutput};
 
 /// Result alias used across the workspace.
