@@ -6,10 +6,12 @@
 //! states in f32.
 //!
 //! - [`cpu`]: The L-blocked f32 port of the CUDA scan: the state is carried in registers (here: locals) from one L-block to the next, multi-threaded over (batch, channel).
+//! - [`backward_cpu`]: the L-blocked f32 backward (reverse sweep per L-block from checkpointed states, deterministic reductions), behind [`selective_scan_backward`].
 //! - [`decode_cpu`]: the f32 decode step (design.md §1.3).
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 
+pub mod backward_cpu;
 pub mod cpu;
 pub mod cuda;
 pub mod decode_cpu;
@@ -17,7 +19,7 @@ pub mod decode_cuda;
 
 use ssm_core::decode::Mamba1StepParams;
 use ssm_core::mamba1::SelectiveScanParams;
-use ssm_core::{Result, ScanOutput, StepOutput};
+use ssm_core::{Result, ScanGradInputs, ScanGrads, ScanOutput, SsmError, StepOutput};
 use ssm_gpu::{DeviceElement, Gpu};
 
 /// Options of the CPU port.
@@ -50,6 +52,39 @@ pub fn selective_scan<T: DeviceElement>(
     match backend {
         Backend::Cpu(opts) => cpu::selective_scan_blocked(p, opts.block_len),
         Backend::Cuda(gpu) => cuda::selective_scan_cuda(gpu, p),
+    }
+}
+
+/// The backward of [`selective_scan`] on the chosen backend: the gradients of
+/// `sum(d_out * out) + sum(d_final_states * final_states)` with respect to
+/// every input of `p` (docs/BACKWARD-MAMBA1.md).
+///
+/// `d_out` is `(b, D_in, L)` in the input type; `d_final_states` (f32,
+/// `(b or num_seqs, D_in, N)`) only when `p` returns final states (`None`
+/// is zero). Gradients of tensor inputs come back in `T`, those of the f32
+/// parameters and initial states in f32, each in its input's layout; reruns
+/// are bit-identical. Nothing from the forward is needed: the states are
+/// recomputed from checkpoints at L-block boundaries. Shape errors name the
+/// gradient (`d_out`, `d_final_states`) and its expected shape. The CUDA
+/// backend does not have a backward yet: [`SsmError::Unsupported`] after
+/// validation.
+pub fn selective_scan_backward<T: DeviceElement>(
+    p: &SelectiveScanParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    backend: Backend<'_>,
+) -> Result<ScanGrads<T, f32>> {
+    match backend {
+        Backend::Cpu(opts) => {
+            backward_cpu::selective_scan_backward_blocked(p, d_out, d_final_states, opts.block_len)
+        }
+        Backend::Cuda(_) => {
+            ScanGradInputs::new(d_out, d_final_states).validate(p)?;
+            Err(SsmError::Unsupported {
+                implementation: "the mamba1-scan CUDA backend",
+                what: "the selective-scan backward yet (issue 15; use Backend::Cpu)".into(),
+            })
+        }
     }
 }
 
