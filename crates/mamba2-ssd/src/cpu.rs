@@ -24,13 +24,13 @@
 //! `Q' = min(Q, longest sequence)`: very large chunks cost `Q'^2` memory, as the
 //! quadratic form does.
 
-mod chunk_cumsum;
+pub(crate) mod chunk_cumsum;
 mod chunk_scan;
-mod chunk_state;
+pub(crate) mod chunk_state;
 pub(crate) mod linalg;
-mod plan;
-mod state_passing;
-mod tiles;
+pub(crate) mod plan;
+pub(crate) mod state_passing;
+pub(crate) mod tiles;
 
 use rayon::prelude::*;
 use ssm_core::mamba2::SsdParams;

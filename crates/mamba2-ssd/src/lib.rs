@@ -5,11 +5,13 @@
 //! outputs in the input element type (accumulation is f32 in both), with final
 //! states in f32.
 //!
+//! - [`backward_cpu`]: the chunked backward in f32 (recompute, reverse state passing, per-chunk gradients), deterministic.
 //! - [`cpu`]: The 5-step chunked SSD in f32 (cumsum, intra-chunk, chunk state, state passing, inter-chunk output), multi-threaded over (batch, head).
 //! - [`decode_cpu`]: the f32 decode step (design.md §1.3).
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 
+pub mod backward_cpu;
 pub mod cpu;
 pub mod cuda;
 pub mod decode_cpu;
@@ -17,7 +19,7 @@ pub mod decode_cuda;
 
 use ssm_core::decode::Mamba2StepParams;
 use ssm_core::mamba2::SsdParams;
-use ssm_core::{Result, ScanOutput, StepOutput};
+use ssm_core::{Result, ScanOutput, SsdGrads, SsmError, StepOutput};
 use ssm_gpu::{DeviceElement, Gpu};
 
 /// Options of the CPU port.
@@ -50,6 +52,36 @@ pub fn ssd_forward<T: DeviceElement>(
     match backend {
         Backend::Cpu(opts) => cpu::ssd_chunked(p, opts.chunk_size),
         Backend::Cuda(gpu) => cuda::ssd_forward_cuda(gpu, p),
+    }
+}
+
+/// The backward pass on the chosen backend: the gradients of the loss with respect
+/// to every differentiable input of `p`, given `d_out` `(b, L, H, P)` and, when the
+/// forward returns final states, optionally `d_final_states` `(b or num_seqs, H,
+/// P, N)` (docs/BACKWARD-SSD.md). The forward saves nothing for it: the chunk
+/// states are recomputed. Tensor gradients come back in `T`, parameter and
+/// initial-state gradients in f32.
+///
+/// `Backend::Cuda` validates the call, then returns `SsmError::Unsupported`: the
+/// CUDA backward is not written yet (issue 14).
+pub fn ssd_backward<T: DeviceElement>(
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    backend: Backend<'_>,
+) -> Result<SsdGrads<T, f32>> {
+    match backend {
+        Backend::Cpu(opts) => {
+            backward_cpu::ssd_backward_chunked(p, d_out, d_final_states, opts.chunk_size)
+        }
+        Backend::Cuda(_) => {
+            ssm_core::mamba2_grad::validate_grad_inputs(p, d_out, d_final_states)?;
+            Err(SsmError::Unsupported {
+                implementation: "mamba2-ssd CUDA backend",
+                what: "the SSD backward (only the CPU backward exists so far; use Backend::Cpu)"
+                    .into(),
+            })
+        }
     }
 }
 
