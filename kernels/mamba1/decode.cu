@@ -63,121 +63,12 @@
 #endif
 
 // ---------------------------------------------------------------------------
-// Element types (no CUDA headers: NVRTC compiles this file stand-alone).
+// Element types, scalar math (the exact forms of ssm_core::math) and vector
+// access to the state, shared with the other family's decode kernel.
 // ---------------------------------------------------------------------------
 
-struct bf16_t { unsigned short bits; };
-struct f16_t { unsigned short bits; };
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(bf16_t v) { return __uint_as_float(((unsigned)v.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16_t v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-    return f;
-}
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float v) {
-    bf16_t r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
-    return r;
-}
-template <> __device__ __forceinline__ f16_t from_f32<f16_t>(float v) {
-    f16_t r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
-    return r;
-}
-
-// ---------------------------------------------------------------------------
-// Scalar math shared with ssm_core::math (same thresholds, same order).
-// ---------------------------------------------------------------------------
-
-#define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float silu(float z) { return z / (1.0f + expf(-z)); }
-// exp2 on the special-function unit (relative error ~2^-22); denormal results flush to 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fffffff); }
-
-// ---------------------------------------------------------------------------
-// Vector access to the f32 state and to A.
-// ---------------------------------------------------------------------------
-
-template <int V> struct FloatVec;
-template <> struct FloatVec<4> { typedef float4 type; };
-template <> struct FloatVec<2> { typedef float2 type; };
-template <> struct FloatVec<1> { typedef float type; };
-typedef FloatVec<VEC>::type state_vec;
-
-// Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
-// scalar stores when it lost track of the alignment (the loads stayed vectorized).
-#if STREAM_STATE
-#define STATE_HINT ".cs"
-#else
-#define STATE_HINT ""
-#endif
-__device__ __forceinline__ float4 load_state(const float* p, float4*) {
-    float4 v;
-    asm volatile("ld.global" STATE_HINT ".v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float2 load_state(const float* p, float2*) {
-    float2 v;
-    asm volatile("ld.global" STATE_HINT ".v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float load_state(const float* p, float*) {
-    float v;
-    asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
-__device__ __forceinline__ void store_state(float* p, float4 v) {
-    asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
-                 :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-}
-__device__ __forceinline__ void store_state(float* p, float2 v) {
-    asm volatile("st.global" STATE_HINT ".v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(v.x), "f"(v.y) : "memory");
-}
-__device__ __forceinline__ void store_state(float* p, float v) {
-    asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
-}
-__device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
-__device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
-__device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
-__device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
-__device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
-__device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
-
-// VEC consecutive input elements (B or C) in one access: the row starts of B and C
-// are multiples of N elements, so with N % VEC == 0 they are VEC-element aligned.
-__device__ __forceinline__ void load_inputs(const float* p, float* f) {
-    unpack(*reinterpret_cast<const state_vec*>(p), f);
-}
-template <typename H>
-__device__ __forceinline__ void load_inputs(const H* p, float* f) {
-#if VEC == 4
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    f[0] = to_f32(H{(unsigned short)(u.x & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(u.x >> 16)});
-    f[2] = to_f32(H{(unsigned short)(u.y & 0xffffu)});
-    f[3] = to_f32(H{(unsigned short)(u.y >> 16)});
-#elif VEC == 2
-    const unsigned u = *reinterpret_cast<const unsigned*>(p);
-    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(u >> 16)});
-#else
-    f[0] = to_f32(p[0]);
-#endif
-}
+#include "common/math.cuh"
+#include "common/decode_state.cuh"
 
 // VEC input elements (B or C) as loaded, still packed: 16-bit inputs take half the
 // registers of floats while they wait for their row.
@@ -328,7 +219,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
             unpack(*reinterpret_cast<const state_vec*>(a.A + d * D_STATE + STATE_INDEX(k, 0)), &a2[k * VEC]);
         }
 #pragma unroll
-        for (int j = 0; j < EPT; ++j) a2[j] *= LOG2E;
+        for (int j = 0; j < EPT; ++j) a2[j] *= SSM_LOG2E;
         if (a.D) d_skip = a.D[d];
         if (a.dt_bias) bias = a.dt_bias[d];
         g = (unsigned)d / a.channels_per_group;
@@ -419,11 +310,11 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
 #pragma unroll
     for (int q = 0; q < SROWS; ++q) {
         float dt = dt_own[q] + bias;
-        if (a.dt_softplus) dt = softplus(dt);
+        if (a.dt_softplus) dt = ssm_softplus(dt);
         dt_own[q] = dt;
         dtx_own[q] = dt * x_own[q];
         skip_own[q] = d_skip * x_own[q];
-        gate_own[q] = a.z ? silu(z_own[q]) : 1.0f;
+        gate_own[q] = a.z ? ssm_silu(z_own[q]) : 1.0f;
     }
 
     // Update the state row by row; the owning lane keeps C . h.
@@ -465,7 +356,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < EPT; ++j) {
-            s[r][j] = fast_exp2(dt * a2[j]) * s[r][j] + dtx * bv[j];
+            s[r][j] = ssm_exp2_ftz(dt * a2[j]) * s[r][j] + dtx * bv[j];
             sum += s[r][j] * cv[j];
         }
 #pragma unroll
@@ -496,7 +387,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         } else {
             // Padding gives 0; an index past the cache (only possible through the
             // unchecked device entry point) gives NaN, never a state write.
-            y = c < 0 ? 0.0f : quiet_nan();
+            y = c < 0 ? 0.0f : ssm_quiet_nan();
         }
         static_cast<T*>(a.out)[i * Din + d] = from_f32<T>(y);
     }

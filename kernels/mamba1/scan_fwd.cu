@@ -218,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
             const bool real = sch0 + c < nch && n < SCAN_N;
             const long long an = schan * SCAN_N + n;
             // Padded states and channels get A = B = C = 0 and h = 0, and stay 0.
-            A2[c][i] = real ? args.A[an] * SCAN_LOG2E : 0.0f;
+            A2[c][i] = real ? args.A[an] * SSM_LOG2E : 0.0f;
             h[c][i] = (real && args.initial_states != nullptr)
                           ? args.initial_states[(seq * Din + schan) * SCAN_N + n]
                           : 0.0f;
@@ -431,7 +431,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                             const float x = dt * A2[c][i];
                             const float dA = scan_poly_pair((q * SCAN_CPL + c) * SCAN_NPT + i)
                                                  ? scan_exp2_poly(x)
-                                                 : scan_exp2_mufu(x);
+                                                 : ssm_exp2_ftz(x);
                             h[c][i] = fmaf(dA, h[c][i], b * dtu);
                             y = fmaf(cc, h[c][i], y);
                         }

@@ -34,9 +34,9 @@ __device__ __forceinline__ float scan_chunk_get(const ScanChunk& c, int i) {
 #if SCAN_DTYPE == 0
     return __uint_as_float(c.w[i]);
 #elif SCAN_DTYPE == 1
-    return (i & 1) ? scan_f16_hi(c.w[i >> 1]) : scan_f16_lo(c.w[i >> 1]);
+    return (i & 1) ? ssm_f16x2_hi(c.w[i >> 1]) : ssm_f16x2_lo(c.w[i >> 1]);
 #else
-    return (i & 1) ? scan_bf16_hi(c.w[i >> 1]) : scan_bf16_lo(c.w[i >> 1]);
+    return (i & 1) ? ssm_bf16x2_hi(c.w[i >> 1]) : ssm_bf16x2_lo(c.w[i >> 1]);
 #endif
 }
 
@@ -44,9 +44,9 @@ __device__ __forceinline__ float scan_elem_to_f32(scan_elem_t x) {
 #if SCAN_DTYPE == 0
     return x;
 #elif SCAN_DTYPE == 1
-    return scan_f16_lo((unsigned)x);
+    return ssm_f16x2_lo((unsigned)x);
 #else
-    return scan_bf16_lo((unsigned)x);
+    return ssm_bf16x2_lo((unsigned)x);
 #endif
 }
 
@@ -54,9 +54,9 @@ __device__ __forceinline__ scan_elem_t scan_f32_to_elem(float x) {
 #if SCAN_DTYPE == 0
     return x;
 #elif SCAN_DTYPE == 1
-    return (scan_elem_t)(scan_pack_f16(x, 0.0f) & 0xffffu);
+    return (scan_elem_t)(ssm_pack_f16x2(x, 0.0f) & 0xffffu);
 #else
-    return (scan_elem_t)(scan_pack_bf16(x, 0.0f) & 0xffffu);
+    return (scan_elem_t)(ssm_pack_bf16x2(x, 0.0f) & 0xffffu);
 #endif
 }
 
@@ -125,9 +125,9 @@ __device__ __forceinline__ void scan_store_chunk(scan_elem_t* row, long long pos
 #if SCAN_DTYPE == 0
             w[i] = __float_as_uint(y[i]);
 #elif SCAN_DTYPE == 1
-            w[i] = scan_pack_f16(y[2 * i], y[2 * i + 1]);
+            w[i] = ssm_pack_f16x2(y[2 * i], y[2 * i + 1]);
 #else
-            w[i] = scan_pack_bf16(y[2 * i], y[2 * i + 1]);
+            w[i] = ssm_pack_bf16x2(y[2 * i], y[2 * i + 1]);
 #endif
         }
         uint4* p = reinterpret_cast<uint4*>(row + pos0);

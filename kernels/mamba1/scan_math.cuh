@@ -1,24 +1,17 @@
-// Scalar math of the Mamba-1 scan kernels (design.md §1.1): exp2 on the MUFU
-// unit or as an FMA polynomial, softplus with mamba_ssm's threshold, silu, and
-// the 16-bit <-> f32 conversions. No toolkit headers: everything is inline PTX
-// or plain arithmetic, so NVRTC needs no include path.
+// Scalar math of the Mamba-1 scan kernels (design.md §1.1): exp2 as an FMA
+// polynomial, and softplus (mamba_ssm's threshold) and silu in forms built on
+// MUFU rcp and ex2 that are accurate to a few f32 ulps. The MUFU exp2 and the
+// 16-bit <-> f32 conversions shared with the other kernels are in
+// kernels/common/{math,convert}.cuh. No toolkit headers: everything is inline
+// PTX or plain arithmetic, so NVRTC needs no include path.
 #pragma once
+
+#include "common/convert.cuh"
+#include "common/math.cuh"
 
 #ifndef SCAN_ELEM_EXP_POLY
 #define SCAN_ELEM_EXP_POLY 0
 #endif
-
-#define SCAN_LOG2E 1.4426950408889634f
-
-// 2^x on the special-function unit (MUFU.EX2): one issue slot, but the unit
-// retires only 16 lanes per clock per SM, an eighth of the FMA rate. The .ftz
-// form is a single MUFU instruction; without it ptxas wraps denormal handling
-// around it. ex2(0) is exactly 1, which the masked (identity) steps rely on.
-__device__ __forceinline__ float scan_exp2_mufu(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
 // 2^x on the FMA pipe: Cody-Waite split x = j + r with j = rint(x), r in
 // [-1/2, 1/2] (exact), a degree-6 minimax polynomial for 2^r (relative error
@@ -60,9 +53,9 @@ __device__ __forceinline__ float scan_rcp(float x) {
 // to the FMA pipe when MUFU, not issue, is the bottleneck).
 __device__ __forceinline__ float scan_exp_elem(float x) {
 #if SCAN_ELEM_EXP_POLY
-    return scan_exp2_poly(x * SCAN_LOG2E);
+    return scan_exp2_poly(x * SSM_LOG2E);
 #else
-    return scan_exp2_mufu(x * SCAN_LOG2E);
+    return ssm_exp2_ftz(x * SSM_LOG2E);
 #endif
 }
 
@@ -92,33 +85,4 @@ __device__ __forceinline__ float scan_softplus(float x) {
 // exp(-z) = Inf for z << 0 gives z * 0, exp(-z) = 0 for z >> 0 gives z.
 __device__ __forceinline__ float scan_silu(float z) {
     return z * scan_rcp(1.0f + scan_exp_elem(-z));
-}
-
-// ---------------------------------------------------------------- 16-bit types
-
-// bf16 -> f32 is a shift: the bf16 bits are the high half of the f32.
-__device__ __forceinline__ float scan_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float scan_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
-
-__device__ __forceinline__ float scan_f16_lo(unsigned w) {
-    float f;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(f) : "r"(w));
-    return f;
-}
-__device__ __forceinline__ float scan_f16_hi(unsigned w) {
-    float f;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(f) : "r"(w));
-    return f;
-}
-
-// Two f32 -> one word of two 16-bit values (round to nearest even), lo in the low half.
-__device__ __forceinline__ unsigned scan_pack_bf16(float lo, float hi) {
-    unsigned w;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
-    return w;
-}
-__device__ __forceinline__ unsigned scan_pack_f16(float lo, float hi) {
-    unsigned w;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
-    return w;
 }

@@ -12,7 +12,7 @@ extern "C" __global__ void scan_probe_ex2(float* out, int iters) {
 #pragma unroll 4
     for (int i = 0; i < iters; ++i) {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) x[k] = scan_exp2_mufu(-x[k]);
+        for (int k = 0; k < 8; ++k) x[k] = ssm_exp2_ftz(-x[k]);
     }
     float s = 0.0f;
 #pragma unroll

@@ -41,121 +41,12 @@
 #endif
 
 // ---------------------------------------------------------------------------
-// Element types (no CUDA headers: NVRTC compiles this file stand-alone).
+// Element types, scalar math (the exact forms of ssm_core::math) and vector
+// access to the state, shared with the other family's decode kernel.
 // ---------------------------------------------------------------------------
 
-struct bf16_t { unsigned short bits; };
-struct f16_t { unsigned short bits; };
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(bf16_t v) { return __uint_as_float(((unsigned)v.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16_t v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-    return f;
-}
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float v) {
-    bf16_t r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
-    return r;
-}
-template <> __device__ __forceinline__ f16_t from_f32<f16_t>(float v) {
-    f16_t r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
-    return r;
-}
-
-// ---------------------------------------------------------------------------
-// Scalar math shared with ssm_core::math (same thresholds, same order).
-// ---------------------------------------------------------------------------
-
-#define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float silu(float z) { return z / (1.0f + expf(-z)); }
-// exp2 on the special-function unit (relative error ~2^-22); denormal results flush to 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fffffff); }
-
-// ---------------------------------------------------------------------------
-// Vector access to the f32 state.
-// ---------------------------------------------------------------------------
-
-template <int V> struct FloatVec;
-template <> struct FloatVec<4> { typedef float4 type; };
-template <> struct FloatVec<2> { typedef float2 type; };
-template <> struct FloatVec<1> { typedef float type; };
-typedef FloatVec<VEC>::type state_vec;
-
-// Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
-// scalar stores when it lost track of the alignment (the loads stayed vectorized).
-#if STREAM_STATE
-#define STATE_HINT ".cs"
-#else
-#define STATE_HINT ""
-#endif
-__device__ __forceinline__ float4 load_state(const float* p, float4*) {
-    float4 v;
-    asm volatile("ld.global" STATE_HINT ".v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float2 load_state(const float* p, float2*) {
-    float2 v;
-    asm volatile("ld.global" STATE_HINT ".v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float load_state(const float* p, float*) {
-    float v;
-    asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
-__device__ __forceinline__ void store_state(float* p, float4 v) {
-    asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
-                 :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-}
-__device__ __forceinline__ void store_state(float* p, float2 v) {
-    asm volatile("st.global" STATE_HINT ".v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(v.x), "f"(v.y) : "memory");
-}
-__device__ __forceinline__ void store_state(float* p, float v) {
-    asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
-}
-__device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
-__device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
-__device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
-__device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
-__device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
-__device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
-
-// VEC consecutive input elements (B or C) in one access: the row starts of B and C
-// are multiples of N elements, so with N % VEC == 0 they are VEC-element aligned.
-__device__ __forceinline__ void load_inputs(const float* p, float* f) {
-    unpack(*reinterpret_cast<const state_vec*>(p), f);
-}
-template <typename H>
-__device__ __forceinline__ void load_inputs(const H* p, float* f) {
-#if VEC == 4
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    f[0] = to_f32(H{(unsigned short)(u.x & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(u.x >> 16)});
-    f[2] = to_f32(H{(unsigned short)(u.y & 0xffffu)});
-    f[3] = to_f32(H{(unsigned short)(u.y >> 16)});
-#elif VEC == 2
-    const unsigned u = *reinterpret_cast<const unsigned*>(p);
-    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
-    f[1] = to_f32(H{(unsigned short)(u >> 16)});
-#else
-    f[0] = to_f32(p[0]);
-#endif
-}
+#include "common/math.cuh"
+#include "common/decode_state.cuh"
 
 // ---------------------------------------------------------------------------
 // Launch geometry.
@@ -227,7 +118,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     if (cache < 0 || cache >= a.cache_rows) {
         // Padding row: zero output, state untouched. An index past the cache (only
         // possible through the unchecked device entry point) yields NaN, never a write.
-        const float fill = cache < 0 ? 0.0f : quiet_nan();
+        const float fill = cache < 0 ? 0.0f : ssm_quiet_nan();
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const long long row = row0 + (long long)r * SLOTS;
@@ -239,10 +130,10 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     // Per-head step size and decay (every lane computes the same values).
     float dt = to_f32(static_cast<const T*>(a.dt)[bh]);
     if (a.dt_bias) dt += a.dt_bias[h];
-    if (a.dt_softplus) dt = softplus(dt);
+    if (a.dt_softplus) dt = ssm_softplus(dt);
     // Clamp as f32::clamp does: a NaN step stays NaN.
     dt = dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
-    const float decay = fast_exp2(dt * (a.A[h] * LOG2E));
+    const float decay = ssm_exp2_ftz(dt * (a.A[h] * SSM_LOG2E));
 
     // B and C of this head's group, the lane's elements only.
     const long long g = (unsigned)h / (unsigned)(a.heads / a.groups);
@@ -332,7 +223,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
             }
         }
         float y = sum + d_own[q] * xr;
-        if (a.z) y *= silu(z_own[q]);
+        if (a.z) y *= ssm_silu(z_own[q]);
         out[row] = from_f32<T>(y);
     }
 }

@@ -32,45 +32,30 @@ typedef u16 elem_t;  // raw bits of an f16 or bf16
 #define SSD_DEV inline
 #endif
 
+#include "common/convert.cuh"
+#include "common/math.cuh"
+
 // log2(e): decays are formed as exp2 of cumulative sums of dt' * A * log2(e).
-#define SSD_LOG2E 1.4426950408889634f
+#define SSD_LOG2E SSM_LOG2E
 
 // ---------------------------------------------------------------------------
-// Element conversions (round to nearest even, as ssm_core::Element::from_f32).
+// Element conversions (kernels/common/convert.cuh: round to nearest even, as
+// ssm_core::Element::from_f32).
 // ---------------------------------------------------------------------------
-#ifndef SSD_EMULATE
-SSD_DEV float half_bits_to_f32(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-SSD_DEV u16 f32_to_half_bits(float v) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
-    return r;
-}
-SSD_DEV u16 f32_to_bf16_bits(float v) {
-    u16 r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
-    return r;
-}
-SSD_DEV float bits_as_f32(u32 b) { return __uint_as_float(b); }
-#endif
-
 SSD_DEV float elem_to_f32(float v) { return v; }
 SSD_DEV float elem_to_f32(u16 v) {
 #if SSD_DTYPE == 1
-    return half_bits_to_f32(v);
+    return ssm_f16_bits_to_f32(v);
 #else
-    return bits_as_f32(((u32)v) << 16);
+    return ssm_bf16_bits_to_f32(v);
 #endif
 }
 
 SSD_DEV u16 f32_to_elem16(float v) {
 #if SSD_DTYPE == 1
-    return f32_to_half_bits(v);
+    return ssm_f32_to_f16_bits(v);
 #else
-    return f32_to_bf16_bits(v);
+    return ssm_f32_to_bf16_bits(v);
 #endif
 }
 
@@ -91,13 +76,11 @@ SSD_DEV void store_elem(u16* p, float v) { *p = f32_to_elem16(v); }
 #endif
 SSD_DEV u32 pack2(float lo, float hi) {
 #if !defined(SSD_EMULATE) && SSD_PACKED_CVT
-    u32 r;
 #if SSD_DTYPE == 1
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return ssm_pack_f16x2(lo, hi);
 #else
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return ssm_pack_bf16x2(lo, hi);
 #endif
-    return r;
 #else
     return ((u32)f32_to_elem16(hi) << 16) | (u32)f32_to_elem16(lo);
 #endif
@@ -112,26 +95,16 @@ SSD_DEV float unpack_hi(u32 v) { return elem_to_f32((u16)(v >> 16)); }
 SSD_DEV float ssd_dt(float raw, float bias, float dt_min, float dt_max) {
     float v = raw + bias;
 #if SSD_DT_SOFTPLUS
-    v = v > 20.0f ? v : log1pf(expf(v));
+    v = ssm_softplus(v);
 #endif
     return fminf(fmaxf(v, dt_min), dt_max);
 }
 
-// 2^x on the special-function unit with denormal results flushed to zero: one
-// MUFU.EX2 (exp2f adds a range check and two multiplies around it). The decays
-// it forms are products with values of order one, where a flushed 2^-126 is
-// below every tolerance.
-SSD_DEV float ssd_exp2(float x) {
-#ifndef SSD_EMULATE
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return exp2f(x);
-#endif
-}
-
-SSD_DEV float silu(float z) { return z / (1.0f + expf(-z)); }
+// The kernels' names for the shared math (kernels/common/math.cuh): 2^x on the
+// special-function unit with denormal results flushed to zero (one MUFU.EX2), and
+// silu in the exact form of ssm_core::math.
+SSD_DEV float ssd_exp2(float x) { return ssm_exp2_ftz(x); }
+SSD_DEV float silu(float z) { return ssm_silu(z); }
 
 // ---------------------------------------------------------------------------
 // Work items. Every block works on one item (a segment of one sequence) for one

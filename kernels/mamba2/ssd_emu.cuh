@@ -1,5 +1,6 @@
 // Host emulation of the CUDA features the SSD kernels use, for checking fragment
-// layouts and index arithmetic without a GPU (g++ -std=c++20, see ssd_emu_check.cu).
+// layouts and index arithmetic without a GPU (g++ -std=c++20 -I kernels, see
+// ssd_emu_check.cu and crates/mamba2-ssd/tests/emulated_kernels.rs).
 //
 // Each CUDA thread of a block runs as a fiber (ucontext) on one OS thread; a
 // barrier (__syncthreads, __syncwarp and every warp-collective instruction) yields
@@ -10,6 +11,8 @@
 // NVRTC never includes this file.
 #pragma once
 #define SSD_EMULATE 1
+// The shared headers in kernels/common/ switch to their host forms.
+#define SSM_EMULATE 1
 
 #include <ucontext.h>
 
@@ -182,30 +185,10 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta) {
 }
 
 // --- element conversions --------------------------------------------------
-inline float bits_as_f32(u32 b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-inline float half_bits_to_f32(u16 h) {
-    _Float16 v;
-    std::memcpy(&v, &h, 2);
-    return (float)v;
-}
-inline u16 f32_to_half_bits(float f) {
-    _Float16 v = (_Float16)f;
-    u16 h;
-    std::memcpy(&h, &v, 2);
-    return h;
-}
-inline u16 f32_to_bf16_bits(float f) {
-    u32 x;
-    std::memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x40u);  // quiet NaN
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (u16)(x >> 16);
-}
-inline float __uint_as_float(u32 b) { return bits_as_f32(b); }
+// The host branch of the shared conversions (SSM_EMULATE): the kernels and this
+// emulation convert with the same code.
+#include "../common/convert.cuh"
+inline float __uint_as_float(u32 b) { return ssm_bits_as_f32(b); }
 
 // --- ldmatrix ---------------------------------------------------------------
 // Lane l of the warp gives the address of row (l % 8) of matrix (l / 8).

@@ -402,6 +402,67 @@ mod tests {
         assert!(matches!(err, GpuError::MissingSource(_)), "{err}");
     }
 
+    /// The real kernels: each resolves its includes of `kernels/common/` from the
+    /// copies embedded at build time and from the tree on disk (hot reload) alike,
+    /// and every file it pulls in is embedded.
+    #[test]
+    fn real_kernels_resolve_the_shared_headers_embedded_and_on_disk() {
+        let disk =
+            SourceRoot::Disk(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels"));
+        for path in [
+            "mamba1/decode.cu",
+            "mamba1/scan_fwd.cu",
+            "mamba1/scan_probe.cu",
+            "mamba2/decode.cu",
+            "mamba2/ssd_fused.cu",
+            "mamba2/ssd_simt.cu",
+            "mamba2/ssd_chunk_cb.cu",
+        ] {
+            let (_, text) = EMBEDDED_FILES
+                .iter()
+                .find(|(p, _)| *p == path)
+                .unwrap_or_else(|| panic!("{path} is not embedded"));
+            let src = KernelSource {
+                path,
+                embedded: text,
+            };
+            let embedded = resolve(&src, &SourceRoot::Embedded).unwrap();
+            let on_disk = resolve(&src, &disk).unwrap();
+            assert!(
+                embedded.files.iter().any(|f| f == "common/math.cuh")
+                    && embedded.files.iter().any(|f| f == "common/convert.cuh"),
+                "{path} does not include the shared headers: {:?}",
+                embedded.files
+            );
+            assert_eq!(embedded.files, on_disk.files, "{path}");
+            for file in &embedded.files {
+                assert!(
+                    EMBEDDED_FILES.iter().any(|(p, _)| p == file),
+                    "{file} (from {path}) is not embedded"
+                );
+            }
+        }
+    }
+
+    /// A change to a shared header changes the kernel-source hash that results
+    /// are keyed by (the build-time `KERNELS_HASH` is the same function of the
+    /// tree, see build.rs).
+    #[test]
+    fn the_kernels_hash_covers_the_shared_headers() {
+        let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        let copy = tempfile::tempdir().unwrap();
+        for (rel, abs) in crate::tree_hash::list_files(&kernels).unwrap() {
+            write(copy.path(), &rel, &std::fs::read_to_string(abs).unwrap());
+        }
+        let root = SourceRoot::Disk(copy.path().into());
+        let before = root.kernels_hash().unwrap();
+        let header = copy.path().join("common/math.cuh");
+        let mut text = std::fs::read_to_string(&header).unwrap();
+        text.push_str("// one more line\n");
+        std::fs::write(&header, text).unwrap();
+        assert_ne!(before, root.kernels_hash().unwrap());
+    }
+
     #[test]
     fn embedded_root_uses_the_embedded_main_text() {
         let src = KernelSource {

@@ -1,0 +1,81 @@
+// Vector access to the f32 state cache and to f32 parameter rows, shared by the
+// decode kernels of both families (kernels/mamba1/decode.cu, kernels/mamba2/decode.cu;
+// docs/kernels/decode.md). Needs VEC (floats per access: 4, 2 or 1) and
+// STREAM_STATE (1: evict-first cache hints on the state) defined by the includer,
+// and to_f32 from kernels/common/types.cuh.
+#pragma once
+
+#include "types.cuh"
+
+#if !defined(VEC) || !defined(STREAM_STATE)
+#error "common/decode_state.cuh needs VEC and STREAM_STATE defined"
+#endif
+
+template <int V> struct FloatVec;
+template <> struct FloatVec<4> { typedef float4 type; };
+template <> struct FloatVec<2> { typedef float2 type; };
+template <> struct FloatVec<1> { typedef float type; };
+typedef FloatVec<VEC>::type state_vec;
+
+// Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
+// scalar stores when it lost track of the alignment (the loads stayed vectorized).
+#if STREAM_STATE
+#define STATE_HINT ".cs"
+#else
+#define STATE_HINT ""
+#endif
+__device__ __forceinline__ float4 load_state(const float* p, float4*) {
+    float4 v;
+    asm volatile("ld.global" STATE_HINT ".v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float2 load_state(const float* p, float2*) {
+    float2 v;
+    asm volatile("ld.global" STATE_HINT ".v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float load_state(const float* p, float*) {
+    float v;
+    asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
+__device__ __forceinline__ void store_state(float* p, float4 v) {
+    asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float2 v) {
+    asm volatile("st.global" STATE_HINT ".v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(v.x), "f"(v.y) : "memory");
+}
+__device__ __forceinline__ void store_state(float* p, float v) {
+    asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
+}
+__device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
+__device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
+__device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
+__device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
+__device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
+__device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
+
+// VEC consecutive input elements (B or C) in one access: the row starts of B and C
+// are multiples of N elements, so with N % VEC == 0 they are VEC-element aligned.
+__device__ __forceinline__ void load_inputs(const float* p, float* f) {
+    unpack(*reinterpret_cast<const state_vec*>(p), f);
+}
+template <typename H>
+__device__ __forceinline__ void load_inputs(const H* p, float* f) {
+#if VEC == 4
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    f[0] = to_f32(H{(unsigned short)(u.x & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(u.x >> 16)});
+    f[2] = to_f32(H{(unsigned short)(u.y & 0xffffu)});
+    f[3] = to_f32(H{(unsigned short)(u.y >> 16)});
+#elif VEC == 2
+    const unsigned u = *reinterpret_cast<const unsigned*>(p);
+    f[0] = to_f32(H{(unsigned short)(u & 0xffffu)});
+    f[1] = to_f32(H{(unsigned short)(u >> 16)});
+#else
+    f[0] = to_f32(p[0]);
+#endif
+}
