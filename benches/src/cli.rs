@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ssm_gpu::Gpu;
 use ssm_telemetry::nvml::NvmlMonitor;
-use ssm_telemetry::Ceilings;
 
 use crate::runner::{self, CaseOutcome, Timing};
 use crate::suite::{cpu_cases, gpu_cases, reference_cases, Backend, Case};
@@ -136,12 +135,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         max_iters: args.max_iters,
         ..Timing::default()
     };
-    let ceilings = Ceilings::H100_SXM;
     let mut set = runner::new_result_set(
         gpu.as_ref(),
         nvml.as_ref(),
         concat!("ssm-benches ", env!("CARGO_PKG_VERSION")),
     );
+    let ceilings = set.ceilings.clone();
     if let Some(g) = &gpu {
         println!("{}", g.describe());
     }

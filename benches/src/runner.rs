@@ -277,8 +277,11 @@ pub fn device_info(gpu: Option<&Gpu>, nvml: Option<&NvmlMonitor>) -> DeviceInfo 
 }
 
 /// A fresh result set stamped with the commit, kernel hash and device.
+/// Its ceilings are the device's datasheet figures until the runner measures them.
 pub fn new_result_set(gpu: Option<&Gpu>, nvml: Option<&NvmlMonitor>, tool: &str) -> ResultSet {
     let (commit, dirty) = current_commit();
+    let device = device_info(gpu, nvml);
+    let ceilings = Ceilings::datasheet(&device.name);
     ResultSet::new(
         RunInfo {
             commit,
@@ -290,7 +293,7 @@ pub fn new_result_set(gpu: Option<&Gpu>, nvml: Option<&NvmlMonitor>, tool: &str)
             tool: tool.to_string(),
             notes: Vec::new(),
         },
-        device_info(gpu, nvml),
-        &Ceilings::H100_SXM,
+        device,
+        &ceilings,
     )
 }

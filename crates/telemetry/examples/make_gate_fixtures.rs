@@ -97,7 +97,7 @@ fn gpu_result(
             nvml: None,
             runs_in_nvml_window: 0,
         },
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     let measured = (r.hbm.model_bytes as f64 * k.bytes_scale) as u64;
     r.kernels[0].dram = Some(DramBytes {
@@ -125,7 +125,7 @@ fn set(decode: Knobs, scan: Knobs) -> ResultSet {
             driver_version: Some("580.159.04".into()),
             ..Default::default()
         },
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     let m2 = reference_workload("M2-decode").expect("design.md workload");
     s.results.push(gpu_result(

@@ -189,11 +189,45 @@ pub fn run_merge_ncu(args: &MergeNcuArgs) -> ExitCode {
     }
 }
 
-/// The floors of design.md §6's workloads, as a markdown table.
+/// `floors`: the floors of design.md §6's workloads at some ceilings.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct FloorsArgs {
+    /// Use the ceilings recorded in this result set (measured in its run, or its
+    /// datasheet fallback).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Use the datasheet figures of this card (a CUDA device name, e.g. "NVIDIA H200").
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run_floors(args: &FloorsArgs) -> ExitCode {
+    let ceilings = match (&args.results, &args.device) {
+        (Some(path), _) => match ResultSet::read(path) {
+            Ok(set) => set.ceilings,
+            Err(e) => {
+                eprintln!("floors: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(name)) => Ceilings::datasheet(name),
+        (None, None) => {
+            eprintln!("floors: pass --results SET.json or --device NAME");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", floors_table(&ceilings));
+    ExitCode::SUCCESS
+}
+
+/// The floors of design.md §6's workloads, as a markdown table, with the
+/// ceilings' source on the first line.
 pub fn floors_table(ceilings: &Ceilings) -> String {
-    let mut out = String::from(
-        "| workload | shape | min bytes | bytes floor | MMA floor | exp floor | floor (limiter) | mamba_ssm / floor |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    let mut out = format!("Ceilings ({}): {}\n\n", ceilings.kind(), ceilings.source);
+    out += concat!(
+        "| workload | shape | min bytes | bytes floor | MMA floor | exp floor | floor (limiter) | mamba_ssm (H100) / floor |\n",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for w in reference_workloads() {
         let c = cost(&w.problem);

@@ -185,11 +185,11 @@ fn number_before(text: &str, suffix: &str) -> Option<u64> {
 }
 
 fn convert_ssd_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
-    let ceilings = Ceilings::H100_SXM;
     let device = DeviceInfo {
         name: device_from_description(doc),
         ..Default::default()
     };
+    let ceilings = Ceilings::datasheet(&device.name);
     let mut set = ResultSet::new(
         run_info(doc, "gpu_ssd_bench", source_name),
         device,
@@ -307,11 +307,11 @@ fn convert_ssd_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
 }
 
 fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
-    let ceilings = Ceilings::H100_SXM;
     let device = DeviceInfo {
         name: device_from_description(doc),
         ..Default::default()
     };
+    let ceilings = Ceilings::datasheet(&device.name);
     let mut set = ResultSet::new(
         run_info(doc, "gpu_scan_bench", source_name),
         device,
@@ -392,12 +392,12 @@ fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
 }
 
 fn convert_decode_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
-    let ceilings = Ceilings::H100_SXM;
     let run = run_info(doc, "gpu_decode_bench", source_name);
     let device = DeviceInfo {
         name: device_from_description(doc),
         ..Default::default()
     };
+    let ceilings = Ceilings::datasheet(&device.name);
     let mut set = ResultSet::new(run, device, &ceilings);
     let records = field(doc, "results", source_name)?
         .as_array()

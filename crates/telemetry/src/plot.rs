@@ -1,6 +1,7 @@
 //! SVG plots of result sets, written directly (no plotting dependency):
 //! - `time_vs_L_<op>.svg`: median time against L per implementation, with the
-//!   H100 floor dashed;
+//!   floor at the run's ceilings dashed (labelled measured or datasheet, as the
+//!   result set's ceilings say);
 //! - `fraction_of_floor_vs_L_<op>.svg`: floor / time against L (GPU timings);
 //! - `bytes_measured_vs_min.svg`: measured DRAM bytes beside the model minimum;
 //! - `reference_workloads.svg`: fraction of floor on design.md §6's workloads.
@@ -449,6 +450,19 @@ fn is_l_sweep(r: &BenchResult) -> bool {
     r.workload.starts_with("L-sweep") && r.problem.seqlen().is_some()
 }
 
+/// `measured`, `datasheet` or `measured|datasheet`: the kinds of ceilings the
+/// sets' floors were computed at.
+fn kinds(sets: &[ResultSet]) -> String {
+    let mut kinds: Vec<&str> = sets.iter().map(|s| s.ceilings.kind()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.is_empty() {
+        "none".to_string()
+    } else {
+        kinds.join("|")
+    }
+}
+
 /// Every plot of the given results: (file name, SVG text).
 pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
     let results: Vec<&BenchResult> = sets.iter().flat_map(|s| s.results.iter()).collect();
@@ -457,24 +471,26 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         ("mamba1_scan", "Mamba-1 selective scan"),
         ("ssd", "Mamba-2 SSD"),
     ] {
-        let sweep: Vec<&&BenchResult> = results
+        // Each result with the kind of its own set's ceilings.
+        let sweep: Vec<(&BenchResult, &str)> = sets
             .iter()
-            .filter(|r| r.problem.op_name() == op && is_l_sweep(r))
+            .flat_map(|s| s.results.iter().map(move |r| (r, s.ceilings.kind())))
+            .filter(|(r, _)| r.problem.op_name() == op && is_l_sweep(r))
             .collect();
         let mut times: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut fractions: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut floors: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for r in &sweep {
+        for &(r, kind) in &sweep {
             let l = r.problem.seqlen().unwrap_or(0) as f64;
             times
                 .entry(series_name(r))
                 .or_default()
                 .push((l, r.timing.median_ms));
             if r.timing.method == TimingMethod::CudaEvents {
-                // The H100 floor of the shapes the GPU ran (a CPU shape's floor
-                // on the H100 would say nothing about the CPU).
+                // The floor of the shapes the GPU ran, at that run's ceilings (a
+                // CPU shape's floor on a GPU would say nothing about the CPU).
                 let floor_key = format!(
-                    "H100 floor {} {}",
+                    "floor at the run's ceilings ({kind}) {} {}",
                     r.problem.dtype(),
                     compact_shape(&r.problem)
                 );
@@ -510,7 +526,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         out.push((
             format!("time_vs_L_{op}.svg"),
             line_chart(
-                &format!("{title}: median time vs L | CUDA events (GPU), wall clock (CPU ports); dashed: the H100 floor of the GPU shape"),
+                &format!("{title}: median time vs L | CUDA events (GPU), wall clock (CPU ports); dashed: the floor of the GPU shape at the run's ceilings (measured|datasheet)"),
                 "sequence length L",
                 "time (ms, log)",
                 &series,
@@ -529,7 +545,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
         out.push((
             format!("fraction_of_floor_vs_L_{op}.svg"),
             line_chart(
-                &format!("{title}: fraction of the H100 floor vs L | GPU timings; floor = max(bytes, MMA, exp time) at the measured ceilings"),
+                &format!("{title}: fraction of floor vs L | GPU timings; floor = max(bytes, MMA, exp time) at the run's ceilings ({})", kinds(sets)),
                 "sequence length L",
                 "floor / time (1 = at the floor)",
                 &series,
@@ -589,7 +605,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
     out.push((
         "reference_workloads.svg".to_string(),
         bar_chart(
-            "design.md §6 workloads: fraction of the H100 floor | floor / median time; 1 = at the floor (bytes, MMA or exp bound, whichever is largest)",
+            &format!("design.md §6 workloads: fraction of floor at the run's ceilings ({}) | floor / median time; 1 = at the floor (bytes, MMA or exp bound, whichever is largest)", kinds(sets)),
             "floor / median time",
             &categories,
             &[(
@@ -645,5 +661,46 @@ mod tests {
         let t = a.ticks(false);
         assert!(t.contains(&0.1) && t.contains(&1.0) && t.contains(&2.0));
         assert!(a.map(0.05) > 0.0 && a.map(3.0) < 1.0);
+    }
+    #[test]
+    fn floors_are_labelled_with_the_kind_of_ceilings() {
+        use crate::record::{DeviceInfo, Measurement, RunInfo, TimingStats};
+        use crate::roofline::Ceilings;
+        let ceilings = Ceilings::datasheet("NVIDIA H200");
+        let mut set = ResultSet::new(RunInfo::default(), DeviceInfo::default(), &ceilings);
+        for l in [512, 1024] {
+            let problem =
+                crate::workloads::mamba1_block_scan(1, 1536, 16, l, ssm_core::DType::Bf16);
+            set.results.push(BenchResult::new(
+                Measurement {
+                    implementation: "mamba1-scan.cuda".into(),
+                    workload: format!("L-sweep/L={l}"),
+                    problem,
+                    timing: TimingStats::from_samples(TimingMethod::CudaEvents, &[0.1]).unwrap(),
+                    kernels: vec![],
+                    nvml: None,
+                    runs_in_nvml_window: 0,
+                },
+                &ceilings,
+            ));
+        }
+        let all = plots(std::slice::from_ref(&set));
+        let time = &all
+            .iter()
+            .find(|(n, _)| n == "time_vs_L_mamba1_scan.svg")
+            .unwrap()
+            .1;
+        assert!(
+            time.contains("floor at the run&#39;s ceilings (datasheet)")
+                || time.contains("floor at the run's ceilings (datasheet)"),
+            "{time}"
+        );
+        assert!(!time.contains("H100"));
+        let fraction = &all
+            .iter()
+            .find(|(n, _)| n == "fraction_of_floor_vs_L_mamba1_scan.svg")
+            .unwrap()
+            .1;
+        assert!(fraction.contains("ceilings (datasheet)"));
     }
 }

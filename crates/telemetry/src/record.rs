@@ -1,7 +1,7 @@
 //! The result schema: one versioned JSON document per benchmark run.
 //!
 //! ```text
-//! ResultSet { schema: "ssm-bench-results", version: 1, run, device, ceilings, results: [BenchResult] }
+//! ResultSet { schema: "ssm-bench-results", version: 2, run, device, ceilings, results: [BenchResult] }
 //! BenchResult { id, implementation, workload, problem, timing, model, roofline,
 //!               throughput, kernels: [KernelRecord { sram, dram }], hbm, nvml,
 //!               energy_per_token_j, throttled }
@@ -12,8 +12,10 @@
 //! measured/minimum) is computed by [`BenchResult::new`] from the measurement and
 //! the model, never typed in by hand, so every producer agrees.
 //!
-//! Version history: 1 — first version. A reader accepts versions up to
-//! [`SCHEMA_VERSION`]; fields added later must be `#[serde(default)]`.
+//! Version history: 1 — first version; 2 — ceilings are owned and say whether
+//! they were measured in the run (`measured`, `measurements`). A reader accepts
+//! versions [`OLDEST_READABLE_VERSION`] to [`SCHEMA_VERSION`]; fields added later
+//! must be `#[serde(default)]`.
 
 use std::path::Path;
 
@@ -28,7 +30,9 @@ use crate::sram::SramUse;
 use crate::traffic::{cost, Cost};
 
 pub const SCHEMA: &str = "ssm-bench-results";
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest version [`ResultSet::from_json`] still reads.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Where and from what code a run was taken.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -335,28 +339,10 @@ pub struct ResultSet {
     pub version: u32,
     pub run: RunInfo,
     pub device: DeviceInfo,
-    pub ceilings: CeilingsRecord,
+    /// The ceilings every floor of this set was computed at (measured in the run, or
+    /// the datasheet fallback: see `ceilings.measured`).
+    pub ceilings: Ceilings,
     pub results: Vec<BenchResult>,
-}
-
-/// [`Ceilings`] as stored (owned strings, so it deserialises).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CeilingsRecord {
-    pub source: String,
-    pub hbm_bytes_per_s: f64,
-    pub mma_flops_per_s: f64,
-    pub exp_per_s: f64,
-}
-
-impl From<&Ceilings> for CeilingsRecord {
-    fn from(c: &Ceilings) -> Self {
-        CeilingsRecord {
-            source: c.source.to_string(),
-            hbm_bytes_per_s: c.hbm_bytes_per_s,
-            mma_flops_per_s: c.mma_flops_per_s,
-            exp_per_s: c.exp_per_s,
-        }
-    }
 }
 
 impl ResultSet {
@@ -366,13 +352,13 @@ impl ResultSet {
             version: SCHEMA_VERSION,
             run,
             device,
-            ceilings: CeilingsRecord::from(ceilings),
+            ceilings: ceilings.clone(),
             results: Vec::new(),
         }
     }
 
-    /// Parse a result set of this schema (see [`crate::compat::read_any`] for
-    /// other producers' files). `source_name` names the input in errors.
+    /// Parse a result set of this schema, version 1 or 2 (version 1 is upgraded
+    /// in memory: see [`SCHEMA_VERSION`]). `source_name` names the input in errors.
     pub fn from_json(text: &str, source_name: &str) -> Result<ResultSet> {
         #[derive(Deserialize)]
         struct Header {
@@ -383,7 +369,7 @@ impl ResultSet {
             .map_err(|e| TelemetryError::parse(source_name, format!("not JSON: {e}")))?;
         let schema = header.schema.unwrap_or_default();
         let version = header.version.unwrap_or(0);
-        if schema != SCHEMA || version == 0 || version > SCHEMA_VERSION {
+        if schema != SCHEMA || !(OLDEST_READABLE_VERSION..=SCHEMA_VERSION).contains(&version) {
             return Err(TelemetryError::Schema {
                 source_name: source_name.to_string(),
                 schema,
@@ -392,8 +378,18 @@ impl ResultSet {
                 max_version: SCHEMA_VERSION,
             });
         }
-        let set: ResultSet = serde_json::from_str(text)
+        let mut set: ResultSet = serde_json::from_str(text)
             .map_err(|e| TelemetryError::parse(source_name, e.to_string()))?;
+        if version == 1 {
+            // Version 1 is version 2 without the fields that have defaults: ceilings
+            // `measured` (false: they were design.md's H100 figures) and their
+            // probes, and each result's `pass` (forward), `verification`, `config`
+            // and `note`. Reading it is upgrading it.
+            set.version = SCHEMA_VERSION;
+            set.run.notes.push(format!(
+                "read from schema version 1 ({source_name}): ceilings not measured in that run"
+            ));
+        }
         set.check_unique_ids(source_name)?;
         Ok(set)
     }
@@ -457,7 +453,7 @@ mod tests {
                 nvml: None,
                 runs_in_nvml_window: 0,
             },
-            &Ceilings::H100_SXM,
+            &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
         )
     }
 
@@ -511,12 +507,12 @@ mod tests {
                 name: "cpu".into(),
                 ..Default::default()
             },
-            &Ceilings::H100_SXM,
+            &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
         );
         set.results.push(sample_result());
         let text = set.to_json();
         assert_eq!(ResultSet::from_json(&text, "t").unwrap(), set);
-        let future = text.replace("\"version\": 1", "\"version\": 99");
+        let future = text.replace("\"version\": 2", "\"version\": 99");
         assert!(matches!(
             ResultSet::from_json(&future, "t"),
             Err(TelemetryError::Schema { version: 99, .. })
@@ -526,5 +522,31 @@ mod tests {
             ResultSet::from_json(&set.to_json(), "t").is_err(),
             "duplicate ids"
         );
+    }
+
+    #[test]
+    fn version_1_files_read_as_unmeasured_version_2() {
+        let mut set = ResultSet::new(
+            RunInfo::default(),
+            DeviceInfo {
+                name: "NVIDIA H100 80GB HBM3".into(),
+                ..Default::default()
+            },
+            &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
+        );
+        set.results.push(sample_result());
+        // A version-1 document: no `measured` / `measurements` in the ceilings.
+        let mut v1: serde_json::Value = serde_json::from_str(&set.to_json()).unwrap();
+        v1["version"] = 1.into();
+        let ceilings = v1["ceilings"].as_object_mut().unwrap();
+        ceilings.remove("measured");
+        ceilings.remove("measurements");
+        let back = ResultSet::from_json(&v1.to_string(), "old.json").unwrap();
+        assert_eq!(back.version, SCHEMA_VERSION);
+        assert!(!back.ceilings.measured);
+        assert_eq!(back.results, set.results);
+        assert!(back.run.notes[0].contains("schema version 1 (old.json)"));
+        v1["version"] = 0.into();
+        assert!(ResultSet::from_json(&v1.to_string(), "t").is_err());
     }
 }

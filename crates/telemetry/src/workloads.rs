@@ -170,7 +170,10 @@ mod tests {
 
     fn floor(name: &str) -> Floor {
         let w = reference_workload(name).unwrap();
-        Floor::of(&cost(&w.problem), &Ceilings::H100_SXM)
+        Floor::of(
+            &cost(&w.problem),
+            &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
+        )
     }
 
     /// `value` rounds to `expected` at the precision design.md prints it with.

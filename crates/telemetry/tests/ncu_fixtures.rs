@@ -82,7 +82,7 @@ fn result(implementation: &str, workload: &str, problem: Problem, kernel: &str) 
             nvml: None,
             runs_in_nvml_window: 0,
         },
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     )
 }
 
@@ -109,7 +109,7 @@ fn measured_bytes_are_attached_beside_the_model() {
     let mut set = ResultSet::new(
         RunInfo::default(),
         DeviceInfo::default(),
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     set.results
         .push(result("selftest.cuda", "stream", axpy, "ssm_selftest_axpy"));
@@ -166,7 +166,7 @@ fn repeated_launches_of_one_kernel_add_up() {
     let mut set = ResultSet::new(
         RunInfo::default(),
         DeviceInfo::default(),
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     set.results.push(result(
         "selftest.cuda",
@@ -198,7 +198,7 @@ fn one_entry_point_in_two_roles_pairs_by_launch_order() {
     let mut set = ResultSet::new(
         RunInfo::default(),
         DeviceInfo::default(),
-        &Ceilings::H100_SXM,
+        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     let mut r = result(
         "selftest.cuda",

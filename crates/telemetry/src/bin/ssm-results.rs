@@ -6,14 +6,14 @@
 //! ssm-results plot benches/results --out docs/plots  # SVG plots
 //! ssm-results merge-ncu --results r.json --ncu ncu.csv --manifest m.json
 //! ssm-results show r.json                            # one line per result
-//! ssm-results floors                                 # design.md §6 floors table
+//! ssm-results floors --results r.json               # design.md §6 floors at its ceilings
+//! ssm-results floors --device "NVIDIA H200"          # ... at that card's datasheet figures
 //! ```
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ssm_telemetry::cli;
-use ssm_telemetry::Ceilings;
 
 #[derive(Parser)]
 #[command(
@@ -36,8 +36,9 @@ enum Command {
     MergeNcu(cli::MergeNcuArgs),
     /// Print a result file as a table.
     Show(cli::ShowArgs),
-    /// Print the roofline floors of design.md §6's workloads.
-    Floors,
+    /// Print the roofline floors of design.md §6's workloads at a result set's
+    /// ceilings, or at the datasheet figures of a named card.
+    Floors(cli::FloorsArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,9 +47,6 @@ fn main() -> ExitCode {
         Command::Plot(args) => cli::run_plot(&args),
         Command::MergeNcu(args) => cli::run_merge_ncu(&args),
         Command::Show(args) => cli::run_show(&args),
-        Command::Floors => {
-            print!("{}", cli::floors_table(&Ceilings::H100_SXM));
-            ExitCode::SUCCESS
-        }
+        Command::Floors(args) => cli::run_floors(&args),
     }
 }
