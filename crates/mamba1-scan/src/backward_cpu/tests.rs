@@ -102,17 +102,25 @@ impl Data {
         let bc_len =
             |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
         let states = case.rows() * d_inner * d_state;
+        let bias: Vec<f32> = (0..d_inner).map(|_| 0.5 * randn(&mut rng)).collect();
+        // Without softplus, delta is the step size less the bias, so that the
+        // step size delta + bias stays positive (a negative one grows the state).
         let delta = (0..bdl)
-            .map(|_| {
+            .map(|i| {
                 let pre = if case.large_dt {
                     rng.random_range(-4.0f32..10.0)
                 } else {
                     randn(&mut rng) - 4.0
                 };
+                let bias = if case.bias {
+                    bias[(i / seqlen) % d_inner]
+                } else {
+                    0.0
+                };
                 if case.softplus {
                     pre
                 } else {
-                    softplus_f32(pre)
+                    softplus_f32(pre) - bias
                 }
             })
             .collect();
@@ -126,7 +134,7 @@ impl Data {
             c: randn_vec(&mut rng, bc_len(case.c_groups)),
             d: randn_vec(&mut rng, d_inner),
             z: randn_vec(&mut rng, bdl),
-            bias: (0..d_inner).map(|_| 0.5 * randn(&mut rng)).collect(),
+            bias,
             h0: randn_vec(&mut rng, states),
             d_out: randn_vec(&mut rng, bdl),
             d_final: randn_vec(&mut rng, states),
