@@ -13,7 +13,7 @@ use std::path::Path;
 use ssm_core::DType;
 use ssm_telemetry::ncu::DramBytes;
 use ssm_telemetry::record::{
-    DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod, TimingStats,
+    DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod, TimingStats,
 };
 use ssm_telemetry::sram::{LaunchShape, SmLimits, SramUse};
 use ssm_telemetry::workloads::{mamba1_block_scan, reference_workload};
@@ -96,6 +96,8 @@ fn gpu_result(
             }],
             nvml: None,
             runs_in_nvml_window: 0,
+            pass: Pass::Forward,
+            verification: None,
         },
         &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );

@@ -39,7 +39,7 @@ use ssm_gpu::{KernelResources, PtxasFunction};
 use crate::error::{Result, TelemetryError};
 use crate::problem::{Mamba1StepShape, Mamba2StepShape, Problem, SkipKind};
 use crate::record::{
-    BenchResult, DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod,
+    BenchResult, DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod,
     TimingStats, SCHEMA,
 };
 use crate::roofline::Ceilings;
@@ -298,6 +298,8 @@ fn convert_ssd_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
                 kernels,
                 nvml: None,
                 runs_in_nvml_window: 0,
+                pass: Pass::Forward,
+                verification: None,
             },
             &ceilings,
         ));
@@ -383,6 +385,8 @@ fn convert_scan_bench(doc: &Value, source_name: &str) -> Result<ResultSet> {
                 }],
                 nvml: None,
                 runs_in_nvml_window: 0,
+                pass: Pass::Forward,
+                verification: None,
             },
             &ceilings,
         ));
@@ -537,6 +541,8 @@ fn convert_decode_record(
             }],
             nvml: None,
             runs_in_nvml_window: 0,
+            pass: Pass::Forward,
+            verification: None,
         },
         ceilings,
     ))

@@ -664,7 +664,7 @@ mod tests {
     }
     #[test]
     fn floors_are_labelled_with_the_kind_of_ceilings() {
-        use crate::record::{DeviceInfo, Measurement, RunInfo, TimingStats};
+        use crate::record::{DeviceInfo, Measurement, Pass, RunInfo, TimingStats};
         use crate::roofline::Ceilings;
         let ceilings = Ceilings::datasheet("NVIDIA H200");
         let mut set = ResultSet::new(RunInfo::default(), DeviceInfo::default(), &ceilings);
@@ -680,6 +680,8 @@ mod tests {
                     kernels: vec![],
                     nvml: None,
                     runs_in_nvml_window: 0,
+                    pass: Pass::Forward,
+                    verification: None,
                 },
                 &ceilings,
             ));

@@ -97,6 +97,42 @@ pub struct StreamShape {
     pub flops_per_element: usize,
 }
 
+/// Which pass of an operation a result timed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Pass {
+    /// The forward (every result before passes were recorded).
+    #[default]
+    Forward,
+    /// The gradients alone, given the forward's inputs and `d_out`.
+    Backward,
+    /// A forward then its backward, timed as one.
+    ForwardBackward,
+}
+
+impl Pass {
+    /// The suffix of a result id: none for the forward, `bwd`, `fwd+bwd`.
+    pub fn id_suffix(self) -> Option<&'static str> {
+        match self {
+            Pass::Forward => None,
+            Pass::Backward => Some("bwd"),
+            Pass::ForwardBackward => Some("fwd+bwd"),
+        }
+    }
+}
+
+impl std::fmt::Display for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pass::Forward => "fwd",
+            Pass::Backward => "bwd",
+            Pass::ForwardBackward => "fwd+bwd",
+        })
+    }
+}
+
 /// Any benchmarked operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

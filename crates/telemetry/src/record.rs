@@ -17,6 +17,7 @@
 //! versions [`OLDEST_READABLE_VERSION`] to [`SCHEMA_VERSION`]; fields added later
 //! must be `#[serde(default)]`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -24,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TelemetryError};
 use crate::ncu::DramBytes;
 use crate::nvml::RunTelemetry;
+pub use crate::problem::Pass;
 use crate::problem::Problem;
 use crate::roofline::{Ceilings, Floor, Limiter};
 use crate::sram::SramUse;
-use crate::traffic::{cost, Cost};
+use crate::traffic::{cost_of, Cost};
 
 pub const SCHEMA: &str = "ssm-bench-results";
 pub const SCHEMA_VERSION: u32 = 2;
@@ -78,6 +80,48 @@ pub enum TimingMethod {
     WallClock,
     /// Copied from another tool's output (see the run's notes).
     Imported,
+    /// A peer timed by `triton.testing.do_bench` (median of its samples).
+    TritonDoBench,
+    /// A peer timed with `torch.cuda.Event` pairs around each call.
+    TorchCudaEvents,
+}
+
+impl TimingMethod {
+    /// Timings of a peer implementation (mamba_ssm, fla) from the peer harness:
+    /// context for our results, not ours to gate.
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            TimingMethod::TritonDoBench | TimingMethod::TorchCudaEvents
+        )
+    }
+
+    /// Device-side timings (CUDA events, ours or a peer's).
+    pub fn is_device(self) -> bool {
+        matches!(
+            self,
+            TimingMethod::CudaEvents | TimingMethod::TritonDoBench | TimingMethod::TorchCudaEvents
+        )
+    }
+}
+
+/// How a timed case was checked against a reference before it was timed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// What it was compared with: `f64 oracle`, a known answer.
+    pub reference: String,
+    /// Which part of the output was compared: `all`, `batch 0, heads 0 and 79`.
+    pub sampled: String,
+    /// Relative L2 error of the output over the sampled part.
+    pub rel_l2: f64,
+    pub max_abs: f64,
+    /// The relative L2 budget it was held to (docs/TOLERANCES.md).
+    pub budget: f64,
+    /// Relative L2 error of returned final states, when there are any.
+    pub state_rel_l2: Option<f64>,
+    pub state_budget: Option<f64>,
+    /// Within every budget and no non-finite element.
+    pub passed: bool,
 }
 
 /// Summary of the per-run times, in milliseconds.
@@ -203,6 +247,10 @@ pub struct Measurement {
     pub implementation: String,
     pub workload: String,
     pub problem: Problem,
+    /// The pass timed (the floor is that pass's: [`crate::traffic::cost_of`]).
+    pub pass: Pass,
+    /// The check against the reference made before timing (`None`: not verified).
+    pub verification: Option<Verification>,
     pub timing: TimingStats,
     pub kernels: Vec<KernelRecord>,
     pub nvml: Option<RunTelemetry>,
@@ -213,13 +261,28 @@ pub struct Measurement {
 /// One benchmark result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchResult {
-    /// `implementation/workload/dtype`: the gate's key.
+    /// `implementation/workload/dtype`, plus `/bwd` or `/fwd+bwd` for those
+    /// passes: the gate's key.
     pub id: String,
     /// e.g. `mamba1-scan.cuda`, `mamba2-ssd.cpu`, `reference`.
     pub implementation: String,
     /// A design.md §6 name (`M1-2.8B`) or a sweep point (`L-sweep/L=4096`).
     pub workload: String,
     pub problem: Problem,
+    /// The pass timed; absent in version 1 (always the forward then).
+    #[serde(default)]
+    pub pass: Pass,
+    /// The check against the reference made before timing.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// A peer's configuration as its harness reported it (`chunk_size`,
+    /// `deterministic`, ...); empty for ours.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// What the result computes where it differs from its problem (a peer
+    /// without D, z or groups, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub timing: TimingStats,
     pub model: ModelRecord,
     pub roofline: RooflineRecord,
@@ -234,9 +297,24 @@ pub struct BenchResult {
     pub throttled: bool,
 }
 
-/// The stable key of a result.
+/// The stable key of a forward result: `implementation/workload/dtype`.
 pub fn result_id(implementation: &str, workload: &str, problem: &Problem) -> String {
-    format!("{implementation}/{workload}/{}", problem.dtype())
+    result_id_for(implementation, workload, problem, Pass::Forward)
+}
+
+/// The stable key of a result of `pass`: the forward's id, plus `/bwd` or
+/// `/fwd+bwd` for the other passes (forward ids are those of version 1).
+pub fn result_id_for(
+    implementation: &str,
+    workload: &str,
+    problem: &Problem,
+    pass: Pass,
+) -> String {
+    let base = format!("{implementation}/{workload}/{}", problem.dtype());
+    match pass.id_suffix() {
+        Some(suffix) => format!("{base}/{suffix}"),
+        None => base,
+    }
 }
 
 impl BenchResult {
@@ -247,12 +325,14 @@ impl BenchResult {
             implementation,
             workload,
             problem,
+            pass,
+            verification,
             timing,
             kernels,
             nvml,
             runs_in_nvml_window,
         } = m;
-        let c = cost(&problem);
+        let c = cost_of(&problem, pass);
         let floor = Floor::of(&c, ceilings);
         let seconds = timing.median_ms * 1e-3;
         let per_s = |x: f64| x / seconds;
@@ -263,10 +343,14 @@ impl BenchResult {
         });
         let throttled = nvml.as_ref().is_some_and(|t| t.throttled);
         let mut result = BenchResult {
-            id: result_id(&implementation, &workload, &problem),
+            id: result_id_for(&implementation, &workload, &problem, pass),
             implementation,
             workload,
             problem,
+            pass,
+            verification,
+            config: BTreeMap::new(),
+            note: None,
             model: ModelRecord::from(&c),
             roofline: RooflineRecord {
                 floor_ms: floor.floor_ms,
@@ -452,9 +536,56 @@ mod tests {
                 }],
                 nvml: None,
                 runs_in_nvml_window: 0,
+                pass: Pass::Forward,
+                verification: None,
             },
             &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
         )
+    }
+
+    #[test]
+    fn passes_other_than_the_forward_extend_the_id_and_cost_their_own() {
+        let w = reference_workload("M2-2.7B").unwrap();
+        let timing = TimingStats::from_samples(TimingMethod::TritonDoBench, &[4.05]).unwrap();
+        let measure = |pass| {
+            BenchResult::new(
+                Measurement {
+                    implementation: "mamba_ssm.triton.mamba_chunk_scan_combined".into(),
+                    workload: w.name.into(),
+                    problem: w.problem,
+                    pass,
+                    verification: None,
+                    timing: timing.clone(),
+                    kernels: vec![],
+                    nvml: None,
+                    runs_in_nvml_window: 0,
+                },
+                &Ceilings::datasheet("NVIDIA H200"),
+            )
+        };
+        let fwd = measure(Pass::Forward);
+        let fb = measure(Pass::ForwardBackward);
+        assert_eq!(
+            fwd.id,
+            "mamba_ssm.triton.mamba_chunk_scan_combined/M2-2.7B/bf16"
+        );
+        assert_eq!(fb.id, format!("{}/fwd+bwd", fwd.id));
+        assert_eq!(measure(Pass::Backward).id, format!("{}/bwd", fwd.id));
+        assert!(fb.roofline.floor_ms > fwd.roofline.floor_ms);
+        assert_eq!(
+            fb.model.mma_flops,
+            cost_of(&w.problem, Pass::ForwardBackward).mma_flops
+        );
+        // The pass, verification, config and note default when absent (version 1).
+        let mut v: serde_json::Value = serde_json::to_value(&fwd).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for key in ["pass", "verification", "config", "note"] {
+            o.remove(key);
+        }
+        let back: BenchResult = serde_json::from_value(v).unwrap();
+        assert_eq!(back, fwd);
+        let json = serde_json::to_string(&fb).unwrap();
+        assert!(json.contains("\"pass\":\"forward_backward\""), "{json}");
     }
 
     #[test]

@@ -14,11 +14,15 @@
 //!   step) and SSD's segment decays `exp(s_i - s_j)`; the per-token softplus and
 //!   silu (1/N as many) are left out, as in design.md §6;
 //! - `simt_flops`: ordinary fp32 arithmetic (the recurrences), for information.
+//!
+//! [`cost`] is the forward; [`cost_of`] adds the backward models of the scan and
+//! SSD and forward + backward (docs/BENCHMARKS.md §1).
 
 use serde::{Deserialize, Serialize};
 
 use crate::problem::{
-    Mamba1ScanShape, Mamba1StepShape, Mamba2StepShape, Problem, SkipKind, SsdShape, StreamShape,
+    Mamba1ScanShape, Mamba1StepShape, Mamba2StepShape, Pass, Problem, SkipKind, SsdShape,
+    StreamShape,
 };
 
 /// Whether a tensor is read, written, or read and written (a state updated in place).
@@ -127,6 +131,122 @@ pub fn cost(problem: &Problem) -> Cost {
         Problem::Mamba2Step(s) => mamba2_step(s),
         Problem::Stream(s) => stream(s),
     }
+}
+
+/// The minimum cost of `pass` over `problem`: the forward is [`cost`]; the
+/// backward models are below (docs/BENCHMARKS.md §1); forward + backward is the
+/// sum of the two (tensors listed once per pass). Decode steps and the stream
+/// kernel have no backward (inference only): their backward costs nothing, so a
+/// result claiming one has a zero floor (see [`backward_modelled`]).
+pub fn cost_of(problem: &Problem, pass: Pass) -> Cost {
+    let backward = || match problem {
+        Problem::Mamba1Scan(s) => mamba1_scan_backward(s),
+        Problem::Ssd(s) => ssd_backward(s),
+        Problem::Mamba1Step(_) | Problem::Mamba2Step(_) | Problem::Stream(_) => {
+            Ledger::new().finish(0.0, 0.0, 0.0)
+        }
+    };
+    match pass {
+        Pass::Forward => cost(problem),
+        Pass::Backward => backward(),
+        Pass::ForwardBackward => cost(problem).plus(backward()),
+    }
+}
+
+/// Whether `problem` has a backward model (the scan and SSD; not decode steps or streams).
+pub fn backward_modelled(problem: &Problem) -> bool {
+    matches!(problem, Problem::Mamba1Scan(_) | Problem::Ssd(_))
+}
+
+impl Cost {
+    /// The cost of doing `self` then `other` (a forward then its backward).
+    fn plus(mut self, other: Cost) -> Cost {
+        self.tensors.extend(other.tensors);
+        self.read_bytes += other.read_bytes;
+        self.write_bytes += other.write_bytes;
+        self.mma_flops += other.mma_flops;
+        self.simt_flops += other.simt_flops;
+        self.exps += other.exps;
+        self
+    }
+}
+
+/// Mamba-1 backward: read every forward input and `d_out` (and `d_final_states`
+/// when the forward returned final states), write the gradient of every input.
+/// The adjoint recurrence needs each forward decay again, so it recomputes every
+/// exp of the forward (nothing is stored between the passes); the arithmetic is
+/// the forward recurrence replayed plus its adjoint, twice the forward's.
+fn mamba1_scan_backward(s: &Mamba1ScanShape) -> Cost {
+    use Access::*;
+    let forward = mamba1_scan(s);
+    let e = s.dtype.size_bytes();
+    let bdl = s.batch * s.d_inner * s.seqlen;
+    let bc = match s.groups {
+        Some(g) => s.batch * g * s.d_state * s.seqlen,
+        None => s.d_inner * s.d_state,
+    };
+    let states = s.batch * s.d_inner * s.d_state;
+    let mut l = Ledger::new();
+    for t in forward.tensors.iter().filter(|t| t.access == Read) {
+        l.tensors.push(t.clone());
+    }
+    l.add(true, "d_out", bdl, e, Read);
+    l.add(s.final_states, "d_final_states", states, F32, Read);
+    l.add(true, "d_u", bdl, e, Write);
+    l.add(true, "d_delta", bdl, e, Write);
+    l.add(true, "d_A", s.d_inner * s.d_state, F32, Write);
+    l.add(true, "d_B", bc, e, Write);
+    l.add(true, "d_C", bc, e, Write);
+    l.add(s.d, "d_D", s.d_inner, F32, Write);
+    l.add(s.z, "d_z", bdl, e, Write);
+    l.add(s.delta_bias, "d_delta_bias", s.d_inner, F32, Write);
+    l.add(s.initial_states, "d_initial_states", states, F32, Write);
+    l.finish(0.0, 2.0 * forward.simt_flops, forward.exps)
+}
+
+/// SSD backward: read every forward input and `d_out` (and `d_final_states`),
+/// write the gradient of every input. Compulsory MMA work, with T = batch x
+/// seqlen tokens and Q the chunk length:
+/// - `8 T H P N`: the state path's four products per head (d_x and d_B through
+///   the chunk states, d_C and the state gradient through the inter-chunk
+///   output), 2 P N flops per token each;
+/// - `2 T H Q P`: the intra-chunk `(Q x Q)` scores against `d_out` per head;
+/// - `4 T G Q N`: `d_C` and `d_B` through the `C B^T` scores, once per group.
+///
+/// Exps: the forward's decays are recomputed (nothing is stored between the
+/// passes). Ordinary flops: twice the forward's, for information.
+fn ssd_backward(s: &SsdShape) -> Cost {
+    use Access::*;
+    let forward = ssd(s);
+    let e = s.dtype.size_bytes();
+    let blhp = s.batch * s.seqlen * s.heads * s.head_dim;
+    let blgn = s.batch * s.seqlen * s.groups * s.d_state;
+    let states = s.batch * s.heads * s.head_dim * s.d_state;
+    let d_len = match s.d {
+        SkipKind::None => 0,
+        SkipKind::PerHead => s.heads,
+        SkipKind::PerHeadDim => s.heads * s.head_dim,
+    };
+    let mut l = Ledger::new();
+    for t in forward.tensors.iter().filter(|t| t.access == Read) {
+        l.tensors.push(t.clone());
+    }
+    l.add(true, "d_out", blhp, e, Read);
+    l.add(s.final_states, "d_final_states", states, F32, Read);
+    l.add(true, "d_x", blhp, e, Write);
+    l.add(true, "d_dt", s.batch * s.seqlen * s.heads, e, Write);
+    l.add(true, "d_A", s.heads, F32, Write);
+    l.add(true, "d_B", blgn, e, Write);
+    l.add(true, "d_C", blgn, e, Write);
+    l.add(s.dt_bias, "d_dt_bias", s.heads, F32, Write);
+    l.add(s.d != SkipKind::None, "d_D", d_len, F32, Write);
+    l.add(s.z, "d_z", blhp, e, Write);
+    l.add(s.initial_states, "d_initial_states", states, F32, Write);
+    let t = (s.batch * s.seqlen) as f64;
+    let (h, g, q) = (s.heads as f64, s.groups as f64, s.chunk_size.max(1) as f64);
+    let (p, n) = (s.head_dim as f64, s.d_state as f64);
+    let mma = 8.0 * t * h * p * n + 2.0 * t * h * q * p + 4.0 * t * g * q * n;
+    l.finish(mma, 2.0 * forward.simt_flops, forward.exps)
 }
 
 fn mamba1_scan(s: &Mamba1ScanShape) -> Cost {
@@ -384,5 +504,101 @@ mod tests {
             (state, Access::ReadWrite)
         );
         assert_eq!(c.write_bytes, state + 2 * 3 * 4 * 4);
+    }
+    fn m2_27b(final_states: bool) -> SsdShape {
+        SsdShape {
+            batch: 4,
+            seqlen: 4096,
+            heads: 80,
+            head_dim: 64,
+            d_state: 128,
+            groups: 1,
+            chunk_size: 256,
+            dtype: DType::Bf16,
+            z: false,
+            d: SkipKind::PerHead,
+            dt_bias: true,
+            softplus: true,
+            initial_states: false,
+            final_states,
+        }
+    }
+
+    #[test]
+    fn ssd_backward_reads_inputs_and_d_out_and_writes_every_gradient() {
+        let s = m2_27b(false);
+        let fwd = cost(&Problem::Ssd(s));
+        let bwd = cost_of(&Problem::Ssd(s), Pass::Backward);
+        let out = (4 * 4096 * 80 * 64 * 2) as u64;
+        // Reads: the forward's reads plus d_out (the size of out).
+        assert_eq!(bwd.read_bytes, fwd.read_bytes + out);
+        // Writes: one gradient per input, each the size of its input.
+        assert_eq!(bwd.write_bytes, fwd.read_bytes);
+        let t = 4.0 * 4096.0;
+        let mma =
+            8.0 * t * 80.0 * 64.0 * 128.0 + 2.0 * t * 80.0 * 256.0 * 64.0 + 4.0 * t * 256.0 * 128.0;
+        assert_eq!(bwd.mma_flops, mma);
+        assert_eq!(bwd.exps, fwd.exps, "the decays are recomputed");
+        // Final states add their gradient as an input of the backward.
+        let with_final = cost_of(&Problem::Ssd(m2_27b(true)), Pass::Backward);
+        assert_eq!(
+            with_final.read_bytes,
+            bwd.read_bytes + 4 * 80 * 64 * 128 * 4
+        );
+    }
+
+    #[test]
+    fn scan_backward_recomputes_every_exp() {
+        let s = Mamba1ScanShape {
+            z: true,
+            d: true,
+            delta_bias: true,
+            ..tiny_scan()
+        };
+        let fwd = cost(&Problem::Mamba1Scan(s));
+        let bwd = cost_of(&Problem::Mamba1Scan(s), Pass::Backward);
+        assert_eq!(bwd.exps, fwd.exps);
+        assert_eq!(bwd.mma_flops, 0.0);
+        assert_eq!(bwd.read_bytes, fwd.read_bytes + 30 * 2, "inputs and d_out");
+        assert_eq!(bwd.write_bytes, fwd.read_bytes, "a gradient per input");
+        let names: Vec<&str> = bwd.tensors.iter().map(|t| t.name.as_str()).collect();
+        for g in [
+            "d_u",
+            "d_delta",
+            "d_A",
+            "d_B",
+            "d_C",
+            "d_D",
+            "d_z",
+            "d_delta_bias",
+        ] {
+            assert!(names.contains(&g), "{g} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn forward_backward_is_the_sum_and_steps_have_no_backward() {
+        let p = Problem::Ssd(m2_27b(false));
+        let (f, b) = (cost_of(&p, Pass::Forward), cost_of(&p, Pass::Backward));
+        let fb = cost_of(&p, Pass::ForwardBackward);
+        assert_eq!(f, cost(&p));
+        assert_eq!(fb.bytes(), f.bytes() + b.bytes());
+        assert_eq!(fb.mma_flops, f.mma_flops + b.mma_flops);
+        assert_eq!(fb.exps, f.exps + b.exps);
+        assert!(backward_modelled(&p));
+        let step = Problem::Mamba1Step(Mamba1StepShape {
+            batch: 1,
+            d_inner: 8,
+            d_state: 4,
+            groups: 1,
+            dtype: DType::F32,
+            z: false,
+            d: false,
+            dt_bias: false,
+            softplus: false,
+        });
+        assert!(!backward_modelled(&step));
+        assert_eq!(cost_of(&step, Pass::Backward).bytes(), 0);
+        assert_eq!(cost_of(&step, Pass::ForwardBackward), cost(&step));
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ssm_telemetry::ncu::{self, DramBytes, ManifestEntry};
 use ssm_telemetry::problem::{Problem, StreamShape};
 use ssm_telemetry::record::{
-    DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod, TimingStats,
+    DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod, TimingStats,
 };
 use ssm_telemetry::workloads::reference_workload;
 use ssm_telemetry::{BenchResult, Ceilings};
@@ -81,6 +81,8 @@ fn result(implementation: &str, workload: &str, problem: Problem, kernel: &str) 
             }],
             nvml: None,
             runs_in_nvml_window: 0,
+            pass: Pass::Forward,
+            verification: None,
         },
         &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     )
