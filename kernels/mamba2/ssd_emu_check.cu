@@ -1,8 +1,8 @@
 // Host program (not a kernel): runs ssd_fused.cu / ssd_simt.cu under the CPU
 // emulation of ssd_emu.cuh on small random problems and compares outputs and
-// final states with an f64 recurrence. Built and run by
-// crates/mamba2-ssd/tests/emulated_kernels.sh-style scripts; see
-// docs/kernels/mamba2-ssd.md ("Checking without a GPU") for the command lines.
+// final states with an f64 recurrence. Built and run by `cargo test` when a host
+// C++ compiler is present (crates/mamba2-ssd/tests/emulated_kernels.rs); the
+// command lines are in docs/kernels/mamba2-ssd.md ("Checking without a GPU").
 //
 // The kernel translation units are compiled separately (with -include ssd_emu.cuh)
 // twice: once as the main pass and once with SSD_STATE_ONLY=1 renamed to

@@ -12,8 +12,8 @@
 //! note = "why these numbers"          # optional
 //! ```
 //!
-//! A variant fails the check when it exceeds a limit, has no entry, or does not
-//! compile. Entries naming no compiled variant are reported as stale (a warning:
+//! A variant fails the check when it exceeds a limit, compiles with a warning,
+//! has no entry, or does not compile. Entries naming no compiled variant are reported as stale (a warning:
 //! the variant was renamed or removed).
 
 use std::collections::BTreeMap;
@@ -119,6 +119,14 @@ pub fn violations(report: &VariantReport, budget: &Budget) -> Vec<String> {
         broken.push(format!(
             "{} bytes stack frame > {} allowed (a register array indexed at run time?)",
             r.stack_frame_bytes, budget.max_stack_bytes
+        ));
+    }
+    // A warning (an unused variable, a narrowing, a `#pragma unroll` ptxas could not
+    // honour) is a change nobody looked at; no budget allows one.
+    if !report.warnings.is_empty() {
+        broken.push(format!(
+            "compiler warnings: {}",
+            report.warnings.join(" | ")
         ));
     }
     broken
@@ -441,6 +449,22 @@ mod tests {
             .failures()
             .join("\n")
             .contains("device function _Z6helperf 8"));
+    }
+
+    #[test]
+    fn compiler_warnings_fail_within_budget() {
+        let file = BudgetFile::parse(FILE, "fixture").unwrap();
+        let mut warned = report("a", 10, 0, 0, 0);
+        warned.warnings.push(
+            "x.cu(7): warning #177-D: variable \"t\" was declared but never referenced".into(),
+        );
+        let check = check(vec![("a".into(), Ok(warned))], &file, vec![]);
+        assert!(!check.passed());
+        let failures = check.failures().join("\n");
+        assert!(
+            failures.contains("compiler warnings: x.cu(7)"),
+            "{failures}"
+        );
     }
 
     #[test]

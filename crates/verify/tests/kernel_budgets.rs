@@ -82,3 +82,178 @@ fn an_impossible_budget_is_reported_over_budget() {
         "{failures}"
     );
 }
+
+/// The experiment switches of the SSD kernel (the table under "Experiment
+/// switches" in docs/kernels/mamba2-ssd.md), as `(define, documented default)`.
+fn documented_ssd_switches() -> Vec<(String, String)> {
+    let notes = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/kernels/mamba2-ssd.md"),
+    )
+    .unwrap();
+    let section = notes
+        .split("## Experiment switches")
+        .nth(1)
+        .expect("docs/kernels/mamba2-ssd.md has an \"Experiment switches\" section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | `SSD_X` | default | what |
+            let name = cells.get(1)?.strip_prefix("`SSD_")?.strip_suffix('`')?;
+            let default = cells.get(2)?.trim_matches('`').to_string();
+            Some((format!("SSD_{name}"), default))
+        })
+        .collect()
+}
+
+/// `#ifndef X` / `#define X default` pairs of a kernel source: the defines a
+/// compile may leave out.
+fn defaulted_defines(source: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = source.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter_map(|w| {
+            let name = w[0].strip_prefix("#ifndef ")?.trim();
+            let rest = w[1].strip_prefix("#define ")?.strip_prefix(name)?;
+            let value = rest.trim();
+            (!value.is_empty()).then(|| (name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// The ladder as code: every experiment switch of the SSD kernel is documented,
+/// and compiles away from its default on the reference workloads' fused kernel
+/// (one stage, C B^T precomputed, every option; with and without final states)
+/// without warnings, to different code than the default (a switch that no longer
+/// changes anything has been lost). Their run-time correctness is checked under
+/// the emulation (crates/mamba2-ssd/tests/emulated_kernels.rs).
+#[test]
+fn every_ssd_experiment_switch_compiles() {
+    let Some(from_env) = test_compiler_or_skip("every_ssd_experiment_switch_compiles") else {
+        return;
+    };
+    let compiler = Compiler::new(
+        SourceRoot::Disk(kernels_dir()),
+        from_env.cache().clone(),
+        from_env.extra_flags().to_vec(),
+    )
+    .unwrap();
+    let documented = documented_ssd_switches();
+    assert!(
+        documented.len() >= 5,
+        "switch table not found: {documented:?}"
+    );
+
+    let variants = mamba2_ssd::kernel_variants();
+    let is_base = |v: &&KernelVariant, final_states: bool| {
+        let has = |k: &str, value: &str| v.defines.iter().any(|(n, x)| *n == k && x == value);
+        v.label.starts_with("mamba2.ssd_fused.")
+            && has("SSD_STATE_ONLY", "0")
+            && has("SSD_STAGES", "1")
+            && has("SSD_CB_GLOBAL", "1")
+            && has("SSD_HAS_Z", "1")
+            && has("SSD_FINAL", if final_states { "1" } else { "0" })
+    };
+    let bases: Vec<&KernelVariant> = [true, false]
+        .into_iter()
+        .map(|fin| {
+            variants
+                .iter()
+                .find(|v| is_base(v, fin))
+                .unwrap_or_else(|| panic!("no fused variant with final states = {fin}"))
+        })
+        .collect();
+
+    // The documented switches are exactly the defaulted defines of the kernel that
+    // the launcher does not set.
+    let mut in_source = Vec::new();
+    for file in ["mamba2/ssd_fused.cu", "mamba2/ssd_common.cuh"] {
+        let text = std::fs::read_to_string(kernels_dir().join(file)).unwrap();
+        in_source.extend(defaulted_defines(&text));
+    }
+    in_source.retain(|(name, _)| {
+        name.starts_with("SSD_") && !bases[0].defines.iter().any(|(n, _)| n == name)
+    });
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort();
+    in_source.sort();
+    assert_eq!(
+        documented_sorted, in_source,
+        "docs/kernels/mamba2-ssd.md's switch table (left) and the kernel's defaulted \
+         defines (right) disagree"
+    );
+
+    let mut failures = Vec::new();
+    for base in &bases {
+        let final_states = base
+            .defines
+            .iter()
+            .any(|(n, v)| *n == "SSD_FINAL" && v == "1");
+        let default_cubin = compiler
+            .compile(&base.source, &base.defines, budgets_arch())
+            .unwrap_or_else(|e| panic!("{}: {e}", base.label))
+            .module
+            .cubin;
+        for (name, default) in &documented {
+            let default_on = match default.as_str() {
+                "SSD_FINAL" => final_states,
+                "1" => true,
+                "0" => false,
+                other => panic!("{name}: default {other:?} is not 0, 1 or SSD_FINAL"),
+            };
+            let flipped = if default_on { "0" } else { "1" };
+            let mut variant = (*base).clone();
+            variant.label = format!("{}+{name}={flipped}", base.label);
+            let key: &'static str = Box::leak(name.clone().into_boxed_str());
+            variant.defines.push((key, flipped.to_string()));
+            match ssm_gpu::report_variant(&compiler, &variant, budgets_arch()) {
+                Err(e) => failures.push(format!("{}: does not compile: {e}", variant.label)),
+                Ok(report) => {
+                    let r = &report.resources;
+                    eprintln!(
+                        "{:<72} {:>3} registers, {:>3} B spills, {:>3} B stack",
+                        variant.label,
+                        r.registers,
+                        r.spill_bytes(),
+                        r.stack_frame_bytes
+                    );
+                    if !report.warnings.is_empty() {
+                        failures.push(format!("{}: warnings {:?}", variant.label, report.warnings));
+                    }
+                    let cubin = compiler
+                        .compile(&variant.source, &variant.defines, budgets_arch())
+                        .unwrap()
+                        .module
+                        .cubin;
+                    if cubin == default_cubin {
+                        failures.push(format!(
+                            "{}: compiles to the same code as the default (the switch is dead)",
+                            variant.label
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn budgets_arch() -> ssm_gpu::Arch {
+    BudgetFile::load(&kernels_dir().join(BUDGET_FILE))
+        .unwrap()
+        .arch
+}
+
+#[test]
+fn defaulted_defines_are_found() {
+    let src = "#ifndef SSD_A\n#define SSD_A 1\n#endif\n#ifndef GUARD\n#define GUARD\n#endif\n\
+               #ifndef SSD_B\n  #define SSD_B SSD_FINAL\n#endif\n";
+    assert_eq!(
+        defaulted_defines(src),
+        [
+            ("SSD_A".to_string(), "1".to_string()),
+            ("SSD_B".to_string(), "SSD_FINAL".to_string())
+        ]
+    );
+}
