@@ -17,6 +17,12 @@ pub mod cuda;
 pub mod decode_cpu;
 pub mod decode_cuda;
 
+/// The README's API example, compiled and run as a doctest so that it stays true
+/// (`cargo test -p mamba2-ssd --doc`). Every fenced `rust` block of README.md runs.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;
+
 use ssm_core::decode::Mamba2StepParams;
 use ssm_core::mamba2::SsdParams;
 use ssm_core::{Result, ScanOutput, SsdGrads, SsmError, StepOutput};
