@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build here, carry there (design.md §5, ci/README.md).
+# Build here, carry there (docs/DESIGN.md §5, ci/README.md).
 #
 # Builds the release binaries the device machine runs (it has no Rust
 # toolchain): the `ssmk` CLI, the `gpu_info` probe, every GPU test binary (each

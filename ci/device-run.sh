@@ -15,7 +15,7 @@
 # usage: bash ci/device-run.sh [bundle-dir] [step,step,...]
 # env:   SSM_DEVICE_KERNELS=worktree (default: hot-reload this checkout's kernels/,
 #        which travels with every call) | built (the copy made at prepare time)
-#        SSM_DEVICE_FULL=1     pass --full to ssmk verify (the design.md workloads)
+#        SSM_DEVICE_FULL=1     pass --full to ssmk verify (the docs/DESIGN.md workloads)
 #        SSM_STEP_TIMEOUT=240  seconds per step
 #        SSM_DEVICE_ONLY=glob  run only tests/examples/benches whose bundle name
 #                              matches (e.g. 'ssm-gpu__*' or '*decode*')

@@ -1,5 +1,5 @@
 //! criterion: the CUDA kernels (Mamba-1 scan, SSD, both decode steps, and the
-//! runtime's streaming self-test kernel) on design.md §6's workloads and the
+//! runtime's streaming self-test kernel) on docs/DESIGN.md §6's workloads and the
 //! sweeps, timed on the device with CUDA events through `iter_custom`: criterion
 //! asks for `iters` calls and gets back their device time, so host overheads and
 //! clocks never enter the numbers. Throughput is the minimum bytes of a call

@@ -1,6 +1,6 @@
 //! Benchmarks of every implementation (issue "Benchmarks and telemetry").
 //!
-//! - [`suite`]: the cases: design.md §6 workloads and the L / N / chunk / dtype
+//! - [`suite`]: the cases: docs/DESIGN.md §6 workloads and the L / N / chunk / dtype
 //!   sweeps, per backend (CUDA, CPU ports, f64 reference).
 //! - [`inputs`]: fast, deterministic, realistic inputs.
 //! - [`cpu`] / [`gpu`]: one call of a case on each backend (the GPU side on the

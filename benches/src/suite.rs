@@ -1,6 +1,6 @@
 //! What is benchmarked: one [`Case`] per (implementation, workload, dtype).
 //!
-//! - GPU: design.md §6's workloads (bf16, plus f16 and f32), the L sweeps
+//! - GPU: docs/DESIGN.md §6's workloads (bf16, plus f16 and f32), the L sweeps
 //!   (512 to 65536) on the 2.8B/2.7B layer widths, N and chunk-size sweeps,
 //!   decode steps over batch, and the runtime's self-test stream kernel (the
 //!   card's bandwidth, and the telemetry path's own check).

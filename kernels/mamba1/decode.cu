@@ -1,4 +1,4 @@
-// Mamba-1 decode step (design.md §1.3): one token per batch row, the state cache
+// Mamba-1 decode step (docs/DESIGN.md §1.3): one token per batch row, the state cache
 // (cache_rows, D_in, N) f32 read, updated and written back in place.
 //
 //   dt      = softplus?(dt[i,d] + dt_bias[d])

@@ -1,4 +1,4 @@
-// Mamba-1 fused selective scan, forward (design.md §1.1, layouts §2).
+// Mamba-1 fused selective scan, forward (docs/DESIGN.md §1.1, layouts §2).
 //
 // One block owns CPB channels of one sequence (a batch row, or one varlen
 // sequence) and walks the sequence in time tiles of SCAN_TILE steps. Each

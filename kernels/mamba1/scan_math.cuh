@@ -1,4 +1,4 @@
-// Scalar math of the Mamba-1 scan kernels (design.md §1.1): exp2 as an FMA
+// Scalar math of the Mamba-1 scan kernels (docs/DESIGN.md §1.1): exp2 as an FMA
 // polynomial, and softplus (mamba_ssm's threshold) and silu in forms built on
 // MUFU rcp and ex2 that are accurate to a few f32 ulps. The MUFU exp2 and the
 // 16-bit <-> f32 conversions shared with the other kernels are in

@@ -1,4 +1,4 @@
-// Mamba-2 decode step (design.md §1.3): one token per batch row, the state cache
+// Mamba-2 decode step (docs/DESIGN.md §1.3): one token per batch row, the state cache
 // (cache_rows, H, P, N) f32 read, updated and written back in place.
 //
 //   dt'  = clamp(softplus?(dt[i,h] + dt_bias[h]), dt_min, dt_max)

@@ -1,4 +1,4 @@
-// C B^T of every chunk, once per group (design.md §1.2, step 2's matrix), for the
+// C B^T of every chunk, once per group (docs/DESIGN.md §1.2, step 2's matrix), for the
 // fused kernel built with SSD_CB_GLOBAL: the heads of a group (and the P tiles of
 // a head) then read the 16 x 16 tiles instead of each recomputing them.
 //

@@ -1,5 +1,5 @@
 // Mamba-2 SSD chunked forward, fused into one kernel on tensor cores
-// (design.md §1.2; notes and measurements in docs/kernels/mamba2-ssd.md).
+// (docs/DESIGN.md §1.2; notes and measurements in docs/kernels/mamba2-ssd.md).
 //
 // One block per (work item, head, tile of PT head-dim columns). A work item is a
 // sequence, or a segment of one (see ssd_common.cuh); the block walks its chunks

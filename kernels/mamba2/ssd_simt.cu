@@ -1,5 +1,5 @@
 // Mamba-2 SSD chunked forward on CUDA cores, f32 arithmetic throughout
-// (design.md §1.2). The f32 path (tf32 tensor cores would miss the 1e-5 budget)
+// (docs/DESIGN.md §1.2). The f32 path (tf32 tensor cores would miss the 1e-5 budget)
 // and the fallback for f16/bf16 shapes the fused kernel does not take (N not a
 // multiple of 16, N > 256, P not a multiple of 32, too much shared memory).
 //

@@ -1,4 +1,4 @@
-//! Decode steps (design.md §1.3) in f64; the state cache is updated in place.
+//! Decode steps (docs/DESIGN.md §1.3) in f64; the state cache is updated in place.
 //!
 //! One token of each recurrence: Mamba-1 with state cache `(cache_rows, D_in, N)`,
 //! Mamba-2 with `(cache_rows, H, P, N)`. Batch row `i` reads and writes cache row

@@ -1,4 +1,4 @@
-//! The oracle: every operation of design.md §1 computed naively in f64.
+//! The oracle: every operation of docs/DESIGN.md §1 computed naively in f64.
 //!
 //! Inputs are taken in whatever element type the implementation under test saw and
 //! widened to f64 exactly (parameters and initial states from f32), so the only

@@ -1,4 +1,4 @@
-//! Mamba-1 selective scan (S6), sequential over t (design.md §1.1, layouts §2).
+//! Mamba-1 selective scan (S6), sequential over t (docs/DESIGN.md §1.1, layouts §2).
 //!
 //! For every sequence, channel `d` and state index `n`:
 //!
@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::sequence::{gate, load_initial_state, sequences, Sequence};
 
-/// Naive f64 selective scan with every option of design.md §1.1.
+/// Naive f64 selective scan with every option of docs/DESIGN.md §1.1.
 /// `out` is `(b, D_in, L)`; final states `(b or num_seqs, D_in, N)` when requested.
 pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<ScanOutput<f64, f64>> {
     let layout = p.validate()?;

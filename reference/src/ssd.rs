@@ -1,4 +1,4 @@
-//! Mamba-2 SSD in two independent forms (design.md §1.2, layouts §2).
+//! Mamba-2 SSD in two independent forms (docs/DESIGN.md §1.2, layouts §2).
 //!
 //! * [`ssd_recurrence`]: the state-space recurrence, one token at a time,
 //!   `S_t = exp(a_t) S_{t-1} + dt'_t x_t B_t^T`, `y_t = S_t C_t + D x_t`, with

@@ -14,7 +14,7 @@ pub struct VerifyArgs {
     /// GPU use: auto (default), off, require.
     #[arg(long, value_enum, default_value_t = GpuMode::Auto)]
     pub gpu: GpuMode,
-    /// Add the full-size design.md workloads (meant for the GPU machine).
+    /// Add the full-size docs/DESIGN.md workloads (meant for the GPU machine).
     #[arg(long)]
     pub full: bool,
     /// Seed of the random inputs (fresh inputs: pass a new seed; default is time-based).

@@ -1,4 +1,4 @@
-//! Single-token decode steps (design.md §1.3).
+//! Single-token decode steps (docs/DESIGN.md §1.3).
 //!
 //! The state cache is updated in place. With `state_batch_indices`, batch row
 //! `i` reads and writes cache row `state_batch_indices[i]`; a negative index marks

@@ -1,6 +1,6 @@
 //! Element types accepted as kernel inputs.
 //!
-//! Inputs may be f32, f16 or bf16 (design.md §2); f64 is accepted too so that the
+//! Inputs may be f32, f16 or bf16 (docs/DESIGN.md §2); f64 is accepted too so that the
 //! oracle and the property tests can drive every implementation with exact values.
 //! Parameters (A, D, biases) and states are always f32.
 

@@ -7,13 +7,13 @@
 //!
 //! - [`element`]: the input element types (f32, f16, bf16, and f64 for the oracle).
 //! - [`error`]: [`SsmError`], the typed validation error naming the bad argument.
-//! - [`mamba1`]: the Mamba-1 selective scan problem (design.md §1.1, §2).
+//! - [`mamba1`]: the Mamba-1 selective scan problem (docs/DESIGN.md §1.1, §2).
 //! - [`mamba1_grad`]: its backward's gradient inputs and [`ScanGrads`] (docs/BACKWARD-MAMBA1.md).
-//! - [`mamba2`]: the Mamba-2 SSD problem (design.md §1.2, §2).
+//! - [`mamba2`]: the Mamba-2 SSD problem (docs/DESIGN.md §1.2, §2).
 //! - [`mamba2_grad`]: the SSD backward's gradient inputs, [`mamba2_grad::SsdGrads`], the shared derivatives.
-//! - [`decode`]: single-token decode steps for both families (design.md §1.3).
+//! - [`decode`]: single-token decode steps for both families (docs/DESIGN.md §1.3).
 //! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
-//! - [`tolerance`]: error metrics and the tolerance model of design.md §4.
+//! - [`tolerance`]: error metrics and the tolerance model of docs/DESIGN.md §4.
 
 pub mod decode;
 pub mod element;

@@ -1,4 +1,4 @@
-//! The Mamba-1 selective scan problem (design.md §1.1, layouts §2).
+//! The Mamba-1 selective scan problem (docs/DESIGN.md §1.1, layouts §2).
 //!
 //! Layouts (mamba_ssm's, last dimension contiguous):
 //! `u, delta, z, out: (b, D_in, L)`; `A: (D_in, N)`; `B, C: (b, G, N, L)` or

@@ -1,5 +1,5 @@
 //! The Mamba-1 selective-scan backward: its gradient inputs and its gradients
-//! (design.md §1.1, §1.4; derivation in docs/BACKWARD-MAMBA1.md).
+//! (docs/DESIGN.md §1.1, §1.4; derivation in docs/BACKWARD-MAMBA1.md).
 //!
 //! A backward call takes the forward's parameters ([`SelectiveScanParams`]) plus
 //! the incoming gradients:

@@ -1,4 +1,4 @@
-//! The Mamba-2 SSD problem (design.md §1.2, layouts §2).
+//! The Mamba-2 SSD problem (docs/DESIGN.md §1.2, layouts §2).
 //!
 //! Layouts (token-major, mamba_ssm's): `x, z, out: (b, L, H, P)`; `dt: (b, L, H)`;
 //! `A, dt_bias: (H)`; `B, C: (b, L, G, N)`; `D: (H)` or `(H, P)`; states

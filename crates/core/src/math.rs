@@ -1,4 +1,4 @@
-//! Scalar definitions every implementation must share exactly (design.md §1.1).
+//! Scalar definitions every implementation must share exactly (docs/DESIGN.md §1.1).
 
 /// Above this argument softplus returns its input unchanged (as PyTorch and mamba_ssm do).
 pub const SOFTPLUS_THRESHOLD: f64 = 20.0;

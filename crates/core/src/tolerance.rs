@@ -1,4 +1,4 @@
-//! Error metrics and the tolerance model (design.md §4; derivation in
+//! Error metrics and the tolerance model (docs/DESIGN.md §4; derivation in
 //! docs/TOLERANCES.md).
 //!
 //! The oracle is fed exactly the inputs the implementation saw (already rounded

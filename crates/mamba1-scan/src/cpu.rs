@@ -1,4 +1,4 @@
-//! The L-blocked f32 port of the CUDA scan (design.md §1.1): the state is carried
+//! The L-blocked f32 port of the CUDA scan (docs/DESIGN.md §1.1): the state is carried
 //! in registers (here: locals) from one L-block to the next, multi-threaded over
 //! (batch, channel).
 //!

@@ -1,4 +1,4 @@
-//! The f32 decode step on the CPU (design.md §1.3): one token per batch row, the
+//! The f32 decode step on the CPU (docs/DESIGN.md §1.3): one token per batch row, the
 //! state cache `(cache_rows, D_in, N)` updated in place.
 //!
 //! Same arithmetic as one step of the scan in [`crate::cpu`] (decay

@@ -1,4 +1,4 @@
-//! Mamba-1 fused selective scan (design.md §1.1).
+//! Mamba-1 fused selective scan (docs/DESIGN.md §1.1).
 //!
 //! One public API per operation, shared by the CPU path and the CUDA path: pass a
 //! [`Backend`]. Both validate the same parameter struct from `ssm-core` and return
@@ -7,7 +7,7 @@
 //!
 //! - [`cpu`]: The L-blocked f32 port of the CUDA scan: the state is carried in registers (here: locals) from one L-block to the next, multi-threaded over (batch, channel).
 //! - [`backward_cpu`]: the L-blocked f32 backward (reverse sweep per L-block from checkpointed states, deterministic reductions), behind [`selective_scan_backward`].
-//! - [`decode_cpu`]: the f32 decode step (design.md §1.3).
+//! - [`decode_cpu`]: the f32 decode step (docs/DESIGN.md §1.3).
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 

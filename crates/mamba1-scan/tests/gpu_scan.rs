@@ -157,7 +157,7 @@ fn round<T: Element>(xs: Vec<f32>) -> Vec<T> {
 }
 
 impl<T: Element> Inputs<T> {
-    /// Distributions of design.md §4: A = -exp(randn) in about [-8, -0.1], dt
+    /// Distributions of docs/DESIGN.md §4: A = -exp(randn) in about [-8, -0.1], dt
     /// from softplus(randn - 4) (or up to 10), everything else randn.
     fn generate(case: &Case, rng: &mut StdRng) -> Self {
         let (batch, d_inner, n, seqlen) = (case.batch, case.d_inner, case.d_state, case.seqlen);
@@ -742,7 +742,7 @@ fn sample_output<T: Element>(
     }
 }
 
-/// M1-2.8B and M1-small (design.md §6) in bf16 with every option: the kernel on
+/// M1-2.8B and M1-small (docs/DESIGN.md §6) in bf16 with every option: the kernel on
 /// the whole problem, the oracle and the CPU port on sampled channels of every
 /// batch row (first, last and random ones).
 #[test]

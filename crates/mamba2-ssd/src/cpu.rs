@@ -1,4 +1,4 @@
-//! The 5-step chunked SSD in f32 (design.md §1.2): the CPU twin of the CUDA kernel
+//! The 5-step chunked SSD in f32 (docs/DESIGN.md §1.2): the CPU twin of the CUDA kernel
 //! and the fallback for users without a GPU.
 //!
 //! The steps run in the kernel's stages, each parallel where the kernel's is:

@@ -118,7 +118,7 @@ fn check_f16_range<T: Element>(p: &SsdParams<'_, T>, r: &ScanOutput<T, f32>) -> 
 }
 
 /// Every compiled form of the SSD forward kernels that the crate launches at the
-/// reference shapes (design.md §6), with every option on; labels are the keys of
+/// reference shapes (docs/DESIGN.md §6), with every option on; labels are the keys of
 /// `kernels/budgets.toml`.
 pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
     let opts = CudaOptions::default();

@@ -1,4 +1,4 @@
-//! The f32 decode step on the CPU (design.md §1.3): one token per batch row, the
+//! The f32 decode step on the CPU (docs/DESIGN.md §1.3): one token per batch row, the
 //! `(cache_rows, H, P, N)` state cache updated in place,
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Mamba-2 SSD chunked algorithm (design.md §1.2).
+//! Mamba-2 SSD chunked algorithm (docs/DESIGN.md §1.2).
 //!
 //! One public API per operation, shared by the CPU path and the CUDA path: pass a
 //! [`Backend`]. Both validate the same parameter struct from `ssm-core` and return
@@ -7,7 +7,7 @@
 //!
 //! - [`backward_cpu`]: the chunked backward in f32 (recompute, reverse state passing, per-chunk gradients), deterministic.
 //! - [`cpu`]: The 5-step chunked SSD in f32 (cumsum, intra-chunk, chunk state, state passing, inter-chunk output), multi-threaded over (batch, head).
-//! - [`decode_cpu`]: the f32 decode step (design.md §1.3).
+//! - [`decode_cpu`]: the f32 decode step (docs/DESIGN.md §1.3).
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 

@@ -1,6 +1,6 @@
 //! Two independent algorithms of the port checked against each other, without
 //! the oracle: the chunked forward pass must equal the decode step applied one
-//! token at a time from the same initial state (design.md §1.3 is the same
+//! token at a time from the same initial state (docs/DESIGN.md §1.3 is the same
 //! recurrence). This also exercises `state_batch_indices` over a sequence.
 
 mod cpu_support;

@@ -228,7 +228,7 @@ fn opts(chunk: usize) -> CudaOptions {
     }
 }
 
-/// The option combinations of design.md §1.2: none, all, each one off from all,
+/// The option combinations of docs/DESIGN.md §1.2: none, all, each one off from all,
 /// each one on from none, and random mixes.
 fn option_sets(rng: &mut StdRng) -> Vec<(String, Options)> {
     let none = Options::default();

@@ -129,7 +129,7 @@ fn set(decode: Knobs, scan: Knobs) -> ResultSet {
         },
         &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
-    let m2 = reference_workload("M2-decode").expect("design.md workload");
+    let m2 = reference_workload("M2-decode").expect("docs/DESIGN.md workload");
     s.results.push(gpu_result(
         "mamba2-ssd.decode.cuda",
         m2.name,

@@ -189,7 +189,7 @@ pub fn run_merge_ncu(args: &MergeNcuArgs) -> ExitCode {
     }
 }
 
-/// `floors`: the floors of design.md §6's workloads at some ceilings.
+/// `floors`: the floors of docs/DESIGN.md §6's workloads at some ceilings.
 #[derive(Args, Debug, Clone)]
 #[group(required = true, multiple = false)]
 pub struct FloorsArgs {
@@ -221,7 +221,7 @@ pub fn run_floors(args: &FloorsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The floors of design.md §6's workloads, as a markdown table, with the
+/// The floors of docs/DESIGN.md §6's workloads, as a markdown table, with the
 /// ceilings' source on the first line.
 pub fn floors_table(ceilings: &Ceilings) -> String {
     let mut out = format!("Ceilings ({}): {}\n\n", ceilings.kind(), ceilings.source);

@@ -12,18 +12,18 @@
 //!   part of the implementation name (`mamba2-ssd.decode.cuda[rows8,w4]`);
 //! - `gpu_scan_bench` reports (`"benchmark": "mamba1 selective scan forward
 //!   (CUDA)"`, from `crates/mamba1-scan/examples/gpu_scan_bench.rs`): rows per
-//!   (design.md workload, dtype, work split) with registers, dynamic shared
+//!   (docs/DESIGN.md workload, dtype, work split) with registers, dynamic shared
 //!   memory, local bytes and median/min/max. Differences: the spread is again
 //!   `(max - min) / median`; threads per block are read from the config label
 //!   (`...w256...`); static shared memory is not reported (taken as 0); the
-//!   problem is the design.md workload with the row's dtype; the work split is
+//!   problem is the docs/DESIGN.md workload with the row's dtype; the work split is
 //!   part of the implementation name;
 //! - `gpu_ssd_bench` reports (`"bench": "mamba2-ssd forward (gpu_ssd_bench)"`,
 //!   from `crates/mamba2-ssd/examples/gpu_ssd_bench.rs`): `records` per
 //!   (workload, dtype, variant) with registers, shared memory and
 //!   median/min/max. Differences: the chunk length and threads per block are
 //!   read from the kernel description (`...q64... 128 threads)`); the options
-//!   string sets z and initial/final states on the design.md workload; the
+//!   string sets z and initial/final states on the docs/DESIGN.md workload; the
 //!   prepass kernel (when the record names its registers) is recorded as
 //!   `<entry>#prepass` with unknown shared memory (no SRAM record).
 //!
@@ -621,7 +621,7 @@ mod tests {
             (256, 96)
         );
         assert_eq!(sram.dynamic_smem_bytes, 40960);
-        // The design.md workload's floor: exp-bound at 0.323 ms.
+        // The docs/DESIGN.md workload's floor: exp-bound at 0.323 ms.
         assert!(
             (r.roofline.floor_ms - 0.3234).abs() < 1e-3,
             "{}",

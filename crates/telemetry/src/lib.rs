@@ -3,8 +3,8 @@
 //!
 //! - [`problem`]: the shape, dtype and options of a benchmarked call.
 //! - [`traffic`]: the minimum HBM bytes, MMA flops and exps of a call.
-//! - [`roofline`]: the measured ceilings of design.md §6 and the floor of a call.
-//! - [`workloads`]: design.md §6's reference workloads and the L sweep.
+//! - [`roofline`]: the measured ceilings of docs/DESIGN.md §6 and the floor of a call.
+//! - [`workloads`]: docs/DESIGN.md §6's reference workloads and the L sweep.
 //! - [`sram`]: registers and shared memory per block, spills, occupancy.
 //! - [`nvml`]: clocks, power, energy, temperature, throttling around a run.
 //! - [`ncu`]: measured DRAM bytes per kernel from Nsight Compute's CSV.

@@ -4,7 +4,7 @@
 //!   result set's ceilings say);
 //! - `fraction_of_floor_vs_L_<op>.svg`: floor / time against L (GPU timings);
 //! - `bytes_measured_vs_min.svg`: measured DRAM bytes beside the model minimum;
-//! - `reference_workloads.svg`: fraction of floor on design.md §6's workloads.
+//! - `reference_workloads.svg`: fraction of floor on docs/DESIGN.md §6's workloads.
 //!
 //! Series are grouped by implementation and dtype; a sweep point is any result
 //! whose workload starts with `L-sweep`.
@@ -605,7 +605,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
     out.push((
         "reference_workloads.svg".to_string(),
         bar_chart(
-            &format!("design.md §6 workloads: fraction of floor at the run's ceilings ({}) | floor / median time; 1 = at the floor (bytes, MMA or exp bound, whichever is largest)", kinds(sets)),
+            &format!("docs/DESIGN.md §6 workloads: fraction of floor at the run's ceilings ({}) | floor / median time; 1 = at the floor (bytes, MMA or exp bound, whichever is largest)", kinds(sets)),
             "floor / median time",
             &categories,
             &[(

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use ssm_core::DType;
 
-/// Mamba-1 selective scan (design.md §1.1; layouts §2).
+/// Mamba-1 selective scan (docs/DESIGN.md §1.1; layouts §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mamba1ScanShape {
     pub batch: usize,
@@ -35,7 +35,7 @@ pub enum SkipKind {
     PerHeadDim,
 }
 
-/// Mamba-2 SSD forward (design.md §1.2).
+/// Mamba-2 SSD forward (docs/DESIGN.md §1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsdShape {
     pub batch: usize,

@@ -266,7 +266,7 @@ pub struct BenchResult {
     pub id: String,
     /// e.g. `mamba1-scan.cuda`, `mamba2-ssd.cpu`, `reference`.
     pub implementation: String,
-    /// A design.md §6 name (`M1-2.8B`) or a sweep point (`L-sweep/L=4096`).
+    /// A docs/DESIGN.md §6 name (`M1-2.8B`) or a sweep point (`L-sweep/L=4096`).
     pub workload: String,
     pub problem: Problem,
     /// The pass timed; absent in version 1 (always the forward then).
@@ -466,7 +466,7 @@ impl ResultSet {
             .map_err(|e| TelemetryError::parse(source_name, e.to_string()))?;
         if version == 1 {
             // Version 1 is version 2 without the fields that have defaults: ceilings
-            // `measured` (false: they were design.md's H100 figures) and their
+            // `measured` (false: they were docs/DESIGN.md's H100 figures) and their
             // probes, and each result's `pass` (forward), `verification`, `config`
             // and `note`. Reading it is upgrading it.
             set.version = SCHEMA_VERSION;

@@ -59,7 +59,7 @@ struct DatasheetRow {
     exp_per_s: f64,
 }
 
-/// Figures for cards this project has run on (design.md §6). The copy rates are
+/// Figures for cards this project has run on (docs/DESIGN.md §6). The copy rates are
 /// what a device-to-device copy reaches there, not the marketing peak (H200: 4.8
 /// TB/s on paper, about 4.3 TB/s copied), so a fallback floor stays a floor.
 const DATASHEET: [DatasheetRow; 2] = [

@@ -12,7 +12,7 @@
 //!   (the causal mask saves no MMA instructions);
 //! - `exps`: the state decays `exp(dt*A)` (Mamba-1: one per state element and
 //!   step) and SSD's segment decays `exp(s_i - s_j)`; the per-token softplus and
-//!   silu (1/N as many) are left out, as in design.md §6;
+//!   silu (1/N as many) are left out, as in docs/DESIGN.md §6;
 //! - `simt_flops`: ordinary fp32 arithmetic (the recurrences), for information.
 //!
 //! [`cost`] is the forward; [`cost_of`] adds the backward models of the scan and

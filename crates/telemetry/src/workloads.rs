@@ -1,10 +1,10 @@
-//! The reference workloads of design.md §6 and the sweeps around them.
+//! The reference workloads of docs/DESIGN.md §6 and the sweeps around them.
 //!
 //! Options follow the layers they come from: Mamba-1 blocks call the scan with
 //! z, D, delta_bias and softplus and no final state; Mamba-2 blocks call SSD
 //! with D (per head), dt_bias and softplus, no z (the gate is fused into the
 //! following norm) and no final state. With these options the traffic model
-//! reproduces the floors of design.md's table (tested below).
+//! reproduces the floors of docs/DESIGN.md's table (tested below).
 
 use ssm_core::DType;
 
@@ -12,12 +12,12 @@ use crate::problem::{
     Mamba1ScanShape, Mamba1StepShape, Mamba2StepShape, Problem, SkipKind, SsdShape,
 };
 
-/// One named workload with the time mamba_ssm / Triton took on the H100 (design.md §6).
+/// One named workload with the time mamba_ssm / Triton took on the H100 (docs/DESIGN.md §6).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Workload {
     pub name: &'static str,
     pub problem: Problem,
-    /// The best time of the existing implementation, in ms, as design.md measured it.
+    /// The best time of the existing implementation, in ms, as docs/DESIGN.md measured it.
     pub mamba_ssm_ms: f64,
 }
 
@@ -73,7 +73,7 @@ pub fn mamba2_block_ssd(
     })
 }
 
-/// A Mamba-1 decode step (D, dt_bias, softplus; no z, as in design.md's Triton numbers).
+/// A Mamba-1 decode step (D, dt_bias, softplus; no z, as in docs/DESIGN.md's Triton numbers).
 pub fn mamba1_decode(batch: usize, d_inner: usize, d_state: usize, dtype: DType) -> Problem {
     Problem::Mamba1Step(Mamba1StepShape {
         batch,
@@ -110,7 +110,7 @@ pub fn mamba2_decode(
     })
 }
 
-/// The rows of design.md §6, in its order.
+/// The rows of docs/DESIGN.md §6, in its order.
 pub fn reference_workloads() -> Vec<Workload> {
     use DType::Bf16;
     vec![
@@ -176,7 +176,7 @@ mod tests {
         )
     }
 
-    /// `value` rounds to `expected` at the precision design.md prints it with.
+    /// `value` rounds to `expected` at the precision docs/DESIGN.md prints it with.
     fn rounds_to(value: f64, expected: f64, decimals: i32) -> bool {
         let scale = 10f64.powi(decimals);
         (value * scale).round() / scale == expected
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(
             m1.limiter,
             Limiter::Exp,
-            "the scan is exp-bound (design.md §6)"
+            "the scan is exp-bound (docs/DESIGN.md §6)"
         );
 
         let small = floor("M1-small");
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn decode_rows_match_the_quoted_bandwidths() {
-        // design.md: Triton's M2 step at b=256 takes 0.575 ms = 2.34 TB/s and the M1
+        // docs/DESIGN.md: Triton's M2 step at b=256 takes 0.575 ms = 2.34 TB/s and the M1
         // step 0.139 ms = 1.26 TB/s; the floor is the state bytes at 3.0 TB/s.
         for (name, tb_per_s) in [("M2-decode", 2.34), ("M1-decode", 1.26)] {
             let w = reference_workload(name).unwrap();

@@ -1,6 +1,6 @@
 //! Random problems for every operation, reproducible from `(case, seed)`.
 //!
-//! Values follow design.md §4: A < 0 (from `-exp(randn)`, optionally very
+//! Values follow docs/DESIGN.md §4: A < 0 (from `-exp(randn)`, optionally very
 //! negative or near 0), dt from `softplus(randn - 4)` or large (up to 10), B/C/x/u
 //! randn. Inputs are drawn in f32 and rounded once to the element type under test;
 //! the rounded values are what both the oracle and the implementation see.

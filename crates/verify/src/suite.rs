@@ -1,5 +1,5 @@
 //! The main verification run: every available implementation against the oracle
-//! on a suite of shapes (design.md §6 workloads scaled to CPU size, plus option
+//! on a suite of shapes (docs/DESIGN.md §6 workloads scaled to CPU size, plus option
 //! and edge cases), printed as one table.
 
 use half::bf16;
@@ -14,7 +14,7 @@ use crate::impls::{Family, ScanImpl, SsdImpl, StepImpl};
 pub struct SuiteOptions<'g> {
     /// CUDA implementations run when a device is given.
     pub gpu: Option<&'g Gpu>,
-    /// Add the full-size design.md §6 workloads (for the GPU; slow on a CPU).
+    /// Add the full-size docs/DESIGN.md §6 workloads (for the GPU; slow on a CPU).
     pub full: bool,
     pub seed: u64,
 }

@@ -29,7 +29,7 @@ pub struct Options {
 /// How step sizes and A are drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Steps {
-    /// dt' ~ softplus(randn - 4), A in [-e, -1/e] (design.md §4).
+    /// dt' ~ softplus(randn - 4), A in [-e, -1/e] (docs/DESIGN.md §4).
     #[default]
     Typical,
     /// dt' = softplus(randn) + U(0, 10), A in [-8, -0.5]: almost every decay

@@ -6,7 +6,7 @@
 //! ssm-results plot benches/results --out docs/plots  # SVG plots
 //! ssm-results merge-ncu --results r.json --ncu ncu.csv --manifest m.json
 //! ssm-results show r.json                            # one line per result
-//! ssm-results floors --results r.json               # design.md §6 floors at its ceilings
+//! ssm-results floors --results r.json               # docs/DESIGN.md §6 floors at its ceilings
 //! ssm-results floors --device "NVIDIA H200"          # ... at that card's datasheet figures
 //! ```
 
@@ -36,7 +36,7 @@ enum Command {
     MergeNcu(cli::MergeNcuArgs),
     /// Print a result file as a table.
     Show(cli::ShowArgs),
-    /// Print the roofline floors of design.md §6's workloads at a result set's
+    /// Print the roofline floors of docs/DESIGN.md §6's workloads at a result set's
     /// ceilings, or at the datasheet figures of a named card.
     Floors(cli::FloorsArgs),
 }
