@@ -193,55 +193,6 @@ pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
     variants
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every listed variant compiles for sm_90 without warnings and (but for one
-    /// register, see below) without local memory (NVRTC only, no GPU needed).
-    #[test]
-    fn every_ssd_variant_compiles_without_spills() {
-        let Some(compiler) = ssm_gpu::test_compiler_or_skip("mamba2 ssd variants") else {
-            return;
-        };
-        let variants = ssd_kernel_variants();
-        assert!(variants.len() >= 8, "{} variants", variants.len());
-        for variant in &variants {
-            let report = ssm_gpu::report_variant(&compiler, variant, ssm_gpu::Arch::Sm90)
-                .unwrap_or_else(|e| panic!("{}: {e}", variant.label));
-            let r = &report.resources;
-            println!("{:<48} {:>3} registers", variant.label, r.registers);
-            // With every option on, the z gate's loads of a unit stay in flight across
-            // its mma work (SSD_Z_PREFETCH, 1.3x faster with z) and ptxas spills a few
-            // registers under the 168 that three blocks per SM allow; kernels/budgets.toml
-            // carries the same limits.
-            let all_options_cb = variant.label.starts_with("mamba2.ssd_fused.s1w4y64cb.")
-                && !variant.label.contains(".prepass");
-            // The prepass with the hi/lo split keeps each warp's next dt in flight
-            // across NW chunks (step 1 spread over the warps) and spills a little.
-            let split_prepass = variant.label.starts_with("mamba2.ssd_fused.s2w4y64cb.")
-                && variant.label.ends_with(".prepass");
-            // Without final states (no hi/lo split) ptxas schedules the P = 128 tile
-            // with 16 bytes more.
-            let p128 = variant.label.contains(".p128");
-            let tolerated = match (all_options_cb, p128, variant.label.ends_with(".no_final")) {
-                (true, true, true) => 48,
-                (true, true, false) => 32,
-                (true, false, _) => 16,
-                (false, _, _) if split_prepass => 40,
-                (false, _, _) => 0,
-            };
-            assert!(
-                r.stack_frame_bytes <= tolerated && r.spill_bytes() <= tolerated,
-                "{} uses local memory: {r:?}",
-                variant.label
-            );
-            assert!(
-                report.warnings.is_empty(),
-                "{}: {:?}",
-                variant.label,
-                report.warnings
-            );
-        }
-    }
-}
+// The resources of these variants (registers, shared memory, spills, stack,
+// compiler warnings) are checked against kernels/budgets.toml, the one place
+// that states them, by crates/verify/tests/kernel_budgets.rs.
