@@ -10,10 +10,11 @@ use crate::compat::read_any;
 use crate::error::{Result, TelemetryError};
 use crate::gate::{compare, GateOptions};
 use crate::ncu::{self, ManifestEntry};
-use crate::record::ResultSet;
+use crate::peers::{is_peer, peer_for, ratio};
+use crate::record::{BenchResult, ResultSet, TimingMethod};
 use crate::roofline::{Ceilings, Floor};
 use crate::traffic::cost;
-use crate::workloads::reference_workloads;
+use crate::workloads::{reference_workload, reference_workloads};
 
 /// `gate`: fail when the new results regress against the baseline.
 #[derive(Args, Debug, Clone)]
@@ -270,25 +271,41 @@ pub fn run_show(args: &ShowArgs) -> ExitCode {
     status
 }
 
-/// A fixed-width table of a result set.
+/// A fixed-width table of a result set: our results with the paired peer's
+/// median and the ratio (peer / ours, above 1: ours is faster), then the peers.
 pub fn summary_table(set: &ResultSet) -> String {
     let mut out = format!(
-        "{} | commit {} | kernels {} | {}\n",
+        "{} | commit {} | kernels {} | {}\nceilings ({}): {}\n",
         set.device.name,
         set.run
             .commit
             .as_deref()
             .map_or("?", |c| &c[..c.len().min(12)]),
         &set.run.kernels_hash[..set.run.kernels_hash.len().min(12)],
-        set.run.tool
+        set.run.tool,
+        set.ceilings.kind(),
+        set.ceilings.source
     );
     out += &format!(
-        "{:<58} {:>10} {:>7} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
-        "id", "median ms", "spread", "floor ms", "of floor", "GB/s", "meas/min", "thr"
+        "{:<62} {:>10} {:>7} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>7} {:>5}\n",
+        "id",
+        "median ms",
+        "spread",
+        "floor ms",
+        "of floor",
+        "GB/s",
+        "meas/min",
+        "verified",
+        "peer ms",
+        "ratio",
+        "thr"
     );
-    for r in &set.results {
+    let (peers, ours): (Vec<&BenchResult>, Vec<&BenchResult>) =
+        set.results.iter().partition(|r| is_peer(r));
+    for r in ours {
+        let peer = peer_for(set, r);
         out += &format!(
-            "{:<58} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}% {:>8.0} {:>9} {:>5}\n",
+            "{:<62} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}% {:>8.0} {:>9} {:>8} {:>9} {:>7} {:>5}\n",
             r.id,
             r.timing.median_ms,
             100.0 * r.timing.spread,
@@ -298,7 +315,117 @@ pub fn summary_table(set: &ResultSet) -> String {
             r.hbm
                 .measured_over_model
                 .map_or("-".to_string(), |x| format!("{x:.2}")),
+            r.verification
+                .as_ref()
+                .map_or("-", |v| if v.passed { "yes" } else { "FAILED" }),
+            peer.map_or("-".to_string(), |p| format!("{:.4}", p.timing.median_ms)),
+            peer.map_or("-".to_string(), |p| format!("{:.2}x", ratio(r, p))),
             if r.throttled { "YES" } else { "no" }
+        );
+    }
+    if !peers.is_empty() {
+        out += "peers (timed by ci/peers in the same run):\n";
+        for r in peers {
+            out += &format!(
+                "{:<62} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}%{}\n",
+                r.id,
+                r.timing.median_ms,
+                100.0 * r.timing.spread,
+                r.roofline.floor_ms,
+                100.0 * r.roofline.fraction_of_floor,
+                r.note
+                    .as_deref()
+                    .map_or(String::new(), |n| format!("  ({n})"))
+            );
+        }
+    }
+    out
+}
+
+/// `readme-table`: the README status table from a result set.
+#[derive(Args, Debug, Clone)]
+pub struct ReadmeTableArgs {
+    /// The result set (this schema).
+    pub set: PathBuf,
+}
+
+pub fn run_readme_table(args: &ReadmeTableArgs) -> ExitCode {
+    match ResultSet::read(&args.set) {
+        Ok(set) => {
+            print!("{}", readme_table(&set));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("readme-table: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The README's status table (markdown) from a result set: one row per bf16 GPU
+/// result of ours on a design.md §6 workload or with a paired peer, in the set's
+/// order, with the floor at the set's ceilings and the peer's time and ratio;
+/// then the peers' other passes (forward+backward) that none of ours pairs with.
+/// A caption line names the device, commit and ceilings.
+pub fn readme_table(set: &ResultSet) -> String {
+    let short = |s: &str| s[..s.len().min(8)].to_string();
+    let mut out = format!(
+        "{}, commit {}, kernels {}; floors at {} ceilings: {}\n\n",
+        set.device.name,
+        set.run.commit.as_deref().map_or("?".to_string(), short),
+        short(&set.run.kernels_hash),
+        set.ceilings.kind(),
+        set.ceilings.source
+    );
+    out += "| workload | shape | pass | ours ms | floor ms (limiter) | of floor | peer | peer ms | peer / ours |\n";
+    out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    let floor = |r: &BenchResult| format!("{:.3} ({})", r.roofline.floor_ms, r.roofline.limiter);
+    let mut paired = Vec::new();
+    for r in &set.results {
+        if is_peer(r)
+            || r.timing.method != TimingMethod::CudaEvents
+            || r.problem.dtype() != ssm_core::DType::Bf16
+        {
+            continue;
+        }
+        let peer = peer_for(set, r);
+        if peer.is_none() && reference_workload(&r.workload).is_none() {
+            continue;
+        }
+        if let Some(p) = peer {
+            paired.push(p.id.as_str());
+        }
+        out += &format!(
+            "| {} | {} | {} | {:.3} | {} | {:.0}% | {} | {} | {} |\n",
+            r.workload,
+            r.problem.label(),
+            r.pass,
+            r.timing.median_ms,
+            floor(r),
+            100.0 * r.roofline.fraction_of_floor,
+            peer.map_or("-".to_string(), |p| format!("`{}`", p.implementation)),
+            peer.map_or("-".to_string(), |p| format!("{:.3}", p.timing.median_ms)),
+            peer.map_or("-".to_string(), |p| format!("{:.2}x", ratio(r, p))),
+        );
+    }
+    for p in set
+        .results
+        .iter()
+        .filter(|p| {
+            is_peer(p)
+                && p.pass != crate::problem::Pass::Forward
+                && !paired.contains(&p.id.as_str())
+        })
+        .filter(|p| p.problem.dtype() == ssm_core::DType::Bf16)
+    {
+        out += &format!(
+            "| {} | {} | {} | - | {} | - | `{}` | {:.3} | - |\n",
+            p.workload,
+            p.problem.label(),
+            p.pass,
+            floor(p),
+            p.implementation,
+            p.timing.median_ms
         );
     }
     out

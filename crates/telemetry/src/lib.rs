@@ -9,6 +9,7 @@
 //! - [`nvml`]: clocks, power, energy, temperature, throttling around a run.
 //! - [`ncu`]: measured DRAM bytes per kernel from Nsight Compute's CSV.
 //! - [`record`]: the versioned JSON result schema every producer writes.
+//! - [`peers`]: mamba_ssm / fla timings from `ci/peers`, imported beside ours.
 //! - [`compat`]: reading other producers' result files into that schema.
 //! - [`gate`]: the regression gate.
 //! - [`plot`]: SVG plots of result sets.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod gate;
 pub mod ncu;
 pub mod nvml;
+pub mod peers;
 pub mod plot;
 pub mod problem;
 pub mod record;
@@ -29,6 +31,6 @@ pub mod traffic;
 pub mod workloads;
 
 pub use error::{Result, TelemetryError};
-pub use problem::Problem;
+pub use problem::{Pass, Problem};
 pub use record::{BenchResult, ResultSet};
 pub use roofline::{Ceilings, Floor};

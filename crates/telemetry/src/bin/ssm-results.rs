@@ -5,7 +5,8 @@
 //! ssm-results gate --baseline A.json --new B.json     # exit 1 on a regression
 //! ssm-results plot benches/results --out docs/plots  # SVG plots
 //! ssm-results merge-ncu --results r.json --ncu ncu.csv --manifest m.json
-//! ssm-results show r.json                            # one line per result
+//! ssm-results show r.json                            # one line per result, peer ratio
+//! ssm-results readme-table r.json                    # the README status table
 //! ssm-results floors --results r.json               # docs/DESIGN.md §6 floors at its ceilings
 //! ssm-results floors --device "NVIDIA H200"          # ... at that card's datasheet figures
 //! ```
@@ -34,8 +35,10 @@ enum Command {
     Plot(cli::PlotArgs),
     /// Attach ncu's measured DRAM bytes to a result set.
     MergeNcu(cli::MergeNcuArgs),
-    /// Print a result file as a table.
+    /// Print a result file as a table (ours with the paired peer and ratio).
     Show(cli::ShowArgs),
+    /// Print the README status table (markdown) from a result set.
+    ReadmeTable(cli::ReadmeTableArgs),
     /// Print the roofline floors of docs/DESIGN.md §6's workloads at a result set's
     /// ceilings, or at the datasheet figures of a named card.
     Floors(cli::FloorsArgs),
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Plot(args) => cli::run_plot(&args),
         Command::MergeNcu(args) => cli::run_merge_ncu(&args),
         Command::Show(args) => cli::run_show(&args),
+        Command::ReadmeTable(args) => cli::run_readme_table(&args),
         Command::Floors(args) => cli::run_floors(&args),
     }
 }
