@@ -79,3 +79,17 @@ __device__ __forceinline__ void load_inputs(const H* p, float* f) {
     f[0] = to_f32(p[0]);
 #endif
 }
+
+// The three entry points of a decode kernel, one per input type (NAME_f32,
+// NAME_f16, NAME_bf16: the launcher picks one by dtype), each instantiating the
+// includer's `decode_step<T>(const ARGS&)` with its THREADS and MIN_BLOCKS.
+#define SSM_DECODE_ENTRIES(NAME, ARGS)                                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) NAME##_f32(const ARGS args) { \
+        decode_step<float>(args);                                                          \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) NAME##_f16(const ARGS args) { \
+        decode_step<f16_t>(args);                                                          \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) NAME##_bf16(const ARGS args) { \
+        decode_step<bf16_t>(args);                                                         \
+    }

@@ -394,12 +394,4 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
 #undef STATE_INDEX
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_f32(const Mamba1DecodeArgs args) {
-    decode_step<float>(args);
-}
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_f16(const Mamba1DecodeArgs args) {
-    decode_step<f16_t>(args);
-}
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba1_decode_bf16(const Mamba1DecodeArgs args) {
-    decode_step<bf16_t>(args);
-}
+SSM_DECODE_ENTRIES(mamba1_decode, Mamba1DecodeArgs)

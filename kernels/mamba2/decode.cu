@@ -228,12 +228,4 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_f32(const Mamba2DecodeArgs args) {
-    decode_step<float>(args);
-}
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_f16(const Mamba2DecodeArgs args) {
-    decode_step<f16_t>(args);
-}
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) mamba2_decode_bf16(const Mamba2DecodeArgs args) {
-    decode_step<bf16_t>(args);
-}
+SSM_DECODE_ENTRIES(mamba2_decode, Mamba2DecodeArgs)
