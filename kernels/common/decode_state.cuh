@@ -1,14 +1,21 @@
-// Vector access to the f32 state cache and to f32 parameter rows, shared by the
-// decode kernels of both families (kernels/mamba1/decode.cu, kernels/mamba2/decode.cu;
-// docs/kernels/decode.md). Needs VEC (floats per access: 4, 2 or 1) and
-// STREAM_STATE (1: evict-first cache hints on the state) defined by the includer,
-// and to_f32 from kernels/common/types.cuh.
+// Vector access to the f32 state cache and to f32 parameter rows, and the entry
+// points, shared by the decode kernels of both families (kernels/mamba1/decode.cu,
+// kernels/mamba2/decode.cu; docs/kernels/decode.md). Needs VEC (floats per access:
+// 4, 2 or 1) from the includer; STREAM_STATE (1: evict-first cache hints on the
+// state) and MIN_BLOCKS (blocks per SM ptxas must leave room for) default to 0
+// and 1. to_f32 comes from kernels/common/types.cuh.
 #pragma once
 
 #include "types.cuh"
 
-#if !defined(VEC) || !defined(STREAM_STATE)
-#error "common/decode_state.cuh needs VEC and STREAM_STATE defined"
+#ifndef VEC
+#error "common/decode_state.cuh needs VEC defined"
+#endif
+#ifndef STREAM_STATE
+#define STREAM_STATE 0
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
 #endif
 
 template <int V> struct FloatVec;

@@ -46,12 +46,6 @@
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(BROWS) || !defined(WARPS)
 #error "mamba1/decode.cu needs D_STATE, VEC, TPR, BROWS and WARPS defined"
 #endif
-#ifndef STREAM_STATE
-#define STREAM_STATE 0
-#endif
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1
-#endif
 #ifndef BC_PREFETCH
 #define BC_PREFETCH 1
 #endif

@@ -33,12 +33,6 @@
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(ROWS) || !defined(WARPS)
 #error "mamba2/decode.cu needs D_STATE, VEC, TPR, ROWS and WARPS defined"
 #endif
-#ifndef STREAM_STATE
-#define STREAM_STATE 0
-#endif
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1
-#endif
 
 // ---------------------------------------------------------------------------
 // Element types, scalar math (the exact forms of ssm_core::math) and vector
