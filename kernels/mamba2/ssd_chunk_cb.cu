@@ -8,7 +8,7 @@
 // accumulator order, so the consumer reads its fragment with two 16-byte loads. Rows past the chunk's length are
 // zero (zero-filled inputs), and the mask and decays are applied by the consumer.
 //
-// Defines: SSD_DTYPE 1|2, SSD_Q, SSD_N (as ssd_fused.cu).
+// Defines: SSD_DTYPE 1|2, SSD_Q, SSD_N, SSD_MAX_SMEM (as ssd_fused.cu).
 #include "ssd_common.cuh"
 
 #if SSD_DTYPE == 0
@@ -25,7 +25,12 @@ constexpr int RT = Q / 16;
 constexpr int TILES = RT * (RT + 1) / 2;
 constexpr int SMEM_BYTES = 2 * Q * BS * 2;
 static_assert(N % 16 == 0 && Q % 16 == 0, "tile sizes");
-static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
+// The device's opt-in shared memory per block, from the launcher (DeviceLimits);
+// 227 KiB (sm_90) when built without it (the CPU emulation).
+#ifndef SSD_MAX_SMEM
+#define SSD_MAX_SMEM (227 * 1024)
+#endif
+static_assert(SMEM_BYTES <= SSD_MAX_SMEM, "shared memory past the device's per-block limit");
 }  // namespace ssd_cb
 
 // chunks: (first token, length) per chunk; cb: (chunk, G, TILES, 32, 8) f32.

@@ -33,7 +33,8 @@
 //   SSD_DTYPE 1|2, SSD_Q (64, 128, 256), SSD_N (16..256, % 16), SSD_P, SSD_PT (32|64,
 //   divides P), SSD_NWARPS, SSD_YC (32|64, divides PT), SSD_STAGES (1|2),
 //   SSD_MIN_BLOCKS (launch bound), SSD_CB_GLOBAL, SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none,
-//   1 per head, 2 per head and p), SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY.
+//   1 per head, 2 per head and p), SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY,
+//   SSD_MAX_SMEM (the device's per-block shared memory).
 #include "ssd_common.cuh"
 
 #if SSD_DTYPE == 0
@@ -128,7 +129,12 @@ constexpr int S_BYTES = STATE_ONLY ? 0 : PT * BS * 2;
 constexpr int CUM_F32 = 3 * Q;
 constexpr int CUM_BUFS = STATE_ONLY ? 2 * NW : 2;
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + CUM_BUFS * CUM_F32 * 4;
-static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
+// The device's opt-in shared memory per block, from the launcher (DeviceLimits);
+// 227 KiB (sm_90) when built without it (the CPU emulation).
+#ifndef SSD_MAX_SMEM
+#define SSD_MAX_SMEM (227 * 1024)
+#endif
+static_assert(SMEM_BYTES <= SSD_MAX_SMEM, "shared memory past the device's per-block limit");
 
 struct Args {
     const elem_t* x;

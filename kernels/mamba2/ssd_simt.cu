@@ -11,7 +11,8 @@
 //
 // Compile-time defines (crates/mamba2-ssd/src/cuda/config.rs):
 //   SSD_DTYPE 0|1|2, SSD_Q (a multiple of 64), SSD_N, SSD_P, SSD_DT_BIAS,
-//   SSD_DT_SOFTPLUS, SSD_D_MODE, SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY.
+//   SSD_DT_SOFTPLUS, SSD_D_MODE, SSD_HAS_Z, SSD_HAS_S0, SSD_FINAL, SSD_STATE_ONLY,
+//   SSD_MAX_SMEM (the device's per-block shared memory).
 #include "ssd_common.cuh"
 
 namespace ssd_simt {
@@ -42,7 +43,12 @@ constexpr int OFF_L = OFF_BT + IB * (NTILE + 1);     // L block [64][65]
 constexpr int OFF_X = OFF_L + IB * (IB + 1);         // x block [64][33]
 constexpr int SMEM_FLOATS = OFF_X + IB * (PT + 1);
 constexpr int SMEM_BYTES = SMEM_FLOATS * 4;
-static_assert(SMEM_BYTES <= 227 * 1024, "shared memory past the sm_90 limit");
+// The device's opt-in shared memory per block, from the launcher (DeviceLimits);
+// 227 KiB (sm_90) when built without it (the CPU emulation).
+#ifndef SSD_MAX_SMEM
+#define SSD_MAX_SMEM (227 * 1024)
+#endif
+static_assert(SMEM_BYTES <= SSD_MAX_SMEM, "shared memory past the device's per-block limit");
 
 struct Ctx {
     const elem_t* x;

@@ -3,7 +3,9 @@
 //! Needs NVRTC and the toolkit headers, never the driver or a GPU.
 
 use crate::cache::{cache_key, ModuleCache};
-use crate::nvrtc::{compile_cubin, compile_options, extra_flags_from_env, Arch, CompiledModule};
+use crate::nvrtc::{
+    check_syntax, compile_cubin, compile_options, extra_flags_from_env, Arch, CompiledModule,
+};
 use crate::ptxas::{parse_log, PtxasFunction};
 use crate::source::{resolve, SourceRoot};
 use crate::toolkit::{cuda_include_dir, nvrtc, IncludeDir, NvrtcInfo};
@@ -89,6 +91,20 @@ impl Compiler {
                 .dir()
                 .map_or("off".to_string(), |d| d.display().to_string()),
         )
+    }
+
+    /// Run NVRTC's front end on `src` with `defines` for `arch` (every
+    /// `static_assert` and `#error`, no code generation, no cache); the log on
+    /// success, `GpuError::Compile` with the diagnostics otherwise.
+    pub fn check_front_end(
+        &self,
+        src: &KernelSource,
+        defines: &[(&str, String)],
+        arch: Arch,
+    ) -> Result<String, GpuError> {
+        let resolved = resolve(src, &self.root)?;
+        let options = compile_options(arch, &self.include.path, defines, &self.extra_flags)?;
+        check_syntax(&resolved.main, &resolved.text, &options)
     }
 
     /// Compile `src` with `defines` for `arch`, through the cache.

@@ -17,7 +17,7 @@ pub use launch::{ScanBuffers, ScanPlan};
 
 use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
 use ssm_core::{DType, Result, ScanOutput};
-use ssm_gpu::{DeviceElement, Gpu, KernelVariant};
+use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, KernelVariant};
 
 /// The forward scan on `gpu` with the kernel's default tuning.
 pub fn selective_scan_cuda<T: DeviceElement>(
@@ -37,7 +37,7 @@ pub fn selective_scan_cuda_tuned<T: DeviceElement>(
     if problem.dims.seqlen == 0 {
         // Nothing to scan: an empty output, and the initial states unchanged.
         // Still reject what the kernel would reject, so L = 0 is no loophole.
-        ScanConfig::new(&problem, tuning)?;
+        ScanConfig::new(&problem, tuning, &gpu.limits()?)?;
         return Ok(empty_sequence_output(&problem, p));
     }
     let plan = ScanPlan::new(gpu, &problem, tuning)?;
@@ -102,7 +102,10 @@ pub fn scan_kernel_variants() -> Vec<KernelVariant> {
     ];
     problems
         .iter()
-        .filter_map(|problem| ScanConfig::new(problem, ScanTuning::default()).ok())
+        // The H100/H200 (sm_90) limits: the budgets are theirs.
+        .filter_map(|problem| {
+            ScanConfig::new(problem, ScanTuning::default(), &DeviceLimits::H100_SXM).ok()
+        })
         .map(|config| config.variant())
         .collect()
 }

@@ -24,7 +24,7 @@ pub use plan::{SsdDeviceInputs, SsdDeviceOutputs, SsdPlan};
 
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{DType, Element, Result, ScanOutput};
-use ssm_gpu::{DeviceElement, Gpu, KernelVariant};
+use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, KernelVariant};
 
 /// The forward pass on the GPU with the default [`CudaOptions`].
 pub fn ssd_forward_cuda<T: DeviceElement>(
@@ -132,11 +132,12 @@ pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
         d_state,
         groups: 1,
     };
-    // The H100's opt-in limit (227 KiB); selection here only decides fused vs SIMT.
-    const MAX_SMEM: usize = 227 * 1024;
+    // The variants and budgets are those of the H100/H200 (sm_90): the limits
+    // decide fused vs SIMT, the blocks per SM and the SSD_MAX_SMEM define.
+    let limits = &DeviceLimits::H100_SXM;
     let mut variants = Vec::new();
     let mut push = |dtype: DType, n: usize, p: usize, o: &CudaOptions, prepass: bool| {
-        if let Ok(c) = KernelConfig::select(dtype, &dims(n, p), features, o, MAX_SMEM) {
+        if let Ok(c) = KernelConfig::select(dtype, &dims(n, p), features, o, limits) {
             variants.push(c.variant(false));
             if prepass {
                 variants.push(c.variant(true));
@@ -176,7 +177,7 @@ pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
         ..features
     };
     for (p, prepass) in [(64, true), (128, false)] {
-        if let Ok(c) = KernelConfig::select(DType::Bf16, &dims(128, p), no_final, &opts, MAX_SMEM) {
+        if let Ok(c) = KernelConfig::select(DType::Bf16, &dims(128, p), no_final, &opts, limits) {
             let mut passes = vec![false];
             if prepass {
                 passes.push(true);

@@ -84,8 +84,11 @@ impl Row {
 fn kernel_name<T: DeviceElement>(gpu: &Gpu, case: &Case, opts: &CudaOptions) -> String {
     let r = case.rounded::<T>();
     let p = case.params(&r);
-    let max_smem = gpu.max_smem_per_block_optin().unwrap_or(0) as usize;
-    KernelConfig::select(T::DTYPE, &p.dims, SsdFeatures::of(&p), opts, max_smem).map_or_else(
+    let limits = match gpu.limits() {
+        Ok(l) => l,
+        Err(e) => return format!("({e})"),
+    };
+    KernelConfig::select(T::DTYPE, &p.dims, SsdFeatures::of(&p), opts, &limits).map_or_else(
         |e| format!("({e})"),
         |c| c.label(false).replace("mamba2.", ""),
     )
@@ -154,8 +157,10 @@ fn all_dtypes<'c>(jobs: &mut Vec<Job<'c>>, label: &str, case: &'c Case, opts: &C
 fn variants_of<T: DeviceElement>(gpu: &Gpu, job: &Job<'_>) -> Vec<ssm_gpu::KernelVariant> {
     let r = job.case.rounded::<T>();
     let p = job.case.params(&r);
-    let max_smem = gpu.max_smem_per_block_optin().unwrap_or(0) as usize;
-    match KernelConfig::select(T::DTYPE, &p.dims, SsdFeatures::of(&p), &job.opts, max_smem) {
+    let Ok(limits) = gpu.limits() else {
+        return Vec::new();
+    };
+    match KernelConfig::select(T::DTYPE, &p.dims, SsdFeatures::of(&p), &job.opts, &limits) {
         Ok(c) => vec![c.variant(false), c.variant(true)],
         Err(_) => Vec::new(),
     }

@@ -6,6 +6,7 @@
 
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::{DType, Element, Result, SsmError};
+use ssm_gpu::DeviceLimits;
 
 pub(crate) const IMPLEMENTATION: &str = "mamba1-scan CUDA";
 
@@ -13,8 +14,11 @@ pub(crate) const IMPLEMENTATION: &str = "mamba1-scan CUDA";
 pub const MAX_D_STATE: usize = 256;
 /// Time steps per chunk: the unit of the kernel's 16-byte loads and stores.
 const CHUNK: usize = 8;
-/// Dynamic shared memory a configuration may use without the opt-in attribute.
+/// Dynamic shared memory a configuration may use without the opt-in attribute
+/// (48 KiB on every architecture since sm_70); the default time tile stays under it.
 const SMEM_DEFAULT_LIMIT: usize = 48 * 1024;
+/// Threads per block on every architecture the kernels build for.
+const MAX_THREADS_PER_BLOCK: usize = 1024;
 
 /// Shapes and options of a call, without the data: everything the kernel is
 /// specialised on or sized by. Built from validated [`SelectiveScanParams`].
@@ -172,9 +176,11 @@ pub struct ScanConfig {
 }
 
 impl ScanConfig {
-    /// The configuration for `problem`, or `Unsupported` for shapes the kernel
-    /// does not handle (never a configuration that would compute a wrong answer).
-    pub fn new(problem: &ScanProblem, tuning: ScanTuning) -> Result<Self> {
+    /// The configuration for `problem` on a device with `limits`, or `Unsupported`
+    /// for shapes and tunings the kernel does not handle (never a configuration
+    /// that would compute a wrong answer, fail its `#error` checks in
+    /// `kernels/mamba1/scan_fwd.cu`, or not launch on that device).
+    pub fn new(problem: &ScanProblem, tuning: ScanTuning, limits: &DeviceLimits) -> Result<Self> {
         let n = problem.dims.d_state;
         if problem.dtype == DType::F64 {
             return Err(unsupported("f64 inputs (use f32, f16 or bf16)".into()));
@@ -206,11 +212,14 @@ impl ScanConfig {
         let threads = tuning
             .threads
             .unwrap_or(if channels_per_lane == 2 { 64 } else { 128 });
-        if threads == 0 || threads % 32 != 0 || threads > 1024 {
+        let max_threads = MAX_THREADS_PER_BLOCK.min(limits.max_threads_per_sm as usize);
+        if threads == 0 || threads % 32 != 0 || threads > max_threads {
             return Err(unsupported(format!(
-                "{threads} threads per block (a multiple of 32 up to 1024)"
+                "{threads} threads per block (a multiple of 32 up to {max_threads})"
             )));
         }
+        // (`SCAN_TPC` divides `SCAN_THREADS`: lanes is a power of two up to 32 and
+        // threads a multiple of 32.)
         let exp_poly = tuning.exp_poly.unwrap_or(0);
         if exp_poly > 4 * channels_per_lane * states_per_lane {
             return Err(unsupported(format!(
@@ -258,6 +267,23 @@ impl ScanConfig {
             Some(m) => m,
             None => config.default_min_blocks(),
         };
+        // `__launch_bounds__` asks ptxas for room for min_blocks resident blocks;
+        // past the SM's threads it cannot exist.
+        let resident = config.min_blocks * threads;
+        if config.min_blocks == 0 || resident > limits.max_threads_per_sm as usize {
+            return Err(unsupported(format!(
+                "{} blocks of {threads} threads per SM (at least 1, at most {} threads)",
+                config.min_blocks, limits.max_threads_per_sm
+            )));
+        }
+        let smem = config.smem_bytes();
+        if smem > limits.smem_per_block_optin as usize {
+            return Err(unsupported(format!(
+                "{} ({smem} bytes of shared memory, the device allows {})",
+                config.label(),
+                limits.smem_per_block_optin
+            )));
+        }
         Ok(config)
     }
 
@@ -381,6 +407,8 @@ pub(crate) fn unsupported(what: String) -> SsmError {
 mod tests {
     use super::*;
 
+    const H100: &DeviceLimits = &DeviceLimits::H100_SXM;
+
     fn problem(n: usize, seqlen: usize) -> ScanProblem {
         ScanProblem {
             dtype: DType::Bf16,
@@ -405,14 +433,14 @@ mod tests {
     #[test]
     fn state_split_covers_n_with_at_most_32_lanes() {
         for n in 1..=MAX_D_STATE {
-            let c = ScanConfig::new(&problem(n, 64), ScanTuning::default()).unwrap();
+            let c = ScanConfig::new(&problem(n, 64), ScanTuning::default(), H100).unwrap();
             assert!(c.lanes_per_channel * c.states_per_lane >= n, "n={n}");
             assert!(c.lanes_per_channel <= 32 && c.states_per_lane <= 8, "n={n}");
             assert!(c.smem_bytes() <= SMEM_DEFAULT_LIMIT, "n={n}: {c:?}");
             assert_eq!(c.tile % CHUNK, 0);
         }
         // The measured split of the M1 workloads (docs/kernels/mamba1-scan.md, v4).
-        let c = ScanConfig::new(&problem(16, 4096), ScanTuning::default()).unwrap();
+        let c = ScanConfig::new(&problem(16, 4096), ScanTuning::default(), H100).unwrap();
         assert_eq!((c.lanes_per_channel, c.states_per_lane, c.tile), (4, 4, 32));
         assert_eq!((c.channels_per_lane, c.threads, c.min_blocks), (1, 128, 5));
         assert!(c.slice_major && c.vec_io);
@@ -421,23 +449,23 @@ mod tests {
 
     #[test]
     fn unsupported_shapes_are_errors() {
-        let too_big = ScanConfig::new(&problem(257, 64), ScanTuning::default());
+        let too_big = ScanConfig::new(&problem(257, 64), ScanTuning::default(), H100);
         assert!(matches!(too_big, Err(SsmError::Unsupported { .. })));
         let bad_lanes = ScanTuning {
             lanes_per_channel: Some(3),
             ..ScanTuning::default()
         };
-        assert!(ScanConfig::new(&problem(16, 64), bad_lanes).is_err());
+        assert!(ScanConfig::new(&problem(16, 64), bad_lanes, H100).is_err());
         let f64_problem = ScanProblem {
             dtype: DType::F64,
             ..problem(16, 64)
         };
-        assert!(ScanConfig::new(&f64_problem, ScanTuning::default()).is_err());
+        assert!(ScanConfig::new(&f64_problem, ScanTuning::default(), H100).is_err());
     }
 
     #[test]
     fn unaligned_lengths_take_the_scalar_path() {
-        let c = ScanConfig::new(&problem(16, 4095), ScanTuning::default()).unwrap();
+        let c = ScanConfig::new(&problem(16, 4095), ScanTuning::default(), H100).unwrap();
         assert!(!c.vec_io);
     }
 

@@ -181,7 +181,8 @@ pub struct ScanPlan {
 
 impl ScanPlan {
     pub fn new(gpu: &Gpu, problem: &ScanProblem, tuning: ScanTuning) -> Result<Self> {
-        let config = ScanConfig::new(problem, tuning)?;
+        let limits = gpu.limits()?;
+        let config = ScanConfig::new(problem, tuning, &limits)?;
         if problem.dims.seqlen == 0 {
             return Err(unsupported(
                 "launching on L = 0 (selective_scan_cuda handles it without a launch)".into(),
@@ -202,14 +203,8 @@ impl ScanPlan {
             })?;
         let mut kernel = gpu.kernel(&SCAN_SOURCE, SCAN_ENTRY, &config.defines())?;
         let smem = config.smem_bytes();
+        // Past the 48 KiB default the kernel opts in (selection checked the limit).
         if smem > 48 * 1024 {
-            let limit = gpu.max_smem_per_block_optin()? as usize;
-            if smem > limit {
-                return Err(unsupported(format!(
-                    "{} ({smem} bytes of shared memory, the device allows {limit})",
-                    config.label()
-                )));
-            }
             kernel.set_max_dynamic_smem(smem as u32)?;
         }
         Ok(ScanPlan {

@@ -3,7 +3,11 @@
 //! Two kernels share one argument list and one work-item table:
 //! - `kernels/mamba2/ssd_fused.cu`: f16/bf16 inputs, tensor cores (mma.sync), the
 //!   state on chip; needs `N % 16 == 0`, `N <= 256`, `P % 32 == 0` and its shared
-//!   memory within the device limit.
+//!   memory (and the C B^T pre-kernel's) within the device's per-block limit. These
+//!   are the kernel's `static_assert`s (`Q % 64`, `N % 16 && N <= 256`, `P % PT`,
+//!   `PT % YC`, the warps' state split, `SMEM_BYTES <= SSD_MAX_SMEM`), checked here
+//!   first so that no accepted shape reaches a failing compile; the selection grid
+//!   test (`crates/verify/tests/kernel_selection_grid.rs`) compiles what this picks.
 //! - `kernels/mamba2/ssd_simt.cu`: f32 arithmetic on CUDA cores for any `N`, `P`
 //!   and input type; the f32 path and the fallback for shapes the fused kernel
 //!   does not take.
@@ -13,7 +17,7 @@
 
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::{DType, Element, Result, SsmError};
-use ssm_gpu::{kernel_source, KernelSource, KernelVariant};
+use ssm_gpu::{kernel_source, DeviceLimits, KernelSource, KernelVariant};
 
 pub(crate) const IMPLEMENTATION: &str = "mamba2-ssd CUDA";
 
@@ -187,11 +191,15 @@ pub struct KernelConfig {
     pub head_dim: usize,
     pub features: SsdFeatures,
     pub path: KernelPath,
+    /// The device's per-block shared-memory limit, passed to the kernels as
+    /// `SSD_MAX_SMEM` for their `static_assert`s.
+    pub max_smem: usize,
 }
 
-/// Shared memory per SM on sm_90 (228 KiB), and what the driver reserves per block.
-const SMEM_PER_SM: usize = 228 * 1024;
-const SMEM_RESERVED_PER_BLOCK: usize = 1024;
+/// Registers per thread the fused kernel needs to hold its state tile without
+/// spilling: 4 warps (64 state floats each) 168, 8 warps (32 each) 128.
+const FUSED_REGS_4_WARPS: usize = 168;
+const FUSED_REGS_8_WARPS: usize = 128;
 /// Head-dimension columns per SIMT block (kernels/mamba2/ssd_simt.cu `PT`).
 const SIMT_P_TILE: usize = 32;
 
@@ -212,15 +220,17 @@ pub(crate) fn unsupported(what: String) -> SsmError {
 }
 
 impl KernelConfig {
-    /// Pick the kernel for a call. `max_smem` is the device's opt-in limit of dynamic
-    /// shared memory per block.
+    /// Pick the kernel for a call on a device with `limits` (the opt-in limit of
+    /// shared memory per block decides what fits; shared memory and registers per
+    /// SM decide the fused kernel's blocks per SM).
     pub fn select(
         dtype: DType,
         dims: &SsdDims,
         features: SsdFeatures,
         opts: &CudaOptions,
-        max_smem: usize,
+        limits: &DeviceLimits,
     ) -> Result<Self> {
+        let max_smem = limits.smem_per_block_optin as usize;
         dtype_code(dtype)?;
         if !CHUNK_SIZES.contains(&opts.chunk_size) {
             return Err(unsupported(format!(
@@ -241,12 +251,16 @@ impl KernelConfig {
             head_dim: dims.head_dim,
             features,
             path: KernelPath::Simt,
+            max_smem,
         };
-        let fused = Self::fused_tiling(dtype, dims, features, opts).map(|tiling| KernelConfig {
-            path: KernelPath::Fused(tiling),
-            ..simt
-        });
-        let fits = |c: &KernelConfig| c.smem_bytes(false) <= max_smem;
+        let fused =
+            Self::fused_tiling(dtype, dims, features, opts, limits).map(|tiling| KernelConfig {
+                path: KernelPath::Fused(tiling),
+                ..simt
+            });
+        // Every module the config may load: the main pass, the prepass of split
+        // sequences and the C B^T pre-kernel.
+        let fits = |c: &KernelConfig| c.max_module_smem() <= max_smem;
         match opts.kernel {
             KernelChoice::Simt => {}
             KernelChoice::Auto => {
@@ -264,7 +278,7 @@ impl KernelConfig {
                          the device allows {max_smem})",
                         opts.chunk_size,
                         dims.d_state,
-                        c.smem_bytes(false)
+                        c.max_module_smem()
                     )));
                 }
                 return Ok(c);
@@ -275,7 +289,7 @@ impl KernelConfig {
                 "N = {} ({} bytes of shared memory for the f32 state tile, the device allows \
                  {max_smem})",
                 dims.d_state,
-                simt.smem_bytes(false)
+                simt.max_module_smem()
             )));
         }
         Ok(simt)
@@ -287,6 +301,7 @@ impl KernelConfig {
         dims: &SsdDims,
         features: SsdFeatures,
         opts: &CudaOptions,
+        limits: &DeviceLimits,
     ) -> Result<FusedTiling> {
         if !matches!(dtype, DType::F16 | DType::Bf16) {
             return Err(unsupported(format!(
@@ -351,11 +366,26 @@ impl KernelConfig {
             head_dim: p,
             features,
             path: KernelPath::Fused(tiling),
+            max_smem: limits.smem_per_block_optin as usize,
         };
-        let per_sm = SMEM_PER_SM / (probe.smem_bytes(false) + SMEM_RESERVED_PER_BLOCK);
-        // Registers cap the blocks too: 4 warps fit 3 blocks at 168 registers, 8
-        // warps 2 blocks at 128 (the state takes 64 and 32 of them).
-        tiling.min_blocks = per_sm.clamp(1, if warps == 4 { 3 } else { 2 });
+        let smem_per_sm = limits.smem_per_sm as usize;
+        let reserved = limits.smem_reserved_per_block as usize;
+        let per_sm = smem_per_sm / (probe.smem_bytes(false) + reserved);
+        // Registers cap the blocks too: the state tile needs 168 registers a thread
+        // with 4 warps, 128 with 8 (64 and 32 of them for the state), so 64 Ki
+        // registers hold 3 and 2 blocks; so do the SM's thread and block limits.
+        let threads = 32 * warps;
+        let regs = if warps == 4 {
+            FUSED_REGS_4_WARPS
+        } else {
+            FUSED_REGS_8_WARPS
+        };
+        let by_regs = limits.registers_per_sm as usize / (threads * regs);
+        let by_threads = limits.max_threads_per_sm as usize / threads;
+        let cap = by_regs
+            .min(by_threads)
+            .min(limits.max_blocks_per_sm as usize);
+        tiling.min_blocks = per_sm.min(cap).max(1);
         // Two prepass stages only where as many prepass blocks as main blocks still
         // fit on an SM.
         let two_stage_prepass = KernelConfig {
@@ -366,7 +396,9 @@ impl KernelConfig {
             ..probe
         }
         .smem_bytes(true);
-        if tiling.min_blocks * (two_stage_prepass + SMEM_RESERVED_PER_BLOCK) <= SMEM_PER_SM {
+        if tiling.min_blocks * (two_stage_prepass + reserved) <= smem_per_sm
+            && two_stage_prepass <= limits.smem_per_block_optin as usize
+        {
             tiling.prepass_stages = 2;
         }
         Ok(tiling)
@@ -441,6 +473,17 @@ impl KernelConfig {
         }
     }
 
+    /// The most dynamic shared memory any module of this config asks for (main
+    /// pass, prepass, C B^T pre-kernel): what must fit the device's block limit.
+    pub fn max_module_smem(&self) -> usize {
+        let cb = if self.uses_chunk_cb() {
+            self.chunk_cb_smem_bytes()
+        } else {
+            0
+        };
+        self.smem_bytes(false).max(self.smem_bytes(true)).max(cb)
+    }
+
     /// The `-D` defines of the kernel source.
     pub fn defines(&self, state_only: bool) -> Vec<(&'static str, String)> {
         let f = &self.features;
@@ -457,6 +500,7 @@ impl KernelConfig {
             ("SSD_HAS_S0", flag(f.initial_states)),
             ("SSD_FINAL", flag(f.final_states)),
             ("SSD_STATE_ONLY", flag(state_only)),
+            ("SSD_MAX_SMEM", self.max_smem.to_string()),
         ];
         if let KernelPath::Fused(t) = self.path {
             d.extend([
@@ -495,6 +539,7 @@ impl KernelConfig {
                 ("SSD_DTYPE", dtype_code(self.dtype).unwrap_or(0).to_string()),
                 ("SSD_Q", self.chunk.to_string()),
                 ("SSD_N", self.d_state.to_string()),
+                ("SSD_MAX_SMEM", self.max_smem.to_string()),
             ],
         )
     }
@@ -548,7 +593,7 @@ mod tests {
         }
     }
 
-    const H100_SMEM: usize = 227 * 1024;
+    const H100: &DeviceLimits = &DeviceLimits::H100_SXM;
 
     #[test]
     fn bf16_reference_shape_takes_the_fused_kernel_with_three_blocks_per_sm() {
@@ -557,7 +602,7 @@ mod tests {
             &dims(128, 64),
             SsdFeatures::all(),
             &CudaOptions::default(),
-            H100_SMEM,
+            H100,
         )
         .unwrap();
         let KernelPath::Fused(t) = c.path else {
@@ -586,14 +631,8 @@ mod tests {
                 chunk_size: q,
                 ..CudaOptions::default()
             };
-            KernelConfig::select(
-                DType::Bf16,
-                &dims(n, 64),
-                SsdFeatures::all(),
-                &opts,
-                H100_SMEM,
-            )
-            .unwrap()
+            KernelConfig::select(DType::Bf16, &dims(n, 64), SsdFeatures::all(), &opts, H100)
+                .unwrap()
         };
         let c = select(64, 128);
         let KernelPath::Fused(t) = c.path else {
@@ -631,14 +670,14 @@ mod tests {
             (DType::Bf16, 24, 64),
             (DType::F16, 64, 48),
         ] {
-            let c = KernelConfig::select(dtype, &dims(n, p), f, &opts, H100_SMEM).unwrap();
+            let c = KernelConfig::select(dtype, &dims(n, p), f, &opts, H100).unwrap();
             assert_eq!(c.path, KernelPath::Simt, "{dtype} N={n} P={p}");
         }
         let forced = CudaOptions {
             kernel: KernelChoice::Fused,
             ..opts
         };
-        let err = KernelConfig::select(DType::F32, &dims(128, 64), f, &forced, H100_SMEM);
+        let err = KernelConfig::select(DType::F32, &dims(128, 64), f, &forced, H100);
         assert!(matches!(err, Err(SsmError::Unsupported { .. })));
     }
 
@@ -649,27 +688,15 @@ mod tests {
             stages: 2,
             ..CudaOptions::default()
         };
-        let c = KernelConfig::select(
-            DType::Bf16,
-            &dims(256, 64),
-            SsdFeatures::all(),
-            &opts,
-            H100_SMEM,
-        )
-        .unwrap();
+        let c = KernelConfig::select(DType::Bf16, &dims(256, 64), SsdFeatures::all(), &opts, H100)
+            .unwrap();
         assert_eq!(c.path, KernelPath::Simt);
         let bad = CudaOptions {
             chunk_size: 96,
             ..CudaOptions::default()
         };
         assert!(matches!(
-            KernelConfig::select(
-                DType::Bf16,
-                &dims(64, 64),
-                SsdFeatures::all(),
-                &bad,
-                H100_SMEM
-            ),
+            KernelConfig::select(DType::Bf16, &dims(64, 64), SsdFeatures::all(), &bad, H100),
             Err(SsmError::Unsupported { .. })
         ));
         assert!(matches!(
@@ -678,7 +705,7 @@ mod tests {
                 &dims(64, 64),
                 SsdFeatures::all(),
                 &CudaOptions::default(),
-                H100_SMEM
+                H100
             ),
             Err(SsmError::Unsupported { .. })
         ));
@@ -691,13 +718,71 @@ mod tests {
             &dims(256, 128),
             SsdFeatures::all(),
             &CudaOptions::default(),
-            H100_SMEM,
+            H100,
         )
         .unwrap();
         let KernelPath::Fused(t) = c.path else {
             panic!("expected fused")
         };
         assert_eq!((t.warps, t.y_cols, c.p_tiles()), (8, 32, 2));
+    }
+
+    #[test]
+    fn issue_13_shape_is_fused_and_launchable_on_every_known_device() {
+        // bf16, P = 64, N = 96 (N / 8 = 12 vectors per B/C row do not divide the
+        // 128 threads: the kernel's copy loop leaves the last 8 idle).
+        let d = SsdDims {
+            batch: 2,
+            seqlen: 4097,
+            heads: 24,
+            head_dim: 64,
+            d_state: 96,
+            groups: 3,
+        };
+        for (name, limits) in DeviceLimits::KNOWN {
+            for q in CHUNK_SIZES {
+                let opts = CudaOptions {
+                    chunk_size: q,
+                    ..CudaOptions::default()
+                };
+                let c = KernelConfig::select(DType::Bf16, &d, SsdFeatures::all(), &opts, &limits)
+                    .unwrap();
+                assert!(c.max_module_smem() <= limits.smem_per_block_optin as usize);
+                assert!(c
+                    .defines(false)
+                    .contains(&("SSD_MAX_SMEM", limits.smem_per_block_optin.to_string())));
+                if let KernelPath::Fused(t) = c.path {
+                    let per_block = c.smem_bytes(false) + limits.smem_reserved_per_block as usize;
+                    assert!(
+                        t.min_blocks * per_block <= limits.smem_per_sm as usize,
+                        "{name}"
+                    );
+                } else {
+                    // Only the small card runs out of shared memory, at Q = 256.
+                    assert!(
+                        limits == DeviceLimits::SM86_SMALL && q == 256,
+                        "{name} Q={q}"
+                    );
+                }
+            }
+        }
+        // 100 KiB per SM holds one fused block at the reference shape, 228 KiB three.
+        let blocks = |limits: &DeviceLimits| {
+            let c = KernelConfig::select(
+                DType::Bf16,
+                &dims(128, 64),
+                SsdFeatures::all(),
+                &CudaOptions::default(),
+                limits,
+            )
+            .unwrap();
+            match c.path {
+                KernelPath::Fused(t) => t.min_blocks,
+                KernelPath::Simt => 0,
+            }
+        };
+        assert_eq!(blocks(&DeviceLimits::H200), 3);
+        assert_eq!(blocks(&DeviceLimits::SM86_SMALL), 1);
     }
 
     #[test]
@@ -711,7 +796,7 @@ mod tests {
             &d,
             SsdFeatures::all(),
             &CudaOptions::default(),
-            H100_SMEM,
+            H100,
         )
         .unwrap();
         assert!(!c.uses_chunk_cb());
@@ -719,14 +804,8 @@ mod tests {
             chunk_size: 128,
             ..CudaOptions::default()
         };
-        let c = KernelConfig::select(
-            DType::Bf16,
-            &dims(128, 64),
-            SsdFeatures::all(),
-            &q128,
-            H100_SMEM,
-        )
-        .unwrap();
+        let c = KernelConfig::select(DType::Bf16, &dims(128, 64), SsdFeatures::all(), &q128, H100)
+            .unwrap();
         assert!(!c.uses_chunk_cb(), "only chunk 64 precomputes by default");
     }
 }

@@ -5,7 +5,7 @@
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::{Result, SsmError};
 use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use ssm_gpu::{DeviceElement, Gpu, Kernel};
+use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel};
 
 use super::config::{unsupported, CudaOptions, KernelConfig, SsdFeatures};
 use super::work::{self, WorkTable};
@@ -84,16 +84,10 @@ fn upload_i64(gpu: &Gpu, host: &[i64]) -> Result<CudaSlice<i64>> {
         .map_err(|e| SsmError::Backend(format!("uploading the work table: {e:?}")))
 }
 
-/// Resident blocks per SM for a kernel, from its registers, threads and shared memory.
-fn blocks_per_sm(kernel: &Kernel, threads: u32, smem: usize) -> usize {
-    const REGS_PER_SM: usize = 65536;
-    const SMEM_PER_SM: usize = 228 * 1024;
-    // Registers are allocated per warp in units of 256.
-    let regs_per_warp = (kernel.resources.registers as usize * 32).div_ceil(256) * 256;
-    let by_regs = REGS_PER_SM / (regs_per_warp * (threads as usize / 32)).max(1);
-    let by_smem = SMEM_PER_SM / (smem + 1024);
-    let by_threads = 2048 / threads as usize;
-    by_regs.min(by_smem).min(by_threads).min(32)
+/// Resident blocks per SM for a kernel, from its registers, threads and shared
+/// memory on a device with `limits`.
+fn blocks_per_sm(limits: &DeviceLimits, kernel: &Kernel, threads: u32, smem: usize) -> usize {
+    limits.blocks_per_sm(kernel.resources.registers, threads, smem)
 }
 
 impl SsdPlan {
@@ -106,8 +100,8 @@ impl SsdPlan {
     ) -> Result<Self> {
         p.validate()?;
         let dims = p.dims;
-        let max_smem = gpu.max_smem_per_block_optin()? as usize;
-        let config = KernelConfig::select(T::DTYPE, &dims, SsdFeatures::of(p), opts, max_smem)?;
+        let limits = gpu.limits()?;
+        let config = KernelConfig::select(T::DTYPE, &dims, SsdFeatures::of(p), opts, &limits)?;
 
         let load = |state_only: bool| -> Result<Kernel> {
             let mut k = gpu.kernel_variant(&config.variant(state_only))?;
@@ -120,8 +114,8 @@ impl SsdPlan {
         let max_segments = match opts.segmentation {
             super::Segmentation::AtMost(n) => n.max(1),
             super::Segmentation::Auto => {
-                let slots = gpu.multiprocessor_count()? as usize
-                    * blocks_per_sm(&main, config.threads(), config.smem_bytes(false));
+                let slots = limits.sm_count as usize
+                    * blocks_per_sm(&limits, &main, config.threads(), config.smem_bytes(false));
                 work::auto_segments(seqs.len() * per_item, slots)
             }
         };
