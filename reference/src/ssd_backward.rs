@@ -55,8 +55,31 @@ pub fn ssd_backward_detailed<T: Element>(
     d_out: &[T],
     d_final_states: Option<&[f32]>,
 ) -> Result<SsdBackwardDetail> {
+    sweep(p, d_out, d_final_states, false)
+}
+
+/// The reverse sweep with every linear input (`x, B, C, D, d_out silu(z)`, the
+/// initial states, `d_final_states`, and `A` where it multiplies a gradient) read
+/// as its absolute value, decays unchanged: each gradient becomes the sum of the
+/// absolute values of its terms, the scale that rounding-error bounds are stated
+/// in. A test judging an f32 gradient that nearly cancels widens its budget by
+/// this (docs/TOLERANCES.md, "Backward").
+pub fn ssd_backward_magnitude<T: Element>(
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+) -> Result<SsdBackwardDetail> {
+    sweep(p, d_out, d_final_states, true)
+}
+
+fn sweep<T: Element>(
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    mag: bool,
+) -> Result<SsdBackwardDetail> {
     let layout = validate_grad_inputs(p, d_out, d_final_states)?;
-    let io = Io { p, d_out };
+    let io = Io { p, d_out, mag };
     let tasks = tasks(p);
     let heads: Vec<HeadGrads> = tasks
         .par_iter()
@@ -73,7 +96,11 @@ pub fn ssd_backward_quadratic<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> Result<SsdGrads<f64, f64>> {
     let layout = validate_grad_inputs(p, d_out, d_final_states)?;
-    let io = Io { p, d_out };
+    let io = Io {
+        p,
+        d_out,
+        mag: false,
+    };
     let tasks = tasks(p);
     let heads: Vec<HeadGrads> = tasks
         .par_iter()
@@ -149,10 +176,11 @@ fn sweep_head<T: Element>(
     let (len, pn) = (seq.len(), head_dim * d_state);
     let a = f64::from(p.a[h]);
     let block = seq.state * heads + h;
+    let rate = io.rate(h);
 
     // Forward: states[k + 1] = S_k, states[0] = S_{-1} = initial state.
     let mut states = vec![0.0; (len + 1) * pn];
-    load_initial_state(&mut states[..pn], p.initial_states, block);
+    io.state_row(&mut states[..pn], p.initial_states, block);
     let dts: Vec<f64> = seq.positions().map(|t| p.dt_at(seq.row, t, h)).collect();
     for (k, t) in seq.positions().enumerate() {
         let (prev, next) = states[k * pn..(k + 2) * pn].split_at_mut(pn);
@@ -168,7 +196,7 @@ fn sweep_head<T: Element>(
 
     let mut out = HeadGrads::zeros(len, head_dim, d_state);
     let mut g = vec![0.0; pn];
-    load_initial_state(&mut g, d_final_states, block);
+    io.state_row(&mut g, d_final_states, block);
     let mut dy = vec![0.0; head_dim];
     for (k, t) in seq.positions().enumerate().rev() {
         let (s_prev, s_k) = (
@@ -215,7 +243,7 @@ fn sweep_head<T: Element>(
         let g_dot_prev: f64 = g.iter().zip(s_prev).map(|(g, s)| g * s).sum();
         let d_log_decay = decay * g_dot_prev;
         out.d_log_decay[k] = d_log_decay;
-        out.d_dt_prime[k] = x_g_b + a * d_log_decay;
+        out.d_dt_prime[k] = x_g_b + rate * d_log_decay;
         for v in g.iter_mut() {
             *v *= decay;
         }
@@ -465,6 +493,8 @@ fn assemble<T: Element>(
 struct Io<'a, 'p, T> {
     p: &'a SsdParams<'p, T>,
     d_out: &'a [T],
+    /// Magnitude mode: every linear input read as its absolute value.
+    mag: bool,
 }
 
 impl<T: Element> Io<'_, '_, T> {
@@ -476,32 +506,53 @@ impl<T: Element> Io<'_, '_, T> {
         let d = self.p.dims;
         ((row * d.seqlen + t) * d.groups + d.group_of(h)) * d.d_state + n
     }
+    fn lin(&self, v: f64) -> f64 {
+        if self.mag {
+            v.abs()
+        } else {
+            v
+        }
+    }
     fn x(&self, row: usize, t: usize, h: usize, pi: usize) -> f64 {
-        self.p.x[self.x_index(row, t, h, pi)].to_f64()
+        self.lin(self.p.x[self.x_index(row, t, h, pi)].to_f64())
     }
     fn b(&self, row: usize, t: usize, h: usize, n: usize) -> f64 {
-        self.p.b[self.bc_index(row, t, h, n)].to_f64()
+        self.lin(self.p.b[self.bc_index(row, t, h, n)].to_f64())
     }
     fn c(&self, row: usize, t: usize, h: usize, n: usize) -> f64 {
-        self.p.c[self.bc_index(row, t, h, n)].to_f64()
+        self.lin(self.p.c[self.bc_index(row, t, h, n)].to_f64())
     }
     fn skip(&self, h: usize, pi: usize) -> f64 {
-        self.p
-            .d
-            .map_or(0.0, |d| f64::from(d.get(self.p.dims.head_dim, h, pi)))
+        self.lin(
+            self.p
+                .d
+                .map_or(0.0, |d| f64::from(d.get(self.p.dims.head_dim, h, pi))),
+        )
+    }
+    /// `A_h` where it multiplies a gradient (not inside a decay).
+    fn rate(&self, h: usize) -> f64 {
+        self.lin(f64::from(self.p.a[h]))
+    }
+    /// A state row (initial state or final-state gradient), f32, widened.
+    fn state_row(&self, dst: &mut [f64], src: Option<&[f32]>, row: usize) {
+        load_initial_state(dst, src, row);
+        if self.mag {
+            dst.iter_mut().for_each(|v| *v = v.abs());
+        }
     }
     /// `(dy, dz)` at one output element whose pre-gate value is `y`:
     /// `out = y silu(z)` gives `dy = d_out silu(z)`, `dz = d_out y silu'(z)`.
     fn gate_grad(&self, row: usize, t: usize, h: usize, pi: usize, y: f64) -> (f64, f64) {
         let i = self.x_index(row, t, h, pi);
         let g = self.d_out[i].to_f64();
-        match self.p.z {
+        let (dy, dz) = match self.p.z {
             Some(z) => {
                 let z = z[i].to_f64();
                 (g * silu(z), g * y * silu_grad(z))
             }
             None => (g, 0.0),
-        }
+        };
+        (self.lin(dy), self.lin(dz))
     }
 }
 

@@ -29,10 +29,17 @@
 //! dC_i   = exp2(s_i) S^T dy_i + sum_{j<=i} E_ij dt_j (dy_i.x_j) B_j
 //! dB_j   = sum_{i>=j} E_ij dt_j (dy_i.x_j) C_i + exp2(q - s_j) dt_j G^T x_j
 //! ddt'_j = sum_{i>=j} (C_i.B_j) E_ij (dy_i.x_j) + exp2(q - s_j) x_j.G B_j + A da_j
-//! ds_i  += exp2(s_i) dy_i.(S C_i);  pair (i>j) with w = (C_i.B_j) E_ij dt_j (dy_i.x_j): ds_i += w, ds_j -= w
-//! ds_q  += exp2(q) <G, S> + sum_j exp2(q - s_j) dt_j x_j.G B_j;  ds_j -= exp2(q - s_j) dt_j x_j.G B_j
-//! da_k   = sum_{i>=k} ds_i            (s_i = sum_{k<=i} a_k, natural-log units)
+//! da_k   = sum_{i>=k} sum_{j<k} (C_i.B_j) E_ij dt_j (dy_i.x_j)     (pairs whose segment holds k)
+//!        + sum_{i>=k} exp2(s_i) dy_i.(S C_i) + exp2(q) <G, S>
+//!        + sum_{j<k} exp2(q - s_j) dt_j x_j.G B_j                  (natural-log units)
+//! dA    += sum_k dt_k da_k
 //! ```
+//!
+//! Each `da_k` is summed from the terms whose segment `(j, i]` holds `k` (the
+//! "stable" form of mamba_ssm's `_chunk_scan_bwd_ddAcs_stable`), not as `ds_i`
+//! pair differences followed by a reverse cumulative sum: `+w` and `-w` in f32
+//! leave residues of size `|w|`, which a spiky step turns into a 1e-4 error in
+//! `dA` (found by the property tests).
 //!
 //! Memory beyond the gradients: the forward's (`dt'`, `s`: `b L H` f32 each; one
 //! `(H, N, P)` f32 state per chunk) plus one more state per chunk for `G_c`, `H (2 +
@@ -437,7 +444,7 @@ struct BackScratch {
     dx: Vec<f32>,
     db: Vec<f32>,
     dc: Vec<f32>,
-    /// `(len)`: direct `d dt'`, `ds`, and a column of weights.
+    /// `(len)`: direct `d dt'`, the log-decay gradients `da`, a column of weights.
     ddt: Vec<f32>,
     ds: Vec<f32>,
     col: Vec<f32>,
@@ -583,11 +590,19 @@ fn chunk_backward<T: Element>(
                 }
             }
 
-            // T_ij = E_ij dt_j (dy_i.x_j) for j <= i; direct d dt'; ds.
+            // T_ij = E_ij dt_j (dy_i.x_j) for j <= i, the direct d dt', and the
+            // log-decay gradients da_k. A segment sum's gradient belongs to every a_k
+            // in the segment, so each da_k is summed from the terms whose segment holds
+            // k (row prefixes, suffixes), never as the +w/-w differences of cumulative
+            // sums, which leave f32 residues of size |w| in a result that may be tiny.
             s.ddt[..len].fill(0.0);
-            s.ds[..len].fill(0.0);
+            let da = &mut s.ds[..len];
+            da.fill(0.0);
             for i in 0..len {
                 let dy_i = &dy[i * head_dim..(i + 1) * head_dim];
+                // Pair (i, j): w_ij = (C_i.B_j) E_ij dt_j (dy_i.x_j) reaches a_k for
+                // j < k <= i: da_k += sum_{j<k} w_ij, a running prefix of row i.
+                let mut prefix = 0f32;
                 for j in 0..=i {
                     let gx = dot(dy_i, &x_tile[j * head_dim..(j + 1) * head_dim]);
                     let e_gx = s.e[i * len + j] * gx;
@@ -595,26 +610,31 @@ fn chunk_backward<T: Element>(
                     s.t[i * len + j] = e_gx * dt[j];
                     s.ddt[j] += cb * e_gx;
                     if j < i {
-                        let w = cb * e_gx * dt[j];
-                        s.ds[i] += w;
-                        s.ds[j] -= w;
+                        prefix += cb * e_gx * dt[j];
+                        da[j + 1] += prefix;
                     }
                 }
-                s.ds[i] += cum[i].exp2() * dot(dy_i, &sc[i * head_dim..(i + 1) * head_dim]);
             }
-            let mut ds_last = last.exp2() * dot(grad, state);
+            // The entering state read at i, exp2(s_i) dy_i.(S C_i), reaches a_k for
+            // k <= i: suffix sums.
+            let mut suffix = 0f32;
+            for k in (0..len).rev() {
+                let row = k * head_dim..(k + 1) * head_dim;
+                suffix += cum[k].exp2() * dot(&dy[row.clone()], &sc[row]);
+                da[k] += suffix;
+            }
+            // The leaving state: its carried part exp2(q) <G, S> reaches every a_k,
+            // token j's part exp2(q - s_j) dt_j x_j.G B_j the a_k with j < k.
+            let carried = last.exp2() * dot(grad, state);
+            let mut prefix = 0f32;
             for j in 0..len {
                 let decay = (last - cum[j]).exp2();
-                let xgb = dot(
-                    &x_tile[j * head_dim..(j + 1) * head_dim],
-                    &gb[j * head_dim..(j + 1) * head_dim],
-                );
+                let row = j * head_dim..(j + 1) * head_dim;
+                let xgb = dot(&x_tile[row.clone()], &gb[row]);
                 s.ddt[j] += decay * xgb;
-                let w = decay * dt[j] * xgb;
-                ds_last += w;
-                s.ds[j] -= w;
+                da[j] += prefix + carried;
+                prefix += decay * dt[j] * xgb;
             }
-            s.ds[len - 1] += ds_last;
 
             // dx_j = D dy_j + sum_{i>=j} (C_i.B_j) E_ij dt_j dy_i + exp2(q - s_j) dt_j G B_j.
             let dxs = &mut s.dx[..lp];
@@ -653,15 +673,13 @@ fn chunk_backward<T: Element>(
                 vec_mat_acc(&s.col[j..len], &c_tile[j * d_state..], d_state, db_j);
             }
 
-            // da_k = sum_{i>=k} ds_i; the dt chain; partial reductions.
+            // The dt chain and the partial reductions.
             let bias = p.dt_bias.map_or(0.0, |b| b[h]);
-            let mut da_acc = 0f32;
             let mut da_h = 0f32;
             let mut dbias_h = 0f32;
             for k in (0..len).rev() {
-                da_acc += s.ds[k];
-                let d_dt_prime = s.ddt[k] + a * da_acc;
-                da_h += dt[k] * da_acc;
+                let d_dt_prime = s.ddt[k] + a * s.ds[k];
+                da_h += dt[k] * s.ds[k];
                 let raw = p.dt[(chunk.token_start + k) * heads + h].to_f32();
                 let d_raw = d_dt_prime * dt_grad_factor_f32(raw, bias, p.dt_softplus, p.dt_limit);
                 dbias_h += d_raw;

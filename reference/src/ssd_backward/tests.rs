@@ -557,3 +557,26 @@ fn empty_input_passes_the_final_state_gradient_through() {
         assert_eq!(g.da, vec![0.0]);
     }
 }
+
+/// The magnitude sweep bounds every gradient elementwise (triangle inequality) and
+/// is strictly larger somewhere on a problem with mixed signs.
+#[test]
+fn magnitude_bounds_every_gradient() {
+    let p = Problem::new(40, dims(2, 9, 4, 3, 5, 2), ALL, None);
+    let g = p.backward();
+    let m = ssd_backward_magnitude(&p.params(), &p.w_out, p.d_final())
+        .unwrap()
+        .grads;
+    let flat = |g: ssm_core::mamba2_grad::GradRef<'_, f64, f64>| match g {
+        ssm_core::mamba2_grad::GradRef::Input(v) | ssm_core::mamba2_grad::GradRef::Param(v) => {
+            v.to_vec()
+        }
+    };
+    for ((name, a), (_, b)) in g.named().into_iter().zip(m.named()) {
+        let (a, b) = (flat(a), flat(b));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x.abs() <= y * (1.0 + 1e-12) + 1e-300, "{name}: |{x}| > {y}");
+        }
+        assert!(l2(&b) > l2(&a), "{name}: no cancellation at all?");
+    }
+}
