@@ -43,7 +43,9 @@
 //!
 //! Memory beyond the gradients: the forward's (`dt'`, `s`: `b L H` f32 each; one
 //! `(H, N, P)` f32 state per chunk) plus one more state per chunk for `G_c`, `H (2 +
-//! P)` f32 partials per chunk, and per thread tiles of `Q'^2 * 3 + Q' (4N + 5P)` f32.
+//! P)` f32 partials per chunk, and per thread tiles of `3 Q'^2 + Q' (4N + 6P + 3)` f32
+//! with `Q' = min(Q, longest sequence)`. At M2-2.7B and Q = 256 the two state
+//! buffers are 168 MB each (docs/BACKWARD-SSD.md §6).
 
 use rayon::prelude::*;
 use ssm_core::mamba2::{DSkip, SsdParams};
