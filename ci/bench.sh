@@ -15,6 +15,8 @@
 #        SSM_BENCH_NCU=0         skip the ncu pass
 #        SSM_BENCH_CRITERION=re  also run the criterion GPU bench on benchmarks matching re
 #        SSM_BENCH_TIMEOUT=240   seconds per step
+#        SSM_BENCH_PEERS=file    a peer timing file (ci/peers/run.sh) filed into bench.json
+#        SSM_BENCH_CEILINGS=measured|datasheet  (default measured: copy, MMA, exp2 on this card)
 # Writes to $OUT (at most 8 files): bench.json (the merged result set), bench.log,
 # ncu.csv, ncu-manifest.json, ncu.log, criterion.log, nvidia-smi.txt; prints the table last.
 set -uo pipefail
@@ -49,13 +51,15 @@ fi
 args=(--suite gpu --require-gpu)
 [ "${SSM_BENCH_QUICK:-0}" = 1 ] && args+=(--quick)
 [ -n "${SSM_BENCH_FILTER:-}" ] && args+=(--filter "$SSM_BENCH_FILTER")
+timed_args=(--ceilings "${SSM_BENCH_CEILINGS:-measured}")
+[ -n "${SSM_BENCH_PEERS:-}" ] && timed_args+=(--peers "$SSM_BENCH_PEERS")
 
 status=0
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit,clocks_event_reasons.active \
     --format=csv >"$out/nvidia-smi.txt" 2>&1 || true
 
-echo "=== bench: $runner ${args[*]}"
-timeout --kill-after=10 "$step_timeout" "$runner" "${args[@]}" --json "$out/bench.json" >"$out/bench.log" 2>&1
+echo "=== bench: $runner ${args[*]} ${timed_args[*]}"
+timeout --kill-after=10 "$step_timeout" "$runner" "${args[@]}" "${timed_args[@]}" --json "$out/bench.json" >"$out/bench.log" 2>&1
 rc=$?
 [ $rc -eq 0 ] || { echo "bench: exit $rc (see bench.log)"; status=1; }
 

@@ -9,7 +9,12 @@
 #   verify     ssmk verify --gpu require --json                      -> verify.json
 #   fuzz       ssmk fuzz --gpu require (SSM_FUZZ_SECONDS, default 60)  -> device-run.log
 #   sanitize   ci/sanitize.sh: compute-sanitizer memcheck/racecheck/initcheck/synccheck
-#   bench      examples gpu_*/bench_*, criterion benches, ci/bench.sh  -> results.tar.gz
+#   peers      ci/peers/run.sh: mamba_ssm and fla timed on this card  -> results.tar.gz (peers.json)
+#              (needs .peers carried; its CUDA extension is built in the background
+#              from the start of the run, while the GPU tests run)
+#   bench      examples bench_*, criterion benches (SSM_DEVICE_CRITERION=1), ci/bench.sh
+#              (measured ceilings, every case verified then timed, ncu, the peers
+#              filed into the same result set)                       -> results.tar.gz
 # plus summary.txt (printed last) and manifest.json. At most 8 files come back.
 #
 # usage: bash ci/device-run.sh [bundle-dir] [step,step,...]
@@ -54,6 +59,14 @@ case "${SSM_DEVICE_KERNELS:-worktree}" in
 esac
 
 failures=0
+# The peers' CUDA extension takes minutes to build: start it now, in the
+# background, so it overlaps the GPU tests (which time nothing); the peers step
+# waits for it and then times on an otherwise idle CPU.
+peers_build_pid=""
+if [[ ",$steps," == *",peers,"* ]] && [ -d "${PEERS:-.peers}/mamba_ssm" ]; then
+    PEERS_BUILD_ONLY=1 nice bash ci/peers/run.sh "$SSM_RESULTS_DIR/peers-build.json" >"$out/peers-build.log" 2>&1 &
+    peers_build_pid=$!
+fi
 # run_step NAME COMMAND...: log output, record status and seconds in the summary.
 run_step() {
     local name="$1"
@@ -133,16 +146,30 @@ fi
 if has_step sanitize; then
     run_step "sanitize: ci/sanitize.sh" env OUT="$SSM_RESULTS_DIR/sanitize" bash ci/sanitize.sh "$bundle"
 fi
+if has_step peers; then
+    if [ -n "$peers_build_pid" ]; then
+        wait "$peers_build_pid" || echo "peers: the extension build failed (see peers-build.log)" >>"$summary"
+        run_step "peers: ci/peers/run.sh (mamba_ssm, fla)" env OUT="$SSM_RESULTS_DIR" \
+            bash ci/peers/run.sh "$SSM_RESULTS_DIR/peers.json" ${SSM_PEERS_ARGS:-}
+    else
+        echo "peers: SKIPPED (no ${PEERS:-.peers}/mamba_ssm: run ci/peers/prepare.sh here and carry it)" >>"$summary"
+    fi
+fi
 if has_step bench; then
     for example in "$bundle"/examples/*; do
         [ -x "$example" ] && selected "$example" || continue
         run_step "example: $(basename "$example")" "$example"
     done
-    for bench in "$bundle"/benches/*; do
-        [ -x "$bench" ] && selected "$bench" || continue
-        run_step "bench: $(basename "$bench")" "$bench" --bench
-    done
-    run_step "bench: ci/bench.sh (suite + NVML + ncu)" env OUT="$SSM_RESULTS_DIR/bench" bash ci/bench.sh "$bundle"
+    if [ "${SSM_DEVICE_CRITERION:-1}" = 1 ]; then
+        for bench in "$bundle"/benches/*; do
+            [ -x "$bench" ] && selected "$bench" || continue
+            run_step "bench: $(basename "$bench")" "$bench" --bench
+        done
+    fi
+    peers_file=""
+    [ -f "$SSM_RESULTS_DIR/peers.json" ] && peers_file="$SSM_RESULTS_DIR/peers.json"
+    run_step "bench: ci/bench.sh (ceilings + verified suite + NVML + ncu + peers)" \
+        env OUT="$SSM_RESULTS_DIR/bench" SSM_BENCH_PEERS="$peers_file" bash ci/bench.sh "$bundle"
     if [ -n "$(ls -A "$SSM_RESULTS_DIR")" ]; then
         tar -czf "$out/results.tar.gz" -C "$SSM_RESULTS_DIR" .
     fi

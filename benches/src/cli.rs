@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ssm_gpu::Gpu;
 use ssm_telemetry::nvml::NvmlMonitor;
+use ssm_telemetry::sram::SmLimits;
+use ssm_telemetry::Ceilings;
 
 use crate::runner::{self, CaseOutcome, Timing};
 use crate::suite::{cpu_cases, gpu_cases, reference_cases, Backend, Case};
@@ -57,6 +59,23 @@ pub struct BenchArgs {
     /// nothing is timed.
     #[arg(long)]
     pub ncu_manifest: Option<PathBuf>,
+    /// Where the floors' ceilings come from: `measured` on this card at the start
+    /// of the run (copy, bf16 MMA, exp2), or the `datasheet` table (the result set
+    /// then says the floors were not measured).
+    #[arg(long, value_enum, default_value_t = CeilingSource::Measured)]
+    pub ceilings: CeilingSource,
+    /// A peer timing file from `ci/peers/peers.py` (mamba_ssm, fla timed on this
+    /// card in this run): its rows join the result set, with floors at this run's
+    /// ceilings, so reports show the ratio.
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
+}
+
+/// Where a run's ceilings come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CeilingSource {
+    Measured,
+    Datasheet,
 }
 
 fn open_gpu(require: bool) -> Result<Option<Gpu>, String> {
@@ -140,10 +159,28 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         nvml.as_ref(),
         concat!("ssm-benches ", env!("CARGO_PKG_VERSION")),
     );
-    let ceilings = set.ceilings.clone();
     if let Some(g) = &gpu {
         println!("{}", g.describe());
+        if args.ceilings == CeilingSource::Measured {
+            let (measured, notes) = crate::ceilings::measure(g);
+            set.ceilings = measured;
+            set.run.notes.extend(notes);
+        }
     }
+    let ceilings = set.ceilings.clone();
+    println!("ceilings: {}", ceilings_line(&ceilings));
+    for note in &set.run.notes {
+        println!("  {note}");
+    }
+    // The card's per-SM limits for the SRAM/occupancy records (never a baked-in card).
+    let limits = match gpu.as_ref().map(|g| g.limits()) {
+        Some(Ok(l)) => sm_limits(&l),
+        Some(Err(e)) => {
+            eprintln!("bench: reading the device's limits: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => sm_limits(&ssm_gpu::DeviceLimits::H100_SXM),
+    };
     println!(
         "kernels {} | commit {}",
         set.run.kernels_hash,
@@ -152,20 +189,32 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     let mut failed = 0;
     for case in &cases {
         let outcome = match (case.backend, gpu.as_ref()) {
-            (Backend::Cuda, Some(g)) => {
-                runner::measure_gpu(g, nvml.as_ref(), case, &timing, args.seed, &ceilings)
-            }
+            (Backend::Cuda, Some(g)) => runner::measure_gpu(
+                g,
+                nvml.as_ref(),
+                case,
+                &timing,
+                args.seed,
+                &ceilings,
+                &limits,
+            ),
             (Backend::Cuda, None) => CaseOutcome::Skipped("no GPU".into()),
             _ => runner::measure_cpu(case, &timing, args.seed, &ceilings),
         };
         match outcome {
             CaseOutcome::Measured(r) => {
                 println!(
-                    "{:<60} {:>10.4} ms  {:>5.1}% of floor  {:>7.0} GB/s{}",
+                    "{:<60} {:>10.4} ms  {:>5.1}% of floor  {:>7.0} GB/s  {}{}",
                     r.id,
                     r.timing.median_ms,
                     100.0 * r.roofline.fraction_of_floor,
                     r.throughput.model_gb_per_s,
+                    r.verification
+                        .as_ref()
+                        .map_or("not verified".to_string(), |v| format!(
+                            "verified {:.1e}/{:.1e}",
+                            v.rel_l2, v.budget
+                        )),
                     if r.throttled { "  THROTTLED" } else { "" }
                 );
                 set.results.push(*r);
@@ -177,6 +226,23 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             CaseOutcome::Failed(why) => {
                 println!("FAILED {}: {why}", case.id());
                 set.run.notes.push(format!("FAILED {}: {why}", case.id()));
+                failed += 1;
+            }
+        }
+    }
+    if let Some(path) = &args.peers {
+        match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                ssm_telemetry::peers::import(&text, &path.display().to_string(), &ceilings)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(rows) => {
+                println!("peers: {} rows from {}", rows.len(), path.display());
+                set.add_peers(rows);
+            }
+            Err(e) => {
+                eprintln!("bench: --peers {}: {e}", path.display());
                 failed += 1;
             }
         }
@@ -214,4 +280,32 @@ fn write_manifest(gpu: &Gpu, cases: &[Case], seed: u64, path: &PathBuf) -> ExitC
         path.display()
     );
     ExitCode::SUCCESS
+}
+
+/// One line saying what the floors rest on.
+fn ceilings_line(c: &Ceilings) -> String {
+    format!(
+        "copy {:.2} TB/s, bf16 MMA {:.0} TFLOP/s, exp2 {:.2} T/s ({}{})",
+        c.hbm_bytes_per_s / 1e12,
+        c.mma_flops_per_s / 1e12,
+        c.exp_per_s / 1e12,
+        if c.measured {
+            "measured: "
+        } else {
+            "NOT measured: "
+        },
+        c.source
+    )
+}
+
+/// The telemetry's occupancy limits from the device's own.
+fn sm_limits(l: &ssm_gpu::DeviceLimits) -> SmLimits {
+    SmLimits {
+        registers: l.registers_per_sm,
+        register_unit_per_warp: l.register_unit_per_warp,
+        smem_bytes: l.smem_per_sm,
+        smem_reserved_per_block: l.smem_reserved_per_block,
+        threads: l.max_threads_per_sm,
+        blocks: l.max_blocks_per_sm,
+    }
 }

@@ -21,6 +21,9 @@ use ssm_telemetry::problem::{Problem, SkipKind, StreamShape};
 use ssm_telemetry::sram::LaunchShape;
 use ssm_telemetry::traffic::cost;
 
+use ssm_telemetry::record::Verification;
+
+use crate::check::{verify_scan, verify_ssd, verify_step, StepShape};
 use crate::inputs::{fill, Dist, Mamba1Host, SsdHost, StepHost};
 use crate::suite::{Backend, Case};
 
@@ -46,6 +49,10 @@ pub trait GpuWork {
     /// Non-finite output elements after the calls so far (poisoned NaN outputs
     /// that a kernel left unwritten count here).
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize>;
+    /// Run the first call (slot 0, from the uploaded state, outputs poisoned)
+    /// and check it against the f64 oracle on the case's own inputs
+    /// ([`crate::check`]). Called once, before any other launch.
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification>;
 }
 
 /// Buffer sets needed so that `bytes_per_call` rotated over them covers 4x L2.
@@ -94,10 +101,15 @@ fn prepare_typed<T: DeviceElement>(
     Ok(match case.problem {
         Problem::Mamba1Scan(s) => Box::new(ScanWork::<T>::new(
             gpu,
-            &Mamba1Host::generate(&s, seed),
+            Mamba1Host::generate(&s, seed),
             slots,
         )?),
-        Problem::Ssd(s) => Box::new(SsdWork::<T>::new(gpu, &SsdHost::generate(&s, seed), slots)?),
+        Problem::Ssd(s) => Box::new(SsdWork::<T>::new(
+            gpu,
+            SsdHost::generate(&s, seed),
+            case.ssd_options(),
+            slots,
+        )?),
         Problem::Mamba1Step(s) => Box::new(Mamba1StepWork::<T>::new(gpu, &s, seed, slots)?),
         Problem::Mamba2Step(s) => Box::new(Mamba2StepWork::<T>::new(gpu, &s, seed, slots)?),
         Problem::Stream(s) => Box::new(StreamWork::new(gpu, &s, seed)?),
@@ -120,13 +132,15 @@ fn launched(kernel: &ssm_gpu::Kernel, threads: u32, dynamic_smem_bytes: u32) -> 
 // ------------------------------------------------------------------ Mamba-1 scan
 
 struct ScanWork<T> {
+    /// The inputs every slot holds (the oracle's inputs for [`GpuWork::verify`]).
+    host: Mamba1Host<T>,
     plan: mamba1_scan::cuda::ScanPlan,
     bufs: Vec<mamba1_scan::cuda::ScanBuffers<T>>,
     next: usize,
 }
 
 impl<T: DeviceElement> ScanWork<T> {
-    fn new(gpu: &Gpu, host: &Mamba1Host<T>, slots: usize) -> Result<Self> {
+    fn new(gpu: &Gpu, host: Mamba1Host<T>, slots: usize) -> Result<Self> {
         let params = host.params();
         let problem = mamba1_scan::cuda::ScanProblem::of(&params)?;
         let plan = mamba1_scan::cuda::ScanPlan::new(gpu, &problem, Default::default())?;
@@ -134,6 +148,7 @@ impl<T: DeviceElement> ScanWork<T> {
             .map(|_| mamba1_scan::cuda::ScanBuffers::upload(gpu, &params))
             .collect::<Result<Vec<_>>>()?;
         Ok(ScanWork {
+            host,
             plan,
             bufs,
             next: 0,
@@ -157,11 +172,25 @@ impl<T: DeviceElement> GpuWork for ScanWork<T> {
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.bufs[0].out)
     }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let slot = &self.bufs[0];
+        let out = gpu.download(&slot.out)?;
+        let states = slot
+            .final_states
+            .as_ref()
+            .map(|f| gpu.download(f))
+            .transpose()?;
+        verify_scan(&self.host, &out, states.as_deref())
+    }
 }
 
 // ------------------------------------------------------------------ SSD
 
 struct SsdWork<T> {
+    /// The inputs every slot holds (the oracle's inputs for [`GpuWork::verify`]).
+    host: SsdHost<T>,
     plan: mamba2_ssd::cuda::SsdPlan,
     inputs: Vec<mamba2_ssd::cuda::SsdDeviceInputs<T>>,
     outputs: Vec<mamba2_ssd::cuda::SsdDeviceOutputs<T>>,
@@ -169,11 +198,16 @@ struct SsdWork<T> {
 }
 
 impl<T: DeviceElement> SsdWork<T> {
-    fn new(gpu: &Gpu, host: &SsdHost<T>, slots: usize) -> Result<Self> {
+    fn new(
+        gpu: &Gpu,
+        host: SsdHost<T>,
+        options: mamba2_ssd::cuda::CudaOptions,
+        slots: usize,
+    ) -> Result<Self> {
         let params = host.params();
         let opts = mamba2_ssd::cuda::CudaOptions {
             chunk_size: host.shape.chunk_size,
-            ..Default::default()
+            ..options
         };
         let plan = mamba2_ssd::cuda::SsdPlan::new(gpu, &params, &opts)?;
         let inputs = (0..slots)
@@ -183,6 +217,7 @@ impl<T: DeviceElement> SsdWork<T> {
             .map(|_| plan.alloc_outputs::<T>(gpu))
             .collect::<Result<Vec<_>>>()?;
         Ok(SsdWork {
+            host,
             plan,
             inputs,
             outputs,
@@ -222,6 +257,18 @@ impl<T: DeviceElement> GpuWork for SsdWork<T> {
     }
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.outputs[0].out)
+    }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let slot = &self.outputs[0];
+        let out = gpu.download(&slot.out)?;
+        let states = slot
+            .final_states
+            .as_ref()
+            .map(|f| gpu.download(f))
+            .transpose()?;
+        verify_ssd(&self.host, &out, states.as_deref())
     }
 }
 
@@ -274,6 +321,8 @@ fn part(len: usize, slots: usize, s: usize) -> std::ops::Range<usize> {
 }
 
 struct Mamba1StepWork<T> {
+    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
+    host: StepHost<T>,
     shape: ssm_telemetry::problem::Mamba1StepShape,
     kernel: mamba1_scan::decode_cuda::DecodeKernel<T>,
     threads: u32,
@@ -293,10 +342,11 @@ impl<T: DeviceElement> Mamba1StepWork<T> {
         let kernel = mamba1_scan::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
         let host = StepHost::<T>::mamba1(s, seed);
         Ok(Mamba1StepWork {
-            shape: *s,
             kernel,
             threads: 32 * tiling.warps as u32,
             bufs: upload_step(gpu, &host, slots, s.batch * s.d_inner)?,
+            host,
+            shape: *s,
             slots,
             next: 0,
         })
@@ -343,9 +393,19 @@ impl<T: DeviceElement> GpuWork for Mamba1StepWork<T> {
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.bufs.out)
     }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let (k, b) = (self.slots, &self.bufs);
+        let out = gpu.download(&b.out)?[part(b.out.len(), k, 0)].to_vec();
+        let state = gpu.download(&b.state)?[part(b.state.len(), k, 0)].to_vec();
+        verify_step(&self.host, StepShape::Mamba1(&self.shape), &out, &state)
+    }
 }
 
 struct Mamba2StepWork<T> {
+    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
+    host: StepHost<T>,
     shape: ssm_telemetry::problem::Mamba2StepShape,
     kernel: mamba2_ssd::decode_cuda::DecodeKernel<T>,
     threads: u32,
@@ -365,10 +425,11 @@ impl<T: DeviceElement> Mamba2StepWork<T> {
         let kernel = mamba2_ssd::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
         let host = StepHost::<T>::mamba2(s, seed);
         Ok(Mamba2StepWork {
-            shape: *s,
             kernel,
             threads: 32 * tiling.warps as u32,
             bufs: upload_step(gpu, &host, slots, s.batch * s.heads * s.head_dim)?,
+            host,
+            shape: *s,
             slots,
             next: 0,
         })
@@ -421,6 +482,14 @@ impl<T: DeviceElement> GpuWork for Mamba2StepWork<T> {
     }
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.bufs.out)
+    }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let (k, b) = (self.slots, &self.bufs);
+        let out = gpu.download(&b.out)?[part(b.out.len(), k, 0)].to_vec();
+        let state = gpu.download(&b.state)?[part(b.state.len(), k, 0)].to_vec();
+        verify_step(&self.host, StepShape::Mamba2(&self.shape), &out, &state)
     }
 }
 
@@ -493,6 +562,33 @@ impl GpuWork for StreamWork {
     }
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.out)
+    }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        // A known answer: out = SELFTEST_SCALE * x + y (the axpy's definition).
+        self.launch(gpu)?;
+        let (out, x, y) = (
+            gpu.download(&self.out)?,
+            gpu.download(&self.x)?,
+            gpu.download(&self.y)?,
+        );
+        let got: Vec<f64> = out.iter().map(|v| f64::from(*v)).collect();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(x, y)| f64::from(2.0f32.mul_add(*x, y.to_f32())))
+            .collect();
+        let c = ssm_core::tolerance::compare(&got, &want);
+        let budget = 1e-6;
+        Ok(Verification {
+            reference: "known answer 2x + y".into(),
+            sampled: "all elements".into(),
+            rel_l2: c.rel_l2,
+            max_abs: c.max_abs,
+            budget,
+            state_rel_l2: None,
+            state_budget: None,
+            passed: c.passes(budget) && c.non_finite == 0,
+        })
     }
 }
 

@@ -1,13 +1,15 @@
 //! Measure cases into a [`ResultSet`]: GPU cases with CUDA events (and NVML
 //! sampling around the timed launches), CPU cases with a wall clock.
 //!
-//! GPU method: compile and upload, 3 warm-up calls (and 3 more to estimate one
+//! GPU method: compile and upload; run the first call and check it against the
+//! f64 oracle on the case's own inputs ([`crate::check`]: a case that fails is
+//! reported as failed and not timed); 3 warm-up calls (and 3 more to estimate one
 //! call's time), then `iters` back-to-back calls each between its own pair of
 //! CUDA events (created beforehand), with `iters` chosen so the timed window
 //! lasts at least `min_time` (NVML's energy counter needs about 100 ms to mean
-//! anything) and at most `max_iters`. NVML samples during that window only. Afterwards the output is checked for non-finite elements
-//! (outputs start poisoned with NaN, so an unwritten element shows): a case
-//! whose output is wrong is reported as failed, not timed.
+//! anything) and at most `max_iters`. NVML samples during that window only.
+//! Afterwards the output is checked again for non-finite elements (a kernel
+//! that only goes wrong on later calls shows there).
 //!
 //! [`profile_once`] launches each GPU case exactly once, for ncu, and returns
 //! the manifest that pairs ncu's launches with result ids.
@@ -18,7 +20,7 @@ use ssm_gpu::{Gpu, GpuError};
 use ssm_telemetry::ncu::ManifestEntry;
 use ssm_telemetry::nvml::NvmlMonitor;
 use ssm_telemetry::record::{
-    BenchResult, DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod,
+    BenchResult, DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod,
     TimingStats,
 };
 use ssm_telemetry::sram::{SmLimits, SramUse};
@@ -64,7 +66,7 @@ fn to_gpu_error(e: ssm_core::SsmError) -> GpuError {
     GpuError::InvalidArgument(e.to_string())
 }
 
-fn kernel_records(work: &dyn gpu::GpuWork) -> Vec<KernelRecord> {
+fn kernel_records(work: &dyn gpu::GpuWork, limits: &SmLimits) -> Vec<KernelRecord> {
     work.kernels()
         .into_iter()
         .map(|k| KernelRecord {
@@ -72,7 +74,7 @@ fn kernel_records(work: &dyn gpu::GpuWork) -> Vec<KernelRecord> {
                 &k.resources,
                 k.ptxas.as_ref(),
                 k.launch,
-                &SmLimits::SM90,
+                limits,
             )),
             name: k.name,
             dram: None,
@@ -81,7 +83,9 @@ fn kernel_records(work: &dyn gpu::GpuWork) -> Vec<KernelRecord> {
         .collect()
 }
 
-/// Measure one GPU case.
+/// Measure one GPU case: verify its first call against the oracle, then time it.
+/// `limits` are the card's per-SM resources, for the occupancy in the SRAM record.
+#[allow(clippy::too_many_arguments)]
 pub fn measure_gpu(
     gpu: &Gpu,
     nvml: Option<&NvmlMonitor>,
@@ -89,6 +93,7 @@ pub fn measure_gpu(
     timing: &Timing,
     seed: u64,
     ceilings: &Ceilings,
+    limits: &SmLimits,
 ) -> CaseOutcome {
     let mut work = match gpu::prepare(gpu, case, seed) {
         Ok(w) => w,
@@ -97,6 +102,24 @@ pub fn measure_gpu(
             what,
         }) => return CaseOutcome::Skipped(format!("{implementation} does not support {what}")),
         Err(e) => return CaseOutcome::Failed(format!("prepare: {e}")),
+    };
+    // Check before timing: the first call against the f64 oracle on the case's
+    // own inputs (sampled rows, crate::check); a wrong kernel is never timed.
+    let verification = match work.verify(gpu) {
+        Ok(v) if v.passed => v,
+        Ok(v) => {
+            return CaseOutcome::Failed(format!(
+                "does not match the f64 oracle on {}: rel L2 {:.3e} (budget {:.3e}){}",
+                v.sampled,
+                v.rel_l2,
+                v.budget,
+                v.state_rel_l2
+                    .zip(v.state_budget)
+                    .map(|(e, b)| format!(", final states {e:.3e} (budget {b:.3e})"))
+                    .unwrap_or_default()
+            ))
+        }
+        Err(e) => return CaseOutcome::Failed(format!("verification: {e}")),
     };
     let estimate = match gpu.time(3, 3, || work.launch(gpu).map_err(to_gpu_error)) {
         Ok(t) => t.median_ms.max(1e-4),
@@ -140,9 +163,11 @@ pub fn measure_gpu(
             workload: case.workload.clone(),
             problem: case.problem,
             timing: stats,
-            kernels: kernel_records(work.as_ref()),
+            kernels: kernel_records(work.as_ref(), limits),
             nvml: telemetry,
             runs_in_nvml_window: iters as u64,
+            pass: Pass::Forward,
+            verification: Some(verification),
         },
         ceilings,
     )))
@@ -184,6 +209,8 @@ pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings)
             kernels: Vec::new(),
             nvml: None,
             runs_in_nvml_window: 0,
+            pass: Pass::Forward,
+            verification: None,
         },
         ceilings,
     )))

@@ -36,6 +36,9 @@ pub struct Case {
     pub backend: Backend,
     pub workload: String,
     pub problem: Problem,
+    /// Kernel options of the CUDA SSD (the default configuration unless a
+    /// variant case says otherwise; its workload name then carries `#label`).
+    pub ssd_options: mamba2_ssd::cuda::CudaOptions,
 }
 
 impl Case {
@@ -44,7 +47,20 @@ impl Case {
             backend,
             workload: workload.into(),
             problem,
+            ssd_options: Default::default(),
         }
+    }
+
+    /// The same case with other CUDA SSD kernel options, named `workload#label`.
+    pub fn ssd_variant(mut self, label: &str, options: mamba2_ssd::cuda::CudaOptions) -> Case {
+        self.workload = format!("{}#{label}", self.workload);
+        self.ssd_options = options;
+        self
+    }
+
+    /// The CUDA SSD options of this case (its chunk size comes from the problem).
+    pub fn ssd_options(&self) -> mamba2_ssd::cuda::CudaOptions {
+        self.ssd_options
     }
 
     /// The implementation's name in results (`mamba1-scan.cuda`, `reference.ssd-recurrence`, ...).
@@ -176,6 +192,7 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
         let p = with_chunk(mamba2_block_ssd(4, 4096, 80, 64, 128, 1, DType::Bf16), q);
         cases.push(Case::new(Cuda, format!("chunk-sweep/Q={q}"), p));
     }
+    cases.extend(ssd_option_cases(quick));
     let batches: &[usize] = if quick { &[1] } else { &[1, 16, 64] };
     for &b in batches {
         cases.push(Case::new(
@@ -188,6 +205,76 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
             format!("decode-b{b}"),
             mamba2_decode(b, 80, 64, 128, DType::Bf16),
         ));
+    }
+    cases
+}
+
+/// The SSD's forward options and kernel variants at the design workloads (what
+/// the old `gpu_ssd_bench` example measured): with final states returned (the
+/// state update's hi/lo split is then on), with the z gate, and the kernel's
+/// experiment knobs at M2-2.7B (two cp.async stages, 8 warps, C·Bᵀ formed in the
+/// block instead of by the pre-kernel, 32-column work units).
+pub fn ssd_option_cases(quick: bool) -> Vec<Case> {
+    use mamba2_ssd::cuda::CudaOptions;
+    let mut cases = Vec::new();
+    let workloads: Vec<_> = reference_workloads()
+        .into_iter()
+        .filter(|w| matches!(w.problem, Problem::Ssd(_)))
+        .filter(|w| !quick || w.name == "M2-2.7B")
+        .collect();
+    for w in &workloads {
+        let Problem::Ssd(base) = with_chunk(w.problem, CUDA_SSD_CHUNK) else {
+            continue;
+        };
+        let final_states = SsdShape {
+            final_states: true,
+            ..base
+        };
+        let gated = SsdShape { z: true, ..base };
+        cases.push(Case::new(
+            Backend::Cuda,
+            format!("{}+final", w.name),
+            Problem::Ssd(final_states),
+        ));
+        cases.push(Case::new(
+            Backend::Cuda,
+            format!("{}+z", w.name),
+            Problem::Ssd(gated),
+        ));
+    }
+    let m2 = with_chunk(
+        mamba2_block_ssd(4, 4096, 80, 64, 128, 1, DType::Bf16),
+        CUDA_SSD_CHUNK,
+    );
+    let base = CudaOptions::default();
+    let variants = [
+        ("stages=2", CudaOptions { stages: 2, ..base }),
+        (
+            "warps=8",
+            CudaOptions {
+                warps: Some(8),
+                ..base
+            },
+        ),
+        (
+            "cb=in-block",
+            CudaOptions {
+                shared_cb: Some(false),
+                ..base
+            },
+        ),
+        (
+            "y_cols=32",
+            CudaOptions {
+                y_cols: Some(32),
+                ..base
+            },
+        ),
+    ];
+    if !quick {
+        for (label, options) in variants {
+            cases.push(Case::new(Backend::Cuda, "M2-2.7B", m2).ssd_variant(label, options));
+        }
     }
     cases
 }

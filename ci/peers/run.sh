@@ -9,8 +9,9 @@
 #
 # usage: bash ci/peers/run.sh OUT_JSON [peers.py options...]
 # env:   PEERS=.peers   where the sources are
-#        PEERS_BUILD_ONLY=1  build the extension, pack it and Triton's cache into
-#                            $OUT/peers-build.tar.gz, and stop
+#        PEERS_BUILD_ONLY=1  build the extension and stop
+#        PEERS_PACK=1        afterwards pack the extension and Triton's autotuning
+#                            choices into $OUT/peers-build.tar.gz for a later call
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root"
@@ -40,12 +41,13 @@ if [ "${PEERS_BUILD_ONLY:-0}" = 1 ]; then
 fi
 status=0
 python3 ci/peers/peers.py --mamba-src "$peers" "${fla_args[@]}" --build-dir "$build" --out "$out_json" "$@" || status=$?
-# What the next call can reuse: the extension and Triton's compiled + autotuned kernels.
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$work/pack/build"
+# What a later call can reuse (PEERS_PACK=1): the extension and Triton's
+# autotuning choices (the compiled kernels, ~65 MB, stay behind).
+if [ "${PEERS_PACK:-0}" = 1 ] && [ -n "${OUT:-}" ]; then
+    mkdir -p "$work/pack/build" "$work/pack/autotune"
     cp "$build/selective_scan_cuda.so" "$work/pack/build/" 2>/dev/null || true
-    tar -czf "$work/pack/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" .
-    tar -czf "$OUT/peers-build.tar.gz" -C "$work/pack" .
+    (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -czf "$work/pack/triton-cache.tar.gz" -T -)
+    tar -czf "$OUT/peers-build.tar.gz" -C "$work/pack" build triton-cache.tar.gz
     ls -la "$OUT/peers-build.tar.gz"
 fi
 exit $status

@@ -34,6 +34,7 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 /// Every variant of every kernel crate, plus the runtime's self-test kernels.
 pub fn all_kernel_variants() -> Vec<KernelVariant> {
     let mut variants = ssm_gpu::selftest::selftest_variants();
+    variants.extend(ssm_gpu::probes::ceiling_variants());
     variants.extend(mamba1_scan::kernel_variants());
     variants.extend(mamba2_ssd::kernel_variants());
     variants

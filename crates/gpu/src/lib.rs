@@ -31,6 +31,7 @@ mod device;
 mod error;
 pub mod limits;
 pub mod nvrtc;
+pub mod probes;
 pub mod ptxas;
 pub mod selftest;
 pub mod source;
