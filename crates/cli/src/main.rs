@@ -53,7 +53,8 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Benchmark every implementation and write the versioned JSON result set.
     Bench(bench::Args),
-    /// Compare a new result set with a baseline; non-zero exit on a regression.
+    /// Gate a new result set against the baseline of its device (or --baseline);
+    /// non-zero exit on a regression.
     Gate(gate::Args),
     /// Draw the SVG plots (time and fraction of roofline against L, bytes measured
     /// vs minimum) from result sets.

@@ -16,12 +16,16 @@ use crate::roofline::{Ceilings, Floor};
 use crate::traffic::cost;
 use crate::workloads::{reference_workload, reference_workloads};
 
-/// `gate`: fail when the new results regress against the baseline.
+/// `gate`: fail when the new results regress against the baseline of their device.
 #[derive(Args, Debug, Clone)]
 pub struct GateArgs {
-    /// Baseline result set (this schema or a converted producer's JSON).
+    /// Baseline result set. Default: the baseline of the new set's device,
+    /// `<baselines-dir>/<slug of device.name>.json`.
     #[arg(long)]
-    pub baseline: PathBuf,
+    pub baseline: Option<PathBuf>,
+    /// Where the per-device baselines are (used without --baseline).
+    #[arg(long, default_value = crate::gate::BASELINES_DIR)]
+    pub baselines_dir: PathBuf,
     /// New result set.
     #[arg(long = "new")]
     pub new: PathBuf,
@@ -42,15 +46,46 @@ pub struct GateArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Run the gate; exit 0 on pass, 1 on a regression, 2 when an input cannot be read.
-pub fn run_gate(args: &GateArgs) -> ExitCode {
-    let load = |p: &Path| {
-        read_any(p).map_err(|e| {
-            eprintln!("gate: {e}");
-        })
+/// The baseline `args` name, or the one of `new`'s device; an error names the
+/// device and the file expected when it has none.
+pub fn gate_baseline(args: &GateArgs, new: &ResultSet) -> Result<(PathBuf, ResultSet)> {
+    let path = match &args.baseline {
+        Some(p) => p.clone(),
+        None => {
+            let p = crate::gate::baseline_path(&args.baselines_dir, &new.device.name);
+            if !p.is_file() {
+                return Err(TelemetryError::Mismatch(format!(
+                    "no gate baseline for device `{}`: expected {} (adopt a reviewed result set of that card by copying it there, or pass --baseline)",
+                    new.device.name,
+                    p.display()
+                )));
+            }
+            p
+        }
     };
-    let (Ok(baseline), Ok(new)) = (load(&args.baseline), load(&args.new)) else {
-        return ExitCode::from(2);
+    let set = ResultSet::read(&path)?;
+    Ok((path, set))
+}
+
+/// Run the gate; exit 0 on pass, 1 on a regression, 2 when an input cannot be read
+/// or the device has no baseline.
+pub fn run_gate(args: &GateArgs) -> ExitCode {
+    let new = match ResultSet::read(&args.new) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let baseline = match gate_baseline(args, &new) {
+        Ok((path, set)) => {
+            println!("gate: baseline {} ({})", path.display(), set.device.name);
+            set
+        }
+        Err(e) => {
+            eprintln!("gate: {e}");
+            return ExitCode::from(2);
+        }
     };
     if !(args.noise >= 0.0 && args.bytes_tolerance >= 0.0) {
         eprintln!("gate: --noise and --bytes-tolerance must be non-negative");

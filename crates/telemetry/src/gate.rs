@@ -9,13 +9,54 @@
 //!   (more spill bytes than before), per kernel name;
 //! - **more bytes**: measured DRAM bytes above baseline x (1 + `bytes_tolerance`);
 //! - **missing**: a baseline result absent from the new set (unless allowed);
-//! - **incomparable**: same id but a different problem, timing method or device.
+//! - **incomparable**: same id but a different problem, timing method or device;
+//! - **failed verification**: a new result whose check against the reference
+//!   (made before timing) failed.
 //!
-//! Throttled runs are reported in the notes: their times are suspect either way.
+//! Peer results (mamba_ssm, fla: [`crate::peers`]) are context, not ours: a
+//! slower or missing peer is a note. Throttled runs are reported in the notes:
+//! their times are suspect either way.
+//!
+//! Baselines are kept per device, `benches/results/baselines/<slug>.json` with
+//! the slug of the CUDA device name ([`device_slug`], [`baseline_path`]): a
+//! result set is gated against the baseline of the card it ran on.
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::peers::is_peer;
 use crate::record::{BenchResult, ResultSet};
+
+/// Where the per-device baselines live, relative to the workspace root.
+pub const BASELINES_DIR: &str = "benches/results/baselines";
+
+/// A file-name slug of a device name: lowercase ASCII letters and digits, every
+/// other run of characters one `-` (`NVIDIA H100 80GB HBM3` ->
+/// `nvidia-h100-80gb-hbm3`).
+pub fn device_slug(device_name: &str) -> String {
+    let mut slug = String::new();
+    for c in device_name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    while slug.ends_with('-') {
+        slug.pop();
+    }
+    if slug.is_empty() {
+        "unnamed-device".to_string()
+    } else {
+        slug
+    }
+}
+
+/// The baseline file of `device_name` under `dir`.
+pub fn baseline_path(dir: &Path, device_name: &str) -> PathBuf {
+    dir.join(format!("{}.json", device_slug(device_name)))
+}
 
 /// Thresholds of the gate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +94,7 @@ pub enum ViolationKind {
     MoreBytes,
     Missing,
     Incomparable,
+    FailedVerification,
 }
 
 /// One regression.
@@ -125,7 +167,7 @@ pub fn compare(baseline: &ResultSet, new: &ResultSet, opts: &GateOptions) -> Gat
     for base in &baseline.results {
         let Some(cur) = new.get(&base.id) else {
             let message = "in the baseline, absent from the new results".to_string();
-            if opts.allow_missing {
+            if opts.allow_missing || is_peer(base) {
                 report.notes.push(format!("{}: {message}", base.id));
             } else {
                 report.violations.push(Violation {
@@ -143,9 +185,33 @@ pub fn compare(baseline: &ResultSet, new: &ResultSet, opts: &GateOptions) -> Gat
     for cur in &new.results {
         if baseline.get(&cur.id).is_none() {
             report.notes.push(format!("{}: new (no baseline)", cur.id));
+            check_verification(cur, &mut report);
         }
     }
     report
+}
+
+/// A new result whose pre-timing check failed is a regression, paired or not.
+fn check_verification(cur: &BenchResult, report: &mut GateReport) {
+    if let Some(v) = cur.verification.as_ref().filter(|v| !v.passed) {
+        report.violations.push(Violation {
+            kind: ViolationKind::FailedVerification,
+            id: cur.id.clone(),
+            kernel: None,
+            message: format!(
+                "failed its check against the {} ({}): rel L2 {:.2e} over budget {:.2e}{}",
+                v.reference,
+                v.sampled,
+                v.rel_l2,
+                v.budget,
+                v.state_rel_l2
+                    .zip(v.state_budget)
+                    .map_or(String::new(), |(e, b)| format!(
+                        ", states {e:.2e} over {b:.2e}"
+                    ))
+            ),
+        });
+    }
 }
 
 fn compare_pair(
@@ -156,6 +222,22 @@ fn compare_pair(
     report: &mut GateReport,
 ) {
     let id = &base.id;
+    check_verification(cur, report);
+    if is_peer(base) {
+        // A peer is context for our numbers: its time moving is worth a note only.
+        if same_device && base.timing.median_ms > 0.0 {
+            let change = cur.timing.median_ms / base.timing.median_ms - 1.0;
+            if change.abs() > opts.time_noise {
+                report.notes.push(format!(
+                    "{id}: peer median {:.4} -> {:.4} ms ({:+.1}%)",
+                    base.timing.median_ms,
+                    cur.timing.median_ms,
+                    100.0 * change
+                ));
+            }
+        }
+        return;
+    }
     let mut violation = |kind, kernel: Option<&str>, message: String| {
         report.violations.push(Violation {
             kind,
@@ -284,5 +366,28 @@ fn compare_pair(
                 .map(|t| t.throttle_reasons.join(", "))
                 .unwrap_or_default()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_slugs_are_file_names() {
+        assert_eq!(
+            device_slug("NVIDIA H100 80GB HBM3"),
+            "nvidia-h100-80gb-hbm3"
+        );
+        assert_eq!(device_slug("NVIDIA H200"), "nvidia-h200");
+        assert_eq!(
+            device_slug("  cpu: AMD EPYC (2 cores) "),
+            "cpu-amd-epyc-2-cores"
+        );
+        assert_eq!(device_slug("../"), "unnamed-device");
+        assert_eq!(
+            baseline_path(Path::new("b"), "NVIDIA H200"),
+            Path::new("b/nvidia-h200.json")
+        );
     }
 }

@@ -87,3 +87,82 @@ fn a_changed_problem_under_the_same_id_is_incomparable() {
         [ViolationKind::Incomparable]
     );
 }
+
+#[test]
+fn without_a_baseline_argument_the_new_sets_device_picks_it() {
+    use ssm_telemetry::cli::{gate_baseline, GateArgs};
+    let dir = std::env::temp_dir().join(format!("ssm-gate-baselines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = fixture("baseline.json");
+    base.write(&dir.join("nvidia-h100-80gb-hbm3.json")).unwrap();
+    let args = GateArgs {
+        baseline: None,
+        baselines_dir: dir.clone(),
+        new: PathBuf::from("unused"),
+        noise: 0.05,
+        bytes_tolerance: 0.02,
+        allow_missing: false,
+        allow_device_change: false,
+        json: None,
+    };
+    let (path, picked) = gate_baseline(&args, &fixture("pass.json")).unwrap();
+    assert_eq!(path, dir.join("nvidia-h100-80gb-hbm3.json"));
+    assert_eq!(picked, base);
+    // A card without a baseline is an error naming the card and the file expected.
+    let mut h200 = fixture("pass.json");
+    h200.device.name = "NVIDIA H200".into();
+    let e = gate_baseline(&args, &h200).unwrap_err().to_string();
+    assert!(
+        e.contains("`NVIDIA H200`") && e.contains("nvidia-h200.json"),
+        "{e}"
+    );
+    // --baseline still wins.
+    let explicit = GateArgs {
+        baseline: Some(dir.join("nvidia-h100-80gb-hbm3.json")),
+        ..args
+    };
+    assert!(gate_baseline(&explicit, &h200).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_verification_fails_and_peers_only_make_notes() {
+    use ssm_telemetry::record::{TimingMethod, Verification};
+    let base = fixture("baseline.json");
+    let mut new = fixture("baseline.json");
+    new.results[0].verification = Some(Verification {
+        reference: "f64 oracle".into(),
+        sampled: "all".into(),
+        rel_l2: 0.1,
+        max_abs: 1.0,
+        budget: 4e-3,
+        state_rel_l2: None,
+        state_budget: None,
+        passed: false,
+    });
+    let report = compare(&base, &new, &GateOptions::default());
+    assert_eq!(
+        report.violations.iter().map(|v| v.kind).collect::<Vec<_>>(),
+        [ViolationKind::FailedVerification]
+    );
+    // A peer twice as slow in the new set, and a peer gone: notes, not regressions.
+    let mut base = fixture("baseline.json");
+    let mut peer = base.results[0].clone();
+    peer.implementation = "mamba_ssm.triton.selective_state_update".into();
+    peer.id = "mamba_ssm.triton.selective_state_update/M2-decode/bf16".into();
+    peer.timing.method = TimingMethod::TritonDoBench;
+    let mut gone = peer.clone();
+    gone.id = "fla.x/M2-decode/bf16".into();
+    base.results.push(peer.clone());
+    base.results.push(gone);
+    let mut new = fixture("baseline.json");
+    peer.timing.median_ms *= 2.0;
+    new.results.push(peer);
+    let report = compare(&base, &new, &GateOptions::default());
+    assert!(report.passed(), "{}", report.render());
+    assert!(report.notes.iter().any(|n| n.contains("peer median")));
+    assert!(report
+        .notes
+        .iter()
+        .any(|n| n.starts_with("fla.x/M2-decode/bf16")));
+}

@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fail when the new results regress against the baseline.
+    /// Fail when the new results regress against the baseline of their device.
     Gate(cli::GateArgs),
     /// Write SVG plots of result files.
     Plot(cli::PlotArgs),
