@@ -6,7 +6,10 @@
 //! problem exactly as the cargo-fuzz targets do. Every implementation runs on it
 //! (the CUDA ones too when a GPU is present) and is judged against the f64
 //! oracle by the rule of docs/FUZZING.md. The run stops at the first finding and
-//! prints the case seed; `ssmk fuzz --replay SEED` runs that case again.
+//! prints the `ssmk verify ... --fuzz-case SEED` command that replays it on its
+//! exact inputs (with its shape, options and dtype spelled out), or
+//! `ssmk fuzz --replay SEED` for the API and determinism targets. Progress (cases,
+//! elapsed, ETA) is a bar on a terminal and a plain line every 10 s otherwise.
 //!
 //! Wiring (in main.rs): `mod fuzz;`, a `Fuzz(fuzz::FuzzArgs)` variant of
 //! `Command`, and `Command::Fuzz(args) => fuzz::run(&args)`.
@@ -22,6 +25,7 @@ use ssm_verify::fuzz::{
     case_seed, random_case, replay_corpus, Class, Ctx, Finding, Outcome, Target,
 };
 
+use crate::progress::Progress;
 use crate::GpuMode;
 
 #[derive(Args, Debug, Clone)]
@@ -159,7 +163,13 @@ fn run_inner(args: &FuzzArgs) -> Result<bool, String> {
     );
     let budget = Duration::from_secs_f64(args.seconds.max(0.0));
     let start = Instant::now();
-    let mut last_report = start;
+    // With --cases the unit is cases; otherwise the run is timed, and the bar
+    // counts its seconds.
+    let by_cases = args.cases.is_some();
+    let mut progress = match args.cases {
+        Some(c) => Progress::new("cases", c),
+        None => Progress::new("seconds", budget.as_secs().max(1)),
+    };
     let mut totals: BTreeMap<Target, (u64, Outcome)> = BTreeMap::new();
     let mut ran = 0u64;
     let mut index = 0u64;
@@ -178,19 +188,20 @@ fn run_inner(args: &FuzzArgs) -> Result<bool, String> {
                 entry.1.absorb(&outcome);
             }
             Err(f) => {
+                progress.finish();
                 print_totals(&totals, start.elapsed());
                 report(&f, case, &bytes, args.artifact_dir.as_deref());
                 return Ok(false);
             }
         }
-        if last_report.elapsed() > Duration::from_secs(10) {
-            last_report = Instant::now();
-            eprintln!(
-                "  {ran} cases in {:.0} s, no finding",
-                start.elapsed().as_secs_f64()
-            );
-        }
+        let done = if by_cases {
+            ran
+        } else {
+            start.elapsed().as_secs().min(budget.as_secs())
+        };
+        progress.set(done, &format!("{ran} cases, no finding"));
     }
+    progress.finish();
     print_totals(&totals, start.elapsed());
     if gpu.is_none() {
         println!("(CPU implementations only)");
@@ -256,7 +267,10 @@ fn print_totals(totals: &BTreeMap<Target, (u64, Outcome)>, elapsed: Duration) {
 
 fn report(f: &Finding, case: u64, bytes: &[u8], artifact_dir: Option<&Path>) {
     println!("FINDING (case seed {case}):\n{f}");
-    println!("replay: ssmk fuzz --replay {case}");
+    match crate::custom::fuzz_replay_command(f.target, case, bytes) {
+        Some(cmd) => println!("replay: {cmd}"),
+        None => println!("replay: ssmk fuzz --replay {case}"),
+    }
     if let Some(dir) = artifact_dir {
         let path = dir.join(format!("{}-{case}.bin", f.target.name()));
         match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, bytes)) {

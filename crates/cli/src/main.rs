@@ -5,8 +5,10 @@
 //! f64 oracle on a suite of shapes and print the table.
 
 mod bench;
+mod custom;
 mod fuzz;
 mod gate;
+mod progress;
 mod resources;
 mod verify;
 
@@ -43,8 +45,9 @@ pub enum GpuMode {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Verify every available implementation against the f64 oracle (the default).
-    Verify(verify::VerifyArgs),
+    /// Verify every available implementation against the f64 oracle (the default),
+    /// on the suite's shapes or, with `ssd|scan|step --shape ...`, on yours.
+    Verify(verify::VerifyCommand),
     /// Compile every kernel variant with NVRTC (no GPU needed) and print registers,
     /// spills, stack and shared memory against kernels/budgets.toml.
     Resources(resources::ResourcesArgs),
@@ -63,8 +66,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Verify(cli.verify)) {
-        Command::Verify(args) => verify::run(&args),
+    let command = cli
+        .command
+        .unwrap_or(Command::Verify(verify::VerifyCommand {
+            flags: cli.verify,
+            op: None,
+        }));
+    match command {
+        Command::Verify(cmd) => verify::run_command(&cmd),
         Command::Resources(args) => resources::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),

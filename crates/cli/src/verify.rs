@@ -1,13 +1,38 @@
-//! `ssmk verify`: the verification table.
+//! `ssmk verify`: the verification table, on the suite's shapes or (`ssmk verify
+//! ssd|scan|step --shape ...`, [`crate::custom`]) on one the user types.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use ssm_gpu::Gpu;
+use ssm_verify::check::CheckRow;
 use ssm_verify::suite::{self, SuiteOptions};
 
+use crate::custom::{self, Custom};
+use crate::progress::Progress;
 use crate::GpuMode;
+
+/// `ssmk verify [OPTIONS] [ssd|scan|step ...]`.
+#[derive(Args, Debug)]
+pub struct VerifyCommand {
+    #[command(flatten)]
+    pub flags: VerifyArgs,
+    #[command(subcommand)]
+    pub op: Option<CustomOp>,
+}
+
+/// One problem of the user's shape instead of the suite.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CustomOp {
+    /// The Mamba-2 SSD forward, e.g. `--shape b=2,L=4097,H=24,P=64,N=96,G=3
+    /// --options all --dtype bf16 --impl cuda,cpu --chunk 128`.
+    Ssd(custom::SsdArgs),
+    /// The Mamba-1 selective scan, e.g. `--shape b=4,D=5120,N=16,L=4096`.
+    Scan(custom::ScanArgs),
+    /// A decode step, e.g. `--family m2 --shape b=256,H=80,P=64,N=128`.
+    Step(custom::StepArgs),
+}
 
 #[derive(Args, Debug, Default)]
 pub struct VerifyArgs {
@@ -43,6 +68,80 @@ fn open_gpu(mode: GpuMode) -> Result<Option<Gpu>, String> {
     }
 }
 
+/// `ssmk verify`, with or without a custom shape.
+pub fn run_command(cmd: &VerifyCommand) -> ExitCode {
+    match &cmd.op {
+        None => run(&cmd.flags),
+        Some(op) => {
+            let custom = match op.clone() {
+                CustomOp::Ssd(a) => Custom::Ssd(a),
+                CustomOp::Scan(a) => Custom::Scan(a),
+                CustomOp::Step(a) => Custom::Step(a),
+            };
+            run_custom(&cmd.flags, &custom)
+        }
+    }
+}
+
+fn seed_of(args: &VerifyArgs) -> u64 {
+    args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// Exit status 2: the command line was wrong (nothing was verified).
+fn usage_error(e: &str) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn run_custom(args: &VerifyArgs, cmd: &Custom) -> ExitCode {
+    if args.full {
+        return usage_error(
+            "--full adds the suite's full-size workloads; with a --shape it has no meaning",
+        );
+    }
+    // Parse everything before opening a GPU, so that a typo costs nothing.
+    if let Err(e) = cmd.validate() {
+        return usage_error(&e);
+    }
+    let common = cmd.common();
+    // A GPU only when a CUDA implementation is asked for (or a fuzz case replays,
+    // whose target runs the CUDA implementations where it can).
+    let gpu = if cmd.wants_gpu() {
+        match open_gpu(common.gpu.unwrap_or(args.gpu)) {
+            Ok(g) => g,
+            Err(e) => return usage_error(&e),
+        }
+    } else {
+        None
+    };
+    let seed = common.seed.unwrap_or_else(|| seed_of(args));
+    if let Some(case) = common.fuzz_case {
+        return match custom::replay_fuzz_case(cmd, case, gpu.as_ref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => usage_error(&e),
+        };
+    }
+    println!(
+        "ssmk verify: seed {seed} (replay with --seed {seed}), kernels {}",
+        ssm_gpu::KERNELS_HASH
+    );
+    println!("{}", suite::table_header());
+    let start = Instant::now();
+    let rows = match custom::run(cmd, gpu.as_ref(), seed) {
+        Ok(rows) => rows,
+        Err(e) => return usage_error(&e),
+    };
+    for row in &rows {
+        println!("{}", suite::table_line(row));
+    }
+    finish(args, &rows, start, seed, gpu.is_some())
+}
+
 pub fn run(args: &VerifyArgs) -> ExitCode {
     let gpu = match open_gpu(args.gpu) {
         Ok(g) => g,
@@ -51,11 +150,7 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let seed = seed_of(args);
     println!(
         "ssmk verify: seed {seed} (replay with --seed {seed}), kernels {}",
         ssm_gpu::KERNELS_HASH
@@ -67,13 +162,24 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
         full: args.full,
         seed,
     };
-    let rows = match suite::run(&opts, |row| println!("{}", suite::table_line(row))) {
+    let mut progress = Progress::new("problems", suite::problem_count(&opts) as u64);
+    let rows = suite::run_with_progress(&opts, |row, done, _| {
+        progress.println(&suite::table_line(row));
+        progress.set(done as u64, &row.implementation);
+    });
+    progress.finish();
+    let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
             eprintln!("error: the oracle rejected a suite problem: {e}");
             return ExitCode::FAILURE;
         }
     };
+    finish(args, &rows, start, seed, gpu.is_some())
+}
+
+/// The summary line, the JSON file, and the exit status.
+fn finish(args: &VerifyArgs, rows: &[CheckRow], start: Instant, seed: u64, gpu: bool) -> ExitCode {
     let failed = rows.iter().filter(|r| !r.passed()).count();
     println!(
         "{} rows, {} passed, {} failed in {:.1} s{}",
@@ -81,17 +187,13 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
         rows.len() - failed,
         failed,
         start.elapsed().as_secs_f64(),
-        if gpu.is_none() {
-            " (CPU only: no GPU)"
-        } else {
-            ""
-        }
+        if !gpu { " (CPU only: no GPU)" } else { "" }
     );
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "seed": seed,
             "kernels_hash": ssm_gpu::KERNELS_HASH,
-            "gpu": gpu.is_some(),
+            "gpu": gpu,
             "rows": rows,
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())

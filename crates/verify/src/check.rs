@@ -127,7 +127,7 @@ pub fn check_scan<T: DeviceElement>(
                 problem.clone(),
                 T::DTYPE,
                 budgets(T::DTYPE, 0.0),
-                *imp == ScanImpl::Cuda,
+                imp.is_cuda(),
                 || imp.run(&inputs, gpu),
                 &want,
             )
@@ -157,7 +157,7 @@ pub fn check_ssd<T: DeviceElement>(
                 problem.clone(),
                 T::DTYPE,
                 budgets(T::DTYPE, k),
-                *imp == SsdImpl::Cuda,
+                imp.is_cuda(),
                 || imp.run(&inputs, gpu),
                 &want,
             )

@@ -21,6 +21,8 @@ pub enum ScanImpl {
     CpuBlocked { block_len: usize },
     /// The fused CUDA kernel.
     Cuda,
+    /// The fused CUDA kernel with an explicit work split (`ssmk verify scan --kernel-opt`).
+    CudaTuned(mamba1_scan::cuda::ScanTuning),
 }
 
 impl ScanImpl {
@@ -29,7 +31,13 @@ impl ScanImpl {
             ScanImpl::Reference => "m1 reference f64".into(),
             ScanImpl::CpuBlocked { block_len } => format!("m1 cpu blocked/{block_len}"),
             ScanImpl::Cuda => "m1 cuda scan".into(),
+            ScanImpl::CudaTuned(_) => "m1 cuda scan (tuned)".into(),
         }
+    }
+
+    /// The CUDA implementation (run twice and compared bit for bit).
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, ScanImpl::Cuda | ScanImpl::CudaTuned(_))
     }
 
     /// Window over which this implementation exponentiates differences of f32
@@ -54,6 +62,12 @@ impl ScanImpl {
                 let backend = mamba1_scan::Backend::Cuda(need_gpu(gpu)?);
                 Ok(mamba1_scan::selective_scan(&p, backend)?.to_f64())
             }
+            ScanImpl::CudaTuned(tuning) => {
+                Ok(
+                    mamba1_scan::cuda::selective_scan_cuda_tuned(need_gpu(gpu)?, &p, tuning)?
+                        .to_f64(),
+                )
+            }
         }
     }
 }
@@ -69,6 +83,9 @@ pub enum SsdImpl {
     CpuChunked { chunk: usize },
     /// The CUDA kernel.
     Cuda,
+    /// The CUDA kernel with explicit options (chunk, kernel choice, stages, ...:
+    /// `ssmk verify ssd --chunk --kernel-opt`).
+    CudaWith(mamba2_ssd::cuda::CudaOptions),
 }
 
 /// Largest chunk a CUDA SSD kernel may use; bounds its tolerance window.
@@ -81,7 +98,13 @@ impl SsdImpl {
             SsdImpl::Quadratic => "ssd quadratic f64".into(),
             SsdImpl::CpuChunked { chunk } => format!("ssd cpu chunked/{chunk}"),
             SsdImpl::Cuda => "ssd cuda".into(),
+            SsdImpl::CudaWith(o) => format!("ssd cuda/{}", o.chunk_size),
         }
+    }
+
+    /// A CUDA implementation (run twice and compared bit for bit).
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, SsdImpl::Cuda | SsdImpl::CudaWith(_))
     }
 
     pub fn log_decay_window(&self) -> Option<usize> {
@@ -89,6 +112,7 @@ impl SsdImpl {
             SsdImpl::Recurrence | SsdImpl::Quadratic => None,
             SsdImpl::CpuChunked { chunk } => Some(chunk),
             SsdImpl::Cuda => Some(CUDA_SSD_MAX_CHUNK),
+            SsdImpl::CudaWith(o) => Some(o.chunk_size),
         }
     }
 
@@ -108,6 +132,9 @@ impl SsdImpl {
             SsdImpl::Cuda => {
                 let backend = mamba2_ssd::Backend::Cuda(need_gpu(gpu)?);
                 Ok(mamba2_ssd::ssd_forward(&p, backend)?.to_f64())
+            }
+            SsdImpl::CudaWith(opts) => {
+                Ok(mamba2_ssd::cuda::ssd_forward_cuda_with(need_gpu(gpu)?, &p, &opts)?.to_f64())
             }
         }
     }

@@ -104,63 +104,93 @@ fn step_cases(full: bool) -> Vec<(Family, StepCase)> {
     cases
 }
 
+/// One problem of the suite; it yields a row per (implementation, dtype).
+enum Job {
+    Scan(Mamba1Case, u64),
+    Ssd(SsdCase, u64),
+    Step(Family, StepCase, u64),
+}
+
+fn jobs(full: bool, seed: u64) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (i, case) in scan_cases(full).into_iter().enumerate() {
+        jobs.push(Job::Scan(case, seed + i as u64));
+    }
+    for (i, case) in ssd_cases(full).into_iter().enumerate() {
+        jobs.push(Job::Ssd(case, seed + 100 + i as u64));
+    }
+    for (i, (family, case)) in step_cases(full).into_iter().enumerate() {
+        jobs.push(Job::Step(family, case, seed + 200 + i as u64));
+    }
+    jobs
+}
+
+/// Problems the suite runs with these options (the unit of [`run_with_progress`]).
+pub fn problem_count(opts: &SuiteOptions<'_>) -> usize {
+    jobs(opts.full, opts.seed).len()
+}
+
 /// Run the suite and return every row (rows whose implementation failed to run
 /// carry the error and fail).
 pub fn run(opts: &SuiteOptions<'_>, mut progress: impl FnMut(&CheckRow)) -> Result<Vec<CheckRow>> {
-    let mut rows = Vec::new();
-    let mut push = |new: Vec<CheckRow>, rows: &mut Vec<CheckRow>| {
-        for r in new {
-            progress(&r);
-            rows.push(r);
-        }
-    };
-    let gpu = opts.gpu;
+    run_with_progress(opts, |row, _, _| progress(row))
+}
 
+/// [`run`], telling `progress` each row with the problems done and the total
+/// (`ssmk verify` draws its progress bar from them).
+pub fn run_with_progress(
+    opts: &SuiteOptions<'_>,
+    mut progress: impl FnMut(&CheckRow, usize, usize),
+) -> Result<Vec<CheckRow>> {
+    let gpu = opts.gpu;
     let mut scan_impls = vec![
         ScanImpl::CpuBlocked { block_len: 256 },
         ScanImpl::CpuBlocked { block_len: 7 },
     ];
-    if gpu.is_some() {
-        scan_impls.push(ScanImpl::Cuda);
-    }
-    for (i, case) in scan_cases(opts.full).iter().enumerate() {
-        let data = Mamba1Data::generate(case, opts.seed + i as u64);
-        push(check_scan::<f32>(&scan_impls, &data, gpu)?, &mut rows);
-        push(check_scan::<bf16>(&scan_impls, &data, gpu)?, &mut rows);
-    }
-
     let mut ssd_impls = vec![
         SsdImpl::CpuChunked { chunk: 64 },
         SsdImpl::CpuChunked { chunk: 256 },
     ];
-    if gpu.is_some() {
-        ssd_impls.push(SsdImpl::Cuda);
-    }
-    for (i, case) in ssd_cases(opts.full).iter().enumerate() {
-        let data = SsdData::generate(case, opts.seed + 100 + i as u64);
-        let mut impls = ssd_impls.clone();
-        // The O(L^2) quadratic form is an independent oracle check on the smaller shapes.
-        if case.dims.seqlen <= 1024 {
-            impls.insert(0, SsdImpl::Quadratic);
-        }
-        push(check_ssd::<f32>(&impls, &data, gpu)?, &mut rows);
-        push(check_ssd::<bf16>(&ssd_impls, &data, gpu)?, &mut rows);
-    }
-
     let mut step_impls = vec![StepImpl::Cpu];
     if gpu.is_some() {
+        scan_impls.push(ScanImpl::Cuda);
+        ssd_impls.push(SsdImpl::Cuda);
         step_impls.push(StepImpl::Cuda);
     }
-    for (i, (family, case)) in step_cases(opts.full).into_iter().enumerate() {
-        let data = StepData::generate(&case, family == Family::Mamba2, opts.seed + 200 + i as u64);
-        push(
-            check_step::<f32>(family, &step_impls, &data, gpu)?,
-            &mut rows,
-        );
-        push(
-            check_step::<bf16>(family, &step_impls, &data, gpu)?,
-            &mut rows,
-        );
+    let jobs = jobs(opts.full, opts.seed);
+    let total = jobs.len();
+    let mut rows = Vec::new();
+    for (done, job) in jobs.into_iter().enumerate() {
+        let new = match job {
+            Job::Scan(case, seed) => {
+                let data = Mamba1Data::generate(&case, seed);
+                let mut r = check_scan::<f32>(&scan_impls, &data, gpu)?;
+                r.extend(check_scan::<bf16>(&scan_impls, &data, gpu)?);
+                r
+            }
+            Job::Ssd(case, seed) => {
+                let data = SsdData::generate(&case, seed);
+                let mut impls = ssd_impls.clone();
+                // The O(L^2) quadratic form is an independent oracle check on the
+                // smaller shapes.
+                if case.dims.seqlen <= 1024 {
+                    impls.insert(0, SsdImpl::Quadratic);
+                }
+                let mut r = check_ssd::<f32>(&impls, &data, gpu)?;
+                r.extend(check_ssd::<bf16>(&ssd_impls, &data, gpu)?);
+                r
+            }
+            Job::Step(family, case, seed) => {
+                let data = StepData::generate(&case, family == Family::Mamba2, seed);
+                let mut r = check_step::<f32>(family, &step_impls, &data, gpu)?;
+                r.extend(check_step::<bf16>(family, &step_impls, &data, gpu)?);
+                r
+            }
+        };
+        for r in new {
+            progress(&r, done + 1, total);
+            rows.push(r);
+        }
     }
     Ok(rows)
 }

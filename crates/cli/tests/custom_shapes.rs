@@ -1,0 +1,259 @@
+//! `ssmk verify ssd|scan|step --shape ...` run as a user runs them (the built
+//! binary, CPU implementations): issue 13's P = 64, N = 96 bf16 problem and the
+//! other families pass against the f64 oracle; mistyped shapes, options and kernel
+//! options are usage errors (exit 2) that list what is valid.
+
+use std::process::{Command, Output};
+
+fn ssmk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ssmk"))
+        .args(args)
+        // No GPU is needed or used: only CPU implementations are asked for.
+        .env("SSM_ALLOW_NO_NVRTC", "1")
+        .output()
+        .expect("running the ssmk binary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run a verification that must pass; returns its output.
+fn passes(args: &[&str]) -> String {
+    let o = ssmk(args);
+    let t = text(&o);
+    assert!(o.status.success(), "ssmk {}:\n{t}", args.join(" "));
+    assert!(t.contains("PASS") && !t.contains("FAIL"), "{t}");
+    t
+}
+
+#[test]
+fn issue_13_ssd_shape_passes_on_the_cpu() {
+    let t = passes(&[
+        "verify",
+        "ssd",
+        "--shape",
+        "b=2,L=4097,H=24,P=64,N=96,G=3",
+        "--options",
+        "all",
+        "--dtype",
+        "bf16",
+        "--impl",
+        "cpu",
+        "--chunk",
+        "128",
+        "--seed",
+        "7",
+    ]);
+    assert!(t.contains("ssd cpu chunked/128"), "{t}");
+    assert!(t.contains("b2 L4097 H24 P64 N96 G3"), "{t}");
+    assert!(t.contains("1 rows, 1 passed, 0 failed"), "{t}");
+}
+
+#[test]
+fn scan_and_both_steps_pass_on_the_cpu() {
+    let t = passes(&[
+        "verify",
+        "--seed",
+        "3",
+        "scan",
+        "--shape",
+        "b=2,D=48,N=96,L=301,G=2",
+        "--dtype",
+        "f16",
+        "--impl",
+        "cpu",
+        "--block-len",
+        "64",
+    ]);
+    assert!(
+        t.contains("m1 cpu blocked/64") && t.contains("b2 D48 N96 L301"),
+        "{t}"
+    );
+    passes(&[
+        "verify",
+        "scan",
+        "--shape",
+        "b=1,D=8,N=5,L=40,G=const",
+        "--options",
+        "z,softplus",
+        "--impl",
+        "cpu",
+    ]);
+    let t = passes(&[
+        "verify",
+        "step",
+        "--family",
+        "m1",
+        "--shape",
+        "b=3,D=40,N=96",
+        "--dtype",
+        "bf16",
+        "--impl",
+        "cpu",
+        "--indexed",
+        "2",
+    ]);
+    assert!(t.contains("m1 step cpu"), "{t}");
+    let t = passes(&[
+        "verify",
+        "step",
+        "--family",
+        "m2",
+        "--shape",
+        "b=2,H=6,P=64,N=96,G=3",
+        "--options",
+        "none",
+        "--dtype",
+        "f32",
+        "--impl",
+        "cpu",
+    ]);
+    assert!(
+        t.contains("m2 step cpu") && t.contains("H6 P64 N96 G3"),
+        "{t}"
+    );
+    // The quadratic form joins as a second f64 implementation.
+    let t = passes(&[
+        "verify",
+        "ssd",
+        "--shape",
+        "b=1,L=100,H=2,P=3,N=5",
+        "--options",
+        "z,Dp,s0,final",
+        "--impl",
+        "cpu,quadratic",
+        "--chunk",
+        "64",
+    ]);
+    assert!(
+        t.contains("ssd quadratic f64") && t.contains("2 rows, 2 passed"),
+        "{t}"
+    );
+}
+
+#[test]
+fn mistakes_are_usage_errors_that_list_the_valid_choices() {
+    let fails = |args: &[&str], expect: &[&str]| {
+        let o = ssmk(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "ssmk {}:\n{t}", args.join(" "));
+        for e in expect {
+            assert!(
+                t.contains(e),
+                "ssmk {}: missing {e:?} in\n{t}",
+                args.join(" ")
+            );
+        }
+    };
+    fails(
+        &[
+            "verify",
+            "ssd",
+            "--shape",
+            "b=2,L=9,H=2,P=4,N=8,Q=64",
+            "--impl",
+            "cpu",
+        ],
+        &["unknown key `Q`", "b, L, H, P, N, G (default 1)"],
+    );
+    fails(
+        &[
+            "verify",
+            "ssd",
+            "--shape",
+            "b=2,L=9,H=2,P=4,N=8",
+            "--impl",
+            "cpu",
+            "--kernel-opt",
+            "stage=2",
+        ],
+        &[
+            "unknown key `stage`",
+            "kernel, stages, segments, shared_cb, warps, y_cols",
+        ],
+    );
+    fails(
+        &[
+            "verify",
+            "scan",
+            "--shape",
+            "b=1,D=8,N=4,L=9",
+            "--options",
+            "s0",
+            "--impl",
+            "cpu",
+        ],
+        &["unknown option `s0`", "z, D, bias, softplus, h0, final"],
+    );
+    fails(
+        &[
+            "verify",
+            "step",
+            "--family",
+            "m1",
+            "--shape",
+            "b=1,D=8,N=4",
+            "--impl",
+            "cpu,triton",
+        ],
+        &["unknown implementation `triton`", "cpu, cuda"],
+    );
+    fails(
+        &[
+            "verify",
+            "ssd",
+            "--shape",
+            "b=1,L=9,H=2,P=4,N=8",
+            "--impl",
+            "cuda",
+            "--gpu",
+            "off",
+        ],
+        &["no implementation left to verify"],
+    );
+}
+
+/// A fuzz case's command replays it: `--fuzz-case` with another shape is refused
+/// with the case's own command, and that command runs the fuzz target's checks on
+/// the exact inputs (the command `ssmk fuzz` prints with a finding).
+#[test]
+fn a_fuzz_case_replays_through_verify() {
+    let mut command = None;
+    for case in 0..64u64 {
+        let o = ssmk(&[
+            "verify",
+            "ssd",
+            "--shape",
+            "b=1,L=1,H=1,P=1,N=1",
+            "--options",
+            "none",
+            "--impl",
+            "cpu",
+            "--fuzz-case",
+            &case.to_string(),
+        ]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        if let Some(i) = t.find("its command is:") {
+            let line = t[i..].lines().nth(1).unwrap().trim();
+            command = Some(line.trim_start_matches("ssmk ").to_string());
+            break;
+        }
+        assert!(t.contains("replay it with `ssmk fuzz --replay"), "{t}");
+    }
+    let cmd = command.expect("an SSD case among the first 64 case seeds");
+    let mut args: Vec<&str> = cmd.split_whitespace().collect();
+    args.extend(["--gpu", "off", "--impl", "cpu"]);
+    let o = ssmk(&args);
+    let t = text(&o);
+    assert!(
+        t.contains("replaying fuzz case") && t.contains("PASS"),
+        "ssmk {cmd}:\n{t}"
+    );
+    assert!(o.status.success(), "ssmk {cmd}:\n{t}");
+}
