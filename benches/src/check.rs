@@ -1,6 +1,7 @@
-//! Check before timing: every GPU case's first call is compared with the f64
-//! oracle on the case's own inputs, and a case that fails is reported as failed,
-//! never timed.
+//! Check before timing: every case's first call (CUDA kernels, CPU ports, the
+//! quadratic form) is compared with the f64 oracle on the case's own inputs, and
+//! a case that fails is reported as failed, never timed. The output's own type
+//! sets the budget (an f64 output is held to the f32 path's 1e-5).
 //!
 //! The full oracle of a reference workload is tens of GFLOP of f64 work, so the
 //! check runs on sampled rows: for SSD two (batch row, head) pairs (the first and
@@ -128,9 +129,9 @@ fn ssd_row<T: Element>(host: &SsdHost<T>, b: usize, h: usize) -> SsdHost<T> {
 
 /// Check an SSD call's output `out` (`(b, L, H, P)`) and final states against the
 /// oracle on the first and last (batch row, head).
-pub fn verify_ssd<T: Element>(
+pub fn verify_ssd<T: Element, O: Element>(
     host: &SsdHost<T>,
-    out: &[T],
+    out: &[O],
     final_states: Option<&[f32]>,
 ) -> Result<Verification> {
     let s = host.shape;
@@ -163,11 +164,11 @@ pub fn verify_ssd<T: Element>(
         .map(|(b, h)| format!("(b {b}, head {h})"))
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(verdict(rows, sampled, T::DTYPE))
+    Ok(verdict(rows, sampled, O::DTYPE))
 }
 
-fn row_check<T: Element>(
-    got: Vec<T>,
+fn row_check<O: Element>(
+    got: Vec<O>,
     got_state: Option<&[f32]>,
     want: ScanOutput<f64, f64>,
     log_decay: f64,
@@ -221,9 +222,9 @@ fn scan_row<T: Element>(host: &Mamba1Host<T>, b: usize, d: usize) -> Mamba1Host<
 
 /// Check a Mamba-1 scan's output `out` (`(b, D_in, L)`) and final states against
 /// the oracle on the first and last (batch row, channel).
-pub fn verify_scan<T: Element>(
+pub fn verify_scan<T: Element, O: Element>(
     host: &Mamba1Host<T>,
-    out: &[T],
+    out: &[O],
     final_states: Option<&[f32]>,
 ) -> Result<Verification> {
     let s = host.shape;
@@ -250,7 +251,7 @@ pub fn verify_scan<T: Element>(
         .map(|(b, d)| format!("(b {b}, channel {d})"))
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(verdict(rows, sampled, T::DTYPE))
+    Ok(verdict(rows, sampled, O::DTYPE))
 }
 
 // ------------------------------------------------------------------ decode steps
@@ -263,10 +264,10 @@ pub enum StepShape<'a> {
 
 /// Check one decode step from the host's initial state: its output and every
 /// updated state row, against the oracle on the whole batch.
-pub fn verify_step<T: Element>(
+pub fn verify_step<T: Element, O: Element>(
     host: &StepHost<T>,
     shape: StepShape<'_>,
-    out: &[T],
+    out: &[O],
     state_after: &[f32],
 ) -> Result<Verification> {
     let mut state: Vec<f64> = host.state.iter().map(|v| f64::from(*v)).collect();
@@ -281,7 +282,7 @@ pub fn verify_step<T: Element>(
         want_state: Some(state),
         log_decay: 0.0,
     }];
-    Ok(verdict(rows, "all rows".into(), T::DTYPE))
+    Ok(verdict(rows, "all rows".into(), O::DTYPE))
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                     r.throughput.model_gb_per_s,
                     r.verification
                         .as_ref()
-                        .map_or("not verified".to_string(), |v| format!(
+                        .map_or("oracle (not checked)".to_string(), |v| format!(
                             "verified {:.1e}/{:.1e}",
                             v.rel_l2, v.budget
                         )),

@@ -1,20 +1,37 @@
 //! Running a case on the CPU: the f64 oracle or the f32 CPU ports.
 //!
 //! [`prepare`] generates the inputs once and returns a closure that runs one
-//! call; decode steps update their state in place, as a server would.
+//! call (decode steps update their state in place, as a server would) and the
+//! check of a first call against the f64 oracle that the runner makes before
+//! timing.
 
 use half::{bf16, f16};
 use ssm_core::{DType, Element, Result, SsmError};
 use ssm_telemetry::problem::Problem;
 
+use std::rc::Rc;
+
+use ssm_telemetry::record::Verification;
+
+use crate::check::{verify_scan, verify_ssd, verify_step, StepShape};
 use crate::inputs::{Mamba1Host, SsdHost, StepHost};
 use crate::suite::{Backend, Case};
 
 /// One call of a case.
 pub type CpuRun = Box<dyn FnMut() -> Result<()>>;
 
-/// Inputs for `case`, and a closure running it once.
-pub fn prepare(case: &Case, seed: u64) -> Result<CpuRun> {
+/// The case's first call checked against the f64 oracle ([`crate::check`]);
+/// `None` for the oracle's own cases (there is nothing above it to check it by).
+pub type CpuCheck = Box<dyn FnOnce() -> Result<Option<Verification>>>;
+
+/// A case ready to run on the CPU.
+pub struct CpuWork {
+    pub check: CpuCheck,
+    pub run: CpuRun,
+}
+
+/// Inputs for `case`, a closure running it once, and its check.
+pub fn prepare(case: &Case, seed: u64) -> Result<CpuWork> {
     match case.problem.dtype() {
         DType::F32 => prepare_typed::<f32>(case, seed),
         DType::F16 => prepare_typed::<f16>(case, seed),
@@ -30,78 +47,137 @@ fn unsupported(case: &Case) -> SsmError {
     }
 }
 
-fn prepare_typed<T: Element>(case: &Case, seed: u64) -> Result<CpuRun> {
+fn work(check: CpuCheck, run: CpuRun) -> Result<CpuWork> {
+    Ok(CpuWork { check, run })
+}
+
+/// The oracle's own cases: not checked (they are the reference).
+fn unchecked() -> CpuCheck {
+    Box::new(|| Ok(None))
+}
+
+fn prepare_typed<T: Element>(case: &Case, seed: u64) -> Result<CpuWork> {
     match (case.problem, case.backend) {
         (Problem::Mamba1Scan(s), backend) => {
-            let host = Mamba1Host::<T>::generate(&s, seed);
+            let host = Rc::new(Mamba1Host::<T>::generate(&s, seed));
+            let h = host.clone();
+            let block_len = mamba1_scan::CpuOptions::default().block_len;
             match backend {
-                Backend::Reference => Ok(Box::new(move || {
-                    ssm_reference::mamba1::selective_scan(&host.params()).map(drop)
-                })),
-                Backend::Cpu => Ok(Box::new(move || {
-                    mamba1_scan::cpu::selective_scan_blocked(
-                        &host.params(),
-                        mamba1_scan::CpuOptions::default().block_len,
-                    )
-                    .map(drop)
-                })),
+                Backend::Reference => work(
+                    unchecked(),
+                    Box::new(move || ssm_reference::mamba1::selective_scan(&h.params()).map(drop)),
+                ),
+                Backend::Cpu => work(
+                    Box::new(move || {
+                        let got =
+                            mamba1_scan::cpu::selective_scan_blocked(&host.params(), block_len)?;
+                        verify_scan(&host, &got.out, got.final_states.as_deref()).map(Some)
+                    }),
+                    Box::new(move || {
+                        mamba1_scan::cpu::selective_scan_blocked(&h.params(), block_len).map(drop)
+                    }),
+                ),
                 _ => Err(unsupported(case)),
             }
         }
         (Problem::Ssd(s), backend) => {
-            let host = SsdHost::<T>::generate(&s, seed);
+            let host = Rc::new(SsdHost::<T>::generate(&s, seed));
+            let h = host.clone();
             match backend {
-                Backend::Reference => Ok(Box::new(move || {
-                    ssm_reference::ssd::ssd_recurrence(&host.params()).map(drop)
-                })),
-                Backend::ReferenceQuadratic => Ok(Box::new(move || {
-                    ssm_reference::ssd::ssd_quadratic(&host.params()).map(drop)
-                })),
-                Backend::Cpu => Ok(Box::new(move || {
-                    mamba2_ssd::cpu::ssd_chunked(&host.params(), s.chunk_size).map(drop)
-                })),
+                Backend::Reference => work(
+                    unchecked(),
+                    Box::new(move || ssm_reference::ssd::ssd_recurrence(&h.params()).map(drop)),
+                ),
+                // The dual form is checked against the recurrence (an independent oracle).
+                Backend::ReferenceQuadratic => work(
+                    Box::new(move || {
+                        let got = ssm_reference::ssd::ssd_quadratic(&host.params())?;
+                        verify_ssd(&host, &got.out, None).map(Some)
+                    }),
+                    Box::new(move || ssm_reference::ssd::ssd_quadratic(&h.params()).map(drop)),
+                ),
+                Backend::Cpu => work(
+                    Box::new(move || {
+                        let got = mamba2_ssd::cpu::ssd_chunked(&host.params(), s.chunk_size)?;
+                        verify_ssd(&host, &got.out, got.final_states.as_deref()).map(Some)
+                    }),
+                    Box::new(move || {
+                        mamba2_ssd::cpu::ssd_chunked(&h.params(), s.chunk_size).map(drop)
+                    }),
+                ),
                 _ => Err(unsupported(case)),
             }
         }
         (Problem::Mamba1Step(s), backend) => {
-            let host = StepHost::<T>::mamba1(&s, seed);
+            let host = Rc::new(StepHost::<T>::mamba1(&s, seed));
+            let h = host.clone();
             match backend {
                 Backend::Reference => {
                     let mut state: Vec<f64> = host.state.iter().map(|&v| f64::from(v)).collect();
-                    Ok(Box::new(move || {
-                        ssm_reference::decode::mamba1_step(&host.mamba1_params(&s), &mut state)
-                            .map(drop)
-                    }))
+                    work(
+                        unchecked(),
+                        Box::new(move || {
+                            ssm_reference::decode::mamba1_step(&h.mamba1_params(&s), &mut state)
+                                .map(drop)
+                        }),
+                    )
                 }
                 Backend::Cpu => {
                     let mut state = host.state.clone();
-                    Ok(Box::new(move || {
-                        mamba1_scan::decode_cpu::decode_step_cpu(
-                            &host.mamba1_params(&s),
-                            &mut state,
-                        )
-                        .map(drop)
-                    }))
+                    work(
+                        Box::new(move || {
+                            let mut first = host.state.clone();
+                            let got = mamba1_scan::decode_cpu::decode_step_cpu(
+                                &host.mamba1_params(&s),
+                                &mut first,
+                            )?;
+                            verify_step(&host, StepShape::Mamba1(&s), &got.out, &first).map(Some)
+                        }),
+                        Box::new(move || {
+                            mamba1_scan::decode_cpu::decode_step_cpu(
+                                &h.mamba1_params(&s),
+                                &mut state,
+                            )
+                            .map(drop)
+                        }),
+                    )
                 }
                 _ => Err(unsupported(case)),
             }
         }
         (Problem::Mamba2Step(s), backend) => {
-            let host = StepHost::<T>::mamba2(&s, seed);
+            let host = Rc::new(StepHost::<T>::mamba2(&s, seed));
+            let h = host.clone();
             match backend {
                 Backend::Reference => {
                     let mut state: Vec<f64> = host.state.iter().map(|&v| f64::from(v)).collect();
-                    Ok(Box::new(move || {
-                        ssm_reference::decode::mamba2_step(&host.mamba2_params(&s), &mut state)
-                            .map(drop)
-                    }))
+                    work(
+                        unchecked(),
+                        Box::new(move || {
+                            ssm_reference::decode::mamba2_step(&h.mamba2_params(&s), &mut state)
+                                .map(drop)
+                        }),
+                    )
                 }
                 Backend::Cpu => {
                     let mut state = host.state.clone();
-                    Ok(Box::new(move || {
-                        mamba2_ssd::decode_cpu::decode_step_cpu(&host.mamba2_params(&s), &mut state)
+                    work(
+                        Box::new(move || {
+                            let mut first = host.state.clone();
+                            let got = mamba2_ssd::decode_cpu::decode_step_cpu(
+                                &host.mamba2_params(&s),
+                                &mut first,
+                            )?;
+                            verify_step(&host, StepShape::Mamba2(&s), &got.out, &first).map(Some)
+                        }),
+                        Box::new(move || {
+                            mamba2_ssd::decode_cpu::decode_step_cpu(
+                                &h.mamba2_params(&s),
+                                &mut state,
+                            )
                             .map(drop)
-                    }))
+                        }),
+                    )
                 }
                 _ => Err(unsupported(case)),
             }
@@ -125,8 +201,17 @@ mod tests {
                 p @ Problem::Mamba1Scan(_) | p @ Problem::Ssd(_) => p.with_seqlen(64),
                 p => p,
             };
-            let mut run = prepare(&small, 1).unwrap_or_else(|e| panic!("{}: {e}", case.id()));
+            let work = prepare(&small, 1).unwrap_or_else(|e| panic!("{}: {e}", case.id()));
+            let mut run = work.run;
             run().unwrap_or_else(|e| panic!("{}: {e}", case.id()));
+            let verdict = (work.check)().unwrap_or_else(|e| panic!("{}: {e}", case.id()));
+            match case.backend {
+                Backend::Reference => assert!(verdict.is_none(), "{}", case.id()),
+                _ => {
+                    let v = verdict.unwrap_or_else(|| panic!("{} was not checked", case.id()));
+                    assert!(v.passed, "{}: {v:?}", case.id());
+                }
+            }
         }
     }
 }

@@ -175,13 +175,23 @@ pub fn measure_gpu(
 
 /// Measure one CPU case (reference or port) with the wall clock.
 pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings) -> CaseOutcome {
-    let mut run = match cpu::prepare(case, seed) {
-        Ok(r) => r,
+    let cpu::CpuWork { check, mut run } = match cpu::prepare(case, seed) {
+        Ok(w) => w,
         Err(ssm_core::SsmError::Unsupported {
             implementation,
             what,
         }) => return CaseOutcome::Skipped(format!("{implementation} does not support {what}")),
         Err(e) => return CaseOutcome::Failed(format!("prepare: {e}")),
+    };
+    let verification = match check() {
+        Ok(Some(v)) if !v.passed => {
+            return CaseOutcome::Failed(format!(
+                "does not match the f64 oracle on {}: rel L2 {:.3e} (budget {:.3e})",
+                v.sampled, v.rel_l2, v.budget
+            ))
+        }
+        Ok(v) => v,
+        Err(e) => return CaseOutcome::Failed(format!("verification: {e}")),
     };
     if let Err(e) = run() {
         return CaseOutcome::Failed(format!("warm-up call: {e}"));
@@ -210,7 +220,7 @@ pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings)
             nvml: None,
             runs_in_nvml_window: 0,
             pass: Pass::Forward,
-            verification: None,
+            verification,
         },
         ceilings,
     )))
