@@ -51,8 +51,19 @@ fn gpu_kernels(c: &mut Criterion) {
         let id = BenchmarkId::new(case.workload.clone(), case.problem.dtype());
         group.bench_function(id, |b| {
             if work.is_none() && !skipped {
-                match gpu::prepare(&gpu, &case, 1) {
-                    Ok(w) => work = Some(w),
+                // Verified against the f64 oracle before it is timed (crate::check).
+                match gpu::prepare(&gpu, &case, 1).and_then(|mut w| Ok((w.verify(&gpu)?, w))) {
+                    Ok((v, w)) if v.passed => work = Some(w),
+                    Ok((v, _)) => {
+                        eprintln!(
+                            "FAILED {}: does not match the f64 oracle on {}: rel L2 {:.3e} (budget {:.3e}); not timed",
+                            case.id(),
+                            v.sampled,
+                            v.rel_l2,
+                            v.budget
+                        );
+                        skipped = true;
+                    }
                     Err(e) => {
                         eprintln!("SKIPPED {}: {e}", case.id());
                         skipped = true;

@@ -23,7 +23,28 @@ fn reference(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(1))
             .throughput(Throughput::Elements(case.problem.tokens()));
         match cpu::prepare(&case, 1) {
-            Ok(mut run) => {
+            Ok(work) => {
+                // Verified against the f64 oracle before it is timed (crate::check).
+                match (work.check)() {
+                    Ok(Some(v)) if !v.passed => {
+                        eprintln!(
+                            "FAILED {}: does not match the f64 oracle on {}: rel L2 {:.3e} (budget {:.3e}); not timed",
+                            case.id(),
+                            v.sampled,
+                            v.rel_l2,
+                            v.budget
+                        );
+                        group.finish();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("FAILED {}: verification: {e}", case.id());
+                        group.finish();
+                        continue;
+                    }
+                }
+                let mut run = work.run;
                 group.bench_function(
                     BenchmarkId::new(&case.workload, case.problem.dtype()),
                     |b| b.iter(|| run().expect("the oracle ran once during prepare")),
