@@ -80,7 +80,7 @@ fn gpu_result(
             threads_per_block: 256,
             dynamic_smem_bytes: 0,
         },
-        &SmLimits::SM90,
+        &SmLimits::H100_SXM,
     );
     let mut r = BenchResult::new(
         Measurement {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::compat::read_any;
 use crate::error::{Result, TelemetryError};
 use crate::gate::{compare, GateOptions};
 use crate::ncu::{self, ManifestEntry};
@@ -116,7 +115,7 @@ pub fn run_gate(args: &GateArgs) -> ExitCode {
 /// `plot`: SVG plots of result files.
 #[derive(Args, Debug, Clone)]
 pub struct PlotArgs {
-    /// Result files (any accepted format) or folders searched for `*.json`.
+    /// Result sets (schema version 1 or 2) or folders searched for `*.json`.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Folder the SVG files are written to.
@@ -154,7 +153,7 @@ pub fn run_plot(args: &PlotArgs) -> ExitCode {
             }
         };
         for file in files {
-            match read_any(&file) {
+            match ResultSet::read(&file) {
                 Ok(set) => sets.push(set),
                 // Folders hold other JSON too (manifests, verify tables): say and go on.
                 Err(e) => eprintln!("plot: skipping {}: {e}", file.display()),
@@ -287,7 +286,7 @@ pub fn floors_table(ceilings: &Ceilings) -> String {
 /// `show`: one line per result.
 #[derive(Args, Debug, Clone)]
 pub struct ShowArgs {
-    /// Result files (any accepted format).
+    /// Result sets (schema version 1 or 2).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
@@ -295,7 +294,7 @@ pub struct ShowArgs {
 pub fn run_show(args: &ShowArgs) -> ExitCode {
     let mut status = ExitCode::SUCCESS;
     for input in &args.inputs {
-        match read_any(input) {
+        match ResultSet::read(input) {
             Ok(set) => print!("{}", summary_table(&set)),
             Err(e) => {
                 eprintln!("show: {e}");

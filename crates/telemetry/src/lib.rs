@@ -10,13 +10,11 @@
 //! - [`ncu`]: measured DRAM bytes per kernel from Nsight Compute's CSV.
 //! - [`record`]: the versioned JSON result schema every producer writes.
 //! - [`peers`]: mamba_ssm / fla timings from `ci/peers`, imported beside ours.
-//! - [`compat`]: reading other producers' result files into that schema.
 //! - [`gate`]: the regression gate.
 //! - [`plot`]: SVG plots of result sets.
 //! - [`cli`]: the `gate` / `plot` / `merge-ncu` / `show` front ends.
 
 pub mod cli;
-pub mod compat;
 pub mod error;
 pub mod gate;
 pub mod ncu;
@@ -26,7 +24,6 @@ pub mod plot;
 pub mod problem;
 pub mod record;
 pub mod roofline;
-pub mod shape_arg;
 pub mod sram;
 pub mod traffic;
 pub mod workloads;

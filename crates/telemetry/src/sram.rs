@@ -2,12 +2,15 @@
 //! block, spills, and how many blocks fit on one SM (which of the two runs out).
 //!
 //! Built from the runtime's attribute read ([`ssm_gpu::KernelResources`]),
-//! ptxas's report when the runtime has one (spill bytes), and the launch shape.
+//! ptxas's report when the runtime has one (spill bytes), the launch shape and
+//! the limits of the device it ran on ([`SmLimits`], from its attributes).
 
 use serde::{Deserialize, Serialize};
-use ssm_gpu::{KernelResources, PtxasFunction};
+use ssm_gpu::{DeviceLimits, KernelResources, PtxasFunction};
 
-/// Per-SM limits of a card generation.
+/// Per-SM limits of the card a launch ran on. A run builds them from its
+/// device's attributes (`SmLimits::from(&gpu.limits()?)`, [`DeviceLimits`]);
+/// the constants are for tests and runs without a device.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SmLimits {
     pub registers: u32,
@@ -21,15 +24,28 @@ pub struct SmLimits {
 }
 
 impl SmLimits {
-    /// sm_90 (H100): 64 Ki registers, 228 KiB shared memory, 2048 threads, 32 blocks.
-    pub const SM90: SmLimits = SmLimits {
-        registers: 65536,
-        register_unit_per_warp: 256,
-        smem_bytes: 228 * 1024,
-        smem_reserved_per_block: 1024,
-        threads: 2048,
-        blocks: 32,
-    };
+    /// The limits of a device, as `ssm-gpu` read them from its attributes.
+    pub const fn from_device(l: &DeviceLimits) -> SmLimits {
+        SmLimits {
+            registers: l.registers_per_sm,
+            register_unit_per_warp: l.register_unit_per_warp,
+            smem_bytes: l.smem_per_sm,
+            smem_reserved_per_block: l.smem_reserved_per_block,
+            threads: l.max_threads_per_sm,
+            blocks: l.max_blocks_per_sm,
+        }
+    }
+
+    /// H100 SXM (sm_90): 64 Ki registers, 228 KiB shared memory, 2048 threads, 32 blocks.
+    pub const H100_SXM: SmLimits = SmLimits::from_device(&DeviceLimits::H100_SXM);
+    /// H200: the H100's SM.
+    pub const H200: SmLimits = SmLimits::from_device(&DeviceLimits::H200);
+}
+
+impl From<&DeviceLimits> for SmLimits {
+    fn from(l: &DeviceLimits) -> SmLimits {
+        SmLimits::from_device(l)
+    }
 }
 
 /// The shape of a launch that resources alone do not say.
@@ -158,7 +174,7 @@ mod tests {
                 threads_per_block: 256,
                 dynamic_smem_bytes: 0,
             },
-            &SmLimits::SM90,
+            &SmLimits::H100_SXM,
         );
         assert_eq!(
             (s.blocks_per_sm, s.limiter),
@@ -177,7 +193,7 @@ mod tests {
                 threads_per_block: 128,
                 dynamic_smem_bytes: 80 * 1024,
             },
-            &SmLimits::SM90,
+            &SmLimits::H100_SXM,
         );
         assert_eq!(s.smem_per_block(), 96 * 1024);
         // (96 + 1) KiB per block in 228 KiB: 2 blocks.
@@ -201,9 +217,33 @@ mod tests {
             dynamic_smem_bytes: 0,
         };
         assert_eq!(
-            SramUse::new(&r, Some(&p), launch, &SmLimits::SM90).spills(),
+            SramUse::new(&r, Some(&p), launch, &SmLimits::H100_SXM).spills(),
             16
         );
-        assert_eq!(SramUse::new(&r, None, launch, &SmLimits::SM90).spills(), 64);
+        assert_eq!(
+            SramUse::new(&r, None, launch, &SmLimits::H100_SXM).spills(),
+            64
+        );
+    }
+    #[test]
+    fn blocks_per_sm_follow_the_device_limits() {
+        // 64 KiB of shared memory per block: 3 fit the H100's 228 KiB, 1 a
+        // 100 KiB card's.
+        let launch = LaunchShape {
+            threads_per_block: 128,
+            dynamic_smem_bytes: 64 * 1024,
+        };
+        let r = resources(64, 0);
+        let h100 = SramUse::new(&r, None, launch, &SmLimits::H100_SXM);
+        let small = SmLimits::from(&DeviceLimits::SM86_SMALL);
+        let s = SramUse::new(&r, None, launch, &small);
+        assert_eq!((h100.blocks_per_sm, s.blocks_per_sm), (3, 1));
+        assert_eq!(s.limiter, OccupancyLimiter::SharedMemory);
+        assert_eq!(SmLimits::H200, SmLimits::H100_SXM);
+        // The same answer as the device limits' own occupancy rule.
+        assert_eq!(
+            h100.blocks_per_sm as usize,
+            DeviceLimits::H100_SXM.blocks_per_sm(64, 128, 64 * 1024)
+        );
     }
 }

@@ -19,7 +19,9 @@ fn the_readme_status_table_is_generated_from_its_result_set() {
         .find(OPEN)
         .expect("README.md has a `<!-- status-table: PATH -->` marker");
     let rest = &readme[start + OPEN.len()..];
-    let (path, rest) = rest.split_once(" -->").expect("the marker closes with ` -->`");
+    let (path, rest) = rest
+        .split_once(" -->")
+        .expect("the marker closes with ` -->`");
     let end = rest
         .find(CLOSE)
         .expect("README.md closes the status table with `<!-- /status-table -->`");
