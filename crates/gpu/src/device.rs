@@ -213,11 +213,14 @@ impl Gpu {
         Ok(DeviceLimits {
             sm_count: self.multiprocessor_count()?,
             smem_per_block_optin: self.max_smem_per_block_optin()?,
-            smem_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            smem_per_sm: self
+                .attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
             smem_reserved_per_block: reserved,
-            registers_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?,
+            registers_per_sm: self
+                .attribute(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?,
             register_unit_per_warp: 256,
-            max_threads_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?,
+            max_threads_per_sm: self
+                .attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?,
             max_blocks_per_sm: self.attribute(CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR)?,
             l2_bytes: self.l2_cache_bytes()?,
         })

@@ -88,7 +88,8 @@ impl DeviceLimits {
         let by_regs = (self.registers_per_sm as usize)
             .checked_div(regs_per_warp * warps)
             .unwrap_or(usize::MAX);
-        let by_smem = self.smem_per_sm as usize / (smem_bytes + self.smem_reserved_per_block as usize);
+        let by_smem =
+            self.smem_per_sm as usize / (smem_bytes + self.smem_reserved_per_block as usize);
         let by_threads = self.max_threads_per_sm as usize / threads;
         by_regs
             .min(by_smem)
