@@ -8,7 +8,7 @@
 # from random seeds through `ssmk fuzz` for the same total time.
 #
 # usage: ci/fuzz.sh [seconds-per-target]
-#   FUZZ_SECONDS   seconds per target (default 15: about 3 minutes in all on 2
+#   FUZZ_SECONDS   seconds per target (default 15: about 4 minutes in all on 2
 #                  cores, of which the instrumented build takes 1 to 2)
 #   FUZZ_TARGETS   space-separated subset of the targets
 # A finding exits non-zero; its input is in fuzz/artifacts/<target>/ (replay:
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-${FUZZ_SECONDS:-15}}"
-targets="${FUZZ_TARGETS:-scan_diff ssd_diff step_diff api_malformed cpu_determinism}"
+targets="${FUZZ_TARGETS:-scan_diff ssd_diff step_diff api_malformed cpu_determinism ssd_bwd_diff scan_bwd_diff}"
 start=$(date +%s)
 log() { echo "== fuzz: $*"; }
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Planted bugs (docs/FUZZING.md): with each bug of ssm_core::planted active, the
-# property tests (crates/verify/tests/equivalence.rs) and the fuzz targets' logic
-# (crates/verify/tests/planted_bugs.rs) must FAIL. Prints the catch table: for the
+# property tests and the fuzz targets' logic (crates/verify/tests/planted_bugs.rs)
+# must FAIL. The property tests of a forward bug are crates/verify/tests/
+# equivalence.rs; of an SSD backward bug (ssd-bwd-*) crates/mamba2-ssd/tests/
+# backward_properties.rs; of a Mamba-1 backward bug (scan-bwd-*)
+# crates/mamba1-scan/tests/backward_properties.rs. Prints the catch table: for the
 # property tests the first property to fail and the wall time until it reported
 # (shrinking limited to 1 ms), for the fuzz logic the random cases and wall time
 # until the first failing case.
@@ -16,16 +19,26 @@ write_docs=0
 
 # Keep in step with ssm_core::planted::Bug::ALL (the fuzz report is checked against it).
 bugs=(ssd-chunk-boundary scan-block-boundary wrong-group no-carried-decay dropped-d
-      softplus-threshold initial-state-ignored last-partial-chunk-skipped padding-row-written)
+      softplus-threshold initial-state-ignored last-partial-chunk-skipped padding-row-written
+      ssd-bwd-dt-bias-dropped ssd-bwd-decay-sign ssd-bwd-dropped-d
+      ssd-bwd-last-partial-chunk-skipped ssd-bwd-causal-mask
+      ssd-bwd-initial-state-grad-dropped ssd-bwd-clamp-grad-leaked
+      scan-bwd-delta-bias-dropped scan-bwd-softplus-threshold scan-bwd-wrong-group
+      scan-bwd-initial-state-grad-dropped scan-bwd-one-step-late)
 
 log() { echo "== planted-bugs: $*" >&2; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 log "building the tests with --features planted-bugs"
-cargo test -q -p ssm-verify --features planted-bugs --test equivalence --test planted_bugs \
-    --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
+# build <package> <test>...: print "<test> <executable>" for each test binary.
+build() {
+    local package="$1"; shift
+    local tests=()
+    for t in "$@"; do tests+=(--test "$t"); done
+    cargo test -q -p "$package" --features planted-bugs "${tests[@]}" \
+        --no-run --message-format=json 2>/dev/null \
+        | python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -34,21 +47,38 @@ for line in sys.stdin:
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
         print(msg["target"]["name"], msg["executable"])
-' >"$work/bins"
+'
+}
+build ssm-verify equivalence planted_bugs >"$work/bins"
+build mamba2-ssd backward_properties >"$work/ssd_bwd_bins"
+build mamba1-scan backward_properties >"$work/scan_bwd_bins"
 equivalence="$(awk '$1 == "equivalence" {print $2}' "$work/bins")"
 planted="$(awk '$1 == "planted_bugs" {print $2}' "$work/bins")"
-[ -x "$equivalence" ] && [ -x "$planted" ] || { log "test binaries not found"; exit 1; }
+ssd_bwd="$(awk '$1 == "backward_properties" {print $2}' "$work/ssd_bwd_bins")"
+scan_bwd="$(awk '$1 == "backward_properties" {print $2}' "$work/scan_bwd_bins")"
+for bin in "$equivalence" "$planted" "$ssd_bwd" "$scan_bwd"; do
+    [ -x "$bin" ] || { log "test binaries not found"; exit 1; }
+done
+# The property-test binary that must catch a bug.
+suite_of() {
+    case "$1" in
+        ssd-bwd-*) echo "$ssd_bwd" ;;
+        scan-bwd-*) echo "$scan_bwd" ;;
+        *) echo "$equivalence" ;;
+    esac
+}
 
 # Property tests must not write failures into the committed regression file,
 # and should report the first failure without shrinking for long.
 export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1 PROPTEST_MAX_SHRINK_TIME=1
 
-# Run the property tests; print "<status> <seconds to first FAILED or end> <first failing test>".
+# Run the property tests of binary $1; print "<status> <seconds to first FAILED or
+# end> <first failing test>".
 run_properties() {
     local start now line first="" first_t="" status
     start=$(date +%s.%N)
     set +e
-    "$equivalence" --test-threads=2 2>&1 | while IFS= read -r line; do
+    "$1" --test-threads=2 2>&1 | while IFS= read -r line; do
         printf '%s %s\n' "$(date +%s.%N)" "$line"
     done >"$work/props.log"
     status=${PIPESTATUS[0]}
@@ -64,15 +94,17 @@ run_properties() {
 }
 
 log "clean build: the property tests must pass"
-read -r status secs _ < <(SSM_PLANTED_BUG= run_properties)
-if [ "$status" -ne 0 ]; then
-    log "the property tests fail WITHOUT a planted bug:"; cat "$work/props.log" >&2; exit 1
-fi
+for suite in "$equivalence" "$ssd_bwd" "$scan_bwd"; do
+    read -r status secs _ < <(SSM_PLANTED_BUG= run_properties "$suite")
+    if [ "$status" -ne 0 ]; then
+        log "$suite fails WITHOUT a planted bug:"; cat "$work/props.log" >&2; exit 1
+    fi
+done
 
 escaped=0
 declare -A prop_row
 for bug in "${bugs[@]}"; do
-    read -r status secs prop < <(SSM_PLANTED_BUG="$bug" run_properties)
+    read -r status secs prop < <(SSM_PLANTED_BUG="$bug" run_properties "$(suite_of "$bug")")
     if [ "$status" -ne 0 ] && [ "$prop" != "-" ]; then
         prop_row[$bug]="yes | $prop | $secs"
     else

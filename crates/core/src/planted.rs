@@ -43,10 +43,42 @@ pub enum Bug {
     /// Mamba-1 decode step: a padding row (negative state index) reads and writes
     /// the last cache row, as a Python-style `-1` index would.
     PaddingRowWritten,
+    // ------------------------------------------------ backward (issues 14, 15)
+    /// SSD backward: the dt_bias gradient is dropped (returned as zeros).
+    SsdBwdDtBiasDropped,
+    /// SSD backward: the log-decay gradient enters the step gradient with the
+    /// wrong sign (`d dt' = ... - A da` for `+ A da`).
+    SsdBwdDecaySign,
+    /// SSD backward: the D gradient is never accumulated (returned as zeros).
+    SsdBwdDroppedD,
+    /// SSD backward: the last chunk of a sequence is skipped when it is shorter
+    /// than the chunk length (its gradients stay 0, its partials are lost).
+    SsdBwdLastPartialChunkSkipped,
+    /// SSD backward: the causal mask is off by one: the diagonal `j = i` of the
+    /// in-chunk decay matrix is masked out.
+    SsdBwdCausalMask,
+    /// SSD backward: the initial-state gradient is dropped (zeros).
+    SsdBwdInitialStateGradDropped,
+    /// SSD backward: the step gradient passes through where `dt_limit` clamps
+    /// (it must be zero there, as in mamba_ssm).
+    SsdBwdClampGradLeaked,
+    /// Scan backward: the delta_bias gradient is dropped (zeros).
+    ScanBwdDeltaBiasDropped,
+    /// Scan backward: softplus' derivative is taken as 1 above 5 instead of 20
+    /// (see [`softplus_grad_low_threshold`]).
+    ScanBwdSoftplusThreshold,
+    /// Scan backward: grouped dB/dC partials are reduced into group
+    /// `first channel % G` instead of `first channel / (D_in / G)`.
+    ScanBwdWrongGroup,
+    /// Scan backward: the initial-state gradient is dropped (zeros).
+    ScanBwdInitialStateGradDropped,
+    /// Scan backward: the adjoint is carried to step `t - 1` with the decay of
+    /// step `t + 1` (one step late) instead of step `t`'s.
+    ScanBwdOneStepLate,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 21] = [
         Bug::SsdChunkBoundary,
         Bug::ScanBlockBoundary,
         Bug::WrongGroup,
@@ -56,6 +88,18 @@ impl Bug {
         Bug::InitialStateIgnored,
         Bug::LastPartialChunkSkipped,
         Bug::PaddingRowWritten,
+        Bug::SsdBwdDtBiasDropped,
+        Bug::SsdBwdDecaySign,
+        Bug::SsdBwdDroppedD,
+        Bug::SsdBwdLastPartialChunkSkipped,
+        Bug::SsdBwdCausalMask,
+        Bug::SsdBwdInitialStateGradDropped,
+        Bug::SsdBwdClampGradLeaked,
+        Bug::ScanBwdDeltaBiasDropped,
+        Bug::ScanBwdSoftplusThreshold,
+        Bug::ScanBwdWrongGroup,
+        Bug::ScanBwdInitialStateGradDropped,
+        Bug::ScanBwdOneStepLate,
     ];
 
     /// The value of `SSM_PLANTED_BUG` that selects this bug.
@@ -70,6 +114,18 @@ impl Bug {
             Bug::InitialStateIgnored => "initial-state-ignored",
             Bug::LastPartialChunkSkipped => "last-partial-chunk-skipped",
             Bug::PaddingRowWritten => "padding-row-written",
+            Bug::SsdBwdDtBiasDropped => "ssd-bwd-dt-bias-dropped",
+            Bug::SsdBwdDecaySign => "ssd-bwd-decay-sign",
+            Bug::SsdBwdDroppedD => "ssd-bwd-dropped-d",
+            Bug::SsdBwdLastPartialChunkSkipped => "ssd-bwd-last-partial-chunk-skipped",
+            Bug::SsdBwdCausalMask => "ssd-bwd-causal-mask",
+            Bug::SsdBwdInitialStateGradDropped => "ssd-bwd-initial-state-grad-dropped",
+            Bug::SsdBwdClampGradLeaked => "ssd-bwd-clamp-grad-leaked",
+            Bug::ScanBwdDeltaBiasDropped => "scan-bwd-delta-bias-dropped",
+            Bug::ScanBwdSoftplusThreshold => "scan-bwd-softplus-threshold",
+            Bug::ScanBwdWrongGroup => "scan-bwd-wrong-group",
+            Bug::ScanBwdInitialStateGradDropped => "scan-bwd-initial-state-grad-dropped",
+            Bug::ScanBwdOneStepLate => "scan-bwd-one-step-late",
         }
     }
 
@@ -90,6 +146,23 @@ pub fn softplus_low_threshold(x: f32) -> f32 {
     } else {
         x.exp().ln_1p()
     }
+}
+
+/// The wrong softplus derivative of [`Bug::ScanBwdSoftplusThreshold`]: 1 above
+/// 5 (where the planted forward threshold would stop), `sigmoid(x)` below.
+/// `1 - sigmoid(5) = 6.7e-3`, far beyond an f32 gradient budget.
+pub fn softplus_grad_low_threshold(x: f32) -> f32 {
+    if x > 5.0 {
+        1.0
+    } else {
+        crate::mamba1_grad::softplus_grad_f32(x)
+    }
+}
+
+/// Whether the bug is one of the backward passes' (its property tests are the
+/// backward ones: ci/planted-bugs.sh).
+pub fn is_backward(bug: Bug) -> bool {
+    bug.name().contains("-bwd-")
 }
 
 /// Whether `bug` is planted. A constant `false` without the `planted-bugs` feature.
@@ -200,5 +273,16 @@ mod tests {
         assert!(worst_ulps <= 1, "{worst_ulps} ulps");
         // At the planted threshold the difference is visible: 6.7e-3 at x = 5.
         assert!((softplus_low_threshold(5.5) - 5.5f32.exp().ln_1p()).abs() > 4e-3);
+    }
+
+    #[test]
+    fn the_wrong_softplus_derivative_differs_only_above_5() {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert_eq!(
+            softplus_grad_low_threshold(4.9),
+            crate::mamba1_grad::softplus_grad_f32(4.9)
+        );
+        assert!((softplus_grad_low_threshold(5.5) - sigmoid(5.5)) > 4e-3);
+        assert_eq!(Bug::ALL.iter().filter(|&&b| is_backward(b)).count(), 12);
     }
 }

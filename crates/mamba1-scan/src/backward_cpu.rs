@@ -44,6 +44,7 @@ use ssm_core::mamba1_grad::{
     bc_grad_len, silu_grad_f32, softplus_grad_f32, ScanGradInputs, ScanGrads,
 };
 use ssm_core::math::{scan_dt_f32, silu_f32};
+use ssm_core::planted::{self, Bug};
 use ssm_core::shape::segments;
 use ssm_core::{Element, Result, SsmError};
 
@@ -112,7 +113,10 @@ pub fn selective_scan_backward_blocked<T: Element>(
         if let Some(dz) = &mut dz {
             dz[at..at + len].copy_from_slice(&r.dz);
         }
-        if let Some(dh0) = &mut dinitial {
+        if let Some(dh0) = dinitial
+            .as_mut()
+            .filter(|_| !planted::active(Bug::ScanBwdInitialStateGradDropped))
+        {
             let per_seq = chunk.channels.len() * d_state;
             for (&state, src) in r.seq_states.iter().zip(r.dh0.chunks_exact(per_seq)) {
                 let at = (state * d_inner + chunk.channels.start) * d_state;
@@ -184,8 +188,15 @@ fn reduce_bc<T: Element>(
                 .enumerate()
                 .for_each(|(row_group, acc)| {
                     let (row, g) = (row_group / groups, row_group % groups);
+                    let group_of = |start: usize| {
+                        if planted::active(Bug::ScanBwdWrongGroup) {
+                            start % groups
+                        } else {
+                            start / per_group
+                        }
+                    };
                     for (chunk, r) in chunks.iter().zip(results) {
-                        if chunk.row == row && chunk.channels.start / per_group == g {
+                        if chunk.row == row && group_of(chunk.channels.start) == g {
                             for (a, v) in acc.iter_mut().zip(partial(r)) {
                                 *a += v;
                             }
@@ -611,11 +622,17 @@ fn channel_sequence<'s, T: Element>(
                 let w = lam * decays[n] * h_prev[n];
                 ddt += ch.a[n] * w + lam * bs[n] * u;
                 da_block[n] += dt * w;
-                s.lam[n] = lam * decays[n];
+                s.lam[n] = if planted::active(Bug::ScanBwdOneStepLate) && i + 1 < steps {
+                    lam * s.decay[(i + 1) * n_state + n]
+                } else {
+                    lam * decays[n]
+                };
             }
             out.du[t] = T::from_f32(gy * ch.skip + dt * lam_b);
             let x = p.delta[ch.at + t].to_f32() + ch.delta_bias;
-            let ddelta = if p.delta_softplus {
+            let ddelta = if p.delta_softplus && planted::active(Bug::ScanBwdSoftplusThreshold) {
+                ddt * planted::softplus_grad_low_threshold(x)
+            } else if p.delta_softplus {
                 ddt * softplus_grad_f32(x)
             } else {
                 ddt
@@ -639,7 +656,9 @@ fn channel_sequence<'s, T: Element>(
             }
         }
         *out.dd += dd_block;
-        *out.ddelta_bias += dbias_block;
+        if !planted::active(Bug::ScanBwdDeltaBiasDropped) {
+            *out.ddelta_bias += dbias_block;
+        }
     }
     &s.lam
 }

@@ -51,6 +51,7 @@ use rayon::prelude::*;
 use ssm_core::mamba2::{DSkip, SsdParams};
 use ssm_core::mamba2_grad::{dt_grad_factor_f32, silu_grad_f32, validate_grad_inputs};
 use ssm_core::math::silu_f32;
+use ssm_core::planted::{self, Bug};
 use ssm_core::{Element, Result, SsdGrads, SsmError};
 
 use crate::cpu::chunk_cumsum::{chunk_cumsum, ChunkScalars};
@@ -59,6 +60,8 @@ use crate::cpu::linalg::{dot, vec_mat_acc};
 use crate::cpu::plan::{split_lengths_mut, Chunk, ChunkPlan};
 use crate::cpu::state_passing::{pass_states, transpose_blocks};
 use crate::cpu::tiles::TileView;
+
+pub mod tolerance;
 
 /// The chunked backward with chunk length `chunk_size` (any value >= 1). Gradients
 /// of tensor inputs come back in `T`, of parameters and initial states in f32.
@@ -197,6 +200,9 @@ pub fn ssd_backward_chunked<T: Element>(
         },
     );
     for (seq_head, running) in d_init_rows {
+        if planted::active(Bug::SsdBwdInitialStateGradDropped) {
+            break;
+        }
         let dst = &mut d_initial[seq_head * head_len..(seq_head + 1) * head_len];
         transpose_blocks(&running, dst, d_state, head_dim);
     }
@@ -252,7 +258,14 @@ pub fn ssd_backward_chunked<T: Element>(
             .collect();
         tasks.into_par_iter().for_each_init(
             || BackScratch::new(max_len, head_dim, d_state),
-            |scratch, task| chunk_backward(p, d_out, task, scratch),
+            |scratch, task| {
+                if planted::active(Bug::SsdBwdLastPartialChunkSkipped)
+                    && task.chunk.len < chunk_size
+                {
+                    return;
+                }
+                chunk_backward(p, d_out, task, scratch)
+            },
         );
     }
 
@@ -543,6 +556,9 @@ fn chunk_backward<T: Element>(
                 for j in 0..=i {
                     s.e[i * len + j] = (cum[i] - cum[j]).exp2();
                 }
+                if planted::active(Bug::SsdBwdCausalMask) {
+                    s.e[i * len + i] = 0.0;
+                }
             }
             let sc = &mut s.sc[..lp];
             let gb = &mut s.gb[..lp];
@@ -677,21 +693,44 @@ fn chunk_backward<T: Element>(
 
             // The dt chain and the partial reductions.
             let bias = p.dt_bias.map_or(0.0, |b| b[h]);
+            let limit = if planted::active(Bug::SsdBwdClampGradLeaked) {
+                (f32::NEG_INFINITY, f32::INFINITY)
+            } else {
+                p.dt_limit
+            };
+            let decay_sign = if planted::active(Bug::SsdBwdDecaySign) {
+                -1.0
+            } else {
+                1.0
+            };
             let mut da_h = 0f32;
             let mut dbias_h = 0f32;
             for k in (0..len).rev() {
-                let d_dt_prime = s.ddt[k] + a * s.ds[k];
+                let d_dt_prime = s.ddt[k] + decay_sign * a * s.ds[k];
                 da_h += dt[k] * s.ds[k];
                 let raw = p.dt[(chunk.token_start + k) * heads + h].to_f32();
-                let d_raw = d_dt_prime * dt_grad_factor_f32(raw, bias, p.dt_softplus, p.dt_limit);
+                let d_raw = d_dt_prime * dt_grad_factor_f32(raw, bias, p.dt_softplus, limit);
                 dbias_h += d_raw;
                 out.ddt[k * heads + h] = T::from_f32(d_raw);
             }
             da_part[h] = da_h;
-            dbias_part[h] = dbias_h;
+            dbias_part[h] = if planted::active(Bug::SsdBwdDtBiasDropped) {
+                0.0
+            } else {
+                dbias_h
+            };
             let dd_h = &mut dd_part[h * head_dim..(h + 1) * head_dim];
             dd_h.fill(0.0);
-            for (dy_i, x_i) in dy.chunks_exact(head_dim).zip(x_tile.chunks_exact(head_dim)) {
+            let d_rows = if planted::active(Bug::SsdBwdDroppedD) {
+                0
+            } else {
+                len
+            };
+            for (dy_i, x_i) in dy
+                .chunks_exact(head_dim)
+                .zip(x_tile.chunks_exact(head_dim))
+                .take(d_rows)
+            {
                 for ((acc, &g), &x) in dd_h.iter_mut().zip(dy_i).zip(x_i) {
                     *acc += g * x;
                 }

@@ -17,6 +17,7 @@
 //! problems), [`envelope`], [`verdict`], `targets`, `api`, `determinism`.
 
 mod api;
+pub mod backward;
 mod determinism;
 pub mod draw;
 pub mod envelope;
@@ -45,15 +46,20 @@ pub enum Target {
     Step,
     Api,
     Determinism,
+    /// Differential, the backward passes ([`backward`]).
+    SsdBackward,
+    ScanBackward,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 7] = [
         Target::Scan,
         Target::Ssd,
         Target::Step,
         Target::Api,
         Target::Determinism,
+        Target::SsdBackward,
+        Target::ScanBackward,
     ];
 
     /// The cargo-fuzz target name (`fuzz/fuzz_targets/<name>.rs`) and corpus folder.
@@ -64,6 +70,8 @@ impl Target {
             Target::Step => "step_diff",
             Target::Api => "api_malformed",
             Target::Determinism => "cpu_determinism",
+            Target::SsdBackward => "ssd_bwd_diff",
+            Target::ScanBackward => "scan_bwd_diff",
         }
     }
 
@@ -80,6 +88,8 @@ impl Target {
             Target::Step => targets::step(bytes, ctx),
             Target::Api => api::api(bytes, ctx),
             Target::Determinism => determinism::determinism(bytes),
+            Target::SsdBackward => backward::ssd(bytes, ctx),
+            Target::ScanBackward => backward::scan(bytes, ctx),
         });
         result.unwrap_or_else(|m| {
             Err(Finding {
@@ -104,6 +114,8 @@ impl Target {
             Target::Ssd => problems::SsdProblem::decode(&mut b).describe(),
             Target::Step => problems::StepProblem::decode(&mut b).describe(),
             Target::Determinism => determinism::describe(&mut b),
+            Target::SsdBackward => backward::SsdBwdProblem::decode(&mut b).describe(),
+            Target::ScanBackward => backward::ScanBwdProblem::decode(&mut b).describe(),
             Target::Api => String::new(),
         }
     }

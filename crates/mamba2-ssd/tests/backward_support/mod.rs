@@ -6,12 +6,13 @@
 
 use crate::cpu_support::{chunked_log_decay, Case, Rounded};
 use mamba2_ssd::backward_cpu::ssd_backward_chunked;
+use mamba2_ssd::backward_cpu::tolerance::judge_grads;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use ssm_core::mamba2::SsdParams;
 use ssm_core::mamba2_grad::GradRef;
-use ssm_core::tolerance::{compare, rel_l2_budget};
+use ssm_core::tolerance::compare;
 use ssm_core::{DType, Element, SsdGrads};
 use ssm_reference::ssd_backward::{ssd_backward_detailed, ssd_backward_magnitude};
 
@@ -37,17 +38,7 @@ pub fn incoming<T: Element>(case: &Case, seed: u64) -> Incoming<T> {
     }
 }
 
-/// One gradient's comparison.
-#[derive(Clone, Debug)]
-pub struct GradCheck {
-    pub name: &'static str,
-    pub rel_l2: f64,
-    pub max_abs: f64,
-    pub budget: f64,
-    /// The absolute allowance for a cancelling reduction (0 where none applies).
-    pub allowance: f64,
-    pub passed: bool,
-}
+pub use mamba2_ssd::backward_cpu::tolerance::GradCheck;
 
 /// Run the port with chunk `chunk` and the oracle on `case` rounded to `T`, and
 /// judge every gradient. Returns the checks (the caller asserts or reports).
@@ -66,7 +57,8 @@ pub fn judge<T: Element>(
     judge_against(&p, &inc.d_out, inc.d_final.as_deref(), &got, &want, chunk)
 }
 
-/// The judgement itself (see docs/TOLERANCES.md, "Backward").
+/// The judgement itself (see docs/TOLERANCES.md, "Backward"), shared with the
+/// fuzz target: `mamba2_ssd::backward_cpu::tolerance::judge_grads`.
 pub fn judge_against<T: Element>(
     p: &SsdParams<'_, T>,
     d_out: &[T],
@@ -75,91 +67,18 @@ pub fn judge_against<T: Element>(
     want: &ssm_reference::ssd_backward::SsdBackwardDetail,
     chunk: usize,
 ) -> Vec<GradCheck> {
-    let k = chunked_log_decay(p, chunk);
-    let gamma = reduction_gamma(p, chunk, k);
-    // The oracle on absolute values, computed only when a relative check fails.
-    let mags = std::cell::OnceCell::new();
-    let magnitude = || {
-        mags.get_or_init(|| {
+    judge_grads(
+        p,
+        got,
+        &want.grads,
+        chunk,
+        chunked_log_decay(p, chunk),
+        || {
             ssd_backward_magnitude(p, d_out, d_final)
                 .expect("valid problem")
                 .grads
-        })
-    };
-    let (g, w) = (got.named(), want.grads.named());
-    assert_eq!(
-        g.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        w.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        "the port and the oracle return different gradients"
-    );
-    g.into_iter()
-        .zip(w)
-        .map(|((name, got), (_, want))| {
-            let (got, want, dtype) = match (got, want) {
-                (GradRef::Input(g), GradRef::Input(w)) => (g, w, T::DTYPE),
-                (GradRef::Param(g), GradRef::Param(w)) => (g, w, DType::F32),
-                _ => unreachable!("same field, same kind"),
-            };
-            let cmp = compare(got, want);
-            let budget = rel_l2_budget(dtype, k);
-            let relative = cmp.non_finite == 0 && cmp.rel_l2 <= budget;
-            let allowance = if relative {
-                0.0
-            } else {
-                let (_, m) = magnitude()
-                    .named()
-                    .into_iter()
-                    .find(|(n, _)| *n == name)
-                    .expect("same gradients");
-                let m = match m {
-                    GradRef::Input(m) | GradRef::Param(m) => m,
-                };
-                gamma * l2(m)
-            };
-            // compare() reports the absolute L2 error when the reference is zero.
-            let norm = l2(want);
-            let diff = if norm > 0.0 {
-                cmp.rel_l2 * norm
-            } else {
-                cmp.rel_l2
-            };
-            let passed = relative || (cmp.non_finite == 0 && diff <= budget * norm + allowance);
-            GradCheck {
-                name,
-                rel_l2: cmp.rel_l2,
-                max_abs: cmp.max_abs,
-                budget,
-                allowance,
-                passed,
-            }
-        })
-        .collect()
-}
-
-/// `gamma = 4 sqrt(n) u32 + 4 eps32 K` with `n` the longest chain of roundings a
-/// term goes through: the state and its gradient each accumulate over the tokens of
-/// a sequence (and the parameter gradients sum over them: `2 L` for all rows), the
-/// `(Q/2)^2` pair terms of a log-decay gradient inside a chunk, and the `P N` terms
-/// of `<G, S>`.
-fn reduction_gamma<T>(p: &SsdParams<'_, T>, chunk: usize, k: f64) -> f64 {
-    let longest = ssm_core::shape::segments(p.cu_seqlens, p.dims.seqlen)
-        .iter()
-        .map(|(s, e)| e - s)
-        .max()
-        .unwrap_or(0);
-    let rows = if p.cu_seqlens.is_some() {
-        1
-    } else {
-        p.dims.batch
-    };
-    let q = chunk.min(longest) as f64;
-    let n = (2 * longest * rows + p.dims.d_state * p.dims.head_dim) as f64 + q * q / 4.0;
-    let eps = f32::EPSILON as f64;
-    4.0 * n.sqrt() * eps / 2.0 + 4.0 * eps * k
-}
-
-pub fn l2(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+        },
+    )
 }
 
 /// Assert every check passed, printing all of them.
