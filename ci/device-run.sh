@@ -7,6 +7,7 @@
 #   resources  ssmk resources --json (every variant vs its budget)   -> resources.json
 #   tests      every GPU test binary, SSM_REQUIRE_GPU=1              -> device-run.log
 #   verify     ssmk verify --gpu require --json                      -> verify.json
+#   custom     ssmk verify on the shapes in SSM_DEVICE_VERIFY ("args;args;...") -> device-run.log
 #   fuzz       ssmk fuzz --gpu require (SSM_FUZZ_SECONDS, default 60)  -> device-run.log
 #   sanitize   ci/sanitize.sh: compute-sanitizer memcheck/racecheck/initcheck/synccheck
 #   peers      ci/peers/run.sh: mamba_ssm and fla timed on this card  -> results.tar.gz (peers.json)
@@ -134,6 +135,16 @@ if has_step verify; then
     else
         echo "verify: SKIPPED (this ssmk has no 'verify' subcommand)" >>"$summary"
     fi
+fi
+if has_step custom; then
+    # SSM_DEVICE_VERIFY="args;args;...": ssmk verify on shapes of the caller's
+    # (e.g. "ssd --shape b=2,L=4097,H=24,P=64,N=96,G=3 --options all --dtype bf16").
+    IFS=';' read -r -a custom_runs <<<"${SSM_DEVICE_VERIFY:-}"
+    for custom in "${custom_runs[@]}"; do
+        [ -n "$custom" ] || continue
+        # shellcheck disable=SC2086 # the arguments are split on purpose
+        run_step "verify: ssmk verify $custom" "$ssmk" verify $custom
+    done
 fi
 if has_step fuzz; then
     if ssmk_has fuzz; then

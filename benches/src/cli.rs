@@ -209,12 +209,10 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                     r.timing.median_ms,
                     100.0 * r.roofline.fraction_of_floor,
                     r.throughput.model_gb_per_s,
-                    r.verification
-                        .as_ref()
-                        .map_or("oracle (not checked)".to_string(), |v| format!(
-                            "verified {:.1e}/{:.1e}",
-                            v.rel_l2, v.budget
-                        )),
+                    r.verification.as_ref().map_or(
+                        "oracle (not checked)".to_string(),
+                        |v| format!("verified {:.1e}/{:.1e}", v.rel_l2, v.budget)
+                    ),
                     if r.throttled { "  THROTTLED" } else { "" }
                 );
                 set.results.push(*r);

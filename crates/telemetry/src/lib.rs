@@ -24,6 +24,7 @@ pub mod plot;
 pub mod problem;
 pub mod record;
 pub mod roofline;
+pub mod shape_arg;
 pub mod sram;
 pub mod traffic;
 pub mod workloads;
