@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use ssm_core::DType;
 use ssm_gpu::Gpu;
 use ssm_telemetry::nvml::NvmlMonitor;
+use ssm_telemetry::shape_arg::{parse_problem, ShapeOp};
 use ssm_telemetry::sram::SmLimits;
 use ssm_telemetry::Ceilings;
 
@@ -64,11 +66,73 @@ pub struct BenchArgs {
     /// then says the floors were not measured).
     #[arg(long, value_enum, default_value_t = CeilingSource::Measured)]
     pub ceilings: CeilingSource,
+    /// Time one problem of your own instead of the suite: `ssd`, `scan`, `m1-step`
+    /// or `m2-step` with `--shape` (e.g. `--op ssd --shape b=2,L=4097,H=24,P=64,N=96,G=3
+    /// --options all --dtype bf16 --chunk 128`); verified against the oracle, then timed,
+    /// printing time, floor and % of floor like every suite case.
+    #[arg(long, value_enum, requires = "shape")]
+    pub op: Option<ShapeOpArg>,
+    /// The shape of `--op`, `key=value` comma-separated: ssd `b,L,H,P,N[,G]`, scan
+    /// `b,D,N,L[,G]`, m1-step `b,D,N[,G]`, m2-step `b,H,P,N[,G]`.
+    #[arg(long, requires = "op")]
+    pub shape: Option<String>,
+    /// Options of `--op`: `all`, `none` or a comma list (ssd z,D,Dp,bias,softplus,s0,final;
+    /// scan z,D,bias,softplus,h0,final; steps z,D,(Dp),bias,softplus).
+    #[arg(long, default_value = "all")]
+    pub options: String,
+    /// Element type of `--op`'s inputs: f32, f16, bf16.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Chunk length of `--op ssd` (64, 128 or 256 on the GPU).
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
     /// A peer timing file from `ci/peers/peers.py` (mamba_ssm, fla timed on this
     /// card in this run): its rows join the result set, with floors at this run's
     /// ceilings, so reports show the ratio.
     #[arg(long)]
     pub peers: Option<PathBuf>,
+}
+
+/// The operations `--op` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShapeOpArg {
+    Ssd,
+    Scan,
+    #[value(name = "m1-step")]
+    M1Step,
+    #[value(name = "m2-step")]
+    M2Step,
+}
+
+impl From<ShapeOpArg> for ShapeOp {
+    fn from(op: ShapeOpArg) -> ShapeOp {
+        match op {
+            ShapeOpArg::Ssd => ShapeOp::Ssd,
+            ShapeOpArg::Scan => ShapeOp::Scan,
+            ShapeOpArg::M1Step => ShapeOp::Mamba1Step,
+            ShapeOpArg::M2Step => ShapeOp::Mamba2Step,
+        }
+    }
+}
+
+/// The one case of `--op/--shape`, on the GPU when there is one, else the CPU port.
+fn custom_case(args: &BenchArgs, have_gpu: bool) -> Result<Option<Case>, String> {
+    let (Some(op), Some(shape)) = (args.op, args.shape.as_deref()) else {
+        return Ok(None);
+    };
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::Bf16,
+        other => return Err(format!("--dtype {other}: expected f32, f16 or bf16")),
+    };
+    let problem = parse_problem(op.into(), shape, &args.options, dtype, args.chunk)?;
+    let backend = if have_gpu {
+        Backend::Cuda
+    } else {
+        Backend::Cpu
+    };
+    Ok(Some(Case::new(backend, "custom", problem)))
 }
 
 /// Where a run's ceilings come from.
@@ -125,7 +189,14 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cases = selected(args, gpu.is_some());
+    let cases = match custom_case(args, gpu.is_some()) {
+        Ok(Some(case)) => vec![case],
+        Ok(None) => selected(args, gpu.is_some()),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.list {
         for c in &cases {
             println!("{}  [{}]", c.id(), c.problem.label());

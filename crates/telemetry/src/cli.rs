@@ -224,6 +224,41 @@ pub fn run_merge_ncu(args: &MergeNcuArgs) -> ExitCode {
     }
 }
 
+/// `merge-peers`: file a peer timing file (ci/peers/peers.py) taken in the same
+/// device run into a result set, with floors at that set's ceilings.
+#[derive(Args, Debug, Clone)]
+pub struct MergePeersArgs {
+    /// The result set (this schema) to update.
+    #[arg(long)]
+    pub results: PathBuf,
+    /// The peer timing file (`ssm-peer-timings`).
+    #[arg(long)]
+    pub peers: PathBuf,
+    /// Where to write the merged set (default: overwrite `--results`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run_merge_peers(args: &MergePeersArgs) -> ExitCode {
+    let merged = ResultSet::read(&args.results).and_then(|mut set| {
+        let text =
+            std::fs::read_to_string(&args.peers).map_err(|e| TelemetryError::io(&args.peers, e))?;
+        let n = set.add_peer_file(&text, &args.peers.display().to_string())?;
+        set.write(args.out.as_ref().unwrap_or(&args.results))?;
+        Ok(n)
+    });
+    match merged {
+        Ok(n) => {
+            println!("merge-peers: {n} peer results filed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("merge-peers: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `floors`: the floors of docs/DESIGN.md §6's workloads at some ceilings.
 #[derive(Args, Debug, Clone)]
 #[group(required = true, multiple = false)]

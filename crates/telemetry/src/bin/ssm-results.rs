@@ -5,6 +5,7 @@
 //! ssm-results gate --baseline A.json --new B.json     # exit 1 on a regression
 //! ssm-results plot benches/results --out docs/plots  # SVG plots
 //! ssm-results merge-ncu --results r.json --ncu ncu.csv --manifest m.json
+//! ssm-results merge-peers --results r.json --peers peers.json
 //! ssm-results show r.json                            # one line per result, peer ratio
 //! ssm-results readme-table r.json                    # the README status table
 //! ssm-results floors --results r.json               # docs/DESIGN.md §6 floors at its ceilings
@@ -35,6 +36,8 @@ enum Command {
     Plot(cli::PlotArgs),
     /// Attach ncu's measured DRAM bytes to a result set.
     MergeNcu(cli::MergeNcuArgs),
+    /// File a peer timing file from the same device run into a result set.
+    MergePeers(cli::MergePeersArgs),
     /// Print a result file as a table (ours with the paired peer and ratio).
     Show(cli::ShowArgs),
     /// Print the README status table (markdown) from a result set.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Gate(args) => cli::run_gate(&args),
         Command::Plot(args) => cli::run_plot(&args),
         Command::MergeNcu(args) => cli::run_merge_ncu(&args),
+        Command::MergePeers(args) => cli::run_merge_peers(&args),
         Command::Show(args) => cli::run_show(&args),
         Command::ReadmeTable(args) => cli::run_readme_table(&args),
         Command::Floors(args) => cli::run_floors(&args),
