@@ -341,7 +341,7 @@ def time_steps(rec, quick):
     import torch
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
-    impl = "mamba_ssm.triton.selective_state_update"
+    impl_base = "mamba_ssm.triton.selective_state_update"
     for m1_name, m2_name, b in STEP_BATCHES:
         if not wanted(m1_name, m2_name):
             continue
@@ -360,7 +360,9 @@ def time_steps(rec, quick):
             return selective_state_update(state, x, dt, a, bm, cm, D=d, dt_bias=dt_bias, dt_softplus=True)
 
         check_finite("M1 step", m1())
-        rec.add(impl, m1_name, "forward", m1_step_problem(b, dim, n), {"family": "mamba1"}, bench(m1, quick=quick))
+        # One implementation name per family: both run at decode-b1, and ids must differ.
+        rec.add(impl_base + ".mamba1", m1_name, "forward", m1_step_problem(b, dim, n), {"family": "mamba1"},
+                bench(m1, quick=quick))
         # Mamba-2 as its module calls it: (b, H, P, N) state, per-head dt/A/D/dt_bias expanded over P.
         h, p, n = 80, 64, 128
         state2 = torch.randn(b, h, p, n, device="cuda")
@@ -375,7 +377,7 @@ def time_steps(rec, quick):
             return selective_state_update(state2, x2, dt2, a2, b2, c2, D=d2, dt_bias=dtb2, dt_softplus=True)
 
         check_finite("M2 step", m2())
-        rec.add(impl, m2_name, "forward", m2_step_problem(b, h, p, n),
+        rec.add(impl_base + ".mamba2", m2_name, "forward", m2_step_problem(b, h, p, n),
                 {"family": "mamba2", "tie_hdim": True}, bench(m2, quick=quick))
         del state, state2
         torch.cuda.empty_cache()
