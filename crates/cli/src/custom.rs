@@ -590,7 +590,9 @@ pub fn fuzz_replay_command(target: Target, case: u64, bytes: &[u8]) -> Option<St
             ("step", shape, on, p.dtype, format!(" --family {family}"))
         }
         // The backward targets have no `ssmk verify` command yet: replay with `ssmk fuzz --replay`.
-        Target::Api | Target::Determinism | Target::SsdBackward | Target::ScanBackward => return None,
+        Target::Api | Target::Determinism | Target::SsdBackward | Target::ScanBackward => {
+            return None
+        }
     };
     let options = if options.is_empty() {
         "none".to_string()
