@@ -432,7 +432,7 @@ pub fn run_readme_table(args: &ReadmeTableArgs) -> ExitCode {
 }
 
 /// The README's status table (markdown) from a result set: one row per bf16 GPU
-/// result of ours on a design.md §6 workload or with a paired peer, in the set's
+/// result of ours on a docs/DESIGN.md §6 workload or with a paired peer, in the set's
 /// order, with the floor at the set's ceilings and the peer's time and ratio;
 /// then the peers' other passes (forward+backward) that none of ours pairs with.
 /// A caption line names the device, commit and ceilings.
