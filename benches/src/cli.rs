@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use ssm_core::DType;
 use ssm_gpu::Gpu;
 use ssm_telemetry::nvml::NvmlMonitor;
+use ssm_telemetry::progress::Progress;
 use ssm_telemetry::shape_arg::{parse_problem, ShapeOp};
 use ssm_telemetry::sram::SmLimits;
 use ssm_telemetry::Ceilings;
@@ -258,7 +259,9 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         set.run.commit.as_deref().unwrap_or("unknown")
     );
     let mut failed = 0;
-    for case in &cases {
+    let mut progress = Progress::new("cases", cases.len() as u64);
+    for (done, case) in cases.iter().enumerate() {
+        progress.set(done as u64, &case.id());
         let outcome = match (case.backend, gpu.as_ref()) {
             (Backend::Cuda, Some(g)) => runner::measure_gpu(
                 g,
@@ -274,7 +277,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         };
         match outcome {
             CaseOutcome::Measured(r) => {
-                println!(
+                progress.println(&format!(
                     "{:<60} {:>10.4} ms  {:>5.1}% of floor  {:>7.0} GB/s  {}{}",
                     r.id,
                     r.timing.median_ms,
@@ -285,20 +288,22 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                         |v| format!("verified {:.1e}/{:.1e}", v.rel_l2, v.budget)
                     ),
                     if r.throttled { "  THROTTLED" } else { "" }
-                );
+                ));
                 set.results.push(*r);
             }
             CaseOutcome::Skipped(why) => {
-                println!("SKIPPED {}: {why}", case.id());
+                progress.println(&format!("SKIPPED {}: {why}", case.id()));
                 set.run.notes.push(format!("skipped {}: {why}", case.id()));
             }
             CaseOutcome::Failed(why) => {
-                println!("FAILED {}: {why}", case.id());
+                progress.println(&format!("FAILED {}: {why}", case.id()));
                 set.run.notes.push(format!("FAILED {}: {why}", case.id()));
                 failed += 1;
             }
         }
     }
+    progress.set(cases.len() as u64, "done");
+    progress.finish();
     if let Some(path) = &args.peers {
         match std::fs::read_to_string(path)
             .map_err(|e| e.to_string())

@@ -25,8 +25,8 @@ use ssm_verify::fuzz::{
     case_seed, random_case, replay_corpus, Class, Ctx, Finding, Outcome, Target,
 };
 
-use crate::progress::Progress;
 use crate::GpuMode;
+use ssm_telemetry::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
 pub struct FuzzArgs {

@@ -8,7 +8,6 @@ mod bench;
 mod custom;
 mod fuzz;
 mod gate;
-mod progress;
 mod resources;
 mod verify;
 

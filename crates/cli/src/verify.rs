@@ -10,8 +10,8 @@ use ssm_verify::check::CheckRow;
 use ssm_verify::suite::{self, SuiteOptions};
 
 use crate::custom::{self, Custom};
-use crate::progress::Progress;
 use crate::GpuMode;
+use ssm_telemetry::progress::Progress;
 
 /// `ssmk verify [OPTIONS] [ssd|scan|step ...]`.
 #[derive(Args, Debug)]

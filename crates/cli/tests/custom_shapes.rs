@@ -257,3 +257,30 @@ fn a_fuzz_case_replays_through_verify() {
     );
     assert!(o.status.success(), "ssmk {cmd}:\n{t}");
 }
+
+/// `ssmk bench --op ... --shape ...` times a shape of the user's through the one
+/// harness: checked against the oracle first, then timed, with its floor. Without a
+/// GPU it runs the CPU port (and says the CUDA kernels were not run).
+#[test]
+fn bench_times_a_user_shape_after_verifying_it() {
+    let o = ssmk(&[
+        "bench",
+        "--op",
+        "ssd",
+        "--shape",
+        "b=1,L=70,H=2,P=8,N=96,G=1",
+        "--options",
+        "D,bias,softplus,final",
+        "--dtype",
+        "bf16",
+        "--min-time-ms",
+        "5",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("mamba2-ssd.cpu/custom/bf16"), "{t}");
+    assert!(t.contains("verified") && t.contains("of floor"), "{t}");
+    let o = ssmk(&["bench", "--op", "scan", "--shape", "b=1,D=8,N=4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("missing L"), "{}", text(&o));
+}

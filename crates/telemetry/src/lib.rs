@@ -22,6 +22,7 @@ pub mod nvml;
 pub mod peers;
 pub mod plot;
 pub mod problem;
+pub mod progress;
 pub mod record;
 pub mod roofline;
 pub mod shape_arg;

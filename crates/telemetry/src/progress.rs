@@ -1,4 +1,4 @@
-//! Progress of long work (`verify --full`, `fuzz`): a bar with `i/N`, elapsed and
+//! Progress of long work (`ssmk verify --full`, `fuzz`, `bench`): a bar with `i/N`, elapsed and
 //! ETA on a terminal (indicatif), plain `progress:` lines when stdout is not one
 //! (CI logs, pipes), so that logs stay readable and diffable.
 
