@@ -412,7 +412,6 @@ mod tests {
         for path in [
             "mamba1/decode.cu",
             "mamba1/scan_fwd.cu",
-            "mamba1/scan_probe.cu",
             "mamba2/decode.cu",
             "mamba2/ssd_fused.cu",
             "mamba2/ssd_simt.cu",

@@ -122,17 +122,6 @@ impl ScanConfig {
     }
 }
 
-/// A throughput probe of the exp2 unit (`kernels/mamba1/scan_probe.cu`):
-/// `scan_probe_ex2(float* out, int iters)` runs 8 independent chains of
-/// `x = 2^-x` per thread, `iters` steps each; the benchmark times it to measure
-/// the MUFU ceiling the scan is held against.
-pub static SCAN_PROBE_SOURCE: ssm_gpu::KernelSource =
-    ssm_gpu::kernel_source!("mamba1/scan_probe.cu");
-/// Entry point of [`SCAN_PROBE_SOURCE`].
-pub const SCAN_PROBE_EX2_ENTRY: &str = "scan_probe_ex2";
-/// Independent exp2 chains per thread in the probe.
-pub const SCAN_PROBE_CHAINS: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;
