@@ -30,6 +30,24 @@ pub struct CpuWork {
     pub run: CpuRun,
 }
 
+/// `case` prepared and checked against the oracle: its run closure, or why it is
+/// not to be timed (`SKIPPED ...` when it cannot run here, `FAILED ...` when it
+/// misses its budget). For benches that time the closure themselves (criterion).
+pub fn prepare_checked(case: &Case, seed: u64) -> std::result::Result<CpuRun, String> {
+    let work = prepare(case, seed).map_err(|e| format!("SKIPPED {}: {e}", case.id()))?;
+    match (work.check)() {
+        Ok(Some(v)) if !v.passed => Err(format!(
+            "FAILED {}: does not match the f64 oracle on {}: rel L2 {:.3e} (budget {:.3e}); not timed",
+            case.id(),
+            v.sampled,
+            v.rel_l2,
+            v.budget
+        )),
+        Ok(_) => Ok(work.run),
+        Err(e) => Err(format!("FAILED {}: verification: {e}", case.id())),
+    }
+}
+
 /// Inputs for `case`, a closure running it once, and its check.
 pub fn prepare(case: &Case, seed: u64) -> Result<CpuWork> {
     match case.problem.dtype() {
