@@ -107,12 +107,7 @@ pub fn log_decay_gamma(k: f64) -> f64 {
 /// rounding a tiny output to it (the per-element `floor` of [`within`] for
 /// outputs stored as `dtype`).
 pub fn subnormal_half_ulp(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 0.0,
-        DType::F32 => 2f64.powi(-150),
-        DType::F16 => 2f64.powi(-25),
-        DType::Bf16 => 2f64.powi(-134),
-    }
+    ssm_core::tolerance::subnormal_half_spacing(dtype)
 }
 
 /// Within the relative `budget`; failing that, an absolute L2 error within
