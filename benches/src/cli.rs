@@ -246,12 +246,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
     // The card's per-SM limits for the SRAM/occupancy records (never a baked-in card).
     let limits = match gpu.as_ref().map(|g| g.limits()) {
-        Some(Ok(l)) => sm_limits(&l),
+        Some(Ok(l)) => SmLimits::from_device(&l),
         Some(Err(e)) => {
             eprintln!("bench: reading the device's limits: {e}");
             return ExitCode::FAILURE;
         }
-        None => sm_limits(&ssm_gpu::DeviceLimits::H100_SXM),
+        None => SmLimits::H100_SXM,
     };
     println!(
         "kernels {} | commit {}",
@@ -370,16 +370,4 @@ fn ceilings_line(c: &Ceilings) -> String {
         },
         c.source
     )
-}
-
-/// The telemetry's occupancy limits from the device's own.
-fn sm_limits(l: &ssm_gpu::DeviceLimits) -> SmLimits {
-    SmLimits {
-        registers: l.registers_per_sm,
-        register_unit_per_warp: l.register_unit_per_warp,
-        smem_bytes: l.smem_per_sm,
-        smem_reserved_per_block: l.smem_reserved_per_block,
-        threads: l.max_threads_per_sm,
-        blocks: l.max_blocks_per_sm,
-    }
 }

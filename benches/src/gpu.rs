@@ -69,6 +69,18 @@ fn count_bad<T: DeviceElement>(gpu: &Gpu, buf: &CudaSlice<T>) -> Result<usize> {
         .count())
 }
 
+/// A call's output and (when returned) final states, on the host, for the check.
+type HostOutputs<T> = (Vec<T>, Option<Vec<f32>>);
+
+fn download_outputs<T: DeviceElement>(
+    gpu: &Gpu,
+    out: &CudaSlice<T>,
+    final_states: Option<&CudaSlice<f32>>,
+) -> Result<HostOutputs<T>> {
+    let states = final_states.map(|f| gpu.download(f)).transpose()?;
+    Ok((gpu.download(out)?, states))
+}
+
 fn unsupported(what: String) -> SsmError {
     SsmError::Unsupported {
         implementation: "ssm-benches GPU runner",
@@ -176,12 +188,7 @@ impl<T: DeviceElement> GpuWork for ScanWork<T> {
         self.next = 0;
         self.launch(gpu)?;
         let slot = &self.bufs[0];
-        let out = gpu.download(&slot.out)?;
-        let states = slot
-            .final_states
-            .as_ref()
-            .map(|f| gpu.download(f))
-            .transpose()?;
+        let (out, states) = download_outputs(gpu, &slot.out, slot.final_states.as_ref())?;
         verify_scan(&self.host, &out, states.as_deref())
     }
 }
@@ -262,12 +269,7 @@ impl<T: DeviceElement> GpuWork for SsdWork<T> {
         self.next = 0;
         self.launch(gpu)?;
         let slot = &self.outputs[0];
-        let out = gpu.download(&slot.out)?;
-        let states = slot
-            .final_states
-            .as_ref()
-            .map(|f| gpu.download(f))
-            .transpose()?;
+        let (out, states) = download_outputs(gpu, &slot.out, slot.final_states.as_ref())?;
         verify_ssd(&self.host, &out, states.as_deref())
     }
 }
