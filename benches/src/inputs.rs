@@ -173,11 +173,7 @@ impl<T: Element> SsdHost<T> {
         let blhp = s.batch * s.seqlen * s.heads * s.head_dim;
         let blgn = s.batch * s.seqlen * s.groups * s.d_state;
         let opt = |on: bool, n: usize| if on { n } else { 0 };
-        let d_len = match s.d {
-            SkipKind::None => 0,
-            SkipKind::PerHead => s.heads,
-            SkipKind::PerHeadDim => s.heads * s.head_dim,
-        };
+        let d_len = s.d.len(s.heads, s.head_dim);
         SsdHost {
             shape: *s,
             x: fill(blhp, seed, Dist::Normal),
@@ -293,11 +289,7 @@ impl<T: Element> StepHost<T> {
     }
 
     pub fn mamba2(s: &Mamba2StepShape, seed: u64) -> Self {
-        let d_len = match s.d {
-            SkipKind::None => 0,
-            SkipKind::PerHead => s.heads,
-            SkipKind::PerHeadDim => s.heads * s.head_dim,
-        };
+        let d_len = s.d.len(s.heads, s.head_dim);
         Self::generate(
             s.batch,
             s.heads * s.head_dim,

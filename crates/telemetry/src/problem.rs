@@ -35,6 +35,17 @@ pub enum SkipKind {
     PerHeadDim,
 }
 
+impl SkipKind {
+    /// Elements of `D`: none, one per head, or one per (head, head-dim column).
+    pub fn len(self, heads: usize, head_dim: usize) -> usize {
+        match self {
+            SkipKind::None => 0,
+            SkipKind::PerHead => heads,
+            SkipKind::PerHeadDim => heads * head_dim,
+        }
+    }
+}
+
 /// Mamba-2 SSD forward (docs/DESIGN.md §1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsdShape {

@@ -222,11 +222,7 @@ fn ssd_backward(s: &SsdShape) -> Cost {
     let blhp = s.batch * s.seqlen * s.heads * s.head_dim;
     let blgn = s.batch * s.seqlen * s.groups * s.d_state;
     let states = s.batch * s.heads * s.head_dim * s.d_state;
-    let d_len = match s.d {
-        SkipKind::None => 0,
-        SkipKind::PerHead => s.heads,
-        SkipKind::PerHeadDim => s.heads * s.head_dim,
-    };
+    let d_len = s.d.len(s.heads, s.head_dim);
     let mut l = Ledger::new();
     for t in forward.tensors.iter().filter(|t| t.access == Read) {
         l.tensors.push(t.clone());
@@ -301,11 +297,7 @@ fn ssd(s: &SsdShape) -> Cost {
     let blhp = s.batch * s.seqlen * s.heads * s.head_dim;
     let blgn = s.batch * s.seqlen * s.groups * s.d_state;
     let states = s.batch * s.heads * s.head_dim * s.d_state;
-    let d_len = match s.d {
-        SkipKind::None => 0,
-        SkipKind::PerHead => s.heads,
-        SkipKind::PerHeadDim => s.heads * s.head_dim,
-    };
+    let d_len = s.d.len(s.heads, s.head_dim);
     let mut l = Ledger::new();
     l.add(true, "x", blhp, e, Read);
     l.add(true, "dt", s.batch * s.seqlen * s.heads, e, Read);
@@ -358,11 +350,7 @@ fn mamba2_step(s: &Mamba2StepShape) -> Cost {
     let e = s.dtype.size_bytes();
     let bhp = s.batch * s.heads * s.head_dim;
     let bgn = s.batch * s.groups * s.d_state;
-    let d_len = match s.d {
-        SkipKind::None => 0,
-        SkipKind::PerHead => s.heads,
-        SkipKind::PerHeadDim => s.heads * s.head_dim,
-    };
+    let d_len = s.d.len(s.heads, s.head_dim);
     let mut l = Ledger::new();
     l.add(true, "x", bhp, e, Read);
     l.add(true, "dt", s.batch * s.heads, e, Read);
