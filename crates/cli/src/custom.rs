@@ -74,6 +74,10 @@ pub struct SsdArgs {
     /// Chunk length of the chunked CPU port and the CUDA kernel: 64, 128 or 256.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
+    /// Verify the backward pass instead: every gradient of the chunked CPU
+    /// backward against the f64 adjoint (no CUDA backward in this build).
+    #[arg(long)]
+    pub backward: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +87,10 @@ pub struct ScanArgs {
     /// Time block of the blocked CPU port.
     #[arg(long, default_value_t = 256)]
     pub block_len: usize,
+    /// Verify the backward pass instead: every gradient of the blocked CPU
+    /// backward against the f64 adjoint (no CUDA backward in this build).
+    #[arg(long)]
+    pub backward: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,11 +141,34 @@ impl Custom {
         parse_problem(self.op(), &c.shape, &c.options, c.dtype, chunk)
     }
 
+    /// Whether `--backward` was given (the decode steps have no backward).
+    pub fn backward(&self) -> bool {
+        match self {
+            Custom::Ssd(a) => a.backward,
+            Custom::Scan(a) => a.backward,
+            Custom::Step(_) => false,
+        }
+    }
+
     /// Parse everything the command line says (shape, options, implementations,
     /// kernel options) without running anything: usage errors come first.
     pub fn validate(&self) -> Result<(), String> {
         let problem = self.problem()?;
         let c = self.common();
+        if self.backward() {
+            if c.fuzz_case.is_some() {
+                return Err(
+                    "--fuzz-case replays a forward case; the backward cases replay \
+                            with `ssmk fuzz --replay SEED`"
+                        .into(),
+                );
+            }
+            crate::backward::check_impls(&impl_names(
+                "backward",
+                &c.impls,
+                &["cpu", "cuda", "quadratic"],
+            )?)?;
+        }
         match self {
             Custom::Ssd(a) => {
                 ssd_cuda_options(a.chunk, &c.kernel_opts)?;
@@ -158,7 +189,8 @@ impl Custom {
 
     /// Whether any requested implementation needs a GPU.
     pub fn wants_gpu(&self) -> bool {
-        self.common().impls.iter().any(|i| i.trim() == "cuda")
+        // The backward runs on the CPU only: no GPU to open.
+        !self.backward() && self.common().impls.iter().any(|i| i.trim() == "cuda")
     }
 }
 
@@ -476,6 +508,32 @@ pub fn run(cmd: &Custom, gpu: Option<&Gpu>, seed: u64) -> Result<Vec<CheckRow>, 
             let data = StepData::generate(&case, family == Family::Mamba2, seed);
             by_dtype!(dtype, check_step, family, &impls, &data, gpu).map_err(err)
         }
+    }
+}
+
+/// `--backward`: one row per gradient of the CPU backward. A `--impl cuda` is
+/// named on stderr as not verified (there is no CUDA backward in this build).
+pub fn run_backward(cmd: &Custom, seed: u64) -> Result<Vec<crate::backward::GradRow>, String> {
+    let problem = cmd.problem()?;
+    let c = cmd.common();
+    let names = impl_names("backward", &c.impls, &["cpu", "cuda", "quadratic"])?;
+    crate::backward::check_impls(&names)?;
+    if names.contains(&"cuda") {
+        eprintln!(
+            "NOT VERIFIED: --impl cuda: {}",
+            crate::backward::NO_CUDA_BACKWARD
+        );
+    }
+    match cmd {
+        Custom::Ssd(a) => {
+            let case = ssd_case(&problem).ok_or("not an SSD problem")?;
+            crate::backward::ssd(&case, c.dtype, a.chunk, seed)
+        }
+        Custom::Scan(a) => {
+            let case = scan_case(&problem).ok_or("not a scan problem")?;
+            crate::backward::scan(&case, c.dtype, a.block_len, seed)
+        }
+        Custom::Step(_) => Err("the decode steps have no backward".into()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! implementation (CPU ports, and CUDA kernels when a GPU is present) against the
 //! f64 oracle on a suite of shapes and print the table.
 
+mod backward;
 mod bench;
 mod custom;
 mod fuzz;

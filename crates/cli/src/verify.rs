@@ -9,6 +9,7 @@ use ssm_gpu::Gpu;
 use ssm_verify::check::CheckRow;
 use ssm_verify::suite::{self, SuiteOptions};
 
+use crate::backward;
 use crate::custom::{self, Custom};
 use crate::GpuMode;
 use ssm_telemetry::progress::Progress;
@@ -130,6 +131,9 @@ fn run_custom(args: &VerifyArgs, cmd: &Custom) -> ExitCode {
         "ssmk verify: seed {seed} (replay with --seed {seed}), kernels {}",
         ssm_gpu::KERNELS_HASH
     );
+    if cmd.backward() {
+        return run_backward(args, cmd, seed);
+    }
     println!("{}", suite::table_header());
     let start = Instant::now();
     let rows = match custom::run(cmd, gpu.as_ref(), seed) {
@@ -140,6 +144,51 @@ fn run_custom(args: &VerifyArgs, cmd: &Custom) -> ExitCode {
         println!("{}", suite::table_line(row));
     }
     finish(args, &rows, start, seed, gpu.is_some())
+}
+
+/// `--backward`: the gradient table, its summary, the JSON file, the exit status.
+fn run_backward(args: &VerifyArgs, cmd: &Custom, seed: u64) -> ExitCode {
+    println!("{}", backward::table_header());
+    let start = Instant::now();
+    let rows = match custom::run_backward(cmd, seed) {
+        Ok(rows) => rows,
+        Err(e) => return usage_error(&e),
+    };
+    for row in &rows {
+        println!("{}", backward::table_line(row));
+    }
+    let failed = rows.iter().filter(|r| !r.passed).count();
+    let cuda = cmd.common().impls.iter().any(|i| i.trim() == "cuda");
+    println!(
+        "{} gradients, {} passed, {} failed in {:.1} s (backward on the CPU{})",
+        rows.len(),
+        rows.len() - failed,
+        failed,
+        start.elapsed().as_secs_f64(),
+        if cuda {
+            "; CUDA backward NOT verified: not in this build"
+        } else {
+            ""
+        }
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "seed": seed,
+            "kernels_hash": ssm_gpu::KERNELS_HASH,
+            "backward": true,
+            "rows": rows.iter().map(backward::GradRow::json).collect::<Vec<_>>(),
+        });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
+        {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed == 0 && !rows.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 pub fn run(args: &VerifyArgs) -> ExitCode {

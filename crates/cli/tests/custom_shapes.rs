@@ -284,3 +284,84 @@ fn bench_times_a_user_shape_after_verifying_it() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("missing L"), "{}", text(&o));
 }
+
+/// `--backward` verifies every gradient of the CPU backward against the f64
+/// adjoint on the user's shape (final states included, so `d_final_states` is
+/// drawn too); a CUDA-only backward is refused by name (no CUDA backward in this
+/// build) and a bad shape is the same usage error as the forward's.
+#[test]
+fn backward_verifies_every_gradient_on_the_cpu() {
+    let t = passes(&[
+        "verify",
+        "ssd",
+        "--shape",
+        "b=2,L=70,H=4,P=8,N=12,G=2",
+        "--options",
+        "all",
+        "--dtype",
+        "bf16",
+        "--impl",
+        "cpu",
+        "--chunk",
+        "64",
+        "--seed",
+        "4",
+        "--backward",
+    ]);
+    assert!(t.contains("ssd cpu chunked-bwd/64"), "{t}");
+    for g in ["dx ", "ddt ", "dA ", "dB ", "dC ", "dinitial_states"] {
+        assert!(t.contains(g), "missing gradient {g}:\n{t}");
+    }
+    assert!(t.contains("+fs") && t.contains("0 failed"), "{t}");
+    let t = passes(&[
+        "verify",
+        "scan",
+        "--shape",
+        "b=2,D=6,N=8,L=45,G=const",
+        "--dtype",
+        "f16",
+        "--block-len",
+        "16",
+        "--backward",
+    ]);
+    assert!(
+        t.contains("m1 cpu blocked-bwd/16") && t.contains("du "),
+        "{t}"
+    );
+    // The default `--impl cpu,cuda` verifies the CPU and names CUDA as not verified.
+    assert!(t.contains("CUDA backward NOT verified"), "{t}");
+    let usage = |args: &[&str], expect: &str| {
+        let o = ssmk(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "ssmk {}:\n{t}", args.join(" "));
+        assert!(t.contains(expect), "missing {expect:?} in\n{t}");
+    };
+    usage(
+        &[
+            "verify",
+            "scan",
+            "--shape",
+            "b=1,D=4,N=4,L=9",
+            "--impl",
+            "cuda",
+            "--backward",
+        ],
+        "CUDA backward is not available in this build",
+    );
+    usage(
+        &["verify", "ssd", "--shape", "b=1,L=9,H=2,N=8", "--backward"],
+        "missing P",
+    );
+    usage(
+        &[
+            "verify",
+            "ssd",
+            "--shape",
+            "b=1,L=9,H=2,P=4,N=8",
+            "--impl",
+            "quadratic",
+            "--backward",
+        ],
+        "`quadratic` has no backward",
+    );
+}
