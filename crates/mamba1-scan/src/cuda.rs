@@ -4,15 +4,21 @@
 //!   poisoned on the device first, so an unwritten element cannot pass a test).
 //! - [`ScanPlan`] + [`ScanBuffers`]: the device-resident path for benchmarks
 //!   (compile once, launch many times on buffers that stay on the GPU).
+//! - [`selective_scan_backward_cuda`], [`ScanBwdPlan`]: the backward
+//!   (`kernels/mamba1/scan_bwd.cu`, module `backward`).
 //! - [`scan_kernel_variants`]: the compiled forms, for resource reports and budgets.
 //!
 //! The kernel design, the floors and the measured versions are in
 //! `docs/kernels/mamba1-scan.md`.
 
+mod backward;
 mod config;
 mod launch;
 
 pub use config::{ScanConfig, ScanProblem, ScanTuning, MAX_D_STATE};
+pub use backward::{
+    selective_scan_backward_cuda, BwdConfig, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
+};
 pub use launch::{ScanBuffers, ScanPlan};
 
 use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
@@ -100,14 +106,29 @@ pub fn scan_kernel_variants() -> Vec<KernelVariant> {
         m1(DType::Bf16, 256, 4096, true, true),
         m1(DType::F32, 256, 4096, true, true),
     ];
-    problems
+    // The H100/H200 (sm_90) limits: the budgets are theirs.
+    let mut variants: Vec<KernelVariant> = problems
         .iter()
-        // The H100/H200 (sm_90) limits: the budgets are theirs.
         .filter_map(|problem| {
             ScanConfig::new(problem, ScanTuning::default(), &DeviceLimits::H100_SXM).ok()
         })
         .map(|config| config.variant())
-        .collect()
+        .collect();
+    // The backward: the M1 workloads, f32, bare options, constant B/C, odd and largest N.
+    let backward = [
+        m1(DType::Bf16, 16, 4096, true, true),
+        m1(DType::F32, 16, 4096, true, true),
+        m1(DType::Bf16, 16, 4096, true, false),
+        m1(DType::Bf16, 16, 4096, false, true),
+        m1(DType::F32, 5, 4095, true, true),
+        m1(DType::Bf16, 256, 4096, true, true),
+    ];
+    for problem in &backward {
+        if let Ok(config) = BwdConfig::new(problem, &DeviceLimits::H100_SXM) {
+            variants.extend(config.variants());
+        }
+    }
+    variants
 }
 
 impl ScanConfig {
@@ -134,7 +155,7 @@ mod tests {
         let variants = scan_kernel_variants();
         assert!(ssm_gpu::variants::duplicate_labels(&variants).is_empty());
         assert!(
-            variants.len() >= 9,
+            variants.len() >= 9 + 6 * 4,
             "every listed problem has a configuration"
         );
     }

@@ -19,7 +19,7 @@ pub mod decode_cuda;
 
 use ssm_core::decode::Mamba1StepParams;
 use ssm_core::mamba1::SelectiveScanParams;
-use ssm_core::{Result, ScanGradInputs, ScanGrads, ScanOutput, SsmError, StepOutput};
+use ssm_core::{Result, ScanGrads, ScanOutput, StepOutput};
 use ssm_gpu::{DeviceElement, Gpu};
 
 /// Options of the CPU port.
@@ -66,8 +66,9 @@ pub fn selective_scan<T: DeviceElement>(
 /// are bit-identical. Nothing from the forward is needed: the states are
 /// recomputed from checkpoints at L-block boundaries. Shape errors name the
 /// gradient (`d_out`, `d_final_states`) and its expected shape. The CUDA
-/// backend does not have a backward yet: [`SsmError::Unsupported`] after
-/// validation.
+/// backend runs `kernels/mamba1/scan_bwd.cu` (checkpoints every tile, reverse
+/// sweep, fixed-order reductions: no atomics); N above 256 is
+/// [`SsmError::Unsupported`].
 pub fn selective_scan_backward<T: DeviceElement>(
     p: &SelectiveScanParams<'_, T>,
     d_out: &[T],
@@ -78,13 +79,7 @@ pub fn selective_scan_backward<T: DeviceElement>(
         Backend::Cpu(opts) => {
             backward_cpu::selective_scan_backward_blocked(p, d_out, d_final_states, opts.block_len)
         }
-        Backend::Cuda(_) => {
-            ScanGradInputs::new(d_out, d_final_states).validate(p)?;
-            Err(SsmError::Unsupported {
-                implementation: "the mamba1-scan CUDA backend",
-                what: "the selective-scan backward yet (issue 15; use Backend::Cpu)".into(),
-            })
-        }
+        Backend::Cuda(gpu) => cuda::selective_scan_backward_cuda(gpu, p, d_out, d_final_states),
     }
 }
 

@@ -92,7 +92,7 @@ impl<T: DeviceElement> ScanBuffers<T> {
 
     /// Check every buffer against the problem, so that a launch cannot read or
     /// write out of bounds.
-    fn check(&self, problem: &ScanProblem) -> Result<()> {
+    pub(crate) fn check(&self, problem: &ScanProblem) -> Result<()> {
         let io = problem.io_len();
         let channels = problem.dims.d_inner;
         let n = problem.dims.d_state;
@@ -136,7 +136,7 @@ impl<T: DeviceElement> ScanBuffers<T> {
     }
 }
 
-fn expect_len(arg: &'static str, got: usize, expected: usize) -> Result<()> {
+pub(crate) fn expect_len(arg: &'static str, got: usize, expected: usize) -> Result<()> {
     if got != expected {
         return Err(SsmError::Shape {
             arg,
@@ -148,7 +148,7 @@ fn expect_len(arg: &'static str, got: usize, expected: usize) -> Result<()> {
     Ok(())
 }
 
-fn expect_opt(arg: &'static str, got: Option<usize>, present: bool, expected: usize) -> Result<()> {
+pub(crate) fn expect_opt(arg: &'static str, got: Option<usize>, present: bool, expected: usize) -> Result<()> {
     match (got, present) {
         (Some(got), true) => expect_len(arg, got, expected),
         (None, false) => Ok(()),
@@ -292,9 +292,9 @@ impl ScanPlan {
     }
 }
 
-type PtrGuard<'a> = Option<SyncOnDrop<'a>>;
+pub(crate) type PtrGuard<'a> = Option<SyncOnDrop<'a>>;
 
-fn opt_ptr<'a, U>(buf: &'a Option<CudaSlice<U>>, gpu: &'a Gpu) -> (u64, PtrGuard<'a>) {
+pub(crate) fn opt_ptr<'a, U>(buf: &'a Option<CudaSlice<U>>, gpu: &'a Gpu) -> (u64, PtrGuard<'a>) {
     match buf {
         Some(b) => {
             let (p, g) = b.device_ptr(gpu.stream());

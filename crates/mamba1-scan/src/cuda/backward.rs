@@ -1,0 +1,679 @@
+//! The CUDA backward of the selective scan (`kernels/mamba1/scan_bwd.cu`,
+//! docs/BACKWARD-MAMBA1.md): its configuration, the device-resident buffers,
+//! the four launches, and the host-slice entry point.
+//!
+//! - [`selective_scan_backward_cuda`]: host slices in, [`ScanGrads`] out
+//!   (every output poisoned on the device first).
+//! - [`ScanBwdPlan`] + [`ScanGradBuffers`] + [`ScanBwdWorkspace`]: the
+//!   device-resident path (compile once, launch many times), used by the
+//!   benchmarks and by callers whose tensors stay on the GPU.
+//!
+//! Memory beyond the inputs and the gradients ([`ScanBwdWorkspace::bytes`]):
+//! the checkpoints, one f32 state per (row, channel) and tile of
+//! [`BwdConfig::tile`] steps, and the per-block partial sums of grouped dB/dC
+//! (`(rows, D_in / channels_per_block, N, L)` f32 each), which make the
+//! channel reduction deterministic without atomics.
+
+use ssm_core::mamba1::SelectiveScanParams;
+use ssm_core::{DType, Result, ScanGradInputs, ScanGrads, SsmError};
+use ssm_gpu::cudarc::driver::{
+    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel, KernelSource, KernelVariant};
+
+use super::config::{unsupported, ScanProblem, MAX_D_STATE};
+use super::launch::{expect_len, expect_opt, opt_ptr, ScanBuffers};
+
+pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
+const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
+const ENTRY_SWEEP: &str = "mamba1_scan_bwd";
+const ENTRY_REDUCE_BC: &str = "mamba1_scan_bwd_reduce_bc";
+const ENTRY_REDUCE_PARAMS: &str = "mamba1_scan_bwd_reduce_params";
+/// Threads per block of the two reduction kernels (fixed in the kernel).
+const REDUCE_THREADS: u32 = 256;
+
+/// The compile-time tiling of the backward kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BwdConfig {
+    pub dtype: DType,
+    pub d_state: usize,
+    /// Lanes per channel (a power of two up to 32).
+    pub lanes_per_channel: usize,
+    pub states_per_lane: usize,
+    pub threads: usize,
+    /// Time steps per tile: the checkpoint interval. Each lane holds the tile's
+    /// states and decays in registers (`2 * tile * states_per_lane` floats).
+    pub tile: usize,
+    pub has_d: bool,
+    pub has_z: bool,
+    pub has_delta_bias: bool,
+    pub delta_softplus: bool,
+    pub b_const: bool,
+    pub c_const: bool,
+}
+
+impl BwdConfig {
+    /// The configuration for `problem` on a device with `limits`, or
+    /// [`SsmError::Unsupported`] naming the constraint.
+    pub fn new(problem: &ScanProblem, limits: &DeviceLimits) -> Result<Self> {
+        let n = problem.dims.d_state;
+        if problem.dtype == DType::F64 {
+            return Err(unsupported("f64 inputs (use f32, f16 or bf16)".into()));
+        }
+        if n == 0 || n > MAX_D_STATE {
+            return Err(unsupported(format!(
+                "the backward for d_state = {n} (1 to {MAX_D_STATE})"
+            )));
+        }
+        // Two states per lane where N allows (16 lanes of 2 would leave too few
+        // channels per block), at most 8 (N = 256 over 32 lanes).
+        let lanes = n.div_ceil(2).next_power_of_two().min(32);
+        let states_per_lane = n.div_ceil(lanes);
+        // The tile's states and decays stay in registers: at most 32 floats of
+        // each per lane; and each thread keeps at most 2 (channel, step) items
+        // of a tile for the epilogue (items per thread = tile / lanes).
+        let tile = (32 / states_per_lane).min(2 * lanes).max(2);
+        let config = BwdConfig {
+            dtype: problem.dtype,
+            d_state: n,
+            lanes_per_channel: lanes,
+            states_per_lane,
+            threads: 128,
+            tile,
+            has_d: problem.has_d,
+            has_z: problem.has_z,
+            has_delta_bias: problem.has_delta_bias,
+            delta_softplus: problem.delta_softplus,
+            b_const: problem.b_groups.is_none(),
+            c_const: problem.c_groups.is_none(),
+        };
+        let smem = config.smem_bytes();
+        if !limits.smem_fits_block(smem) {
+            return Err(unsupported(format!(
+                "the backward's {smem} bytes of shared memory per block (the device allows {})",
+                limits.smem_per_block_optin
+            )));
+        }
+        Ok(config)
+    }
+
+    pub fn channels_per_block(&self) -> usize {
+        self.threads / self.lanes_per_channel
+    }
+
+    /// Dynamic shared memory of `mamba1_scan_bwd`, mirroring the layout at the
+    /// top of the kernel (the kernel checks it against `SCAN_BWD_SMEM_BYTES`).
+    pub fn smem_bytes(&self) -> usize {
+        let cpb = self.channels_per_block();
+        let np = self.lanes_per_channel * self.states_per_lane;
+        let row = self.tile + 1;
+        let step = cpb * row;
+        let grouped = usize::from(!self.b_const) + usize::from(!self.c_const);
+        let floats = 3 * step
+            + grouped * self.tile * np
+            + 3 * cpb * self.lanes_per_channel * row
+            + grouped * cpb * self.tile * np
+            + step;
+        floats * 4
+    }
+
+    pub fn defines(&self) -> Vec<(&'static str, String)> {
+        let dtype = match self.dtype {
+            DType::F32 | DType::F64 => 0,
+            DType::F16 => 1,
+            DType::Bf16 => 2,
+        };
+        let flag = |b: bool| String::from(if b { "1" } else { "0" });
+        vec![
+            ("SCAN_DTYPE", dtype.to_string()),
+            ("SCAN_N", self.d_state.to_string()),
+            ("SCAN_TPC", self.lanes_per_channel.to_string()),
+            ("SCAN_NPT", self.states_per_lane.to_string()),
+            ("SCAN_THREADS", self.threads.to_string()),
+            ("SCAN_BT", self.tile.to_string()),
+            ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
+            ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
+            ("SCAN_HAS_D", flag(self.has_d)),
+            ("SCAN_HAS_Z", flag(self.has_z)),
+            ("SCAN_B_CONST", flag(self.b_const)),
+            ("SCAN_C_CONST", flag(self.c_const)),
+            ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
+        ]
+    }
+
+    /// A short stable name, e.g. `bf16.n16.tpc8.bt16.zDbs`.
+    pub fn label(&self) -> String {
+        let mut opts = String::new();
+        for (on, c) in [
+            (self.has_z, 'z'),
+            (self.has_d, 'D'),
+            (self.has_delta_bias, 'b'),
+            (self.delta_softplus, 's'),
+        ] {
+            if on {
+                opts.push(c);
+            }
+        }
+        let bc = match (self.b_const, self.c_const) {
+            (false, false) => "",
+            (true, true) => ".bcconst",
+            (true, false) => ".bconst",
+            (false, true) => ".cconst",
+        };
+        format!(
+            "{}.n{}.tpc{}.bt{}.{}{bc}",
+            self.dtype.name(),
+            self.d_state,
+            self.lanes_per_channel,
+            self.tile,
+            if opts.is_empty() { "bare" } else { &opts }
+        )
+    }
+
+    /// The four kernels of this configuration as [`KernelVariant`]s.
+    pub fn variants(&self) -> Vec<KernelVariant> {
+        [
+            ("ckpt", ENTRY_CKPT),
+            ("sweep", ENTRY_SWEEP),
+            ("reduce_bc", ENTRY_REDUCE_BC),
+            ("reduce_params", ENTRY_REDUCE_PARAMS),
+        ]
+        .into_iter()
+        .map(|(what, entry)| {
+            KernelVariant::new(
+                format!("mamba1.scan_bwd_{what}.{}", self.label()),
+                SCAN_BWD_SOURCE,
+                entry,
+                self.defines(),
+            )
+        })
+        .collect()
+    }
+}
+
+/// Geometry shared by the kernels, derived from the problem and the tiling.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    seg_channels: usize,
+    blocks_per_seg: usize,
+    blocks_per_seq: usize,
+    /// Rows of the position-indexed tensors: the batch, or 1 for varlen.
+    rows: usize,
+    ckpt_slots: usize,
+}
+
+impl Geometry {
+    fn of(problem: &ScanProblem, config: &BwdConfig) -> Self {
+        let seg_channels = problem.seg_channels();
+        let blocks_per_seg = seg_channels.div_ceil(config.channels_per_block());
+        let blocks_per_seq = (problem.dims.d_inner / seg_channels) * blocks_per_seg;
+        let l = problem.dims.seqlen;
+        let (rows, ckpt_slots) = match problem.varlen_seqs {
+            // Sequence s's tiles take slots from lo / BT + s on (scan_bwd.cu, bw_block).
+            Some(seqs) => (1, l / config.tile + seqs),
+            None => (problem.dims.batch, l.div_ceil(config.tile)),
+        };
+        Geometry {
+            seg_channels,
+            blocks_per_seg,
+            blocks_per_seq,
+            rows,
+            ckpt_slots,
+        }
+    }
+}
+
+/// `struct ScanBwdArgs` of `kernels/mamba1/scan_bwd.cu`, field for field (all 8
+/// bytes). Pointers are device addresses, 0 for an absent tensor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ScanBwdArgs {
+    u: u64,
+    delta: u64,
+    a: u64,
+    b: u64,
+    c: u64,
+    d: u64,
+    z: u64,
+    delta_bias: u64,
+    initial_states: u64,
+    cu_seqlens: u64,
+    d_out: u64,
+    d_final_states: u64,
+    ckpt: u64,
+    du: u64,
+    ddelta: u64,
+    dz: u64,
+    dinitial_states: u64,
+    part_b: u64,
+    part_c: u64,
+    part_params: u64,
+    db: u64,
+    dc: u64,
+    da: u64,
+    dd: u64,
+    ddelta_bias: u64,
+    d_inner: i64,
+    seqlen: i64,
+    groups_b: i64,
+    groups_c: i64,
+    seg_channels: i64,
+    blocks_per_seg: i64,
+    blocks_per_seq: i64,
+    num_seqs: i64,
+    ckpt_slots: i64,
+}
+const _: () = assert!(std::mem::size_of::<ScanBwdArgs>() == 34 * 8);
+
+// SAFETY: a plain-old-data struct of integers with the C layout the kernel expects.
+unsafe impl DeviceRepr for ScanBwdArgs {}
+
+/// The gradients on the device, in the layouts of [`ScanGrads`].
+pub struct ScanGradBuffers<T> {
+    pub du: CudaSlice<T>,
+    pub ddelta: CudaSlice<T>,
+    pub da: CudaSlice<f32>,
+    pub db: CudaSlice<T>,
+    pub dc: CudaSlice<T>,
+    pub dd: Option<CudaSlice<f32>>,
+    pub dz: Option<CudaSlice<T>>,
+    pub ddelta_bias: Option<CudaSlice<f32>>,
+    pub dinitial_states: Option<CudaSlice<f32>>,
+}
+
+impl<T: DeviceElement> ScanGradBuffers<T> {
+    /// Poisoned gradient buffers for `problem` (L >= 1).
+    pub fn alloc(gpu: &Gpu, problem: &ScanProblem) -> Result<Self> {
+        let io = problem.io_len();
+        let channels = problem.dims.d_inner;
+        let when = |on: bool, len: usize| -> Result<Option<CudaSlice<f32>>> {
+            Ok(if on {
+                Some(gpu.alloc_poisoned(len)?)
+            } else {
+                None
+            })
+        };
+        Ok(ScanGradBuffers {
+            du: gpu.alloc_poisoned(io)?,
+            ddelta: gpu.alloc_poisoned(io)?,
+            da: gpu.alloc_poisoned(channels * problem.dims.d_state)?,
+            db: gpu.alloc_poisoned(problem.bc_len(problem.b_groups))?,
+            dc: gpu.alloc_poisoned(problem.bc_len(problem.c_groups))?,
+            dd: when(problem.has_d, channels)?,
+            dz: if problem.has_z {
+                Some(gpu.alloc_poisoned(io)?)
+            } else {
+                None
+            },
+            ddelta_bias: when(problem.has_delta_bias, channels)?,
+            dinitial_states: when(problem.has_initial_states, problem.state_len())?,
+        })
+    }
+
+    fn check(&self, problem: &ScanProblem) -> Result<()> {
+        let io = problem.io_len();
+        let channels = problem.dims.d_inner;
+        expect_len("du", self.du.len(), io)?;
+        expect_len("ddelta", self.ddelta.len(), io)?;
+        expect_len("dA", self.da.len(), channels * problem.dims.d_state)?;
+        expect_len("dB", self.db.len(), problem.bc_len(problem.b_groups))?;
+        expect_len("dC", self.dc.len(), problem.bc_len(problem.c_groups))?;
+        expect_opt("dD", self.dd.as_ref().map(|x| x.len()), problem.has_d, channels)?;
+        expect_opt("dz", self.dz.as_ref().map(|x| x.len()), problem.has_z, io)?;
+        expect_opt(
+            "ddelta_bias",
+            self.ddelta_bias.as_ref().map(|x| x.len()),
+            problem.has_delta_bias,
+            channels,
+        )?;
+        expect_opt(
+            "dinitial_states",
+            self.dinitial_states.as_ref().map(|x| x.len()),
+            problem.has_initial_states,
+            problem.state_len(),
+        )
+    }
+}
+
+/// Scratch of the backward: checkpoints and partial sums. Reused across launches
+/// of one plan.
+pub struct ScanBwdWorkspace {
+    ckpt: CudaSlice<f32>,
+    part_b: Option<CudaSlice<f32>>,
+    part_c: Option<CudaSlice<f32>>,
+    part_params: CudaSlice<f32>,
+}
+
+impl ScanBwdWorkspace {
+    /// Bytes of scratch the backward needs beyond its inputs and gradients.
+    pub fn bytes(&self) -> usize {
+        4 * (self.ckpt.len()
+            + self.part_b.as_ref().map_or(0, |p| p.len())
+            + self.part_c.as_ref().map_or(0, |p| p.len())
+            + self.part_params.len())
+    }
+}
+
+/// The compiled backward for one problem shape.
+pub struct ScanBwdPlan {
+    pub problem: ScanProblem,
+    pub config: BwdConfig,
+    geometry: Geometry,
+    ckpt: Kernel,
+    sweep: Kernel,
+    reduce_bc: Kernel,
+    reduce_params: Kernel,
+    grid: u32,
+}
+
+impl ScanBwdPlan {
+    pub fn new(gpu: &Gpu, problem: &ScanProblem) -> Result<Self> {
+        let config = BwdConfig::new(problem, &gpu.limits()?)?;
+        if problem.dims.seqlen == 0 {
+            return Err(unsupported(
+                "launching the backward on L = 0 (selective_scan_backward_cuda handles it \
+                 without a launch)"
+                    .into(),
+            ));
+        }
+        let geometry = Geometry::of(problem, &config);
+        let grid = problem
+            .num_seqs()
+            .checked_mul(geometry.blocks_per_seq)
+            .filter(|&b| b <= i32::MAX as usize)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "{} sequences x {} channel blocks (more than 2^31 - 1 blocks)",
+                    problem.num_seqs(),
+                    geometry.blocks_per_seq
+                ))
+            })? as u32;
+        let defines = config.defines();
+        let load = |entry: &str| gpu.kernel(&SCAN_BWD_SOURCE, entry, &defines);
+        let mut ckpt = load(ENTRY_CKPT)?;
+        let mut sweep = load(ENTRY_SWEEP)?;
+        let smem = config.smem_bytes();
+        if smem > 48 * 1024 {
+            ckpt.set_max_dynamic_smem(smem as u32)?;
+            sweep.set_max_dynamic_smem(smem as u32)?;
+        }
+        Ok(ScanBwdPlan {
+            problem: *problem,
+            config,
+            geometry,
+            ckpt,
+            sweep,
+            reduce_bc: load(ENTRY_REDUCE_BC)?,
+            reduce_params: load(ENTRY_REDUCE_PARAMS)?,
+            grid,
+        })
+    }
+
+    /// Allocate the scratch of this plan.
+    pub fn workspace(&self, gpu: &Gpu) -> Result<ScanBwdWorkspace> {
+        let p = &self.problem;
+        let g = &self.geometry;
+        let n = p.dims.d_state;
+        let part = |grouped: bool| -> Result<Option<CudaSlice<f32>>> {
+            if !grouped {
+                return Ok(None);
+            }
+            let len = g.rows * g.blocks_per_seq * n * p.dims.seqlen;
+            // Varlen: positions past the last sequence are covered by no block.
+            Ok(Some(if p.varlen_seqs.is_some() {
+                gpu.stream().alloc_zeros(len).map_err(ssm_gpu::GpuError::from)?
+            } else {
+                gpu.alloc_poisoned(len)?
+            }))
+        };
+        Ok(ScanBwdWorkspace {
+            ckpt: gpu.alloc_poisoned(g.rows * p.dims.d_inner * g.ckpt_slots * n)?,
+            part_b: part(p.b_groups.is_some())?,
+            part_c: part(p.c_groups.is_some())?,
+            part_params: gpu.alloc_poisoned(p.num_seqs() * p.dims.d_inner * (3 * n + 2))?,
+        })
+    }
+
+    /// Enqueue the backward on the GPU's stream (asynchronous): the gradients of
+    /// `sum(d_out * out) + sum(d_final_states * final_states)` for the forward
+    /// whose inputs are in `fwd` (its `out` and `final_states` are not read).
+    pub fn launch<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        fwd: &ScanBuffers<T>,
+        d_out: &CudaSlice<T>,
+        d_final_states: Option<&CudaSlice<f32>>,
+        grads: &mut ScanGradBuffers<T>,
+        ws: &mut ScanBwdWorkspace,
+    ) -> Result<()> {
+        let p = &self.problem;
+        if T::DTYPE != p.dtype {
+            return Err(unsupported(format!(
+                "{} buffers with a backward plan compiled for {}",
+                T::DTYPE,
+                p.dtype
+            )));
+        }
+        fwd.check(p)?;
+        grads.check(p)?;
+        expect_len("d_out", d_out.len(), p.io_len())?;
+        if d_final_states.is_some() && !p.return_final_states {
+            return Err(SsmError::Dimension {
+                arg: "d_final_states",
+                reason: "given, but the forward does not return final states".into(),
+            });
+        }
+        expect_opt(
+            "d_final_states",
+            d_final_states.map(|x| x.len()),
+            d_final_states.is_some(),
+            p.state_len(),
+        )?;
+        let g = &self.geometry;
+        let n = p.dims.d_state;
+        let part_len = g.rows * g.blocks_per_seq * n * p.dims.seqlen;
+        expect_len("checkpoints", ws.ckpt.len(), g.rows * p.dims.d_inner * g.ckpt_slots * n)?;
+        expect_opt(
+            "dB partials",
+            ws.part_b.as_ref().map(|x| x.len()),
+            p.b_groups.is_some(),
+            part_len,
+        )?;
+        expect_opt(
+            "dC partials",
+            ws.part_c.as_ref().map(|x| x.len()),
+            p.c_groups.is_some(),
+            part_len,
+        )?;
+        expect_len(
+            "parameter partials",
+            ws.part_params.len(),
+            p.num_seqs() * p.dims.d_inner * (3 * n + 2),
+        )?;
+
+        let stream = gpu.stream();
+        let (u, _g0) = fwd.u.device_ptr(stream);
+        let (delta, _g1) = fwd.delta.device_ptr(stream);
+        let (a, _g2) = fwd.a.device_ptr(stream);
+        let (b, _g3) = fwd.b.device_ptr(stream);
+        let (c, _g4) = fwd.c.device_ptr(stream);
+        let (d, _g5) = opt_ptr(&fwd.d, gpu);
+        let (z, _g6) = opt_ptr(&fwd.z, gpu);
+        let (delta_bias, _g7) = opt_ptr(&fwd.delta_bias, gpu);
+        // The backward starts from the given initial states, as the forward did.
+        let (initial_states, _g8) = opt_ptr(&fwd.initial_states, gpu);
+        let (cu_seqlens, _g9) = opt_ptr(&fwd.cu_seqlens, gpu);
+        let (d_out, _g10) = d_out.device_ptr(stream);
+        let (d_final_states, _g11) = match d_final_states {
+            Some(s) => {
+                let (p, g) = s.device_ptr(stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let (ckpt, _g12) = ws.ckpt.device_ptr_mut(stream);
+        let (part_b, _g13) = opt_ptr_mut(&mut ws.part_b, gpu);
+        let (part_c, _g14) = opt_ptr_mut(&mut ws.part_c, gpu);
+        let (part_params, _g15) = ws.part_params.device_ptr_mut(stream);
+        let (du, _g16) = grads.du.device_ptr_mut(stream);
+        let (ddelta, _g17) = grads.ddelta.device_ptr_mut(stream);
+        let (dz, _g18) = opt_ptr_mut(&mut grads.dz, gpu);
+        let (dinitial_states, _g19) = opt_ptr_mut(&mut grads.dinitial_states, gpu);
+        let (db, _g20) = grads.db.device_ptr_mut(stream);
+        let (dc, _g21) = grads.dc.device_ptr_mut(stream);
+        let (da, _g22) = grads.da.device_ptr_mut(stream);
+        let (dd, _g23) = opt_ptr_mut(&mut grads.dd, gpu);
+        let (ddelta_bias, _g24) = opt_ptr_mut(&mut grads.ddelta_bias, gpu);
+        let args = ScanBwdArgs {
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d,
+            z,
+            delta_bias,
+            initial_states,
+            cu_seqlens,
+            d_out,
+            d_final_states,
+            ckpt,
+            du,
+            ddelta,
+            dz,
+            dinitial_states,
+            part_b,
+            part_c,
+            part_params,
+            db,
+            dc,
+            da,
+            dd,
+            ddelta_bias,
+            d_inner: p.dims.d_inner as i64,
+            seqlen: p.dims.seqlen as i64,
+            groups_b: p.b_groups.unwrap_or(1) as i64,
+            groups_c: p.c_groups.unwrap_or(1) as i64,
+            seg_channels: g.seg_channels as i64,
+            blocks_per_seg: g.blocks_per_seg as i64,
+            blocks_per_seq: g.blocks_per_seq as i64,
+            num_seqs: p.num_seqs() as i64,
+            ckpt_slots: g.ckpt_slots as i64,
+        };
+        let smem = self.config.smem_bytes() as u32;
+        let tiled = LaunchConfig {
+            grid_dim: (self.grid, 1, 1),
+            block_dim: (self.config.threads as u32, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let reduce = |elements: usize| LaunchConfig {
+            grid_dim: ((elements.div_ceil(REDUCE_THREADS as usize)).clamp(1, 132 * 16) as u32, 1, 1),
+            block_dim: (REDUCE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let label = self.config.label();
+        let fail = |what: &str, e| SsmError::Backend(format!("launching {what} ({label}): {e:?}"));
+        // SAFETY (all four launches): `args` matches the kernels' `ScanBwdArgs`
+        // field for field; every pointer covers the length checked above against
+        // the problem the kernels were compiled and sized for; the buffers
+        // outlive the launches (their guards live until after they are enqueued,
+        // and cudarc orders frees after the stream's pending work).
+        let mut b1 = stream.launch_builder(&self.ckpt.func);
+        b1.arg(&args);
+        unsafe { b1.launch(tiled) }.map_err(|e| fail(ENTRY_CKPT, e))?;
+        let mut b2 = stream.launch_builder(&self.sweep.func);
+        b2.arg(&args);
+        unsafe { b2.launch(tiled) }.map_err(|e| fail(ENTRY_SWEEP, e))?;
+        for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
+            if let Some(groups) = groups {
+                let elements = g.rows * groups * n * p.dims.seqlen;
+                let mut b3 = stream.launch_builder(&self.reduce_bc.func);
+                b3.arg(&args);
+                b3.arg(&which);
+                unsafe { b3.launch(reduce(elements)) }.map_err(|e| fail(ENTRY_REDUCE_BC, e))?;
+            }
+        }
+        let mut b4 = stream.launch_builder(&self.reduce_params.func);
+        b4.arg(&args);
+        unsafe { b4.launch(reduce(p.dims.d_inner * (3 * n + 2))) }
+            .map_err(|e| fail(ENTRY_REDUCE_PARAMS, e))?;
+        Ok(())
+    }
+}
+
+fn opt_ptr_mut<'a, U>(
+    buf: &'a mut Option<CudaSlice<U>>,
+    gpu: &'a Gpu,
+) -> (u64, Option<ssm_gpu::cudarc::driver::SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(gpu.stream());
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// The backward on `gpu`: uploads `p`, `d_out` and `d_final_states`, runs
+/// [`ScanBwdPlan`], downloads every gradient. Validation as
+/// [`ScanGradInputs::validate`]; shapes the kernels do not handle get
+/// [`SsmError::Unsupported`].
+pub fn selective_scan_backward_cuda<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SelectiveScanParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+) -> Result<ScanGrads<T, f32>> {
+    let layout = ScanGradInputs::new(d_out, d_final_states).validate(p)?;
+    let problem = ScanProblem::of(p)?;
+    if problem.dims.seqlen == 0 {
+        BwdConfig::new(&problem, &gpu.limits()?)?;
+        return Ok(empty_sequence_grads(&problem, p, d_final_states, layout.num_seqs));
+    }
+    let plan = ScanBwdPlan::new(gpu, &problem)?;
+    let fwd = ScanBuffers::upload(gpu, p)?;
+    let d_out = gpu.upload(d_out)?;
+    let d_final = d_final_states.map(|x| gpu.upload(x)).transpose()?;
+    let mut grads = ScanGradBuffers::alloc(gpu, &problem)?;
+    let mut ws = plan.workspace(gpu)?;
+    plan.launch(gpu, &fwd, &d_out, d_final.as_ref(), &mut grads, &mut ws)?;
+    let opt = |x: &Option<CudaSlice<f32>>| x.as_ref().map(|x| gpu.download(x)).transpose();
+    Ok(ScanGrads {
+        du: gpu.download(&grads.du)?,
+        ddelta: gpu.download(&grads.ddelta)?,
+        da: gpu.download(&grads.da)?,
+        db: gpu.download(&grads.db)?,
+        dc: gpu.download(&grads.dc)?,
+        dd: opt(&grads.dd)?,
+        dz: grads.dz.as_ref().map(|x| gpu.download(x)).transpose()?,
+        ddelta_bias: opt(&grads.ddelta_bias)?,
+        dinitial_states: opt(&grads.dinitial_states)?,
+    })
+}
+
+/// L = 0: every sum is empty, and the initial states' gradient is the final
+/// states' (the state passes through unchanged).
+fn empty_sequence_grads<T: DeviceElement>(
+    problem: &ScanProblem,
+    p: &SelectiveScanParams<'_, T>,
+    d_final_states: Option<&[f32]>,
+    num_seqs: usize,
+) -> ScanGrads<T, f32> {
+    let channels = problem.dims.d_inner;
+    let n = problem.dims.d_state;
+    let zeros = |len: usize| vec![0.0f32; len];
+    ScanGrads {
+        du: Vec::new(),
+        ddelta: Vec::new(),
+        da: zeros(channels * n),
+        db: vec![T::default(); problem.bc_len(problem.b_groups)],
+        dc: vec![T::default(); problem.bc_len(problem.c_groups)],
+        dd: p.d.map(|_| zeros(channels)),
+        dz: p.z.map(|_| Vec::new()),
+        ddelta_bias: p.delta_bias.map(|_| zeros(channels)),
+        dinitial_states: p.initial_states.map(|_| match d_final_states {
+            Some(g) => g.to_vec(),
+            None => zeros(num_seqs * channels * n),
+        }),
+    }
+}
