@@ -10,6 +10,9 @@
 //! exact inputs (with its shape, options and dtype spelled out), or
 //! `ssmk fuzz --replay SEED` for the API and determinism targets. Progress (cases,
 //! elapsed, ETA) is a bar on a terminal and a plain line every 10 s otherwise.
+//! With `--shape` the cases are held at one shape instead (`crate::fuzz_shape`):
+//! random data, options, dtype and chunk, each finding printed as the
+//! `ssmk verify ... --seed SEED` command that replays it.
 //!
 //! Wiring (in main.rs): `mod fuzz;`, a `Fuzz(fuzz::FuzzArgs)` variant of
 //! `Command`, and `Command::Fuzz(args) => fuzz::run(&args)`.
@@ -46,9 +49,14 @@ pub struct FuzzArgs {
     #[arg(long)]
     pub replay: Option<u64>,
     /// Only these targets, comma-separated (default: all): scan_diff, ssd_diff,
-    /// step_diff, api_malformed, cpu_determinism.
+    /// step_diff, api_malformed, cpu_determinism, ssd_bwd_diff, scan_bwd_diff.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// Fuzz data, options, dtype and chunk at this one shape (the syntax of
+    /// `ssmk verify`): an SSD shape fuzzes ssd_diff and ssd_bwd_diff, a scan shape
+    /// scan_diff and scan_bwd_diff; a finding prints its `ssmk verify ... --seed`.
+    #[arg(long, conflicts_with_all = ["replay", "corpus"])]
+    pub shape: Option<String>,
     /// Replay every file under this folder instead of random cases: either one
     /// target's corpus (`fuzz/corpus/scan_diff`) or the folder of all of them
     /// (`fuzz/corpus`, one subfolder per target).
@@ -69,6 +77,7 @@ impl Default for FuzzArgs {
             seed: None,
             replay: None,
             targets: Vec::new(),
+            shape: None,
             corpus: None,
             artifact_dir: None,
         }
@@ -97,8 +106,18 @@ fn open_gpu(mode: GpuMode) -> Result<Option<Gpu>, String> {
 }
 
 fn selected_targets(names: &[String]) -> Result<Vec<Target>, String> {
+    let all = parse_targets(names)?;
+    Ok(if all.is_empty() {
+        Target::ALL.to_vec()
+    } else {
+        all
+    })
+}
+
+/// The targets named (none when none are).
+fn parse_targets(names: &[String]) -> Result<Vec<Target>, String> {
     if names.is_empty() {
-        return Ok(Target::ALL.to_vec());
+        return Ok(Vec::new());
     }
     names
         .iter()
@@ -124,6 +143,12 @@ pub fn run(args: &FuzzArgs) -> ExitCode {
 
 /// `Ok(true)`: no finding.
 fn run_inner(args: &FuzzArgs) -> Result<bool, String> {
+    if let Some(shape) = &args.shape {
+        // Usage errors (shape, targets) before a GPU is opened.
+        let targets = crate::fuzz_shape::targets_for(shape, &parse_targets(&args.targets)?)?;
+        let gpu = open_gpu(args.gpu)?;
+        return crate::fuzz_shape::run(args, shape, &targets, gpu.as_ref());
+    }
     let targets = selected_targets(&args.targets)?;
     let gpu = open_gpu(args.gpu)?;
     let ctx = Ctx { gpu: gpu.as_ref() };

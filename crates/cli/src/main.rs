@@ -8,6 +8,7 @@ mod backward;
 mod bench;
 mod custom;
 mod fuzz;
+mod fuzz_shape;
 mod gate;
 mod resources;
 mod verify;

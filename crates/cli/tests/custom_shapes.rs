@@ -365,3 +365,61 @@ fn backward_verifies_every_gradient_on_the_cpu() {
         "`quadratic` has no backward",
     );
 }
+
+/// `ssmk fuzz --shape` fuzzes data, options, dtype and chunk at one shape (the
+/// family's forward and backward targets), and refuses a target that draws its
+/// own shapes or a shape of neither family.
+#[test]
+fn fuzz_at_a_fixed_shape() {
+    let o = ssmk(&[
+        "fuzz",
+        "--shape",
+        "b=2,L=70,H=4,P=8,N=12,G=2",
+        "--cases",
+        "8",
+        "--seed",
+        "9",
+        "--gpu",
+        "off",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("targets ssd_diff,ssd_bwd_diff") && t.contains("no finding in 8 cases"),
+        "{t}"
+    );
+    let o = ssmk(&[
+        "fuzz",
+        "--shape",
+        "b=1,D=6,N=4,L=33,G=const",
+        "--targets",
+        "scan_diff,scan_bwd_diff",
+        "--cases",
+        "6",
+        "--gpu",
+        "off",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let refused = |args: &[&str], expect: &str| {
+        let o = ssmk(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "ssmk {}:\n{t}", args.join(" "));
+        assert!(t.contains(expect), "missing {expect:?} in\n{t}");
+    };
+    refused(
+        &[
+            "fuzz",
+            "--shape",
+            "b=1,L=9,H=2,P=4,N=8",
+            "--targets",
+            "step_diff",
+            "--gpu",
+            "off",
+        ],
+        "step_diff does not take this --shape",
+    );
+    refused(
+        &["fuzz", "--shape", "b=1,L=9,H=2", "--gpu", "off"],
+        "neither an SSD nor a scan shape",
+    );
+}
