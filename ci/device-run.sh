@@ -7,7 +7,10 @@
 #   resources  ssmk resources --json (every variant vs its budget)   -> resources.json
 #   tests      every GPU test binary, SSM_REQUIRE_GPU=1              -> device-run.log
 #   verify     ssmk verify --gpu require --json                      -> verify.json
-#   custom     ssmk verify on the shapes in SSM_DEVICE_VERIFY ("args;args;...") -> device-run.log
+#   custom     issue 13's SSD problem (SSM_CUSTOM_SHAPE, bf16, all options, chunk 128):
+#              ssmk verify --impl cuda,cpu, ssmk bench --op ssd, ssmk fuzz --shape
+#              (SSM_CUSTOM_FUZZ_CASES, default 4); then ssmk verify on the shapes in
+#              SSM_DEVICE_VERIFY ("args;args;...")                     -> custom.log
 #   fuzz       ssmk fuzz --gpu require (SSM_FUZZ_SECONDS, default 60)  -> device-run.log
 #   sanitize   ci/sanitize.sh: compute-sanitizer memcheck/racecheck/initcheck/synccheck
 #   peers      ci/peers/run.sh: mamba_ssm and fla timed on this card  -> results.tar.gz (peers.json)
@@ -137,13 +140,36 @@ if has_step verify; then
     fi
 fi
 if has_step custom; then
-    # SSM_DEVICE_VERIFY="args;args;...": ssmk verify on shapes of the caller's
-    # (e.g. "ssd --shape b=2,L=4097,H=24,P=64,N=96,G=3 --options all --dtype bf16").
+    # Issue 13's problem on this card, then SSM_DEVICE_VERIFY="args;args;...":
+    # ssmk verify on shapes of the caller's (e.g. "scan --shape b=4,D=5120,N=16,L=4096").
+    # Each run's output also goes to custom.log (the log the issue keeps).
+    custom_log="$out/custom.log"
+    : >"$custom_log"
+    # custom_run NAME CMD...: run_step with CMD's output tee'd to custom.log too.
+    custom_run() {
+        local name="$1"
+        shift
+        echo "=== $name: $*" >>"$custom_log"
+        # shellcheck disable=SC2016 # expanded by the inner bash
+        run_step "$name" bash -c 'log="$1"; shift; "$@" 2>&1 | tee -a "$log"; exit "${PIPESTATUS[0]}"' \
+            custom_run "$custom_log" "$@"
+    }
+    custom_shape="${SSM_CUSTOM_SHAPE:-b=2,L=4097,H=24,P=64,N=96,G=3}"
+    custom_run "custom: ssmk verify ssd --shape $custom_shape" \
+        "$ssmk" verify ssd --shape "$custom_shape" --options all --dtype bf16 \
+        --impl cuda,cpu --chunk 128 --gpu require --seed "${SSM_CUSTOM_SEED:-1}"
+    custom_run "custom: ssmk bench --op ssd --shape $custom_shape" \
+        "$ssmk" bench --op ssd --shape "$custom_shape" --options all --dtype bf16 \
+        --chunk 128 --require-gpu --json "$SSM_RESULTS_DIR/custom-bench.json"
+    custom_run "custom: ssmk fuzz --shape $custom_shape" \
+        "$ssmk" fuzz --shape "$custom_shape" --targets ssd_diff --gpu require \
+        --cases "${SSM_CUSTOM_FUZZ_CASES:-4}" \
+        --seconds "$((step_timeout > 60 ? step_timeout - 30 : step_timeout / 2))"
     IFS=';' read -r -a custom_runs <<<"${SSM_DEVICE_VERIFY:-}"
     for custom in "${custom_runs[@]}"; do
         [ -n "$custom" ] || continue
         # shellcheck disable=SC2086 # the arguments are split on purpose
-        run_step "verify: ssmk verify $custom" "$ssmk" verify $custom
+        custom_run "custom: ssmk verify $custom" "$ssmk" verify $custom
     done
 fi
 if has_step fuzz; then
