@@ -34,7 +34,7 @@ summary="$out/sanitize-summary.txt"
 seconds="${SANITIZE_SECONDS:-20}"
 seed="${SANITIZE_SEED:-1}"
 tools="${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}"
-targets="scan_diff,ssd_diff,step_diff,api_malformed"
+targets="${SANITIZE_TARGETS:-scan_diff,ssd_diff,step_diff,api_malformed,scan_bwd_diff}"
 ssmk="$bundle/bin/ssmk"
 
 say() { echo "$*" | tee -a "$summary"; }

@@ -254,6 +254,58 @@ pub fn verify_scan<T: Element, O: Element>(
     Ok(verdict(rows, sampled, O::DTYPE))
 }
 
+/// Check a Mamba-1 scan backward's per-element gradients (du, ddelta, dz; the
+/// initial-state gradient when there are initial states) against the f64
+/// adjoint on the first and last (batch row, channel), with `d_out` the
+/// incoming gradient and no final-state gradient. These depend on the sampled
+/// channel alone; the sums over channels, rows and time (dA, dB, dC, dD,
+/// ddelta_bias) are judged in full by the GPU tests
+/// (crates/mamba1-scan/tests/gpu_scan_backward.rs), not here.
+pub fn verify_scan_backward<T: Element>(
+    host: &Mamba1Host<T>,
+    d_out: &[T],
+    du: &[T],
+    ddelta: &[T],
+    dz: Option<&[T]>,
+    dinitial_states: Option<&[f32]>,
+) -> Result<Verification> {
+    let s = host.shape;
+    let (dim, n, l) = (s.d_inner, s.d_state, s.seqlen);
+    let pairs = corners(s.batch, dim);
+    let rows = pairs
+        .iter()
+        .map(|&(b, d)| {
+            let sub = scan_row(host, b, d);
+            let at = (b * dim + d) * l;
+            let g = &d_out[at..at + l];
+            let want = ssm_reference::mamba1_backward::selective_scan_backward(&sub.params(), g, None)?;
+            let widen = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+            let mut got = widen(&du[at..at + l]);
+            got.extend(widen(&ddelta[at..at + l]));
+            let mut expected = want.du.clone();
+            expected.extend(&want.ddelta);
+            if let (Some(dz), Some(want_dz)) = (dz, want.dz.as_ref()) {
+                got.extend(widen(&dz[at..at + l]));
+                expected.extend(want_dz);
+            }
+            let states = (b * dim + d) * n..(b * dim + d + 1) * n;
+            Ok(RowCheck {
+                got,
+                want: expected,
+                got_state: dinitial_states.map(|h| h[states].iter().map(|v| f64::from(*v)).collect()),
+                want_state: want.dinitial_states.clone(),
+                log_decay: 0.0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sampled = pairs
+        .iter()
+        .map(|(b, d)| format!("du, ddelta, dz of (b {b}, channel {d})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(verdict(rows, sampled, T::DTYPE))
+}
+
 // ------------------------------------------------------------------ decode steps
 
 /// Which family a decode step belongs to, with its shape.

@@ -17,13 +17,13 @@ use half::{bf16, f16};
 use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ssm_gpu::{DeviceElement, Gpu, KernelResources, PtxasFunction};
-use ssm_telemetry::problem::{Problem, SkipKind, StreamShape};
+use ssm_telemetry::problem::{Pass, Problem, SkipKind, StreamShape};
 use ssm_telemetry::sram::LaunchShape;
-use ssm_telemetry::traffic::cost;
+use ssm_telemetry::traffic::cost_of;
 
 use ssm_telemetry::record::Verification;
 
-use crate::check::{verify_scan, verify_ssd, verify_step, StepShape};
+use crate::check::{verify_scan, verify_scan_backward, verify_ssd, verify_step, StepShape};
 use crate::inputs::{fill, Dist, Mamba1Host, SsdHost, StepHost};
 use crate::suite::{Backend, Case};
 
@@ -95,7 +95,7 @@ pub fn prepare(gpu: &Gpu, case: &Case, seed: u64) -> Result<Box<dyn GpuWork>> {
         return Err(unsupported(format!("{:?} cases on the GPU", case.backend)));
     }
     let l2 = gpu.l2_cache_bytes()? as usize;
-    let slots = rotation_slots(l2, cost(&case.problem).bytes());
+    let slots = rotation_slots(l2, cost_of(&case.problem, case.pass).bytes());
     match case.problem.dtype() {
         DType::F32 => prepare_typed::<f32>(gpu, case, seed, slots),
         DType::F16 => prepare_typed::<f16>(gpu, case, seed, slots),
@@ -111,6 +111,9 @@ fn prepare_typed<T: DeviceElement>(
     slots: usize,
 ) -> Result<Box<dyn GpuWork>> {
     Ok(match case.problem {
+        Problem::Mamba1Scan(s) if case.pass != Pass::Forward => Box::new(
+            ScanBwdWork::<T>::new(gpu, Mamba1Host::generate(&s, seed), case.pass, slots, seed)?,
+        ),
         Problem::Mamba1Scan(s) => Box::new(ScanWork::<T>::new(
             gpu,
             Mamba1Host::generate(&s, seed),
@@ -190,6 +193,105 @@ impl<T: DeviceElement> GpuWork for ScanWork<T> {
         let slot = &self.bufs[0];
         let (out, states) = download_outputs(gpu, &slot.out, slot.final_states.as_ref())?;
         verify_scan(&self.host, &out, states.as_deref())
+    }
+}
+
+// ------------------------------------------------------------------ Mamba-1 scan backward
+
+/// One slot of the backward: the forward's inputs (and outputs, written by a
+/// forward+backward call), the incoming gradient and the gradients.
+struct ScanBwdSlot<T> {
+    fwd: mamba1_scan::cuda::ScanBuffers<T>,
+    d_out: CudaSlice<T>,
+    grads: mamba1_scan::cuda::ScanGradBuffers<T>,
+}
+
+struct ScanBwdWork<T> {
+    host: Mamba1Host<T>,
+    d_out: Vec<T>,
+    /// The forward, for [`Pass::ForwardBackward`].
+    fwd: Option<mamba1_scan::cuda::ScanPlan>,
+    bwd: mamba1_scan::cuda::ScanBwdPlan,
+    /// Scratch shared by the slots (calls run one after another on the stream).
+    ws: mamba1_scan::cuda::ScanBwdWorkspace,
+    slots: Vec<ScanBwdSlot<T>>,
+    next: usize,
+}
+
+impl<T: DeviceElement> ScanBwdWork<T> {
+    fn new(gpu: &Gpu, host: Mamba1Host<T>, pass: Pass, slots: usize, seed: u64) -> Result<Self> {
+        let params = host.params();
+        let problem = mamba1_scan::cuda::ScanProblem::of(&params)?;
+        let fwd = match pass {
+            Pass::ForwardBackward => Some(mamba1_scan::cuda::ScanPlan::new(
+                gpu,
+                &problem,
+                Default::default(),
+            )?),
+            _ => None,
+        };
+        let bwd = mamba1_scan::cuda::ScanBwdPlan::new(gpu, &problem)?;
+        let ws = bwd.workspace(gpu)?;
+        let d_out: Vec<T> = fill(problem.io_len(), seed + 101, Dist::Normal);
+        let slots = (0..slots)
+            .map(|_| {
+                Ok(ScanBwdSlot {
+                    fwd: mamba1_scan::cuda::ScanBuffers::upload(gpu, &params)?,
+                    d_out: gpu.upload(&d_out)?,
+                    grads: mamba1_scan::cuda::ScanGradBuffers::alloc(gpu, &problem)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ScanBwdWork {
+            host,
+            d_out,
+            fwd,
+            bwd,
+            ws,
+            slots,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let k = self.next % self.slots.len();
+        self.next += 1;
+        let slot = &mut self.slots[k];
+        if let Some(fwd) = &self.fwd {
+            fwd.launch(gpu, &mut slot.fwd)?;
+        }
+        self.bwd
+            .launch(gpu, &slot.fwd, &slot.d_out, None, &mut slot.grads, &mut self.ws)
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        let mut kernels = Vec::new();
+        if let Some(fwd) = &self.fwd {
+            kernels.push(launched(
+                &fwd.kernel,
+                fwd.config.threads as u32,
+                fwd.config.smem_bytes() as u32,
+            ));
+        }
+        for (kernel, threads, smem) in self.bwd.kernels() {
+            kernels.push(launched(kernel, threads, smem));
+        }
+        kernels
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        let g = &self.slots[0].grads;
+        Ok(count_bad(gpu, &g.du)? + count_bad(gpu, &g.ddelta)? + count_bad(gpu, &g.db)?)
+    }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let g = &self.slots[0].grads;
+        let du = gpu.download(&g.du)?;
+        let ddelta = gpu.download(&g.ddelta)?;
+        let dz = g.dz.as_ref().map(|x| gpu.download(x)).transpose()?;
+        let dh0 = g.dinitial_states.as_ref().map(|x| gpu.download(x)).transpose()?;
+        verify_scan_backward(&self.host, &self.d_out, &du, &ddelta, dz.as_deref(), dh0.as_deref())
     }
 }
 

@@ -20,7 +20,7 @@ use ssm_gpu::{Gpu, GpuError};
 use ssm_telemetry::ncu::ManifestEntry;
 use ssm_telemetry::nvml::NvmlMonitor;
 use ssm_telemetry::record::{
-    BenchResult, DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod,
+    BenchResult, DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod,
     TimingStats,
 };
 use ssm_telemetry::sram::{SmLimits, SramUse};
@@ -166,7 +166,7 @@ pub fn measure_gpu(
             kernels: kernel_records(work.as_ref(), limits),
             nvml: telemetry,
             runs_in_nvml_window: iters as u64,
-            pass: Pass::Forward,
+            pass: case.pass,
             verification: Some(verification),
         },
         ceilings,
@@ -219,7 +219,7 @@ pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings)
             kernels: Vec::new(),
             nvml: None,
             runs_in_nvml_window: 0,
-            pass: Pass::Forward,
+            pass: case.pass,
             verification,
         },
         ceilings,

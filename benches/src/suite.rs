@@ -10,8 +10,8 @@
 //! `quick` keeps every family but trims the sweeps (CI and criterion's quick mode).
 
 use ssm_core::DType;
-use ssm_telemetry::problem::{Problem, SsdShape, StreamShape};
-use ssm_telemetry::record::result_id;
+use ssm_telemetry::problem::{Pass, Problem, SsdShape, StreamShape};
+use ssm_telemetry::record::result_id_for;
 use ssm_telemetry::workloads::{
     mamba1_block_scan, mamba1_decode, mamba2_block_ssd, mamba2_decode, reference_workloads,
     seqlen_sweep,
@@ -39,6 +39,8 @@ pub struct Case {
     /// Kernel options of the CUDA SSD (the default configuration unless a
     /// variant case says otherwise; its workload name then carries `#label`).
     pub ssd_options: mamba2_ssd::cuda::CudaOptions,
+    /// The pass timed: the forward, the backward alone, or both as one call.
+    pub pass: Pass,
 }
 
 impl Case {
@@ -48,7 +50,14 @@ impl Case {
             workload: workload.into(),
             problem,
             ssd_options: Default::default(),
+            pass: Pass::Forward,
         }
+    }
+
+    /// The same case timing another pass (id suffix `/bwd` or `/fwd+bwd`).
+    pub fn with_pass(mut self, pass: Pass) -> Case {
+        self.pass = pass;
+        self
     }
 
     /// The same case with other CUDA SSD kernel options, named `workload#label`.
@@ -88,7 +97,7 @@ impl Case {
 
     /// The result id (`implementation/workload/dtype`).
     pub fn id(&self) -> String {
-        result_id(self.implementation(), &self.workload, &self.problem)
+        result_id_for(self.implementation(), &self.workload, &self.problem, self.pass)
     }
 
     /// Whether `filter` (a substring of the id) selects this case.
@@ -143,6 +152,16 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
         for &dtype in dtypes {
             let p = with_chunk(w.problem.with_dtype(dtype), CUDA_SSD_CHUNK);
             cases.push(Case::new(Cuda, w.name, p));
+        }
+    }
+    // The Mamba-1 backward, alone and after its forward (bf16, the trained setting).
+    for w in reference_workloads()
+        .into_iter()
+        .filter(|w| matches!(w.problem, Problem::Mamba1Scan(_)))
+    {
+        for pass in [Pass::Backward, Pass::ForwardBackward] {
+            let p = w.problem.with_dtype(DType::Bf16);
+            cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
         }
     }
     // The f32 decode steps (fp32 inputs are common at decode time).

@@ -19,14 +19,13 @@ use mamba1_scan::backward_cpu::selective_scan_backward_blocked;
 use mamba1_scan::backward_cpu::tolerance::{gamma, judge_all, reduction_terms};
 use mamba1_scan::cpu::selective_scan_blocked;
 use proptest::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
-use ssm_core::element::round_slice;
-use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::math::softplus_f32;
+use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::{Element, ScanGrads};
 use ssm_reference::mamba1_backward::{selective_scan_backward, selective_scan_backward_magnitudes};
+
+#[path = "support/scan_backward.rs"]
+mod support;
+use support::{divisors, Case, Data, Rounded};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("SSM_PROPTEST_CASES")
@@ -37,32 +36,6 @@ fn config() -> ProptestConfig {
         cases,
         ..ProptestConfig::default()
     }
-}
-
-#[derive(Clone, Debug)]
-struct Case {
-    dims: Mamba1Dims,
-    /// `Some(G)`: `(b, G, N, L)`; `None`: constant `(D_in, N)`.
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    d: bool,
-    z: bool,
-    bias: bool,
-    softplus: bool,
-    h0: bool,
-    final_states: bool,
-    cu: Option<Vec<i64>>,
-    large_dt: bool,
-}
-
-impl Case {
-    fn rows(&self) -> usize {
-        self.cu.as_ref().map_or(self.dims.batch, |cu| cu.len() - 1)
-    }
-}
-
-fn divisors(n: usize) -> Vec<usize> {
-    (1..=n).filter(|g| n % g == 0).collect()
 }
 
 /// Random shapes (N not a power of two, L = 0 and 1, channels past one
@@ -111,171 +84,6 @@ fn case(max_len: usize, varlen: bool) -> impl Strategy<Value = Case> {
                 }
             },
         )
-}
-
-/// The f32 draw of a problem and of the incoming gradients.
-#[derive(Clone)]
-struct Data {
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    d: Vec<f32>,
-    z: Vec<f32>,
-    bias: Vec<f32>,
-    h0: Vec<f32>,
-    d_out: Vec<f32>,
-    d_final: Vec<f32>,
-}
-
-fn randn(rng: &mut StdRng) -> f32 {
-    StandardNormal.sample(rng)
-}
-
-fn randn_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| randn(rng)).collect()
-}
-
-impl Data {
-    /// Step sizes from softplus(randn - 4) (or up to 10), A = -exp(randn).
-    fn generate(case: &Case, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = case.dims;
-        let bdl = batch * d_inner * seqlen;
-        let bc_len =
-            |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
-        let states = case.rows() * d_inner * d_state;
-        let bias: Vec<f32> = (0..d_inner).map(|_| 0.5 * randn(&mut rng)).collect();
-        // Without softplus, delta is the step size less the bias, so that the
-        // step size delta + bias stays positive (a negative one grows the state).
-        let delta = (0..bdl)
-            .map(|i| {
-                let pre = if case.large_dt {
-                    rng.random_range(-4.0f32..10.0)
-                } else {
-                    randn(&mut rng) - 4.0
-                };
-                let bias = if case.bias {
-                    bias[(i / seqlen) % d_inner]
-                } else {
-                    0.0
-                };
-                if case.softplus {
-                    pre
-                } else {
-                    softplus_f32(pre) - bias
-                }
-            })
-            .collect();
-        Data {
-            u: randn_vec(&mut rng, bdl),
-            delta,
-            a: (0..d_inner * d_state)
-                .map(|_| -randn(&mut rng).clamp(-2.3, 2.0).exp())
-                .collect(),
-            b: randn_vec(&mut rng, bc_len(case.b_groups)),
-            c: randn_vec(&mut rng, bc_len(case.c_groups)),
-            d: randn_vec(&mut rng, d_inner),
-            z: randn_vec(&mut rng, bdl),
-            bias,
-            h0: randn_vec(&mut rng, states),
-            d_out: randn_vec(&mut rng, bdl),
-            d_final: randn_vec(&mut rng, states),
-        }
-    }
-
-    /// Positions `range` of every row, as a batch-`batch` problem with state
-    /// rows `states` (for varlen: the sequence's own row).
-    fn window(&self, case: &Case, range: Range<usize>, states: Range<usize>) -> (Case, Data) {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = case.dims;
-        let cut = |xs: &[f32], lanes: usize| -> Vec<f32> {
-            (0..lanes)
-                .flat_map(|l| xs[l * seqlen + range.start..l * seqlen + range.end].to_vec())
-                .collect()
-        };
-        let bc = |xs: &[f32], g: Option<usize>| match g {
-            Some(g) => cut(xs, batch * g * d_state),
-            None => xs.to_vec(),
-        };
-        let state = d_inner * d_state;
-        let rows = |xs: &[f32]| xs[states.start * state..states.end * state].to_vec();
-        let mut c = case.clone();
-        c.cu = None;
-        c.dims.seqlen = range.len();
-        c.dims.batch = if case.cu.is_some() { 1 } else { batch };
-        let d = Data {
-            u: cut(&self.u, batch * d_inner),
-            delta: cut(&self.delta, batch * d_inner),
-            b: bc(&self.b, case.b_groups),
-            c: bc(&self.c, case.c_groups),
-            z: cut(&self.z, batch * d_inner),
-            d_out: cut(&self.d_out, batch * d_inner),
-            h0: rows(&self.h0),
-            d_final: rows(&self.d_final),
-            ..self.clone()
-        };
-        (c, d)
-    }
-}
-
-/// Tensors rounded to `T`.
-struct Rounded<T> {
-    u: Vec<T>,
-    delta: Vec<T>,
-    b: Vec<T>,
-    c: Vec<T>,
-    z: Vec<T>,
-    d_out: Vec<T>,
-}
-
-impl<T: Element> Rounded<T> {
-    fn new(data: &Data) -> Self {
-        Rounded {
-            u: round_slice(&data.u),
-            delta: round_slice(&data.delta),
-            b: round_slice(&data.b),
-            c: round_slice(&data.c),
-            z: round_slice(&data.z),
-            d_out: round_slice(&data.d_out),
-        }
-    }
-
-    fn params<'a>(&'a self, case: &'a Case, data: &'a Data) -> SelectiveScanParams<'a, T> {
-        let bc = |groups: Option<usize>, values: &'a [T]| match groups {
-            Some(groups) => BcInput::Grouped {
-                groups,
-                data: values,
-            },
-            None => BcInput::Constant(values),
-        };
-        let mut p = SelectiveScanParams::new(
-            case.dims,
-            &self.u,
-            &self.delta,
-            &data.a,
-            bc(case.b_groups, &self.b),
-            bc(case.c_groups, &self.c),
-        )
-        .with_delta_softplus(case.softplus)
-        .with_final_states(case.final_states);
-        p.d = case.d.then_some(&data.d[..]);
-        p.z = case.z.then_some(&self.z[..]);
-        p.delta_bias = case.bias.then_some(&data.bias[..]);
-        p.initial_states = case.h0.then_some(&data.h0[..]);
-        p.cu_seqlens = case.cu.as_deref();
-        p
-    }
 }
 
 fn backward<T: Element>(case: &Case, data: &Data, block_len: usize) -> ScanGrads<T, f32> {

@@ -409,6 +409,22 @@ impl ScanBwdPlan {
         })
     }
 
+    /// The kernels one [`ScanBwdPlan::launch`] runs, in launch order, with
+    /// their threads per block and dynamic shared memory (the grouped-B/C
+    /// reduction runs once per grouped tensor).
+    pub fn kernels(&self) -> Vec<(&Kernel, u32, u32)> {
+        let threads = self.config.threads as u32;
+        let smem = self.config.smem_bytes() as u32;
+        let mut k = vec![(&self.ckpt, threads, smem), (&self.sweep, threads, smem)];
+        for grouped in [self.problem.b_groups, self.problem.c_groups] {
+            if grouped.is_some() {
+                k.push((&self.reduce_bc, REDUCE_THREADS, 0));
+            }
+        }
+        k.push((&self.reduce_params, REDUCE_THREADS, 0));
+        k
+    }
+
     /// Allocate the scratch of this plan.
     pub fn workspace(&self, gpu: &Gpu) -> Result<ScanBwdWorkspace> {
         let p = &self.problem;

@@ -29,7 +29,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
-use ssm_core::{DType, Element};
+use ssm_core::{DType, Element, SsmError};
+use ssm_gpu::DeviceElement;
 
 use super::draw::Bytes;
 use super::targets::ssd_window_log_decay;
@@ -288,12 +289,14 @@ impl ScanBwdProblem {
     }
 }
 
-pub(super) fn scan(bytes: &[u8], _ctx: &Ctx<'_>) -> Result<Outcome, Finding> {
+pub(super) fn scan(bytes: &[u8], ctx: &Ctx<'_>) -> Result<Outcome, Finding> {
     let problem = ScanBwdProblem::decode(&mut Bytes::new(bytes));
-    by_dtype!(problem.dtype, scan_as(&problem))
+    by_dtype!(problem.dtype, scan_as(&problem, ctx))
 }
 
-fn scan_as<T: Element>(problem: &ScanBwdProblem) -> Result<Outcome, Finding> {
+/// The CPU blocked backward, and the CUDA backward when there is a GPU, against
+/// the f64 adjoint.
+fn scan_as<T: DeviceElement>(problem: &ScanBwdProblem, ctx: &Ctx<'_>) -> Result<Outcome, Finding> {
     let target = Target::ScanBackward;
     let describe = problem.describe();
     let data = Mamba1Data::generate(&problem.case, problem.seed);
@@ -341,23 +344,38 @@ fn scan_as<T: Element>(problem: &ScanBwdProblem) -> Result<Outcome, Finding> {
         Ok(Err(e)) => return Err(finding(target, &name, &describe, format!("rejected: {e}"))),
         Err(m) => return Err(finding(target, &name, &describe, format!("panicked: {m}"))),
     };
-    let failed: Vec<String> = judge_all(&p, &got, &want, &mag)
-        .iter()
-        .filter(|v| !v.passes)
-        .map(|v| {
-            format!(
-                "{} rel_l2 {:.3e} > budget {:.3e} (+ allowance {:.1e}), max_abs {:.3e}, {} non-finite",
-                v.name,
-                v.comparison.rel_l2,
-                v.budget,
-                v.allowance,
-                v.comparison.max_abs,
-                v.comparison.non_finite
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        return Err(finding(target, &name, &describe, summarize(&failed)));
+    let judge = |name: &str, got: &ssm_core::ScanGrads<T, f32>| -> Result<(), Finding> {
+        let failed: Vec<String> = judge_all(&p, got, &want, &mag)
+            .iter()
+            .filter(|v| !v.passes)
+            .map(|v| {
+                format!(
+                    "{} rel_l2 {:.3e} > budget {:.3e} (+ allowance {:.1e}), max_abs {:.3e}, {} non-finite",
+                    v.name,
+                    v.comparison.rel_l2,
+                    v.budget,
+                    v.allowance,
+                    v.comparison.max_abs,
+                    v.comparison.non_finite
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(finding(target, name, &describe, summarize(&failed)))
+        }
+    };
+    judge(&name, &got)?;
+    if let Some(gpu) = ctx.gpu {
+        let cuda = "cuda-bwd";
+        match guarded(|| mamba1_scan::cuda::selective_scan_backward_cuda(gpu, &p, &d_out, dh)) {
+            Ok(Ok(g)) => judge(cuda, &g)?,
+            // A shape the kernels do not take (N > 256) is a typed refusal, not a finding.
+            Ok(Err(SsmError::Unsupported { .. })) => {}
+            Ok(Err(e)) => return Err(finding(target, cuda, &describe, format!("rejected: {e}"))),
+            Err(m) => return Err(finding(target, cuda, &describe, format!("panicked: {m}"))),
+        }
     }
     let mut outcome = Outcome::default();
     outcome.record(super::Class::InModel, true);
