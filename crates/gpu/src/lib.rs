@@ -55,6 +55,6 @@ pub use limits::DeviceLimits;
 pub use nvrtc::Arch;
 pub use ptxas::PtxasFunction;
 pub use source::{KernelSource, SourceRoot};
-pub use testing::{test_compiler_or_skip, test_gpu_or_skip};
+pub use testing::{test_compiler_or_skip, test_cxx_or_skip, test_gpu_or_skip};
 pub use timing::Timing;
 pub use variants::{report_variant, report_variants, KernelVariant, VariantReport};

@@ -37,6 +37,32 @@ pub fn test_compiler_or_skip(test_name: &str) -> Option<Compiler> {
     )
 }
 
+/// Set to `1` (`.ci/run` does) to turn "no host C++ compiler" from a skip into
+/// a failure for the kernel-emulation tests.
+pub const REQUIRE_CXX_ENV: &str = "SSM_REQUIRE_CXX";
+
+/// The host C++ compiler (`$CXX`, else `g++`) for the tests that run kernels
+/// under the warp emulation (kernels/mamba2/ssd_emu.cuh), or `None` after a
+/// loud `SKIPPED` line when there is none and `SSM_REQUIRE_CXX` is not `1`.
+pub fn test_cxx_or_skip(test_name: &str) -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let works = std::process::Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Some(cxx);
+    }
+    if env_flag(REQUIRE_CXX_ENV) {
+        panic!("{test_name}: no host C++ compiler (`{cxx}`) and {REQUIRE_CXX_ENV}=1");
+    }
+    eprintln!(
+        "SKIPPED {test_name}: no host C++ compiler (`{cxx} --version` failed); \
+         install g++ or set CXX to run the kernel emulation"
+    );
+    None
+}
+
 fn decide<T>(
     test_name: &str,
     found: Result<T, GpuError>,

@@ -16,26 +16,6 @@ fn kernels_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels")
 }
 
-/// The host compiler, or `None` (after saying so) when there is none and none is required.
-fn cxx_or_skip(test: &str) -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let works = Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if works {
-        return Some(cxx);
-    }
-    if std::env::var("SSM_REQUIRE_CXX").is_ok_and(|v| v == "1") {
-        panic!("{test}: no host C++ compiler (`{cxx}`) and SSM_REQUIRE_CXX=1");
-    }
-    eprintln!(
-        "SKIPPED {test}: no host C++ compiler (`{cxx} --version` failed); \
-         install g++ or set CXX to run the kernel emulation"
-    );
-    None
-}
-
 /// One emulated configuration: the kernel's defines and the problem to run.
 struct Config {
     name: &'static str,
@@ -214,7 +194,7 @@ const FUSED_F16_CB_DEFINES: [&str; 17] = [
 
 #[test]
 fn fused_kernel_bf16_two_stages_matches_f64() {
-    let Some(cxx) = cxx_or_skip("fused_kernel_bf16_two_stages_matches_f64") else {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_bf16_two_stages_matches_f64") else {
         return;
     };
     run_config(&cxx, &FUSED_BF16);
@@ -222,7 +202,7 @@ fn fused_kernel_bf16_two_stages_matches_f64() {
 
 #[test]
 fn fused_kernel_f16_precomputed_cb_matches_f64() {
-    let Some(cxx) = cxx_or_skip("fused_kernel_f16_precomputed_cb_matches_f64") else {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_f16_precomputed_cb_matches_f64") else {
         return;
     };
     run_config(
@@ -246,7 +226,7 @@ fn fused_kernel_f16_precomputed_cb_matches_f64() {
 /// the code they select must still be correct, not only compile.
 #[test]
 fn fused_kernel_with_every_switch_flipped_matches_f64() {
-    let Some(cxx) = cxx_or_skip("fused_kernel_with_every_switch_flipped_matches_f64") else {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_with_every_switch_flipped_matches_f64") else {
         return;
     };
     const DEFINES: [&str; 21] = [
@@ -292,7 +272,7 @@ fn fused_kernel_with_every_switch_flipped_matches_f64() {
 /// The f32 kernel (SIMT), every option on, split sequences.
 #[test]
 fn simt_kernel_f32_matches_f64() {
-    let Some(cxx) = cxx_or_skip("simt_kernel_f32_matches_f64") else {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip("simt_kernel_f32_matches_f64") else {
         return;
     };
     run_config(

@@ -1,0 +1,191 @@
+//! The scan backward kernels (`kernels/mamba1/scan_bwd.cu`) run on the CPU
+//! under the warp emulation (`kernels/mamba2/ssd_emu.cuh`: one fiber per CUDA
+//! thread, real `__syncthreads`) and are judged against an f64 adjoint that
+//! stores every state, by `kernels/mamba1/scan_bwd_emu_check.cu`. The tiling
+//! (lanes, states per lane, tile, threads) and the shared-memory size come from
+//! the host's [`BwdConfig`], so the host's layout mirror is checked by the
+//! kernel's compile-time assertion in the same run. This is what checks the
+//! kernels' index arithmetic, masking and reduction order without a GPU.
+//!
+//! Needs a host C++20 compiler (`$CXX`, else `g++`); without one the tests skip
+//! loudly unless `SSM_REQUIRE_CXX=1` (set by `.ci/run`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use mamba1_scan::cuda::{BwdConfig, ScanProblem};
+use ssm_core::mamba1::Mamba1Dims;
+use ssm_core::DType;
+use ssm_gpu::DeviceLimits;
+
+fn kernels_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../kernels")
+        .canonicalize()
+        .expect("kernels/")
+}
+
+struct Emulated {
+    name: &'static str,
+    d_state: usize,
+    /// `None`: constant B (or C); `Some(G)`: grouped.
+    b_groups: Option<usize>,
+    c_groups: Option<usize>,
+    all_options: bool,
+    /// `b D_in L seed [varlen lengths]` (G_B, G_C are inserted from the groups).
+    batch: usize,
+    d_inner: usize,
+    seqlen: usize,
+    varlen: &'static [usize],
+}
+
+fn run(cxx: &str, e: &Emulated) {
+    let problem = ScanProblem {
+        dtype: DType::F32,
+        dims: Mamba1Dims {
+            batch: e.batch,
+            d_inner: e.d_inner,
+            d_state: e.d_state,
+            seqlen: e.seqlen,
+        },
+        b_groups: e.b_groups,
+        c_groups: e.c_groups,
+        has_d: e.all_options,
+        has_z: e.all_options,
+        has_delta_bias: e.all_options,
+        delta_softplus: e.all_options,
+        has_initial_states: true,
+        return_final_states: true,
+        varlen_seqs: (!e.varlen.is_empty()).then_some(e.varlen.len()),
+    };
+    let config = BwdConfig::new(&problem, &DeviceLimits::H100_SXM).expect("configuration");
+    let k = kernels_dir();
+    let dir = std::env::temp_dir().join(format!("ssm-emu-bwd-{}-{}", e.name, std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("check");
+    let mut cmd = Command::new(cxx);
+    cmd.args(["-std=c++20", "-O1", "-w", "-x", "c++"])
+        .arg(format!("-I{}", k.display()))
+        .arg("-include")
+        .arg(k.join("mamba2/ssd_emu.cuh"))
+        .arg(k.join("mamba1/scan_bwd_emu_check.cu"))
+        .arg("-o")
+        .arg(&exe);
+    for (key, value) in config.defines() {
+        cmd.arg(format!("-D{key}={value}"));
+    }
+    let built = cmd.output().expect("running the host compiler");
+    assert!(
+        built.status.success(),
+        "{}: compile failed:\n{}",
+        e.name,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut args = vec![
+        e.batch.to_string(),
+        e.d_inner.to_string(),
+        e.seqlen.to_string(),
+        e.b_groups.unwrap_or(0).to_string(),
+        e.c_groups.unwrap_or(0).to_string(),
+        "17".into(),
+    ];
+    args.extend(e.varlen.iter().map(|l| l.to_string()));
+    let out = Command::new(&exe).args(&args).output().expect("running the check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{} ({}):\n{stdout}", e.name, config.label());
+    assert!(
+        out.status.success(),
+        "{} ({}): {stdout}{}",
+        e.name,
+        config.label(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+macro_rules! emulated {
+    ($test:ident, $e:expr) => {
+        #[test]
+        fn $test() {
+            let Some(cxx) = ssm_gpu::test_cxx_or_skip(stringify!($test)) else {
+                return;
+            };
+            run(&cxx, &$e);
+        }
+    };
+}
+
+emulated!(
+    n16_grouped_every_option_several_blocks,
+    Emulated {
+        name: "n16",
+        d_state: 16,
+        b_groups: Some(2),
+        c_groups: Some(1),
+        all_options: true,
+        batch: 2,
+        d_inner: 40,
+        seqlen: 45,
+        varlen: &[],
+    }
+);
+
+emulated!(
+    n5_mixed_constant_b_bare,
+    Emulated {
+        name: "n5",
+        d_state: 5,
+        b_groups: None,
+        c_groups: Some(3),
+        all_options: false,
+        batch: 2,
+        d_inner: 36,
+        seqlen: 33,
+        varlen: &[],
+    }
+);
+
+emulated!(
+    n16_varlen_with_empty_and_one_step_sequences,
+    Emulated {
+        name: "varlen",
+        d_state: 16,
+        b_groups: Some(3),
+        c_groups: None,
+        all_options: true,
+        batch: 1,
+        d_inner: 24,
+        seqlen: 70,
+        varlen: &[16, 1, 0, 30, 23],
+    }
+);
+
+emulated!(
+    n256_largest_state,
+    Emulated {
+        name: "n256",
+        d_state: 256,
+        b_groups: Some(1),
+        c_groups: Some(1),
+        all_options: true,
+        batch: 1,
+        d_inner: 6,
+        seqlen: 9,
+        varlen: &[],
+    }
+);
+
+emulated!(
+    n1_single_state_one_step,
+    Emulated {
+        name: "n1",
+        d_state: 1,
+        b_groups: Some(1),
+        c_groups: None,
+        all_options: true,
+        batch: 3,
+        d_inner: 5,
+        seqlen: 1,
+        varlen: &[],
+    }
+);
