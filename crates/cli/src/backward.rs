@@ -8,9 +8,10 @@
 //! backward fuzz targets use, so a row here passes exactly when those would:
 //! `mamba2_ssd::backward_cpu::tolerance::judge_grads` (SSD) and
 //! `mamba1_scan::backward_cpu::tolerance::judge_all` (scan), against
-//! `ssm_reference::{ssd_backward, mamba1_backward}`. There is no CUDA backward
-//! in this build: `--impl cuda` is named as not verified (and is an error when
-//! it is the only implementation asked for).
+//! `ssm_reference::{ssd_backward, mamba1_backward}`. The scan's CUDA backward
+//! (`mamba1_scan::cuda::selective_scan_backward_cuda`) joins with `--impl cuda`
+//! and a GPU; the SSD has no CUDA backward in this build, so there `--impl cuda`
+//! is named as not verified (and is an error when it is the only one asked for).
 
 use std::time::Instant;
 
@@ -23,12 +24,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use ssm_core::{DType, Element};
+use ssm_gpu::{DeviceElement, Gpu};
 use ssm_verify::fuzz::ssd_window_log_decay;
 use ssm_verify::gen::{Mamba1Case, Mamba1Data, SsdCase, SsdData};
 
-/// Why `--impl cuda` is not verified with `--backward`.
+/// Why `--impl cuda` is not verified with `ssd --backward`.
 pub const NO_CUDA_BACKWARD: &str =
-    "the CUDA backward is not available in this build: --backward verifies --impl cpu only";
+    "the SSD's CUDA backward is not available in this build: ssd --backward verifies --impl cpu only";
 
 /// Mixed into the seed for the incoming gradients, so that they are not the
 /// inputs' random stream (the same constant as the backward fuzz targets).
@@ -128,15 +130,22 @@ pub fn table_line(r: &GradRow) -> String {
     )
 }
 
-/// The implementations of a backward run: `cpu` must be among them (the only
-/// backward there is); `cuda` is accepted and reported as not verified.
-pub fn check_impls(impls: &[&str]) -> Result<(), String> {
+/// Which backward: the SSD's has no CUDA implementation in this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Ssd,
+    Scan,
+}
+
+/// The implementations of a backward run: `cpu` and `cuda` (the scan's); for
+/// the SSD `cuda` is accepted beside `cpu` and reported as not verified.
+pub fn check_impls(op: Op, impls: &[&str]) -> Result<(), String> {
     if let Some(bad) = impls.iter().find(|n| !matches!(**n, "cpu" | "cuda")) {
         return Err(format!(
-            "--impl: `{bad}` has no backward (with --backward: cpu; cuda is not available in this build)"
+            "--impl: `{bad}` has no backward (with --backward: cpu, cuda)"
         ));
     }
-    if !impls.contains(&"cpu") {
+    if op == Op::Ssd && !impls.contains(&"cpu") {
         return Err(format!("--impl: {NO_CUDA_BACKWARD}"));
     }
     Ok(())
@@ -229,20 +238,25 @@ fn ssd_as<T: Element>(case: &SsdCase, chunk: usize, seed: u64) -> Result<Vec<Gra
         .collect())
 }
 
-/// The Mamba-1 scan backward with time block `block_len` on `case`.
+/// The Mamba-1 scan backward on `case`: the blocked CPU port with time block
+/// `block_len` when `cpu`, the CUDA backward when `gpu`.
 pub fn scan(
     case: &Mamba1Case,
     dtype: DType,
     block_len: usize,
     seed: u64,
+    cpu: bool,
+    gpu: Option<&Gpu>,
 ) -> Result<Vec<GradRow>, String> {
-    by_dtype!(dtype, scan_as(case, block_len, seed))
+    by_dtype!(dtype, scan_as(case, block_len, seed, cpu, gpu))
 }
 
-fn scan_as<T: Element>(
+fn scan_as<T: DeviceElement>(
     case: &Mamba1Case,
     block_len: usize,
     seed: u64,
+    cpu: bool,
+    gpu: Option<&Gpu>,
 ) -> Result<Vec<GradRow>, String> {
     let data = Mamba1Data::generate(case, seed);
     let inputs = data.inputs::<T>();
@@ -260,46 +274,68 @@ fn scan_as<T: Element>(
     let magnitude =
         ssm_reference::mamba1_backward::selective_scan_backward_magnitudes(&p, &d_out, dh)
             .map_err(oracle_err)?;
-    let implementation = format!("m1 cpu blocked-bwd/{block_len}");
     let problem = format!(
         "{}{}",
         case.describe(),
         if case.final_states { " +fs" } else { "" }
     );
-    let start = Instant::now();
-    let got = match selective_scan_backward_blocked(&p, &d_out, dh, block_len) {
-        Ok(g) => g,
-        Err(e) => {
-            return Ok(vec![GradRow::failed_call(
-                implementation,
-                problem,
-                T::DTYPE,
-                format!("rejected: {e}"),
-            )])
-        }
+    let mut rows = Vec::new();
+    let mut judge = |implementation: String,
+                     got: ssm_core::Result<ssm_core::ScanGrads<T, f32>>,
+                     time_ms: f64| {
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                rows.push(GradRow::failed_call(
+                    implementation,
+                    problem.clone(),
+                    T::DTYPE,
+                    format!("rejected: {e}"),
+                ));
+                return;
+            }
+        };
+        rows.extend(judge_all(&p, &got, &want, &magnitude).into_iter().map(|v| {
+            GradRow {
+                implementation: implementation.clone(),
+                problem: problem.clone(),
+                dtype: T::DTYPE,
+                gradient: v.name,
+                rel_l2: v.comparison.rel_l2,
+                max_abs: v.comparison.max_abs,
+                budget: v.budget,
+                allowance: if v.comparison.passes(v.budget) {
+                    0.0
+                } else {
+                    v.allowance
+                },
+                time_ms,
+                passed: v.passes,
+                error: (v.comparison.non_finite > 0)
+                    .then(|| format!("{} non-finite elements", v.comparison.non_finite)),
+            }
+        }));
     };
-    let time_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(judge_all(&p, &got, &want, &magnitude)
-        .into_iter()
-        .map(|v| GradRow {
-            implementation: implementation.clone(),
-            problem: problem.clone(),
-            dtype: T::DTYPE,
-            gradient: v.name,
-            rel_l2: v.comparison.rel_l2,
-            max_abs: v.comparison.max_abs,
-            budget: v.budget,
-            allowance: if v.comparison.passes(v.budget) {
-                0.0
-            } else {
-                v.allowance
-            },
-            time_ms,
-            passed: v.passes,
-            error: (v.comparison.non_finite > 0)
-                .then(|| format!("{} non-finite elements", v.comparison.non_finite)),
-        })
-        .collect())
+    if cpu {
+        let start = Instant::now();
+        let got = selective_scan_backward_blocked(&p, &d_out, dh, block_len);
+        judge(
+            format!("m1 cpu blocked-bwd/{block_len}"),
+            got,
+            start.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+    if let Some(gpu) = gpu {
+        // Host to host, uploads and downloads included (as the forward's CUDA rows).
+        let start = Instant::now();
+        let got = mamba1_scan::cuda::selective_scan_backward_cuda(gpu, &p, &d_out, dh);
+        judge(
+            "m1 cuda-bwd".to_string(),
+            got,
+            start.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -315,18 +351,19 @@ mod tests {
         assert!(rows.len() >= 5 && rows.iter().all(|r| r.passed), "{rows:?}");
         let mut case = Mamba1Case::plain(2, 6, 4, 29);
         case.final_states = true;
-        let rows = scan(&case, DType::F32, 8, 5).unwrap();
+        let rows = scan(&case, DType::F32, 8, 5, true, None).unwrap();
         assert!(rows.len() >= 4 && rows.iter().all(|r| r.passed), "{rows:?}");
     }
 
     #[test]
     fn cuda_alone_is_named_as_unavailable() {
-        assert!(check_impls(&["cuda"])
+        assert!(check_impls(Op::Ssd, &["cuda"])
             .unwrap_err()
             .contains("not available"));
-        assert!(check_impls(&["cpu", "quadratic"])
+        assert!(check_impls(Op::Scan, &["cuda"]).is_ok());
+        assert!(check_impls(Op::Ssd, &["cpu", "quadratic"])
             .unwrap_err()
             .contains("quadratic"));
-        assert!(check_impls(&["cuda", "cpu"]).is_ok());
+        assert!(check_impls(Op::Ssd, &["cuda", "cpu"]).is_ok());
     }
 }

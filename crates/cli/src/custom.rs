@@ -150,6 +150,15 @@ impl Custom {
         }
     }
 
+    /// The backward of this operation (the steps have none: reported as the scan's,
+    /// never reached since `backward()` is false for them).
+    fn backward_op(&self) -> crate::backward::Op {
+        match self {
+            Custom::Ssd(_) => crate::backward::Op::Ssd,
+            _ => crate::backward::Op::Scan,
+        }
+    }
+
     /// Parse everything the command line says (shape, options, implementations,
     /// kernel options) without running anything: usage errors come first.
     pub fn validate(&self) -> Result<(), String> {
@@ -163,11 +172,10 @@ impl Custom {
                         .into(),
                 );
             }
-            crate::backward::check_impls(&impl_names(
-                "backward",
-                &c.impls,
-                &["cpu", "cuda", "quadratic"],
-            )?)?;
+            crate::backward::check_impls(
+                self.backward_op(),
+                &impl_names("backward", &c.impls, &["cpu", "cuda", "quadratic"])?,
+            )?;
         }
         match self {
             Custom::Ssd(a) => {
@@ -189,8 +197,9 @@ impl Custom {
 
     /// Whether any requested implementation needs a GPU.
     pub fn wants_gpu(&self) -> bool {
-        // The backward runs on the CPU only: no GPU to open.
-        !self.backward() && self.common().impls.iter().any(|i| i.trim() == "cuda")
+        // The SSD's backward runs on the CPU only: no GPU to open.
+        !(self.backward() && self.backward_op() == crate::backward::Op::Ssd)
+            && self.common().impls.iter().any(|i| i.trim() == "cuda")
     }
 }
 
@@ -511,27 +520,43 @@ pub fn run(cmd: &Custom, gpu: Option<&Gpu>, seed: u64) -> Result<Vec<CheckRow>, 
     }
 }
 
-/// `--backward`: one row per gradient of the CPU backward. A `--impl cuda` is
-/// named on stderr as not verified (there is no CUDA backward in this build).
-pub fn run_backward(cmd: &Custom, seed: u64) -> Result<Vec<crate::backward::GradRow>, String> {
+/// `--backward`: one row per gradient of each backward. For the SSD a
+/// `--impl cuda` is named on stderr as not verified (no CUDA backward in this
+/// build); for the scan it runs on `gpu` (dropped loudly without one).
+pub fn run_backward(
+    cmd: &Custom,
+    gpu: Option<&Gpu>,
+    seed: u64,
+) -> Result<Vec<crate::backward::GradRow>, String> {
     let problem = cmd.problem()?;
     let c = cmd.common();
     let names = impl_names("backward", &c.impls, &["cpu", "cuda", "quadratic"])?;
-    crate::backward::check_impls(&names)?;
-    if names.contains(&"cuda") {
-        eprintln!(
-            "NOT VERIFIED: --impl cuda: {}",
-            crate::backward::NO_CUDA_BACKWARD
-        );
-    }
+    crate::backward::check_impls(cmd.backward_op(), &names)?;
+    let cuda = names.contains(&"cuda");
     match cmd {
         Custom::Ssd(a) => {
+            if cuda {
+                eprintln!(
+                    "NOT VERIFIED: --impl cuda: {}",
+                    crate::backward::NO_CUDA_BACKWARD
+                );
+            }
             let case = ssd_case(&problem).ok_or("not an SSD problem")?;
             crate::backward::ssd(&case, c.dtype, a.chunk, seed)
         }
         Custom::Scan(a) => {
+            if cuda && gpu.is_none() {
+                eprintln!("NO GPU: --impl cuda is NOT verified in this run");
+            }
+            let cpu = names.contains(&"cpu");
+            let gpu = if cuda { gpu } else { None };
+            if !cpu && gpu.is_none() {
+                return Err(
+                    "no implementation left to verify (--impl cuda needs a GPU; add cpu)".into(),
+                );
+            }
             let case = scan_case(&problem).ok_or("not a scan problem")?;
-            crate::backward::scan(&case, c.dtype, a.block_len, seed)
+            crate::backward::scan(&case, c.dtype, a.block_len, seed, cpu, gpu)
         }
         Custom::Step(_) => Err("the decode steps have no backward".into()),
     }

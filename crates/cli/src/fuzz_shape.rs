@@ -103,7 +103,8 @@ impl ShapeCase {
         } else {
             on.join(",")
         };
-        let impls = if cuda && !backward {
+        // The SSD has no CUDA backward in this build; the scan's runs on the GPU.
+        let impls = if cuda && !(backward && ssd) {
             vec!["cpu".to_string(), "cuda".to_string()]
         } else {
             vec!["cpu".to_string()]
@@ -167,7 +168,7 @@ impl ShapeCase {
     pub fn run(&self, gpu: Option<&Gpu>) -> Result<usize, Vec<String>> {
         let run = || -> Result<Vec<(bool, String)>, String> {
             if self.custom.backward() {
-                Ok(crate::custom::run_backward(&self.custom, self.seed)?
+                Ok(crate::custom::run_backward(&self.custom, gpu, self.seed)?
                     .iter()
                     .map(|r| (r.passed, crate::backward::table_line(r)))
                     .collect())

@@ -132,7 +132,7 @@ fn run_custom(args: &VerifyArgs, cmd: &Custom) -> ExitCode {
         ssm_gpu::KERNELS_HASH
     );
     if cmd.backward() {
-        return run_backward(args, cmd, seed);
+        return run_backward(args, cmd, gpu.as_ref(), seed);
     }
     println!("{}", suite::table_header());
     let start = Instant::now();
@@ -147,10 +147,10 @@ fn run_custom(args: &VerifyArgs, cmd: &Custom) -> ExitCode {
 }
 
 /// `--backward`: the gradient table, its summary, the JSON file, the exit status.
-fn run_backward(args: &VerifyArgs, cmd: &Custom, seed: u64) -> ExitCode {
+fn run_backward(args: &VerifyArgs, cmd: &Custom, gpu: Option<&Gpu>, seed: u64) -> ExitCode {
     println!("{}", backward::table_header());
     let start = Instant::now();
-    let rows = match custom::run_backward(cmd, seed) {
+    let rows = match custom::run_backward(cmd, gpu, seed) {
         Ok(rows) => rows,
         Err(e) => return usage_error(&e),
     };
@@ -158,18 +158,18 @@ fn run_backward(args: &VerifyArgs, cmd: &Custom, seed: u64) -> ExitCode {
         println!("{}", backward::table_line(row));
     }
     let failed = rows.iter().filter(|r| !r.passed).count();
-    let cuda = cmd.common().impls.iter().any(|i| i.trim() == "cuda");
+    let cuda_asked = cmd.common().impls.iter().any(|i| i.trim() == "cuda");
+    let note = match (cmd, cuda_asked, gpu.is_some()) {
+        (Custom::Ssd(_), true, _) => " (SSD CUDA backward NOT verified: not in this build)",
+        (_, true, false) => " (CPU only: no GPU)",
+        _ => "",
+    };
     println!(
-        "{} gradients, {} passed, {} failed in {:.1} s (backward on the CPU{})",
+        "{} gradients, {} passed, {} failed in {:.1} s{note}",
         rows.len(),
         rows.len() - failed,
         failed,
         start.elapsed().as_secs_f64(),
-        if cuda {
-            "; CUDA backward NOT verified: not in this build"
-        } else {
-            ""
-        }
     );
     if let Some(path) = &args.json {
         let doc = serde_json::json!({

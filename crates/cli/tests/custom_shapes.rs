@@ -287,8 +287,8 @@ fn bench_times_a_user_shape_after_verifying_it() {
 
 /// `--backward` verifies every gradient of the CPU backward against the f64
 /// adjoint on the user's shape (final states included, so `d_final_states` is
-/// drawn too); a CUDA-only backward is refused by name (no CUDA backward in this
-/// build) and a bad shape is the same usage error as the forward's.
+/// drawn too); a CUDA-only SSD backward is refused by name (none in this build),
+/// and a bad shape is the same usage error as the forward's.
 #[test]
 fn backward_verifies_every_gradient_on_the_cpu() {
     let t = passes(&[
@@ -328,8 +328,8 @@ fn backward_verifies_every_gradient_on_the_cpu() {
         t.contains("m1 cpu blocked-bwd/16") && t.contains("du "),
         "{t}"
     );
-    // The default `--impl cpu,cuda` verifies the CPU and names CUDA as not verified.
-    assert!(t.contains("CUDA backward NOT verified"), "{t}");
+    // The default `--impl cpu,cuda` without a GPU verifies the CPU and says so.
+    assert!(t.contains("NO GPU: --impl cuda is NOT verified"), "{t}");
     let usage = |args: &[&str], expect: &str| {
         let o = ssmk(args);
         let t = text(&o);
@@ -339,14 +339,28 @@ fn backward_verifies_every_gradient_on_the_cpu() {
     usage(
         &[
             "verify",
+            "ssd",
+            "--shape",
+            "b=1,L=9,H=2,P=4,N=8",
+            "--impl",
+            "cuda",
+            "--backward",
+        ],
+        "SSD's CUDA backward is not available in this build",
+    );
+    usage(
+        &[
+            "verify",
             "scan",
             "--shape",
             "b=1,D=4,N=4,L=9",
             "--impl",
             "cuda",
             "--backward",
+            "--gpu",
+            "off",
         ],
-        "CUDA backward is not available in this build",
+        "no implementation left to verify",
     );
     usage(
         &["verify", "ssd", "--shape", "b=1,L=9,H=2,N=8", "--backward"],
