@@ -37,8 +37,7 @@
 // SCAN_TPC, SCAN_NPT, SCAN_THREADS, SCAN_BT, and the 0/1 flags SCAN_HAS_BIAS,
 // SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST, SCAN_C_CONST. The host
 // mirrors the shared-memory layout (SCAN_BWD_SMEM_BYTES is checked against it).
-#include "common/convert.cuh"
-#include "common/math.cuh"
+#include "scan_math.cuh"  // the forward's softplus and silu, so dt is recomputed bit for bit
 
 #if !defined(SCAN_N) || !defined(SCAN_TPC) || !defined(SCAN_NPT) || !defined(SCAN_THREADS) || \
     !defined(SCAN_BT)
@@ -65,17 +64,35 @@
 //   dt, u, gy           [CPB][ROW] each
 //   B rows, C rows      [BT][NP] each, when grouped
 //   y, S1, S2 partials  [CPB * TPC][ROW] each (one row per lane)
-//   dB, dC partials     [CPB][BT][NP] each, when grouped
+//   dB, dC partials     [BT][NP][DBC_NS] each (+1 word per step), when grouped
 //   per-channel sums    [CPB][ROW] (dD, then ddelta_bias)
+// The checkpoint kernel uses dt, dt*u and (grouped B) the B rows at the same
+// offsets: SCAN_CKPT_FLOATS.
 #define SCAN_SM_STEP (SCAN_CPB * SCAN_ROW)
 #define SCAN_SM_ROWS (SCAN_BT * SCAN_NP)
 #define SCAN_SM_LANE (SCAN_CPB * SCAN_TPC * SCAN_ROW)
-#define SCAN_SM_DBC (SCAN_CPB * SCAN_BT * SCAN_NP)
+// dB/dC partials: the channels of one (step, state) side by side, so that the
+// reduction reads a warp's 32 (step, state) pairs from distinct banks; the
+// stride CPB + 2 makes the scan's stores (4 channels x 8 slices of a warp at
+// N = 16) distinct banks too.
+#define SCAN_DBC_NS (SCAN_CPB + 2)
+#define SCAN_DBC_TS (SCAN_NP * SCAN_DBC_NS + 1)
+#define SCAN_DBC_AT(t, n, ch) ((t) * SCAN_DBC_TS + (n) * SCAN_DBC_NS + (ch))
+#define SCAN_SM_DBC (SCAN_BT * SCAN_DBC_TS)
 #define SCAN_SM_FLOATS                                                                 \
     (3 * SCAN_SM_STEP + SCAN_BC_GROUPED * SCAN_SM_ROWS + 3 * SCAN_SM_LANE +             \
      SCAN_BC_GROUPED * SCAN_SM_DBC + SCAN_SM_STEP)
+#define SCAN_CKPT_FLOATS (3 * SCAN_SM_STEP + (SCAN_B_CONST ? 0 : SCAN_SM_ROWS))
 #if defined(SCAN_BWD_SMEM_BYTES) && SCAN_BWD_SMEM_BYTES != SCAN_SM_FLOATS * 4
 #error "the host's shared-memory size differs from the kernel's layout"
+#endif
+#if defined(SCAN_CKPT_SMEM_BYTES) && SCAN_CKPT_SMEM_BYTES != SCAN_CKPT_FLOATS * 4
+#error "the host's checkpoint-kernel shared-memory size differs from the kernel's layout"
+#endif
+// (state, step) pairs of a tile's B or C rows per thread, when staging them.
+#define SCAN_ROW_ITERS ((SCAN_N * SCAN_BT + SCAN_THREADS - 1) / SCAN_THREADS)
+#ifndef SCAN_MIN_BLOCKS
+#define SCAN_MIN_BLOCKS 1
 #endif
 
 #if SCAN_DTYPE == 0
@@ -112,7 +129,7 @@ SCAN_DEV void bw_store(scan_elem_t* p, long long i, float x) {
 #endif
 }
 
-SCAN_DEV float bw_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+SCAN_DEV float bw_sigmoid(float x) { return scan_rcp(1.0f + scan_exp_elem(-x)); }
 
 // Kernel arguments, passed by value; mirrored by `ScanBwdArgs` in
 // crates/mamba1-scan/src/cuda/backward.rs (every field 8 bytes, no padding).
@@ -190,25 +207,70 @@ SCAN_DEV BwBlock bw_block(const ScanBwdArgs& a, long long block) {
 // dt of one input (bias, softplus), as the forward forms it.
 SCAN_DEV float bw_dt(float x) {
 #if SCAN_SOFTPLUS
-    return ssm_softplus(x);
+    return scan_softplus(x);
 #else
     return x;
 #endif
 }
 
-// Stage the B (or C) rows of one tile: [t][NP] f32 (padded states stay 0).
-SCAN_DEV void bw_stage_rows(float* rows, const scan_elem_t* src, long long start, long long hi,
-                            long long L) {
-    for (int j = threadIdx.x; j < SCAN_N * SCAN_BT; j += SCAN_THREADS) {
+SCAN_DEV void bw_zero(float* p, int n) {
+    for (int j = threadIdx.x; j < n; j += SCAN_THREADS) p[j] = 0.0f;
+}
+
+// Fetch this thread's share of one tile's B (or C) rows into registers (the
+// loads fly while the current tile computes), and put them into shared memory
+// as [t][NP] f32 (padded states stay 0) once the tile is staged.
+SCAN_DEV void bw_fetch_rows(float (&q)[SCAN_ROW_ITERS], const scan_elem_t* src, long long start,
+                            long long hi, long long L) {
+#pragma unroll
+    for (int it = 0; it < SCAN_ROW_ITERS; ++it) {
+        const int j = threadIdx.x + it * SCAN_THREADS;
         const int n = j / SCAN_BT;
-        const int t = j - n * SCAN_BT;
-        const long long pos = start + t;
-        rows[t * SCAN_NP + n] = pos < hi ? bw_load(src, (long long)n * L + pos) : 0.0f;
+        const long long pos = start + (j - n * SCAN_BT);
+        q[it] = (j < SCAN_N * SCAN_BT && pos < hi) ? bw_load(src, (long long)n * L + pos) : 0.0f;
     }
 }
 
-SCAN_DEV void bw_zero(float* p, int n) {
-    for (int j = threadIdx.x; j < n; j += SCAN_THREADS) p[j] = 0.0f;
+SCAN_DEV void bw_put_rows(float* rows, const float (&q)[SCAN_ROW_ITERS]) {
+#pragma unroll
+    for (int it = 0; it < SCAN_ROW_ITERS; ++it) {
+        const int j = threadIdx.x + it * SCAN_THREADS;
+        const int n = j / SCAN_BT;
+        if (j < SCAN_N * SCAN_BT) rows[(j - n * SCAN_BT) * SCAN_NP + n] = q[it];
+    }
+}
+
+// One tile's raw elementwise inputs of this thread's items, fetched ahead.
+struct BwItems {
+    float x[SCAN_ITEM_ITERS];  // delta (+ bias in the consumer)
+    float u[SCAN_ITEM_ITERS];
+    float g[SCAN_ITEM_ITERS];  // d_out (sweep only)
+    float z[SCAN_ITEM_ITERS];  // z (sweep with z only)
+    bool ok[SCAN_ITEM_ITERS];  // inside the block's channels and the sequence
+};
+
+template <bool SWEEP>
+SCAN_DEV void bw_fetch_items(BwItems& q, const ScanBwdArgs& a, const BwBlock& blk,
+                             long long start) {
+#pragma unroll
+    for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
+        const int j = threadIdx.x + it * SCAN_THREADS;
+        const int ech = j / SCAN_BT;
+        const long long pos = start + (j - ech * SCAN_BT);
+        q.ok[it] = j < SCAN_ITEMS && ech < blk.nch && pos < blk.hi;
+        q.x[it] = q.u[it] = q.g[it] = q.z[it] = 0.0f;
+        if (q.ok[it]) {
+            const long long at = (blk.row * a.d_inner + blk.c0 + ech) * a.seqlen + pos;
+            q.x[it] = bw_load(a.delta, at);
+            q.u[it] = bw_load(a.u, at);
+            if (SWEEP) {
+                q.g[it] = bw_load(a.d_out, at);
+#if SCAN_HAS_Z
+                q.z[it] = bw_load(a.z, at);
+#endif
+            }
+        }
+    }
 }
 
 // ---- 1. checkpoints: the state entering each tile of each (sequence, channel).
@@ -226,6 +288,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
     bw_zero(s_B, SCAN_SM_ROWS);
 #endif
     const long long L = args.seqlen, Din = args.d_inner;
+    (void)L;
     const BwBlock blk = bw_block(args, blockIdx.x);
     const int tid = threadIdx.x;
     const int ch = tid / SCAN_TPC, slice = tid % SCAN_TPC;
@@ -250,29 +313,46 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
     const long long len = blk.hi - blk.lo;
     const long long tiles = (len + SCAN_BT - 1) / SCAN_BT;
     float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N;
+#if !SCAN_B_CONST
+    const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
+#endif
+    // Software pipeline: tile k+1's loads are in flight while tile k scans.
+    BwItems q;
+    bw_fetch_items<false>(q, args, blk, blk.lo);
+#if !SCAN_B_CONST
+    float qB[SCAN_ROW_ITERS];
+    bw_fetch_rows(qB, Bsrc, blk.lo, blk.hi, L);
+#endif
     for (long long k = 0; k < tiles; ++k) {
         const long long start = blk.lo + k * SCAN_BT;
         __syncthreads();  // the previous tile's reads of shared memory are done
-        for (int j = tid; j < SCAN_ITEMS; j += SCAN_THREADS) {
+#pragma unroll
+        for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
+            const int j = tid + it * SCAN_THREADS;
             const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
-            const long long pos = start + t;
             float dt = 0.0f, dtu = 0.0f;
-            if (ech < blk.nch && pos < blk.hi) {
-                const long long at = (blk.row * Din + blk.c0 + ech) * L + pos;
-                float x = bw_load(args.delta, at);
+            if (q.ok[it]) {
+                float x = q.x[it];
 #if SCAN_HAS_BIAS
                 x += args.delta_bias[blk.c0 + ech];
 #endif
                 dt = bw_dt(x);
-                dtu = dt * bw_load(args.u, at);
+                dtu = dt * q.u[it];
             }
-            s_dt[ech * SCAN_ROW + t] = dt;
-            s_dtu[ech * SCAN_ROW + t] = dtu;
+            if (j < SCAN_ITEMS) {
+                s_dt[ech * SCAN_ROW + t] = dt;
+                s_dtu[ech * SCAN_ROW + t] = dtu;
+            }
         }
 #if !SCAN_B_CONST
-        bw_stage_rows(s_B, args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L, start,
-                      blk.hi, L);
+        bw_put_rows(s_B, qB);
 #endif
+        if (k + 1 < tiles) {
+            bw_fetch_items<false>(q, args, blk, start + SCAN_BT);
+#if !SCAN_B_CONST
+            bw_fetch_rows(qB, Bsrc, start + SCAN_BT, blk.hi, L);
+#endif
+        }
         __syncthreads();
         if (ch < blk.nch) {
 #pragma unroll
@@ -281,7 +361,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
                 if (n < SCAN_N) ck[k * SCAN_N + n] = h[i];
             }
         }
-#pragma unroll 4
+#pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
             const float dt = s_dt[ch * SCAN_ROW + t], dtu = s_dtu[ch * SCAN_ROW + t];
 #pragma unroll
@@ -298,7 +378,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
 }
 
 // ---- 2. the reverse sweep.
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS) mamba1_scan_bwd(const ScanBwdArgs args) {
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
+    mamba1_scan_bwd(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
     extern __shared__ __align__(16) unsigned char scan_smem[];
 #else
@@ -395,32 +476,62 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS) mamba1_scan_bwd(const
     const long long len = blk.hi - blk.lo;
     const long long tiles = (len + SCAN_BT - 1) / SCAN_BT;
     const float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N;
+#if !SCAN_B_CONST
+    const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
+#endif
+#if !SCAN_C_CONST
+    const scan_elem_t* Csrc = args.C + ((blk.row * args.groups_c + blk.gc) * SCAN_N) * L;
+#endif
+    // Software pipeline: the last tile's inputs and checkpoint now, then each
+    // tile fetches the one before it while it computes.
+    BwItems q;
+    float qh[SCAN_NPT];
+#if !SCAN_B_CONST
+    float qB[SCAN_ROW_ITERS];
+#endif
+#if !SCAN_C_CONST
+    float qC[SCAN_ROW_ITERS];
+#endif
+    if (tiles > 0) {
+        const long long last = blk.lo + (tiles - 1) * SCAN_BT;
+        bw_fetch_items<true>(q, args, blk, last);
+#if !SCAN_B_CONST
+        bw_fetch_rows(qB, Bsrc, last, blk.hi, L);
+#endif
+#if !SCAN_C_CONST
+        bw_fetch_rows(qC, Csrc, last, blk.hi, L);
+#endif
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; ++i) {
+            const int n = slice * SCAN_NPT + i;
+            qh[i] = (ch < blk.nch && n < SCAN_N) ? ck[(tiles - 1) * SCAN_N + n] : 0.0f;
+        }
+    }
     for (long long k = tiles - 1; k >= 0; --k) {
         const long long start = blk.lo + k * SCAN_BT;
         __syncthreads();  // the previous tile's reads of shared memory are done
 
-        // ---- stage the tile's inputs; keep each item's values for the epilogue.
+        // ---- stage the tile's inputs (fetched during the previous tile); keep
+        // each item's values for the epilogue.
         float ex[SCAN_ITEM_ITERS], eu[SCAN_ITEM_ITERS], eg[SCAN_ITEM_ITERS],
             ez[SCAN_ITEM_ITERS], edt[SCAN_ITEM_ITERS], egy[SCAN_ITEM_ITERS];
 #pragma unroll
         for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
             const int j = tid + it * SCAN_THREADS;
             const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
-            const long long pos = start + t;
             ex[it] = eu[it] = eg[it] = ez[it] = edt[it] = egy[it] = 0.0f;
-            if (j < SCAN_ITEMS && ech < blk.nch && pos < blk.hi) {
-                const long long at = (blk.row * Din + blk.c0 + ech) * L + pos;
-                float x = bw_load(args.delta, at);
+            if (q.ok[it]) {
+                float x = q.x[it];
 #if SCAN_HAS_BIAS
                 x += ebias[it];
 #endif
                 ex[it] = x;
                 edt[it] = bw_dt(x);
-                eu[it] = bw_load(args.u, at);
-                eg[it] = bw_load(args.d_out, at);
+                eu[it] = q.u[it];
+                eg[it] = q.g[it];
 #if SCAN_HAS_Z
-                ez[it] = bw_load(args.z, at);
-                egy[it] = eg[it] * ssm_silu(ez[it]);
+                ez[it] = q.z[it];
+                egy[it] = eg[it] * scan_silu(ez[it]);
 #else
                 egy[it] = eg[it];
 #endif
@@ -432,22 +543,34 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS) mamba1_scan_bwd(const
             }
         }
 #if !SCAN_B_CONST
-        bw_stage_rows(s_B, args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L, start,
-                      blk.hi, L);
+        bw_put_rows(s_B, qB);
 #endif
 #if !SCAN_C_CONST
-        bw_stage_rows(s_C, args.C + ((blk.row * args.groups_c + blk.gc) * SCAN_N) * L, start,
-                      blk.hi, L);
+        bw_put_rows(s_C, qC);
 #endif
+        float h[SCAN_NPT];
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; ++i) h[i] = qh[i];
+        // Tile k-1's loads fly while this tile computes.
+        if (k > 0) {
+            const long long prev = start - SCAN_BT;
+            bw_fetch_items<true>(q, args, blk, prev);
+#if !SCAN_B_CONST
+            bw_fetch_rows(qB, Bsrc, prev, blk.hi, L);
+#endif
+#if !SCAN_C_CONST
+            bw_fetch_rows(qC, Csrc, prev, blk.hi, L);
+#endif
+#pragma unroll
+            for (int i = 0; i < SCAN_NPT; ++i) {
+                const int n = slice * SCAN_NPT + i;
+                qh[i] = (ch < blk.nch && n < SCAN_N) ? ck[(k - 1) * SCAN_N + n] : 0.0f;
+            }
+        }
         __syncthreads();
 
         // ---- recompute the tile: h_{t-1} and the decay a_t of every step.
-        float hp[SCAN_BT][SCAN_NPT], av[SCAN_BT][SCAN_NPT], h[SCAN_NPT];
-#pragma unroll
-        for (int i = 0; i < SCAN_NPT; ++i) {
-            const int n = slice * SCAN_NPT + i;
-            h[i] = (ch < blk.nch && n < SCAN_N) ? ck[k * SCAN_N + n] : 0.0f;
-        }
+        float hp[SCAN_BT][SCAN_NPT], av[SCAN_BT][SCAN_NPT];
 #pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
             const float dt = s_dt[ch * SCAN_ROW + t];
@@ -500,12 +623,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS) mamba1_scan_bwd(const
 #if SCAN_C_CONST
                 dCc[i] = fmaf(gy, ht, dCc[i]);
 #else
-                s_dC[(ch * SCAN_BT + t) * SCAN_NP + n] = gy * ht;
+                s_dC[SCAN_DBC_AT(t, n, ch)] = gy * ht;
 #endif
 #if SCAN_B_CONST
                 dBc[i] = fmaf(lam[i], dtu, dBc[i]);
 #else
-                s_dB[(ch * SCAN_BT + t) * SCAN_NP + n] = lam[i] * dtu;
+                s_dB[SCAN_DBC_AT(t, n, ch)] = lam[i] * dtu;
 #endif
                 s1 = fmaf(lam[i], b, s1);
                 const float w = lam[i] * av[t][i] * hp[t][i];
@@ -571,12 +694,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS) mamba1_scan_bwd(const
             const long long at = ((blk.row * args.blocks_per_seq + blk.cb) * SCAN_N + n) * L + pos;
 #if !SCAN_B_CONST
             float sb = 0.0f;
-            for (int c = 0; c < blk.nch; ++c) sb += s_dB[(c * SCAN_BT + t) * SCAN_NP + n];
+            for (int c = 0; c < blk.nch; ++c) sb += s_dB[SCAN_DBC_AT(t, n, c)];
             args.part_b[at] = sb;
 #endif
 #if !SCAN_C_CONST
             float sc = 0.0f;
-            for (int c = 0; c < blk.nch; ++c) sc += s_dC[(c * SCAN_BT + t) * SCAN_NP + n];
+            for (int c = 0; c < blk.nch; ++c) sc += s_dC[SCAN_DBC_AT(t, n, c)];
             args.part_c[at] = sc;
 #endif
         }

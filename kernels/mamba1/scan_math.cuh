@@ -43,9 +43,13 @@ __device__ __forceinline__ float scan_exp2_poly(float x) {
 
 // 1/x on the special-function unit (relative error about 1 ulp); 1/Inf = 0.
 __device__ __forceinline__ float scan_rcp(float x) {
+#ifndef SSM_EMULATE
     float y;
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#else
+    return 1.0f / x;
+#endif
 }
 
 // exp(x) for the elementwise work (softplus, silu): MUFU by default, or the

@@ -189,6 +189,13 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta) {
 // emulation convert with the same code.
 #include "../common/convert.cuh"
 inline float __uint_as_float(u32 b) { return ssm_bits_as_f32(b); }
+inline u32 __float_as_uint(float f) {
+    u32 b;
+    std::memcpy(&b, &f, 4);
+    return b;
+}
+inline float __int_as_float(int b) { return __uint_as_float((u32)b); }
+inline int __float_as_int(float f) { return (int)__float_as_uint(f); }
 
 // --- ldmatrix ---------------------------------------------------------------
 // Lane l of the warp gives the address of row (l % 8) of matrix (l / 8).

@@ -44,6 +44,9 @@ pub struct BwdConfig {
     /// Time steps per tile: the checkpoint interval. Each lane holds the tile's
     /// states and decays in registers (`2 * tile * states_per_lane` floats).
     pub tile: usize,
+    /// Blocks per SM the sweep's register allocation must allow
+    /// (`__launch_bounds__`): 3 keeps it at or under 170 registers.
+    pub min_blocks: usize,
     pub has_d: bool,
     pub has_z: bool,
     pub has_delta_bias: bool,
@@ -80,6 +83,9 @@ impl BwdConfig {
             states_per_lane,
             threads: 128,
             tile,
+            // 2 states per lane fit 3 blocks per SM (170 registers); wider lanes
+            // (N > 64) hold 4 to 8 states and need more registers.
+            min_blocks: if states_per_lane <= 2 { 3 } else { 2 },
             has_d: problem.has_d,
             has_z: problem.has_z,
             has_delta_bias: problem.has_delta_bias,
@@ -109,12 +115,22 @@ impl BwdConfig {
         let row = self.tile + 1;
         let step = cpb * row;
         let grouped = usize::from(!self.b_const) + usize::from(!self.c_const);
+        // dB/dC partials: [tile][np][cpb + 2] plus one word per step.
+        let dbc = self.tile * (np * (cpb + 2) + 1);
         let floats = 3 * step
             + grouped * self.tile * np
             + 3 * cpb * self.lanes_per_channel * row
-            + grouped * cpb * self.tile * np
+            + grouped * dbc
             + step;
         floats * 4
+    }
+
+    /// Dynamic shared memory of `mamba1_scan_bwd_ckpt`: dt, dt*u (and a gap
+    /// where the sweep keeps gy), then the B rows when grouped.
+    pub fn ckpt_smem_bytes(&self) -> usize {
+        let step = self.channels_per_block() * (self.tile + 1);
+        let rows = self.tile * self.lanes_per_channel * self.states_per_lane;
+        (3 * step + if self.b_const { 0 } else { rows }) * 4
     }
 
     pub fn defines(&self) -> Vec<(&'static str, String)> {
@@ -137,7 +153,9 @@ impl BwdConfig {
             ("SCAN_HAS_Z", flag(self.has_z)),
             ("SCAN_B_CONST", flag(self.b_const)),
             ("SCAN_C_CONST", flag(self.c_const)),
+            ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
             ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
+            ("SCAN_CKPT_SMEM_BYTES", self.ckpt_smem_bytes().to_string()),
         ]
     }
 
@@ -392,10 +410,14 @@ impl ScanBwdPlan {
         let load = |entry: &str| gpu.kernel(&SCAN_BWD_SOURCE, entry, &defines);
         let mut ckpt = load(ENTRY_CKPT)?;
         let mut sweep = load(ENTRY_SWEEP)?;
-        let smem = config.smem_bytes();
-        if smem > 48 * 1024 {
-            ckpt.set_max_dynamic_smem(smem as u32)?;
-            sweep.set_max_dynamic_smem(smem as u32)?;
+        // Past the 48 KiB default a kernel opts in (selection checked the limit).
+        for (kernel, smem) in [
+            (&mut ckpt, config.ckpt_smem_bytes()),
+            (&mut sweep, config.smem_bytes()),
+        ] {
+            if smem > 48 * 1024 {
+                kernel.set_max_dynamic_smem(smem as u32)?;
+            }
         }
         Ok(ScanBwdPlan {
             problem: *problem,
@@ -415,7 +437,8 @@ impl ScanBwdPlan {
     pub fn kernels(&self) -> Vec<(&Kernel, u32, u32)> {
         let threads = self.config.threads as u32;
         let smem = self.config.smem_bytes() as u32;
-        let mut k = vec![(&self.ckpt, threads, smem), (&self.sweep, threads, smem)];
+        let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
+        let mut k = vec![(&self.ckpt, threads, ckpt_smem), (&self.sweep, threads, smem)];
         for grouped in [self.problem.b_groups, self.problem.c_groups] {
             if grouped.is_some() {
                 k.push((&self.reduce_bc, REDUCE_THREADS, 0));
@@ -576,11 +599,10 @@ impl ScanBwdPlan {
             num_seqs: p.num_seqs() as i64,
             ckpt_slots: g.ckpt_slots as i64,
         };
-        let smem = self.config.smem_bytes() as u32;
-        let tiled = LaunchConfig {
+        let tiled = |smem: usize| LaunchConfig {
             grid_dim: (self.grid, 1, 1),
             block_dim: (self.config.threads as u32, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: smem as u32,
         };
         let reduce = |elements: usize| LaunchConfig {
             grid_dim: ((elements.div_ceil(REDUCE_THREADS as usize)).clamp(1, 132 * 16) as u32, 1, 1),
@@ -596,10 +618,10 @@ impl ScanBwdPlan {
         // and cudarc orders frees after the stream's pending work).
         let mut b1 = stream.launch_builder(&self.ckpt.func);
         b1.arg(&args);
-        unsafe { b1.launch(tiled) }.map_err(|e| fail(ENTRY_CKPT, e))?;
+        unsafe { b1.launch(tiled(self.config.ckpt_smem_bytes())) }.map_err(|e| fail(ENTRY_CKPT, e))?;
         let mut b2 = stream.launch_builder(&self.sweep.func);
         b2.arg(&args);
-        unsafe { b2.launch(tiled) }.map_err(|e| fail(ENTRY_SWEEP, e))?;
+        unsafe { b2.launch(tiled(self.config.smem_bytes())) }.map_err(|e| fail(ENTRY_SWEEP, e))?;
         for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
             if let Some(groups) = groups {
                 let elements = g.rows * groups * n * p.dims.seqlen;
