@@ -278,7 +278,8 @@ pub fn verify_scan_backward<T: Element>(
             let sub = scan_row(host, b, d);
             let at = (b * dim + d) * l;
             let g = &d_out[at..at + l];
-            let want = ssm_reference::mamba1_backward::selective_scan_backward(&sub.params(), g, None)?;
+            let want =
+                ssm_reference::mamba1_backward::selective_scan_backward(&sub.params(), g, None)?;
             let widen = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
             let mut got = widen(&du[at..at + l]);
             got.extend(widen(&ddelta[at..at + l]));
@@ -292,7 +293,8 @@ pub fn verify_scan_backward<T: Element>(
             Ok(RowCheck {
                 got,
                 want: expected,
-                got_state: dinitial_states.map(|h| h[states].iter().map(|v| f64::from(*v)).collect()),
+                got_state: dinitial_states
+                    .map(|h| h[states].iter().map(|v| f64::from(*v)).collect()),
                 want_state: want.dinitial_states.clone(),
                 log_decay: 0.0,
             })

@@ -111,9 +111,13 @@ fn prepare_typed<T: DeviceElement>(
     slots: usize,
 ) -> Result<Box<dyn GpuWork>> {
     Ok(match case.problem {
-        Problem::Mamba1Scan(s) if case.pass != Pass::Forward => Box::new(
-            ScanBwdWork::<T>::new(gpu, Mamba1Host::generate(&s, seed), case.pass, slots, seed)?,
-        ),
+        Problem::Mamba1Scan(s) if case.pass != Pass::Forward => Box::new(ScanBwdWork::<T>::new(
+            gpu,
+            Mamba1Host::generate(&s, seed),
+            case.pass,
+            slots,
+            seed,
+        )?),
         Problem::Mamba1Scan(s) => Box::new(ScanWork::<T>::new(
             gpu,
             Mamba1Host::generate(&s, seed),
@@ -262,8 +266,14 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
         if let Some(fwd) = &self.fwd {
             fwd.launch(gpu, &mut slot.fwd)?;
         }
-        self.bwd
-            .launch(gpu, &slot.fwd, &slot.d_out, None, &mut slot.grads, &mut self.ws)
+        self.bwd.launch(
+            gpu,
+            &slot.fwd,
+            &slot.d_out,
+            None,
+            &mut slot.grads,
+            &mut self.ws,
+        )
     }
     fn kernels(&self) -> Vec<LaunchedKernel> {
         let mut kernels = Vec::new();
@@ -290,8 +300,19 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
         let du = gpu.download(&g.du)?;
         let ddelta = gpu.download(&g.ddelta)?;
         let dz = g.dz.as_ref().map(|x| gpu.download(x)).transpose()?;
-        let dh0 = g.dinitial_states.as_ref().map(|x| gpu.download(x)).transpose()?;
-        verify_scan_backward(&self.host, &self.d_out, &du, &ddelta, dz.as_deref(), dh0.as_deref())
+        let dh0 = g
+            .dinitial_states
+            .as_ref()
+            .map(|x| gpu.download(x))
+            .transpose()?;
+        verify_scan_backward(
+            &self.host,
+            &self.d_out,
+            &du,
+            &ddelta,
+            dz.as_deref(),
+            dh0.as_deref(),
+        )
     }
 }
 

@@ -97,7 +97,12 @@ impl Case {
 
     /// The result id (`implementation/workload/dtype`).
     pub fn id(&self) -> String {
-        result_id_for(self.implementation(), &self.workload, &self.problem, self.pass)
+        result_id_for(
+            self.implementation(),
+            &self.workload,
+            &self.problem,
+            self.pass,
+        )
     }
 
     /// Whether `filter` (a substring of the id) selects this case.

@@ -15,10 +15,10 @@ mod backward;
 mod config;
 mod launch;
 
-pub use config::{ScanConfig, ScanProblem, ScanTuning, MAX_D_STATE};
 pub use backward::{
     selective_scan_backward_cuda, BwdConfig, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
 };
+pub use config::{ScanConfig, ScanProblem, ScanTuning, MAX_D_STATE};
 pub use launch::{ScanBuffers, ScanPlan};
 
 use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};

@@ -90,7 +90,10 @@ fn run(cxx: &str, e: &Emulated) {
         "17".into(),
     ];
     args.extend(e.varlen.iter().map(|l| l.to_string()));
-    let out = Command::new(&exe).args(&args).output().expect("running the check");
+    let out = Command::new(&exe)
+        .args(&args)
+        .output()
+        .expect("running the check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{} ({}):\n{stdout}", e.name, config.label());
     assert!(

@@ -110,10 +110,23 @@ fn layouts_and_shapes_match_the_adjoint() {
         return;
     };
     let mut cases = Vec::new();
-    for (n, l) in [(1, 37), (5, 1), (16, 4096), (7, 129), (64, 300), (96, 65), (256, 40)] {
+    for (n, l) in [
+        (1, 37),
+        (5, 1),
+        (16, 4096),
+        (7, 129),
+        (64, 300),
+        (96, 65),
+        (256, 40),
+    ] {
         cases.push((format!("N {n} L {l}"), case(2, 24, n, l)));
     }
-    for (gb, gc) in [(None, None), (None, Some(3)), (Some(4), None), (Some(2), Some(3))] {
+    for (gb, gc) in [
+        (None, None),
+        (None, Some(3)),
+        (Some(4), None),
+        (Some(2), Some(3)),
+    ] {
         let mut c = case(2, 72, 16, 517);
         c.b_groups = gb;
         c.c_groups = gc;
@@ -160,14 +173,26 @@ fn reruns_are_bit_identical() {
         let again = check::<bf16>(&gpu, &format!("rerun {k}"), &c, 5);
         let bits = |g: &ScanGrads<bf16, f32>| {
             let mut v: Vec<u32> = Vec::new();
-            v.extend(g.du.iter().chain(&g.ddelta).chain(&g.db).chain(&g.dc).map(|x| u32::from(x.to_bits())));
+            v.extend(
+                g.du.iter()
+                    .chain(&g.ddelta)
+                    .chain(&g.db)
+                    .chain(&g.dc)
+                    .map(|x| u32::from(x.to_bits())),
+            );
             v.extend(g.da.iter().map(|x| x.to_bits()));
-            for p in [&g.dd, &g.ddelta_bias, &g.dinitial_states].into_iter().flatten() {
+            for p in [&g.dd, &g.ddelta_bias, &g.dinitial_states]
+                .into_iter()
+                .flatten()
+            {
                 v.extend(p.iter().map(|x| x.to_bits()));
             }
             v
         };
-        assert!(bits(&first) == bits(&again), "rerun {k} differs in some bit");
+        assert!(
+            bits(&first) == bits(&again),
+            "rerun {k} differs in some bit"
+        );
     }
 }
 
@@ -218,7 +243,9 @@ fn offsets_past_2_pow_31() {
         let mut x: u64 = rng.random();
         (0..len)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let unit = (x >> 40) as f32 / (1u64 << 24) as f32;
                 bf16::from_f32(lo + (hi - lo) * unit)
             })
@@ -230,7 +257,9 @@ fn offsets_past_2_pow_31() {
     let z = draw(io, -2.0, 2.0);
     let bmat = draw(d_inner * n, -1.0, 1.0);
     let cmat = draw(d_inner * n, -1.0, 1.0);
-    let a: Vec<f32> = (0..d_inner * n).map(|i| -0.5 - (i % 7) as f32 * 0.25).collect();
+    let a: Vec<f32> = (0..d_inner * n)
+        .map(|i| -0.5 - (i % 7) as f32 * 0.25)
+        .collect();
     let dims = Mamba1Dims {
         batch: 1,
         d_inner,
@@ -282,7 +311,10 @@ fn offsets_past_2_pow_31() {
         dinitial_states: None,
     };
     for v in judge_all(&q, &got_tail, &want, &mag) {
-        println!("past 2^31 {:<16} rel_l2 {:.3e} budget {:.2e}", v.name, v.comparison.rel_l2, v.budget);
+        println!(
+            "past 2^31 {:<16} rel_l2 {:.3e} budget {:.2e}",
+            v.name, v.comparison.rel_l2, v.budget
+        );
         assert!(v.passes, "past 2^31: {}: {:?}", v.name, v.comparison);
     }
 }

@@ -226,7 +226,8 @@ fn fused_kernel_f16_precomputed_cb_matches_f64() {
 /// the code they select must still be correct, not only compile.
 #[test]
 fn fused_kernel_with_every_switch_flipped_matches_f64() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_with_every_switch_flipped_matches_f64") else {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_with_every_switch_flipped_matches_f64")
+    else {
         return;
     };
     const DEFINES: [&str; 21] = [

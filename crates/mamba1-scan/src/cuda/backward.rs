@@ -336,7 +336,12 @@ impl<T: DeviceElement> ScanGradBuffers<T> {
         expect_len("dA", self.da.len(), channels * problem.dims.d_state)?;
         expect_len("dB", self.db.len(), problem.bc_len(problem.b_groups))?;
         expect_len("dC", self.dc.len(), problem.bc_len(problem.c_groups))?;
-        expect_opt("dD", self.dd.as_ref().map(|x| x.len()), problem.has_d, channels)?;
+        expect_opt(
+            "dD",
+            self.dd.as_ref().map(|x| x.len()),
+            problem.has_d,
+            channels,
+        )?;
         expect_opt("dz", self.dz.as_ref().map(|x| x.len()), problem.has_z, io)?;
         expect_opt(
             "ddelta_bias",
@@ -438,7 +443,10 @@ impl ScanBwdPlan {
         let threads = self.config.threads as u32;
         let smem = self.config.smem_bytes() as u32;
         let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
-        let mut k = vec![(&self.ckpt, threads, ckpt_smem), (&self.sweep, threads, smem)];
+        let mut k = vec![
+            (&self.ckpt, threads, ckpt_smem),
+            (&self.sweep, threads, smem),
+        ];
         for grouped in [self.problem.b_groups, self.problem.c_groups] {
             if grouped.is_some() {
                 k.push((&self.reduce_bc, REDUCE_THREADS, 0));
@@ -460,7 +468,9 @@ impl ScanBwdPlan {
             let len = g.rows * g.blocks_per_seq * n * p.dims.seqlen;
             // Varlen: positions past the last sequence are covered by no block.
             Ok(Some(if p.varlen_seqs.is_some() {
-                gpu.stream().alloc_zeros(len).map_err(ssm_gpu::GpuError::from)?
+                gpu.stream()
+                    .alloc_zeros(len)
+                    .map_err(ssm_gpu::GpuError::from)?
             } else {
                 gpu.alloc_poisoned(len)?
             }))
@@ -511,7 +521,11 @@ impl ScanBwdPlan {
         let g = &self.geometry;
         let n = p.dims.d_state;
         let part_len = g.rows * g.blocks_per_seq * n * p.dims.seqlen;
-        expect_len("checkpoints", ws.ckpt.len(), g.rows * p.dims.d_inner * g.ckpt_slots * n)?;
+        expect_len(
+            "checkpoints",
+            ws.ckpt.len(),
+            g.rows * p.dims.d_inner * g.ckpt_slots * n,
+        )?;
         expect_opt(
             "dB partials",
             ws.part_b.as_ref().map(|x| x.len()),
@@ -605,7 +619,11 @@ impl ScanBwdPlan {
             shared_mem_bytes: smem as u32,
         };
         let reduce = |elements: usize| LaunchConfig {
-            grid_dim: ((elements.div_ceil(REDUCE_THREADS as usize)).clamp(1, 132 * 16) as u32, 1, 1),
+            grid_dim: (
+                (elements.div_ceil(REDUCE_THREADS as usize)).clamp(1, 132 * 16) as u32,
+                1,
+                1,
+            ),
             block_dim: (REDUCE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -618,7 +636,8 @@ impl ScanBwdPlan {
         // and cudarc orders frees after the stream's pending work).
         let mut b1 = stream.launch_builder(&self.ckpt.func);
         b1.arg(&args);
-        unsafe { b1.launch(tiled(self.config.ckpt_smem_bytes())) }.map_err(|e| fail(ENTRY_CKPT, e))?;
+        unsafe { b1.launch(tiled(self.config.ckpt_smem_bytes())) }
+            .map_err(|e| fail(ENTRY_CKPT, e))?;
         let mut b2 = stream.launch_builder(&self.sweep.func);
         b2.arg(&args);
         unsafe { b2.launch(tiled(self.config.smem_bytes())) }.map_err(|e| fail(ENTRY_SWEEP, e))?;
@@ -666,7 +685,12 @@ pub fn selective_scan_backward_cuda<T: DeviceElement>(
     let problem = ScanProblem::of(p)?;
     if problem.dims.seqlen == 0 {
         BwdConfig::new(&problem, &gpu.limits()?)?;
-        return Ok(empty_sequence_grads(&problem, p, d_final_states, layout.num_seqs));
+        return Ok(empty_sequence_grads(
+            &problem,
+            p,
+            d_final_states,
+            layout.num_seqs,
+        ));
     }
     let plan = ScanBwdPlan::new(gpu, &problem)?;
     let fwd = ScanBuffers::upload(gpu, p)?;

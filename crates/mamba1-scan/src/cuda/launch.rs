@@ -148,7 +148,12 @@ pub(crate) fn expect_len(arg: &'static str, got: usize, expected: usize) -> Resu
     Ok(())
 }
 
-pub(crate) fn expect_opt(arg: &'static str, got: Option<usize>, present: bool, expected: usize) -> Result<()> {
+pub(crate) fn expect_opt(
+    arg: &'static str,
+    got: Option<usize>,
+    present: bool,
+    expected: usize,
+) -> Result<()> {
     match (got, present) {
         (Some(got), true) => expect_len(arg, got, expected),
         (None, false) => Ok(()),

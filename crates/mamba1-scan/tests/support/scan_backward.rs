@@ -203,4 +203,3 @@ impl<T: Element> Rounded<T> {
         p
     }
 }
-
