@@ -24,27 +24,6 @@ use ssm_reference::mamba1_backward::{selective_scan_backward, selective_scan_bac
 mod support;
 use support::{Case, Data, Rounded};
 
-fn case(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Case {
-    Case {
-        dims: Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        },
-        b_groups: Some(1),
-        c_groups: Some(1),
-        d: true,
-        z: true,
-        bias: true,
-        softplus: true,
-        h0: true,
-        final_states: true,
-        cu: None,
-        large_dt: false,
-    }
-}
-
 /// Run the CUDA backward on `case` in `T` and judge every gradient; returns
 /// the gradients for determinism checks.
 fn check<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) -> ScanGrads<T, f32> {
@@ -87,7 +66,7 @@ fn every_option_combination_matches_the_adjoint() {
     };
     for mask in 0u32..64 {
         let bit = |k: u32| mask & (1 << k) != 0;
-        let mut c = case(2, 40, 16, 203);
+        let mut c = Case::all(2, 40, 16, 203);
         c.d = bit(0);
         c.z = bit(1);
         c.bias = bit(2);
@@ -119,7 +98,7 @@ fn layouts_and_shapes_match_the_adjoint() {
         (96, 65),
         (256, 40),
     ] {
-        cases.push((format!("N {n} L {l}"), case(2, 24, n, l)));
+        cases.push((format!("N {n} L {l}"), Case::all(2, 24, n, l)));
     }
     for (gb, gc) in [
         (None, None),
@@ -127,13 +106,13 @@ fn layouts_and_shapes_match_the_adjoint() {
         (Some(4), None),
         (Some(2), Some(3)),
     ] {
-        let mut c = case(2, 72, 16, 517);
+        let mut c = Case::all(2, 72, 16, 517);
         c.b_groups = gb;
         c.c_groups = gc;
         cases.push((format!("B {gb:?} C {gc:?}"), c));
     }
     // Channels past several blocks of one group, and large steps.
-    let mut c = case(1, 300, 16, 1000);
+    let mut c = Case::all(1, 300, 16, 1000);
     c.large_dt = true;
     cases.push(("300 channels, dt up to 10".into(), c));
     for (i, (name, c)) in cases.iter().enumerate() {
@@ -151,7 +130,7 @@ fn varlen_with_per_sequence_states_matches_the_adjoint() {
         .enumerate()
     {
         let total: i64 = lens.iter().sum();
-        let mut c = case(1, 48, 16, total as usize);
+        let mut c = Case::all(1, 48, 16, total as usize);
         c.b_groups = Some(2);
         let mut cu = vec![0i64];
         for l in &lens {
@@ -167,7 +146,7 @@ fn reruns_are_bit_identical() {
     let Some(gpu) = test_gpu_or_skip("reruns_are_bit_identical") else {
         return;
     };
-    let c = case(2, 256, 16, 2000);
+    let c = Case::all(2, 256, 16, 2000);
     let first = check::<bf16>(&gpu, "rerun 1", &c, 5);
     for k in 2..=4 {
         let again = check::<bf16>(&gpu, &format!("rerun {k}"), &c, 5);
@@ -201,7 +180,7 @@ fn bad_gradient_shapes_are_typed_errors() {
     let Some(gpu) = test_gpu_or_skip("bad_gradient_shapes_are_typed_errors") else {
         return;
     };
-    let c = case(1, 8, 4, 10);
+    let c = Case::all(1, 8, 4, 10);
     let data = Data::generate(&c, 1);
     let r = Rounded::<f32>::new(&data);
     let p = r.params(&c, &data);
@@ -210,7 +189,7 @@ fn bad_gradient_shapes_are_typed_errors() {
         Err(SsmError::Shape { arg: "d_out", .. }) => {}
         other => panic!("short d_out: {:?}", other.err()),
     }
-    let mut big = case(1, 8, 300, 10);
+    let mut big = Case::all(1, 8, 300, 10);
     big.h0 = false;
     let data = Data::generate(&big, 1);
     let r = Rounded::<f32>::new(&data);

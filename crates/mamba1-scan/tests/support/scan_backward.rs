@@ -30,6 +30,35 @@ pub struct Case {
 }
 
 impl Case {
+    /// Every option on (D, z, bias, softplus, initial and final states), B and
+    /// C grouped with one group.
+    pub fn all(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+        Case {
+            dims: Mamba1Dims {
+                batch,
+                d_inner,
+                d_state,
+                seqlen,
+            },
+            b_groups: Some(1),
+            c_groups: Some(1),
+            d: true,
+            z: true,
+            bias: true,
+            softplus: true,
+            h0: true,
+            final_states: true,
+            cu: None,
+            large_dt: false,
+        }
+    }
+
+    pub fn groups(mut self, b: Option<usize>, c: Option<usize>) -> Self {
+        self.b_groups = b;
+        self.c_groups = c;
+        self
+    }
+
     pub fn rows(&self) -> usize {
         self.cu.as_ref().map_or(self.dims.batch, |cu| cu.len() - 1)
     }
