@@ -21,8 +21,8 @@ use ssm_gpu::cudarc::driver::{
 };
 use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel, KernelSource, KernelVariant};
 
-use super::config::{unsupported, ScanProblem, MAX_D_STATE};
-use super::launch::{expect_len, expect_opt, opt_ptr, ScanBuffers};
+use super::config::{dtype_define, option_letters, unsupported, ScanProblem, MAX_D_STATE};
+use super::launch::{expect_len, expect_opt, opt_ptr, opt_ptr_mut, ScanBuffers};
 
 pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
 const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
@@ -134,14 +134,9 @@ impl BwdConfig {
     }
 
     pub fn defines(&self) -> Vec<(&'static str, String)> {
-        let dtype = match self.dtype {
-            DType::F32 | DType::F64 => 0,
-            DType::F16 => 1,
-            DType::Bf16 => 2,
-        };
         let flag = |b: bool| String::from(if b { "1" } else { "0" });
         vec![
-            ("SCAN_DTYPE", dtype.to_string()),
+            ("SCAN_DTYPE", dtype_define(self.dtype)),
             ("SCAN_N", self.d_state.to_string()),
             ("SCAN_TPC", self.lanes_per_channel.to_string()),
             ("SCAN_NPT", self.states_per_lane.to_string()),
@@ -161,17 +156,12 @@ impl BwdConfig {
 
     /// A short stable name, e.g. `bf16.n16.tpc8.bt16.zDbs`.
     pub fn label(&self) -> String {
-        let mut opts = String::new();
-        for (on, c) in [
-            (self.has_z, 'z'),
-            (self.has_d, 'D'),
-            (self.has_delta_bias, 'b'),
-            (self.delta_softplus, 's'),
-        ] {
-            if on {
-                opts.push(c);
-            }
-        }
+        let opts = option_letters(
+            self.has_z,
+            self.has_d,
+            self.has_delta_bias,
+            self.delta_softplus,
+        );
         let bc = match (self.b_const, self.c_const) {
             (false, false) => "",
             (true, true) => ".bcconst",
@@ -655,19 +645,6 @@ impl ScanBwdPlan {
         unsafe { b4.launch(reduce(p.dims.d_inner * (3 * n + 2))) }
             .map_err(|e| fail(ENTRY_REDUCE_PARAMS, e))?;
         Ok(())
-    }
-}
-
-fn opt_ptr_mut<'a, U>(
-    buf: &'a mut Option<CudaSlice<U>>,
-    gpu: &'a Gpu,
-) -> (u64, Option<ssm_gpu::cudarc::driver::SyncOnDrop<'a>>) {
-    match buf {
-        Some(b) => {
-            let (p, g) = b.device_ptr_mut(gpu.stream());
-            (p, Some(g))
-        }
-        None => (0, None),
     }
 }
 

@@ -118,6 +118,25 @@ impl ScanProblem {
     }
 }
 
+/// `SCAN_DTYPE` of the scan kernels (forward and backward): 0 f32, 1 f16, 2 bf16.
+pub(crate) fn dtype_define(dtype: DType) -> String {
+    match dtype {
+        DType::F32 | DType::F64 => "0",
+        DType::F16 => "1",
+        DType::Bf16 => "2",
+    }
+    .to_string()
+}
+
+/// The options part of a kernel label: `z`, `D`, `b` (delta_bias), `s`
+/// (softplus) for those on, in that order (empty when none).
+pub(crate) fn option_letters(z: bool, d: bool, bias: bool, softplus: bool) -> String {
+    [(z, 'z'), (d, 'D'), (bias, 'b'), (softplus, 's')]
+        .into_iter()
+        .filter_map(|(on, c)| on.then_some(c))
+        .collect()
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -323,14 +342,9 @@ impl ScanConfig {
 
     /// The `-D` defines of `kernels/mamba1/scan_fwd.cu`.
     pub fn defines(&self) -> Vec<(&'static str, String)> {
-        let dtype = match self.dtype {
-            DType::F32 | DType::F64 => 0,
-            DType::F16 => 1,
-            DType::Bf16 => 2,
-        };
         let flag = |b: bool| String::from(if b { "1" } else { "0" });
         vec![
-            ("SCAN_DTYPE", dtype.to_string()),
+            ("SCAN_DTYPE", dtype_define(self.dtype)),
             ("SCAN_N", self.d_state.to_string()),
             ("SCAN_TPC", self.lanes_per_channel.to_string()),
             ("SCAN_NPT", self.states_per_lane.to_string()),
@@ -353,17 +367,12 @@ impl ScanConfig {
 
     /// A short stable name, e.g. `bf16.n16.tpc4.t32.p0.zDbs.vec`.
     pub fn label(&self) -> String {
-        let mut opts = String::new();
-        for (on, c) in [
-            (self.has_z, 'z'),
-            (self.has_d, 'D'),
-            (self.has_delta_bias, 'b'),
-            (self.delta_softplus, 's'),
-        ] {
-            if on {
-                opts.push(c);
-            }
-        }
+        let opts = option_letters(
+            self.has_z,
+            self.has_d,
+            self.has_delta_bias,
+            self.delta_softplus,
+        );
         let bc = match (self.b_const, self.c_const) {
             (false, false) => "",
             (true, false) => ".Bconst",

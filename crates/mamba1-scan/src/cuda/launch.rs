@@ -255,13 +255,7 @@ impl ScanPlan {
         let (initial_states, _g8) = opt_ptr(&bufs.initial_states, gpu);
         let (cu_seqlens, _g9) = opt_ptr(&bufs.cu_seqlens, gpu);
         let (out, _g10) = bufs.out.device_ptr_mut(stream);
-        let (final_states, _g11) = match bufs.final_states.as_mut() {
-            Some(s) => {
-                let (p, g) = s.device_ptr_mut(stream);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let (final_states, _g11) = opt_ptr_mut(&mut bufs.final_states, gpu);
         let dims = self.problem.dims;
         let args = ScanArgs {
             u,
@@ -303,6 +297,19 @@ pub(crate) fn opt_ptr<'a, U>(buf: &'a Option<CudaSlice<U>>, gpu: &'a Gpu) -> (u6
     match buf {
         Some(b) => {
             let (p, g) = b.device_ptr(gpu.stream());
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+pub(crate) fn opt_ptr_mut<'a, U>(
+    buf: &'a mut Option<CudaSlice<U>>,
+    gpu: &'a Gpu,
+) -> (u64, PtrGuard<'a>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(gpu.stream());
             (p, Some(g))
         }
         None => (0, None),
