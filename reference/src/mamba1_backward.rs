@@ -41,7 +41,9 @@
 //! to widen a relative check where a gradient nearly cancels.
 
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::mamba1_grad::{bc_grad_len, silu_grad, softplus_grad, ScanGradInputs, ScanGrads};
+use ssm_core::mamba1_grad::{
+    bc_grad_len, silu_grad, silu_grad_magnitude, softplus_grad, ScanGradInputs, ScanGrads,
+};
 use ssm_core::math::{scan_dt, silu};
 use ssm_core::{Element, Result};
 
@@ -256,7 +258,11 @@ fn channel_backward<T: Element>(
             Some(z) => {
                 let z = z[channel_at + seq.start + k].to_f64();
                 let y: f64 = (0..n_state).map(|n| c(n, k) * h_now[n]).sum::<f64>() + skip * u;
-                out.dz[k] = g * y * mode.v(silu_grad(z));
+                let gate = match mode {
+                    Mode::Exact => silu_grad(z),
+                    Mode::Magnitude => silu_grad_magnitude(z),
+                };
+                out.dz[k] = g * y * gate;
                 g * mode.v(silu(z))
             }
             None => g,

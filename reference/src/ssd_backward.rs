@@ -30,6 +30,7 @@
 //! finite-difference tests below check end to end.
 
 use rayon::prelude::*;
+use ssm_core::mamba1_grad::silu_grad_magnitude;
 use ssm_core::mamba2::{SsdDims, SsdLayout, SsdParams};
 use ssm_core::mamba2_grad::{dt_grad_factor, silu_grad, validate_grad_inputs};
 use ssm_core::math::silu;
@@ -548,7 +549,13 @@ impl<T: Element> Io<'_, '_, T> {
         let (dy, dz) = match self.p.z {
             Some(z) => {
                 let z = z[i].to_f64();
-                (g * silu(z), g * y * silu_grad(z))
+                // The magnitude sweep takes silu' as its sum of absolute terms.
+                let gate = if self.mag {
+                    silu_grad_magnitude(z)
+                } else {
+                    silu_grad(z)
+                };
+                (g * silu(z), g * y * gate)
             }
             None => (g, 0.0),
         };

@@ -198,6 +198,16 @@ pub fn silu_grad(z: f64) -> f64 {
     s * (1.0 + z * (1.0 - s))
 }
 
+/// The magnitude of `silu'(z)` as a sum of absolute terms,
+/// `sigmoid(z) (1 + |z| (1 - sigmoid(z)))`: what the rounding of `silu'` in
+/// floating point is proportional to. Near the root of `silu'` (z = -1.278)
+/// the two terms cancel and `|silu'(z)|` alone would understate it; the
+/// oracles' magnitude sweeps (the tolerance allowances) use this instead.
+pub fn silu_grad_magnitude(z: f64) -> f64 {
+    let s = 1.0 / (1.0 + (-z).exp());
+    s * (1.0 + z.abs() * (1.0 - s))
+}
+
 pub fn silu_grad_f32(z: f32) -> f32 {
     let s = 1.0 / (1.0 + (-z).exp());
     s * (1.0 + z * (1.0 - s))
@@ -226,6 +236,18 @@ mod tests {
             },
             BcInput::Constant(a),
         )
+    }
+
+    #[test]
+    fn silu_grad_magnitude_bounds_silu_grad_and_stays_away_from_its_root() {
+        for i in -400..=400 {
+            let z = i as f64 * 0.05;
+            assert!(silu_grad_magnitude(z) >= silu_grad(z).abs(), "z = {z}");
+        }
+        // silu' has a root near -1.2785: the value vanishes, its terms do not.
+        let root = -1.278_464_542_761_074;
+        assert!(silu_grad(root).abs() < 1e-12);
+        assert!(silu_grad_magnitude(root) > 0.3);
     }
 
     #[test]
