@@ -22,6 +22,7 @@
 #       SANITIZE_SEED=1       seed of the fuzzing (the same cases under every tool)
 #       SANITIZE_TOOLS="memcheck racecheck initcheck synccheck"
 #       SANITIZE_TESTS=1      also memcheck every GPU test binary of the bundle
+#                             (or a glob of binary names: SANITIZE_TESTS='gpu_device_inputs*')
 #       SANITIZE_PLANTED=0    skip the planted race
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -87,10 +88,14 @@ for tool in $tools; do
     fi
 done
 
-if [ "${SANITIZE_TESTS:-0}" = 1 ]; then
+tests_glob="${SANITIZE_TESTS:-0}"
+[ "$tests_glob" = 1 ] && tests_glob='*'
+if [ "$tests_glob" != 0 ]; then
     : >"$out/sanitize-tests.log"
     for test in "$bundle"/tests/*; do
         [ -x "$test" ] || continue
+        # shellcheck disable=SC2254 # the glob is the point
+        case "$(basename "$test")" in $tests_glob) ;; *) continue ;; esac
         if ! sanitized "memcheck: $(basename "$test")" "$out/sanitize-test.tmp" memcheck \
             "$test" --test-threads=1; then
             failures=$((failures + 1))

@@ -119,6 +119,9 @@ __device__ __forceinline__ void scan_load_row(float (&v)[SCAN_NPT], const float*
 #endif
 }
 
+// Bits of `ScanArgs::status` (mirrored in crates/mamba1-scan/src/cuda/launch.rs).
+#define SCAN_STATUS_BAD_CU_SEQLENS 1u
+
 // Kernel arguments, passed by value; mirrored by `ScanArgs` in
 // crates/mamba1-scan/src/cuda/launch.rs (every field 8 bytes, no padding).
 struct ScanArgs {
@@ -134,6 +137,7 @@ struct ScanArgs {
     const long long* cu_seqlens;   // (seqs + 1) or null
     scan_elem_t* out;              // (b, D_in, L)
     float* final_states;           // (seqs, D_in, N) or null
+    unsigned int* status;          // one word: SCAN_STATUS_* bits of rejected inputs
     long long d_inner;
     long long seqlen;
     long long groups_b;            // 1 when B is constant
@@ -142,6 +146,7 @@ struct ScanArgs {
     long long blocks_per_seg;      // ceil(seg_channels / CPB)
     long long blocks_per_seq;      // (D_in / seg_channels) * blocks_per_seg
 };
+static_assert(sizeof(ScanArgs) == 160, "ScanArgs layout changed: update launch.rs");
 
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     mamba1_scan_fwd(const ScanArgs args) {
@@ -175,6 +180,19 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         row = 0;
         seq_lo = args.cu_seqlens[seq];
         seq_hi = args.cu_seqlens[seq + 1];
+        // Device-resident offsets are checked here, not trusted: a block whose
+        // range is not inside the packed sequence (or, for the first and the
+        // last sequence, does not start at 0 and end at L) reads and writes
+        // nothing and raises the status word the host reads after the launch
+        // (`ScanPlan::take_device_error`). Together the checks make the
+        // offsets a partition of [0, L): each range lies in bounds and
+        // consecutive ranges share their boundary element.
+        const long long last = gridDim.x / args.blocks_per_seq - 1;
+        if (!(0 <= seq_lo && seq_lo <= seq_hi && seq_hi <= L) || (seq == 0 && seq_lo != 0) ||
+            (seq == last && seq_hi != L)) {
+            if (threadIdx.x == 0) atomicOr(args.status, SCAN_STATUS_BAD_CU_SEQLENS);
+            return;
+        }
     } else {
         row = seq;
         seq_lo = 0;

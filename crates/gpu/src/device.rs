@@ -100,6 +100,10 @@ fn read_resources(func: &CudaFunction) -> Result<KernelResources, GpuError> {
     })
 }
 
+/// Which CUDA context a plan's kernels were loaded into ([`Gpu::context_id`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContextId(usize);
+
 /// One device, its context and the stream every launch goes to.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -113,8 +117,10 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Open device `ordinal`. Fails with `NoDriver`, `NoDevice`, `NoNvrtc` or
-    /// `NoToolkitHeaders` (never panics) on machines without a GPU stack.
+    /// Open device `ordinal` with a context of its own (its primary context)
+    /// and launch on that context's legacy default stream. Fails with
+    /// `NoDriver`, `NoDevice`, `NoNvrtc` or `NoToolkitHeaders` (never panics) on
+    /// machines without a GPU stack.
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
         if !driver_present() {
             return Err(GpuError::NoDriver(
@@ -133,6 +139,35 @@ impl Gpu {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(classify_init_error)?;
+        // The legacy default stream: one stream, and cudarc skips its per-buffer
+        // event tracking (which only multi-stream use needs).
+        let stream = ctx.default_stream();
+        Self::on(stream)
+    }
+
+    /// Launch on the caller's `stream` (and its context): how upstream code (a
+    /// candle device, a server with a stream per request, a CUDA-graph capture)
+    /// puts our kernels in its own ordering. Every launch of every plan made
+    /// with this `Gpu` is enqueued on `stream` without synchronising; kernels
+    /// are compiled and loaded into the stream's context when a plan is built.
+    ///
+    /// Capturing launches into a CUDA graph needs a stream other than the
+    /// legacy default one, and the context's event tracking off
+    /// (`CudaContext::disable_event_tracking`, before the buffers are made):
+    /// cudarc otherwise makes each launch wait on events recorded outside the
+    /// capture, which the driver refuses.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self, GpuError> {
+        if !driver_present() {
+            return Err(GpuError::NoDriver(
+                "libcuda.so.1 is not on the dynamic loader's path".into(),
+            ));
+        }
+        Self::on(stream)
+    }
+
+    /// Everything past the context: device facts, the target and the compiler.
+    fn on(stream: Arc<CudaStream>) -> Result<Self, GpuError> {
+        let ctx = stream.context().clone();
         let compute_capability = ctx.compute_capability()?;
         let name = ctx.name()?;
         let arch = match std::env::var(ARCH_ENV) {
@@ -146,9 +181,6 @@ impl Gpu {
                 })?,
         };
         let compiler = Compiler::from_env()?;
-        // The legacy default stream: one stream, and cudarc skips its per-buffer
-        // event tracking (which only multi-stream use needs).
-        let stream = ctx.default_stream();
         Ok(Gpu {
             ctx,
             stream,
@@ -158,6 +190,28 @@ impl Gpu {
             compute_capability,
             loaded: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The identity of this `Gpu`'s context, which plans record when they load
+    /// their kernels: a plan's functions and buffers are only valid in it.
+    pub fn context_id(&self) -> ContextId {
+        ContextId(self.ctx.cu_ctx() as usize)
+    }
+
+    /// `Ok` when `plan_context` (a plan's [`ContextId`]) is this `Gpu`'s
+    /// context; otherwise the typed error that a launch in another context
+    /// (whose kernels and buffers are not valid here) must become.
+    pub fn expect_context(&self, plan_context: ContextId, what: &str) -> Result<(), GpuError> {
+        if plan_context == self.context_id() {
+            Ok(())
+        } else {
+            Err(GpuError::InvalidArgument(format!(
+                "{what} was planned in CUDA context {:#x} and launched with a Gpu of context {:#x}: \
+                 build the plan with the Gpu (context and stream) that launches it",
+                plan_context.0,
+                self.context_id().0
+            )))
+        }
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {

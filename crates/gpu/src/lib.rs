@@ -48,7 +48,7 @@ mod embedded {
 pub use cudarc;
 
 pub use compile::{CompileOutput, Compiler};
-pub use device::{DeviceElement, Gpu, Kernel, KernelResources};
+pub use device::{ContextId, DeviceElement, Gpu, Kernel, KernelResources};
 pub use embedded::{EMBEDDED_FILES, KERNELS_HASH};
 pub use error::GpuError;
 pub use limits::DeviceLimits;

@@ -18,8 +18,8 @@ mod launch;
 pub use backward::{
     selective_scan_backward_cuda, BwdConfig, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
 };
-pub use config::{ScanConfig, ScanProblem, ScanTuning, MAX_D_STATE};
-pub use launch::{ScanBuffers, ScanPlan};
+pub use config::{ScanConfig, ScanOptions, ScanProblem, ScanTuning, MAX_D_STATE};
+pub use launch::{ScanBuffers, ScanPlan, ScanViews};
 
 use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
 use ssm_core::{DType, Result, ScanOutput};
@@ -50,6 +50,8 @@ pub fn selective_scan_cuda_tuned<T: DeviceElement>(
     let mut bufs = launch::ScanBuffers::upload(gpu, p)?;
     plan.launch(gpu, &mut bufs)?;
     let out = gpu.download(&bufs.out)?;
+    // Host offsets were validated above; this also catches a corrupted upload.
+    plan.take_device_error(gpu)?;
     let final_states = bufs
         .final_states
         .as_ref()

@@ -5,6 +5,7 @@
 //! layout.
 
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+use ssm_core::shape::{check_allocatable, check_groups, check_nonzero, Shape};
 use ssm_core::{DType, Element, Result, SsmError};
 use ssm_gpu::DeviceLimits;
 
@@ -19,6 +20,17 @@ const CHUNK: usize = 8;
 const SMEM_DEFAULT_LIMIT: usize = 48 * 1024;
 /// Threads per block on every architecture the kernels build for.
 const MAX_THREADS_PER_BLOCK: usize = 1024;
+
+/// The optional tensors and flags of a scan, for [`ScanProblem::from_shapes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanOptions {
+    pub has_d: bool,
+    pub has_z: bool,
+    pub has_delta_bias: bool,
+    pub delta_softplus: bool,
+    pub has_initial_states: bool,
+    pub return_final_states: bool,
+}
 
 /// Shapes and options of a call, without the data: everything the kernel is
 /// specialised on or sized by. Built from validated [`SelectiveScanParams`].
@@ -60,6 +72,84 @@ impl ScanProblem {
             return_final_states: p.return_final_states,
             varlen_seqs: p.cu_seqlens.map(|_| layout.num_seqs),
         })
+    }
+
+    /// A problem from shapes and options alone (no host data), for plans that
+    /// upstream code builds before its tensors exist; checked as
+    /// [`ScanProblem::check`] does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_shapes(
+        dtype: DType,
+        dims: Mamba1Dims,
+        b_groups: Option<usize>,
+        c_groups: Option<usize>,
+        options: ScanOptions,
+        varlen_seqs: Option<usize>,
+    ) -> Result<Self> {
+        let problem = ScanProblem {
+            dtype,
+            dims,
+            b_groups,
+            c_groups,
+            has_d: options.has_d,
+            has_z: options.has_z,
+            has_delta_bias: options.has_delta_bias,
+            delta_softplus: options.delta_softplus,
+            has_initial_states: options.has_initial_states,
+            return_final_states: options.return_final_states,
+            varlen_seqs,
+        };
+        problem.check()?;
+        Ok(problem)
+    }
+
+    /// The invariants [`SelectiveScanParams::validate`] establishes for host
+    /// data, checked on the shapes alone: every plan checks them, so that a
+    /// hand-built problem cannot size a launch wrongly (or divide by zero).
+    pub fn check(&self) -> Result<()> {
+        let Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        } = self.dims;
+        check_nonzero("batch", batch)?;
+        check_nonzero("d_inner", d_inner)?;
+        check_nonzero("d_state", d_state)?;
+        for (arg, groups) in [("B", self.b_groups), ("C", self.c_groups)] {
+            if let Some(groups) = groups {
+                check_groups(arg, groups, "D_in", d_inner)?;
+            }
+        }
+        if let Some(seqs) = self.varlen_seqs {
+            if batch != 1 {
+                return Err(SsmError::CuSeqlens {
+                    reason: format!(
+                        "varlen input packs its sequences in one row; batch is {batch}"
+                    ),
+                });
+            }
+            check_nonzero("cu_seqlens (number of sequences)", seqs)?;
+        }
+        let rows = if self.varlen_seqs.is_some() {
+            "num_seqs"
+        } else {
+            "b"
+        };
+        let bdl = [("b", batch), ("D_in", d_inner), ("L", seqlen)];
+        check_allocatable("u", Shape(&bdl))?;
+        for (arg, groups) in [("B", self.b_groups), ("C", self.c_groups)] {
+            let g = groups.unwrap_or(1);
+            check_allocatable(
+                arg,
+                Shape(&[("b", batch), ("G", g), ("N", d_state), ("L", seqlen)]),
+            )?;
+        }
+        check_allocatable(
+            "final_states",
+            Shape(&[(rows, self.num_seqs()), ("D_in", d_inner), ("N", d_state)]),
+        )?;
+        Ok(())
     }
 
     /// Independent sequences: batch rows, or varlen sequences.

@@ -4,10 +4,13 @@
 
 use ssm_core::mamba1::SelectiveScanParams;
 use ssm_core::{Result, SsmError};
+use std::sync::Arc;
+
 use ssm_gpu::cudarc::driver::{
-    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
 };
-use ssm_gpu::{DeviceElement, Gpu, GpuError, Kernel, KernelSource};
+use ssm_gpu::{ContextId, DeviceElement, Gpu, GpuError, Kernel, KernelSource};
 
 use super::config::{unsupported, ScanConfig, ScanProblem, ScanTuning};
 
@@ -32,6 +35,7 @@ struct ScanArgs {
     cu_seqlens: u64,
     out: u64,
     final_states: u64,
+    status: u64,
     d_inner: i64,
     seqlen: i64,
     groups_b: i64,
@@ -40,6 +44,9 @@ struct ScanArgs {
     blocks_per_seg: i64,
     blocks_per_seq: i64,
 }
+
+// The kernel asserts the same size (`static_assert` in scan_fwd.cu).
+const _: () = assert!(std::mem::size_of::<ScanArgs>() == 160);
 
 // SAFETY: a plain-old-data struct of integers with the C layout the kernel expects.
 unsafe impl DeviceRepr for ScanArgs {}
@@ -61,7 +68,47 @@ pub struct ScanBuffers<T> {
     pub final_states: Option<CudaSlice<f32>>,
 }
 
+/// Every tensor of one scan as views into the caller's device memory (any
+/// offset into a larger allocation; each view is one contiguous range, laid
+/// out as [`ScanBuffers`] documents). What [`ScanPlan::launch_views`] takes, so
+/// that upstream code (a candle tensor's storage, a slice of an activation
+/// arena) launches without copies.
+pub struct ScanViews<'a, T> {
+    pub u: CudaView<'a, T>,
+    pub delta: CudaView<'a, T>,
+    pub a: CudaView<'a, f32>,
+    pub b: CudaView<'a, T>,
+    pub c: CudaView<'a, T>,
+    pub d: Option<CudaView<'a, f32>>,
+    pub z: Option<CudaView<'a, T>>,
+    pub delta_bias: Option<CudaView<'a, f32>>,
+    pub initial_states: Option<CudaView<'a, f32>>,
+    /// Device-resident offsets: checked by the kernel, not trusted
+    /// ([`ScanPlan::take_device_error`]).
+    pub cu_seqlens: Option<CudaView<'a, i64>>,
+    pub out: CudaViewMut<'a, T>,
+    pub final_states: Option<CudaViewMut<'a, f32>>,
+}
+
 impl<T: DeviceElement> ScanBuffers<T> {
+    /// Views of every buffer, for [`ScanPlan::launch_views`].
+    pub fn views(&mut self) -> ScanViews<'_, T> {
+        ScanViews {
+            u: self.u.as_view(),
+            delta: self.delta.as_view(),
+            a: self.a.as_view(),
+            b: self.b.as_view(),
+            c: self.c.as_view(),
+            d: self.d.as_ref().map(|x| x.as_view()),
+            z: self.z.as_ref().map(|x| x.as_view()),
+            delta_bias: self.delta_bias.as_ref().map(|x| x.as_view()),
+            initial_states: self.initial_states.as_ref().map(|x| x.as_view()),
+            cu_seqlens: self.cu_seqlens.as_ref().map(|x| x.as_view()),
+            out: self.out.as_view_mut(),
+            final_states: self.final_states.as_mut().map(|x| x.as_view_mut()),
+        }
+    }
+
     /// Upload the inputs of `p` and allocate poisoned outputs.
     /// `p` must have at least one position (`L >= 1`): CUDA has no empty buffers.
     pub fn upload(gpu: &Gpu, p: &SelectiveScanParams<'_, T>) -> Result<Self> {
@@ -93,43 +140,135 @@ impl<T: DeviceElement> ScanBuffers<T> {
     /// Check every buffer against the problem, so that a launch cannot read or
     /// write out of bounds.
     pub(crate) fn check(&self, problem: &ScanProblem) -> Result<()> {
+        let len = |x: &Option<CudaSlice<_>>| x.as_ref().map(|x: &CudaSlice<_>| x.len());
+        ScanLens {
+            u: self.u.len(),
+            delta: self.delta.len(),
+            a: self.a.len(),
+            b: self.b.len(),
+            c: self.c.len(),
+            d: len(&self.d),
+            z: self.z.as_ref().map(|x| x.len()),
+            delta_bias: len(&self.delta_bias),
+            initial_states: len(&self.initial_states),
+            cu_seqlens: self.cu_seqlens.as_ref().map(|x| x.len()),
+            out: self.out.len(),
+            final_states: len(&self.final_states),
+        }
+        .check(problem)
+    }
+}
+
+impl<T> ScanViews<'_, T> {
+    fn lens(&self) -> ScanLens {
+        ScanLens {
+            u: self.u.len(),
+            delta: self.delta.len(),
+            a: self.a.len(),
+            b: self.b.len(),
+            c: self.c.len(),
+            d: self.d.as_ref().map(|x| x.len()),
+            z: self.z.as_ref().map(|x| x.len()),
+            delta_bias: self.delta_bias.as_ref().map(|x| x.len()),
+            initial_states: self.initial_states.as_ref().map(|x| x.len()),
+            cu_seqlens: self.cu_seqlens.as_ref().map(|x| x.len()),
+            out: self.out.len(),
+            final_states: self.final_states.as_ref().map(|x| x.len()),
+        }
+    }
+
+    /// Every view must live in `gpu`'s context: a pointer of another context is
+    /// not valid in this one.
+    fn check_context(&self, gpu: &Gpu) -> Result<()> {
+        let own = |name: &'static str, stream: &Arc<CudaStream>| -> Result<()> {
+            if stream.context().cu_ctx() == gpu.ctx().cu_ctx() {
+                Ok(())
+            } else {
+                Err(SsmError::Backend(format!(
+                    "argument `{name}`: the buffer belongs to another CUDA context than the Gpu launching the scan"
+                )))
+            }
+        };
+        own("u", self.u.stream())?;
+        own("delta", self.delta.stream())?;
+        own("A", self.a.stream())?;
+        own("B", self.b.stream())?;
+        own("C", self.c.stream())?;
+        own("out", self.out.stream())?;
+        let opt = [
+            ("D", self.d.as_ref().map(|x| x.stream())),
+            ("z", self.z.as_ref().map(|x| x.stream())),
+            ("delta_bias", self.delta_bias.as_ref().map(|x| x.stream())),
+            (
+                "initial_states",
+                self.initial_states.as_ref().map(|x| x.stream()),
+            ),
+            ("cu_seqlens", self.cu_seqlens.as_ref().map(|x| x.stream())),
+            (
+                "final_states",
+                self.final_states.as_ref().map(|x| x.stream()),
+            ),
+        ];
+        for (name, stream) in opt {
+            if let Some(stream) = stream {
+                own(name, stream)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The element counts of a launch's buffers, checked against the problem in
+/// one place whichever way the buffers came (owned or views).
+struct ScanLens {
+    u: usize,
+    delta: usize,
+    a: usize,
+    b: usize,
+    c: usize,
+    d: Option<usize>,
+    z: Option<usize>,
+    delta_bias: Option<usize>,
+    initial_states: Option<usize>,
+    cu_seqlens: Option<usize>,
+    out: usize,
+    final_states: Option<usize>,
+}
+
+impl ScanLens {
+    fn check(&self, problem: &ScanProblem) -> Result<()> {
         let io = problem.io_len();
         let channels = problem.dims.d_inner;
         let n = problem.dims.d_state;
-        expect_len("u", self.u.len(), io)?;
-        expect_len("delta", self.delta.len(), io)?;
-        expect_len("A", self.a.len(), channels * n)?;
-        expect_len("B", self.b.len(), problem.bc_len(problem.b_groups))?;
-        expect_len("C", self.c.len(), problem.bc_len(problem.c_groups))?;
-        expect_len("out", self.out.len(), io)?;
-        expect_opt(
-            "D",
-            self.d.as_ref().map(|x| x.len()),
-            problem.has_d,
-            channels,
-        )?;
-        expect_opt("z", self.z.as_ref().map(|x| x.len()), problem.has_z, io)?;
+        expect_len("u", self.u, io)?;
+        expect_len("delta", self.delta, io)?;
+        expect_len("A", self.a, channels * n)?;
+        expect_len("B", self.b, problem.bc_len(problem.b_groups))?;
+        expect_len("C", self.c, problem.bc_len(problem.c_groups))?;
+        expect_len("out", self.out, io)?;
+        expect_opt("D", self.d, problem.has_d, channels)?;
+        expect_opt("z", self.z, problem.has_z, io)?;
         expect_opt(
             "delta_bias",
-            self.delta_bias.as_ref().map(|x| x.len()),
+            self.delta_bias,
             problem.has_delta_bias,
             channels,
         )?;
         expect_opt(
             "initial_states",
-            self.initial_states.as_ref().map(|x| x.len()),
+            self.initial_states,
             problem.has_initial_states,
             problem.state_len(),
         )?;
         expect_opt(
             "final_states",
-            self.final_states.as_ref().map(|x| x.len()),
+            self.final_states,
             problem.return_final_states,
             problem.state_len(),
         )?;
         expect_opt(
             "cu_seqlens",
-            self.cu_seqlens.as_ref().map(|x| x.len()),
+            self.cu_seqlens,
             problem.varlen_seqs.is_some(),
             problem.num_seqs() + 1,
         )
@@ -172,12 +311,23 @@ pub(crate) fn expect_opt(
     }
 }
 
+/// `SCAN_STATUS_BAD_CU_SEQLENS` of `kernels/mamba1/scan_fwd.cu`: a block found
+/// its device-resident `cu_seqlens` range outside the packed sequence.
+const STATUS_BAD_CU_SEQLENS: u32 = 1;
+
 /// A compiled kernel for one problem shape and its launch geometry. Build once,
 /// launch many times (benchmarks) on buffers of that shape.
+///
+/// The plan belongs to the context of the [`Gpu`] that built it (launching it
+/// with another is a typed error) and owns the one device word the kernel
+/// raises when it rejects device-resident input (`cu_seqlens` that are not a
+/// partition of `[0, L)`), read by [`ScanPlan::take_device_error`].
 pub struct ScanPlan {
     pub problem: ScanProblem,
     pub config: ScanConfig,
     pub kernel: Kernel,
+    context: ContextId,
+    status: CudaSlice<u32>,
     launch: LaunchConfig,
     seg_channels: usize,
     blocks_per_seg: usize,
@@ -186,6 +336,7 @@ pub struct ScanPlan {
 
 impl ScanPlan {
     pub fn new(gpu: &Gpu, problem: &ScanProblem, tuning: ScanTuning) -> Result<Self> {
+        problem.check()?;
         let limits = gpu.limits()?;
         let config = ScanConfig::new(problem, tuning, &limits)?;
         if problem.dims.seqlen == 0 {
@@ -212,10 +363,13 @@ impl ScanPlan {
         if smem > 48 * 1024 {
             kernel.set_max_dynamic_smem(smem as u32)?;
         }
+        let status = gpu.stream().alloc_zeros::<u32>(1).map_err(GpuError::from)?;
         Ok(ScanPlan {
             problem: *problem,
             config,
             kernel,
+            context: gpu.context_id(),
+            status,
             launch: LaunchConfig {
                 grid_dim: (blocks as u32, 1, 1),
                 block_dim: (config.threads as u32, 1, 1),
@@ -232,8 +386,51 @@ impl ScanPlan {
         self.launch.grid_dim.0
     }
 
-    /// Enqueue one scan on the GPU's stream (asynchronous).
+    /// Read and clear what the kernel reported about device-resident input
+    /// since the last call: `Err(CuSeqlens)` when some launch met offsets that
+    /// are not `0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L`; the sequences with
+    /// a bad range were not computed (their outputs keep what they held) and
+    /// nothing was read or written out of bounds. Synchronises the stream, so
+    /// call it where the caller syncs anyway (the host entry points do, after
+    /// each launch); [`ScanPlan::launch`] itself never waits.
+    pub fn take_device_error(&self, gpu: &Gpu) -> Result<()> {
+        gpu.expect_context(self.context, "the scan plan")?;
+        let word = gpu
+            .stream()
+            .clone_dtoh(&self.status)
+            .map_err(GpuError::from)?;
+        if word.first().copied().unwrap_or(0) & STATUS_BAD_CU_SEQLENS == 0 {
+            return Ok(());
+        }
+        let (status, _guard) = self.status.device_ptr(gpu.stream());
+        // SAFETY: `status` is this plan's live 4-byte allocation, used on this stream.
+        unsafe {
+            ssm_gpu::cudarc::driver::result::memset_d8_async(status, 0, 4, gpu.stream().cu_stream())
+        }
+        .map_err(GpuError::from)?;
+        Err(SsmError::CuSeqlens {
+            reason: format!(
+                "the device-resident offsets of {} sequences are not a partition of [0, L = {}) \
+                 (0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L): the sequences with a bad range \
+                 were not computed",
+                self.problem.num_seqs(),
+                self.problem.dims.seqlen
+            ),
+        })
+    }
+
+    /// Enqueue one scan on the GPU's stream (asynchronous: no allocation and
+    /// no synchronisation; device-resident `cu_seqlens` are checked by the
+    /// kernel, see [`ScanPlan::take_device_error`]).
     pub fn launch<T: DeviceElement>(&self, gpu: &Gpu, bufs: &mut ScanBuffers<T>) -> Result<()> {
+        self.launch_views(gpu, bufs.views())
+    }
+
+    /// [`ScanPlan::launch`] on views into the caller's memory: every view's
+    /// length is checked against the plan's problem and its context against
+    /// `gpu`'s, then one kernel is enqueued on `gpu`'s stream.
+    pub fn launch_views<T: DeviceElement>(&self, gpu: &Gpu, views: ScanViews<'_, T>) -> Result<()> {
+        gpu.expect_context(self.context, "the scan plan")?;
         if T::DTYPE != self.problem.dtype {
             return Err(unsupported(format!(
                 "{} buffers with a plan compiled for {}",
@@ -241,21 +438,33 @@ impl ScanPlan {
                 self.problem.dtype
             )));
         }
-        bufs.check(&self.problem)?;
+        views.lens().check(&self.problem)?;
+        views.check_context(gpu)?;
         let stream = gpu.stream();
         // The guards record the buffers' use on the stream when dropped, after the launch.
-        let (u, _g0) = bufs.u.device_ptr(stream);
-        let (delta, _g1) = bufs.delta.device_ptr(stream);
-        let (a, _g2) = bufs.a.device_ptr(stream);
-        let (b, _g3) = bufs.b.device_ptr(stream);
-        let (c, _g4) = bufs.c.device_ptr(stream);
-        let (d, _g5) = opt_ptr(&bufs.d, gpu);
-        let (z, _g6) = opt_ptr(&bufs.z, gpu);
-        let (delta_bias, _g7) = opt_ptr(&bufs.delta_bias, gpu);
-        let (initial_states, _g8) = opt_ptr(&bufs.initial_states, gpu);
-        let (cu_seqlens, _g9) = opt_ptr(&bufs.cu_seqlens, gpu);
-        let (out, _g10) = bufs.out.device_ptr_mut(stream);
-        let (final_states, _g11) = opt_ptr_mut(&mut bufs.final_states, gpu);
+        let (u, _g0) = views.u.device_ptr(stream);
+        let (delta, _g1) = views.delta.device_ptr(stream);
+        let (a, _g2) = views.a.device_ptr(stream);
+        let (b, _g3) = views.b.device_ptr(stream);
+        let (c, _g4) = views.c.device_ptr(stream);
+        let (d, _g5) = opt_view_ptr(&views.d, stream);
+        let (z, _g6) = opt_view_ptr(&views.z, stream);
+        let (delta_bias, _g7) = opt_view_ptr(&views.delta_bias, stream);
+        let (initial_states, _g8) = opt_view_ptr(&views.initial_states, stream);
+        let (cu_seqlens, _g9) = opt_view_ptr(&views.cu_seqlens, stream);
+        let mut out_view = views.out;
+        let (out, _g10) = out_view.device_ptr_mut(stream);
+        let mut final_view = views.final_states;
+        let (final_states, _g11) = match final_view.as_mut() {
+            Some(v) => {
+                let (p, g) = v.device_ptr_mut(stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        // The kernel only ever raises bits of this word (atomicOr); `&self` is
+        // enough because the plan's launches are ordered on one stream.
+        let (status, _g12) = self.status.device_ptr(stream);
         let dims = self.problem.dims;
         let args = ScanArgs {
             u,
@@ -270,6 +479,7 @@ impl ScanPlan {
             cu_seqlens,
             out,
             final_states,
+            status,
             d_inner: dims.d_inner as i64,
             seqlen: dims.seqlen as i64,
             groups_b: self.problem.b_groups.unwrap_or(1) as i64,
@@ -292,6 +502,19 @@ impl ScanPlan {
 }
 
 pub(crate) type PtrGuard<'a> = Option<SyncOnDrop<'a>>;
+
+fn opt_view_ptr<'a, U>(
+    view: &'a Option<CudaView<'_, U>>,
+    stream: &'a CudaStream,
+) -> (u64, PtrGuard<'a>) {
+    match view {
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
 
 pub(crate) fn opt_ptr<'a, U>(buf: &'a Option<CudaSlice<U>>, gpu: &'a Gpu) -> (u64, PtrGuard<'a>) {
     match buf {

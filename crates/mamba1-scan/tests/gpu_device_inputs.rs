@@ -1,0 +1,294 @@
+//! The scan as upstream code calls it (issue 16): on the caller's stream, on
+//! views into larger allocations, captured in a CUDA graph, and with hostile
+//! device-resident `cu_seqlens`, which the kernel must reject without reading
+//! or writing out of bounds (the device run also executes this binary under
+//! compute-sanitizer memcheck: `SANITIZE_TESTS='*gpu_device_inputs'`).
+//! Skips loudly without a GPU (`SSM_REQUIRE_GPU=1` turns the skip into a
+//! failure).
+
+use std::sync::Arc;
+
+use mamba1_scan::cuda::{selective_scan_cuda, ScanBuffers, ScanPlan, ScanProblem, ScanViews};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+use ssm_core::SsmError;
+use ssm_gpu::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use ssm_gpu::cudarc::driver::{CudaContext, CudaSlice, CudaView};
+use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
+
+/// Host inputs of one varlen scan with every option, f32.
+struct Inputs {
+    dims: Mamba1Dims,
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    z: Vec<f32>,
+    bias: Vec<f32>,
+    h0: Vec<f32>,
+    cu: Vec<i64>,
+}
+
+impl Inputs {
+    fn new(lengths: &[usize], d_inner: usize, d_state: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let seqlen: usize = lengths.iter().sum();
+        let dims = Mamba1Dims {
+            batch: 1,
+            d_inner,
+            d_state,
+            seqlen,
+        };
+        let mut v = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let io = d_inner * seqlen;
+        let mut cu = vec![0i64];
+        for &l in lengths {
+            cu.push(cu.last().unwrap() + l as i64);
+        }
+        Inputs {
+            dims,
+            u: v(io, -1.0, 1.0),
+            delta: v(io, -3.0, 0.5),
+            a: v(d_inner * d_state, -2.0, -0.1),
+            b: v(d_state * seqlen, -1.0, 1.0),
+            c: v(d_state * seqlen, -1.0, 1.0),
+            d: v(d_inner, -1.0, 1.0),
+            z: v(io, -1.0, 1.0),
+            bias: v(d_inner, -1.0, 0.5),
+            h0: v(lengths.len() * d_inner * d_state, -1.0, 1.0),
+            cu,
+        }
+    }
+
+    fn params(&self) -> SelectiveScanParams<'_, f32> {
+        let mut p = SelectiveScanParams::new(
+            self.dims,
+            &self.u,
+            &self.delta,
+            &self.a,
+            BcInput::Grouped {
+                groups: 1,
+                data: &self.b,
+            },
+            BcInput::Grouped {
+                groups: 1,
+                data: &self.c,
+            },
+        );
+        p.d = Some(&self.d);
+        p.z = Some(&self.z);
+        p.delta_bias = Some(&self.bias);
+        p.delta_softplus = true;
+        p.initial_states = Some(&self.h0);
+        p.cu_seqlens = Some(&self.cu);
+        p.return_final_states = true;
+        p
+    }
+}
+
+/// The offset of every tensor inside its allocation in the views test.
+const PAD: usize = 13;
+
+fn poison_outputs(gpu: &Gpu, bufs: &mut ScanBuffers<f32>) {
+    gpu.poison(&mut bufs.out).unwrap();
+    if let Some(s) = bufs.final_states.as_mut() {
+        gpu.poison(s).unwrap();
+    }
+}
+
+#[test]
+fn hostile_device_cu_seqlens_become_a_typed_error_and_touch_nothing_out_of_bounds() {
+    let Some(gpu) = test_gpu_or_skip("hostile_device_cu_seqlens") else {
+        return;
+    };
+    let inputs = Inputs::new(&[40, 0, 97, 63], 48, 16, 1);
+    let params = inputs.params();
+    let l = inputs.dims.seqlen as i64;
+    let problem = ScanProblem::of(&params).unwrap();
+    let plan = ScanPlan::new(&gpu, &problem, Default::default()).unwrap();
+    let mut bufs = ScanBuffers::upload(&gpu, &params).unwrap();
+    let hostile: Vec<(&str, Vec<i64>)> = vec![
+        ("past the end", vec![0, 40, 40, 300, l]),
+        ("negative", vec![0, -5, 40, 137, l]),
+        ("decreasing", vec![0, 120, 40, 137, l]),
+        ("first not 0", vec![7, 40, 40, 137, l]),
+        ("last not L", vec![0, 40, 40, 137, l - 1]),
+        ("last past L", vec![0, 40, 40, 137, l + 1000]),
+        ("extremes", vec![i64::MIN, i64::MAX, 0, i64::MAX, i64::MIN]),
+        ("all L", vec![l; 5]),
+    ];
+    for (what, cu) in &hostile {
+        poison_outputs(&gpu, &mut bufs);
+        gpu.stream()
+            .memcpy_htod(cu, bufs.cu_seqlens.as_mut().unwrap())
+            .unwrap();
+        plan.launch(&gpu, &mut bufs).unwrap();
+        gpu.synchronize().unwrap();
+        match plan.take_device_error(&gpu) {
+            Err(SsmError::CuSeqlens { reason }) => {
+                eprintln!("{what:>12}: {cu:?} rejected: {reason}")
+            }
+            other => panic!("{what}: {cu:?} must be rejected, got {other:?}"),
+        }
+        // The error is read once: the word is clear again.
+        plan.take_device_error(&gpu).unwrap();
+    }
+    // The same plan and buffers with the true offsets: the host entry point's answer.
+    poison_outputs(&gpu, &mut bufs);
+    gpu.stream()
+        .memcpy_htod(&inputs.cu, bufs.cu_seqlens.as_mut().unwrap())
+        .unwrap();
+    plan.launch(&gpu, &mut bufs).unwrap();
+    plan.take_device_error(&gpu).unwrap();
+    let want = selective_scan_cuda(&gpu, &params).unwrap();
+    assert_eq!(bits(&gpu.download(&bufs.out).unwrap()), bits(&want.out));
+}
+
+#[test]
+fn launches_on_the_callers_stream_and_views_with_offsets() {
+    let Some(reference_gpu) = test_gpu_or_skip("callers_stream_and_views") else {
+        return;
+    };
+    let inputs = Inputs::new(&[33, 70, 1, 56], 64, 16, 2);
+    let params = inputs.params();
+    let want = selective_scan_cuda(&reference_gpu, &params).unwrap();
+
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let gpu = Gpu::from_stream(stream.clone()).unwrap();
+    assert_eq!(gpu.context_id(), reference_gpu.context_id());
+    let problem = ScanProblem::of(&params).unwrap();
+    let plan = ScanPlan::new(&gpu, &problem, Default::default()).unwrap();
+
+    // Each tensor sits at an odd offset inside a larger allocation.
+    let padded = |host: &[f32]| -> CudaSlice<f32> {
+        let mut v = vec![f32::NAN; PAD];
+        v.extend_from_slice(host);
+        v.extend(std::iter::repeat_n(f32::NAN, PAD));
+        stream.clone_htod(&v).unwrap()
+    };
+    let (u, delta, a, b, c) = (
+        padded(&inputs.u),
+        padded(&inputs.delta),
+        padded(&inputs.a),
+        padded(&inputs.b),
+        padded(&inputs.c),
+    );
+    let (d, z, bias, h0) = (
+        padded(&inputs.d),
+        padded(&inputs.z),
+        padded(&inputs.bias),
+        padded(&inputs.h0),
+    );
+    let mut cu_host = vec![-1i64; PAD];
+    cu_host.extend_from_slice(&inputs.cu);
+    let cu = stream.clone_htod(&cu_host).unwrap();
+    let io = inputs.u.len();
+    let states = inputs.h0.len();
+    let mut out = stream.alloc_zeros::<f32>(io + 2 * PAD).unwrap();
+    let mut fin = stream.alloc_zeros::<f32>(states + 2 * PAD).unwrap();
+    let views = ScanViews {
+        u: view(&u, io),
+        delta: view(&delta, io),
+        a: view(&a, inputs.a.len()),
+        b: view(&b, inputs.b.len()),
+        c: view(&c, inputs.c.len()),
+        d: Some(view(&d, inputs.d.len())),
+        z: Some(view(&z, io)),
+        delta_bias: Some(view(&bias, inputs.bias.len())),
+        initial_states: Some(view(&h0, states)),
+        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
+        out: out.slice_mut(PAD..PAD + io),
+        final_states: Some(fin.slice_mut(PAD..PAD + states)),
+    };
+    plan.launch_views(&gpu, views).unwrap();
+    stream.synchronize().unwrap();
+    plan.take_device_error(&gpu).unwrap();
+    let out_host = stream.clone_dtoh(&out).unwrap();
+    assert_eq!(bits(&out_host[PAD..PAD + io]), bits(&want.out));
+    // Nothing outside the views was written.
+    assert!(out_host[..PAD]
+        .iter()
+        .chain(&out_host[PAD + io..])
+        .all(|&x| x == 0.0));
+    let fin_host = stream.clone_dtoh(&fin).unwrap();
+    assert_eq!(
+        bits(&fin_host[PAD..PAD + states]),
+        bits(want.final_states.as_ref().unwrap())
+    );
+
+    // A view of the wrong length is a typed error naming the tensor.
+    let short = ScanViews {
+        u: u.slice(PAD..PAD + io - 1),
+        delta: view(&delta, io),
+        a: view(&a, inputs.a.len()),
+        b: view(&b, inputs.b.len()),
+        c: view(&c, inputs.c.len()),
+        d: Some(view(&d, inputs.d.len())),
+        z: Some(view(&z, io)),
+        delta_bias: Some(view(&bias, inputs.bias.len())),
+        initial_states: Some(view(&h0, states)),
+        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
+        out: out.slice_mut(PAD..PAD + io),
+        final_states: Some(fin.slice_mut(PAD..PAD + states)),
+    };
+    match plan.launch_views(&gpu, short) {
+        Err(SsmError::Shape { arg: "u", .. }) => {}
+        other => panic!("a short `u` view must be rejected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_scan_captured_in_a_cuda_graph_replays_bit_identically() {
+    let Some(reference_gpu) = test_gpu_or_skip("scan_graph_capture") else {
+        return;
+    };
+    let inputs = Inputs::new(&[100, 28], 32, 16, 3);
+    let params = inputs.params();
+    let want = selective_scan_cuda(&reference_gpu, &params).unwrap();
+
+    let ctx = CudaContext::new(0).unwrap();
+    // One stream does all the work: without this, cudarc makes every launch
+    // wait on events recorded before the capture, which the driver refuses.
+    // SAFETY: every buffer of this test is used on `stream` only.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().unwrap();
+    let gpu = Gpu::from_stream(stream.clone()).unwrap();
+    let problem = ScanProblem::of(&params).unwrap();
+    let plan = ScanPlan::new(&gpu, &problem, Default::default()).unwrap();
+    let mut bufs = ScanBuffers::upload(&gpu, &params).unwrap();
+    stream.synchronize().unwrap();
+
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    plan.launch(&gpu, &mut bufs).unwrap();
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("the capture recorded the launch");
+    for replay in 0..3 {
+        poison_outputs(&gpu, &mut bufs);
+        graph.launch().unwrap();
+        stream.synchronize().unwrap();
+        plan.take_device_error(&gpu).unwrap();
+        let out = gpu.download(&bufs.out).unwrap();
+        assert_eq!(bits(&out), bits(&want.out), "replay {replay}");
+    }
+    drop(graph);
+    let _keep_alive: Arc<_> = ctx;
+}
+
+/// `len` elements of `x` from offset `PAD`.
+fn view(x: &CudaSlice<f32>, len: usize) -> CudaView<'_, f32> {
+    x.slice(PAD..PAD + len)
+}
+
+fn bits<T: DeviceElement>(x: &[T]) -> Vec<u64> {
+    x.iter().map(|v| v.to_f64().to_bits()).collect()
+}
