@@ -38,6 +38,57 @@ typedef u16 elem_t;  // raw bits of an f16 or bf16
 // log2(e): decays are formed as exp2 of cumulative sums of dt' * A * log2(e).
 #define SSD_LOG2E SSM_LOG2E
 
+// Arguments of the forward kernels (ssd_fused_fwd, ssd_simt_fwd, and their
+// state-only prepass builds), passed by value as one struct; mirrored field for
+// field by `SsdArgs` in crates/mamba2-ssd/src/cuda/plan.rs, which asserts the
+// same size. Absent optional tensors are null (the kernel is compiled without
+// them and never reads them).
+struct SsdArgs {
+    const elem_t* x;        // (b, L, H, P)
+    const elem_t* dt;       // (b, L, H)
+    const float* A;         // (H)
+    const elem_t* B;        // (b, L, G, N)
+    const elem_t* C;        // (b, L, G, N)
+    const float* dt_bias;   // (H) or null
+    const float* D;         // (H) or (H, P) or null
+    const elem_t* z;        // (b, L, H, P) or null
+    const float* s0;        // (seqs, H, P, N) or null
+    elem_t* out;            // (b, L, H, P)
+    float* final_states;    // (seqs, H, P, N) or null
+    float* ws_states;       // segment workspace: (slots, H, P, N)
+    float* ws_decay;        // (slots, H)
+    const float* cbw;       // C B^T tiles of ssd_chunk_cb, or null
+    const i64* items;       // the work table (SSD_ITEM_FIELDS per item)
+    int H;
+    int G;
+    float dt_min;
+    float dt_max;
+};
+static_assert(sizeof(SsdArgs) == 136, "SsdArgs layout changed: update cuda/plan.rs");
+
+// The fields of `args` as locals of the same names, for kernel bodies written
+// against them (each kernel reads a subset).
+#define SSD_UNPACK_ARGS(args)                                                   \
+    [[maybe_unused]] const elem_t* const x = (args).x;                          \
+    [[maybe_unused]] const elem_t* const dt = (args).dt;                        \
+    [[maybe_unused]] const float* const A = (args).A;                           \
+    [[maybe_unused]] const elem_t* const B = (args).B;                          \
+    [[maybe_unused]] const elem_t* const C = (args).C;                          \
+    [[maybe_unused]] const float* const dt_bias = (args).dt_bias;               \
+    [[maybe_unused]] const float* const D = (args).D;                           \
+    [[maybe_unused]] const elem_t* const z = (args).z;                          \
+    [[maybe_unused]] const float* const s0 = (args).s0;                         \
+    [[maybe_unused]] elem_t* const out = (args).out;                            \
+    [[maybe_unused]] float* const final_states = (args).final_states;           \
+    [[maybe_unused]] float* const ws_states = (args).ws_states;                 \
+    [[maybe_unused]] float* const ws_decay = (args).ws_decay;                   \
+    [[maybe_unused]] const float* const cbw = (args).cbw;                       \
+    [[maybe_unused]] const i64* const items = (args).items;                     \
+    [[maybe_unused]] const int H = (args).H;                                    \
+    [[maybe_unused]] const int G = (args).G;                                    \
+    [[maybe_unused]] const float dt_min = (args).dt_min;                        \
+    [[maybe_unused]] const float dt_max = (args).dt_max
+
 // ---------------------------------------------------------------------------
 // Element conversions (kernels/common/convert.cuh: round to nearest even, as
 // ssm_core::Element::from_f32).

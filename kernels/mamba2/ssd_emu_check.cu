@@ -29,11 +29,7 @@
 #error "define EMU_SMEM (dynamic shared memory bytes)"
 #endif
 
-#define EMU_SIG                                                                              \
-    (const elem_t* x, const elem_t* dt, const float* A, const elem_t* B, const elem_t* C,     \
-     const float* dt_bias, const float* D, const elem_t* z, const float* s0, elem_t* out,     \
-     float* final_states, float* ws_states, float* ws_decay, const float* cbw, const i64* items, \
-     int H, int G, float dt_min, float dt_max)
+#define EMU_SIG (const SsdArgs args)
 extern "C" void EMU_MAIN_ENTRY EMU_SIG;
 extern "C" void EMU_STATE_ENTRY EMU_SIG;
 #ifdef EMU_CB_ENTRY
@@ -129,9 +125,9 @@ int main(int argc, char** argv) {
         const unsigned grid = (unsigned)(its.size() / 7) * H * npt;
         if (grid == 0) return;
         emu::launch(grid, EMU_THREADS, EMU_SMEM, [&] {
-            entry(x.data(), dt.data(), A.data(), B.data(), C.data(), dtb.data(), D.data(), z.data(),
-                  s0.data(), out.data(), fin.data(), ws_states.data(), ws_decay.data(), cbw.data(),
-                  its.data(), H, G, dt_min, dt_max);
+            entry(SsdArgs{x.data(), dt.data(), A.data(), B.data(), C.data(), dtb.data(), D.data(),
+                          z.data(), s0.data(), out.data(), fin.data(), ws_states.data(),
+                          ws_decay.data(), cbw.data(), its.data(), H, G, dt_min, dt_max});
         });
     };
     run(EMU_STATE_ENTRY, prepass);

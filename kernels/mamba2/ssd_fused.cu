@@ -136,27 +136,7 @@ constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + S_BYTES + CUM_BUFS * CUM_F32 *
 #endif
 static_assert(SMEM_BYTES <= SSD_MAX_SMEM, "shared memory past the device's per-block limit");
 
-struct Args {
-    const elem_t* x;
-    const elem_t* dt;
-    const float* A;
-    const elem_t* B;
-    const elem_t* C;
-    const float* dt_bias;
-    const float* D;
-    const elem_t* z;
-    const float* s0;
-    elem_t* out;
-    float* final_states;
-    float* ws_states;
-    float* ws_decay;
-    const float* cbw;
-    const i64* items;
-    int H;
-    int G;
-    float dt_min;
-    float dt_max;
-};
+using Args = SsdArgs;  // ssd_common.cuh
 
 // Which tiles of a chunk load_chunk copies.
 enum ChunkParts { PARTS_ALL = 3, PARTS_X_B = 1, PARTS_C_CB = 2 };
@@ -570,19 +550,14 @@ SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, c
 #endif
 
 extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
-    ssd_fused_fwd(const elem_t* x, const elem_t* dt, const float* A, const elem_t* B,
-                  const elem_t* C, const float* dt_bias, const float* D, const elem_t* z,
-                  const float* s0, elem_t* out, float* final_states, float* ws_states,
-                  float* ws_decay, const float* cbw, const i64* items, int H, int G,
-                  float dt_min, float dt_max) {
+    ssd_fused_fwd(const SsdArgs a) {
     using namespace ssd_fused;
+    SSD_UNPACK_ARGS(a);
 #ifndef SSD_EMULATE
     extern __shared__ __align__(16) unsigned char smem[];
 #else
     unsigned char* smem = emu::shared_memory();
 #endif
-    const Args a{x,         dt,        A,        B,   C,     dt_bias, D, z,      s0,    out,
-                 final_states, ws_states, ws_decay, cbw, items, H,       G, dt_min, dt_max};
 
     constexpr int NPT = P / PT;
     const int bid = blockIdx.x;

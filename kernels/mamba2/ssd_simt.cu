@@ -84,12 +84,9 @@ SSD_DEV void load_bc_tile(float* t, const elem_t* src, const Ctx& k, i64 tok, in
 }  // namespace ssd_simt
 
 extern "C" __global__ void __launch_bounds__(256, 1)
-    ssd_simt_fwd(const elem_t* x, const elem_t* dt, const float* A, const elem_t* B,
-                 const elem_t* C, const float* dt_bias, const float* D, const elem_t* z,
-                 const float* s0, elem_t* out, float* final_states, float* ws_states,
-                 float* ws_decay, const float* cbw, const i64* items, int H, int G, float dt_min,
-                 float dt_max) {
+    ssd_simt_fwd(const SsdArgs args) {
     using namespace ssd_simt;
+    SSD_UNPACK_ARGS(args);
 #ifndef SSD_EMULATE
     extern __shared__ __align__(16) unsigned char smem_raw[];
 #else

@@ -20,7 +20,7 @@ pub use config::{
     CudaOptions, DMode, FusedTiling, KernelChoice, KernelConfig, KernelPath, Segmentation,
     SsdFeatures, CHUNK_SIZES,
 };
-pub use plan::{SsdDeviceInputs, SsdDeviceOutputs, SsdPlan};
+pub use plan::{SsdDeviceInputs, SsdDeviceOutputs, SsdInputViews, SsdOutputViews, SsdPlan};
 
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{DType, Element, Result, ScanOutput};

@@ -3,9 +3,13 @@
 //! their tensors there).
 
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
-use ssm_core::{Result, SsmError};
-use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel};
+use ssm_core::shape::{check_allocatable, check_cu_seqlens, check_groups, check_nonzero, Shape};
+use ssm_core::{DType, Result, SsmError};
+use ssm_gpu::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use ssm_gpu::{ContextId, DeviceElement, DeviceLimits, Gpu, Kernel};
 
 use super::config::{unsupported, CudaOptions, KernelConfig, SsdFeatures};
 use super::work::{self, WorkTable};
@@ -50,12 +54,109 @@ pub struct SsdDeviceOutputs<T> {
     pub final_states: Option<CudaSlice<f32>>,
 }
 
+impl<T> SsdDeviceInputs<T> {
+    /// Views of every input, for [`SsdPlan::launch_views`].
+    pub fn views(&self) -> SsdInputViews<'_, T> {
+        SsdInputViews {
+            x: self.x.as_view(),
+            dt: self.dt.as_view(),
+            a: self.a.as_view(),
+            b: self.b.as_view(),
+            c: self.c.as_view(),
+            dt_bias: self.dt_bias.as_ref().map(CudaSlice::as_view),
+            d: self.d.as_ref().map(CudaSlice::as_view),
+            z: self.z.as_ref().map(CudaSlice::as_view),
+            initial_states: self.initial_states.as_ref().map(CudaSlice::as_view),
+        }
+    }
+}
+
+impl<T> SsdDeviceOutputs<T> {
+    /// Views of the outputs, for [`SsdPlan::launch_views`].
+    pub fn views(&mut self) -> SsdOutputViews<'_, T> {
+        SsdOutputViews {
+            out: self.out.as_view_mut(),
+            final_states: self.final_states.as_mut().map(CudaSlice::as_view_mut),
+        }
+    }
+}
+
+/// The inputs of a forward pass as views into the caller's device memory (any
+/// offset into a larger allocation; each view one contiguous range in the
+/// layout of [`SsdDeviceInputs`]), so that upstream code launches without copies.
+pub struct SsdInputViews<'a, T> {
+    pub x: CudaView<'a, T>,
+    pub dt: CudaView<'a, T>,
+    pub a: CudaView<'a, f32>,
+    pub b: CudaView<'a, T>,
+    pub c: CudaView<'a, T>,
+    pub dt_bias: Option<CudaView<'a, f32>>,
+    pub d: Option<CudaView<'a, f32>>,
+    pub z: Option<CudaView<'a, T>>,
+    pub initial_states: Option<CudaView<'a, f32>>,
+}
+
+/// The outputs of a forward pass as views into the caller's device memory.
+pub struct SsdOutputViews<'a, T> {
+    pub out: CudaViewMut<'a, T>,
+    pub final_states: Option<CudaViewMut<'a, f32>>,
+}
+
+/// `struct SsdArgs` of `kernels/mamba2/ssd_common.cuh`, field for field:
+/// fifteen device addresses (0 for an absent tensor), then `H`, `G` and the
+/// dt clamp. Both sides assert its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct SsdArgs {
+    x: u64,
+    dt: u64,
+    a: u64,
+    b: u64,
+    c: u64,
+    dt_bias: u64,
+    d: u64,
+    z: u64,
+    s0: u64,
+    out: u64,
+    final_states: u64,
+    ws_states: u64,
+    ws_decay: u64,
+    cbw: u64,
+    items: u64,
+    heads: i32,
+    groups: i32,
+    dt_min: f32,
+    dt_max: f32,
+}
+
+const _: () = assert!(std::mem::size_of::<SsdArgs>() == 136);
+
+// SAFETY: plain data with the C layout the kernel declares (asserted above and there).
+unsafe impl DeviceRepr for SsdArgs {}
+
+type PtrGuard<'a> = Option<SyncOnDrop<'a>>;
+
+fn opt_ptr<'a, U>(
+    view: &'a Option<CudaView<'_, U>>,
+    stream: &'a CudaStream,
+) -> (u64, PtrGuard<'a>) {
+    match view {
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
 /// Threads per block of the C·Bᵀ pre-kernel (`kernels/mamba2/ssd_chunk_cb.cu`).
 pub const CHUNK_CB_THREADS: u32 = 128;
 
 /// Compiled kernels, the work table on the device and the segment workspace for
 /// one problem shape and option set.
 pub struct SsdPlan {
+    /// The context the kernels were loaded into and the workspaces live in.
+    context: ContextId,
     config: KernelConfig,
     dims: SsdDims,
     dt_limit: (f32, f32),
@@ -84,6 +185,49 @@ fn upload_i64(gpu: &Gpu, host: &[i64]) -> Result<CudaSlice<i64>> {
         .map_err(|e| SsmError::Backend(format!("uploading the work table: {e:?}")))
 }
 
+/// What [`SsdParams::validate`] checks of the shapes, for plans made without data.
+fn check_shapes(dims: &SsdDims, dt_limit: (f32, f32), cu_seqlens: Option<&[i64]>) -> Result<()> {
+    let SsdDims {
+        batch,
+        seqlen,
+        heads,
+        head_dim,
+        d_state,
+        groups,
+    } = *dims;
+    check_nonzero("batch", batch)?;
+    check_nonzero("heads", heads)?;
+    check_nonzero("head_dim", head_dim)?;
+    check_nonzero("d_state", d_state)?;
+    check_groups("B", groups, "H", heads)?;
+    let (lo, hi) = dt_limit;
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(SsmError::DtLimit { min: lo, max: hi });
+    }
+    let seqs = match cu_seqlens {
+        Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
+        None => batch,
+    };
+    check_allocatable(
+        "x",
+        Shape(&[("b", batch), ("L", seqlen), ("H", heads), ("P", head_dim)]),
+    )?;
+    check_allocatable(
+        "B",
+        Shape(&[("b", batch), ("L", seqlen), ("G", groups), ("N", d_state)]),
+    )?;
+    check_allocatable(
+        "final_states",
+        Shape(&[
+            ("seqs", seqs),
+            ("H", heads),
+            ("P", head_dim),
+            ("N", d_state),
+        ]),
+    )?;
+    Ok(())
+}
+
 /// Resident blocks per SM for a kernel, from its registers, threads and shared
 /// memory on a device with `limits`.
 fn blocks_per_sm(limits: &DeviceLimits, kernel: &Kernel, threads: u32, smem: usize) -> usize {
@@ -99,9 +243,36 @@ impl SsdPlan {
         opts: &CudaOptions,
     ) -> Result<Self> {
         p.validate()?;
-        let dims = p.dims;
+        Self::for_shapes(
+            gpu,
+            T::DTYPE,
+            p.dims,
+            SsdFeatures::of(p),
+            p.dt_limit,
+            p.cu_seqlens,
+            opts,
+        )
+    }
+
+    /// Plan from shapes and options alone, before any tensor exists (upstream
+    /// code plans once per shape and launches on its own buffers through
+    /// [`SsdPlan::launch_views`]). Varlen offsets are host data here: the work
+    /// table (which chunks of which sequence each block owns) is built from
+    /// them and is the only thing the kernels index with, so device memory is
+    /// never addressed through unchecked offsets.
+    pub fn for_shapes(
+        gpu: &Gpu,
+        dtype: DType,
+        dims: SsdDims,
+        features: SsdFeatures,
+        dt_limit: (f32, f32),
+        cu_seqlens: Option<&[i64]>,
+        opts: &CudaOptions,
+    ) -> Result<Self> {
+        check_shapes(&dims, dt_limit, cu_seqlens)?;
         let limits = gpu.limits()?;
-        let config = KernelConfig::select(T::DTYPE, &dims, SsdFeatures::of(p), opts, &limits)?;
+        let config = KernelConfig::select(dtype, &dims, features, opts, &limits)?;
+        let p_cu_seqlens = cu_seqlens;
 
         let load = |state_only: bool| -> Result<Kernel> {
             let mut k = gpu.kernel_variant(&config.variant(state_only))?;
@@ -109,7 +280,7 @@ impl SsdPlan {
             Ok(k)
         };
         let main = load(false)?;
-        let seqs = work::sequences(dims.batch, dims.seqlen, p.cu_seqlens);
+        let seqs = work::sequences(dims.batch, dims.seqlen, p_cu_seqlens);
         let per_item = dims.heads * config.p_tiles();
         let max_segments = match opts.segmentation {
             super::Segmentation::AtMost(n) => n.max(1),
@@ -158,6 +329,7 @@ impl SsdPlan {
         };
         let ws_len = table.slots.max(1) * dims.heads * dims.head_dim * dims.d_state;
         Ok(SsdPlan {
+            context: gpu.context_id(),
             items: upload_i64(gpu, &table.items)?,
             prepass_items: if table.prepass.is_empty() {
                 None
@@ -168,7 +340,7 @@ impl SsdPlan {
             ws_decay: gpu.alloc_poisoned::<f32>(table.slots.max(1) * dims.heads)?,
             config,
             dims,
-            dt_limit: p.dt_limit,
+            dt_limit,
             table,
             main,
             prepass,
@@ -227,10 +399,11 @@ impl SsdPlan {
         Ok(SsdDeviceOutputs { out, final_states })
     }
 
-    fn check_inputs<T: DeviceElement>(
+    fn check_inputs<T>(
         &self,
-        inp: &SsdDeviceInputs<T>,
-        out: &SsdDeviceOutputs<T>,
+        gpu: &Gpu,
+        inp: &SsdInputViews<'_, T>,
+        out: &SsdOutputViews<'_, T>,
     ) -> Result<()> {
         let d = &self.dims;
         let f = &self.config.features;
@@ -254,8 +427,8 @@ impl SsdPlan {
                 ),
             })
         };
-        let len = |s: &CudaSlice<T>| Some(s.len());
-        let len32 = |s: &CudaSlice<f32>| Some(s.len());
+        let len = |s: &CudaView<'_, T>| Some(s.len());
+        let len32 = |s: &CudaView<'_, f32>| Some(s.len());
         check("x", len(&inp.x), Some(tokens * d.heads * d.head_dim))?;
         check("dt", len(&inp.dt), Some(tokens * d.heads))?;
         check("A", len32(&inp.a), Some(d.heads))?;
@@ -263,41 +436,84 @@ impl SsdPlan {
         check("C", len(&inp.c), Some(tokens * d.groups * d.d_state))?;
         check(
             "dt_bias",
-            inp.dt_bias.as_ref().map(CudaSlice::len),
+            inp.dt_bias.as_ref().map(CudaView::len),
             f.dt_bias.then_some(d.heads),
         )?;
         check(
             "D",
-            inp.d.as_ref().map(CudaSlice::len),
+            inp.d.as_ref().map(CudaView::len),
             (d_len > 0).then_some(d_len),
         )?;
         check(
             "z",
-            inp.z.as_ref().map(CudaSlice::len),
+            inp.z.as_ref().map(CudaView::len),
             f.z.then_some(tokens * d.heads * d.head_dim),
         )?;
         check(
             "initial_states",
-            inp.initial_states.as_ref().map(CudaSlice::len),
+            inp.initial_states.as_ref().map(CudaView::len),
             f.initial_states.then_some(state_len),
         )?;
-        check("out", len(&out.out), Some(tokens * d.heads * d.head_dim))?;
+        check(
+            "out",
+            Some(out.out.len()),
+            Some(tokens * d.heads * d.head_dim),
+        )?;
         check(
             "final_states",
-            out.final_states.as_ref().map(CudaSlice::len),
+            out.final_states.as_ref().map(CudaViewMut::len),
             f.final_states.then_some(state_len),
+        )?;
+        // Every view must live in the plan's context.
+        let own = |arg: &'static str, stream: Option<&std::sync::Arc<CudaStream>>| -> Result<()> {
+            match stream {
+                Some(s) if s.context().cu_ctx() != gpu.ctx().cu_ctx() => Err(SsmError::Backend(
+                    format!("argument `{arg}`: the buffer belongs to another CUDA context than the Gpu launching the SSD"),
+                )),
+                _ => Ok(()),
+            }
+        };
+        own("x", Some(inp.x.stream()))?;
+        own("dt", Some(inp.dt.stream()))?;
+        own("A", Some(inp.a.stream()))?;
+        own("B", Some(inp.b.stream()))?;
+        own("C", Some(inp.c.stream()))?;
+        own("dt_bias", inp.dt_bias.as_ref().map(|v| v.stream()))?;
+        own("D", inp.d.as_ref().map(|v| v.stream()))?;
+        own("z", inp.z.as_ref().map(|v| v.stream()))?;
+        own(
+            "initial_states",
+            inp.initial_states.as_ref().map(|v| v.stream()),
+        )?;
+        own("out", Some(out.out.stream()))?;
+        own(
+            "final_states",
+            out.final_states.as_ref().map(|v| v.stream()),
         )?;
         Ok(())
     }
 
     /// Enqueue the forward pass (prepass, when sequences are split, then the main
-    /// kernel) on the GPU's stream. Does not synchronize.
+    /// kernel) on the GPU's stream. Does not synchronize or allocate.
     pub fn launch<T: DeviceElement>(
         &self,
         gpu: &Gpu,
         inp: &SsdDeviceInputs<T>,
         out: &mut SsdDeviceOutputs<T>,
     ) -> Result<()> {
+        self.launch_views(gpu, &inp.views(), out.views())
+    }
+
+    /// [`SsdPlan::launch`] on views into the caller's memory: lengths are
+    /// checked against the plan, contexts against `gpu`'s, then the kernels are
+    /// enqueued on `gpu`'s stream.
+    pub fn launch_views<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        inp: &SsdInputViews<'_, T>,
+        mut out: SsdOutputViews<'_, T>,
+    ) -> Result<()> {
+        gpu.expect_context(self.context, "the SSD plan")?;
         if T::DTYPE != self.config.dtype {
             return Err(unsupported(format!(
                 "{} buffers with a plan made for {}",
@@ -305,12 +521,12 @@ impl SsdPlan {
                 self.config.dtype
             )));
         }
-        self.check_inputs(inp, out)?;
+        self.check_inputs(gpu, inp, &out)?;
         if let Some(cb) = &self.chunk_cb {
             self.launch_chunk_cb(gpu, cb, inp)?;
         }
         if let (Some(k), Some(items)) = (&self.prepass, &self.prepass_items) {
-            self.launch_one(gpu, k, true, items, self.table.num_prepass(), inp, out)?;
+            self.launch_one(gpu, k, true, items, self.table.num_prepass(), inp, &mut out)?;
         }
         self.launch_one(
             gpu,
@@ -319,7 +535,7 @@ impl SsdPlan {
             &self.items,
             self.table.num_items(),
             inp,
-            out,
+            &mut out,
         )
     }
 
@@ -327,7 +543,7 @@ impl SsdPlan {
         &self,
         gpu: &Gpu,
         cb: &ChunkCb,
-        inp: &SsdDeviceInputs<T>,
+        inp: &SsdInputViews<'_, T>,
     ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: ((self.table.num_chunks() * self.dims.groups) as u32, 1, 1),
@@ -357,8 +573,8 @@ impl SsdPlan {
         state_only: bool,
         items: &CudaSlice<i64>,
         num_items: usize,
-        inp: &SsdDeviceInputs<T>,
-        out: &mut SsdDeviceOutputs<T>,
+        inp: &SsdInputViews<'_, T>,
+        out: &mut SsdOutputViews<'_, T>,
     ) -> Result<()> {
         let blocks = num_items * self.dims.heads * self.config.p_tiles();
         if blocks == 0 {
@@ -369,55 +585,67 @@ impl SsdPlan {
             block_dim: (self.config.threads(), 1, 1),
             shared_mem_bytes: self.config.smem_bytes(state_only) as u32,
         };
-        // Absent optional tensors are null pointers; the kernel is compiled without them.
-        let null: u64 = 0;
-        let heads = self.dims.heads as i32;
-        let groups = self.dims.groups as i32;
-        let (dt_min, dt_max) = self.dt_limit;
         let stream = gpu.stream();
-        let mut b = stream.launch_builder(&kernel.func);
-        b.arg(&inp.x)
-            .arg(&inp.dt)
-            .arg(&inp.a)
-            .arg(&inp.b)
-            .arg(&inp.c);
-        match &inp.dt_bias {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
+        // The guards record the buffers' use on the stream when dropped, after the launch.
+        let (x, _g0) = inp.x.device_ptr(stream);
+        let (dt, _g1) = inp.dt.device_ptr(stream);
+        let (a, _g2) = inp.a.device_ptr(stream);
+        let (b, _g3) = inp.b.device_ptr(stream);
+        let (c, _g4) = inp.c.device_ptr(stream);
+        let (dt_bias, _g5) = opt_ptr(&inp.dt_bias, stream);
+        let (d, _g6) = opt_ptr(&inp.d, stream);
+        let (z, _g7) = opt_ptr(&inp.z, stream);
+        let (s0, _g8) = opt_ptr(&inp.initial_states, stream);
+        let (out_ptr, _g9) = out.out.device_ptr_mut(stream);
+        let (final_states, _g10) = match out.final_states.as_mut() {
+            Some(v) => {
+                let (p, g) = v.device_ptr_mut(stream);
+                (p, Some(g))
+            }
+            None => (0, None),
         };
-        match &inp.d {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
+        let (ws_states, _g11) = self.ws_states.device_ptr(stream);
+        let (ws_decay, _g12) = self.ws_decay.device_ptr(stream);
+        let (cbw, _g13) = match &self.chunk_cb {
+            Some(cb) => {
+                let (p, g) = cb.workspace.device_ptr(stream);
+                (p, Some(g))
+            }
+            None => (0, None),
         };
-        match &inp.z {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
+        let (items, _g14) = items.device_ptr(stream);
+        let (dt_min, dt_max) = self.dt_limit;
+        let args = SsdArgs {
+            x,
+            dt,
+            a,
+            b,
+            c,
+            dt_bias,
+            d,
+            z,
+            s0,
+            out: out_ptr,
+            final_states,
+            ws_states,
+            ws_decay,
+            cbw,
+            items,
+            heads: self.dims.heads as i32,
+            groups: self.dims.groups as i32,
+            dt_min,
+            dt_max,
         };
-        match &inp.initial_states {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
-        };
-        b.arg(&mut out.out);
-        match &mut out.final_states {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
-        };
-        b.arg(&self.ws_states).arg(&self.ws_decay);
-        match &self.chunk_cb {
-            Some(cb) => b.arg(&cb.workspace),
-            None => b.arg(&null),
-        };
-        b.arg(items)
-            .arg(&heads)
-            .arg(&groups)
-            .arg(&dt_min)
-            .arg(&dt_max);
-        // SAFETY: the argument list matches the kernels' signature (ssd_fused_fwd /
-        // ssd_simt_fwd); every buffer's length was checked against the plan's shape
+        let mut builder = stream.launch_builder(&kernel.func);
+        builder.arg(&args);
+        // SAFETY: `args` matches the kernels' `SsdArgs` (size asserted on both
+        // sides); every buffer's length was checked against the plan's shape
         // (check_inputs), the work table only names tokens inside [0, b * L) and
-        // sequences inside the state buffers, and absent tensors are null pointers
-        // that the kernel, compiled without those options, never reads.
-        unsafe { b.launch(cfg) }
+        // sequences inside the state buffers, the workspaces are the plan's own
+        // (written by the prepass and read by the main kernel, in stream order),
+        // and absent tensors are null pointers that the kernel, compiled without
+        // those options, never reads.
+        unsafe { builder.launch(cfg) }
             .map_err(|e| SsmError::Backend(format!("{}: {e:?}", kernel.name)))?;
         Ok(())
     }
