@@ -4,9 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUgraphInstantiate_flags, CUresult,
+    CUstreamCaptureMode,
+};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, DriverError,
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
+    DriverError,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -414,6 +418,56 @@ impl Gpu {
             .map(|(start, end)| Ok(f64::from(start.elapsed_ms(end)?)))
             .collect::<Result<Vec<_>, DriverError>>()?;
         Timing::from_samples(samples)
+    }
+}
+
+impl Gpu {
+    /// Record what `launch` enqueues on this `Gpu`'s stream into a CUDA graph
+    /// (nothing runs until the graph is launched). Needs a stream other than
+    /// the legacy default one ([`Gpu::from_stream`]) and, where buffers were
+    /// made with cudarc's event tracking on, fails with the driver's capture
+    /// error: see [`Gpu::from_stream`].
+    pub fn capture(
+        &self,
+        launch: impl FnOnce() -> Result<(), GpuError>,
+    ) -> Result<CudaGraph, GpuError> {
+        if self.stream.cu_stream().is_null() {
+            return Err(GpuError::InvalidArgument(
+                "CUDA graphs cannot capture the legacy default stream: make the Gpu with \
+                 Gpu::from_stream(ctx.new_stream()?)"
+                    .into(),
+            ));
+        }
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let launched = launch();
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        graph?.ok_or_else(|| GpuError::Driver("the capture recorded no work".into()))
+    }
+
+    /// Time `steps` consecutive launches replayed from one CUDA graph: the
+    /// graph is captured once, replayed `warmup` times, then `iters` times
+    /// between CUDA events; the samples are per launch (each replay's time
+    /// divided by `steps`), which is what a decode loop driven by graphs pays.
+    pub fn time_graph(
+        &self,
+        warmup: usize,
+        iters: usize,
+        steps: usize,
+        mut launch: impl FnMut() -> Result<(), GpuError>,
+    ) -> Result<Timing, GpuError> {
+        if steps == 0 {
+            return Err(GpuError::InvalidArgument(
+                "a graph needs at least one launch".into(),
+            ));
+        }
+        let graph = self.capture(|| (0..steps).try_for_each(|_| launch()))?;
+        graph.upload()?;
+        let timing = self.time(warmup, iters, || Ok(graph.launch()?))?;
+        let per_step = timing.samples.iter().map(|ms| ms / steps as f64).collect();
+        Timing::from_samples(per_step)
     }
 }
 
