@@ -27,8 +27,10 @@
 #        SSM_DEVICE_FULL=1     pass --full to ssmk verify (the docs/DESIGN.md workloads)
 #        SSM_STEP_TIMEOUT=240  seconds per step
 #        SSM_DEVICE_ONLY=glob  run only tests/examples/benches whose bundle name
-#                              matches (e.g. 'ssm-gpu__*' or '*decode*')
+#                              matches (e.g. 'ssm-gpu__*' or '*decode*'; extglob,
+#                              so several: '@(*decode*|*device_inputs)')
 set -uo pipefail
+shopt -s extglob
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 bundle="${1:-.gpu/loop}"
