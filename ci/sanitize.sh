@@ -53,7 +53,8 @@ for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
 done
 export SSM_REQUIRE_GPU=1 RUST_BACKTRACE=1
 export SSM_KERNEL_CACHE="${SSM_KERNEL_CACHE:-/tmp/ssm-kernel-cache}"
-export SSM_KERNEL_DIR="$repo_root/kernels"
+# The kernels device-run.sh chose (SSM_DEVICE_KERNELS), else this checkout's.
+export SSM_KERNEL_DIR="${SSM_KERNEL_DIR:-$repo_root/kernels}"
 say "sanitize on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ): $("$sanitizer" --version | tail -n1)"
 say "ssmk fuzz --gpu require --targets $targets --seconds $seconds --seed $seed, kernels $SSM_KERNEL_DIR"
 
