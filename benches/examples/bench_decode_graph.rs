@@ -49,7 +49,8 @@ struct Args {
     /// Timed graph replays (and event pairs: `iters * steps`, at most 20000).
     #[arg(long, default_value_t = 200)]
     iters: usize,
-    /// Write the results here as JSON.
+    /// Write the results here as JSON (default: `$SSM_RESULTS_DIR/decode-graph.json`
+    /// when that is set).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// Fail when a graph-replay median exceeds this many microseconds.
@@ -243,7 +244,12 @@ fn main() -> ExitCode {
             r.graph_replay_min_us
         );
     }
-    if let Some(path) = &args.json {
+    // On the device machine the results directory collects it (ci/device-run.sh).
+    let json = args.json.clone().or_else(|| {
+        std::env::var_os("SSM_RESULTS_DIR")
+            .map(|d| std::path::Path::new(&d).join("decode-graph.json"))
+    });
+    if let Some(path) = &json {
         let doc = serde_json::json!({
             "device": stream_gpu.device_name(),
             "kernels_hash": ssm_gpu::KERNELS_HASH,
