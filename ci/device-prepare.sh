@@ -18,6 +18,8 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 bundle="${1:-.gpu/loop}"
+# Where cargo puts the binaries (parallel work and worktrees use their own).
+target_dir="${CARGO_TARGET_DIR:-target}"
 case "$bundle" in
     .gpu/*) ;;
     *) echo "device-prepare: the bundle must live under .gpu/ (git-ignored), got $bundle" >&2; exit 2 ;;
@@ -62,9 +64,9 @@ failed() {
 # gpu_info is the probe everything else relies on: it must build.
 log "building gpu_info and ssmk (release)"
 cargo build --release -p ssm-gpu --example gpu_info
-cp target/release/examples/gpu_info "$bundle/bin/"
+cp "$target_dir"/release/examples/gpu_info "$bundle/bin/"
 if cargo build --release -p ssmk --bin ssmk; then
-    cp target/release/ssmk "$bundle/bin/"
+    cp "$target_dir"/release/ssmk "$bundle/bin/"
 else
     failed "ssmk"
 fi
@@ -94,7 +96,7 @@ for dir in $(crate_dirs); do
         [ "$package/$name" = ssm-gpu/gpu_info ] && continue # already in bin/
         log "building example $package/$name"
         if cargo build --release -p "$package" --example "$name"; then
-            cp "target/release/examples/$name" "$bundle/examples/${package}__${name}"
+            cp "$target_dir/release/examples/$name" "$bundle/examples/${package}__${name}"
         else
             failed "$package example $name"
         fi
