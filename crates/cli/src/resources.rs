@@ -112,7 +112,7 @@ fn to_json(outcome: &BudgetCheck, compiler: &Compiler, kernels_hash: &str) -> se
     json!({
         "arch": outcome.arch,
         "kernels_hash": kernels_hash,
-        "nvrtc": compiler.nvrtc().version_string(),
+        "nvrtc": compiler.nvrtc().map(|n| n.version_string()),
         "compiler": compiler.describe(),
         "passed": outcome.passed(),
         "variants": rows,

@@ -53,6 +53,13 @@ pub enum GpuError {
     /// A configuration file (the kernel budgets) could not be read or parsed.
     #[error("{path}: {message}")]
     Config { path: String, message: String },
+    /// The kernel pack (`SSM_KERNEL_PACK`) has no module for this variant and
+    /// this process cannot compile one (no NVRTC, or pack-only mode).
+    #[error(transparent)]
+    NotInPack(Box<crate::pack::PackMiss>),
+    /// A kernel pack's manifest or one of its modules is unreadable or corrupt.
+    #[error("kernel pack {path}: {message}")]
+    Pack { path: PathBuf, message: String },
     /// A caller passed an argument the runtime cannot act on (zero timing iterations, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

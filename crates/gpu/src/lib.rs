@@ -21,8 +21,10 @@
 //!
 //! Environment: `SSM_KERNEL_DIR` (hot reload), `SSM_KERNEL_CACHE` (cache dir or
 //! `off`), `SSM_CUDA_INCLUDE` (toolkit headers), `SSM_NVRTC_LIB_DIR`,
-//! `SSM_CUDA_ARCH` (`sm_80`/`sm_90`/`sm_90a`), `SSM_NVRTC_FLAGS`,
-//! `SSM_REQUIRE_GPU`, `SSM_ALLOW_NO_NVRTC`. See the crate README.
+//! `SSM_CUDA_ARCH` (`sm_80`/`sm_86`/`sm_89`/`sm_90`/`sm_90a`/`compute_90`),
+//! `SSM_NVRTC_FLAGS`, `SSM_KERNEL_PACK` (kernels compiled ahead of time, see
+//! [`pack`]), `SSM_KERNEL_PACK_ONLY`, `SSM_REQUIRE_GPU`, `SSM_ALLOW_NO_NVRTC`.
+//! See the crate README.
 
 pub mod budget;
 pub mod cache;
@@ -31,6 +33,7 @@ mod device;
 mod error;
 pub mod limits;
 pub mod nvrtc;
+pub mod pack;
 pub mod probes;
 pub mod ptxas;
 pub mod selftest;
@@ -47,12 +50,13 @@ mod embedded {
 
 pub use cudarc;
 
-pub use compile::{CompileOutput, Compiler};
+pub use compile::{CompileOutput, Compiler, ModuleOrigin};
 pub use device::{ContextId, DeviceElement, Gpu, Kernel, KernelResources};
 pub use embedded::{EMBEDDED_FILES, KERNELS_HASH};
 pub use error::GpuError;
 pub use limits::DeviceLimits;
 pub use nvrtc::Arch;
+pub use pack::KernelPack;
 pub use ptxas::PtxasFunction;
 pub use source::{KernelSource, SourceRoot};
 pub use testing::{test_compiler_or_skip, test_cxx_or_skip, test_gpu_or_skip};

@@ -1,9 +1,11 @@
-//! NVRTC: one translation unit in, a cubin and ptxas's resource log out.
+//! NVRTC: one translation unit in, a cubin (or PTX) and ptxas's resource log out.
 //!
-//! We compile straight to SASS (`-arch=sm_XX`, not `compute_XX`) so that the
+//! For the real targets we compile straight to SASS (`-arch=sm_XX`) so that the
 //! driver has nothing left to JIT, and always pass `--ptxas-options=-v` so the
 //! log carries registers, spills, stack and shared memory of every kernel
-//! (parsed by [`crate::ptxas`]).
+//! (parsed by [`crate::ptxas`]). For devices newer than the newest real target
+//! we build PTX for the virtual `compute_90` instead ([`Arch::Compute90`]),
+//! which the driver JIT-compiles for the device when the module is loaded.
 
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
@@ -15,15 +17,30 @@ use crate::GpuError;
 /// Extra NVRTC options for every compile, space-separated (`-maxrregcount=128`,
 /// `--use_fast_math`, ...). They are part of the cache key.
 pub const EXTRA_FLAGS_ENV: &str = "SSM_NVRTC_FLAGS";
-/// Overrides the target the [`crate::Gpu`] picks from the device (`sm_80`, `sm_90`, `sm_90a`).
+/// Overrides the target the [`crate::Gpu`] picks from the device (`sm_80`,
+/// `sm_86`, `sm_89`, `sm_90`, `sm_90a`, `compute_90`).
 pub const ARCH_ENV: &str = "SSM_CUDA_ARCH";
 
-/// A GPU target NVRTC compiles SASS for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// A GPU target NVRTC compiles for: SASS for one architecture, or PTX for the
+/// virtual `compute_90`.
+///
+/// No kernel branches on the target (`__CUDA_ARCH__`): every target runs the
+/// same code, and what differs between devices (shared memory per block and per
+/// SM, threads and blocks per SM) is read from the device at plan time
+/// ([`crate::DeviceLimits`]) and reaches the kernels as defines.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Arch {
-    /// Ampere (A100); its cubin also runs on sm_86/sm_89.
+    /// Ampere A100 (compute capability 8.0).
     #[serde(rename = "sm_80")]
     Sm80,
+    /// Ampere GA10x (RTX 30, A10, A40: 8.6); its cubin also runs on 8.7 and 8.9.
+    #[serde(rename = "sm_86")]
+    Sm86,
+    /// Ada (RTX 40, L4, L40S: 8.9).
+    #[serde(rename = "sm_89")]
+    Sm89,
     /// Hopper (H100, H200), the primary target.
     #[serde(rename = "sm_90")]
     Sm90,
@@ -31,16 +48,40 @@ pub enum Arch {
     /// runs on compute capability 9.0 only.
     #[serde(rename = "sm_90a")]
     Sm90a,
+    /// PTX for the virtual architecture 9.0, JIT-compiled by the driver at load
+    /// time: how devices newer than Hopper (Blackwell, 10.x and 12.x) run.
+    #[serde(rename = "compute_90")]
+    Compute90,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::Sm80, Arch::Sm90, Arch::Sm90a];
+    pub const ALL: [Arch; 6] = [
+        Arch::Sm80,
+        Arch::Sm86,
+        Arch::Sm89,
+        Arch::Sm90,
+        Arch::Sm90a,
+        Arch::Compute90,
+    ];
+
+    /// The targets a kernel pack is built for by default: SASS for every
+    /// supported architecture, and PTX for the newer ones.
+    pub const PACK_DEFAULT: [Arch; 5] = [
+        Arch::Sm80,
+        Arch::Sm86,
+        Arch::Sm89,
+        Arch::Sm90,
+        Arch::Compute90,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",
+            Arch::Sm86 => "sm_86",
+            Arch::Sm89 => "sm_89",
             Arch::Sm90 => "sm_90",
             Arch::Sm90a => "sm_90a",
+            Arch::Compute90 => "compute_90",
         }
     }
 
@@ -49,14 +90,36 @@ impl Arch {
         format!("-arch={}", self.name())
     }
 
-    /// The best target whose cubin runs on a device of compute capability
-    /// `major.minor`, or `None` for devices we do not build for.
+    /// True for a virtual architecture: NVRTC produces PTX, not a cubin, and
+    /// ptxas (with its resource report) runs only in the driver.
+    pub fn is_virtual(self) -> bool {
+        self == Arch::Compute90
+    }
+
+    /// The best target whose module runs on a device of compute capability
+    /// `major.minor`, or `None` for devices older than sm_80 (the kernels need
+    /// `cp.async` and the sm_80 tensor-core instructions).
     pub fn for_compute_capability(major: i32, minor: i32) -> Option<Arch> {
         match (major, minor) {
-            (9, 0) => Some(Arch::Sm90),
-            (8, _) => Some(Arch::Sm80),
+            // A cubin runs on its major version's later minor versions.
+            (8, 0..=5) => Some(Arch::Sm80),
+            (8, 6..=8) => Some(Arch::Sm86),
+            (8, _) => Some(Arch::Sm89),
+            (9, _) => Some(Arch::Sm90),
+            // Newer majors cannot run an sm_90 cubin; the driver JITs PTX.
+            (10.., _) => Some(Arch::Compute90),
             _ => None,
         }
+    }
+
+    /// [`Arch::for_compute_capability`] as a typed error naming the device.
+    pub fn for_device(device: &str, major: i32, minor: i32) -> Result<Arch, GpuError> {
+        Arch::for_compute_capability(major, minor).ok_or_else(|| {
+            GpuError::NoDevice(format!(
+                "{device} has compute capability {major}.{minor}; the kernels need sm_80 or newer \
+                 (built for sm_80, sm_86, sm_89 and sm_90, and as compute_90 PTX for newer devices)"
+            ))
+        })
     }
 }
 
@@ -73,7 +136,12 @@ impl std::str::FromStr for Arch {
         Arch::ALL
             .into_iter()
             .find(|a| a.name() == wanted || a.name().replace('_', "") == wanted)
-            .ok_or_else(|| format!("unknown CUDA arch `{s}` (expected sm_80, sm_90 or sm_90a)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown CUDA arch `{s}` (expected one of {})",
+                    Arch::ALL.map(Arch::name).join(", ")
+                )
+            })
     }
 }
 
@@ -90,9 +158,12 @@ pub fn compile_options(
         "-std=c++17".to_string(),
         // Source lines in the cubin for profilers; costs no run time.
         "-lineinfo".to_string(),
-        "--ptxas-options=-v".to_string(),
-        format!("-I{}", include_dir.display()),
     ];
+    // ptxas only runs for a real target; for PTX it runs in the driver.
+    if !arch.is_virtual() {
+        options.push("--ptxas-options=-v".to_string());
+    }
+    options.push(format!("-I{}", include_dir.display()));
     for (name, value) in defines {
         if !is_identifier(name) {
             return Err(GpuError::InvalidArgument(format!(
@@ -128,13 +199,23 @@ fn is_identifier(name: &str) -> bool {
 /// What NVRTC produced for one translation unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledModule {
+    /// The module image: a cubin for a real target, NUL-terminated PTX text for
+    /// a virtual one ([`Arch::is_virtual`]); `cuModuleLoadData` takes either.
     pub cubin: Vec<u8>,
     /// NVRTC's program log: warnings and ptxas's `-v` resource report.
     pub log: String,
 }
 
-/// Compile `text` (already include-resolved) as program `name` with `options`.
-/// The caller must have made NVRTC loadable through [`crate::toolkit::nvrtc`].
+impl CompiledModule {
+    /// True when the image is PTX text rather than an ELF cubin.
+    pub fn is_ptx(&self) -> bool {
+        !self.cubin.starts_with(b"\x7fELF")
+    }
+}
+
+/// Compile `text` (already include-resolved) as program `name` with `options`
+/// to a cubin. The caller must have made NVRTC loadable through
+/// [`crate::toolkit::nvrtc`].
 pub fn compile_cubin(
     name: &str,
     text: &str,
@@ -143,6 +224,24 @@ pub fn compile_cubin(
     let (program, log) = run_nvrtc(name, text, options)?;
     Ok(CompiledModule {
         cubin: program.cubin()?,
+        log,
+    })
+}
+
+/// Compile for `arch`: a cubin for a real target, PTX for a virtual one.
+/// `options` must be [`compile_options`] for the same `arch`.
+pub fn compile_for(
+    arch: Arch,
+    name: &str,
+    text: &str,
+    options: &[String],
+) -> Result<CompiledModule, GpuError> {
+    if !arch.is_virtual() {
+        return compile_cubin(name, text, options);
+    }
+    let (program, log) = run_nvrtc(name, text, options)?;
+    Ok(CompiledModule {
+        cubin: program.ptx()?,
         log,
     })
 }
@@ -258,6 +357,28 @@ impl Program {
     }
 }
 
+impl Program {
+    /// The PTX text, with its terminating NUL (what `cuModuleLoadData` needs).
+    fn ptx(&self) -> Result<Vec<u8>, GpuError> {
+        let mut size = 0usize;
+        // SAFETY: live, successfully compiled program; valid out-pointer.
+        check(
+            unsafe { sys::nvrtcGetPTXSize(self.0, &mut size) },
+            "nvrtcGetPTXSize",
+        )?;
+        let mut ptx = vec![0u8; size.max(1)];
+        // SAFETY: the buffer holds `size` bytes, as NVRTC asked.
+        check(
+            unsafe { sys::nvrtcGetPTX(self.0, ptx.as_mut_ptr().cast()) },
+            "nvrtcGetPTX",
+        )?;
+        if ptx.last() != Some(&0) {
+            ptx.push(0);
+        }
+        Ok(ptx)
+    }
+}
+
 impl Drop for Program {
     fn drop(&mut self) {
         // SAFETY: created by nvrtcCreateProgram, destroyed once. A failure here
@@ -301,12 +422,53 @@ mod tests {
     fn arch_parses_and_names() {
         assert_eq!("sm_90".parse::<Arch>(), Ok(Arch::Sm90));
         assert_eq!("SM80".parse::<Arch>(), Ok(Arch::Sm80));
+        assert_eq!("sm_86".parse::<Arch>(), Ok(Arch::Sm86));
+        assert_eq!("sm89".parse::<Arch>(), Ok(Arch::Sm89));
         assert_eq!("sm_90a".parse::<Arch>(), Ok(Arch::Sm90a));
-        assert!("sm_70".parse::<Arch>().is_err());
+        assert_eq!("compute_90".parse::<Arch>(), Ok(Arch::Compute90));
+        let err = "sm_70".parse::<Arch>().unwrap_err();
+        assert!(err.contains("sm_86") && err.contains("compute_90"), "{err}");
         assert_eq!(Arch::Sm90.flag(), "-arch=sm_90");
-        assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90));
-        assert_eq!(Arch::for_compute_capability(8, 9), Some(Arch::Sm80));
-        assert_eq!(Arch::for_compute_capability(7, 5), None);
+        assert_eq!(Arch::Compute90.flag(), "-arch=compute_90");
+        for arch in Arch::ALL {
+            assert_eq!(arch.name().parse::<Arch>(), Ok(arch));
+            let json = serde_json::to_string(&arch).unwrap();
+            assert_eq!(json, format!("\"{}\"", arch.name()));
+        }
+    }
+
+    #[test]
+    fn each_device_gets_a_target_that_runs_on_it() {
+        let pick = Arch::for_compute_capability;
+        assert_eq!(pick(8, 0), Some(Arch::Sm80));
+        assert_eq!(pick(8, 6), Some(Arch::Sm86));
+        // Orin (8.7) runs sm_86 cubins; Ada has its own.
+        assert_eq!(pick(8, 7), Some(Arch::Sm86));
+        assert_eq!(pick(8, 9), Some(Arch::Sm89));
+        assert_eq!(pick(9, 0), Some(Arch::Sm90));
+        // Blackwell (10.0, 12.0) and later: PTX, JIT-compiled by the driver.
+        assert_eq!(pick(10, 0), Some(Arch::Compute90));
+        assert_eq!(pick(12, 0), Some(Arch::Compute90));
+        assert_eq!(pick(7, 5), None);
+        let err = Arch::for_device("Tesla T4", 7, 5).unwrap_err();
+        assert!(matches!(err, GpuError::NoDevice(_)), "{err}");
+        assert!(err.to_string().contains("Tesla T4") && err.to_string().contains("7.5"));
+    }
+
+    #[test]
+    fn ptx_targets_skip_the_ptxas_report() {
+        let options = compile_options(Arch::Compute90, Path::new("/inc"), &[], &[]).unwrap();
+        assert_eq!(options[0], "-arch=compute_90");
+        assert!(!options.iter().any(|o| o.starts_with("--ptxas-options")));
+        let elf = CompiledModule {
+            cubin: b"\x7fELF...".to_vec(),
+            log: String::new(),
+        };
+        let ptx = CompiledModule {
+            cubin: b".version 9.0\0".to_vec(),
+            log: String::new(),
+        };
+        assert!(!elf.is_ptx() && ptx.is_ptx());
     }
 
     #[test]
