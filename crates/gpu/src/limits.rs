@@ -69,6 +69,47 @@ impl DeviceLimits {
         l2_bytes: 6 * 1024 * 1024,
     };
 
+    /// A100 (sm_80, 108 SMs): 163 KiB per block, 164 KiB per SM, 40 MiB L2.
+    pub const A100: DeviceLimits = DeviceLimits {
+        sm_count: 108,
+        smem_per_block_optin: 163 * 1024,
+        smem_per_sm: 164 * 1024,
+        smem_reserved_per_block: 1024,
+        registers_per_sm: 65536,
+        register_unit_per_warp: 256,
+        max_threads_per_sm: 2048,
+        max_blocks_per_sm: 32,
+        l2_bytes: 40 * 1024 * 1024,
+    };
+
+    /// Ada (sm_89: RTX 4090, L4, L40S): the sm_86 card's shared memory and
+    /// threads per SM, 24 blocks per SM (128 SMs and 72 MiB of L2 as on the 4090).
+    pub const SM89_ADA: DeviceLimits = DeviceLimits {
+        sm_count: 128,
+        max_blocks_per_sm: 24,
+        l2_bytes: 72 * 1024 * 1024,
+        ..DeviceLimits::SM86_SMALL
+    };
+
+    /// Consumer Blackwell (compute capability 12.0, RTX 50): 99 KiB per block,
+    /// 100 KiB per SM, 1536 threads and 32 blocks per SM (170 SMs, 96 MiB L2
+    /// as on the 5090).
+    pub const SM120_CONSUMER: DeviceLimits = DeviceLimits {
+        sm_count: 170,
+        max_blocks_per_sm: 32,
+        l2_bytes: 96 * 1024 * 1024,
+        ..DeviceLimits::SM86_SMALL
+    };
+
+    /// Datacenter Blackwell (compute capability 10.0, B200): the H100's
+    /// on-chip limits (227 KiB per block, 228 KiB per SM, 2048 threads and 32
+    /// blocks per SM) with 148 SMs and 126 MiB of L2.
+    pub const B200: DeviceLimits = DeviceLimits {
+        sm_count: 148,
+        l2_bytes: 126 * 1024 * 1024,
+        ..DeviceLimits::H100_SXM
+    };
+
     /// The named constants, for tests that check planners on each.
     pub const KNOWN: [(&'static str, DeviceLimits); 3] = [
         ("H100 SXM", DeviceLimits::H100_SXM),
