@@ -1,4 +1,5 @@
-// Mamba-1 selective scan, backward (docs/BACKWARD-MAMBA1.md; layouts docs/DESIGN.md §2).
+// Mamba-1 selective scan, backward (docs/BACKWARD-MAMBA1.md; layouts docs/DESIGN.md §2;
+// the kernel's design and measured versions: docs/kernels/mamba1-scan-bwd.md).
 //
 // Four kernels, launched in this order by crates/mamba1-scan/src/cuda/backward.rs:
 //
@@ -21,12 +22,26 @@
 // the compile-time tiling, so reruns are bit-identical.
 //
 // Block geometry: as the forward (kernels/mamba1/scan_fwd.cu), a block owns
-// SCAN_CPB = SCAN_THREADS / SCAN_TPC channels of one sequence inside one B group
-// and one C group. Thread tid is lane `slice = tid % SCAN_TPC` of channel
-// `tid / SCAN_TPC` and holds states slice*NPT .. +NPT of it. The lanes of a
-// channel are adjacent, so a warp's reads of the B/C rows in shared memory are
-// broadcasts across its channels. Elementwise work (staging the tile's inputs,
-// the per-step epilogue) is cut into (channel, step) items j = tid + k*THREADS.
+// SCAN_CPB channels of one sequence inside one B group and one C group. In the
+// sweep, thread tid is lane `slice = tid % SCAN_TPC` of channel `tid / SCAN_TPC`
+// and holds states slice*NPT .. +NPT of it; the checkpoint kernel runs the same
+// channels with SCAN_CK_TPC lanes of SCAN_CK_NPT states each (fewer, wider lanes:
+// it keeps no tile in registers, so it can amortise each shared-memory read over
+// more states). The lanes of a channel are adjacent, so a warp's reads of the
+// per-step values and of the B/C rows are broadcasts across its channels.
+// A thread's (channel, step) items are its own channel's steps
+// t = slice + TPC*it: it stages their inputs and runs their epilogue.
+//
+// v3 (this version) against v2 (commit dd87733, kernels ee313d24; rebuild it
+// with `git checkout dd87733 -- kernels/mamba1/scan_bwd.cu
+// crates/mamba1-scan/src/cuda/backward.rs kernels/mamba1/scan_bwd_emu_check.cu`):
+// per-step values packed as one float4 {dt, dt*u, gy, u} and B/C interleaved per
+// state, so a lane reads a step's inputs in two vector loads instead of seven
+// scalar ones; the lanes' partial sums read back as float4 (swizzled against
+// bank conflicts); dB/dC of a block reduced from lam and h (the reduction
+// multiplies by dt*u and gy: two fewer multiplies per state and step in the
+// sweep) with float4 reads; the staging double-buffered, so a tile needs two
+// barriers instead of three (the checkpoint kernel one instead of two).
 //
 // Positions of a tile past the sequence get dt = u = gy = 0: the step is an exact
 // identity for the state (2^0 = 1, h + 0) and for the adjoint (lam * 1 + C * 0),
@@ -34,65 +49,82 @@
 // the next sequence).
 //
 // Compile-time configuration (-D): SCAN_DTYPE (0 f32, 1 f16, 2 bf16), SCAN_N,
-// SCAN_TPC, SCAN_NPT, SCAN_THREADS, SCAN_BT, and the 0/1 flags SCAN_HAS_BIAS,
-// SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST, SCAN_C_CONST. The host
-// mirrors the shared-memory layout (SCAN_BWD_SMEM_BYTES is checked against it).
+// SCAN_TPC, SCAN_NPT, SCAN_THREADS, SCAN_BT, SCAN_CK_TPC, SCAN_CK_NPT, and the
+// 0/1 flags SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
+// SCAN_C_CONST. The host mirrors the shared-memory layouts (SCAN_BWD_SMEM_BYTES
+// and SCAN_CKPT_SMEM_BYTES are checked against them).
 #include "scan_math.cuh"  // the forward's softplus and silu, so dt is recomputed bit for bit
 
 #if !defined(SCAN_N) || !defined(SCAN_TPC) || !defined(SCAN_NPT) || !defined(SCAN_THREADS) || \
-    !defined(SCAN_BT)
-#error "SCAN_N, SCAN_TPC, SCAN_NPT, SCAN_THREADS and SCAN_BT must be defined"
+    !defined(SCAN_BT) || !defined(SCAN_CK_TPC) || !defined(SCAN_CK_NPT)
+#error "SCAN_N, SCAN_TPC, SCAN_NPT, SCAN_THREADS, SCAN_BT, SCAN_CK_TPC and SCAN_CK_NPT must be defined"
 #endif
 
 #define SCAN_CPB (SCAN_THREADS / SCAN_TPC)  // channels per block
 #define SCAN_NP (SCAN_TPC * SCAN_NPT)       // N padded to the lanes' slices
-#define SCAN_ITEMS (SCAN_CPB * SCAN_BT)     // (channel, step) items of a tile
-#define SCAN_ITEM_ITERS ((SCAN_ITEMS + SCAN_THREADS - 1) / SCAN_THREADS)
-#define SCAN_ROW (SCAN_BT + 1)  // per-step rows padded by a word against bank conflicts
+#define SCAN_IPT ((SCAN_BT + SCAN_TPC - 1) / SCAN_TPC)  // items per thread
 #define SCAN_BC_GROUPED ((SCAN_B_CONST ? 0 : 1) + (SCAN_C_CONST ? 0 : 1))
 // Per-parameter partial sums of one (sequence, channel) in part_params.
 #define SCAN_PARAMS (3 * SCAN_N + 2)
+#define SCAN_R4(x) (((x) + 3) / 4 * 4)  // floats, rounded up to 16 bytes
 
-#if SCAN_THREADS % SCAN_TPC != 0 || 32 % SCAN_TPC != 0
-#error "SCAN_TPC must be a power of two dividing 32 and SCAN_THREADS"
+#define SCAN_CK_THREADS (SCAN_CPB * SCAN_CK_TPC)
+#define SCAN_CK_NP (SCAN_CK_TPC * SCAN_CK_NPT)
+
+#if SCAN_THREADS % SCAN_TPC != 0 || 32 % SCAN_TPC != 0 || 32 % SCAN_CK_TPC != 0
+#error "SCAN_TPC and SCAN_CK_TPC must be powers of two dividing 32 (and SCAN_THREADS)"
 #endif
-#if SCAN_NP < SCAN_N
-#error "SCAN_TPC * SCAN_NPT must cover SCAN_N"
+#if SCAN_NP < SCAN_N || SCAN_CK_NP < SCAN_N
+#error "SCAN_TPC * SCAN_NPT and SCAN_CK_TPC * SCAN_CK_NPT must cover SCAN_N"
 #endif
 
-// Shared memory of mamba1_scan_bwd, in floats (the checkpoint kernel uses a prefix):
-//   dt, u, gy           [CPB][ROW] each
-//   B rows, C rows      [BT][NP] each, when grouped
-//   y, S1, S2 partials  [CPB * TPC][ROW] each (one row per lane)
-//   dB, dC partials     [BT][NP][DBC_NS] each (+1 word per step), when grouped
-//   per-channel sums    [CPB][ROW] (dD, then ddelta_bias)
-// The checkpoint kernel uses dt, dt*u and (grouped B) the B rows at the same
-// offsets: SCAN_CKPT_FLOATS.
-#define SCAN_SM_STEP (SCAN_CPB * SCAN_ROW)
-#define SCAN_SM_ROWS (SCAN_BT * SCAN_NP)
-#define SCAN_SM_LANE (SCAN_CPB * SCAN_TPC * SCAN_ROW)
-// dB/dC partials: the channels of one (step, state) side by side, so that the
-// reduction reads a warp's 32 (step, state) pairs from distinct banks; the
-// stride CPB + 2 makes the scan's stores (4 channels x 8 slices of a warp at
-// N = 16) distinct banks too.
-#define SCAN_DBC_NS (SCAN_CPB + 2)
-#define SCAN_DBC_TS (SCAN_NP * SCAN_DBC_NS + 1)
-#define SCAN_DBC_AT(t, n, ch) ((t) * SCAN_DBC_TS + (n) * SCAN_DBC_NS + (ch))
-#define SCAN_SM_DBC (SCAN_BT * SCAN_DBC_TS)
-#define SCAN_SM_FLOATS                                                                 \
-    (3 * SCAN_SM_STEP + SCAN_BC_GROUPED * SCAN_SM_ROWS + 3 * SCAN_SM_LANE +             \
-     SCAN_BC_GROUPED * SCAN_SM_DBC + SCAN_SM_STEP)
-#define SCAN_CKPT_FLOATS (3 * SCAN_SM_STEP + (SCAN_B_CONST ? 0 : SCAN_SM_ROWS))
+// Shared memory of mamba1_scan_bwd, in floats (every region 16-byte aligned):
+//   el     [2][CPB][ELS]   per (channel, step) float4 {dt, dt*u, gy, u}; two
+//                          buffers: tile k-1 is staged while tile k is reduced
+//   bc     [2][BT][BCW]    the grouped B and/or C rows, interleaved per state
+//                          ({B_n, C_n} when both are grouped)
+//   part   [3][CPB][PCH]   the lanes' partial sums of y, <lam, B>, <A, w> per
+//                          step: row t holds TPC floats (swizzled, see bw_pslot)
+//   dbc    [G][BT][DTS]    lam_t (for dB) and h_t (for dC) of every (channel,
+//                          state), when grouped: [t][channel][state]
+// ELS pads each channel by 4 floats so that a warp's channels read distinct
+// banks; BCW by 4 floats against the staging stores' conflicts; PCH so that
+// a warp's channels write distinct banks; DTS so that two steps' rows fall on
+// the two halves of the banks for the reduction's float4 reads.
+#define SCAN_ELS (4 * SCAN_BT + 4)
+#define SCAN_SM_EL (SCAN_CPB * SCAN_ELS)
+#define SCAN_BCW (SCAN_BC_GROUPED * SCAN_NP + 4)
+#define SCAN_SM_BC (SCAN_BC_GROUPED > 0 ? SCAN_R4(SCAN_BT * SCAN_BCW) : 0)
+#if SCAN_TPC >= 4
+#define SCAN_PCH (SCAN_BT * SCAN_TPC + (SCAN_TPC + 32 - (SCAN_BT * SCAN_TPC) % 32) % 32)
+#else
+#define SCAN_PCH (SCAN_BT * SCAN_TPC + 1)
+#endif
+#define SCAN_SM_PART SCAN_R4(3 * SCAN_CPB * SCAN_PCH)
+#define SCAN_DTS (SCAN_R4(SCAN_CPB * SCAN_NP) + 16)
+#define SCAN_SM_DBC (SCAN_BC_GROUPED * SCAN_BT * SCAN_DTS)
+#define SCAN_SM_FLOATS (2 * SCAN_SM_EL + 2 * SCAN_SM_BC + SCAN_SM_PART + SCAN_SM_DBC)
+// Shared memory of mamba1_scan_bwd_ckpt: [2][CPB][CK_ELS] float2 {dt, dt*u}, then
+// (grouped B) [2][BT][CK_BW] B rows.
+#define SCAN_CK_ELS (2 * SCAN_BT + 2)
+#define SCAN_CK_SM_EL SCAN_R4(SCAN_CPB * SCAN_CK_ELS)
+#define SCAN_CK_BW (SCAN_CK_NP + 4)
+#define SCAN_CK_SM_B (SCAN_B_CONST ? 0 : SCAN_R4(SCAN_BT * SCAN_CK_BW))
+#define SCAN_CKPT_FLOATS (2 * SCAN_CK_SM_EL + 2 * SCAN_CK_SM_B)
 #if defined(SCAN_BWD_SMEM_BYTES) && SCAN_BWD_SMEM_BYTES != SCAN_SM_FLOATS * 4
 #error "the host's shared-memory size differs from the kernel's layout"
 #endif
 #if defined(SCAN_CKPT_SMEM_BYTES) && SCAN_CKPT_SMEM_BYTES != SCAN_CKPT_FLOATS * 4
 #error "the host's checkpoint-kernel shared-memory size differs from the kernel's layout"
 #endif
-// (state, step) pairs of a tile's B or C rows per thread, when staging them.
-#define SCAN_ROW_ITERS ((SCAN_N * SCAN_BT + SCAN_THREADS - 1) / SCAN_THREADS)
+// (state, step) pairs of a tile's B/C rows per thread, when staging them.
+#define SCAN_ROW_ITERS ((SCAN_NP * SCAN_BT + SCAN_THREADS - 1) / SCAN_THREADS)
+#define SCAN_CK_ROW_ITERS ((SCAN_CK_NP * SCAN_BT + SCAN_CK_THREADS - 1) / SCAN_CK_THREADS)
 #ifndef SCAN_MIN_BLOCKS
 #define SCAN_MIN_BLOCKS 1
+#endif
+#ifndef SCAN_CK_MIN_BLOCKS
+#define SCAN_CK_MIN_BLOCKS 1
 #endif
 
 #if SCAN_DTYPE == 0
@@ -105,9 +137,14 @@ typedef unsigned short scan_elem_t;
 
 #ifndef SSM_EMULATE
 #define SCAN_DEV __device__ __forceinline__
+typedef float2 bw_v2;
 #else
 #define SCAN_DEV inline
+struct alignas(8) bw_v2 {
+    float x, y;
+};
 #endif
+typedef float4 bw_v4;
 
 SCAN_DEV float bw_load(const scan_elem_t* p, long long i) {
 #if SCAN_DTYPE == 0
@@ -130,6 +167,50 @@ SCAN_DEV void bw_store(scan_elem_t* p, long long i, float x) {
 }
 
 SCAN_DEV float bw_sigmoid(float x) { return scan_rcp(1.0f + scan_exp_elem(-x)); }
+
+// K consecutive floats from (to) p, in the widest vectors K allows; p is aligned
+// to that width (the callers' layouts guarantee it: see each call).
+template <int K>
+SCAN_DEV void bw_get(float* v, const float* p) {
+    if (K % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < K; i += 4) {
+            const bw_v4 f = *reinterpret_cast<const bw_v4*>(p + i);
+            v[i] = f.x, v[i + 1] = f.y, v[i + 2] = f.z, v[i + 3] = f.w;
+        }
+    } else if (K % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < K; i += 2) {
+            const bw_v2 f = *reinterpret_cast<const bw_v2*>(p + i);
+            v[i] = f.x, v[i + 1] = f.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i) v[i] = p[i];
+    }
+}
+
+template <int K>
+SCAN_DEV void bw_put(float* p, const float* v) {
+    if (K % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < K; i += 4) {
+            bw_v4 f;
+            f.x = v[i], f.y = v[i + 1], f.z = v[i + 2], f.w = v[i + 3];
+            *reinterpret_cast<bw_v4*>(p + i) = f;
+        }
+    } else if (K % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < K; i += 2) {
+            bw_v2 f;
+            f.x = v[i], f.y = v[i + 1];
+            *reinterpret_cast<bw_v2*>(p + i) = f;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i) p[i] = v[i];
+    }
+}
 
 // Kernel arguments, passed by value; mirrored by `ScanBwdArgs` in
 // crates/mamba1-scan/src/cuda/backward.rs (every field 8 bytes, no padding).
@@ -213,54 +294,42 @@ SCAN_DEV float bw_dt(float x) {
 #endif
 }
 
-SCAN_DEV void bw_zero(float* p, int n) {
-    for (int j = threadIdx.x; j < n; j += SCAN_THREADS) p[j] = 0.0f;
+
+// Where lane s's partial sum of step t lives in a channel's row of `part`. The
+// epilogue of item (channel, t) reads the row's TPC floats as float4 chunks,
+// and the TPC / 4 items a phase of 8 threads reads hit different banks only if
+// the chunks of successive rows rotate: chunk c of row t sits at c ^ swz(t).
+SCAN_DEV int bw_pslot(int t, int s) {
+#if SCAN_TPC >= 4
+    const int swz = ((t * SCAN_TPC) >> 5) & (SCAN_TPC / 4 - 1);
+    return t * SCAN_TPC + ((((s >> 2) ^ swz)) << 2) + (s & 3);
+#else
+    return t * SCAN_TPC + s;
+#endif
 }
 
-// Fetch this thread's share of one tile's B (or C) rows into registers (the
-// loads fly while the current tile computes), and put them into shared memory
-// as [t][NP] f32 (padded states stay 0) once the tile is staged.
-SCAN_DEV void bw_fetch_rows(float (&q)[SCAN_ROW_ITERS], const scan_elem_t* src, long long start,
-                            long long hi, long long L) {
-#pragma unroll
-    for (int it = 0; it < SCAN_ROW_ITERS; ++it) {
-        const int j = threadIdx.x + it * SCAN_THREADS;
-        const int n = j / SCAN_BT;
-        const long long pos = start + (j - n * SCAN_BT);
-        q[it] = (j < SCAN_N * SCAN_BT && pos < hi) ? bw_load(src, (long long)n * L + pos) : 0.0f;
-    }
-}
-
-SCAN_DEV void bw_put_rows(float* rows, const float (&q)[SCAN_ROW_ITERS]) {
-#pragma unroll
-    for (int it = 0; it < SCAN_ROW_ITERS; ++it) {
-        const int j = threadIdx.x + it * SCAN_THREADS;
-        const int n = j / SCAN_BT;
-        if (j < SCAN_N * SCAN_BT) rows[(j - n * SCAN_BT) * SCAN_NP + n] = q[it];
-    }
-}
-
-// One tile's raw elementwise inputs of this thread's items, fetched ahead.
+// One tile's raw elementwise inputs of a thread's items, fetched ahead.
+template <int IPT>
 struct BwItems {
-    float x[SCAN_ITEM_ITERS];  // delta (+ bias in the consumer)
-    float u[SCAN_ITEM_ITERS];
-    float g[SCAN_ITEM_ITERS];  // d_out (sweep only)
-    float z[SCAN_ITEM_ITERS];  // z (sweep with z only)
-    bool ok[SCAN_ITEM_ITERS];  // inside the block's channels and the sequence
+    float x[IPT];  // delta (+ bias in the consumer)
+    float u[IPT];
+    float g[IPT];  // d_out (sweep only)
+    float z[IPT];  // z (sweep with z only)
+    bool ok[IPT];  // inside the block's channels and the sequence
 };
 
-template <bool SWEEP>
-SCAN_DEV void bw_fetch_items(BwItems& q, const ScanBwdArgs& a, const BwBlock& blk,
-                             long long start) {
+// Items of sweep thread (ch, slice): steps slice + TPC*it of its channel.
+template <bool SWEEP, int IPT, int TPC>
+SCAN_DEV void bw_fetch_items(BwItems<IPT>& q, const ScanBwdArgs& a, const BwBlock& blk, int ch,
+                             int slice, long long start) {
 #pragma unroll
-    for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
-        const int j = threadIdx.x + it * SCAN_THREADS;
-        const int ech = j / SCAN_BT;
-        const long long pos = start + (j - ech * SCAN_BT);
-        q.ok[it] = j < SCAN_ITEMS && ech < blk.nch && pos < blk.hi;
+    for (int it = 0; it < IPT; ++it) {
+        const int t = slice + TPC * it;
+        const long long pos = start + t;
+        q.ok[it] = t < SCAN_BT && ch < blk.nch && pos < blk.hi;
         q.x[it] = q.u[it] = q.g[it] = q.z[it] = 0.0f;
         if (q.ok[it]) {
-            const long long at = (blk.row * a.d_inner + blk.c0 + ech) * a.seqlen + pos;
+            const long long at = (blk.row * a.d_inner + blk.c0 + ch) * a.seqlen + pos;
             q.x[it] = bw_load(a.delta, at);
             q.u[it] = bw_load(a.u, at);
             if (SWEEP) {
@@ -273,35 +342,89 @@ SCAN_DEV void bw_fetch_items(BwItems& q, const ScanBwdArgs& a, const BwBlock& bl
     }
 }
 
+// A thread's share of one tile's B or C rows (every (state, step) of the
+// padded rows: zero past N and past the sequence), fetched ahead into
+// registers; pair j is (state j / BT, step j % BT), steps fastest so that the
+// global loads run along a row.
+template <int ITERS, int NPAD, int THREADS>
+SCAN_DEV void bw_fetch_rows(float (&q)[ITERS], const scan_elem_t* src, long long start,
+                            long long hi, long long L) {
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const int j = threadIdx.x + it * THREADS;
+        const int n = j / SCAN_BT;
+        const long long pos = start + (j - n * SCAN_BT);
+        q[it] = (n < SCAN_N && pos < hi) ? bw_load(src, (long long)n * L + pos) : 0.0f;
+    }
+}
+
+// ... and into shared memory at rows[t * width + n * stride] (pairs past the
+// padded rows are skipped).
+template <int ITERS, int NPAD, int THREADS>
+SCAN_DEV void bw_put_rows(float* rows, int width, int stride, const float (&q)[ITERS]) {
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const int j = threadIdx.x + it * THREADS;
+        const int n = j / SCAN_BT;
+        if (j < NPAD * SCAN_BT) rows[(j - n * SCAN_BT) * width + n * stride] = q[it];
+    }
+}
+
+// The checkpoint kernel stages item j = tid + it * CK_THREADS as (channel
+// j / BT, step j % BT), so that a warp's loads run along its channels' rows
+// (its threads need not own the items they stage: it has no epilogue).
+#define SCAN_CK_ITEMS (SCAN_CPB * SCAN_BT)
+#define SCAN_CK_ITEM_ITERS ((SCAN_CK_ITEMS + SCAN_CK_THREADS - 1) / SCAN_CK_THREADS)
+
+SCAN_DEV void bw_fetch_ck_items(BwItems<SCAN_CK_ITEM_ITERS>& q, const ScanBwdArgs& a,
+                                const BwBlock& blk, long long start) {
+#pragma unroll
+    for (int it = 0; it < SCAN_CK_ITEM_ITERS; ++it) {
+        const int j = threadIdx.x + it * SCAN_CK_THREADS;
+        const int ech = j / SCAN_BT;
+        const long long pos = start + (j - ech * SCAN_BT);
+        q.ok[it] = j < SCAN_CK_ITEMS && ech < blk.nch && pos < blk.hi;
+        q.x[it] = q.u[it] = 0.0f;
+        if (q.ok[it]) {
+            const long long at = (blk.row * a.d_inner + blk.c0 + ech) * a.seqlen + pos;
+            q.x[it] = bw_load(a.delta, at);
+            q.u[it] = bw_load(a.u, at);
+        }
+    }
+}
+
 // ---- 1. checkpoints: the state entering each tile of each (sequence, channel).
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+// One barrier per tile: tile k+1 is staged into the other buffer after tile k's
+// steps, with its loads in flight during them. Lanes are slice-major (thread
+// tid: channel tid % CPB, slice tid / CPB), so that a warp's reads of a B row
+// fall on one or two addresses.
+extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS)
     mamba1_scan_bwd_ckpt(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
     extern __shared__ __align__(16) unsigned char scan_smem[];
 #else
     unsigned char* scan_smem = emu::shared_memory();
 #endif
-    float* s_dt = reinterpret_cast<float*>(scan_smem);
-    float* s_dtu = s_dt + SCAN_SM_STEP;
+    float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][CPB][CK_ELS]
 #if !SCAN_B_CONST
-    float* s_B = s_dt + 3 * SCAN_SM_STEP;  // where mamba1_scan_bwd keeps it
-    bw_zero(s_B, SCAN_SM_ROWS);
+    float* s_B = s_el + 2 * SCAN_CK_SM_EL;  // [2][BT][CK_BW]
 #endif
     const long long L = args.seqlen, Din = args.d_inner;
     (void)L;
     const BwBlock blk = bw_block(args, blockIdx.x);
     const int tid = threadIdx.x;
-    const int ch = tid / SCAN_TPC, slice = tid % SCAN_TPC;
+    const int ch = tid % SCAN_CPB, slice = tid / SCAN_CPB;
     const long long chan = blk.c0 + ch;
+    const bool live = ch < blk.nch;
 
-    float A2[SCAN_NPT], h[SCAN_NPT];
+    float A2[SCAN_CK_NPT], h[SCAN_CK_NPT];
 #if SCAN_B_CONST
-    float Breg[SCAN_NPT];
+    float Breg[SCAN_CK_NPT];
 #endif
 #pragma unroll
-    for (int i = 0; i < SCAN_NPT; ++i) {
-        const int n = slice * SCAN_NPT + i;
-        const bool real = ch < blk.nch && n < SCAN_N;
+    for (int i = 0; i < SCAN_CK_NPT; ++i) {
+        const int n = slice * SCAN_CK_NPT + i;
+        const bool real = live && n < SCAN_N;
         A2[i] = real ? args.A[chan * SCAN_N + n] * SSM_LOG2E : 0.0f;
         h[i] = (real && args.initial_states != nullptr)
                    ? args.initial_states[(blk.seq * Din + chan) * SCAN_N + n]
@@ -315,69 +438,95 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
     float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N;
 #if !SCAN_B_CONST
     const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
+    float qB[SCAN_CK_ROW_ITERS];
 #endif
-    // Software pipeline: tile k+1's loads are in flight while tile k scans.
-    BwItems q;
-    bw_fetch_items<false>(q, args, blk, blk.lo);
-#if !SCAN_B_CONST
-    float qB[SCAN_ROW_ITERS];
-    bw_fetch_rows(qB, Bsrc, blk.lo, blk.hi, L);
-#endif
-    for (long long k = 0; k < tiles; ++k) {
-        const long long start = blk.lo + k * SCAN_BT;
-        __syncthreads();  // the previous tile's reads of shared memory are done
+    BwItems<SCAN_CK_ITEM_ITERS> q;
+    // Stage the tile at `start` (fetched into q, qB) into buffer `buf`.
+    auto stage = [&](int buf) {
 #pragma unroll
-        for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
-            const int j = tid + it * SCAN_THREADS;
+        for (int it = 0; it < SCAN_CK_ITEM_ITERS; ++it) {
+            const int j = tid + it * SCAN_CK_THREADS;
             const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
-            float dt = 0.0f, dtu = 0.0f;
+            bw_v2 v;
+            v.x = v.y = 0.0f;
             if (q.ok[it]) {
                 float x = q.x[it];
 #if SCAN_HAS_BIAS
                 x += args.delta_bias[blk.c0 + ech];
 #endif
-                dt = bw_dt(x);
-                dtu = dt * q.u[it];
+                v.x = bw_dt(x);
+                v.y = v.x * q.u[it];
             }
-            if (j < SCAN_ITEMS) {
-                s_dt[ech * SCAN_ROW + t] = dt;
-                s_dtu[ech * SCAN_ROW + t] = dtu;
-            }
+            if (j < SCAN_CK_ITEMS)
+                *reinterpret_cast<bw_v2*>(s_el + buf * SCAN_CK_SM_EL + ech * SCAN_CK_ELS + 2 * t) = v;
         }
 #if !SCAN_B_CONST
-        bw_put_rows(s_B, qB);
+        bw_put_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(
+            s_B + buf * SCAN_CK_SM_B, SCAN_CK_BW, 1, qB);
 #endif
+    };
+    if (tiles > 0) {
+        bw_fetch_ck_items(q, args, blk, blk.lo);
+#if !SCAN_B_CONST
+        bw_fetch_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(qB, Bsrc, blk.lo, blk.hi, L);
+#endif
+        stage(0);
+    }
+    for (long long k = 0; k < tiles; ++k) {
+        const int buf = (int)(k & 1);
+        const long long start = blk.lo + k * SCAN_BT;
+        __syncthreads();  // tile k staged; tile k-1's reads of the other buffer done
         if (k + 1 < tiles) {
-            bw_fetch_items<false>(q, args, blk, start + SCAN_BT);
+            bw_fetch_ck_items(q, args, blk, start + SCAN_BT);
 #if !SCAN_B_CONST
-            bw_fetch_rows(qB, Bsrc, start + SCAN_BT, blk.hi, L);
+            bw_fetch_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(
+                qB, Bsrc, start + SCAN_BT, blk.hi, L);
 #endif
         }
-        __syncthreads();
-        if (ch < blk.nch) {
+        if (live) {
+            if (SCAN_CK_NP == SCAN_N) {
+                // Whole rows: the lane's states are contiguous and aligned to
+                // CK_NPT floats (the slot's offset is a multiple of N).
+                bw_put<SCAN_CK_NPT>(ck + k * SCAN_N + slice * SCAN_CK_NPT, h);
+            } else {
 #pragma unroll
-            for (int i = 0; i < SCAN_NPT; ++i) {
-                const int n = slice * SCAN_NPT + i;
-                if (n < SCAN_N) ck[k * SCAN_N + n] = h[i];
+                for (int i = 0; i < SCAN_CK_NPT; ++i) {
+                    const int n = slice * SCAN_CK_NPT + i;
+                    if (n < SCAN_N) ck[k * SCAN_N + n] = h[i];
+                }
             }
         }
+        const float* el = s_el + buf * SCAN_CK_SM_EL + ch * SCAN_CK_ELS;
+#if !SCAN_B_CONST
+        const float* brow = s_B + buf * SCAN_CK_SM_B + slice * SCAN_CK_NPT;
+#endif
 #pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
-            const float dt = s_dt[ch * SCAN_ROW + t], dtu = s_dtu[ch * SCAN_ROW + t];
-#pragma unroll
-            for (int i = 0; i < SCAN_NPT; ++i) {
+            const bw_v2 d = *reinterpret_cast<const bw_v2*>(el + 2 * t);
 #if SCAN_B_CONST
-                const float b = Breg[i];
+            const float* b = Breg;
 #else
-                const float b = s_B[t * SCAN_NP + slice * SCAN_NPT + i];
+            // CK_BW and the lane's offset are multiples of CK_NPT's vector width.
+            float b[SCAN_CK_NPT];
+            bw_get<SCAN_CK_NPT>(b, brow + t * SCAN_CK_BW);
 #endif
-                h[i] = fmaf(ssm_exp2_ftz(dt * A2[i]), h[i], dtu * b);
-            }
+#pragma unroll
+            for (int i = 0; i < SCAN_CK_NPT; ++i)
+                h[i] = fmaf(ssm_exp2_ftz(d.x * A2[i]), h[i], d.y * b[i]);
         }
+        if (k + 1 < tiles) stage(buf ^ 1);
     }
 }
 
-// ---- 2. the reverse sweep.
+// ---- 2. the reverse sweep. Per tile (last to first), two barriers:
+//   A  tile k staged (el/bc buffer k & 1); tile k+1's epilogue and dB/dC
+//      reduction are done with `part` and `dbc`.
+//      Then: tile k-1's loads issued; recompute tile k (states, decays, y
+//      partials); reverse sweep (lam, <lam, B>, <A, w> partials, lam and h_t
+//      for dB/dC).
+//   B  every lane's partials of tile k are in shared memory.
+//      Then: tile k's epilogue (du, ddelta, dz) and dB/dC reduction; tile k-1
+//      staged into the other buffer.
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     mamba1_scan_bwd(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
@@ -385,34 +534,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #else
     unsigned char* scan_smem = emu::shared_memory();
 #endif
-    float* s_dt = reinterpret_cast<float*>(scan_smem);
-    float* s_u = s_dt + SCAN_SM_STEP;
-    float* s_gy = s_u + SCAN_SM_STEP;
-    float* next = s_gy + SCAN_SM_STEP;
-#if !SCAN_B_CONST
-    float* s_B = next;
-    next += SCAN_SM_ROWS;
-    bw_zero(s_B, SCAN_SM_ROWS);
-#endif
-#if !SCAN_C_CONST
-    float* s_C = next;
-    next += SCAN_SM_ROWS;
-    bw_zero(s_C, SCAN_SM_ROWS);
-#endif
-    float* s_py = next;
-    float* s_p1 = s_py + SCAN_SM_LANE;
-    float* s_p2 = s_p1 + SCAN_SM_LANE;
-    next = s_p2 + SCAN_SM_LANE;
-#if !SCAN_B_CONST
-    float* s_dB = next;
-    next += SCAN_SM_DBC;
-#endif
-#if !SCAN_C_CONST
-    float* s_dC = next;
-    next += SCAN_SM_DBC;
-#endif
-#if SCAN_HAS_D || SCAN_HAS_BIAS
-    float* s_sum = next;  // per-channel sums [CPB][ROW]
+    float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][CPB][ELS]
+    float* s_bc = s_el + 2 * SCAN_SM_EL;                // [2][BT][BCW]
+    float* s_part = s_bc + 2 * SCAN_SM_BC;              // [3][CPB][PCH]
+#if SCAN_BC_GROUPED > 0
+    float* s_dbc = s_part + SCAN_SM_PART;  // [G][BT][DTS]
+    constexpr int OFF_C = SCAN_B_CONST ? 0 : 1;  // C's place in a state's pair
 #endif
 
     const long long L = args.seqlen, Din = args.d_inner;
@@ -420,7 +547,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     const int tid = threadIdx.x;
     const int ch = tid / SCAN_TPC, slice = tid % SCAN_TPC;
     const long long chan = blk.c0 + ch;
-    const int lane_row = tid * SCAN_ROW;  // this lane's row of s_py, s_p1, s_p2
+    const bool live = ch < blk.nch;
+    // B/C values of a lane's state i in a row of bc: K = NPT * G floats per lane.
+#define SCAN_BCK (SCAN_BC_GROUPED > 0 ? SCAN_BC_GROUPED : 1)
+#if SCAN_BC_GROUPED > 0
+    constexpr int K = SCAN_NPT * SCAN_BCK;
+#endif
 
     float Av[SCAN_NPT], A2[SCAN_NPT], lam[SCAN_NPT], dA[SCAN_NPT];
 #if SCAN_B_CONST
@@ -432,7 +564,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
     for (int i = 0; i < SCAN_NPT; ++i) {
         const int n = slice * SCAN_NPT + i;
-        const bool real = ch < blk.nch && n < SCAN_N;
+        const bool real = live && n < SCAN_N;
         const long long an = chan * SCAN_N + n;
         Av[i] = real ? args.A[an] : 0.0f;
         A2[i] = Av[i] * SSM_LOG2E;
@@ -449,27 +581,23 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         dCc[i] = 0.0f;
 #endif
     }
-    // Per-item parameters and running sums over time (items keep their channel
-    // across tiles: j / BT does not depend on the tile).
+    // Per-item parameters and running sums over time (a thread's items are steps
+    // of its own channel).
 #if SCAN_HAS_D
-    float eD[SCAN_ITEM_ITERS], sumD[SCAN_ITEM_ITERS];
+    const float eD = live ? args.D[chan] : 0.0f;
+    float sumD[SCAN_IPT];
 #endif
 #if SCAN_HAS_BIAS
-    float ebias[SCAN_ITEM_ITERS], sumBias[SCAN_ITEM_ITERS];
+    const float ebias = live ? args.delta_bias[chan] : 0.0f;
+    float sumBias[SCAN_IPT];
 #endif
 #pragma unroll
-    for (int k = 0; k < SCAN_ITEM_ITERS; ++k) {
-        const int j = tid + k * SCAN_THREADS;
-        const int ech = j / SCAN_BT;
-        const bool ok = j < SCAN_ITEMS && ech < blk.nch;
-        (void)ok;
+    for (int it = 0; it < SCAN_IPT; ++it) {
 #if SCAN_HAS_D
-        eD[k] = ok ? args.D[blk.c0 + ech] : 0.0f;
-        sumD[k] = 0.0f;
+        sumD[it] = 0.0f;
 #endif
 #if SCAN_HAS_BIAS
-        ebias[k] = ok ? args.delta_bias[blk.c0 + ech] : 0.0f;
-        sumBias[k] = 0.0f;
+        sumBias[it] = 0.0f;
 #endif
     }
 
@@ -478,52 +606,49 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     const float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N;
 #if !SCAN_B_CONST
     const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
-#endif
-#if !SCAN_C_CONST
-    const scan_elem_t* Csrc = args.C + ((blk.row * args.groups_c + blk.gc) * SCAN_N) * L;
-#endif
-    // Software pipeline: the last tile's inputs and checkpoint now, then each
-    // tile fetches the one before it while it computes.
-    BwItems q;
-    float qh[SCAN_NPT];
-#if !SCAN_B_CONST
     float qB[SCAN_ROW_ITERS];
 #endif
 #if !SCAN_C_CONST
+    const scan_elem_t* Csrc = args.C + ((blk.row * args.groups_c + blk.gc) * SCAN_N) * L;
     float qC[SCAN_ROW_ITERS];
 #endif
-    if (tiles > 0) {
-        const long long last = blk.lo + (tiles - 1) * SCAN_BT;
-        bw_fetch_items<true>(q, args, blk, last);
+    BwItems<SCAN_IPT> q;
+    float qh[SCAN_NPT], h[SCAN_NPT];
+    // Each item's values of the staged tile, kept for its epilogue.
+    float ex[SCAN_IPT], eu[SCAN_IPT], eg[SCAN_IPT], ez[SCAN_IPT], edt[SCAN_IPT], egy[SCAN_IPT];
+#if SCAN_HAS_Z
+    float esz[SCAN_IPT];  // sigmoid(z): silu(z) = z sigmoid(z) as the forward forms it
+#endif
+    bool eok[SCAN_IPT];
+
+    auto fetch = [&](long long start, long long k) {
+        bw_fetch_items<true, SCAN_IPT, SCAN_TPC>(q, args, blk, ch, slice, start);
 #if !SCAN_B_CONST
-        bw_fetch_rows(qB, Bsrc, last, blk.hi, L);
+        bw_fetch_rows<SCAN_ROW_ITERS, SCAN_NP, SCAN_THREADS>(qB, Bsrc, start, blk.hi, L);
 #endif
 #if !SCAN_C_CONST
-        bw_fetch_rows(qC, Csrc, last, blk.hi, L);
+        bw_fetch_rows<SCAN_ROW_ITERS, SCAN_NP, SCAN_THREADS>(qC, Csrc, start, blk.hi, L);
 #endif
 #pragma unroll
         for (int i = 0; i < SCAN_NPT; ++i) {
             const int n = slice * SCAN_NPT + i;
-            qh[i] = (ch < blk.nch && n < SCAN_N) ? ck[(tiles - 1) * SCAN_N + n] : 0.0f;
+            qh[i] = (live && n < SCAN_N) ? ck[k * SCAN_N + n] : 0.0f;
         }
-    }
-    for (long long k = tiles - 1; k >= 0; --k) {
-        const long long start = blk.lo + k * SCAN_BT;
-        __syncthreads();  // the previous tile's reads of shared memory are done
-
-        // ---- stage the tile's inputs (fetched during the previous tile); keep
-        // each item's values for the epilogue.
-        float ex[SCAN_ITEM_ITERS], eu[SCAN_ITEM_ITERS], eg[SCAN_ITEM_ITERS],
-            ez[SCAN_ITEM_ITERS], edt[SCAN_ITEM_ITERS], egy[SCAN_ITEM_ITERS];
+    };
+    auto stage = [&](int buf) {
+        float* el = s_el + buf * SCAN_SM_EL + ch * SCAN_ELS;
 #pragma unroll
-        for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
-            const int j = tid + it * SCAN_THREADS;
-            const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
+        for (int it = 0; it < SCAN_IPT; ++it) {
+            const int t = slice + SCAN_TPC * it;
             ex[it] = eu[it] = eg[it] = ez[it] = edt[it] = egy[it] = 0.0f;
+#if SCAN_HAS_Z
+            esz[it] = 0.0f;
+#endif
+            eok[it] = q.ok[it];
             if (q.ok[it]) {
                 float x = q.x[it];
 #if SCAN_HAS_BIAS
-                x += ebias[it];
+                x += ebias;
 #endif
                 ex[it] = x;
                 edt[it] = bw_dt(x);
@@ -531,135 +656,185 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 eg[it] = q.g[it];
 #if SCAN_HAS_Z
                 ez[it] = q.z[it];
-                egy[it] = eg[it] * scan_silu(ez[it]);
+                esz[it] = bw_sigmoid(ez[it]);  // scan_silu(z) is z * this, bit for bit
+                egy[it] = eg[it] * (ez[it] * esz[it]);
 #else
                 egy[it] = eg[it];
 #endif
             }
-            if (j < SCAN_ITEMS) {
-                s_dt[ech * SCAN_ROW + t] = edt[it];
-                s_u[ech * SCAN_ROW + t] = eu[it];
-                s_gy[ech * SCAN_ROW + t] = egy[it];
+            if (t < SCAN_BT) {
+                bw_v4 v;
+                v.x = edt[it], v.y = edt[it] * eu[it], v.z = egy[it], v.w = eu[it];
+                *reinterpret_cast<bw_v4*>(el + 4 * t) = v;
             }
         }
 #if !SCAN_B_CONST
-        bw_put_rows(s_B, qB);
+        bw_put_rows<SCAN_ROW_ITERS, SCAN_NP, SCAN_THREADS>(s_bc + buf * SCAN_SM_BC, SCAN_BCW,
+                                                          SCAN_BCK, qB);
 #endif
 #if !SCAN_C_CONST
-        bw_put_rows(s_C, qC);
+        bw_put_rows<SCAN_ROW_ITERS, SCAN_NP, SCAN_THREADS>(s_bc + buf * SCAN_SM_BC + OFF_C,
+                                                          SCAN_BCW, SCAN_BCK, qC);
 #endif
-        float h[SCAN_NPT];
 #pragma unroll
         for (int i = 0; i < SCAN_NPT; ++i) h[i] = qh[i];
-        // Tile k-1's loads fly while this tile computes.
-        if (k > 0) {
-            const long long prev = start - SCAN_BT;
-            bw_fetch_items<true>(q, args, blk, prev);
-#if !SCAN_B_CONST
-            bw_fetch_rows(qB, Bsrc, prev, blk.hi, L);
-#endif
-#if !SCAN_C_CONST
-            bw_fetch_rows(qC, Csrc, prev, blk.hi, L);
-#endif
-#pragma unroll
-            for (int i = 0; i < SCAN_NPT; ++i) {
-                const int n = slice * SCAN_NPT + i;
-                qh[i] = (ch < blk.nch && n < SCAN_N) ? ck[(k - 1) * SCAN_N + n] : 0.0f;
-            }
-        }
-        __syncthreads();
+    };
 
+    if (tiles > 0) {
+        fetch(blk.lo + (tiles - 1) * SCAN_BT, tiles - 1);
+        stage((int)((tiles - 1) & 1));
+    }
+    for (long long k = tiles - 1; k >= 0; --k) {
+        const int buf = (int)(k & 1);
+        const long long start = blk.lo + k * SCAN_BT;
+        __syncthreads();  // A
+        if (k > 0) fetch(start - SCAN_BT, k - 1);  // in flight during this tile
+
+        const float* el = s_el + buf * SCAN_SM_EL + ch * SCAN_ELS;
+#if SCAN_BC_GROUPED > 0
+        const float* bc = s_bc + buf * SCAN_SM_BC + slice * K;
+#endif
+        float* prow = s_part + ch * SCAN_PCH;  // this channel's rows of y, S1, S2
         // ---- recompute the tile: h_{t-1} and the decay a_t of every step.
         float hp[SCAN_BT][SCAN_NPT], av[SCAN_BT][SCAN_NPT];
 #pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
-            const float dt = s_dt[ch * SCAN_ROW + t];
-            const float dtu = dt * s_u[ch * SCAN_ROW + t];
-            float y = 0.0f;
+            const bw_v2 d = *reinterpret_cast<const bw_v2*>(el + 4 * t);  // dt, dt*u
+#if SCAN_BC_GROUPED > 0
+            // BCW and the lane's offset slice*K are multiples of K's vector width.
+            float r[K];
+            bw_get<K>(r, bc + t * SCAN_BCW);
+#endif
+#if SCAN_HAS_Z
+            float y = 0.0f;  // needed for dz only
+#endif
 #pragma unroll
             for (int i = 0; i < SCAN_NPT; ++i) {
 #if SCAN_B_CONST
                 const float b = Breg[i];
 #else
-                const float b = s_B[t * SCAN_NP + slice * SCAN_NPT + i];
+                const float b = r[i * SCAN_BCK];
 #endif
 #if SCAN_C_CONST
                 const float c = Creg[i];
 #else
-                const float c = s_C[t * SCAN_NP + slice * SCAN_NPT + i];
+                const float c = r[i * SCAN_BCK + OFF_C];
 #endif
                 hp[t][i] = h[i];
-                av[t][i] = ssm_exp2_ftz(dt * A2[i]);
-                h[i] = fmaf(av[t][i], h[i], dtu * b);
+                av[t][i] = ssm_exp2_ftz(d.x * A2[i]);
+                h[i] = fmaf(av[t][i], h[i], d.y * b);
+#if SCAN_HAS_Z
                 y = fmaf(c, h[i], y);
+#endif
+                (void)c;
             }
-            s_py[lane_row + t] = y;
+#if SCAN_HAS_Z
+            prow[bw_pslot(t, slice)] = y;
+#endif
         }
 
         // ---- reverse sweep over the tile; h holds h_t on entry to step t.
 #pragma unroll
         for (int t = SCAN_BT - 1; t >= 0; --t) {
-            const float dt = s_dt[ch * SCAN_ROW + t];
-            const float u = s_u[ch * SCAN_ROW + t];
-            const float gy = s_gy[ch * SCAN_ROW + t];
-            const float dtu = dt * u;
+            const bw_v4 e = *reinterpret_cast<const bw_v4*>(el + 4 * t);  // dt, dt*u, gy, u
+            const float dt = e.x, gy = e.z;
+#if SCAN_BC_GROUPED > 0
+            float r[K];
+            bw_get<K>(r, bc + t * SCAN_BCW);
+#endif
             float s1 = 0.0f, s2 = 0.0f;
+#if !SCAN_B_CONST
+            float vl[SCAN_NPT];  // lam_t, for grouped dB
+#endif
+#if !SCAN_C_CONST
+            float vh[SCAN_NPT];  // h_t, for grouped dC
+#endif
 #pragma unroll
             for (int i = 0; i < SCAN_NPT; ++i) {
-                const int n = slice * SCAN_NPT + i;
-                (void)n;
 #if SCAN_B_CONST
                 const float b = Breg[i];
 #else
-                const float b = s_B[t * SCAN_NP + n];
+                const float b = r[i * SCAN_BCK];
 #endif
 #if SCAN_C_CONST
                 const float c = Creg[i];
 #else
-                const float c = s_C[t * SCAN_NP + n];
+                const float c = r[i * SCAN_BCK + OFF_C];
 #endif
                 const float ht = (t == SCAN_BT - 1) ? h[i] : hp[t + 1][i];
                 lam[i] = fmaf(c, gy, lam[i]);  // now dL/dh_t
+#if !SCAN_B_CONST
+                vl[i] = lam[i];
+#endif
+#if !SCAN_C_CONST
+                vh[i] = ht;
+#endif
 #if SCAN_C_CONST
                 dCc[i] = fmaf(gy, ht, dCc[i]);
-#else
-                s_dC[SCAN_DBC_AT(t, n, ch)] = gy * ht;
 #endif
 #if SCAN_B_CONST
-                dBc[i] = fmaf(lam[i], dtu, dBc[i]);
-#else
-                s_dB[SCAN_DBC_AT(t, n, ch)] = lam[i] * dtu;
+                dBc[i] = fmaf(lam[i], e.y, dBc[i]);
 #endif
                 s1 = fmaf(lam[i], b, s1);
-                const float w = lam[i] * av[t][i] * hp[t][i];
+                lam[i] *= av[t][i];  // dL/dh_{t-1} through h_t
+                const float w = lam[i] * hp[t][i];
                 s2 = fmaf(Av[i], w, s2);
                 dA[i] = fmaf(dt, w, dA[i]);
-                lam[i] *= av[t][i];  // dL/dh_{t-1} through h_t
             }
-            s_p1[lane_row + t] = s1;
-            s_p2[lane_row + t] = s2;
+            // [t][channel][state]: the lane's NPT states are contiguous and aligned
+            // to NPT floats (DTS and NP are multiples of it).
+#if !SCAN_B_CONST
+            bw_put<SCAN_NPT>(s_dbc + t * SCAN_DTS + ch * SCAN_NP + slice * SCAN_NPT, vl);
+#endif
+#if !SCAN_C_CONST
+            bw_put<SCAN_NPT>(s_dbc + ((SCAN_BC_GROUPED - 1) * SCAN_BT + t) * SCAN_DTS +
+                                 ch * SCAN_NP + slice * SCAN_NPT,
+                             vh);
+#endif
+            prow[SCAN_CPB * SCAN_PCH + bw_pslot(t, slice)] = s1;
+            prow[2 * SCAN_CPB * SCAN_PCH + bw_pslot(t, slice)] = s2;
         }
-        __syncthreads();
+        __syncthreads();  // B
 
-        // ---- epilogue per item: the lanes' partial sums over the states.
+        // ---- epilogue per item: the lanes' partial sums over the states, added
+        // in lane order.
 #pragma unroll
-        for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
-            const int j = tid + it * SCAN_THREADS;
-            const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
+        for (int it = 0; it < SCAN_IPT; ++it) {
+            const int t = slice + SCAN_TPC * it;
             const long long pos = start + t;
-            if (j < SCAN_ITEMS && ech < blk.nch && pos < blk.hi) {
-                float y = 0.0f, S1 = 0.0f, S2 = 0.0f;
-                for (int sl = 0; sl < SCAN_TPC; ++sl) {
-                    const int r = (ech * SCAN_TPC + sl) * SCAN_ROW + t;
-                    y += s_py[r];
-                    S1 += s_p1[r];
-                    S2 += s_p2[r];
+            if (eok[it]) {
+                float sum[3];
+                sum[0] = 0.0f;
+#pragma unroll
+                for (int qn = SCAN_HAS_Z ? 0 : 1; qn < 3; ++qn) {
+                    const float* row = prow + qn * SCAN_CPB * SCAN_PCH;
+                    float s = 0.0f;
+#if SCAN_TPC >= 4
+#pragma unroll
+                    for (int c = 0; c < SCAN_TPC / 4; ++c) {
+                        float v[4];
+                        bw_get<4>(v, row + bw_pslot(t, 4 * c));  // lanes 4c .. 4c+3
+                        s += v[0];
+                        s += v[1];
+                        s += v[2];
+                        s += v[3];
+                    }
+#else
+#pragma unroll
+                    for (int sl = 0; sl < SCAN_TPC; ++sl) s += row[bw_pslot(t, sl)];
+#endif
+                    sum[qn] = s;
                 }
+                const float S1 = sum[1], S2 = sum[2];
                 const float gy = egy[it], u = eu[it], dt = edt[it];
                 (void)gy;
+#if SCAN_HAS_Z && SCAN_HAS_D
+                const float y = fmaf(eD, u, sum[0]);
+#elif SCAN_HAS_Z
+                const float y = sum[0];
+#endif
 #if SCAN_HAS_D
-                y = fmaf(eD[it], u, y);
-                const float du = fmaf(gy, eD[it], dt * S1);
+                const float du = fmaf(gy, eD, dt * S1);
                 sumD[it] = fmaf(gy, u, sumD[it]);
 #else
                 const float du = dt * S1;
@@ -673,11 +848,11 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #if SCAN_HAS_BIAS
                 sumBias[it] += ddelta;
 #endif
-                const long long at = (blk.row * Din + blk.c0 + ech) * L + pos;
+                const long long at = (blk.row * Din + chan) * L + pos;
                 bw_store(args.du, at, du);
                 bw_store(args.ddelta, at, ddelta);
 #if SCAN_HAS_Z
-                const float s = bw_sigmoid(ez[it]);
+                const float s = esz[it];
                 bw_store(args.dz, at, eg[it] * y * (s * (1.0f + ez[it] * (1.0f - s))));
 #endif
             }
@@ -685,25 +860,57 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
             (void)ez[it];
             (void)eg[it];
         }
-        // ---- grouped dB/dC: this block's channels added in channel order.
+        // ---- grouped dB/dC: this block's channels added in channel order,
+        // dB from lam * dt*u, dC from h * gy; V states per unit of work.
 #if SCAN_BC_GROUPED > 0
-        for (int j = tid; j < SCAN_N * SCAN_BT; j += SCAN_THREADS) {
-            const int n = j / SCAN_BT, t = j - n * SCAN_BT;
-            const long long pos = start + t;
-            if (pos >= blk.hi) continue;
-            const long long at = ((blk.row * args.blocks_per_seq + blk.cb) * SCAN_N + n) * L + pos;
-#if !SCAN_B_CONST
-            float sb = 0.0f;
-            for (int c = 0; c < blk.nch; ++c) sb += s_dB[SCAN_DBC_AT(t, n, c)];
-            args.part_b[at] = sb;
-#endif
-#if !SCAN_C_CONST
-            float sc = 0.0f;
-            for (int c = 0; c < blk.nch; ++c) sc += s_dC[SCAN_DBC_AT(t, n, c)];
-            args.part_c[at] = sc;
-#endif
+        {
+            constexpr int V = SCAN_NP % 4 == 0 ? 4 : (SCAN_NP % 2 == 0 ? 2 : 1);
+            constexpr int NG = SCAN_NP / V;
+            const float* elb = s_el + buf * SCAN_SM_EL;
+#pragma unroll
+            for (int w = tid; w < SCAN_BC_GROUPED * SCAN_BT * NG; w += SCAN_THREADS) {
+                const int ng = w % NG;
+                const int t = (w / NG) % SCAN_BT;
+                const int tensor = w / (NG * SCAN_BT);  // index into dbc
+                const long long pos = start + t;
+                if (pos >= blk.hi) continue;
+                // Which gradient: the first grouped tensor is B unless B is constant.
+                const bool is_b = !SCAN_B_CONST && tensor == 0;
+                const int scale = is_b ? 1 : 2;  // dt*u or gy in el's float4
+                const float* src = s_dbc + (tensor * SCAN_BT + t) * SCAN_DTS + ng * V;
+                float s[V];
+#pragma unroll
+                for (int j = 0; j < V; ++j) s[j] = 0.0f;
+                const float* fs = elb + 4 * t + scale;
+                if (blk.nch == SCAN_CPB) {  // every block but a segment's last: unrolled
+#pragma unroll
+                    for (int c = 0; c < SCAN_CPB; ++c) {
+                        float v[V];
+                        bw_get<V>(v, src + c * SCAN_NP);
+                        const float f = fs[c * SCAN_ELS];
+#pragma unroll
+                        for (int j = 0; j < V; ++j) s[j] = fmaf(v[j], f, s[j]);
+                    }
+                } else {  // the same sums in the same order, over fewer channels
+                    for (int c = 0; c < blk.nch; ++c) {
+                        float v[V];
+                        bw_get<V>(v, src + c * SCAN_NP);
+                        const float f = fs[c * SCAN_ELS];
+#pragma unroll
+                        for (int j = 0; j < V; ++j) s[j] = fmaf(v[j], f, s[j]);
+                    }
+                }
+                float* part = is_b ? args.part_b : args.part_c;
+                const long long base = (blk.row * args.blocks_per_seq + blk.cb) * SCAN_N;
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    const int n = ng * V + j;
+                    if (n < SCAN_N) part[(base + n) * L + pos] = s[j];
+                }
+            }
         }
 #endif
+        if (k > 0) stage(buf ^ 1);
     }
 
     // ---- per-(sequence, channel) results.
@@ -711,7 +918,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
     for (int i = 0; i < SCAN_NPT; ++i) {
         const int n = slice * SCAN_NPT + i;
-        if (ch < blk.nch && n < SCAN_N) {
+        if (live && n < SCAN_N) {
             if (args.dinitial_states != nullptr)
                 args.dinitial_states[(blk.seq * Din + chan) * SCAN_N + n] = lam[i];
             pp[n] = dA[i];
@@ -724,15 +931,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         }
     }
     // dD and ddelta_bias: the items' sums over time, added over a channel's steps
-    // in step order.
+    // in step order (in the part region, free after the last tile).
 #if SCAN_HAS_D || SCAN_HAS_BIAS
+    float* s_sum = s_part;  // [CPB][BT]
 #pragma unroll
     for (int pass = 0; pass < 2; ++pass) {
         __syncthreads();
 #pragma unroll
-        for (int it = 0; it < SCAN_ITEM_ITERS; ++it) {
-            const int j = tid + it * SCAN_THREADS;
-            const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
+        for (int it = 0; it < SCAN_IPT; ++it) {
+            const int t = slice + SCAN_TPC * it;
             float v = 0.0f;
 #if SCAN_HAS_D
             if (pass == 0) v = sumD[it];
@@ -740,12 +947,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #if SCAN_HAS_BIAS
             if (pass == 1) v = sumBias[it];
 #endif
-            if (j < SCAN_ITEMS) s_sum[ech * SCAN_ROW + t] = v;
+            if (t < SCAN_BT) s_sum[ch * SCAN_BT + t] = v;
         }
         __syncthreads();
         if (tid < blk.nch) {
             float s = 0.0f;
-            for (int t = 0; t < SCAN_BT; ++t) s += s_sum[tid * SCAN_ROW + t];
+            for (int t = 0; t < SCAN_BT; ++t) s += s_sum[tid * SCAN_BT + t];
             args.part_params[(blk.seq * Din + blk.c0 + tid) * SCAN_PARAMS + 3 * SCAN_N + pass] = s;
         }
     }

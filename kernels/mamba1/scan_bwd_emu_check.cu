@@ -213,7 +213,7 @@ int main(int argc, char** argv) {
 
     const unsigned grid = (unsigned)(seqs * bps);
     const size_t smem = SCAN_SM_FLOATS * 4;
-    emu::launch(grid, SCAN_THREADS, SCAN_CKPT_FLOATS * 4, [&] { mamba1_scan_bwd_ckpt(a); });
+    emu::launch(grid, SCAN_CK_THREADS, SCAN_CKPT_FLOATS * 4, [&] { mamba1_scan_bwd_ckpt(a); });
     emu::launch(grid, SCAN_THREADS, smem, [&] { mamba1_scan_bwd(a); });
     if (!b_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 0); });
     if (!c_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 1); });

@@ -192,3 +192,48 @@ emulated!(
         varlen: &[],
     }
 );
+
+emulated!(
+    n3_both_constant_every_option,
+    Emulated {
+        name: "n3",
+        d_state: 3,
+        b_groups: None,
+        c_groups: None,
+        all_options: true,
+        batch: 2,
+        d_inner: 7,
+        seqlen: 19,
+        varlen: &[],
+    }
+);
+
+emulated!(
+    n96_three_states_per_lane_tile_of_ten,
+    Emulated {
+        name: "n96",
+        d_state: 96,
+        b_groups: Some(1),
+        c_groups: Some(2),
+        all_options: false,
+        batch: 1,
+        d_inner: 6,
+        seqlen: 23,
+        varlen: &[],
+    }
+);
+
+emulated!(
+    n128_constant_b_wide_checkpoint_lanes,
+    Emulated {
+        name: "n128",
+        d_state: 128,
+        b_groups: None,
+        c_groups: Some(1),
+        all_options: true,
+        batch: 1,
+        d_inner: 5,
+        seqlen: 13,
+        varlen: &[],
+    }
+);

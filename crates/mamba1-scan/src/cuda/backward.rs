@@ -31,6 +31,8 @@ const ENTRY_REDUCE_BC: &str = "mamba1_scan_bwd_reduce_bc";
 const ENTRY_REDUCE_PARAMS: &str = "mamba1_scan_bwd_reduce_params";
 /// Threads per block of the two reduction kernels (fixed in the kernel).
 const REDUCE_THREADS: u32 = 256;
+/// Environment variable that shortens the backward's tile (experiments only).
+pub const TILE_ENV: &str = "SSM_SCAN_BWD_TILE";
 
 /// The compile-time tiling of the backward kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +46,14 @@ pub struct BwdConfig {
     /// Time steps per tile: the checkpoint interval. Each lane holds the tile's
     /// states and decays in registers (`2 * tile * states_per_lane` floats).
     pub tile: usize,
+    /// Lanes per channel of the checkpoint kernel (it keeps no tile in
+    /// registers, so its lanes take more states each: fewer shared-memory reads
+    /// per state and step); it runs `channels_per_block() * ckpt_lanes` threads.
+    pub ckpt_lanes: usize,
+    pub ckpt_states_per_lane: usize,
     /// Blocks per SM the sweep's register allocation must allow
-    /// (`__launch_bounds__`): 3 keeps it at or under 170 registers.
+    /// (`__launch_bounds__`): 5 keeps it at 96 registers (tile 8, 8 or more
+    /// lanes), 4 at 128, 3 at or under 170 (tile 16).
     pub min_blocks: usize,
     pub has_d: bool,
     pub has_z: bool,
@@ -75,7 +83,35 @@ impl BwdConfig {
         // The tile's states and decays stay in registers: at most 32 floats of
         // each per lane; and each thread keeps at most 2 (channel, step) items
         // of a tile for the epilogue (items per thread = tile / lanes).
-        let tile = (32 / states_per_lane).min(2 * lanes).max(2);
+        let longest = (32 / states_per_lane).min(2 * lanes).max(2);
+        // Up to 2 states per lane the tile is 8 steps (N = 16: 16 floats of
+        // states and decays per lane, 96 registers, 5 blocks per SM): more warps
+        // per SM beat fewer barriers and checkpoints (v3 on the H200, BT = 16 at
+        // 3 blocks per SM: sweep 3.89 ms; BT = 8 at 4: 3.47 ms).
+        let mut tile = if states_per_lane <= 2 {
+            longest.min(8)
+        } else {
+            longest
+        };
+        // Experiments only (docs/kernels/mamba1-scan-bwd.md): another tile, up
+        // to `longest`, from the environment, so that one device run can time
+        // two tilings. The tile sets the checkpoint interval, hence the sums'
+        // rounding.
+        if let Some(t) = std::env::var(TILE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&t| (1..=longest).contains(&t))
+        {
+            tile = t;
+        }
+        // The checkpoint kernel: half the lanes with twice the states, up to 8
+        // states per lane (N = 16: 4 lanes of 4 states, 64 threads).
+        let ckpt_lanes = if states_per_lane <= 4 {
+            (lanes / 2).max(1)
+        } else {
+            lanes
+        };
+        let ckpt_states_per_lane = n.div_ceil(ckpt_lanes);
         let config = BwdConfig {
             dtype: problem.dtype,
             d_state: n,
@@ -83,9 +119,17 @@ impl BwdConfig {
             states_per_lane,
             threads: 128,
             tile,
+            ckpt_lanes,
+            ckpt_states_per_lane,
             // 2 states per lane fit 3 blocks per SM (170 registers); wider lanes
             // (N > 64) hold 4 to 8 states and need more registers.
-            min_blocks: if states_per_lane <= 2 { 3 } else { 2 },
+            // (Fewer than 8 lanes hold 2 items per thread and spill at 96.)
+            min_blocks: match (states_per_lane, tile) {
+                (1..=2, 0..=8) if lanes >= 8 => 5,
+                (1..=2, 0..=8) => 4,
+                (1..=2, _) => 3,
+                _ => 2,
+            },
             has_d: problem.has_d,
             has_z: problem.has_z,
             has_delta_bias: problem.has_delta_bias,
@@ -107,30 +151,63 @@ impl BwdConfig {
         self.threads / self.lanes_per_channel
     }
 
+    /// Blocks per SM the checkpoint kernel's registers must allow: at most 80
+    /// registers per thread for up to 4 states per lane, so that its grid fits
+    /// one wave (M1-2.8B: 1280 blocks of 64 threads over 132 SMs at 12 per SM).
+    pub fn ckpt_min_blocks(&self) -> usize {
+        if self.ckpt_states_per_lane <= 4 {
+            (65536 / (self.ckpt_threads() * 80)).clamp(1, 32)
+        } else {
+            1
+        }
+    }
+
+    /// Threads per block of `mamba1_scan_bwd_ckpt`.
+    pub fn ckpt_threads(&self) -> usize {
+        self.channels_per_block() * self.ckpt_lanes
+    }
+
     /// Dynamic shared memory of `mamba1_scan_bwd`, mirroring the layout at the
     /// top of the kernel (the kernel checks it against `SCAN_BWD_SMEM_BYTES`).
     pub fn smem_bytes(&self) -> usize {
+        let r4 = |x: usize| x.div_ceil(4) * 4;
         let cpb = self.channels_per_block();
-        let np = self.lanes_per_channel * self.states_per_lane;
-        let row = self.tile + 1;
-        let step = cpb * row;
+        let lanes = self.lanes_per_channel;
+        let np = lanes * self.states_per_lane;
+        let bt = self.tile;
         let grouped = usize::from(!self.b_const) + usize::from(!self.c_const);
-        // dB/dC partials: [tile][np][cpb + 2] plus one word per step.
-        let dbc = self.tile * (np * (cpb + 2) + 1);
-        let floats = 3 * step
-            + grouped * self.tile * np
-            + 3 * cpb * self.lanes_per_channel * row
-            + grouped * dbc
-            + step;
-        floats * 4
+        // Per (channel, step) float4 {dt, dt*u, gy, u}, two buffers.
+        let el = cpb * (4 * bt + 4);
+        // B/C rows interleaved per state, two buffers.
+        let bc = if grouped > 0 {
+            r4(bt * (grouped * np + 4))
+        } else {
+            0
+        };
+        // The lanes' partials of y, <lam, B>, <A, w>: rows of `lanes` floats,
+        // each channel padded so that a warp's channels hit distinct banks.
+        let pch = if lanes >= 4 {
+            bt * lanes + (lanes + 32 - (bt * lanes) % 32) % 32
+        } else {
+            bt * lanes + 1
+        };
+        let part = r4(3 * cpb * pch);
+        // lam_t and h_t for grouped dB/dC: [tile][channel][state].
+        let dbc = grouped * bt * (r4(cpb * np) + 16);
+        (2 * el + 2 * bc + part + dbc) * 4
     }
 
-    /// Dynamic shared memory of `mamba1_scan_bwd_ckpt`: dt, dt*u (and a gap
-    /// where the sweep keeps gy), then the B rows when grouped.
+    /// Dynamic shared memory of `mamba1_scan_bwd_ckpt`: float2 {dt, dt*u} per
+    /// (channel, step) and (grouped B) the B rows, two buffers of each.
     pub fn ckpt_smem_bytes(&self) -> usize {
-        let step = self.channels_per_block() * (self.tile + 1);
-        let rows = self.tile * self.lanes_per_channel * self.states_per_lane;
-        (3 * step + if self.b_const { 0 } else { rows }) * 4
+        let r4 = |x: usize| x.div_ceil(4) * 4;
+        let el = r4(self.channels_per_block() * (2 * self.tile + 2));
+        let rows = if self.b_const {
+            0
+        } else {
+            r4(self.tile * (self.ckpt_lanes * self.ckpt_states_per_lane + 4))
+        };
+        2 * (el + rows) * 4
     }
 
     pub fn defines(&self) -> Vec<(&'static str, String)> {
@@ -142,6 +219,8 @@ impl BwdConfig {
             ("SCAN_NPT", self.states_per_lane.to_string()),
             ("SCAN_THREADS", self.threads.to_string()),
             ("SCAN_BT", self.tile.to_string()),
+            ("SCAN_CK_TPC", self.ckpt_lanes.to_string()),
+            ("SCAN_CK_NPT", self.ckpt_states_per_lane.to_string()),
             ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
             ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
             ("SCAN_HAS_D", flag(self.has_d)),
@@ -149,6 +228,7 @@ impl BwdConfig {
             ("SCAN_B_CONST", flag(self.b_const)),
             ("SCAN_C_CONST", flag(self.c_const)),
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
+            ("SCAN_CK_MIN_BLOCKS", self.ckpt_min_blocks().to_string()),
             ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
             ("SCAN_CKPT_SMEM_BYTES", self.ckpt_smem_bytes().to_string()),
         ]
@@ -434,7 +514,7 @@ impl ScanBwdPlan {
         let smem = self.config.smem_bytes() as u32;
         let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
         let mut k = vec![
-            (&self.ckpt, threads, ckpt_smem),
+            (&self.ckpt, self.config.ckpt_threads() as u32, ckpt_smem),
             (&self.sweep, threads, smem),
         ];
         for grouped in [self.problem.b_groups, self.problem.c_groups] {
@@ -603,9 +683,9 @@ impl ScanBwdPlan {
             num_seqs: p.num_seqs() as i64,
             ckpt_slots: g.ckpt_slots as i64,
         };
-        let tiled = |smem: usize| LaunchConfig {
+        let tiled = |threads: usize, smem: usize| LaunchConfig {
             grid_dim: (self.grid, 1, 1),
-            block_dim: (self.config.threads as u32, 1, 1),
+            block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let reduce = |elements: usize| LaunchConfig {
@@ -626,11 +706,17 @@ impl ScanBwdPlan {
         // and cudarc orders frees after the stream's pending work).
         let mut b1 = stream.launch_builder(&self.ckpt.func);
         b1.arg(&args);
-        unsafe { b1.launch(tiled(self.config.ckpt_smem_bytes())) }
-            .map_err(|e| fail(ENTRY_CKPT, e))?;
+        unsafe {
+            b1.launch(tiled(
+                self.config.ckpt_threads(),
+                self.config.ckpt_smem_bytes(),
+            ))
+        }
+        .map_err(|e| fail(ENTRY_CKPT, e))?;
         let mut b2 = stream.launch_builder(&self.sweep.func);
         b2.arg(&args);
-        unsafe { b2.launch(tiled(self.config.smem_bytes())) }.map_err(|e| fail(ENTRY_SWEEP, e))?;
+        unsafe { b2.launch(tiled(self.config.threads, self.config.smem_bytes())) }
+            .map_err(|e| fail(ENTRY_SWEEP, e))?;
         for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
             if let Some(groups) = groups {
                 let elements = g.rows * groups * n * p.dims.seqlen;
