@@ -10,6 +10,7 @@ mod custom;
 mod fuzz;
 mod fuzz_shape;
 mod gate;
+mod kernels;
 mod resources;
 mod verify;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Compile every kernel variant with NVRTC (no GPU needed) and print registers,
     /// spills, stack and shared memory against kernels/budgets.toml.
     Resources(resources::ResourcesArgs),
+    /// Kernel packs: every kernel variant compiled ahead of time, for running
+    /// without NVRTC (`kernels pack` builds one, `kernels check` proves coverage).
+    Kernels(kernels::KernelsArgs),
     /// Differential fuzzing from random seeds: every implementation (CUDA too with a
     /// GPU) against the oracle; stops at the first finding with a replayable seed.
     Fuzz(fuzz::FuzzArgs),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
     match command {
         Command::Verify(cmd) => verify::run_command(&cmd),
         Command::Resources(args) => resources::run(&args),
+        Command::Kernels(args) => kernels::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Gate(args) => gate::run(&args),

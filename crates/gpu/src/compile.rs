@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::cache::{cache_key, ModuleCache};
 use crate::nvrtc::{
-    check_syntax, compile_for, compile_options, extra_flags_from_env, Arch, CompiledModule,
+    check_syntax, compile_for, compile_options, compile_options_with, extra_flags_from_env, Arch,
+    CompiledModule,
 };
 use crate::pack::{pack_key, render_defines, sorted_defines, KernelPack, PackMiss, PACK_ONLY_ENV};
 use crate::ptxas::{parse_log, PtxasFunction};
@@ -27,6 +28,8 @@ pub struct Compiler {
     pack: Option<Arc<KernelPack>>,
     cache: ModuleCache,
     extra_flags: Vec<String>,
+    /// `-lineinfo` in NVRTC compiles (on, but for kernel-pack builds).
+    line_info: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +161,7 @@ impl Compiler {
             pack: None,
             cache,
             extra_flags,
+            line_info: true,
         }
     }
 
@@ -177,7 +181,21 @@ impl Compiler {
             pack: Some(Arc::new(pack)),
             cache: ModuleCache::disabled(),
             extra_flags,
+            line_info: true,
         }
+    }
+
+    /// Compile without `-lineinfo` (cubins about four times smaller; profilers
+    /// then show no source lines): what kernel packs are built with. Line info
+    /// changes no code, so the module runs as the one compiled with it.
+    pub fn without_line_info(mut self) -> Self {
+        self.line_info = false;
+        self
+    }
+
+    /// Whether NVRTC compiles carry `-lineinfo`.
+    pub fn line_info(&self) -> bool {
+        self.line_info
     }
 
     /// Look in `pack` before compiling.
@@ -350,7 +368,13 @@ impl Compiler {
         arch: Arch,
     ) -> Result<CompileOutput, GpuError> {
         let toolchain = self.toolchain()?;
-        let options = compile_options(arch, &toolchain.include.path, defines, &self.extra_flags)?;
+        let options = compile_options_with(
+            arch,
+            &toolchain.include.path,
+            defines,
+            &self.extra_flags,
+            self.line_info,
+        )?;
         let key = cache_key(&resolved.text, &options, toolchain.nvrtc.version);
         let (module, origin) = match self.cache.load(&key) {
             Some(module) => (module, ModuleOrigin::Cache),

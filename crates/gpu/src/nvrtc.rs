@@ -153,12 +153,23 @@ pub fn compile_options(
     defines: &[(&str, String)],
     extra: &[String],
 ) -> Result<Vec<String>, GpuError> {
-    let mut options = vec![
-        arch.flag(),
-        "-std=c++17".to_string(),
-        // Source lines in the cubin for profilers; costs no run time.
-        "-lineinfo".to_string(),
-    ];
+    compile_options_with(arch, include_dir, defines, extra, true)
+}
+
+/// [`compile_options`], with or without `-lineinfo`: source lines in the
+/// cubin for profilers cost no run time but make the cubin about four times
+/// larger, so kernel packs leave them out.
+pub fn compile_options_with(
+    arch: Arch,
+    include_dir: &std::path::Path,
+    defines: &[(&str, String)],
+    extra: &[String],
+    line_info: bool,
+) -> Result<Vec<String>, GpuError> {
+    let mut options = vec![arch.flag(), "-std=c++17".to_string()];
+    if line_info {
+        options.push("-lineinfo".to_string());
+    }
     // ptxas only runs for a real target; for PTX it runs in the driver.
     if !arch.is_virtual() {
         options.push("--ptxas-options=-v".to_string());
@@ -453,6 +464,15 @@ mod tests {
         let err = Arch::for_device("Tesla T4", 7, 5).unwrap_err();
         assert!(matches!(err, GpuError::NoDevice(_)), "{err}");
         assert!(err.to_string().contains("Tesla T4") && err.to_string().contains("7.5"));
+    }
+
+    #[test]
+    fn line_info_is_optional() {
+        let with = compile_options(Arch::Sm86, Path::new("/inc"), &[], &[]).unwrap();
+        let without = compile_options_with(Arch::Sm86, Path::new("/inc"), &[], &[], false).unwrap();
+        assert!(with.contains(&"-lineinfo".to_string()));
+        assert!(!without.contains(&"-lineinfo".to_string()));
+        assert_eq!(with.len(), without.len() + 1);
     }
 
     #[test]

@@ -102,6 +102,23 @@ pub fn render_defines(defines: &[(String, String)]) -> String {
         .join(" ")
 }
 
+/// The device classes a pack plans each target's variants for, with their
+/// limits: the devices that run that target's modules. A device whose limits
+/// differ (shared memory per block and per SM, threads, blocks or registers
+/// per SM) may plan variants with other defines, which then miss the pack.
+pub fn planning_profiles(arch: Arch) -> Vec<(&'static str, DeviceLimits)> {
+    match arch {
+        Arch::Sm80 => vec![("A100 (8.0)", DeviceLimits::A100)],
+        Arch::Sm86 => vec![("GA10x: RTX 30, A10, A40 (8.6)", DeviceLimits::SM86_SMALL)],
+        Arch::Sm89 => vec![("Ada: RTX 40, L4, L40S (8.9)", DeviceLimits::SM89_ADA)],
+        Arch::Sm90 | Arch::Sm90a => vec![("H100, H200 (9.0)", DeviceLimits::H100_SXM)],
+        Arch::Compute90 => vec![
+            ("B200 (10.0)", DeviceLimits::B200),
+            ("RTX 50 (12.0)", DeviceLimits::SM120_CONSUMER),
+        ],
+    }
+}
+
 /// What [`GpuError::NotInPack`] says: the variant, the pack, why it missed
 /// and how to get the module.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -171,6 +188,9 @@ pub struct PackManifest {
     pub nvrtc: String,
     /// Extra NVRTC flags every entry was compiled with (part of every key).
     pub extra_flags: Vec<String>,
+    /// Whether the modules carry source lines for profilers (`-lineinfo`).
+    #[serde(default)]
+    pub line_info: bool,
     /// What built it (`ssmk <version>`).
     pub built_by: String,
     /// What the pack covers, in words (one line per family).
@@ -534,6 +554,7 @@ impl Default for PackManifest {
             kernels_hash: String::new(),
             nvrtc: String::new(),
             extra_flags: Vec::new(),
+            line_info: false,
             built_by: String::new(),
             coverage: Vec::new(),
             targets: Vec::new(),
