@@ -1,0 +1,155 @@
+//! Context parallelism for the SSD and the Mamba-1 selective scan: one long
+//! sequence (or a varlen pack of them) split along L over ranks, forward and
+//! backward, with results equal to the whole run within the tolerance budgets
+//! (docs/CONTEXT-PARALLEL.md; the math in docs/DESIGN.md §1).
+//!
+//! Each rank holds a contiguous segment `[offset, offset + L_r)` of the tokens
+//! (of every batch row, for a plain batch) and calls the same function with the
+//! same [`Segment`] description of the whole problem and a [`Communicator`]:
+//!
+//! - [`ssd_forward_cp`], [`ssd_backward_cp`]: the Mamba-2 SSD;
+//! - [`scan_forward_cp`], [`scan_backward_cp`]: the Mamba-1 selective scan.
+//!
+//! Two passes: pass 1 runs the segment from a zero state and yields its pair
+//! `(total decay, final state)` ([`pair`]); an exclusive scan of the pairs over
+//! the ranks ([`exchange`]) gives every rank its true initial state; pass 2
+//! reruns the segment with it. The backward does the same, then the reverse
+//! scan of `(decay, initial-state gradient)` pairs gives every rank the
+//! gradient arriving at its end. Ranks that nothing enters (the first) skip
+//! pass 2, ranks whose end nobody reads (the last) skip pass 1.
+//!
+//! Transports: [`ThreadComm`] (ranks as threads, channels; the tests' and any
+//! CPU user's), and with the `nccl` feature `nccl::NcclCommunicator`. The local
+//! calls run on any backend of the plain APIs (the CPU ports, or CUDA on this
+//! rank's GPU).
+
+pub mod comm;
+mod driver;
+pub mod exchange;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod pair;
+mod plan;
+pub mod scan;
+pub mod ssd;
+
+pub use comm::{CommError, Communicator, ThreadComm, TimedComm};
+pub use exchange::Exchange;
+pub use pair::Pair;
+pub use scan::{scan_backward_cp, scan_forward_cp};
+pub use ssd::{ssd_backward_cp, ssd_forward_cp};
+
+use ssm_core::SsmError;
+use thiserror::Error;
+
+/// The whole problem as one rank sees it: where its tokens sit, and the
+/// per-sequence arguments of the whole call (every rank passes the same).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Segment<'a> {
+    /// Position of this rank's first token in the whole sequence. Ranks hold
+    /// contiguous segments in rank order; a segment may be empty.
+    pub offset: usize,
+    /// `L` of the whole problem (the packed length for varlen).
+    pub total_len: usize,
+    /// `cu_seqlens` of the whole problem (varlen, batch 1); sequences may cross
+    /// segment boundaries anywhere.
+    pub cu_seqlens: Option<&'a [i64]>,
+    /// Initial states of the whole problem, `(b or num_seqs, ...)` as the plain
+    /// call takes them.
+    pub initial_states: Option<&'a [f32]>,
+}
+
+impl<'a> Segment<'a> {
+    pub fn new(offset: usize, total_len: usize) -> Self {
+        Segment {
+            offset,
+            total_len,
+            cu_seqlens: None,
+            initial_states: None,
+        }
+    }
+    pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
+        self.cu_seqlens = Some(cu);
+        self
+    }
+    pub fn with_initial_states(mut self, s0: &'a [f32]) -> Self {
+        self.initial_states = Some(s0);
+        self
+    }
+}
+
+/// Options of the context-parallel calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpOptions {
+    /// How the scan over ranks is exchanged.
+    pub exchange: Exchange,
+}
+
+/// Why a context-parallel call failed. Every rank returns an error when any
+/// rank's call fails (its own error, or [`CpError::Peer`]), never a hang.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CpError {
+    /// The local call (or the argument check it shares) failed.
+    #[error(transparent)]
+    Ssm(#[from] SsmError),
+    /// The transport failed.
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    /// The segment description is wrong (names the argument).
+    #[error("argument `{arg}`: {reason}")]
+    Segment { arg: &'static str, reason: String },
+    /// Another rank's call failed; that rank returned the error itself.
+    #[error("rank {rank} failed (its own call returns the error)")]
+    Peer { rank: usize },
+}
+
+/// Number of sequences of the whole problem.
+pub(crate) fn num_seqs(seg: &Segment<'_>, batch: usize) -> usize {
+    seg.cu_seqlens
+        .map_or(batch, |cu| cu.len().saturating_sub(1))
+}
+
+/// The plain params must describe the local tokens only: the per-sequence
+/// arguments belong to the [`Segment`].
+pub(crate) fn check_local_args(
+    cu_seqlens_given: bool,
+    initial_states_given: bool,
+) -> Result<(), CpError> {
+    if cu_seqlens_given {
+        return Err(CpError::Segment {
+            arg: "local.cu_seqlens",
+            reason: "pass the whole problem's cu_seqlens in Segment::cu_seqlens; \
+                     the local params hold only this rank's tokens"
+                .into(),
+        });
+    }
+    if initial_states_given {
+        return Err(CpError::Segment {
+            arg: "local.initial_states",
+            reason: "pass the whole problem's initial states in Segment::initial_states".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Check a whole-problem per-sequence tensor's length.
+pub(crate) fn check_rows(
+    arg: &'static str,
+    data: Option<&[f32]>,
+    rows: usize,
+    row_len: usize,
+) -> Result<(), CpError> {
+    if let Some(d) = data {
+        if d.len() != rows * row_len {
+            return Err(CpError::Segment {
+                arg,
+                reason: format!(
+                    "expected {rows} sequences x {row_len} values = {} values, got {}",
+                    rows * row_len,
+                    d.len()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The context-parallel Mamba-2 SSD (docs/CONTEXT-PARALLEL.md §5).
+//!
+//! The pair of a segment per (carried row, head): decay `exp(sum_t dt'_t A_h)`
+//! (one scalar), state the `P x N` final state from a zero start.
+
+use crate::comm::Communicator;
+use crate::driver::{self, Shapes};
+use crate::exchange::sum_in_rank_order;
+use crate::plan::{agree_plan, Plan, Signature};
+use crate::{check_local_args, check_rows, num_seqs, CpError, CpOptions, Segment};
+use mamba2_ssd::{ssd_backward, ssd_forward, Backend};
+use ssm_core::mamba2::{DSkip, SsdParams};
+use ssm_core::mamba2_grad::validate_grad_inputs;
+use ssm_core::{ScanOutput, SsdGrads};
+use ssm_gpu::DeviceElement;
+
+fn signature<T>(p: &SsdParams<'_, T>, seg: &Segment<'_>, backward: Option<bool>) -> Signature {
+    let d = p.dims;
+    vec![
+        2, // the SSD
+        d.batch as u64,
+        d.heads as u64,
+        d.head_dim as u64,
+        d.d_state as u64,
+        d.groups as u64,
+        u64::from(p.dt_bias.is_some()),
+        u64::from(p.dt_softplus),
+        u64::from(p.dt_limit.0.to_bits()),
+        u64::from(p.dt_limit.1.to_bits()),
+        match p.d {
+            None => 0,
+            Some(DSkip::PerHead(_)) => 1,
+            Some(DSkip::PerHeadDim(_)) => 2,
+        },
+        u64::from(p.z.is_some()),
+        u64::from(seg.initial_states.is_some()),
+        u64::from(seg.cu_seqlens.is_some()),
+        u64::from(p.return_final_states),
+        match backward {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2, // with d_final_states
+        },
+    ]
+}
+
+fn shapes<T>(p: &SsdParams<'_, T>) -> Shapes {
+    Shapes {
+        state_len: p.dims.heads * p.dims.head_dim * p.dims.d_state,
+        decays_per_row: p.dims.heads,
+    }
+}
+
+fn local_check<T: DeviceElement>(p: &SsdParams<'_, T>, seg: &Segment<'_>) -> Result<(), CpError> {
+    check_local_args(p.cu_seqlens.is_some(), p.initial_states.is_some())?;
+    p.validate()?;
+    check_rows(
+        "initial_states",
+        seg.initial_states,
+        num_seqs(seg, p.dims.batch),
+        shapes(p).state_len,
+    )
+}
+
+/// `exp(sum_t dt'_t A_h)` over the whole local segment, per carried row and
+/// head (f64 sum, one exp: the exact value the chunked kernels approximate).
+fn segment_decay<T: DeviceElement>(p: &SsdParams<'_, T>, plan: &Plan) -> Vec<f32> {
+    let d = p.dims;
+    (0..plan.carry_rows)
+        .flat_map(|bi| {
+            (0..d.heads).map(move |h| {
+                let s: f64 = (0..d.seqlen).map(|t| p.dt_at(bi, t, h)).sum();
+                (s * f64::from(p.a[h])).exp() as f32
+            })
+        })
+        .collect()
+}
+
+/// The local call: this rank's tokens with the plan's cu_seqlens and the given
+/// initial states.
+fn local_params<'a, T: Copy>(
+    p: &SsdParams<'a, T>,
+    plan: &'a Plan,
+    init: Option<&'a [f32]>,
+    return_final: bool,
+) -> SsdParams<'a, T> {
+    SsdParams {
+        cu_seqlens: plan.local_cu.as_deref(),
+        initial_states: init,
+        return_final_states: return_final,
+        ..*p
+    }
+}
+
+/// The SSD forward of this rank's segment of a longer sequence.
+///
+/// `local` holds this rank's tokens (`dims.seqlen` = its length, `x, dt, B, C,
+/// z` sliced along L; `cu_seqlens` and `initial_states` `None`: the whole
+/// problem's are in `seg`). Returns `out` for the local tokens and, when
+/// `local.return_final_states`, the final states of every sequence of the
+/// whole problem on every rank. Every rank must call this with the same
+/// problem (checked: a mismatch is an error on every rank).
+pub fn ssd_forward_cp<T: DeviceElement>(
+    local: &SsdParams<'_, T>,
+    seg: &Segment<'_>,
+    comm: &dyn Communicator,
+    backend: Backend<'_>,
+    opts: CpOptions,
+) -> Result<ScanOutput<T, f32>, CpError> {
+    let check = local_check(local, seg);
+    let plan = agree_plan(
+        comm,
+        seg,
+        local.dims.seqlen,
+        local.dims.batch,
+        signature(local, seg, None),
+        check,
+    )?;
+    let run = |init: Option<&[f32]>, rf: bool| -> Result<ScanOutput<T, f32>, CpError> {
+        Ok(ssd_forward(&local_params(local, &plan, init, rf), backend)?)
+    };
+    driver::forward(
+        comm,
+        &plan,
+        opts,
+        shapes(local),
+        seg.initial_states,
+        local.return_final_states,
+        &|| segment_decay(local, &plan),
+        &run,
+    )
+}
+
+/// The SSD backward of this rank's segment.
+///
+/// `d_out` is this rank's `(b, L_r, H, P)` slice; `d_final_states` the whole
+/// problem's `(b or num_seqs, H, P, N)` (same on every rank; only with
+/// `return_final_states`). Returns the local tokens' gradients (`dx, ddt, dB,
+/// dC, dz`), the parameter gradients of the whole problem (`dA, dD, ddt_bias`,
+/// summed over ranks in rank order, the same on every rank) and the
+/// initial-state gradient of every sequence.
+pub fn ssd_backward_cp<T: DeviceElement>(
+    local: &SsdParams<'_, T>,
+    seg: &Segment<'_>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    comm: &dyn Communicator,
+    backend: Backend<'_>,
+    opts: CpOptions,
+) -> Result<SsdGrads<T, f32>, CpError> {
+    let sh = shapes(local);
+    let check = local_check(local, seg).and_then(|()| {
+        validate_grad_inputs(local, d_out, None)?;
+        if d_final_states.is_some() && !local.return_final_states {
+            return Err(CpError::Segment {
+                arg: "d_final_states",
+                reason: "given, but the forward returns no final states \
+                         (set return_final_states, or pass None)"
+                    .into(),
+            });
+        }
+        check_rows(
+            "d_final_states",
+            d_final_states,
+            num_seqs(seg, local.dims.batch),
+            sh.state_len,
+        )
+    });
+    let plan = agree_plan(
+        comm,
+        seg,
+        local.dims.seqlen,
+        local.dims.batch,
+        signature(local, seg, Some(d_final_states.is_some())),
+        check,
+    )?;
+    let run_fwd = |init: Option<&[f32]>, rf: bool| -> Result<ScanOutput<T, f32>, CpError> {
+        Ok(ssd_forward(&local_params(local, &plan, init, rf), backend)?)
+    };
+    let run_bwd = |init: Option<&[f32]>,
+                   rf: bool,
+                   d_final: Option<&[f32]>|
+     -> Result<SsdGrads<T, f32>, CpError> {
+        Ok(ssd_backward(
+            &local_params(local, &plan, init, rf),
+            d_out,
+            d_final,
+            backend,
+        )?)
+    };
+    let (g, dinitial) = driver::backward(
+        comm,
+        &plan,
+        opts,
+        sh,
+        seg.initial_states,
+        local.return_final_states,
+        d_final_states,
+        &|| segment_decay(local, &plan),
+        &run_fwd,
+        &run_bwd,
+        &|g: &SsdGrads<T, f32>| g.dinitial_states.as_deref(),
+    )?;
+    // Parameter gradients: this rank's partial sums, then the sum over ranks.
+    let heads = local.dims.heads;
+    let d_len = local.d.map_or(0, |d| d.data().len());
+    let bias_len = if local.dt_bias.is_some() { heads } else { 0 };
+    let mut partial = vec![0.0f32; heads + d_len + bias_len];
+    if let Some(g) = &g {
+        partial[..heads].copy_from_slice(&g.da);
+        if let Some(dd) = &g.dd {
+            partial[heads..heads + d_len].copy_from_slice(dd);
+        }
+        if let Some(db) = &g.ddt_bias {
+            partial[heads + d_len..].copy_from_slice(db);
+        }
+    }
+    let total = sum_in_rank_order(comm, &partial)?;
+    let da = total[..heads].to_vec();
+    let dd = local.d.map(|_| total[heads..heads + d_len].to_vec());
+    let ddt_bias = local.dt_bias.map(|_| total[heads + d_len..].to_vec());
+    Ok(match g {
+        Some(g) => SsdGrads {
+            da,
+            dd,
+            ddt_bias,
+            dinitial_states: dinitial,
+            ..g
+        },
+        None => SsdGrads {
+            dx: Vec::new(),
+            ddt: Vec::new(),
+            db: Vec::new(),
+            dc: Vec::new(),
+            dz: local.z.map(|_| Vec::new()),
+            da,
+            dd,
+            ddt_bias,
+            dinitial_states: dinitial,
+        },
+    })
+}
