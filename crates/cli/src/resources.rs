@@ -21,14 +21,22 @@ pub struct ResourcesArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Compile for this target instead of the budget file's (sm_80, sm_90, sm_90a);
+    /// Compile for this target instead of the budget file's (sm_80, sm_86, sm_89, sm_90, sm_90a);
     /// the limits are still those of the budget file.
     #[arg(long, value_parser = parse_arch)]
     pub arch: Option<Arch>,
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
-    s.parse()
+    let arch: Arch = s.parse()?;
+    if arch.is_virtual() {
+        // PTX has no ptxas report: ptxas runs in the driver, at load time.
+        return Err(format!(
+            "{arch} is PTX, which ptxas compiles only in the driver: there is no resource \
+             report to read; pick a real target (sm_80, sm_86, sm_89, sm_90, sm_90a)"
+        ));
+    }
+    Ok(arch)
 }
 
 /// Every variant of every kernel crate, plus the runtime's self-test kernels.
