@@ -70,6 +70,7 @@
 
 #define SCAN_CK_THREADS (SCAN_CPB * SCAN_CK_TPC)
 #define SCAN_CK_NP (SCAN_CK_TPC * SCAN_CK_NPT)
+#define SCAN_CK_IPT ((SCAN_BT + SCAN_CK_TPC - 1) / SCAN_CK_TPC)
 
 #if SCAN_THREADS % SCAN_TPC != 0 || 32 % SCAN_TPC != 0 || 32 % SCAN_CK_TPC != 0
 #error "SCAN_TPC and SCAN_CK_TPC must be powers of two dividing 32 (and SCAN_THREADS)"
@@ -318,7 +319,7 @@ struct BwItems {
     bool ok[IPT];  // inside the block's channels and the sequence
 };
 
-// Items of sweep thread (ch, slice): steps slice + TPC*it of its channel.
+// Items of thread (ch, slice) with TPC lanes per channel: steps slice + TPC*it.
 template <bool SWEEP, int IPT, int TPC>
 SCAN_DEV void bw_fetch_items(BwItems<IPT>& q, const ScanBwdArgs& a, const BwBlock& blk, int ch,
                              int slice, long long start) {
@@ -370,34 +371,11 @@ SCAN_DEV void bw_put_rows(float* rows, int width, int stride, const float (&q)[I
     }
 }
 
-// The checkpoint kernel stages item j = tid + it * CK_THREADS as (channel
-// j / BT, step j % BT), so that a warp's loads run along its channels' rows
-// (its threads need not own the items they stage: it has no epilogue).
-#define SCAN_CK_ITEMS (SCAN_CPB * SCAN_BT)
-#define SCAN_CK_ITEM_ITERS ((SCAN_CK_ITEMS + SCAN_CK_THREADS - 1) / SCAN_CK_THREADS)
-
-SCAN_DEV void bw_fetch_ck_items(BwItems<SCAN_CK_ITEM_ITERS>& q, const ScanBwdArgs& a,
-                                const BwBlock& blk, long long start) {
-#pragma unroll
-    for (int it = 0; it < SCAN_CK_ITEM_ITERS; ++it) {
-        const int j = threadIdx.x + it * SCAN_CK_THREADS;
-        const int ech = j / SCAN_BT;
-        const long long pos = start + (j - ech * SCAN_BT);
-        q.ok[it] = j < SCAN_CK_ITEMS && ech < blk.nch && pos < blk.hi;
-        q.x[it] = q.u[it] = 0.0f;
-        if (q.ok[it]) {
-            const long long at = (blk.row * a.d_inner + blk.c0 + ech) * a.seqlen + pos;
-            q.x[it] = bw_load(a.delta, at);
-            q.u[it] = bw_load(a.u, at);
-        }
-    }
-}
-
 // ---- 1. checkpoints: the state entering each tile of each (sequence, channel).
 // One barrier per tile: tile k+1 is staged into the other buffer after tile k's
-// steps, with its loads in flight during them. Lanes are slice-major (thread
-// tid: channel tid % CPB, slice tid / CPB), so that a warp's reads of a B row
-// fall on one or two addresses.
+// steps, with its loads in flight during them. (Slice-major lanes, thread tid
+// being channel tid % CPB, with items staged along the channels' rows, measured
+// 20% slower on the H200: docs/kernels/mamba1-scan-bwd.md, v3.)
 extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS)
     mamba1_scan_bwd_ckpt(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
@@ -413,7 +391,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS
     (void)L;
     const BwBlock blk = bw_block(args, blockIdx.x);
     const int tid = threadIdx.x;
-    const int ch = tid % SCAN_CPB, slice = tid / SCAN_CPB;
+    const int ch = tid / SCAN_CK_TPC, slice = tid % SCAN_CK_TPC;
     const long long chan = blk.c0 + ch;
     const bool live = ch < blk.nch;
 
@@ -440,25 +418,24 @@ extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS
     const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
     float qB[SCAN_CK_ROW_ITERS];
 #endif
-    BwItems<SCAN_CK_ITEM_ITERS> q;
+    BwItems<SCAN_CK_IPT> q;
     // Stage the tile at `start` (fetched into q, qB) into buffer `buf`.
     auto stage = [&](int buf) {
+        float* el = s_el + buf * SCAN_CK_SM_EL + ch * SCAN_CK_ELS;
 #pragma unroll
-        for (int it = 0; it < SCAN_CK_ITEM_ITERS; ++it) {
-            const int j = tid + it * SCAN_CK_THREADS;
-            const int ech = j / SCAN_BT, t = j - ech * SCAN_BT;
+        for (int it = 0; it < SCAN_CK_IPT; ++it) {
+            const int t = slice + SCAN_CK_TPC * it;
             bw_v2 v;
             v.x = v.y = 0.0f;
             if (q.ok[it]) {
                 float x = q.x[it];
 #if SCAN_HAS_BIAS
-                x += args.delta_bias[blk.c0 + ech];
+                x += args.delta_bias[chan];
 #endif
                 v.x = bw_dt(x);
                 v.y = v.x * q.u[it];
             }
-            if (j < SCAN_CK_ITEMS)
-                *reinterpret_cast<bw_v2*>(s_el + buf * SCAN_CK_SM_EL + ech * SCAN_CK_ELS + 2 * t) = v;
+            if (t < SCAN_BT) *reinterpret_cast<bw_v2*>(el + 2 * t) = v;
         }
 #if !SCAN_B_CONST
         bw_put_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(
@@ -466,7 +443,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS
 #endif
     };
     if (tiles > 0) {
-        bw_fetch_ck_items(q, args, blk, blk.lo);
+        bw_fetch_items<false, SCAN_CK_IPT, SCAN_CK_TPC>(q, args, blk, ch, slice, blk.lo);
 #if !SCAN_B_CONST
         bw_fetch_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(qB, Bsrc, blk.lo, blk.hi, L);
 #endif
@@ -477,7 +454,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS
         const long long start = blk.lo + k * SCAN_BT;
         __syncthreads();  // tile k staged; tile k-1's reads of the other buffer done
         if (k + 1 < tiles) {
-            bw_fetch_ck_items(q, args, blk, start + SCAN_BT);
+            bw_fetch_items<false, SCAN_CK_IPT, SCAN_CK_TPC>(q, args, blk, ch, slice,
+                                                            start + SCAN_BT);
 #if !SCAN_B_CONST
             bw_fetch_rows<SCAN_CK_ROW_ITERS, SCAN_CK_NP, SCAN_CK_THREADS>(
                 qB, Bsrc, start + SCAN_BT, blk.hi, L);

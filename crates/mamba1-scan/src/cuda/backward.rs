@@ -125,7 +125,14 @@ impl BwdConfig {
             // (N > 64) hold 4 to 8 states and need more registers.
             // (Fewer than 8 lanes hold 2 items per thread and spill at 96.)
             min_blocks: match (states_per_lane, tile) {
-                (1..=2, 0..=8) if lanes >= 8 => 5,
+                (1..=2, 0..=8) if lanes >= 8 => {
+                    let cpb = 128 / lanes;
+                    let seg = problem.seg_channels();
+                    let grid = problem.num_seqs()
+                        * (problem.dims.d_inner / seg.max(1))
+                        * seg.div_ceil(cpb);
+                    blocks_for_waves(grid, limits.sm_count as usize)
+                }
                 (1..=2, 0..=8) => 4,
                 (1..=2, _) => 3,
                 _ => 2,
@@ -248,8 +255,11 @@ impl BwdConfig {
             (true, false) => ".bconst",
             (false, true) => ".cconst",
         };
+        // 5 blocks per SM (96 registers) is the one register cap that is not
+        // implied by the rest of the label.
+        let b5 = if self.min_blocks == 5 { ".b5" } else { "" };
         format!(
-            "{}.n{}.tpc{}.bt{}.{}{bc}",
+            "{}.n{}.tpc{}.bt{}.{}{bc}{b5}",
             self.dtype.name(),
             self.d_state,
             self.lanes_per_channel,
@@ -259,23 +269,50 @@ impl BwdConfig {
     }
 
     /// The four kernels of this configuration as [`KernelVariant`]s.
+    /// Where the sweep can run at 4 or 5 blocks per SM (the grid decides), the
+    /// sweep at 5 comes too, so that the budgets cover both.
     pub fn variants(&self) -> Vec<KernelVariant> {
-        [
+        let mut variants: Vec<KernelVariant> = [
             ("ckpt", ENTRY_CKPT),
             ("sweep", ENTRY_SWEEP),
             ("reduce_bc", ENTRY_REDUCE_BC),
             ("reduce_params", ENTRY_REDUCE_PARAMS),
         ]
         .into_iter()
-        .map(|(what, entry)| {
-            KernelVariant::new(
-                format!("mamba1.scan_bwd_{what}.{}", self.label()),
-                SCAN_BWD_SOURCE,
-                entry,
-                self.defines(),
-            )
-        })
-        .collect()
+        .map(|(what, entry)| self.variant(what, entry))
+        .collect();
+        if self.min_blocks == 4 && self.states_per_lane <= 2 && self.lanes_per_channel >= 8 {
+            let five = BwdConfig {
+                min_blocks: 5,
+                ..*self
+            };
+            variants.push(five.variant("sweep", ENTRY_SWEEP));
+        }
+        variants
+    }
+
+    fn variant(&self, what: &str, entry: &'static str) -> KernelVariant {
+        KernelVariant::new(
+            format!("mamba1.scan_bwd_{what}.{}", self.label()),
+            SCAN_BWD_SOURCE,
+            entry,
+            self.defines(),
+        )
+    }
+}
+
+/// Blocks per SM for the sweep at tiles of 8 (8 or more lanes): 4 (128
+/// registers) or 5 (96), whichever costs fewer block-slots, waves x blocks per
+/// SM (the SM's throughput is shared by its blocks, and the last wave is paid
+/// in full). M1-2.8B, 1280 blocks on 132 SMs: 3 x 4 against 2 x 5, so 5 (H200,
+/// v3: sweep 3.47 -> 3.30 ms); M1-small, 1024 blocks: 2 x 4 against 2 x 5, so
+/// 4 (1.28 against 1.44 ms).
+fn blocks_for_waves(grid: usize, sms: usize) -> usize {
+    let cost = |k: usize| grid.div_ceil(k * sms.max(1)) * k;
+    if cost(5) < cost(4) {
+        5
+    } else {
+        4
     }
 }
 
@@ -800,5 +837,20 @@ fn empty_sequence_grads<T: DeviceElement>(
             Some(g) => g.to_vec(),
             None => zeros(num_seqs * channels * n),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_per_sm_follow_the_waves() {
+        // M1-2.8B (1280 blocks) and M1-small (1024) on the H200's 132 SMs.
+        assert_eq!(blocks_for_waves(1280, 132), 5);
+        assert_eq!(blocks_for_waves(1024, 132), 4);
+        // A grid of one partial wave keeps the larger register budget.
+        assert_eq!(blocks_for_waves(4, 132), 4);
+        assert_eq!(blocks_for_waves(0, 0), 4);
     }
 }
