@@ -12,8 +12,14 @@
 //!     [--iters 5] [--exchange log|ring|allgather] [--backward] [--out results.json]
 //! ```
 //!
-//! Needs `libnccl.so.2` on the loader path (the nvidia-nccl-cu13 wheel's
-//! `nvidia/nccl/lib`, for instance: `LD_LIBRARY_PATH=.../nvidia/nccl/lib`).
+//! Needs NCCL on the loader path under a name cudarc looks for (`libnccl.so`):
+//! with the nvidia-nccl-cu13 wheel of the device image,
+//!
+//! ```text
+//! lib=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])')/lib
+//! mkdir -p /tmp/nccl && ln -sf "$lib/libnccl.so.2" /tmp/nccl/libnccl.so
+//! export LD_LIBRARY_PATH=/tmp/nccl:$lib:$LD_LIBRARY_PATH
+//! ```
 //!
 //! Per GPU count it reports the median wall time of one call over all ranks
 //! (barrier, call, barrier), the time the call spent inside the communicator
@@ -252,8 +258,11 @@ fn run_rank(
     if args.backward {
         for _ in 0..args.iters {
             barrier(&comm).map_err(err)?;
+            // A training step's share: the forward, then the backward (which
+            // reruns the forward's pass 1 and exchange for its initial states).
             let start = Instant::now();
-            let r = ssd_backward_cp(&p, &seg, &s.d_out, None, &comm, backend, opts);
+            let r = ssd_forward_cp(&p, &seg, &comm, backend, opts)
+                .and_then(|_| ssd_backward_cp(&p, &seg, &s.d_out, None, &comm, backend, opts));
             barrier(&comm).map_err(err)?;
             match r {
                 Ok(_) => t.bwd.push(start.elapsed().as_secs_f64()),
@@ -322,7 +331,7 @@ fn main() {
         let id = match NcclCommunicator::unique_id() {
             Ok(id) => id,
             Err(e) => {
-                eprintln!("NCCL: {e} (is libnccl.so.2 on the loader path?)");
+                eprintln!("NCCL: {e}");
                 std::process::exit(1);
             }
         };

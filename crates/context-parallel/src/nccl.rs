@@ -1,6 +1,6 @@
 //! [`NcclCommunicator`]: the exchange over NCCL, through cudarc's `nccl`
-//! bindings (feature `nccl`; `libnccl.so.2` is loaded at run time, like the
-//! driver). One communicator per rank, each on its own GPU's stream.
+//! bindings (feature `nccl`; the library is loaded at run time, like the
+//! driver, as `libnccl.so`). One communicator per rank, each on its own GPU's stream.
 //!
 //! Set `NCCL_NVLS_ENABLE=0` before the first communicator is made (NVLink
 //! multicast stays off on the lent machines; [`disable_nvls`] does it).
@@ -17,6 +17,22 @@ use std::sync::Arc;
 
 fn nccl_err(what: &str, e: impl std::fmt::Debug) -> CommError {
     CommError::Backend(format!("{what}: {e:?}"))
+}
+
+/// Run the first NCCL call of a process: cudarc loads the library on first use
+/// and panics when it cannot; that becomes an error saying what to do. cudarc
+/// looks for `libnccl.so` and `libnccl.so.<CUDA major>` (not `.so.2`, the
+/// name NCCL ships under): link `libnccl.so` to `libnccl.so.2` in a folder on
+/// `LD_LIBRARY_PATH` (docs/CONTEXT-PARALLEL.md §8).
+fn loaded<R>(f: impl FnOnce() -> R) -> Result<R, CommError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        CommError::Backend(
+            "the NCCL library could not be loaded: put a `libnccl.so` (a link to \
+             libnccl.so.2, e.g. from the nvidia-nccl-cu13 wheel's nvidia/nccl/lib) \
+             in a folder on LD_LIBRARY_PATH"
+                .into(),
+        )
+    })
 }
 
 /// Turn NVLink multicast (NVLS) off for communicators made after this call,
@@ -39,7 +55,7 @@ impl NcclCommunicator {
     /// A new unique id (on one rank; every rank passes the same id to
     /// [`NcclCommunicator::new`]).
     pub fn unique_id() -> Result<Id, CommError> {
-        Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))
+        loaded(Id::new)?.map_err(|e| nccl_err("ncclGetUniqueId", e))
     }
 
     /// Join the communicator `id` as `rank` of `size`, on `stream`'s GPU.
@@ -53,7 +69,7 @@ impl NcclCommunicator {
         if rank >= size {
             return Err(CommError::Peer { peer: rank, size });
         }
-        let comm = Comm::from_rank(stream.clone(), rank, size, id)
+        let comm = loaded(|| Comm::from_rank(stream.clone(), rank, size, id))?
             .map_err(|e| nccl_err("ncclCommInitRank", e))?;
         Ok(NcclCommunicator { comm, stream })
     }
