@@ -6,7 +6,7 @@
 # resource report's variants from the pack alone (SSM_KERNEL_PACK_ONLY=1), so the
 # run-time path is exercised too. No GPU needed. Prints how long it took (about 40 s of
 # wall time on 2 idle cores; KERNEL_PACK_COVERAGE=models builds the larger
-# release pack, about 5 minutes).
+# release pack: 1782 modules, 114 MiB, 9 minutes of CPU).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash .ci/install-cuda.sh >/dev/null
