@@ -9,8 +9,13 @@
 //! ```text
 //! NCCL_NVLS_ENABLE=0 cargo run --release -p ssm-context-parallel --features nccl \
 //!     --example bench_context_parallel -- [--len 1048576] [--gpus 1,2,4,8] \
-//!     [--iters 5] [--exchange log|ring|allgather] [--backward] [--out results.json]
+//!     [--iters 5] [--exchange log|ring|allgather] [--pass2 rerun|add] [--backward] \
+//!     [--out results.json]
 //! ```
+//!
+//! `--pass2 add` adds the entering state's contribution on the host
+//! (`Pass2::AddContribution`) instead of rerunning the segment: it shows what
+//! the additive design costs before its kernel exists, host-bound on the GPU.
 //!
 //! Needs NCCL on the loader path under a name cudarc looks for (`libnccl.so`):
 //! with the nvidia-nccl-cu13 wheel of the device image,
@@ -34,8 +39,8 @@ use half::bf16;
 use ssm_context_parallel::exchange::exclusive_scan;
 use ssm_context_parallel::nccl::{disable_nvls, NcclCommunicator};
 use ssm_context_parallel::{
-    ssd_backward_cp, ssd_forward_cp, Communicator, CpError, CpOptions, Exchange, Pair, Segment,
-    TimedComm,
+    ssd_backward_cp, ssd_forward_cp, Communicator, CpError, CpOptions, Exchange, Pair, Pass2,
+    Segment, TimedComm,
 };
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::SsmError;
@@ -47,6 +52,7 @@ struct Args {
     gpus: Vec<usize>,
     iters: usize,
     exchange: Exchange,
+    pass2: Pass2,
     backward: bool,
     out: Option<String>,
 }
@@ -57,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         gpus: vec![1, 2, 4, 8],
         iters: 5,
         exchange: Exchange::LogDepth,
+        pass2: Pass2::Rerun,
         backward: false,
         out: None,
     };
@@ -78,6 +85,13 @@ fn parse_args() -> Result<Args, String> {
                     "ring" => Exchange::Ring,
                     "allgather" => Exchange::AllGather,
                     other => return Err(format!("--exchange: unknown form {other}")),
+                }
+            }
+            "--pass2" => {
+                a.pass2 = match value()?.as_str() {
+                    "rerun" => Pass2::Rerun,
+                    "add" => Pass2::AddContribution,
+                    other => return Err(format!("--pass2: unknown form {other}")),
                 }
             }
             "--backward" => a.backward = true,
@@ -241,6 +255,7 @@ fn run_rank(
     let backend = mamba2_ssd::Backend::Cuda(&gpu);
     let opts = CpOptions {
         exchange: args.exchange,
+        pass2: args.pass2,
     };
     let err = |e: CpError| e.to_string();
     let mut t = RankTimes::default();
@@ -385,6 +400,7 @@ fn main() {
             "len": args.len,
             "heads": H, "head_dim": P, "d_state": N, "dtype": "bf16",
             "exchange": format!("{:?}", args.exchange),
+            "pass2": format!("{:?}", args.pass2),
             "forward_ms": fwd * 1e3,
             "forward_in_communicator_ms": comm * 1e3,
             "forward_backward_ms": bwd.map(|b| b * 1e3),

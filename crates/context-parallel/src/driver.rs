@@ -19,6 +19,11 @@ pub(crate) type RunForward<'a, T> =
 pub(crate) type RunBackward<'a, G> =
     dyn Fn(Option<&[f32]>, bool, Option<&[f32]>) -> Result<G, CpError> + 'a;
 
+/// The additive pass 2: add the contribution of the carried entering state
+/// (`carry_rows` rows) to pass 1's zero-start output and final states.
+pub(crate) type Correct<'a, T> =
+    dyn Fn(&mut ScanOutput<T, f32>, &[f32]) -> Result<(), CpError> + 'a;
+
 /// Sizes of one carried row: its state elements and its decays.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Shapes {
@@ -105,7 +110,7 @@ fn zeros_carried(plan: &Plan, shapes: Shapes) -> Vec<f32> {
 /// continues a sequence). Returns pass 1's output too when it is already the
 /// final answer (no row enters from before, so the true initial states are
 /// the ones pass 1 ran with).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn forward_exchange<T>(
     comm: &dyn Communicator,
     plan: &Plan,
@@ -114,6 +119,7 @@ fn forward_exchange<T>(
     user_initial: Option<&[f32]>,
     decay: &dyn Fn() -> Vec<f32>,
     run: &RunForward<'_, T>,
+    additive: bool,
 ) -> Result<(Option<Vec<f32>>, Option<ScanOutput<T, f32>>), CpError> {
     let decays = plan.carry_rows * shapes.decays_per_row;
     let pass1 = || -> Result<(Pair, Option<ScanOutput<T, f32>>), CpError> {
@@ -121,7 +127,10 @@ fn forward_exchange<T>(
             // An empty segment passes the state through unchanged.
             return Ok((Pair::identity(decays, shapes.group()), None));
         }
-        if !plan.tail_continues() {
+        // The additive pass 2 corrects pass 1's output, so pass 1 runs wherever
+        // a state enters; the rerun needs pass 1 only where a state leaves.
+        let needed = plan.tail_continues() || (additive && plan.head_continues());
+        if !needed {
             // Nobody reads this map: the next nonempty rank starts fresh sequences.
             return Ok((Pair::reset(zeros_carried(plan, shapes), decays), None));
         }
@@ -132,14 +141,19 @@ fn forward_exchange<T>(
             arg: "backend",
             reason: "the local call returned no final states although asked to".into(),
         })?;
-        let state = take_carried(finals, &plan.tail_rows, shapes.state_len);
-        let decay = if plan.decay_applies {
-            decay()
+        let pair = if plan.tail_continues() {
+            let state = take_carried(finals, &plan.tail_rows, shapes.state_len);
+            let decay = if plan.decay_applies {
+                decay()
+            } else {
+                vec![0.0; decays]
+            };
+            Pair { decay, state }
         } else {
-            vec![0.0; decays]
+            Pair::reset(zeros_carried(plan, shapes), decays)
         };
-        let reuse = (!plan.head_continues()).then_some(out);
-        Ok((Pair { decay, state }, reuse))
+        let keep = !plan.head_continues() || additive;
+        Ok((pair, keep.then_some(out)))
     };
     let (own, reuse) = agree(comm, pass1())?;
     debug_assert_eq!(own.group(), shapes.group());
@@ -161,8 +175,11 @@ pub(crate) fn forward<T: Clone>(
     return_final: bool,
     decay: &dyn Fn() -> Vec<f32>,
     run: &RunForward<'_, T>,
+    correct: Option<&Correct<'_, T>>,
 ) -> Result<ScanOutput<T, f32>, CpError> {
-    let (entering, reuse) = forward_exchange(comm, plan, opts, shapes, user_initial, decay, run)?;
+    let additive = correct.is_some();
+    let (entering, pass1) =
+        forward_exchange(comm, plan, opts, shapes, user_initial, decay, run, additive)?;
     let pass2 = || -> Result<ScanOutput<T, f32>, CpError> {
         if plan.len() == 0 {
             return Ok(ScanOutput {
@@ -170,11 +187,20 @@ pub(crate) fn forward<T: Clone>(
                 final_states: None,
             });
         }
-        if let Some(out) = reuse {
-            return Ok(out);
+        match (pass1, correct, entering.as_deref()) {
+            // No state enters: pass 1 ran with the true initial states.
+            (Some(out), _, None) => Ok(out),
+            // Additive: pass 1 from zero plus the entering state's contribution.
+            (Some(mut out), Some(add), Some(e)) => {
+                add(&mut out, e)?;
+                Ok(out)
+            }
+            // Rerun with the true initial state.
+            _ => {
+                let init = local_initial(plan, shapes, user_initial, entering.as_deref());
+                run(init.as_deref(), return_final)
+            }
         }
-        let init = local_initial(plan, shapes, user_initial, entering.as_deref());
-        run(init.as_deref(), return_final)
     };
     let local = agree(comm, pass2())?;
     let final_states = if return_final {
@@ -221,7 +247,16 @@ pub(crate) fn backward<T, G>(
     dinit_of: &dyn Fn(&G) -> Option<&[f32]>,
 ) -> Result<(Option<G>, Option<Vec<f32>>), CpError> {
     // The forward's states entering this segment; pass 2 of the forward is not needed.
-    let (entering, _) = forward_exchange(comm, plan, opts, shapes, user_initial, decay, run_fwd)?;
+    let (entering, _) = forward_exchange(
+        comm,
+        plan,
+        opts,
+        shapes,
+        user_initial,
+        decay,
+        run_fwd,
+        false,
+    )?;
     let init = local_initial(plan, shapes, user_initial, entering.as_deref());
     let local_return_final = return_final || plan.tail_continues();
     let decays = plan.carry_rows * shapes.decays_per_row;

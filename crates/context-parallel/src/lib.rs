@@ -78,11 +78,30 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// How a forward's pass 2 brings in the state entering a segment
+/// (docs/CONTEXT-PARALLEL.md §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pass2 {
+    /// Rerun the segment with the true initial state: exact on every backend
+    /// (the local call is the whole problem's computation on those tokens).
+    #[default]
+    Rerun,
+    /// Keep pass 1's zero-start output and add the entering state's
+    /// contribution (`exp(s_t) S_in C_t`, gated by `silu(z_t)`; the final
+    /// state gains `D S_in`), computed on the host in f64 and rounded once
+    /// into the output: the CPU form of the correction kernel that would let
+    /// every rank run pass 1 at once. Outputs in a half type round twice.
+    /// The backward always reruns.
+    AddContribution,
+}
+
 /// Options of the context-parallel calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpOptions {
     /// How the scan over ranks is exchanged.
     pub exchange: Exchange,
+    /// The forward's pass 2.
+    pub pass2: Pass2,
 }
 
 /// Why a context-parallel call failed. Every rank returns an error when any

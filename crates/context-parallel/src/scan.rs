@@ -8,7 +8,7 @@ use crate::comm::Communicator;
 use crate::driver::{self, Shapes};
 use crate::exchange::sum_in_rank_order;
 use crate::plan::{agree_plan, Plan, Signature};
-use crate::{check_local_args, check_rows, num_seqs, CpError, CpOptions, Segment};
+use crate::{check_local_args, check_rows, num_seqs, CpError, CpOptions, Pass2, Segment};
 use mamba1_scan::{selective_scan, selective_scan_backward, Backend};
 use ssm_core::mamba1::{BcInput, SelectiveScanParams};
 use ssm_core::math::scan_dt;
@@ -93,6 +93,59 @@ fn segment_decay<T: DeviceElement>(p: &SelectiveScanParams<'_, T>, plan: &Plan) 
     out
 }
 
+/// The additive pass 2 (`Pass2::AddContribution`): pass 1 ran the head row
+/// from a zero state; add what the entering state `h_in` contributes,
+/// `y_t += sum_n C_tn exp(A[d, n] sum_{k<=t} dt_k) h_in,n`, gated by
+/// `silu(z_t)`, over the head piece, and the decayed `h_in` to its final
+/// state. One exp per (token, channel, state): as costly as the scan itself.
+fn add_entering<T: DeviceElement>(
+    p: &SelectiveScanParams<'_, T>,
+    plan: &Plan,
+    out: &mut ScanOutput<T, f32>,
+    entering: &[f32],
+) {
+    let dims = p.dims;
+    let (d_in, n, len) = (dims.d_inner, dims.d_state, dims.seqlen);
+    let state = d_in * n;
+    let head_len = plan.local_cu.as_ref().map_or(len, |cu| cu[1] as usize);
+    let c_at = |bi: usize, d: usize, k: usize, t: usize| -> f64 {
+        match p.c {
+            BcInput::Grouped { groups, data } => {
+                let g = d / (d_in / groups);
+                data[((bi * groups + g) * n + k) * len + t].to_f64()
+            }
+            BcInput::Constant(data) => data[d * n + k].to_f64(),
+        }
+    };
+    for (i, &row) in plan.head_rows.iter().enumerate() {
+        let bi = if plan.local_cu.is_some() { 0 } else { row };
+        let h0 = &entering[i * state..(i + 1) * state];
+        for d in 0..d_in {
+            let bias = p.delta_bias.map_or(0.0, |b| f64::from(b[d]));
+            let a = &p.a[d * n..(d + 1) * n];
+            let mut cum = 0.0f64;
+            for t in 0..head_len {
+                let idx = (bi * d_in + d) * len + t;
+                cum += scan_dt(p.delta[idx].to_f64(), bias, p.delta_softplus);
+                let y: f64 = (0..n)
+                    .map(|k| {
+                        c_at(bi, d, k, t) * (f64::from(a[k]) * cum).exp() * f64::from(h0[d * n + k])
+                    })
+                    .sum();
+                let gate = p.z.map_or(1.0, |z| ssm_core::math::silu(z[idx].to_f64()));
+                out.out[idx] = T::from_f64(out.out[idx].to_f64() + y * gate);
+            }
+            if let Some(fs) = out.final_states.as_mut() {
+                for k in 0..n {
+                    let x = &mut fs[row * state + d * n + k];
+                    let decay = (f64::from(a[k]) * cum).exp();
+                    *x = (f64::from(*x) + decay * f64::from(h0[d * n + k])) as f32;
+                }
+            }
+        }
+    }
+}
+
 fn local_params<'a, T: Copy>(
     p: &SelectiveScanParams<'a, T>,
     plan: &'a Plan,
@@ -136,7 +189,11 @@ pub fn scan_forward_cp<T: DeviceElement>(
             backend,
         )?)
     };
-    driver::forward(
+    let add = |out: &mut ScanOutput<T, f32>, entering: &[f32]| -> Result<(), CpError> {
+        add_entering(local, &plan, out, entering);
+        Ok(())
+    };
+    let mut out = driver::forward(
         comm,
         &plan,
         opts,
@@ -145,7 +202,12 @@ pub fn scan_forward_cp<T: DeviceElement>(
         local.return_final_states,
         &|| segment_decay(local, &plan),
         &run,
-    )
+        (opts.pass2 == Pass2::AddContribution).then_some(&add as &driver::Correct<'_, T>),
+    )?;
+    if !local.return_final_states {
+        out.final_states = None;
+    }
+    Ok(out)
 }
 
 /// The selective-scan backward of this rank's segment.

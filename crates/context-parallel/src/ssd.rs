@@ -7,7 +7,7 @@ use crate::comm::Communicator;
 use crate::driver::{self, Shapes};
 use crate::exchange::sum_in_rank_order;
 use crate::plan::{agree_plan, Plan, Signature};
-use crate::{check_local_args, check_rows, num_seqs, CpError, CpOptions, Segment};
+use crate::{check_local_args, check_rows, num_seqs, CpError, CpOptions, Pass2, Segment};
 use mamba2_ssd::{ssd_backward, ssd_forward, Backend};
 use ssm_core::mamba2::{DSkip, SsdParams};
 use ssm_core::mamba2_grad::validate_grad_inputs;
@@ -76,6 +76,59 @@ fn segment_decay<T: DeviceElement>(p: &SsdParams<'_, T>, plan: &Plan) -> Vec<f32
         .collect()
 }
 
+/// The additive pass 2 (`Pass2::AddContribution`): pass 1 ran the head row
+/// from a zero state; add what the entering state `S_in` contributes,
+/// `y_t += exp(s_t) S_in C_t` (`s_t` the log-decay summed from the segment
+/// start through `t`), gated by `silu(z_t)`, over the head piece, and `exp(s)
+/// S_in` to the head piece's final state. f64 sums, one rounding into `T`.
+fn add_entering<T: DeviceElement>(
+    p: &SsdParams<'_, T>,
+    plan: &Plan,
+    out: &mut ScanOutput<T, f32>,
+    entering: &[f32],
+) {
+    let d = p.dims;
+    let (heads, hd, n, groups, len) = (d.heads, d.head_dim, d.d_state, d.groups, d.seqlen);
+    let state = heads * hd * n;
+    // The head piece: the whole segment for a plain batch, the first local
+    // sequence for varlen.
+    let head_len = plan.local_cu.as_ref().map_or(len, |cu| cu[1] as usize);
+    for (i, &row) in plan.head_rows.iter().enumerate() {
+        let bi = if plan.local_cu.is_some() { 0 } else { row };
+        let s0 = &entering[i * state..(i + 1) * state];
+        for h in 0..heads {
+            let g = d.group_of(h);
+            let mut s = 0.0f64;
+            for t in 0..head_len {
+                s += p.dt_at(bi, t, h) * f64::from(p.a[h]);
+                let f = s.exp();
+                if f == 0.0 {
+                    continue;
+                }
+                let c = &p.c[((bi * len + t) * groups + g) * n..][..n];
+                for q in 0..hd {
+                    let sq = &s0[(h * hd + q) * n..][..n];
+                    let dot: f64 = sq
+                        .iter()
+                        .zip(c)
+                        .map(|(x, y)| f64::from(*x) * y.to_f64())
+                        .sum();
+                    let idx = ((bi * len + t) * heads + h) * hd + q;
+                    let gate = p.z.map_or(1.0, |z| ssm_core::math::silu(z[idx].to_f64()));
+                    out.out[idx] = T::from_f64(out.out[idx].to_f64() + f * dot * gate);
+                }
+            }
+            if let Some(fs) = out.final_states.as_mut() {
+                let decay = s.exp();
+                let base = row * state + h * hd * n;
+                for (k, x) in fs[base..base + hd * n].iter_mut().enumerate() {
+                    *x = (f64::from(*x) + decay * f64::from(s0[h * hd * n + k])) as f32;
+                }
+            }
+        }
+    }
+}
+
 /// The local call: this rank's tokens with the plan's cu_seqlens and the given
 /// initial states.
 fn local_params<'a, T: Copy>(
@@ -119,7 +172,11 @@ pub fn ssd_forward_cp<T: DeviceElement>(
     let run = |init: Option<&[f32]>, rf: bool| -> Result<ScanOutput<T, f32>, CpError> {
         Ok(ssd_forward(&local_params(local, &plan, init, rf), backend)?)
     };
-    driver::forward(
+    let add = |out: &mut ScanOutput<T, f32>, entering: &[f32]| -> Result<(), CpError> {
+        add_entering(local, &plan, out, entering);
+        Ok(())
+    };
+    let mut out = driver::forward(
         comm,
         &plan,
         opts,
@@ -128,7 +185,12 @@ pub fn ssd_forward_cp<T: DeviceElement>(
         local.return_final_states,
         &|| segment_decay(local, &plan),
         &run,
-    )
+        (opts.pass2 == Pass2::AddContribution).then_some(&add as &driver::Correct<'_, T>),
+    )?;
+    if !local.return_final_states {
+        out.final_states = None;
+    }
+    Ok(out)
 }
 
 /// The SSD backward of this rank's segment.

@@ -9,7 +9,7 @@ mod support;
 use mamba1_scan::{selective_scan, selective_scan_backward, Backend, CpuOptions};
 use proptest::prelude::*;
 use ssm_context_parallel::{
-    scan_backward_cp, scan_forward_cp, Communicator, CpError, CpOptions, Exchange, Segment,
+    scan_backward_cp, scan_forward_cp, Communicator, CpError, CpOptions, Exchange, Pass2, Segment,
     ThreadComm,
 };
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
@@ -48,6 +48,8 @@ struct Spec {
     block: usize,
     ranks: usize,
     exchange: Exchange,
+    /// The forward's pass 2.
+    add: bool,
     seed: u64,
 }
 
@@ -100,6 +102,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 block,
                 ranks,
                 exchange,
+                add: on[7],
                 seed,
             },
         )
@@ -271,6 +274,11 @@ fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
     let backend = Backend::Cpu(CpuOptions { block_len: s.block });
     let opts = CpOptions {
         exchange: s.exchange,
+        pass2: if s.add {
+            Pass2::AddContribution
+        } else {
+            Pass2::Rerun
+        },
     };
     let results = ThreadComm::run(s.ranks, |comm| {
         let rank = comm.rank();
@@ -419,6 +427,7 @@ fn a_long_sequence_over_five_ranks_with_an_empty_one() {
         block: 5,
         ranks: 5,
         exchange: Exchange::LogDepth,
+        add: true,
         seed: 11,
     };
     let d = Data {

@@ -10,7 +10,7 @@ mod support;
 use mamba2_ssd::{ssd_backward, ssd_forward, Backend, CpuOptions};
 use proptest::prelude::*;
 use ssm_context_parallel::{
-    ssd_backward_cp, ssd_forward_cp, CpError, CpOptions, Exchange, Segment, ThreadComm,
+    ssd_backward_cp, ssd_forward_cp, CpError, CpOptions, Exchange, Pass2, Segment, ThreadComm,
 };
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::mamba2_grad::GradRef;
@@ -50,6 +50,8 @@ struct Spec {
     chunk: usize,
     ranks: usize,
     exchange: Exchange,
+    /// The forward's pass 2.
+    add: bool,
     seed: u64,
 }
 
@@ -99,6 +101,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 chunk,
                 ranks,
                 exchange,
+                add: on[7],
                 seed,
             },
         )
@@ -270,6 +273,11 @@ fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
     });
     let opts = CpOptions {
         exchange: s.exchange,
+        pass2: if s.add {
+            Pass2::AddContribution
+        } else {
+            Pass2::Rerun
+        },
     };
     let results = ThreadComm::run(s.ranks, |comm| {
         let rank = comm.rank();
@@ -441,6 +449,7 @@ fn boundary_inside_a_varlen_sequence() {
         chunk: 4,
         ranks: 4,
         exchange: Exchange::LogDepth,
+        add: true,
         seed: 7,
     };
     check_split(&s).unwrap();
@@ -467,6 +476,7 @@ fn a_bad_segment_is_an_error_on_every_rank() {
         chunk: 4,
         ranks: 2,
         exchange: Exchange::Ring,
+        add: false,
         seed: 1,
     };
     let d = Data {
