@@ -13,7 +13,8 @@
 //! Two passes: pass 1 runs the segment from a zero state and yields its pair
 //! `(total decay, final state)` ([`pair`]); an exclusive scan of the pairs over
 //! the ranks ([`exchange`]) gives every rank its true initial state; pass 2
-//! reruns the segment with it. The backward does the same, then the reverse
+//! reruns the segment with it ([`Pass2::Rerun`]) or adds its contribution to
+//! pass 1's output ([`Pass2::AddContribution`], on the host). The backward does the same, then the reverse
 //! scan of `(decay, initial-state gradient)` pairs gives every rank the
 //! gradient arriving at its end. Ranks that nothing enters (the first) skip
 //! pass 2, ranks whose end nobody reads (the last) skip pass 1.
