@@ -1,15 +1,20 @@
-// Vector access to the f32 state cache and to f32 parameter rows, and the entry
-// points, shared by the decode kernels of both families (kernels/mamba1/decode.cu,
-// kernels/mamba2/decode.cu; docs/kernels/decode.md). Needs VEC (floats per access:
-// 4, 2 or 1) from the includer; STREAM_STATE (1: evict-first cache hints on the
-// state) and MIN_BLOCKS (blocks per SM ptxas must leave room for) default to 0
-// and 1. to_f32 comes from kernels/common/types.cuh.
+// What the decode kernels of both families share (kernels/mamba1/decode.cu,
+// kernels/mamba2/decode.cu; docs/kernels/decode.md): the lane geometry of a state
+// row, vector access to the f32 state cache and to f32 parameter rows, a lane's
+// slice of one state row loaded and stored, the sum over a row's lanes, the
+// padding output and the entry points. The families keep only their math and
+// their indexing. Needs from the includer D_STATE (N), VEC (floats per access:
+// 4, 2 or 1), TPR (lanes per state row) and WARPS (warps per block) (the host
+// sets them from ssm_gpu::decode::StateLayout); STREAM_STATE (1: evict-first cache
+// hints on the state) and MIN_BLOCKS (blocks per SM ptxas must leave room for)
+// default to 0 and 1. to_f32 comes from kernels/common/types.cuh.
 #pragma once
 
+#include "math.cuh"
 #include "types.cuh"
 
-#ifndef VEC
-#error "common/decode_state.cuh needs VEC defined"
+#if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(WARPS)
+#error "common/decode_state.cuh needs D_STATE, VEC, TPR and WARPS defined"
 #endif
 #ifndef STREAM_STATE
 #define STREAM_STATE 0
@@ -17,6 +22,25 @@
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1
 #endif
+
+// ---------------------------------------------------------------------------
+// Lane geometry: a state row of N floats is spread over TPR lanes, each holding
+// VPT vectors of VEC floats, interleaved so that one warp instruction touches
+// TPR * VEC * 4 contiguous bytes.
+// ---------------------------------------------------------------------------
+
+constexpr int VPT = D_STATE / (VEC * TPR);  // vectors per lane per state row
+constexpr int EPT = VPT * VEC;              // state elements per lane per state row
+constexpr int SLOTS = 32 / TPR;             // state rows a warp covers side by side
+constexpr int THREADS = WARPS * 32;
+static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
+static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
+static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
+
+// Element j = k * VEC + e of lane `sub`'s slice of a state row is state index
+// lane_state_index(sub, k) + e: for a fixed k the TPR lanes of a row cover
+// contiguous memory.
+__device__ __forceinline__ int lane_state_index(int sub, int k) { return (sub + k * TPR) * VEC; }
 
 template <int V> struct FloatVec;
 template <> struct FloatVec<4> { typedef float4 type; };
@@ -64,6 +88,46 @@ __device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
 __device__ __forceinline__ void pack(const float* f, float4& v) { v = make_float4(f[0], f[1], f[2], f[3]); }
 __device__ __forceinline__ void pack(const float* f, float2& v) { v = make_float2(f[0], f[1]); }
 __device__ __forceinline__ void pack(const float* f, float& v) { v = f[0]; }
+
+// Lane `sub`'s EPT floats of the state row that starts `row` floats into `S`
+// (zeros when !live, nothing read), and their store back. The row offset is added
+// inside the live branch, as the kernels wrote it before these helpers existed:
+// forming the row pointer first changed ptxas's schedule for N = 256 and N = 1.
+__device__ __forceinline__ void load_state_slice(const float* S, long long row, int sub, bool live,
+                                                 float* s) {
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+        if (live) {
+            unpack(load_state(S + row + lane_state_index(sub, k)), &s[k * VEC]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) s[k * VEC + e] = 0.0f;
+        }
+    }
+}
+__device__ __forceinline__ void store_state_slice(float* S, long long row, int sub, const float* s) {
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+        state_vec v;
+        pack(&s[k * VEC], v);
+        store_state(S + row + lane_state_index(sub, k), v);
+    }
+}
+
+// The sum of `v` over the TPR lanes of a state row (xor shuffles: every lane gets
+// it). Every lane of the warp must take part, live row or not.
+__device__ __forceinline__ float row_lanes_sum(float v) {
+#pragma unroll
+    for (int off = TPR / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// The output of a batch row that has no state: 0 for padding (a negative index),
+// NaN for an index past the cache (only possible through the unchecked device
+// entry point, which never writes the state there).
+__device__ __forceinline__ float stateless_output(long long cache_row) {
+    return cache_row < 0 ? 0.0f : ssm_quiet_nan();
+}
 
 // VEC consecutive input elements (B or C) in one access: the row starts of B and C
 // are multiples of N elements, so with N % VEC == 0 they are VEC-element aligned.

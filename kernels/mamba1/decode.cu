@@ -116,15 +116,10 @@ __device__ __forceinline__ void zero_raw(RawInputs<T>& r) {
 // Launch geometry.
 // ---------------------------------------------------------------------------
 
-constexpr int VPT = D_STATE / (VEC * TPR);  // vectors per lane per channel
-constexpr int EPT = VPT * VEC;              // state elements per lane per channel
-constexpr int SLOTS = 32 / TPR;             // channels a warp covers side by side
+// VPT, EPT, SLOTS (channels a warp covers side by side) and THREADS come from
+// common/decode_state.cuh.
 constexpr int CHANNELS_PER_BLOCK = WARPS * SLOTS;
-constexpr int THREADS = WARPS * 32;
-static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
-static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
 constexpr int SROWS = (BROWS + TPR - 1) / TPR;  // batch rows whose scalars a lane owns
-static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
 
 // Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
 // crates/mamba1-scan/src/decode_cuda.rs field by field (sizes asserted on both sides).
@@ -174,7 +169,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     const bool channel_live = d < Din;
     // Element j = k * VEC + e of this lane is state index n(k, e): for a fixed k the
     // warp's lanes cover contiguous memory.
-#define STATE_INDEX(k, e) ((sub + (k) * TPR) * VEC + (e))
+#define STATE_INDEX(k, e) (lane_state_index(sub, (k)) + (e))
 
     // Cache rows of the BROWS batch rows (every lane needs them for the addresses),
     // kept as 32-bit row numbers to save registers; -1 marks a row with no state
@@ -191,16 +186,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
     float s[BROWS][EPT];
 #pragma unroll
     for (int r = 0; r < BROWS; ++r) {
-        const float* S = a.state + ((long long)cache[r] * Din + d) * D_STATE;
-#pragma unroll
-        for (int k = 0; k < VPT; ++k) {
-            if (cache[r] >= 0) {
-                unpack(load_state(S + STATE_INDEX(k, 0)), &s[r][k * VEC]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
-            }
-        }
+        load_state_slice(a.state, ((long long)cache[r] * Din + d) * D_STATE, sub, cache[r] >= 0, s[r]);
     }
 
     // Per-channel parameters, read once for all BROWS rows.
@@ -353,18 +339,9 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
             s[r][j] = ssm_exp2_ftz(dt * a2[j]) * s[r][j] + dtx * bv[j];
             sum += s[r][j] * cv[j];
         }
-#pragma unroll
-        for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        sum = row_lanes_sum(sum);
         if (sub == r % TPR) acc_own[r / TPR] = sum;
-        if (cache[r] >= 0) {
-            float* S = a.state + ((long long)cache[r] * Din + d) * D_STATE;
-#pragma unroll
-            for (int k = 0; k < VPT; ++k) {
-                state_vec v;
-                pack(&s[r][k * VEC], v);
-                store_state(S + STATE_INDEX(k, 0), v);
-            }
-        }
+        if (cache[r] >= 0) store_state_slice(a.state, ((long long)cache[r] * Din + d) * D_STATE, sub, s[r]);
     }
 #undef FETCH_BC
 
@@ -379,9 +356,7 @@ __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
         if (c >= 0 && c < a.cache_rows) {
             y = (acc_own[q] + skip_own[q]) * gate_own[q];
         } else {
-            // Padding gives 0; an index past the cache (only possible through the
-            // unchecked device entry point) gives NaN, never a state write.
-            y = c < 0 ? 0.0f : ssm_quiet_nan();
+            y = stateless_output(c);  // padding: 0; past the cache: NaN, no write
         }
         static_cast<T*>(a.out)[i * Din + d] = from_f32<T>(y);
     }

@@ -46,16 +46,11 @@
 // Launch geometry.
 // ---------------------------------------------------------------------------
 
-constexpr int VPT = D_STATE / (VEC * TPR);  // vectors per lane per row
-constexpr int EPT = VPT * VEC;              // state elements per lane per row
-constexpr int SLOTS = 32 / TPR;             // rows a warp covers side by side
+// VPT, EPT, SLOTS (rows a warp covers side by side) and THREADS come from
+// common/decode_state.cuh.
 constexpr int ROWS_PER_WARP = SLOTS * ROWS;
 constexpr int ROWS_PER_BLOCK = WARPS * ROWS_PER_WARP;
-constexpr int THREADS = WARPS * 32;
-static_assert(VEC == 4 || VEC == 2 || VEC == 1, "VEC must be 4, 2 or 1");
-static_assert(TPR >= 1 && TPR <= 32 && (32 % TPR) == 0, "TPR must be a power of two <= 32");
 constexpr int SROWS = (ROWS + TPR - 1) / TPR;  // rows whose output a lane finishes
-static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
 
 // Kernel arguments, passed by value. Mirrors `RawDecodeArgs` in
 // crates/mamba2-ssd/src/decode_cuda.rs field by field (sizes asserted on both sides).
@@ -110,9 +105,8 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
 
     const long long cache = a.state_batch_indices ? a.state_batch_indices[i] : i;
     if (cache < 0 || cache >= a.cache_rows) {
-        // Padding row: zero output, state untouched. An index past the cache (only
-        // possible through the unchecked device entry point) yields NaN, never a write.
-        const float fill = cache < 0 ? 0.0f : ssm_quiet_nan();
+        // Padding row: zero output, state untouched; past the cache: NaN, no write.
+        const float fill = stateless_output(cache);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const long long row = row0 + (long long)r * SLOTS;
@@ -136,7 +130,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     float bv[EPT], cv[EPT];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-        const int n = (sub + k * TPR) * VEC;
+        const int n = lane_state_index(sub, k);
         load_inputs(Bg + n, &bv[k * VEC]);
         load_inputs(Cg + n, &cv[k * VEC]);
     }
@@ -148,15 +142,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = row0 + (long long)r * SLOTS;
-#pragma unroll
-        for (int k = 0; k < VPT; ++k) {
-            if (row < P) {
-                unpack(load_state(S + row * D_STATE + (sub + k * TPR) * VEC), &s[r][k * VEC]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) s[r][k * VEC + e] = 0.0f;
-            }
-        }
+        load_state_slice(S, row * D_STATE, sub, row < P, s[r]);
     }
     // x is needed by every lane of a row (dt * x enters the update). z and D are
     // needed only to finish the output, which lane `sub` does for the rows it owns
@@ -188,18 +174,8 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
             s[r][j] = decay * s[r][j] + dtx * bv[j];
             sum += s[r][j] * cv[j];
         }
-        // Every lane takes part in the shuffles, live row or not.
-#pragma unroll
-        for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-        acc[r] = sum;
-        if (row < P) {
-#pragma unroll
-            for (int k = 0; k < VPT; ++k) {
-                state_vec v;
-                pack(&s[r][k * VEC], v);
-                store_state(S + row * D_STATE + (sub + k * TPR) * VEC, v);
-            }
-        }
+        acc[r] = row_lanes_sum(sum);  // every lane takes part, live row or not
+        if (row < P) store_state_slice(S, row * D_STATE, sub, s[r]);
     }
 
     // Each lane finishes the rows it owns.

@@ -57,6 +57,270 @@ pub fn cache_row(indices: Option<&[i64]>, i: usize) -> Option<usize> {
     }
 }
 
+/// The buffers of one decode step, common to both families: their shapes differ
+/// (each family's dims say what they must be), their roles do not. The same struct
+/// carries host slices, device views, lengths (for validation) and device
+/// pointers: `E` for the element-typed inputs (x, dt, B, C, z), `P` for the f32
+/// parameters (A, D, dt_bias), `I` for the state indices.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs<E, P = E, I = E> {
+    pub x: E,
+    pub dt: E,
+    pub a: P,
+    pub b: E,
+    pub c: E,
+    pub d: Option<P>,
+    pub z: Option<E>,
+    pub dt_bias: Option<P>,
+    pub state_batch_indices: Option<I>,
+}
+
+/// Lengths of a step's buffers: what shape validation reads.
+pub type StepLens = StepInputs<usize>;
+
+impl<E, P, I> StepInputs<E, P, I> {
+    /// The buffers, borrowed.
+    pub fn as_ref(&self) -> StepInputs<&E, &P, &I> {
+        StepInputs {
+            x: &self.x,
+            dt: &self.dt,
+            a: &self.a,
+            b: &self.b,
+            c: &self.c,
+            d: self.d.as_ref(),
+            z: self.z.as_ref(),
+            dt_bias: self.dt_bias.as_ref(),
+            state_batch_indices: self.state_batch_indices.as_ref(),
+        }
+    }
+
+    /// The same buffers through three conversions (one per role).
+    pub fn map<E2, P2, I2>(
+        self,
+        mut fe: impl FnMut(E) -> E2,
+        mut fp: impl FnMut(P) -> P2,
+        fi: impl FnOnce(I) -> I2,
+    ) -> StepInputs<E2, P2, I2> {
+        StepInputs {
+            x: fe(self.x),
+            dt: fe(self.dt),
+            a: fp(self.a),
+            b: fe(self.b),
+            c: fe(self.c),
+            d: self.d.map(&mut fp),
+            z: self.z.map(&mut fe),
+            dt_bias: self.dt_bias.map(&mut fp),
+            state_batch_indices: self.state_batch_indices.map(fi),
+        }
+    }
+
+    /// The same buffers through fallible conversions; the first error stops it.
+    pub fn try_map<E2, P2, I2, Err>(
+        self,
+        mut fe: impl FnMut(E) -> std::result::Result<E2, Err>,
+        mut fp: impl FnMut(P) -> std::result::Result<P2, Err>,
+        fi: impl FnOnce(I) -> std::result::Result<I2, Err>,
+    ) -> std::result::Result<StepInputs<E2, P2, I2>, Err> {
+        Ok(StepInputs {
+            x: fe(self.x)?,
+            dt: fe(self.dt)?,
+            a: fp(self.a)?,
+            b: fe(self.b)?,
+            c: fe(self.c)?,
+            d: self.d.map(&mut fp).transpose()?,
+            z: self.z.map(&mut fe).transpose()?,
+            dt_bias: self.dt_bias.map(&mut fp).transpose()?,
+            state_batch_indices: self.state_batch_indices.map(fi).transpose()?,
+        })
+    }
+}
+
+/// Host slices of one step.
+pub type HostStepInputs<'a, T> = StepInputs<&'a [T], &'a [f32], &'a [i64]>;
+
+impl<T: Element> HostStepInputs<'_, T> {
+    pub fn lens(&self) -> StepLens {
+        self.map(|v| v.len(), |v| v.len(), |v| v.len())
+    }
+
+    /// Every input finite (`check_finite` of the parameter structs).
+    pub fn check_finite(&self) -> Result<()> {
+        check_finite("x", self.x)?;
+        check_finite("dt", self.dt)?;
+        check_finite("A", self.a)?;
+        check_finite("B", self.b)?;
+        check_finite("C", self.c)?;
+        if let Some(z) = self.z {
+            check_finite("z", z)?;
+        }
+        if let Some(d) = self.d {
+            check_finite("D", d)?;
+        }
+        if let Some(bias) = self.dt_bias {
+            check_finite("dt_bias", bias)?;
+        }
+        Ok(())
+    }
+}
+
+/// B and C `(b, G, N)`, as every family has them.
+fn check_bc(lens: &StepLens, batch: usize, groups: usize, d_state: usize) -> Result<()> {
+    let bgn = [("b", batch), ("G", groups), ("N", d_state)];
+    check_len("B", Shape(&bgn), lens.b)?;
+    check_len("C", Shape(&bgn), lens.c)
+}
+
+/// What every family checks the same way after its own inputs: the state cache,
+/// whose shape after `cache_rows` is the family's `state_row`, and the index list
+/// `(b)` (or, without one, a cache of exactly `b` rows).
+fn check_cache(
+    lens: &StepLens,
+    batch: usize,
+    cache_rows: usize,
+    state_row: &[(&'static str, usize)],
+    state_len: usize,
+) -> Result<()> {
+    let mut state = vec![("cache_rows", cache_rows)];
+    state.extend_from_slice(state_row);
+    check_len("state", Shape(&state), state_len)?;
+    match lens.state_batch_indices {
+        Some(len) => check_len("state_batch_indices", Shape(&[("b", batch)]), len),
+        None if cache_rows != batch => Err(SsmError::Dimension {
+            arg: "state",
+            reason: format!(
+                "without state_batch_indices the cache must have b = {batch} rows, it has {cache_rows}"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The sizes of one Mamba-1 decode step, shared by the host parameters and the
+/// device arguments so that both validate the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mamba1StepDims {
+    pub batch: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    pub cache_rows: usize,
+}
+
+impl Mamba1StepDims {
+    /// Sizes, buffer lengths and the state cache of `state_len` elements (the
+    /// contents of `state_batch_indices` are not read).
+    pub fn check(&self, lens: &StepLens, state_len: usize) -> Result<()> {
+        check_nonzero("batch", self.batch)?;
+        check_nonzero("d_inner", self.d_inner)?;
+        check_nonzero("d_state", self.d_state)?;
+        check_groups("B", self.groups, "D_in", self.d_inner)?;
+        let bd = [("b", self.batch), ("D_in", self.d_inner)];
+        let per_channel = [("D_in", self.d_inner)];
+        check_len("x", Shape(&bd), lens.x)?;
+        check_len("dt", Shape(&bd), lens.dt)?;
+        check_len(
+            "A",
+            Shape(&[("D_in", self.d_inner), ("N", self.d_state)]),
+            lens.a,
+        )?;
+        check_bc(lens, self.batch, self.groups, self.d_state)?;
+        if let Some(d) = lens.d {
+            check_len("D", Shape(&per_channel), d)?;
+        }
+        if let Some(z) = lens.z {
+            check_len("z", Shape(&bd), z)?;
+        }
+        if let Some(bias) = lens.dt_bias {
+            check_len("dt_bias", Shape(&per_channel), bias)?;
+        }
+        check_cache(
+            lens,
+            self.batch,
+            self.cache_rows,
+            &[("D_in", self.d_inner), ("N", self.d_state)],
+            state_len,
+        )
+    }
+
+    /// The output `(b, D_in)`.
+    pub fn check_out(&self, out_len: usize) -> Result<()> {
+        check_len(
+            "out",
+            Shape(&[("b", self.batch), ("D_in", self.d_inner)]),
+            out_len,
+        )
+    }
+}
+
+/// The sizes of one Mamba-2 decode step (see [`Mamba1StepDims`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mamba2StepDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub d_state: usize,
+    pub groups: usize,
+    pub cache_rows: usize,
+}
+
+impl Mamba2StepDims {
+    /// As [`Mamba1StepDims::check`]; `d_per_head_dim` says whether `D` is `(H, P)`
+    /// (else `(H)`).
+    pub fn check(
+        &self,
+        lens: &StepLens,
+        d_per_head_dim: bool,
+        dt_limit: (f32, f32),
+        state_len: usize,
+    ) -> Result<()> {
+        check_nonzero("batch", self.batch)?;
+        check_nonzero("heads", self.heads)?;
+        check_nonzero("head_dim", self.head_dim)?;
+        check_nonzero("d_state", self.d_state)?;
+        check_groups("B", self.groups, "H", self.heads)?;
+        let bhp = [("b", self.batch), ("H", self.heads), ("P", self.head_dim)];
+        let h = [("H", self.heads)];
+        check_len("x", Shape(&bhp), lens.x)?;
+        check_len(
+            "dt",
+            Shape(&[("b", self.batch), ("H", self.heads)]),
+            lens.dt,
+        )?;
+        check_len("A", Shape(&h), lens.a)?;
+        check_bc(lens, self.batch, self.groups, self.d_state)?;
+        match lens.d {
+            Some(d) if d_per_head_dim => {
+                check_len("D", Shape(&[("H", self.heads), ("P", self.head_dim)]), d)?
+            }
+            Some(d) => check_len("D", Shape(&h), d)?,
+            None => {}
+        }
+        if let Some(z) = lens.z {
+            check_len("z", Shape(&bhp), z)?;
+        }
+        if let Some(bias) = lens.dt_bias {
+            check_len("dt_bias", Shape(&h), bias)?;
+        }
+        check_dt_limit(dt_limit)?;
+        check_cache(
+            lens,
+            self.batch,
+            self.cache_rows,
+            &[("H", self.heads), ("P", self.head_dim), ("N", self.d_state)],
+            state_len,
+        )
+    }
+
+    /// The output `(b, H, P)`.
+    pub fn check_out(&self, out_len: usize) -> Result<()> {
+        check_len(
+            "out",
+            Shape(&[("b", self.batch), ("H", self.heads), ("P", self.head_dim)]),
+            out_len,
+        )
+    }
+}
+
 /// One Mamba-1 decode step. State cache `(cache_rows, D_in, N)` f32.
 #[derive(Clone, Copy, Debug)]
 pub struct Mamba1StepParams<'a, T> {
@@ -82,6 +346,33 @@ pub struct Mamba1StepParams<'a, T> {
     pub dt_softplus: bool,
     pub state_batch_indices: Option<&'a [i64]>,
     pub check_finite: bool,
+}
+
+impl<'a, T> Mamba1StepParams<'a, T> {
+    pub fn dims(&self) -> Mamba1StepDims {
+        Mamba1StepDims {
+            batch: self.batch,
+            d_inner: self.d_inner,
+            d_state: self.d_state,
+            groups: self.groups,
+            cache_rows: self.cache_rows,
+        }
+    }
+
+    /// The buffers, by role.
+    pub fn inputs(&self) -> HostStepInputs<'a, T> {
+        StepInputs {
+            x: self.x,
+            dt: self.dt,
+            a: self.a,
+            b: self.b,
+            c: self.c,
+            d: self.d,
+            z: self.z,
+            dt_bias: self.dt_bias,
+            state_batch_indices: self.state_batch_indices,
+        }
+    }
 }
 
 impl<'a, T: Element> Mamba1StepParams<'a, T> {
@@ -120,55 +411,11 @@ impl<'a, T: Element> Mamba1StepParams<'a, T> {
 
     /// Validate against a state cache of `state_len` elements.
     pub fn validate(&self, state_len: usize) -> Result<()> {
-        check_nonzero("batch", self.batch)?;
-        check_nonzero("d_inner", self.d_inner)?;
-        check_nonzero("d_state", self.d_state)?;
-        check_groups("B", self.groups, "D_in", self.d_inner)?;
-        let bd = [("b", self.batch), ("D_in", self.d_inner)];
-        check_len("x", Shape(&bd), self.x.len())?;
-        check_len("dt", Shape(&bd), self.dt.len())?;
-        check_len(
-            "A",
-            Shape(&[("D_in", self.d_inner), ("N", self.d_state)]),
-            self.a.len(),
-        )?;
-        let bgn = [("b", self.batch), ("G", self.groups), ("N", self.d_state)];
-        check_len("B", Shape(&bgn), self.b.len())?;
-        check_len("C", Shape(&bgn), self.c.len())?;
-        if let Some(d) = self.d {
-            check_len("D", Shape(&[("D_in", self.d_inner)]), d.len())?;
-        }
-        if let Some(z) = self.z {
-            check_len("z", Shape(&bd), z.len())?;
-        }
-        if let Some(bias) = self.dt_bias {
-            check_len("dt_bias", Shape(&[("D_in", self.d_inner)]), bias.len())?;
-        }
-        check_len(
-            "state",
-            Shape(&[
-                ("cache_rows", self.cache_rows),
-                ("D_in", self.d_inner),
-                ("N", self.d_state),
-            ]),
-            state_len,
-        )?;
+        let inputs = self.inputs();
+        self.dims().check(&inputs.lens(), state_len)?;
         check_state_indices(self.state_batch_indices, self.batch, self.cache_rows)?;
         if self.check_finite {
-            check_finite("x", self.x)?;
-            check_finite("dt", self.dt)?;
-            check_finite("A", self.a)?;
-            check_finite("B", self.b)?;
-            check_finite("C", self.c)?;
-            if let Some(z) = self.z {
-                check_finite("z", z)?;
-            }
-            if let Some(d) = self.d {
-                check_finite("D", d)?;
-            }
-            if let Some(bias) = self.dt_bias {
-                check_finite("dt_bias", bias)?;
-            }
+            inputs.check_finite()?;
         }
         Ok(())
     }
@@ -201,6 +448,36 @@ pub struct Mamba2StepParams<'a, T> {
     pub dt_limit: (f32, f32),
     pub state_batch_indices: Option<&'a [i64]>,
     pub check_finite: bool,
+}
+
+impl<'a, T> Mamba2StepParams<'a, T> {
+    pub fn dims(&self) -> Mamba2StepDims {
+        Mamba2StepDims {
+            batch: self.batch,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            d_state: self.d_state,
+            groups: self.groups,
+            cache_rows: self.cache_rows,
+        }
+    }
+
+    /// The buffers, by role (`D` as its data; [`Self::d`] says which shape).
+    pub fn inputs(&self) -> HostStepInputs<'a, T> {
+        StepInputs {
+            x: self.x,
+            dt: self.dt,
+            a: self.a,
+            b: self.b,
+            c: self.c,
+            d: self.d.map(|d| match d {
+                DSkip::PerHead(v) | DSkip::PerHeadDim(v) => v,
+            }),
+            z: self.z,
+            dt_bias: self.dt_bias,
+            state_batch_indices: self.state_batch_indices,
+        }
+    }
 }
 
 impl<'a, T: Element> Mamba2StepParams<'a, T> {
@@ -241,58 +518,13 @@ impl<'a, T: Element> Mamba2StepParams<'a, T> {
     }
 
     pub fn validate(&self, state_len: usize) -> Result<()> {
-        check_nonzero("batch", self.batch)?;
-        check_nonzero("heads", self.heads)?;
-        check_nonzero("head_dim", self.head_dim)?;
-        check_nonzero("d_state", self.d_state)?;
-        check_groups("B", self.groups, "H", self.heads)?;
-        let bhp = [("b", self.batch), ("H", self.heads), ("P", self.head_dim)];
-        check_len("x", Shape(&bhp), self.x.len())?;
-        check_len(
-            "dt",
-            Shape(&[("b", self.batch), ("H", self.heads)]),
-            self.dt.len(),
-        )?;
-        check_len("A", Shape(&[("H", self.heads)]), self.a.len())?;
-        let bgn = [("b", self.batch), ("G", self.groups), ("N", self.d_state)];
-        check_len("B", Shape(&bgn), self.b.len())?;
-        check_len("C", Shape(&bgn), self.c.len())?;
-        if let Some(d) = &self.d {
-            d.validate(self.heads, self.head_dim)?;
-        }
-        if let Some(z) = self.z {
-            check_len("z", Shape(&bhp), z.len())?;
-        }
-        if let Some(bias) = self.dt_bias {
-            check_len("dt_bias", Shape(&[("H", self.heads)]), bias.len())?;
-        }
-        check_dt_limit(self.dt_limit)?;
-        check_len(
-            "state",
-            Shape(&[
-                ("cache_rows", self.cache_rows),
-                ("H", self.heads),
-                ("P", self.head_dim),
-                ("N", self.d_state),
-            ]),
-            state_len,
-        )?;
+        let inputs = self.inputs();
+        let per_head_dim = matches!(self.d, Some(DSkip::PerHeadDim(_)));
+        self.dims()
+            .check(&inputs.lens(), per_head_dim, self.dt_limit, state_len)?;
         check_state_indices(self.state_batch_indices, self.batch, self.cache_rows)?;
         if self.check_finite {
-            check_finite("x", self.x)?;
-            check_finite("dt", self.dt)?;
-            check_finite("A", self.a)?;
-            check_finite("B", self.b)?;
-            check_finite("C", self.c)?;
-            if let Some(z) = self.z {
-                check_finite("z", z)?;
-            }
-            if let Some(d) = &self.d {
-                check_finite("D", d.data())?;
-            }
-            if let Some(bias) = self.dt_bias {
-                check_finite("dt_bias", bias)?;
-            }
+            inputs.check_finite()?;
         }
         Ok(())
     }

@@ -19,6 +19,9 @@
 //! with NVRTC alone and report ptxas's resource use; [`budget`] checks them
 //! against `kernels/budgets.toml`. Tests use [`test_gpu_or_skip`].
 //!
+//! [`decode`]: the decode-step launcher of both families, generic over
+//! [`decode::DecodeFamily`] (each kernel crate supplies its family).
+//!
 //! Environment: `SSM_KERNEL_DIR` (hot reload), `SSM_KERNEL_CACHE` (cache dir or
 //! `off`), `SSM_CUDA_INCLUDE` (toolkit headers), `SSM_NVRTC_LIB_DIR`,
 //! `SSM_CUDA_ARCH` (`sm_80`/`sm_86`/`sm_89`/`sm_90`/`sm_90a`/`compute_90`),
@@ -29,6 +32,7 @@
 pub mod budget;
 pub mod cache;
 pub mod compile;
+pub mod decode;
 mod device;
 mod error;
 pub mod limits;

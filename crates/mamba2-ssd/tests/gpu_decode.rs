@@ -1,128 +1,24 @@
-//! The CUDA Mamba-2 decode step against the f64 oracle (`ssm_reference::mamba2_step`).
-//!
-//! Every case draws fresh random inputs (the seed is printed, `SSM_TEST_SEED`
-//! replays one), runs one step on the GPU into a poisoned output buffer and
-//! compares the output and the updated state with the oracle fed the same inputs:
-//! relative L2 within `rel_l2_budget(T, 0)` for outputs and `state_budget(0)` for
-//! states (a step exponentiates each decay on its own, so K = 0). Padding rows must
-//! give exact zeros, and every cache row that no live batch row points at must come
-//! back bit-identical. Without a GPU each test prints `SKIPPED` and passes (set
-//! `SSM_REQUIRE_GPU=1` to make that a failure).
+//! The CUDA Mamba-2 decode step against the f64 oracle (`ssm_reference::mamba2_step`),
+//! through the harness both families share (`crates/gpu/tests/support/decode_harness.rs`:
+//! random problems, the comparison, the table, the device-entry guards). Without
+//! a GPU each test prints `SKIPPED` and passes (set `SSM_REQUIRE_GPU=1` to make
+//! that a failure).
+
+#[path = "../../gpu/tests/support/decode_harness.rs"]
+mod harness;
 
 use half::{bf16, f16};
-use mamba2_ssd::decode_cuda::{
-    decode_step_cuda, launch_decode_step, DecodeKernel, DecodeTiling, DeviceDSkip, DeviceStepArgs,
-};
+use harness::{case, tiled, DOption, Options, Problem, Sizes, TestFamily};
+use mamba2_ssd::decode_cuda::{DecodeTiling, Mamba2Decode};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use ssm_core::decode::{cache_row, Mamba2StepParams};
+use rand::Rng;
+use ssm_core::decode::Mamba2StepParams;
 use ssm_core::mamba2::DSkip;
-use ssm_core::tolerance::{compare, rel_l2_budget, state_budget, Comparison};
-use ssm_core::{Element, SsmError};
-use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
-
-// ---------------------------------------------------------------------------
-// Random problems
-// ---------------------------------------------------------------------------
-
-/// Standard normal samples (Box-Muller; the tests need nothing fancier).
-fn randn(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len + 1);
-    while out.len() < len {
-        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(len);
-    out
-}
-
-fn rounded<T: Element>(values: &[f32]) -> Vec<T> {
-    values.iter().map(|&v| T::from_f32(v)).collect()
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DOption {
-    Off,
-    PerHead,
-    PerHeadDim,
-}
-
-/// Which options a case turns on.
-#[derive(Clone, Copy, Debug)]
-struct Options {
-    dt_bias: bool,
-    dt_softplus: bool,
-    dt_limit: Option<(f32, f32)>,
-    d: DOption,
-    z: bool,
-    /// Continuous batching: a larger cache, shuffled rows, about one row in eight padding.
-    indices: bool,
-}
-
-impl Options {
-    const PLAIN: Options = Options {
-        dt_bias: false,
-        dt_softplus: false,
-        dt_limit: None,
-        d: DOption::Off,
-        z: false,
-        indices: false,
-    };
-    const ALL: Options = Options {
-        dt_bias: true,
-        dt_softplus: true,
-        dt_limit: Some((5e-3, 0.5)),
-        d: DOption::PerHeadDim,
-        z: true,
-        indices: true,
-    };
-    /// The other half of each switch: D per head, softplus without bias or limit.
-    const MIXED: Options = Options {
-        dt_bias: false,
-        dt_softplus: true,
-        dt_limit: None,
-        d: DOption::PerHead,
-        z: true,
-        indices: true,
-    };
-
-    fn name(&self) -> String {
-        let mut parts = Vec::new();
-        if self.dt_bias {
-            parts.push("bias");
-        }
-        if self.dt_softplus {
-            parts.push("softplus");
-        }
-        if self.dt_limit.is_some() {
-            parts.push("limit");
-        }
-        match self.d {
-            DOption::Off => {}
-            DOption::PerHead => parts.push("D(H)"),
-            DOption::PerHeadDim => parts.push("D(H,P)"),
-        }
-        if self.z {
-            parts.push("z");
-        }
-        if self.indices {
-            parts.push("indices");
-        }
-        if parts.is_empty() {
-            "none".into()
-        } else {
-            parts.join("+")
-        }
-    }
-}
+use ssm_core::Element;
+use ssm_gpu::test_gpu_or_skip;
 
 #[derive(Clone, Copy, Debug)]
-struct Shape {
+pub struct Shape {
     batch: usize,
     heads: usize,
     head_dim: usize,
@@ -142,345 +38,84 @@ impl Shape {
     }
 }
 
-/// One random decode step and the state cache it updates.
-struct Problem<T> {
-    shape: Shape,
-    opts: Options,
-    cache_rows: usize,
-    x: Vec<T>,
-    dt: Vec<T>,
-    a: Vec<f32>,
-    b: Vec<T>,
-    c: Vec<T>,
-    d: Vec<f32>,
-    z: Vec<T>,
-    dt_bias: Vec<f32>,
-    indices: Vec<i64>,
-    state: Vec<f32>,
-}
+const ALL: Options = Options {
+    dt_bias: true,
+    dt_softplus: true,
+    dt_limit: Some((5e-3, 0.5)),
+    d: DOption::PerHeadDim,
+    z: true,
+    indices: true,
+};
+/// The other half of each switch: D per head, softplus without bias or limit.
+const MIXED: Options = Options {
+    dt_bias: false,
+    dt_softplus: true,
+    dt_limit: None,
+    d: DOption::PerRow,
+    z: true,
+    indices: true,
+};
+const PLAIN: Options = Options::PLAIN;
 
-impl<T: Element> Problem<T> {
-    fn random(shape: Shape, opts: Options, rng: &mut StdRng) -> Self {
-        let Shape {
-            batch,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = shape;
-        let bhp = batch * heads * head_dim;
-        // Step sizes: mostly softplus(randn - 4) (~0.02), one in sixteen large (up to 10),
-        // either as the final value or as the pre-softplus argument.
-        let dt: Vec<f32> = randn(rng, batch * heads)
-            .into_iter()
-            .map(|v| {
-                let large = rng.random_range(0..16) == 0;
-                match (opts.dt_softplus, large) {
-                    (_, true) => rng.random_range(1.0..10.0),
-                    (true, false) => v - 4.0,
-                    (false, false) => ssm_core::math::softplus_f32(v - 4.0),
-                }
-            })
-            .collect();
-        let a = (0..heads)
-            .map(|_| -rng.random_range(0.0f32..16f32.ln()).exp())
-            .collect();
-        let (cache_rows, indices) = if opts.indices {
-            cache_layout(batch, rng)
-        } else {
-            (batch, Vec::new())
-        };
-        let state_len = cache_rows * heads * head_dim * d_state;
-        Problem {
-            shape,
-            opts,
-            cache_rows,
-            x: rounded(&randn(rng, bhp)),
-            dt: rounded(&dt),
-            a,
-            b: rounded(&randn(rng, batch * groups * d_state)),
-            c: rounded(&randn(rng, batch * groups * d_state)),
-            d: match opts.d {
-                DOption::Off => Vec::new(),
-                DOption::PerHead => randn(rng, heads),
-                DOption::PerHeadDim => randn(rng, heads * head_dim),
-            },
-            z: if opts.z {
-                rounded(&randn(rng, bhp))
-            } else {
-                Vec::new()
-            },
-            dt_bias: if opts.dt_bias {
-                randn(rng, heads).iter().map(|v| 0.5 * v).collect()
-            } else {
-                Vec::new()
-            },
-            indices,
-            state: randn(rng, state_len),
-        }
+impl TestFamily for Mamba2Decode {
+    const TAG: &'static str = "m2";
+    const D_PER_ROW: &'static str = "D(H)";
+    type Shape = Shape;
+
+    fn batch(s: &Shape) -> usize {
+        s.batch
     }
-
-    fn params(&self) -> Mamba2StepParams<'_, T> {
-        let s = self.shape;
-        let mut p = Mamba2StepParams::new(
-            s.batch, s.heads, s.head_dim, s.d_state, s.groups, &self.x, &self.dt, &self.a, &self.b,
-            &self.c,
-        );
-        p.cache_rows = self.cache_rows;
-        p.d = match self.opts.d {
-            DOption::Off => None,
-            DOption::PerHead => Some(DSkip::PerHead(&self.d)),
-            DOption::PerHeadDim => Some(DSkip::PerHeadDim(&self.d)),
-        };
-        p.z = self.opts.z.then_some(&self.z[..]);
-        p.dt_bias = self.opts.dt_bias.then_some(&self.dt_bias[..]);
-        p.dt_softplus = self.opts.dt_softplus;
-        if let Some(limit) = self.opts.dt_limit {
-            p.dt_limit = limit;
-        }
-        p.state_batch_indices = self.opts.indices.then_some(&self.indices[..]);
-        p
+    fn state_size(s: &Shape) -> usize {
+        s.d_state
     }
-
-    fn state_row_len(&self) -> usize {
-        self.shape.heads * self.shape.head_dim * self.shape.d_state
-    }
-
-    fn out_row_len(&self) -> usize {
-        self.shape.heads * self.shape.head_dim
-    }
-}
-
-/// A cache with a few spare rows, shuffled assignment, about one batch row in
-/// eight padding (never all of them, so something is always computed).
-fn cache_layout(batch: usize, rng: &mut StdRng) -> (usize, Vec<i64>) {
-    let cache_rows = batch + (batch / 8).max(2);
-    let mut rows: Vec<i64> = (0..cache_rows as i64).collect();
-    rows.shuffle(rng);
-    rows.truncate(batch);
-    for (i, r) in rows.iter_mut().enumerate() {
-        if batch > 1 && (i % 8 == 3 || rng.random_range(0..16) == 0) {
-            *r = -1;
-        }
-    }
-    (cache_rows, rows)
-}
-
-// ---------------------------------------------------------------------------
-// Running and checking one case
-// ---------------------------------------------------------------------------
-
-/// Errors of one case, printed as one line of the verification table.
-struct CaseResult {
-    label: String,
-    out: Comparison,
-    out_budget: f64,
-    state: Comparison,
-    state_budget: f64,
-    problems: Vec<String>,
-}
-
-impl CaseResult {
-    fn passed(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-impl std::fmt::Display for CaseResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<58} out rel_l2 {:.2e} (max_abs {:.2e}, budget {:.0e})  state rel_l2 {:.2e} (max_abs {:.2e}, budget {:.0e})  {}",
-            self.label,
-            self.out.rel_l2,
-            self.out.max_abs,
-            self.out_budget,
-            self.state.rel_l2,
-            self.state.max_abs,
-            self.state_budget,
-            if self.passed() { "ok".to_string() } else { format!("FAILED: {}", self.problems.join("; ")) }
+    fn describe(s: &Shape) -> String {
+        format!(
+            "b={} H={} P={} N={} G={}",
+            s.batch, s.heads, s.head_dim, s.d_state, s.groups
         )
     }
-}
-
-fn seed() -> u64 {
-    std::env::var("SSM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random())
-}
-
-fn run_case<T: DeviceElement>(
-    gpu: &Gpu,
-    shape: Shape,
-    opts: Options,
-    tiling: Option<DecodeTiling>,
-) -> CaseResult {
-    let seed = seed();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let problem = Problem::<T>::random(shape, opts, &mut rng);
-    let p = problem.params();
-    let label = format!(
-        "m2 b={} H={} P={} N={} G={} {} {}{} seed={seed}",
-        shape.batch,
-        shape.heads,
-        shape.head_dim,
-        shape.d_state,
-        shape.groups,
-        T::DTYPE,
-        opts.name(),
-        tiling.map_or(String::new(), |t| format!(" {t:?}")),
-    );
-
-    let mut gpu_state = problem.state.clone();
-    let gpu_out = match tiling {
-        None => {
-            decode_step_cuda(gpu, &p, &mut gpu_state)
-                .expect("GPU decode step")
-                .out
-        }
-        Some(tiling) => step_with_tiling(gpu, &problem, tiling, &mut gpu_state),
-    };
-    let mut ref_state: Vec<f64> = problem.state.iter().map(|&v| v as f64).collect();
-    let reference = ssm_reference::mamba2_step(&p, &mut ref_state).expect("oracle");
-
-    let out: Vec<f64> = gpu_out.iter().map(|v| v.to_f64()).collect();
-    let out_cmp = compare(&out, &reference.out);
-    let out_budget = rel_l2_budget(T::DTYPE, 0.0);
-    let mut problems = Vec::new();
-    if !out_cmp.passes(out_budget) {
-        problems.push(format!(
-            "output rel_l2 {:.3e} > {out_budget:.0e} or {} non-finite",
-            out_cmp.rel_l2, out_cmp.non_finite
-        ));
-    }
-
-    // Live cache rows: compared with the oracle. The rest: bit-identical.
-    let (row_len, out_row) = (problem.state_row_len(), problem.out_row_len());
-    let mut live = vec![false; problem.cache_rows];
-    for i in 0..shape.batch {
-        match cache_row(p.state_batch_indices, i) {
-            Some(r) => live[r] = true,
-            None => {
-                if gpu_out[i * out_row..(i + 1) * out_row]
-                    .iter()
-                    .any(|v| v.to_f64() != 0.0)
-                {
-                    problems.push(format!("padding row {i} has a non-zero output"));
-                }
-            }
+    fn sizes(s: &Shape) -> Sizes {
+        Sizes {
+            out_row: s.heads * s.head_dim,
+            dt_row: s.heads,
+            bc_row: s.groups * s.d_state,
+            per_row: s.heads,
+            per_head_dim: s.heads * s.head_dim,
+            state_row: s.heads * s.head_dim * s.d_state,
         }
     }
-    let (mut got, mut want) = (Vec::new(), Vec::new());
-    for (r, &is_live) in live.iter().enumerate() {
-        let span = r * row_len..(r + 1) * row_len;
-        if is_live {
-            got.extend(gpu_state[span.clone()].iter().map(|&v| v as f64));
-            want.extend_from_slice(&ref_state[span]);
-        } else if gpu_state[span.clone()]
-            .iter()
-            .zip(&problem.state[span])
-            .any(|(a, b)| a.to_bits() != b.to_bits())
-        {
-            problems.push(format!("untouched cache row {r} changed"));
+    /// A < 0 with |A| between 1 and 16.
+    fn random_a(s: &Shape, rng: &mut StdRng) -> Vec<f32> {
+        (0..s.heads)
+            .map(|_| -rng.random_range(0.0f32..16f32.ln()).exp())
+            .collect()
+    }
+    fn params<T: Element>(pr: &Problem<Self, T>) -> Mamba2StepParams<'_, T> {
+        let s = pr.shape;
+        let mut p = Mamba2StepParams::new(
+            s.batch, s.heads, s.head_dim, s.d_state, s.groups, &pr.x, &pr.dt, &pr.a, &pr.b, &pr.c,
+        );
+        p.cache_rows = pr.cache_rows;
+        p.d = match pr.opts.d {
+            DOption::Off => None,
+            DOption::PerRow => Some(DSkip::PerHead(&pr.d)),
+            DOption::PerHeadDim => Some(DSkip::PerHeadDim(&pr.d)),
+        };
+        p.z = pr.opts.z.then_some(&pr.z[..]);
+        p.dt_bias = pr.opts.dt_bias.then_some(&pr.dt_bias[..]);
+        p.dt_softplus = pr.opts.dt_softplus;
+        if let Some(limit) = pr.opts.dt_limit {
+            p.dt_limit = limit;
         }
+        p.state_batch_indices = pr.opts.indices.then_some(&pr.indices[..]);
+        p
     }
-    let state_cmp = compare(&got, &want);
-    let state_budget = state_budget(0.0);
-    if !state_cmp.passes(state_budget) {
-        problems.push(format!(
-            "state rel_l2 {:.3e} > {state_budget:.0e} or {} non-finite",
-            state_cmp.rel_l2, state_cmp.non_finite
-        ));
-    }
-    CaseResult {
-        label,
-        out: out_cmp,
-        out_budget,
-        state: state_cmp,
-        state_budget,
-        problems,
+    fn oracle<T: Element>(p: &Mamba2StepParams<'_, T>, state: &mut [f64]) -> Vec<f64> {
+        ssm_reference::mamba2_step(p, state).expect("oracle").out
     }
 }
 
-/// The device entry point with an explicit tiling (the variants the bench times).
-fn step_with_tiling<T: DeviceElement>(
-    gpu: &Gpu,
-    problem: &Problem<T>,
-    tiling: DecodeTiling,
-    state: &mut [f32],
-) -> Vec<T> {
-    let p = problem.params();
-    let kernel = DecodeKernel::<T>::new(gpu, p.d_state, tiling).expect("kernel");
-    let up = |v: &[T]| gpu.upload(v).expect("upload");
-    let upf = |v: &[f32]| gpu.upload(v).expect("upload");
-    let (x, dt, b, c, a) = (up(p.x), up(p.dt), up(p.b), up(p.c), upf(p.a));
-    let z = p.z.map(up);
-    let d = p.d.as_ref().map(|d| upf(d.data()));
-    let bias = p.dt_bias.map(upf);
-    let idx = p
-        .state_batch_indices
-        .map(|v| gpu.stream().clone_htod(v).expect("upload"));
-    let mut dev_state = upf(state);
-    let mut out = gpu.alloc_poisoned::<T>(p.x.len()).expect("alloc");
-    let args = DeviceStepArgs {
-        batch: p.batch,
-        heads: p.heads,
-        head_dim: p.head_dim,
-        d_state: p.d_state,
-        groups: p.groups,
-        cache_rows: p.cache_rows,
-        x: x.as_view(),
-        dt: dt.as_view(),
-        a: a.as_view(),
-        b: b.as_view(),
-        c: c.as_view(),
-        d: d.as_ref().map(|v| match p.d {
-            Some(DSkip::PerHead(_)) => DeviceDSkip::PerHead(v.as_view()),
-            _ => DeviceDSkip::PerHeadDim(v.as_view()),
-        }),
-        z: z.as_ref().map(|v| v.as_view()),
-        dt_bias: bias.as_ref().map(|v| v.as_view()),
-        dt_softplus: p.dt_softplus,
-        dt_limit: p.dt_limit,
-        state_batch_indices: idx.as_ref().map(|v| v.as_view()),
-    };
-    launch_decode_step(
-        gpu,
-        &kernel,
-        &args,
-        &mut dev_state.as_view_mut(),
-        &mut out.as_view_mut(),
-    )
-    .expect("launch");
-    state.copy_from_slice(&gpu.download(&dev_state).expect("download"));
-    gpu.download(&out).expect("download")
-}
-
-/// One deferred check (cases of several element types share a list).
-type Case = Box<dyn Fn(&Gpu) -> CaseResult>;
-
-/// Run `cases`, print the table, fail with every failing line.
-fn run_all(gpu: &Gpu, cases: Vec<Case>) {
-    let results: Vec<CaseResult> = cases.iter().map(|case| case(gpu)).collect();
-    for r in &results {
-        println!("{r}");
-    }
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| r.to_string())
-        .collect();
-    assert!(failed.is_empty(), "failing cases:\n{}", failed.join("\n"));
-}
-
-fn case<T: DeviceElement>(shape: Shape, opts: Options) -> Case {
-    Box::new(move |gpu| run_case::<T>(gpu, shape, opts, None))
-}
-
-// ---------------------------------------------------------------------------
-// The tests
-// ---------------------------------------------------------------------------
+type F = Mamba2Decode;
 
 #[test]
 fn m2_decode_batch_1() {
@@ -489,12 +124,12 @@ fn m2_decode_batch_1() {
     };
     let mut cases = Vec::new();
     for groups in [1, 8] {
-        cases.push(case::<f32>(Shape::m2(1, groups), Options::PLAIN));
-        cases.push(case::<f32>(Shape::m2(1, groups), Options::ALL));
-        cases.push(case::<bf16>(Shape::m2(1, groups), Options::ALL));
-        cases.push(case::<f16>(Shape::m2(1, groups), Options::MIXED));
+        cases.push(case::<F, f32>(Shape::m2(1, groups), PLAIN));
+        cases.push(case::<F, f32>(Shape::m2(1, groups), ALL));
+        cases.push(case::<F, bf16>(Shape::m2(1, groups), ALL));
+        cases.push(case::<F, f16>(Shape::m2(1, groups), MIXED));
     }
-    run_all(&gpu, cases);
+    harness::run_all(&gpu, cases);
 }
 
 #[test]
@@ -504,13 +139,13 @@ fn m2_decode_batch_64() {
     };
     let mut cases = Vec::new();
     for groups in [1, 8] {
-        for opts in [Options::PLAIN, Options::ALL, Options::MIXED] {
-            cases.push(case::<f32>(Shape::m2(64, groups), opts));
-            cases.push(case::<bf16>(Shape::m2(64, groups), opts));
+        for opts in [PLAIN, ALL, MIXED] {
+            cases.push(case::<F, f32>(Shape::m2(64, groups), opts));
+            cases.push(case::<F, bf16>(Shape::m2(64, groups), opts));
         }
-        cases.push(case::<f16>(Shape::m2(64, groups), Options::ALL));
+        cases.push(case::<F, f16>(Shape::m2(64, groups), ALL));
     }
-    run_all(&gpu, cases);
+    harness::run_all(&gpu, cases);
 }
 
 #[test]
@@ -519,12 +154,12 @@ fn m2_decode_batch_256() {
         return;
     };
     let cases = vec![
-        case::<f32>(Shape::m2(256, 1), Options::ALL),
-        case::<bf16>(Shape::m2(256, 8), Options::ALL),
-        case::<bf16>(Shape::m2(256, 1), Options::PLAIN),
-        case::<f16>(Shape::m2(256, 8), Options::MIXED),
+        case::<F, f32>(Shape::m2(256, 1), ALL),
+        case::<F, bf16>(Shape::m2(256, 8), ALL),
+        case::<F, bf16>(Shape::m2(256, 1), PLAIN),
+        case::<F, f16>(Shape::m2(256, 8), MIXED),
     ];
-    run_all(&gpu, cases);
+    harness::run_all(&gpu, cases);
 }
 
 /// State sizes off the fast path (N not a multiple of 4, lanes per row < 32, rows
@@ -550,11 +185,11 @@ fn m2_decode_odd_shapes() {
         shape(9, 3, 17, 12, 3),
         shape(1, 1, 1, 1, 1),
     ] {
-        cases.push(case::<f32>(s, Options::ALL));
-        cases.push(case::<bf16>(s, Options::MIXED));
-        cases.push(case::<f32>(s, Options::PLAIN));
+        cases.push(case::<F, f32>(s, ALL));
+        cases.push(case::<F, bf16>(s, MIXED));
+        cases.push(case::<F, f32>(s, PLAIN));
     }
-    run_all(&gpu, cases);
+    harness::run_all(&gpu, cases);
 }
 
 /// Every tiling the bench times computes the same function.
@@ -563,19 +198,12 @@ fn m2_decode_bench_tilings() {
     let Some(gpu) = test_gpu_or_skip("m2_decode_bench_tilings") else {
         return;
     };
-    let results: Vec<CaseResult> = DecodeTiling::candidates()
-        .into_iter()
-        .flat_map(|t| {
-            [
-                run_case::<bf16>(&gpu, Shape::m2(16, 8), Options::ALL, Some(t)),
-                run_case::<f32>(&gpu, Shape::m2(16, 1), Options::MIXED, Some(t)),
-            ]
-        })
-        .collect();
-    for r in &results {
-        println!("{r}");
+    let mut cases = Vec::new();
+    for t in DecodeTiling::candidates() {
+        cases.push(tiled::<F, bf16>(Shape::m2(16, 8), ALL, t));
+        cases.push(tiled::<F, f32>(Shape::m2(16, 1), MIXED, t));
     }
-    assert!(results.iter().all(CaseResult::passed));
+    harness::run_all(&gpu, cases);
 }
 
 /// The device entry point refuses what its kernel cannot do safely, and the kernel
@@ -585,7 +213,6 @@ fn m2_decode_device_entry_guards() {
     let Some(gpu) = test_gpu_or_skip("m2_decode_device_entry_guards") else {
         return;
     };
-    let mut rng = StdRng::seed_from_u64(seed());
     let shape = Shape {
         batch: 2,
         heads: 4,
@@ -593,100 +220,7 @@ fn m2_decode_device_entry_guards() {
         d_state: 16,
         groups: 1,
     };
-    let problem = Problem::<f32>::random(shape, Options::PLAIN, &mut rng);
-    let p = problem.params();
-    let kernel = DecodeKernel::<f32>::new(&gpu, 16, DecodeTiling::default()).expect("kernel");
-    let up = |v: &[f32]| gpu.upload(v).expect("upload");
-    let (x, dt, a, b, c) = (up(p.x), up(p.dt), up(p.a), up(p.b), up(p.c));
-    let mut state_buf = up(&[problem.state.clone(), vec![0.0; 4]].concat());
-    let mut out = gpu.alloc_poisoned::<f32>(p.x.len()).expect("alloc");
-    // Row 0 points past the cache (cache_rows = 2), row 1 is valid.
-    let idx = gpu.stream().clone_htod(&[7i64, 1]).expect("upload");
-    let args = |with_idx: bool| DeviceStepArgs {
-        batch: 2,
-        heads: 4,
-        head_dim: 8,
-        d_state: 16,
-        groups: 1,
-        cache_rows: 2,
-        x: x.as_view(),
-        dt: dt.as_view(),
-        a: a.as_view(),
-        b: b.as_view(),
-        c: c.as_view(),
-        d: None,
-        z: None,
-        dt_bias: None,
-        dt_softplus: false,
-        dt_limit: ssm_core::mamba2::NO_DT_LIMIT,
-        state_batch_indices: with_idx.then(|| idx.as_view()),
-    };
-    let len = problem.state.len();
-
-    // A state view that starts one float in: not 16-byte aligned.
-    let err = launch_decode_step(
-        &gpu,
-        &kernel,
-        &args(false),
-        &mut state_buf.slice_mut(1..len + 1),
-        &mut out.as_view_mut(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, SsmError::Dimension { arg: "state", .. }),
-        "{err}"
-    );
-    // A state view of the wrong length.
-    let err = launch_decode_step(
-        &gpu,
-        &kernel,
-        &args(false),
-        &mut state_buf.slice_mut(0..len - 16),
-        &mut out.as_view_mut(),
-    )
-    .unwrap_err();
-    assert!(matches!(err, SsmError::Shape { arg: "state", .. }), "{err}");
-    // A kernel compiled for another N.
-    let other = DecodeKernel::<f32>::new(&gpu, 32, DecodeTiling::default()).expect("kernel");
-    let err = launch_decode_step(
-        &gpu,
-        &other,
-        &args(false),
-        &mut state_buf.slice_mut(0..len),
-        &mut out.as_view_mut(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, SsmError::Dimension { arg: "d_state", .. }),
-        "{err}"
-    );
-
-    // Index 7 >= cache_rows: NaN output for row 0, its (nonexistent) row untouched,
-    // and the 4 floats past the cache unchanged.
-    launch_decode_step(
-        &gpu,
-        &kernel,
-        &args(true),
-        &mut state_buf.slice_mut(0..len),
-        &mut out.as_view_mut(),
-    )
-    .expect("launch");
-    let out = gpu.download(&out).expect("download");
-    let state = gpu.download(&state_buf).expect("download");
-    let per_row = 4 * 8;
-    assert!(out[..per_row].iter().all(|v| v.is_nan()));
-    assert!(out[per_row..].iter().all(|v| v.is_finite()));
-    let row_len = 4 * 8 * 16;
-    assert_eq!(
-        state[..row_len],
-        problem.state[..row_len],
-        "cache row 0 was not addressed"
-    );
-    assert_ne!(
-        state[row_len..2 * row_len],
-        problem.state[row_len..2 * row_len]
-    );
-    assert_eq!(state[len..], [0.0; 4]);
+    harness::device_entry_guards::<F>(&gpu, shape, 32, 7);
 }
 
 /// f64 inputs have no kernel; the error says so instead of computing in f32.
@@ -695,9 +229,5 @@ fn m2_decode_refuses_f64() {
     let Some(gpu) = test_gpu_or_skip("m2_decode_refuses_f64") else {
         return;
     };
-    let mut rng = StdRng::seed_from_u64(1);
-    let problem = Problem::<f64>::random(Shape::m2(1, 1), Options::PLAIN, &mut rng);
-    let mut state = problem.state.clone();
-    let err = decode_step_cuda(&gpu, &problem.params(), &mut state).unwrap_err();
-    assert!(matches!(err, SsmError::Unsupported { .. }), "{err}");
+    harness::refuses_f64::<F>(&gpu, Shape::m2(1, 1));
 }

@@ -1,0 +1,542 @@
+//! The decode-step launcher of both families, written once (kernels:
+//! `kernels/{mamba1,mamba2}/decode.cu`, design notes: `docs/kernels/decode.md`).
+//!
+//! A family (`mamba1_scan::decode_cuda::Mamba1Decode`,
+//! `mamba2_ssd::decode_cuda::Mamba2Decode`) implements [`DecodeFamily`]: its
+//! kernel source and entry points, its tiling knobs and the compiled geometry they
+//! give, its `#[repr(C)]` argument struct, its device argument struct and how its
+//! shapes are checked. Everything else is here: the state layout over the lanes,
+//! the block-shape checks, kernel compilation through the runtime's cache
+//! ([`DecodeKernel`]), the device pointers of the inputs and the guards that keep
+//! cudarc's stream ordering, the alignment checks, the one `unsafe` launch
+//! ([`launch_decode_step`]) and the host-slice entry point ([`decode_step_cuda`]:
+//! upload, launch into a poisoned output, download, state copied back).
+//!
+//! The pure parts shared with the CPU paths (the buffers by role,
+//! [`ssm_core::decode::StepInputs`], and each family's dims and their validation)
+//! are in `ssm_core::decode`.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use ssm_core::decode::{HostStepInputs, StepInputs};
+use ssm_core::shape::check_nonzero;
+use ssm_core::{DType, Result, SsmError, StepOutput};
+
+use crate::{DeviceElement, Gpu, Kernel, KernelSource, KernelVariant};
+
+/// Device views of one step's inputs, by role.
+pub type DeviceStepInputs<'v, T> =
+    StepInputs<CudaView<'v, T>, CudaView<'v, f32>, CudaView<'v, i64>>;
+
+/// Borrowed device views of one step's inputs (what a family's argument struct
+/// lends the launch).
+pub type DeviceStepRefs<'s, 'v, T> =
+    StepInputs<&'s CudaView<'v, T>, &'s CudaView<'v, f32>, &'s CudaView<'v, i64>>;
+
+/// Device pointers of one step's buffers, 0 for an absent option: the first 88
+/// bytes of both kernels' argument structs (`Mamba1DecodeArgs`, `Mamba2DecodeArgs`
+/// open with these eleven pointers in this order), so each family's `#[repr(C)]`
+/// argument struct starts with this one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepPointers {
+    pub x: u64,
+    pub dt: u64,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+    pub d: u64,
+    pub z: u64,
+    pub dt_bias: u64,
+    pub state_batch_indices: u64,
+    pub state: u64,
+    pub out: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<StepPointers>() == 88);
+
+/// How the `N` f32 states of one state row (a Mamba-1 channel, a row of a
+/// Mamba-2 head's `P x N` state) are spread over the lanes of a warp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateLayout {
+    /// Floats per vector access: 4, 2 or 1 (the largest dividing `N`).
+    pub vec: usize,
+    /// Lanes sharing one row (the kernels' `TPR`): the largest power of two (at
+    /// most 32) dividing `N / vec`.
+    pub lanes: usize,
+}
+
+impl StateLayout {
+    pub fn for_state(d_state: usize) -> Self {
+        let vec = [4, 2, 1]
+            .into_iter()
+            .find(|v| d_state % v == 0)
+            .unwrap_or(1);
+        let vectors = d_state / vec;
+        let mut lanes = 1;
+        while lanes < 32 && vectors % (lanes * 2) == 0 {
+            lanes *= 2;
+        }
+        StateLayout { vec, lanes }
+    }
+
+    /// State floats one lane holds per row.
+    pub fn elems_per_thread(&self, d_state: usize) -> usize {
+        d_state / self.lanes
+    }
+
+    /// Rows each lane keeps in flight: `rows`, capped so that a thread holds at
+    /// most [`MAX_STATE_REGS`] state floats of `N = d_state` (at least one row).
+    pub fn cap_rows(&self, d_state: usize, rows: usize) -> usize {
+        rows.min((MAX_STATE_REGS / self.elems_per_thread(d_state)).max(1))
+    }
+
+    /// The defines of `kernels/common/decode_state.cuh` and the shared geometry
+    /// of both kernels (`D_STATE`, `VEC`, `TPR`).
+    pub fn defines(&self, d_state: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("D_STATE", d_state.to_string()),
+            ("VEC", self.vec.to_string()),
+            ("TPR", self.lanes.to_string()),
+        ]
+    }
+}
+
+/// Most state floats a thread keeps in registers (the rows per thread are capped
+/// to fit).
+pub const MAX_STATE_REGS: usize = 32;
+
+/// The block-shape knobs both families share, checked the same way: `rows` (named
+/// `rows_arg`) state rows per thread, `warps` per block, `min_blocks_per_sm`
+/// blocks per SM that ptxas must leave room for.
+pub fn check_block(
+    d_state: usize,
+    rows_arg: &'static str,
+    rows: usize,
+    warps: usize,
+    min_blocks_per_sm: usize,
+) -> Result<()> {
+    check_nonzero("d_state", d_state)?;
+    check_nonzero(rows_arg, rows)?;
+    if !(1..=32).contains(&warps) {
+        return Err(SsmError::Dimension {
+            arg: "warps",
+            reason: format!("{warps} warps per block; expected 1 to 32"),
+        });
+    }
+    // An SM holds at most 2048 threads; asking ptxas for room for more blocks
+    // than fit would only make it fail.
+    if min_blocks_per_sm * warps * 32 > 2048 {
+        return Err(SsmError::Dimension {
+            arg: "min_blocks_per_sm",
+            reason: format!(
+                "{min_blocks_per_sm} blocks of {} threads do not fit in one SM (2048 threads)",
+                warps * 32
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The defines both kernels read from `kernels/common/decode_state.cuh` besides
+/// the layout: warps per block, cache hints, blocks per SM.
+pub fn block_defines(
+    warps: usize,
+    streaming_hints: bool,
+    min_blocks_per_sm: usize,
+) -> [(&'static str, String); 3] {
+    [
+        ("WARPS", warps.to_string()),
+        ("STREAM_STATE", u8::from(streaming_hints).to_string()),
+        ("MIN_BLOCKS", min_blocks_per_sm.max(1).to_string()),
+    ]
+}
+
+/// A grid of `blocks` blocks of `warps` warps, refused past 2^31 - 1 blocks (the
+/// kernels index blocks in 32 bits); `what` describes the count for the error.
+pub fn grid(
+    blocks: Option<usize>,
+    warps: usize,
+    what: impl FnOnce() -> String,
+) -> Result<LaunchConfig> {
+    let blocks = blocks
+        .filter(|&v| v <= i32::MAX as usize)
+        .ok_or_else(|| SsmError::Dimension {
+            arg: "batch",
+            reason: what(),
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// The family-specific parts of a decode launcher.
+pub trait DecodeFamily: Sized + 'static {
+    /// `mamba1` / `mamba2`: the budget labels' prefix (`<NAME>.decode.<dtype>.n<N>`).
+    const NAME: &'static str;
+    /// Names the implementation in [`SsmError::Unsupported`].
+    const IMPLEMENTATION: &'static str;
+    /// The `extern "C"` entry points for f32, f16 and bf16 inputs.
+    const ENTRIES: [&'static str; 3];
+    /// Whether the kernel reads `A` with vector accesses (then `A` must be aligned
+    /// like the state).
+    const VECTOR_A: bool;
+
+    /// The tiling knobs (each set compiles into its own module).
+    type Tiling: Copy + Debug + PartialEq + Default;
+    /// Everything that decides one compiled form and its launch shape.
+    type Geometry: Copy + Debug;
+    /// The argument struct the kernel takes by value (`#[repr(C)]`, size
+    /// asserted on both sides).
+    type Raw: DeviceRepr + Copy;
+    /// Device-resident inputs of one step.
+    type Args<'v, T: 'v>;
+    /// Host inputs of one step (the `ssm_core::decode` parameter struct).
+    type Params<'a, T: 'a>;
+
+    /// The kernel source.
+    fn source() -> KernelSource;
+    /// The tiling launched for inputs of `dtype` when none is given.
+    fn default_tiling(dtype: DType) -> Self::Tiling;
+    /// The geometry of `tiling` for `N = d_state` and inputs of `dtype`, or the
+    /// knob that cannot be honoured.
+    fn geometry(d_state: usize, dtype: DType, tiling: Self::Tiling) -> Result<Self::Geometry>;
+    /// `N` and how a state row is spread over lanes.
+    fn state(g: &Self::Geometry) -> (usize, StateLayout);
+    /// The `-D` defines of the kernel.
+    fn defines(g: &Self::Geometry) -> Vec<(&'static str, String)>;
+    /// What a non-default tiling appends to the label (`.b4w8...`).
+    fn label_suffix(g: &Self::Geometry) -> String;
+
+    /// The args' buffers by role. (The lifetime bounds make the lifetimes
+    /// early-bound, as the projections in the signature require of implementors.)
+    fn inputs<'s, 'v: 's, T: 'v>(args: &'s Self::Args<'v, T>) -> DeviceStepRefs<'s, 'v, T>;
+    /// Shapes and options of `args` against a kernel compiled for `geometry`, a
+    /// state view of `state_len` and an output view of `out_len` elements.
+    fn validate<T>(
+        args: &Self::Args<'_, T>,
+        g: &Self::Geometry,
+        state_len: usize,
+        out_len: usize,
+    ) -> Result<()>;
+    fn launch_config<T>(args: &Self::Args<'_, T>, g: &Self::Geometry) -> Result<LaunchConfig>;
+    /// The kernel's argument struct (`args` validated), opening with `ptrs`.
+    fn raw_args<T>(args: &Self::Args<'_, T>, ptrs: StepPointers) -> Self::Raw;
+
+    /// Validate host parameters against a state cache of `state_len` elements
+    /// (contents of the index list included).
+    fn validate_params<T: DeviceElement>(p: &Self::Params<'_, T>, state_len: usize) -> Result<()>;
+    fn params_d_state<T>(p: &Self::Params<'_, T>) -> usize;
+    fn host_inputs<'a, T: 'a>(p: &Self::Params<'a, T>) -> HostStepInputs<'a, T>;
+    /// Device arguments for `p` with its buffers uploaded as `views`.
+    fn device_args<'v, T>(
+        p: &Self::Params<'_, T>,
+        views: DeviceStepInputs<'v, T>,
+    ) -> Self::Args<'v, T>;
+}
+
+/// The entry point of `family` for `dtype`; f64 has none.
+pub fn entry_name<F: DecodeFamily>(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok(F::ENTRIES[0]),
+        DType::F16 => Ok(F::ENTRIES[1]),
+        DType::Bf16 => Ok(F::ENTRIES[2]),
+        DType::F64 => Err(SsmError::Unsupported {
+            implementation: F::IMPLEMENTATION,
+            what: "f64 inputs (use f32, f16 or bf16)".into(),
+        }),
+    }
+}
+
+/// The kernel variant (source, entry, defines) for one element type, `N` and
+/// tiling; the label carries the tiling when it is not the default one.
+pub fn decode_variant<F: DecodeFamily>(
+    dtype: DType,
+    d_state: usize,
+    tiling: F::Tiling,
+) -> Result<KernelVariant> {
+    let geometry = F::geometry(d_state, dtype, tiling)?;
+    let mut label = format!("{}.decode.{dtype}.n{d_state}", F::NAME);
+    if tiling != F::default_tiling(dtype) {
+        label.push_str(&F::label_suffix(&geometry));
+    }
+    Ok(KernelVariant::new(
+        label,
+        F::source(),
+        entry_name::<F>(dtype)?,
+        F::defines(&geometry),
+    ))
+}
+
+/// A family's decode kernel compiled for element type `T`, state size `N` and
+/// one tiling.
+pub struct DecodeKernel<F: DecodeFamily, T> {
+    kernel: Kernel,
+    geometry: F::Geometry,
+    _elem: PhantomData<T>,
+}
+
+impl<F: DecodeFamily, T: DeviceElement> DecodeKernel<F, T> {
+    /// Compile (through the runtime's cache) and load the kernel.
+    pub fn new(gpu: &Gpu, d_state: usize, tiling: F::Tiling) -> Result<Self> {
+        let geometry = F::geometry(d_state, T::DTYPE, tiling)?;
+        let variant = decode_variant::<F>(T::DTYPE, d_state, tiling)?;
+        let kernel = gpu.kernel_variant(&variant)?;
+        Ok(DecodeKernel {
+            kernel,
+            geometry,
+            _elem: PhantomData,
+        })
+    }
+
+    /// The loaded kernel (its resource report included).
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// The compiled geometry (rows per thread after capping, block shape).
+    pub fn geometry(&self) -> &F::Geometry {
+        &self.geometry
+    }
+
+    pub fn d_state(&self) -> usize {
+        F::state(&self.geometry).0
+    }
+}
+
+/// Device pointer of a view and the guard that records the read once the launch
+/// is queued.
+fn ptr<'s, E>(view: &'s CudaView<'_, E>, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+    view.device_ptr(stream)
+}
+
+fn optional_ptr<'s, E>(
+    view: Option<&'s CudaView<'_, E>>,
+    stream: &'s CudaStream,
+) -> (Option<u64>, Option<SyncOnDrop<'s>>) {
+    match view.map(|v| v.device_ptr(stream)) {
+        Some((p, guard)) => (Some(p), Some(guard)),
+        None => (None, None),
+    }
+}
+
+fn check_aligned(arg: &'static str, ptr: u64, align: usize) -> Result<()> {
+    if ptr % align as u64 != 0 {
+        return Err(SsmError::Dimension {
+            arg,
+            reason: format!("device pointer {ptr:#x} is not {align}-byte aligned (the kernel uses {align}-byte accesses)"),
+        });
+    }
+    Ok(())
+}
+
+/// A driver error as the crates' error type.
+pub fn backend<E: std::fmt::Display>(e: E) -> SsmError {
+    SsmError::Backend(e.to_string())
+}
+
+/// One decode step on device-resident buffers: a single asynchronous launch on the
+/// runtime's stream, `state` updated in place, every element of `out` written.
+/// Shapes and alignment are validated; the contents of `state_batch_indices`
+/// cannot be checked without a copy, so the kernels themselves refuse to write
+/// past the cache (an index `>= cache_rows` yields a NaN output and no state write).
+pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
+    gpu: &Gpu,
+    kernel: &DecodeKernel<F, T>,
+    args: &F::Args<'_, T>,
+    state: &mut CudaViewMut<'_, f32>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    let g = &kernel.geometry;
+    F::validate(args, g, state.len(), out.len())?;
+    let cfg = F::launch_config(args, g)?;
+    let stream = gpu.stream();
+    let views = F::inputs(args);
+    let (x, _gx) = ptr(views.x, stream);
+    let (dt, _gdt) = ptr(views.dt, stream);
+    let (a, _ga) = ptr(views.a, stream);
+    let (b, _gb) = ptr(views.b, stream);
+    let (c, _gc) = ptr(views.c, stream);
+    let (d, _gd) = optional_ptr(views.d, stream);
+    let (z, _gz) = optional_ptr(views.z, stream);
+    let (dt_bias, _gbias) = optional_ptr(views.dt_bias, stream);
+    let (indices, _gidx) = optional_ptr(views.state_batch_indices, stream);
+    let (state_ptr, _gstate) = state.device_ptr_mut(stream);
+    let (out_ptr, _gout) = out.device_ptr_mut(stream);
+    let vec = F::state(g).1.vec;
+    check_aligned("state", state_ptr, 4 * vec)?;
+    if F::VECTOR_A {
+        check_aligned("A", a, 4 * vec)?;
+    }
+    check_aligned("B", b, vec * std::mem::size_of::<T>())?;
+    check_aligned("C", c, vec * std::mem::size_of::<T>())?;
+    let raw = F::raw_args(
+        args,
+        StepPointers {
+            x,
+            dt,
+            a,
+            b,
+            c,
+            d: d.unwrap_or(0),
+            z: z.unwrap_or(0),
+            dt_bias: dt_bias.unwrap_or(0),
+            state_batch_indices: indices.unwrap_or(0),
+            state: state_ptr,
+            out: out_ptr,
+        },
+    );
+    // SAFETY: the argument struct matches the kernel's (size asserted on both
+    // sides); every pointer comes from a live view whose length the family's
+    // validate() checked against the shapes, the state, B, C (and A where the
+    // kernel reads it in vectors) are aligned for the kernel's vector accesses, and
+    // the guards keep cudarc's stream ordering until the launch is queued.
+    unsafe {
+        stream
+            .launch_builder(&kernel.kernel.func)
+            .arg(&raw)
+            .launch(cfg)
+    }
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// One decode step from host slices with the family's default tiling: upload,
+/// launch into a poisoned output buffer, download; `state` is updated in place.
+/// Validates everything, including the contents of `state_batch_indices`.
+pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
+    gpu: &Gpu,
+    p: &F::Params<'_, T>,
+    state: &mut [f32],
+) -> Result<StepOutput<T>> {
+    F::validate_params(p, state.len())?;
+    let kernel = DecodeKernel::<F, T>::new(gpu, F::params_d_state(p), F::default_tiling(T::DTYPE))?;
+    let host = F::host_inputs(p);
+    let stream = gpu.stream();
+    let buffers: StepInputs<CudaSlice<T>, CudaSlice<f32>, CudaSlice<i64>> = host.try_map(
+        |v| gpu.upload(v).map_err(SsmError::from),
+        |v| gpu.upload(v).map_err(SsmError::from),
+        |v| stream.clone_htod(v).map_err(backend),
+    )?;
+    let mut dev_state = gpu.upload(state)?;
+    let mut out = gpu.alloc_poisoned::<T>(host.x.len())?;
+    let args = F::device_args(
+        p,
+        buffers
+            .as_ref()
+            .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view()),
+    );
+    launch_decode_step(
+        gpu,
+        &kernel,
+        &args,
+        &mut dev_state.as_view_mut(),
+        &mut out.as_view_mut(),
+    )?;
+    let out = gpu.download(&out)?;
+    state.copy_from_slice(&gpu.download(&dev_state)?);
+    Ok(StepOutput { out })
+}
+
+/// The no-GPU checks of a family, shared by both launchers' unit tests: its entry
+/// points are `<NAME>_decode_<dtype>` and f64 is refused by name, and every tiling
+/// of `tilings`, for every element type and each `N` of `states`, compiles with
+/// NVRTC and keeps its state in registers (no stack, no spills, no warnings).
+pub fn assert_family_compiles<F: DecodeFamily>(states: &[usize], tilings: &[F::Tiling]) {
+    assert!(matches!(
+        entry_name::<F>(DType::F64),
+        Err(SsmError::Unsupported { .. })
+    ));
+    for (i, dtype) in [DType::F32, DType::F16, DType::Bf16]
+        .into_iter()
+        .enumerate()
+    {
+        let entry = entry_name::<F>(dtype).unwrap();
+        assert_eq!(
+            (entry, entry),
+            (F::ENTRIES[i], &*format!("{}_decode_{dtype}", F::NAME))
+        );
+    }
+    let what = format!("{} decode variants", F::NAME);
+    let Some(compiler) = crate::test_compiler_or_skip(&what) else {
+        return;
+    };
+    for dtype in [DType::F32, DType::F16, DType::Bf16] {
+        for &n in states {
+            for &tiling in tilings {
+                let variant = decode_variant::<F>(dtype, n, tiling).unwrap();
+                let report = crate::report_variant(&compiler, &variant, crate::Arch::Sm90)
+                    .unwrap_or_else(|e| panic!("{}: {e}", variant.label));
+                let r = &report.resources;
+                println!("{:<40} {:>3} registers", variant.label, r.registers);
+                assert_eq!(
+                    (r.stack_frame_bytes, r.spill_bytes()),
+                    (0, 0),
+                    "{} uses local memory: {r:?}",
+                    variant.label
+                );
+                assert!(
+                    report.warnings.is_empty(),
+                    "{}: {:?}",
+                    variant.label,
+                    report.warnings
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_layout_spreads_rows_over_lanes() {
+        let l = StateLayout::for_state(128);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(128)), (4, 32, 4));
+        let l = StateLayout::for_state(256);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(256)), (4, 32, 8));
+        let l = StateLayout::for_state(16);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(16)), (4, 4, 4));
+        let l = StateLayout::for_state(12);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(12)), (4, 1, 12));
+        let l = StateLayout::for_state(6);
+        assert_eq!((l.vec, l.lanes), (2, 1));
+        let l = StateLayout::for_state(7);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(7)), (1, 1, 7));
+        // 7 floats a row: 4 rows in flight, capped from 8.
+        assert_eq!(l.cap_rows(7, 8), 4);
+        assert_eq!(StateLayout::for_state(256).cap_rows(256, 8), 4);
+    }
+
+    #[test]
+    fn block_checks_name_the_knob() {
+        assert!(check_block(16, "rows", 4, 8, 4).is_ok());
+        assert!(matches!(
+            check_block(16, "rows", 0, 8, 4),
+            Err(SsmError::Dimension { arg: "rows", .. })
+        ));
+        assert!(matches!(
+            check_block(16, "rows", 4, 33, 0),
+            Err(SsmError::Dimension { arg: "warps", .. })
+        ));
+        assert!(matches!(
+            check_block(16, "rows", 4, 8, 9),
+            Err(SsmError::Dimension {
+                arg: "min_blocks_per_sm",
+                ..
+            })
+        ));
+        assert!(matches!(
+            grid(None, 4, || "too many".into()),
+            Err(SsmError::Dimension { arg: "batch", .. })
+        ));
+    }
+}

@@ -1,0 +1,569 @@
+//! The GPU decode test harness of both families, written once: random problems,
+//! one case run against the f64 oracle, the table it prints, the device-entry
+//! guards and the f64 refusal. Included by `#[path]` from
+//! `crates/mamba1-scan/tests/gpu_decode.rs` and `crates/mamba2-ssd/tests/gpu_decode.rs`
+//! (each supplies its family as a [`TestFamily`]); it lives beside the launcher
+//! it tests (`ssm_gpu::decode`), which cannot itself depend on the oracle or on
+//! `rand`.
+//!
+//! Every case draws fresh random inputs (the seed is printed, `SSM_TEST_SEED`
+//! replays one), runs one step on the GPU into a poisoned output buffer and
+//! compares the output and the updated state with the oracle fed the same inputs:
+//! relative L2 within `rel_l2_budget(T, 0)` for outputs and `state_budget(0)` for
+//! states (a step exponentiates each decay on its own, so K = 0). Padding rows must
+//! give exact zeros, and every cache row that no live batch row points at must come
+//! back bit-identical. Without a GPU each test prints `SKIPPED` and passes (set
+//! `SSM_REQUIRE_GPU=1` to make that a failure).
+
+// Each family's test uses part of it (Mamba-1 has no D per head dimension).
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use ssm_core::decode::{cache_row, HostStepInputs, StepInputs};
+use ssm_core::tolerance::{compare, rel_l2_budget, state_budget, Comparison};
+use ssm_core::{Element, SsmError};
+use ssm_gpu::decode::{self, DecodeFamily, DecodeKernel};
+use ssm_gpu::{DeviceElement, Gpu};
+
+// ---------------------------------------------------------------------------
+// What a family supplies
+// ---------------------------------------------------------------------------
+
+/// How `D` enters a case (Mamba-1 has one form, per channel: `PerRow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DOption {
+    Off,
+    /// One value per channel (Mamba-1) or per head (Mamba-2).
+    PerRow,
+    /// One value per head and head-dimension index (Mamba-2 only).
+    PerHeadDim,
+}
+
+/// Which options a case turns on.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub dt_bias: bool,
+    pub dt_softplus: bool,
+    /// Mamba-2 only.
+    pub dt_limit: Option<(f32, f32)>,
+    pub d: DOption,
+    pub z: bool,
+    /// Continuous batching: a larger cache, shuffled rows, about one row in eight padding.
+    pub indices: bool,
+}
+
+impl Options {
+    pub const PLAIN: Options = Options {
+        dt_bias: false,
+        dt_softplus: false,
+        dt_limit: None,
+        d: DOption::Off,
+        z: false,
+        indices: false,
+    };
+
+    /// The label part: the switches that are on, `none` without any.
+    pub fn name<F: TestFamily>(&self) -> String {
+        let mut parts = Vec::new();
+        if self.dt_bias {
+            parts.push("bias");
+        }
+        if self.dt_softplus {
+            parts.push("softplus");
+        }
+        if self.dt_limit.is_some() {
+            parts.push("limit");
+        }
+        match self.d {
+            DOption::Off => {}
+            DOption::PerRow => parts.push(F::D_PER_ROW),
+            DOption::PerHeadDim => parts.push("D(H,P)"),
+        }
+        if self.z {
+            parts.push("z");
+        }
+        if self.indices {
+            parts.push("indices");
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join("+")
+        }
+    }
+}
+
+/// Buffer lengths of one family's problem.
+pub struct Sizes {
+    /// x, z and the output, per batch row.
+    pub out_row: usize,
+    /// dt per batch row.
+    pub dt_row: usize,
+    /// B and C per batch row (`G * N`).
+    pub bc_row: usize,
+    /// dt_bias (one per channel or head).
+    pub per_row: usize,
+    /// D with [`DOption::PerHeadDim`].
+    pub per_head_dim: usize,
+    /// One cache row of the state.
+    pub state_row: usize,
+}
+
+/// A family as the harness tests it: its shapes, how its A is drawn, its
+/// parameter struct and its oracle. The launcher itself is reached through
+/// [`DecodeFamily`].
+pub trait TestFamily: DecodeFamily {
+    /// `m1` / `m2`: the first word of each table line.
+    const TAG: &'static str;
+    /// How [`DOption::PerRow`] is named in a label.
+    const D_PER_ROW: &'static str;
+    type Shape: Copy + std::fmt::Debug;
+
+    fn batch(shape: &Self::Shape) -> usize;
+    fn state_size(shape: &Self::Shape) -> usize;
+    /// `b=.. D_in=.. N=.. G=..`
+    fn describe(shape: &Self::Shape) -> String;
+    fn sizes(shape: &Self::Shape) -> Sizes;
+    /// A < 0, the family's range.
+    fn random_a(shape: &Self::Shape, rng: &mut StdRng) -> Vec<f32>;
+    fn params<T: Element>(problem: &Problem<Self, T>) -> Self::Params<'_, T>;
+    fn oracle<T: Element>(p: &Self::Params<'_, T>, state: &mut [f64]) -> Vec<f64>;
+}
+
+// ---------------------------------------------------------------------------
+// Random problems
+// ---------------------------------------------------------------------------
+
+/// Standard normal samples (Box-Muller; the tests need nothing fancier).
+pub fn randn(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len + 1);
+    while out.len() < len {
+        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(len);
+    out
+}
+
+fn rounded<T: Element>(values: &[f32]) -> Vec<T> {
+    values.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+/// A cache with a few spare rows, shuffled assignment, about one batch row in
+/// eight padding (never all of them, so something is always computed).
+fn cache_layout(batch: usize, rng: &mut StdRng) -> (usize, Vec<i64>) {
+    let cache_rows = batch + (batch / 8).max(2);
+    let mut rows: Vec<i64> = (0..cache_rows as i64).collect();
+    rows.shuffle(rng);
+    rows.truncate(batch);
+    for (i, r) in rows.iter_mut().enumerate() {
+        if batch > 1 && (i % 8 == 3 || rng.random_range(0..16) == 0) {
+            *r = -1;
+        }
+    }
+    (cache_rows, rows)
+}
+
+/// One random decode step and the state cache it updates.
+pub struct Problem<F: TestFamily, T> {
+    pub shape: F::Shape,
+    pub opts: Options,
+    pub cache_rows: usize,
+    pub x: Vec<T>,
+    pub dt: Vec<T>,
+    pub a: Vec<f32>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub d: Vec<f32>,
+    pub z: Vec<T>,
+    pub dt_bias: Vec<f32>,
+    pub indices: Vec<i64>,
+    pub state: Vec<f32>,
+}
+
+impl<F: TestFamily, T: Element> Problem<F, T> {
+    pub fn random(shape: F::Shape, opts: Options, rng: &mut StdRng) -> Self {
+        let batch = F::batch(&shape);
+        let sizes = F::sizes(&shape);
+        // Step sizes: mostly softplus(randn - 4) (~0.02), one in sixteen large (up to 10),
+        // either as the final value or as the pre-softplus argument.
+        let dt: Vec<f32> = randn(rng, batch * sizes.dt_row)
+            .into_iter()
+            .map(|v| {
+                let large = rng.random_range(0..16) == 0;
+                match (opts.dt_softplus, large) {
+                    (_, true) => rng.random_range(1.0..10.0),
+                    (true, false) => v - 4.0,
+                    (false, false) => ssm_core::math::softplus_f32(v - 4.0),
+                }
+            })
+            .collect();
+        let a = F::random_a(&shape, rng);
+        let (cache_rows, indices) = if opts.indices {
+            cache_layout(batch, rng)
+        } else {
+            (batch, Vec::new())
+        };
+        let bx = batch * sizes.out_row;
+        Problem {
+            shape,
+            opts,
+            cache_rows,
+            x: rounded(&randn(rng, bx)),
+            dt: rounded(&dt),
+            a,
+            b: rounded(&randn(rng, batch * sizes.bc_row)),
+            c: rounded(&randn(rng, batch * sizes.bc_row)),
+            d: match opts.d {
+                DOption::Off => Vec::new(),
+                DOption::PerRow => randn(rng, sizes.per_row),
+                DOption::PerHeadDim => randn(rng, sizes.per_head_dim),
+            },
+            z: if opts.z {
+                rounded(&randn(rng, bx))
+            } else {
+                Vec::new()
+            },
+            dt_bias: if opts.dt_bias {
+                randn(rng, sizes.per_row).iter().map(|v| 0.5 * v).collect()
+            } else {
+                Vec::new()
+            },
+            indices,
+            state: randn(rng, cache_rows * sizes.state_row),
+        }
+    }
+
+    pub fn params(&self) -> F::Params<'_, T> {
+        F::params(self)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running and checking one case
+// ---------------------------------------------------------------------------
+
+/// Errors of one case, printed as one line of the verification table.
+pub struct CaseResult {
+    label: String,
+    out: Comparison,
+    out_budget: f64,
+    state: Comparison,
+    state_budget: f64,
+    problems: Vec<String>,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for CaseResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<58} out rel_l2 {:.2e} (max_abs {:.2e}, budget {:.0e})  state rel_l2 {:.2e} (max_abs {:.2e}, budget {:.0e})  {}",
+            self.label,
+            self.out.rel_l2,
+            self.out.max_abs,
+            self.out_budget,
+            self.state.rel_l2,
+            self.state.max_abs,
+            self.state_budget,
+            if self.passed() { "ok".to_string() } else { format!("FAILED: {}", self.problems.join("; ")) }
+        )
+    }
+}
+
+pub fn seed() -> u64 {
+    std::env::var("SSM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random())
+}
+
+/// One random case: the host entry point (`tiling: None`) or the device entry
+/// point with that tiling, against the oracle.
+pub fn run_case<F: TestFamily, T: DeviceElement>(
+    gpu: &Gpu,
+    shape: F::Shape,
+    opts: Options,
+    tiling: Option<F::Tiling>,
+) -> CaseResult {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let problem = Problem::<F, T>::random(shape, opts, &mut rng);
+    let p = problem.params();
+    let label = format!(
+        "{} {} {} {}{} seed={seed}",
+        F::TAG,
+        F::describe(&shape),
+        T::DTYPE,
+        opts.name::<F>(),
+        tiling.map_or(String::new(), |t| format!(" {t:?}")),
+    );
+
+    let mut gpu_state = problem.state.clone();
+    let gpu_out = match tiling {
+        None => {
+            decode::decode_step_cuda::<F, T>(gpu, &p, &mut gpu_state)
+                .expect("GPU decode step")
+                .out
+        }
+        Some(tiling) => step_with_tiling::<F, T>(gpu, &p, tiling, &mut gpu_state),
+    };
+    let mut ref_state: Vec<f64> = problem.state.iter().map(|&v| v as f64).collect();
+    let reference = F::oracle(&p, &mut ref_state);
+
+    let out: Vec<f64> = gpu_out.iter().map(|v| v.to_f64()).collect();
+    let out_cmp = compare(&out, &reference);
+    let out_budget = rel_l2_budget(T::DTYPE, 0.0);
+    let mut problems = Vec::new();
+    if !out_cmp.passes(out_budget) {
+        problems.push(format!(
+            "output rel_l2 {:.3e} > {out_budget:.0e} or {} non-finite",
+            out_cmp.rel_l2, out_cmp.non_finite
+        ));
+    }
+
+    // Live cache rows: compared with the oracle. The rest: bit-identical.
+    let sizes = F::sizes(&shape);
+    let (row_len, out_row) = (sizes.state_row, sizes.out_row);
+    let indices = opts.indices.then_some(&problem.indices[..]);
+    let mut live = vec![false; problem.cache_rows];
+    for i in 0..F::batch(&shape) {
+        match cache_row(indices, i) {
+            Some(r) => live[r] = true,
+            None => {
+                if out[i * out_row..(i + 1) * out_row]
+                    .iter()
+                    .any(|&v| v != 0.0)
+                {
+                    problems.push(format!("padding row {i} has a non-zero output"));
+                }
+            }
+        }
+    }
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for (r, &is_live) in live.iter().enumerate() {
+        let span = r * row_len..(r + 1) * row_len;
+        if is_live {
+            got.extend(gpu_state[span.clone()].iter().map(|&v| v as f64));
+            want.extend_from_slice(&ref_state[span]);
+        } else if gpu_state[span.clone()]
+            .iter()
+            .zip(&problem.state[span])
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            problems.push(format!("untouched cache row {r} changed"));
+        }
+    }
+    let state_cmp = compare(&got, &want);
+    let state_budget = state_budget(0.0);
+    if !state_cmp.passes(state_budget) {
+        problems.push(format!(
+            "state rel_l2 {:.3e} > {state_budget:.0e} or {} non-finite",
+            state_cmp.rel_l2, state_cmp.non_finite
+        ));
+    }
+    CaseResult {
+        label,
+        out: out_cmp,
+        out_budget,
+        state: state_cmp,
+        state_budget,
+        problems,
+    }
+}
+
+/// Device buffers of a step's inputs.
+type Uploaded<T> = StepInputs<
+    ssm_gpu::cudarc::driver::CudaSlice<T>,
+    ssm_gpu::cudarc::driver::CudaSlice<f32>,
+    ssm_gpu::cudarc::driver::CudaSlice<i64>,
+>;
+
+fn upload<T: DeviceElement>(gpu: &Gpu, host: HostStepInputs<'_, T>) -> Uploaded<T> {
+    host.map(
+        |v| gpu.upload(v).expect("upload"),
+        |v| gpu.upload(v).expect("upload"),
+        |v| gpu.stream().clone_htod(v).expect("upload"),
+    )
+}
+
+/// The device entry point with an explicit tiling (the variants the bench times).
+fn step_with_tiling<F: TestFamily, T: DeviceElement>(
+    gpu: &Gpu,
+    p: &F::Params<'_, T>,
+    tiling: F::Tiling,
+    state: &mut [f32],
+) -> Vec<T> {
+    let kernel = DecodeKernel::<F, T>::new(gpu, F::params_d_state(p), tiling).expect("kernel");
+    let host = F::host_inputs(p);
+    let bufs = upload(gpu, host);
+    let mut dev_state = gpu.upload(state).expect("upload");
+    let mut out = gpu.alloc_poisoned::<T>(host.x.len()).expect("alloc");
+    let views = bufs
+        .as_ref()
+        .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view());
+    decode::launch_decode_step(
+        gpu,
+        &kernel,
+        &F::device_args(p, views),
+        &mut dev_state.as_view_mut(),
+        &mut out.as_view_mut(),
+    )
+    .expect("launch");
+    state.copy_from_slice(&gpu.download(&dev_state).expect("download"));
+    gpu.download(&out).expect("download")
+}
+
+/// One deferred check (cases of several element types share a list).
+pub type Case = Box<dyn Fn(&Gpu) -> CaseResult>;
+
+/// Run `cases`, print the table, fail with every failing line.
+pub fn run_all(gpu: &Gpu, cases: Vec<Case>) {
+    let results: Vec<CaseResult> = cases.iter().map(|case| case(gpu)).collect();
+    for r in &results {
+        println!("{r}");
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.to_string())
+        .collect();
+    assert!(failed.is_empty(), "failing cases:\n{}", failed.join("\n"));
+}
+
+/// A case through the host entry point.
+pub fn case<F: TestFamily, T: DeviceElement>(shape: F::Shape, opts: Options) -> Case {
+    Box::new(move |gpu| run_case::<F, T>(gpu, shape, opts, None))
+}
+
+/// A case through the device entry point with `tiling`.
+pub fn tiled<F: TestFamily, T: DeviceElement>(
+    shape: F::Shape,
+    opts: Options,
+    tiling: F::Tiling,
+) -> Case {
+    Box::new(move |gpu| run_case::<F, T>(gpu, shape, opts, Some(tiling)))
+}
+
+// ---------------------------------------------------------------------------
+// The checks both families make the same way
+// ---------------------------------------------------------------------------
+
+/// The device entry point refuses what its kernel cannot do safely (a misaligned
+/// state view, a state view of the wrong length, a kernel compiled for another
+/// `N`), and the kernel itself never writes past the cache for an unchecked
+/// index: batch row 0 of the 2-row `shape` points at `bad_index >= cache_rows`.
+/// `N` of `shape` is 16; `other_n` is another `N` the family compiles.
+pub fn device_entry_guards<F: TestFamily>(
+    gpu: &Gpu,
+    shape: F::Shape,
+    other_n: usize,
+    bad_index: i64,
+) {
+    assert_eq!((F::batch(&shape), F::state_size(&shape)), (2, 16));
+    let mut rng = StdRng::seed_from_u64(seed());
+    let problem = Problem::<F, f32>::random(shape, Options::PLAIN, &mut rng);
+    let p = problem.params();
+    let tiling = F::Tiling::default();
+    let kernel = DecodeKernel::<F, f32>::new(gpu, 16, tiling).expect("kernel");
+    let bufs = upload(gpu, F::host_inputs(&p));
+    let mut state_buf = gpu
+        .upload(&[problem.state.clone(), vec![0.0; 4]].concat())
+        .expect("upload");
+    let mut out = gpu.alloc_poisoned::<f32>(problem.x.len()).expect("alloc");
+    // Row 0 points past the cache (cache_rows = 2), row 1 is valid.
+    let idx = gpu.stream().clone_htod(&[bad_index, 1]).expect("upload");
+    let args = |with_idx: bool| {
+        let mut views = bufs
+            .as_ref()
+            .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view());
+        views.state_batch_indices = with_idx.then(|| idx.as_view());
+        F::device_args(&p, views)
+    };
+    let len = problem.state.len();
+
+    // A state view that starts one float in: not 16-byte aligned.
+    let err = decode::launch_decode_step(
+        gpu,
+        &kernel,
+        &args(false),
+        &mut state_buf.slice_mut(1..len + 1),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, SsmError::Dimension { arg: "state", .. }),
+        "{err}"
+    );
+    // A state view of the wrong length.
+    let err = decode::launch_decode_step(
+        gpu,
+        &kernel,
+        &args(false),
+        &mut state_buf.slice_mut(0..len - 16),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SsmError::Shape { arg: "state", .. }), "{err}");
+    // A kernel compiled for another N.
+    let other = DecodeKernel::<F, f32>::new(gpu, other_n, tiling).expect("kernel");
+    let err = decode::launch_decode_step(
+        gpu,
+        &other,
+        &args(false),
+        &mut state_buf.slice_mut(0..len),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, SsmError::Dimension { arg: "d_state", .. }),
+        "{err}"
+    );
+
+    // The index past the cache: NaN output for row 0, cache row 0 (not addressed)
+    // untouched, and the 4 floats past the cache unchanged.
+    decode::launch_decode_step(
+        gpu,
+        &kernel,
+        &args(true),
+        &mut state_buf.slice_mut(0..len),
+        &mut out.as_view_mut(),
+    )
+    .expect("launch");
+    let out = gpu.download(&out).expect("download");
+    let state = gpu.download(&state_buf).expect("download");
+    let sizes = F::sizes(&shape);
+    let (out_row, row_len) = (sizes.out_row, sizes.state_row);
+    assert!(out[..out_row].iter().all(|v| v.is_nan()));
+    assert!(out[out_row..].iter().all(|v| v.is_finite()));
+    assert_eq!(
+        state[..row_len],
+        problem.state[..row_len],
+        "cache row 0 was not addressed"
+    );
+    assert_ne!(
+        state[row_len..2 * row_len],
+        problem.state[row_len..2 * row_len]
+    );
+    assert_eq!(state[len..], [0.0; 4]);
+}
+
+/// f64 inputs have no kernel; the error says so instead of computing in f32.
+pub fn refuses_f64<F: TestFamily>(gpu: &Gpu, shape: F::Shape) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let problem = Problem::<F, f64>::random(shape, Options::PLAIN, &mut rng);
+    let mut state = problem.state.clone();
+    let err = decode::decode_step_cuda::<F, f64>(gpu, &problem.params(), &mut state).unwrap_err();
+    assert!(matches!(err, SsmError::Unsupported { .. }), "{err}");
+}
