@@ -36,19 +36,57 @@ pub struct KernelSource {
     pub embedded: &'static str,
 }
 
-/// Embed `kernels/<path>` from a crate directly under `crates/`.
+/// The [`KernelSource`] of `kernels/<path>`, from the copies ssm-gpu's build
+/// script embedded (see `crates/gpu/build.rs`): the calling crate needs no
+/// kernel files of its own, which is what lets it be packaged and used from
+/// crates.io. A path that was not embedded fails the build.
 #[macro_export]
 macro_rules! kernel_source {
     ($path:literal) => {
         $crate::KernelSource {
             path: $path,
-            embedded: include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../kernels/",
-                $path
-            )),
+            embedded: const {
+                match $crate::source::embedded_file($path) {
+                    Some(text) => text,
+                    None => panic!(concat!(
+                        "kernel_source!: kernels/",
+                        $path,
+                        " is not among the kernel sources ssm-gpu embedded"
+                    )),
+                }
+            },
         }
     };
+}
+
+/// The text of `kernels/<path>` as embedded at build time, or `None`; a `const
+/// fn` so that [`kernel_source!`] resolves its path at compile time.
+pub const fn embedded_file(path: &str) -> Option<&'static str> {
+    let mut i = 0;
+    while i < crate::embedded::EMBEDDED.len() {
+        let (rel, text) = crate::embedded::EMBEDDED[i];
+        if const_str_eq(rel, path) {
+            return Some(text);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `a == b`, which `str`'s `PartialEq` cannot do in a `const fn` yet.
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Where kernel files are read from.
@@ -407,8 +445,7 @@ mod tests {
     /// and every file it pulls in is embedded.
     #[test]
     fn real_kernels_resolve_the_shared_headers_embedded_and_on_disk() {
-        let disk =
-            SourceRoot::Disk(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels"));
+        let disk = SourceRoot::Disk(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels"));
         for path in [
             "mamba1/decode.cu",
             "mamba1/scan_fwd.cu",
@@ -448,7 +485,7 @@ mod tests {
     /// tree, see build.rs).
     #[test]
     fn the_kernels_hash_covers_the_shared_headers() {
-        let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
         let copy = tempfile::tempdir().unwrap();
         for (rel, abs) in crate::tree_hash::list_files(&kernels).unwrap() {
             write(copy.path(), &rel, &std::fs::read_to_string(abs).unwrap());

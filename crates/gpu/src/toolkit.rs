@@ -4,7 +4,12 @@
 //!
 //! cudarc loads its libraries lazily and panics when one is missing, so every
 //! entry point of this crate asks here first and turns absence into a typed
-//! [`GpuError`].
+//! [`GpuError`]. The probes dlopen the names themselves instead of calling
+//! cudarc's `is_culib_present`, which exists only under cudarc's
+//! `dynamic-loading`: when another crate of the graph (candle-core with `cuda`)
+//! selects `dynamic-linking`, the libraries are linked in and the probes find
+//! them already loaded. The names probed are a subset of cudarc's candidates
+//! (for CUDA 13), so "found here" implies "cudarc finds it".
 //!
 //! NVRTC is looked up on the dynamic loader's path first. Failing that, it is
 //! loaded by full path from a known install (`SSM_NVRTC_LIB_DIR`, the pip wheel in
@@ -57,8 +62,44 @@ pub struct IncludeDir {
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).
 pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen the candidate names and closes them again.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    library_loadable(&driver_names())
+}
+
+/// The driver's names that cudarc tries too, whatever CUDA version it was
+/// built for: `libcuda.so`, `libcuda.so.1` (and `nvcuda.dll` on Windows).
+fn driver_names() -> Vec<String> {
+    let mut names = lib_names("cuda", &["1"]);
+    if cfg!(windows) {
+        names.extend(lib_names("nvcuda", &[]));
+    }
+    names
+}
+
+/// NVRTC's names that cudarc built for CUDA 13 tries: `libnvrtc.so` and
+/// `libnvrtc.so.13`.
+fn nvrtc_names() -> Vec<String> {
+    lib_names("nvrtc", &["13"])
+}
+
+/// `{prefix}{name}{suffix}`, then with each `.{version}` appended (unix sonames).
+fn lib_names(name: &str, versions: &[&str]) -> Vec<String> {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let plain = format!("{DLL_PREFIX}{name}{DLL_SUFFIX}");
+    let mut names = vec![plain.clone()];
+    if cfg!(unix) {
+        names.extend(versions.iter().map(|v| format!("{plain}.{v}")));
+    }
+    names
+}
+
+/// True when one of `names` can be opened by the dynamic loader (or is already
+/// loaded, by soname); the handle is closed again.
+fn library_loadable(names: &[String]) -> bool {
+    names.iter().any(|name| {
+        // SAFETY: only opens NVIDIA's libraries, whose initializers have no
+        // preconditions, and closes them again when the handle drops.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
 }
 
 /// Make NVRTC loadable (see the module docs) and report its version; cached for
@@ -72,8 +113,7 @@ pub fn nvrtc() -> Result<&'static NvrtcInfo, GpuError> {
 }
 
 fn load_nvrtc() -> Result<NvrtcInfo, String> {
-    // SAFETY: only tries to dlopen the candidate names and closes them again.
-    let on_loader_path = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    let on_loader_path = library_loadable(&nvrtc_names());
     let (location, lib_dir) = if on_loader_path {
         ("the dynamic loader's search path".to_string(), None)
     } else {
@@ -89,8 +129,8 @@ fn load_nvrtc() -> Result<NvrtcInfo, String> {
                 )
             })?;
         preload_nvrtc(dir)?;
-        // SAFETY: as above; now finds the library we just loaded.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        // Now finds the library we just loaded, by its soname.
+        if !library_loadable(&[NVRTC_SONAME.to_string()]) {
             return Err(format!(
                 "loaded {} but cudarc still cannot open it",
                 dir.join(NVRTC_SONAME).display()
@@ -374,5 +414,21 @@ mod tests {
         );
         assert!(msg.contains("/usr/local/cuda/include"), "{msg}");
         assert!(msg.contains(CUDA_INCLUDE_ENV), "{msg}");
+    }
+
+    #[test]
+    fn probes_use_names_cudarc_also_tries() {
+        if cfg!(target_os = "linux") {
+            assert_eq!(driver_names(), ["libcuda.so", "libcuda.so.1"]);
+            assert_eq!(nvrtc_names(), ["libnvrtc.so", "libnvrtc.so.13"]);
+        }
+    }
+
+    #[test]
+    fn a_missing_library_is_reported_absent_not_a_panic() {
+        assert!(!library_loadable(&lib_names(
+            "ssm-no-such-library",
+            &["13"]
+        )));
     }
 }
