@@ -12,6 +12,7 @@
 //! builds the table of sequences and segments the blocks walk, [`plan`] holds the
 //! device-side state and does the launches.
 
+pub mod backward;
 pub mod config;
 pub mod plan;
 pub mod work;

@@ -25,7 +25,7 @@ pub struct ReadmeExample;
 
 use ssm_core::decode::Mamba2StepParams;
 use ssm_core::mamba2::SsdParams;
-use ssm_core::{Result, ScanOutput, SsdGrads, SsmError, StepOutput};
+use ssm_core::{Result, ScanOutput, SsdGrads, StepOutput};
 use ssm_gpu::{DeviceElement, Gpu};
 
 /// Options of the CPU port.
@@ -68,8 +68,8 @@ pub fn ssd_forward<T: DeviceElement>(
 /// states are recomputed. Tensor gradients come back in `T`, parameter and
 /// initial-state gradients in f32.
 ///
-/// `Backend::Cuda` validates the call, then returns `SsmError::Unsupported`: the
-/// CUDA backward is not written yet (issue 14).
+/// `Backend::Cuda` runs `kernels/mamba2/ssd_bwd.cu` (deterministic, f32
+/// arithmetic; docs/kernels/mamba2-ssd-bwd.md).
 pub fn ssd_backward<T: DeviceElement>(
     p: &SsdParams<'_, T>,
     d_out: &[T],
@@ -80,14 +80,15 @@ pub fn ssd_backward<T: DeviceElement>(
         Backend::Cpu(opts) => {
             backward_cpu::ssd_backward_chunked(p, d_out, d_final_states, opts.chunk_size)
         }
-        Backend::Cuda(_) => {
-            ssm_core::mamba2_grad::validate_grad_inputs(p, d_out, d_final_states)?;
-            Err(SsmError::Unsupported {
-                implementation: "mamba2-ssd CUDA backend",
-                what: "the SSD backward (only the CPU backward exists so far; use Backend::Cpu)"
-                    .into(),
-            })
-        }
+        // The chunk length of the CUDA backward is its default (64); callers that
+        // want another use cuda::backward::ssd_backward_cuda directly.
+        Backend::Cuda(gpu) => cuda::backward::ssd_backward_cuda(
+            gpu,
+            p,
+            d_out,
+            d_final_states,
+            cuda::backward::DEFAULT_BWD_CHUNK,
+        ),
     }
 }
 

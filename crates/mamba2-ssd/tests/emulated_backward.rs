@@ -1,0 +1,205 @@
+//! The CUDA backward's kernels (`kernels/mamba2/ssd_bwd.cu`) run on the CPU under
+//! the warp-instruction emulation (`kernels/mamba2/ssd_emu.cuh`, one fiber per
+//! CUDA thread) through the host driver `kernels/mamba2/ssd_bwd_emu_check.cu`,
+//! and every gradient is judged against the f64 oracle within the budgets of
+//! docs/TOLERANCES.md ("Backward"), as the GPU test does. This checks the
+//! kernels' index arithmetic, tables, barriers and options without a GPU.
+//!
+//! Needs a host C++20 compiler (`$CXX`, else `g++`). Without one the tests skip
+//! loudly, unless `SSM_REQUIRE_CXX=1`, which makes that a failure.
+
+mod backward_support;
+mod cpu_support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use backward_support::{assert_passed, incoming, judge_against};
+use cpu_support::{dims, Case, DKind, Options};
+use ssm_core::SsdGrads;
+use ssm_reference::ssd_backward::ssd_backward_detailed;
+
+fn kernels_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../kernels")
+        .canonicalize()
+        .expect("kernels/")
+}
+
+fn cxx() -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let ok = Command::new(&cxx).arg("--version").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var("SSM_REQUIRE_CXX").as_deref() != Ok("1"),
+            "SSM_REQUIRE_CXX=1 but no host C++ compiler ({cxx})"
+        );
+        eprintln!("SKIPPED: no host C++ compiler ({cxx}); the emulated backward is not checked");
+        return None;
+    }
+    Some(cxx)
+}
+
+fn put_f32(buf: &mut Vec<u8>, v: &[f32]) {
+    for x in v {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+fn take(bytes: &[u8], at: &mut usize, n: usize) -> Vec<f32> {
+    let v = bytes[*at..*at + 4 * n]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    *at += 4 * n;
+    v
+}
+
+/// Build the driver for `case` with chunk `q`, run it, judge every gradient.
+fn run(name: &str, case: &Case, q: usize, seed: u64) {
+    let Some(cxx) = cxx() else { return };
+    let o = &case.opts;
+    let d = case.dims;
+    let k = kernels_dir();
+    let dir = std::env::temp_dir().join(format!("ssm-emu-bwd-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("ssd_bwd_emu");
+    let d_mode = match o.d {
+        None => 0,
+        Some(DKind::PerHead) => 1,
+        Some(DKind::PerHeadDim) => 2,
+    };
+    let flag = |b: bool| u8::from(b);
+    let defines = [
+        "-DSSD_DTYPE=0".to_string(),
+        format!("-DSSD_Q={q}"),
+        format!("-DSSD_N={}", d.d_state),
+        format!("-DSSD_P={}", d.head_dim),
+        format!("-DSSD_DT_BIAS={}", flag(o.dt_bias)),
+        format!("-DSSD_DT_SOFTPLUS={}", flag(o.dt_softplus)),
+        format!("-DSSD_D_MODE={d_mode}"),
+        format!("-DSSD_HAS_Z={}", flag(o.z)),
+        format!("-DSSD_HAS_S0={}", flag(o.initial_states)),
+        format!("-DSSD_HAS_DFINAL={}", flag(o.final_states)),
+    ];
+    let status = Command::new(&cxx)
+        .current_dir(&k)
+        .args(["-std=c++20", "-O1", "-w", "-I", ".", "-I", "mamba2"])
+        .args(["-include", "mamba2/ssd_emu.cuh", "-x", "c++"])
+        .arg("mamba2/ssd_bwd_emu_check.cu")
+        .args(&defines)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("running the C++ compiler");
+    assert!(status.success(), "{name}: the emulation driver does not compile");
+
+    let r = case.rounded::<f32>();
+    let p = case.params(&r);
+    let inc = incoming::<f32>(case, seed);
+    let lens: Vec<i64> = match &o.cu_seqlens {
+        Some(cu) => cu.windows(2).map(|w| w[1] - w[0]).collect(),
+        None => vec![d.seqlen as i64; d.batch],
+    };
+    let mut buf = Vec::new();
+    for v in [d.heads as i64, d.groups as i64, lens.len() as i64]
+        .into_iter()
+        .chain(lens.iter().copied())
+    {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    put_f32(&mut buf, &[p.dt_limit.0, p.dt_limit.1]);
+    for v in [p.x, p.dt, p.a, p.b, p.c] {
+        put_f32(&mut buf, v);
+    }
+    if let Some(b) = p.dt_bias {
+        put_f32(&mut buf, b);
+    }
+    if let Some(dd) = &p.d {
+        put_f32(&mut buf, dd.data());
+    }
+    if let Some(z) = p.z {
+        put_f32(&mut buf, z);
+    }
+    if let Some(s0) = p.initial_states {
+        put_f32(&mut buf, s0);
+    }
+    put_f32(&mut buf, &inc.d_out);
+    if let Some(df) = &inc.d_final {
+        put_f32(&mut buf, df);
+    }
+    let (inp, outp) = (dir.join("in.bin"), dir.join("out.bin"));
+    std::fs::write(&inp, &buf).unwrap();
+    let st = Command::new(&exe).arg(&inp).arg(&outp).status().unwrap();
+    assert!(st.success(), "{name}: the emulated backward failed");
+    let bytes = std::fs::read(&outp).unwrap();
+    let mut at = 0;
+    let io = p.x.len();
+    let bc = p.b.len();
+    let got = SsdGrads::<f32, f32> {
+        dx: take(&bytes, &mut at, io),
+        ddt: take(&bytes, &mut at, p.dt.len()),
+        da: take(&bytes, &mut at, d.heads),
+        db: take(&bytes, &mut at, bc),
+        dc: take(&bytes, &mut at, bc),
+        dd: p.d.as_ref().map(|dd| take(&bytes, &mut at, dd.data().len())),
+        dz: p.z.map(|_| take(&bytes, &mut at, io)),
+        ddt_bias: p.dt_bias.map(|_| take(&bytes, &mut at, d.heads)),
+        dinitial_states: p
+            .initial_states
+            .map(|s| take(&bytes, &mut at, s.len())),
+    };
+    assert_eq!(at, bytes.len(), "{name}: output size");
+    let want = ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).unwrap();
+    let checks = judge_against(
+        &p,
+        &inc.d_out,
+        inc.d_final.as_deref(),
+        &got.to_f64(),
+        &want,
+        q,
+    );
+    assert_passed(&format!("emulated {name}"), ssm_core::DType::F32, q, &checks);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn emulated_every_option_two_groups_partial_chunk() {
+    let case = Case::new(dims(2, 100, 4, 8, 16, 2), Options::all(), 11);
+    run("all", &case, 64, 11);
+}
+
+#[test]
+fn emulated_no_options() {
+    let case = Case::new(dims(1, 70, 2, 8, 16, 1), Options::default(), 12);
+    run("bare", &case, 64, 12);
+}
+
+#[test]
+fn emulated_d_per_head_chunk_128() {
+    let opts = Options {
+        d: Some(DKind::PerHead),
+        z: true,
+        dt_bias: true,
+        final_states: true,
+        ..Options::default()
+    };
+    let case = Case::new(dims(1, 150, 2, 8, 8, 1), opts, 13);
+    run("dhead", &case, 128, 13);
+}
+
+#[test]
+fn emulated_varlen_with_empty_sequence_chunk_64() {
+    let opts = Options {
+        cu_seqlens: Some(vec![0, 30, 30, 100, 101]),
+        ..Options::all()
+    };
+    let case = Case::new(dims(1, 101, 2, 4, 16, 1), opts, 14);
+    run("varlen", &case, 64, 14);
+}
+
+#[test]
+fn emulated_chunk_256() {
+    let case = Case::new(dims(1, 300, 2, 4, 8, 1), Options::all(), 15);
+    run("q256", &case, 256, 15);
+}

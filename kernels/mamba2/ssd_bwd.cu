@@ -1,0 +1,486 @@
+// Mamba-2 SSD chunked backward on CUDA cores, f32 arithmetic throughout
+// (derivation: docs/BACKWARD-SSD.md; kernel notes: docs/kernels/mamba2-ssd-bwd.md).
+//
+// The GPU twin of crates/mamba2-ssd/src/backward_cpu.rs, stage for stage, as six
+// launches in stream order (host: crates/mamba2-ssd/src/cuda/backward.rs):
+//
+//   ssd_bwd_chunk        (chunk, head)   dt', s (log2 cumsum), dy = d_out silu(z),
+//                                        the chunk's own state R_c and its own share
+//                                        of the entering-state gradient, C-term_c
+//   ssd_bwd_cb           (chunk, group)  C_i . B_j for j <= i
+//   ssd_bwd_pass         (seq, head)     forward state passing (entering states S_c)
+//                                        and reverse state passing (G_c, d initial)
+//   ssd_bwd_grad         (chunk, head)   dx, dz, ddt, per-head dB/dC, log-decay
+//                                        gradients, per-chunk partials of dA, dt_bias, D
+//   ssd_bwd_reduce_bc    (token, group, n)  dB, dC: heads of the group summed in order
+//   ssd_bwd_reduce_params (head, slot)   dA, d dt_bias, dD: chunks summed in order
+//
+// Deterministic by construction: no atomics; every output element and every
+// workspace element is written by one thread, and every sum runs over a fixed
+// index order (tokens of a chunk, heads of a group, chunks, block-tree
+// reductions of fixed shape). Two runs give the same bits.
+//
+// Correctness first: the kernel keeps its intermediates in global workspaces
+// (the plan reports their bytes) and reads its operands through L1/L2; the
+// tensor-core version is future work (docs/kernels/mamba2-ssd-bwd.md).
+//
+// Compile-time defines: SSD_DTYPE 0|1|2, SSD_Q (64, 128, 256), SSD_N, SSD_P,
+// SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none, 1 (H), 2 (H, P)), SSD_HAS_Z,
+// SSD_HAS_S0, SSD_HAS_DFINAL.
+#include "ssd_common.cuh"
+
+namespace ssd_bwd {
+constexpr int Q = SSD_Q;
+constexpr int N = SSD_N;
+constexpr int P = SSD_P;
+constexpr int NT = 256;
+static_assert(Q % 32 == 0 && Q <= NT, "chunk must be a multiple of 32 and at most 256");
+constexpr i64 PN = (i64)P * N;
+}  // namespace ssd_bwd
+
+// Arguments of every backward kernel, by value; mirrored field for field by
+// `SsdBwdArgs` in crates/mamba2-ssd/src/cuda/backward.rs (both assert the size).
+struct SsdBwdArgs {
+    const elem_t* x;        // (T, H, P)
+    const elem_t* dt;       // (T, H)
+    const float* A;         // (H)
+    const elem_t* B;        // (T, G, N)
+    const elem_t* C;        // (T, G, N)
+    const float* dt_bias;   // (H) or null
+    const float* D;         // (H) or (H, P) or null
+    const elem_t* z;        // (T, H, P) or null
+    const float* s0;        // (seqs, H, P, N) or null
+    const elem_t* dout;     // (T, H, P)
+    const float* dfinal;    // (seqs, H, P, N) or null
+    elem_t* dx;             // (T, H, P)
+    elem_t* ddt;            // (T, H)
+    elem_t* dB;             // (T, G, N)
+    elem_t* dC;             // (T, G, N)
+    elem_t* dz;             // (T, H, P) or null
+    float* dA;              // (H)
+    float* ddt_bias;        // (H) or null
+    float* dD;              // (H) or (H, P) or null
+    float* dinit;           // (seqs, H, P, N) or null
+    float* ws_dt;           // (T, H) dt'
+    float* ws_cum;          // (T, H) in-chunk cumulative log2 decay s
+    float* ws_dy;           // (T, H, P) d_out silu(z)
+    float* ws_S;            // (chunks, H, P, N): R_c, then the entering state S_c
+    float* ws_G;            // (chunks, H, P, N): C-term_c, then G_c (leaving grad)
+    float* ws_cb;           // (chunks, G, Q, Q) C_i . B_j
+    float* ws_gx;           // (chunks, H, Q, Q) dy_i . x_j
+    float* ws_sc;           // (T, H, P) S C_i
+    float* ws_gb;           // (T, H, P) G B_j
+    float* ws_dbh;          // (T, H, N) per-head dB
+    float* ws_dch;          // (T, H, N) per-head dC
+    float* ws_part;         // (chunks, H (2 + P)) partial dA, d dt_bias, dD
+    const i64* chunks;      // (chunks, 2): first token, length
+    const i64* seqs;        // (seqs, 2): first chunk, number of chunks
+    i64 nchunks;
+    i64 ntok;
+    int H;
+    int G;
+    int nseqs;
+    int pad_;
+    float dt_min;
+    float dt_max;
+};
+static_assert(sizeof(SsdBwdArgs) == 312, "SsdBwdArgs layout changed: update cuda/backward.rs");
+
+namespace ssd_bwd {
+
+SSD_DEV float ld(const elem_t* p, i64 i) { return elem_to_f32(p[i]); }
+
+// d silu(z) / dz, the form of ssm_core::mamba2_grad::silu_grad_f32.
+SSD_DEV float silu_grad(float z) {
+    const float s = 1.0f / (1.0f + expf(-z));
+    return s * (1.0f + z * (1.0f - s));
+}
+
+// d dt' / d raw dt (ssm_core::mamba2_grad::dt_grad_factor_f32): zero where the
+// clamp is active, sigmoid(v) through softplus below its threshold.
+SSD_DEV float dt_grad_factor(float raw, float bias, float lo, float hi) {
+    const float v = raw + bias;
+#if SSD_DT_SOFTPLUS
+    const float u = ssm_softplus(v);
+#else
+    const float u = v;
+#endif
+    if (u < lo || u > hi) return 0.0f;
+#if SSD_DT_SOFTPLUS
+    if (v <= 20.0f) return 1.0f / (1.0f + expf(-v));
+#endif
+    return 1.0f;
+}
+
+// Block-wide sum of one value per thread in a fixed tree order (deterministic).
+SSD_DEV float block_sum(float v, float* red) {
+    const int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (int s = NT / 2; s > 0; s >>= 1) {
+        if (tid < s) red[tid] += red[tid + s];
+        __syncthreads();
+    }
+    const float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+}  // namespace ssd_bwd
+
+// Static shared arrays on the device; under the CPU emulation (ssd_emu.cuh, one
+// fiber per thread) they must live in the block's emulated shared memory, so
+// each array is carved from it at a fixed float offset.
+#ifdef SSD_EMULATE
+#define BWD_SMEM_BASE float* const bwd_smem = reinterpret_cast<float*>(emu::shared_memory())
+#define BWD_SHARED(name, count, off) float* const name = bwd_smem + (off)
+#else
+#define BWD_SMEM_BASE
+#define BWD_SHARED(name, count, off) __shared__ float name[count]
+#endif
+
+// Stage A + C: per (chunk, head).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    BWD_SMEM_BASE;
+    BWD_SHARED(s_c, Q, 0);
+    BWD_SHARED(dt_c, Q, Q);
+    const int tid = threadIdx.x;
+    const int H = a.H, G = a.G;
+    const i64 c = blockIdx.x / H;
+    const int h = blockIdx.x % H;
+    const int g = h / (H / G);
+    const i64 tok = a.chunks[2 * c];
+    const int len = (int)a.chunks[2 * c + 1];
+    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    const float A2 = a.A[h] * SSD_LOG2E;
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+
+    if (tid < 32) {
+        constexpr int V = Q / 32;
+        float dtp[V], pre[V];
+        float run = 0.0f;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const int j = tid * V + v;
+            dtp[v] = j < len ? ssd_dt(ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
+            run += dtp[v] * A2;
+            pre[v] = run;
+        }
+        float incl = run;
+        for (int o = 1; o < 32; o <<= 1) {
+            const float up = __shfl_up_sync(0xffffffffu, incl, o);
+            if (tid >= o) incl += up;
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const int j = tid * V + v;
+            const float s = incl - run + pre[v];
+            s_c[j] = s;
+            dt_c[j] = dtp[v];
+            if (j < len) {
+                a.ws_dt[(tok + j) * H + h] = dtp[v];
+                a.ws_cum[(tok + j) * H + h] = s;
+            }
+        }
+    }
+    // dy = d_out silu(z), once per (token, head, p).
+    for (int e = tid; e < len * P; e += NT) {
+        const int i = e / P, p = e % P;
+        const i64 off = (tok + i) * HP + (i64)h * P + p;
+        float v = ld(a.dout, off);
+#if SSD_HAS_Z
+        v *= silu(ld(a.z, off));
+#endif
+        a.ws_dy[off] = v;
+    }
+    __syncthreads();
+    const float q = s_c[len - 1];
+    float* R = a.ws_S + (c * H + h) * PN;
+    float* Ct = a.ws_G + (c * H + h) * PN;
+    for (i64 e = tid; e < PN; e += NT) {
+        const int p = (int)(e / N), n = (int)(e % N);
+        float r = 0.0f, t = 0.0f;
+        for (int j = 0; j < len; ++j) {
+            const i64 row = (tok + j) * HP + (i64)h * P + p;
+            const i64 bc = (tok + j) * GN + (i64)g * N + n;
+            r += exp2f(q - s_c[j]) * dt_c[j] * ld(a.x, row) * ld(a.B, bc);
+            t += exp2f(s_c[j]) * a.ws_dy[row] * ld(a.C, bc);
+        }
+        R[e] = r;
+        Ct[e] = t;
+    }
+}
+
+// C_i . B_j for j <= i: per (chunk, group).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_cb(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    const int G = a.G;
+    const i64 c = blockIdx.x / G;
+    const int g = blockIdx.x % G;
+    const i64 tok = a.chunks[2 * c];
+    const int len = (int)a.chunks[2 * c + 1];
+    const i64 GN = (i64)G * N;
+    float* cb = a.ws_cb + (c * G + g) * Q * Q;
+    for (int e = threadIdx.x; e < len * len; e += NT) {
+        const int i = e / len, j = e % len;
+        if (j > i) continue;
+        float acc = 0.0f;
+        for (int n = 0; n < N; ++n)
+            acc += ld(a.C, (tok + i) * GN + (i64)g * N + n) * ld(a.B, (tok + j) * GN + (i64)g * N + n);
+        cb[i * Q + j] = acc;
+    }
+}
+
+// Stages B and D: per (sequence, head), every thread owning state elements.
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_pass(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    const int H = a.H;
+    const i64 s = blockIdx.x / H;
+    const int h = blockIdx.x % H;
+    const i64 c0 = a.seqs[2 * s];
+    const i64 nc = a.seqs[2 * s + 1];
+    for (i64 e = threadIdx.x; e < PN; e += NT) {
+        float run = 0.0f;
+#if SSD_HAS_S0
+        run = a.s0[(s * H + h) * PN + e];
+#endif
+        for (i64 c = c0; c < c0 + nc; ++c) {
+            const i64 last = a.chunks[2 * c] + a.chunks[2 * c + 1] - 1;
+            float* slot = a.ws_S + (c * H + h) * PN + e;
+            const float own = *slot;
+            *slot = run;
+            run = exp2f(a.ws_cum[last * H + h]) * run + own;
+        }
+        float grad = 0.0f;
+#if SSD_HAS_DFINAL
+        grad = a.dfinal[(s * H + h) * PN + e];
+#endif
+        for (i64 c = c0 + nc - 1; c >= c0; --c) {
+            const i64 last = a.chunks[2 * c] + a.chunks[2 * c + 1] - 1;
+            float* slot = a.ws_G + (c * H + h) * PN + e;
+            const float own = *slot;
+            *slot = grad;
+            grad = exp2f(a.ws_cum[last * H + h]) * grad + own;
+        }
+#if SSD_HAS_S0
+        a.dinit[(s * H + h) * PN + e] = grad;
+#endif
+    }
+}
+
+// Stage E: per (chunk, head).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    BWD_SMEM_BASE;
+    BWD_SHARED(s_c, Q, 0);
+    BWD_SHARED(dt_c, Q, Q);
+    BWD_SHARED(e_c, Q, 2 * Q);
+    BWD_SHARED(f_c, Q, 3 * Q);
+    BWD_SHARED(ddt_c, Q, 4 * Q);
+    BWD_SHARED(da_c, Q, 5 * Q);
+    BWD_SHARED(red, NT, 6 * Q);
+    const int tid = threadIdx.x;
+    const int H = a.H, G = a.G;
+    const i64 c = blockIdx.x / H;
+    const int h = blockIdx.x % H;
+    const int g = h / (H / G);
+    const i64 tok = a.chunks[2 * c];
+    const int len = (int)a.chunks[2 * c + 1];
+    const i64 HP = (i64)H * P, GN = (i64)G * N, HN = (i64)H * N;
+    const float* S = a.ws_S + (c * H + h) * PN;
+    const float* Gr = a.ws_G + (c * H + h) * PN;
+    const float* cb = a.ws_cb + (c * G + g) * Q * Q;
+    float* gx = a.ws_gx + (c * H + h) * Q * Q;
+    const i64 hp0 = (i64)h * P;
+
+    for (int i = tid; i < len; i += NT) {
+        s_c[i] = a.ws_cum[(tok + i) * H + h];
+        dt_c[i] = a.ws_dt[(tok + i) * H + h];
+    }
+    // gx_ij = dy_i . x_j (j <= i); S C_i and G B_j.
+    for (int e = tid; e < len * len; e += NT) {
+        const int i = e / len, j = e % len;
+        if (j > i) continue;
+        float acc = 0.0f;
+        for (int p = 0; p < P; ++p)
+            acc += a.ws_dy[(tok + i) * HP + hp0 + p] * ld(a.x, (tok + j) * HP + hp0 + p);
+        gx[i * Q + j] = acc;
+    }
+    for (int e = tid; e < len * P; e += NT) {
+        const int i = e / P, p = e % P;
+        float sc = 0.0f, gb = 0.0f;
+        for (int n = 0; n < N; ++n) {
+            const i64 bc = (tok + i) * GN + (i64)g * N + n;
+            sc += ld(a.C, bc) * S[(i64)p * N + n];
+            gb += ld(a.B, bc) * Gr[(i64)p * N + n];
+        }
+        a.ws_sc[(tok + i) * HP + hp0 + p] = sc;
+        a.ws_gb[(tok + i) * HP + hp0 + p] = gb;
+    }
+    // The carried term exp2(q) <G, S>, a fixed-order block sum.
+    float part = 0.0f;
+    for (i64 e = tid; e < PN; e += NT) part += Gr[e] * S[e];
+    const float gs = block_sum(part, red);  // (its barriers publish the writes above)
+    const float q = s_c[len - 1];
+    const float carried = exp2f(q) * gs;
+
+    // e_i = exp2(s_i) dy_i . (S C_i), f_j = exp2(q - s_j) x_j . (G B_j).
+    for (int i = tid; i < len; i += NT) {
+        float ei = 0.0f, fi = 0.0f;
+        for (int p = 0; p < P; ++p) {
+            const i64 off = (tok + i) * HP + hp0 + p;
+            ei += a.ws_dy[off] * a.ws_sc[off];
+            fi += ld(a.x, off) * a.ws_gb[off];
+        }
+        e_c[i] = exp2f(s_c[i]) * ei;
+        f_c[i] = exp2f(q - s_c[i]) * fi;
+    }
+    __syncthreads();
+
+    // dx and dz, per (token, p).
+    for (int e = tid; e < len * P; e += NT) {
+        const int j = e / P, p = e % P;
+        const i64 off = (tok + j) * HP + hp0 + p;
+#if SSD_D_MODE == 1
+        const float dsk = a.D[h];
+#elif SSD_D_MODE == 2
+        const float dsk = a.D[h * P + p];
+#else
+        const float dsk = 0.0f;
+#endif
+        float dxv = dsk * a.ws_dy[off] + exp2f(q - s_c[j]) * dt_c[j] * a.ws_gb[off];
+        for (int i = j; i < len; ++i)
+            dxv += cb[i * Q + j] * exp2f(s_c[i] - s_c[j]) * dt_c[j] * a.ws_dy[(tok + i) * HP + hp0 + p];
+        store_elem(a.dx + off, dxv);
+#if SSD_HAS_Z
+        // dz needs the forward's pre-gate y, recomputed (row j of the output).
+        float y = exp2f(s_c[j]) * a.ws_sc[off];
+        for (int k = 0; k <= j; ++k)
+            y += cb[j * Q + k] * exp2f(s_c[j] - s_c[k]) * dt_c[k] * ld(a.x, (tok + k) * HP + hp0 + p);
+        y += dsk * ld(a.x, off);
+        const float zv = ld(a.z, off);
+        store_elem(a.dz + off, ld(a.dout, off) * y * silu_grad(zv));
+#endif
+    }
+    // Per-head dC, dB, per (token, n).
+    for (int e = tid; e < len * N; e += NT) {
+        const int i = e / N, n = e % N;
+        float dcv = 0.0f, dbv = 0.0f;
+        for (int p = 0; p < P; ++p) {
+            const i64 off = (tok + i) * HP + hp0 + p;
+            dcv += S[(i64)p * N + n] * a.ws_dy[off];
+            dbv += Gr[(i64)p * N + n] * ld(a.x, off);
+        }
+        dcv *= exp2f(s_c[i]);
+        dbv *= exp2f(q - s_c[i]) * dt_c[i];
+        for (int j = 0; j <= i; ++j)
+            dcv += exp2f(s_c[i] - s_c[j]) * dt_c[j] * gx[i * Q + j] * ld(a.B, (tok + j) * GN + (i64)g * N + n);
+        for (int k = i; k < len; ++k)
+            dbv += exp2f(s_c[k] - s_c[i]) * dt_c[i] * gx[k * Q + i] * ld(a.C, (tok + k) * GN + (i64)g * N + n);
+        a.ws_dch[((tok + i) * H + h) * N + n] = dcv;
+        a.ws_dbh[((tok + i) * H + h) * N + n] = dbv;
+    }
+    // Direct d dt'_j and the log-decay gradients da_k, each summed from the terms
+    // whose segment holds k (row prefixes, suffixes; docs/BACKWARD-SSD.md §5).
+    for (int k = tid; k < len; k += NT) {
+        float direct = f_c[k];
+        for (int i = k; i < len; ++i) direct += cb[i * Q + k] * exp2f(s_c[i] - s_c[k]) * gx[i * Q + k];
+        float da = 0.0f;
+        for (int i = k; i < len; ++i) {
+            float pre = 0.0f;
+            for (int j = 0; j < k; ++j)
+                pre += cb[i * Q + j] * exp2f(s_c[i] - s_c[j]) * dt_c[j] * gx[i * Q + j];
+            da += pre;
+        }
+        float suffix = 0.0f;
+        for (int i = k; i < len; ++i) suffix += e_c[i];
+        float prefix = 0.0f;
+        for (int j = 0; j < k; ++j) prefix += dt_c[j] * f_c[j];
+        da += suffix + carried + prefix;
+        ddt_c[k] = direct;
+        da_c[k] = da;
+    }
+    __syncthreads();
+    // The dt chain (per token), then the partials in a fixed order.
+    const float A = a.A[h];
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+    for (int k = tid; k < len; k += NT) {
+        const float d_prime = ddt_c[k] + A * da_c[k];
+        const float raw = ld(a.dt, (tok + k) * H + h);
+        const float d_raw = d_prime * dt_grad_factor(raw, bias, a.dt_min, a.dt_max);
+        store_elem(a.ddt + (tok + k) * H + h, d_raw);
+        ddt_c[k] = d_raw;
+    }
+    __syncthreads();
+    float* part_out = a.ws_part + c * (i64)H * (2 + P);
+    if (tid == 0) {
+        float da_h = 0.0f, db_h = 0.0f;
+        for (int k = len - 1; k >= 0; --k) {
+            da_h += dt_c[k] * da_c[k];
+            db_h += ddt_c[k];
+        }
+        part_out[h] = da_h;
+        part_out[H + h] = db_h;
+    }
+    for (int p = tid; p < P; p += NT) {
+        float acc = 0.0f;
+#if SSD_D_MODE != 0
+        for (int i = 0; i < len; ++i) {
+            const i64 off = (tok + i) * HP + hp0 + p;
+            acc += a.ws_dy[off] * ld(a.x, off);
+        }
+#endif
+        part_out[2 * H + h * P + p] = acc;
+    }
+}
+
+// dB, dC: the heads of each group summed in index order, per (token, group, n).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_reduce_bc(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    const int H = a.H, G = a.G, hpg = H / G;
+    const i64 total = a.ntok * G * N;
+    for (i64 e = (i64)blockIdx.x * NT + threadIdx.x; e < total; e += (i64)gridDim.x * NT) {
+        const i64 t = e / ((i64)G * N);
+        const int g = (int)((e / N) % G), n = (int)(e % N);
+        float db = 0.0f, dc = 0.0f;
+        for (int h = g * hpg; h < (g + 1) * hpg; ++h) {
+            db += a.ws_dbh[(t * H + h) * N + n];
+            dc += a.ws_dch[(t * H + h) * N + n];
+        }
+        store_elem(a.dB + e, db);
+        store_elem(a.dC + e, dc);
+    }
+}
+
+// dA, d dt_bias, dD: the chunk partials summed in chunk order.
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_reduce_params(const SsdBwdArgs a) {
+    using namespace ssd_bwd;
+    const int H = a.H;
+    const i64 stride = (i64)H * (2 + P);
+    const int idx = blockIdx.x * NT + threadIdx.x;
+    if (idx >= stride) return;
+    float acc = 0.0f;
+    for (i64 c = 0; c < a.nchunks; ++c) acc += a.ws_part[c * stride + idx];
+    if (idx < H) {
+        a.dA[idx] = acc;
+#if SSD_D_MODE == 1
+        // D of shape (H): per-p sums first, then over p in order.
+        float d = 0.0f;
+        for (int p = 0; p < P; ++p) {
+            float s = 0.0f;
+            for (i64 c = 0; c < a.nchunks; ++c) s += a.ws_part[c * stride + 2 * H + idx * P + p];
+            d += s;
+        }
+        a.dD[idx] = d;
+#endif
+    } else if (idx < 2 * H) {
+#if SSD_DT_BIAS
+        a.ddt_bias[idx - H] = acc;
+#endif
+    } else {
+#if SSD_D_MODE == 2
+        a.dD[idx - 2 * H] = acc;
+#endif
+    }
+}
