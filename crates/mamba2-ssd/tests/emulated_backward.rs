@@ -92,7 +92,10 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         .arg(&exe)
         .status()
         .expect("running the C++ compiler");
-    assert!(status.success(), "{name}: the emulation driver does not compile");
+    assert!(
+        status.success(),
+        "{name}: the emulation driver does not compile"
+    );
 
     let r = case.rounded::<f32>();
     let p = case.params(&r);
@@ -142,12 +145,13 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         da: take(&bytes, &mut at, d.heads),
         db: take(&bytes, &mut at, bc),
         dc: take(&bytes, &mut at, bc),
-        dd: p.d.as_ref().map(|dd| take(&bytes, &mut at, dd.data().len())),
+        dd: p
+            .d
+            .as_ref()
+            .map(|dd| take(&bytes, &mut at, dd.data().len())),
         dz: p.z.map(|_| take(&bytes, &mut at, io)),
         ddt_bias: p.dt_bias.map(|_| take(&bytes, &mut at, d.heads)),
-        dinitial_states: p
-            .initial_states
-            .map(|s| take(&bytes, &mut at, s.len())),
+        dinitial_states: p.initial_states.map(|s| take(&bytes, &mut at, s.len())),
     };
     assert_eq!(at, bytes.len(), "{name}: output size");
     let want = ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).unwrap();
@@ -159,7 +163,12 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         &want,
         q,
     );
-    assert_passed(&format!("emulated {name}"), ssm_core::DType::F32, q, &checks);
+    assert_passed(
+        &format!("emulated {name}"),
+        ssm_core::DType::F32,
+        q,
+        &checks,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -318,7 +318,10 @@ impl SsdBwdPlan {
             first += n;
         }
         grid_of("seqlen", checked("seqlen", &[num_chunks, dims.heads])?)?;
-        grid_of("cu_seqlens", checked("cu_seqlens", &[seqs.len(), dims.heads])?)?;
+        grid_of(
+            "cu_seqlens",
+            checked("cu_seqlens", &[seqs.len(), dims.heads])?,
+        )?;
         let kernels = config
             .variants()
             .iter()
@@ -429,9 +432,9 @@ impl SsdBwdPlan {
             bufs.push(gpu.alloc_poisoned::<f32>(l)?);
         }
         Ok(SsdBwdWorkspace {
-            bufs: bufs.try_into().map_err(|_| {
-                SsmError::Backend("backward workspace: wrong buffer count".into())
-            })?,
+            bufs: bufs
+                .try_into()
+                .map_err(|_| SsmError::Backend("backward workspace: wrong buffer count".into()))?,
         })
     }
 
@@ -530,7 +533,11 @@ impl SsdBwdPlan {
         let opt = |s: &Option<CudaSlice<f32>>| s.as_ref().map_or(0, |v| v.device_ptr(stream).0);
         // The pointers' guards only record stream use; the buffers are borrowed
         // for the whole call, and the launches are enqueued on this stream.
-        let w: Vec<u64> = ws.bufs.iter_mut().map(|b| b.device_ptr_mut(stream).0).collect();
+        let w: Vec<u64> = ws
+            .bufs
+            .iter_mut()
+            .map(|b| b.device_ptr_mut(stream).0)
+            .collect();
         let mut_t = |s: &mut CudaSlice<T>| s.device_ptr_mut(stream).0;
         let mut_32 = |s: &mut CudaSlice<f32>| s.device_ptr_mut(stream).0;
         let (dt_min, dt_max) = self.dt_limit;
