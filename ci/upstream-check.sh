@@ -8,7 +8,10 @@
 # directory outside the repository, so neither the workspace nor
 # .cargo/config.toml (CUDARC_CUDA_VERSION) applies to it, as for an upstream
 # project. candle-kernels' build script and cudarc's version detection need
-# nvcc: the CUDA 13.0.88 nvcc and runtime wheels from PyPI (never 13.1+), in
+# nvcc: the CUDA 13.0.88 nvcc and runtime wheels and the 13.0.85 CCCL headers
+# (cuda_fp16.h includes <nv/target>) from PyPI, with nvcc's own nvvm and crt
+# pinned too (left free, pip takes the newest, whose PTX ptxas 13.0 refuses;
+# never 13.1+), in
 # ci/upstream-check/.work/venv. Everything it caches (that venv and the target
 # directory) lies under ci/upstream-check/.work/ (git-ignored).
 #
@@ -25,7 +28,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-runtime==13.0.88"
+    "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-runtime==13.0.88" "nvidia-cuda-cccl==13.0.85" \
+    "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88"
 cu13="$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)"
 if [ ! -x "$cu13/bin/nvcc" ]; then
     echo "upstream-check: no nvcc at $cu13/bin/nvcc after install" >&2

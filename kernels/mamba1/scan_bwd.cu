@@ -225,7 +225,7 @@ struct ScanBwdArgs {
     const scan_elem_t* z;          // (b, D_in, L) or null
     const float* delta_bias;       // (D_in) or null
     const float* initial_states;   // (seqs, D_in, N) or null
-    const long long* cu_seqlens;   // (seqs + 1) or null
+    const long long* cu_seqlens;   // (seqs + 1) or null: checked copy (check_offsets)
     const scan_elem_t* d_out;      // (b, D_in, L)
     const float* d_final_states;   // (seqs, D_in, N) or null
     float* ckpt;                   // (rows, D_in, ckpt_slots, N)
@@ -251,6 +251,10 @@ struct ScanBwdArgs {
     long long num_seqs;
     long long ckpt_slots;          // checkpoint slots per (row, channel)
 };
+static_assert(sizeof(ScanBwdArgs) == 34 * 8, "ScanBwdArgs layout changed: update backward.rs");
+
+// Bits of the status word (the forward's, crates/mamba1-scan/src/cuda/launch.rs).
+#define SCAN_STATUS_BAD_CU_SEQLENS 1u
 
 // Which sequence, channels and positions a block owns.
 struct BwBlock {
@@ -936,6 +940,35 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     }
 #endif
 }
+
+// ---- 0. varlen only: the device-resident offsets, checked as the forward
+// checks them (0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L) and copied to `safe`,
+// which the other kernels read instead (ScanBwdArgs::cu_seqlens points there).
+// Offsets that are not a partition raise the status word the host reads after
+// the launch (ScanBwdPlan::take_device_error) and are replaced by the in-bounds
+// partition [0, 0, ..., 0, L], so nothing is read or written out of bounds.
+// Checking here rather than in the sweep keeps the hot kernels as they were: a
+// check folded into them cost the 5-blocks-per-SM sweep up to 32 bytes of spills.
+// (Not emulated: it has no arithmetic to check, and the emulation has no atomics.)
+#ifndef SSM_EMULATE
+extern "C" __global__ void __launch_bounds__(256)
+    mamba1_scan_bwd_check_offsets(const long long* cu, long long num_seqs, long long seqlen,
+                                  long long* safe, unsigned int* status) {
+    __shared__ int bad;
+    if (threadIdx.x == 0) bad = 0;
+    __syncthreads();
+    for (long long i = threadIdx.x; i <= num_seqs; i += 256) {
+        const long long v = cu[i];
+        const bool ok = 0 <= v && v <= seqlen && (i != 0 || v == 0) && (i != num_seqs || v == seqlen) &&
+                        (i == num_seqs || v <= cu[i + 1]);
+        if (!ok) bad = 1;
+    }
+    __syncthreads();
+    if (bad && threadIdx.x == 0) atomicOr(status, SCAN_STATUS_BAD_CU_SEQLENS);
+    for (long long i = threadIdx.x; i <= num_seqs; i += 256)
+        safe[i] = bad ? (i == num_seqs ? seqlen : 0) : cu[i];
+}
+#endif
 
 // ---- 3. grouped dB/dC: per (row, group, n, position), the partials of the
 // group's channel blocks in block order. One thread per output element.

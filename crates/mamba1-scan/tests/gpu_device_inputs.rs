@@ -8,7 +8,10 @@
 
 use std::sync::Arc;
 
-use mamba1_scan::cuda::{selective_scan_cuda, ScanBuffers, ScanPlan, ScanProblem, ScanViews};
+use mamba1_scan::cuda::{
+    selective_scan_backward_cuda, selective_scan_cuda, ScanBuffers, ScanBwdPlan, ScanGradBuffers,
+    ScanPlan, ScanProblem, ScanViews,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
@@ -147,6 +150,62 @@ fn hostile_device_cu_seqlens_become_a_typed_error_and_touch_nothing_out_of_bound
     plan.take_device_error(&gpu).unwrap();
     let want = selective_scan_cuda(&gpu, &params).unwrap();
     assert_eq!(bits(&gpu.download(&bufs.out).unwrap()), bits(&want.out));
+}
+
+/// The same hostile offsets given to the backward, whose checkpoint slots are
+/// also placed by `cu_seqlens`: rejected on the device, a typed error after the
+/// launch, nothing out of bounds (memcheck runs this binary too).
+#[test]
+fn hostile_device_cu_seqlens_in_the_backward_become_a_typed_error() {
+    let Some(gpu) = test_gpu_or_skip("hostile_device_cu_seqlens_backward") else {
+        return;
+    };
+    let inputs = Inputs::new(&[40, 0, 97, 63], 48, 16, 2);
+    let params = inputs.params();
+    let l = inputs.dims.seqlen as i64;
+    let problem = ScanProblem::of(&params).unwrap();
+    let plan = ScanBwdPlan::new(&gpu, &problem).unwrap();
+    let mut fwd = ScanBuffers::upload(&gpu, &params).unwrap();
+    let io = inputs.u.len();
+    let d_out_host: Vec<f32> = (0..io)
+        .map(|i| ((i * 7919) % 17) as f32 / 17.0 - 0.5)
+        .collect();
+    let d_final_host = vec![0.25f32; inputs.h0.len()];
+    let d_out = gpu.upload(&d_out_host).unwrap();
+    let d_final = gpu.upload(&d_final_host).unwrap();
+    let mut grads = ScanGradBuffers::alloc(&gpu, &problem).unwrap();
+    let mut ws = plan.workspace(&gpu).unwrap();
+    for cu in [
+        vec![0, 40, 40, 300, l],
+        vec![0, -5, 40, 137, l],
+        vec![0, 120, 40, 137, l],
+        vec![7, 40, 40, 137, l - 1],
+        vec![i64::MIN, i64::MAX, 0, i64::MAX, i64::MIN],
+    ] {
+        gpu.stream()
+            .memcpy_htod(&cu, fwd.cu_seqlens.as_mut().unwrap())
+            .unwrap();
+        plan.launch(&gpu, &fwd, &d_out, Some(&d_final), &mut grads, &mut ws)
+            .unwrap();
+        match plan.take_device_error(&gpu) {
+            Err(SsmError::CuSeqlens { reason }) => eprintln!("backward {cu:?} rejected: {reason}"),
+            other => panic!("backward: {cu:?} must be rejected, got {other:?}"),
+        }
+        plan.take_device_error(&gpu).unwrap();
+    }
+    // True offsets on the same plan: the host entry point's gradients, bit for bit.
+    gpu.stream()
+        .memcpy_htod(&inputs.cu, fwd.cu_seqlens.as_mut().unwrap())
+        .unwrap();
+    let mut ws = plan.workspace(&gpu).unwrap();
+    plan.launch(&gpu, &fwd, &d_out, Some(&d_final), &mut grads, &mut ws)
+        .unwrap();
+    plan.take_device_error(&gpu).unwrap();
+    let want =
+        selective_scan_backward_cuda(&gpu, &params, &d_out_host, Some(&d_final_host)).unwrap();
+    assert_eq!(bits(&gpu.download(&grads.du).unwrap()), bits(&want.du));
+    assert_eq!(bits(&gpu.download(&grads.db).unwrap()), bits(&want.db));
+    assert_eq!(bits(&gpu.download(&grads.da).unwrap()), bits(&want.da));
 }
 
 #[test]

@@ -22,13 +22,14 @@ use ssm_gpu::cudarc::driver::{
 use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel, KernelSource, KernelVariant};
 
 use super::config::{dtype_define, option_letters, unsupported, ScanProblem, MAX_D_STATE};
-use super::launch::{expect_len, expect_opt, opt_ptr, opt_ptr_mut, ScanBuffers};
+use super::launch::{expect_len, expect_opt, opt_ptr, opt_ptr_mut, DeviceStatus, ScanBuffers};
 
 pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
 const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
 const ENTRY_SWEEP: &str = "mamba1_scan_bwd";
 const ENTRY_REDUCE_BC: &str = "mamba1_scan_bwd_reduce_bc";
 const ENTRY_REDUCE_PARAMS: &str = "mamba1_scan_bwd_reduce_params";
+const ENTRY_CHECK_OFFSETS: &str = "mamba1_scan_bwd_check_offsets";
 /// Threads per block of the two reduction kernels (fixed in the kernel).
 const REDUCE_THREADS: u32 = 256;
 /// Environment variable that shortens the backward's tile (experiments only).
@@ -472,15 +473,18 @@ pub struct ScanBwdWorkspace {
     part_b: Option<CudaSlice<f32>>,
     part_c: Option<CudaSlice<f32>>,
     part_params: CudaSlice<f32>,
+    /// Varlen: the checked copy of the device-resident `cu_seqlens`.
+    offsets: Option<CudaSlice<i64>>,
 }
 
 impl ScanBwdWorkspace {
     /// Bytes of scratch the backward needs beyond its inputs and gradients.
     pub fn bytes(&self) -> usize {
-        4 * (self.ckpt.len()
-            + self.part_b.as_ref().map_or(0, |p| p.len())
-            + self.part_c.as_ref().map_or(0, |p| p.len())
-            + self.part_params.len())
+        8 * self.offsets.as_ref().map_or(0, |o| o.len())
+            + 4 * (self.ckpt.len()
+                + self.part_b.as_ref().map_or(0, |p| p.len())
+                + self.part_c.as_ref().map_or(0, |p| p.len())
+                + self.part_params.len())
     }
 }
 
@@ -493,7 +497,12 @@ pub struct ScanBwdPlan {
     sweep: Kernel,
     reduce_bc: Kernel,
     reduce_params: Kernel,
+    /// Varlen only: checks the device-resident `cu_seqlens` and copies them to
+    /// the workspace's `offsets`, which the other kernels read.
+    check_offsets: Option<Kernel>,
     grid: u32,
+    /// Raised by `check_offsets` when device-resident `cu_seqlens` are rejected.
+    status: DeviceStatus,
 }
 
 impl ScanBwdPlan {
@@ -539,7 +548,12 @@ impl ScanBwdPlan {
             sweep,
             reduce_bc: load(ENTRY_REDUCE_BC)?,
             reduce_params: load(ENTRY_REDUCE_PARAMS)?,
+            check_offsets: match problem.varlen_seqs {
+                Some(_) => Some(load(ENTRY_CHECK_OFFSETS)?),
+                None => None,
+            },
             grid,
+            status: DeviceStatus::new(gpu)?,
         })
     }
 
@@ -587,12 +601,32 @@ impl ScanBwdPlan {
             part_b: part(p.b_groups.is_some())?,
             part_c: part(p.c_groups.is_some())?,
             part_params: gpu.alloc_poisoned(p.num_seqs() * p.dims.d_inner * (3 * n + 2))?,
+            offsets: match p.varlen_seqs {
+                Some(seqs) => Some(
+                    gpu.stream()
+                        .alloc_zeros::<i64>(seqs + 1)
+                        .map_err(ssm_gpu::GpuError::from)?,
+                ),
+                None => None,
+            },
         })
+    }
+
+    /// Read and clear what the kernels reported about device-resident input
+    /// since the last call: `Err(CuSeqlens)` when a launch met offsets that are
+    /// not a partition of `[0, L)` (the sequences with a bad range were not
+    /// computed, their gradients are not valid, and nothing was read or written
+    /// out of bounds). Synchronises the stream; [`ScanBwdPlan::launch`] never
+    /// waits.
+    pub fn take_device_error(&self, gpu: &Gpu) -> Result<()> {
+        self.status.take(gpu, "the scan backward", &self.problem)
     }
 
     /// Enqueue the backward on the GPU's stream (asynchronous): the gradients of
     /// `sum(d_out * out) + sum(d_final_states * final_states)` for the forward
     /// whose inputs are in `fwd` (its `out` and `final_states` are not read).
+    /// Device-resident `cu_seqlens` are checked by the kernels
+    /// ([`ScanBwdPlan::take_device_error`]).
     pub fn launch<T: DeviceElement>(
         &self,
         gpu: &Gpu,
@@ -650,6 +684,12 @@ impl ScanBwdPlan {
             ws.part_params.len(),
             p.num_seqs() * p.dims.d_inner * (3 * n + 2),
         )?;
+        expect_opt(
+            "checked offsets",
+            ws.offsets.as_ref().map(|x| x.len()),
+            p.varlen_seqs.is_some(),
+            p.num_seqs() + 1,
+        )?;
 
         let stream = gpu.stream();
         let (u, _g0) = fwd.u.device_ptr(stream);
@@ -662,7 +702,9 @@ impl ScanBwdPlan {
         let (delta_bias, _g7) = opt_ptr(&fwd.delta_bias, gpu);
         // The backward starts from the given initial states, as the forward did.
         let (initial_states, _g8) = opt_ptr(&fwd.initial_states, gpu);
-        let (cu_seqlens, _g9) = opt_ptr(&fwd.cu_seqlens, gpu);
+        // Varlen: the kernels read the checked copy of the offsets (launched first, below).
+        let (user_offsets, _g9) = opt_ptr(&fwd.cu_seqlens, gpu);
+        let (cu_seqlens, _g9b) = opt_ptr_mut(&mut ws.offsets, gpu);
         let (d_out, _g10) = d_out.device_ptr(stream);
         let (d_final_states, _g11) = match d_final_states {
             Some(s) => {
@@ -741,6 +783,36 @@ impl ScanBwdPlan {
         // the problem the kernels were compiled and sized for; the buffers
         // outlive the launches (their guards live until after they are enqueued,
         // and cudarc orders frees after the stream's pending work).
+        if let Some(check) = &self.check_offsets {
+            if user_offsets == 0 || cu_seqlens == 0 {
+                return Err(SsmError::Dimension {
+                    arg: "cu_seqlens",
+                    reason: "the plan is varlen but the buffers or the workspace hold no offsets"
+                        .into(),
+                });
+            }
+            let (status, _gs) = self.status.device_ptr(stream);
+            let seqs = p.num_seqs() as i64;
+            let seqlen = p.dims.seqlen as i64;
+            let mut b0 = stream.launch_builder(&check.func);
+            b0.arg(&user_offsets)
+                .arg(&seqs)
+                .arg(&seqlen)
+                .arg(&cu_seqlens)
+                .arg(&status);
+            // SAFETY: the kernel reads seqs + 1 offsets from the forward's
+            // `cu_seqlens` (length checked by `fwd.check`), writes as many to the
+            // workspace's copy (allocated for this problem, checked above) and
+            // raises one bit of the plan's status word.
+            unsafe {
+                b0.launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (REDUCE_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map_err(|e| fail(ENTRY_CHECK_OFFSETS, e))?;
+        }
         let mut b1 = stream.launch_builder(&self.ckpt.func);
         b1.arg(&args);
         unsafe {
@@ -799,6 +871,7 @@ pub fn selective_scan_backward_cuda<T: DeviceElement>(
     let mut grads = ScanGradBuffers::alloc(gpu, &problem)?;
     let mut ws = plan.workspace(gpu)?;
     plan.launch(gpu, &fwd, &d_out, d_final.as_ref(), &mut grads, &mut ws)?;
+    plan.take_device_error(gpu)?;
     let opt = |x: &Option<CudaSlice<f32>>| x.as_ref().map(|x| gpu.download(x)).transpose();
     Ok(ScanGrads {
         du: gpu.download(&grads.du)?,

@@ -311,9 +311,62 @@ pub(crate) fn expect_opt(
     }
 }
 
-/// `SCAN_STATUS_BAD_CU_SEQLENS` of `kernels/mamba1/scan_fwd.cu`: a block found
-/// its device-resident `cu_seqlens` range outside the packed sequence.
+/// `SCAN_STATUS_BAD_CU_SEQLENS` of `kernels/mamba1/scan_fwd.cu` and
+/// `scan_bwd.cu`: a block found its device-resident `cu_seqlens` range outside
+/// the packed sequence.
 const STATUS_BAD_CU_SEQLENS: u32 = 1;
+
+/// The one device word a plan's kernels raise (atomicOr) when they reject
+/// device-resident input, and its read-and-clear on the host. Shared by the
+/// forward ([`ScanPlan`]) and the backward (`ScanBwdPlan`) plans.
+pub(crate) struct DeviceStatus {
+    context: ContextId,
+    word: CudaSlice<u32>,
+}
+
+impl DeviceStatus {
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(DeviceStatus {
+            context: gpu.context_id(),
+            word: gpu.stream().alloc_zeros::<u32>(1).map_err(GpuError::from)?,
+        })
+    }
+
+    /// The word's device address for a launch on `stream`. The kernels only
+    /// ever raise its bits, so `&self` is enough: a plan's launches are
+    /// ordered on one stream.
+    pub(crate) fn device_ptr<'a>(&'a self, stream: &'a Arc<CudaStream>) -> (u64, impl Drop + 'a) {
+        self.word.device_ptr(stream)
+    }
+
+    /// `Err(CuSeqlens)` (and the word cleared) when some launch since the last
+    /// call rejected its offsets. Synchronises the stream.
+    pub(crate) fn take(&self, gpu: &Gpu, what: &str, problem: &ScanProblem) -> Result<()> {
+        gpu.expect_context(self.context, what)?;
+        let word = gpu
+            .stream()
+            .clone_dtoh(&self.word)
+            .map_err(GpuError::from)?;
+        if word.first().copied().unwrap_or(0) & STATUS_BAD_CU_SEQLENS == 0 {
+            return Ok(());
+        }
+        let (status, _guard) = self.word.device_ptr(gpu.stream());
+        // SAFETY: `status` is this plan's live 4-byte allocation, used on this stream.
+        unsafe {
+            ssm_gpu::cudarc::driver::result::memset_d8_async(status, 0, 4, gpu.stream().cu_stream())
+        }
+        .map_err(GpuError::from)?;
+        Err(SsmError::CuSeqlens {
+            reason: format!(
+                "{what}: the device-resident offsets of {} sequences are not a partition of \
+                 [0, L = {}) (0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L): the sequences with a \
+                 bad range were not computed",
+                problem.num_seqs(),
+                problem.dims.seqlen
+            ),
+        })
+    }
+}
 
 /// A compiled kernel for one problem shape and its launch geometry. Build once,
 /// launch many times (benchmarks) on buffers of that shape.
@@ -327,7 +380,7 @@ pub struct ScanPlan {
     pub config: ScanConfig,
     pub kernel: Kernel,
     context: ContextId,
-    status: CudaSlice<u32>,
+    status: DeviceStatus,
     launch: LaunchConfig,
     seg_channels: usize,
     blocks_per_seg: usize,
@@ -363,7 +416,7 @@ impl ScanPlan {
         if smem > 48 * 1024 {
             kernel.set_max_dynamic_smem(smem as u32)?;
         }
-        let status = gpu.stream().alloc_zeros::<u32>(1).map_err(GpuError::from)?;
+        let status = DeviceStatus::new(gpu)?;
         Ok(ScanPlan {
             problem: *problem,
             config,
@@ -395,28 +448,7 @@ impl ScanPlan {
     /// each launch); [`ScanPlan::launch`] itself never waits.
     pub fn take_device_error(&self, gpu: &Gpu) -> Result<()> {
         gpu.expect_context(self.context, "the scan plan")?;
-        let word = gpu
-            .stream()
-            .clone_dtoh(&self.status)
-            .map_err(GpuError::from)?;
-        if word.first().copied().unwrap_or(0) & STATUS_BAD_CU_SEQLENS == 0 {
-            return Ok(());
-        }
-        let (status, _guard) = self.status.device_ptr(gpu.stream());
-        // SAFETY: `status` is this plan's live 4-byte allocation, used on this stream.
-        unsafe {
-            ssm_gpu::cudarc::driver::result::memset_d8_async(status, 0, 4, gpu.stream().cu_stream())
-        }
-        .map_err(GpuError::from)?;
-        Err(SsmError::CuSeqlens {
-            reason: format!(
-                "the device-resident offsets of {} sequences are not a partition of [0, L = {}) \
-                 (0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L): the sequences with a bad range \
-                 were not computed",
-                self.problem.num_seqs(),
-                self.problem.dims.seqlen
-            ),
-        })
+        self.status.take(gpu, "the scan forward", &self.problem)
     }
 
     /// Enqueue one scan on the GPU's stream (asynchronous: no allocation and
@@ -462,8 +494,6 @@ impl ScanPlan {
             }
             None => (0, None),
         };
-        // The kernel only ever raises bits of this word (atomicOr); `&self` is
-        // enough because the plan's launches are ordered on one stream.
         let (status, _g12) = self.status.device_ptr(stream);
         let dims = self.problem.dims;
         let args = ScanArgs {
