@@ -321,6 +321,42 @@ impl Mamba2StepDims {
     }
 }
 
+/// What the launchers read from either family's step parameters.
+pub trait StepParams<'a, T> {
+    /// `N`.
+    fn d_state(&self) -> usize;
+    /// The buffers, by role.
+    fn inputs(&self) -> HostStepInputs<'a, T>;
+    /// Validate against a state cache of `state_len` elements (contents of the
+    /// index list included).
+    fn validate(&self, state_len: usize) -> Result<()>
+    where
+        T: Element;
+}
+
+/// The trait methods are the inherent ones (which callers reach without the
+/// trait in scope).
+macro_rules! impl_step_params {
+    ($params:ident) => {
+        impl<'a, T> StepParams<'a, T> for $params<'a, T> {
+            fn d_state(&self) -> usize {
+                self.d_state
+            }
+            fn inputs(&self) -> HostStepInputs<'a, T> {
+                $params::inputs(self)
+            }
+            fn validate(&self, state_len: usize) -> Result<()>
+            where
+                T: Element,
+            {
+                $params::validate(self, state_len)
+            }
+        }
+    };
+}
+impl_step_params!(Mamba1StepParams);
+impl_step_params!(Mamba2StepParams);
+
 /// One Mamba-1 decode step. State cache `(cache_rows, D_in, N)` f32.
 #[derive(Clone, Copy, Debug)]
 pub struct Mamba1StepParams<'a, T> {

@@ -23,7 +23,7 @@ use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
     LaunchConfig, PushKernelArg, SyncOnDrop,
 };
-use ssm_core::decode::{HostStepInputs, StepInputs};
+use ssm_core::decode::{StepInputs, StepParams};
 use ssm_core::shape::check_nonzero;
 use ssm_core::{DType, Result, SsmError, StepOutput};
 
@@ -143,18 +143,103 @@ pub fn check_block(
     Ok(())
 }
 
-/// The defines both kernels read from `kernels/common/decode_state.cuh` besides
-/// the layout: warps per block, cache hints, blocks per SM.
-pub fn block_defines(
-    warps: usize,
-    streaming_hints: bool,
-    min_blocks_per_sm: usize,
-) -> [(&'static str, String); 3] {
-    [
-        ("WARPS", warps.to_string()),
-        ("STREAM_STATE", u8::from(streaming_hints).to_string()),
-        ("MIN_BLOCKS", min_blocks_per_sm.max(1).to_string()),
-    ]
+/// The compiled block shape both families share: `N` and how a state row is
+/// spread over lanes, the state rows each lane-slot keeps in flight (capped to the
+/// register budget), warps per block, cache hints and the blocks per SM that
+/// ptxas must leave registers for. A family's geometry is this plus its own knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockGeometry {
+    pub d_state: usize,
+    pub layout: StateLayout,
+    /// State rows per lane-slot after capping (Mamba-1: batch rows of a channel;
+    /// Mamba-2: rows of a head's `P x N` state).
+    pub rows: usize,
+    pub warps: usize,
+    pub streaming_hints: bool,
+    pub min_blocks_per_sm: usize,
+}
+
+impl BlockGeometry {
+    /// The knobs checked by [`check_block`] (`rows_arg` names `rows` in the
+    /// error), then `rows` capped so that a thread holds at most
+    /// [`MAX_STATE_REGS`] state floats.
+    pub fn new(
+        d_state: usize,
+        rows_arg: &'static str,
+        rows: usize,
+        warps: usize,
+        streaming_hints: bool,
+        min_blocks_per_sm: usize,
+    ) -> Result<Self> {
+        check_block(d_state, rows_arg, rows, warps, min_blocks_per_sm)?;
+        let layout = StateLayout::for_state(d_state);
+        Ok(BlockGeometry {
+            d_state,
+            layout,
+            rows: layout.cap_rows(d_state, rows),
+            warps,
+            streaming_hints,
+            min_blocks_per_sm,
+        })
+    }
+
+    /// Lane-slots of one block (each a Mamba-1 channel or a Mamba-2 state row).
+    pub fn slots_per_block(&self) -> usize {
+        self.warps * (32 / self.layout.lanes)
+    }
+
+    /// The defines both kernels read from `kernels/common/decode_state.cuh`, in
+    /// this order: the layout (`D_STATE`, `VEC`, `TPR`), the rows (named
+    /// `rows_define`), warps per block, cache hints, blocks per SM.
+    pub fn defines(&self, rows_define: &'static str) -> Vec<(&'static str, String)> {
+        let mut defines = self.layout.defines(self.d_state);
+        defines.push((rows_define, self.rows.to_string()));
+        defines.push(("WARPS", self.warps.to_string()));
+        defines.push(("STREAM_STATE", u8::from(self.streaming_hints).to_string()));
+        defines.push(("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()));
+        defines
+    }
+
+    /// What a non-default block shape appends to a label:
+    /// `.<rows_tag><rows>w<warps>`, `cs` with cache hints, `m<blocks>` with a
+    /// register cap.
+    pub fn label(&self, rows_tag: char) -> String {
+        let mut label = format!(
+            ".{rows_tag}{}w{}{}",
+            self.rows,
+            self.warps,
+            if self.streaming_hints { "cs" } else { "" }
+        );
+        if self.min_blocks_per_sm > 0 {
+            label.push_str(&format!("m{}", self.min_blocks_per_sm));
+        }
+        label
+    }
+}
+
+/// The arguments' `N` against the `N` the kernel was compiled for.
+pub fn check_kernel_state(kernel: usize, args: usize) -> Result<()> {
+    if kernel != args {
+        return Err(SsmError::Dimension {
+            arg: "d_state",
+            reason: format!(
+                "the kernel was compiled for N = {kernel}, the arguments have N = {args}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A size the kernel indexes in 32 bits: `arg = value` must stay below 2^31
+/// (`what` says what the kernel indexes with it).
+pub fn check_fits_i32(arg: &'static str, symbol: &str, value: usize, what: &str) -> Result<()> {
+    if value > i32::MAX as usize {
+        return Err(SsmError::Dimension {
+            arg,
+            reason: format!("{symbol} = {value} does not fit the kernel's 32-bit {what}"),
+        });
+    }
+    Ok(())
 }
 
 /// A grid of `blocks` blocks of `warps` warps, refused past 2^31 - 1 blocks (the
@@ -199,21 +284,42 @@ pub trait DecodeFamily: Sized + 'static {
     /// Device-resident inputs of one step.
     type Args<'v, T: 'v>;
     /// Host inputs of one step (the `ssm_core::decode` parameter struct).
-    type Params<'a, T: 'a>;
+    type Params<'a, T: 'a>: StepParams<'a, T>;
 
     /// The kernel source.
     fn source() -> KernelSource;
     /// The tiling launched for inputs of `dtype` when none is given.
     fn default_tiling(dtype: DType) -> Self::Tiling;
+    /// The tilings `gpu_decode_bench` compares, each compiled by the no-GPU test
+    /// and verified by the GPU tests.
+    fn candidates() -> Vec<Self::Tiling>;
     /// The geometry of `tiling` for `N = d_state` and inputs of `dtype`, or the
     /// knob that cannot be honoured.
     fn geometry(d_state: usize, dtype: DType, tiling: Self::Tiling) -> Result<Self::Geometry>;
-    /// `N` and how a state row is spread over lanes.
-    fn state(g: &Self::Geometry) -> (usize, StateLayout);
-    /// The `-D` defines of the kernel.
-    fn defines(g: &Self::Geometry) -> Vec<(&'static str, String)>;
+    /// The block shape within the geometry.
+    fn block(g: &Self::Geometry) -> &BlockGeometry;
+    /// The `-D` define (`BROWS` / `ROWS`) and the label letter (`b` / `r`) of
+    /// [`BlockGeometry::rows`].
+    const ROWS_DEFINE: &'static str;
+    const ROWS_TAG: char;
+    /// The family's own defines, after the shared ones.
+    fn extra_defines(_g: &Self::Geometry) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// What the family's own knobs append to the label.
+    fn extra_label(_g: &Self::Geometry) -> String {
+        String::new()
+    }
+    /// The `-D` defines of the kernel: the block shape's, then the family's.
+    fn defines(g: &Self::Geometry) -> Vec<(&'static str, String)> {
+        let mut defines = Self::block(g).defines(Self::ROWS_DEFINE);
+        defines.extend(Self::extra_defines(g));
+        defines
+    }
     /// What a non-default tiling appends to the label (`.b4w8...`).
-    fn label_suffix(g: &Self::Geometry) -> String;
+    fn label_suffix(g: &Self::Geometry) -> String {
+        Self::block(g).label(Self::ROWS_TAG) + &Self::extra_label(g)
+    }
 
     /// The args' buffers by role. (The lifetime bounds make the lifetimes
     /// early-bound, as the projections in the signature require of implementors.)
@@ -229,17 +335,41 @@ pub trait DecodeFamily: Sized + 'static {
     fn launch_config<T>(args: &Self::Args<'_, T>, g: &Self::Geometry) -> Result<LaunchConfig>;
     /// The kernel's argument struct (`args` validated), opening with `ptrs`.
     fn raw_args<T>(args: &Self::Args<'_, T>, ptrs: StepPointers) -> Self::Raw;
-
-    /// Validate host parameters against a state cache of `state_len` elements
-    /// (contents of the index list included).
-    fn validate_params<T: DeviceElement>(p: &Self::Params<'_, T>, state_len: usize) -> Result<()>;
-    fn params_d_state<T>(p: &Self::Params<'_, T>) -> usize;
-    fn host_inputs<'a, T: 'a>(p: &Self::Params<'a, T>) -> HostStepInputs<'a, T>;
     /// Device arguments for `p` with its buffers uploaded as `views`.
     fn device_args<'v, T>(
         p: &Self::Params<'_, T>,
         views: DeviceStepInputs<'v, T>,
     ) -> Self::Args<'v, T>;
+}
+
+/// The items of a [`DecodeFamily`] impl that only name things, written once:
+/// `NAME` (the entry points are `<NAME>_decode_<dtype>`), the implementation
+/// named in errors, the kernel source, and the tiling type with its `for_dtype`
+/// default and its `candidates`.
+#[macro_export]
+macro_rules! decode_family_names {
+    ($name:literal, $implementation:literal, $source:expr, $tiling:ty) => {
+        const NAME: &'static str = $name;
+        const IMPLEMENTATION: &'static str = $implementation;
+        const ENTRIES: [&'static str; 3] = [
+            concat!($name, "_decode_f32"),
+            concat!($name, "_decode_f16"),
+            concat!($name, "_decode_bf16"),
+        ];
+        type Tiling = $tiling;
+
+        fn source() -> $crate::KernelSource {
+            $source
+        }
+
+        fn default_tiling(dtype: ::ssm_core::DType) -> $tiling {
+            <$tiling>::for_dtype(dtype)
+        }
+
+        fn candidates() -> Vec<$tiling> {
+            <$tiling>::candidates()
+        }
+    };
 }
 
 /// The entry point of `family` for `dtype`; f64 has none.
@@ -307,7 +437,7 @@ impl<F: DecodeFamily, T: DeviceElement> DecodeKernel<F, T> {
     }
 
     pub fn d_state(&self) -> usize {
-        F::state(&self.geometry).0
+        F::block(&self.geometry).d_state
     }
 }
 
@@ -370,7 +500,7 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     let (indices, _gidx) = optional_ptr(views.state_batch_indices, stream);
     let (state_ptr, _gstate) = state.device_ptr_mut(stream);
     let (out_ptr, _gout) = out.device_ptr_mut(stream);
-    let vec = F::state(g).1.vec;
+    let vec = F::block(g).layout.vec;
     check_aligned("state", state_ptr, 4 * vec)?;
     if F::VECTOR_A {
         check_aligned("A", a, 4 * vec)?;
@@ -416,9 +546,9 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
     p: &F::Params<'_, T>,
     state: &mut [f32],
 ) -> Result<StepOutput<T>> {
-    F::validate_params(p, state.len())?;
-    let kernel = DecodeKernel::<F, T>::new(gpu, F::params_d_state(p), F::default_tiling(T::DTYPE))?;
-    let host = F::host_inputs(p);
+    p.validate(state.len())?;
+    let kernel = DecodeKernel::<F, T>::new(gpu, p.d_state(), F::default_tiling(T::DTYPE))?;
+    let host = p.inputs();
     let stream = gpu.stream();
     let buffers: StepInputs<CudaSlice<T>, CudaSlice<f32>, CudaSlice<i64>> = host.try_map(
         |v| gpu.upload(v).map_err(SsmError::from),
@@ -446,10 +576,11 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
 }
 
 /// The no-GPU checks of a family, shared by both launchers' unit tests: its entry
-/// points are `<NAME>_decode_<dtype>` and f64 is refused by name, and every tiling
-/// of `tilings`, for every element type and each `N` of `states`, compiles with
-/// NVRTC and keeps its state in registers (no stack, no spills, no warnings).
-pub fn assert_family_compiles<F: DecodeFamily>(states: &[usize], tilings: &[F::Tiling]) {
+/// points are `<NAME>_decode_<dtype>` and f64 is refused by name, and every
+/// candidate tiling, for every element type and each `N` of `states`, compiles
+/// with NVRTC and keeps its state in registers (no stack, no spills, no warnings).
+pub fn assert_family_compiles<F: DecodeFamily>(states: &[usize]) {
+    let tilings = F::candidates();
     assert!(matches!(
         entry_name::<F>(DType::F64),
         Err(SsmError::Unsupported { .. })
@@ -470,7 +601,7 @@ pub fn assert_family_compiles<F: DecodeFamily>(states: &[usize], tilings: &[F::T
     };
     for dtype in [DType::F32, DType::F16, DType::Bf16] {
         for &n in states {
-            for &tiling in tilings {
+            for &tiling in &tilings {
                 let variant = decode_variant::<F>(dtype, n, tiling).unwrap();
                 let report = crate::report_variant(&compiler, &variant, crate::Arch::Sm90)
                     .unwrap_or_else(|e| panic!("{}: {e}", variant.label));

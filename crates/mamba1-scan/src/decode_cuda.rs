@@ -17,15 +17,18 @@
 //! read in vectors, one state row per channel) and the grid over (batch tile,
 //! channel tile).
 
-use ssm_core::decode::{HostStepInputs, Mamba1StepDims, Mamba1StepParams, StepInputs};
-use ssm_core::{DType, Result, SsmError, StepOutput};
+use ssm_core::decode::{Mamba1StepDims, Mamba1StepParams, StepInputs};
+use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
 use ssm_gpu::decode::{
-    self as shared, DecodeFamily, DeviceStepInputs, DeviceStepRefs, StateLayout, StepPointers,
+    self as shared, BlockGeometry, DecodeFamily, DeviceStepInputs, DeviceStepRefs, StateLayout,
+    StepPointers,
 };
-use ssm_gpu::{kernel_source, DeviceElement, Gpu, KernelSource, KernelVariant};
+use ssm_gpu::{kernel_source, KernelSource, KernelVariant};
 
-pub use ssm_gpu::decode::launch_decode_step;
+/// The entry points (`decode_step_cuda::<Mamba1Decode, T>` from host slices,
+/// `launch_decode_step` on device buffers).
+pub use ssm_gpu::decode::{decode_step_cuda, launch_decode_step};
 
 /// The kernel source, embedded at build time.
 pub static DECODE_SOURCE: KernelSource = kernel_source!("mamba1/decode.cu");
@@ -159,15 +162,12 @@ const MAX_CAPPED_STATE_REGS: usize = 16;
 /// Static shared memory a kernel may declare without opting in to more.
 const MAX_STATIC_SHARED_BYTES: usize = 48 * 1024;
 
-/// Everything that decides one compiled form of the kernel and its launch shape.
+/// Everything that decides one compiled form of the kernel and its launch shape:
+/// the shared block shape (its rows are batch rows of a channel) and how B and C
+/// reach the update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    d_state: usize,
-    layout: StateLayout,
-    batch_rows: usize,
-    warps: usize,
-    streaming_hints: bool,
-    min_blocks_per_sm: usize,
+    block: BlockGeometry,
     bc_prefetch: usize,
     bc_shared: usize,
 }
@@ -175,27 +175,25 @@ pub struct Geometry {
 impl Geometry {
     /// `elem_bytes`: size of the input element type (B and C are held packed).
     fn new(d_state: usize, elem_bytes: usize, tiling: DecodeTiling) -> Result<Self> {
-        shared::check_block(
+        let mut block = BlockGeometry::new(
             d_state,
             "batch_rows",
             tiling.batch_rows,
             tiling.warps,
+            tiling.streaming_hints,
             tiling.min_blocks_per_sm,
         )?;
-        let layout = StateLayout::for_state(d_state);
+        let (layout, batch_rows) = (block.layout, block.rows);
         let per_row = layout.elems_per_thread(d_state);
-        let batch_rows = layout.cap_rows(d_state, tiling.batch_rows);
         // The register cap is a tuning for the common layouts; with more state per
         // thread (odd N: one lane holds a whole channel) it would only force spills.
-        let min_blocks_per_sm = if layout.vec == 4 && batch_rows * per_row <= MAX_CAPPED_STATE_REGS
-        {
-            tiling.min_blocks_per_sm
-        } else {
-            0
-        };
+        if layout.vec != 4 || batch_rows * per_row > MAX_CAPPED_STATE_REGS {
+            block.min_blocks_per_sm = 0;
+        }
         // A prefetched row of packed B and C costs 2 x per_row x elem_bytes / 4
         // registers; under the cap only the 16-bit form fits.
-        let bc_prefetch = if tiling.bc_shared > 0 || (min_blocks_per_sm > 0 && elem_bytes > 2) {
+        let bc_prefetch = if tiling.bc_shared > 0 || (block.min_blocks_per_sm > 0 && elem_bytes > 2)
+        {
             0
         } else {
             tiling.bc_prefetch.min(batch_rows)
@@ -212,12 +210,7 @@ impl Geometry {
             });
         }
         Ok(Geometry {
-            d_state,
-            layout,
-            batch_rows,
-            warps: tiling.warps,
-            streaming_hints: tiling.streaming_hints,
-            min_blocks_per_sm,
+            block,
             bc_prefetch,
             bc_shared: tiling.bc_shared,
         })
@@ -225,77 +218,55 @@ impl Geometry {
 
     /// How a channel's `N` states are spread over lanes.
     pub fn layout(&self) -> StateLayout {
-        self.layout
+        self.block.layout
     }
 
     /// Channels one block updates (for `batch_rows` batch rows).
     pub fn channels_per_block(&self) -> usize {
-        self.warps * (32 / self.layout.lanes)
+        self.block.slots_per_block()
     }
 
     /// Batch rows each thread updates after capping (see [`DecodeTiling`]).
     pub fn batch_rows(&self) -> usize {
-        self.batch_rows
+        self.block.rows
     }
 }
 
 impl DecodeFamily for Mamba1Decode {
-    const NAME: &'static str = "mamba1";
-    const IMPLEMENTATION: &'static str = "mamba1-scan CUDA decode";
-    const ENTRIES: [&'static str; 3] = [
-        "mamba1_decode_f32",
-        "mamba1_decode_f16",
-        "mamba1_decode_bf16",
-    ];
+    ssm_gpu::decode_family_names!(
+        "mamba1",
+        "mamba1-scan CUDA decode",
+        DECODE_SOURCE,
+        DecodeTiling
+    );
     const VECTOR_A: bool = true;
 
-    type Tiling = DecodeTiling;
     type Geometry = Geometry;
     type Raw = RawDecodeArgs;
     type Args<'v, T: 'v> = DeviceStepArgs<'v, T>;
     type Params<'a, T: 'a> = Mamba1StepParams<'a, T>;
 
-    fn source() -> KernelSource {
-        DECODE_SOURCE
-    }
-
-    fn default_tiling(dtype: DType) -> DecodeTiling {
-        DecodeTiling::for_dtype(dtype)
-    }
-
     fn geometry(d_state: usize, dtype: DType, tiling: DecodeTiling) -> Result<Geometry> {
         Geometry::new(d_state, dtype.size_bytes(), tiling)
     }
 
-    fn state(g: &Geometry) -> (usize, StateLayout) {
-        (g.d_state, g.layout)
+    fn block(g: &Geometry) -> &BlockGeometry {
+        &g.block
     }
 
-    /// The `-D` defines of `kernels/mamba1/decode.cu`.
-    fn defines(g: &Geometry) -> Vec<(&'static str, String)> {
-        let mut defines = g.layout.defines(g.d_state);
-        defines.push(("BROWS", g.batch_rows.to_string()));
-        defines.extend(shared::block_defines(
-            g.warps,
-            g.streaming_hints,
-            g.min_blocks_per_sm,
-        ));
-        defines.push(("BC_PREFETCH", g.bc_prefetch.to_string()));
-        defines.push(("BC_SHARED", g.bc_shared.to_string()));
-        defines
+    const ROWS_DEFINE: &'static str = "BROWS";
+    const ROWS_TAG: char = 'b';
+
+    /// `kernels/mamba1/decode.cu`'s own defines: how B and C are fetched.
+    fn extra_defines(g: &Geometry) -> Vec<(&'static str, String)> {
+        vec![
+            ("BC_PREFETCH", g.bc_prefetch.to_string()),
+            ("BC_SHARED", g.bc_shared.to_string()),
+        ]
     }
 
-    fn label_suffix(g: &Geometry) -> String {
-        let mut label = format!(
-            ".b{}w{}{}",
-            g.batch_rows,
-            g.warps,
-            if g.streaming_hints { "cs" } else { "" }
-        );
-        if g.min_blocks_per_sm > 0 {
-            label.push_str(&format!("m{}", g.min_blocks_per_sm));
-        }
-        label.push_str(&format!("p{}", g.bc_prefetch));
+    fn extra_label(g: &Geometry) -> String {
+        let mut label = format!("p{}", g.bc_prefetch);
         if g.bc_shared > 0 {
             label.push_str(&format!("s{}", g.bc_shared));
         }
@@ -323,16 +294,8 @@ impl DecodeFamily for Mamba1Decode {
         out_len: usize,
     ) -> Result<()> {
         let dims = args.dims();
-        if args.d_inner > i32::MAX as usize {
-            return Err(SsmError::Dimension {
-                arg: "d_inner",
-                reason: format!(
-                    "D_in = {} does not fit the kernel's 32-bit channel index",
-                    args.d_inner
-                ),
-            });
-        }
-        check_kernel_state(g.d_state, args.d_state)?;
+        shared::check_fits_i32("d_inner", "D_in", args.d_inner, "channel index")?;
+        shared::check_kernel_state(g.block.d_state, args.d_state)?;
         let lens = Self::inputs(args).map(|v| v.len(), |v| v.len(), |v| v.len());
         dims.check(&lens, state_len)?;
         dims.check_out(out_len)
@@ -340,12 +303,16 @@ impl DecodeFamily for Mamba1Decode {
 
     fn launch_config<T>(args: &DeviceStepArgs<'_, T>, g: &Geometry) -> Result<LaunchConfig> {
         let channel_tiles = args.d_inner.div_ceil(g.channels_per_block());
-        let batch_tiles = args.batch.div_ceil(g.batch_rows);
-        shared::grid(channel_tiles.checked_mul(batch_tiles), g.warps, || {
-            format!(
+        let batch_tiles = args.batch.div_ceil(g.batch_rows());
+        shared::grid(
+            channel_tiles.checked_mul(batch_tiles),
+            g.block.warps,
+            || {
+                format!(
                 "{batch_tiles} batch tiles x {channel_tiles} channel tiles is more than 2^31 - 1 blocks"
             )
-        })
+            },
+        )
     }
 
     fn raw_args<T>(args: &DeviceStepArgs<'_, T>, ptrs: StepPointers) -> RawDecodeArgs {
@@ -359,21 +326,6 @@ impl DecodeFamily for Mamba1Decode {
             // Fits: validate() checks D_in < 2^31.
             channels_per_group: (args.d_inner / args.groups) as u32,
         }
-    }
-
-    fn validate_params<T: DeviceElement>(
-        p: &Mamba1StepParams<'_, T>,
-        state_len: usize,
-    ) -> Result<()> {
-        p.validate(state_len)
-    }
-
-    fn params_d_state<T>(p: &Mamba1StepParams<'_, T>) -> usize {
-        p.d_state
-    }
-
-    fn host_inputs<'a, T: 'a>(p: &Mamba1StepParams<'a, T>) -> HostStepInputs<'a, T> {
-        p.inputs()
     }
 
     fn device_args<'v, T>(
@@ -398,19 +350,6 @@ impl DecodeFamily for Mamba1Decode {
             state_batch_indices: v.state_batch_indices,
         }
     }
-}
-
-/// The arguments' `N` against the kernel's.
-fn check_kernel_state(kernel: usize, args: usize) -> Result<()> {
-    if kernel != args {
-        return Err(SsmError::Dimension {
-            arg: "d_state",
-            reason: format!(
-                "the kernel was compiled for N = {kernel}, the arguments have N = {args}"
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// The kernel variant (source, entry, defines) for one element type, `N` and tiling.
@@ -490,15 +429,6 @@ const _: () = assert!(std::mem::size_of::<RawDecodeArgs>() == 128);
 // SAFETY: plain-old-data with the C layout the kernel declares.
 unsafe impl DeviceRepr for RawDecodeArgs {}
 
-/// One decode step from host slices; `state` is updated in place.
-pub fn decode_step_cuda<T: DeviceElement>(
-    gpu: &Gpu,
-    p: &Mamba1StepParams<'_, T>,
-    state: &mut [f32],
-) -> Result<StepOutput<T>> {
-    shared::decode_step_cuda::<Mamba1Decode, T>(gpu, p, state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,6 +468,6 @@ mod tests {
     /// every element type and a spread of N, compiled without local memory.
     #[test]
     fn every_variant_compiles_without_spills() {
-        shared::assert_family_compiles::<Mamba1Decode>(&[16, 7, 64], &DecodeTiling::candidates());
+        shared::assert_family_compiles::<Mamba1Decode>(&[16, 7, 64]);
     }
 }

@@ -91,7 +91,9 @@ pub fn decode_step<T: DeviceElement>(
 ) -> Result<StepOutput<T>> {
     match backend {
         Backend::Cpu(_) => decode_cpu::decode_step_cpu(p, state),
-        Backend::Cuda(gpu) => decode_cuda::decode_step_cuda(gpu, p, state),
+        Backend::Cuda(gpu) => {
+            decode_cuda::decode_step_cuda::<decode_cuda::Mamba1Decode, T>(gpu, p, state)
+        }
     }
 }
 

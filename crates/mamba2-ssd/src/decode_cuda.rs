@@ -17,16 +17,18 @@
 //! head-dimension index, the step-size clamp, a `P x N` state per head) and the
 //! grid over (batch row, head, row tile).
 
-use ssm_core::decode::{HostStepInputs, Mamba2StepDims, Mamba2StepParams, StepInputs};
+use ssm_core::decode::{Mamba2StepDims, Mamba2StepParams, StepInputs};
 use ssm_core::mamba2::DSkip;
-use ssm_core::{DType, Result, SsmError, StepOutput};
+use ssm_core::{DType, Result};
 use ssm_gpu::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
 use ssm_gpu::decode::{
-    self as shared, DecodeFamily, DeviceStepInputs, DeviceStepRefs, StateLayout, StepPointers,
+    self as shared, BlockGeometry, DecodeFamily, DeviceStepInputs, DeviceStepRefs, StepPointers,
 };
-use ssm_gpu::{kernel_source, DeviceElement, Gpu, KernelSource, KernelVariant};
+use ssm_gpu::{kernel_source, KernelSource, KernelVariant};
 
-pub use ssm_gpu::decode::launch_decode_step;
+/// The entry points (`decode_step_cuda::<Mamba2Decode, T>` from host slices,
+/// `launch_decode_step` on device buffers).
+pub use ssm_gpu::decode::{decode_step_cuda, launch_decode_step};
 
 /// The kernel source, embedded at build time.
 pub static DECODE_SOURCE: KernelSource = kernel_source!("mamba2/decode.cu");
@@ -102,110 +104,53 @@ impl DecodeTiling {
     }
 }
 
-/// Everything that decides one compiled form of the kernel and its launch shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    d_state: usize,
-    layout: StateLayout,
-    rows_per_slot: usize,
-    warps: usize,
-    streaming_hints: bool,
-    min_blocks_per_sm: usize,
+/// Everything that decides one compiled form of the kernel and its launch shape:
+/// the shared block shape alone (its rows are rows of a head's `P x N` state, per
+/// lane-slot).
+pub type Geometry = BlockGeometry;
+
+fn geometry(d_state: usize, tiling: DecodeTiling) -> Result<Geometry> {
+    BlockGeometry::new(
+        d_state,
+        "rows_per_slot",
+        tiling.rows_per_slot,
+        tiling.warps,
+        tiling.streaming_hints,
+        tiling.min_blocks_per_sm,
+    )
 }
 
-impl Geometry {
-    fn new(d_state: usize, tiling: DecodeTiling) -> Result<Self> {
-        shared::check_block(
-            d_state,
-            "rows_per_slot",
-            tiling.rows_per_slot,
-            tiling.warps,
-            tiling.min_blocks_per_sm,
-        )?;
-        let layout = StateLayout::for_state(d_state);
-        Ok(Geometry {
-            d_state,
-            layout,
-            rows_per_slot: layout.cap_rows(d_state, tiling.rows_per_slot),
-            warps: tiling.warps,
-            streaming_hints: tiling.streaming_hints,
-            min_blocks_per_sm: tiling.min_blocks_per_sm,
-        })
-    }
-
-    /// How a state row's `N` floats are spread over lanes.
-    pub fn layout(&self) -> StateLayout {
-        self.layout
-    }
-
-    /// Rows of one head's `P x N` state that one block updates.
-    pub fn rows_per_block(&self) -> usize {
-        self.warps * (32 / self.layout.lanes) * self.rows_per_slot
-    }
-
-    /// State rows each lane-slot updates after capping (see [`DecodeTiling`]).
-    pub fn rows_per_slot(&self) -> usize {
-        self.rows_per_slot
-    }
+/// Rows of one head's `P x N` state that one block updates.
+fn rows_per_block(g: &Geometry) -> usize {
+    g.slots_per_block() * g.rows
 }
 
 impl DecodeFamily for Mamba2Decode {
-    const NAME: &'static str = "mamba2";
-    const IMPLEMENTATION: &'static str = "mamba2-ssd CUDA decode";
-    const ENTRIES: [&'static str; 3] = [
-        "mamba2_decode_f32",
-        "mamba2_decode_f16",
-        "mamba2_decode_bf16",
-    ];
+    ssm_gpu::decode_family_names!(
+        "mamba2",
+        "mamba2-ssd CUDA decode",
+        DECODE_SOURCE,
+        DecodeTiling
+    );
     // A is one scalar per head.
     const VECTOR_A: bool = false;
 
-    type Tiling = DecodeTiling;
     type Geometry = Geometry;
     type Raw = RawDecodeArgs;
     type Args<'v, T: 'v> = DeviceStepArgs<'v, T>;
     type Params<'a, T: 'a> = Mamba2StepParams<'a, T>;
 
-    fn source() -> KernelSource {
-        DECODE_SOURCE
-    }
-
-    fn default_tiling(dtype: DType) -> DecodeTiling {
-        DecodeTiling::for_dtype(dtype)
-    }
-
     fn geometry(d_state: usize, _dtype: DType, tiling: DecodeTiling) -> Result<Geometry> {
-        Geometry::new(d_state, tiling)
+        geometry(d_state, tiling)
     }
 
-    fn state(g: &Geometry) -> (usize, StateLayout) {
-        (g.d_state, g.layout)
+    /// `kernels/mamba2/decode.cu` reads the shared defines only.
+    fn block(g: &Geometry) -> &BlockGeometry {
+        g
     }
 
-    /// The `-D` defines of `kernels/mamba2/decode.cu`.
-    fn defines(g: &Geometry) -> Vec<(&'static str, String)> {
-        let mut defines = g.layout.defines(g.d_state);
-        defines.push(("ROWS", g.rows_per_slot.to_string()));
-        defines.extend(shared::block_defines(
-            g.warps,
-            g.streaming_hints,
-            g.min_blocks_per_sm,
-        ));
-        defines
-    }
-
-    fn label_suffix(g: &Geometry) -> String {
-        let mut label = format!(
-            ".r{}w{}{}",
-            g.rows_per_slot,
-            g.warps,
-            if g.streaming_hints { "cs" } else { "" }
-        );
-        if g.min_blocks_per_sm > 0 {
-            label.push_str(&format!("m{}", g.min_blocks_per_sm));
-        }
-        label
-    }
+    const ROWS_DEFINE: &'static str = "ROWS";
+    const ROWS_TAG: char = 'r';
 
     fn inputs<'s, 'v: 's, T: 'v>(args: &'s DeviceStepArgs<'v, T>) -> DeviceStepRefs<'s, 'v, T> {
         StepInputs {
@@ -227,24 +172,8 @@ impl DecodeFamily for Mamba2Decode {
         state_len: usize,
         out_len: usize,
     ) -> Result<()> {
-        if args.head_dim > i32::MAX as usize {
-            return Err(SsmError::Dimension {
-                arg: "head_dim",
-                reason: format!(
-                    "P = {} does not fit the kernel's 32-bit row index",
-                    args.head_dim
-                ),
-            });
-        }
-        if g.d_state != args.d_state {
-            return Err(SsmError::Dimension {
-                arg: "d_state",
-                reason: format!(
-                    "the kernel was compiled for N = {}, the arguments have N = {}",
-                    g.d_state, args.d_state
-                ),
-            });
-        }
+        shared::check_fits_i32("head_dim", "P", args.head_dim, "row index")?;
+        shared::check_kernel_state(g.d_state, args.d_state)?;
         let lens = Self::inputs(args).map(|v| v.len(), |v| v.len(), |v| v.len());
         let per_head_dim = matches!(args.d, Some(DeviceDSkip::PerHeadDim(_)));
         let dims = args.dims();
@@ -254,7 +183,7 @@ impl DecodeFamily for Mamba2Decode {
 
     fn launch_config<T>(args: &DeviceStepArgs<'_, T>, g: &Geometry) -> Result<LaunchConfig> {
         let (batch, heads) = (args.batch, args.heads);
-        let tiles = args.head_dim.div_ceil(g.rows_per_block());
+        let tiles = args.head_dim.div_ceil(rows_per_block(g));
         let blocks = batch.checked_mul(heads).and_then(|v| v.checked_mul(tiles));
         shared::grid(blocks, g.warps, || {
             format!("b = {batch} x H = {heads} x {tiles} row tiles needs more than 2^31 - 1 blocks")
@@ -274,21 +203,6 @@ impl DecodeFamily for Mamba2Decode {
             dt_softplus: i32::from(args.dt_softplus),
             d_per_head_dim: i32::from(matches!(args.d, Some(DeviceDSkip::PerHeadDim(_)))),
         }
-    }
-
-    fn validate_params<T: DeviceElement>(
-        p: &Mamba2StepParams<'_, T>,
-        state_len: usize,
-    ) -> Result<()> {
-        p.validate(state_len)
-    }
-
-    fn params_d_state<T>(p: &Mamba2StepParams<'_, T>) -> usize {
-        p.d_state
-    }
-
-    fn host_inputs<'a, T: 'a>(p: &Mamba2StepParams<'a, T>) -> HostStepInputs<'a, T> {
-        p.inputs()
     }
 
     fn device_args<'v, T>(
@@ -417,15 +331,6 @@ const _: () = assert!(std::mem::size_of::<RawDecodeArgs>() == 144);
 // SAFETY: plain-old-data with the C layout the kernel declares.
 unsafe impl DeviceRepr for RawDecodeArgs {}
 
-/// One decode step from host slices; `state` is updated in place.
-pub fn decode_step_cuda<T: DeviceElement>(
-    gpu: &Gpu,
-    p: &Mamba2StepParams<'_, T>,
-    state: &mut [f32],
-) -> Result<StepOutput<T>> {
-    shared::decode_step_cuda::<Mamba2Decode, T>(gpu, p, state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +374,6 @@ mod tests {
     /// every element type and a spread of N, compiled without local memory.
     #[test]
     fn every_variant_compiles_without_spills() {
-        shared::assert_family_compiles::<Mamba2Decode>(&[128, 256, 7], &DecodeTiling::candidates());
+        shared::assert_family_compiles::<Mamba2Decode>(&[128, 256, 7]);
     }
 }

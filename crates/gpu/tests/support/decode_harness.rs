@@ -18,10 +18,11 @@
 // Each family's test uses part of it (Mamba-1 has no D per head dimension).
 #![allow(dead_code)]
 
+use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use ssm_core::decode::{cache_row, HostStepInputs, StepInputs};
+use ssm_core::decode::{cache_row, HostStepInputs, StepInputs, StepParams};
 use ssm_core::tolerance::{compare, rel_l2_budget, state_budget, Comparison};
 use ssm_core::{Element, SsmError};
 use ssm_gpu::decode::{self, DecodeFamily, DecodeKernel};
@@ -95,8 +96,12 @@ impl Options {
     }
 }
 
-/// Buffer lengths of one family's problem.
+/// The sizes of one family's problem.
 pub struct Sizes {
+    /// Batch rows `b`.
+    pub batch: usize,
+    /// `N`.
+    pub d_state: usize,
     /// x, z and the output, per batch row.
     pub out_row: usize,
     /// dt per batch row.
@@ -112,17 +117,38 @@ pub struct Sizes {
 }
 
 /// A family as the harness tests it: its shapes, how its A is drawn, its
-/// parameter struct and its oracle. The launcher itself is reached through
-/// [`DecodeFamily`].
+/// parameter struct and its oracle, and the shapes and options of its test matrix
+/// ([`decode_tests!`]). The launcher itself is reached through [`DecodeFamily`].
 pub trait TestFamily: DecodeFamily {
     /// `m1` / `m2`: the first word of each table line.
     const TAG: &'static str;
     /// How [`DOption::PerRow`] is named in a label.
     const D_PER_ROW: &'static str;
+    /// Every option the family has, on.
+    const ALL: Options;
+    /// The other half of each switch.
+    const MIXED: Options;
+    /// The groups of the b = 256 cases, one round of four cases per entry (f32
+    /// with [`Self::ALL`], bf16 with `ALL`, bf16 plain, f16 with [`Self::MIXED`]).
+    const BATCH_256_GROUPS: &'static [[usize; 4]];
+    /// The batch of the bench-tiling cases.
+    const TILING_BATCH: usize;
+    /// For [`device_entry_guards`]: another `N` the family compiles and an index
+    /// past the 2-row cache.
+    const OTHER_N: usize;
+    const BAD_INDEX: i64;
     type Shape: Copy + std::fmt::Debug;
 
-    fn batch(shape: &Self::Shape) -> usize;
-    fn state_size(shape: &Self::Shape) -> usize;
+    /// The model's shape at `batch` rows and `groups` B/C groups.
+    fn model(batch: usize, groups: usize) -> Self::Shape;
+    /// Shapes off the common path (odd `N`, partial tiles, groups > 1).
+    fn odd_shapes() -> Vec<Self::Shape>;
+    /// A 2-row shape with `N = 16` for [`device_entry_guards`].
+    fn guard_shape() -> Self::Shape;
+    /// Cases a tiling needs besides the two every tiling gets.
+    fn tiling_cases(_tiling: Self::Tiling) -> Vec<Case> {
+        Vec::new()
+    }
     /// `b=.. D_in=.. N=.. G=..`
     fn describe(shape: &Self::Shape) -> String;
     fn sizes(shape: &Self::Shape) -> Sizes;
@@ -189,8 +215,8 @@ pub struct Problem<F: TestFamily, T> {
 
 impl<F: TestFamily, T: Element> Problem<F, T> {
     pub fn random(shape: F::Shape, opts: Options, rng: &mut StdRng) -> Self {
-        let batch = F::batch(&shape);
         let sizes = F::sizes(&shape);
+        let batch = sizes.batch;
         // Step sizes: mostly softplus(randn - 4) (~0.02), one in sixteen large (up to 10),
         // either as the final value or as the pre-softplus argument.
         let dt: Vec<f32> = randn(rng, batch * sizes.dt_row)
@@ -338,7 +364,7 @@ pub fn run_case<F: TestFamily, T: DeviceElement>(
     let (row_len, out_row) = (sizes.state_row, sizes.out_row);
     let indices = opts.indices.then_some(&problem.indices[..]);
     let mut live = vec![false; problem.cache_rows];
-    for i in 0..F::batch(&shape) {
+    for i in 0..sizes.batch {
         match cache_row(indices, i) {
             Some(r) => live[r] = true,
             None => {
@@ -405,8 +431,8 @@ fn step_with_tiling<F: TestFamily, T: DeviceElement>(
     tiling: F::Tiling,
     state: &mut [f32],
 ) -> Vec<T> {
-    let kernel = DecodeKernel::<F, T>::new(gpu, F::params_d_state(p), tiling).expect("kernel");
-    let host = F::host_inputs(p);
+    let kernel = DecodeKernel::<F, T>::new(gpu, p.d_state(), tiling).expect("kernel");
+    let host = p.inputs();
     let bufs = upload(gpu, host);
     let mut dev_state = gpu.upload(state).expect("upload");
     let mut out = gpu.alloc_poisoned::<T>(host.x.len()).expect("alloc");
@@ -457,27 +483,107 @@ pub fn tiled<F: TestFamily, T: DeviceElement>(
 }
 
 // ---------------------------------------------------------------------------
-// The checks both families make the same way
+// The test matrix, the same for both families
 // ---------------------------------------------------------------------------
+
+/// The tests of one family's `tests/gpu_decode.rs`, in a module `$module`
+/// (`m1_decode`: `m1_decode::batch_1`, ...; the skip labels read
+/// `m1_decode_batch_1`, ...). Each runs the harness function of its name.
+macro_rules! decode_tests {
+    ($module:ident, $family:ty) => {
+        mod $module {
+            $crate::harness::decode_tests!(@each $module, $family; batch_1, batch_64, batch_256,
+                odd_shapes, bench_tilings, device_entry_guards, refuses_f64);
+        }
+    };
+    (@each $module:ident, $family:ty; $($test:ident),*) => {
+        $(
+            #[test]
+            fn $test() {
+                let label = concat!(stringify!($module), "_", stringify!($test));
+                if let Some(gpu) = ssm_gpu::test_gpu_or_skip(label) {
+                    $crate::harness::$test::<$family>(&gpu);
+                }
+            }
+        )*
+    };
+}
+pub(crate) use decode_tests;
+
+/// One batch row, every element type, with and without options and groups.
+pub fn batch_1<F: TestFamily>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for groups in [1, 8] {
+        let s = F::model(1, groups);
+        cases.push(case::<F, f32>(s, Options::PLAIN));
+        cases.push(case::<F, f32>(s, F::ALL));
+        cases.push(case::<F, bf16>(s, F::ALL));
+        cases.push(case::<F, f16>(s, F::MIXED));
+    }
+    run_all(gpu, cases);
+}
+
+pub fn batch_64<F: TestFamily>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for groups in [1, 8] {
+        for opts in [Options::PLAIN, F::ALL, F::MIXED] {
+            cases.push(case::<F, f32>(F::model(64, groups), opts));
+            cases.push(case::<F, bf16>(F::model(64, groups), opts));
+        }
+        cases.push(case::<F, f16>(F::model(64, groups), F::ALL));
+    }
+    run_all(gpu, cases);
+}
+
+pub fn batch_256<F: TestFamily>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for &[g0, g1, g2, g3] in F::BATCH_256_GROUPS {
+        cases.push(case::<F, f32>(F::model(256, g0), F::ALL));
+        cases.push(case::<F, bf16>(F::model(256, g1), F::ALL));
+        cases.push(case::<F, bf16>(F::model(256, g2), Options::PLAIN));
+        cases.push(case::<F, f16>(F::model(256, g3), F::MIXED));
+    }
+    run_all(gpu, cases);
+}
+
+/// State sizes off the fast path (N not a multiple of 4, fewer than 32 lanes per
+/// row, rows capped), partial tiles, groups > 1.
+pub fn odd_shapes<F: TestFamily>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for s in F::odd_shapes() {
+        cases.push(case::<F, f32>(s, F::ALL));
+        cases.push(case::<F, bf16>(s, F::MIXED));
+        cases.push(case::<F, f32>(s, Options::PLAIN));
+    }
+    run_all(gpu, cases);
+}
+
+/// Every tiling the bench times computes the same function.
+pub fn bench_tilings<F: TestFamily>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for t in F::candidates() {
+        cases.push(tiled::<F, bf16>(F::model(F::TILING_BATCH, 8), F::ALL, t));
+        cases.push(tiled::<F, f32>(F::model(F::TILING_BATCH, 1), F::MIXED, t));
+        cases.extend(F::tiling_cases(t));
+    }
+    run_all(gpu, cases);
+}
 
 /// The device entry point refuses what its kernel cannot do safely (a misaligned
 /// state view, a state view of the wrong length, a kernel compiled for another
 /// `N`), and the kernel itself never writes past the cache for an unchecked
-/// index: batch row 0 of the 2-row `shape` points at `bad_index >= cache_rows`.
-/// `N` of `shape` is 16; `other_n` is another `N` the family compiles.
-pub fn device_entry_guards<F: TestFamily>(
-    gpu: &Gpu,
-    shape: F::Shape,
-    other_n: usize,
-    bad_index: i64,
-) {
-    assert_eq!((F::batch(&shape), F::state_size(&shape)), (2, 16));
+/// index: batch row 0 of the 2-row guard shape points at `BAD_INDEX >= cache_rows`.
+pub fn device_entry_guards<F: TestFamily>(gpu: &Gpu) {
+    let shape = F::guard_shape();
+    let (other_n, bad_index) = (F::OTHER_N, F::BAD_INDEX);
+    let sizes = F::sizes(&shape);
+    assert_eq!((sizes.batch, sizes.d_state), (2, 16));
     let mut rng = StdRng::seed_from_u64(seed());
     let problem = Problem::<F, f32>::random(shape, Options::PLAIN, &mut rng);
     let p = problem.params();
     let tiling = F::Tiling::default();
     let kernel = DecodeKernel::<F, f32>::new(gpu, 16, tiling).expect("kernel");
-    let bufs = upload(gpu, F::host_inputs(&p));
+    let bufs = upload(gpu, p.inputs());
     let mut state_buf = gpu
         .upload(&[problem.state.clone(), vec![0.0; 4]].concat())
         .expect("upload");
@@ -543,7 +649,6 @@ pub fn device_entry_guards<F: TestFamily>(
     .expect("launch");
     let out = gpu.download(&out).expect("download");
     let state = gpu.download(&state_buf).expect("download");
-    let sizes = F::sizes(&shape);
     let (out_row, row_len) = (sizes.out_row, sizes.state_row);
     assert!(out[..out_row].iter().all(|v| v.is_nan()));
     assert!(out[out_row..].iter().all(|v| v.is_finite()));
@@ -560,7 +665,8 @@ pub fn device_entry_guards<F: TestFamily>(
 }
 
 /// f64 inputs have no kernel; the error says so instead of computing in f32.
-pub fn refuses_f64<F: TestFamily>(gpu: &Gpu, shape: F::Shape) {
+pub fn refuses_f64<F: TestFamily>(gpu: &Gpu) {
+    let shape = F::model(1, 1);
     let mut rng = StdRng::seed_from_u64(1);
     let problem = Problem::<F, f64>::random(shape, Options::PLAIN, &mut rng);
     let mut state = problem.state.clone();
