@@ -299,15 +299,48 @@ impl SsdBwdPlan {
                 reason: "given, but the forward returns no final states".into(),
             });
         }
-        let config = BwdConfig::new(T::DTYPE, &p.dims, SsdFeatures::of(p), d_final, chunk)?;
-        let dims = p.dims;
+        Self::for_shapes(
+            gpu,
+            T::DTYPE,
+            p.dims,
+            SsdFeatures::of(p),
+            p.dt_limit,
+            p.cu_seqlens,
+            d_final,
+            chunk,
+        )
+    }
+
+    /// Plan from shapes and options alone (tensors that live on the device
+    /// already, as in [`super::SsdPlan::for_shapes`]): the shape checks of
+    /// the forward's plan, then as [`SsdBwdPlan::new`]. `features.final_states`
+    /// must be set when `d_final` is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_shapes(
+        gpu: &Gpu,
+        dtype: DType,
+        dims: SsdDims,
+        features: SsdFeatures,
+        dt_limit: (f32, f32),
+        cu_seqlens: Option<&[i64]>,
+        d_final: bool,
+        chunk: usize,
+    ) -> Result<Self> {
+        super::plan::check_shapes(&dims, dt_limit, cu_seqlens)?;
+        if d_final && !features.final_states {
+            return Err(SsmError::Dimension {
+                arg: "d_final_states",
+                reason: "given, but the forward returns no final states".into(),
+            });
+        }
+        let config = BwdConfig::new(dtype, &dims, features, d_final, chunk)?;
         if dims.batch * dims.seqlen == 0 {
             return Err(unsupported(
                 "launching the backward on L = 0 (ssd_backward_cuda handles it without a launch)"
                     .into(),
             ));
         }
-        let seqs = work::sequences(dims.batch, dims.seqlen, p.cu_seqlens);
+        let seqs = work::sequences(dims.batch, dims.seqlen, cu_seqlens);
         let table = work::build(&seqs, chunk, 1);
         let num_chunks = table.num_chunks();
         let mut seq_table = Vec::with_capacity(2 * seqs.len());
@@ -331,7 +364,7 @@ impl SsdBwdPlan {
             context: gpu.context_id(),
             config,
             dims,
-            dt_limit: p.dt_limit,
+            dt_limit,
             num_seqs: seqs.len(),
             num_chunks,
             kernels,

@@ -186,7 +186,11 @@ fn upload_i64(gpu: &Gpu, host: &[i64]) -> Result<CudaSlice<i64>> {
 }
 
 /// What [`SsdParams::validate`] checks of the shapes, for plans made without data.
-fn check_shapes(dims: &SsdDims, dt_limit: (f32, f32), cu_seqlens: Option<&[i64]>) -> Result<()> {
+pub(super) fn check_shapes(
+    dims: &SsdDims,
+    dt_limit: (f32, f32),
+    cu_seqlens: Option<&[i64]>,
+) -> Result<()> {
     let SsdDims {
         batch,
         seqlen,
