@@ -1,7 +1,942 @@
-//! CUDA tensors (placeholder until the device path lands).
+//! CUDA tensors (torch's) on our kernels: zero-copy, on the caller's stream.
+//!
+//! Torch allocates in the device's primary context and hands us its current
+//! stream as a raw `CUstream`. Per device we retain the primary context once
+//! (`CudaContext::new`, the same context torch uses) with cudarc's event
+//! tracking off: all work is ordered by the one stream it is enqueued on, as
+//! torch orders its own, so cudarc's per-buffer events would only add
+//! overhead. Per stream we wrap the raw handle (`wrap_borrowed_stream`, which
+//! never destroys it) in a [`Gpu`]. Tensors become [`Lent`] `CudaSlice`s over
+//! torch's memory, leaked on drop so that cudarc never frees them.
+//!
+//! Plans (compiled kernels, work tables, workspaces) are cached per device,
+//! stream and problem: each stream has its own workspaces, so calls that run
+//! concurrently on two streams never share scratch. A new plan is
+//! synchronised once after it is made (its workspaces are allocated and
+//! poisoned on the stream of the call that made it). Launches are
+//! asynchronous; only varlen scans synchronise, to report offsets the kernel
+//! refused (`ScanPlan::take_device_error`).
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use half::{bf16, f16};
+use mamba1_scan::cuda::{
+    ScanBuffers, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers, ScanOptions, ScanPlan,
+    ScanProblem, ScanTuning,
+};
+use mamba1_scan::decode_cuda::Mamba1Decode;
+use mamba2_ssd::cuda::backward::{SsdBwdPlan, SsdBwdWorkspace, SsdGradBuffers, DEFAULT_BWD_CHUNK};
+use mamba2_ssd::cuda::config::{DMode, SsdFeatures};
+use mamba2_ssd::cuda::{CudaOptions, SsdDeviceInputs, SsdInputViews, SsdOutputViews, SsdPlan};
+use mamba2_ssd::decode_cuda::{DeviceDSkip, Mamba2Decode};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use ssm_core::mamba1::Mamba1Dims;
+use ssm_core::mamba2::SsdDims;
+use ssm_core::DType;
+use ssm_gpu::cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream};
+use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel};
+use ssm_gpu::{DeviceElement, Gpu};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::{dtype_of, to_py, Raw, Tensors};
+
+/// Everything cached for one device.
+struct Device {
+    ctx: Arc<CudaContext>,
+    gpus: HashMap<usize, Arc<Gpu>>,
+    scan: HashMap<String, ScanPlan>,
+    scan_bwd: HashMap<String, (ScanBwdPlan, ScanBwdWorkspace)>,
+    ssd: HashMap<String, SsdPlan>,
+    ssd_bwd: HashMap<String, (SsdBwdPlan, SsdBwdWorkspace)>,
+    decode: HashMap<String, Box<dyn Any + Send>>,
+}
+
+/// Plans kept per map before the map is cleared (varlen calls with ever new
+/// offsets would otherwise grow it without bound).
+const MAX_PLANS: usize = 256;
+
+static DEVICES: Mutex<Vec<(usize, Device)>> = Mutex::new(Vec::new());
+
+fn runtime_err<E: std::fmt::Display>(e: E) -> PyErr {
+    PyRuntimeError::new_err(format!("GPU backend: {e}"))
+}
+
+fn lock() -> PyResult<MutexGuard<'static, Vec<(usize, Device)>>> {
+    DEVICES.lock().map_err(|_| {
+        PyRuntimeError::new_err("ssm_kernels: the device cache was poisoned by a panic")
+    })
+}
+
+fn device(devs: &mut Vec<(usize, Device)>, ordinal: usize) -> PyResult<&mut Device> {
+    if let Some(i) = devs.iter().position(|(o, _)| *o == ordinal) {
+        return Ok(&mut devs[i].1);
+    }
+    let ctx = CudaContext::new(ordinal).map_err(runtime_err)?;
+    // SAFETY: nothing of ours relies on cudarc's cross-stream synchronisation:
+    // every buffer we touch is used on the stream of the call (module docs).
+    unsafe { ctx.disable_event_tracking() };
+    devs.push((
+        ordinal,
+        Device {
+            ctx,
+            gpus: HashMap::new(),
+            scan: HashMap::new(),
+            scan_bwd: HashMap::new(),
+            ssd: HashMap::new(),
+            ssd_bwd: HashMap::new(),
+            decode: HashMap::new(),
+        },
+    ));
+    Ok(&mut devs.last_mut().expect("just pushed").1)
+}
+
+impl Device {
+    /// The [`Gpu`] that enqueues on the caller's raw stream `stream`.
+    fn gpu(&mut self, stream: usize) -> PyResult<Arc<Gpu>> {
+        if let Some(g) = self.gpus.get(&stream) {
+            return Ok(g.clone());
+        }
+        // SAFETY: `stream` is torch's current stream of this device (the Python
+        // layer reads it from torch.cuda.current_stream(device)), a stream of the
+        // primary context wrapped here; torch keeps it alive while it is current,
+        // and the wrapper never destroys it. Ordering with torch's own work is
+        // that of the one stream.
+        let s: Arc<CudaStream> = unsafe { self.ctx.wrap_borrowed_stream(stream as sys::CUstream) };
+        let gpu = Arc::new(Gpu::from_stream(s).map_err(runtime_err)?);
+        self.gpus.insert(stream, gpu.clone());
+        Ok(gpu)
+    }
+}
+
+/// Get or make a cached plan; a new one is synchronised once (module docs).
+fn cached<'m, P>(
+    map: &'m mut HashMap<String, P>,
+    key: String,
+    gpu: &Gpu,
+    make: impl FnOnce() -> ssm_core::Result<P>,
+) -> PyResult<&'m mut P> {
+    if !map.contains_key(&key) {
+        if map.len() >= MAX_PLANS {
+            map.clear();
+        }
+        let plan = make().map_err(to_py)?;
+        gpu.synchronize().map_err(runtime_err)?;
+        map.insert(key.clone(), plan);
+    }
+    Ok(map.get_mut(&key).expect("inserted above"))
+}
+
+/// Something holding `CudaSlice`s over memory we do not own: [`Lent`] leaks
+/// them instead of letting cudarc free them.
+trait LeakAll {
+    fn leak_all(self);
+}
+
+impl<T> LeakAll for CudaSlice<T> {
+    fn leak_all(self) {
+        self.leak();
+    }
+}
+
+impl<L: LeakAll> LeakAll for Option<L> {
+    fn leak_all(self) {
+        if let Some(x) = self {
+            x.leak_all();
+        }
+    }
+}
+
+impl<T> LeakAll for ScanBuffers<T> {
+    fn leak_all(self) {
+        let ScanBuffers {
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d,
+            z,
+            delta_bias,
+            initial_states,
+            cu_seqlens,
+            out,
+            final_states,
+        } = self;
+        (u, delta, b, c, z, out).leak_all();
+        (a, d, delta_bias, initial_states, final_states).leak_all();
+        cu_seqlens.leak_all();
+    }
+}
+
+impl<T> LeakAll for ScanGradBuffers<T> {
+    fn leak_all(self) {
+        let ScanGradBuffers {
+            du,
+            ddelta,
+            da,
+            db,
+            dc,
+            dd,
+            dz,
+            ddelta_bias,
+            dinitial_states,
+        } = self;
+        (du, ddelta, db, dc, dz).leak_all();
+        (da, dd, ddelta_bias, dinitial_states).leak_all();
+    }
+}
+
+impl<T> LeakAll for SsdDeviceInputs<T> {
+    fn leak_all(self) {
+        let SsdDeviceInputs {
+            x,
+            dt,
+            a,
+            b,
+            c,
+            dt_bias,
+            d,
+            z,
+            initial_states,
+        } = self;
+        (x, dt, b, c, z).leak_all();
+        (a, dt_bias, d, initial_states).leak_all();
+    }
+}
+
+impl<T> LeakAll for SsdGradBuffers<T> {
+    fn leak_all(self) {
+        let SsdGradBuffers {
+            dx,
+            ddt,
+            da,
+            db,
+            dc,
+            dd,
+            dz,
+            ddt_bias,
+            dinitial_states,
+        } = self;
+        (dx, ddt, db, dc, dz).leak_all();
+        (da, dd, ddt_bias, dinitial_states).leak_all();
+    }
+}
+
+macro_rules! leak_tuple {
+    ($($n:ident),*) => {
+        impl<$($n: LeakAll),*> LeakAll for ($($n,)*) {
+            #[allow(non_snake_case)]
+            fn leak_all(self) {
+                let ($($n,)*) = self;
+                $($n.leak_all();)*
+            }
+        }
+    };
+}
+leak_tuple!(A1, A2);
+leak_tuple!(A1, A2, A3, A4);
+leak_tuple!(A1, A2, A3, A4, A5);
+leak_tuple!(A1, A2, A3, A4, A5, A6);
+
+/// Device memory lent by the caller for one call; leaked, never freed, on drop.
+struct Lent<L: LeakAll>(Option<L>);
+
+impl<L: LeakAll> Drop for Lent<L> {
+    fn drop(&mut self) {
+        if let Some(x) = self.0.take() {
+            x.leak_all();
+        }
+    }
+}
+
+impl<L: LeakAll> std::ops::Deref for Lent<L> {
+    type Target = L;
+    fn deref(&self) -> &L {
+        self.0.as_ref().expect("present until drop")
+    }
+}
+
+impl<L: LeakAll> std::ops::DerefMut for Lent<L> {
+    fn deref_mut(&mut self) -> &mut L {
+        self.0.as_mut().expect("present until drop")
+    }
+}
+
+/// A device tensor of the call as a `CudaSlice` over the caller's memory.
+///
+/// # Safety
+/// `raw.0` must be a device address in `gpu`'s context holding `raw.1`
+/// elements of `T`, alive until the work enqueued on `gpu`'s stream with it
+/// has run (torch's caching allocator keeps a tensor's memory for its stream
+/// until then). The result must be leaked, not dropped: wrap it in [`Lent`].
+unsafe fn borrow<T>(gpu: &Gpu, name: &str, raw: Raw) -> PyResult<CudaSlice<T>> {
+    let (ptr, len) = raw;
+    if ptr == 0 || len == 0 || ptr % std::mem::align_of::<T>() != 0 {
+        return Err(PyValueError::new_err(format!(
+            "argument `{name}`: device address {ptr:#x} with {len} elements is not a valid \
+             {}-byte aligned, non-empty tensor",
+            std::mem::align_of::<T>()
+        )));
+    }
+    // SAFETY: the contract above.
+    Ok(unsafe { gpu.stream().upgrade_device_ptr::<T>(ptr as u64, len) })
+}
+
+/// Required tensor.
+///
+/// # Safety
+/// As [`borrow`].
+unsafe fn req<T>(gpu: &Gpu, t: &Tensors, name: &str) -> PyResult<CudaSlice<T>> {
+    unsafe { borrow(gpu, name, t.req(name)?) }
+}
+
+/// Optional tensor.
+///
+/// # Safety
+/// As [`borrow`].
+unsafe fn opt<T>(gpu: &Gpu, t: &Tensors, name: &str) -> PyResult<Option<CudaSlice<T>>> {
+    t.opt(name)
+        .map(|raw| unsafe { borrow(gpu, name, raw) })
+        .transpose()
+}
+
+/// Run `$f::<T>` for the element type named by `$dtype`.
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match dtype_of($dtype)? {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+            DType::Bf16 => $f::<bf16>($($arg),*),
+            DType::F64 => unreachable!("dtype_of never names f64"),
+        }
+    };
+}
+
+// ------------------------------------------------------------------ the scan
+
+/// Sizes and options of a scan call, as the Python layer passes them.
+#[derive(Clone, Copy)]
+struct ScanCall {
+    dims: (usize, usize, usize, usize),
+    b_groups: Option<usize>,
+    c_groups: Option<usize>,
+    delta_softplus: bool,
+}
+
+impl ScanCall {
+    fn problem(&self, dtype: DType, t: &Tensors, final_states: bool) -> PyResult<ScanProblem> {
+        let (batch, d_inner, d_state, seqlen) = self.dims;
+        let opts = ScanOptions {
+            has_d: t.opt("D").is_some(),
+            has_z: t.opt("z").is_some(),
+            has_delta_bias: t.opt("delta_bias").is_some(),
+            delta_softplus: self.delta_softplus,
+            has_initial_states: t.opt("initial_states").is_some(),
+            return_final_states: final_states,
+        };
+        let varlen = match t.opt("cu_seqlens") {
+            Some((_, 0)) => {
+                return Err(PyValueError::new_err(
+                    "argument `cu_seqlens`: expected (num_seqs + 1) offsets, got none",
+                ))
+            }
+            Some((_, n)) => Some(n - 1),
+            None => None,
+        };
+        let dims = Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        };
+        ScanProblem::from_shapes(dtype, dims, self.b_groups, self.c_groups, opts, varlen)
+            .map_err(to_py)
+    }
+}
+
+fn scan_fwd_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    call: ScanCall,
+    t: &Tensors,
+) -> PyResult<()> {
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    let problem = call.problem(T::DTYPE, t, t.opt("final_states").is_some())?;
+    let key = format!("{stream}:{problem:?}");
+    let plan = cached(&mut dev.scan, key, &gpu, || {
+        ScanPlan::new(&gpu, &problem, ScanTuning::default())
+    })?;
+    // SAFETY: the Python layer's contract ([`borrow`]): live CUDA tensors of
+    // this device, kept by the caller until the launch has run on this stream.
+    let bufs = unsafe {
+        Lent(Some(ScanBuffers::<T> {
+            u: req(&gpu, t, "u")?,
+            delta: req(&gpu, t, "delta")?,
+            a: req(&gpu, t, "A")?,
+            b: req(&gpu, t, "B")?,
+            c: req(&gpu, t, "C")?,
+            d: opt(&gpu, t, "D")?,
+            z: opt(&gpu, t, "z")?,
+            delta_bias: opt(&gpu, t, "delta_bias")?,
+            initial_states: opt(&gpu, t, "initial_states")?,
+            cu_seqlens: opt(&gpu, t, "cu_seqlens")?,
+            out: req(&gpu, t, "out")?,
+            final_states: opt(&gpu, t, "final_states")?,
+        }))
+    };
+    let mut bufs = bufs;
+    plan.launch(&gpu, &mut bufs).map_err(to_py)?;
+    if problem.varlen_seqs.is_some() {
+        plan.take_device_error(&gpu).map_err(to_py)?;
+    }
+    Ok(())
+}
+
+/// The selective scan forward on torch's stream `stream` of device `ordinal`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn scan_fwd_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize),
+    b_groups: Option<usize>,
+    c_groups: Option<usize>,
+    delta_softplus: bool,
+    tensors: Tensors,
+) -> PyResult<()> {
+    let call = ScanCall {
+        dims,
+        b_groups,
+        c_groups,
+        delta_softplus,
+    };
+    dispatch!(dtype, scan_fwd_t(ordinal, stream, call, &tensors))
+}
+
+fn scan_bwd_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    call: ScanCall,
+    t: &Tensors,
+) -> PyResult<()> {
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    // Without d_final_states the final states do not enter the loss: the
+    // backward of a forward that returns none is the same.
+    let d_final = t.opt("d_final_states").is_some();
+    let problem = call.problem(T::DTYPE, t, d_final)?;
+    let key = format!("{stream}:{problem:?}");
+    let (plan, ws) = cached(&mut dev.scan_bwd, key, &gpu, || {
+        let plan = ScanBwdPlan::new(&gpu, &problem)?;
+        let ws = plan.workspace(&gpu)?;
+        Ok((plan, ws))
+    })?;
+    // SAFETY: as in `scan_fwd_t`. The forward's `out` and `final_states` are not
+    // read by the backward; `d_out` and `d_final_states` stand in for them.
+    unsafe {
+        let fwd = Lent(Some(ScanBuffers::<T> {
+            u: req(&gpu, t, "u")?,
+            delta: req(&gpu, t, "delta")?,
+            a: req(&gpu, t, "A")?,
+            b: req(&gpu, t, "B")?,
+            c: req(&gpu, t, "C")?,
+            d: opt(&gpu, t, "D")?,
+            z: opt(&gpu, t, "z")?,
+            delta_bias: opt(&gpu, t, "delta_bias")?,
+            initial_states: opt(&gpu, t, "initial_states")?,
+            cu_seqlens: opt(&gpu, t, "cu_seqlens")?,
+            out: req(&gpu, t, "d_out")?,
+            final_states: opt(&gpu, t, "d_final_states")?,
+        }));
+        let d_out = Lent(Some(req::<T>(&gpu, t, "d_out")?));
+        let d_fin = Lent(Some(opt::<f32>(&gpu, t, "d_final_states")?));
+        let mut grads = Lent(Some(ScanGradBuffers::<T> {
+            du: req(&gpu, t, "du")?,
+            ddelta: req(&gpu, t, "ddelta")?,
+            da: req(&gpu, t, "dA")?,
+            db: req(&gpu, t, "dB")?,
+            dc: req(&gpu, t, "dC")?,
+            dd: opt(&gpu, t, "dD")?,
+            dz: opt(&gpu, t, "dz")?,
+            ddelta_bias: opt(&gpu, t, "ddelta_bias")?,
+            dinitial_states: opt(&gpu, t, "dinitial_states")?,
+        }));
+        plan.launch(&gpu, &fwd, &d_out, d_fin.as_ref(), &mut grads, ws)
+            .map_err(to_py)?;
+    }
+    if problem.varlen_seqs.is_some() {
+        // The backward kernels check the offsets as the forward's do; the
+        // forward of the same call has reported them already.
+        gpu.synchronize().map_err(runtime_err)?;
+    }
+    Ok(())
+}
+
+/// The selective scan backward on torch's stream.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn scan_bwd_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize),
+    b_groups: Option<usize>,
+    c_groups: Option<usize>,
+    delta_softplus: bool,
+    _return_final_states: bool,
+    tensors: Tensors,
+) -> PyResult<()> {
+    let call = ScanCall {
+        dims,
+        b_groups,
+        c_groups,
+        delta_softplus,
+    };
+    dispatch!(dtype, scan_bwd_t(ordinal, stream, call, &tensors))
+}
+
+// ------------------------------------------------------------------ the SSD
+
+struct SsdCall {
+    dims: SsdDims,
+    d_per_head_dim: bool,
+    dt_softplus: bool,
+    dt_limit: (f32, f32),
+    cu_seqlens: Option<Vec<i64>>,
+}
+
+impl SsdCall {
+    fn features(&self, t: &Tensors, final_states: bool) -> SsdFeatures {
+        SsdFeatures {
+            dt_bias: t.opt("dt_bias").is_some(),
+            dt_softplus: self.dt_softplus,
+            d: match (t.opt("D").is_some(), self.d_per_head_dim) {
+                (false, _) => DMode::None,
+                (true, false) => DMode::PerHead,
+                (true, true) => DMode::PerHeadDim,
+            },
+            z: t.opt("z").is_some(),
+            initial_states: t.opt("initial_states").is_some(),
+            final_states,
+        }
+    }
+
+    fn key(&self, stream: usize, dtype: DType, f: &SsdFeatures) -> String {
+        format!(
+            "{stream}:{dtype:?}:{:?}:{f:?}:{:?}:{:?}",
+            self.dims, self.dt_limit, self.cu_seqlens
+        )
+    }
+}
+
+/// The SSD's inputs over the caller's memory.
+///
+/// # Safety
+/// As [`borrow`].
+unsafe fn ssd_inputs<T>(gpu: &Gpu, t: &Tensors) -> PyResult<Lent<SsdDeviceInputs<T>>> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        Ok(Lent(Some(SsdDeviceInputs {
+            x: req(gpu, t, "x")?,
+            dt: req(gpu, t, "dt")?,
+            a: req(gpu, t, "A")?,
+            b: req(gpu, t, "B")?,
+            c: req(gpu, t, "C")?,
+            dt_bias: opt(gpu, t, "dt_bias")?,
+            d: opt(gpu, t, "D")?,
+            z: opt(gpu, t, "z")?,
+            initial_states: opt(gpu, t, "initial_states")?,
+        })))
+    }
+}
+
+fn ssd_fwd_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    call: &SsdCall,
+    t: &Tensors,
+) -> PyResult<()> {
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    let features = call.features(t, t.opt("final_states").is_some());
+    let key = call.key(stream, T::DTYPE, &features);
+    let plan = cached(&mut dev.ssd, key, &gpu, || {
+        SsdPlan::for_shapes(
+            &gpu,
+            T::DTYPE,
+            call.dims,
+            features,
+            call.dt_limit,
+            call.cu_seqlens.as_deref(),
+            &CudaOptions::default(),
+        )
+    })?;
+    // SAFETY: the Python layer's contract ([`borrow`]).
+    unsafe {
+        let inp = ssd_inputs::<T>(&gpu, t)?;
+        let mut outs = Lent(Some((
+            req::<T>(&gpu, t, "out")?,
+            opt::<f32>(&gpu, t, "final_states")?,
+        )));
+        let views = SsdInputViews {
+            x: inp.x.as_view(),
+            dt: inp.dt.as_view(),
+            a: inp.a.as_view(),
+            b: inp.b.as_view(),
+            c: inp.c.as_view(),
+            dt_bias: inp.dt_bias.as_ref().map(|v| v.as_view()),
+            d: inp.d.as_ref().map(|v| v.as_view()),
+            z: inp.z.as_ref().map(|v| v.as_view()),
+            initial_states: inp.initial_states.as_ref().map(|v| v.as_view()),
+        };
+        let (out, fin) = &mut *outs;
+        let out_views = SsdOutputViews {
+            out: out.as_view_mut(),
+            final_states: fin.as_mut().map(|v| v.as_view_mut()),
+        };
+        plan.launch_views(&gpu, &views, out_views).map_err(to_py)?;
+    }
+    Ok(())
+}
+
+/// The SSD forward on torch's stream; `cu_seqlens` are host offsets.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn ssd_fwd_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize, usize, usize),
+    d_per_head_dim: bool,
+    dt_softplus: bool,
+    dt_limit: (f32, f32),
+    _chunk_size: usize,
+    cu_seqlens: Option<Vec<i64>>,
+    tensors: Tensors,
+) -> PyResult<()> {
+    let call = ssd_call(dims, d_per_head_dim, dt_softplus, dt_limit, cu_seqlens);
+    dispatch!(dtype, ssd_fwd_t(ordinal, stream, &call, &tensors))
+}
+
+fn ssd_call(
+    dims: (usize, usize, usize, usize, usize, usize),
+    d_per_head_dim: bool,
+    dt_softplus: bool,
+    dt_limit: (f32, f32),
+    cu_seqlens: Option<Vec<i64>>,
+) -> SsdCall {
+    let (batch, seqlen, heads, head_dim, d_state, groups) = dims;
+    SsdCall {
+        dims: SsdDims {
+            batch,
+            seqlen,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+        },
+        d_per_head_dim,
+        dt_softplus,
+        dt_limit,
+        cu_seqlens,
+    }
+}
+
+fn ssd_bwd_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    call: &SsdCall,
+    chunk: usize,
+    t: &Tensors,
+) -> PyResult<()> {
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    let d_final = t.opt("d_final_states").is_some();
+    let features = call.features(t, d_final);
+    let key = format!("{}:{chunk}", call.key(stream, T::DTYPE, &features));
+    let (plan, ws) = cached(&mut dev.ssd_bwd, key, &gpu, || {
+        let plan = SsdBwdPlan::for_shapes(
+            &gpu,
+            T::DTYPE,
+            call.dims,
+            features,
+            call.dt_limit,
+            call.cu_seqlens.as_deref(),
+            d_final,
+            chunk,
+        )?;
+        let ws = plan.workspace(&gpu)?;
+        Ok((plan, ws))
+    })?;
+    // SAFETY: the Python layer's contract ([`borrow`]).
+    unsafe {
+        let inp = ssd_inputs::<T>(&gpu, t)?;
+        let d_out = Lent(Some(req::<T>(&gpu, t, "d_out")?));
+        let d_fin = Lent(Some(opt::<f32>(&gpu, t, "d_final_states")?));
+        let mut grads = Lent(Some(SsdGradBuffers::<T> {
+            dx: req(&gpu, t, "dx")?,
+            ddt: req(&gpu, t, "ddt")?,
+            da: req(&gpu, t, "dA")?,
+            db: req(&gpu, t, "dB")?,
+            dc: req(&gpu, t, "dC")?,
+            dd: opt(&gpu, t, "dD")?,
+            dz: opt(&gpu, t, "dz")?,
+            ddt_bias: opt(&gpu, t, "ddt_bias")?,
+            dinitial_states: opt(&gpu, t, "dinitial_states")?,
+        }));
+        plan.launch(&gpu, &inp, &d_out, d_fin.as_ref(), &mut grads, ws)
+            .map_err(to_py)?;
+    }
+    Ok(())
+}
+
+/// The SSD backward on torch's stream (chunk length of the backward kernels:
+/// `chunk_size` when it is 64, 128 or 256, else 64).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn ssd_bwd_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize, usize, usize),
+    d_per_head_dim: bool,
+    dt_softplus: bool,
+    dt_limit: (f32, f32),
+    chunk_size: usize,
+    cu_seqlens: Option<Vec<i64>>,
+    _return_final_states: bool,
+    tensors: Tensors,
+) -> PyResult<()> {
+    let call = ssd_call(dims, d_per_head_dim, dt_softplus, dt_limit, cu_seqlens);
+    let chunk = if [64, 128, 256].contains(&chunk_size) {
+        chunk_size
+    } else {
+        DEFAULT_BWD_CHUNK
+    };
+    dispatch!(dtype, ssd_bwd_t(ordinal, stream, &call, chunk, &tensors))
+}
+
+// ------------------------------------------------------------------ decode steps
+
+/// The decode kernel of family `F` for `T` and `d_state`, cached per device.
+fn decode_kernel<'d, F: DecodeFamily, T: DeviceElement>(
+    dev: &'d mut Device,
+    gpu: &Gpu,
+    family: &str,
+    d_state: usize,
+) -> PyResult<&'d DecodeKernel<F, T>>
+where
+    DecodeKernel<F, T>: Send,
+{
+    let key = format!("{family}:{:?}:{d_state}", T::DTYPE);
+    if !dev.decode.contains_key(&key) {
+        let k =
+            DecodeKernel::<F, T>::new(gpu, d_state, F::default_tiling(T::DTYPE)).map_err(to_py)?;
+        dev.decode.insert(key.clone(), Box::new(k));
+    }
+    dev.decode[&key]
+        .downcast_ref::<DecodeKernel<F, T>>()
+        .ok_or_else(|| {
+            PyRuntimeError::new_err("ssm_kernels: decode kernel cache holds another type")
+        })
+}
+
+fn m1_step_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    dims: (usize, usize, usize, usize, usize),
+    dt_softplus: bool,
+    t: &Tensors,
+) -> PyResult<()>
+where
+    DecodeKernel<Mamba1Decode, T>: Send,
+{
+    let (batch, d_inner, d_state, groups, cache_rows) = dims;
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    let kernel = decode_kernel::<Mamba1Decode, T>(dev, &gpu, "m1", d_state)?;
+    // SAFETY: the Python layer's contract ([`borrow`]).
+    unsafe {
+        let ins = Lent(Some((
+            req::<T>(&gpu, t, "x")?,
+            req::<T>(&gpu, t, "dt")?,
+            req::<T>(&gpu, t, "B")?,
+            req::<T>(&gpu, t, "C")?,
+            opt::<T>(&gpu, t, "z")?,
+        )));
+        let params = Lent(Some((
+            req::<f32>(&gpu, t, "A")?,
+            opt::<f32>(&gpu, t, "D")?,
+            opt::<f32>(&gpu, t, "dt_bias")?,
+            opt::<i64>(&gpu, t, "state_batch_indices")?,
+        )));
+        let mut outs = Lent(Some((
+            req::<f32>(&gpu, t, "state")?,
+            req::<T>(&gpu, t, "out")?,
+        )));
+        let (x, dt, b, c, z) = &*ins;
+        let (a, d, bias, idx) = &*params;
+        let args = mamba1_scan::decode_cuda::DeviceStepArgs {
+            batch,
+            d_inner,
+            d_state,
+            groups,
+            cache_rows,
+            x: x.as_view(),
+            dt: dt.as_view(),
+            a: a.as_view(),
+            b: b.as_view(),
+            c: c.as_view(),
+            d: d.as_ref().map(|v| v.as_view()),
+            z: z.as_ref().map(|v| v.as_view()),
+            dt_bias: bias.as_ref().map(|v| v.as_view()),
+            dt_softplus,
+            state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+        };
+        let (state, out) = &mut *outs;
+        launch_decode_step(
+            &gpu,
+            kernel,
+            &args,
+            &mut state.as_view_mut(),
+            &mut out.as_view_mut(),
+        )
+        .map_err(to_py)?;
+    }
+    Ok(())
+}
+
+/// One Mamba-1 decode step on torch's stream; `state` is updated in place.
+#[pyfunction]
+fn m1_step_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize, usize),
+    dt_softplus: bool,
+    tensors: Tensors,
+) -> PyResult<()> {
+    dispatch!(
+        dtype,
+        m1_step_t(ordinal, stream, dims, dt_softplus, &tensors)
+    )
+}
+
+fn m2_step_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    dims: (usize, usize, usize, usize, usize, usize),
+    flags: (bool, bool, (f32, f32)),
+    t: &Tensors,
+) -> PyResult<()>
+where
+    DecodeKernel<Mamba2Decode, T>: Send,
+{
+    let (batch, heads, head_dim, d_state, groups, cache_rows) = dims;
+    let (d_per_head_dim, dt_softplus, dt_limit) = flags;
+    let mut devs = lock()?;
+    let dev = device(&mut devs, ordinal)?;
+    let gpu = dev.gpu(stream)?;
+    let kernel = decode_kernel::<Mamba2Decode, T>(dev, &gpu, "m2", d_state)?;
+    // SAFETY: the Python layer's contract ([`borrow`]).
+    unsafe {
+        let ins = Lent(Some((
+            req::<T>(&gpu, t, "x")?,
+            req::<T>(&gpu, t, "dt")?,
+            req::<T>(&gpu, t, "B")?,
+            req::<T>(&gpu, t, "C")?,
+            opt::<T>(&gpu, t, "z")?,
+        )));
+        let params = Lent(Some((
+            req::<f32>(&gpu, t, "A")?,
+            opt::<f32>(&gpu, t, "D")?,
+            opt::<f32>(&gpu, t, "dt_bias")?,
+            opt::<i64>(&gpu, t, "state_batch_indices")?,
+        )));
+        let mut outs = Lent(Some((
+            req::<f32>(&gpu, t, "state")?,
+            req::<T>(&gpu, t, "out")?,
+        )));
+        let (x, dt, b, c, z) = &*ins;
+        let (a, d, bias, idx) = &*params;
+        let args = mamba2_ssd::decode_cuda::DeviceStepArgs {
+            batch,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+            cache_rows,
+            x: x.as_view(),
+            dt: dt.as_view(),
+            a: a.as_view(),
+            b: b.as_view(),
+            c: c.as_view(),
+            d: d.as_ref().map(|v| {
+                if d_per_head_dim {
+                    DeviceDSkip::PerHeadDim(v.as_view())
+                } else {
+                    DeviceDSkip::PerHead(v.as_view())
+                }
+            }),
+            z: z.as_ref().map(|v| v.as_view()),
+            dt_bias: bias.as_ref().map(|v| v.as_view()),
+            dt_softplus,
+            dt_limit,
+            state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+        };
+        let (state, out) = &mut *outs;
+        launch_decode_step(
+            &gpu,
+            kernel,
+            &args,
+            &mut state.as_view_mut(),
+            &mut out.as_view_mut(),
+        )
+        .map_err(to_py)?;
+    }
+    Ok(())
+}
+
+/// One Mamba-2 decode step on torch's stream; `state` is updated in place.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn m2_step_cuda(
+    ordinal: usize,
+    stream: usize,
+    dtype: &str,
+    dims: (usize, usize, usize, usize, usize, usize),
+    d_per_head_dim: bool,
+    dt_softplus: bool,
+    dt_limit: (f32, f32),
+    tensors: Tensors,
+) -> PyResult<()> {
+    let flags = (d_per_head_dim, dt_softplus, dt_limit);
+    dispatch!(dtype, m2_step_t(ordinal, stream, dims, flags, &tensors))
+}
+
+/// Drop every cached plan and stream wrapper (tests; frees the workspaces).
+#[pyfunction]
+fn clear_cuda_cache() -> PyResult<()> {
+    lock()?.clear();
+    Ok(())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(scan_fwd_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_bwd_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(ssd_fwd_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(ssd_bwd_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(m1_step_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(m2_step_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(clear_cuda_cache, m)?)?;
     Ok(())
 }

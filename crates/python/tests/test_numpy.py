@@ -266,3 +266,22 @@ def test_state_update_errors_name_the_argument():
         sk.selective_state_update(state, x, dt, A, B, C, state_batch_indices=np.array([0, 7]))
     with pytest.raises(ValueError, match="`state`"):
         sk.selective_state_update(state[:, :, :, None, None], x, dt, A, B, C)
+
+
+def test_strided_views_are_copied_and_kept_alive():
+    # Inputs that must be made contiguous (slices of larger arrays, broadcasts)
+    # become temporaries; each must outlive the native call that reads it.
+    r = rng(14)
+    b, d, n = 4, 32, 8
+    big = randn(r, b, 3 * n + 2 * d)
+    B, C = big[:, 1:1 + n], big[:, 2 * n:3 * n]
+    z = big[:, 3 * n + 1:3 * n + 1 + d]
+    x, dt = randn(r, b, d), randn(r, b, d, scale=0.5)
+    A = np.broadcast_to(-np.exp(randn(r, 1, n, scale=0.5)), (d, n))
+    D = np.broadcast_to(randn(r, 1), (d,))
+    for _ in range(3):
+        state = randn(r, b, d, n)
+        want, want_state = oracle.state_update(state, x, dt, A, B, C, D, z, None, True)
+        out = sk.selective_state_update(state, x, dt, A, B, C, D, z, dt_softplus=True)
+        assert oracle.rel_err(out, want) < BUDGET[np.float32]
+        assert oracle.rel_err(state, want_state) < BUDGET[np.float32]

@@ -31,10 +31,11 @@ def _is_torch(*tensors):
     return False
 
 
-def _torch():
-    from . import _torch as T
+def _torch_ops():
+    # Imported on first use: the package itself never imports torch.
+    import importlib
 
-    return T
+    return importlib.import_module("._torch", __name__)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -47,7 +48,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     Extras (keyword-only): initial_states (b, D, N) f32, or (num_seqs, D, N) with
     cu_seqlens (num_seqs + 1, int64, batch 1) for packed variable-length input."""
     if _is_torch(u, delta, A, B, C):
-        return _torch().selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+        return _torch_ops().selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                           return_last_state, initial_states=initial_states,
                                           cu_seqlens=cu_seqlens)
     be = NumpyBackend
@@ -73,7 +74,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     their own). Sequences are separated by seq_idx (the state resets where it
     changes) or, without seq_idx, by cu_seqlens."""
     if _is_torch(x, dt, A, B, C):
-        return _torch().mamba_chunk_scan_combined(
+        return _torch_ops().mamba_chunk_scan_combined(
             x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
             dt_softplus, dt_limit, return_final_states, return_varlen_states)
     be = NumpyBackend
@@ -95,7 +96,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     D, dt_bias: (dim) or (nheads, dim); state_batch_indices: (batch) rows of the
     state cache (negative: padding). Returns out like x."""
     if _is_torch(state, x, dt, A, B, C):
-        return _torch().selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+        return _torch_ops().selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                                state_batch_indices)
     be = NumpyBackend
     a = lambda n, t: be.asarray(n, t)  # noqa: E731

@@ -386,8 +386,9 @@ def state_update(be, state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
     out = be.empty((batch,) + xs, dtype)
     if m2:
         d_per_head_dim = D is not None and not _tied(be, D, (1,))
-        t = raws(
-            be,
+        # `ins` holds the converted tensors (copies where they had to be made)
+        # until the native call has returned: the native module only sees addresses.
+        ins = dict(
             x=be.contig("x", x, dtype),
             dt=be.contig("dt", dt[:, :, 0], dtype),
             A=be.f32("A", A[:, 0, 0]),
@@ -401,11 +402,10 @@ def state_update(be, state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
             out=out,
         )
         be.call("m2_step", dtype, (batch, heads, dim, d_state, groups, cache_rows), d_per_head_dim,
-                bool(dt_softplus), (float("-inf"), float("inf")), tensors=t)
+                bool(dt_softplus), (float("-inf"), float("inf")), tensors=raws(be, **ins))
     else:
         d_inner = heads * dim
-        t = raws(
-            be,
+        ins = dict(
             x=be.contig("x", x, dtype),
             dt=be.contig("dt", dt, dtype),
             A=be.f32("A", A),
@@ -419,6 +419,7 @@ def state_update(be, state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
             out=out,
         )
         be.call("m1_step", dtype, (batch, d_inner, d_state, groups, cache_rows), bool(dt_softplus),
-                tensors=t)
+                tensors=raws(be, **ins))
+    del ins
     be.state_writeback(state, st)
     return out
