@@ -454,7 +454,7 @@ def section_long(rep, args, peer):
         second = {k: (v[:, half:].contiguous() if v.dim() > 1 else v) for k, v in t.items()}
         o1, f1 = ssd_call(sk.mamba_chunk_scan_combined, first, return_final_states=True)
         o2, f2 = ssd_call(sk.mamba_chunk_scan_combined, second, initial_states=f1, return_final_states=True)
-        rep.add("long", case, "first half: whole vs split", rel(out[:, :half], o1), 1e-6)
+        rep.add("long", case, "first half: whole vs split", rel(out[:, :half], o1), 1.5e-2)
         rep.add("long", case, "second half: whole vs split", rel(out[:, half:], o2), 1.5e-2)
         rep.add("long", case, "final state: whole vs split", rel(fin, f2), 1e-3)
         del first, second, o1, o2

@@ -31,11 +31,17 @@ def _is_torch(*tensors):
     return False
 
 
+_TORCH_OPS = None
+
+
 def _torch_ops():
     # Imported on first use: the package itself never imports torch.
-    import importlib
+    global _TORCH_OPS
+    if _TORCH_OPS is None:
+        import importlib
 
-    return importlib.import_module("._torch", __name__)
+        _TORCH_OPS = importlib.import_module("._torch", __name__)
+    return _TORCH_OPS
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -57,11 +57,26 @@ class TorchBackend:
                 f"argument `{name}`: dtype {t.dtype} is not supported (float32, float16 or bfloat16)"
             ) from None
 
+    def _aligned(self, t):
+        # The kernels read rows with 16-byte vector loads (and the decode kernels
+        # check it): a contiguous view at an odd offset of a larger tensor is
+        # copied to a fresh (aligned) allocation instead of being refused.
+        if self.kind == "cuda" and t.data_ptr() % 16 != 0:
+            return t.clone()
+        return t
+
     def contig(self, name, t, dtype):
+        """`t` as a contiguous, 16-byte aligned tensor of `dtype` on this device,
+        detached (a copy only when one of those does not hold already)."""
         if t is None:
             return None
-        t = self._tensor(name, t).detach()
-        return t.to(_TORCH[dtype]).contiguous()
+        self._tensor(name, t)
+        want = _TORCH[dtype]
+        if t.dtype is not want:
+            t = t.detach().to(want)
+        if not t.is_contiguous():
+            t = t.detach().contiguous()
+        return self._aligned(t.detach() if t.requires_grad else t)
 
     def f32(self, name, t):
         return self.contig(name, t, "float32")
@@ -72,7 +87,7 @@ class TorchBackend:
         t = self._tensor(name, t).detach()
         if t.is_floating_point():
             raise TypeError(f"argument `{name}`: expected an integer tensor, got {t.dtype}")
-        return t.to(torch.int64).contiguous()
+        return self._aligned(t.to(torch.int64).contiguous())
 
     def to_host(self, t):
         if isinstance(t, torch.Tensor):
@@ -119,9 +134,10 @@ class TorchBackend:
 
     def state_f32(self, state):
         state = self._tensor("state", state)
-        if state.dtype == torch.float32 and state.is_contiguous():
+        if state.dtype == torch.float32 and state.is_contiguous() and (
+                self.kind == "cpu" or state.data_ptr() % 16 == 0):
             return state
-        return state.detach().to(torch.float32).contiguous()
+        return state.detach().to(torch.float32).contiguous().clone()
 
     @staticmethod
     def state_writeback(state, st):
@@ -133,10 +149,17 @@ class TorchBackend:
         if self.kind == "cpu":
             getattr(_native, f"{op}_cpu")(*args, tensors)
             return
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        with torch.cuda.device(index):
-            getattr(_native, f"{op}_cuda")(index, int(stream), *args, tensors)
+        current = torch.cuda.current_device()
+        index = self.device.index if self.device.index is not None else current
+        stream = torch.cuda.current_stream(index).cuda_stream
+        fn = getattr(_native, f"{op}_cuda")
+        if index == current:
+            fn(index, int(stream), *args, tensors)
+        else:
+            # The native side makes the device's primary context current; torch's
+            # device guard puts the caller's device back afterwards.
+            with torch.cuda.device(index):
+                fn(index, int(stream), *args, tensors)
 
 
 def _backend_of(*tensors):
@@ -268,7 +291,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False, state_batch_indices=None):
-    # Decode steps are inference: no autograd (mamba_ssm's has none either).
-    with torch.no_grad():
-        return _impl.state_update(_backend_of(state), state, x, dt, A, B, C, D, z, dt_bias,
-                                  dt_softplus, state_batch_indices)
+    # Decode steps are inference: no autograd (mamba_ssm's has none either); every
+    # input is detached on conversion and the state is written in place.
+    return _impl.state_update(_backend_of(state), state, x, dt, A, B, C, D, z, dt_bias,
+                              dt_softplus, state_batch_indices)
