@@ -298,3 +298,62 @@ def test_transformers_models_match_their_torch_path():
             for name, g in ref[1].items():
                 assert rel(grads[name], g) < 1e-4, name
         assert torch.equal(gen, gen_ref)
+
+
+def _compile_inputs(device, scan):
+    g = torch.Generator().manual_seed(6)
+    if scan:
+        b, d, n, L = 2, 16, 8, 24
+        seq = [torch.randn(b, d, L, generator=g), torch.rand(b, d, L, generator=g) * 0.5,
+               torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g),
+               torch.randn(b, d, L, generator=g)]
+        par = [-torch.exp(torch.randn(d, n, generator=g) * 0.5), torch.randn(d, generator=g),
+               torch.randn(d, generator=g) * 0.3]
+    else:
+        b, L, h, p, n = 2, 40, 4, 16, 16
+        seq = [torch.randn(b, L, h, p, generator=g), torch.randn(b, L, h, generator=g) * 0.5,
+               torch.randn(b, L, 2, n, generator=g), torch.randn(b, L, 2, n, generator=g),
+               torch.randn(b, L, h, p, generator=g)]
+        par = [-torch.exp(torch.randn(h, generator=g) * 0.5), torch.randn(h, generator=g),
+               torch.randn(h, generator=g) * 0.3]
+    return [leaf(t, device) for t in seq + par]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_custom_ops_pass_opcheck(device):
+    from ssm_kernels import _library
+
+    device = dev(device)
+    u, delta, B, C, z, A, D, bias = _compile_inputs(device, True)
+    torch.library.opcheck(_library.selective_scan_fwd, (u, delta, A, B, C, D, z, bias, None, True, True))
+    x, dt, Bm, Cm, zm, Am, Dm, bm = _compile_inputs(device, False)
+    torch.library.opcheck(_library.chunk_scan_fwd,
+                          (x, dt, Am, Bm, Cm, Dm, zm, bm, None, True, 0.0, float("inf"), True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_traces_through_the_scans(device):
+    device = dev(device)
+    u, delta, B, C, z, A, D, bias = _compile_inputs(device, True)
+    x, dt, Bm, Cm, zm, Am, Dm, bm = _compile_inputs(device, False)
+    scan_in = [u, delta, B, C, z, A, D, bias]
+    ssd_in = [x, dt, Bm, Cm, zm, Am, Dm, bm]
+
+    def loss():
+        out, last = sk.selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True,
+                                         return_last_state=True)
+        y, fin = sk.mamba_chunk_scan_combined(x, dt, Am, Bm, Cm, 64, D=Dm, z=zm, dt_bias=bm,
+                                              dt_softplus=True, return_final_states=True)
+        return (out.sin().sum() + last.square().sum() + y.cos().sum() + fin.square().sum())
+
+    results = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        for t in scan_in + ssd_in:
+            t.grad = None
+        value = fn()
+        value.backward()
+        results.append((value.detach(), [t.grad.clone() for t in scan_in + ssd_in]))
+    (v0, g0), (v1, g1) = results
+    assert rel(v1, v0) < 1e-6
+    for a, b in zip(g1, g0):
+        assert rel(a, b) < 1e-6

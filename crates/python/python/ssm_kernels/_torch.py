@@ -21,6 +21,7 @@ import os
 import torch
 
 from . import _impl
+from . import _library
 from . import _native
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -222,8 +223,15 @@ def _needs_grad(*tensors):
         isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
+def _compiling():
+    return torch.compiler.is_compiling()
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False, *, initial_states=None, cu_seqlens=None):
+    if cu_seqlens is None and _compiling():
+        return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                       return_last_state, initial_states)
     if _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_states):
         return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                      return_last_state, initial_states, cu_seqlens)
@@ -276,6 +284,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
                               initial_states=None, seq_idx=None, cu_seqlens=None,
                               dt_softplus=False, dt_limit=(0.0, float("inf")),
                               return_final_states=False, return_varlen_states=False):
+    if seq_idx is None and cu_seqlens is None and not return_varlen_states and _compiling():
+        return _library.chunk_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
+                                   dt_limit, return_final_states)
     if _needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states):
         return ChunkScanCombinedFn.apply(x, dt, A, B, C, chunk_size, D, z, dt_bias,
                                          initial_states, seq_idx, cu_seqlens, dt_softplus,
