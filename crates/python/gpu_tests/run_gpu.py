@@ -41,6 +41,33 @@ import ssm_kernels as sk  # noqa: E402
 from ssm_kernels import compat  # noqa: E402
 
 BF16 = torch.bfloat16
+# --device cpu --smoke runs every section on CPU tensors and small shapes: a check
+# of this script itself on a machine without a GPU (no timings, no peer).
+DEV = "cuda"
+SMOKE = False
+SHAPES = {
+    "M2-2.7B": (4, 4096, 80, 64, 128, 1),
+    "M2-groups": (4, 4096, 32, 128, 128, 8),
+    "M1-2.8B": (4, 5120, 16, 4096),
+    "m1-step": (5120, 16),
+    "m2-step": (80, 64, 128),
+}
+SMOKE_SHAPES = {
+    "M2-2.7B": (1, 96, 4, 64, 32, 1),
+    "M2-groups": (1, 96, 4, 32, 32, 2),
+    "M1-2.8B": (1, 64, 16, 96),
+    "m1-step": (64, 16),
+    "m2-step": (4, 16, 32),
+}
+
+
+def shape(name):
+    return (SMOKE_SHAPES if SMOKE else SHAPES)[name]
+
+
+def empty_cache():
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 def log(msg):
@@ -100,6 +127,11 @@ def rel(got, want):
 
 
 def bench(fn, grad_to_none=None, quick=False):
+    if DEV != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     try:
         import triton
 
@@ -122,7 +154,7 @@ def bench(fn, grad_to_none=None, quick=False):
 
 
 def randn(*shape, scale=1.0, dtype=BF16):
-    return (torch.randn(*shape, device="cuda") * scale).to(dtype)
+    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
 
 
 # ---------------------------------------------------------------- peers
@@ -171,11 +203,11 @@ def ssd_inputs(b, L, h, p, n, g, dtype=BF16, seed=0):
     return dict(
         x=randn(b, L, h, p, dtype=dtype),
         dt=(randn(b, L, h, dtype=torch.float32) - 4.0).to(dtype),
-        A=-torch.exp(torch.rand(h, device="cuda") * 2.0),
+        A=-torch.exp(torch.rand(h, device=DEV) * 2.0),
         B=randn(b, L, g, n, dtype=dtype),
         C=randn(b, L, g, n, dtype=dtype),
-        D=torch.randn(h, device="cuda"),
-        dt_bias=torch.rand(h, device="cuda") - 0.5,
+        D=torch.randn(h, device=DEV),
+        dt_bias=torch.rand(h, device=DEV) - 0.5,
     )
 
 
@@ -184,12 +216,12 @@ def scan_inputs(b, d, n, L, dtype=BF16, seed=0):
     return dict(
         u=randn(b, d, L, dtype=dtype),
         delta=(randn(b, d, L, dtype=torch.float32) - 4.0).to(dtype),
-        A=-torch.exp(torch.rand(d, n, device="cuda") * 2.0),
+        A=-torch.exp(torch.rand(d, n, device=DEV) * 2.0),
         B=randn(b, 1, n, L, dtype=dtype),
         C=randn(b, 1, n, L, dtype=dtype),
-        D=torch.randn(d, device="cuda"),
+        D=torch.randn(d, device=DEV),
         z=randn(b, d, L, dtype=dtype),
-        delta_bias=torch.rand(d, device="cuda") - 0.5,
+        delta_bias=torch.rand(d, device=DEV) - 0.5,
     )
 
 
@@ -219,8 +251,8 @@ def section_oracle(rep, args):
             t = ssd_inputs(2, 1000, 8, 64, 64, 2, dtype=dtype, seed=1)
             t["dt"] = (torch.randn_like(t["dt"], dtype=torch.float32) * 0.5).to(dtype)
             z = randn(2, 1000, 8, 64, dtype=dtype)
-            h0 = torch.randn(2, 8, 64, 64, device="cuda")
-            seq_idx = torch.zeros(2, 1000, dtype=torch.int32, device="cuda")
+            h0 = torch.randn(2, 8, 64, 64, device=DEV)
+            seq_idx = torch.zeros(2, 1000, dtype=torch.int32, device=DEV)
             seq_idx[0, 377:] = 1
             out, fin = ssd_call(sk.mamba_chunk_scan_combined, t, z=z, initial_states=h0, seq_idx=seq_idx,
                                 return_final_states=True)
@@ -233,7 +265,7 @@ def section_oracle(rep, args):
             cpu = {k: v.cpu() for k, v in t.items()}
             out_cpu = ssd_call(sk.mamba_chunk_scan_combined, cpu, z=z.cpu(), initial_states=h0.cpu(),
                                seq_idx=seq_idx.cpu())
-            rep.add("oracle", case, "out rel L2 CUDA vs CPU port", rel(out, out_cpu.cuda()), budget)
+            rep.add("oracle", case, "out rel L2 CUDA vs CPU port", rel(out, out_cpu.to(DEV)), budget)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("oracle", case, e)
@@ -242,8 +274,8 @@ def section_oracle(rep, args):
             t = scan_inputs(2, 256, 16, 1000, dtype=dtype, seed=2)
             t["B"] = randn(2, 2, 16, 1000, dtype=dtype)
             t["C"] = randn(2, 2, 16, 1000, dtype=dtype)
-            t["delta"] = (torch.rand(2, 256, 1000, device="cuda") * 0.3).to(dtype)
-            h0 = torch.randn(2, 256, 16, device="cuda")
+            t["delta"] = (torch.rand(2, 256, 1000, device=DEV) * 0.3).to(dtype)
+            h0 = torch.randn(2, 256, 16, device=DEV)
             out, last = scan_call(sk.selective_scan_fn, t, return_last_state=True, initial_states=h0)
             want, want_last = oracle.selective_scan(*(np64(t[k]) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
                                                     True, initial_states=np64(h0))
@@ -254,26 +286,26 @@ def section_oracle(rep, args):
             traceback.print_exc()
             rep.fail("oracle", case, e)
     # Decode steps, both families, with state_batch_indices and padding.
-    case = "decode m2 b64 H80 P64 N128 bf16 +idx"
+    case = "decode m2 b64 H{} P{} N{} bf16 +idx".format(*shape("m2-step"))
     try:
         torch.manual_seed(3)
-        b, h, p, n = 64, 80, 64, 128
-        cache = torch.randn(80, h, p, n, device="cuda")
-        idx = torch.randperm(80, device="cuda")[:b].to(torch.int32)
+        b, (h, p, n) = 64, shape("m2-step")
+        cache = torch.randn(80, h, p, n, device=DEV)
+        idx = torch.randperm(80, device=DEV)[:b].to(torch.int32)
         idx[5] = -1
         x = randn(b, h, p)
         dt = randn(b, h, scale=0.5)[:, :, None].expand(b, h, p)
-        A = (-torch.exp(torch.rand(h, device="cuda")))[:, None, None].expand(h, p, n)
+        A = (-torch.exp(torch.rand(h, device=DEV)))[:, None, None].expand(h, p, n)
         B, C = randn(b, 1, n), randn(b, 1, n)
-        D = torch.randn(h, device="cuda")[:, None].expand(h, p)
-        bias = (torch.rand(h, device="cuda") - 0.5)[:, None].expand(h, p)
+        D = torch.randn(h, device=DEV)[:, None].expand(h, p)
+        bias = (torch.rand(h, device=DEV) - 0.5)[:, None].expand(h, p)
         want, want_state = oracle.state_update(cache.cpu().numpy(), np64(x), np64(dt), np64(A), np64(B), np64(C),
                                                np64(D), None, np64(bias), True, idx.cpu().numpy())
         st = cache.clone()
         out = sk.selective_state_update(st, x, dt, A, B, C, D, None, bias, dt_softplus=True,
                                         state_batch_indices=idx)
         keep = torch.arange(b) != 5
-        rep.add("oracle", case, "out rel L2 vs f64", rel(out[keep.cuda()], torch.from_numpy(want)[keep]), 1.5e-2)
+        rep.add("oracle", case, "out rel L2 vs f64", rel(out[keep.to(DEV)], torch.from_numpy(want)[keep]), 1.5e-2)
         rep.add("oracle", case, "state rel L2 vs f64", rel(st, torch.from_numpy(want_state)), 1e-4)
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
@@ -284,11 +316,12 @@ def section_peer(rep, args, peer):
     if not peer.ok:
         rep.add("peer", "mamba_ssm", "available", None, ok=None, note=f"SKIPPED: {peer.why}")
         return
-    for name, shape in (("M2-2.7B", (4, 4096, 80, 64, 128, 1)), ("M2-groups", (4, 4096, 32, 128, 128, 8))):
+    for name in ("M2-2.7B", "M2-groups"):
+        shp = shape(name)
         try:
-            t = ssd_inputs(*shape)
+            t = ssd_inputs(*shp)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-            dout = randn(*shape[:4])
+            dout = randn(*shp[:4])
             res = {}
             for label, fn in (("ours", sk.mamba_chunk_scan_combined), ("mamba_ssm", peer.ssd)):
                 for v in leaves.values():
@@ -301,7 +334,7 @@ def section_peer(rep, args, peer):
                 rep.add("peer", f"{name} bf16", f"d{k} rel diff vs mamba_ssm",
                         rel(res["ours"][1][k], res["mamba_ssm"][1][k]), 5e-2)
             del leaves, res, t
-            torch.cuda.empty_cache()
+            empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("peer", name, e)
@@ -310,9 +343,10 @@ def section_peer(rep, args, peer):
         rep.add("peer", name, "available", None, note=f"SKIPPED: {getattr(peer, 'scan_why', '')}")
     else:
         try:
-            t = scan_inputs(4, 5120, 16, 4096)
+            b, d, n, L = shape("M1-2.8B")
+            t = scan_inputs(b, d, n, L)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-            dout = randn(4, 5120, 4096)
+            dout = randn(b, d, L)
             res = {}
             for label, fn in (("ours", sk.selective_scan_fn), ("mamba_ssm", peer.scan)):
                 for v in leaves.values():
@@ -325,7 +359,7 @@ def section_peer(rep, args, peer):
                 rep.add("peer", f"{name} bf16", f"d{k} rel diff vs mamba_ssm",
                         rel(res["ours"][1][k], res["mamba_ssm"][1][k]), 5e-2)
             del leaves, res, t
-            torch.cuda.empty_cache()
+            empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("peer", name, e)
@@ -349,18 +383,18 @@ def section_peer(rep, args, peer):
 
 def step_inputs(b):
     torch.manual_seed(4)
-    dim, n = 5120, 16
-    m1 = dict(state=torch.randn(b, dim, n, device="cuda"), x=randn(b, dim),
+    dim, n = shape("m1-step")
+    m1 = dict(state=torch.randn(b, dim, n, device=DEV), x=randn(b, dim),
               dt=(randn(b, dim, dtype=torch.float32) - 4.0).to(BF16),
-              A=-torch.exp(torch.rand(dim, n, device="cuda")), B=randn(b, n), C=randn(b, n),
-              D=torch.randn(dim, device="cuda"), dt_bias=torch.rand(dim, device="cuda") - 0.5)
-    h, p, n = 80, 64, 128
-    m2 = dict(state=torch.randn(b, h, p, n, device="cuda"), x=randn(b, h, p),
+              A=-torch.exp(torch.rand(dim, n, device=DEV)), B=randn(b, n), C=randn(b, n),
+              D=torch.randn(dim, device=DEV), dt_bias=torch.rand(dim, device=DEV) - 0.5)
+    h, p, n = shape("m2-step")
+    m2 = dict(state=torch.randn(b, h, p, n, device=DEV), x=randn(b, h, p),
               dt=(randn(b, h, dtype=torch.float32) - 4.0).to(BF16)[:, :, None].expand(b, h, p),
-              A=(-torch.exp(torch.rand(h, device="cuda")))[:, None, None].expand(h, p, n),
+              A=(-torch.exp(torch.rand(h, device=DEV)))[:, None, None].expand(h, p, n),
               B=randn(b, 1, n), C=randn(b, 1, n),
-              D=torch.randn(h, device="cuda")[:, None].expand(h, p),
-              dt_bias=(torch.rand(h, device="cuda") - 0.5)[:, None].expand(h, p))
+              D=torch.randn(h, device=DEV)[:, None].expand(h, p),
+              dt_bias=(torch.rand(h, device=DEV) - 0.5)[:, None].expand(h, p))
     return m1, m2
 
 
@@ -387,15 +421,16 @@ def section_timing(rep, args, peer):
         except Exception as e:  # noqa: BLE001
             rep.fail("timing", case + " mamba_ssm", e)
 
-    for name, shape in (("M2-2.7B", (4, 4096, 80, 64, 128, 1)), ("M2-groups", (4, 4096, 32, 128, 128, 8))):
+    for name in ("M2-2.7B", "M2-groups"):
+        shp = shape(name)
         case = f"{name} bf16"
         try:
-            t = ssd_inputs(*shape)
+            t = ssd_inputs(*shp)
             ours = bench(lambda: ssd_call(sk.mamba_chunk_scan_combined, t), quick=q)
             speedup(case, "fwd", ours, (lambda: ssd_call(peer.ssd, t)) if peer.ok else None)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
             lv = list(leaves.values())
-            dout = randn(*shape[:4])
+            dout = randn(*shp[:4])
 
             def fb(fn):
                 return lambda: ssd_call(fn, leaves).backward(dout)
@@ -403,19 +438,20 @@ def section_timing(rep, args, peer):
             ours = bench(fb(sk.mamba_chunk_scan_combined), lv, q)
             speedup(case, "fwd+bwd", ours, fb(peer.ssd) if peer.ok else None, lv)
             del t, leaves, lv, dout
-            torch.cuda.empty_cache()
+            empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("timing", case, e)
     case = "M1-2.8B bf16"
     try:
-        t = scan_inputs(4, 5120, 16, 4096)
+        b, d, n, L = shape("M1-2.8B")
+        t = scan_inputs(b, d, n, L)
         pscan = peer.scan if peer.ok else None
         ours = bench(lambda: scan_call(sk.selective_scan_fn, t), quick=q)
         speedup(case, "fwd", ours, (lambda: scan_call(pscan, t)) if pscan else None)
         leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
         lv = list(leaves.values())
-        dout = randn(4, 5120, 4096)
+        dout = randn(b, d, L)
 
         def fb(fn):
             return lambda: scan_call(fn, leaves).backward(dout)
@@ -423,7 +459,7 @@ def section_timing(rep, args, peer):
         ours = bench(fb(sk.selective_scan_fn), lv, q)
         speedup(case, "fwd+bwd", ours, fb(pscan) if pscan else None, lv)
         del t, leaves, lv, dout
-        torch.cuda.empty_cache()
+        empty_cache()
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         rep.fail("timing", case, e)
@@ -467,7 +503,7 @@ def section_long(rep, args, peer):
             except Exception as e:  # noqa: BLE001
                 rep.add("long", case, "mamba_ssm", None, note=f"mamba_ssm failed: {str(e)[:200]}")
         del t, out
-        torch.cuda.empty_cache()
+        empty_cache()
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         rep.fail("long", case, e)
@@ -498,15 +534,18 @@ def section_models(rep, args, peer):
                       n_groups=1, expand=2, num_hidden_layers=4, chunk_size=256),
          dict(mamba_chunk_scan_combined=peer.ssd) if peer.ok else None),
     ]
-    batch, seqlen = 2, 512
+    batch, seqlen = (2, 48) if SMOKE else (2, 512)
+    if SMOKE:
+        for spec in specs:
+            spec[3].num_hidden_layers = 1
     for name, module, cls, cfg, peer_over in specs:
         for dtype in (torch.float32, BF16):
             tag = "f32" if dtype == torch.float32 else "bf16"
-            case = f"{name}ForCausalLM 4x768 b{batch} L{seqlen} {tag}"
+            case = f"{name}ForCausalLM {cfg.num_hidden_layers}x{cfg.hidden_size} b{batch} L{seqlen} {tag}"
             try:
                 torch.manual_seed(0)
-                model = cls(cfg).to("cuda", dtype)
-                ids = torch.randint(0, cfg.vocab_size, (batch, seqlen), device="cuda")
+                model = cls(cfg).to(DEV, dtype)
+                ids = torch.randint(0, cfg.vocab_size, (batch, seqlen), device=DEV)
 
                 def step(train):
                     model.train(train)
@@ -564,7 +603,7 @@ def section_models(rep, args, peer):
                 finally:
                     compat.unpatch_module(module, saved)
                 del model
-                torch.cuda.empty_cache()
+                empty_cache()
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 rep.fail("models", case, e)
@@ -573,8 +612,8 @@ def section_models(rep, args, peer):
         case = f"{name}ForCausalLM generate 16 tokens f32"
         try:
             torch.manual_seed(0)
-            model = cls(cfg).to("cuda").eval()
-            prompt = torch.randint(0, cfg.vocab_size, (2, 64), device="cuda")
+            model = cls(cfg).to(DEV).eval()
+            prompt = torch.randint(0, cfg.vocab_size, (2, 64), device=DEV)
             saved = compat.patch_module(module)
             try:
                 with torch.no_grad():
@@ -604,14 +643,19 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--long-len", type=int, default=2**21)
     ap.add_argument("--pytest-summary", default=None, help="the pytest step's last line, for the table")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: check this script without a GPU (with --smoke)")
+    ap.add_argument("--smoke", action="store_true", help="small shapes (with --device cpu)")
     args = ap.parse_args()
+    global DEV, SMOKE
+    DEV, SMOKE = args.device, args.smoke
     os.makedirs(args.out, exist_ok=True)
     rep = Report(os.path.join(args.out, "python-gpu.json"))
-    if not torch.cuda.is_available():
+    if DEV == "cuda" and not torch.cuda.is_available():
         rep.add("setup", "cuda", "available", None, ok=False, note="torch sees no CUDA device")
         return 1 if rep.table() else 0
-    rep.doc["software"].update(torch=torch.__version__, device=torch.cuda.get_device_name(),
-                               ssm_kernels=sk.build_info())
+    rep.doc["software"].update(torch=torch.__version__, ssm_kernels=sk.build_info(),
+                               device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)")
     if args.pytest_summary:
         passed = "failed" not in args.pytest_summary and "error" not in args.pytest_summary \
             and "exit 0" in args.pytest_summary
@@ -625,7 +669,7 @@ def main():
         from transformers.models.mamba2 import modeling_mamba2  # noqa: F401
     except Exception as e:  # noqa: BLE001
         log(f"transformers not importable: {e}")
-    peer = Peer(args.mamba_src, args.build_dir)
+    peer = Peer(args.mamba_src if DEV == "cuda" else None, args.build_dir)
     log(f"peer: {'mamba_ssm loaded' if peer.ok else peer.why}")
     sections = args.sections.split(",")
     for name in sections:
