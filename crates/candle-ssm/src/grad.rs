@@ -69,7 +69,7 @@ fn zero_cpu() -> (CpuStorage, Shape) {
 
 #[cfg(feature = "cuda")]
 fn zero_cuda(s: &candle_core::CudaStorage) -> Result<(candle_core::CudaStorage, Shape)> {
-    use candle_core::backend::BackendDevice;
+    use candle_core::backend::{BackendDevice, BackendStorage};
     let shape = Shape::from(1);
     Ok((s.device().zeros_impl(&shape, DType::F32)?, shape))
 }

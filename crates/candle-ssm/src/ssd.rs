@@ -5,8 +5,8 @@
 //!
 //! - CPU tensors: `mamba2_ssd::ssd_forward` / `ssd_backward` with
 //!   `Backend::Cpu` (the chunked f32 port).
-//! - CUDA tensors: not supported yet (candle's "no cuda implementation"
-//!   error). The plan is the device-resident `SsdPlan` on candle's stream.
+//! - CUDA tensors (feature `cuda`): the device-resident `SsdPlan` and
+//!   `SsdBwdPlan` on candle's stream (`ssd_cuda.rs`).
 //!
 //! Gradients reach all eight inputs through a gradient token (see `grad.rs`):
 //! candle's custom ops take at most three arguments.
@@ -22,6 +22,10 @@ use crate::grad::{token, GradSlot};
 use crate::util::{
     check_dims, dims_n, elem_of, host, host_opt, prepared, same_kind, ssm_err, tensor, Elem,
 };
+
+#[cfg(feature = "cuda")]
+#[path = "ssd_cuda.rs"]
+mod ssd_cuda;
 
 const OP: &str = "candle-ssm ssd";
 
@@ -370,7 +374,33 @@ impl CustomOp1 for SsdOp {
         Ok((storage, self.out_shape()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        token: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let dev = token.device();
+        let storage = match elem_of(OP, "x", &self.inputs.x)? {
+            Elem::F32 => self.forward_cuda::<f32>(dev)?,
+            Elem::F16 => self.forward_cuda::<f16>(dev)?,
+            Elem::Bf16 => self.forward_cuda::<bf16>(dev)?,
+        };
+        Ok((storage, self.out_shape()))
+    }
+
     fn bwd(&self, token: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if self.inputs.x.device().is_cuda() {
+            let grads = match elem_of(OP, "x", &self.inputs.x)? {
+                Elem::F32 => self.backward_cuda::<f32>(grad)?,
+                Elem::F16 => self.backward_cuda::<f16>(grad)?,
+                Elem::Bf16 => self.backward_cuda::<bf16>(grad)?,
+            };
+            self.slot.fill(grads);
+            return Ok(Some(token.zeros_like()?));
+        }
         let grads = match elem_of(OP, "x", &self.inputs.x)? {
             Elem::F32 => self.backward_host::<f32>(grad)?,
             Elem::F16 => self.backward_host::<f16>(grad)?,

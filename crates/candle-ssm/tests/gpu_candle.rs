@@ -1,2 +1,396 @@
-//! The ops on candle CUDA tensors against the pure-candle reference (feature
-//! `cuda`; skips loudly without a GPU).
+//! The ops on candle CUDA tensors against the pure-candle reference and the
+//! CPU op (feature `cuda`; without a GPU each test prints `SKIPPED` and
+//! passes, unless `SSM_REQUIRE_GPU=1`, which the device script sets).
+//!
+//! Inputs are made on the CPU, copied to the GPU, and every comparison is
+//! done on the CPU: outputs and the gradients of every input, on small shapes
+//! with a partial last chunk.
+
+#![cfg(feature = "cuda")]
+
+use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
+use candle_ssm::{reference, Mamba1Step, Mamba2Step, SelectiveScan, SsdForward};
+
+/// The GPU, or `None` after a loud `SKIPPED` line (a failure with
+/// `SSM_REQUIRE_GPU=1`).
+fn gpu_or_skip(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("SSM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: no GPU ({e}) and SSM_REQUIRE_GPU=1");
+            }
+            eprintln!("SKIPPED {test}: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn cpu(t: &Tensor) -> Result<Tensor> {
+    t.to_device(&Device::Cpu)?.to_dtype(DType::F32)
+}
+
+/// `|got - want| <= tol * (1 + max|want|)`, on the CPU, naming the tensor.
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let (got, want) = (cpu(got)?, cpu(want)?);
+    let diff = (&got - &want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    let scale = 1.0 + want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    assert!(
+        diff.is_finite() && diff <= tol * scale,
+        "{name}: max |got - want| = {diff} > {tol} * {scale}"
+    );
+    Ok(())
+}
+
+fn grad(g: &GradStore, v: &Var, name: &str) -> Tensor {
+    g.get(v.as_tensor())
+        .unwrap_or_else(|| panic!("no gradient for {name}"))
+        .clone()
+}
+
+/// The SSD inputs on the CPU (the reference) and the same values on `dev`.
+struct SsdCase {
+    names: [&'static str; 8],
+    cpu: Vec<Var>,
+    dev: Vec<Var>,
+}
+
+fn ssd_case(
+    dev: &Device,
+    (b, l, h, p, g, n): (usize, usize, usize, usize, usize, usize),
+) -> Result<SsdCase> {
+    let c = &Device::Cpu;
+    let r = |dims: &[usize], s: f64| (Tensor::randn(0f32, 1., dims, c).unwrap() * s).unwrap();
+    let tensors = vec![
+        r(&[b, l, h, p], 1.0),
+        r(&[b, l, h], 0.5),
+        Tensor::rand(0.5f32, 1.5, h, c)?.neg()?,
+        r(&[b, l, g, n], 0.7),
+        r(&[b, l, g, n], 0.7),
+        r(&[h], 1.0),
+        r(&[b, l, h, p], 1.0),
+        r(&[h], 0.3),
+    ];
+    Ok(SsdCase {
+        names: ["x", "dt", "A", "B", "C", "D", "z", "dt_bias"],
+        cpu: tensors
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<_>>()?,
+        dev: tensors
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(dev)?))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn ssd_op(v: &[Var], chunk: usize) -> Result<Tensor> {
+    SsdForward::new(&v[0], &v[1], &v[2], &v[3], &v[4])
+        .d(&v[5])
+        .z(&v[6])
+        .dt_bias(&v[7])
+        .dt_softplus(true)
+        .chunk_size(chunk)
+        .run()
+}
+
+#[test]
+fn gpu_ssd_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result<()> {
+    let Some(dev) = gpu_or_skip("gpu_ssd_forward_and_gradients_match_the_reference_and_the_cpu_op")
+    else {
+        return Ok(());
+    };
+    // L = 77: a partial last chunk for every chunk size; G = 2 of H = 4.
+    let k = ssd_case(&dev, (2, 77, 4, 16, 2, 16))?;
+    let got = ssd_op(&k.dev, 16)?;
+    assert!(got.device().is_cuda());
+    let c = &k.cpu;
+    let want = reference::ssd(
+        &c[0],
+        &c[1],
+        &c[2],
+        &c[3],
+        &c[4],
+        Some(&c[5]),
+        Some(&c[6]),
+        Some(&c[7]),
+        true,
+    )?;
+    let cpu_op = ssd_op(&k.cpu, 16)?;
+    assert_close("out vs reference", &got, &want, 1e-4)?;
+    assert_close("out vs CPU op", &got, &cpu_op, 1e-4)?;
+
+    let w = Tensor::randn(0f32, 1., got.dims(), &Device::Cpu)?;
+    let g_got = got.mul(&w.to_device(&dev)?)?.sum_all()?.backward()?;
+    let g_want = want.mul(&w)?.sum_all()?.backward()?;
+    for (i, name) in k.names.iter().enumerate() {
+        let gg = grad(&g_got, &k.dev[i], name);
+        assert!(gg.device().is_cuda(), "d{name} is not on the GPU");
+        assert_close(
+            &format!("d{name}"),
+            &gg,
+            &grad(&g_want, &k.cpu[i], name),
+            1e-3,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Result<()> {
+    let Some(dev) =
+        gpu_or_skip("gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous")
+    else {
+        return Ok(());
+    };
+    let (b, l, h, p, g, n) = (1, 40, 2, 16, 1, 16);
+    let k = ssd_case(&dev, (b, l, h, p, g, n))?;
+    // x as the middle batch row of a larger tensor: contiguous, offset into
+    // its storage (the kernels must read from the offset, not the start).
+    let big = Tensor::randn(0f32, 1., (3, l, h, p), &Device::Cpu)?;
+    let x_cpu = big.narrow(0, 1, 1)?;
+    let x_dev = big.to_device(&dev)?.narrow(0, 1, 1)?;
+    assert!(x_dev.is_contiguous());
+    assert_ne!(x_dev.layout().start_offset(), 0);
+    // B transposed twice: a strided view, which the op copies (a candle op).
+    let b_dev = k.dev[3]
+        .as_tensor()
+        .transpose(2, 3)?
+        .contiguous()?
+        .transpose(2, 3)?;
+    assert!(!b_dev.is_contiguous());
+    let dt = k.dev[1].as_tensor().abs()?;
+    let got = SsdForward::new(&x_dev, &dt, &k.dev[2], &b_dev, &k.dev[4]).run()?;
+    let want = reference::ssd(
+        &x_cpu,
+        &k.cpu[1].as_tensor().abs()?,
+        &k.cpu[2],
+        &k.cpu[3],
+        &k.cpu[4],
+        None,
+        None,
+        None,
+        false,
+    )?;
+    assert_close("out", &got, &want, 1e-4)?;
+    let g_got = got.sum_all()?.backward()?;
+    let g_want = want.sum_all()?.backward()?;
+    for i in [2usize, 3, 4] {
+        let name = k.names[i];
+        assert_close(
+            &format!("d{name}"),
+            &grad(&g_got, &k.dev[i], name),
+            &grad(&g_want, &k.cpu[i], name),
+            1e-3,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
+    let Some(dev) = gpu_or_skip("gpu_ssd_in_bf16_is_close_to_the_f32_reference") else {
+        return Ok(());
+    };
+    let k = ssd_case(&dev, (2, 64, 4, 32, 1, 32))?;
+    let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16);
+    let dt = k.dev[1].as_tensor().abs()?;
+    let got = SsdForward::new(
+        &bf(&k.dev[0])?,
+        &dt.to_dtype(DType::BF16)?,
+        &k.dev[2],
+        &bf(&k.dev[3])?,
+        &bf(&k.dev[4])?,
+    )
+    .d(&k.dev[5])
+    .run()?;
+    assert_eq!(got.dtype(), DType::BF16);
+    let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+    let want = reference::ssd(
+        &round(k.cpu[0].as_tensor())?,
+        &round(&k.cpu[1].as_tensor().abs()?)?,
+        &k.cpu[2],
+        &round(k.cpu[3].as_tensor())?,
+        &round(k.cpu[4].as_tensor())?,
+        Some(&k.cpu[5]),
+        None,
+        None,
+        false,
+    )?;
+    assert_close("out", &got, &want, 2e-2)?;
+    // The bf16 backward runs too, and its gradients are finite and close.
+    let g = got.to_dtype(DType::F32)?.sum_all()?.backward()?;
+    let g_want = want.sum_all()?.backward()?;
+    assert_close(
+        "dA",
+        &grad(&g, &k.dev[2], "A"),
+        &grad(&g_want, &k.cpu[2], "A"),
+        5e-2,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn gpu_ssd_mixed_devices_are_a_clear_error() -> Result<()> {
+    let Some(dev) = gpu_or_skip("gpu_ssd_mixed_devices_are_a_clear_error") else {
+        return Ok(());
+    };
+    let k = ssd_case(&dev, (1, 8, 2, 16, 1, 16))?;
+    let err = SsdForward::new(&k.dev[0], &k.dev[1], &k.dev[2], &k.cpu[3], &k.dev[4])
+        .run()
+        .unwrap_err();
+    assert!(err.to_string().contains("`B`"), "{err}");
+    Ok(())
+}
+
+/// `tensors` on the CPU as variables, and the same values on `dev`.
+fn pair(dev: &Device, tensors: Vec<Tensor>) -> Result<(Vec<Var>, Vec<Var>)> {
+    Ok((
+        tensors
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<_>>()?,
+        tensors
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(dev)?))
+            .collect::<Result<_>>()?,
+    ))
+}
+
+fn randn(dims: &[usize], s: f64) -> Result<Tensor> {
+    Tensor::randn(0f32, 1., dims, &Device::Cpu)? * s
+}
+
+#[test]
+fn gpu_scan_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result<()> {
+    let Some(dev) =
+        gpu_or_skip("gpu_scan_forward_and_gradients_match_the_reference_and_the_cpu_op")
+    else {
+        return Ok(());
+    };
+    let (b, d, l, g, n) = (2, 64, 77, 2, 16);
+    let names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"];
+    let (c, k) = pair(
+        &dev,
+        vec![
+            randn(&[b, d, l], 1.0)?,
+            randn(&[b, d, l], 0.5)?,
+            Tensor::rand(0.5f32, 1.5, (d, n), &Device::Cpu)?.neg()?,
+            randn(&[b, g, n, l], 0.7)?,
+            randn(&[b, g, n, l], 0.7)?,
+            randn(&[d], 1.0)?,
+            randn(&[b, d, l], 1.0)?,
+            randn(&[d], 0.3)?,
+        ],
+    )?;
+    let op = |v: &[Var]| {
+        SelectiveScan::new(&v[0], &v[1], &v[2], &v[3], &v[4])
+            .d(&v[5])
+            .z(&v[6])
+            .delta_bias(&v[7])
+            .delta_softplus(true)
+            .run()
+    };
+    let got = op(&k)?;
+    assert!(got.device().is_cuda());
+    let want = reference::selective_scan(
+        &c[0],
+        &c[1],
+        &c[2],
+        &c[3],
+        &c[4],
+        Some(&c[5]),
+        Some(&c[6]),
+        Some(&c[7]),
+        true,
+    )?;
+    assert_close("out vs reference", &got, &want, 1e-4)?;
+    assert_close("out vs CPU op", &got, &op(&c)?, 1e-4)?;
+    let w = randn(got.dims(), 1.0)?;
+    let g_got = got.mul(&w.to_device(&dev)?)?.sum_all()?.backward()?;
+    let g_want = want.mul(&w)?.sum_all()?.backward()?;
+    for (i, name) in names.iter().enumerate() {
+        let gg = grad(&g_got, &k[i], name);
+        assert!(gg.device().is_cuda(), "d{name} is not on the GPU");
+        assert_close(&format!("d{name}"), &gg, &grad(&g_want, &c[i], name), 1e-3)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_decode_steps_match_the_cpu_ops_and_leave_the_input_state_alone() -> Result<()> {
+    let Some(dev) =
+        gpu_or_skip("gpu_decode_steps_match_the_cpu_ops_and_leave_the_input_state_alone")
+    else {
+        return Ok(());
+    };
+    // Mamba-2: b = 3, H = 4, P = 16, G = 2, N = 32, from a random state.
+    let (b, h, p, g, n) = (3, 4, 16, 2, 32);
+    let (c, k) = pair(
+        &dev,
+        vec![
+            randn(&[b, h, p, n], 1.0)?,
+            randn(&[b, h, p], 1.0)?,
+            randn(&[b, h], 0.5)?,
+            Tensor::rand(0.5f32, 1.5, h, &Device::Cpu)?.neg()?,
+            randn(&[b, g, n], 0.7)?,
+            randn(&[b, g, n], 0.7)?,
+            randn(&[h, p], 1.0)?,
+            randn(&[b, h, p], 1.0)?,
+            randn(&[h], 0.3)?,
+        ],
+    )?;
+    let step2 = |v: &[Var]| {
+        Mamba2Step::new(&v[0], &v[1], &v[2], &v[3], &v[4], &v[5])
+            .d(&v[6])
+            .z(&v[7])
+            .dt_bias(&v[8])
+            .dt_softplus(true)
+            .run()
+    };
+    let (y, s) = step2(&k)?;
+    let (y_cpu, s_cpu) = step2(&c)?;
+    assert!(y.device().is_cuda() && s.device().is_cuda());
+    assert_close("mamba2 out", &y, &y_cpu, 1e-5)?;
+    assert_close("mamba2 state", &s, &s_cpu, 1e-5)?;
+    assert_close("mamba2 input state unchanged", &k[0], &c[0], 0.0)?;
+
+    // Mamba-1: b = 3, D_in = 64, G = 1, N = 16, bf16 inputs.
+    let (b, d, g, n) = (3, 64, 1, 16);
+    let (c, k) = pair(
+        &dev,
+        vec![
+            randn(&[b, d, n], 1.0)?,
+            randn(&[b, d], 1.0)?,
+            randn(&[b, d], 0.5)?,
+            Tensor::rand(0.5f32, 1.5, (d, n), &Device::Cpu)?.neg()?,
+            randn(&[b, g, n], 0.7)?,
+            randn(&[b, g, n], 0.7)?,
+            randn(&[d], 1.0)?,
+            randn(&[b, d], 1.0)?,
+            randn(&[d], 0.3)?,
+        ],
+    )?;
+    let step1 = |v: &[Var]| -> Result<(Tensor, Tensor)> {
+        let bf = |i: usize| v[i].as_tensor().to_dtype(DType::BF16);
+        Mamba1Step::new(&v[0], &bf(1)?, &bf(2)?, &v[3], &bf(4)?, &bf(5)?)
+            .d(&v[6])
+            .z(&bf(7)?)
+            .dt_bias(&v[8])
+            .dt_softplus(true)
+            .run()
+    };
+    let (y, s) = step1(&k)?;
+    let (y_cpu, s_cpu) = step1(&c)?;
+    assert_eq!(y.dtype(), DType::BF16);
+    // Both round the same f32 values to bf16 once: the difference is at most
+    // one bf16 rounding of the output.
+    assert_close("mamba1 out", &y, &y_cpu, 1e-2)?;
+    assert_close("mamba1 state", &s, &s_cpu, 1e-5)?;
+    Ok(())
+}
