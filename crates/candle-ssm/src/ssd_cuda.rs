@@ -3,15 +3,13 @@
 //! - Forward: `SsdPlan::for_shapes` (cached per device and shape) launched with
 //!   `launch_views` on views of candle's own storage (zero-copy, layout offsets
 //!   honoured) into a fresh output buffer, on candle's stream.
-//! - Backward: `SsdBwdPlan` (`crates/mamba2-ssd/src/cuda/backward.rs`). Its
-//!   device-resident entry point takes the forward's inputs as *owned*
-//!   `SsdDeviceInputs` (not views) and is planned from an `SsdParams` (host
-//!   slices whose contents it does not read), so this path copies the inputs
-//!   device-to-device into owned buffers once per backward call and plans from
-//!   placeholder host slices of the right lengths (once per shape: the plan is
-//!   cached). No host round trip; the copies cost about one read and write of
-//!   the inputs, small next to the backward itself. A view-taking backward
-//!   launch in mamba2-ssd would remove them.
+//! - Backward: `SsdBwdPlan::for_shapes` (cached), whose `launch`
+//!   (`crates/mamba2-ssd/src/cuda/backward.rs`) takes the forward's inputs as
+//!   *owned* `SsdDeviceInputs` (not views), so this path copies the inputs and
+//!   `d_out` device-to-device into owned buffers once per backward call. No host
+//!   round trip; the copies cost about one read and write of the inputs, small
+//!   next to the backward itself. A view-taking backward launch in mamba2-ssd
+//!   would remove them.
 
 use candle_core::cuda_backend::cudarc::driver::CudaView;
 use candle_core::cuda_backend::CudaDType;
@@ -141,28 +139,19 @@ impl SsdOp {
         Ok(v)
     }
 
-    /// The backward plan, from placeholder host slices of the inputs' lengths
-    /// (`SsdBwdPlan::new` reads only their lengths and the options).
+    /// The backward plan, from shapes and options alone.
     fn bwd_plan<T: DeviceElement>(&self, gpu: &Gpu) -> Result<SsdBwdPlan> {
-        let i = &self.inputs;
-        let t = |x: &Tensor| vec![T::POISON; x.elem_count()];
-        let f = |x: &Tensor| vec![f32::NAN; x.elem_count()];
-        let (x, dt, b, c) = (t(&i.x), t(&i.dt), t(&i.b), t(&i.c));
-        let a = f(&i.a);
-        let dd = i.d.as_ref().map(f);
-        let z = i.z.as_ref().map(t);
-        let bias = i.dt_bias.as_ref().map(f);
-        let p = self.params(
-            &x,
-            &dt,
-            &a,
-            &b,
-            &c,
-            dd.as_deref(),
-            z.as_deref(),
-            bias.as_deref(),
-        );
-        SsdBwdPlan::new(gpu, &p, false, DEFAULT_BWD_CHUNK).map_err(ssm_err(OP))
+        SsdBwdPlan::for_shapes(
+            gpu,
+            <T as ssm_core::Element>::DTYPE,
+            self.dims,
+            self.features(),
+            self.dt_limit,
+            None,
+            false,
+            DEFAULT_BWD_CHUNK,
+        )
+        .map_err(ssm_err(OP))
     }
 }
 
