@@ -4,7 +4,7 @@
 #
 #   bash ci/candle-device.sh build [bundle]   here: release-builds the example
 #        `mamba2_block` and the test `gpu_candle` with `--features cuda` into the
-#        bundle (default .gpu/candle, git-ignored), stripped, with this script.
+#        bundle (default .gpu/candle, git-ignored), stripped and xz-compressed.
 #   bash ci/candle-device.sh run [bundle]     on the device: runs both, writes
 #        candle-gpu-test.log, candle-mamba2-block.log and candle-summary.txt to
 #        $OUT (default .gpu/out).
@@ -118,6 +118,11 @@ for line in sys.stdin:
             readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/  \1/p'
         done
     } >"$bundle/manifest.txt"
+    # candle embeds its PTX and cubins (about 30 MB of .nv_fatbin a binary): xz
+    # brings each from ~53 MB to ~6 MB, inside the 64 MiB that travels.
+    for b in "$bundle"/candle-ssm__*; do
+        xz -T2 -6 "$b"
+    done
     cat "$bundle/manifest.txt" >&2
     log "bundle $bundle ready ($(du -sk "$bundle" | cut -f1) KiB, $(( $(date +%s) - start )) s)"
     log "on the device: run(command = \"bash ci/candle-device.sh run $bundle\", carry = [\"$bundle\"])"
@@ -127,7 +132,19 @@ run() {
     local out status=0
     out="${OUT:-$repo/.gpu/out}"
     mkdir -p "$out"
-    [ -x "$bundle/candle-ssm__gpu_candle" ] || { echo "candle-device: no bundle at $bundle" >&2; exit 2; }
+    [ -f "$bundle/candle-ssm__gpu_candle.xz" ] || { echo "candle-device: no bundle at $bundle" >&2; exit 2; }
+    # Unpack the binaries (xz, or Python's lzma where xz is missing).
+    local bin="${TMPDIR:-/tmp}/candle-ssm-bin"
+    rm -rf "$bin" && mkdir -p "$bin"
+    for z in "$bundle"/candle-ssm__*.xz; do
+        local dst="$bin/$(basename "$z" .xz)"
+        if command -v xz >/dev/null; then
+            xz -dc "$z" >"$dst"
+        else
+            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$dst"
+        fi
+        chmod +x "$dst"
+    done
     for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
         [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     done
@@ -138,11 +155,11 @@ run() {
         cat "$bundle/manifest.txt"
         nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 || true
         echo "ldd:"
-        ldd "$bundle/candle-ssm__gpu_candle" 2>&1 | sed 's/^/  /'
+        ldd "$bin/candle-ssm__gpu_candle" 2>&1 | sed 's/^/  /'
     } >"$summary"
     local t0
     t0=$(date +%s)
-    if timeout 300 "$bundle/candle-ssm__gpu_candle" --test-threads=1 >"$out/candle-gpu-test.log" 2>&1; then
+    if timeout 300 "$bin/candle-ssm__gpu_candle" --test-threads=1 >"$out/candle-gpu-test.log" 2>&1; then
         echo "gpu_candle: PASSED ($(( $(date +%s) - t0 )) s)" >>"$summary"
     else
         echo "gpu_candle: FAILED (status $?, $(( $(date +%s) - t0 )) s)" >>"$summary"
@@ -150,7 +167,7 @@ run() {
     fi
     t0=$(date +%s)
     # The example writes $SSM_RESULTS_DIR/candle-mamba2-block.log itself.
-    if timeout 240 "$bundle/candle-ssm__mamba2_block" >"$out/candle-mamba2-block.stdout" 2>&1; then
+    if timeout 240 "$bin/candle-ssm__mamba2_block" >"$out/candle-mamba2-block.stdout" 2>&1; then
         echo "mamba2_block: OK ($(( $(date +%s) - t0 )) s)" >>"$summary"
     else
         echo "mamba2_block: FAILED (status $?, $(( $(date +%s) - t0 )) s)" >>"$summary"

@@ -448,7 +448,11 @@ fn gpu(log: &mut Log) -> Option<Device> {
     {
         match Device::new_cuda(0) {
             Ok(d) => return Some(d),
-            Err(e) => log.line(format!("GPU: none ({e}); CPU only")),
+            Err(e) => {
+                let e = e.to_string();
+                let first = e.lines().next().unwrap_or("");
+                log.line(format!("GPU: none ({first}); CPU only"))
+            }
         }
     }
     #[cfg(not(feature = "cuda"))]
@@ -488,6 +492,10 @@ fn run(steps: usize, seed: u64, train_on: Option<&str>, log: &mut Log) -> Result
         ok = false;
     }
     let gpu = gpu(log);
+    if gpu.is_none() && std::env::var("SSM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        log.line("SSM_REQUIRE_GPU=1 and no GPU: FAILED");
+        ok = false;
+    }
     if let Some(dev) = &gpu {
         let gblock = block.to_device(dev)?;
         let (gt, gtg) = (tokens.to_device(dev)?, targets.to_device(dev)?);

@@ -66,7 +66,7 @@ fn ssd_case(
 ) -> Result<SsdCase> {
     let c = &Device::Cpu;
     let r = |dims: &[usize], s: f64| (Tensor::randn(0f32, 1., dims, c).unwrap() * s).unwrap();
-    let tensors = vec![
+    let tensors = [
         r(&[b, l, h, p], 1.0),
         r(&[b, l, h], 0.5),
         Tensor::rand(0.5f32, 1.5, h, c)?.neg()?,
@@ -105,8 +105,16 @@ fn gpu_ssd_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result<
     else {
         return Ok(());
     };
-    // L = 77: a partial last chunk for every chunk size; G = 2 of H = 4.
-    let k = ssd_case(&dev, (2, 77, 4, 16, 2, 16))?;
+    // L = 77: a partial last chunk for every chunk size; G = 2 of H = 4;
+    // P = 16 runs the SIMT forward. Then P = 64, N = 32: the fused one.
+    for shape in [(2, 77, 4, 16, 2, 16), (1, 130, 2, 64, 1, 32)] {
+        ssd_case_matches(&dev, shape)?;
+    }
+    Ok(())
+}
+
+fn ssd_case_matches(dev: &Device, shape: (usize, usize, usize, usize, usize, usize)) -> Result<()> {
+    let k = ssd_case(dev, shape)?;
     let got = ssd_op(&k.dev, 16)?;
     assert!(got.device().is_cuda());
     let c = &k.cpu;
@@ -122,21 +130,17 @@ fn gpu_ssd_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result<
         true,
     )?;
     let cpu_op = ssd_op(&k.cpu, 16)?;
-    assert_close("out vs reference", &got, &want, 1e-4)?;
-    assert_close("out vs CPU op", &got, &cpu_op, 1e-4)?;
+    assert_close(&format!("{shape:?} out vs reference"), &got, &want, 1e-4)?;
+    assert_close(&format!("{shape:?} out vs CPU op"), &got, &cpu_op, 1e-4)?;
 
     let w = Tensor::randn(0f32, 1., got.dims(), &Device::Cpu)?;
-    let g_got = got.mul(&w.to_device(&dev)?)?.sum_all()?.backward()?;
+    let g_got = got.mul(&w.to_device(dev)?)?.sum_all()?.backward()?;
     let g_want = want.mul(&w)?.sum_all()?.backward()?;
     for (i, name) in k.names.iter().enumerate() {
         let gg = grad(&g_got, &k.dev[i], name);
         assert!(gg.device().is_cuda(), "d{name} is not on the GPU");
-        assert_close(
-            &format!("d{name}"),
-            &gg,
-            &grad(&g_want, &k.cpu[i], name),
-            1e-3,
-        )?;
+        let want = grad(&g_want, &k.cpu[i], name);
+        assert_close(&format!("{shape:?} d{name}"), &gg, &want, 1e-3)?;
     }
     Ok(())
 }
