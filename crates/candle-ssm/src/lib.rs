@@ -16,6 +16,8 @@
 //! `dt_bias` and states are used in f32 (other float types are converted,
 //! through autograd).
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod decode;
