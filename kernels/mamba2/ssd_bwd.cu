@@ -287,7 +287,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     const int g = h / (H / G);
     const i64 tok = a.chunks[2 * c];
     const int len = (int)a.chunks[2 * c + 1];
-    const i64 HP = (i64)H * P, GN = (i64)G * N, HN = (i64)H * N;
+    const i64 HP = (i64)H * P, GN = (i64)G * N;
     const float* S = a.ws_S + (c * H + h) * PN;
     const float* Gr = a.ws_G + (c * H + h) * PN;
     const float* cb = a.ws_cb + (c * G + g) * Q * Q;

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand, ValueEnum};
 use mamba1_scan::cuda::{BwdConfig, ScanConfig, ScanProblem, ScanTuning};
+use mamba2_ssd::cuda::backward::BwdConfig as SsdBwdConfig;
 use mamba2_ssd::cuda::{CudaOptions, DMode, KernelConfig, SsdFeatures};
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
@@ -65,7 +66,8 @@ pub enum Coverage {
     /// `reference`, plus the shapes of published Mamba models: the SSD forward
     /// at P = 64 and N = 64/128/256 (heads sharing B/C, or alone) with dt bias,
     /// softplus and D per head, every on/off of z, initial and final states,
-    /// plus every option on; the scan forward and backward at N = 16 with every
+    /// plus every option on; the SSD backward at P = 64 and N = 64/128/256 with
+    /// every option, with and without `d_final_states`; the scan forward and backward at N = 16 with every
     /// option (B/C grouped, L a multiple of 8 or not); both decode steps at N =
     /// 16, 32, 64, 128, 256 with their default tilings. f32, f16 and bf16
     /// throughout; chunk size 64 (the default).
@@ -188,6 +190,7 @@ pub fn plan(coverage: Coverage, shapes: &[Problem], archs: &[Arch]) -> Vec<Plann
             }
             if coverage == Coverage::Models {
                 model_ssd(&limits, &mut |v| push("ssd", v));
+                model_ssd_bwd(&mut |v| push("ssd-bwd", v));
                 model_scan(&limits, &mut |f, v| push(f, v));
                 model_decode(&mut |f, v| push(f, v));
             }
@@ -211,6 +214,7 @@ fn reference(limits: &DeviceLimits, push: &mut dyn FnMut(&'static str, KernelVar
         push("runtime", v);
     }
     reference_ssd(limits, &mut |v| push("ssd", v));
+    reference_ssd_bwd(&mut |v| push("ssd-bwd", v));
     reference_scan(limits, push);
     for v in mamba2_ssd::decode_cuda::decode_kernel_variants() {
         push("m2-step", v);
@@ -289,6 +293,55 @@ fn reference_ssd(limits: &DeviceLimits, push: &mut dyn FnMut(KernelVariant)) {
     ];
     for (dtype, n, p, features, o) in cases {
         ssd_config_variants(dtype, &ssd_dims(2, 1, p, n), features, o, limits, push);
+    }
+}
+
+/// The SSD backward's modules for one shape and option set (its six entry
+/// points share one module). The backward's SIMT kernels use a few KB of
+/// static shared memory and nothing the limits decide, so every target plans
+/// them alike.
+fn ssd_bwd_variants(
+    dtype: DType,
+    dims: &SsdDims,
+    features: SsdFeatures,
+    d_final: bool,
+    chunk: usize,
+    push: &mut dyn FnMut(KernelVariant),
+) {
+    if let Ok(c) = SsdBwdConfig::new(dtype, dims, features, d_final, chunk) {
+        for v in c.variants() {
+            push(v);
+        }
+    }
+}
+
+/// `mamba2_ssd::cuda::backward::ssd_bwd_kernel_variants()`'s shapes and options.
+fn reference_ssd_bwd(push: &mut dyn FnMut(KernelVariant)) {
+    for (dtype, n, p, chunk) in [
+        (DType::Bf16, 128, 64, 64),
+        (DType::Bf16, 128, 64, 256),
+        (DType::F32, 128, 64, 64),
+    ] {
+        ssd_bwd_variants(
+            dtype,
+            &ssd_dims(2, 1, p, n),
+            SsdFeatures::all(),
+            true,
+            chunk,
+            push,
+        );
+    }
+}
+
+/// The SSD backward at the published Mamba-2 shapes (see [`Coverage::Models`]).
+fn model_ssd_bwd(push: &mut dyn FnMut(KernelVariant)) {
+    for dtype in [DType::Bf16, DType::F16, DType::F32] {
+        for n in [64, 128, 256] {
+            for d_final in [true, false] {
+                let dims = ssd_dims(8, 1, 64, n);
+                ssd_bwd_variants(dtype, &dims, SsdFeatures::all(), d_final, 64, push);
+            }
+        }
     }
 }
 

@@ -112,6 +112,7 @@ pub fn decode_step<T: DeviceElement>(
 /// `kernels/budgets.toml`.
 pub fn kernel_variants() -> Vec<ssm_gpu::KernelVariant> {
     let mut variants = cuda::ssd_kernel_variants();
+    variants.extend(cuda::backward::ssd_bwd_kernel_variants());
     variants.extend(decode_cuda::decode_kernel_variants());
     variants
 }
