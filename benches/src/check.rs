@@ -167,6 +167,68 @@ pub fn verify_ssd<T: Element, O: Element>(
     Ok(verdict(rows, sampled, O::DTYPE))
 }
 
+/// Check an SSD backward's per-head gradients (dx, ddt and, with z, dz; the
+/// initial-state gradient when there are initial states) against the f64
+/// adjoint on the first and last (batch row, head), each as a one-head problem
+/// with `d_out` the incoming gradient and no final-state gradient. These depend
+/// on the sampled head alone; dB and dC sum over the heads of a group and dA,
+/// dD, d dt_bias over all tokens, so they are judged in full by the GPU tests
+/// (crates/mamba2-ssd/tests/gpu_ssd_backward.rs), not here.
+pub fn verify_ssd_backward<T: Element>(
+    host: &SsdHost<T>,
+    d_out: &[T],
+    dx: &[T],
+    ddt: &[T],
+    dz: Option<&[T]>,
+    dinitial_states: Option<&[f32]>,
+) -> Result<Verification> {
+    let s = host.shape;
+    let (l, heads, p, n) = (s.seqlen, s.heads, s.head_dim, s.d_state);
+    let pairs = corners(s.batch, heads);
+    let rows = pairs
+        .iter()
+        .map(|&(b, h)| {
+            let sub = ssd_row(host, b, h);
+            let x_at = |t: usize| ((b * l + t) * heads + h) * p;
+            let g = gather(d_out, l, p, x_at);
+            let want = ssm_reference::ssd_backward::ssd_backward(&sub.params(), &g, None)?;
+            let bias = sub.dt_bias.first().copied().unwrap_or(0.0) as f64;
+            let a = sub.a[0] as f64;
+            let log_decays: Vec<f64> = sub
+                .dt
+                .iter()
+                .map(|dt| ssd_dt(dt.to_f64(), bias, s.softplus, NO_DT_LIMIT) * a)
+                .collect();
+            let widen = |x: Vec<T>| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+            let mut got = widen(gather(dx, l, p, x_at));
+            got.extend(widen(
+                (0..l).map(|t| ddt[(b * l + t) * heads + h]).collect(),
+            ));
+            let mut expected = want.dx.clone();
+            expected.extend(&want.ddt);
+            if let (Some(dz), Some(want_dz)) = (dz, want.dz.as_ref()) {
+                got.extend(widen(gather(dz, l, p, x_at)));
+                expected.extend(want_dz);
+            }
+            let states = (b * heads + h) * p * n..(b * heads + h + 1) * p * n;
+            Ok(RowCheck {
+                got,
+                want: expected,
+                got_state: dinitial_states
+                    .map(|d| d[states].iter().map(|v| f64::from(*v)).collect()),
+                want_state: want.dinitial_states.clone(),
+                log_decay: max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sampled = pairs
+        .iter()
+        .map(|(b, h)| format!("(b {b}, head {h}): dx, ddt, dz"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(verdict(rows, sampled, T::DTYPE))
+}
+
 fn row_check<O: Element>(
     got: Vec<O>,
     got_state: Option<&[f32]>,

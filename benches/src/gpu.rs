@@ -5,6 +5,8 @@
 //! Entry points used:
 //! - `mamba1_scan::cuda::{ScanPlan, ScanBuffers}` (forward scan);
 //! - `mamba2_ssd::cuda::{SsdPlan, SsdDeviceInputs, SsdDeviceOutputs}` (SSD);
+//! - `mamba2_ssd::cuda::backward::{SsdBwdPlan, SsdGradBuffers, SsdBwdWorkspace}`
+//!   (SSD backward, after the forward for forward+backward cases);
 //! - `*::decode_cuda::{DecodeKernel, DeviceStepArgs, launch_decode_step}` (decode);
 //! - `ssm_gpu::selftest` (`ssm_selftest_axpy`, a streaming kernel: the card's
 //!   bandwidth and a known answer for the telemetry path).
@@ -23,7 +25,9 @@ use ssm_telemetry::traffic::cost_of;
 
 use ssm_telemetry::record::Verification;
 
-use crate::check::{verify_scan, verify_scan_backward, verify_ssd, verify_step, StepShape};
+use crate::check::{
+    verify_scan, verify_scan_backward, verify_ssd, verify_ssd_backward, verify_step, StepShape,
+};
 use crate::inputs::{fill, Dist, Mamba1Host, SsdHost, StepHost};
 use crate::suite::{Backend, Case};
 
@@ -122,6 +126,14 @@ fn prepare_typed<T: DeviceElement>(
             gpu,
             Mamba1Host::generate(&s, seed),
             slots,
+        )?),
+        Problem::Ssd(s) if case.pass != Pass::Forward => Box::new(SsdBwdWork::<T>::new(
+            gpu,
+            SsdHost::generate(&s, seed),
+            case.ssd_options(),
+            case.pass,
+            slots,
+            seed,
         )?),
         Problem::Ssd(s) => Box::new(SsdWork::<T>::new(
             gpu,
@@ -394,6 +406,155 @@ impl<T: DeviceElement> GpuWork for SsdWork<T> {
         let slot = &self.outputs[0];
         let (out, states) = download_outputs(gpu, &slot.out, slot.final_states.as_ref())?;
         verify_ssd(&self.host, &out, states.as_deref())
+    }
+}
+
+// ------------------------------------------------------------------ SSD backward
+
+/// The SSD backward (`mamba2_ssd::cuda::backward::SsdBwdPlan`, chunk = the
+/// problem's), alone or after its forward ([`Pass::ForwardBackward`]: the
+/// forward's plan with the case's options, then the backward, in one call).
+/// The forward saves nothing for the backward (it recomputes the chunk
+/// states), so the two share only the inputs.
+struct SsdBwdWork<T> {
+    host: SsdHost<T>,
+    d_out: Vec<T>,
+    fwd: Option<mamba2_ssd::cuda::SsdPlan>,
+    bwd: mamba2_ssd::cuda::backward::SsdBwdPlan,
+    /// Scratch shared by the slots (calls run one after another on the stream).
+    ws: mamba2_ssd::cuda::backward::SsdBwdWorkspace,
+    inputs: Vec<mamba2_ssd::cuda::SsdDeviceInputs<T>>,
+    outputs: Vec<mamba2_ssd::cuda::SsdDeviceOutputs<T>>,
+    d_outs: Vec<CudaSlice<T>>,
+    grads: Vec<mamba2_ssd::cuda::backward::SsdGradBuffers<T>>,
+    next: usize,
+}
+
+impl<T: DeviceElement> SsdBwdWork<T> {
+    fn new(
+        gpu: &Gpu,
+        host: SsdHost<T>,
+        options: mamba2_ssd::cuda::CudaOptions,
+        pass: Pass,
+        slots: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let params = host.params();
+        let chunk = host.shape.chunk_size;
+        let fwd = match pass {
+            Pass::ForwardBackward => Some(mamba2_ssd::cuda::SsdPlan::new(
+                gpu,
+                &params,
+                &mamba2_ssd::cuda::CudaOptions {
+                    chunk_size: chunk,
+                    ..options
+                },
+            )?),
+            _ => None,
+        };
+        // The timed problems return no final states: no d_final_states.
+        let bwd = mamba2_ssd::cuda::backward::SsdBwdPlan::new(gpu, &params, false, chunk)?;
+        let ws = bwd.workspace(gpu)?;
+        let d_out: Vec<T> = fill(params.x.len(), seed + 101, Dist::Normal);
+        let inputs = (0..slots)
+            .map(|_| mamba2_ssd::cuda::SsdDeviceInputs::upload(gpu, &params))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = match &fwd {
+            Some(f) => (0..slots)
+                .map(|_| f.alloc_outputs::<T>(gpu))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let d_outs = (0..slots)
+            .map(|_| gpu.upload(&d_out).map_err(SsmError::from))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = (0..slots)
+            .map(|_| bwd.alloc_grads::<T>(gpu))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SsdBwdWork {
+            host,
+            d_out,
+            fwd,
+            bwd,
+            ws,
+            inputs,
+            outputs,
+            d_outs,
+            grads,
+            next: 0,
+        })
+    }
+}
+
+impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let k = self.next % self.inputs.len();
+        self.next += 1;
+        if let Some(fwd) = &self.fwd {
+            fwd.launch(gpu, &self.inputs[k], &mut self.outputs[k])?;
+        }
+        self.bwd.launch(
+            gpu,
+            &self.inputs[k],
+            &self.d_outs[k],
+            None,
+            &mut self.grads[k],
+            &mut self.ws,
+        )
+    }
+    fn kernels(&self) -> Vec<LaunchedKernel> {
+        let mut kernels = Vec::new();
+        if let Some(plan) = &self.fwd {
+            let config = plan.config();
+            if let Some(k) = plan.chunk_cb_kernel() {
+                let threads = mamba2_ssd::cuda::plan::CHUNK_CB_THREADS;
+                let mut cb = launched(k, threads, config.chunk_cb_smem_bytes() as u32);
+                cb.name += "#chunk_cb";
+                kernels.push(cb);
+            }
+            if let Some(k) = plan.prepass_kernel() {
+                let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
+                prepass.name += "#prepass";
+                kernels.push(prepass);
+            }
+            kernels.push(launched(
+                plan.main_kernel(),
+                config.threads(),
+                config.smem_bytes(false) as u32,
+            ));
+        }
+        for k in self.bwd.kernels() {
+            kernels.push(launched(k, mamba2_ssd::cuda::backward::BWD_THREADS, 0));
+        }
+        kernels
+    }
+    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
+        let g = &self.grads[0];
+        Ok(count_bad(gpu, &g.dx)?
+            + count_bad(gpu, &g.ddt)?
+            + count_bad(gpu, &g.db)?
+            + count_bad(gpu, &g.dc)?)
+    }
+    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
+        self.next = 0;
+        self.launch(gpu)?;
+        let g = &self.grads[0];
+        let dx = gpu.download(&g.dx)?;
+        let ddt = gpu.download(&g.ddt)?;
+        let dz = g.dz.as_ref().map(|x| gpu.download(x)).transpose()?;
+        let dinit = g
+            .dinitial_states
+            .as_ref()
+            .map(|x| gpu.download(x))
+            .transpose()?;
+        verify_ssd_backward(
+            &self.host,
+            &self.d_out,
+            &dx,
+            &ddt,
+            dz.as_deref(),
+            dinit.as_deref(),
+        )
     }
 }
 

@@ -169,6 +169,16 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
             cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
         }
     }
+    // The SSD backward, alone and after its forward (bf16, chunk 64 for both).
+    for w in reference_workloads()
+        .into_iter()
+        .filter(|w| matches!(w.problem, Problem::Ssd(_)))
+    {
+        for pass in [Pass::Backward, Pass::ForwardBackward] {
+            let p = with_chunk(w.problem.with_dtype(DType::Bf16), CUDA_SSD_CHUNK);
+            cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
+        }
+    }
     // The f32 decode steps (fp32 inputs are common at decode time).
     if quick {
         for name in ["M1-decode", "M2-decode"] {
