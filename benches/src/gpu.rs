@@ -7,7 +7,8 @@
 //! - `mamba2_ssd::cuda::{SsdPlan, SsdDeviceInputs, SsdDeviceOutputs}` (SSD);
 //! - `mamba2_ssd::cuda::backward::{SsdBwdPlan, SsdGradBuffers, SsdBwdWorkspace}`
 //!   (SSD backward, after the forward for forward+backward cases);
-//! - `*::decode_cuda::{DecodeKernel, DeviceStepArgs, launch_decode_step}` (decode);
+//! - `ssm_gpu::decode::{DecodeKernel, launch_decode_step}` with each family's
+//!   `decode_cuda::DeviceStepArgs` (decode);
 //! - `ssm_gpu::selftest` (`ssm_selftest_axpy`, a streaming kernel: the card's
 //!   bandwidth and a known answer for the telemetry path).
 //!
@@ -16,8 +17,13 @@
 //! L2, so every timed call reads from HBM as a real layer would.
 
 use half::{bf16, f16};
+use mamba1_scan::decode_cuda::Mamba1Decode;
+use mamba2_ssd::decode_cuda::Mamba2Decode;
+use ssm_core::decode::StepInputs;
+use ssm_core::Element;
 use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepInputs, StepArgs};
 use ssm_gpu::{DeviceElement, Gpu, KernelResources, PtxasFunction};
 use ssm_telemetry::problem::{Pass, Problem, SkipKind, StreamShape};
 use ssm_telemetry::sram::LaunchShape;
@@ -141,8 +147,8 @@ fn prepare_typed<T: DeviceElement>(
             case.ssd_options(),
             slots,
         )?),
-        Problem::Mamba1Step(s) => Box::new(Mamba1StepWork::<T>::new(gpu, &s, seed, slots)?),
-        Problem::Mamba2Step(s) => Box::new(Mamba2StepWork::<T>::new(gpu, &s, seed, slots)?),
+        Problem::Mamba1Step(s) => Box::new(StepWork::<Mamba1Decode, T>::new(gpu, &s, seed, slots)?),
+        Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T>::new(gpu, &s, seed, slots)?),
         Problem::Stream(s) => Box::new(StreamWork::new(gpu, &s, seed)?),
     })
 }
@@ -562,14 +568,7 @@ impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
 
 /// Device copies of a decode step's tensors, `slots` sets side by side.
 struct StepBuffers<T> {
-    x: CudaSlice<T>,
-    dt: CudaSlice<T>,
-    a: CudaSlice<f32>,
-    b: CudaSlice<T>,
-    c: CudaSlice<T>,
-    d: Option<CudaSlice<f32>>,
-    z: Option<CudaSlice<T>>,
-    dt_bias: Option<CudaSlice<f32>>,
+    inputs: StepInputs<CudaSlice<T>, CudaSlice<f32>, CudaSlice<i64>>,
     state: CudaSlice<f32>,
     out: CudaSlice<T>,
 }
@@ -585,16 +584,19 @@ fn upload_step<T: DeviceElement>(
     let rep32 = |v: &[f32]| -> Vec<f32> { v.repeat(slots) };
     let opt = |v: &[f32]| (!v.is_empty()).then(|| gpu.upload(&rep32(v))).transpose();
     Ok(StepBuffers {
-        x: gpu.upload(&rep(&host.x))?,
-        dt: gpu.upload(&rep(&host.dt))?,
-        a: gpu.upload(&rep32(&host.a))?,
-        b: gpu.upload(&rep(&host.b))?,
-        c: gpu.upload(&rep(&host.c))?,
-        d: opt(&host.d)?,
-        z: (!host.z.is_empty())
-            .then(|| gpu.upload(&rep(&host.z)))
-            .transpose()?,
-        dt_bias: opt(&host.dt_bias)?,
+        inputs: StepInputs {
+            x: gpu.upload(&rep(&host.x))?,
+            dt: gpu.upload(&rep(&host.dt))?,
+            a: gpu.upload(&rep32(&host.a))?,
+            b: gpu.upload(&rep(&host.b))?,
+            c: gpu.upload(&rep(&host.c))?,
+            d: opt(&host.d)?,
+            z: (!host.z.is_empty())
+                .then(|| gpu.upload(&rep(&host.z)))
+                .transpose()?,
+            dt_bias: opt(&host.dt_bias)?,
+            state_batch_indices: None,
+        },
         state: gpu.upload(&rep32(&host.state))?,
         out: gpu.alloc_poisoned::<T>(slots * out_len)?,
     })
@@ -606,153 +608,123 @@ fn part(len: usize, slots: usize, s: usize) -> std::ops::Range<usize> {
     s * n..(s + 1) * n
 }
 
-struct Mamba1StepWork<T> {
-    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
-    host: StepHost<T>,
-    shape: ssm_telemetry::problem::Mamba1StepShape,
-    kernel: mamba1_scan::decode_cuda::DecodeKernel<T>,
-    threads: u32,
-    bufs: StepBuffers<T>,
-    slots: usize,
-    next: usize,
+/// What the decode bench needs of a family besides its launcher: its shape, its
+/// host problem and the device arguments of one slot.
+trait StepFamily: DecodeFamily {
+    type Shape: Copy + 'static;
+    fn host<T: Element>(s: &Self::Shape, seed: u64) -> StepHost<T>;
+    fn d_state(s: &Self::Shape) -> usize;
+    /// Output elements of one slot.
+    fn out_len(s: &Self::Shape) -> usize;
+    fn args<'v, T>(s: &Self::Shape, inputs: DeviceStepInputs<'v, T>) -> StepArgs<'v, Self, T>;
+    fn step_shape(s: &Self::Shape) -> StepShape<'_>;
 }
 
-impl<T: DeviceElement> Mamba1StepWork<T> {
-    fn new(
-        gpu: &Gpu,
-        s: &ssm_telemetry::problem::Mamba1StepShape,
-        seed: u64,
-        slots: usize,
-    ) -> Result<Self> {
-        let tiling = mamba1_scan::decode_cuda::DecodeTiling::for_dtype(T::DTYPE);
-        let kernel = mamba1_scan::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
-        let host = StepHost::<T>::mamba1(s, seed);
-        Ok(Mamba1StepWork {
-            kernel,
-            threads: 32 * tiling.warps as u32,
-            bufs: upload_step(gpu, &host, slots, s.batch * s.d_inner)?,
-            host,
-            shape: *s,
-            slots,
-            next: 0,
-        })
+impl StepFamily for mamba1_scan::decode_cuda::Mamba1Decode {
+    type Shape = ssm_telemetry::problem::Mamba1StepShape;
+    fn host<T: Element>(s: &Self::Shape, seed: u64) -> StepHost<T> {
+        StepHost::mamba1(s, seed)
     }
-}
-
-impl<T: DeviceElement> GpuWork for Mamba1StepWork<T> {
-    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        use mamba1_scan::decode_cuda::{launch_decode_step, DeviceStepArgs};
-        let (k, b) = (self.slots, &mut self.bufs);
-        let s = self.next % k;
-        self.next += 1;
-        let sh = &self.shape;
-        let args = DeviceStepArgs {
-            batch: sh.batch,
-            d_inner: sh.d_inner,
-            d_state: sh.d_state,
-            groups: sh.groups,
-            cache_rows: sh.batch,
-            x: b.x.slice(part(b.x.len(), k, s)),
-            dt: b.dt.slice(part(b.dt.len(), k, s)),
-            a: b.a.slice(part(b.a.len(), k, s)),
-            b: b.b.slice(part(b.b.len(), k, s)),
-            c: b.c.slice(part(b.c.len(), k, s)),
-            d: b.d.as_ref().map(|v| v.slice(part(v.len(), k, s))),
-            z: b.z.as_ref().map(|v| v.slice(part(v.len(), k, s))),
-            dt_bias: b.dt_bias.as_ref().map(|v| v.slice(part(v.len(), k, s))),
-            dt_softplus: sh.softplus,
-            state_batch_indices: None,
-        };
-        let state_range = part(b.state.len(), k, s);
-        let out_range = part(b.out.len(), k, s);
-        launch_decode_step(
-            gpu,
-            &self.kernel,
-            &args,
-            &mut b.state.slice_mut(state_range),
-            &mut b.out.slice_mut(out_range),
-        )
+    fn d_state(s: &Self::Shape) -> usize {
+        s.d_state
     }
-    fn kernels(&self) -> Vec<LaunchedKernel> {
-        vec![launched(self.kernel.kernel(), self.threads, 0)]
+    fn out_len(s: &Self::Shape) -> usize {
+        s.batch * s.d_inner
     }
-    fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
-        count_bad(gpu, &self.bufs.out)
-    }
-    fn verify(&mut self, gpu: &Gpu) -> Result<Verification> {
-        self.next = 0;
-        self.launch(gpu)?;
-        let (k, b) = (self.slots, &self.bufs);
-        let out = gpu.download(&b.out)?[part(b.out.len(), k, 0)].to_vec();
-        let state = gpu.download(&b.state)?[part(b.state.len(), k, 0)].to_vec();
-        verify_step(&self.host, StepShape::Mamba1(&self.shape), &out, &state)
-    }
-}
-
-struct Mamba2StepWork<T> {
-    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
-    host: StepHost<T>,
-    shape: ssm_telemetry::problem::Mamba2StepShape,
-    kernel: mamba2_ssd::decode_cuda::DecodeKernel<T>,
-    threads: u32,
-    bufs: StepBuffers<T>,
-    slots: usize,
-    next: usize,
-}
-
-impl<T: DeviceElement> Mamba2StepWork<T> {
-    fn new(
-        gpu: &Gpu,
-        s: &ssm_telemetry::problem::Mamba2StepShape,
-        seed: u64,
-        slots: usize,
-    ) -> Result<Self> {
-        let tiling = mamba2_ssd::decode_cuda::DecodeTiling::default();
-        let kernel = mamba2_ssd::decode_cuda::DecodeKernel::<T>::new(gpu, s.d_state, tiling)?;
-        let host = StepHost::<T>::mamba2(s, seed);
-        Ok(Mamba2StepWork {
-            kernel,
-            threads: 32 * tiling.warps as u32,
-            bufs: upload_step(gpu, &host, slots, s.batch * s.heads * s.head_dim)?,
-            host,
-            shape: *s,
-            slots,
-            next: 0,
-        })
-    }
-}
-
-impl<T: DeviceElement> GpuWork for Mamba2StepWork<T> {
-    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        use mamba2_ssd::decode_cuda::{launch_decode_step, DeviceDSkip, DeviceStepArgs};
-        let (k, b) = (self.slots, &mut self.bufs);
-        let s = self.next % k;
-        self.next += 1;
-        let sh = &self.shape;
-        let d = b.d.as_ref().map(|v| v.slice(part(v.len(), k, s)));
-        let args = DeviceStepArgs {
-            batch: sh.batch,
-            heads: sh.heads,
-            head_dim: sh.head_dim,
-            d_state: sh.d_state,
-            groups: sh.groups,
-            cache_rows: sh.batch,
-            x: b.x.slice(part(b.x.len(), k, s)),
-            dt: b.dt.slice(part(b.dt.len(), k, s)),
-            a: b.a.slice(part(b.a.len(), k, s)),
-            b: b.b.slice(part(b.b.len(), k, s)),
-            c: b.c.slice(part(b.c.len(), k, s)),
-            d: match sh.d {
-                SkipKind::None => None,
-                SkipKind::PerHead => d.map(DeviceDSkip::PerHead),
-                SkipKind::PerHeadDim => d.map(DeviceDSkip::PerHeadDim),
+    fn args<'v, T>(s: &Self::Shape, inputs: DeviceStepInputs<'v, T>) -> StepArgs<'v, Self, T> {
+        mamba1_scan::decode_cuda::DeviceStepArgs {
+            dims: ssm_core::decode::Mamba1StepDims {
+                batch: s.batch,
+                d_inner: s.d_inner,
+                d_state: s.d_state,
+                groups: s.groups,
+                cache_rows: s.batch,
             },
-            z: b.z.as_ref().map(|v| v.slice(part(v.len(), k, s))),
-            dt_bias: b.dt_bias.as_ref().map(|v| v.slice(part(v.len(), k, s))),
-            dt_softplus: sh.softplus,
-            dt_limit: ssm_core::mamba2::NO_DT_LIMIT,
-            state_batch_indices: None,
-        };
+            inputs,
+            options: mamba1_scan::decode_cuda::StepOptions {
+                dt_softplus: s.softplus,
+            },
+        }
+    }
+    fn step_shape(s: &Self::Shape) -> StepShape<'_> {
+        StepShape::Mamba1(s)
+    }
+}
+
+impl StepFamily for mamba2_ssd::decode_cuda::Mamba2Decode {
+    type Shape = ssm_telemetry::problem::Mamba2StepShape;
+    fn host<T: Element>(s: &Self::Shape, seed: u64) -> StepHost<T> {
+        StepHost::mamba2(s, seed)
+    }
+    fn d_state(s: &Self::Shape) -> usize {
+        s.d_state
+    }
+    fn out_len(s: &Self::Shape) -> usize {
+        s.batch * s.heads * s.head_dim
+    }
+    fn args<'v, T>(s: &Self::Shape, inputs: DeviceStepInputs<'v, T>) -> StepArgs<'v, Self, T> {
+        mamba2_ssd::decode_cuda::DeviceStepArgs {
+            dims: ssm_core::decode::Mamba2StepDims {
+                batch: s.batch,
+                heads: s.heads,
+                head_dim: s.head_dim,
+                d_state: s.d_state,
+                groups: s.groups,
+                cache_rows: s.batch,
+            },
+            inputs,
+            options: mamba2_ssd::decode_cuda::StepOptions {
+                // No D leaves the flag unread.
+                d_per_head_dim: s.d == SkipKind::PerHeadDim,
+                dt_softplus: s.softplus,
+                dt_limit: ssm_core::mamba2::NO_DT_LIMIT,
+            },
+        }
+    }
+    fn step_shape(s: &Self::Shape) -> StepShape<'_> {
+        StepShape::Mamba2(s)
+    }
+}
+
+/// A decode step of either family, through `ssm_gpu::decode::launch_decode_step`.
+struct StepWork<F: StepFamily, T> {
+    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
+    host: StepHost<T>,
+    shape: F::Shape,
+    kernel: DecodeKernel<F, T>,
+    threads: u32,
+    bufs: StepBuffers<T>,
+    slots: usize,
+    next: usize,
+}
+
+impl<F: StepFamily, T: DeviceElement> StepWork<F, T> {
+    fn new(gpu: &Gpu, s: &F::Shape, seed: u64, slots: usize) -> Result<Self> {
+        let kernel = DecodeKernel::<F, T>::new(gpu, F::d_state(s), F::default_tiling(T::DTYPE))?;
+        let host = F::host::<T>(s, seed);
+        Ok(StepWork {
+            threads: 32 * F::block(kernel.geometry()).warps as u32,
+            kernel,
+            bufs: upload_step(gpu, &host, slots, F::out_len(s))?,
+            host,
+            shape: *s,
+            slots,
+            next: 0,
+        })
+    }
+}
+
+impl<F: StepFamily, T: DeviceElement> GpuWork for StepWork<F, T> {
+    fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        let (k, b) = (self.slots, &mut self.bufs);
+        let s = self.next % k;
+        self.next += 1;
+        let inputs = b.inputs.as_ref().map(
+            |v| v.slice(part(v.len(), k, s)),
+            |v| v.slice(part(v.len(), k, s)),
+            |v| v.slice(part(v.len(), k, s)),
+        );
+        let args = F::args(&self.shape, inputs);
         let state_range = part(b.state.len(), k, s);
         let out_range = part(b.out.len(), k, s);
         launch_decode_step(
@@ -775,7 +747,7 @@ impl<T: DeviceElement> GpuWork for Mamba2StepWork<T> {
         let (k, b) = (self.slots, &self.bufs);
         let out = gpu.download(&b.out)?[part(b.out.len(), k, 0)].to_vec();
         let state = gpu.download(&b.state)?[part(b.state.len(), k, 0)].to_vec();
-        verify_step(&self.host, StepShape::Mamba2(&self.shape), &out, &state)
+        verify_step(&self.host, F::step_shape(&self.shape), &out, &state)
     }
 }
 

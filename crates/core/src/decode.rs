@@ -323,6 +323,9 @@ impl Mamba2StepDims {
 
 /// What the launchers read from either family's step parameters.
 pub trait StepParams<'a, T> {
+    /// The family's sizes.
+    type Dims;
+    fn dims(&self) -> Self::Dims;
     /// `N`.
     fn d_state(&self) -> usize;
     /// The buffers, by role.
@@ -334,11 +337,41 @@ pub trait StepParams<'a, T> {
         T: Element;
 }
 
+/// What the launchers read from either family's dims.
+pub trait StepDims {
+    /// `N`.
+    fn d_state(&self) -> usize;
+    /// The output's length against the family's `(b, ...)` shape.
+    fn check_out(&self, out_len: usize) -> Result<()>;
+}
+
+impl StepDims for Mamba1StepDims {
+    fn d_state(&self) -> usize {
+        self.d_state
+    }
+    fn check_out(&self, out_len: usize) -> Result<()> {
+        Mamba1StepDims::check_out(self, out_len)
+    }
+}
+
+impl StepDims for Mamba2StepDims {
+    fn d_state(&self) -> usize {
+        self.d_state
+    }
+    fn check_out(&self, out_len: usize) -> Result<()> {
+        Mamba2StepDims::check_out(self, out_len)
+    }
+}
+
 /// The trait methods are the inherent ones (which callers reach without the
 /// trait in scope).
 macro_rules! impl_step_params {
-    ($params:ident) => {
+    ($params:ident, $dims:ident) => {
         impl<'a, T> StepParams<'a, T> for $params<'a, T> {
+            type Dims = $dims;
+            fn dims(&self) -> $dims {
+                $params::dims(self)
+            }
             fn d_state(&self) -> usize {
                 self.d_state
             }
@@ -354,8 +387,8 @@ macro_rules! impl_step_params {
         }
     };
 }
-impl_step_params!(Mamba1StepParams);
-impl_step_params!(Mamba2StepParams);
+impl_step_params!(Mamba1StepParams, Mamba1StepDims);
+impl_step_params!(Mamba2StepParams, Mamba2StepDims);
 
 /// One Mamba-1 decode step. State cache `(cache_rows, D_in, N)` f32.
 #[derive(Clone, Copy, Debug)]

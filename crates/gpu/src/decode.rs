@@ -23,7 +23,7 @@ use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
     LaunchConfig, PushKernelArg, SyncOnDrop,
 };
-use ssm_core::decode::{StepInputs, StepParams};
+use ssm_core::decode::{StepDims, StepInputs, StepLens, StepParams};
 use ssm_core::shape::check_nonzero;
 use ssm_core::{DType, Result, SsmError, StepOutput};
 
@@ -32,11 +32,6 @@ use crate::{DeviceElement, Gpu, Kernel, KernelSource, KernelVariant};
 /// Device views of one step's inputs, by role.
 pub type DeviceStepInputs<'v, T> =
     StepInputs<CudaView<'v, T>, CudaView<'v, f32>, CudaView<'v, i64>>;
-
-/// Borrowed device views of one step's inputs (what a family's argument struct
-/// lends the launch).
-pub type DeviceStepRefs<'s, 'v, T> =
-    StepInputs<&'s CudaView<'v, T>, &'s CudaView<'v, f32>, &'s CudaView<'v, i64>>;
 
 /// Device pointers of one step's buffers, 0 for an absent option: the first 88
 /// bytes of both kernels' argument structs (`Mamba1DecodeArgs`, `Mamba2DecodeArgs`
@@ -143,6 +138,36 @@ pub fn check_block(
     Ok(())
 }
 
+/// The block-shape knobs both families' tilings share (each set compiles into its
+/// own module). The default is Mamba-2's v2 (docs/kernels/decode.md): 4 rows x
+/// 16 B in flight per thread, 4 warps, no cache hints, no register cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockTiling {
+    /// State rows (of N floats) each lane-slot updates, their loads all in flight
+    /// together (Mamba-1: batch rows of a channel, `A` read once for all of them;
+    /// Mamba-2: rows of a head's `P x N` state). Capped so that a thread holds at
+    /// most [`MAX_STATE_REGS`] state floats.
+    pub rows: usize,
+    /// Warps per block.
+    pub warps: usize,
+    /// Evict-first cache hints on the state loads and stores.
+    pub streaming_hints: bool,
+    /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
+    /// second argument); 0 leaves the register count to ptxas.
+    pub min_blocks_per_sm: usize,
+}
+
+impl Default for BlockTiling {
+    fn default() -> Self {
+        BlockTiling {
+            rows: 4,
+            warps: 4,
+            streaming_hints: false,
+            min_blocks_per_sm: 0,
+        }
+    }
+}
+
 /// The compiled block shape both families share: `N` and how a state row is
 /// spread over lanes, the state rows each lane-slot keeps in flight (capped to the
 /// register budget), warps per block, cache hints and the blocks per SM that
@@ -163,23 +188,16 @@ impl BlockGeometry {
     /// The knobs checked by [`check_block`] (`rows_arg` names `rows` in the
     /// error), then `rows` capped so that a thread holds at most
     /// [`MAX_STATE_REGS`] state floats.
-    pub fn new(
-        d_state: usize,
-        rows_arg: &'static str,
-        rows: usize,
-        warps: usize,
-        streaming_hints: bool,
-        min_blocks_per_sm: usize,
-    ) -> Result<Self> {
-        check_block(d_state, rows_arg, rows, warps, min_blocks_per_sm)?;
+    pub fn new(d_state: usize, rows_arg: &'static str, t: BlockTiling) -> Result<Self> {
+        check_block(d_state, rows_arg, t.rows, t.warps, t.min_blocks_per_sm)?;
         let layout = StateLayout::for_state(d_state);
         Ok(BlockGeometry {
             d_state,
             layout,
-            rows: layout.cap_rows(d_state, rows),
-            warps,
-            streaming_hints,
-            min_blocks_per_sm,
+            rows: layout.cap_rows(d_state, t.rows),
+            warps: t.warps,
+            streaming_hints: t.streaming_hints,
+            min_blocks_per_sm: t.min_blocks_per_sm,
         })
     }
 
@@ -281,10 +299,12 @@ pub trait DecodeFamily: Sized + 'static {
     /// The argument struct the kernel takes by value (`#[repr(C)]`, size
     /// asserted on both sides).
     type Raw: DeviceRepr + Copy;
-    /// Device-resident inputs of one step.
-    type Args<'v, T: 'v>;
+    /// The sizes of one step (`ssm_core::decode`'s dims of the family).
+    type Dims: StepDims + Copy;
+    /// The step's switches (softplus, the step-size clamp, ...).
+    type Options: Copy;
     /// Host inputs of one step (the `ssm_core::decode` parameter struct).
-    type Params<'a, T: 'a>: StepParams<'a, T>;
+    type Params<'a, T: 'a>: StepParams<'a, T, Dims = Self::Dims>;
 
     /// The kernel source.
     fn source() -> KernelSource;
@@ -321,34 +341,53 @@ pub trait DecodeFamily: Sized + 'static {
         Self::block(g).label(Self::ROWS_TAG) + &Self::extra_label(g)
     }
 
-    /// The args' buffers by role. (The lifetime bounds make the lifetimes
-    /// early-bound, as the projections in the signature require of implementors.)
-    fn inputs<'s, 'v: 's, T: 'v>(args: &'s Self::Args<'v, T>) -> DeviceStepRefs<'s, 'v, T>;
-    /// Shapes and options of `args` against a kernel compiled for `geometry`, a
-    /// state view of `state_len` and an output view of `out_len` elements.
-    fn validate<T>(
-        args: &Self::Args<'_, T>,
-        g: &Self::Geometry,
-        state_len: usize,
-        out_len: usize,
-    ) -> Result<()>;
-    fn launch_config<T>(args: &Self::Args<'_, T>, g: &Self::Geometry) -> Result<LaunchConfig>;
-    /// The kernel's argument struct (`args` validated), opening with `ptrs`.
-    fn raw_args<T>(args: &Self::Args<'_, T>, ptrs: StepPointers) -> Self::Raw;
-    /// Device arguments for `p` with its buffers uploaded as `views`.
-    fn device_args<'v, T>(
-        p: &Self::Params<'_, T>,
-        views: DeviceStepInputs<'v, T>,
-    ) -> Self::Args<'v, T>;
+    /// Sizes, buffers of the lengths `lens` and options of one step, and a
+    /// state view of `state_len` elements (the launcher checks `N` against the
+    /// kernel's and the output's length).
+    fn validate(d: &Self::Dims, o: &Self::Options, lens: &StepLens, state_len: usize)
+        -> Result<()>;
+    fn launch_config(d: &Self::Dims, g: &Self::Geometry) -> Result<LaunchConfig>;
+    /// The kernel's argument struct (validated), opening with `ptrs`.
+    fn raw_args(d: &Self::Dims, o: &Self::Options, ptrs: StepPointers) -> Self::Raw;
+    /// The options of host parameters.
+    fn options<T>(p: &Self::Params<'_, T>) -> Self::Options;
+}
+
+/// Device-resident inputs of one decode step: the family's sizes, the buffers by
+/// role (shapes as the dims say) and the family's options. The contents of the
+/// index list are not validated on the device path (the kernels refuse to write
+/// past the cache instead).
+#[derive(Debug)]
+pub struct DeviceStepArgs<'a, T, D, O> {
+    pub dims: D,
+    pub inputs: DeviceStepInputs<'a, T>,
+    pub options: O,
+}
+
+/// The device arguments of family `F`.
+pub type StepArgs<'a, F, T> =
+    DeviceStepArgs<'a, T, <F as DecodeFamily>::Dims, <F as DecodeFamily>::Options>;
+
+/// Device arguments for host parameters `p` whose buffers are uploaded as `views`.
+pub fn device_args<'v, F: DecodeFamily, T>(
+    p: &F::Params<'_, T>,
+    views: DeviceStepInputs<'v, T>,
+) -> StepArgs<'v, F, T> {
+    DeviceStepArgs {
+        dims: p.dims(),
+        inputs: views,
+        options: F::options(p),
+    }
 }
 
 /// The items of a [`DecodeFamily`] impl that only name things, written once:
 /// `NAME` (the entry points are `<NAME>_decode_<dtype>`), the implementation
-/// named in errors, the kernel source, and the tiling type with its `for_dtype`
-/// default and its `candidates`.
+/// named in errors, the kernel file (under `kernels/`), the host parameters and
+/// dims from `ssm_core::decode`, and the family module's own types, which every
+/// family names alike: `DecodeTiling`, `Geometry`, `RawDecodeArgs`, `StepOptions`.
 #[macro_export]
 macro_rules! decode_family_names {
-    ($name:literal, $implementation:literal, $source:expr, $tiling:ty) => {
+    ($name:literal, $implementation:literal, $path:literal, $params:ident, $dims:ident) => {
         const NAME: &'static str = $name;
         const IMPLEMENTATION: &'static str = $implementation;
         const ENTRIES: [&'static str; 3] = [
@@ -356,20 +395,46 @@ macro_rules! decode_family_names {
             concat!($name, "_decode_f16"),
             concat!($name, "_decode_bf16"),
         ];
-        type Tiling = $tiling;
+
+        type Tiling = DecodeTiling;
+        type Geometry = Geometry;
+        type Raw = RawDecodeArgs;
+        type Dims = $dims;
+        type Options = StepOptions;
+        type Params<'a, T: 'a> = $params<'a, T>;
 
         fn source() -> $crate::KernelSource {
-            $source
-        }
-
-        fn default_tiling(dtype: ::ssm_core::DType) -> $tiling {
-            <$tiling>::for_dtype(dtype)
-        }
-
-        fn candidates() -> Vec<$tiling> {
-            <$tiling>::candidates()
+            $crate::kernel_source!($path)
         }
     };
+}
+
+/// The `#[repr(C)]` argument struct `$raw` of a decode kernel: its size and the
+/// offsets of the fields the kernel reads asserted (the `.cu` file asserts the
+/// same size), and passed to the launch by value.
+#[macro_export]
+macro_rules! decode_args_abi {
+    ($raw:ty, $bytes:literal, $($field:ident @ $offset:literal),*) => {
+        const _: () = assert!(std::mem::size_of::<$raw>() == $bytes);
+        $(const _: () = assert!(std::mem::offset_of!($raw, $field) == $offset);)*
+
+        // SAFETY: plain-old-data with the C layout the kernel declares (size
+        // asserted on both sides).
+        unsafe impl $crate::cudarc::driver::DeviceRepr for $raw {}
+    };
+}
+
+/// The default-tiling variants of a family for each `N` of `states` and every
+/// input type, for the resources/budget command.
+pub fn default_variants<F: DecodeFamily>(states: &[usize]) -> Vec<KernelVariant> {
+    [DType::F32, DType::F16, DType::Bf16]
+        .into_iter()
+        .flat_map(|dtype| states.iter().map(move |&n| (dtype, n)))
+        .map(|(dtype, n)| {
+            decode_variant::<F>(dtype, n, F::default_tiling(dtype))
+                .expect("the default tiling is valid for every listed N")
+        })
+        .collect()
 }
 
 /// The entry point of `family` for `dtype`; f64 has none.
@@ -480,15 +545,19 @@ pub fn backend<E: std::fmt::Display>(e: E) -> SsmError {
 pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     gpu: &Gpu,
     kernel: &DecodeKernel<F, T>,
-    args: &F::Args<'_, T>,
+    args: &StepArgs<'_, F, T>,
     state: &mut CudaViewMut<'_, f32>,
     out: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
     let g = &kernel.geometry;
-    F::validate(args, g, state.len(), out.len())?;
-    let cfg = F::launch_config(args, g)?;
+    let views = args.inputs.as_ref();
+    let lens = views.map(|v| v.len(), |v| v.len(), |v| v.len());
+    let (dims, options) = (&args.dims, &args.options);
+    check_kernel_state(F::block(g).d_state, dims.d_state())?;
+    F::validate(dims, options, &lens, state.len())?;
+    dims.check_out(out.len())?;
+    let cfg = F::launch_config(dims, g)?;
     let stream = gpu.stream();
-    let views = F::inputs(args);
     let (x, _gx) = ptr(views.x, stream);
     let (dt, _gdt) = ptr(views.dt, stream);
     let (a, _ga) = ptr(views.a, stream);
@@ -508,7 +577,8 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     check_aligned("B", b, vec * std::mem::size_of::<T>())?;
     check_aligned("C", c, vec * std::mem::size_of::<T>())?;
     let raw = F::raw_args(
-        args,
+        dims,
+        options,
         StepPointers {
             x,
             dt,
@@ -557,7 +627,7 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
     )?;
     let mut dev_state = gpu.upload(state)?;
     let mut out = gpu.alloc_poisoned::<T>(host.x.len())?;
-    let args = F::device_args(
+    let args = device_args::<F, T>(
         p,
         buffers
             .as_ref()
@@ -573,6 +643,21 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
     let out = gpu.download(&out)?;
     state.copy_from_slice(&gpu.download(&dev_state)?);
     Ok(StepOutput { out })
+}
+
+/// For the families' unit tests: the variant of `tiling` is labelled `label` and
+/// its defines are named `defines` (space-separated), in this order.
+pub fn assert_variant_names<F: DecodeFamily>(
+    dtype: DType,
+    d_state: usize,
+    tiling: F::Tiling,
+    label: &str,
+    defines: &str,
+) {
+    let v = decode_variant::<F>(dtype, d_state, tiling).unwrap();
+    assert_eq!(v.label, label);
+    let names: Vec<&str> = v.defines.iter().map(|d| d.0).collect();
+    assert_eq!(names.join(" "), defines, "{label}");
 }
 
 /// The no-GPU checks of a family, shared by both launchers' unit tests: its entry

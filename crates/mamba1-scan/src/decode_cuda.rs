@@ -17,44 +17,29 @@
 //! read in vectors, one state row per channel) and the grid over (batch tile,
 //! channel tile).
 
-use ssm_core::decode::{Mamba1StepDims, Mamba1StepParams, StepInputs};
+use ssm_core::decode::{Mamba1StepDims, Mamba1StepParams, StepLens};
 use ssm_core::{DType, Result, SsmError};
-use ssm_gpu::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
+use ssm_gpu::cudarc::driver::LaunchConfig;
 use ssm_gpu::decode::{
-    self as shared, BlockGeometry, DecodeFamily, DeviceStepInputs, DeviceStepRefs, StateLayout,
-    StepPointers,
+    self as shared, BlockGeometry, BlockTiling, DecodeFamily, StateLayout, StepPointers,
 };
-use ssm_gpu::{kernel_source, KernelSource, KernelVariant};
+use ssm_gpu::KernelVariant;
 
 /// The entry points (`decode_step_cuda::<Mamba1Decode, T>` from host slices,
 /// `launch_decode_step` on device buffers).
 pub use ssm_gpu::decode::{decode_step_cuda, launch_decode_step};
 
-/// The kernel source, embedded at build time.
-pub static DECODE_SOURCE: KernelSource = kernel_source!("mamba1/decode.cu");
-
 /// The Mamba-1 decode family ([`DecodeFamily`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Mamba1Decode;
 
-/// The decode kernel compiled for element type `T`, state size `N` and one tiling.
-pub type DecodeKernel<T> = shared::DecodeKernel<Mamba1Decode, T>;
-
 /// Tiling knobs of the decode kernel; each set is compiled into its own module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeTiling {
-    /// Batch rows each thread updates for its channel slice: `A` is read once for
-    /// all of them and their state loads are in flight together. Capped so that a
-    /// thread holds at most 32 state floats.
-    pub batch_rows: usize,
-    /// Warps per block.
-    pub warps: usize,
-    /// Evict-first cache hints on the state loads and stores.
-    pub streaming_hints: bool,
-    /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
-    /// second argument); 0 leaves the register count to ptxas. Ignored when a
-    /// thread holds more than 16 state floats or N % 4 != 0 (it would spill).
-    pub min_blocks_per_sm: usize,
+    /// Rows are batch rows of a channel slice: `A` is read once for all of them.
+    /// `min_blocks_per_sm` is ignored when a thread holds more than 16 state
+    /// floats or N % 4 != 0 (it would spill).
+    pub block: BlockTiling,
     /// Rows of B and C fetched ahead of their update (0: just before it). With the
     /// register cap, only 16-bit inputs can afford the packed copy of the next row:
     /// f32 inputs fall back to 0 there (ptxas spilled otherwise).
@@ -67,14 +52,15 @@ pub struct DecodeTiling {
 
 impl Default for DecodeTiling {
     fn default() -> Self {
-        // v3 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread,
+        // v3 (docs/kernels/decode.md): 4 rows x 16 B in flight per thread, 8 warps,
         // registers capped at 64 so that 4 blocks (1024 threads) fit per SM, and
         // the next row's B and C fetched while a row is updated.
         DecodeTiling {
-            batch_rows: 4,
-            warps: 8,
-            streaming_hints: false,
-            min_blocks_per_sm: 4,
+            block: BlockTiling {
+                warps: 8,
+                min_blocks_per_sm: 4,
+                ..BlockTiling::default()
+            },
             bc_prefetch: 1,
             bc_shared: 0,
         }
@@ -97,41 +83,37 @@ impl DecodeTiling {
             DType::F16 | DType::Bf16 => base,
         }
     }
-}
 
-impl DecodeTiling {
     /// The tilings `gpu_decode_bench` compares (the GPU tests verify each one):
     /// the default, less and more work in flight per thread, and cache hints.
     pub fn candidates() -> Vec<DecodeTiling> {
         let base = DecodeTiling::default();
-        let just_in_time = DecodeTiling {
-            bc_prefetch: 0,
+        let block = |rows, warps, min_blocks_per_sm| DecodeTiling {
+            block: BlockTiling {
+                rows,
+                warps,
+                min_blocks_per_sm,
+                ..base.block
+            },
             ..base
+        };
+        let hints = BlockTiling {
+            streaming_hints: true,
+            ..base.block
         };
         vec![
             base,
             // v2: B and C fetched just before each row's update.
-            just_in_time,
             DecodeTiling {
-                min_blocks_per_sm: 0,
+                bc_prefetch: 0,
                 ..base
             },
+            block(4, 8, 0),
+            block(2, 8, 4),
+            block(8, 8, 2),
+            block(4, 4, 7),
             DecodeTiling {
-                batch_rows: 2,
-                ..base
-            },
-            DecodeTiling {
-                batch_rows: 8,
-                min_blocks_per_sm: 2,
-                ..base
-            },
-            DecodeTiling {
-                warps: 4,
-                min_blocks_per_sm: 7,
-                ..base
-            },
-            DecodeTiling {
-                streaming_hints: true,
+                block: hints,
                 ..base
             },
             // v4: B and C staged in shared memory (2 groups: a block's 64
@@ -142,14 +124,11 @@ impl DecodeTiling {
             },
             DecodeTiling {
                 bc_shared: 2,
-                min_blocks_per_sm: 0,
-                ..base
+                ..block(4, 8, 0)
             },
             DecodeTiling {
                 bc_shared: 2,
-                warps: 4,
-                min_blocks_per_sm: 8,
-                ..base
+                ..block(4, 4, 8)
             },
         ]
     }
@@ -175,14 +154,7 @@ pub struct Geometry {
 impl Geometry {
     /// `elem_bytes`: size of the input element type (B and C are held packed).
     fn new(d_state: usize, elem_bytes: usize, tiling: DecodeTiling) -> Result<Self> {
-        let mut block = BlockGeometry::new(
-            d_state,
-            "batch_rows",
-            tiling.batch_rows,
-            tiling.warps,
-            tiling.streaming_hints,
-            tiling.min_blocks_per_sm,
-        )?;
+        let mut block = BlockGeometry::new(d_state, "batch_rows", tiling.block)?;
         let (layout, batch_rows) = (block.layout, block.rows);
         let per_row = layout.elems_per_thread(d_state);
         // The register cap is a tuning for the common layouts; with more state per
@@ -233,18 +205,18 @@ impl Geometry {
 }
 
 impl DecodeFamily for Mamba1Decode {
-    ssm_gpu::decode_family_names!(
-        "mamba1",
-        "mamba1-scan CUDA decode",
-        DECODE_SOURCE,
-        DecodeTiling
-    );
+    ssm_gpu::decode_family_names! {
+        "mamba1", "mamba1-scan CUDA decode", "mamba1/decode.cu", Mamba1StepParams, Mamba1StepDims
+    }
     const VECTOR_A: bool = true;
 
-    type Geometry = Geometry;
-    type Raw = RawDecodeArgs;
-    type Args<'v, T: 'v> = DeviceStepArgs<'v, T>;
-    type Params<'a, T: 'a> = Mamba1StepParams<'a, T>;
+    fn default_tiling(dtype: DType) -> DecodeTiling {
+        DecodeTiling::for_dtype(dtype)
+    }
+
+    fn candidates() -> Vec<DecodeTiling> {
+        DecodeTiling::candidates()
+    }
 
     fn geometry(d_state: usize, dtype: DType, tiling: DecodeTiling) -> Result<Geometry> {
         Geometry::new(d_state, dtype.size_bytes(), tiling)
@@ -273,81 +245,34 @@ impl DecodeFamily for Mamba1Decode {
         label
     }
 
-    fn inputs<'s, 'v: 's, T: 'v>(args: &'s DeviceStepArgs<'v, T>) -> DeviceStepRefs<'s, 'v, T> {
-        StepInputs {
-            x: &args.x,
-            dt: &args.dt,
-            a: &args.a,
-            b: &args.b,
-            c: &args.c,
-            d: args.d.as_ref(),
-            z: args.z.as_ref(),
-            dt_bias: args.dt_bias.as_ref(),
-            state_batch_indices: args.state_batch_indices.as_ref(),
-        }
+    fn validate(d: &Mamba1StepDims, _: &StepOptions, lens: &StepLens, state: usize) -> Result<()> {
+        shared::check_fits_i32("d_inner", "D_in", d.d_inner, "channel index")?;
+        d.check(lens, state)
     }
 
-    fn validate<T>(
-        args: &DeviceStepArgs<'_, T>,
-        g: &Geometry,
-        state_len: usize,
-        out_len: usize,
-    ) -> Result<()> {
-        let dims = args.dims();
-        shared::check_fits_i32("d_inner", "D_in", args.d_inner, "channel index")?;
-        shared::check_kernel_state(g.block.d_state, args.d_state)?;
-        let lens = Self::inputs(args).map(|v| v.len(), |v| v.len(), |v| v.len());
-        dims.check(&lens, state_len)?;
-        dims.check_out(out_len)
+    fn launch_config(d: &Mamba1StepDims, g: &Geometry) -> Result<LaunchConfig> {
+        let channel_tiles = d.d_inner.div_ceil(g.channels_per_block());
+        let batch_tiles = d.batch.div_ceil(g.batch_rows());
+        let blocks = channel_tiles.checked_mul(batch_tiles);
+        shared::grid(blocks, g.block.warps, || {
+            format!("{batch_tiles} batch tiles x {channel_tiles} channel tiles is more than 2^31 - 1 blocks")
+        })
     }
 
-    fn launch_config<T>(args: &DeviceStepArgs<'_, T>, g: &Geometry) -> Result<LaunchConfig> {
-        let channel_tiles = args.d_inner.div_ceil(g.channels_per_block());
-        let batch_tiles = args.batch.div_ceil(g.batch_rows());
-        shared::grid(
-            channel_tiles.checked_mul(batch_tiles),
-            g.block.warps,
-            || {
-                format!(
-                "{batch_tiles} batch tiles x {channel_tiles} channel tiles is more than 2^31 - 1 blocks"
-            )
-            },
-        )
-    }
-
-    fn raw_args<T>(args: &DeviceStepArgs<'_, T>, ptrs: StepPointers) -> RawDecodeArgs {
+    fn raw_args(d: &Mamba1StepDims, o: &StepOptions, ptrs: StepPointers) -> RawDecodeArgs {
         RawDecodeArgs {
             ptrs,
-            batch: args.batch as i64,
-            d_inner: args.d_inner as i64,
-            groups: args.groups as i64,
-            cache_rows: args.cache_rows as i64,
-            dt_softplus: i32::from(args.dt_softplus),
+            // b, D_in, G, cache_rows
+            sizes: [d.batch, d.d_inner, d.groups, d.cache_rows].map(|v| v as i64),
+            dt_softplus: i32::from(o.dt_softplus),
             // Fits: validate() checks D_in < 2^31.
-            channels_per_group: (args.d_inner / args.groups) as u32,
+            channels_per_group: (d.d_inner / d.groups) as u32,
         }
     }
 
-    fn device_args<'v, T>(
-        p: &Mamba1StepParams<'_, T>,
-        v: DeviceStepInputs<'v, T>,
-    ) -> DeviceStepArgs<'v, T> {
-        DeviceStepArgs {
-            batch: p.batch,
-            d_inner: p.d_inner,
-            d_state: p.d_state,
-            groups: p.groups,
-            cache_rows: p.cache_rows,
-            x: v.x,
-            dt: v.dt,
-            a: v.a,
-            b: v.b,
-            c: v.c,
-            d: v.d,
-            z: v.z,
-            dt_bias: v.dt_bias,
+    fn options<T>(p: &Mamba1StepParams<'_, T>) -> StepOptions {
+        StepOptions {
             dt_softplus: p.dt_softplus,
-            state_batch_indices: v.state_batch_indices,
         }
     }
 }
@@ -360,53 +285,21 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
 /// The variants the crate launches by default (Mamba-1 models use N = 16), for the
 /// resources/budget command.
 pub fn decode_kernel_variants() -> Vec<KernelVariant> {
-    [DType::F32, DType::F16, DType::Bf16]
-        .into_iter()
-        .map(|dtype| {
-            decode_variant(dtype, 16, DecodeTiling::for_dtype(dtype))
-                .expect("the default tiling is valid for N = 16")
-        })
-        .collect()
+    shared::default_variants::<Mamba1Decode>(&[16])
 }
 
-/// Device-resident inputs of one decode step; shapes as in [`Mamba1StepParams`].
-pub struct DeviceStepArgs<'a, T> {
-    pub batch: usize,
-    pub d_inner: usize,
-    pub d_state: usize,
-    pub groups: usize,
-    pub cache_rows: usize,
-    /// `(b, D_in)`
-    pub x: CudaView<'a, T>,
-    /// `(b, D_in)`
-    pub dt: CudaView<'a, T>,
-    /// `(D_in, N)`
-    pub a: CudaView<'a, f32>,
-    /// `(b, G, N)`
-    pub b: CudaView<'a, T>,
-    /// `(b, G, N)`
-    pub c: CudaView<'a, T>,
-    /// `(D_in)`
-    pub d: Option<CudaView<'a, f32>>,
-    /// `(b, D_in)`
-    pub z: Option<CudaView<'a, T>>,
-    /// `(D_in)`
-    pub dt_bias: Option<CudaView<'a, f32>>,
+/// The decode kernel compiled for element type `T`, state size `N` and one tiling.
+pub type DecodeKernel<T> = shared::DecodeKernel<Mamba1Decode, T>;
+
+/// Device-resident inputs of one decode step; shapes as in [`Mamba1StepParams`]:
+/// x, dt and z `(b, D_in)`, A `(D_in, N)`, B and C `(b, G, N)`, D and dt_bias
+/// `(D_in)`, the index list `(b)` (negative entries are padding).
+pub type DeviceStepArgs<'a, T> = shared::StepArgs<'a, Mamba1Decode, T>;
+
+/// The switches of a Mamba-1 step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepOptions {
     pub dt_softplus: bool,
-    /// `(b)`; negative entries are padding. Contents are not validated here.
-    pub state_batch_indices: Option<CudaView<'a, i64>>,
-}
-
-impl<T> DeviceStepArgs<'_, T> {
-    pub fn dims(&self) -> Mamba1StepDims {
-        Mamba1StepDims {
-            batch: self.batch,
-            d_inner: self.d_inner,
-            d_state: self.d_state,
-            groups: self.groups,
-            cache_rows: self.cache_rows,
-        }
-    }
 }
 
 /// Kernel arguments as the kernel sees them (`Mamba1DecodeArgs` in the .cu file):
@@ -415,53 +308,32 @@ impl<T> DeviceStepArgs<'_, T> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RawDecodeArgs {
     ptrs: StepPointers,
-    batch: i64,
-    d_inner: i64,
-    groups: i64,
-    cache_rows: i64,
+    sizes: [i64; 4],
     dt_softplus: i32,
     channels_per_group: u32,
 }
 
-// The .cu file asserts the same size.
-const _: () = assert!(std::mem::size_of::<RawDecodeArgs>() == 128);
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for RawDecodeArgs {}
+// Mamba1DecodeArgs: 11 pointers, 4 i64, 2 x 4 bytes.
+ssm_gpu::decode_args_abi!(RawDecodeArgs, 128, sizes @ 88, dt_softplus @ 120);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn raw_args_match_the_kernel_struct() {
-        // Offsets the kernel reads (Mamba1DecodeArgs): 11 pointers, 4 i64, 2 x i32.
-        assert_eq!(std::mem::offset_of!(RawDecodeArgs, batch), 88);
-        assert_eq!(std::mem::offset_of!(RawDecodeArgs, dt_softplus), 120);
-    }
-
-    #[test]
     fn labels_name_non_default_tilings() {
-        let v = decode_variant(DType::Bf16, 16, DecodeTiling::for_dtype(DType::Bf16)).unwrap();
-        assert_eq!(v.label, "mamba1.decode.bf16.n16");
-        let t = DecodeTiling::candidates()[1];
-        let v = decode_variant(DType::Bf16, 16, t).unwrap();
-        assert_eq!(v.label, "mamba1.decode.bf16.n16.b4w8m4p0");
-        let names: Vec<&str> = v.defines.iter().map(|d| d.0).collect();
-        assert_eq!(
-            names,
-            [
-                "D_STATE",
-                "VEC",
-                "TPR",
-                "BROWS",
-                "WARPS",
-                "STREAM_STATE",
-                "MIN_BLOCKS",
-                "BC_PREFETCH",
-                "BC_SHARED"
-            ]
+        let bf16 = DecodeTiling::for_dtype(DType::Bf16);
+        let defines = "D_STATE VEC TPR BROWS WARPS STREAM_STATE MIN_BLOCKS BC_PREFETCH BC_SHARED";
+        shared::assert_variant_names::<Mamba1Decode>(
+            DType::Bf16,
+            16,
+            bf16,
+            "mamba1.decode.bf16.n16",
+            defines,
         );
+        let t = DecodeTiling::candidates()[1];
+        let label = "mamba1.decode.bf16.n16.b4w8m4p0";
+        shared::assert_variant_names::<Mamba1Decode>(DType::Bf16, 16, t, label, defines);
     }
 
     /// The entry points, the f64 refusal, and every tiling the bench may time, for

@@ -442,7 +442,7 @@ fn step_with_tiling<F: TestFamily, T: DeviceElement>(
     decode::launch_decode_step(
         gpu,
         &kernel,
-        &F::device_args(p, views),
+        &decode::device_args::<F, T>(p, views),
         &mut dev_state.as_view_mut(),
         &mut out.as_view_mut(),
     )
@@ -595,7 +595,7 @@ pub fn device_entry_guards<F: TestFamily>(gpu: &Gpu) {
             .as_ref()
             .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view());
         views.state_batch_indices = with_idx.then(|| idx.as_view());
-        F::device_args(&p, views)
+        decode::device_args::<F, f32>(&p, views)
     };
     let len = problem.state.len();
 
