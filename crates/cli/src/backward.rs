@@ -263,7 +263,7 @@ fn scan_as<T: DeviceElement>(
     let p = inputs.params();
     let d = case.dims;
     let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
-    let d_out: Vec<T> = normals(&mut rng, inputs.u.len());
+    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
     let d_final: Option<Vec<f32>> = case
         .final_states
         .then(|| normals(&mut rng, d.batch * d.d_inner * d.d_state));

@@ -15,6 +15,34 @@
 //! - [`math`]: softplus, silu and the other scalar definitions every implementation shares.
 //! - [`tolerance`]: error metrics and the tolerance model of docs/DESIGN.md §4.
 
+/// The `with_*` setters of the options every sequence problem
+/// (`SelectiveScanParams`, `SsdParams`) has under the same name and type: the
+/// gate `z`, initial states, varlen offsets, final states, the finiteness check.
+macro_rules! sequence_setters {
+    ($a:lifetime, $t:ident) => {
+        pub fn with_z(mut self, z: &$a [$t]) -> Self {
+            self.z = Some(z);
+            self
+        }
+        pub fn with_initial_states(mut self, states: &$a [f32]) -> Self {
+            self.initial_states = Some(states);
+            self
+        }
+        pub fn with_cu_seqlens(mut self, cu: &$a [i64]) -> Self {
+            self.cu_seqlens = Some(cu);
+            self
+        }
+        pub fn with_final_states(mut self, on: bool) -> Self {
+            self.return_final_states = on;
+            self
+        }
+        pub fn with_check_finite(mut self, on: bool) -> Self {
+            self.check_finite = on;
+            self
+        }
+    };
+}
+
 pub mod decode;
 pub mod element;
 pub mod error;

@@ -5,10 +5,7 @@
 //! constant `(D_in, N)`; `D, delta_bias: (D_in)`; states `(b, D_in, N)`, or
 //! `(num_seqs, D_in, N)` for varlen input.
 
-use crate::shape::{
-    check_allocatable, check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero,
-    Shape,
-};
+use crate::shape::{check_finite, check_groups, check_len, check_nonzero, check_sequences, Shape};
 use crate::{Element, Result};
 
 /// Sizes of a selective-scan call.
@@ -102,10 +99,6 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
         self.d = Some(d);
         self
     }
-    pub fn with_z(mut self, z: &'a [T]) -> Self {
-        self.z = Some(z);
-        self
-    }
     pub fn with_delta_bias(mut self, bias: &'a [f32]) -> Self {
         self.delta_bias = Some(bias);
         self
@@ -114,22 +107,7 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
         self.delta_softplus = on;
         self
     }
-    pub fn with_initial_states(mut self, h0: &'a [f32]) -> Self {
-        self.initial_states = Some(h0);
-        self
-    }
-    pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
-        self.cu_seqlens = Some(cu);
-        self
-    }
-    pub fn with_final_states(mut self, on: bool) -> Self {
-        self.return_final_states = on;
-        self
-    }
-    pub fn with_check_finite(mut self, on: bool) -> Self {
-        self.check_finite = on;
-        self
-    }
+    sequence_setters!('a, T);
 
     /// Group index of channel `d` for B or C (0 for constant B/C).
     pub fn group_of(bc: &BcInput<'_, T>, d_inner: usize, d: usize) -> usize {
@@ -182,28 +160,13 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
         if let Some(bias) = self.delta_bias {
             check_len("delta_bias", Shape(&[("D_in", d_inner)]), bias.len())?;
         }
-        let num_seqs = match self.cu_seqlens {
-            Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
-            None => batch,
-        };
-        let rows = if self.cu_seqlens.is_some() {
-            "num_seqs"
-        } else {
-            "b"
-        };
-        if self.return_final_states {
-            check_allocatable(
-                "final_states",
-                Shape(&[(rows, num_seqs), ("D_in", d_inner), ("N", d_state)]),
-            )?;
-        }
-        if let Some(h0) = self.initial_states {
-            check_len(
-                "initial_states",
-                Shape(&[(rows, num_seqs), ("D_in", d_inner), ("N", d_state)]),
-                h0.len(),
-            )?;
-        }
+        let num_seqs = check_sequences(
+            self.cu_seqlens,
+            (batch, seqlen),
+            &[("D_in", d_inner), ("N", d_state)],
+            self.return_final_states,
+            self.initial_states,
+        )?;
         if self.check_finite {
             check_finite("u", self.u)?;
             check_finite("delta", self.delta)?;

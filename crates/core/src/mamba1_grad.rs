@@ -15,8 +15,8 @@
 //! f32 parameters and states in f32), present exactly when the input was given.
 
 use crate::mamba1::{BcInput, Mamba1Dims, Mamba1Layout, SelectiveScanParams};
-use crate::shape::{check_finite, check_len, Shape};
-use crate::{Element, Result, SsmError};
+use crate::shape::{check_d_final_states, check_finite, check_len, states_shape, Shape};
+use crate::{Element, Result};
 
 /// The incoming gradients of a backward call.
 #[derive(Clone, Copy, Debug)]
@@ -55,26 +55,9 @@ impl<'a, O: Element> ScanGradInputs<'a, O> {
             Shape(&[("b", batch), ("D_in", d_inner), ("L", seqlen)]),
             self.d_out.len(),
         )?;
-        if let Some(dh) = self.d_final_states {
-            if !p.return_final_states {
-                return Err(SsmError::Dimension {
-                    arg: "d_final_states",
-                    reason: "given, but the forward does not return final states \
-                             (set return_final_states, or pass None)"
-                        .into(),
-                });
-            }
-            let rows = if p.cu_seqlens.is_some() {
-                "num_seqs"
-            } else {
-                "b"
-            };
-            check_len(
-                "d_final_states",
-                Shape(&[(rows, layout.num_seqs), ("D_in", d_inner), ("N", d_state)]),
-                dh.len(),
-            )?;
-        }
+        let state = [("D_in", d_inner), ("N", d_state)];
+        let shape = states_shape(p.cu_seqlens.is_some(), layout.num_seqs, &state);
+        check_d_final_states(self.d_final_states, p.return_final_states, &shape)?;
         if p.check_finite {
             check_finite("d_out", self.d_out)?;
             if let Some(dh) = self.d_final_states {
@@ -216,6 +199,7 @@ pub fn silu_grad_f32(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SsmError;
     use crate::math::{silu, softplus};
 
     fn params<'a>(u: &'a [f32], a: &'a [f32], bc: &'a [f32]) -> SelectiveScanParams<'a, f32> {

@@ -4,10 +4,7 @@
 //! `A, dt_bias: (H)`; `B, C: (b, L, G, N)`; `D: (H)` or `(H, P)`; states
 //! `(b, H, P, N)`, or `(num_seqs, H, P, N)` for varlen input.
 
-use crate::shape::{
-    check_allocatable, check_cu_seqlens, check_finite, check_groups, check_len, check_nonzero,
-    Shape,
-};
+use crate::shape::{check_finite, check_groups, check_len, check_nonzero, check_sequences, Shape};
 use crate::{Element, Result, SsmError};
 
 /// Sizes of an SSD call.
@@ -144,26 +141,7 @@ impl<'a, T: Element> SsdParams<'a, T> {
         self.d = Some(d);
         self
     }
-    pub fn with_z(mut self, z: &'a [T]) -> Self {
-        self.z = Some(z);
-        self
-    }
-    pub fn with_initial_states(mut self, s0: &'a [f32]) -> Self {
-        self.initial_states = Some(s0);
-        self
-    }
-    pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
-        self.cu_seqlens = Some(cu);
-        self
-    }
-    pub fn with_final_states(mut self, on: bool) -> Self {
-        self.return_final_states = on;
-        self
-    }
-    pub fn with_check_finite(mut self, on: bool) -> Self {
-        self.check_finite = on;
-        self
-    }
+    sequence_setters!('a, T);
 
     /// The processed step size `dt'` at `(batch, t, head)`.
     pub fn dt_at(&self, bi: usize, t: usize, h: usize) -> f64 {
@@ -208,38 +186,13 @@ impl<'a, T: Element> SsdParams<'a, T> {
         if let Some(z) = self.z {
             check_len("z", Shape(&blhp), z.len())?;
         }
-        let num_seqs = match self.cu_seqlens {
-            Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
-            None => batch,
-        };
-        let rows = if self.cu_seqlens.is_some() {
-            "num_seqs"
-        } else {
-            "b"
-        };
-        if self.return_final_states {
-            check_allocatable(
-                "final_states",
-                Shape(&[
-                    (rows, num_seqs),
-                    ("H", heads),
-                    ("P", head_dim),
-                    ("N", d_state),
-                ]),
-            )?;
-        }
-        if let Some(s0) = self.initial_states {
-            check_len(
-                "initial_states",
-                Shape(&[
-                    (rows, num_seqs),
-                    ("H", heads),
-                    ("P", head_dim),
-                    ("N", d_state),
-                ]),
-                s0.len(),
-            )?;
-        }
+        let num_seqs = check_sequences(
+            self.cu_seqlens,
+            (batch, seqlen),
+            &[("H", heads), ("P", head_dim), ("N", d_state)],
+            self.return_final_states,
+            self.initial_states,
+        )?;
         if self.check_finite {
             check_finite("x", self.x)?;
             check_finite("dt", self.dt)?;

@@ -19,8 +19,8 @@
 //! token of its head. See [`dt_grad_factor`].
 
 use crate::mamba2::{SsdLayout, SsdParams};
-use crate::shape::{check_finite, check_len, Shape};
-use crate::{Element, Result, SsmError};
+use crate::shape::{check_d_final_states, check_finite, check_len, states_shape, Shape};
+use crate::{Element, Result};
 
 /// Validate a backward call: the forward parameters, then every gradient input
 /// against the shape they imply. Returns the forward's layout.
@@ -41,31 +41,9 @@ pub fn validate_grad_inputs<T: Element>(
         ]),
         d_out.len(),
     )?;
-    if let Some(ds) = d_final_states {
-        if !p.return_final_states {
-            return Err(SsmError::Dimension {
-                arg: "d_final_states",
-                reason: "given, but the forward returns no final states \
-                         (set return_final_states, or pass None)"
-                    .into(),
-            });
-        }
-        let rows = if p.cu_seqlens.is_some() {
-            "num_seqs"
-        } else {
-            "b"
-        };
-        check_len(
-            "d_final_states",
-            Shape(&[
-                (rows, layout.num_seqs),
-                ("H", dims.heads),
-                ("P", dims.head_dim),
-                ("N", dims.d_state),
-            ]),
-            ds.len(),
-        )?;
-    }
+    let state = [("H", dims.heads), ("P", dims.head_dim), ("N", dims.d_state)];
+    let shape = states_shape(p.cu_seqlens.is_some(), layout.num_seqs, &state);
+    check_d_final_states(d_final_states, p.return_final_states, &shape)?;
     if p.check_finite {
         check_finite("d_out", d_out)?;
         if let Some(ds) = d_final_states {
@@ -206,6 +184,7 @@ pub fn silu_grad_f32(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SsmError;
     use crate::mamba2::SsdDims;
 
     fn dims() -> SsdDims {

@@ -98,6 +98,68 @@ pub fn check_groups(
     Ok(())
 }
 
+/// `(b, <state>)`, or `(num_seqs, <state>)` with varlen offsets: the shape of a
+/// sequence problem's initial and final states (and of their gradients), where
+/// `state` is one sequence's state (`D_in, N` or `H, P, N`).
+pub fn states_shape(
+    varlen: bool,
+    num_seqs: usize,
+    state: &[(&'static str, usize)],
+) -> Vec<(&'static str, usize)> {
+    let rows = if varlen { "num_seqs" } else { "b" };
+    let mut shape = vec![(rows, num_seqs)];
+    shape.extend_from_slice(state);
+    shape
+}
+
+/// The sequences of a forward call and their states, checked alike for every
+/// family: `cu_seqlens` (varlen, batch 1) or the `batch` rows give the number of
+/// sequences; the final states must be allocatable when requested and the
+/// initial states, when given, must have the [`states_shape`]. Returns the number
+/// of sequences.
+pub fn check_sequences(
+    cu_seqlens: Option<&[i64]>,
+    (batch, seqlen): (usize, usize),
+    state: &[(&'static str, usize)],
+    return_final_states: bool,
+    initial_states: Option<&[f32]>,
+) -> Result<usize> {
+    let num_seqs = match cu_seqlens {
+        Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
+        None => batch,
+    };
+    let shape = states_shape(cu_seqlens.is_some(), num_seqs, state);
+    if return_final_states {
+        check_allocatable("final_states", Shape(&shape))?;
+    }
+    if let Some(h0) = initial_states {
+        check_len("initial_states", Shape(&shape), h0.len())?;
+    }
+    Ok(num_seqs)
+}
+
+/// `dL/d final_states` of a backward call: refused when the forward returns no
+/// final states (it would be silently ignored otherwise, or the caller has the
+/// wrong forward in mind), else of the [`states_shape`] `shape`.
+pub fn check_d_final_states(
+    d_final_states: Option<&[f32]>,
+    return_final_states: bool,
+    shape: &[(&'static str, usize)],
+) -> Result<()> {
+    let Some(dh) = d_final_states else {
+        return Ok(());
+    };
+    if !return_final_states {
+        return Err(SsmError::Dimension {
+            arg: "d_final_states",
+            reason: "given, but the forward does not return final states \
+                     (set return_final_states, or pass None)"
+                .into(),
+        });
+    }
+    check_len("d_final_states", Shape(shape), dh.len())
+}
+
 /// Validate varlen prefix offsets: starts at 0, non-decreasing, ends at `seqlen`.
 /// Returns the number of sequences.
 pub fn check_cu_seqlens(cu_seqlens: &[i64], batch: usize, seqlen: usize) -> Result<usize> {

@@ -98,6 +98,32 @@ fn round<T: Element>(xs: &[f32]) -> Vec<T> {
     ssm_core::element::round_slice(xs)
 }
 
+/// A problem's tensor inputs rounded to `T`, by role, beside its f32 draw `D`
+/// (parameters and states stay f32 there): the input (Mamba-1 `u`, Mamba-2 `x`),
+/// the step sizes (`delta` / `dt`), B, C and the gate z. [`Mamba1Inputs`],
+/// [`SsdInputs`] and [`StepInputs`] are this over each family's draw.
+pub struct Rounded<'d, D, T> {
+    pub data: &'d D,
+    pub x: Vec<T>,
+    pub dt: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub z: Option<Vec<T>>,
+}
+
+impl<'d, D, T: Element> Rounded<'d, D, T> {
+    fn new(data: &'d D, [x, dt, b, c]: [&[f32]; 4], z: Option<&[f32]>) -> Self {
+        Rounded {
+            data,
+            x: round(x),
+            dt: round(dt),
+            b: round(b),
+            c: round(c),
+            z: z.map(round),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- Mamba-1
 
 /// Shape and options of a Mamba-1 scan problem.
@@ -235,26 +261,13 @@ impl Mamba1Data {
 
     /// Round the tensor inputs to `T` (parameters and states stay f32).
     pub fn inputs<T: Element>(&self) -> Mamba1Inputs<'_, T> {
-        Mamba1Inputs {
-            data: self,
-            u: round(&self.u),
-            delta: round(&self.delta),
-            b: round(&self.b),
-            c: round(&self.c),
-            z: self.z.as_deref().map(round),
-        }
+        let tensors = [&self.u, &self.delta, &self.b, &self.c].map(|v| &v[..]);
+        Rounded::new(self, tensors, self.z.as_deref())
     }
 }
 
-/// A Mamba-1 problem with its tensors rounded to `T`.
-pub struct Mamba1Inputs<'d, T> {
-    pub data: &'d Mamba1Data,
-    pub u: Vec<T>,
-    pub delta: Vec<T>,
-    pub b: Vec<T>,
-    pub c: Vec<T>,
-    pub z: Option<Vec<T>>,
-}
+/// A Mamba-1 problem with its tensors rounded to `T` (`x` is `u`, `dt` is `delta`).
+pub type Mamba1Inputs<'d, T> = Rounded<'d, Mamba1Data, T>;
 
 impl<T: Element> Mamba1Inputs<'_, T> {
     pub fn params(&self) -> SelectiveScanParams<'_, T> {
@@ -262,8 +275,8 @@ impl<T: Element> Mamba1Inputs<'_, T> {
         let case = &data.case;
         SelectiveScanParams {
             dims: case.dims,
-            u: &self.u,
-            delta: &self.delta,
+            u: &self.x,
+            delta: &self.dt,
             a: &data.a,
             b: bc_input(case.b_groups, &self.b),
             c: bc_input(case.c_groups, &self.c),
@@ -423,14 +436,8 @@ impl SsdData {
     }
 
     pub fn inputs<T: Element>(&self) -> SsdInputs<'_, T> {
-        SsdInputs {
-            data: self,
-            x: round(&self.x),
-            dt: round(&self.dt),
-            b: round(&self.b),
-            c: round(&self.c),
-            z: self.z.as_deref().map(round),
-        }
+        let tensors = [&self.x, &self.dt, &self.b, &self.c].map(|v| &v[..]);
+        Rounded::new(self, tensors, self.z.as_deref())
     }
 
     /// Per-step log decays `dt' * A` as rows of L per (batch, head), for the tolerance model.
@@ -455,14 +462,7 @@ impl SsdData {
 }
 
 /// An SSD problem with its tensors rounded to `T`.
-pub struct SsdInputs<'d, T> {
-    pub data: &'d SsdData,
-    pub x: Vec<T>,
-    pub dt: Vec<T>,
-    pub b: Vec<T>,
-    pub c: Vec<T>,
-    pub z: Option<Vec<T>>,
-}
+pub type SsdInputs<'d, T> = Rounded<'d, SsdData, T>;
 
 impl<T: Element> SsdInputs<'_, T> {
     pub fn params(&self) -> SsdParams<'_, T> {
@@ -572,26 +572,13 @@ impl StepData {
     }
 
     pub fn inputs<T: Element>(&self) -> StepInputs<'_, T> {
-        StepInputs {
-            data: self,
-            x: round(&self.x),
-            dt: round(&self.dt),
-            b: round(&self.b),
-            c: round(&self.c),
-            z: self.z.as_deref().map(round),
-        }
+        let tensors = [&self.x, &self.dt, &self.b, &self.c].map(|v| &v[..]);
+        Rounded::new(self, tensors, self.z.as_deref())
     }
 }
 
 /// A decode step with its tensors rounded to `T`.
-pub struct StepInputs<'d, T> {
-    pub data: &'d StepData,
-    pub x: Vec<T>,
-    pub dt: Vec<T>,
-    pub b: Vec<T>,
-    pub c: Vec<T>,
-    pub z: Option<Vec<T>>,
-}
+pub type StepInputs<'d, T> = Rounded<'d, StepData, T>;
 
 impl<T: Element> StepInputs<'_, T> {
     pub fn mamba1(&self) -> Mamba1StepParams<'_, T> {

@@ -23,6 +23,7 @@ use mamba2_ssd::cuda::{
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
 use ssm_core::{DType, Result, SsmError};
+use ssm_gpu::decode::DecodeFamily;
 use ssm_gpu::{test_compiler_or_skip, Arch, Compiler, DeviceLimits, KernelVariant, SourceRoot};
 
 /// The checkout's kernels (not the embedded copies).
@@ -327,7 +328,7 @@ fn sweep_scan(sweep: &mut Sweep, dev: &Device) {
 fn sweep_decode(sweep: &mut Sweep, dev: &Device) {
     for dtype in DTYPES.into_iter().chain([DType::F64]) {
         for n in N_GRID {
-            let m2 = mamba2_ssd::decode_cuda::DecodeTiling::candidates();
+            let m2 = <mamba2_ssd::decode_cuda::Mamba2Decode as DecodeFamily>::candidates();
             let tilings = if n == 96 || n == 3 {
                 m2
             } else {

@@ -309,7 +309,7 @@ fn scan_as<T: DeviceElement>(problem: &ScanBwdProblem, ctx: &Ctx<'_>) -> Result<
         ..
     } = problem.case.dims;
     let mut rng = StdRng::seed_from_u64(problem.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let d_out: Vec<T> = normals(&mut rng, inputs.u.len());
+    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
     let d_final: Option<Vec<f32>> = problem.case.final_states.then(|| {
         let n = rows(batch, problem.case.varlen) * d_inner * d_state;
         (0..n).map(|_| rng.sample(StandardNormal)).collect()
