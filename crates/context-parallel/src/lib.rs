@@ -27,6 +27,7 @@
 pub mod comm;
 mod driver;
 pub mod exchange;
+mod family;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod pair;

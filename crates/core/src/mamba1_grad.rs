@@ -199,8 +199,8 @@ pub fn silu_grad_f32(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SsmError;
     use crate::math::{silu, softplus};
+    use crate::SsmError;
 
     fn params<'a>(u: &'a [f32], a: &'a [f32], bc: &'a [f32]) -> SelectiveScanParams<'a, f32> {
         let dims = Mamba1Dims {

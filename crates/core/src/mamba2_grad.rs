@@ -184,8 +184,8 @@ pub fn silu_grad_f32(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SsmError;
     use crate::mamba2::SsdDims;
+    use crate::SsmError;
 
     fn dims() -> SsdDims {
         SsdDims {
