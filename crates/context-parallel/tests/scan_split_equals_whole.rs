@@ -9,24 +9,11 @@ mod support;
 use mamba1_scan::{selective_scan, selective_scan_backward, Backend, CpuOptions};
 use proptest::prelude::*;
 use ssm_context_parallel::{
-    scan_backward_cp, scan_forward_cp, Communicator, CpError, CpOptions, Exchange, Pass2, Segment,
-    ThreadComm,
+    scan_backward_cp, scan_forward_cp, Communicator, CpError, Exchange, Segment, ThreadComm,
 };
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::{ScanGrads, ScanOutput};
 use support::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    ProptestConfig {
-        cases,
-        max_shrink_iters: 300,
-        ..ProptestConfig::default()
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Spec {
@@ -272,14 +259,7 @@ type Split = (Vec<ScanOutput<f32, f32>>, Vec<ScanGrads<f32, f32>>);
 
 fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
     let backend = Backend::Cpu(CpuOptions { block_len: s.block });
-    let opts = CpOptions {
-        exchange: s.exchange,
-        pass2: if s.add {
-            Pass2::AddContribution
-        } else {
-            Pass2::Rerun
-        },
-    };
+    let opts = cp_options(s.exchange, s.add);
     let results = ThreadComm::run(s.ranks, |comm| {
         let rank = comm.rank();
         let l = local(s, d, rank);
@@ -297,14 +277,7 @@ fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
         )?;
         Ok::<_, CpError>((fwd, bwd))
     });
-    let mut fwds = Vec::new();
-    let mut bwds = Vec::new();
-    for r in results {
-        let (f, b) = r?;
-        fwds.push(f);
-        bwds.push(b);
-    }
-    Ok((fwds, bwds))
+    per_rank(results)
 }
 
 fn check_split(s: &Spec) -> Result<(), TestCaseError> {
@@ -327,14 +300,7 @@ fn check_split(s: &Spec) -> Result<(), TestCaseError> {
         budget,
         0.0,
     ));
-    for f in &fwds {
-        prop_assert_eq!(&f.final_states, &fwds[0].final_states);
-    }
-    match (&fwds[0].final_states, &whole.final_states) {
-        (Some(a), Some(b)) => checks.push(judge("final_states", &widen(a), &widen(b), budget, 0.0)),
-        (None, None) => {}
-        _ => prop_assert!(false, "final states present on one side only"),
-    }
+    check_final_states(&fwds, &whole, budget, &mut checks)?;
     let join = |f: &dyn Fn(&ScanGrads<f32, f32>) -> Vec<f32>, rows| {
         let parts: Vec<Vec<f32>> = bwds.iter().map(f).collect();
         join_time(&parts, segs, rows)
@@ -374,15 +340,7 @@ fn check_split(s: &Spec) -> Result<(), TestCaseError> {
             _ => prop_assert!(false, "{name} present on one side only"),
         }
     }
-    let failed: Vec<&Check> = checks.iter().filter(|c| !c.passed).collect();
-    prop_assert!(
-        failed.is_empty(),
-        "segments {:?} cu {:?}: {:#?}",
-        d.segs,
-        d.cu,
-        failed
-    );
-    Ok(())
+    all_passed(&checks, &d.segs, &d.cu)
 }
 
 proptest! {

@@ -10,24 +10,12 @@ mod support;
 use mamba2_ssd::{ssd_backward, ssd_forward, Backend, CpuOptions};
 use proptest::prelude::*;
 use ssm_context_parallel::{
-    ssd_backward_cp, ssd_forward_cp, CpError, CpOptions, Exchange, Pass2, Segment, ThreadComm,
+    ssd_backward_cp, ssd_forward_cp, CpError, CpOptions, Exchange, Segment, ThreadComm,
 };
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::mamba2_grad::GradRef;
 use ssm_core::{ScanOutput, SsdGrads};
 use support::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    ProptestConfig {
-        cases,
-        max_shrink_iters: 300,
-        ..ProptestConfig::default()
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Spec {
@@ -271,14 +259,7 @@ fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
     let backend = Backend::Cpu(CpuOptions {
         chunk_size: s.chunk,
     });
-    let opts = CpOptions {
-        exchange: s.exchange,
-        pass2: if s.add {
-            Pass2::AddContribution
-        } else {
-            Pass2::Rerun
-        },
-    };
+    let opts = cp_options(s.exchange, s.add);
     let results = ThreadComm::run(s.ranks, |comm| {
         let rank = comm.rank();
         let l = local(s, d, rank);
@@ -296,14 +277,7 @@ fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
         )?;
         Ok::<_, CpError>((fwd, bwd))
     });
-    let mut fwds = Vec::new();
-    let mut bwds = Vec::new();
-    for r in results {
-        let (f, b) = r?;
-        fwds.push(f);
-        bwds.push(b);
-    }
-    Ok((fwds, bwds))
+    per_rank(results)
 }
 
 use ssm_context_parallel::Communicator;
@@ -344,18 +318,7 @@ fn check_split(s: &Spec) -> Result<(), TestCaseError> {
         budget,
         0.0,
     ));
-    for f in &fwds {
-        prop_assert_eq!(
-            &f.final_states,
-            &fwds[0].final_states,
-            "every rank gets the same final states"
-        );
-    }
-    match (&fwds[0].final_states, &whole.final_states) {
-        (Some(a), Some(b)) => checks.push(judge("final_states", &widen(a), &widen(b), budget, 0.0)),
-        (None, None) => {}
-        _ => prop_assert!(false, "final states present on one side only"),
-    }
+    check_final_states(&fwds, &whole, budget, &mut checks)?;
 
     // Backward: per-token gradients joined, parameter and state gradients the same on every rank.
     let join = |f: &dyn Fn(&SsdGrads<f32, f32>) -> Vec<f32>, per| {
@@ -393,15 +356,7 @@ fn check_split(s: &Spec) -> Result<(), TestCaseError> {
         let gm = (gamma(n) + 4.0 * f64::from(f32::EPSILON) * k) * l2(m);
         checks.push(judge(name, a, b, budget, gm));
     }
-    let failed: Vec<&Check> = checks.iter().filter(|c| !c.passed).collect();
-    prop_assert!(
-        failed.is_empty(),
-        "segments {:?} cu {:?}: {:#?}",
-        d.segs,
-        d.cu,
-        failed
-    );
-    Ok(())
+    all_passed(&checks, &d.segs, &d.cu)
 }
 
 proptest! {

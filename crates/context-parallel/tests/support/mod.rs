@@ -157,3 +157,91 @@ pub fn f32_budget(k: f64) -> f64 {
 pub fn l2(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
+
+// ---------------------------------------------------------------------------
+// What both split == whole property tests do the same way
+// ---------------------------------------------------------------------------
+
+/// The property tests' configuration: 48 cases, `SSM_PROPTEST_CASES=N` for more;
+/// shrinking capped.
+pub fn config() -> proptest::test_runner::Config {
+    let cases = std::env::var("SSM_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    proptest::test_runner::Config {
+        cases,
+        max_shrink_iters: 300,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// A case's options: its exchange, and the additive pass 2 or the rerun.
+pub fn cp_options(
+    exchange: ssm_context_parallel::Exchange,
+    add: bool,
+) -> ssm_context_parallel::CpOptions {
+    use ssm_context_parallel::Pass2;
+    ssm_context_parallel::CpOptions {
+        exchange,
+        pass2: if add {
+            Pass2::AddContribution
+        } else {
+            Pass2::Rerun
+        },
+    }
+}
+
+/// Every rank's `(forward, backward)` in rank order, or the first rank's error.
+pub fn per_rank<F, B>(
+    results: Vec<Result<(F, B), ssm_context_parallel::CpError>>,
+) -> Result<(Vec<F>, Vec<B>), ssm_context_parallel::CpError> {
+    let mut fwds = Vec::new();
+    let mut bwds = Vec::new();
+    for r in results {
+        let (f, b) = r?;
+        fwds.push(f);
+        bwds.push(b);
+    }
+    Ok((fwds, bwds))
+}
+
+/// Every rank got the same final states, judged against the whole call's.
+pub fn check_final_states(
+    fwds: &[ssm_core::ScanOutput<f32, f32>],
+    whole: &ssm_core::ScanOutput<f32, f32>,
+    budget: f64,
+    checks: &mut Vec<Check>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    for f in fwds {
+        proptest::prop_assert_eq!(
+            &f.final_states,
+            &fwds[0].final_states,
+            "every rank gets the same final states"
+        );
+    }
+    match (&fwds[0].final_states, &whole.final_states) {
+        (Some(a), Some(b)) => checks.push(judge("final_states", &widen(a), &widen(b), budget, 0.0)),
+        (None, None) => {}
+        _ => proptest::prop_assert!(false, "final states present on one side only"),
+    }
+    Ok(())
+}
+
+/// The verdict of a case: every check passed (the failures listed with the
+/// segments and offsets).
+pub fn all_passed(
+    checks: &[Check],
+    segs: &[(usize, usize)],
+    cu: &Option<Vec<i64>>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let failed: Vec<&Check> = checks.iter().filter(|c| !c.passed).collect();
+    proptest::prop_assert!(
+        failed.is_empty(),
+        "segments {:?} cu {:?}: {:#?}",
+        segs,
+        cu,
+        failed
+    );
+    Ok(())
+}
