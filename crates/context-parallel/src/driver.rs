@@ -64,41 +64,65 @@ fn take_carried(local: &[f32], rows: &[usize], row_len: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The local call's initial states: the user's rows for sequences starting
-/// here, `entering` for the rows continuing a sequence from the previous rank.
-/// `None` when neither exists (exactly the plain call's argument on one rank).
-fn local_initial(
+/// Which end of the segment a carried state crosses: the head (a sequence
+/// continuing from the previous rank) or the tail (one continuing into the next).
+#[derive(Clone, Copy)]
+enum End {
+    Head,
+    Tail,
+}
+
+/// A per-sequence argument of the local call: the user's rows for the local
+/// sequences (`None`: zeros), with `carried` put in at the rows crossing `end`.
+/// At the head these are the initial states (`carried` the entering states), at
+/// the tail the final-state gradient (`carried` the leaving gradients). `None`
+/// when there is neither user data nor a crossing row (exactly the plain call's
+/// argument on one rank).
+fn local_rows(
     plan: &Plan,
     shapes: Shapes,
+    end: End,
     user: Option<&[f32]>,
-    entering: Option<&[f32]>,
+    carried: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
-    if user.is_none() && !plan.head_continues() {
+    let (crosses, rows) = match end {
+        End::Head => (plan.head_continues(), &plan.head_rows),
+        End::Tail => (plan.tail_continues(), &plan.tail_rows),
+    };
+    if user.is_none() && !crosses {
         return None;
     }
     let mut v = rows_of(user, &plan.local_seqs, shapes.state_len);
-    if let Some(e) = entering {
-        put_carried(&mut v, &plan.head_rows, e, shapes.state_len);
+    if let Some(c) = carried {
+        put_carried(&mut v, rows, c, shapes.state_len);
     }
     Some(v)
 }
 
-/// The local call's final-state gradient: the user's rows for sequences ending
-/// here, `leaving` for the rows that continue into the next rank.
-fn local_d_final(
-    plan: &Plan,
+/// One state row per sequence of the whole problem, on every rank: sequence
+/// `k`'s row of `local` (the local call's per-sequence result, at local row
+/// `local_row[k]` where this rank computes it) from the rank that `owner[k]`
+/// names, `fallback`'s row `k` (zeros without one) where no rank computes it.
+/// The forward's final states (fallback: the initial states, passed through) and
+/// the backward's initial-state gradients (fallback: the final-state gradient).
+fn gather_sequences(
+    comm: &dyn Communicator,
     shapes: Shapes,
-    user: Option<&[f32]>,
-    leaving: Option<&[f32]>,
-) -> Option<Vec<f32>> {
-    if user.is_none() && !plan.tail_continues() {
-        return None;
+    local: Option<&[f32]>,
+    local_row: &[Option<usize>],
+    owner: &[Option<usize>],
+    fallback: Option<&[f32]>,
+) -> Result<Vec<f32>, CpError> {
+    let row = shapes.state_len;
+    let mut mine = vec![0.0; owner.len() * row];
+    if let Some(src) = local {
+        for (k, j) in local_row.iter().enumerate() {
+            if let Some(j) = j {
+                mine[k * row..(k + 1) * row].copy_from_slice(&src[j * row..(j + 1) * row]);
+            }
+        }
     }
-    let mut v = rows_of(user, &plan.local_seqs, shapes.state_len);
-    if let Some(l) = leaving {
-        put_carried(&mut v, &plan.tail_rows, l, shapes.state_len);
-    }
-    Some(v)
+    gather_owned_rows(comm, &mine, owner, row, |k| rows_of(fallback, &[k], row))
 }
 
 fn zeros_carried(plan: &Plan, shapes: Shapes) -> Vec<f32> {
@@ -135,7 +159,7 @@ fn forward_exchange<T>(
             return Ok((Pair::reset(zeros_carried(plan, shapes), decays), None));
         }
         let zero = plan.head_continues().then(|| zeros_carried(plan, shapes));
-        let init = local_initial(plan, shapes, user_initial, zero.as_deref());
+        let init = local_rows(plan, shapes, End::Head, user_initial, zero.as_deref());
         let out = run(init.as_deref(), true)?;
         let finals = out.final_states.as_deref().ok_or(CpError::Segment {
             arg: "backend",
@@ -197,28 +221,22 @@ pub(crate) fn forward<T: Clone>(
             }
             // Rerun with the true initial state.
             _ => {
-                let init = local_initial(plan, shapes, user_initial, entering.as_deref());
+                let init = local_rows(plan, shapes, End::Head, user_initial, entering.as_deref());
                 run(init.as_deref(), return_final)
             }
         }
     };
     let local = agree(comm, pass2())?;
     let final_states = if return_final {
-        let row = shapes.state_len;
-        let mut mine = vec![0.0; plan.num_seqs * row];
-        if let Some(fs) = local.final_states.as_deref() {
-            for (k, j) in plan.final_local_row.iter().enumerate() {
-                if let Some(j) = j {
-                    mine[k * row..(k + 1) * row].copy_from_slice(&fs[j * row..(j + 1) * row]);
-                }
-            }
-        }
-        Some(gather_owned_rows(
+        let (rows, owner) = (&plan.final_local_row, &plan.final_owner);
+        let fs = local.final_states.as_deref();
+        Some(gather_sequences(
             comm,
-            &mine,
-            &plan.final_owner,
-            row,
-            |k| rows_of(user_initial, &[k], row),
+            shapes,
+            fs,
+            rows,
+            owner,
+            user_initial,
         )?)
     } else {
         None
@@ -257,11 +275,11 @@ pub(crate) fn backward<T, G>(
         run_fwd,
         false,
     )?;
-    let init = local_initial(plan, shapes, user_initial, entering.as_deref());
+    let init = local_rows(plan, shapes, End::Head, user_initial, entering.as_deref());
     let local_return_final = return_final || plan.tail_continues();
     let decays = plan.carry_rows * shapes.decays_per_row;
     let run = |leaving: Option<&[f32]>| {
-        let d_final = local_d_final(plan, shapes, user_d_final, leaving);
+        let d_final = local_rows(plan, shapes, End::Tail, user_d_final, leaving);
         run_bwd(init.as_deref(), local_return_final, d_final.as_deref())
     };
     // Pass B: where a row continues from the previous rank, its initial-state
@@ -305,21 +323,15 @@ pub(crate) fn backward<T, G>(
     let dinitial = match user_initial {
         None => None,
         Some(_) => {
-            let row = shapes.state_len;
-            let mut mine = vec![0.0; plan.num_seqs * row];
-            if let Some(di) = g.as_ref().and_then(dinit_of) {
-                for (k, j) in plan.initial_local_row.iter().enumerate() {
-                    if let Some(j) = j {
-                        mine[k * row..(k + 1) * row].copy_from_slice(&di[j * row..(j + 1) * row]);
-                    }
-                }
-            }
-            Some(gather_owned_rows(
+            let di = g.as_ref().and_then(dinit_of);
+            let (rows, owner) = (&plan.initial_local_row, &plan.initial_owner);
+            Some(gather_sequences(
                 comm,
-                &mine,
-                &plan.initial_owner,
-                row,
-                |k| rows_of(user_d_final, &[k], row),
+                shapes,
+                di,
+                rows,
+                owner,
+                user_d_final,
             )?)
         }
     };
