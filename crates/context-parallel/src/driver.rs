@@ -187,20 +187,29 @@ fn forward_exchange<T>(
     Ok((entering, reuse))
 }
 
+/// What the forward and the backward of one context-parallel call share: the
+/// transport, the agreed plan, the options, the row sizes, the user's initial
+/// states and whether the forward returns final states.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub comm: &'a dyn Communicator,
+    pub plan: &'a Plan,
+    pub opts: CpOptions,
+    pub shapes: Shapes,
+    pub user_initial: Option<&'a [f32]>,
+    pub return_final: bool,
+}
+
 /// The context-parallel forward: out for the local tokens, final states of
 /// every sequence (when asked) on every rank.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Clone>(
-    comm: &dyn Communicator,
-    plan: &Plan,
-    opts: CpOptions,
-    shapes: Shapes,
-    user_initial: Option<&[f32]>,
-    return_final: bool,
+    call: Call<'_>,
     decay: &dyn Fn() -> Vec<f32>,
     run: &RunForward<'_, T>,
     correct: Option<&Correct<'_, T>>,
 ) -> Result<ScanOutput<T, f32>, CpError> {
+    let (comm, plan, opts, shapes) = (call.comm, call.plan, call.opts, call.shapes);
+    let (user_initial, return_final) = (call.user_initial, call.return_final);
     let additive = correct.is_some();
     let (entering, pass1) =
         forward_exchange(comm, plan, opts, shapes, user_initial, decay, run, additive)?;
@@ -250,20 +259,17 @@ pub(crate) fn forward<T: Clone>(
 /// The context-parallel backward's protocol. Returns the local call's
 /// gradients (`None` on an empty segment) and, when the user gave initial
 /// states, the initial-state gradient of every sequence.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::type_complexity)]
 pub(crate) fn backward<T, G>(
-    comm: &dyn Communicator,
-    plan: &Plan,
-    opts: CpOptions,
-    shapes: Shapes,
-    user_initial: Option<&[f32]>,
-    return_final: bool,
+    call: Call<'_>,
     user_d_final: Option<&[f32]>,
     decay: &dyn Fn() -> Vec<f32>,
     run_fwd: &RunForward<'_, T>,
     run_bwd: &RunBackward<'_, G>,
     dinit_of: &dyn Fn(&G) -> Option<&[f32]>,
 ) -> Result<(Option<G>, Option<Vec<f32>>), CpError> {
+    let (comm, plan, opts, shapes) = (call.comm, call.plan, call.opts, call.shapes);
+    let (user_initial, return_final) = (call.user_initial, call.return_final);
     // The forward's states entering this segment; pass 2 of the forward is not needed.
     let (entering, _) = forward_exchange(
         comm,

@@ -114,6 +114,39 @@ fn local_check<F: CpFamily, T: DeviceElement>(
     )
 }
 
+/// The plan every rank agrees on (or every rank's error): `check` is this
+/// rank's argument check, `backward` says which call it is (`None`: the forward;
+/// `Some(with d_final_states)`: the backward).
+fn agree<F: CpFamily, T>(
+    local: &F::Params<'_, T>,
+    seg: &Segment<'_>,
+    comm: &dyn Communicator,
+    backward: Option<bool>,
+    check: Result<(), CpError>,
+) -> Result<Plan, CpError> {
+    let frame = F::frame(local);
+    let signature = signature::<F, T>(local, seg, backward);
+    agree_plan(comm, seg, frame.seqlen, frame.batch, signature, check)
+}
+
+/// The driver's view of the call once the plan is agreed.
+fn driver_call<'a, F: CpFamily, T>(
+    local: &F::Params<'_, T>,
+    seg: &Segment<'a>,
+    comm: &'a dyn Communicator,
+    plan: &'a Plan,
+    opts: CpOptions,
+) -> driver::Call<'a> {
+    driver::Call {
+        comm,
+        plan,
+        opts,
+        shapes: F::shapes(local),
+        user_initial: seg.initial_states,
+        return_final: F::frame(local).return_final_states,
+    }
+}
+
 /// The forward of this rank's segment (the families' `*_forward_cp`).
 pub(crate) fn forward_cp<F: CpFamily, T: DeviceElement>(
     local: &F::Params<'_, T>,
@@ -124,31 +157,18 @@ pub(crate) fn forward_cp<F: CpFamily, T: DeviceElement>(
 ) -> Result<ScanOutput<T, f32>, CpError> {
     let frame = F::frame(local);
     let check = local_check::<F, T>(local, seg);
-    let plan = agree_plan(
-        comm,
-        seg,
-        frame.seqlen,
-        frame.batch,
-        signature::<F, T>(local, seg, None),
-        check,
-    )?;
+    let plan = agree::<F, T>(local, seg, comm, None, check)?;
     let run = |init: Option<&[f32]>, rf: bool| -> Result<ScanOutput<T, f32>, CpError> {
-        Ok(F::forward(
-            &F::local_params(local, &plan, init, rf),
-            backend,
-        )?)
+        let p = F::local_params(local, &plan, init, rf);
+        Ok(F::forward(&p, backend)?)
     };
     let add = |out: &mut ScanOutput<T, f32>, entering: &[f32]| -> Result<(), CpError> {
         F::add_entering(local, &plan, out, entering);
         Ok(())
     };
+    let call = driver_call::<F, T>(local, seg, comm, &plan, opts);
     let mut out = driver::forward(
-        comm,
-        &plan,
-        opts,
-        F::shapes(local),
-        seg.initial_states,
-        frame.return_final_states,
+        call,
         &|| F::segment_decay(local, &plan),
         &run,
         (opts.pass2 == Pass2::AddContribution).then_some(&add as &driver::Correct<'_, T>),
@@ -188,32 +208,19 @@ pub(crate) fn backward_cp<F: CpFamily, T: DeviceElement>(
             sh.state_len,
         )
     });
-    let plan = agree_plan(
-        comm,
-        seg,
-        frame.seqlen,
-        frame.batch,
-        signature::<F, T>(local, seg, Some(d_final_states.is_some())),
-        check,
-    )?;
+    let plan = agree::<F, T>(local, seg, comm, Some(d_final_states.is_some()), check)?;
     let run_fwd = |init: Option<&[f32]>, rf: bool| -> Result<ScanOutput<T, f32>, CpError> {
-        Ok(F::forward(
-            &F::local_params(local, &plan, init, rf),
-            backend,
-        )?)
+        let p = F::local_params(local, &plan, init, rf);
+        Ok(F::forward(&p, backend)?)
     };
     let run_bwd =
         |init: Option<&[f32]>, rf: bool, d_final: Option<&[f32]>| -> Result<F::Grads<T>, CpError> {
             let p = F::local_params(local, &plan, init, rf);
             Ok(F::backward(&p, d_out, d_final, backend)?)
         };
+    let call = driver_call::<F, T>(local, seg, comm, &plan, opts);
     let (g, dinitial) = driver::backward(
-        comm,
-        &plan,
-        opts,
-        sh,
-        seg.initial_states,
-        frame.return_final_states,
+        call,
         d_final_states,
         &|| F::segment_decay(local, &plan),
         &run_fwd,
