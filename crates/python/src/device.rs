@@ -30,7 +30,7 @@ use mamba1_scan::decode_cuda::Mamba1Decode;
 use mamba2_ssd::cuda::backward::{SsdBwdPlan, SsdBwdWorkspace, SsdGradBuffers, DEFAULT_BWD_CHUNK};
 use mamba2_ssd::cuda::config::{DMode, SsdFeatures};
 use mamba2_ssd::cuda::{CudaOptions, SsdDeviceInputs, SsdInputViews, SsdOutputViews, SsdPlan};
-use mamba2_ssd::decode_cuda::{DeviceDSkip, Mamba2Decode};
+use mamba2_ssd::decode_cuda::Mamba2Decode;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use ssm_core::mamba1::Mamba1Dims;
@@ -786,21 +786,25 @@ where
         let (x, dt, b, c, z) = &*ins;
         let (a, d, bias, idx) = &*params;
         let args = mamba1_scan::decode_cuda::DeviceStepArgs {
-            batch,
-            d_inner,
-            d_state,
-            groups,
-            cache_rows,
-            x: x.as_view(),
-            dt: dt.as_view(),
-            a: a.as_view(),
-            b: b.as_view(),
-            c: c.as_view(),
-            d: d.as_ref().map(|v| v.as_view()),
-            z: z.as_ref().map(|v| v.as_view()),
-            dt_bias: bias.as_ref().map(|v| v.as_view()),
-            dt_softplus,
-            state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+            dims: ssm_core::decode::Mamba1StepDims {
+                batch,
+                d_inner,
+                d_state,
+                groups,
+                cache_rows,
+            },
+            inputs: ssm_core::decode::StepInputs {
+                x: x.as_view(),
+                dt: dt.as_view(),
+                a: a.as_view(),
+                b: b.as_view(),
+                c: c.as_view(),
+                d: d.as_ref().map(|v| v.as_view()),
+                z: z.as_ref().map(|v| v.as_view()),
+                dt_bias: bias.as_ref().map(|v| v.as_view()),
+                state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+            },
+            options: mamba1_scan::decode_cuda::StepOptions { dt_softplus },
         };
         let (state, out) = &mut *outs;
         launch_decode_step(
@@ -869,29 +873,30 @@ where
         let (x, dt, b, c, z) = &*ins;
         let (a, d, bias, idx) = &*params;
         let args = mamba2_ssd::decode_cuda::DeviceStepArgs {
-            batch,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-            cache_rows,
-            x: x.as_view(),
-            dt: dt.as_view(),
-            a: a.as_view(),
-            b: b.as_view(),
-            c: c.as_view(),
-            d: d.as_ref().map(|v| {
-                if d_per_head_dim {
-                    DeviceDSkip::PerHeadDim(v.as_view())
-                } else {
-                    DeviceDSkip::PerHead(v.as_view())
-                }
-            }),
-            z: z.as_ref().map(|v| v.as_view()),
-            dt_bias: bias.as_ref().map(|v| v.as_view()),
-            dt_softplus,
-            dt_limit,
-            state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+            dims: ssm_core::decode::Mamba2StepDims {
+                batch,
+                heads,
+                head_dim,
+                d_state,
+                groups,
+                cache_rows,
+            },
+            inputs: ssm_core::decode::StepInputs {
+                x: x.as_view(),
+                dt: dt.as_view(),
+                a: a.as_view(),
+                b: b.as_view(),
+                c: c.as_view(),
+                d: d.as_ref().map(|v| v.as_view()),
+                z: z.as_ref().map(|v| v.as_view()),
+                dt_bias: bias.as_ref().map(|v| v.as_view()),
+                state_batch_indices: idx.as_ref().map(|v| v.as_view()),
+            },
+            options: mamba2_ssd::decode_cuda::StepOptions {
+                d_per_head_dim,
+                dt_softplus,
+                dt_limit,
+            },
         };
         let (state, out) = &mut *outs;
         launch_decode_step(
