@@ -26,7 +26,7 @@
 //
 // Compile-time defines: SSD_DTYPE 0|1|2, SSD_Q (64, 128, 256), SSD_N, SSD_P,
 // SSD_DT_BIAS, SSD_DT_SOFTPLUS, SSD_D_MODE (0 none, 1 (H), 2 (H, P)), SSD_HAS_Z,
-// SSD_HAS_S0, SSD_HAS_DFINAL.
+// SSD_HAS_S0, SSD_HAS_DFINAL; SSD_BWD_MMA (0 or 1, below).
 #include "ssd_common.cuh"
 
 namespace ssd_bwd {
@@ -37,6 +37,16 @@ constexpr int NT = 256;
 static_assert(Q % 32 == 0 && Q <= NT, "chunk must be a multiple of 32 and at most 256");
 constexpr i64 PN = (i64)P * N;
 }  // namespace ssd_bwd
+
+// SSD_BWD_MMA 1: S C and G B of ssd_bwd_grad on the tensor cores (bf16 inputs,
+// N a multiple of 16, P of 8; the host checks); 0: the SIMT loop (v1).
+#ifndef SSD_BWD_MMA
+#define SSD_BWD_MMA 0
+#endif
+#if SSD_BWD_MMA
+static_assert(SSD_DTYPE == 2, "the tensor-core path takes bf16 inputs (f16 parts of an f32 would underflow)");
+static_assert(SSD_N % 16 == 0 && SSD_P % 8 == 0, "the tensor-core path needs N % 16 == 0, P % 8 == 0");
+#endif
 
 // Arguments of every backward kernel, by value; mirrored field for field by
 // `SsdBwdArgs` in crates/mamba2-ssd/src/cuda/backward.rs (both assert the size).
@@ -89,6 +99,29 @@ static_assert(sizeof(SsdBwdArgs) == 312, "SsdBwdArgs layout changed: update cuda
 namespace ssd_bwd {
 
 SSD_DEV float ld(const elem_t* p, i64 i) { return elem_to_f32(p[i]); }
+
+#if SSD_BWD_MMA
+// Two consecutive 16-bit inputs at an even index, as one mma.sync operand register.
+SSD_DEV u32 ld_pair(const elem_t* p, i64 i) {
+#ifdef SSD_EMULATE
+    u32 v;
+    std::memcpy(&v, p + i, sizeof v);
+    return v;
+#else
+    return *reinterpret_cast<const u32*>(p + i);
+#endif
+}
+
+// f32 (a, b) -> three 16-bit pairs with a = hi + mid + lo to about 2^-24 relative
+// (bf16 keeps 8 bits each: all of an f32's 24). Two parts (2^-16) were measured
+// to move dA and d dt_bias by 1e-5 relative, the size of their budget.
+SSD_DEV void split_pair(float a, float b, u32 part[3]) {
+    part[0] = pack2(a, b);
+    const float ra = a - unpack_lo(part[0]), rb = b - unpack_hi(part[0]);
+    part[1] = pack2(ra, rb);
+    part[2] = pack2(ra - unpack_lo(part[1]), rb - unpack_hi(part[1]));
+}
+#endif
 
 // d silu(z) / dz, the form of ssm_core::mamba2_grad::silu_grad_f32.
 SSD_DEV float silu_grad(float z) {
@@ -307,6 +340,54 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
             acc += a.ws_dy[(tok + i) * HP + hp0 + p] * ld(a.x, (tok + j) * HP + hp0 + p);
         gx[i * Q + j] = acc;
     }
+#if SSD_BWD_MMA
+    // S C_i and G B_i on the tensor cores: SC = C (Q x N) S^T and GB = B G^T,
+    // m16n8k16 tiles over (tokens, p) with k = n. C and B are the inputs' own
+    // 16-bit values; the f32 states are split into three bf16 parts (three MMAs
+    // each, split_pair), so the f32 accumulators see the SIMT loop's products to
+    // about 2^-24 (docs/kernels/mamba2-ssd-bwd.md, "v2").
+    {
+        constexpr int MT = Q / 16, PT = P / 8, KT = N / 16;
+        const int warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
+        for (int tile = warp; tile < MT * PT; tile += NT / 32) {
+            const int r0 = (tile / PT) * 16 + gq, r1 = r0 + 8;
+            const int pc = (tile % PT) * 8 + gq;  // this lane's column of the B operand
+            if ((tile / PT) * 16 >= len) continue;  // every row past the chunk: nothing to write
+            float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, gb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const i64 row0 = (tok + r0) * GN + (i64)g * N, row1 = (tok + r1) * GN + (i64)g * N;
+            for (int kt = 0; kt < KT; ++kt) {
+                const int k0 = kt * 16 + tq * 2;
+                u32 ca[4], ba[4];
+                // Rows past the chunk read nothing (they may lie past the tensor).
+                ca[0] = r0 < len ? ld_pair(a.C, row0 + k0) : 0u;
+                ca[1] = r1 < len ? ld_pair(a.C, row1 + k0) : 0u;
+                ca[2] = r0 < len ? ld_pair(a.C, row0 + k0 + 8) : 0u;
+                ca[3] = r1 < len ? ld_pair(a.C, row1 + k0 + 8) : 0u;
+                ba[0] = r0 < len ? ld_pair(a.B, row0 + k0) : 0u;
+                ba[1] = r1 < len ? ld_pair(a.B, row1 + k0) : 0u;
+                ba[2] = r0 < len ? ld_pair(a.B, row0 + k0 + 8) : 0u;
+                ba[3] = r1 < len ? ld_pair(a.B, row1 + k0 + 8) : 0u;
+                const float* sp = S + (i64)pc * N + k0;
+                const float* gp = Gr + (i64)pc * N + k0;
+                u32 k0s[3], k8s[3];
+                split_pair(sp[0], sp[1], k0s);
+                split_pair(sp[8], sp[9], k8s);
+                for (int t = 0; t < 3; ++t) mma16816(sc, ca, k0s[t], k8s[t]);
+                split_pair(gp[0], gp[1], k0s);
+                split_pair(gp[8], gp[9], k8s);
+                for (int t = 0; t < 3; ++t) mma16816(gb, ba, k0s[t], k8s[t]);
+            }
+            // Accumulator e: row r0 (e < 2) or r1, column 2 tq + e % 2 of the tile.
+            for (int e = 0; e < 4; ++e) {
+                const int i = e < 2 ? r0 : r1;
+                if (i >= len) continue;
+                const i64 off = (tok + i) * HP + hp0 + (tile % PT) * 8 + 2 * tq + (e % 2);
+                a.ws_sc[off] = sc[e];
+                a.ws_gb[off] = gb[e];
+            }
+        }
+    }
+#else
     for (int e = tid; e < len * P; e += NT) {
         const int i = e / P, p = e % P;
         float sc = 0.0f, gb = 0.0f;
@@ -318,6 +399,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
         a.ws_sc[(tok + i) * HP + hp0 + p] = sc;
         a.ws_gb[(tok + i) * HP + hp0 + p] = gb;
     }
+#endif
     // The carried term exp2(q) <G, S>, a fixed-order block sum.
     float part = 0.0f;
     for (i64 e = tid; e < PN; e += NT) part += Gr[e] * S[e];

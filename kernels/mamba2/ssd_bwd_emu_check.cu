@@ -5,7 +5,7 @@
 // compares the gradients with the f32 CPU port (backward_cpu.rs).
 //
 // Build: g++ -std=c++20 -I kernels -include kernels/mamba2/ssd_emu.cuh
-//        kernels/mamba2/ssd_bwd_emu_check.cu -DSSD_DTYPE=0 -DSSD_Q=.. (all defines)
+//        kernels/mamba2/ssd_bwd_emu_check.cu -DSSD_DTYPE=0|1|2 -DSSD_Q=.. (all defines)
 // Usage: ssd_bwd_emu_check IN OUT
 //   IN: i64 H, G, nseqs, then nseqs sequence lengths; f32 dt_min, dt_max; then f32
 //   arrays x, dt, A, B, C, [dt_bias], [D], [z], [s0], dout, [dfinal] (bracketed:
@@ -16,9 +16,25 @@
 #include <cstdio>
 #include <vector>
 
-#if SSD_DTYPE != 0
-#error "the emulation driver reads and writes f32"
+// Files hold f32; with SSD_DTYPE 1 or 2 the tensor inputs are converted to the
+// 16-bit type (the caller sends values already rounded to it, so exactly) and the
+// 16-bit gradients are widened back on output.
+static std::vector<elem_t> to_elem(const std::vector<float>& v) {
+    std::vector<elem_t> e(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+#if SSD_DTYPE == 0
+        e[i] = v[i];
+#else
+        e[i] = f32_to_elem16(v[i]);
 #endif
+    }
+    return e;
+}
+static std::vector<float> widen_all(const std::vector<elem_t>& e) {
+    std::vector<float> v(e.size());
+    for (size_t i = 0; i < e.size(); ++i) v[i] = elem_to_f32(e[i]);
+    return v;
+}
 
 static std::vector<float> read_f32(FILE* f, size_t n) {
     std::vector<float> v(n);
@@ -61,7 +77,8 @@ int main(int argc, char** argv) {
     auto dout = read_f32(in, io);
     if (SSD_HAS_DFINAL) dfinal = read_f32(in, st);
     std::fclose(in);
-
+    const auto ex = to_elem(x), edt = to_elem(dt), eB = to_elem(B), eC = to_elem(C), ez = to_elem(z),
+               edout = to_elem(dout);
     // The chunk and sequence tables, as crates/mamba2-ssd/src/cuda/backward.rs builds them.
     std::vector<i64> chunks, seqs;
     i64 tok = 0;
@@ -76,21 +93,26 @@ int main(int argc, char** argv) {
     }
     const i64 K = (i64)chunks.size() / 2;
     const size_t Kq = (size_t)(K > 0 ? K : 1);
-    std::vector<float> dx(io), ddt((size_t)(T * H)), dA(H), dB(bc), dC(bc);
-    std::vector<float> dD(D.size()), dz(z.size()), dbias(bias.size()), dinit(s0.size());
+    std::vector<elem_t> dx(io), ddt((size_t)(T * H)), dB(bc), dC(bc), dz(z.size());
+    std::vector<float> dA(H), dD(D.size()), dbias(bias.size()), dinit(s0.size());
     std::vector<float> ws_dt((size_t)(T * H)), ws_cum((size_t)(T * H)), ws_dy(io);
     std::vector<float> ws_S(Kq * H * P * N), ws_G(Kq * H * P * N), ws_cb(Kq * G * Q * Q);
     std::vector<float> ws_gx(Kq * H * Q * Q), ws_sc(io), ws_gb(io);
     std::vector<float> ws_dbh((size_t)(T * H * N)), ws_dch((size_t)(T * H * N));
     std::vector<float> ws_part(Kq * H * (2 + P));
     // Poison everything the kernels write: an unwritten read shows as NaN.
-    for (auto* v : {&dx, &ddt, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit, &ws_dt, &ws_cum, &ws_dy,
-                    &ws_S, &ws_G, &ws_cb, &ws_gx, &ws_sc, &ws_gb, &ws_dbh, &ws_dch, &ws_part})
+    for (auto* v : {&dA, &dD, &dbias, &dinit, &ws_dt, &ws_cum, &ws_dy, &ws_S, &ws_G, &ws_cb,
+                    &ws_gx, &ws_sc, &ws_gb, &ws_dbh, &ws_dch, &ws_part})
         for (auto& e : *v) e = NAN;
+    const auto nan_elem = to_elem(std::vector<float>(1, NAN))[0];
+    for (auto* v : {&dx, &ddt, &dB, &dC, &dz})
+        for (auto& e : *v) e = nan_elem;
     auto opt = [](std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
-    SsdBwdArgs a{x.data(), dt.data(), A.data(), B.data(), C.data(), opt(bias), opt(D), opt(z),
-                 opt(s0), dout.data(), opt(dfinal), dx.data(), ddt.data(), dB.data(), dC.data(),
-                 opt(dz), dA.data(), opt(dbias), opt(dD), opt(dinit), ws_dt.data(), ws_cum.data(),
+    auto opt_e = [](const std::vector<elem_t>& v) { return v.empty() ? nullptr : v.data(); };
+    auto mut_e = [](std::vector<elem_t>& v) { return v.empty() ? nullptr : v.data(); };
+    SsdBwdArgs a{ex.data(), edt.data(), A.data(), eB.data(), eC.data(), opt(bias), opt(D), opt_e(ez),
+                 opt(s0), edout.data(), opt(dfinal), dx.data(), ddt.data(), dB.data(), dC.data(),
+                 mut_e(dz), dA.data(), opt(dbias), opt(dD), opt(dinit), ws_dt.data(), ws_cum.data(),
                  ws_dy.data(), ws_S.data(), ws_G.data(), ws_cb.data(), ws_gx.data(), ws_sc.data(),
                  ws_gb.data(), ws_dbh.data(), ws_dch.data(), ws_part.data(), chunks.data(),
                  seqs.data(), K, T, H, G, S, 0, lim[0], lim[1]};
@@ -109,7 +131,14 @@ int main(int argc, char** argv) {
 
     FILE* out = std::fopen(argv[2], "wb");
     if (!out) return 2;
-    for (auto* v : {&dx, &ddt, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) write_f32(out, *v);
+    write_f32(out, widen_all(dx));
+    write_f32(out, widen_all(ddt));
+    write_f32(out, dA);
+    write_f32(out, widen_all(dB));
+    write_f32(out, widen_all(dC));
+    write_f32(out, dD);
+    write_f32(out, widen_all(dz));
+    for (auto* v : {&dbias, &dinit}) write_f32(out, *v);
     std::fclose(out);
     return 0;
 }

@@ -331,6 +331,15 @@ fn reference_ssd_bwd(push: &mut dyn FnMut(KernelVariant)) {
             push,
         );
     }
+    // The tensor-core S C / G B at M2-2.7B's head.
+    let dims = ssd_dims(2, 1, 64, 128);
+    let mma = SsdBwdConfig::new(DType::Bf16, &dims, SsdFeatures::all(), true, 64)
+        .and_then(|c| c.with_tensor_cores(true));
+    if let Ok(c) = mma {
+        for v in c.variants() {
+            push(v);
+        }
+    }
 }
 
 /// The SSD backward at the published Mamba-2 shapes (see [`Coverage::Models`]).

@@ -16,7 +16,8 @@ use std::process::Command;
 
 use backward_support::{assert_passed, incoming, judge_against};
 use cpu_support::{dims, Case, DKind, Options};
-use ssm_core::SsdGrads;
+use half::bf16;
+use ssm_core::{Element, SsdGrads};
 use ssm_reference::ssd_backward::ssd_backward_detailed;
 
 fn kernels_dir() -> PathBuf {
@@ -55,8 +56,15 @@ fn take(bytes: &[u8], at: &mut usize, n: usize) -> Vec<f32> {
     v
 }
 
-/// Build the driver for `case` with chunk `q`, run it, judge every gradient.
+/// Build the driver for `case` with chunk `q` (f32, the SIMT kernels), run it,
+/// judge every gradient.
 fn run(name: &str, case: &Case, q: usize, seed: u64) {
+    run_as::<f32>(name, case, q, seed, false);
+}
+
+/// As [`run`], with the inputs rounded to `T` (the kernels read them as `T`)
+/// and, with `mma`, the tensor-core S C / G B of `ssd_bwd_grad` (SSD_BWD_MMA).
+fn run_as<T: Element>(name: &str, case: &Case, q: usize, seed: u64, mma: bool) {
     let Some(cxx) = cxx() else { return };
     let o = &case.opts;
     let d = case.dims;
@@ -70,8 +78,14 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         Some(DKind::PerHeadDim) => 2,
     };
     let flag = |b: bool| u8::from(b);
+    let dtype_define = match T::DTYPE {
+        ssm_core::DType::F16 => 1,
+        ssm_core::DType::Bf16 => 2,
+        _ => 0,
+    };
     let defines = [
-        "-DSSD_DTYPE=0".to_string(),
+        format!("-DSSD_DTYPE={dtype_define}"),
+        format!("-DSSD_BWD_MMA={}", flag(mma)),
         format!("-DSSD_Q={q}"),
         format!("-DSSD_N={}", d.d_state),
         format!("-DSSD_P={}", d.head_dim),
@@ -97,9 +111,10 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         "{name}: the emulation driver does not compile"
     );
 
-    let r = case.rounded::<f32>();
+    let r = case.rounded::<T>();
     let p = case.params(&r);
-    let inc = incoming::<f32>(case, seed);
+    let inc = incoming::<T>(case, seed);
+    let f32s = |v: &[T]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
     let lens: Vec<i64> = match &o.cu_seqlens {
         Some(cu) => cu.windows(2).map(|w| w[1] - w[0]).collect(),
         None => vec![d.seqlen as i64; d.batch],
@@ -112,9 +127,11 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         buf.extend_from_slice(&v.to_le_bytes());
     }
     put_f32(&mut buf, &[p.dt_limit.0, p.dt_limit.1]);
-    for v in [p.x, p.dt, p.a, p.b, p.c] {
-        put_f32(&mut buf, v);
-    }
+    put_f32(&mut buf, &f32s(p.x));
+    put_f32(&mut buf, &f32s(p.dt));
+    put_f32(&mut buf, p.a);
+    put_f32(&mut buf, &f32s(p.b));
+    put_f32(&mut buf, &f32s(p.c));
     if let Some(b) = p.dt_bias {
         put_f32(&mut buf, b);
     }
@@ -122,12 +139,12 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         put_f32(&mut buf, dd.data());
     }
     if let Some(z) = p.z {
-        put_f32(&mut buf, z);
+        put_f32(&mut buf, &f32s(z));
     }
     if let Some(s0) = p.initial_states {
         put_f32(&mut buf, s0);
     }
-    put_f32(&mut buf, &inc.d_out);
+    put_f32(&mut buf, &f32s(&inc.d_out));
     if let Some(df) = &inc.d_final {
         put_f32(&mut buf, df);
     }
@@ -139,17 +156,18 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
     let mut at = 0;
     let io = p.x.len();
     let bc = p.b.len();
-    let got = SsdGrads::<f32, f32> {
-        dx: take(&bytes, &mut at, io),
-        ddt: take(&bytes, &mut at, p.dt.len()),
+    let elems = |v: Vec<f32>| v.into_iter().map(T::from_f32).collect::<Vec<T>>();
+    let got = SsdGrads::<T, f32> {
+        dx: elems(take(&bytes, &mut at, io)),
+        ddt: elems(take(&bytes, &mut at, p.dt.len())),
         da: take(&bytes, &mut at, d.heads),
-        db: take(&bytes, &mut at, bc),
-        dc: take(&bytes, &mut at, bc),
+        db: elems(take(&bytes, &mut at, bc)),
+        dc: elems(take(&bytes, &mut at, bc)),
         dd: p
             .d
             .as_ref()
             .map(|dd| take(&bytes, &mut at, dd.data().len())),
-        dz: p.z.map(|_| take(&bytes, &mut at, io)),
+        dz: p.z.map(|_| elems(take(&bytes, &mut at, io))),
         ddt_bias: p.dt_bias.map(|_| take(&bytes, &mut at, d.heads)),
         dinitial_states: p.initial_states.map(|s| take(&bytes, &mut at, s.len())),
     };
@@ -163,12 +181,7 @@ fn run(name: &str, case: &Case, q: usize, seed: u64) {
         &want,
         q,
     );
-    assert_passed(
-        &format!("emulated {name}"),
-        ssm_core::DType::F32,
-        q,
-        &checks,
-    );
+    assert_passed(&format!("emulated {name}"), T::DTYPE, q, &checks);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -211,4 +224,23 @@ fn emulated_varlen_with_empty_sequence_chunk_64() {
 fn emulated_chunk_256() {
     let case = Case::new(dims(1, 300, 2, 4, 8, 1), Options::all(), 15);
     run("q256", &case, 256, 15);
+}
+
+#[test]
+fn emulated_bf16_simt_and_tensor_cores_partial_chunks() {
+    // N 16 and P 8: the smallest tensor-core shapes; 100 tokens: a partial
+    // second chunk (its rows past the chunk read nothing).
+    let case = Case::new(dims(2, 100, 4, 8, 16, 2), Options::all(), 16);
+    run_as::<bf16>("bf16 simt", &case, 64, 16, false);
+    run_as::<bf16>("bf16 mma", &case, 64, 16, true);
+}
+
+#[test]
+fn emulated_bf16_tensor_cores_varlen_chunk_128() {
+    let opts = Options {
+        cu_seqlens: Some(vec![0, 30, 30, 170, 171]),
+        ..Options::all()
+    };
+    let case = Case::new(dims(1, 171, 2, 16, 32, 1), opts, 17);
+    run_as::<bf16>("bf16 mma varlen", &case, 128, 17, true);
 }

@@ -15,6 +15,8 @@
 //!   (empty and one-token sequences);
 //! - `ssd_backward(.., Backend::Cuda)` (chunk 64) is the same call;
 //! - reruns are bit-identical (no atomics);
+//! - the tensor-core S C / G B (`ssd_backward_cuda_with(.., true)`, bf16) on
+//!   the same kinds of problems, and its reruns bit-identical too;
 //! - typed errors for bad gradient inputs and unsupported shapes;
 //! - offsets past 2^31 elements (`SSM_GPU_BIG=1`: about 75 GiB of device memory,
 //!   about a minute, most of it generating and copying the inputs).
@@ -25,7 +27,7 @@ mod cpu_support;
 use backward_support::{incoming, judge_against, GradCheck};
 use cpu_support::{dims, Case, DKind, Options, Steps};
 use half::{bf16, f16};
-use mamba2_ssd::cuda::backward::{ssd_backward_cuda, BwdConfig};
+use mamba2_ssd::cuda::backward::{ssd_backward_cuda, ssd_backward_cuda_with, BwdConfig};
 use mamba2_ssd::cuda::SsdFeatures;
 use mamba2_ssd::{ssd_backward, Backend};
 use ssm_core::mamba2::{SsdDims, SsdParams};
@@ -53,6 +55,8 @@ struct Job {
     dtype: DType,
     chunk: usize,
     seed: u64,
+    /// The tensor-core S C / G B of `ssd_bwd_grad` (bf16 only).
+    mma: bool,
 }
 
 fn job(label: impl Into<String>, case: Case, dtype: DType, chunk: usize, seed: u64) -> Job {
@@ -62,6 +66,14 @@ fn job(label: impl Into<String>, case: Case, dtype: DType, chunk: usize, seed: u
         dtype,
         chunk,
         seed,
+        mma: false,
+    }
+}
+
+fn mma_job(label: impl Into<String>, case: Case, chunk: usize, seed: u64) -> Job {
+    Job {
+        mma: true,
+        ..job(label, case, DType::Bf16, chunk, seed)
     }
 }
 
@@ -76,6 +88,7 @@ fn variant_of<T: DeviceElement>(job: &Job) -> Option<ssm_gpu::KernelVariant> {
         job.case.opts.final_states,
         job.chunk,
     )
+    .and_then(|c| c.with_tensor_cores(job.mma))
     .ok()?;
     config.variants().into_iter().next()
 }
@@ -145,8 +158,15 @@ fn check<T: DeviceElement>(gpu: &Gpu, job: &Job) -> (SsdGrads<T, f32>, Vec<Strin
     let r = case.rounded::<T>();
     let p = case.params(&r);
     let inc = incoming::<T>(case, job.seed);
-    let got = ssd_backward_cuda(gpu, &p, &inc.d_out, inc.d_final.as_deref(), job.chunk)
-        .unwrap_or_else(|e| panic!("{} ({}): {e}", job.label, T::DTYPE));
+    let got = ssd_backward_cuda_with(
+        gpu,
+        &p,
+        &inc.d_out,
+        inc.d_final.as_deref(),
+        job.chunk,
+        job.mma,
+    )
+    .unwrap_or_else(|e| panic!("{} ({}): {e}", job.label, T::DTYPE));
     let want = ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).unwrap();
     let checks = judge_against(
         &p,
@@ -406,6 +426,114 @@ fn bad_gradient_inputs_and_unsupported_shapes_are_typed_errors() {
     match ssd_backward_cuda(&gpu, &p, &inc.d_out, inc.d_final.as_deref(), 64) {
         Err(SsmError::Unsupported { what, .. }) => assert!(what.contains("d_state"), "{what}"),
         other => panic!("N = 300: {:?}", other.err()),
+    }
+}
+
+#[test]
+fn tensor_core_path_matches_the_adjoint_and_reruns_bit_identical() {
+    let Some(gpu) =
+        test_gpu_or_skip("tensor_core_path_matches_the_adjoint_and_reruns_bit_identical")
+    else {
+        return;
+    };
+    let base = seed();
+    let mut jobs = Vec::new();
+    for mask in 0u64..16 {
+        let bit = |k: u32| mask & (1 << k) != 0;
+        let opts = Options {
+            dt_bias: bit(0),
+            dt_softplus: bit(0),
+            dt_limit: bit(1).then_some((1e-3, 0.5)),
+            d: match mask % 3 {
+                0 => None,
+                1 => Some(DKind::PerHead),
+                _ => Some(DKind::PerHeadDim),
+            },
+            z: bit(2),
+            initial_states: bit(3),
+            final_states: bit(3),
+            ..Options::default()
+        };
+        let s = base.wrapping_add(500 + mask);
+        let case = Case::new(dims(2, 100, 4, 16, 32, 2), opts, s);
+        jobs.push(mma_job(format!("mma options {mask:04b}"), case, 64, s));
+    }
+    // (batch, L, heads, P, N, groups, chunk): P 8-128, N 16-256, partial chunks, L = 1.
+    let shapes: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
+        (2, 1, 2, 64, 128, 1, 64),
+        (1, 65, 2, 8, 16, 1, 64),
+        (2, 300, 4, 32, 64, 2, 64),
+        (1, 300, 2, 128, 128, 1, 64),
+        (1, 200, 2, 64, 256, 1, 64),
+        (1, 700, 2, 64, 128, 2, 128),
+        (1, 1000, 2, 64, 128, 1, 256),
+        (2, 1000, 8, 64, 128, 2, 64),
+    ];
+    for (i, &(b, l, h, p, n, g, q)) in shapes.iter().enumerate() {
+        let s = base.wrapping_add(600 + i as u64);
+        let case = Case::new(dims(b, l, h, p, n, g), Options::all(), s);
+        jobs.push(mma_job(
+            format!("mma b{b} L{l} H{h} P{p} N{n} G{g}"),
+            case,
+            q,
+            s,
+        ));
+    }
+    let s = base.wrapping_add(700);
+    let opts = Options {
+        cu_seqlens: Some(vec![0, 100, 100, 101, 351, 384]),
+        ..Options::all()
+    };
+    jobs.push(mma_job(
+        "mma varlen",
+        Case::new(dims(1, 384, 4, 32, 64, 2), opts, s),
+        64,
+        s,
+    ));
+    let s = base.wrapping_add(701);
+    let opts = Options {
+        steps: Steps::Spiky,
+        ..Options::all()
+    };
+    jobs.push(mma_job(
+        "mma spiky steps",
+        Case::new(dims(1, 600, 2, 32, 64, 1), opts, s),
+        256,
+        s,
+    ));
+    run_jobs(&gpu, "tensor_core_path_matches_the_adjoint", &jobs);
+
+    // Reruns: bit-identical (fixed-order MMA accumulation, no atomics).
+    let j = &jobs[jobs.len() - 3];
+    let r = j.case.rounded::<bf16>();
+    let p = j.case.params(&r);
+    let inc = incoming::<bf16>(&j.case, j.seed);
+    let run = || {
+        ssd_backward_cuda_with(&gpu, &p, &inc.d_out, inc.d_final.as_deref(), j.chunk, true).unwrap()
+    };
+    let first = bits(&run());
+    for k in 2..=3 {
+        assert!(
+            first == bits(&run()),
+            "tensor-core run {k} differs in some bit"
+        );
+    }
+    // Outside its range it is a typed refusal, before anything is compiled.
+    let case = Case::new(dims(1, 10, 2, 8, 16, 1), Options::all(), 1);
+    let r = case.rounded::<f16>();
+    let p = case.params(&r);
+    let inc = incoming::<f16>(&case, 1);
+    match ssd_backward_cuda_with(&gpu, &p, &inc.d_out, inc.d_final.as_deref(), 64, true) {
+        Err(SsmError::Unsupported { what, .. }) => assert!(what.contains("bf16"), "{what}"),
+        other => panic!("f16 on tensor cores: {:?}", other.err()),
+    }
+    let case = Case::new(dims(1, 10, 2, 12, 16, 1), Options::all(), 2);
+    let r = case.rounded::<bf16>();
+    let p = case.params(&r);
+    let inc = incoming::<bf16>(&case, 2);
+    match ssd_backward_cuda_with(&gpu, &p, &inc.d_out, inc.d_final.as_deref(), 64, true) {
+        Err(SsmError::Unsupported { what, .. }) => assert!(what.contains("head_dim"), "{what}"),
+        other => panic!("P = 12 on tensor cores: {:?}", other.err()),
     }
 }
 

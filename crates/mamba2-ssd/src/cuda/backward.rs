@@ -63,6 +63,9 @@ pub struct BwdConfig {
     pub features: SsdFeatures,
     /// Whether the call passes `d_final_states`.
     pub d_final: bool,
+    /// `S C` and `G B` of `ssd_bwd_grad` on the tensor cores (SSD_BWD_MMA,
+    /// bf16 only; [`BwdConfig::with_tensor_cores`]); off: the SIMT loop (v1).
+    pub tensor_cores: bool,
 }
 
 impl BwdConfig {
@@ -102,7 +105,31 @@ impl BwdConfig {
             head_dim: dims.head_dim,
             features,
             d_final,
+            tensor_cores: false,
         })
+    }
+
+    /// The same configuration with the tensor-core `S C` / `G B` of
+    /// `ssd_bwd_grad` on or off; on needs bf16 inputs, `d_state` a multiple of
+    /// 16 and `head_dim` a multiple of 8 ([`SsmError::Unsupported`] otherwise,
+    /// before anything is compiled).
+    pub fn with_tensor_cores(mut self, on: bool) -> Result<Self> {
+        if on && self.dtype != DType::Bf16 {
+            return Err(unsupported(format!(
+                "the tensor-core backward on {} inputs (bf16 only: the f32 states are \
+                 split into three bf16 parts)",
+                self.dtype
+            )));
+        }
+        if on && (self.d_state % 16 != 0 || self.head_dim % 8 != 0) {
+            return Err(unsupported(format!(
+                "the tensor-core backward for d_state = {} and head_dim = {} (d_state a \
+                 multiple of 16, head_dim of 8)",
+                self.d_state, self.head_dim
+            )));
+        }
+        self.tensor_cores = on;
+        Ok(self)
     }
 
     fn dtype_define(&self) -> u8 {
@@ -122,7 +149,7 @@ impl BwdConfig {
             DMode::PerHead => 1,
             DMode::PerHeadDim => 2,
         };
-        vec![
+        let mut defines = vec![
             ("SSD_DTYPE", self.dtype_define().to_string()),
             ("SSD_Q", self.chunk.to_string()),
             ("SSD_N", self.d_state.to_string()),
@@ -133,14 +160,23 @@ impl BwdConfig {
             ("SSD_HAS_Z", flag(f.z)),
             ("SSD_HAS_S0", flag(f.initial_states)),
             ("SSD_HAS_DFINAL", flag(self.d_final)),
-        ]
+        ];
+        // Only when on, so that the SIMT modules keep v1's defines (and cache keys).
+        if self.tensor_cores {
+            defines.push(("SSD_BWD_MMA", "1".to_string()));
+        }
+        defines
     }
 
-    /// A stable name, e.g. `bf16.q64.n128.p64`.
+    /// A stable name, e.g. `bf16.q64.n128.p64` (`.mma` with tensor cores).
     pub fn label(&self) -> String {
         format!(
-            "{}.q{}.n{}.p{}",
-            self.dtype, self.chunk, self.d_state, self.head_dim
+            "{}.q{}.n{}.p{}{}",
+            self.dtype,
+            self.chunk,
+            self.d_state,
+            self.head_dim,
+            if self.tensor_cores { ".mma" } else { "" }
         )
     }
 
@@ -292,6 +328,18 @@ impl SsdBwdPlan {
         d_final: bool,
         chunk: usize,
     ) -> Result<Self> {
+        Self::new_with(gpu, p, d_final, chunk, false)
+    }
+
+    /// [`SsdBwdPlan::new`] with the tensor-core `S C` / `G B` on or off
+    /// ([`BwdConfig::with_tensor_cores`]).
+    pub fn new_with<T: DeviceElement>(
+        gpu: &Gpu,
+        p: &SsdParams<'_, T>,
+        d_final: bool,
+        chunk: usize,
+        tensor_cores: bool,
+    ) -> Result<Self> {
         p.validate()?;
         if d_final && !p.return_final_states {
             return Err(SsmError::Dimension {
@@ -299,7 +347,7 @@ impl SsdBwdPlan {
                 reason: "given, but the forward returns no final states".into(),
             });
         }
-        Self::for_shapes(
+        Self::for_shapes_with(
             gpu,
             T::DTYPE,
             p.dims,
@@ -308,6 +356,7 @@ impl SsdBwdPlan {
             p.cu_seqlens,
             d_final,
             chunk,
+            tensor_cores,
         )
     }
 
@@ -326,6 +375,25 @@ impl SsdBwdPlan {
         d_final: bool,
         chunk: usize,
     ) -> Result<Self> {
+        Self::for_shapes_with(
+            gpu, dtype, dims, features, dt_limit, cu_seqlens, d_final, chunk, false,
+        )
+    }
+
+    /// [`SsdBwdPlan::for_shapes`] with the tensor-core `S C` / `G B` on or off
+    /// ([`BwdConfig::with_tensor_cores`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_shapes_with(
+        gpu: &Gpu,
+        dtype: DType,
+        dims: SsdDims,
+        features: SsdFeatures,
+        dt_limit: (f32, f32),
+        cu_seqlens: Option<&[i64]>,
+        d_final: bool,
+        chunk: usize,
+        tensor_cores: bool,
+    ) -> Result<Self> {
         super::plan::check_shapes(&dims, dt_limit, cu_seqlens)?;
         if d_final && !features.final_states {
             return Err(SsmError::Dimension {
@@ -333,7 +401,8 @@ impl SsdBwdPlan {
                 reason: "given, but the forward returns no final states".into(),
             });
         }
-        let config = BwdConfig::new(dtype, &dims, features, d_final, chunk)?;
+        let config = BwdConfig::new(dtype, &dims, features, d_final, chunk)?
+            .with_tensor_cores(tensor_cores)?;
         if dims.batch * dims.seqlen == 0 {
             return Err(unsupported(
                 "launching the backward on L = 0 (ssd_backward_cuda handles it without a launch)"
@@ -662,6 +731,20 @@ pub fn ssd_backward_cuda<T: DeviceElement>(
     d_final_states: Option<&[f32]>,
     chunk: usize,
 ) -> Result<SsdGrads<T, f32>> {
+    ssd_backward_cuda_with(gpu, p, d_out, d_final_states, chunk, false)
+}
+
+/// [`ssd_backward_cuda`] with the tensor-core `S C` / `G B` of `ssd_bwd_grad`
+/// on or off ([`BwdConfig::with_tensor_cores`]: bf16, `d_state % 16 == 0`,
+/// `head_dim % 8 == 0`).
+pub fn ssd_backward_cuda_with<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    chunk: usize,
+    tensor_cores: bool,
+) -> Result<SsdGrads<T, f32>> {
     let layout = validate_grad_inputs(p, d_out, d_final_states)?;
     BwdConfig::new(
         T::DTYPE,
@@ -669,7 +752,8 @@ pub fn ssd_backward_cuda<T: DeviceElement>(
         SsdFeatures::of(p),
         d_final_states.is_some(),
         chunk,
-    )?;
+    )?
+    .with_tensor_cores(tensor_cores)?;
     // As the forward: non-finite inputs are declined with the argument named.
     if let Err(e) = p.with_check_finite(true).validate() {
         return Err(unsupported(format!("non-finite inputs ({e})")));
@@ -684,7 +768,7 @@ pub fn ssd_backward_cuda<T: DeviceElement>(
     if p.x.is_empty() {
         return Ok(empty_grads(p, d_final_states, layout.num_seqs));
     }
-    let plan = SsdBwdPlan::new(gpu, p, d_final_states.is_some(), chunk)?;
+    let plan = SsdBwdPlan::new_with(gpu, p, d_final_states.is_some(), chunk, tensor_cores)?;
     let inp = SsdDeviceInputs::upload(gpu, p)?;
     let d_out = gpu.upload(d_out)?;
     let d_final = d_final_states.map(|s| gpu.upload(s)).transpose()?;
@@ -749,6 +833,12 @@ pub fn ssd_bwd_kernel_variants() -> Vec<KernelVariant> {
         if let Ok(c) = BwdConfig::new(dtype, &dims(n, p), SsdFeatures::all(), true, q) {
             v.extend(c.variants());
         }
+    }
+    // The tensor-core S C / G B at M2-2.7B's head (bf16, Q 64).
+    if let Ok(c) = BwdConfig::new(DType::Bf16, &dims(128, 64), SsdFeatures::all(), true, 64)
+        .and_then(|c| c.with_tensor_cores(true))
+    {
+        v.extend(c.variants());
     }
     v
 }
