@@ -138,6 +138,7 @@ fn prepare_typed<T: DeviceElement>(
             SsdHost::generate(&s, seed),
             case.ssd_options(),
             case.pass,
+            case.bwd_tensor_cores,
             slots,
             seed,
         )?),
@@ -442,6 +443,7 @@ impl<T: DeviceElement> SsdBwdWork<T> {
         host: SsdHost<T>,
         options: mamba2_ssd::cuda::CudaOptions,
         pass: Pass,
+        tensor_cores: bool,
         slots: usize,
         seed: u64,
     ) -> Result<Self> {
@@ -459,7 +461,13 @@ impl<T: DeviceElement> SsdBwdWork<T> {
             _ => None,
         };
         // The timed problems return no final states: no d_final_states.
-        let bwd = mamba2_ssd::cuda::backward::SsdBwdPlan::new(gpu, &params, false, chunk)?;
+        let bwd = mamba2_ssd::cuda::backward::SsdBwdPlan::new_with(
+            gpu,
+            &params,
+            false,
+            chunk,
+            tensor_cores,
+        )?;
         let ws = bwd.workspace(gpu)?;
         let d_out: Vec<T> = fill(params.x.len(), seed + 101, Dist::Normal);
         let inputs = (0..slots)

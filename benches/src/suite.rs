@@ -41,6 +41,8 @@ pub struct Case {
     pub ssd_options: mamba2_ssd::cuda::CudaOptions,
     /// The pass timed: the forward, the backward alone, or both as one call.
     pub pass: Pass,
+    /// The SSD backward's tensor-core S C / G B (`#bwd-mma` cases).
+    pub bwd_tensor_cores: bool,
 }
 
 impl Case {
@@ -51,6 +53,7 @@ impl Case {
             problem,
             ssd_options: Default::default(),
             pass: Pass::Forward,
+            bwd_tensor_cores: false,
         }
     }
 
@@ -64,6 +67,14 @@ impl Case {
     pub fn ssd_variant(mut self, label: &str, options: mamba2_ssd::cuda::CudaOptions) -> Case {
         self.workload = format!("{}#{label}", self.workload);
         self.ssd_options = options;
+        self
+    }
+
+    /// The same SSD backward case on the tensor-core S C / G B, named
+    /// `workload#bwd-mma`.
+    pub fn with_bwd_tensor_cores(mut self) -> Case {
+        self.workload = format!("{}#bwd-mma", self.workload);
+        self.bwd_tensor_cores = true;
         self
     }
 
@@ -177,6 +188,11 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
         for pass in [Pass::Backward, Pass::ForwardBackward] {
             let p = with_chunk(w.problem.with_dtype(DType::Bf16), CUDA_SSD_CHUNK);
             cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
+            cases.push(
+                Case::new(Cuda, w.name, p)
+                    .with_pass(pass)
+                    .with_bwd_tensor_cores(),
+            );
         }
     }
     // The f32 decode steps (fp32 inputs are common at decode time).
