@@ -2,152 +2,137 @@
 //! copied device-to-device into the new state tensor, and the family's decode
 //! kernel (`ssm_gpu::decode::launch_decode_step`, cached per device, dtype and
 //! N) updates that copy in place and writes a fresh output, on candle's
-//! stream; the other inputs are read zero-copy.
+//! stream; the other inputs are read zero-copy. Written once over the family
+//! ([`step_cuda`]); each step says its sizes and switches.
 
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{Result, Tensor};
-use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel};
+use ssm_core::decode::{Mamba1StepDims, Mamba2StepDims, StepDims, StepInputs};
+use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepArgs};
 use ssm_gpu::DeviceElement;
 
 use super::{Step1, Step2, OP1, OP2};
 use crate::cuda::{borrow, cached_plan, copy, device_of, gpu_err, gpu_for, opt_view, wrap};
 use crate::util::ssm_err;
 
+/// A step's tensors by role (both step structs name them alike); no index list.
+macro_rules! roles {
+    ($step:expr) => {
+        StepInputs {
+            x: &$step.x,
+            dt: &$step.dt,
+            a: &$step.a,
+            b: &$step.b,
+            c: &$step.c,
+            d: $step.d.as_ref(),
+            z: $step.z.as_ref(),
+            dt_bias: $step.dt_bias.as_ref(),
+            state_batch_indices: None,
+        }
+    };
+}
+
+/// One decode step of family `F` (operation `op` in errors): `inputs` by role,
+/// the state cache `state`, the family's sizes and switches. Returns the output
+/// and the updated copy of the state.
+fn step_cuda<F: DecodeFamily, T: DeviceElement + CudaDType>(
+    op: &'static str,
+    inputs: StepInputs<&Tensor>,
+    state: &Tensor,
+    dims: F::Dims,
+    options: F::Options,
+) -> Result<(Tensor, Tensor)>
+where
+    DecodeKernel<F, T>: Send + Sync,
+{
+    let d_state = dims.d_state();
+    let dev = device_of(op, "x", inputs.x)?;
+    let gpu = gpu_for(op, &dev)?;
+    let dtype = <T as ssm_core::Element>::DTYPE;
+    let kernel = cached_plan(
+        format!("{}-decode {:?} {dtype} {d_state}", F::NAME, dev.id()),
+        || DecodeKernel::<F, T>::new(&gpu, d_state, F::default_tiling(dtype)).map_err(ssm_err(op)),
+    )?;
+    let (x, dt, a, b, c) = (
+        borrow("x", inputs.x),
+        borrow("dt", inputs.dt),
+        borrow("A", inputs.a),
+        borrow("B", inputs.b),
+        borrow("C", inputs.c),
+    );
+    let d = inputs.d.map(|t| borrow("D", t));
+    let z = inputs.z.map(|t| borrow("z", t));
+    let bias = inputs.dt_bias.map(|t| borrow("dt_bias", t));
+    let state_in = borrow("state", state);
+    let mut new_state = copy(op, &gpu, &state_in.view::<f32>(op)?)?;
+    let mut out = gpu
+        .alloc_poisoned::<T>(inputs.x.elem_count())
+        .map_err(gpu_err(op))?;
+    let args = DeviceStepArgs {
+        dims,
+        inputs: StepInputs {
+            x: x.view(op)?,
+            dt: dt.view(op)?,
+            a: a.view(op)?,
+            b: b.view(op)?,
+            c: c.view(op)?,
+            d: opt_view::<f32>(op, &d)?,
+            z: opt_view::<T>(op, &z)?,
+            dt_bias: opt_view::<f32>(op, &bias)?,
+            state_batch_indices: None,
+        },
+        options,
+    };
+    launch_decode_step(
+        &gpu,
+        &*kernel,
+        &args,
+        &mut new_state.slice_mut(..),
+        &mut out.slice_mut(..),
+    )
+    .map_err(ssm_err(op))?;
+    Ok((
+        wrap(out, &dev, inputs.x.dims()),
+        wrap(new_state, &dev, state.dims()),
+    ))
+}
+
 impl Step2 {
     pub(super) fn run_cuda<T: DeviceElement + CudaDType>(&self) -> Result<(Tensor, Tensor)> {
-        use mamba2_ssd::decode_cuda::{DeviceDSkip, DeviceStepArgs, Mamba2Decode};
+        use mamba2_ssd::decode_cuda::{Mamba2Decode, StepOptions};
         let [batch, heads, head_dim, d_state, groups] = self.dims;
-        let dev = device_of(OP2, "x", &self.x)?;
-        let gpu = gpu_for(OP2, &dev)?;
-        let dtype = <T as ssm_core::Element>::DTYPE;
-        let kernel = cached_plan(
-            format!("mamba2-decode {:?} {dtype} {d_state}", dev.id()),
-            || {
-                DecodeKernel::<Mamba2Decode, T>::new(
-                    &gpu,
-                    d_state,
-                    Mamba2Decode::default_tiling(dtype),
-                )
-                .map_err(ssm_err(OP2))
-            },
-        )?;
-        let (x, dt, a, b, c) = (
-            borrow("x", &self.x),
-            borrow("dt", &self.dt),
-            borrow("A", &self.a),
-            borrow("B", &self.b),
-            borrow("C", &self.c),
-        );
-        let d = self.d.as_ref().map(|t| borrow("D", t));
-        let z = self.z.as_ref().map(|t| borrow("z", t));
-        let bias = self.dt_bias.as_ref().map(|t| borrow("dt_bias", t));
-        let state_in = borrow("state", &self.state);
-        let mut state = copy(OP2, &gpu, &state_in.view::<f32>(OP2)?)?;
-        let mut out = gpu
-            .alloc_poisoned::<T>(self.x.elem_count())
-            .map_err(gpu_err(OP2))?;
-        let d_view = opt_view::<f32>(OP2, &d)?;
-        let args = DeviceStepArgs {
+        let dims = Mamba2StepDims {
             batch,
             heads,
             head_dim,
             d_state,
             groups,
             cache_rows: batch,
-            x: x.view(OP2)?,
-            dt: dt.view(OP2)?,
-            a: a.view(OP2)?,
-            b: b.view(OP2)?,
-            c: c.view(OP2)?,
-            d: d_view.map(|v| {
-                if self.d_per_dim {
-                    DeviceDSkip::PerHeadDim(v)
-                } else {
-                    DeviceDSkip::PerHead(v)
-                }
-            }),
-            z: opt_view::<T>(OP2, &z)?,
-            dt_bias: opt_view::<f32>(OP2, &bias)?,
+        };
+        let options = StepOptions {
+            d_per_head_dim: self.d_per_dim,
             dt_softplus: self.dt_softplus,
             dt_limit: self.dt_limit,
-            state_batch_indices: None,
         };
-        launch_decode_step(
-            &gpu,
-            &*kernel,
-            &args,
-            &mut state.slice_mut(..),
-            &mut out.slice_mut(..),
-        )
-        .map_err(ssm_err(OP2))?;
-        Ok((
-            wrap(out, &dev, self.x.dims()),
-            wrap(state, &dev, self.state.dims()),
-        ))
+        step_cuda::<Mamba2Decode, T>(OP2, roles!(self), &self.state, dims, options)
     }
 }
 
 impl Step1 {
     pub(super) fn run_cuda<T: DeviceElement + CudaDType>(&self) -> Result<(Tensor, Tensor)> {
-        use mamba1_scan::decode_cuda::{DeviceStepArgs, Mamba1Decode};
+        use mamba1_scan::decode_cuda::{Mamba1Decode, StepOptions};
         let [batch, d_inner, d_state, groups] = self.dims;
-        let dev = device_of(OP1, "x", &self.x)?;
-        let gpu = gpu_for(OP1, &dev)?;
-        let dtype = <T as ssm_core::Element>::DTYPE;
-        let kernel = cached_plan(
-            format!("mamba1-decode {:?} {dtype} {d_state}", dev.id()),
-            || {
-                DecodeKernel::<Mamba1Decode, T>::new(
-                    &gpu,
-                    d_state,
-                    Mamba1Decode::default_tiling(dtype),
-                )
-                .map_err(ssm_err(OP1))
-            },
-        )?;
-        let (x, dt, a, b, c) = (
-            borrow("x", &self.x),
-            borrow("dt", &self.dt),
-            borrow("A", &self.a),
-            borrow("B", &self.b),
-            borrow("C", &self.c),
-        );
-        let d = self.d.as_ref().map(|t| borrow("D", t));
-        let z = self.z.as_ref().map(|t| borrow("z", t));
-        let bias = self.dt_bias.as_ref().map(|t| borrow("dt_bias", t));
-        let state_in = borrow("state", &self.state);
-        let mut state = copy(OP1, &gpu, &state_in.view::<f32>(OP1)?)?;
-        let mut out = gpu
-            .alloc_poisoned::<T>(self.x.elem_count())
-            .map_err(gpu_err(OP1))?;
-        let args = DeviceStepArgs {
+        let cache_rows = batch;
+        let dims = Mamba1StepDims {
             batch,
             d_inner,
             d_state,
             groups,
-            cache_rows: batch,
-            x: x.view(OP1)?,
-            dt: dt.view(OP1)?,
-            a: a.view(OP1)?,
-            b: b.view(OP1)?,
-            c: c.view(OP1)?,
-            d: opt_view::<f32>(OP1, &d)?,
-            z: opt_view::<T>(OP1, &z)?,
-            dt_bias: opt_view::<f32>(OP1, &bias)?,
-            dt_softplus: self.dt_softplus,
-            state_batch_indices: None,
+            cache_rows,
         };
-        launch_decode_step(
-            &gpu,
-            &*kernel,
-            &args,
-            &mut state.slice_mut(..),
-            &mut out.slice_mut(..),
-        )
-        .map_err(ssm_err(OP1))?;
-        Ok((
-            wrap(out, &dev, self.x.dims()),
-            wrap(state, &dev, self.state.dims()),
-        ))
+        let options = StepOptions {
+            dt_softplus: self.dt_softplus,
+        };
+        step_cuda::<Mamba1Decode, T>(OP1, roles!(self), &self.state, dims, options)
     }
 }
