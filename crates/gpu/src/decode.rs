@@ -522,7 +522,11 @@ fn optional_ptr<'s, E>(
     }
 }
 
-fn check_aligned(arg: &'static str, ptr: u64, align: usize) -> Result<()> {
+/// `Err(Dimension)` naming `arg` unless the device pointer `ptr` is a multiple of
+/// `align` bytes: the kernels read and write through vector accesses whose
+/// alignment they take from their base pointers (owned buffers always are;
+/// views with offsets may not be). Used by every device-view entry point.
+pub fn check_aligned(arg: &'static str, ptr: u64, align: usize) -> Result<()> {
     if ptr % align as u64 != 0 {
         return Err(SsmError::Dimension {
             arg,

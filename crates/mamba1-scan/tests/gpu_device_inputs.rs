@@ -95,7 +95,7 @@ impl Inputs {
 }
 
 /// The offset of every tensor inside its allocation in the views test.
-const PAD: usize = 13;
+const PAD: usize = 16;
 
 fn poison_outputs(gpu: &Gpu, bufs: &mut ScanBuffers<f32>) {
     gpu.poison(&mut bufs.out).unwrap();
@@ -300,6 +300,33 @@ fn launches_on_the_callers_stream_and_views_with_offsets() {
         Err(SsmError::Shape { arg: "u", .. }) => {}
         other => panic!("a short `u` view must be rejected, got {other:?}"),
     }
+
+    // A view one element off a 16-byte boundary is a typed error too (the
+    // kernel's row accesses are 16 bytes wide), refused before any launch.
+    let misaligned = ScanViews {
+        u: view(&u, io),
+        delta: delta.slice(PAD + 1..PAD + 1 + io),
+        a: view(&a, inputs.a.len()),
+        b: view(&b, inputs.b.len()),
+        c: view(&c, inputs.c.len()),
+        d: Some(view(&d, inputs.d.len())),
+        z: Some(view(&z, io)),
+        delta_bias: Some(view(&bias, inputs.bias.len())),
+        initial_states: Some(view(&h0, states)),
+        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
+        out: out.slice_mut(PAD..PAD + io),
+        final_states: Some(fin.slice_mut(PAD..PAD + states)),
+    };
+    match plan.launch_views(&gpu, misaligned) {
+        Err(SsmError::Dimension {
+            arg: "delta",
+            reason,
+        }) => {
+            eprintln!("misaligned `delta` rejected: {reason}")
+        }
+        other => panic!("a misaligned `delta` view must be rejected, got {other:?}"),
+    }
+    stream.synchronize().unwrap();
 }
 
 #[test]

@@ -18,7 +18,7 @@ use ssm_gpu::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView};
 use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
 
 /// The offset of every tensor inside its allocation.
-const PAD: usize = 11;
+const PAD: usize = 16;
 
 /// `host` at offset `PAD` of an allocation with NaN on both sides.
 fn padded<T: DeviceElement>(stream: &Arc<CudaStream>, host: &[T]) -> CudaSlice<T> {
@@ -78,8 +78,9 @@ fn a_shape_only_plan_on_the_callers_stream_and_offset_views() {
     let states = want.final_states.as_ref().unwrap().len();
     let mut out = padded(&stream, &vec![half::bf16::ZERO; io]);
     let mut fin = padded(&stream, &vec![0.0f32; states]);
-    let inputs = SsdInputViews {
-        x: view(&x, io),
+    // The input views with `x` starting `x_shift` elements past its place.
+    let input_views = |x_shift: usize| SsdInputViews {
+        x: x.slice(PAD + x_shift..PAD + x_shift + io),
         dt: view(&dt, p.dt.len()),
         a: view(&a, p.a.len()),
         b: view(&b, p.b.len()),
@@ -89,6 +90,7 @@ fn a_shape_only_plan_on_the_callers_stream_and_offset_views() {
         z: Some(view(&z, io)),
         initial_states: Some(view(&h0, p.initial_states.unwrap().len())),
     };
+    let inputs = input_views(0);
     let outputs = SsdOutputViews {
         out: out.slice_mut(PAD..PAD + io),
         final_states: Some(fin.slice_mut(PAD..PAD + states)),
@@ -121,6 +123,21 @@ fn a_shape_only_plan_on_the_callers_stream_and_offset_views() {
         Err(SsmError::Dimension { arg: "dt", .. }) => {}
         other => panic!("a short `dt` view must be rejected, got {other:?}"),
     }
+
+    // A view one element off a 16-byte boundary is a typed error too (the
+    // kernels' loads are 16 bytes wide), refused before anything is enqueued.
+    let misaligned = input_views(1);
+    let outputs = SsdOutputViews {
+        out: out.slice_mut(PAD..PAD + io),
+        final_states: Some(fin.slice_mut(PAD..PAD + states)),
+    };
+    match plan.launch_views(&gpu, &misaligned, outputs) {
+        Err(SsmError::Dimension { arg: "x", reason }) => {
+            eprintln!("misaligned `x` rejected: {reason}")
+        }
+        other => panic!("a misaligned `x` view must be rejected, got {other:?}"),
+    }
+    stream.synchronize().unwrap();
 }
 
 #[test]

@@ -311,6 +311,9 @@ pub(crate) fn expect_opt(
     }
 }
 
+/// Bytes every device view of a launch must be aligned to (the kernels' widest access).
+pub const VIEW_ALIGN: usize = 16;
+
 /// `SCAN_STATUS_BAD_CU_SEQLENS` of `kernels/mamba1/scan_fwd.cu` and
 /// `scan_bwd.cu`: a block found its device-resident `cu_seqlens` range outside
 /// the packed sequence.
@@ -494,6 +497,26 @@ impl ScanPlan {
             }
             None => (0, None),
         };
+        // The kernel's 16-byte row accesses assume 16-byte-aligned bases
+        // (views with offsets need not be; the H200 faulted on one that was not).
+        for (name, p) in [
+            ("u", u),
+            ("delta", delta),
+            ("A", a),
+            ("B", b),
+            ("C", c),
+            ("D", d),
+            ("z", z),
+            ("delta_bias", delta_bias),
+            ("initial_states", initial_states),
+            ("cu_seqlens", cu_seqlens),
+            ("out", out),
+            ("final_states", final_states),
+        ] {
+            if p != 0 {
+                ssm_gpu::decode::check_aligned(name, p, VIEW_ALIGN)?;
+            }
+        }
         let (status, _g12) = self.status.device_ptr(stream);
         let dims = self.problem.dims;
         let args = ScanArgs {

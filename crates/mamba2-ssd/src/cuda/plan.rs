@@ -152,6 +152,10 @@ fn opt_ptr<'a, U>(
 /// Threads per block of the C·Bᵀ pre-kernel (`kernels/mamba2/ssd_chunk_cb.cu`).
 pub const CHUNK_CB_THREADS: u32 = 128;
 
+/// Bytes every device view of [`SsdPlan::launch_views`] must be aligned to (the
+/// kernels' widest access).
+pub const VIEW_ALIGN: usize = 16;
+
 /// Compiled kernels, the work table on the device and the segment workspace for
 /// one problem shape and option set.
 pub struct SsdPlan {
@@ -526,6 +530,7 @@ impl SsdPlan {
             )));
         }
         self.check_inputs(gpu, inp, &out)?;
+        check_view_alignment(gpu, inp, &mut out)?;
         if let Some(cb) = &self.chunk_cb {
             self.launch_chunk_cb(gpu, cb, inp)?;
         }
@@ -653,4 +658,36 @@ impl SsdPlan {
             .map_err(|e| SsmError::Backend(format!("{}: {e:?}", kernel.name)))?;
         Ok(())
     }
+}
+
+/// Every view's base must be [`VIEW_ALIGN`]-byte aligned: the kernels' 16-byte
+/// loads and stores take their alignment from the base pointers (owned buffers
+/// always are; views with offsets need not be, and the H200 faulted on one that
+/// was not). Checked before anything is enqueued.
+fn check_view_alignment<T: DeviceElement>(
+    gpu: &Gpu,
+    inp: &SsdInputViews<'_, T>,
+    out: &mut SsdOutputViews<'_, T>,
+) -> Result<()> {
+    let stream = gpu.stream();
+    let check = |name: &'static str, p: u64| -> Result<()> {
+        if p == 0 {
+            return Ok(());
+        }
+        ssm_gpu::decode::check_aligned(name, p, VIEW_ALIGN)
+    };
+    check("x", inp.x.device_ptr(stream).0)?;
+    check("dt", inp.dt.device_ptr(stream).0)?;
+    check("A", inp.a.device_ptr(stream).0)?;
+    check("B", inp.b.device_ptr(stream).0)?;
+    check("C", inp.c.device_ptr(stream).0)?;
+    check("dt_bias", opt_ptr(&inp.dt_bias, stream).0)?;
+    check("D", opt_ptr(&inp.d, stream).0)?;
+    check("z", opt_ptr(&inp.z, stream).0)?;
+    check("initial_states", opt_ptr(&inp.initial_states, stream).0)?;
+    check("out", out.out.device_ptr_mut(stream).0)?;
+    if let Some(f) = out.final_states.as_mut() {
+        check("final_states", f.device_ptr_mut(stream).0)?;
+    }
+    Ok(())
 }
