@@ -7,6 +7,7 @@
 #   candle   ci/candle-device.sh run .gpu/candle
 #   rust     ci/device-run.sh .gpu/loop-lead $SSM_SESSION_STEPS (default info,tests,sanitize,bench)
 #   python   ci/python-device.sh run $SSM_SESSION_PY (default pytest,oracle,peer,timing)
+#   decode   bench_decode_graph --tilings --target-us 3 (graph-replayed decode, every tiling)
 # Each part's own environment switches (SSM_DEVICE_ONLY, SANITIZE_*, SSM_BENCH_*,
 # SSM_PY_DEADLINE, ...) pass through. Prints every part's summary last.
 set -uo pipefail
@@ -31,6 +32,16 @@ for part in ${1//,/ }; do
         candle) OUT="$dir" bash ci/candle-device.sh run .gpu/candle >"$dir/stdout.txt" 2>&1 ;;
         rust) OUT="$dir" bash ci/device-run.sh .gpu/loop-lead "${SSM_SESSION_STEPS:-info,tests,sanitize,bench}" >"$dir/stdout.txt" 2>&1 ;;
         python) OUT="$dir" bash ci/python-device.sh run "${SSM_SESSION_PY:-pytest,oracle,peer,timing}" >"$dir/stdout.txt" 2>&1 ;;
+        decode)
+            (
+                for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+                    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+                done
+                export SSM_KERNEL_DIR="$PWD/.gpu/loop-lead/kernels" SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
+                timeout 240 .gpu/loop-lead/examples/ssm-benches__bench_decode_graph --tilings --target-us 3 \
+                    --json "$dir/decode-graph.json"
+            ) >"$dir/stdout.txt" 2>&1
+            ;;
         *) echo "device-session: unknown part $part" >>"$summary"; continue ;;
     esac
     rc=$?

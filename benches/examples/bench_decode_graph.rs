@@ -19,7 +19,7 @@
 //! failure too.
 //!
 //! ```text
-//! bench_decode_graph [--batch 1] [--steps 64] [--iters 200] [--json out.json] [--target-us 3]
+//! bench_decode_graph [--batch 1] [--steps 64] [--iters 200] [--json out.json] [--target-us 3] [--tilings]
 //! ```
 
 use std::process::ExitCode;
@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ssm_benches::events::{time_batch, EventPairs};
-use ssm_benches::gpu::{prepare, GpuWork};
+use ssm_benches::gpu::{prepare, prepare_decode_tilings, GpuWork};
 use ssm_benches::suite::{Backend, Case};
 use ssm_core::DType;
 use ssm_gpu::cudarc::driver::CudaContext;
@@ -56,6 +56,11 @@ struct Args {
     /// Fail when a graph-replay median exceeds this many microseconds.
     #[arg(long)]
     target_us: Option<f64>,
+    /// Also replay every tiling the family's `candidates()` lists (each
+    /// checked against the f64 oracle first), to find the fastest one at this
+    /// batch.
+    #[arg(long)]
+    tilings: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -69,6 +74,8 @@ struct Row {
     replays: usize,
     oracle_rel_l2: f64,
     oracle_budget: f64,
+    /// With `--tilings`: (tiling, graph replay median us) of each candidate.
+    tiling_sweep: Vec<(String, f64)>,
 }
 
 fn setup_error(what: &str, e: impl std::fmt::Display) -> ExitCode {
@@ -94,6 +101,27 @@ fn launcher<'a>(
         work.launch(gpu)
             .map_err(|e| GpuError::InvalidArgument(e.to_string()))
     }
+}
+
+/// Graph-replay median per step of every candidate tiling of `case`'s family,
+/// each checked against the f64 oracle first (a failing one is an error).
+fn sweep_tilings(gpu: &Gpu, case: &Case, args: &Args) -> Result<Vec<(String, f64)>, String> {
+    let works = prepare_decode_tilings(gpu, case, 1).map_err(|e| e.to_string())?;
+    let mut sweep = Vec::new();
+    for (tiling, mut work) in works {
+        let check = work.verify(gpu).map_err(|e| format!("{tiling}: {e}"))?;
+        if !check.passed {
+            return Err(format!(
+                "{tiling}: FAILED the f64 oracle: rel L2 {:.3e} > {:.3e}",
+                check.rel_l2, check.budget
+            ));
+        }
+        let t = gpu
+            .time_graph(10, args.iters, args.steps, launcher(work.as_mut(), gpu))
+            .map_err(|e| format!("{tiling}: {e}"))?;
+        sweep.push((tiling, t.median_ms * 1e3));
+    }
+    Ok(sweep)
 }
 
 fn main() -> ExitCode {
@@ -218,7 +246,18 @@ fn main() -> ExitCode {
             replays: args.iters,
             oracle_rel_l2: check.rel_l2,
             oracle_budget: check.budget,
+            tiling_sweep: Vec::new(),
         };
+        let mut row = row;
+        if args.tilings {
+            match sweep_tilings(&graph_gpu, case, &args) {
+                Ok(sweep) => row.tiling_sweep = sweep,
+                Err(e) => {
+                    eprintln!("{}: tiling sweep: {e}", row.case);
+                    failed = true;
+                }
+            }
+        }
         if let Some(target) = args.target_us {
             if row.graph_replay_us > target {
                 eprintln!(
@@ -243,6 +282,11 @@ fn main() -> ExitCode {
             r.graph_replay_us,
             r.graph_replay_min_us
         );
+    }
+    for r in &rows {
+        for (tiling, us) in &r.tiling_sweep {
+            println!("  {:<34} graph {us:>8.2} us  {tiling}", r.case);
+        }
     }
     // On the device machine the results directory collects it (ci/device-run.sh).
     let json = args.json.clone().or_else(|| {

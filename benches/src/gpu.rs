@@ -114,6 +114,42 @@ pub fn prepare(gpu: &Gpu, case: &Case, seed: u64) -> Result<Box<dyn GpuWork>> {
     }
 }
 
+/// A decode case once per tiling its family's `candidates()` lists (the
+/// default first), each labelled with its tiling: what `bench_decode_graph
+/// --tilings` compares. Other problems are `Unsupported`.
+pub fn prepare_decode_tilings(
+    gpu: &Gpu,
+    case: &Case,
+    seed: u64,
+) -> Result<Vec<(String, Box<dyn GpuWork>)>> {
+    let l2 = gpu.l2_cache_bytes()? as usize;
+    let slots = rotation_slots(l2, cost_of(&case.problem, case.pass).bytes());
+    fn all<F: StepFamily, T: DeviceElement>(
+        gpu: &Gpu,
+        s: &F::Shape,
+        seed: u64,
+        slots: usize,
+    ) -> Result<Vec<(String, Box<dyn GpuWork>)>> {
+        F::candidates()
+            .into_iter()
+            .map(|t| {
+                let work: Box<dyn GpuWork> =
+                    Box::new(StepWork::<F, T>::new(gpu, s, seed, slots, t)?);
+                Ok((format!("{t:?}"), work))
+            })
+            .collect()
+    }
+    match (case.problem, case.problem.dtype()) {
+        (Problem::Mamba1Step(s), DType::F32) => all::<Mamba1Decode, f32>(gpu, &s, seed, slots),
+        (Problem::Mamba1Step(s), DType::Bf16) => all::<Mamba1Decode, bf16>(gpu, &s, seed, slots),
+        (Problem::Mamba1Step(s), DType::F16) => all::<Mamba1Decode, f16>(gpu, &s, seed, slots),
+        (Problem::Mamba2Step(s), DType::F32) => all::<Mamba2Decode, f32>(gpu, &s, seed, slots),
+        (Problem::Mamba2Step(s), DType::Bf16) => all::<Mamba2Decode, bf16>(gpu, &s, seed, slots),
+        (Problem::Mamba2Step(s), DType::F16) => all::<Mamba2Decode, f16>(gpu, &s, seed, slots),
+        _ => Err(unsupported(format!("tilings of {}", case.id()))),
+    }
+}
+
 fn prepare_typed<T: DeviceElement>(
     gpu: &Gpu,
     case: &Case,
@@ -148,8 +184,20 @@ fn prepare_typed<T: DeviceElement>(
             case.ssd_options(),
             slots,
         )?),
-        Problem::Mamba1Step(s) => Box::new(StepWork::<Mamba1Decode, T>::new(gpu, &s, seed, slots)?),
-        Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T>::new(gpu, &s, seed, slots)?),
+        Problem::Mamba1Step(s) => Box::new(StepWork::<Mamba1Decode, T>::new(
+            gpu,
+            &s,
+            seed,
+            slots,
+            Mamba1Decode::default_tiling(T::DTYPE),
+        )?),
+        Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T>::new(
+            gpu,
+            &s,
+            seed,
+            slots,
+            Mamba2Decode::default_tiling(T::DTYPE),
+        )?),
         Problem::Stream(s) => Box::new(StreamWork::new(gpu, &s, seed)?),
     })
 }
@@ -707,8 +755,8 @@ struct StepWork<F: StepFamily, T> {
 }
 
 impl<F: StepFamily, T: DeviceElement> StepWork<F, T> {
-    fn new(gpu: &Gpu, s: &F::Shape, seed: u64, slots: usize) -> Result<Self> {
-        let kernel = DecodeKernel::<F, T>::new(gpu, F::d_state(s), F::default_tiling(T::DTYPE))?;
+    fn new(gpu: &Gpu, s: &F::Shape, seed: u64, slots: usize, tiling: F::Tiling) -> Result<Self> {
+        let kernel = DecodeKernel::<F, T>::new(gpu, F::d_state(s), tiling)?;
         let host = F::host::<T>(s, seed);
         Ok(StepWork {
             threads: 32 * F::block(kernel.geometry()).warps as u32,
