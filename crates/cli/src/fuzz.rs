@@ -172,33 +172,11 @@ fn run_inner(args: &FuzzArgs) -> Result<bool, String> {
             }
         });
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
-    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-    println!(
-        "ssmk fuzz: seed {seed}, targets {}, {} s{}, kernels {}",
-        names.join(","),
-        args.seconds,
-        args.cases
-            .map_or(String::new(), |c| format!(" or {c} cases")),
-        ssm_gpu::KERNELS_HASH
-    );
-    let budget = Duration::from_secs_f64(args.seconds.max(0.0));
-    let start = Instant::now();
-    // With --cases the unit is cases; otherwise the run is timed, and the bar
-    // counts its seconds.
-    let by_cases = args.cases.is_some();
-    let mut progress = match args.cases {
-        Some(c) => Progress::new("cases", c),
-        None => Progress::new("seconds", budget.as_secs().max(1)),
-    };
+    let (seed, mut clock) = RunClock::start(args, "", &targets);
     let mut totals: BTreeMap<Target, (u64, Outcome)> = BTreeMap::new();
     let mut ran = 0u64;
     let mut index = 0u64;
-    while start.elapsed() < budget && args.cases.is_none_or(|c| ran < c) {
+    while clock.more(ran) {
         let case = case_seed(seed, index);
         index += 1;
         let (target, bytes) = random_case(case, &Target::ALL);
@@ -213,26 +191,89 @@ fn run_inner(args: &FuzzArgs) -> Result<bool, String> {
                 entry.1.absorb(&outcome);
             }
             Err(f) => {
-                progress.finish();
-                print_totals(&totals, start.elapsed());
+                print_totals(&totals, clock.finish());
                 report(&f, case, &bytes, args.artifact_dir.as_deref());
                 return Ok(false);
             }
         }
-        let done = if by_cases {
-            ran
-        } else {
-            start.elapsed().as_secs().min(budget.as_secs())
-        };
-        progress.set(done, &format!("{ran} cases, no finding"));
+        clock.tick(ran);
     }
-    progress.finish();
-    print_totals(&totals, start.elapsed());
-    if gpu.is_none() {
+    print_totals(&totals, clock.finish());
+    Ok(no_finding(ran, gpu.is_none(), ""))
+}
+
+/// The last lines of a run without a finding (`at`: what follows the count).
+pub(crate) fn no_finding(ran: u64, cpu_only: bool, at: &str) -> bool {
+    if cpu_only {
         println!("(CPU implementations only)");
     }
-    println!("no finding in {ran} cases");
-    Ok(true)
+    println!("no finding in {ran} cases{at}");
+    true
+}
+
+/// The clock of a random run, for `ssmk fuzz` and `ssmk fuzz --shape`: `--seconds`
+/// of wall time or, with `--cases`, that many cases, shown by a progress bar
+/// (counting cases, or seconds for a timed run).
+pub(crate) struct RunClock {
+    budget: Duration,
+    start: Instant,
+    cases: Option<u64>,
+    progress: Progress,
+}
+
+impl RunClock {
+    /// The run's seed (`--seed`, else the time) and its clock, after the banner
+    /// line naming the seed, `what` (`shape ..., ` or nothing), the targets, the
+    /// budget and the kernels.
+    pub(crate) fn start(args: &FuzzArgs, what: &str, targets: &[Target]) -> (u64, RunClock) {
+        let seed = args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+        println!(
+            "ssmk fuzz: seed {seed}, {what}targets {}, {} s{}, kernels {}",
+            names.join(","),
+            args.seconds,
+            args.cases
+                .map_or(String::new(), |c| format!(" or {c} cases")),
+            ssm_gpu::KERNELS_HASH
+        );
+        let budget = Duration::from_secs_f64(args.seconds.max(0.0));
+        let progress = match args.cases {
+            Some(c) => Progress::new("cases", c),
+            None => Progress::new("seconds", budget.as_secs().max(1)),
+        };
+        let clock = RunClock {
+            budget,
+            start: Instant::now(),
+            cases: args.cases,
+            progress,
+        };
+        (seed, clock)
+    }
+
+    /// Whether another case runs after `ran`.
+    pub(crate) fn more(&self, ran: u64) -> bool {
+        self.start.elapsed() < self.budget && self.cases.is_none_or(|c| ran < c)
+    }
+
+    /// The bar after `ran` cases without a finding.
+    pub(crate) fn tick(&mut self, ran: u64) {
+        let done = if self.cases.is_some() {
+            ran
+        } else {
+            self.start.elapsed().as_secs().min(self.budget.as_secs())
+        };
+        self.progress.set(done, &format!("{ran} cases, no finding"));
+    }
+
+    /// Ends the bar; the run's wall time.
+    pub(crate) fn finish(&self) -> Duration {
+        self.progress.finish();
+        self.start.elapsed()
+    }
 }
 
 /// Replay a corpus folder: `dir` itself when its name is a target, else each

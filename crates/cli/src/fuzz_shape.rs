@@ -15,18 +15,17 @@
 //! of the shape-drawing fuzz targets, which cannot be held at a shape.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssm_core::DType;
 use ssm_gpu::Gpu;
-use ssm_telemetry::progress::Progress;
 use ssm_telemetry::shape_arg::{parse_problem, ShapeOp};
 use ssm_verify::fuzz::{case_seed, Target};
 
 use crate::custom::{Custom, ScanArgs, ShapeArgs, SsdArgs};
-use crate::fuzz::FuzzArgs;
+use crate::fuzz::{no_finding, FuzzArgs, RunClock};
 
 /// The targets that accept a fixed shape, by family.
 const SSD_TARGETS: [Target; 2] = [Target::Ssd, Target::SsdBackward];
@@ -210,29 +209,10 @@ pub fn run(
     ShapeCase::draw(0, shape, &targets, false)
         .custom
         .validate()?;
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
-    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-    println!(
-        "ssmk fuzz: seed {seed}, shape {shape}, targets {}, {} s{}, kernels {}",
-        names.join(","),
-        args.seconds,
-        args.cases
-            .map_or(String::new(), |c| format!(" or {c} cases")),
-        ssm_gpu::KERNELS_HASH
-    );
-    let budget = Duration::from_secs_f64(args.seconds.max(0.0));
-    let start = Instant::now();
-    let mut progress = match args.cases {
-        Some(c) => Progress::new("cases", c),
-        None => Progress::new("seconds", budget.as_secs().max(1)),
-    };
+    let (seed, mut clock) = RunClock::start(args, &format!("shape {shape}, "), &targets);
     let mut totals: BTreeMap<Target, (u64, usize)> = BTreeMap::new();
     let mut ran = 0u64;
-    while start.elapsed() < budget && args.cases.is_none_or(|c| ran < c) {
+    while clock.more(ran) {
         let case = case_seed(seed, ran);
         ran += 1;
         let drawn = ShapeCase::draw(case, shape, &targets, gpu.is_some());
@@ -243,8 +223,7 @@ pub fn run(
                 e.1 += rows;
             }
             Err(lines) => {
-                progress.finish();
-                print_totals(&totals, start.elapsed());
+                print_totals(&totals, clock.finish());
                 println!("FINDING (case seed {case}, {}):", drawn.target);
                 for l in lines {
                     println!("{l}");
@@ -253,20 +232,10 @@ pub fn run(
                 return Ok(false);
             }
         }
-        let done = if args.cases.is_some() {
-            ran
-        } else {
-            start.elapsed().as_secs().min(budget.as_secs())
-        };
-        progress.set(done, &format!("{ran} cases, no finding"));
+        clock.tick(ran);
     }
-    progress.finish();
-    print_totals(&totals, start.elapsed());
-    if gpu.is_none() {
-        println!("(CPU implementations only)");
-    }
-    println!("no finding in {ran} cases at {shape}");
-    Ok(true)
+    print_totals(&totals, clock.finish());
+    Ok(no_finding(ran, gpu.is_none(), &format!(" at {shape}")))
 }
 
 fn print_totals(totals: &BTreeMap<Target, (u64, usize)>, elapsed: Duration) {
