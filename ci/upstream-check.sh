@@ -9,11 +9,10 @@
 # .cargo/config.toml (CUDARC_CUDA_VERSION) applies to it, as for an upstream
 # project. candle-kernels' build script and cudarc's version detection need
 # nvcc: the CUDA 13.0.88 nvcc and runtime wheels and the 13.0.85 CCCL headers
-# (cuda_fp16.h includes <nv/target>) from PyPI, with nvcc's own nvvm and crt
-# pinned too (left free, pip takes the newest, whose PTX ptxas 13.0 refuses;
-# never 13.1+), in
-# ci/upstream-check/.work/venv. Everything it caches (that venv and the target
-# directory) lies under ci/upstream-check/.work/ (git-ignored).
+# (cuda_fp16.h includes <nv/target>), with nvcc's own nvvm and crt pinned too
+# (left free, pip takes the newest, whose PTX ptxas 13.0 refuses; never 13.1+),
+# in a virtual environment. That environment and the target directory live in
+# the git-ignored folder `.work` inside the template's folder.
 #
 #   CANDLE_VERSION   candle-core requirement (default "0": the latest 0.x)
 set -euo pipefail

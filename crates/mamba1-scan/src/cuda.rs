@@ -148,10 +148,7 @@ impl ScanConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ssm_gpu::{report_variants, test_compiler_or_skip};
 
-    /// Every listed form compiles for sm_90 without spills or stack (a spill in
-    /// the scan loop would cost more than the exponentials).
     #[test]
     fn variant_labels_are_unique() {
         let variants = scan_kernel_variants();
@@ -162,19 +159,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn variants_compile_without_spills() {
-        let Some(compiler) = test_compiler_or_skip("variants_compile_without_spills") else {
-            return;
-        };
-        for (label, report) in
-            report_variants(&compiler, &scan_kernel_variants(), ssm_gpu::Arch::Sm90)
-        {
-            let report = report.unwrap_or_else(|e| panic!("{label}: {e}"));
-            let f = &report.resources;
-            println!("{label:<64} {:>4} registers", f.registers);
-            assert_eq!(f.spill_bytes(), 0, "{label}: {f:?}");
-            assert!(report.warnings.is_empty(), "{label}: {:?}", report.warnings);
-        }
-    }
+    // The resources of these variants (registers, spills, stack, shared memory,
+    // compiler warnings) are checked against kernels/budgets.toml, the one place
+    // that states them (a budgeted spill, like the 5-blocks-per-SM sweep's, is
+    // written there with its reason), by crates/verify/tests/kernel_budgets.rs.
 }
