@@ -11,7 +11,7 @@
 #
 # Building needs nvcc (candle-kernels compiles its kernels with it; cudarc reads
 # the CUDA version from `nvcc --version`): the pinned CUDA 13.0 nvcc wheels of
-# ci/upstream-check.sh, in ci/upstream-check/.work/venv (installed here when
+# ci/upstream-check.sh, in the venv under its git-ignored `.work` (installed here when
 # missing; SSM_NVCC_VENV names another venv). Linking needs libcuda, libcublas,
 # libcublasLt, libcurand and libnvrtc (candle's cudarc links them dynamically)
 # and libcudart (candle-kernels' static MoE kernels; the nvcc venv has it);
