@@ -113,6 +113,7 @@ pub fn ssd_backward_quadratic<T: Element>(
 /// The result of [`ssd_backward_detailed`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SsdBackwardDetail {
+    /// The gradients, as [`ssd_backward`] returns them (f64 throughout).
     pub grads: SsdGrads<f64, f64>,
     /// `(b, L, H)`: d loss / d a_t, with `a_t = dt'_t A_h`.
     pub d_log_decay: Vec<f64>,
