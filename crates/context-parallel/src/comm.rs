@@ -19,20 +19,36 @@ use thiserror::Error;
 pub enum CommError {
     /// A peer index outside `0..size`.
     #[error("peer {peer} is not a rank of this communicator (size {size})")]
-    Peer { peer: usize, size: usize },
+    Peer {
+        /// The index asked for.
+        peer: usize,
+        /// The communicator's number of ranks.
+        size: usize,
+    },
     /// A message of the wrong length: the ranks disagree about the call.
     #[error("from rank {from}: expected {expected} values, got {got}")]
     Length {
+        /// The sending rank.
         from: usize,
+        /// Values this rank expected.
         expected: usize,
+        /// Values that arrived.
         got: usize,
     },
     /// Nothing arrived in time (a peer failed, or the ranks call in different orders).
     #[error("waiting for rank {from}: nothing arrived within {seconds} s")]
-    Timeout { from: usize, seconds: f64 },
+    Timeout {
+        /// The rank waited on.
+        from: usize,
+        /// How long this rank waited.
+        seconds: f64,
+    },
     /// The peer hung up (its thread ended).
     #[error("rank {peer} disconnected")]
-    Disconnected { peer: usize },
+    Disconnected {
+        /// The rank that hung up.
+        peer: usize,
+    },
     /// The transport itself failed (NCCL, CUDA).
     #[error("transport: {0}")]
     Backend(String),
@@ -206,12 +222,14 @@ impl Communicator for ThreadComm {
 /// A communicator that adds up the wall time spent inside its calls (for the
 /// bench's exchange time; it includes waiting for slower peers).
 pub struct TimedComm<C> {
+    /// The wrapped communicator; calls made on it directly are not timed.
     pub inner: C,
     spent: std::cell::Cell<Duration>,
     calls: std::cell::Cell<usize>,
 }
 
 impl<C> TimedComm<C> {
+    /// Wrap `inner`, with the time and call count at zero.
     pub fn new(inner: C) -> Self {
         TimedComm {
             inner,
@@ -227,6 +245,7 @@ impl<C> TimedComm<C> {
     pub fn calls(&self) -> usize {
         self.calls.get()
     }
+    /// Set the time and the call count back to zero.
     pub fn reset(&self) {
         self.spent.set(Duration::ZERO);
         self.calls.set(0);

@@ -23,6 +23,45 @@
 //! CPU user's), and with the `nccl` feature `nccl::NcclCommunicator`. The local
 //! calls run on any backend of the plain APIs (the CPU ports, or CUDA on this
 //! rank's GPU).
+//!
+//! Two ranks as threads, each holding half of one sequence of the SSD, give the
+//! whole run's output (tokens `[0, 4)` on rank 0, `[4, 8)` on rank 1):
+//!
+//! ```
+//! use mamba2_ssd::{ssd_forward, Backend, CpuOptions};
+//! use ssm_context_parallel::{ssd_forward_cp, Communicator, CpOptions, Segment, ThreadComm};
+//! use ssm_core::mamba2::{SsdDims, SsdParams};
+//!
+//! let (len, h, p, n) = (8, 2, 2, 3);
+//! let dims = SsdDims { batch: 1, seqlen: len, heads: h, head_dim: p, d_state: n, groups: 1 };
+//! // (b, L, H, P), (b, L, H), (H), (b, L, G, N): with b = 1 a segment of tokens is a slice.
+//! let x: Vec<f32> = (0..len * h * p).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let dt = vec![0.2f32; len * h];
+//! let a = vec![-0.5f32, -1.0];
+//! let b: Vec<f32> = (0..len * n).map(|i| (i as f32 * 0.11).cos()).collect();
+//! let c = vec![0.3f32; len * n];
+//! let cpu = Backend::Cpu(CpuOptions { chunk_size: 4 });
+//! let whole = ssd_forward(&SsdParams::new(dims, &x, &dt, &a, &b, &c), cpu).unwrap();
+//!
+//! let outs = ThreadComm::run(2, |comm| {
+//!     let (lo, hi) = (comm.rank() * 4, comm.rank() * 4 + 4);
+//!     let local_dims = SsdDims { seqlen: hi - lo, ..dims };
+//!     let local = SsdParams::new(
+//!         local_dims,
+//!         &x[lo * h * p..hi * h * p],
+//!         &dt[lo * h..hi * h],
+//!         &a,
+//!         &b[lo * n..hi * n],
+//!         &c[lo * n..hi * n],
+//!     );
+//!     let seg = Segment::new(lo, len);
+//!     ssd_forward_cp(&local, &seg, comm, cpu, CpOptions::default()).unwrap().out
+//! });
+//! let joined: Vec<f32> = outs.concat();
+//! assert!(joined.iter().zip(&whole.out).all(|(s, w)| (s - w).abs() < 1e-4));
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod comm;
 mod driver;
@@ -62,6 +101,8 @@ pub struct Segment<'a> {
 }
 
 impl<'a> Segment<'a> {
+    /// This rank's segment starts at token `offset` of a whole problem of
+    /// length `total_len`; no varlen offsets, zero initial states.
     pub fn new(offset: usize, total_len: usize) -> Self {
         Segment {
             offset,
@@ -70,10 +111,14 @@ impl<'a> Segment<'a> {
             initial_states: None,
         }
     }
+    /// The whole problem's varlen offsets (`num_seqs + 1` entries, batch 1),
+    /// the same on every rank.
     pub fn with_cu_seqlens(mut self, cu: &'a [i64]) -> Self {
         self.cu_seqlens = Some(cu);
         self
     }
+    /// The whole problem's initial states, the same on every rank (only the
+    /// rank holding a sequence's start uses them).
     pub fn with_initial_states(mut self, s0: &'a [f32]) -> Self {
         self.initial_states = Some(s0);
         self
@@ -118,10 +163,18 @@ pub enum CpError {
     Comm(#[from] CommError),
     /// The segment description is wrong (names the argument).
     #[error("argument `{arg}`: {reason}")]
-    Segment { arg: &'static str, reason: String },
+    Segment {
+        /// The argument at fault (`offset`, `total_len`, `cu_seqlens`, ...).
+        arg: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Another rank's call failed; that rank returned the error itself.
     #[error("rank {rank} failed (its own call returns the error)")]
-    Peer { rank: usize },
+    Peer {
+        /// The lowest-numbered rank whose call failed.
+        rank: usize,
+    },
 }
 
 /// Number of sequences of the whole problem.

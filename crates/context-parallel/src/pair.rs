@@ -22,7 +22,9 @@
 /// `state[i]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pair {
+    /// The segment's total decay `D`, one per `group` state elements.
     pub decay: Vec<f32>,
+    /// The state `F` the segment ends in from a zero start (`decay.len() * group`).
     pub state: Vec<f32>,
 }
 
