@@ -17,6 +17,11 @@ use ssm_core::{Element, Result, StepOutput};
 
 use crate::cpu::linalg::dot;
 
+/// One Mamba-2 decode step on the CPU: reads `p`, updates the state cache in
+/// place (`(cache_rows, H, P, N)` f32) and returns the output `(b, H, P)` in `T`.
+///
+/// Errors: any shape of `p` or `state` that [`Mamba2StepParams::validate`]
+/// rejects, including duplicate or out-of-range `state_batch_indices`.
 pub fn decode_step_cpu<T: Element>(
     p: &Mamba2StepParams<'_, T>,
     state: &mut [f32],

@@ -150,6 +150,7 @@ pub type DeviceStepArgs<'a, T> = shared::StepArgs<'a, Mamba2Decode, T>;
 pub struct StepOptions {
     /// `D` is `(H, P)`, else `(H)`.
     pub d_per_head_dim: bool,
+    /// Softplus is applied to `dt + dt_bias` before the clamp.
     pub dt_softplus: bool,
     /// The `(min, max)` clamp of the step size.
     pub dt_limit: (f32, f32),

@@ -11,6 +11,8 @@
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 
+#![warn(missing_docs)]
+
 pub mod backward_cpu;
 pub mod cpu;
 pub mod cuda;
@@ -93,6 +95,27 @@ pub fn ssd_backward<T: DeviceElement>(
 }
 
 /// One decode step on the chosen backend; `state` is updated in place.
+///
+/// `state` is the f32 cache `(cache_rows, H, P, N)`; the output is `(b, H, P)` in
+/// `T`. A shape that does not match `p` is a typed error naming the argument.
+///
+/// ```
+/// use mamba2_ssd::{decode_step, Backend, CpuOptions};
+/// use ssm_core::decode::Mamba2StepParams;
+///
+/// let (b, h, p, n, g) = (1, 2, 2, 4, 1);
+/// let (x, dt) = (vec![1.0f32; b * h * p], vec![0.5f32; b * h]);
+/// let a = vec![-1.0f32; h];
+/// let (bm, cm) = (vec![1.0f32; b * g * n], vec![1.0f32; b * g * n]);
+/// let step = Mamba2StepParams::new(b, h, p, n, g, &x, &dt, &a, &bm, &cm);
+/// let mut state = vec![0.0f32; b * h * p * n];
+/// let y = decode_step(&step, &mut state, Backend::Cpu(CpuOptions::default())).unwrap();
+/// // From a zero state: S = dt x B^T, y = S C = dt x (B . C) = 0.5 * 1 * 4.
+/// assert!(y.out.iter().all(|&v| (v - 2.0).abs() < 1e-6));
+/// assert!(state.iter().all(|&s| (s - 0.5).abs() < 1e-6));
+/// // A cache of the wrong size is an error, not a panic.
+/// assert!(decode_step(&step, &mut state[1..], Backend::Cpu(CpuOptions::default())).is_err());
+/// ```
 pub fn decode_step<T: DeviceElement>(
     p: &Mamba2StepParams<'_, T>,
     state: &mut [f32],

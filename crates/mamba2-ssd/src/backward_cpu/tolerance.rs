@@ -23,12 +23,20 @@ use ssm_core::{DType, Element, SsdGrads};
 /// One gradient's comparison.
 #[derive(Clone, Debug)]
 pub struct GradCheck {
+    /// The gradient's field name in [`SsdGrads`] (`dx`, `ddt`, ...).
     pub name: &'static str,
+    /// Relative L2 error of the port against the oracle (absolute L2 where the
+    /// oracle's gradient is all zero).
     pub rel_l2: f64,
+    /// Largest elementwise absolute difference.
     pub max_abs: f64,
+    /// The relative L2 budget for this gradient's storage type and the problem's
+    /// log-decay (`ssm_core::tolerance::rel_l2_budget`).
     pub budget: f64,
     /// The absolute allowance for a cancelling reduction (0 where none applies).
     pub allowance: f64,
+    /// Within `budget` relatively, or within `budget * |want| + allowance`
+    /// absolutely; never with a NaN or Inf.
     pub passed: bool,
 }
 
@@ -129,6 +137,7 @@ pub fn reduction_gamma<T>(p: &SsdParams<'_, T>, chunk: usize, k: f64) -> f64 {
     4.0 * n.sqrt() * eps / 2.0 + 4.0 * eps * k
 }
 
+/// Euclidean norm of `v`.
 pub fn l2(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }

@@ -56,10 +56,15 @@ pub const DEFAULT_BWD_CHUNK: usize = 64;
 /// The compile-time configuration of the backward kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BwdConfig {
+    /// Input element type (the gradients of tensor inputs come back in it).
     pub dtype: DType,
+    /// Chunk length Q of the backward ([`DEFAULT_BWD_CHUNK`] unless chosen).
     pub chunk: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// The forward's optional inputs (each a compile-time switch).
     pub features: SsdFeatures,
     /// Whether the call passes `d_final_states`.
     pub d_final: bool,
@@ -250,14 +255,23 @@ unsafe impl DeviceRepr for SsdBwdArgs {}
 
 /// The gradients on the device, in the layouts of [`SsdGrads`].
 pub struct SsdGradBuffers<T> {
+    /// `(b, L, H, P)`.
     pub dx: CudaSlice<T>,
+    /// `(b, L, H)`: with respect to the raw `dt` (through bias, softplus, clamp).
     pub ddt: CudaSlice<T>,
+    /// `(H)`.
     pub da: CudaSlice<f32>,
+    /// `(b, L, G, N)`.
     pub db: CudaSlice<T>,
+    /// `(b, L, G, N)`.
     pub dc: CudaSlice<T>,
+    /// `(H)` or `(H, P)`, as the forward's `D`; present iff the plan has `D`.
     pub dd: Option<CudaSlice<f32>>,
+    /// `(b, L, H, P)`; present iff the plan has `z`.
     pub dz: Option<CudaSlice<T>>,
+    /// `(H)`; present iff the plan has `dt_bias`.
     pub ddt_bias: Option<CudaSlice<f32>>,
+    /// `(b or num_seqs, H, P, N)`; present iff the plan has initial states.
     pub dinitial_states: Option<CudaSlice<f32>>,
 }
 
@@ -276,6 +290,7 @@ impl SsdBwdWorkspace {
 /// The compiled backward for one problem shape and option set.
 pub struct SsdBwdPlan {
     context: ContextId,
+    /// The compile-time configuration the kernels were built with.
     pub config: BwdConfig,
     dims: SsdDims,
     dt_limit: (f32, f32),

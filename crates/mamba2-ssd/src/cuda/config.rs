@@ -57,10 +57,12 @@ pub enum Segmentation {
 pub struct CudaOptions {
     /// Chunk length Q: 64, 128 or 256.
     pub chunk_size: usize,
+    /// Which kernel runs the call (fused tensor-core or SIMT).
     pub kernel: KernelChoice,
     /// cp.async stages of the fused kernel: 1 (more blocks per SM) or 2 (the next
     /// chunk's copy overlaps this chunk's math).
     pub stages: usize,
+    /// Whether long sequences are cut into segments that run in parallel.
     pub segmentation: Segmentation,
     /// Precompute C B^T once per (chunk, group) for the fused kernel: `None` does
     /// it when at least two blocks share each chunk's tiles at chunk 64.
@@ -89,8 +91,11 @@ impl Default for CudaOptions {
 /// The skip term's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DMode {
+    /// No skip term.
     None,
+    /// `D` is `(H)`: one skip weight per head.
     PerHead,
+    /// `D` is `(H, P)`: one skip weight per head-dimension channel.
     PerHeadDim,
 }
 
@@ -107,15 +112,22 @@ impl DMode {
 /// The optional inputs and outputs a call uses; each is a compile-time switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SsdFeatures {
+    /// `dt_bias` `(H)` is added to `dt`.
     pub dt_bias: bool,
+    /// Softplus is applied to `dt + dt_bias` before the clamp.
     pub dt_softplus: bool,
+    /// The skip term's shape.
     pub d: DMode,
+    /// The output is gated by `silu(z)`.
     pub z: bool,
+    /// The call passes initial states.
     pub initial_states: bool,
+    /// The call returns final states.
     pub final_states: bool,
 }
 
 impl SsdFeatures {
+    /// The switches a call with parameters `p` needs.
     pub fn of<T: Element>(p: &SsdParams<'_, T>) -> Self {
         SsdFeatures {
             dt_bias: p.dt_bias.is_some(),
@@ -150,9 +162,11 @@ impl SsdFeatures {
 pub struct FusedTiling {
     /// Head-dimension columns per block (32 or 64).
     pub p_tile: usize,
+    /// Warps per block (4 or 8).
     pub warps: usize,
     /// Output columns per warp work unit (32 or 64).
     pub y_cols: usize,
+    /// cp.async stages of the main pass (1 or 2).
     pub stages: usize,
     /// cp.async stages of the state-only prepass of split sequences: 2 where they
     /// fit (its stage holds only x and B, and with one stage each chunk waits for its
@@ -178,18 +192,26 @@ impl FusedTiling {
 /// Which kernel, and how it is tiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelPath {
+    /// The fused tensor-core kernel (`ssd_fused.cu`, f16/bf16) with this tiling.
     Fused(FusedTiling),
+    /// The f32 CUDA-core kernel (`ssd_simt.cu`), any shape and input type.
     Simt,
 }
 
 /// Everything that decides one compiled module and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelConfig {
+    /// Input element type.
     pub dtype: DType,
+    /// Chunk length Q (one of [`CHUNK_SIZES`]).
     pub chunk: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// The optional inputs and outputs compiled in.
     pub features: SsdFeatures,
+    /// Which kernel, and its tiling.
     pub path: KernelPath,
     /// The device's per-block shared-memory limit, passed to the kernels as
     /// `SSD_MAX_SMEM` for their `static_assert`s.
@@ -404,10 +426,12 @@ impl KernelConfig {
         Ok(tiling)
     }
 
+    /// Whether this is the fused tensor-core kernel.
     pub fn is_fused(&self) -> bool {
         matches!(self.path, KernelPath::Fused(_))
     }
 
+    /// The kernel's entry-point name in its `.cu` file.
     pub fn entry(&self) -> &'static str {
         match self.path {
             KernelPath::Fused(_) => "ssd_fused_fwd",
@@ -415,6 +439,7 @@ impl KernelConfig {
         }
     }
 
+    /// The kernel's embedded source.
     pub fn source(&self) -> KernelSource {
         match self.path {
             KernelPath::Fused(_) => FUSED_SOURCE,
@@ -422,6 +447,7 @@ impl KernelConfig {
         }
     }
 
+    /// Threads per block.
     pub fn threads(&self) -> u32 {
         match self.path {
             KernelPath::Fused(t) => 32 * t.warps as u32,
@@ -568,6 +594,8 @@ impl KernelConfig {
         )
     }
 
+    /// The NVRTC compile unit of the main pass, or of the state-only prepass of
+    /// split sequences (`state_only`): label, source, entry and `-D` defines.
     pub fn variant(&self, state_only: bool) -> KernelVariant {
         KernelVariant::new(
             self.label(state_only),

@@ -16,15 +16,23 @@ use super::work::{self, WorkTable};
 
 /// Inputs of a forward pass on the device (layouts as in `SsdParams`).
 pub struct SsdDeviceInputs<T> {
+    /// `(b, L, H, P)`.
     pub x: CudaSlice<T>,
+    /// `(b, L, H)`, before bias, softplus and clamp.
     pub dt: CudaSlice<T>,
+    /// `(H)`.
     pub a: CudaSlice<f32>,
+    /// `(b, L, G, N)`.
     pub b: CudaSlice<T>,
+    /// `(b, L, G, N)`.
     pub c: CudaSlice<T>,
+    /// `(H)`.
     pub dt_bias: Option<CudaSlice<f32>>,
     /// `(H)` or `(H, P)`, as the plan's features say.
     pub d: Option<CudaSlice<f32>>,
+    /// `(b, L, H, P)`: the output gate.
     pub z: Option<CudaSlice<T>>,
+    /// `(b or num_seqs, H, P, N)`.
     pub initial_states: Option<CudaSlice<f32>>,
 }
 
@@ -85,20 +93,31 @@ impl<T> SsdDeviceOutputs<T> {
 /// offset into a larger allocation; each view one contiguous range in the
 /// layout of [`SsdDeviceInputs`]), so that upstream code launches without copies.
 pub struct SsdInputViews<'a, T> {
+    /// `(b, L, H, P)`.
     pub x: CudaView<'a, T>,
+    /// `(b, L, H)`, before bias, softplus and clamp.
     pub dt: CudaView<'a, T>,
+    /// `(H)`.
     pub a: CudaView<'a, f32>,
+    /// `(b, L, G, N)`.
     pub b: CudaView<'a, T>,
+    /// `(b, L, G, N)`.
     pub c: CudaView<'a, T>,
+    /// `(H)`.
     pub dt_bias: Option<CudaView<'a, f32>>,
+    /// `(H)` or `(H, P)`, as the plan's features say.
     pub d: Option<CudaView<'a, f32>>,
+    /// `(b, L, H, P)`: the output gate.
     pub z: Option<CudaView<'a, T>>,
+    /// `(b or num_seqs, H, P, N)`.
     pub initial_states: Option<CudaView<'a, f32>>,
 }
 
 /// The outputs of a forward pass as views into the caller's device memory.
 pub struct SsdOutputViews<'a, T> {
+    /// `(b, L, H, P)`.
     pub out: CudaViewMut<'a, T>,
+    /// `(b or num_seqs, H, P, N)`, present iff the plan returns final states.
     pub final_states: Option<CudaViewMut<'a, f32>>,
 }
 
@@ -356,9 +375,11 @@ impl SsdPlan {
         })
     }
 
+    /// The kernel configuration the plan compiled.
     pub fn config(&self) -> &KernelConfig {
         &self.config
     }
+    /// The work-item table the plan uploaded (which tokens each block walks).
     pub fn table(&self) -> &WorkTable {
         &self.table
     }
@@ -366,9 +387,11 @@ impl SsdPlan {
     pub fn main_kernel(&self) -> &Kernel {
         &self.main
     }
+    /// The state-only prepass kernel, when some sequence is split into segments.
     pub fn prepass_kernel(&self) -> Option<&Kernel> {
         self.prepass.as_ref()
     }
+    /// The C B^T pre-kernel, when the fused kernel reads shared C B^T tiles.
     pub fn chunk_cb_kernel(&self) -> Option<&Kernel> {
         self.chunk_cb.as_ref().map(|c| &c.kernel)
     }

@@ -24,7 +24,9 @@ pub const CHUNK_FIELDS: usize = 2;
 /// A sequence on the packed token axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sequence {
+    /// First token on the packed `(b * L)` axis.
     pub start: usize,
+    /// Number of tokens (may be 0).
     pub len: usize,
 }
 
@@ -51,21 +53,28 @@ pub fn sequences(batch: usize, seqlen: usize, cu_seqlens: Option<&[i64]>) -> Vec
 /// Items of the main pass and of the prepass, and the workspace slots they use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkTable {
+    /// The main pass's items, [`ITEM_FIELDS`] i64 each (module docs).
     pub items: Vec<i64>,
+    /// The prepass's items (segments other than the last of a split sequence).
     pub prepass: Vec<i64>,
+    /// Every chunk of the call, [`CHUNK_FIELDS`] i64 each, in item order.
     pub chunks: Vec<i64>,
     /// Workspace slots (one state per slot and head).
     pub slots: usize,
+    /// Number of sequences (batch rows, or varlen sequences).
     pub num_seqs: usize,
 }
 
 impl WorkTable {
+    /// Number of main-pass items (blocks per head and P tile).
     pub fn num_items(&self) -> usize {
         self.items.len() / ITEM_FIELDS
     }
+    /// Number of prepass items.
     pub fn num_prepass(&self) -> usize {
         self.prepass.len() / ITEM_FIELDS
     }
+    /// Number of chunks over all items.
     pub fn num_chunks(&self) -> usize {
         self.chunks.len() / CHUNK_FIELDS
     }
