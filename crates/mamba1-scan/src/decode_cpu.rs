@@ -15,6 +15,11 @@ use ssm_core::{Element, Result, StepOutput};
 
 use crate::cpu::exp2::exp2;
 
+/// One Mamba-1 decode step on the CPU: reads `p`, updates the state cache in
+/// place (`(cache_rows, D_in, N)` f32) and returns the output `(b, D_in)` in `T`.
+///
+/// Errors: any shape of `p` or `state` that [`Mamba1StepParams::validate`]
+/// rejects, including duplicate or out-of-range `state_batch_indices`.
 pub fn decode_step_cpu<T: Element>(
     p: &Mamba1StepParams<'_, T>,
     state: &mut [f32],

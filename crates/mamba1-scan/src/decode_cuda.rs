@@ -299,6 +299,7 @@ pub type DeviceStepArgs<'a, T> = shared::StepArgs<'a, Mamba1Decode, T>;
 /// The switches of a Mamba-1 step.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepOptions {
+    /// Softplus is applied to `dt + dt_bias`.
     pub dt_softplus: bool,
 }
 

@@ -11,6 +11,8 @@
 //! - [`cuda`]: the CUDA launcher for the forward kernel.
 //! - [`decode_cuda`]: the CUDA decode-step launcher.
 
+#![warn(missing_docs)]
+
 pub mod backward_cpu;
 pub mod cpu;
 pub mod cuda;
@@ -45,6 +47,53 @@ pub enum Backend<'g> {
 }
 
 /// The forward pass on the chosen backend.
+///
+/// Layouts are mamba_ssm's: `u`, `delta`, `z` and the output `(b, D_in, L)`, `A`
+/// `(D_in, N)`, grouped B and C `(b, G, N, L)` (or constant `(D_in, N)`), final
+/// states `(b or num_seqs, D_in, N)` in f32. A shape that does not match is a
+/// typed error naming the argument and the expected shape.
+///
+/// Two decode steps continue exactly where the scan's final state leaves off:
+///
+/// ```
+/// use mamba1_scan::{decode_step, selective_scan, Backend, CpuOptions};
+/// use ssm_core::decode::Mamba1StepParams;
+/// use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
+///
+/// let (d_in, n, len) = (2, 2, 4);
+/// let dims = Mamba1Dims { batch: 1, d_inner: d_in, d_state: n, seqlen: len };
+/// let u: Vec<f32> = (0..d_in * len).map(|i| 0.25 * i as f32).collect(); // (b, D_in, L)
+/// let delta = vec![0.5f32; d_in * len];
+/// let a = vec![-1.0f32, -0.5, -2.0, -1.0]; // (D_in, N)
+/// let bc = vec![1.0f32; n * len]; // (b, G = 1, N, L)
+/// let grouped = BcInput::Grouped { groups: 1, data: &bc };
+/// let cpu = Backend::Cpu(CpuOptions::default());
+///
+/// // The whole sequence, and its first half with the final state returned.
+/// let whole = SelectiveScanParams::new(dims, &u, &delta, &a, grouped, grouped);
+/// let full = selective_scan(&whole, cpu).unwrap();
+/// // Every (row, L) tensor keeps the first L / 2 steps of each row.
+/// let half = |v: &[f32]| -> Vec<f32> { v.chunks(len).flat_map(|r| r[..len / 2].to_vec()).collect() };
+/// let (u2, delta2, bc2) = (half(&u), half(&delta), half(&bc));
+/// let dims2 = Mamba1Dims { seqlen: len / 2, ..dims };
+/// let g2 = BcInput::Grouped { groups: 1, data: &bc2 };
+/// let first = SelectiveScanParams::new(dims2, &u2, &delta2, &a, g2, g2)
+///     .with_final_states(true);
+/// let out = selective_scan(&first, cpu).unwrap();
+/// let mut state = out.final_states.unwrap(); // (b, D_in, N): the decode cache
+///
+/// // Steps t = 2, 3 on the cache: x (b, D_in), B and C (b, G, N).
+/// for t in len / 2..len {
+///     let x: Vec<f32> = (0..d_in).map(|d| u[d * len + t]).collect();
+///     let dt = vec![0.5f32; d_in];
+///     let ones = vec![1.0f32; n];
+///     let step = Mamba1StepParams::new(1, d_in, n, 1, &x, &dt, &a, &ones, &ones);
+///     let y = decode_step(&step, &mut state, cpu).unwrap();
+///     for d in 0..d_in {
+///         assert!((y.out[d] - full.out[d * len + t]).abs() < 1e-4);
+///     }
+/// }
+/// ```
 pub fn selective_scan<T: DeviceElement>(
     p: &SelectiveScanParams<'_, T>,
     backend: Backend<'_>,
@@ -84,6 +133,10 @@ pub fn selective_scan_backward<T: DeviceElement>(
 }
 
 /// One decode step on the chosen backend; `state` is updated in place.
+///
+/// `state` is the f32 cache `(cache_rows, D_in, N)`; x, dt and z are `(b, D_in)`,
+/// B and C `(b, G, N)`, and the output `(b, D_in)` in `T`. The example at
+/// [`selective_scan`] continues a scan with it.
 pub fn decode_step<T: DeviceElement>(
     p: &Mamba1StepParams<'_, T>,
     state: &mut [f32],

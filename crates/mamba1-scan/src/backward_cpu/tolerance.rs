@@ -23,13 +23,17 @@ use ssm_core::{DType, Element};
 /// The verdict on one gradient.
 #[derive(Clone, Debug)]
 pub struct GradVerdict {
+    /// The gradient's field name in [`ScanGrads`] (`du`, `ddelta`, ...).
     pub name: &'static str,
+    /// The port's gradient against the oracle's (relative L2, max abs, non-finite count).
     pub comparison: Comparison,
     /// The relative budget of the gradient's storage type.
     pub budget: f64,
     /// The absolute allowance `gamma(n) ||magnitude||` (used only when the
     /// relative check fails).
     pub allowance: f64,
+    /// Within `budget` relatively, or within the allowance absolutely; never
+    /// with a NaN or Inf.
     pub passes: bool,
 }
 

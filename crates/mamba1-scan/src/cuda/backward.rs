@@ -38,11 +38,15 @@ pub const TILE_ENV: &str = "SSM_SCAN_BWD_TILE";
 /// The compile-time tiling of the backward kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BwdConfig {
+    /// Input element type (the gradients of tensor inputs come back in it).
     pub dtype: DType,
+    /// `N`, the state size per channel.
     pub d_state: usize,
     /// Lanes per channel (a power of two up to 32).
     pub lanes_per_channel: usize,
+    /// States each lane of the sweep owns (`ceil(N / lanes_per_channel)`).
     pub states_per_lane: usize,
+    /// Threads per block of the sweep.
     pub threads: usize,
     /// Time steps per tile: the checkpoint interval. Each lane holds the tile's
     /// states and decays in registers (`2 * tile * states_per_lane` floats).
@@ -51,16 +55,23 @@ pub struct BwdConfig {
     /// registers, so its lanes take more states each: fewer shared-memory reads
     /// per state and step); it runs `channels_per_block() * ckpt_lanes` threads.
     pub ckpt_lanes: usize,
+    /// States each lane of the checkpoint kernel owns.
     pub ckpt_states_per_lane: usize,
     /// Blocks per SM the sweep's register allocation must allow
     /// (`__launch_bounds__`): 5 keeps it at 96 registers (tile 8, 8 or more
     /// lanes), 4 at 128, 3 at or under 170 (tile 16).
     pub min_blocks: usize,
+    /// The forward has the skip term `D`.
     pub has_d: bool,
+    /// The forward gates its output with `silu(z)`.
     pub has_z: bool,
+    /// The forward adds `delta_bias` to `delta`.
     pub has_delta_bias: bool,
+    /// The forward applies softplus to `delta + delta_bias`.
     pub delta_softplus: bool,
+    /// B is constant `(D_in, N)` rather than grouped `(b, G, N, L)`.
     pub b_const: bool,
+    /// C is constant `(D_in, N)` rather than grouped `(b, G, N, L)`.
     pub c_const: bool,
 }
 
@@ -155,6 +166,7 @@ impl BwdConfig {
         Ok(config)
     }
 
+    /// Channels one block of the sweep covers.
     pub fn channels_per_block(&self) -> usize {
         self.threads / self.lanes_per_channel
     }
@@ -218,6 +230,7 @@ impl BwdConfig {
         2 * (el + rows) * 4
     }
 
+    /// The `-D` defines the backward kernels are compiled with.
     pub fn defines(&self) -> Vec<(&'static str, String)> {
         let flag = |b: bool| String::from(if b { "1" } else { "0" });
         vec![
@@ -396,14 +409,23 @@ unsafe impl DeviceRepr for ScanBwdArgs {}
 
 /// The gradients on the device, in the layouts of [`ScanGrads`].
 pub struct ScanGradBuffers<T> {
+    /// `(b, D_in, L)`.
     pub du: CudaSlice<T>,
+    /// `(b, D_in, L)`: with respect to the raw `delta` (through bias and softplus).
     pub ddelta: CudaSlice<T>,
+    /// `(D_in, N)`.
     pub da: CudaSlice<f32>,
+    /// As B: `(b, G, N, L)`, or `(D_in, N)` for constant B.
     pub db: CudaSlice<T>,
+    /// As C: `(b, G, N, L)`, or `(D_in, N)` for constant C.
     pub dc: CudaSlice<T>,
+    /// `(D_in)`; present iff the problem has `D`.
     pub dd: Option<CudaSlice<f32>>,
+    /// `(b, D_in, L)`; present iff the problem has `z`.
     pub dz: Option<CudaSlice<T>>,
+    /// `(D_in)`; present iff the problem has `delta_bias`.
     pub ddelta_bias: Option<CudaSlice<f32>>,
+    /// `(b or num_seqs, D_in, N)`; present iff the problem has initial states.
     pub dinitial_states: Option<CudaSlice<f32>>,
 }
 
@@ -490,7 +512,9 @@ impl ScanBwdWorkspace {
 
 /// The compiled backward for one problem shape.
 pub struct ScanBwdPlan {
+    /// The shapes and options the plan was built for.
     pub problem: ScanProblem,
+    /// The kernels' compile-time tiling.
     pub config: BwdConfig,
     geometry: Geometry,
     ckpt: Kernel,
@@ -506,6 +530,12 @@ pub struct ScanBwdPlan {
 }
 
 impl ScanBwdPlan {
+    /// Compile the backward kernels for `problem` into `gpu`'s context.
+    ///
+    /// Errors: [`SsmError::Unsupported`] naming the constraint for a shape or
+    /// device the kernels do not take (including L = 0, which the host-side
+    /// `selective_scan_backward_cuda` handles without a launch); compile and
+    /// load failures as the runtime reports them.
     pub fn new(gpu: &Gpu, problem: &ScanProblem) -> Result<Self> {
         let config = BwdConfig::new(problem, &gpu.limits()?)?;
         if problem.dims.seqlen == 0 {

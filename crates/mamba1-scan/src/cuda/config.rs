@@ -24,11 +24,17 @@ const MAX_THREADS_PER_BLOCK: usize = 1024;
 /// The optional tensors and flags of a scan, for [`ScanProblem::from_shapes`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanOptions {
+    /// The call passes `D` `(D_in)`.
     pub has_d: bool,
+    /// The call passes `z` `(b, D_in, L)`.
     pub has_z: bool,
+    /// The call passes `delta_bias` `(D_in)`.
     pub has_delta_bias: bool,
+    /// Softplus is applied to `delta + delta_bias`.
     pub delta_softplus: bool,
+    /// The call passes initial states `(b or num_seqs, D_in, N)`.
     pub has_initial_states: bool,
+    /// The call returns final states.
     pub return_final_states: bool,
 }
 
@@ -36,16 +42,25 @@ pub struct ScanOptions {
 /// specialised on or sized by. Built from validated [`SelectiveScanParams`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanProblem {
+    /// Input element type (f32, f16 or bf16 on the GPU).
     pub dtype: DType,
+    /// The sizes of the call.
     pub dims: Mamba1Dims,
     /// `Some(G)` for B `(b, G, N, L)`, `None` for constant B `(D_in, N)`.
     pub b_groups: Option<usize>,
+    /// `Some(G)` for C `(b, G, N, L)`, `None` for constant C `(D_in, N)`.
     pub c_groups: Option<usize>,
+    /// The call passes `D` `(D_in)`.
     pub has_d: bool,
+    /// The call passes `z` `(b, D_in, L)`.
     pub has_z: bool,
+    /// The call passes `delta_bias` `(D_in)`.
     pub has_delta_bias: bool,
+    /// Softplus is applied to `delta + delta_bias`.
     pub delta_softplus: bool,
+    /// The call passes initial states.
     pub has_initial_states: bool,
+    /// The call returns final states.
     pub return_final_states: bool,
     /// `Some(num_seqs)` for varlen input.
     pub varlen_seqs: Option<usize>,
@@ -263,22 +278,39 @@ pub struct ScanTuning {
 /// Everything the kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanConfig {
+    /// Input element type.
     pub dtype: DType,
+    /// `N`, the state size per channel.
     pub d_state: usize,
+    /// Lanes per channel (a power of two up to 32).
     pub lanes_per_channel: usize,
+    /// States each lane owns (`ceil(N / lanes_per_channel)`).
     pub states_per_lane: usize,
+    /// Channels per lane (1 to 4).
     pub channels_per_lane: usize,
+    /// Threads per block.
     pub threads: usize,
+    /// Time steps per shared-memory tile (a multiple of 8).
     pub tile: usize,
+    /// `__launch_bounds__` minimum blocks per SM.
     pub min_blocks: usize,
+    /// Exponentials per 4-step group computed as FMA polynomials (see [`ScanTuning::exp_poly`]).
     pub exp_poly: usize,
+    /// The softplus and silu exponentials as FMA polynomials.
     pub elem_exp_poly: bool,
+    /// Lane order (see [`ScanTuning::slice_major`]).
     pub slice_major: bool,
+    /// `delta_bias` is added to `delta`.
     pub has_delta_bias: bool,
+    /// Softplus is applied to `delta + delta_bias`.
     pub delta_softplus: bool,
+    /// The skip term `D` is compiled in.
     pub has_d: bool,
+    /// The `silu(z)` gate is compiled in.
     pub has_z: bool,
+    /// B is constant `(D_in, N)`.
     pub b_const: bool,
+    /// C is constant `(D_in, N)`.
     pub c_const: bool,
     /// 16-byte vector loads and stores (rows aligned: L a multiple of 8).
     pub vec_io: bool,

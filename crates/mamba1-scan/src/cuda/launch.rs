@@ -54,17 +54,29 @@ unsafe impl DeviceRepr for ScanArgs {}
 /// Every tensor of one scan on the device. Optional inputs are present exactly
 /// when the [`ScanProblem`] says so; `out` and `final_states` are written.
 pub struct ScanBuffers<T> {
+    /// `(b, D_in, L)`.
     pub u: CudaSlice<T>,
+    /// `(b, D_in, L)`, before bias and softplus.
     pub delta: CudaSlice<T>,
+    /// `(D_in, N)`.
     pub a: CudaSlice<f32>,
+    /// `(b, G, N, L)`, or `(D_in, N)` for constant B.
     pub b: CudaSlice<T>,
+    /// `(b, G, N, L)`, or `(D_in, N)` for constant C.
     pub c: CudaSlice<T>,
+    /// `(D_in)`.
     pub d: Option<CudaSlice<f32>>,
+    /// `(b, D_in, L)`: the output gate.
     pub z: Option<CudaSlice<T>>,
+    /// `(D_in)`.
     pub delta_bias: Option<CudaSlice<f32>>,
+    /// `(b or num_seqs, D_in, N)`.
     pub initial_states: Option<CudaSlice<f32>>,
+    /// Varlen offsets `(num_seqs + 1)`, batch 1; checked by the kernel.
     pub cu_seqlens: Option<CudaSlice<i64>>,
+    /// `(b, D_in, L)`, written.
     pub out: CudaSlice<T>,
+    /// `(b or num_seqs, D_in, N)`, written when the problem returns final states.
     pub final_states: Option<CudaSlice<f32>>,
 }
 
@@ -74,19 +86,30 @@ pub struct ScanBuffers<T> {
 /// that upstream code (a candle tensor's storage, a slice of an activation
 /// arena) launches without copies.
 pub struct ScanViews<'a, T> {
+    /// `(b, D_in, L)`.
     pub u: CudaView<'a, T>,
+    /// `(b, D_in, L)`, before bias and softplus.
     pub delta: CudaView<'a, T>,
+    /// `(D_in, N)`.
     pub a: CudaView<'a, f32>,
+    /// `(b, G, N, L)`, or `(D_in, N)` for constant B.
     pub b: CudaView<'a, T>,
+    /// `(b, G, N, L)`, or `(D_in, N)` for constant C.
     pub c: CudaView<'a, T>,
+    /// `(D_in)`.
     pub d: Option<CudaView<'a, f32>>,
+    /// `(b, D_in, L)`: the output gate.
     pub z: Option<CudaView<'a, T>>,
+    /// `(D_in)`.
     pub delta_bias: Option<CudaView<'a, f32>>,
+    /// `(b or num_seqs, D_in, N)`.
     pub initial_states: Option<CudaView<'a, f32>>,
     /// Device-resident offsets: checked by the kernel, not trusted
     /// ([`ScanPlan::take_device_error`]).
     pub cu_seqlens: Option<CudaView<'a, i64>>,
+    /// `(b, D_in, L)`, written.
     pub out: CudaViewMut<'a, T>,
+    /// `(b or num_seqs, D_in, N)`, written when the problem returns final states.
     pub final_states: Option<CudaViewMut<'a, f32>>,
 }
 
@@ -379,8 +402,11 @@ impl DeviceStatus {
 /// raises when it rejects device-resident input (`cu_seqlens` that are not a
 /// partition of `[0, L)`), read by [`ScanPlan::take_device_error`].
 pub struct ScanPlan {
+    /// The shapes and options the plan was built for.
     pub problem: ScanProblem,
+    /// What the kernel was compiled for.
     pub config: ScanConfig,
+    /// The compiled kernel (resources: registers, shared memory, spills).
     pub kernel: Kernel,
     context: ContextId,
     status: DeviceStatus,
@@ -391,6 +417,13 @@ pub struct ScanPlan {
 }
 
 impl ScanPlan {
+    /// Check `problem`, pick the configuration for `tuning` on `gpu`'s device and
+    /// compile the kernel into `gpu`'s context.
+    ///
+    /// Errors: [`SsmError::Unsupported`] naming the constraint for a shape or
+    /// tuning the kernel does not take (including L = 0, which the host-side
+    /// `selective_scan_cuda` handles without a launch); compile and load
+    /// failures as the runtime reports them.
     pub fn new(gpu: &Gpu, problem: &ScanProblem, tuning: ScanTuning) -> Result<Self> {
         problem.check()?;
         let limits = gpu.limits()?;
