@@ -64,14 +64,23 @@ pub fn cache_row(indices: Option<&[i64]>, i: usize) -> Option<usize> {
 /// parameters (A, D, dt_bias), `I` for the state indices.
 #[derive(Clone, Copy, Debug)]
 pub struct StepInputs<E, P = E, I = E> {
+    /// `(b, D_in)` or `(b, H, P)`: the token's input.
     pub x: E,
+    /// `(b, D_in)` or `(b, H)`: the raw step size, before bias, softplus (and clamp).
     pub dt: E,
+    /// `(D_in, N)` or `(H)`.
     pub a: P,
+    /// `(b, G, N)`.
     pub b: E,
+    /// `(b, G, N)`.
     pub c: E,
+    /// The skip term: `(D_in)`, or `(H)` / `(H, P)`.
     pub d: Option<P>,
+    /// The output gate `silu(z)`, in the shape of `x`.
     pub z: Option<E>,
+    /// `(D_in)` or `(H)`, added to `dt`.
     pub dt_bias: Option<P>,
+    /// `(b)`: the cache row of each batch row (negative: padding).
     pub state_batch_indices: Option<I>,
 }
 
@@ -139,6 +148,7 @@ impl<E, P, I> StepInputs<E, P, I> {
 pub type HostStepInputs<'a, T> = StepInputs<&'a [T], &'a [f32], &'a [i64]>;
 
 impl<T: Element> HostStepInputs<'_, T> {
+    /// Every buffer's length, for the dims' `check`.
     pub fn lens(&self) -> StepLens {
         self.map(|v| v.len(), |v| v.len(), |v| v.len())
     }
@@ -199,10 +209,15 @@ fn check_cache(
 /// device arguments so that both validate the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mamba1StepDims {
+    /// `b`, the tokens decoded at once.
     pub batch: usize,
+    /// `D_in`, the number of channels.
     pub d_inner: usize,
+    /// `N`, the state size per channel.
     pub d_state: usize,
+    /// `G`, the B/C groups; channel `d` uses group `d / (D_in / G)`.
     pub groups: usize,
+    /// Rows of the state cache (`b` without `state_batch_indices`).
     pub cache_rows: usize,
 }
 
@@ -255,11 +270,17 @@ impl Mamba1StepDims {
 /// The sizes of one Mamba-2 decode step (see [`Mamba1StepDims`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mamba2StepDims {
+    /// `b`, the tokens decoded at once.
     pub batch: usize,
+    /// `H`, the number of heads.
     pub heads: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `G`, the B/C groups; head `h` uses group `h / (H / G)`.
     pub groups: usize,
+    /// Rows of the state cache (`b` without `state_batch_indices`).
     pub cache_rows: usize,
 }
 
@@ -325,6 +346,7 @@ impl Mamba2StepDims {
 pub trait StepParams<'a, T> {
     /// The family's sizes.
     type Dims;
+    /// The family's sizes, as the checks take them.
     fn dims(&self) -> Self::Dims;
     /// `N`.
     fn d_state(&self) -> usize;
@@ -393,11 +415,15 @@ impl_step_params!(Mamba2StepParams, Mamba2StepDims);
 /// One Mamba-1 decode step. State cache `(cache_rows, D_in, N)` f32.
 #[derive(Clone, Copy, Debug)]
 pub struct Mamba1StepParams<'a, T> {
+    /// `b`, the tokens decoded at once.
     pub batch: usize,
+    /// `D_in`, the number of channels.
     pub d_inner: usize,
+    /// `N`, the state size per channel.
     pub d_state: usize,
     /// B/C groups: channel `d` uses group `d / (D_in / G)`.
     pub groups: usize,
+    /// Rows of the state cache; [`Mamba1StepParams::new`] sets `batch`.
     pub cache_rows: usize,
     /// `(b, D_in)`
     pub x: &'a [T],
@@ -409,15 +435,24 @@ pub struct Mamba1StepParams<'a, T> {
     pub b: &'a [T],
     /// `(b, G, N)`
     pub c: &'a [T],
+    /// `(D_in)`: the skip term `D x`.
     pub d: Option<&'a [f32]>,
+    /// `(b, D_in)`: the output gate `silu(z)`.
     pub z: Option<&'a [T]>,
+    /// `(D_in)`, added to `dt`.
     pub dt_bias: Option<&'a [f32]>,
+    /// Softplus is applied to `dt + dt_bias`.
     pub dt_softplus: bool,
+    /// `(b)`: the cache row of each batch row; negative entries are padding
+    /// (zero output, state untouched); entries must be distinct and below
+    /// `cache_rows`. `None`: row `i` uses cache row `i`.
     pub state_batch_indices: Option<&'a [i64]>,
+    /// Reject NaN or Inf in any input (one extra pass).
     pub check_finite: bool,
 }
 
 impl<'a, T> Mamba1StepParams<'a, T> {
+    /// The sizes, as [`Mamba1StepDims`].
     pub fn dims(&self) -> Mamba1StepDims {
         Mamba1StepDims {
             batch: self.batch,
@@ -493,11 +528,17 @@ impl<'a, T: Element> Mamba1StepParams<'a, T> {
 /// One Mamba-2 decode step. State cache `(cache_rows, H, P, N)` f32.
 #[derive(Clone, Copy, Debug)]
 pub struct Mamba2StepParams<'a, T> {
+    /// `b`, the tokens decoded at once.
     pub batch: usize,
+    /// `H`, the number of heads.
     pub heads: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `G`, the B/C groups; head `h` uses group `h / (H / G)`.
     pub groups: usize,
+    /// Rows of the state cache; [`Mamba2StepParams::new`] sets `batch`.
     pub cache_rows: usize,
     /// `(b, H, P)`
     pub x: &'a [T],
@@ -509,17 +550,26 @@ pub struct Mamba2StepParams<'a, T> {
     pub b: &'a [T],
     /// `(b, G, N)`
     pub c: &'a [T],
+    /// The skip term: `(H)` or `(H, P)`.
     pub d: Option<DSkip<'a>>,
     /// `(b, H, P)`
     pub z: Option<&'a [T]>,
+    /// `(H)`, added to `dt`.
     pub dt_bias: Option<&'a [f32]>,
+    /// Softplus is applied to `dt + dt_bias` before the clamp.
     pub dt_softplus: bool,
+    /// `(min, max)` clamp of the step size (default [`NO_DT_LIMIT`](crate::mamba2::NO_DT_LIMIT)).
     pub dt_limit: (f32, f32),
+    /// `(b)`: the cache row of each batch row; negative entries are padding
+    /// (zero output, state untouched); entries must be distinct and below
+    /// `cache_rows`. `None`: row `i` uses cache row `i`.
     pub state_batch_indices: Option<&'a [i64]>,
+    /// Reject NaN or Inf in any input (one extra pass).
     pub check_finite: bool,
 }
 
 impl<'a, T> Mamba2StepParams<'a, T> {
+    /// The sizes, as [`Mamba2StepDims`].
     pub fn dims(&self) -> Mamba2StepDims {
         Mamba2StepDims {
             batch: self.batch,
@@ -586,6 +636,9 @@ impl<'a, T: Element> Mamba2StepParams<'a, T> {
         }
     }
 
+    /// Validate against a state cache of `state_len` elements: every shape,
+    /// the `dt_limit`, the index list (distinct, below `cache_rows`) and, with
+    /// `check_finite`, every value.
     pub fn validate(&self, state_len: usize) -> Result<()> {
         let inputs = self.inputs();
         let per_head_dim = matches!(self.d, Some(DSkip::PerHeadDim(_)));

@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// 64-bit float (the oracle's type; no GPU kernel takes it).
     F64,
+    /// 32-bit float.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     Bf16,
 }
 
@@ -37,6 +41,7 @@ impl DType {
         }
     }
 
+    /// The lowercase name (`f32`, `bf16`, ...), as `Display` and `FromStr` use it.
     pub fn name(self) -> &'static str {
         match self {
             DType::F64 => "f64",
@@ -70,8 +75,11 @@ impl std::str::FromStr for DType {
 
 /// A scalar type that can hold kernel inputs or outputs.
 pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + Default + 'static {
+    /// The [`DType`] tag of this type.
     const DTYPE: DType;
+    /// Widen exactly to f64.
     fn to_f64(self) -> f64;
+    /// Convert to f32 (exact for f32, f16, bf16; rounds an f64).
     fn to_f32(self) -> f32;
     /// Round an f32 to this type (round to nearest even).
     fn from_f32(x: f32) -> Self;

@@ -11,6 +11,7 @@ use crate::{Element, Result};
 /// Sizes of a selective-scan call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mamba1Dims {
+    /// `b`, the batch size (1 for varlen input).
     pub batch: usize,
     /// `D_in`, the number of independent channels.
     pub d_inner: usize,
@@ -24,12 +25,18 @@ pub struct Mamba1Dims {
 #[derive(Clone, Copy, Debug)]
 pub enum BcInput<'a, T> {
     /// `(b, G, N, L)`; channel `d` uses group `d / (D_in / G)`.
-    Grouped { groups: usize, data: &'a [T] },
+    Grouped {
+        /// `G`, which must divide `D_in`.
+        groups: usize,
+        /// `(b, G, N, L)`.
+        data: &'a [T],
+    },
     /// `(D_in, N)`, the same at every step (the LTI / S4D case).
     Constant(&'a [T]),
 }
 
 impl<'a, T> BcInput<'a, T> {
+    /// The flat data, whichever the layout.
     pub fn data(&self) -> &'a [T] {
         match *self {
             BcInput::Grouped { data, .. } => data,
@@ -42,20 +49,31 @@ impl<'a, T> BcInput<'a, T> {
 /// `with_*` methods; every implementation calls [`SelectiveScanParams::validate`].
 #[derive(Clone, Copy, Debug)]
 pub struct SelectiveScanParams<'a, T> {
+    /// The sizes.
     pub dims: Mamba1Dims,
+    /// `(b, D_in, L)`: the input.
     pub u: &'a [T],
+    /// `(b, D_in, L)`: the raw step size, before `delta_bias` and softplus.
     pub delta: &'a [T],
+    /// `(D_in, N)`: the (negative, for a decaying state) transition.
     pub a: &'a [f32],
+    /// B, grouped `(b, G, N, L)` or constant `(D_in, N)`.
     pub b: BcInput<'a, T>,
+    /// C, grouped `(b, G, N, L)` or constant `(D_in, N)`.
     pub c: BcInput<'a, T>,
+    /// `(D_in)`: the skip term `D u`.
     pub d: Option<&'a [f32]>,
+    /// `(b, D_in, L)`: the output gate `silu(z)`.
     pub z: Option<&'a [T]>,
+    /// `(D_in)`, added to `delta`.
     pub delta_bias: Option<&'a [f32]>,
+    /// Softplus is applied to `delta + delta_bias`.
     pub delta_softplus: bool,
     /// `(b, D_in, N)`, or `(num_seqs, D_in, N)` with `cu_seqlens`.
     pub initial_states: Option<&'a [f32]>,
     /// Varlen prefix offsets (`num_seqs + 1` entries, batch must be 1).
     pub cu_seqlens: Option<&'a [i64]>,
+    /// Also return the state after each row's (or sequence's) last step.
     pub return_final_states: bool,
     /// Reject NaN/Inf in any input (costs one pass over the inputs).
     pub check_finite: bool,
@@ -69,6 +87,7 @@ pub struct Mamba1Layout {
 }
 
 impl<'a, T: Element> SelectiveScanParams<'a, T> {
+    /// The required inputs, every option off (see the `with_*` methods).
     pub fn new(
         dims: Mamba1Dims,
         u: &'a [T],
@@ -95,14 +114,17 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
         }
     }
 
+    /// Add the skip term `D u`, `D` `(D_in)`.
     pub fn with_d(mut self, d: &'a [f32]) -> Self {
         self.d = Some(d);
         self
     }
+    /// Add `delta_bias` `(D_in)` to `delta`.
     pub fn with_delta_bias(mut self, bias: &'a [f32]) -> Self {
         self.delta_bias = Some(bias);
         self
     }
+    /// Apply softplus to `delta + delta_bias`.
     pub fn with_delta_softplus(mut self, on: bool) -> Self {
         self.delta_softplus = on;
         self

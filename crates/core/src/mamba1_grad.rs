@@ -28,6 +28,7 @@ pub struct ScanGradInputs<'a, O> {
 }
 
 impl<'a, O: Element> ScanGradInputs<'a, O> {
+    /// `d_out` `(b, D_in, L)`; `d_final_states` `(b or num_seqs, D_in, N)` or `None` for zero.
     pub fn new(d_out: &'a [O], d_final_states: Option<&'a [f32]>) -> Self {
         ScanGradInputs {
             d_out,
@@ -191,6 +192,7 @@ pub fn silu_grad_magnitude(z: f64) -> f64 {
     s * (1.0 + z.abs() * (1.0 - s))
 }
 
+/// `d silu(z) / dz = s (1 + z (1 - s))`, `s = sigmoid(z)`, in f32.
 pub fn silu_grad_f32(z: f32) -> f32 {
     let s = 1.0 / (1.0 + (-z).exp());
     s * (1.0 + z * (1.0 - s))

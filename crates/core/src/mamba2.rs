@@ -10,6 +10,7 @@ use crate::{Element, Result, SsmError};
 /// Sizes of an SSD call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SsdDims {
+    /// `b`, the batch size (1 for varlen input).
     pub batch: usize,
     /// `L` (total packed length for varlen).
     pub seqlen: usize,
@@ -24,6 +25,7 @@ pub struct SsdDims {
 }
 
 impl SsdDims {
+    /// The B/C group of head `head`.
     pub fn group_of(&self, head: usize) -> usize {
         head / (self.heads / self.groups)
     }
@@ -32,7 +34,9 @@ impl SsdDims {
 /// The skip term `D`: one value per head, or one per head and head dimension.
 #[derive(Clone, Copy, Debug)]
 pub enum DSkip<'a> {
+    /// `(H)`.
     PerHead(&'a [f32]),
+    /// `(H, P)`.
     PerHeadDim(&'a [f32]),
 }
 
@@ -44,6 +48,7 @@ impl DSkip<'_> {
             DSkip::PerHeadDim(d) => d[h * head_dim + p],
         }
     }
+    /// The flat data, whichever the shape.
     pub fn data(&self) -> &[f32] {
         match *self {
             DSkip::PerHead(d) | DSkip::PerHeadDim(d) => d,
@@ -74,31 +79,47 @@ pub(crate) fn check_dt_limit(limit: (f32, f32)) -> Result<()> {
 /// Every input of an SSD forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct SsdParams<'a, T> {
+    /// The sizes.
     pub dims: SsdDims,
+    /// `(b, L, H, P)`: the input.
     pub x: &'a [T],
+    /// `(b, L, H)`: the raw step size, before bias, softplus and clamp.
     pub dt: &'a [T],
+    /// `(H)`: one scalar decay rate per head.
     pub a: &'a [f32],
+    /// `(b, L, G, N)`.
     pub b: &'a [T],
+    /// `(b, L, G, N)`.
     pub c: &'a [T],
+    /// `(H)`, added to `dt`.
     pub dt_bias: Option<&'a [f32]>,
+    /// Softplus is applied to `dt + dt_bias` before the clamp.
     pub dt_softplus: bool,
+    /// `(min, max)` clamp of the step size (default [`NO_DT_LIMIT`]).
     pub dt_limit: (f32, f32),
+    /// The skip term `D x`.
     pub d: Option<DSkip<'a>>,
+    /// `(b, L, H, P)`: the output gate `silu(z)`.
     pub z: Option<&'a [T]>,
     /// `(b, H, P, N)`, or `(num_seqs, H, P, N)` with `cu_seqlens`.
     pub initial_states: Option<&'a [f32]>,
+    /// Varlen prefix offsets (`num_seqs + 1` entries, batch must be 1).
     pub cu_seqlens: Option<&'a [i64]>,
+    /// Also return the state after each row's (or sequence's) last step.
     pub return_final_states: bool,
+    /// Reject NaN/Inf in any input (costs one pass over the inputs).
     pub check_finite: bool,
 }
 
 /// Facts established by validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SsdLayout {
+    /// Number of independent sequences: `batch`, or the varlen count.
     pub num_seqs: usize,
 }
 
 impl<'a, T: Element> SsdParams<'a, T> {
+    /// The required inputs, every option off (see the `with_*` methods).
     pub fn new(
         dims: SsdDims,
         x: &'a [T],
@@ -125,18 +146,23 @@ impl<'a, T: Element> SsdParams<'a, T> {
             check_finite: false,
         }
     }
+    /// Add `dt_bias` `(H)` to `dt`.
     pub fn with_dt_bias(mut self, bias: &'a [f32]) -> Self {
         self.dt_bias = Some(bias);
         self
     }
+    /// Apply softplus to `dt + dt_bias` (before the clamp).
     pub fn with_dt_softplus(mut self, on: bool) -> Self {
         self.dt_softplus = on;
         self
     }
+    /// Clamp the step size to `[min, max]`; [`SsmError::DtLimit`] at validation
+    /// if `min > max` or either is NaN.
     pub fn with_dt_limit(mut self, min: f32, max: f32) -> Self {
         self.dt_limit = (min, max);
         self
     }
+    /// Add the skip term `D x`.
     pub fn with_d(mut self, d: DSkip<'a>) -> Self {
         self.d = Some(d);
         self
@@ -151,6 +177,7 @@ impl<'a, T: Element> SsdParams<'a, T> {
         crate::math::ssd_dt(raw, bias, self.dt_softplus, self.dt_limit)
     }
 
+    /// Check every shape and option; returns the number of sequences.
     pub fn validate(&self) -> Result<SsdLayout> {
         let SsdDims {
             batch,

@@ -126,7 +126,9 @@ impl<I, P> SsdGrads<I, P> {
 /// One gradient of [`SsdGrads::named`]: a tensor input's or a parameter's.
 #[derive(Clone, Copy, Debug)]
 pub enum GradRef<'a, I, P> {
+    /// A gradient in the input element type (a tensor input's).
     Input(&'a [I]),
+    /// A gradient in f32 (a parameter's or the initial states').
     Param(&'a [P]),
 }
 

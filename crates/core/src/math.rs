@@ -26,6 +26,7 @@ pub fn silu(z: f64) -> f64 {
     z / (1.0 + (-z).exp())
 }
 
+/// f32 [`silu`].
 pub fn silu_f32(z: f32) -> f32 {
     z / (1.0 + (-z).exp())
 }
@@ -37,6 +38,7 @@ pub fn ssd_dt(dt: f64, bias: f64, softplus_on: bool, limit: (f32, f32)) -> f64 {
     v.clamp(limit.0 as f64, limit.1 as f64)
 }
 
+/// f32 [`ssd_dt`].
 pub fn ssd_dt_f32(dt: f32, bias: f32, softplus_on: bool, limit: (f32, f32)) -> f32 {
     let v = dt + bias;
     let v = if softplus_on { softplus_f32(v) } else { v };
@@ -53,6 +55,7 @@ pub fn scan_dt(delta: f64, bias: f64, softplus_on: bool) -> f64 {
     }
 }
 
+/// f32 [`scan_dt`].
 pub fn scan_dt_f32(delta: f32, bias: f32, softplus_on: bool) -> f32 {
     let v = delta + bias;
     if softplus_on {

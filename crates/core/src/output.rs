@@ -9,7 +9,10 @@ use crate::Element;
 /// row, or per sequence for varlen input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanOutput<O, S> {
+    /// The output, in the layout of the input.
     pub out: Vec<O>,
+    /// The final states when requested: `(b or num_seqs, D_in, N)` or `(b or
+    /// num_seqs, H, P, N)`, f32 on the fast paths, f64 from the oracle.
     pub final_states: Option<Vec<S>>,
 }
 
@@ -26,5 +29,6 @@ impl<O: Element, S: Element> ScanOutput<O, S> {
 /// Output of a decode step; the state is updated in place.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput<O> {
+    /// The output, `(b, D_in)` or `(b, H, P)`.
     pub out: Vec<O>,
 }

@@ -78,6 +78,7 @@ pub enum Bug {
 }
 
 impl Bug {
+    /// Every planted bug.
     pub const ALL: [Bug; 21] = [
         Bug::SsdChunkBoundary,
         Bug::ScanBlockBoundary,
@@ -129,6 +130,7 @@ impl Bug {
         }
     }
 
+    /// The bug whose [`Bug::name`] is `name`.
     pub fn from_name(name: &str) -> Option<Bug> {
         Bug::ALL.into_iter().find(|b| b.name() == name)
     }

@@ -17,6 +17,7 @@ impl Shape<'_> {
         })
     }
 
+    /// Whether any dimension is zero.
     pub fn is_empty(&self) -> bool {
         self.0.iter().any(|&(_, d)| d == 0)
     }

@@ -37,10 +37,12 @@ pub struct Comparison {
     pub max_abs: f64,
     /// Elements that are NaN or infinite in `out` while finite in `ref`.
     pub non_finite: usize,
+    /// Elements of the reference.
     pub len: usize,
 }
 
 impl Comparison {
+    /// No non-finite element and `rel_l2 <= budget`.
     pub fn passes(&self, budget: f64) -> bool {
         self.non_finite == 0 && self.rel_l2 <= budget
     }
