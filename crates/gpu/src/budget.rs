@@ -32,13 +32,20 @@ pub const BUDGET_FILE: &str = "budgets.toml";
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
+    /// Most registers per thread the entry point may use.
     pub max_registers: u32,
+    /// Most static `__shared__` bytes.
     pub max_smem_bytes: u32,
     #[serde(default)]
+    /// Most spill bytes (stores plus loads, entry and its spilling device
+    /// functions); default 0.
     pub max_spill_bytes: u32,
     #[serde(default)]
+    /// Most stack-frame bytes (a register array indexed at run time lands
+    /// there); default 0.
     pub max_stack_bytes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the limits are what they are (free text, kept with the entry).
     pub note: Option<String>,
 }
 
@@ -50,6 +57,7 @@ pub struct BudgetFile {
     #[serde(default = "default_arch")]
     pub arch: Arch,
     #[serde(default)]
+    /// Budgets by variant label ([`KernelVariant::label`](crate::KernelVariant::label)).
     pub kernels: BTreeMap<String, Budget>,
 }
 
@@ -66,6 +74,8 @@ impl BudgetFile {
         })
     }
 
+    /// Read and parse the budget file at `path` ([`GpuError::Io`] or
+    /// [`GpuError::Config`] on failure).
     pub fn load(path: &Path) -> Result<Self, GpuError> {
         let text = std::fs::read_to_string(path).map_err(|source| GpuError::Io {
             what: "reading budget file",
@@ -147,25 +157,35 @@ fn module_spill_bytes(report: &VariantReport) -> u32 {
 /// The outcome for one variant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// Every limit held and ptxas printed no warning.
     Within,
+    /// The limits broken (and compiler warnings), one line each.
     Exceeded(Vec<String>),
+    /// The variant compiled but the file has no entry for its label.
     NoBudget,
     /// It did not compile (or had no such entry point).
     Failed(String),
 }
 
 #[derive(Clone, Debug)]
+/// One variant's line of a [`BudgetCheck`].
 pub struct BudgetRow {
+    /// The variant's label.
     pub label: String,
+    /// ptxas's report, when the variant compiled.
     pub report: Option<VariantReport>,
+    /// Its entry in the file, if any.
     pub budget: Option<Budget>,
+    /// The outcome.
     pub verdict: Verdict,
 }
 
 /// The check of every variant against the file.
 #[derive(Clone, Debug)]
 pub struct BudgetCheck {
+    /// The target every variant was compiled for.
     pub arch: Arch,
+    /// One row per variant.
     pub rows: Vec<BudgetRow>,
     /// Budget entries that no variant uses.
     pub stale: Vec<String>,

@@ -41,10 +41,12 @@ pub struct ModuleCache {
 }
 
 impl ModuleCache {
+    /// A cache that stores nothing and finds nothing (`SSM_KERNEL_CACHE=off`).
     pub fn disabled() -> Self {
         ModuleCache { dir: None }
     }
 
+    /// A cache in directory `dir` (created on first store).
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         ModuleCache {
             dir: Some(dir.into()),
@@ -63,6 +65,7 @@ impl ModuleCache {
         }
     }
 
+    /// The cache directory, `None` when disabled.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }

@@ -61,12 +61,14 @@ pub enum ModuleOrigin {
 /// One compiled translation unit and what we know about it.
 #[derive(Clone, Debug)]
 pub struct CompileOutput {
+    /// The compiled image (cubin, or PTX for a `compute_*` target) and its log.
     pub module: CompiledModule,
     /// The key the module is known by: the pack key when it came from the
     /// pack, else the cache key (hex sha256 of source, options and NVRTC version).
     pub key: String,
     /// True when NVRTC did not run (the module came from the cache or the pack).
     pub from_cache: bool,
+    /// Where the module came from: the pack, the cache or NVRTC.
     pub origin: ModuleOrigin,
     /// Every kernel file that went into it, main file first.
     pub files: Vec<String>,
@@ -204,6 +206,7 @@ impl Compiler {
         self
     }
 
+    /// Where kernel sources are read from (embedded, or `SSM_KERNEL_DIR`).
     pub fn source_root(&self) -> &SourceRoot {
         &self.root
     }
@@ -223,9 +226,11 @@ impl Compiler {
     pub fn is_pack_only(&self) -> bool {
         self.toolchain.is_none()
     }
+    /// The on-disk module cache.
     pub fn cache(&self) -> &ModuleCache {
         &self.cache
     }
+    /// Extra NVRTC flags from `SSM_NVRTC_FLAGS` (part of every cache key).
     pub fn extra_flags(&self) -> &[String] {
         &self.extra_flags
     }

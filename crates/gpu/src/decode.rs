@@ -40,16 +40,27 @@ pub type DeviceStepInputs<'v, T> =
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepPointers {
+    /// `x`.
     pub x: u64,
+    /// `dt`.
     pub dt: u64,
+    /// `A`.
     pub a: u64,
+    /// `B`.
     pub b: u64,
+    /// `C`.
     pub c: u64,
+    /// `D`, or 0.
     pub d: u64,
+    /// `z`, or 0.
     pub z: u64,
+    /// `dt_bias`, or 0.
     pub dt_bias: u64,
+    /// `state_batch_indices`, or 0.
     pub state_batch_indices: u64,
+    /// The f32 state cache, read and written in place.
     pub state: u64,
+    /// The output, written.
     pub out: u64,
 }
 
@@ -67,6 +78,8 @@ pub struct StateLayout {
 }
 
 impl StateLayout {
+    /// The layout for a state of `d_state` floats: the widest vector dividing
+    /// it, then the most lanes (a power of two up to 32) sharing a row.
     pub fn for_state(d_state: usize) -> Self {
         let vec = [4, 2, 1]
             .into_iter()
@@ -174,13 +187,18 @@ impl Default for BlockTiling {
 /// ptxas must leave registers for. A family's geometry is this plus its own knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockGeometry {
+    /// `N`, the floats in one state row.
     pub d_state: usize,
+    /// How a state row is spread over a warp's lanes.
     pub layout: StateLayout,
     /// State rows per lane-slot after capping (Mamba-1: batch rows of a channel;
     /// Mamba-2: rows of a head's `P x N` state).
     pub rows: usize,
+    /// Warps per block.
     pub warps: usize,
+    /// Evict-first cache hints on the state loads and stores.
     pub streaming_hints: bool,
+    /// Blocks per SM ptxas must leave registers for (0: no cap).
     pub min_blocks_per_sm: usize,
 }
 
@@ -321,6 +339,7 @@ pub trait DecodeFamily: Sized + 'static {
     /// The `-D` define (`BROWS` / `ROWS`) and the label letter (`b` / `r`) of
     /// [`BlockGeometry::rows`].
     const ROWS_DEFINE: &'static str;
+    /// The letter of `ROWS_DEFINE` in labels.
     const ROWS_TAG: char;
     /// The family's own defines, after the shared ones.
     fn extra_defines(_g: &Self::Geometry) -> Vec<(&'static str, String)> {
@@ -346,6 +365,8 @@ pub trait DecodeFamily: Sized + 'static {
     /// kernel's and the output's length).
     fn validate(d: &Self::Dims, o: &Self::Options, lens: &StepLens, state_len: usize)
         -> Result<()>;
+    /// Grid and block of one step with sizes `d`, or an error when the grid
+    /// would exceed the device's limits.
     fn launch_config(d: &Self::Dims, g: &Self::Geometry) -> Result<LaunchConfig>;
     /// The kernel's argument struct (validated), opening with `ptrs`.
     fn raw_args(d: &Self::Dims, o: &Self::Options, ptrs: StepPointers) -> Self::Raw;
@@ -359,8 +380,11 @@ pub trait DecodeFamily: Sized + 'static {
 /// past the cache instead).
 #[derive(Debug)]
 pub struct DeviceStepArgs<'a, T, D, O> {
+    /// The family's sizes (batch, channels or heads, `N`, groups, cache rows).
     pub dims: D,
+    /// The device buffers by role, shapes as `dims` say.
     pub inputs: DeviceStepInputs<'a, T>,
+    /// The family's switches (softplus, `D` shape, dt clamp).
     pub options: O,
 }
 
@@ -501,6 +525,7 @@ impl<F: DecodeFamily, T: DeviceElement> DecodeKernel<F, T> {
         &self.geometry
     }
 
+    /// `N` the kernel was compiled for.
     pub fn d_state(&self) -> usize {
         F::block(&self.geometry).d_state
     }

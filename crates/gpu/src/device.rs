@@ -46,19 +46,27 @@ impl DeviceElement for half::bf16 {
 /// Resource use of a loaded kernel, read through function attributes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelResources {
+    /// Registers per thread.
     pub registers: u32,
+    /// Static `__shared__` bytes per block.
     pub static_smem_bytes: u32,
     /// Per-thread local memory: stack frame and spills.
     pub local_bytes: u32,
+    /// The most threads per block this kernel can launch with.
     pub max_threads_per_block: u32,
+    /// The most dynamic shared memory per block this kernel may launch with
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`).
     pub max_dynamic_smem_bytes: u32,
 }
 
 /// A compiled, loaded kernel entry point.
 #[derive(Clone, Debug)]
 pub struct Kernel {
+    /// The loaded function, what `launch_builder` takes.
     pub func: CudaFunction,
+    /// The entry point's name.
     pub name: String,
+    /// Resources as the driver reports them.
     pub resources: KernelResources,
     /// ptxas's report for this entry point (spills, stack, barriers).
     pub ptxas: Option<PtxasFunction>,
@@ -125,6 +133,20 @@ impl Gpu {
     /// and launch on that context's legacy default stream. Fails with
     /// `NoDriver`, `NoDevice`, `NoNvrtc` or `NoToolkitHeaders` (never panics) on
     /// machines without a GPU stack.
+    ///
+    /// ```
+    /// use ssm_gpu::{Gpu, GpuError};
+    ///
+    /// match Gpu::new(0) {
+    ///     Ok(gpu) => println!("{}", gpu.describe()),
+    ///     // What a machine without a GPU, a driver or NVRTC gets: a typed error.
+    ///     Err(e @ (GpuError::NoDriver(_)
+    ///     | GpuError::NoDevice(_)
+    ///     | GpuError::NoNvrtc(_)
+    ///     | GpuError::NoToolkitHeaders { .. })) => println!("no GPU: {e}"),
+    ///     Err(e) => panic!("unexpected: {e}"),
+    /// }
+    /// ```
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
         if !driver_present() {
             return Err(GpuError::NoDriver(
@@ -218,12 +240,15 @@ impl Gpu {
         }
     }
 
+    /// The CUDA context every plan built with this `Gpu` belongs to.
     pub fn ctx(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
+    /// The stream every launch and copy of this `Gpu` is enqueued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+    /// The NVRTC compiler (with its cache and pack) this `Gpu` loads kernels through.
     pub fn compiler(&self) -> &Compiler {
         &self.compiler
     }
@@ -231,9 +256,11 @@ impl Gpu {
     pub fn arch(&self) -> Arch {
         self.arch
     }
+    /// The device's name, as the driver reports it.
     pub fn device_name(&self) -> &str {
         &self.name
     }
+    /// `(major, minor)` compute capability.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
@@ -250,6 +277,7 @@ impl Gpu {
         )
     }
 
+    /// Streaming multiprocessors on the device.
     pub fn multiprocessor_count(&self) -> Result<u32, GpuError> {
         self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
     }
@@ -257,6 +285,7 @@ impl Gpu {
     pub fn max_smem_per_block_optin(&self) -> Result<u32, GpuError> {
         self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
     }
+    /// L2 cache size in bytes.
     pub fn l2_cache_bytes(&self) -> Result<u32, GpuError> {
         self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
     }
@@ -335,6 +364,7 @@ impl Gpu {
         self.kernel(&variant.source, variant.entry, &defines)
     }
 
+    /// Copy `host` into a new device buffer on this `Gpu`'s stream.
     pub fn upload<T: DeviceElement>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
         Ok(self.stream.clone_htod(host)?)
     }
@@ -375,6 +405,8 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copy `dev` to a new host vector; returns once the copy (and the work
+    /// queued on the stream before it) is done.
     pub fn download<T: DeviceElement>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>, GpuError> {
         Ok(self.stream.clone_dtoh(dev)?)
     }

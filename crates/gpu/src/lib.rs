@@ -29,6 +29,8 @@
 //! [`pack`]), `SSM_KERNEL_PACK_ONLY`, `SSM_REQUIRE_GPU`, `SSM_ALLOW_NO_NVRTC`.
 //! See the crate README.
 
+#![warn(missing_docs)]
+
 pub mod budget;
 pub mod cache;
 pub mod compile;

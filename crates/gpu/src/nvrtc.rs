@@ -55,6 +55,7 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every target, SASS and PTX.
     pub const ALL: [Arch; 6] = [
         Arch::Sm80,
         Arch::Sm86,
@@ -74,6 +75,7 @@ impl Arch {
         Arch::Compute90,
     ];
 
+    /// The NVRTC `--gpu-architecture` name (`sm_90`, `compute_90`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",

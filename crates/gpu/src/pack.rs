@@ -134,7 +134,9 @@ pub struct PackMiss {
     pub file: String,
     /// `NAME=value` pairs, sorted by name.
     pub defines: String,
+    /// The target that was looked for.
     pub arch: Arch,
+    /// The pack directory.
     pub pack: PathBuf,
     /// Why the pack has no such module ([`KernelPack::explain_miss`]).
     pub why: String,
@@ -147,6 +149,7 @@ pub struct PackMiss {
 /// e.g. `SSD_MAX_SMEM`: a device with other limits may plan other variants).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackTarget {
+    /// The target (SASS `sm_*` or PTX `compute_*`).
     pub arch: Arch,
     /// `(device class, limits)` planned for, e.g. `("A100", ...)`.
     pub planned_for: Vec<(String, DeviceLimits)>,
@@ -157,6 +160,7 @@ pub struct PackTarget {
 pub struct PackEntry {
     /// [`pack_key`] of the module.
     pub key: String,
+    /// The target the module was compiled for.
     pub arch: Arch,
     /// The main kernel file, relative to `kernels/` (e.g. `mamba2/ssd_fused.cu`).
     pub source: String,
@@ -172,6 +176,7 @@ pub struct PackEntry {
     pub log_file: String,
     /// Hex sha256 of the image, checked when it is loaded.
     pub sha256: String,
+    /// Size of the image in bytes.
     pub bytes: u64,
     /// Seconds NVRTC took (for the build report).
     pub compile_seconds: f64,
@@ -195,7 +200,9 @@ pub struct PackManifest {
     pub built_by: String,
     /// What the pack covers, in words (one line per family).
     pub coverage: Vec<String>,
+    /// The targets the pack was built for.
     pub targets: Vec<PackTarget>,
+    /// Every module of the pack.
     pub entries: Vec<PackEntry>,
 }
 
@@ -254,15 +261,19 @@ impl KernelPack {
         }
     }
 
+    /// The pack directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// The parsed manifest.
     pub fn manifest(&self) -> &PackManifest {
         &self.manifest
     }
+    /// Number of modules in the pack.
     pub fn len(&self) -> usize {
         self.manifest.entries.len()
     }
+    /// Whether the pack holds no module.
     pub fn is_empty(&self) -> bool {
         self.manifest.entries.is_empty()
     }
@@ -448,6 +459,7 @@ impl PackWriter {
         })
     }
 
+    /// The directory being written.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -510,6 +522,7 @@ impl PackWriter {
         Ok(())
     }
 
+    /// The entries added so far (the manifest's, once finished).
     pub fn entries(&self) -> &[PackEntry] {
         &self.entries
     }

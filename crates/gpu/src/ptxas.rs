@@ -20,11 +20,17 @@ pub struct PtxasFunction {
     pub entry: bool,
     /// The target ptxas compiled for (`sm_90`), when the log names it.
     pub arch: Option<String>,
+    /// Registers per thread.
     pub registers: u32,
+    /// Named barriers used.
     pub barriers: u32,
+    /// Stack-frame bytes per thread (local arrays, spills).
     pub stack_frame_bytes: u32,
+    /// Bytes of register spill stores per thread.
     pub spill_store_bytes: u32,
+    /// Bytes of register spill loads per thread.
     pub spill_load_bytes: u32,
+    /// Stack bytes including called functions' frames (for non-entry functions).
     pub cumulative_stack_bytes: u32,
     /// Static shared memory (`__shared__` arrays); dynamic shared memory is a launch parameter.
     pub smem_bytes: u32,

@@ -5,6 +5,7 @@
 
 use crate::{kernel_source, KernelSource, KernelVariant};
 
+/// The self-test kernels, embedded at build time.
 pub static SELFTEST_SOURCE: KernelSource = kernel_source!("common/selftest.cu");
 
 /// Threads per block of `ssm_selftest_block_sum` (its `SELFTEST_THREADS`).

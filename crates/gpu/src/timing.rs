@@ -5,15 +5,26 @@ use crate::GpuError;
 /// Median and spread of CUDA-event timings, in milliseconds.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timing {
+    /// Median of the samples.
     pub median_ms: f64,
+    /// Fastest sample.
     pub min_ms: f64,
+    /// Slowest sample.
     pub max_ms: f64,
+    /// Every sample, in measurement order.
     pub samples: Vec<f64>,
 }
 
 impl Timing {
     /// Summarize `samples` (kept in measurement order). Fails on an empty or
     /// non-finite sample, which would make every statistic meaningless.
+    ///
+    /// ```
+    /// let t = ssm_gpu::Timing::from_samples(vec![3.0, 1.0, 2.0, 10.0]).unwrap();
+    /// assert_eq!((t.median_ms, t.min_ms, t.max_ms), (2.5, 1.0, 10.0));
+    /// assert_eq!(t.samples, [3.0, 1.0, 2.0, 10.0]); // measurement order kept
+    /// assert!(ssm_gpu::Timing::from_samples(vec![]).is_err());
+    /// ```
     pub fn from_samples(samples: Vec<f64>) -> Result<Self, GpuError> {
         if samples.is_empty() {
             return Err(GpuError::InvalidArgument("no timing samples".into()));

@@ -47,6 +47,7 @@ pub struct NvrtcInfo {
 }
 
 impl NvrtcInfo {
+    /// `major.minor`, e.g. `13.0`.
     pub fn version_string(&self) -> String {
         format!("{}.{}", self.version.0, self.version.1)
     }
@@ -55,6 +56,7 @@ impl NvrtcInfo {
 /// The toolkit include directory NVRTC is pointed at, and why that one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct IncludeDir {
+    /// The directory holding `cuda_bf16.h` and the other headers.
     pub path: PathBuf,
     /// Which rule found it (`SSM_CUDA_INCLUDE`, `CUDA_HOME`, `.venv-cuda`, ...).
     pub origin: String,

@@ -17,13 +17,16 @@ pub struct KernelVariant {
     /// Unique, stable name: the key of the variant's budget entry
     /// (e.g. `"mamba1.scan_fwd.bf16.n16"`).
     pub label: String,
+    /// The kernel file, embedded or hot-reloaded.
     pub source: KernelSource,
     /// The `extern "C"` entry point.
     pub entry: &'static str,
+    /// `-D NAME=value` defines the source is specialised with.
     pub defines: Vec<(&'static str, String)>,
 }
 
 impl KernelVariant {
+    /// A variant from its parts.
     pub fn new(
         label: impl Into<String>,
         source: KernelSource,
@@ -42,16 +45,23 @@ impl KernelVariant {
 /// What ptxas said about one variant's entry point.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct VariantReport {
+    /// The variant's label.
     pub label: String,
+    /// The kernel file, relative to `kernels/`.
     pub source: String,
+    /// The entry point reported.
     pub entry: String,
+    /// The target compiled for.
     pub arch: Arch,
+    /// The defines, as strings.
     pub defines: Vec<(String, String)>,
+    /// ptxas's report of the entry point.
     pub resources: PtxasFunction,
     /// Every device function in the module that spills (their cost lands in the entry).
     pub spilling_device_functions: Vec<PtxasFunction>,
     /// Non-resource lines of the compile log (warnings), if any.
     pub warnings: Vec<String>,
+    /// The module came from the compile cache (or the pack), not a fresh NVRTC run.
     pub from_cache: bool,
 }
 
