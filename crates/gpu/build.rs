@@ -53,7 +53,7 @@ fn main() {
     }
     generated.push_str(
         "];\n\
-         /// [`EMBEDDED`] as a static: one copy in the binary for run-time lookups.\n\
+         /// `EMBEDDED` as a static: one copy in the binary for run-time lookups.\n\
          pub static EMBEDDED_FILES: &[(&str, &str)] = EMBEDDED;\n",
     );
     let hash = tree_hash::hash_files(hashed.iter().map(|(r, c)| (r.as_str(), c.as_slice())));

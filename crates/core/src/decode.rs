@@ -558,7 +558,7 @@ pub struct Mamba2StepParams<'a, T> {
     pub dt_bias: Option<&'a [f32]>,
     /// Softplus is applied to `dt + dt_bias` before the clamp.
     pub dt_softplus: bool,
-    /// `(min, max)` clamp of the step size (default [`NO_DT_LIMIT`](crate::mamba2::NO_DT_LIMIT)).
+    /// `(min, max)` clamp of the step size (default [`crate::mamba2::NO_DT_LIMIT`]).
     pub dt_limit: (f32, f32),
     /// `(b)`: the cache row of each batch row; negative entries are padding
     /// (zero output, state untouched); entries must be distinct and below

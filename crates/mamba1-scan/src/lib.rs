@@ -117,7 +117,7 @@ pub fn selective_scan<T: DeviceElement>(
 /// gradient (`d_out`, `d_final_states`) and its expected shape. The CUDA
 /// backend runs `kernels/mamba1/scan_bwd.cu` (checkpoints every tile, reverse
 /// sweep, fixed-order reductions: no atomics); N above 256 is
-/// [`SsmError::Unsupported`].
+/// [`ssm_core::SsmError::Unsupported`].
 pub fn selective_scan_backward<T: DeviceElement>(
     p: &SelectiveScanParams<'_, T>,
     d_out: &[T],
