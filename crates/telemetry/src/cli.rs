@@ -142,6 +142,7 @@ fn json_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// `plot`: write the SVGs; exit 0, or 2 on an unreadable input or output.
 pub fn run_plot(args: &PlotArgs) -> ExitCode {
     let mut sets = Vec::new();
     for input in &args.inputs {
@@ -194,6 +195,9 @@ pub struct MergeNcuArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `merge-ncu`'s work: read the result set, ncu's CSV and the manifest, attach
+/// each result's measured DRAM bytes and write the set (to `--out`, else in
+/// place). Returns how many results got bytes.
 pub fn merge_ncu(args: &MergeNcuArgs) -> Result<usize> {
     let mut set = ResultSet::read(&args.results)?;
     let csv = std::fs::read_to_string(&args.ncu).map_err(|e| TelemetryError::io(&args.ncu, e))?;
@@ -211,6 +215,7 @@ pub fn merge_ncu(args: &MergeNcuArgs) -> Result<usize> {
     Ok(attached)
 }
 
+/// `merge-ncu`: [`merge_ncu`], exit 0 or 1 with the error.
 pub fn run_merge_ncu(args: &MergeNcuArgs) -> ExitCode {
     match merge_ncu(args) {
         Ok(n) => {
@@ -239,6 +244,8 @@ pub struct MergePeersArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `merge-peers`: file the peers into the set (to `--out`, else in place); exit
+/// 0 or 1 with the error.
 pub fn run_merge_peers(args: &MergePeersArgs) -> ExitCode {
     let merged = ResultSet::read(&args.results).and_then(|mut set| {
         let text =
@@ -272,6 +279,7 @@ pub struct FloorsArgs {
     pub device: Option<String>,
 }
 
+/// `floors`: print the floors table; exit 0, or 2 on an unreadable input.
 pub fn run_floors(args: &FloorsArgs) -> ExitCode {
     let ceilings = match (&args.results, &args.device) {
         (Some(path), _) => match ResultSet::read(path) {
@@ -326,6 +334,7 @@ pub struct ShowArgs {
     pub inputs: Vec<PathBuf>,
 }
 
+/// `show`: print each input's summary table; exit 2 if any input is unreadable.
 pub fn run_show(args: &ShowArgs) -> ExitCode {
     let mut status = ExitCode::SUCCESS;
     for input in &args.inputs {
@@ -418,6 +427,7 @@ pub struct ReadmeTableArgs {
     pub set: PathBuf,
 }
 
+/// `readme-table`: print the README table; exit 0, or 2 on an unreadable set.
 pub fn run_readme_table(args: &ReadmeTableArgs) -> ExitCode {
     match ResultSet::read(&args.set) {
         Ok(set) => {

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+/// Why a telemetry step (NVML, parsing, the result files) failed.
 #[derive(Debug, Error)]
 pub enum TelemetryError {
     /// NVML could not be loaded or initialised (no driver, no library, no device):
@@ -15,15 +16,25 @@ pub enum TelemetryError {
 
     /// Input text (ncu CSV, result JSON) does not have the expected form.
     #[error("{source_name}: {reason}")]
-    Parse { source_name: String, reason: String },
+    Parse {
+        /// The file or stream read.
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A result set was written by an incompatible schema version.
     #[error("{source_name}: schema `{schema}` version {version} is not readable by this build (expected `{expected}` version <= {max_version})")]
     Schema {
+        /// The file read.
         source_name: String,
+        /// The schema name it declares.
         schema: String,
+        /// The version it declares.
         version: u32,
+        /// The schema name this build reads.
         expected: &'static str,
+        /// The newest version this build reads.
         max_version: u32,
     },
 
@@ -31,15 +42,19 @@ pub enum TelemetryError {
     #[error("{0}")]
     Mismatch(String),
 
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl TelemetryError {
+    /// A [`TelemetryError::Parse`] of `source_name` (a file or stream name).
     pub fn parse(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
         TelemetryError::Parse {
             source_name: source_name.into(),
@@ -47,6 +62,7 @@ impl TelemetryError {
         }
     }
 
+    /// A [`TelemetryError::Io`] on `path`.
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         TelemetryError::Io {
             path: path.display().to_string(),
@@ -55,4 +71,5 @@ impl TelemetryError {
     }
 }
 
+/// Result with [`TelemetryError`].
 pub type Result<T> = std::result::Result<T, TelemetryError>;

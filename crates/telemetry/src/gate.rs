@@ -87,23 +87,34 @@ impl Default for GateOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationKind {
+    /// New median above the baseline's by more than the noise allowance.
     Slower,
+    /// A kernel uses more registers per thread.
     MoreRegisters,
+    /// A kernel uses more shared memory (static + dynamic).
     MoreSharedMemory,
+    /// A kernel spills more bytes.
     Spills,
+    /// Measured DRAM bytes above the baseline's by more than `bytes_tolerance`.
     MoreBytes,
+    /// A baseline result absent from the new set.
     Missing,
+    /// Same id, but a different problem, timing method or device.
     Incomparable,
+    /// The new result's check against the reference failed.
     FailedVerification,
 }
 
 /// One regression.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
+    /// What got worse.
     pub kind: ViolationKind,
+    /// The result id (`implementation/workload/dtype`).
     pub id: String,
     /// The kernel at fault, for per-kernel checks.
     pub kernel: Option<String>,
+    /// The finding, with both values.
     pub message: String,
 }
 
@@ -112,11 +123,14 @@ pub struct Violation {
 pub struct GateReport {
     /// Result pairs compared.
     pub compared: usize,
+    /// Every regression found.
     pub violations: Vec<Violation>,
+    /// Context that is not a regression (peers, throttling, allowed absences).
     pub notes: Vec<String>,
 }
 
 impl GateReport {
+    /// No violation.
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }

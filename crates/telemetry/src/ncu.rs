@@ -25,8 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TelemetryError};
 
+/// ncu's metric for DRAM bytes read.
 pub const DRAM_READ: &str = "dram__bytes_read.sum";
+/// ncu's metric for DRAM bytes written.
 pub const DRAM_WRITE: &str = "dram__bytes_write.sum";
+/// ncu's metric for the kernel's duration.
 pub const DURATION: &str = "gpu__time_duration.sum";
 
 /// The metrics `ci/bench.sh` asks ncu for.
@@ -46,11 +49,14 @@ pub struct NcuLaunch {
 /// DRAM bytes of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DramBytes {
+    /// Bytes read from DRAM.
     pub read: u64,
+    /// Bytes written to DRAM.
     pub write: u64,
 }
 
 impl DramBytes {
+    /// Read plus written.
     pub fn total(&self) -> u64 {
         self.read + self.write
     }
@@ -63,6 +69,7 @@ impl NcuLaunch {
         normalize_kernel_name(&self.kernel)
     }
 
+    /// The launch's DRAM bytes, when ncu reported both metrics.
     pub fn dram(&self) -> Option<DramBytes> {
         let read = *self.metrics.get(DRAM_READ)?;
         let write = *self.metrics.get(DRAM_WRITE)?;
@@ -311,15 +318,20 @@ fn parse_raw(
 /// (written by the bench binary's `--ncu-manifest`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {
+    /// The result id the case records under.
     pub result_id: String,
+    /// Entry names of the kernels it launches, in launch order.
     pub kernels: Vec<String>,
 }
 
 /// Measured DRAM bytes of one kernel of one case.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeasuredKernel {
+    /// The kernel's entry name.
     pub kernel: String,
+    /// Its DRAM bytes, when ncu measured them.
     pub dram: Option<DramBytes>,
+    /// Its duration under ncu (milliseconds; slowed by profiling, not a timing).
     pub duration_ms: Option<f64>,
 }
 

@@ -21,19 +21,29 @@ use crate::error::{Result, TelemetryError};
 
 /// NVML's clock-event ("throttle") reason bits (nvml.h `nvmlClocksEventReason*`).
 pub mod reason {
+    /// The GPU is idle.
     pub const GPU_IDLE: u64 = 0x1;
+    /// Clocks are held by the applications-clocks setting.
     pub const APPLICATIONS_CLOCKS_SETTING: u64 = 0x2;
+    /// Software power cap: the card is at its power limit.
     pub const SW_POWER_CAP: u64 = 0x4;
+    /// Hardware slowdown (power brake, thermal or power-supply signal).
     pub const HW_SLOWDOWN: u64 = 0x8;
+    /// Sync boost: clocks held to match other GPUs.
     pub const SYNC_BOOST: u64 = 0x10;
+    /// Software thermal slowdown.
     pub const SW_THERMAL_SLOWDOWN: u64 = 0x20;
+    /// Hardware thermal slowdown.
     pub const HW_THERMAL_SLOWDOWN: u64 = 0x40;
+    /// Hardware power-brake slowdown (an external signal).
     pub const HW_POWER_BRAKE_SLOWDOWN: u64 = 0x80;
+    /// Clocks held by the display clock setting.
     pub const DISPLAY_CLOCK_SETTING: u64 = 0x100;
 
     /// Reasons that do not mean the card slowed a running kernel down.
     pub const BENIGN: u64 = GPU_IDLE | APPLICATIONS_CLOCKS_SETTING;
 
+    /// Every reason bit and its name in reports.
     pub const NAMES: [(u64, &str); 9] = [
         (GPU_IDLE, "gpu_idle"),
         (APPLICATIONS_CLOCKS_SETTING, "applications_clocks_setting"),
@@ -71,30 +81,43 @@ pub fn throttled(bits: u64) -> bool {
 pub struct Snapshot {
     /// Seconds since the measurement started.
     pub t_s: f64,
+    /// SM clock, MHz.
     pub sm_clock_mhz: u32,
+    /// Memory clock, MHz.
     pub mem_clock_mhz: u32,
+    /// Board power draw, watts.
     pub power_w: f64,
+    /// GPU temperature, degrees Celsius.
     pub temperature_c: u32,
     /// The total-energy counter (mJ since driver load), where the card has one.
     pub energy_mj: Option<u64>,
+    /// The clock-event reason bits set at this reading ([`reason`]).
     pub throttle_bits: u64,
 }
 
 /// Static facts about the card.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NvmlDeviceInfo {
+    /// The card's name as NVML reports it.
     pub name: String,
+    /// The driver version.
     pub driver_version: String,
+    /// Enforced power limit, watts, where readable.
     pub power_limit_w: Option<f64>,
+    /// Maximum SM clock, MHz, where readable.
     pub max_sm_clock_mhz: Option<u32>,
+    /// Maximum memory clock, MHz, where readable.
     pub max_mem_clock_mhz: Option<u32>,
 }
 
 /// Minimum, median and maximum of a sampled quantity.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Range {
+    /// Smallest sample.
     pub min: f64,
+    /// Median sample.
     pub median: f64,
+    /// Largest sample.
     pub max: f64,
 }
 
@@ -121,15 +144,22 @@ impl Range {
 /// The card's state over one measured run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunTelemetry {
+    /// Readings taken.
     pub samples: usize,
+    /// Seconds from the first reading to the last.
     pub duration_s: f64,
+    /// SM clock, MHz.
     pub sm_clock_mhz: Range,
+    /// Memory clock, MHz.
     pub mem_clock_mhz: Range,
+    /// Board power, watts.
     pub power_w: Range,
+    /// Temperature, degrees Celsius.
     pub temperature_c: Range,
     /// Energy over the run: the counter's difference, or mean power x duration
     /// where the card has no counter (`energy_from_counter` says which).
     pub energy_j: f64,
+    /// `energy_j` is the counter's difference (else mean power x duration).
     pub energy_from_counter: bool,
     /// Union of the reasons seen in any sample.
     pub throttle_reasons: Vec<String>,
@@ -223,6 +253,7 @@ impl NvmlMonitor {
         Err(TelemetryError::NvmlUnavailable(failures.join("; ")))
     }
 
+    /// The card's static facts ([`TelemetryError::Nvml`] when a query fails).
     pub fn device_info(&self) -> Result<NvmlDeviceInfo> {
         let device = self.nvml.device_by_index(self.index).map_err(nvml_error)?;
         Ok(NvmlDeviceInfo {

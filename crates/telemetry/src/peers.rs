@@ -24,23 +24,30 @@ use crate::record::{BenchResult, Measurement, ResultSet, TimingMethod, TimingSta
 use crate::roofline::Ceilings;
 use crate::traffic::backward_modelled;
 
+/// The schema name a peer timing file declares.
 pub const PEER_SCHEMA: &str = "ssm-peer-timings";
+/// The newest peer-file version this build reads.
 pub const PEER_SCHEMA_VERSION: u32 = 1;
 
 /// A peer timing file as `ci/peers/peers.py` writes it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct PeerFile {
+    /// Must be [`PEER_SCHEMA`].
     pub schema: String,
+    /// At most [`PEER_SCHEMA_VERSION`].
     pub version: u32,
     /// The CUDA device name the peers ran on.
     pub device: String,
     #[serde(default)]
+    /// When the file was written (Unix seconds; 0 when absent).
     pub created_unix_s: u64,
     /// Versions of torch, triton, mamba_ssm, fla, python.
     #[serde(default)]
     pub software: BTreeMap<String, String>,
     #[serde(default)]
+    /// Free-text notes of the run.
     pub notes: Vec<String>,
+    /// One entry per timed call.
     pub results: Vec<PeerEntry>,
 }
 
@@ -49,14 +56,20 @@ pub struct PeerFile {
 pub struct PeerEntry {
     /// `mamba_ssm.triton.mamba_chunk_scan_combined`, `mamba_ssm.cuda.selective_scan_fn`, ...
     pub implementation: String,
+    /// The workload name, as ours use it (`M2-2.7B`, ...).
     pub workload: String,
     #[serde(default)]
+    /// The pass timed (forward when absent).
     pub pass: Pass,
+    /// The problem, as ours record it (results are compared only on equal problems).
     pub problem: Problem,
     #[serde(default)]
+    /// The peer's own settings (block sizes, flags), kept for the record.
     pub config: BTreeMap<String, Value>,
+    /// The timing summary.
     pub timing: PeerTiming,
     #[serde(default)]
+    /// A note on this entry.
     pub note: Option<String>,
 }
 
@@ -65,17 +78,23 @@ pub struct PeerEntry {
 pub struct PeerTiming {
     /// `triton_do_bench_median` or `torch_cuda_events`.
     pub method: String,
+    /// Median, ms.
     pub median_ms: f64,
+    /// 10th percentile, ms.
     pub p10_ms: f64,
+    /// 90th percentile, ms.
     pub p90_ms: f64,
+    /// Timed repetitions.
     pub samples: usize,
     /// Optional extremes and mean; when absent, p10 / p90 / median stand in
     /// (the run's notes say so).
     #[serde(default)]
     pub min_ms: Option<f64>,
     #[serde(default)]
+    /// Slowest sample, ms.
     pub max_ms: Option<f64>,
     #[serde(default)]
+    /// Mean, ms.
     pub mean_ms: Option<f64>,
 }
 

@@ -28,8 +28,11 @@ const PALETTE: [&str; 10] = [
 /// One line of a chart.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
+    /// The legend label.
     pub name: String,
+    /// `(x, y)` points in data units, drawn in order.
     pub points: Vec<(f64, f64)>,
+    /// Draw the line dashed (references and floors).
     pub dashed: bool,
 }
 

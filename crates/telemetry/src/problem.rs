@@ -10,19 +10,29 @@ use ssm_core::DType;
 /// Mamba-1 selective scan (docs/DESIGN.md §1.1; layouts §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mamba1ScanShape {
+    /// `b`.
     pub batch: usize,
+    /// `D_in`, the channels.
     pub d_inner: usize,
+    /// `N`, the state size per channel.
     pub d_state: usize,
+    /// `L`.
     pub seqlen: usize,
     /// B/C groups (`(b, G, N, L)`); `None`: constant `(D_in, N)` B and C.
     pub groups: Option<usize>,
     /// Element type of u, delta, z, B, C and out.
     pub dtype: DType,
+    /// The output is gated by `silu(z)` (z read).
     pub z: bool,
+    /// The skip term `D` `(D_in)` is applied.
     pub d: bool,
+    /// `delta_bias` `(D_in)` is added to delta.
     pub delta_bias: bool,
+    /// Softplus is applied to the step size.
     pub softplus: bool,
+    /// Initial states `(b, D_in, N)` f32 are read.
     pub initial_states: bool,
+    /// Final states `(b, D_in, N)` f32 are written.
     pub final_states: bool,
 }
 
@@ -30,8 +40,11 @@ pub struct Mamba1ScanShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipKind {
+    /// No skip term.
     None,
+    /// `D` `(H)`.
     PerHead,
+    /// `D` `(H, P)`.
     PerHeadDim,
 }
 
@@ -49,50 +62,81 @@ impl SkipKind {
 /// Mamba-2 SSD forward (docs/DESIGN.md §1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsdShape {
+    /// `b`.
     pub batch: usize,
+    /// `L`.
     pub seqlen: usize,
+    /// `H`, the heads.
     pub heads: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `G`, the B/C groups.
     pub groups: usize,
     /// Chunk length Q of the chunked algorithm (sets the MMA work, not the bytes).
     pub chunk_size: usize,
     /// Element type of x, dt, B, C, z and out.
     pub dtype: DType,
+    /// The output is gated by `silu(z)` (z read).
     pub z: bool,
+    /// The skip term's shape.
     pub d: SkipKind,
+    /// `dt_bias` `(H)` is added to dt.
     pub dt_bias: bool,
+    /// Softplus is applied to the step size.
     pub softplus: bool,
+    /// Initial states `(b, H, P, N)` f32 are read.
     pub initial_states: bool,
+    /// Final states `(b, H, P, N)` f32 are written.
     pub final_states: bool,
 }
 
 /// One Mamba-1 decode step; the f32 state cache has `batch` live rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mamba1StepShape {
+    /// `b`, tokens decoded at once.
     pub batch: usize,
+    /// `D_in`, the channels.
     pub d_inner: usize,
+    /// `N`, the state size per channel.
     pub d_state: usize,
+    /// `G`, the B/C groups.
     pub groups: usize,
+    /// Element type of x, dt, B, C, z and out.
     pub dtype: DType,
+    /// The output is gated by `silu(z)`.
     pub z: bool,
+    /// The skip term `D` `(D_in)` is applied.
     pub d: bool,
+    /// `dt_bias` `(D_in)` is added to dt.
     pub dt_bias: bool,
+    /// Softplus is applied to the step size.
     pub softplus: bool,
 }
 
 /// One Mamba-2 decode step; the f32 state cache has `batch` live rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mamba2StepShape {
+    /// `b`, tokens decoded at once.
     pub batch: usize,
+    /// `H`, the heads.
     pub heads: usize,
+    /// `P`, the head dimension.
     pub head_dim: usize,
+    /// `N`, the state size.
     pub d_state: usize,
+    /// `G`, the B/C groups.
     pub groups: usize,
+    /// Element type of x, dt, B, C, z and out.
     pub dtype: DType,
+    /// The output is gated by `silu(z)`.
     pub z: bool,
+    /// The skip term's shape.
     pub d: SkipKind,
+    /// `dt_bias` `(H)` is added to dt.
     pub dt_bias: bool,
+    /// Softplus is applied to the step size.
     pub softplus: bool,
 }
 
@@ -101,8 +145,11 @@ pub struct Mamba2StepShape {
 /// bandwidth ceiling and the telemetry path's own check).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamShape {
+    /// Items processed.
     pub elements: usize,
+    /// Bytes read per item.
     pub read_bytes_per_element: usize,
+    /// Bytes written per item.
     pub write_bytes_per_element: usize,
     /// Floating-point operations per element.
     pub flops_per_element: usize,
@@ -148,10 +195,15 @@ impl std::fmt::Display for Pass {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Problem {
+    /// The Mamba-1 selective scan.
     Mamba1Scan(Mamba1ScanShape),
+    /// The Mamba-2 SSD.
     Ssd(SsdShape),
+    /// A Mamba-1 decode step.
     Mamba1Step(Mamba1StepShape),
+    /// A Mamba-2 decode step.
     Mamba2Step(Mamba2StepShape),
+    /// A streaming kernel (the bandwidth probe).
     Stream(StreamShape),
 }
 

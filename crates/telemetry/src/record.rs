@@ -31,7 +31,9 @@ use crate::roofline::{Ceilings, Floor, Limiter};
 use crate::sram::SramUse;
 use crate::traffic::{cost_of, Cost};
 
+/// The schema name every result file declares.
 pub const SCHEMA: &str = "ssm-bench-results";
+/// The version this build writes (version 1 is read and upgraded).
 pub const SCHEMA_VERSION: u32 = 2;
 /// The oldest version [`ResultSet::from_json`] still reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
@@ -60,11 +62,17 @@ pub struct RunInfo {
 pub struct DeviceInfo {
     /// `"cpu"` for CPU-only runs, else the GPU's name.
     pub name: String,
+    /// `major.minor` of the GPU.
     pub compute_capability: Option<String>,
+    /// Streaming multiprocessors.
     pub sm_count: Option<u32>,
+    /// The driver version.
     pub driver_version: Option<String>,
+    /// Enforced power limit, watts.
     pub power_limit_w: Option<f64>,
+    /// Maximum SM clock, MHz.
     pub max_sm_clock_mhz: Option<u32>,
+    /// Maximum memory clock, MHz.
     pub max_mem_clock_mhz: Option<u32>,
     /// Host CPU threads used by CPU implementations.
     pub cpu_threads: Option<usize>,
@@ -114,11 +122,13 @@ pub struct Verification {
     pub sampled: String,
     /// Relative L2 error of the output over the sampled part.
     pub rel_l2: f64,
+    /// Largest elementwise absolute error over the sampled part.
     pub max_abs: f64,
     /// The relative L2 budget it was held to (docs/TOLERANCES.md).
     pub budget: f64,
     /// Relative L2 error of returned final states, when there are any.
     pub state_rel_l2: Option<f64>,
+    /// The relative L2 budget of the final states.
     pub state_budget: Option<f64>,
     /// Within every budget and no non-finite element.
     pub passed: bool,
@@ -127,13 +137,21 @@ pub struct Verification {
 /// Summary of the per-run times, in milliseconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimingStats {
+    /// How the times were taken.
     pub method: TimingMethod,
+    /// Timed runs.
     pub samples: usize,
+    /// Median run.
     pub median_ms: f64,
+    /// Mean run.
     pub mean_ms: f64,
+    /// Fastest run.
     pub min_ms: f64,
+    /// Slowest run.
     pub max_ms: f64,
+    /// 10th percentile.
     pub p10_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
     /// `(p90 - p10) / median`: the noise band the gate allows on top of its threshold.
     pub spread: f64,
@@ -171,10 +189,15 @@ impl TimingStats {
 /// The minimum cost of the problem (from [`crate::traffic`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
+    /// Minimum bytes read from HBM.
     pub read_bytes: u64,
+    /// Minimum bytes written to HBM.
     pub write_bytes: u64,
+    /// Tensor-core (MMA) flops of the chunked algorithm.
     pub mma_flops: f64,
+    /// CUDA-core flops (not a floor term).
     pub simt_flops: f64,
+    /// Exponentials.
     pub exps: f64,
 }
 
@@ -191,6 +214,7 @@ impl From<&Cost> for ModelRecord {
 }
 
 impl ModelRecord {
+    /// Read plus written.
     pub fn bytes(&self) -> u64 {
         self.read_bytes + self.write_bytes
     }
@@ -199,10 +223,15 @@ impl ModelRecord {
 /// The floor on the run's card and how close the median came.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RooflineRecord {
+    /// The floor: the largest of the three unit times, ms.
     pub floor_ms: f64,
+    /// Minimum bytes at the HBM ceiling, ms.
     pub bytes_ms: f64,
+    /// MMA flops at the tensor-core ceiling, ms.
     pub mma_ms: f64,
+    /// Exponentials at the exp ceiling, ms.
     pub exp_ms: f64,
+    /// Which unit sets the floor.
     pub limiter: Limiter,
     /// `floor_ms / median_ms` (1.0 = at the floor). Meaningful for GPU timings only.
     pub fraction_of_floor: f64,
@@ -211,6 +240,7 @@ pub struct RooflineRecord {
 /// Rates at the median time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
+    /// Tokens (`b * L`, or `b` for a decode step) per second.
     pub tokens_per_s: f64,
     /// Minimum bytes (model) per second: the "useful" bandwidth.
     pub model_gb_per_s: f64,
@@ -223,7 +253,9 @@ pub struct Throughput {
 /// One kernel of a result: its on-chip memory and, when measured, its DRAM bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelRecord {
+    /// The kernel's entry name.
     pub name: String,
+    /// Registers, shared memory and occupancy of its launch, when known.
     pub sram: Option<SramUse>,
     /// DRAM bytes of one launch (ncu), when measured.
     pub dram: Option<DramBytes>,
@@ -234,8 +266,11 @@ pub struct KernelRecord {
 /// HBM traffic: the model's minimum and what ncu measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HbmRecord {
+    /// The model's minimum bytes (read plus written).
     pub model_bytes: u64,
+    /// ncu's DRAM bytes read, summed over the call's kernels.
     pub measured_read_bytes: Option<u64>,
+    /// ncu's DRAM bytes written, summed over the call's kernels.
     pub measured_write_bytes: Option<u64>,
     /// `measured / model` (1.0 = the minimum; above 1 = re-reads or spills).
     pub measured_over_model: Option<f64>,
@@ -244,15 +279,21 @@ pub struct HbmRecord {
 /// What a producer measured; [`BenchResult::new`] derives the rest.
 #[derive(Clone, Debug)]
 pub struct Measurement {
+    /// As [`BenchResult::implementation`].
     pub implementation: String,
+    /// As [`BenchResult::workload`].
     pub workload: String,
+    /// The shape, element type and options timed.
     pub problem: Problem,
     /// The pass timed (the floor is that pass's: [`crate::traffic::cost_of`]).
     pub pass: Pass,
     /// The check against the reference made before timing (`None`: not verified).
     pub verification: Option<Verification>,
+    /// The per-run times.
     pub timing: TimingStats,
+    /// Each kernel the call launches.
     pub kernels: Vec<KernelRecord>,
+    /// The card's clocks, power and throttling over the timed runs.
     pub nvml: Option<RunTelemetry>,
     /// Calls made while NVML integrated the energy in `nvml`.
     pub runs_in_nvml_window: u64,
@@ -268,6 +309,7 @@ pub struct BenchResult {
     pub implementation: String,
     /// A docs/DESIGN.md §6 name (`M1-2.8B`) or a sweep point (`L-sweep/L=4096`).
     pub workload: String,
+    /// The shape, element type and options timed.
     pub problem: Problem,
     /// The pass timed; absent in version 1 (always the forward then).
     #[serde(default)]
@@ -283,13 +325,20 @@ pub struct BenchResult {
     /// without D, z or groups, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The per-run times.
     pub timing: TimingStats,
+    /// The minimum cost of the problem.
     pub model: ModelRecord,
+    /// The floor at the set's ceilings and the fraction of it reached.
     pub roofline: RooflineRecord,
+    /// Rates at the median.
     pub throughput: Throughput,
     #[serde(default)]
+    /// Each kernel the call launches.
     pub kernels: Vec<KernelRecord>,
+    /// Model and measured HBM bytes.
     pub hbm: HbmRecord,
+    /// The card's clocks, power and throttling over the timed runs.
     pub nvml: Option<RunTelemetry>,
     /// Joules per token of one call, from the energy over the measured runs.
     pub energy_per_token_j: Option<f64>,
@@ -419,17 +468,23 @@ impl BenchResult {
 /// One benchmark run: every result plus where it was taken.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSet {
+    /// Always [`SCHEMA`].
     pub schema: String,
+    /// [`SCHEMA_VERSION`] once read.
     pub version: u32,
+    /// Where and from what code the run was taken.
     pub run: RunInfo,
+    /// The machine it ran on.
     pub device: DeviceInfo,
     /// The ceilings every floor of this set was computed at (measured in the run, or
     /// the datasheet fallback: see `ceilings.measured`).
     pub ceilings: Ceilings,
+    /// Every result; ids are unique.
     pub results: Vec<BenchResult>,
 }
 
 impl ResultSet {
+    /// An empty set of this schema and version.
     pub fn new(run: RunInfo, device: DeviceInfo, ceilings: &Ceilings) -> ResultSet {
         ResultSet {
             schema: SCHEMA.to_string(),
@@ -478,16 +533,19 @@ impl ResultSet {
         Ok(set)
     }
 
+    /// Pretty-printed JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self)
             .expect("result sets hold only finite numbers and strings")
     }
 
+    /// Read and parse the set at `path` ([`ResultSet::from_json`]).
     pub fn read(path: &Path) -> Result<ResultSet> {
         let text = std::fs::read_to_string(path).map_err(|e| TelemetryError::io(path, e))?;
         ResultSet::from_json(&text, &path.display().to_string())
     }
 
+    /// Write the set to `path` as JSON, creating the directory.
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| TelemetryError::io(dir, e))?;
@@ -495,6 +553,7 @@ impl ResultSet {
         std::fs::write(path, self.to_json() + "\n").map_err(|e| TelemetryError::io(path, e))
     }
 
+    /// The result with id `id`.
     pub fn get(&self, id: &str) -> Option<&BenchResult> {
         self.results.iter().find(|r| r.id == id)
     }

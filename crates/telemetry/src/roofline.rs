@@ -44,6 +44,7 @@ pub struct CeilingMeasurement {
     pub method: String,
     /// The size probed: `1 GiB buffers`, `m=n=k=8192`.
     pub size: String,
+    /// Repetitions measured.
     pub samples: usize,
     /// Median rate over the samples: bytes/s (read + written), flop/s or exp/s.
     pub median_per_s: f64,
@@ -188,8 +189,11 @@ impl Ceilings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Limiter {
+    /// HBM bytes (read plus written).
     Bytes,
+    /// Tensor-core flops.
     Mma,
+    /// Exponentials (MUFU).
     Exp,
 }
 
@@ -206,15 +210,20 @@ impl std::fmt::Display for Limiter {
 /// The per-unit times of a cost on a card, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Floor {
+    /// Bytes at the HBM ceiling.
     pub bytes_ms: f64,
+    /// MMA flops at the tensor-core ceiling.
     pub mma_ms: f64,
+    /// Exponentials at the exp ceiling.
     pub exp_ms: f64,
     /// The largest of the three.
     pub floor_ms: f64,
+    /// Which of the three is largest.
     pub limiter: Limiter,
 }
 
 impl Floor {
+    /// The floor of `cost` at `ceilings` (a unit whose ceiling is 0 costs 0 ms).
     pub fn of(cost: &Cost, ceilings: &Ceilings) -> Floor {
         let ms = |work: f64, rate: f64| if rate > 0.0 { 1e3 * work / rate } else { 0.0 };
         let bytes_ms = ms(cost.bytes() as f64, ceilings.hbm_bytes_per_s);

@@ -21,9 +21,13 @@ use crate::problem::{
 /// The operations a `--shape` can describe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShapeOp {
+    /// The Mamba-2 SSD forward.
     Ssd,
+    /// The Mamba-1 selective scan.
     Scan,
+    /// A Mamba-1 decode step.
     Mamba1Step,
+    /// A Mamba-2 decode step.
     Mamba2Step,
 }
 

@@ -13,13 +13,17 @@ use ssm_gpu::{DeviceLimits, KernelResources, PtxasFunction};
 /// the constants are for tests and runs without a device.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SmLimits {
+    /// Registers per SM.
     pub registers: u32,
     /// Register allocation granularity per warp.
     pub register_unit_per_warp: u32,
+    /// Shared memory per SM, bytes.
     pub smem_bytes: u32,
     /// Shared memory the system reserves per resident block.
     pub smem_reserved_per_block: u32,
+    /// Resident threads per SM.
     pub threads: u32,
+    /// Resident blocks per SM.
     pub blocks: u32,
 }
 
@@ -51,7 +55,9 @@ impl From<&DeviceLimits> for SmLimits {
 /// The shape of a launch that resources alone do not say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchShape {
+    /// Threads per block.
     pub threads_per_block: u32,
+    /// Dynamic shared memory per block, bytes.
     pub dynamic_smem_bytes: u32,
 }
 
@@ -59,32 +65,44 @@ pub struct LaunchShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OccupancyLimiter {
+    /// Registers.
     Registers,
+    /// Shared memory.
     SharedMemory,
+    /// Threads per SM.
     Threads,
+    /// Blocks per SM.
     Blocks,
 }
 
 /// SRAM use of one kernel launch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SramUse {
+    /// Threads per block.
     pub threads_per_block: u32,
+    /// Registers per thread.
     pub registers_per_thread: u32,
     /// Registers x threads (before allocation rounding).
     pub register_bytes_per_block: u64,
+    /// Static shared memory per block, bytes.
     pub static_smem_bytes: u32,
+    /// Dynamic shared memory per block, bytes.
     pub dynamic_smem_bytes: u32,
     /// Per-thread local memory (stack frame and spills), from the function attribute.
     pub local_bytes_per_thread: u32,
     /// ptxas's spill stores + loads, when the runtime kept its report.
     pub spill_bytes: Option<u32>,
+    /// Resident blocks per SM.
     pub blocks_per_sm: u32,
+    /// The resource that bounds `blocks_per_sm`.
     pub limiter: OccupancyLimiter,
     /// Registers plus shared memory of all resident blocks of one SM.
     pub sram_bytes_per_sm: u64,
 }
 
 impl SramUse {
+    /// The occupancy of a launch of a kernel with `resources` (and ptxas's
+    /// report, for spills) in `launch`'s shape on an SM with `limits`.
     pub fn new(
         resources: &KernelResources,
         ptxas: Option<&PtxasFunction>,

@@ -29,28 +29,39 @@ use crate::problem::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
+    /// Read once.
     Read,
+    /// Written once.
     Write,
+    /// Read and written (a state updated in place).
     ReadWrite,
 }
 
 /// The traffic of one tensor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorTraffic {
+    /// The tensor's name (`x`, `state`, ...).
     pub name: String,
     /// Size of the tensor in bytes (moved once per direction of `access`).
     pub bytes: u64,
+    /// Read, written, or both.
     pub access: Access,
 }
 
 /// The minimum cost of one call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cost {
+    /// Each tensor the call must move.
     pub tensors: Vec<TensorTraffic>,
+    /// Minimum bytes read.
     pub read_bytes: u64,
+    /// Minimum bytes written.
     pub write_bytes: u64,
+    /// Tensor-core (MMA) flops.
     pub mma_flops: f64,
+    /// CUDA-core flops (not a floor term).
     pub simt_flops: f64,
+    /// Exponentials.
     pub exps: f64,
 }
 

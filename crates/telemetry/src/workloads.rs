@@ -15,7 +15,9 @@ use crate::problem::{
 /// One named workload with the time mamba_ssm / Triton took on the H100 (docs/DESIGN.md §6).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Workload {
+    /// The workload's name (`M2-2.7B`, `M1-small`, ...).
     pub name: &'static str,
+    /// Its shape, element type and options.
     pub problem: Problem,
     /// The best time of the existing implementation, in ms, as docs/DESIGN.md measured it.
     pub mamba_ssm_ms: f64,
