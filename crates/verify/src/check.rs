@@ -13,12 +13,19 @@ use crate::impls::{Family, ScanImpl, SsdImpl, StepImpl};
 /// One line of a verification table.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckRow {
+    /// The implementation's name (`mamba2-ssd.cuda`, ...).
     pub implementation: String,
+    /// The problem's short label.
     pub problem: String,
+    /// The element type of its tensors.
     pub dtype: DType,
+    /// The output against the oracle, when the call returned one.
     pub out: Option<Comparison>,
+    /// The final states against the oracle, when returned.
     pub state: Option<Comparison>,
+    /// The relative L2 budget of the output.
     pub out_budget: f64,
+    /// The relative L2 budget of the final states.
     pub state_budget: f64,
     /// Wall time of the call (host to host, including transfers for CUDA).
     pub time_ms: f64,
@@ -27,6 +34,7 @@ pub struct CheckRow {
 }
 
 impl CheckRow {
+    /// The output is within its budget and the states (if any) within theirs.
     pub fn passed(&self) -> bool {
         let out_ok = self.out.is_some_and(|c| c.passes(self.out_budget));
         let state_ok = self.state.is_none_or(|c| c.passes(self.state_budget));

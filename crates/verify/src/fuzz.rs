@@ -41,17 +41,24 @@ pub use verdict::Class;
 /// A fuzz target: one way of turning bytes into checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
+    /// Differential, the Mamba-1 forward scan.
     Scan,
+    /// Differential, the SSD forward.
     Ssd,
+    /// Differential, the decode steps of both families.
     Step,
+    /// Malformed parameters must give a typed error, never a panic.
     Api,
+    /// The CPU ports are bitwise repeatable on 1 and 2 threads.
     Determinism,
     /// Differential, the backward passes ([`backward`]).
     SsdBackward,
+    /// Differential, the Mamba-1 scan backward ([`backward`]).
     ScanBackward,
 }
 
 impl Target {
+    /// Every target.
     pub const ALL: [Target; 7] = [
         Target::Scan,
         Target::Ssd,
@@ -75,6 +82,7 @@ impl Target {
         }
     }
 
+    /// The target whose [`Target::name`] is `name`.
     pub fn from_name(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.name() == name)
     }
@@ -135,6 +143,7 @@ pub struct Ctx<'g> {
 }
 
 impl<'g> Ctx<'g> {
+    /// CPU implementations only.
     pub const CPU: Ctx<'static> = Ctx { gpu: None };
 
     fn require_gpu(&self) -> Result<&'g Gpu> {
@@ -146,11 +155,15 @@ impl<'g> Ctx<'g> {
 /// A failed check: which implementation, on what, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
+    /// The target that found it.
     pub target: Target,
+    /// The implementation at fault.
     pub implementation: String,
+    /// The decoded problem's label.
     pub problem: String,
     /// The rule that was applied, when one was.
     pub class: Option<Class>,
+    /// What went wrong, with the numbers.
     pub detail: String,
 }
 

@@ -103,11 +103,17 @@ fn round<T: Element>(xs: &[f32]) -> Vec<T> {
 /// the step sizes (`delta` / `dt`), B, C and the gate z. [`Mamba1Inputs`],
 /// [`SsdInputs`] and [`StepInputs`] are this over each family's draw.
 pub struct Rounded<'d, D, T> {
+    /// The f32 draw the tensors were rounded from (parameters and states stay there).
     pub data: &'d D,
+    /// The input (`u` or `x`), rounded to `T`.
     pub x: Vec<T>,
+    /// The step sizes (`delta` or `dt`), rounded to `T`.
     pub dt: Vec<T>,
+    /// B, rounded to `T`.
     pub b: Vec<T>,
+    /// C, rounded to `T`.
     pub c: Vec<T>,
+    /// The gate z, rounded to `T`, when the case has one.
     pub z: Option<Vec<T>>,
 }
 
@@ -129,18 +135,27 @@ impl<'d, D, T: Element> Rounded<'d, D, T> {
 /// Shape and options of a Mamba-1 scan problem.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mamba1Case {
+    /// The sizes.
     pub dims: Mamba1Dims,
     /// `Some(G)`: B is `(b, G, N, L)`; `None`: constant `(D_in, N)`.
     pub b_groups: Option<usize>,
+    /// As `b_groups`, for C.
     pub c_groups: Option<usize>,
+    /// Draw `D` `(D_in)`.
     pub d: bool,
+    /// Draw the gate z.
     pub z: bool,
+    /// Draw `delta_bias` `(D_in)`.
     pub delta_bias: bool,
+    /// Apply softplus to the step size.
     pub softplus: bool,
+    /// Draw initial states.
     pub initial_states: bool,
+    /// Ask for final states.
     pub final_states: bool,
     /// Number of varlen sequences (batch must be 1), or `None`.
     pub varlen: Option<usize>,
+    /// How the step sizes are drawn.
     pub dt: DtRegime,
 }
 
@@ -178,6 +193,7 @@ impl Mamba1Case {
         self
     }
 
+    /// A short label for reports (`b2 D64 N16 L100 B:G1 C:const +D+z...`).
     pub fn describe(&self) -> String {
         let Mamba1Dims {
             batch,
@@ -202,20 +218,33 @@ impl Mamba1Case {
 /// The f32 draw of a Mamba-1 problem, before rounding to the element type.
 #[derive(Clone, Debug)]
 pub struct Mamba1Data {
+    /// The case drawn.
     pub case: Mamba1Case,
+    /// `(b, D_in, L)`.
     pub u: Vec<f32>,
+    /// `(b, D_in, L)`.
     pub delta: Vec<f32>,
+    /// `(D_in, N)`.
     pub a: Vec<f32>,
+    /// `(b, G, N, L)` or `(D_in, N)`.
     pub b: Vec<f32>,
+    /// `(b, G, N, L)` or `(D_in, N)`.
     pub c: Vec<f32>,
+    /// `(D_in)`.
     pub d: Option<Vec<f32>>,
+    /// `(b, D_in, L)`.
     pub z: Option<Vec<f32>>,
+    /// `(D_in)`.
     pub delta_bias: Option<Vec<f32>>,
+    /// `(b or num_seqs, D_in, N)`.
     pub initial_states: Option<Vec<f32>>,
+    /// Varlen offsets `(num_seqs + 1)`.
     pub cu_seqlens: Option<Vec<i64>>,
 }
 
 impl Mamba1Data {
+    /// Draw every tensor of `case` from a generator seeded with `seed` (same
+    /// seed, same data).
     pub fn generate(case: &Mamba1Case, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let Mamba1Dims {
@@ -270,6 +299,7 @@ impl Mamba1Data {
 pub type Mamba1Inputs<'d, T> = Rounded<'d, Mamba1Data, T>;
 
 impl<T: Element> Mamba1Inputs<'_, T> {
+    /// The parameter struct over these tensors, with the case's options.
     pub fn params(&self) -> SelectiveScanParams<'_, T> {
         let data = self.data;
         let case = &data.case;
@@ -297,27 +327,41 @@ impl<T: Element> Mamba1Inputs<'_, T> {
 /// The skip term's layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DKind {
+    /// No skip term.
     None,
+    /// `D` `(H)`.
     PerHead,
+    /// `D` `(H, P)`.
     PerHeadDim,
 }
 
 /// Shape and options of an SSD problem.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SsdCase {
+    /// The sizes.
     pub dims: SsdDims,
+    /// Draw `dt_bias` `(H)`.
     pub dt_bias: bool,
+    /// Apply softplus to the step size.
     pub softplus: bool,
+    /// The step-size clamp; `None` is [`NO_DT_LIMIT`](ssm_core::mamba2::NO_DT_LIMIT).
     pub dt_limit: Option<(f32, f32)>,
+    /// The skip term to draw.
     pub d: DKind,
+    /// Draw the gate z.
     pub z: bool,
+    /// Draw initial states.
     pub initial_states: bool,
+    /// Ask for final states.
     pub final_states: bool,
+    /// Number of varlen sequences (batch must be 1), or `None`.
     pub varlen: Option<usize>,
+    /// How the step sizes are drawn.
     pub dt: DtRegime,
 }
 
 impl SsdCase {
+    /// Plain problem: no options, typical step sizes.
     pub fn plain(
         batch: usize,
         seqlen: usize,
@@ -347,6 +391,8 @@ impl SsdCase {
         }
     }
 
+    /// Every option on: dt_bias, softplus, clamp `[0.001, 5]`, `D` per head, z,
+    /// initial and final states.
     pub fn all_options(mut self) -> Self {
         self.dt_bias = true;
         self.softplus = true;
@@ -358,6 +404,7 @@ impl SsdCase {
         self
     }
 
+    /// A short label for reports.
     pub fn describe(&self) -> String {
         let SsdDims {
             batch,
@@ -384,20 +431,33 @@ impl SsdCase {
 /// The f32 draw of an SSD problem.
 #[derive(Clone, Debug)]
 pub struct SsdData {
+    /// The case drawn.
     pub case: SsdCase,
+    /// `(b, L, H, P)`.
     pub x: Vec<f32>,
+    /// `(b, L, H)`.
     pub dt: Vec<f32>,
+    /// `(H)`.
     pub a: Vec<f32>,
+    /// `(b, L, G, N)`.
     pub b: Vec<f32>,
+    /// `(b, L, G, N)`.
     pub c: Vec<f32>,
+    /// `(H)`.
     pub dt_bias: Option<Vec<f32>>,
+    /// `(H)` or `(H, P)`.
     pub d: Option<Vec<f32>>,
+    /// `(b, L, H, P)`.
     pub z: Option<Vec<f32>>,
+    /// `(b or num_seqs, H, P, N)`.
     pub initial_states: Option<Vec<f32>>,
+    /// Varlen offsets `(num_seqs + 1)`.
     pub cu_seqlens: Option<Vec<i64>>,
 }
 
 impl SsdData {
+    /// Draw every tensor of `case` from a generator seeded with `seed` (same
+    /// seed, same data).
     pub fn generate(case: &SsdCase, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let SsdDims {
@@ -435,6 +495,7 @@ impl SsdData {
         }
     }
 
+    /// The tensors rounded to `T`.
     pub fn inputs<T: Element>(&self) -> SsdInputs<'_, T> {
         let tensors = [&self.x, &self.dt, &self.b, &self.c].map(|v| &v[..]);
         Rounded::new(self, tensors, self.z.as_deref())
@@ -465,6 +526,7 @@ impl SsdData {
 pub type SsdInputs<'d, T> = Rounded<'d, SsdData, T>;
 
 impl<T: Element> SsdInputs<'_, T> {
+    /// The parameter struct over these tensors, with the case's options.
     pub fn params(&self) -> SsdParams<'_, T> {
         let data = self.data;
         let case = &data.case;
@@ -497,32 +559,51 @@ impl<T: Element> SsdInputs<'_, T> {
 /// Shape and options of a decode step (either family).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepCase {
+    /// `b`.
     pub batch: usize,
     /// Mamba-1: `(D_in, 1)`; Mamba-2: `(H, P)`.
     pub channels: usize,
+    /// Mamba-2: `P`; Mamba-1: 1.
     pub head_dim: usize,
+    /// `N`.
     pub d_state: usize,
+    /// `G`, the B/C groups.
     pub groups: usize,
     /// Extra cache rows beyond the batch; with `Some`, rows are shuffled and some are padding.
     pub indexed: Option<usize>,
+    /// Every option on: D, z, dt_bias, softplus (and for Mamba-2 the clamp
+    /// `[0.001, 5]`).
     pub all_options: bool,
+    /// `D` is `(H, P)` rather than `(H)` (Mamba-2).
     pub d_per_head_dim: bool,
 }
 
 /// The f32 draw of a decode step plus its state cache.
 #[derive(Clone, Debug)]
 pub struct StepData {
+    /// The case drawn.
     pub case: StepCase,
+    /// `(b, D_in)` or `(b, H, P)`.
     pub x: Vec<f32>,
+    /// `(b, D_in)` or `(b, H)`.
     pub dt: Vec<f32>,
+    /// `(D_in, N)` or `(H)`.
     pub a: Vec<f32>,
+    /// `(b, G, N)`.
     pub b: Vec<f32>,
+    /// `(b, G, N)`.
     pub c: Vec<f32>,
+    /// The skip term.
     pub d: Option<Vec<f32>>,
+    /// In the shape of `x`.
     pub z: Option<Vec<f32>>,
+    /// `(D_in)` or `(H)`.
     pub dt_bias: Option<Vec<f32>>,
+    /// The f32 state cache `(cache_rows, ...)`, drawn.
     pub state: Vec<f32>,
+    /// Rows of the cache.
     pub cache_rows: usize,
+    /// `(b)`: shuffled cache rows, some `-1` (padding), with `indexed`.
     pub state_batch_indices: Option<Vec<i64>>,
 }
 
@@ -571,6 +652,7 @@ impl StepData {
         }
     }
 
+    /// The tensors rounded to `T`.
     pub fn inputs<T: Element>(&self) -> StepInputs<'_, T> {
         let tensors = [&self.x, &self.dt, &self.b, &self.c].map(|v| &v[..]);
         Rounded::new(self, tensors, self.z.as_deref())
@@ -581,6 +663,7 @@ impl StepData {
 pub type StepInputs<'d, T> = Rounded<'d, StepData, T>;
 
 impl<T: Element> StepInputs<'_, T> {
+    /// The Mamba-1 step parameters over these tensors.
     pub fn mamba1(&self) -> Mamba1StepParams<'_, T> {
         let d = self.data;
         let case = &d.case;
@@ -605,6 +688,7 @@ impl<T: Element> StepInputs<'_, T> {
         }
     }
 
+    /// The Mamba-2 step parameters over these tensors.
     pub fn mamba2(&self) -> Mamba2StepParams<'_, T> {
         let d = self.data;
         let case = &d.case;

@@ -18,7 +18,10 @@ pub enum ScanImpl {
     /// The f64 oracle (`ssm_reference::selective_scan`).
     Reference,
     /// The L-blocked f32 CPU port.
-    CpuBlocked { block_len: usize },
+    CpuBlocked {
+        /// Steps per L-block.
+        block_len: usize,
+    },
     /// The fused CUDA kernel.
     Cuda,
     /// The fused CUDA kernel with an explicit work split (`ssmk verify scan --kernel-opt`).
@@ -26,6 +29,7 @@ pub enum ScanImpl {
 }
 
 impl ScanImpl {
+    /// The name in reports (`m1 cpu blocked/64`, ...).
     pub fn name(&self) -> String {
         match self {
             ScanImpl::Reference => "m1 reference f64".into(),
@@ -46,6 +50,8 @@ impl ScanImpl {
         None
     }
 
+    /// Run on `inputs` and widen the result to f64; the CUDA forms need `gpu`
+    /// (a typed error without one).
     pub fn run<T: DeviceElement>(
         &self,
         inputs: &Mamba1Inputs<'_, T>,
@@ -80,7 +86,10 @@ pub enum SsdImpl {
     /// The f64 quadratic (masked attention) form, independent of the recurrence.
     Quadratic,
     /// The 5-step chunked f32 CPU port.
-    CpuChunked { chunk: usize },
+    CpuChunked {
+        /// Chunk length Q.
+        chunk: usize,
+    },
     /// The CUDA kernel.
     Cuda,
     /// The CUDA kernel with explicit options (chunk, kernel choice, stages, ...:
@@ -92,6 +101,7 @@ pub enum SsdImpl {
 pub const CUDA_SSD_MAX_CHUNK: usize = 256;
 
 impl SsdImpl {
+    /// The name in reports (`ssd cpu chunked/64`, ...).
     pub fn name(&self) -> String {
         match self {
             SsdImpl::Recurrence => "ssd recurrence f64".into(),
@@ -107,6 +117,9 @@ impl SsdImpl {
         matches!(self, SsdImpl::Cuda | SsdImpl::CudaWith(_))
     }
 
+    /// Window over which this implementation exponentiates differences of f32
+    /// cumulative sums (the `K` of the tolerance model): its chunk length;
+    /// `None` for the f64 forms.
     pub fn log_decay_window(&self) -> Option<usize> {
         match *self {
             SsdImpl::Recurrence | SsdImpl::Quadratic => None,
@@ -116,6 +129,8 @@ impl SsdImpl {
         }
     }
 
+    /// Run on `inputs` and widen the result to f64; the CUDA forms need `gpu`
+    /// (a typed error without one).
     pub fn run<T: DeviceElement>(
         &self,
         inputs: &SsdInputs<'_, T>,
@@ -143,19 +158,25 @@ impl SsdImpl {
 /// Which family a decode step belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// Mamba-1: channels `D_in`, A `(D_in, N)`.
     Mamba1,
+    /// Mamba-2: heads `H` of `P` rows, A `(H)`.
     Mamba2,
 }
 
 /// Implementations of the decode steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepImpl {
+    /// The f64 oracle (`ssm_reference`'s decode steps).
     Reference,
+    /// The f32 CPU decode step.
     Cpu,
+    /// The CUDA decode kernel.
     Cuda,
 }
 
 impl StepImpl {
+    /// The name in reports (`m2 step cuda`, ...).
     pub fn name(&self, family: Family) -> String {
         let f = match family {
             Family::Mamba1 => "m1",

@@ -16,6 +16,7 @@ pub struct SuiteOptions<'g> {
     pub gpu: Option<&'g Gpu>,
     /// Add the full-size docs/DESIGN.md §6 workloads (for the GPU; slow on a CPU).
     pub full: bool,
+    /// Seed of every generated problem.
     pub seed: u64,
 }
 

@@ -92,14 +92,18 @@ fn rows(batch: usize, varlen: Option<usize>) -> usize {
 /// An SSD backward problem decoded from bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SsdBwdProblem {
+    /// Shape and options.
     pub case: SsdCase,
+    /// Element type of the tensors.
     pub dtype: DType,
+    /// Chunk length of the CPU port.
     pub chunk: usize,
     /// Seeds the values and the incoming gradients.
     pub seed: u64,
 }
 
 impl SsdBwdProblem {
+    /// Decode a problem from `b` (any bytes decode to a valid problem).
     pub fn decode(b: &mut Bytes<'_>) -> Self {
         let dtype = b.dtype();
         let groups = b.int(1, 2);
@@ -137,6 +141,7 @@ impl SsdBwdProblem {
         }
     }
 
+    /// A one-line label for findings.
     pub fn describe(&self) -> String {
         format!(
             "ssd bwd {}{} {} Q{} seed {:#x}",
@@ -233,9 +238,13 @@ fn ssd_as<T: Element>(problem: &SsdBwdProblem) -> Result<Outcome, Finding> {
 /// A Mamba-1 selective-scan backward problem decoded from bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanBwdProblem {
+    /// Shape and options.
     pub case: Mamba1Case,
+    /// Element type of the tensors.
     pub dtype: DType,
+    /// L-block length of the CPU port.
     pub block_len: usize,
+    /// Seeds the values and the incoming gradients.
     pub seed: u64,
 }
 
@@ -250,6 +259,7 @@ fn bc_groups(b: &mut Bytes<'_>, d_inner: usize) -> Option<usize> {
 }
 
 impl ScanBwdProblem {
+    /// Decode a problem from `b` (any bytes decode to a valid problem).
     pub fn decode(b: &mut Bytes<'_>) -> Self {
         let dtype = b.dtype();
         let d_inner = b.int(1, 12);
@@ -277,6 +287,7 @@ impl ScanBwdProblem {
         }
     }
 
+    /// A one-line label for findings.
     pub fn describe(&self) -> String {
         format!(
             "scan bwd {}{} {} T{} seed {:#x}",

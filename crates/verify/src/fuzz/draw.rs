@@ -19,6 +19,7 @@ use ssm_core::DType;
 pub struct Bytes<'a>(pub Unstructured<'a>);
 
 impl<'a> Bytes<'a> {
+    /// Read from `data`.
     pub fn new(data: &'a [u8]) -> Self {
         Bytes(Unstructured::new(data))
     }
@@ -28,6 +29,7 @@ impl<'a> Bytes<'a> {
         self.0.int_in_range(lo..=hi).unwrap_or(lo)
     }
 
+    /// A bool (`false` when exhausted).
     pub fn bool(&mut self) -> bool {
         self.0.arbitrary().unwrap_or(false)
     }
@@ -41,14 +43,17 @@ impl<'a> Bytes<'a> {
         v < num
     }
 
+    /// A u64 (0 when exhausted).
     pub fn u64(&mut self) -> u64 {
         self.0.arbitrary().unwrap_or(0)
     }
 
+    /// An i64 (0 when exhausted).
     pub fn i64(&mut self) -> i64 {
         self.0.arbitrary().unwrap_or(0)
     }
 
+    /// Any f32 bit pattern, NaN and infinities included (0 when exhausted).
     pub fn f32(&mut self) -> f32 {
         self.0.arbitrary().unwrap_or(0.0)
     }
@@ -58,6 +63,7 @@ impl<'a> Bytes<'a> {
         options[self.int(0, options.len() - 1)]
     }
 
+    /// f32, bf16 or f16 (f32 when exhausted).
     pub fn dtype(&mut self) -> DType {
         self.pick(&[DType::F32, DType::Bf16, DType::F16])
     }
@@ -105,6 +111,7 @@ impl<'a> Bytes<'a> {
 /// Magnitude of a tensor's values relative to what the generators draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scale {
+    /// As the generators draw them.
     Typical,
     /// Multiplied by `10^k`, `k` in 5..=30 (f16 inputs overflow when rounded).
     Huge,
@@ -113,6 +120,7 @@ pub enum Scale {
 }
 
 impl Scale {
+    /// Draw one: typical six times in eight, so most problems stay inside the model.
     pub fn draw(bytes: &mut Bytes<'_>) -> Self {
         // Typical most of the time, so that most problems stay inside the model.
         match bytes.int(0, 7) {
@@ -148,6 +156,7 @@ pub enum DtScale {
 }
 
 impl DtScale {
+    /// Draw one: as generated four times in six.
     pub fn draw(bytes: &mut Bytes<'_>) -> Self {
         match bytes.int(0, 5) {
             4 => DtScale::Huge,
@@ -182,6 +191,7 @@ impl DtScale {
 /// How the (negative) decay rates A are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AScale {
+    /// As the generators draw them.
     AsGenerated,
     /// `-10^-k`, `k` in 3..=40, and exact zeros: decays of 1 or nearly.
     NearZero,
@@ -190,6 +200,7 @@ pub enum AScale {
 }
 
 impl AScale {
+    /// Draw one: as generated four times in six.
     pub fn draw(bytes: &mut Bytes<'_>) -> Self {
         match bytes.int(0, 5) {
             4 => AScale::NearZero,
@@ -198,6 +209,7 @@ impl AScale {
         }
     }
 
+    /// Rescale `a` in place as this regime says (values from `rng`).
     pub fn apply(self, a: &mut [f32], rng: &mut StdRng) {
         match self {
             AScale::AsGenerated => {}
@@ -261,8 +273,11 @@ const FIRST_NON_FINITE: usize = PALETTE.len() - 3;
 /// One element overwritten with a palette value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Patch {
+    /// The tensor patched (`x`, `B`, ...).
     pub tensor: &'static str,
+    /// Flat index of the element.
     pub index: usize,
+    /// The value written.
     pub value: f32,
 }
 

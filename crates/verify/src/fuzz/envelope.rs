@@ -39,16 +39,20 @@ use ssm_core::Element;
 /// Largest `|v|` over the finite values of a tensor, and whether all were finite.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mag {
+    /// Largest `|v|` over the finite values (0 for none).
     pub max: f64,
+    /// Every value is finite.
     pub finite: bool,
 }
 
 impl Mag {
+    /// An absent tensor: magnitude 0, finite.
     pub const ABSENT: Mag = Mag {
         max: 0.0,
         finite: true,
     };
 
+    /// The magnitude of `xs`.
     pub fn of<T: Element>(xs: &[T]) -> Mag {
         xs.iter().fold(Mag::ABSENT, |m, x| {
             let v = x.to_f64();
@@ -63,6 +67,7 @@ impl Mag {
         })
     }
 
+    /// The magnitude of `xs`, or [`Mag::ABSENT`].
     pub fn of_opt<T: Element>(xs: Option<&[T]>) -> Mag {
         xs.map_or(Mag::ABSENT, Mag::of)
     }

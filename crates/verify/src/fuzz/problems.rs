@@ -48,13 +48,18 @@ fn draw_scale(bytes: &mut Bytes<'_>, regimes: &mut Regimes, tensor: &str) -> Sca
 /// A Mamba-1 scan problem and the CPU port's L-block.
 #[derive(Clone, Debug)]
 pub struct ScanProblem {
+    /// The f32 draw (shape, options, values).
     pub data: Mamba1Data,
+    /// Element type the tensors are rounded to.
     pub dtype: DType,
+    /// L-block length of the CPU port.
     pub block_len: usize,
+    /// The non-typical value regimes drawn, by name (for messages).
     pub regimes: Regimes,
 }
 
 impl ScanProblem {
+    /// Decode a problem from `bytes` (any bytes decode to a valid problem).
     pub fn decode(bytes: &mut Bytes<'_>) -> Self {
         let seqlen = bytes.seqlen(64);
         let groups = bytes.int(1, 3);
@@ -141,6 +146,7 @@ impl ScanProblem {
         }
     }
 
+    /// A one-line label for findings.
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{} {} block {}{}",
@@ -171,13 +177,18 @@ const DT_LIMITS: &[Option<(f32, f32)>] = &[
 /// An SSD problem and the CPU port's chunk length.
 #[derive(Clone, Debug)]
 pub struct SsdProblem {
+    /// The f32 draw (shape, options, values).
     pub data: SsdData,
+    /// Element type the tensors are rounded to.
     pub dtype: DType,
+    /// Chunk length of the CPU port.
     pub chunk: usize,
+    /// The non-typical value regimes drawn, by name (for messages).
     pub regimes: Regimes,
 }
 
 impl SsdProblem {
+    /// Decode a problem from `bytes` (any bytes decode to a valid problem).
     pub fn decode(bytes: &mut Bytes<'_>) -> Self {
         let seqlen = bytes.seqlen(64);
         let groups = bytes.int(1, 3);
@@ -259,6 +270,7 @@ impl SsdProblem {
         }
     }
 
+    /// A one-line label for findings.
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{} {} chunk {}{}",
@@ -282,43 +294,69 @@ impl SsdProblem {
 /// One decode step of either family with every option chosen independently.
 #[derive(Clone, Debug)]
 pub struct StepProblem {
+    /// Mamba-1 or Mamba-2.
     pub family: Family,
+    /// Element type the tensors are rounded to.
     pub dtype: DType,
+    /// `b`.
     pub batch: usize,
     /// Mamba-1: `D_in`; Mamba-2: `H`.
     pub channels: usize,
     /// Mamba-2: `P`; Mamba-1: 1.
     pub head_dim: usize,
+    /// `N`.
     pub d_state: usize,
+    /// `G`, the B/C groups.
     pub groups: usize,
+    /// Rows of the state cache.
     pub cache_rows: usize,
+    /// `(b, D_in)` or `(b, H, P)`.
     pub x: Vec<f32>,
+    /// `(b, D_in)` or `(b, H)`.
     pub dt: Vec<f32>,
+    /// `(D_in, N)` or `(H)`.
     pub a: Vec<f32>,
+    /// `(b, G, N)`.
     pub b: Vec<f32>,
+    /// `(b, G, N)`.
     pub c: Vec<f32>,
+    /// The skip term.
     pub d: Option<Vec<f32>>,
+    /// Mamba-2: `D` is `(H, P)` rather than `(H)`.
     pub d_per_head_dim: bool,
+    /// In the shape of `x`.
     pub z: Option<Vec<f32>>,
+    /// `(D_in)` or `(H)`.
     pub dt_bias: Option<Vec<f32>>,
+    /// Apply softplus to the step size.
     pub softplus: bool,
     /// Mamba-2 only.
     pub dt_limit: (f32, f32),
+    /// The f32 state cache `(cache_rows, ...)`.
     pub state: Vec<f32>,
+    /// `(b)`: the cache row of each batch row (negative: padding).
     pub indices: Option<Vec<i64>>,
+    /// The non-typical value regimes drawn, by name (for messages).
     pub regimes: Regimes,
 }
 
 /// A step's tensors rounded to `T`.
 pub struct StepTensors<T> {
+    /// `x`.
     pub x: Vec<T>,
+    /// `dt`.
     pub dt: Vec<T>,
+    /// B.
     pub b: Vec<T>,
+    /// C.
     pub c: Vec<T>,
+    /// The gate, when drawn.
     pub z: Option<Vec<T>>,
 }
 
 impl StepProblem {
+    /// Decode a problem from `bytes` (any bytes decode to a problem; some are
+    /// invalid on purpose, which the checks expect as typed errors).
     pub fn decode(bytes: &mut Bytes<'_>) -> Self {
         let family = bytes.pick(&[Family::Mamba1, Family::Mamba2]);
         let batch = bytes.int(1, 4);
@@ -425,6 +463,7 @@ impl StepProblem {
         problem
     }
 
+    /// The tensors rounded to `T`.
     pub fn tensors<T: Element>(&self) -> StepTensors<T> {
         let round = ssm_core::element::round_slice::<T>;
         StepTensors {
@@ -436,6 +475,7 @@ impl StepProblem {
         }
     }
 
+    /// The Mamba-1 step parameters over `t` and this problem's f32 parameters.
     pub fn mamba1<'a, T: Element>(&'a self, t: &'a StepTensors<T>) -> Mamba1StepParams<'a, T> {
         Mamba1StepParams {
             cache_rows: self.cache_rows,
@@ -458,6 +498,7 @@ impl StepProblem {
         }
     }
 
+    /// The Mamba-2 step parameters over `t` and this problem's f32 parameters.
     pub fn mamba2<'a, T: Element>(&'a self, t: &'a StepTensors<T>) -> Mamba2StepParams<'a, T> {
         Mamba2StepParams {
             cache_rows: self.cache_rows,
@@ -493,6 +534,7 @@ impl StepProblem {
         self.channels * self.head_dim * self.d_state
     }
 
+    /// A one-line label for findings.
     pub fn describe(&self) -> String {
         let family = match self.family {
             Family::Mamba1 => format!("m1 step D{}", self.channels),

@@ -53,13 +53,18 @@ pub use crate::conditioning::{shift_rates, Conditioning};
 /// Which rule applies to one implementation on one problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
+    /// The oracle returned an error: the implementation must return one too.
     Invalid,
+    /// Inside the tolerance model: match the oracle within the widened budget.
     InModel,
+    /// Some input is NaN or Inf: be finite wherever the oracle is.
     NonFinite,
+    /// Outside the model: only no panic and outputs of the right shape.
     OutOfRange,
 }
 
 impl Class {
+    /// Every class.
     pub const ALL: [Class; 4] = [
         Class::Invalid,
         Class::InModel,
@@ -123,10 +128,15 @@ pub fn largest_finite(dtype: DType) -> f64 {
 /// underflow may add (module docs).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Budget {
+    /// Relative L2 budget of the output.
     pub out: f64,
+    /// Relative L2 budget of the final states.
     pub state: f64,
+    /// The conditioning coefficient `gamma` (module docs).
     pub gamma: f64,
+    /// Absolute underflow floor per output element.
     pub out_floor: f64,
+    /// Absolute underflow floor per state element.
     pub state_floor: f64,
 }
 
