@@ -161,6 +161,7 @@ fn prepare_typed<T: DeviceElement>(
             gpu,
             Mamba1Host::generate(&s, seed),
             case.pass,
+            case.scan_bwd,
             slots,
             seed,
         )?),
@@ -290,21 +291,32 @@ struct ScanBwdWork<T> {
 }
 
 impl<T: DeviceElement> ScanBwdWork<T> {
-    fn new(gpu: &Gpu, host: Mamba1Host<T>, pass: Pass, slots: usize, seed: u64) -> Result<Self> {
+    fn new(
+        gpu: &Gpu,
+        host: Mamba1Host<T>,
+        pass: Pass,
+        options: mamba1_scan::cuda::BwdOptions,
+        slots: usize,
+        seed: u64,
+    ) -> Result<Self> {
         let params = host.params();
         let problem = mamba1_scan::cuda::ScanProblem::of(&params)?;
+        let bwd = mamba1_scan::cuda::ScanBwdPlan::with_options(gpu, &problem, options)?;
+        // With forward checkpoints the forward is the training one (it writes them).
+        let forward = |gpu: &Gpu| -> Result<mamba1_scan::cuda::ScanPlan> {
+            if options.forward_checkpoints {
+                mamba1_scan::cuda::ScanPlan::for_training(gpu, &problem, Default::default(), &bwd)
+            } else {
+                mamba1_scan::cuda::ScanPlan::new(gpu, &problem, Default::default())
+            }
+        };
         let fwd = match pass {
-            Pass::ForwardBackward => Some(mamba1_scan::cuda::ScanPlan::new(
-                gpu,
-                &problem,
-                Default::default(),
-            )?),
+            Pass::ForwardBackward => Some(forward(gpu)?),
             _ => None,
         };
-        let bwd = mamba1_scan::cuda::ScanBwdPlan::new(gpu, &problem)?;
-        let ws = bwd.workspace(gpu)?;
+        let mut ws = bwd.workspace(gpu)?;
         let d_out: Vec<T> = fill(problem.io_len(), seed + 101, Dist::Normal);
-        let slots = (0..slots)
+        let mut slots = (0..slots)
             .map(|_| {
                 Ok(ScanBwdSlot {
                     fwd: mamba1_scan::cuda::ScanBuffers::upload(gpu, &params)?,
@@ -313,6 +325,13 @@ impl<T: DeviceElement> ScanBwdWork<T> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // The backward alone with forward checkpoints: the training forward runs
+        // once here (every slot holds the same inputs, so its checkpoints serve all).
+        if pass == Pass::Backward && options.forward_checkpoints {
+            if let Some(slot) = slots.first_mut() {
+                forward(gpu)?.launch_training(gpu, &mut slot.fwd, &mut ws)?;
+            }
+        }
         Ok(ScanBwdWork {
             host,
             d_out,
@@ -331,7 +350,11 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
         self.next += 1;
         let slot = &mut self.slots[k];
         if let Some(fwd) = &self.fwd {
-            fwd.launch(gpu, &mut slot.fwd)?;
+            if self.bwd.config.forward_checkpoints {
+                fwd.launch_training(gpu, &mut slot.fwd, &mut self.ws)?;
+            } else {
+                fwd.launch(gpu, &mut slot.fwd)?;
+            }
         }
         self.bwd.launch(
             gpu,

@@ -43,6 +43,8 @@ pub struct Case {
     pub pass: Pass,
     /// The SSD backward's tensor-core S C / G B (`#bwd-mma` cases).
     pub bwd_tensor_cores: bool,
+    /// Variants of the Mamba-1 scan backward (`#ckpt-fwd` cases, ...).
+    pub scan_bwd: mamba1_scan::cuda::BwdOptions,
 }
 
 impl Case {
@@ -54,7 +56,16 @@ impl Case {
             ssd_options: Default::default(),
             pass: Pass::Forward,
             bwd_tensor_cores: false,
+            scan_bwd: Default::default(),
         }
+    }
+
+    /// The same Mamba-1 backward case with other backward variants, named
+    /// `workload#label`.
+    pub fn scan_bwd_variant(mut self, label: &str, options: mamba1_scan::cuda::BwdOptions) -> Case {
+        self.workload = format!("{}#{label}", self.workload);
+        self.scan_bwd = options;
+        self
     }
 
     /// The same case timing another pass (id suffix `/bwd` or `/fwd+bwd`).
@@ -178,6 +189,15 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
         for pass in [Pass::Backward, Pass::ForwardBackward] {
             let p = w.problem.with_dtype(DType::Bf16);
             cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
+            // The variants (docs/kernels/mamba1-scan-bwd.md, v4): the training
+            // forward writes the checkpoints (`/bwd`: without the checkpoint
+            // kernel, the forward run once before timing).
+            cases.push(Case::new(Cuda, w.name, p).with_pass(pass).scan_bwd_variant(
+                "ckpt-fwd",
+                mamba1_scan::cuda::BwdOptions {
+                    forward_checkpoints: true,
+                },
+            ));
         }
     }
     // The SSD backward, alone and after its forward (bf16, chunk 64 for both).

@@ -11,16 +11,63 @@
 // Prints one line per gradient (max |err| / max |ref|) and exits 1 when any
 // exceeds its budget, 2 on bad arguments. The inputs are f32 (SCAN_DTYPE=0) so
 // that the comparison measures the kernel's arithmetic, not input rounding.
+//
+// The training forward (kernels/mamba1/scan_fwd.cu with SCAN_CKPT_BT, which
+// writes the checkpoints in place of mamba1_scan_bwd_ckpt) has other -D
+// values for the same macro names, so it is a second translation unit of this
+// file: compiled with -DSCAN_EMU_FWD_TU and the forward's flags (SCAN_VEC_IO=0)
+// it defines emu_scan_fwd(); the check compiled with -DSCAN_EMU_WITH_FWD runs
+// it after the checkpoint kernel, requires its checkpoints to be the kernel's
+// bit for bit and its output to match the f64 forward, and feeds the sweep
+// with the forward's checkpoints.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+// The forward's tensors and sizes, shared by the two translation units.
+struct EmuFwdIo {
+    const float *u, *delta, *A, *B, *C, *D, *z, *bias, *h0;
+    const long long* cu;
+    float *out, *final_states, *ckpt;
+    long long ckpt_slots, b, Din, L, GB, GC, seqs;
+};
+
+#ifdef SCAN_EMU_FWD_TU
+#include "mamba1/scan_fwd.cu"
+
+extern "C" void emu_scan_fwd(const EmuFwdIo& e) {
+    const long long per_gb = e.Din / e.GB, per_gc = e.Din / e.GC;
+    const long long seg = std::gcd(SCAN_B_CONST ? e.Din : per_gb, SCAN_C_CONST ? e.Din : per_gc);
+    const long long bps_seg = (seg + SCAN_CPB - 1) / SCAN_CPB;
+    ScanArgs a{};
+    unsigned status = 0;
+    a.u = e.u, a.delta = e.delta, a.A = e.A, a.B = e.B, a.C = e.C;
+    a.D = SCAN_HAS_D ? e.D : nullptr;
+    a.z = SCAN_HAS_Z ? e.z : nullptr;
+    a.delta_bias = SCAN_HAS_BIAS ? e.bias : nullptr;
+    a.initial_states = e.h0, a.cu_seqlens = e.cu, a.out = e.out, a.final_states = e.final_states;
+    a.status = &status;
+    a.d_inner = e.Din, a.seqlen = e.L, a.groups_b = e.GB, a.groups_c = e.GC, a.seg_channels = seg;
+    a.blocks_per_seg = bps_seg, a.blocks_per_seq = (e.Din / seg) * bps_seg;
+    a.ckpt = e.ckpt, a.ckpt_slots = e.ckpt_slots;
+    const size_t smem = sizeof(float2) * SCAN_CPB * SCAN_SLOT_STRIDE +
+                        4 * SCAN_CPB * SCAN_TPC * SCAN_PART_STRIDE +
+                        4 * SCAN_BC_GROUPED * SCAN_TILE * SCAN_NP;
+    emu::launch((unsigned)(e.seqs * a.blocks_per_seq), SCAN_THREADS, smem,
+                [&] { mamba1_scan_fwd(a); });
+    if (status != 0) std::printf("forward status %u\n", status);
+}
+#else
 #include "mamba1/scan_bwd.cu"
+#ifdef SCAN_EMU_WITH_FWD
+extern "C" void emu_scan_fwd(const EmuFwdIo& e);
+#endif
 
 #if SCAN_DTYPE != 0
 #error "the emulation check runs on f32 inputs"
@@ -106,6 +153,7 @@ int main(int argc, char** argv) {
     // not using softplus.
 
     // ---- f64 adjoint with every state stored.
+    std::vector<double> rout(io, 0);  // the forward's output, for the training forward
     std::vector<double> rdu(io, 0), rddelta(io, 0), rdz(io, 0), rdA(Din * N, 0), rdB(bc_b, 0),
         rdC(bc_c, 0), rdD(Din, 0), rdbias(Din, 0), rdh0(seqs * Din * N, 0);
     const i64 per_gb = Din / GB, per_gc = Din / GC;
@@ -137,6 +185,7 @@ int main(int argc, char** argv) {
                     y += Cv(t, n) * h;
                 }
                 ys[k] = y;
+                rout[at] = SCAN_HAS_Z ? y * (double)z[at] / (1.0 + std::exp(-(double)z[at])) : y;
             }
             std::vector<double> lam(N);
             for (i64 n = 0; n < N; ++n) lam[n] = gfin[(s * Din + d) * N + n];
@@ -214,12 +263,28 @@ int main(int argc, char** argv) {
     const unsigned grid = (unsigned)(seqs * bps);
     const size_t smem = SCAN_SM_FLOATS * 4;
     emu::launch(grid, SCAN_CK_THREADS, SCAN_CKPT_FLOATS * 4, [&] { mamba1_scan_bwd_ckpt(a); });
+    bool ok = true;
+#ifdef SCAN_EMU_WITH_FWD
+    // The training forward's checkpoints, bit for bit the kernel's (slots
+    // neither writes keep the same NaN in both); the sweep then reads them.
+    std::vector<float> ckpt_fwd(ckpt.size(), nan), out(io, nan), fin(seqs * Din * N, nan);
+    emu_scan_fwd(EmuFwdIo{u.data(), delta.data(), A.data(), B.data(), C.data(), D.data(), z.data(),
+                          bias.data(), h0.data(), cu.empty() ? nullptr : cu.data(), out.data(),
+                          fin.data(), ckpt_fwd.data(), slots, b, Din, L, GB, GC, seqs});
+    const bool same = std::memcmp(ckpt.data(), ckpt_fwd.data(), ckpt.size() * sizeof(float)) == 0;
+    size_t written = 0;
+    for (float x : ckpt_fwd) written += std::isnan(x) ? 0 : 1;
+    std::printf("%-16s %zu of %zu floats written, %s\n", "ckpt (forward)", written, ckpt.size(),
+                same ? "bit-identical to the checkpoint kernel's: ok" : "DIFFER from the checkpoint kernel's: FAILED");
+    ok &= same;
+    ok &= judge("out (forward)", out, rout, 1e-5);
+    a.ckpt = ckpt_fwd.data();
+#endif
     emu::launch(grid, SCAN_THREADS, smem, [&] { mamba1_scan_bwd(a); });
     if (!b_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 0); });
     if (!c_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 1); });
     emu::launch(2, 256, 0, [&] { mamba1_scan_bwd_reduce_params(a); });
 
-    bool ok = true;
     const double tol = 2e-4;
     ok &= judge("du", du, rdu, tol);
     ok &= judge("ddelta", ddelta, rddelta, tol);
@@ -232,3 +297,4 @@ int main(int argc, char** argv) {
     ok &= judge("dinitial_states", dh0, rdh0, tol);
     return ok ? 0 : 1;
 }
+#endif  // SCAN_EMU_FWD_TU

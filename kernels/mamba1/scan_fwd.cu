@@ -24,8 +24,18 @@
 // identity step (2^0 = 1, h + 0), so a varlen sequence may start and end
 // anywhere inside a tile with no branch in the scan loop.
 //
+// Training (SCAN_CKPT_BT > 0): the scan also stores the state entering every
+// SCAN_CKPT_BT steps of a sequence into args.ckpt, in the layout and at the
+// slots of the backward's checkpoint kernel (kernels/mamba1/scan_bwd.cu,
+// mamba1_scan_bwd_ckpt), which the backward then skips. The states are the
+// same bit for bit: the same dt (scan_softplus), dt*u, exp2 and FMA (the host
+// refuses polynomial exponentials for training). SCAN_CKPT_STATIC (no varlen
+// and SCAN_CKPT_BT dividing SCAN_TILE) places the stores at compile time;
+// otherwise a per-lane countdown finds the steps.
+//
 // Compile-time configuration (-D): SCAN_DTYPE, SCAN_N, SCAN_TPC, SCAN_NPT, SCAN_CPL,
-// SCAN_THREADS, SCAN_TILE, SCAN_MIN_BLOCKS, SCAN_EXP_POLY, and the 0/1 flags
+// SCAN_THREADS, SCAN_TILE, SCAN_MIN_BLOCKS, SCAN_EXP_POLY, SCAN_CKPT_BT,
+// SCAN_CKPT_STATIC, and the 0/1 flags
 // SCAN_ELEM_EXP_POLY (softplus/silu exponentials as polynomials),
 // SCAN_SLICE_MAJOR (lane order: slice-major makes B/C reads warp-uniform),
 // SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
@@ -46,6 +56,33 @@
 
 #ifndef SCAN_CPL
 #define SCAN_CPL 1
+#endif
+#ifndef SCAN_CKPT_BT
+#define SCAN_CKPT_BT 0
+#endif
+#ifndef SCAN_CKPT_STATIC
+#define SCAN_CKPT_STATIC 0
+#endif
+#if SCAN_CKPT_STATIC && (SCAN_CKPT_BT <= 0 || SCAN_TILE % SCAN_CKPT_BT != 0)
+#error "SCAN_CKPT_STATIC needs SCAN_CKPT_BT dividing SCAN_TILE"
+#endif
+
+#ifdef SSM_EMULATE
+// Host forms of the few CUDA names below that the emulation header lacks.
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned atomicOr(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = old | v;
+    return old;
+}
+#if SCAN_VEC_IO
+#error "the emulation runs the scalar path (SCAN_VEC_IO=0)"
+#endif
 #endif
 #define SCAN_CPB (SCAN_THREADS / SCAN_TPC * SCAN_CPL)  // channels per block
 #define SCAN_NP (SCAN_TPC * SCAN_NPT)          // N padded to the lanes' slices
@@ -119,6 +156,39 @@ __device__ __forceinline__ void scan_load_row(float (&v)[SCAN_NPT], const float*
 #endif
 }
 
+#if SCAN_CKPT_BT > 0
+// Training: store a lane's states h[c][0 .. NPT) of its channels sch0 + c
+// (those inside the block's nch) at ck + c * stride, states slice*NPT.. of
+// the slot (padded states past N are not stored: they would be the next
+// slot's).
+__device__ __forceinline__ void scan_put_ckpt(float* ck, long long stride,
+                                              const float (&h)[SCAN_CPL][SCAN_NPT], int sch0,
+                                              int slice, int nch) {
+#pragma unroll
+    for (int c = 0; c < SCAN_CPL; ++c) {
+        if (sch0 + c >= nch) continue;
+        float* p = ck + c * stride;
+#if SCAN_NP == SCAN_N && SCAN_NPT % 4 == 0
+        // Whole rows: the slot's offset is a multiple of N, the lane's of NPT.
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i += 4)
+            *reinterpret_cast<float4*>(p + i) = make_float4(h[c][i], h[c][i + 1], h[c][i + 2], h[c][i + 3]);
+#elif SCAN_NP == SCAN_N && SCAN_NPT % 2 == 0
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i += 2) {
+            float2 v;
+            v.x = h[c][i], v.y = h[c][i + 1];
+            *reinterpret_cast<float2*>(p + i) = v;
+        }
+#else
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; ++i)
+            if (slice * SCAN_NPT + i < SCAN_N) p[i] = h[c][i];
+#endif
+    }
+}
+#endif
+
 // Bits of `ScanArgs::status` (mirrored in crates/mamba1-scan/src/cuda/launch.rs).
 #define SCAN_STATUS_BAD_CU_SEQLENS 1u
 
@@ -145,12 +215,18 @@ struct ScanArgs {
     long long seg_channels;        // channels sharing one B group and one C group
     long long blocks_per_seg;      // ceil(seg_channels / CPB)
     long long blocks_per_seq;      // (D_in / seg_channels) * blocks_per_seg
+    float* ckpt;                   // SCAN_CKPT_BT > 0: (rows, D_in, ckpt_slots, N), else unused
+    long long ckpt_slots;          // checkpoint slots per (row, channel), as the backward's
 };
-static_assert(sizeof(ScanArgs) == 160, "ScanArgs layout changed: update launch.rs");
+static_assert(sizeof(ScanArgs) == 176, "ScanArgs layout changed: update launch.rs");
 
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     mamba1_scan_fwd(const ScanArgs args) {
+#ifndef SSM_EMULATE
     extern __shared__ __align__(16) unsigned char scan_smem[];
+#else
+    unsigned char* scan_smem = emu::shared_memory();
+#endif
     float2* slot = reinterpret_cast<float2*>(scan_smem);  // [CPB][SLOT_STRIDE]
     float* part = reinterpret_cast<float*>(scan_smem + sizeof(float2) * SCAN_CPB * SCAN_SLOT_STRIDE);
     // [CPB * TPC][PART_STRIDE], then the B and C rows [TILE][NP] of grouped B/C.
@@ -249,6 +325,26 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         }
     }
 
+#if SCAN_CKPT_BT > 0
+    // ---- training: where this lane's checkpoints go (scan_bwd.cu, bw_block:
+    // sequence s's slots start at lo / BT + s for varlen, at 0 otherwise).
+    // ck points at the slot of the next checkpoint of channel sch0 (channel
+    // sch0 + c at + c * ck_stride); a null ckpt (a plain launch of a training
+    // plan) stores nothing.
+    const bool ck_on = args.ckpt != nullptr;
+    const long long ck_stride = args.ckpt_slots * SCAN_N;
+    float* ck = nullptr;
+    if (ck_on) {
+        const long long slot0 = args.cu_seqlens != nullptr ? seq_lo / SCAN_CKPT_BT + seq : 0;
+        ck = args.ckpt + ((row * Din + c0 + sch0) * args.ckpt_slots + slot0) * SCAN_N +
+             slice * SCAN_NPT;
+    }
+#if !SCAN_CKPT_STATIC
+    // Steps until the next checkpoint: the first is the state entering seq_lo.
+    int ck_wait = 0;
+#endif
+#endif
+
     // ---- element chunks of this thread (prep and epilogue): (channel, 8 steps)
     // Per-channel parameters of those chunks (0 for chunks past the block's channels).
 #if SCAN_HAS_BIAS
@@ -326,6 +422,9 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     const long long t_first = seq_lo - seq_lo % SCAN_TILE;
     const long long t_end = seq_lo < seq_hi ? seq_hi : t_first;
     if (t_first < t_end) load_tile(t_first);
+#if SCAN_CKPT_BT > 0 && !SCAN_CKPT_STATIC
+    ck_wait = (int)(seq_lo - t_first);
+#endif
 
     for (long long t0 = t_first; t0 < t_end; t0 += SCAN_TILE) {
         ScanChunk cur_u[SCAN_ELEM_ITERS];
@@ -398,6 +497,10 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
         // ---- scan: SCAN_TILE steps of this lane's states (fully unrolled, so
         // every shared-memory access is a base register plus an immediate)
         if (scan_active) {
+#if SCAN_CKPT_BT > 0
+            // Steps of this tile inside the sequence (a 32-bit bound for the stores).
+            const int ck_lim = ck_on ? (int)min(seq_hi - t0, (long long)SCAN_TILE) : 0;
+#endif
             const float2* my_slot = slot + sch0 * SCAN_SLOT_STRIDE;
             float* my_part = part + SCAN_PART_ROW(sch0, slice) * SCAN_PART_STRIDE;
 #if !SCAN_B_CONST
@@ -428,6 +531,23 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #if !SCAN_C_CONST
                     float cv[SCAN_NPT];
                     scan_load_row(cv, my_C + (t + q) * SCAN_NP);
+#endif
+#if SCAN_CKPT_BT > 0
+                    // The state entering step t + q, if a checkpoint falls there.
+#if SCAN_CKPT_STATIC
+                    if ((t + q) % SCAN_CKPT_BT == 0 && t + q < ck_lim)
+                        scan_put_ckpt(ck + (long long)((t + q) / SCAN_CKPT_BT) * SCAN_N, ck_stride,
+                                      h, sch0, slice, nch);
+#else
+                    if (ck_wait == 0) {
+                        if (t + q < ck_lim) {
+                            scan_put_ckpt(ck, ck_stride, h, sch0, slice, nch);
+                            ck += SCAN_N;
+                        }
+                        ck_wait = SCAN_CKPT_BT;
+                    }
+                    --ck_wait;
+#endif
 #endif
 #pragma unroll
                     for (int c = 0; c < SCAN_CPL; ++c) {
@@ -461,6 +581,9 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                     *reinterpret_cast<float4*>(my_part + c * SCAN_PART_CH_STEP * SCAN_PART_STRIDE + t) =
                         make_float4(ys[c][0], ys[c][1], ys[c][2], ys[c][3]);
             }
+#if SCAN_CKPT_BT > 0 && SCAN_CKPT_STATIC
+            ck += (long long)(SCAN_TILE / SCAN_CKPT_BT) * SCAN_N;
+#endif
         }
         __syncthreads();  // partial sums complete
 

@@ -16,7 +16,8 @@ mod config;
 mod launch;
 
 pub use backward::{
-    selective_scan_backward_cuda, BwdConfig, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
+    selective_scan_backward_cuda, selective_scan_backward_cuda_with, BwdConfig, BwdOptions,
+    ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
 };
 pub use config::{ScanConfig, ScanOptions, ScanProblem, ScanTuning, MAX_D_STATE};
 pub use launch::{ScanBuffers, ScanPlan, ScanViews};
@@ -116,6 +117,19 @@ pub fn scan_kernel_variants() -> Vec<KernelVariant> {
         })
         .map(|config| config.variant())
         .collect();
+    // The training forwards (checkpoints for the backward, BwdOptions::
+    // forward_checkpoints) of the M1 workloads in bf16 and f32.
+    for problem in &problems[..3] {
+        let limits = &DeviceLimits::H100_SXM;
+        if let (Ok(fwd), Ok(bwd)) = (
+            ScanConfig::new(problem, ScanTuning::default(), limits),
+            BwdConfig::new(problem, limits),
+        ) {
+            if let Ok(training) = fwd.with_checkpoints(problem, bwd.tile) {
+                variants.push(training.variant());
+            }
+        }
+    }
     // The backward: the M1 workloads, f32, bare options, constant B/C, odd and largest N.
     let backward = [
         m1(DType::Bf16, 16, 4096, true, true),

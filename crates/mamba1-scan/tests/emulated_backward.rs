@@ -7,13 +7,18 @@
 //! kernel's compile-time assertion in the same run. This is what checks the
 //! kernels' index arithmetic, masking and reduction order without a GPU.
 //!
+//! Each case also runs the training forward (`kernels/mamba1/scan_fwd.cu` with
+//! the checkpoints of [`ScanConfig::with_checkpoints`], as a second
+//! translation unit): its checkpoints must be the checkpoint kernel's bit for
+//! bit, its output the f64 forward's, and the sweep is fed with them.
+//!
 //! Needs a host C++20 compiler (`$CXX`, else `g++`); without one the tests skip
 //! loudly unless `SSM_REQUIRE_CXX=1` (set by `.ci/run`).
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use mamba1_scan::cuda::{BwdConfig, ScanProblem};
+use mamba1_scan::cuda::{BwdConfig, ScanConfig, ScanProblem, ScanTuning};
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::DType;
 use ssm_gpu::DeviceLimits;
@@ -63,24 +68,42 @@ fn run(cxx: &str, e: &Emulated) {
     let dir = std::env::temp_dir().join(format!("ssm-emu-bwd-{}-{}", e.name, std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("check");
-    let mut cmd = Command::new(cxx);
-    cmd.args(["-std=c++20", "-O1", "-w", "-x", "c++"])
-        .arg(format!("-I{}", k.display()))
-        .arg("-include")
-        .arg(k.join("mamba2/ssd_emu.cuh"))
-        .arg(k.join("mamba1/scan_bwd_emu_check.cu"))
-        .arg("-o")
-        .arg(&exe);
-    for (key, value) in config.defines() {
-        cmd.arg(format!("-D{key}={value}"));
-    }
-    let built = cmd.output().expect("running the host compiler");
-    assert!(
-        built.status.success(),
-        "{}: compile failed:\n{}",
-        e.name,
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let fwd_obj = dir.join("fwd.o");
+    // The training forward, scalar loads (the emulation has no vector path).
+    let fwd_config = ScanConfig {
+        vec_io: false,
+        ..ScanConfig::new(&problem, ScanTuning::default(), &DeviceLimits::H100_SXM)
+            .and_then(|c| c.with_checkpoints(&problem, config.tile))
+            .expect("training forward configuration")
+    };
+    let compile =
+        |defines: Vec<(&'static str, String)>, extra: &[&str], out: &PathBuf, obj: bool| {
+            let mut cmd = Command::new(cxx);
+            cmd.args(["-std=c++20", "-O1", "-w", "-x", "c++"])
+                .arg(format!("-I{}", k.display()))
+                .arg("-include")
+                .arg(k.join("mamba2/ssd_emu.cuh"))
+                .arg(k.join("mamba1/scan_bwd_emu_check.cu"))
+                .args(extra);
+            if obj {
+                cmd.arg("-c");
+            } else {
+                cmd.arg("-x").arg("none").arg(&fwd_obj);
+            }
+            cmd.arg("-o").arg(out);
+            for (key, value) in defines {
+                cmd.arg(format!("-D{key}={value}"));
+            }
+            let built = cmd.output().expect("running the host compiler");
+            assert!(
+                built.status.success(),
+                "{}: compile failed:\n{}",
+                e.name,
+                String::from_utf8_lossy(&built.stderr)
+            );
+        };
+    compile(fwd_config.defines(), &["-DSCAN_EMU_FWD_TU"], &fwd_obj, true);
+    compile(config.defines(), &["-DSCAN_EMU_WITH_FWD"], &exe, false);
     let mut args = vec![
         e.batch.to_string(),
         e.d_inner.to_string(),
@@ -95,7 +118,12 @@ fn run(cxx: &str, e: &Emulated) {
         .output()
         .expect("running the check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{} ({}):\n{stdout}", e.name, config.label());
+    println!(
+        "{} ({}, forward {}):\n{stdout}",
+        e.name,
+        config.label(),
+        fwd_config.label()
+    );
     assert!(
         out.status.success(),
         "{} ({}): {stdout}{}",

@@ -8,11 +8,16 @@
 //!   with independent group counts, N = 1 .. 256, L = 1 and unaligned L;
 //! - varlen with per-sequence states (an empty and a one-step sequence);
 //! - reruns are bit-identical (no atomics);
+//! - every variant of `BwdOptions` (the training forward's checkpoints, ...)
+//!   gives the default's gradients bit for bit, in the option sweep and on
+//!   the corner shapes;
 //! - offsets past 2^31 elements (`SSM_GPU_BIG=1`: 12 GiB of device memory).
 
 use half::{bf16, f16};
 use mamba1_scan::backward_cpu::tolerance::judge_all;
-use mamba1_scan::cuda::selective_scan_backward_cuda;
+use mamba1_scan::cuda::{
+    selective_scan_backward_cuda, selective_scan_backward_cuda_with, BwdOptions,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
@@ -27,11 +32,64 @@ use support::{Case, Data, Rounded};
 /// Run the CUDA backward on `case` in `T` and judge every gradient; returns
 /// the gradients for determinism checks.
 fn check<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) -> ScanGrads<T, f32> {
+    check_with(gpu, name, case, seed, BwdOptions::default())
+}
+
+/// The variants of the backward other than the default, each of which must
+/// give the default's gradients bit for bit (same arithmetic, same order).
+fn variants() -> Vec<(&'static str, BwdOptions)> {
+    vec![(
+        "forward checkpoints",
+        BwdOptions {
+            forward_checkpoints: true,
+        },
+    )]
+}
+
+/// [`check`] of every variant: each judged, and each bit-identical to the default.
+fn check_variants<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) {
+    let base = grad_bits(&check::<T>(gpu, name, case, seed));
+    for (what, options) in variants() {
+        let got = check_with::<T>(gpu, &format!("{name} [{what}]"), case, seed, options);
+        assert!(
+            grad_bits(&got) == base,
+            "{name} ({}) [{what}]: the gradients differ in some bit from the default's",
+            T::DTYPE
+        );
+    }
+}
+
+/// Every gradient's bits, in one vector.
+fn grad_bits<T: DeviceElement>(g: &ScanGrads<T, f32>) -> Vec<u64> {
+    let mut v: Vec<u64> = Vec::new();
+    for x in [&g.du, &g.ddelta, &g.db, &g.dc]
+        .into_iter()
+        .chain(g.dz.as_ref())
+    {
+        v.extend(x.iter().map(|e| e.to_f64().to_bits()));
+    }
+    v.extend(g.da.iter().map(|x| u64::from(x.to_bits())));
+    for p in [&g.dd, &g.ddelta_bias, &g.dinitial_states]
+        .into_iter()
+        .flatten()
+    {
+        v.extend(p.iter().map(|x| u64::from(x.to_bits())));
+    }
+    v
+}
+
+fn check_with<T: DeviceElement>(
+    gpu: &Gpu,
+    name: &str,
+    case: &Case,
+    seed: u64,
+    options: BwdOptions,
+) -> ScanGrads<T, f32> {
     let data = Data::generate(case, seed);
     let r = Rounded::<T>::new(&data);
     let p = r.params(case, &data);
     let dh = case.final_states.then_some(&data.d_final[..]);
-    let got = selective_scan_backward_cuda(gpu, &p, &r.d_out, dh)
+    let got = selective_scan_backward_cuda_with(gpu, &p, &r.d_out, dh, options)
         .unwrap_or_else(|e| panic!("{name} ({}): {e}", T::DTYPE));
     let want = selective_scan_backward(&p, &r.d_out, dh).unwrap();
     let mag = selective_scan_backward_magnitudes(&p, &r.d_out, dh).unwrap();
@@ -80,6 +138,39 @@ fn every_option_combination_matches_the_adjoint() {
         } else {
             check::<bf16>(&gpu, &name, &c, 100 + u64::from(mask));
         }
+        // Every variant, bit for bit the default (bf16: the trained setting).
+        check_variants::<bf16>(&gpu, &name, &c, 100 + u64::from(mask));
+    }
+}
+
+#[test]
+fn variants_match_the_default_bit_for_bit_on_corner_shapes() {
+    let Some(gpu) = test_gpu_or_skip("variants_match_the_default_bit_for_bit_on_corner_shapes")
+    else {
+        return;
+    };
+    let mut cases = Vec::new();
+    for (n, l) in [(1, 37), (5, 1), (16, 4096), (16, 333), (96, 65), (256, 40)] {
+        cases.push((format!("N {n} L {l}"), Case::all(2, 24, n, l)));
+    }
+    let mut c = Case::all(2, 72, 16, 517);
+    c.b_groups = None;
+    c.c_groups = Some(3);
+    cases.push(("B const, C 3 groups".into(), c));
+    for lens in [vec![100i64, 0, 1, 250, 33], vec![0, 64, 64, 1]] {
+        let total: i64 = lens.iter().sum();
+        let mut c = Case::all(1, 48, 16, total as usize);
+        c.b_groups = Some(2);
+        let mut cu = vec![0i64];
+        for l in &lens {
+            cu.push(cu.last().unwrap() + l);
+        }
+        c.cu = Some(cu);
+        cases.push((format!("varlen {lens:?}"), c));
+    }
+    for (i, (name, c)) in cases.iter().enumerate() {
+        check_variants::<f32>(&gpu, name, c, 300 + i as u64);
+        check_variants::<bf16>(&gpu, name, c, 300 + i as u64);
     }
 }
 

@@ -13,6 +13,12 @@
 //! [`BwdConfig::tile`] steps, and the per-block partial sums of grouped dB/dC
 //! (`(rows, D_in / channels_per_block, N, L)` f32 each), which make the
 //! channel reduction deterministic without atomics.
+//!
+//! With [`BwdOptions::forward_checkpoints`] the training forward
+//! (`ScanPlan::for_training` + `ScanPlan::launch_training`) writes the
+//! checkpoints into the workspace and the backward skips its checkpoint
+//! kernel: the same bits, one kernel fewer, but the checkpoints then live from
+//! the forward to the backward.
 
 use ssm_core::mamba1::SelectiveScanParams;
 use ssm_core::{DType, Result, ScanGradInputs, ScanGrads, SsmError};
@@ -22,7 +28,9 @@ use ssm_gpu::cudarc::driver::{
 use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel, KernelSource, KernelVariant};
 
 use super::config::{dtype_define, option_letters, unsupported, ScanProblem, MAX_D_STATE};
-use super::launch::{expect_len, expect_opt, opt_ptr, opt_ptr_mut, DeviceStatus, ScanBuffers};
+use super::launch::{
+    expect_len, expect_opt, opt_ptr, opt_ptr_mut, DeviceStatus, ScanBuffers, ScanPlan,
+};
 
 pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
 const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
@@ -73,12 +81,38 @@ pub struct BwdConfig {
     pub b_const: bool,
     /// C is constant `(D_in, N)` rather than grouped `(b, G, N, L)`.
     pub c_const: bool,
+    /// The checkpoints come from the training forward
+    /// ([`crate::cuda::ScanPlan::for_training`]): the backward does not run its
+    /// checkpoint kernel ([`BwdOptions::forward_checkpoints`]).
+    pub forward_checkpoints: bool,
+}
+
+/// Selectable variants of the backward (docs/kernels/mamba1-scan-bwd.md, v4),
+/// so that one device run can time them side by side; the default is the
+/// measured best.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwdOptions {
+    /// The training forward writes the checkpoints (a store every tile of
+    /// steps of the states it computes anyway) and the backward skips its
+    /// checkpoint kernel: [`crate::cuda::ScanPlan::for_training`] +
+    /// [`crate::cuda::ScanPlan::launch_training`], then [`ScanBwdPlan::launch`]
+    /// on the same workspace. Label suffix `.ckfwd`.
+    pub forward_checkpoints: bool,
 }
 
 impl BwdConfig {
     /// The configuration for `problem` on a device with `limits`, or
     /// [`SsmError::Unsupported`] naming the constraint.
     pub fn new(problem: &ScanProblem, limits: &DeviceLimits) -> Result<Self> {
+        Self::with_options(problem, limits, BwdOptions::default())
+    }
+
+    /// [`BwdConfig::new`] with the variants of `options`.
+    pub fn with_options(
+        problem: &ScanProblem,
+        limits: &DeviceLimits,
+        options: BwdOptions,
+    ) -> Result<Self> {
         let n = problem.dims.d_state;
         if problem.dtype == DType::F64 {
             return Err(unsupported("f64 inputs (use f32, f16 or bf16)".into()));
@@ -155,6 +189,7 @@ impl BwdConfig {
             delta_softplus: problem.delta_softplus,
             b_const: problem.b_groups.is_none(),
             c_const: problem.c_groups.is_none(),
+            forward_checkpoints: options.forward_checkpoints,
         };
         let smem = config.smem_bytes();
         if !limits.smem_fits_block(smem) {
@@ -272,8 +307,14 @@ impl BwdConfig {
         // 5 blocks per SM (96 registers) is the one register cap that is not
         // implied by the rest of the label.
         let b5 = if self.min_blocks == 5 { ".b5" } else { "" };
+        // Not a kernel difference (the launches differ), but a plan's name.
+        let ckfwd = if self.forward_checkpoints {
+            ".ckfwd"
+        } else {
+            ""
+        };
         format!(
-            "{}.n{}.tpc{}.bt{}.{}{bc}{b5}",
+            "{}.n{}.tpc{}.bt{}.{}{bc}{b5}{ckfwd}",
             self.dtype.name(),
             self.d_state,
             self.lanes_per_channel,
@@ -306,8 +347,13 @@ impl BwdConfig {
     }
 
     fn variant(&self, what: &str, entry: &'static str) -> KernelVariant {
+        // The kernels do not depend on where the checkpoints come from.
+        let kernels = BwdConfig {
+            forward_checkpoints: false,
+            ..*self
+        };
         KernelVariant::new(
-            format!("mamba1.scan_bwd_{what}.{}", self.label()),
+            format!("mamba1.scan_bwd_{what}.{}", kernels.label()),
             SCAN_BWD_SOURCE,
             entry,
             self.defines(),
@@ -491,7 +537,12 @@ impl<T: DeviceElement> ScanGradBuffers<T> {
 /// Scratch of the backward: checkpoints and partial sums. Reused across launches
 /// of one plan.
 pub struct ScanBwdWorkspace {
-    ckpt: CudaSlice<f32>,
+    /// Written by the checkpoint kernel, or by a training forward
+    /// (`ScanPlan::launch_training`).
+    pub(crate) ckpt: CudaSlice<f32>,
+    /// A training forward has written `ckpt` (required by a backward with
+    /// [`BwdOptions::forward_checkpoints`]).
+    pub(crate) forward_checkpoints: bool,
     part_b: Option<CudaSlice<f32>>,
     part_c: Option<CudaSlice<f32>>,
     part_params: CudaSlice<f32>,
@@ -537,7 +588,12 @@ impl ScanBwdPlan {
     /// `selective_scan_backward_cuda` handles without a launch); compile and
     /// load failures as the runtime reports them.
     pub fn new(gpu: &Gpu, problem: &ScanProblem) -> Result<Self> {
-        let config = BwdConfig::new(problem, &gpu.limits()?)?;
+        Self::with_options(gpu, problem, BwdOptions::default())
+    }
+
+    /// [`ScanBwdPlan::new`] with the variants of `options`.
+    pub fn with_options(gpu: &Gpu, problem: &ScanProblem, options: BwdOptions) -> Result<Self> {
+        let config = BwdConfig::with_options(problem, &gpu.limits()?, options)?;
         if problem.dims.seqlen == 0 {
             return Err(unsupported(
                 "launching the backward on L = 0 (selective_scan_backward_cuda handles it \
@@ -594,10 +650,11 @@ impl ScanBwdPlan {
         let threads = self.config.threads as u32;
         let smem = self.config.smem_bytes() as u32;
         let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
-        let mut k = vec![
-            (&self.ckpt, self.config.ckpt_threads() as u32, ckpt_smem),
-            (&self.sweep, threads, smem),
-        ];
+        let mut k = Vec::new();
+        if !self.config.forward_checkpoints {
+            k.push((&self.ckpt, self.config.ckpt_threads() as u32, ckpt_smem));
+        }
+        k.push((&self.sweep, threads, smem));
         for grouped in [self.problem.b_groups, self.problem.c_groups] {
             if grouped.is_some() {
                 k.push((&self.reduce_bc, REDUCE_THREADS, 0));
@@ -605,6 +662,16 @@ impl ScanBwdPlan {
         }
         k.push((&self.reduce_params, REDUCE_THREADS, 0));
         k
+    }
+
+    /// Checkpoint slots per (row, channel) and the checkpoint buffer's length
+    /// in floats: what a training forward for this plan writes.
+    pub(crate) fn ckpt_layout(&self) -> (usize, usize) {
+        let g = &self.geometry;
+        (
+            g.ckpt_slots,
+            g.rows * self.problem.dims.d_inner * g.ckpt_slots * self.problem.dims.d_state,
+        )
     }
 
     /// Allocate the scratch of this plan.
@@ -628,6 +695,7 @@ impl ScanBwdPlan {
         };
         Ok(ScanBwdWorkspace {
             ckpt: gpu.alloc_poisoned(g.rows * p.dims.d_inner * g.ckpt_slots * n)?,
+            forward_checkpoints: false,
             part_b: part(p.b_groups.is_some())?,
             part_c: part(p.c_groups.is_some())?,
             part_params: gpu.alloc_poisoned(p.num_seqs() * p.dims.d_inner * (3 * n + 2))?,
@@ -720,6 +788,16 @@ impl ScanBwdPlan {
             p.varlen_seqs.is_some(),
             p.num_seqs() + 1,
         )?;
+        if self.config.forward_checkpoints && !ws.forward_checkpoints {
+            return Err(SsmError::Dimension {
+                arg: "ws",
+                reason:
+                    "the plan reads the forward's checkpoints (BwdOptions::forward_checkpoints), \
+                         but no training forward (ScanPlan::launch_training) has written this \
+                         workspace's"
+                        .into(),
+            });
+        }
 
         let stream = gpu.stream();
         let (u, _g0) = fwd.u.device_ptr(stream);
@@ -843,15 +921,19 @@ impl ScanBwdPlan {
             }
             .map_err(|e| fail(ENTRY_CHECK_OFFSETS, e))?;
         }
-        let mut b1 = stream.launch_builder(&self.ckpt.func);
-        b1.arg(&args);
-        unsafe {
-            b1.launch(tiled(
-                self.config.ckpt_threads(),
-                self.config.ckpt_smem_bytes(),
-            ))
+        // With forward checkpoints the training forward has written them (same
+        // slots, same bits: kernels/mamba1/scan_fwd.cu, SCAN_CKPT_BT).
+        if !self.config.forward_checkpoints {
+            let mut b1 = stream.launch_builder(&self.ckpt.func);
+            b1.arg(&args);
+            unsafe {
+                b1.launch(tiled(
+                    self.config.ckpt_threads(),
+                    self.config.ckpt_smem_bytes(),
+                ))
+            }
+            .map_err(|e| fail(ENTRY_CKPT, e))?;
         }
-        .map_err(|e| fail(ENTRY_CKPT, e))?;
         let mut b2 = stream.launch_builder(&self.sweep.func);
         b2.arg(&args);
         unsafe { b2.launch(tiled(self.config.threads, self.config.smem_bytes())) }
@@ -883,10 +965,24 @@ pub fn selective_scan_backward_cuda<T: DeviceElement>(
     d_out: &[T],
     d_final_states: Option<&[f32]>,
 ) -> Result<ScanGrads<T, f32>> {
+    selective_scan_backward_cuda_with(gpu, p, d_out, d_final_states, BwdOptions::default())
+}
+
+/// [`selective_scan_backward_cuda`] with the variants of `options` (for the
+/// tests that run every variant). With [`BwdOptions::forward_checkpoints`]
+/// the training forward ([`crate::cuda::ScanPlan::for_training`], default
+/// tuning) runs first and writes the checkpoints.
+pub fn selective_scan_backward_cuda_with<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SelectiveScanParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    options: BwdOptions,
+) -> Result<ScanGrads<T, f32>> {
     let layout = ScanGradInputs::new(d_out, d_final_states).validate(p)?;
     let problem = ScanProblem::of(p)?;
     if problem.dims.seqlen == 0 {
-        BwdConfig::new(&problem, &gpu.limits()?)?;
+        BwdConfig::with_options(&problem, &gpu.limits()?, options)?;
         return Ok(empty_sequence_grads(
             &problem,
             p,
@@ -894,12 +990,17 @@ pub fn selective_scan_backward_cuda<T: DeviceElement>(
             layout.num_seqs,
         ));
     }
-    let plan = ScanBwdPlan::new(gpu, &problem)?;
-    let fwd = ScanBuffers::upload(gpu, p)?;
+    let plan = ScanBwdPlan::with_options(gpu, &problem, options)?;
+    let mut fwd = ScanBuffers::upload(gpu, p)?;
     let d_out = gpu.upload(d_out)?;
     let d_final = d_final_states.map(|x| gpu.upload(x)).transpose()?;
     let mut grads = ScanGradBuffers::alloc(gpu, &problem)?;
     let mut ws = plan.workspace(gpu)?;
+    if options.forward_checkpoints {
+        let forward = ScanPlan::for_training(gpu, &problem, Default::default(), &plan)?;
+        forward.launch_training(gpu, &mut fwd, &mut ws)?;
+        forward.take_device_error(gpu)?;
+    }
     plan.launch(gpu, &fwd, &d_out, d_final.as_ref(), &mut grads, &mut ws)?;
     plan.take_device_error(gpu)?;
     let opt = |x: &Option<CudaSlice<f32>>| x.as_ref().map(|x| gpu.download(x)).transpose();

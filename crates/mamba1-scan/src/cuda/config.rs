@@ -314,6 +314,13 @@ pub struct ScanConfig {
     pub c_const: bool,
     /// 16-byte vector loads and stores (rows aligned: L a multiple of 8).
     pub vec_io: bool,
+    /// Training: the forward also stores the backward's checkpoints, the state
+    /// entering every `ckpt_tile` steps (0: it does not; see
+    /// [`ScanConfig::with_checkpoints`]).
+    pub ckpt_tile: usize,
+    /// The checkpoint steps are known at compile time (no varlen, and
+    /// `ckpt_tile` divides `tile`); otherwise a per-lane countdown finds them.
+    pub ckpt_static: bool,
 }
 
 impl ScanConfig {
@@ -388,6 +395,8 @@ impl ScanConfig {
             b_const: problem.b_groups.is_none(),
             c_const: problem.c_groups.is_none(),
             vec_io: problem.dims.seqlen % CHUNK == 0,
+            ckpt_tile: 0,
+            ckpt_static: false,
         };
         match tuning.tile {
             Some(tile) => {
@@ -431,6 +440,30 @@ impl ScanConfig {
     /// Channels per block.
     pub fn channels_per_block(&self) -> usize {
         self.threads / self.lanes_per_channel * self.channels_per_lane
+    }
+
+    /// The same forward, also writing the checkpoints of a backward whose tile
+    /// is `ckpt_tile` steps (`BwdConfig::tile`) for `problem`: the backward then
+    /// skips its checkpoint kernel (docs/kernels/mamba1-scan-bwd.md, v4).
+    /// [`SsmError::Unsupported`] with polynomial exponentials (`exp_poly`,
+    /// `elem_exp_poly`): the checkpoints would not be the states the backward
+    /// recomputes, bit for bit.
+    pub fn with_checkpoints(self, problem: &ScanProblem, ckpt_tile: usize) -> Result<Self> {
+        if self.exp_poly != 0 || self.elem_exp_poly {
+            return Err(unsupported(format!(
+                "a training forward ({}) with polynomial exponentials: the backward \
+                 recomputes its states with the MUFU exp2 and the exact softplus",
+                self.label()
+            )));
+        }
+        if ckpt_tile == 0 {
+            return Err(unsupported("a checkpoint interval of 0 steps".into()));
+        }
+        Ok(ScanConfig {
+            ckpt_tile,
+            ckpt_static: problem.varlen_seqs.is_none() && self.tile % ckpt_tile == 0,
+            ..self
+        })
     }
 
     /// Dynamic shared memory per block, as laid out by the kernel: (dt, dt*u)
@@ -484,6 +517,8 @@ impl ScanConfig {
             ("SCAN_B_CONST", flag(self.b_const)),
             ("SCAN_C_CONST", flag(self.c_const)),
             ("SCAN_VEC_IO", flag(self.vec_io)),
+            ("SCAN_CKPT_BT", self.ckpt_tile.to_string()),
+            ("SCAN_CKPT_STATIC", flag(self.ckpt_static)),
         ]
     }
 
@@ -501,8 +536,15 @@ impl ScanConfig {
             (false, true) => ".Cconst",
             (true, true) => ".BCconst",
         };
+        // Training forwards: `.ck<tile>` (`d`: countdown, not compile-time stores).
+        let ck = match (self.ckpt_tile, self.ckpt_static) {
+            (0, _) => String::new(),
+            (t, true) => format!(".ck{t}"),
+            (t, false) => format!(".ck{t}d"),
+        };
+
         format!(
-            "{}.n{}.tpc{}{}.cpl{}.t{}.w{}.mb{}.p{}{}.{}{}{}",
+            "{}.n{}.tpc{}{}.cpl{}.t{}.w{}.mb{}.p{}{}.{}{}{}{ck}",
             self.dtype,
             self.d_state,
             self.lanes_per_channel,

@@ -12,6 +12,7 @@ use ssm_gpu::cudarc::driver::{
 };
 use ssm_gpu::{ContextId, DeviceElement, Gpu, GpuError, Kernel, KernelSource};
 
+use super::backward::{ScanBwdPlan, ScanBwdWorkspace};
 use super::config::{unsupported, ScanConfig, ScanProblem, ScanTuning};
 
 pub(crate) static SCAN_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_fwd.cu");
@@ -43,10 +44,12 @@ struct ScanArgs {
     seg_channels: i64,
     blocks_per_seg: i64,
     blocks_per_seq: i64,
+    ckpt: u64,
+    ckpt_slots: i64,
 }
 
 // The kernel asserts the same size (`static_assert` in scan_fwd.cu).
-const _: () = assert!(std::mem::size_of::<ScanArgs>() == 160);
+const _: () = assert!(std::mem::size_of::<ScanArgs>() == 176);
 
 // SAFETY: a plain-old-data struct of integers with the C layout the kernel expects.
 unsafe impl DeviceRepr for ScanArgs {}
@@ -414,6 +417,15 @@ pub struct ScanPlan {
     seg_channels: usize,
     blocks_per_seg: usize,
     blocks_per_seq: usize,
+    /// Training plans: the backward's checkpoint slots per (row, channel) and
+    /// the checkpoint buffer's length.
+    ckpt: Option<CkptLayout>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CkptLayout {
+    slots: usize,
+    len: usize,
 }
 
 impl ScanPlan {
@@ -428,6 +440,40 @@ impl ScanPlan {
         problem.check()?;
         let limits = gpu.limits()?;
         let config = ScanConfig::new(problem, tuning, &limits)?;
+        Self::compile(gpu, problem, config, None)
+    }
+
+    /// The forward for training with `bwd`: the same scan, also writing the
+    /// checkpoints `bwd` reads ([`ScanPlan::launch_training`]), so that a
+    /// backward built with `BwdOptions::forward_checkpoints` skips its
+    /// checkpoint kernel. Errors as [`ScanPlan::new`]; `Unsupported` for a
+    /// `bwd` of another problem and for polynomial exponentials
+    /// ([`ScanConfig::with_checkpoints`]).
+    pub fn for_training(
+        gpu: &Gpu,
+        problem: &ScanProblem,
+        tuning: ScanTuning,
+        bwd: &ScanBwdPlan,
+    ) -> Result<Self> {
+        problem.check()?;
+        if bwd.problem != *problem {
+            return Err(unsupported(
+                "a training forward for a backward plan of another problem".into(),
+            ));
+        }
+        let limits = gpu.limits()?;
+        let config = ScanConfig::new(problem, tuning, &limits)?
+            .with_checkpoints(problem, bwd.config.tile)?;
+        let (slots, len) = bwd.ckpt_layout();
+        Self::compile(gpu, problem, config, Some(CkptLayout { slots, len }))
+    }
+
+    fn compile(
+        gpu: &Gpu,
+        problem: &ScanProblem,
+        config: ScanConfig,
+        ckpt: Option<CkptLayout>,
+    ) -> Result<Self> {
         if problem.dims.seqlen == 0 {
             return Err(unsupported(
                 "launching on L = 0 (selective_scan_cuda handles it without a launch)".into(),
@@ -467,6 +513,7 @@ impl ScanPlan {
             seg_channels,
             blocks_per_seg,
             blocks_per_seq,
+            ckpt,
         })
     }
 
@@ -498,6 +545,52 @@ impl ScanPlan {
     /// length is checked against the plan's problem and its context against
     /// `gpu`'s, then one kernel is enqueued on `gpu`'s stream.
     pub fn launch_views<T: DeviceElement>(&self, gpu: &Gpu, views: ScanViews<'_, T>) -> Result<()> {
+        self.launch_inner(gpu, views, 0)
+    }
+
+    /// [`ScanPlan::launch`] of a training plan ([`ScanPlan::for_training`]):
+    /// also writes the backward's checkpoints into `ws` (a workspace of the
+    /// backward plan this one was built for) and marks them as written, for a
+    /// backward with `BwdOptions::forward_checkpoints`. The checkpoints belong
+    /// to these inputs: the backward must run on the same buffers.
+    pub fn launch_training<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        bufs: &mut ScanBuffers<T>,
+        ws: &mut ScanBwdWorkspace,
+    ) -> Result<()> {
+        self.launch_views_training(gpu, bufs.views(), ws)
+    }
+
+    /// [`ScanPlan::launch_training`] on views into the caller's memory.
+    pub fn launch_views_training<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        views: ScanViews<'_, T>,
+        ws: &mut ScanBwdWorkspace,
+    ) -> Result<()> {
+        let Some(layout) = self.ckpt else {
+            return Err(unsupported(format!(
+                "a training launch of a plan built without checkpoints ({}): use \
+                 ScanPlan::for_training",
+                self.config.label()
+            )));
+        };
+        expect_len("checkpoints", ws.ckpt.len(), layout.len)?;
+        let (ckpt, _guard) = ws.ckpt.device_ptr_mut(gpu.stream());
+        self.launch_inner(gpu, views, ckpt)?;
+        ws.forward_checkpoints = true;
+        Ok(())
+    }
+
+    /// One launch; `ckpt` is the checkpoint buffer of a training launch (its
+    /// length checked by the caller) or 0.
+    fn launch_inner<T: DeviceElement>(
+        &self,
+        gpu: &Gpu,
+        views: ScanViews<'_, T>,
+        ckpt: u64,
+    ) -> Result<()> {
         gpu.expect_context(self.context, "the scan plan")?;
         if T::DTYPE != self.problem.dtype {
             return Err(unsupported(format!(
@@ -573,12 +666,16 @@ impl ScanPlan {
             seg_channels: self.seg_channels as i64,
             blocks_per_seg: self.blocks_per_seg as i64,
             blocks_per_seq: self.blocks_per_seq as i64,
+            ckpt,
+            ckpt_slots: self.ckpt.map_or(0, |c| c.slots) as i64,
         };
         let mut builder = stream.launch_builder(&self.kernel.func);
         builder.arg(&args);
         // SAFETY: `args` matches the kernel's `ScanArgs` field for field; every
         // pointer covers the length `check` verified against the problem the
-        // kernel was compiled and sized for, and all buffers outlive the launch
+        // kernel was compiled and sized for (a training launch's `ckpt` the
+        // length of its backward's checkpoints, whose slots the kernel's are:
+        // see `ScanBwdPlan::ckpt_layout`), and all buffers outlive the launch
         // (their guards are alive until after it is enqueued, and cudarc orders
         // frees after the stream's pending work).
         unsafe { builder.launch(self.launch) }
