@@ -191,13 +191,27 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
             cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
             // The variants (docs/kernels/mamba1-scan-bwd.md, v4): the training
             // forward writes the checkpoints (`/bwd`: without the checkpoint
-            // kernel, the forward run once before timing).
-            cases.push(Case::new(Cuda, w.name, p).with_pass(pass).scan_bwd_variant(
-                "ckpt-fwd",
-                mamba1_scan::cuda::BwdOptions {
-                    forward_checkpoints: true,
-                },
-            ));
+            // kernel, the forward run once before timing); the lean sweep at 6
+            // blocks per SM; both.
+            let ckfwd = mamba1_scan::cuda::BwdOptions {
+                forward_checkpoints: true,
+                ..Default::default()
+            };
+            let six = mamba1_scan::cuda::BwdOptions {
+                six_blocks: true,
+                ..Default::default()
+            };
+            let both = mamba1_scan::cuda::BwdOptions {
+                six_blocks: true,
+                ..ckfwd
+            };
+            for (label, options) in [("ckpt-fwd", ckfwd), ("b6", six), ("ckpt-fwd-b6", both)] {
+                cases.push(
+                    Case::new(Cuda, w.name, p)
+                        .with_pass(pass)
+                        .scan_bwd_variant(label, options),
+                );
+            }
         }
     }
     // The SSD backward, alone and after its forward (bf16, chunk 64 for both).

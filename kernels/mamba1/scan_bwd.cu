@@ -51,7 +51,8 @@
 // Compile-time configuration (-D): SCAN_DTYPE (0 f32, 1 f16, 2 bf16), SCAN_N,
 // SCAN_TPC, SCAN_NPT, SCAN_THREADS, SCAN_BT, SCAN_CK_TPC, SCAN_CK_NPT, and the
 // 0/1 flags SCAN_HAS_BIAS, SCAN_SOFTPLUS, SCAN_HAS_D, SCAN_HAS_Z, SCAN_B_CONST,
-// SCAN_C_CONST. The host mirrors the shared-memory layouts (SCAN_BWD_SMEM_BYTES
+// SCAN_C_CONST, SCAN_LEAN (the 6-blocks-per-SM sweep: fewer registers and
+// 1 KB less shared memory per block, the same arithmetic). The host mirrors the shared-memory layouts (SCAN_BWD_SMEM_BYTES
 // and SCAN_CKPT_SMEM_BYTES are checked against them).
 #include "scan_math.cuh"  // the forward's softplus and silu, so dt is recomputed bit for bit
 
@@ -102,7 +103,22 @@
 #define SCAN_PCH (SCAN_BT * SCAN_TPC + 1)
 #endif
 #define SCAN_SM_PART SCAN_R4(3 * SCAN_CPB * SCAN_PCH)
+#ifndef SCAN_LEAN
+#define SCAN_LEAN 0
+#endif
+#if SCAN_LEAN
+// Lean (6 blocks per SM need 1 KB less per block): rows unpadded, and odd
+// steps' rows swizzled instead (float offset bit 4 flipped: the same half-bank
+// shift the pad gives, within the row).
+#if SCAN_R4(SCAN_CPB * SCAN_NP) % 32 != 0
+#error "SCAN_LEAN needs rows of dbc a multiple of 32 floats"
+#endif
+#define SCAN_DTS SCAN_R4(SCAN_CPB * SCAN_NP)
+#define SCAN_DBC_SWZ(t) (((t) & 1) << 4)
+#else
 #define SCAN_DTS (SCAN_R4(SCAN_CPB * SCAN_NP) + 16)
+#define SCAN_DBC_SWZ(t) 0
+#endif
 #define SCAN_SM_DBC (SCAN_BC_GROUPED * SCAN_BT * SCAN_DTS)
 #define SCAN_SM_FLOATS (2 * SCAN_SM_EL + 2 * SCAN_SM_BC + SCAN_SM_PART + SCAN_SM_DBC)
 // Shared memory of mamba1_scan_bwd_ckpt: [2][CPB][CK_ELS] float2 {dt, dt*u}, then
@@ -597,9 +613,17 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     BwItems<SCAN_IPT> q;
     float qh[SCAN_NPT], h[SCAN_NPT];
     // Each item's values of the staged tile, kept for its epilogue.
+#if SCAN_LEAN
+    // Lean: dt, gy and u are read back from the staged float4; only what it
+    // lacks stays in registers, folded at staging: the softplus derivative
+    // (1 past the threshold, where the forward takes dt = x) and, with z,
+    // d_out and the silu derivative factor.
+    float esp[SCAN_IPT], eg[SCAN_IPT], ef[SCAN_IPT];
+#else
     float ex[SCAN_IPT], eu[SCAN_IPT], eg[SCAN_IPT], ez[SCAN_IPT], edt[SCAN_IPT], egy[SCAN_IPT];
 #if SCAN_HAS_Z
     float esz[SCAN_IPT];  // sigmoid(z): silu(z) = z sigmoid(z) as the forward forms it
+#endif
 #endif
     bool eok[SCAN_IPT];
 
@@ -622,9 +646,16 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
         for (int it = 0; it < SCAN_IPT; ++it) {
             const int t = slice + SCAN_TPC * it;
-            ex[it] = eu[it] = eg[it] = ez[it] = edt[it] = egy[it] = 0.0f;
-#if SCAN_HAS_Z
-            esz[it] = 0.0f;
+#if SCAN_LEAN
+            float ex[1], eu[1], ez[1], edt[1], egy[1], esz[1];
+#define SCAN_EI 0  // the item's index into the locals above
+            esp[it] = ef[it] = 0.0f;
+#else
+#define SCAN_EI it
+#endif
+            ex[SCAN_EI] = eu[SCAN_EI] = eg[it] = ez[SCAN_EI] = edt[SCAN_EI] = egy[SCAN_EI] = 0.0f;
+#if SCAN_HAS_Z || SCAN_LEAN
+            esz[SCAN_EI] = 0.0f;
 #endif
             eok[it] = q.ok[it];
             if (q.ok[it]) {
@@ -632,23 +663,39 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #if SCAN_HAS_BIAS
                 x += ebias;
 #endif
-                ex[it] = x;
-                edt[it] = bw_dt(x);
-                eu[it] = q.u[it];
+                ex[SCAN_EI] = x;
+                edt[SCAN_EI] = bw_dt(x);
+                eu[SCAN_EI] = q.u[it];
                 eg[it] = q.g[it];
 #if SCAN_HAS_Z
-                ez[it] = q.z[it];
-                esz[it] = bw_sigmoid(ez[it]);  // scan_silu(z) is z * this, bit for bit
-                egy[it] = eg[it] * (ez[it] * esz[it]);
+                ez[SCAN_EI] = q.z[it];
+                esz[SCAN_EI] = bw_sigmoid(ez[SCAN_EI]);  // scan_silu(z) is z * this, bit for bit
+                egy[SCAN_EI] = eg[it] * (ez[SCAN_EI] * esz[SCAN_EI]);
 #else
-                egy[it] = eg[it];
+                egy[SCAN_EI] = eg[it];
+#endif
+#if SCAN_LEAN
+                // The same values the full epilogue forms (ddt * 1 is ddt).
+#if SCAN_SOFTPLUS
+                esp[it] = ex[0] > 20.0f ? 1.0f : bw_sigmoid(ex[0]);
+#endif
+#if SCAN_HAS_Z
+                ef[it] = esz[0] * (1.0f + ez[0] * (1.0f - esz[0]));
+#endif
 #endif
             }
             if (t < SCAN_BT) {
                 bw_v4 v;
-                v.x = edt[it], v.y = edt[it] * eu[it], v.z = egy[it], v.w = eu[it];
+                v.x = edt[SCAN_EI], v.y = edt[SCAN_EI] * eu[SCAN_EI], v.z = egy[SCAN_EI],
+                v.w = eu[SCAN_EI];
                 *reinterpret_cast<bw_v4*>(el + 4 * t) = v;
             }
+#if SCAN_LEAN
+            (void)ex[0];  // bare options use neither the softplus nor the gate locals
+            (void)ez[0];
+            (void)esz[0];
+#endif
+#undef SCAN_EI
         }
 #if !SCAN_B_CONST
         bw_put_rows<SCAN_ROW_ITERS, SCAN_NP, SCAN_THREADS>(s_bc + buf * SCAN_SM_BC, SCAN_BCW,
@@ -678,7 +725,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #endif
         float* prow = s_part + ch * SCAN_PCH;  // this channel's rows of y, S1, S2
         // ---- recompute the tile: h_{t-1} and the decay a_t of every step.
+#if SCAN_LEAN
+        // Lean: the decays are not kept (16 registers at N = 16, tile 8) but
+        // recomputed in the sweep, bit for bit (the same exp2 of the same dt).
+        float hp[SCAN_BT][SCAN_NPT], av[1][SCAN_NPT];
+#define SCAN_AV(t) 0
+#else
         float hp[SCAN_BT][SCAN_NPT], av[SCAN_BT][SCAN_NPT];
+#define SCAN_AV(t) (t)
+#endif
 #pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
             const bw_v2 d = *reinterpret_cast<const bw_v2*>(el + 4 * t);  // dt, dt*u
@@ -703,8 +758,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 const float c = r[i * SCAN_BCK + OFF_C];
 #endif
                 hp[t][i] = h[i];
-                av[t][i] = ssm_exp2_ftz(d.x * A2[i]);
-                h[i] = fmaf(av[t][i], h[i], d.y * b);
+                av[SCAN_AV(t)][i] = ssm_exp2_ftz(d.x * A2[i]);
+                h[i] = fmaf(av[SCAN_AV(t)][i], h[i], d.y * b);
 #if SCAN_HAS_Z
                 y = fmaf(c, h[i], y);
 #endif
@@ -758,24 +813,34 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 dBc[i] = fmaf(lam[i], e.y, dBc[i]);
 #endif
                 s1 = fmaf(lam[i], b, s1);
+#if SCAN_LEAN
+                lam[i] *= ssm_exp2_ftz(dt * A2[i]);  // dL/dh_{t-1} through h_t
+#else
                 lam[i] *= av[t][i];  // dL/dh_{t-1} through h_t
+#endif
                 const float w = lam[i] * hp[t][i];
                 s2 = fmaf(Av[i], w, s2);
                 dA[i] = fmaf(dt, w, dA[i]);
             }
             // [t][channel][state]: the lane's NPT states are contiguous and aligned
             // to NPT floats (DTS and NP are multiples of it).
+#if SCAN_LEAN
+#define SCAN_DBC_COL ((ch * SCAN_NP + slice * SCAN_NPT) ^ SCAN_DBC_SWZ(t))
+#else
+#define SCAN_DBC_COL (ch * SCAN_NP + slice * SCAN_NPT)
+#endif
 #if !SCAN_B_CONST
-            bw_put<SCAN_NPT>(s_dbc + t * SCAN_DTS + ch * SCAN_NP + slice * SCAN_NPT, vl);
+            bw_put<SCAN_NPT>(s_dbc + t * SCAN_DTS + SCAN_DBC_COL, vl);
 #endif
 #if !SCAN_C_CONST
-            bw_put<SCAN_NPT>(s_dbc + ((SCAN_BC_GROUPED - 1) * SCAN_BT + t) * SCAN_DTS +
-                                 ch * SCAN_NP + slice * SCAN_NPT,
+            bw_put<SCAN_NPT>(s_dbc + ((SCAN_BC_GROUPED - 1) * SCAN_BT + t) * SCAN_DTS + SCAN_DBC_COL,
                              vh);
 #endif
+#undef SCAN_DBC_COL
             prow[SCAN_CPB * SCAN_PCH + bw_pslot(t, slice)] = s1;
             prow[2 * SCAN_CPB * SCAN_PCH + bw_pslot(t, slice)] = s2;
         }
+#undef SCAN_AV
         __syncthreads();  // B
 
         // ---- epilogue per item: the lanes' partial sums over the states, added
@@ -808,7 +873,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                     sum[qn] = s;
                 }
                 const float S1 = sum[1], S2 = sum[2];
+#if SCAN_LEAN
+                const bw_v4 e = *reinterpret_cast<const bw_v4*>(el + 4 * t);  // dt, dt*u, gy, u
+                const float gy = e.z, u = e.w, dt = e.x;
+#else
                 const float gy = egy[it], u = eu[it], dt = edt[it];
+#endif
                 (void)gy;
 #if SCAN_HAS_Z && SCAN_HAS_D
                 const float y = fmaf(eD, u, sum[0]);
@@ -822,7 +892,9 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 const float du = dt * S1;
 #endif
                 const float ddt = fmaf(S1, u, S2);
-#if SCAN_SOFTPLUS
+#if SCAN_SOFTPLUS && SCAN_LEAN
+                const float ddelta = ddt * esp[it];
+#elif SCAN_SOFTPLUS
                 const float ddelta = ex[it] > 20.0f ? ddt : ddt * bw_sigmoid(ex[it]);
 #else
                 const float ddelta = ddt;
@@ -833,13 +905,20 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 const long long at = (blk.row * Din + chan) * L + pos;
                 bw_store(args.du, at, du);
                 bw_store(args.ddelta, at, ddelta);
-#if SCAN_HAS_Z
+#if SCAN_HAS_Z && SCAN_LEAN
+                bw_store(args.dz, at, eg[it] * y * ef[it]);
+#elif SCAN_HAS_Z
                 const float s = esz[it];
                 bw_store(args.dz, at, eg[it] * y * (s * (1.0f + ez[it] * (1.0f - s))));
 #endif
             }
+#if SCAN_LEAN
+            (void)esp[it];
+            (void)ef[it];
+#else
             (void)ex[it];
             (void)ez[it];
+#endif
             (void)eg[it];
         }
         // ---- grouped dB/dC: this block's channels added in channel order,
@@ -859,7 +938,14 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 // Which gradient: the first grouped tensor is B unless B is constant.
                 const bool is_b = !SCAN_B_CONST && tensor == 0;
                 const int scale = is_b ? 1 : 2;  // dt*u or gy in el's float4
+#if SCAN_LEAN
+                const float* src = s_dbc + (tensor * SCAN_BT + t) * SCAN_DTS;
+                const int swz = SCAN_DBC_SWZ(t);
+#define SCAN_DBC_READ(c) (src + ((ng * V + (c) * SCAN_NP) ^ swz))
+#else
                 const float* src = s_dbc + (tensor * SCAN_BT + t) * SCAN_DTS + ng * V;
+#define SCAN_DBC_READ(c) (src + (c) * SCAN_NP)
+#endif
                 float s[V];
 #pragma unroll
                 for (int j = 0; j < V; ++j) s[j] = 0.0f;
@@ -868,7 +954,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
 #pragma unroll
                     for (int c = 0; c < SCAN_CPB; ++c) {
                         float v[V];
-                        bw_get<V>(v, src + c * SCAN_NP);
+                        bw_get<V>(v, SCAN_DBC_READ(c));
                         const float f = fs[c * SCAN_ELS];
 #pragma unroll
                         for (int j = 0; j < V; ++j) s[j] = fmaf(v[j], f, s[j]);
@@ -876,12 +962,13 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
                 } else {  // the same sums in the same order, over fewer channels
                     for (int c = 0; c < blk.nch; ++c) {
                         float v[V];
-                        bw_get<V>(v, src + c * SCAN_NP);
+                        bw_get<V>(v, SCAN_DBC_READ(c));
                         const float f = fs[c * SCAN_ELS];
 #pragma unroll
                         for (int j = 0; j < V; ++j) s[j] = fmaf(v[j], f, s[j]);
                     }
                 }
+#undef SCAN_DBC_READ
                 float* part = is_b ? args.part_b : args.part_c;
                 const long long base = (blk.row * args.blocks_per_seq + blk.cb) * SCAN_N;
 #pragma unroll

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use mamba1_scan::cuda::{BwdConfig, ScanConfig, ScanProblem, ScanTuning};
+use mamba1_scan::cuda::{BwdConfig, BwdOptions, ScanConfig, ScanProblem, ScanTuning};
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::DType;
 use ssm_gpu::DeviceLimits;
@@ -42,6 +42,8 @@ struct Emulated {
     d_inner: usize,
     seqlen: usize,
     varlen: &'static [usize],
+    /// The backward's variant (`BwdOptions::default()` for most).
+    options: BwdOptions,
 }
 
 fn run(cxx: &str, e: &Emulated) {
@@ -63,7 +65,15 @@ fn run(cxx: &str, e: &Emulated) {
         return_final_states: true,
         varlen_seqs: (!e.varlen.is_empty()).then_some(e.varlen.len()),
     };
-    let config = BwdConfig::new(&problem, &DeviceLimits::H100_SXM).expect("configuration");
+    let config = BwdConfig::with_options(&problem, &DeviceLimits::H100_SXM, e.options)
+        .expect("configuration");
+    assert_eq!(
+        config.lean,
+        e.options.six_blocks,
+        "{}: {}",
+        e.name,
+        config.label()
+    );
     let k = kernels_dir();
     let dir = std::env::temp_dir().join(format!("ssm-emu-bwd-{}-{}", e.name, std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -158,6 +168,7 @@ emulated!(
         d_inner: 40,
         seqlen: 45,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -173,6 +184,7 @@ emulated!(
         d_inner: 36,
         seqlen: 33,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -188,6 +200,7 @@ emulated!(
         d_inner: 24,
         seqlen: 70,
         varlen: &[16, 1, 0, 30, 23],
+        options: BwdOptions::default(),
     }
 );
 
@@ -203,6 +216,7 @@ emulated!(
         d_inner: 6,
         seqlen: 9,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -218,6 +232,7 @@ emulated!(
         d_inner: 5,
         seqlen: 1,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -233,6 +248,7 @@ emulated!(
         d_inner: 7,
         seqlen: 19,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -248,6 +264,7 @@ emulated!(
         d_inner: 6,
         seqlen: 23,
         varlen: &[],
+        options: BwdOptions::default(),
     }
 );
 
@@ -263,5 +280,44 @@ emulated!(
         d_inner: 5,
         seqlen: 13,
         varlen: &[],
+        options: BwdOptions::default(),
+    }
+);
+
+/// The lean 6-blocks-per-SM sweep (`BwdOptions::six_blocks`).
+const SIX: BwdOptions = BwdOptions {
+    forward_checkpoints: false,
+    six_blocks: true,
+};
+
+emulated!(
+    lean_n16_grouped_every_option_several_blocks,
+    Emulated {
+        name: "lean-n16",
+        d_state: 16,
+        b_groups: Some(2),
+        c_groups: Some(1),
+        all_options: true,
+        batch: 2,
+        d_inner: 40,
+        seqlen: 45,
+        varlen: &[],
+        options: SIX,
+    }
+);
+
+emulated!(
+    lean_varlen_constant_c_bare,
+    Emulated {
+        name: "lean-varlen",
+        d_state: 16,
+        b_groups: Some(3),
+        c_groups: None,
+        all_options: false,
+        batch: 1,
+        d_inner: 24,
+        seqlen: 70,
+        varlen: &[16, 1, 0, 30, 23],
+        options: SIX,
     }
 );

@@ -38,12 +38,25 @@ fn check<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) -> Sca
 /// The variants of the backward other than the default, each of which must
 /// give the default's gradients bit for bit (same arithmetic, same order).
 fn variants() -> Vec<(&'static str, BwdOptions)> {
-    vec![(
-        "forward checkpoints",
-        BwdOptions {
-            forward_checkpoints: true,
-        },
-    )]
+    let ckfwd = BwdOptions {
+        forward_checkpoints: true,
+        ..BwdOptions::default()
+    };
+    let six = BwdOptions {
+        six_blocks: true,
+        ..BwdOptions::default()
+    };
+    vec![
+        ("forward checkpoints", ckfwd),
+        ("six blocks", six),
+        (
+            "forward checkpoints, six blocks",
+            BwdOptions {
+                six_blocks: true,
+                ..ckfwd
+            },
+        ),
+    ]
 }
 
 /// [`check`] of every variant: each judged, and each bit-identical to the default.

@@ -66,7 +66,8 @@ pub struct BwdConfig {
     /// States each lane of the checkpoint kernel owns.
     pub ckpt_states_per_lane: usize,
     /// Blocks per SM the sweep's register allocation must allow
-    /// (`__launch_bounds__`): 5 keeps it at 96 registers (tile 8, 8 or more
+    /// (`__launch_bounds__`): 6 keeps the lean sweep at 80 registers
+    /// ([`BwdOptions::six_blocks`]), 5 the sweep at 96 (tile 8, 8 or more
     /// lanes), 4 at 128, 3 at or under 170 (tile 16).
     pub min_blocks: usize,
     /// The forward has the skip term `D`.
@@ -85,6 +86,8 @@ pub struct BwdConfig {
     /// ([`crate::cuda::ScanPlan::for_training`]): the backward does not run its
     /// checkpoint kernel ([`BwdOptions::forward_checkpoints`]).
     pub forward_checkpoints: bool,
+    /// The lean sweep (`SCAN_LEAN`, [`BwdOptions::six_blocks`]).
+    pub lean: bool,
 }
 
 /// Selectable variants of the backward (docs/kernels/mamba1-scan-bwd.md, v4),
@@ -98,6 +101,13 @@ pub struct BwdOptions {
     /// [`crate::cuda::ScanPlan::launch_training`], then [`ScanBwdPlan::launch`]
     /// on the same workspace. Label suffix `.ckfwd`.
     pub forward_checkpoints: bool,
+    /// The sweep at 6 blocks per SM (80 registers instead of 96 or 128): the
+    /// epilogue reads dt, gy and u back from shared memory instead of holding
+    /// them in registers, and the dB/dC rows are swizzled instead of padded
+    /// (1 KB less per block, so that 6 blocks fit the SM's shared memory).
+    /// Where the 5-blocks-per-SM form exists (up to 2 states per lane, tiles of
+    /// 8, 8 or more lanes); elsewhere ignored. Label suffix `.b6`.
+    pub six_blocks: bool,
 }
 
 impl BwdConfig {
@@ -190,6 +200,16 @@ impl BwdConfig {
             b_const: problem.b_groups.is_none(),
             c_const: problem.c_groups.is_none(),
             forward_checkpoints: options.forward_checkpoints,
+            lean: false,
+        };
+        let config = if options.six_blocks && config.has_five_block_form() {
+            BwdConfig {
+                min_blocks: 6,
+                lean: true,
+                ..config
+            }
+        } else {
+            config
         };
         let smem = config.smem_bytes();
         if !limits.smem_fits_block(smem) {
@@ -199,6 +219,12 @@ impl BwdConfig {
             )));
         }
         Ok(config)
+    }
+
+    /// The sweep has the register-capped forms of 5 (and, lean, 6) blocks per
+    /// SM: up to 2 states per lane, tiles of 8 or less, 8 or more lanes.
+    fn has_five_block_form(&self) -> bool {
+        self.states_per_lane <= 2 && self.tile <= 8 && self.lanes_per_channel >= 8
     }
 
     /// Channels one block of the sweep covers.
@@ -247,8 +273,9 @@ impl BwdConfig {
             bt * lanes + 1
         };
         let part = r4(3 * cpb * pch);
-        // lam_t and h_t for grouped dB/dC: [tile][channel][state].
-        let dbc = grouped * bt * (r4(cpb * np) + 16);
+        // lam_t and h_t for grouped dB/dC: [tile][channel][state], rows padded
+        // by 16 floats (lean: swizzled instead).
+        let dbc = grouped * bt * (r4(cpb * np) + if self.lean { 0 } else { 16 });
         (2 * el + 2 * bc + part + dbc) * 4
     }
 
@@ -284,6 +311,7 @@ impl BwdConfig {
             ("SCAN_B_CONST", flag(self.b_const)),
             ("SCAN_C_CONST", flag(self.c_const)),
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
+            ("SCAN_LEAN", flag(self.lean)),
             ("SCAN_CK_MIN_BLOCKS", self.ckpt_min_blocks().to_string()),
             ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
             ("SCAN_CKPT_SMEM_BYTES", self.ckpt_smem_bytes().to_string()),
@@ -306,7 +334,11 @@ impl BwdConfig {
         };
         // 5 blocks per SM (96 registers) is the one register cap that is not
         // implied by the rest of the label.
-        let b5 = if self.min_blocks == 5 { ".b5" } else { "" };
+        let b5 = match self.min_blocks {
+            5 => ".b5",
+            6 => ".b6",
+            _ => "",
+        };
         // Not a kernel difference (the launches differ), but a plan's name.
         let ckfwd = if self.forward_checkpoints {
             ".ckfwd"
@@ -336,12 +368,21 @@ impl BwdConfig {
         .into_iter()
         .map(|(what, entry)| self.variant(what, entry))
         .collect();
-        if self.min_blocks == 4 && self.states_per_lane <= 2 && self.lanes_per_channel >= 8 {
+        if self.min_blocks == 4 && self.has_five_block_form() {
             let five = BwdConfig {
                 min_blocks: 5,
                 ..*self
             };
             variants.push(five.variant("sweep", ENTRY_SWEEP));
+        }
+        // The lean sweep at 6 blocks per SM (BwdOptions::six_blocks), for its budget.
+        if (4..=5).contains(&self.min_blocks) && !self.lean && self.has_five_block_form() {
+            let six = BwdConfig {
+                min_blocks: 6,
+                lean: true,
+                ..*self
+            };
+            variants.push(six.variant("sweep", ENTRY_SWEEP));
         }
         variants
     }
