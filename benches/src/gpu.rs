@@ -329,7 +329,10 @@ impl<T: DeviceElement> ScanBwdWork<T> {
         // once here (every slot holds the same inputs, so its checkpoints serve all).
         if pass == Pass::Backward && options.forward_checkpoints {
             if let Some(slot) = slots.first_mut() {
-                forward(gpu)?.launch_training(gpu, &mut slot.fwd, &mut ws)?;
+                let plan = forward(gpu)?;
+                plan.launch_training(gpu, &mut slot.fwd, &mut ws)?;
+                // Synchronises: the plan is dropped only after its launch ran.
+                plan.take_device_error(gpu)?;
             }
         }
         Ok(ScanBwdWork {

@@ -151,8 +151,12 @@ fn every_option_combination_matches_the_adjoint() {
         } else {
             check::<bf16>(&gpu, &name, &c, 100 + u64::from(mask));
         }
-        // Every variant, bit for bit the default (bf16: the trained setting).
-        check_variants::<bf16>(&gpu, &name, &c, 100 + u64::from(mask));
+        // Every variant, bit for bit the default (bf16: the trained setting),
+        // on every seventh combination and all options (each variant is two
+        // more NVRTC compiles per combination).
+        if mask % 7 == 0 || mask == 63 {
+            check_variants::<bf16>(&gpu, &name, &c, 100 + u64::from(mask));
+        }
     }
 }
 
@@ -182,8 +186,11 @@ fn variants_match_the_default_bit_for_bit_on_corner_shapes() {
         cases.push((format!("varlen {lens:?}"), c));
     }
     for (i, (name, c)) in cases.iter().enumerate() {
-        check_variants::<f32>(&gpu, name, c, 300 + i as u64);
         check_variants::<bf16>(&gpu, name, c, 300 + i as u64);
+        // f32 on the M1 shape and the varlen cases.
+        if name.starts_with("N 16 L 4096") || name.starts_with("varlen") {
+            check_variants::<f32>(&gpu, name, c, 300 + i as u64);
+        }
     }
 }
 
