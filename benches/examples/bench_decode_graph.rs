@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ssm_benches::events::{time_batch, EventPairs};
-use ssm_benches::gpu::{prepare, prepare_decode_tilings, GpuWork};
+use ssm_benches::gpu::{decode_default_label, prepare, prepare_decode_tilings, GpuWork};
 use ssm_benches::suite::{Backend, Case};
 use ssm_core::DType;
 use ssm_gpu::cudarc::driver::CudaContext;
@@ -66,6 +66,8 @@ struct Args {
 #[derive(serde::Serialize)]
 struct Row {
     case: String,
+    /// The kernel variant the case launches by default at this batch.
+    tiling: String,
     stream_event_pair_us: f64,
     stream_back_to_back_us: f64,
     graph_replay_us: f64,
@@ -238,6 +240,7 @@ fn main() -> ExitCode {
         }
         let row = Row {
             case: name,
+            tiling: decode_default_label(case).unwrap_or_default(),
             stream_event_pair_us: per_pair * 1e3,
             stream_back_to_back_us: back_to_back * 1e3,
             graph_replay_us: graph.median_ms * 1e3,
@@ -275,12 +278,13 @@ fn main() -> ExitCode {
     );
     for r in &rows {
         println!(
-            "{:<36} {:>14.2} {:>14.2} {:>14.2} {:>10.2}",
+            "{:<36} {:>14.2} {:>14.2} {:>14.2} {:>10.2}  {}",
             r.case,
             r.stream_event_pair_us,
             r.stream_back_to_back_us,
             r.graph_replay_us,
-            r.graph_replay_min_us
+            r.graph_replay_min_us,
+            r.tiling
         );
     }
     for r in &rows {

@@ -114,6 +114,23 @@ pub fn prepare(gpu: &Gpu, case: &Case, seed: u64) -> Result<Box<dyn GpuWork>> {
     }
 }
 
+/// The kernel label of the tiling a decode case launches by default at its
+/// batch (`mamba2.decode.bf16.n128.r4w4cs` at b <= 8), or `None` for other
+/// problems.
+pub fn decode_default_label(case: &Case) -> Option<String> {
+    fn label<F: StepFamily>(s: &F::Shape, dtype: DType) -> Option<String> {
+        let t = F::tiling_for_batch(dtype, F::batch_of(s));
+        ssm_gpu::decode::decode_variant::<F>(dtype, F::d_state(s), t)
+            .ok()
+            .map(|v| v.label)
+    }
+    match case.problem {
+        Problem::Mamba1Step(s) => label::<Mamba1Decode>(&s, case.problem.dtype()),
+        Problem::Mamba2Step(s) => label::<Mamba2Decode>(&s, case.problem.dtype()),
+        _ => None,
+    }
+}
+
 /// A decode case once per tiling its family's `candidates()` lists (the
 /// default first), each labelled with its tiling: what `bench_decode_graph
 /// --tilings` compares. Other problems are `Unsupported`.
@@ -130,12 +147,26 @@ pub fn prepare_decode_tilings(
         seed: u64,
         slots: usize,
     ) -> Result<Vec<(String, Box<dyn GpuWork>)>> {
-        F::candidates()
+        // The tiling launched at this batch first, then the other candidates.
+        let default = F::tiling_for_batch(T::DTYPE, F::batch_of(s));
+        let mut tilings = vec![default];
+        tilings.extend(F::candidates().into_iter().filter(|&t| t != default));
+        tilings
             .into_iter()
             .map(|t| {
-                let work: Box<dyn GpuWork> =
-                    Box::new(StepWork::<F, T>::new(gpu, s, seed, slots, t)?);
-                Ok((format!("{t:?}"), work))
+                let work = StepWork::<F, T>::new(gpu, s, seed, slots, t)?;
+                let variant = ssm_gpu::decode::decode_variant::<F>(T::DTYPE, F::d_state(s), t)?;
+                let label = format!(
+                    "{} ({} registers){} {t:?}",
+                    variant.label,
+                    work.kernel.kernel().resources.registers,
+                    if t == default {
+                        " [default at this batch]"
+                    } else {
+                        ""
+                    }
+                );
+                Ok((label, Box::new(work) as Box<dyn GpuWork>))
             })
             .collect()
     }
@@ -190,14 +221,14 @@ fn prepare_typed<T: DeviceElement>(
             &s,
             seed,
             slots,
-            Mamba1Decode::default_tiling(T::DTYPE),
+            Mamba1Decode::tiling_for_batch(T::DTYPE, s.batch),
         )?),
         Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T>::new(
             gpu,
             &s,
             seed,
             slots,
-            Mamba2Decode::default_tiling(T::DTYPE),
+            Mamba2Decode::tiling_for_batch(T::DTYPE, s.batch),
         )?),
         Problem::Stream(s) => Box::new(StreamWork::new(gpu, &s, seed)?),
     })
@@ -696,6 +727,8 @@ trait StepFamily: DecodeFamily {
     type Shape: Copy + 'static;
     fn host<T: Element>(s: &Self::Shape, seed: u64) -> StepHost<T>;
     fn d_state(s: &Self::Shape) -> usize;
+    /// The batch of the case (it picks the default tiling).
+    fn batch_of(s: &Self::Shape) -> usize;
     /// Output elements of one slot.
     fn out_len(s: &Self::Shape) -> usize;
     fn args<'v, T>(s: &Self::Shape, inputs: DeviceStepInputs<'v, T>) -> StepArgs<'v, Self, T>;
@@ -709,6 +742,9 @@ impl StepFamily for mamba1_scan::decode_cuda::Mamba1Decode {
     }
     fn d_state(s: &Self::Shape) -> usize {
         s.d_state
+    }
+    fn batch_of(s: &Self::Shape) -> usize {
+        s.batch
     }
     fn out_len(s: &Self::Shape) -> usize {
         s.batch * s.d_inner
@@ -740,6 +776,9 @@ impl StepFamily for mamba2_ssd::decode_cuda::Mamba2Decode {
     }
     fn d_state(s: &Self::Shape) -> usize {
         s.d_state
+    }
+    fn batch_of(s: &Self::Shape) -> usize {
+        s.batch
     }
     fn out_len(s: &Self::Shape) -> usize {
         s.batch * s.heads * s.head_dim

@@ -103,28 +103,32 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     const T* x = static_cast<const T*>(a.x) + bh * P;
     T* out = static_cast<T*>(a.out) + bh * P;
 
-    const long long cache = a.state_batch_indices ? a.state_batch_indices[i] : i;
-    if (cache < 0 || cache >= a.cache_rows) {
-        // Padding row: zero output, state untouched; past the cache: NaN, no write.
-        const float fill = stateless_output(cache);
+    // Every global load of the thread is issued before any arithmetic on a loaded
+    // value: at b = 1 the step is one trip through HBM, and a use between two
+    // loads puts a second trip in series. (v3 read dt, added the bias and ran the
+    // softplus before loading A, and took the decay before the state loads: the
+    // state left two HBM latencies after the block started; issue 16.)
+    // Optional inputs are selects on the argument, not branches, so that nothing
+    // splits this block of loads; the padding test comes after it, and that
+    // branch keeps ptxas from scheduling the first use of a load among them.
+    // (The state of a row with no cache row is not read: its loads are off.)
+    const long long cache_in = a.state_batch_indices ? a.state_batch_indices[i] : i;
+    const bool has_state = cache_in >= 0 && cache_in < a.cache_rows;
+    const long long cache = has_state ? cache_in : 0;
+    float* S = a.state + (cache * a.heads + h) * P * D_STATE;
+    float s[ROWS][EPT];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const long long row = row0 + (long long)r * SLOTS;
-            if (sub == 0 && row < P) out[row] = from_f32<T>(fill);
-        }
-        return;
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = row0 + (long long)r * SLOTS;
+        load_state_slice(S, row * D_STATE, sub, has_state && row < P, s[r]);
     }
-
-    // Per-head step size and decay (every lane computes the same values).
-    float dt = to_f32(static_cast<const T*>(a.dt)[bh]);
-    if (a.dt_bias) dt += a.dt_bias[h];
-    if (a.dt_softplus) dt = ssm_softplus(dt);
-    // Clamp as f32::clamp does: a NaN step stays NaN.
-    dt = dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
-    const float decay = ssm_exp2_ftz(dt * (a.A[h] * SSM_LOG2E));
-
+    // The head's group, after the state loads (only B and C need it). 32-bit
+    // division: H < 2^31 (the grid check bounds b * H).
+    const long long g = (unsigned)h / ((unsigned)a.heads / (unsigned)a.groups);
+    const float dt_raw = to_f32(static_cast<const T*>(a.dt)[bh]);
+    const float dt_bias = a.dt_bias ? a.dt_bias[h] : 0.0f;
+    const float A_h = a.A[h];
     // B and C of this head's group, the lane's elements only.
-    const long long g = (unsigned)h / (unsigned)(a.heads / a.groups);
     const T* Bg = static_cast<const T*>(a.B) + (i * a.groups + g) * D_STATE;
     const T* Cg = static_cast<const T*>(a.C) + (i * a.groups + g) * D_STATE;
     float bv[EPT], cv[EPT];
@@ -133,16 +137,6 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
         const int n = lane_state_index(sub, k);
         load_inputs(Bg + n, &bv[k * VEC]);
         load_inputs(Cg + n, &cv[k * VEC]);
-    }
-
-    float* S = a.state + (cache * a.heads + h) * P * D_STATE;
-
-    // Issue every state load of this thread before the first use.
-    float s[ROWS][EPT];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const long long row = row0 + (long long)r * SLOTS;
-        load_state_slice(S, row * D_STATE, sub, row < P, s[r]);
     }
     // x is needed by every lane of a row (dt * x enters the update). z and D are
     // needed only to finish the output, which lane `sub` does for the rows it owns
@@ -160,8 +154,30 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
         const long long row = row0 + (long long)r * SLOTS;
         const bool owned = r < ROWS && row < P;
         z_own[q] = (owned && a.z) ? to_f32(static_cast<const T*>(a.z)[bh * P + row]) : 0.0f;
-        d_own[q] = !a.D ? 0.0f : (a.d_per_head_dim ? (owned ? a.D[h * P + row] : 0.0f) : a.D[h]);
+        // One load whatever D's shape (nested selects compiled to branches, which
+        // put this load behind a use of the others); a row not owned is not finished.
+        const long long d_at = a.d_per_head_dim ? h * P + row : h;
+        d_own[q] = (owned && a.D) ? a.D[d_at] : 0.0f;
     }
+
+    if (!has_state) {
+        // Padding row: zero output, state untouched; past the cache: NaN, no write.
+        const float fill = stateless_output(cache_in);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const long long row = row0 + (long long)r * SLOTS;
+            if (sub == 0 && row < P) out[row] = from_f32<T>(fill);
+        }
+        return;
+    }
+
+    // Per-head step size and decay (every lane computes the same values).
+    float dt = dt_raw;
+    if (a.dt_bias) dt += dt_bias;
+    if (a.dt_softplus) dt = ssm_softplus(dt);
+    // Clamp as f32::clamp does: a NaN step stays NaN.
+    dt = dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
+    const float decay = ssm_exp2_ftz(dt * (A_h * SSM_LOG2E));
 
     float acc[ROWS];
 #pragma unroll

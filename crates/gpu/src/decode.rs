@@ -81,13 +81,20 @@ impl StateLayout {
     /// The layout for a state of `d_state` floats: the widest vector dividing
     /// it, then the most lanes (a power of two up to 32) sharing a row.
     pub fn for_state(d_state: usize) -> Self {
+        Self::for_state_lanes(d_state, 32)
+    }
+
+    /// [`StateLayout::for_state`] with at most `max_lanes` (a power of two)
+    /// lanes sharing a row: fewer lanes hold more vectors each, and the sum over a
+    /// row's lanes is a shorter shuffle tree (log2 of the lanes).
+    pub fn for_state_lanes(d_state: usize, max_lanes: usize) -> Self {
         let vec = [4, 2, 1]
             .into_iter()
             .find(|v| d_state % v == 0)
             .unwrap_or(1);
         let vectors = d_state / vec;
         let mut lanes = 1;
-        while lanes < 32 && vectors % (lanes * 2) == 0 {
+        while lanes < max_lanes.min(32) && vectors % (lanes * 2) == 0 {
             lanes *= 2;
         }
         StateLayout { vec, lanes }
@@ -168,6 +175,9 @@ pub struct BlockTiling {
     /// Blocks per SM that ptxas must leave registers for (`__launch_bounds__`'s
     /// second argument); 0 leaves the register count to ptxas.
     pub min_blocks_per_sm: usize,
+    /// At most this many lanes share a state row (a power of two up to 32); 0:
+    /// the widest layout [`StateLayout::for_state`] gives.
+    pub max_lanes: usize,
 }
 
 impl Default for BlockTiling {
@@ -177,9 +187,27 @@ impl Default for BlockTiling {
             warps: 4,
             streaming_hints: false,
             min_blocks_per_sm: 0,
+            max_lanes: 0,
         }
     }
 }
+
+impl BlockTiling {
+    /// The same block shape with evict-first hints on the state.
+    pub fn with_streaming_hints(self) -> Self {
+        BlockTiling {
+            streaming_hints: true,
+            ..self
+        }
+    }
+}
+
+/// Batches up to this size launch a family's small-batch tiling
+/// ([`DecodeFamily::tiling_for_batch`]): there the step is one trip of a few MB
+/// of state through HBM plus the launch, and the evict-first state hints took
+/// 0.3-0.5 µs off a graph-replayed b = 1 step on the H200 (docs/kernels/decode.md,
+/// "Graph replay"); above it the defaults are the measured bandwidth tilings.
+pub const SMALL_BATCH: usize = 8;
 
 /// The compiled block shape both families share: `N` and how a state row is
 /// spread over lanes, the state rows each lane-slot keeps in flight (capped to the
@@ -208,7 +236,19 @@ impl BlockGeometry {
     /// [`MAX_STATE_REGS`] state floats.
     pub fn new(d_state: usize, rows_arg: &'static str, t: BlockTiling) -> Result<Self> {
         check_block(d_state, rows_arg, t.rows, t.warps, t.min_blocks_per_sm)?;
-        let layout = StateLayout::for_state(d_state);
+        if t.max_lanes != 0 && !(t.max_lanes.is_power_of_two() && t.max_lanes <= 32) {
+            return Err(SsmError::Dimension {
+                arg: "max_lanes",
+                reason: format!(
+                    "{} lanes per state row; expected 0 (widest) or a power of two up to 32",
+                    t.max_lanes
+                ),
+            });
+        }
+        let layout = match t.max_lanes {
+            0 => StateLayout::for_state(d_state),
+            m => StateLayout::for_state_lanes(d_state, m),
+        };
         Ok(BlockGeometry {
             d_state,
             layout,
@@ -238,7 +278,7 @@ impl BlockGeometry {
 
     /// What a non-default block shape appends to a label:
     /// `.<rows_tag><rows>w<warps>`, `cs` with cache hints, `m<blocks>` with a
-    /// register cap.
+    /// register cap, `l<lanes>` with fewer lanes per row than the widest layout.
     pub fn label(&self, rows_tag: char) -> String {
         let mut label = format!(
             ".{rows_tag}{}w{}{}",
@@ -248,6 +288,9 @@ impl BlockGeometry {
         );
         if self.min_blocks_per_sm > 0 {
             label.push_str(&format!("m{}", self.min_blocks_per_sm));
+        }
+        if self.layout != StateLayout::for_state(self.d_state) {
+            label.push_str(&format!("l{}", self.layout.lanes));
         }
         label
     }
@@ -326,8 +369,24 @@ pub trait DecodeFamily: Sized + 'static {
 
     /// The kernel source.
     fn source() -> KernelSource;
-    /// The tiling launched for inputs of `dtype` when none is given.
+    /// The tiling launched for inputs of `dtype` when none is given, at batches
+    /// above [`SMALL_BATCH`] (the bandwidth-bound regime).
     fn default_tiling(dtype: DType) -> Self::Tiling;
+    /// The tiling launched for inputs of `dtype` at batches up to
+    /// [`SMALL_BATCH`] (latency-bound: one trip of the state through HBM).
+    fn small_batch_tiling(dtype: DType) -> Self::Tiling;
+    /// The tiling launched for inputs of `dtype` at batch `batch` when none is
+    /// given: [`DecodeFamily::small_batch_tiling`] up to [`SMALL_BATCH`], else
+    /// [`DecodeFamily::default_tiling`].
+    fn tiling_for_batch(dtype: DType, batch: usize) -> Self::Tiling {
+        if batch <= SMALL_BATCH {
+            Self::small_batch_tiling(dtype)
+        } else {
+            Self::default_tiling(dtype)
+        }
+    }
+    /// The batch of one step's sizes.
+    fn batch(d: &Self::Dims) -> usize;
     /// The tilings `gpu_decode_bench` compares, each compiled by the no-GPU test
     /// and verified by the GPU tests.
     fn candidates() -> Vec<Self::Tiling>;
@@ -448,15 +507,24 @@ macro_rules! decode_args_abi {
     };
 }
 
-/// The default-tiling variants of a family for each `N` of `states` and every
-/// input type, for the resources/budget command.
+/// The variants a family launches by default (the large- and the small-batch
+/// tiling) for each `N` of `states` and every input type, for the
+/// resources/budget command.
 pub fn default_variants<F: DecodeFamily>(states: &[usize]) -> Vec<KernelVariant> {
     [DType::F32, DType::F16, DType::Bf16]
         .into_iter()
         .flat_map(|dtype| states.iter().map(move |&n| (dtype, n)))
-        .map(|(dtype, n)| {
-            decode_variant::<F>(dtype, n, F::default_tiling(dtype))
-                .expect("the default tiling is valid for every listed N")
+        .flat_map(|(dtype, n)| {
+            let (large, small) = (F::default_tiling(dtype), F::small_batch_tiling(dtype));
+            let tilings = if small == large {
+                vec![large]
+            } else {
+                vec![large, small]
+            };
+            tilings.into_iter().map(move |t| {
+                decode_variant::<F>(dtype, n, t)
+                    .expect("the default tilings are valid for every listed N")
+            })
         })
         .collect()
 }
@@ -637,16 +705,18 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     Ok(())
 }
 
-/// One decode step from host slices with the family's default tiling: upload,
-/// launch into a poisoned output buffer, download; `state` is updated in place.
-/// Validates everything, including the contents of `state_batch_indices`.
+/// One decode step from host slices with the family's default tiling for the
+/// batch ([`DecodeFamily::tiling_for_batch`]): upload, launch into a poisoned
+/// output buffer, download; `state` is updated in place. Validates everything,
+/// including the contents of `state_batch_indices`.
 pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
     gpu: &Gpu,
     p: &F::Params<'_, T>,
     state: &mut [f32],
 ) -> Result<StepOutput<T>> {
     p.validate(state.len())?;
-    let kernel = DecodeKernel::<F, T>::new(gpu, p.d_state(), F::default_tiling(T::DTYPE))?;
+    let tiling = F::tiling_for_batch(T::DTYPE, F::batch(&p.dims()));
+    let kernel = DecodeKernel::<F, T>::new(gpu, p.d_state(), tiling)?;
     let host = p.inputs();
     let stream = gpu.stream();
     let buffers: StepInputs<CudaSlice<T>, CudaSlice<f32>, CudaSlice<i64>> = host.try_map(
@@ -759,6 +829,47 @@ mod tests {
         // 7 floats a row: 4 rows in flight, capped from 8.
         assert_eq!(l.cap_rows(7, 8), 4);
         assert_eq!(StateLayout::for_state(256).cap_rows(256, 8), 4);
+        // At most 8 lanes: 4 vectors a lane of a 128-float row, 2 rows in flight.
+        let l = StateLayout::for_state_lanes(128, 8);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(128)), (4, 8, 16));
+        assert_eq!(l.cap_rows(128, 4), 2);
+        assert_eq!(
+            StateLayout::for_state_lanes(16, 8),
+            StateLayout::for_state(16)
+        );
+        assert_eq!(StateLayout::for_state_lanes(128, 1).lanes, 1);
+    }
+
+    #[test]
+    fn lane_cap_is_a_power_of_two_and_labelled() {
+        let t = BlockTiling {
+            max_lanes: 8,
+            ..BlockTiling::default()
+        };
+        let g = BlockGeometry::new(128, "rows", t).unwrap();
+        assert_eq!((g.layout.lanes, g.rows, g.slots_per_block()), (8, 2, 16));
+        assert_eq!(g.label('r'), ".r2w4l8");
+        // A cap the layout does not reach is not in the label.
+        let g = BlockGeometry::new(16, "rows", t).unwrap();
+        assert_eq!(g.label('r'), ".r4w4");
+        for bad in [3, 64] {
+            let t = BlockTiling {
+                max_lanes: bad,
+                ..BlockTiling::default()
+            };
+            assert!(matches!(
+                BlockGeometry::new(128, "rows", t),
+                Err(SsmError::Dimension {
+                    arg: "max_lanes",
+                    ..
+                })
+            ));
+        }
+        assert!(
+            BlockTiling::default()
+                .with_streaming_hints()
+                .streaming_hints
+        );
     }
 
     #[test]

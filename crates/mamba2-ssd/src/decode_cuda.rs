@@ -60,15 +60,27 @@ impl DecodeFamily for Mamba2Decode {
         BlockTiling::default()
     }
 
-    /// The tilings `gpu_decode_bench` compares (the GPU tests verify each one):
-    /// the default, less and more work in flight per thread, and cache hints.
+    /// The default with evict-first state hints (`.r4w4cs`): 4.39 -> 3.85 µs per
+    /// graph-replayed b = 1 step on the H200 (docs/kernels/decode.md, "Graph
+    /// replay"; the other knobs did not move it).
+    fn small_batch_tiling(_dtype: DType) -> BlockTiling {
+        BlockTiling::default().with_streaming_hints()
+    }
+
+    fn batch(d: &Mamba2StepDims) -> usize {
+        d.batch
+    }
+
+    /// The tilings `gpu_decode_bench` and `bench_decode_graph --tilings` compare
+    /// (the GPU tests verify each one): the default, less and more work in flight
+    /// per thread, and cache hints; then the b = 1 candidates (issue 16), all
+    /// with hints: half-size blocks (twice the blocks, spread over more SMs),
+    /// 8 rows a lane, and a row over 8 lanes instead of 32 (16 floats a lane,
+    /// a 3-step shuffle tree for C . h instead of 5) with 1 or 2 rows a lane.
     fn candidates() -> Vec<BlockTiling> {
         let base = BlockTiling::default();
         let rows = |rows| BlockTiling { rows, ..base };
-        let hints = BlockTiling {
-            streaming_hints: true,
-            ..base
-        };
+        let hints = base.with_streaming_hints();
         vec![
             base,
             rows(1),
@@ -76,6 +88,19 @@ impl DecodeFamily for Mamba2Decode {
             rows(8),
             BlockTiling { warps: 8, ..base },
             hints,
+            BlockTiling { warps: 2, ..hints },
+            BlockTiling { rows: 8, ..hints },
+            BlockTiling {
+                rows: 1,
+                max_lanes: 8,
+                ..hints
+            },
+            BlockTiling {
+                rows: 2,
+                warps: 2,
+                max_lanes: 8,
+                ..hints
+            },
         ]
     }
 
@@ -207,5 +232,66 @@ mod tests {
             "mamba2.decode.f32.n7.r4w8cs",
             defines,
         );
+        // 8 lanes a row of 128 floats: 16 floats a lane, 2 rows in flight.
+        let t = DecodeTiling {
+            rows: 2,
+            warps: 2,
+            max_lanes: 8,
+            ..base.with_streaming_hints()
+        };
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::Bf16,
+            128,
+            t,
+            "mamba2.decode.bf16.n128.r2w2csl8",
+            defines,
+        );
+        // A lane cap at or above the widest layout changes nothing but the tiling.
+        let t = DecodeTiling {
+            max_lanes: 32,
+            ..base
+        };
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::Bf16,
+            128,
+            t,
+            "mamba2.decode.bf16.n128.r4w4",
+            defines,
+        );
+    }
+
+    #[test]
+    fn small_batches_launch_the_streaming_tiling() {
+        let small = <Mamba2Decode as DecodeFamily>::tiling_for_batch(DType::Bf16, 1);
+        assert!(small.streaming_hints);
+        assert_eq!(
+            <Mamba2Decode as DecodeFamily>::tiling_for_batch(DType::Bf16, shared::SMALL_BATCH),
+            small
+        );
+        let large = <Mamba2Decode as DecodeFamily>::tiling_for_batch(DType::Bf16, 9);
+        assert_eq!(large, DecodeTiling::default());
+        // Both are compiled for the budget check.
+        let labels: Vec<String> = decode_kernel_variants()
+            .into_iter()
+            .map(|v| v.label)
+            .collect();
+        assert!(
+            labels.contains(&"mamba2.decode.bf16.n128".to_string()),
+            "{labels:?}"
+        );
+        assert!(
+            labels.contains(&"mamba2.decode.bf16.n128.r4w4cs".to_string()),
+            "{labels:?}"
+        );
+        // Every candidate is a distinct kernel.
+        let c = <Mamba2Decode as DecodeFamily>::candidates();
+        let mut labels: Vec<String> = c
+            .iter()
+            .map(|&t| decode_variant(DType::Bf16, 128, t).unwrap().label)
+            .collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), c.len(), "{labels:?}");
+        assert!(c.contains(&small));
     }
 }
