@@ -577,6 +577,13 @@ impl ScanPlan {
             )));
         };
         expect_len("checkpoints", ws.ckpt.len(), layout.len)?;
+        if ws.ckpt.stream().context().cu_ctx() != gpu.ctx().cu_ctx() {
+            return Err(SsmError::Backend(
+                "argument `ws`: the workspace belongs to another CUDA context than the Gpu \
+                 launching the scan"
+                    .into(),
+            ));
+        }
         let (ckpt, _guard) = ws.ckpt.device_ptr_mut(gpu.stream());
         self.launch_inner(gpu, views, ckpt)?;
         ws.forward_checkpoints = true;
