@@ -42,12 +42,36 @@ static_assert(VPT * VEC * TPR == D_STATE, "VEC * TPR must divide D_STATE");
 // contiguous memory.
 __device__ __forceinline__ int lane_state_index(int sub, int k) { return (sub + k * TPR) * VEC; }
 
+#ifdef SSM_EMULATE
+// Host forms for the emulation (kernels/mamba2/decode_emu_check.cu): the vector
+// types ssd_emu.cuh does not declare, and the NaN of math.cuh's device branch.
+struct alignas(8) float2 { float x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float ssm_quiet_nan() { return std::nanf(""); }
+#endif
+
 template <int V> struct FloatVec;
 template <> struct FloatVec<4> { typedef float4 type; };
 template <> struct FloatVec<2> { typedef float2 type; };
 template <> struct FloatVec<1> { typedef float type; };
 typedef FloatVec<VEC>::type state_vec;
 
+#ifdef SSM_EMULATE
+// The host emulation (kernels/mamba2/decode_emu_check.cu under ssd_emu.cuh): the
+// same accesses as plain C++ (the cache hints have no host meaning).
+template <typename V> inline V load_state_vec(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline float4 load_state(const float* p, float4*) { return load_state_vec<float4>(p); }
+inline float2 load_state(const float* p, float2*) { return load_state_vec<float2>(p); }
+inline float load_state(const float* p, float*) { return *p; }
+inline void store_state(float* p, float4 v) { std::memcpy(p, &v, sizeof v); }
+inline void store_state(float* p, float2 v) { std::memcpy(p, &v, sizeof v); }
+inline void store_state(float* p, float v) { *p = v; }
+#else
 // Inline PTX pins the access width: NVVM was seen splitting a float4 store into four
 // scalar stores when it lost track of the alignment (the loads stayed vectorized).
 #if STREAM_STATE
@@ -71,7 +95,6 @@ __device__ __forceinline__ float load_state(const float* p, float*) {
     asm volatile("ld.global" STATE_HINT ".f32 %0, [%1];" : "=f"(v) : "l"(p));
     return v;
 }
-__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
 __device__ __forceinline__ void store_state(float* p, float4 v) {
     asm volatile("st.global" STATE_HINT ".v4.f32 [%0], {%1, %2, %3, %4};"
                  :: "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
@@ -82,6 +105,8 @@ __device__ __forceinline__ void store_state(float* p, float2 v) {
 __device__ __forceinline__ void store_state(float* p, float v) {
     asm volatile("st.global" STATE_HINT ".f32 [%0], %1;" :: "l"(p), "f"(v) : "memory");
 }
+#endif  // SSM_EMULATE
+__device__ __forceinline__ state_vec load_state(const float* p) { return load_state(p, (state_vec*)0); }
 __device__ __forceinline__ void unpack(float4 v, float* f) { f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w; }
 __device__ __forceinline__ void unpack(float2 v, float* f) { f[0] = v.x; f[1] = v.y; }
 __device__ __forceinline__ void unpack(float v, float* f) { f[0] = v; }
