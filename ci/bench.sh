@@ -11,7 +11,7 @@
 #
 # usage: bash ci/bench.sh [bundle-or-bin-dir]
 # env:   SSM_BENCH_QUICK=1       trimmed sweeps (every family, fewer points)
-#        SSM_BENCH_FILTER=text   only cases whose id contains text
+#        SSM_BENCH_FILTER=text   only cases whose id contains text (a,b: either)
 #        SSM_BENCH_NCU=0         skip the ncu pass
 #        SSM_BENCH_CRITERION=re  also run the criterion GPU bench on benchmarks matching re
 #        SSM_BENCH_TIMEOUT=600   seconds per step (the full suite took over 280 s on the H200)

@@ -127,9 +127,11 @@ impl Case {
         )
     }
 
-    /// Whether `filter` (a substring of the id) selects this case.
+    /// Whether `filter` selects this case: a substring of the id, or several
+    /// separated by commas (any of them).
     pub fn matches(&self, filter: Option<&str>) -> bool {
-        filter.is_none_or(|f| self.id().contains(f))
+        let id = self.id();
+        filter.is_none_or(|f| f.split(',').any(|part| id.contains(part)))
     }
 }
 

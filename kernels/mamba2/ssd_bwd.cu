@@ -43,6 +43,15 @@ constexpr i64 PN = (i64)P * N;
 #ifndef SSD_BWD_MMA
 #define SSD_BWD_MMA 0
 #endif
+// SSD_BWD_TILED 1: stages A + C and E as shared-memory tiled kernels
+// (ssd_bwd_tiled.cuh, v3; Q 64, P 64 or 128, N a multiple of 64 up to 256;
+// the host checks); 0: v1's per-element loops.
+#ifndef SSD_BWD_TILED
+#define SSD_BWD_TILED 0
+#endif
+#if SSD_BWD_TILED && SSD_BWD_MMA
+#error "SSD_BWD_TILED and SSD_BWD_MMA are exclusive"
+#endif
 #if SSD_BWD_MMA
 static_assert(SSD_DTYPE == 2, "the tensor-core path takes bf16 inputs (f16 parts of an f32 would underflow)");
 static_assert(SSD_N % 16 == 0 && SSD_P % 8 == 0, "the tensor-core path needs N % 16 == 0, P % 8 == 0");
@@ -172,6 +181,7 @@ SSD_DEV float block_sum(float v, float* red) {
 #define BWD_SHARED(name, count, off) __shared__ float name[count]
 #endif
 
+#if !SSD_BWD_TILED
 // Stage A + C: per (chunk, head).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs a) {
     using namespace ssd_bwd;
@@ -245,6 +255,8 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     }
 }
 
+#endif  // !SSD_BWD_TILED
+
 // C_i . B_j for j <= i: per (chunk, group).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_cb(const SsdBwdArgs a) {
     using namespace ssd_bwd;
@@ -302,6 +314,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_pass(const SsdBwdArgs 
     }
 }
 
+#if !SSD_BWD_TILED
 // Stage E: per (chunk, head).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs a) {
     using namespace ssd_bwd;
@@ -516,6 +529,12 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
         part_out[2 * H + h * P + p] = acc;
     }
 }
+
+#endif  // !SSD_BWD_TILED
+
+#if SSD_BWD_TILED
+#include "ssd_bwd_tiled.cuh"
+#endif
 
 // dB, dC: the heads of each group summed in index order, per (token, group, n).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_reduce_bc(const SsdBwdArgs a) {

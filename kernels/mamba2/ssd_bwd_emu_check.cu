@@ -116,7 +116,13 @@ int main(int argc, char** argv) {
                  ws_dy.data(), ws_S.data(), ws_G.data(), ws_cb.data(), ws_gx.data(), ws_sc.data(),
                  ws_gb.data(), ws_dbh.data(), ws_dch.data(), ws_part.data(), chunks.data(),
                  seqs.data(), K, T, H, G, S, 0, lim[0], lim[1]};
+#if SSD_BWD_TILED
+    const size_t smem = ssd_bwd3::GRAD_SMEM_BYTES > ssd_bwd3::CHUNK_SMEM_BYTES
+                            ? ssd_bwd3::GRAD_SMEM_BYTES
+                            : ssd_bwd3::CHUNK_SMEM_BYTES;
+#else
     const size_t smem = (6 * Q + 256) * 4;
+#endif
     const unsigned nt = 256;
     if (K > 0) {
         emu::launch((unsigned)(K * H), nt, smem, [&] { ssd_bwd_chunk(a); });

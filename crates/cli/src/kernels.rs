@@ -309,8 +309,13 @@ fn ssd_bwd_variants(
     push: &mut dyn FnMut(KernelVariant),
 ) {
     if let Ok(c) = SsdBwdConfig::new(dtype, dims, features, d_final, chunk) {
-        for v in c.variants() {
-            push(v);
+        // v1's loops everywhere, the tiled v3 where it takes the shape.
+        for tiled in [false, true] {
+            if let Ok(c) = c.with_tiled(tiled) {
+                for v in c.variants() {
+                    push(v);
+                }
+            }
         }
     }
 }

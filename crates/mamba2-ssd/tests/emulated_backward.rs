@@ -59,12 +59,23 @@ fn take(bytes: &[u8], at: &mut usize, n: usize) -> Vec<f32> {
 /// Build the driver for `case` with chunk `q` (f32, the SIMT kernels), run it,
 /// judge every gradient.
 fn run(name: &str, case: &Case, q: usize, seed: u64) {
-    run_as::<f32>(name, case, q, seed, false);
+    run_as::<f32>(name, case, q, seed, Kernels::Simt);
+}
+
+/// Which build of the kernels a run compiles.
+#[derive(Clone, Copy, PartialEq)]
+enum Kernels {
+    /// v1, the per-element loops.
+    Simt,
+    /// v2, the tensor-core S C / G B of `ssd_bwd_grad` (SSD_BWD_MMA).
+    Mma,
+    /// v3, the shared-memory tiled stages (SSD_BWD_TILED).
+    Tiled,
 }
 
 /// As [`run`], with the inputs rounded to `T` (the kernels read them as `T`)
-/// and, with `mma`, the tensor-core S C / G B of `ssd_bwd_grad` (SSD_BWD_MMA).
-fn run_as<T: Element>(name: &str, case: &Case, q: usize, seed: u64, mma: bool) {
+/// and the kernels built as `kernels` says.
+fn run_as<T: Element>(name: &str, case: &Case, q: usize, seed: u64, kernels: Kernels) {
     let Some(cxx) = cxx() else { return };
     let o = &case.opts;
     let d = case.dims;
@@ -85,7 +96,8 @@ fn run_as<T: Element>(name: &str, case: &Case, q: usize, seed: u64, mma: bool) {
     };
     let defines = [
         format!("-DSSD_DTYPE={dtype_define}"),
-        format!("-DSSD_BWD_MMA={}", flag(mma)),
+        format!("-DSSD_BWD_MMA={}", flag(kernels == Kernels::Mma)),
+        format!("-DSSD_BWD_TILED={}", flag(kernels == Kernels::Tiled)),
         format!("-DSSD_Q={q}"),
         format!("-DSSD_N={}", d.d_state),
         format!("-DSSD_P={}", d.head_dim),
@@ -231,8 +243,8 @@ fn emulated_bf16_simt_and_tensor_cores_partial_chunks() {
     // N 16 and P 8: the smallest tensor-core shapes; 100 tokens: a partial
     // second chunk (its rows past the chunk read nothing).
     let case = Case::new(dims(2, 100, 4, 8, 16, 2), Options::all(), 16);
-    run_as::<bf16>("bf16 simt", &case, 64, 16, false);
-    run_as::<bf16>("bf16 mma", &case, 64, 16, true);
+    run_as::<bf16>("bf16 simt", &case, 64, 16, Kernels::Simt);
+    run_as::<bf16>("bf16 mma", &case, 64, 16, Kernels::Mma);
 }
 
 #[test]
@@ -242,5 +254,32 @@ fn emulated_bf16_tensor_cores_varlen_chunk_128() {
         ..Options::all()
     };
     let case = Case::new(dims(1, 171, 2, 16, 32, 1), opts, 17);
-    run_as::<bf16>("bf16 mma varlen", &case, 128, 17, true);
+    run_as::<bf16>("bf16 mma varlen", &case, 128, 17, Kernels::Mma);
+}
+
+#[test]
+fn emulated_tiled_every_option_two_groups_partial_chunk() {
+    // v3 at its smallest shape (P = N = 64), f32 and bf16; 100 tokens: a
+    // partial second chunk.
+    let case = Case::new(dims(2, 100, 4, 64, 64, 2), Options::all(), 18);
+    run_as::<f32>("tiled f32", &case, 64, 18, Kernels::Tiled);
+    run_as::<bf16>("tiled bf16", &case, 64, 18, Kernels::Tiled);
+}
+
+#[test]
+fn emulated_tiled_p128_n128_varlen_d_per_head() {
+    // M2-groups' head (P = N = 128) with varlen, an empty sequence and D of shape (H).
+    let opts = Options {
+        cu_seqlens: Some(vec![0, 30, 30, 100, 101]),
+        d: Some(DKind::PerHead),
+        ..Options::all()
+    };
+    let case = Case::new(dims(1, 101, 2, 128, 128, 1), opts, 19);
+    run_as::<bf16>("tiled varlen p128", &case, 64, 19, Kernels::Tiled);
+}
+
+#[test]
+fn emulated_tiled_no_options_n192() {
+    let case = Case::new(dims(1, 64, 2, 64, 192, 1), Options::default(), 20);
+    run_as::<f32>("tiled bare n192", &case, 64, 20, Kernels::Tiled);
 }

@@ -243,6 +243,52 @@ fn every_option_combination_matches_the_adjoint() {
 }
 
 #[test]
+fn tiled_path_every_option_combination_matches_the_adjoint() {
+    // The tiled v3 kernels (the default at chunk 64, P 64/128, N % 64 == 0):
+    // every option combination at their smallest shape, a partial chunk.
+    let Some(gpu) = test_gpu_or_skip("tiled_path_every_option_combination_matches_the_adjoint")
+    else {
+        return;
+    };
+    let base = seed();
+    let mut jobs = Vec::new();
+    for mask in 0u64..64 {
+        let bit = |k: u32| mask & (1 << k) != 0;
+        let opts = Options {
+            dt_bias: bit(0),
+            dt_softplus: bit(1),
+            dt_limit: bit(2).then_some((1e-3, 0.5)),
+            d: match mask % 3 {
+                0 => None,
+                1 => Some(DKind::PerHead),
+                _ => Some(DKind::PerHeadDim),
+            },
+            z: bit(3),
+            initial_states: bit(4),
+            final_states: bit(5),
+            ..Options::default()
+        };
+        let s = base.wrapping_add(900 + mask);
+        let case = || Case::new(dims(2, 100, 4, 64, 64, 2), opts.clone(), s);
+        let label = format!("tiled options {mask:06b} D {:?}", opts.d);
+        assert!(
+            BwdConfig::tiled_supports(64, 64, 64).is_ok(),
+            "the tiled kernels must take P = N = 64"
+        );
+        if mask % 8 == 0 {
+            all_dtypes(&mut jobs, &label, case, 64, s);
+        } else {
+            jobs.push(job(label, case(), DType::Bf16, 64, s));
+        }
+    }
+    run_jobs(
+        &gpu,
+        "tiled_path_every_option_combination_matches_the_adjoint",
+        &jobs,
+    );
+}
+
+#[test]
 fn shapes_chunks_and_lengths_match_the_adjoint() {
     let Some(gpu) = test_gpu_or_skip("shapes_chunks_and_lengths_match_the_adjoint") else {
         return;

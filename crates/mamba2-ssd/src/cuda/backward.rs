@@ -71,6 +71,10 @@ pub struct BwdConfig {
     /// `S C` and `G B` of `ssd_bwd_grad` on the tensor cores (SSD_BWD_MMA,
     /// bf16 only; [`BwdConfig::with_tensor_cores`]); off: the SIMT loop (v1).
     pub tensor_cores: bool,
+    /// Stages A + C and E as shared-memory tiled kernels (SSD_BWD_TILED, v3;
+    /// the default wherever [`BwdConfig::tiled_supports`] holds;
+    /// [`BwdConfig::with_tiled`]).
+    pub tiled: bool,
 }
 
 impl BwdConfig {
@@ -111,7 +115,54 @@ impl BwdConfig {
             features,
             d_final,
             tensor_cores: false,
+            tiled: Self::tiled_supports(chunk, dims.d_state, dims.head_dim).is_ok(),
         })
+    }
+
+    /// Whether the tiled v3 kernels take this shape, or why not: chunk 64,
+    /// `head_dim` 64 or 128, `d_state` a multiple of 64 up to 256 (their 64 x 64
+    /// tiles; other shapes run v1).
+    pub fn tiled_supports(chunk: usize, d_state: usize, head_dim: usize) -> Result<()> {
+        if chunk == 64 && matches!(head_dim, 64 | 128) && d_state % 64 == 0 && d_state <= 256 {
+            return Ok(());
+        }
+        Err(unsupported(format!(
+            "the tiled backward for chunk_size = {chunk}, d_state = {d_state}, head_dim = \
+             {head_dim} (chunk 64, head_dim 64 or 128, d_state a multiple of 64 up to 256)"
+        )))
+    }
+
+    /// The same configuration on the tiled v3 kernels or on v1's loops; on
+    /// fails with [`SsmError::Unsupported`] where [`BwdConfig::tiled_supports`]
+    /// does, before anything is compiled. Turning tensor cores on turns this off.
+    pub fn with_tiled(mut self, on: bool) -> Result<Self> {
+        if on {
+            Self::tiled_supports(self.chunk, self.d_state, self.head_dim)?;
+            self.tensor_cores = false;
+        }
+        self.tiled = on;
+        Ok(self)
+    }
+
+    /// Dynamic shared memory of `ssd_bwd_chunk` and `ssd_bwd_grad` in the tiled
+    /// build (the layout of kernels/mamba2/ssd_bwd_tiled.cuh, which asserts the
+    /// same numbers); zero for v1 and v2 (static arrays only).
+    pub fn tiled_smem_bytes(&self) -> (usize, usize) {
+        if !self.tiled {
+            return (0, 0);
+        }
+        let (q, p, n, threads) = (
+            self.chunk,
+            self.head_dim,
+            self.d_state,
+            BWD_THREADS as usize,
+        );
+        let (ld, ldp, ldn) = (64 + 4, p + 4, n + 4);
+        let chunk = 2 * q + 2 * q * ldp + 2 * q * ldn;
+        let stage = (2 * q + 2 * p) * ld;
+        let results = 2 * q * ldp + q * ld;
+        let grad = 8 * q + threads + 2 * q * ldp + 2 * q * ld + stage.max(results);
+        (4 * chunk, 4 * grad)
     }
 
     /// The same configuration with the tensor-core `S C` / `G B` of
@@ -125,6 +176,9 @@ impl BwdConfig {
                  split into three bf16 parts)",
                 self.dtype
             )));
+        }
+        if on {
+            self.tiled = false;
         }
         if on && (self.d_state % 16 != 0 || self.head_dim % 8 != 0) {
             return Err(unsupported(format!(
@@ -170,18 +224,28 @@ impl BwdConfig {
         if self.tensor_cores {
             defines.push(("SSD_BWD_MMA", "1".to_string()));
         }
+        if self.tiled {
+            let (chunk, grad) = self.tiled_smem_bytes();
+            defines.push(("SSD_BWD_TILED", "1".to_string()));
+            defines.push(("SSD_BWD_CHUNK_SMEM", chunk.to_string()));
+            defines.push(("SSD_BWD_GRAD_SMEM", grad.to_string()));
+        }
         defines
     }
 
-    /// A stable name, e.g. `bf16.q64.n128.p64` (`.mma` with tensor cores).
+    /// A stable name, e.g. `bf16.q64.n128.p64` (`.mma` with tensor cores,
+    /// `.tiled` on the v3 kernels).
     pub fn label(&self) -> String {
+        let version = if self.tensor_cores {
+            ".mma"
+        } else if self.tiled {
+            ".tiled"
+        } else {
+            ""
+        };
         format!(
-            "{}.q{}.n{}.p{}{}",
-            self.dtype,
-            self.chunk,
-            self.d_state,
-            self.head_dim,
-            if self.tensor_cores { ".mma" } else { "" }
+            "{}.q{}.n{}.p{}{version}",
+            self.dtype, self.chunk, self.d_state, self.head_dim
         )
     }
 
@@ -418,6 +482,33 @@ impl SsdBwdPlan {
         }
         let config = BwdConfig::new(dtype, &dims, features, d_final, chunk)?
             .with_tensor_cores(tensor_cores)?;
+        Self::with_config(gpu, config, dims, dt_limit, cu_seqlens)
+    }
+
+    /// Plan with an explicit kernel configuration (e.g. v1's loops through
+    /// [`BwdConfig::with_tiled`]`(false)`, for comparisons); the shape checks
+    /// of [`SsdBwdPlan::for_shapes`].
+    pub fn with_config(
+        gpu: &Gpu,
+        config: BwdConfig,
+        dims: SsdDims,
+        dt_limit: (f32, f32),
+        cu_seqlens: Option<&[i64]>,
+    ) -> Result<Self> {
+        super::plan::check_shapes(&dims, dt_limit, cu_seqlens)?;
+        if config.d_state != dims.d_state || config.head_dim != dims.head_dim {
+            return Err(unsupported(format!(
+                "a backward configuration for d_state = {}, head_dim = {} on a problem with {}, {}",
+                config.d_state, config.head_dim, dims.d_state, dims.head_dim
+            )));
+        }
+        if config.d_final && !config.features.final_states {
+            return Err(SsmError::Dimension {
+                arg: "d_final_states",
+                reason: "given, but the forward returns no final states".into(),
+            });
+        }
+        let chunk = config.chunk;
         if dims.batch * dims.seqlen == 0 {
             return Err(unsupported(
                 "launching the backward on L = 0 (ssd_backward_cuda handles it without a launch)"
@@ -439,11 +530,27 @@ impl SsdBwdPlan {
             "cu_seqlens",
             checked("cu_seqlens", &[seqs.len(), dims.heads])?,
         )?;
-        let kernels = config
+        let (chunk_smem, grad_smem) = config.tiled_smem_bytes();
+        let optin = gpu.max_smem_per_block_optin()? as usize;
+        if chunk_smem.max(grad_smem) > optin {
+            return Err(unsupported(format!(
+                "the tiled backward at head_dim = {}, d_state = {}: {} bytes of shared memory \
+                 per block, the device allows {optin}",
+                dims.head_dim,
+                dims.d_state,
+                chunk_smem.max(grad_smem)
+            )));
+        }
+        let mut kernels = config
             .variants()
             .iter()
             .map(|v| gpu.kernel_variant(v).map_err(SsmError::from))
             .collect::<Result<Vec<_>>>()?;
+        for (kernel, bytes) in [(0, chunk_smem), (3, grad_smem)] {
+            if bytes > 0 {
+                kernels[kernel].set_max_dynamic_smem(bytes as u32)?;
+            }
+        }
         Ok(SsdBwdPlan {
             context: gpu.context_id(),
             config,
@@ -712,14 +819,16 @@ impl SsdBwdPlan {
             bc_elems.div_ceil(BWD_THREADS as usize).clamp(1, 132 * 64),
             (d.heads * (2 + d.head_dim)).div_ceil(BWD_THREADS as usize),
         ];
-        for (kernel, grid) in self.kernels.iter().zip(grids) {
+        let (chunk_smem, grad_smem) = self.config.tiled_smem_bytes();
+        let smem = [chunk_smem, 0, 0, grad_smem, 0, 0];
+        for ((kernel, grid), smem) in self.kernels.iter().zip(grids).zip(smem) {
             if grid == 0 {
                 continue;
             }
             let cfg = LaunchConfig {
                 grid_dim: (grid_of("seqlen", grid)?, 1, 1),
                 block_dim: (BWD_THREADS, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: smem as u32,
             };
             let mut b = stream.launch_builder(&kernel.func);
             b.arg(&args);
@@ -846,6 +955,20 @@ pub fn ssd_bwd_kernel_variants() -> Vec<KernelVariant> {
         (DType::F32, 128, 64, 64),
     ] {
         if let Ok(c) = BwdConfig::new(dtype, &dims(n, p), SsdFeatures::all(), true, q) {
+            // v1's loops, and the tiled v3 where it takes the shape.
+            if let Ok(simt) = c.with_tiled(false) {
+                v.extend(simt.variants());
+            }
+            if let Ok(tiled) = c.with_tiled(true) {
+                v.extend(tiled.variants());
+            }
+        }
+    }
+    // The tiled v3 at M2-groups' head (P = N = 128) and at the largest state.
+    for (n, p) in [(128, 128), (256, 128)] {
+        if let Ok(c) = BwdConfig::new(DType::Bf16, &dims(n, p), SsdFeatures::all(), true, 64)
+            .and_then(|c| c.with_tiled(true))
+        {
             v.extend(c.variants());
         }
     }

@@ -1,0 +1,531 @@
+// v3 of the SSD backward's two heavy stages (included by ssd_bwd.cu with
+// SSD_BWD_TILED=1; notes: docs/kernels/mamba2-ssd-bwd.md, "v3"). Same entry
+// points, grids, workspaces and arithmetic (f32, the formulas of
+// docs/BACKWARD-SSD.md §5) as v1's ssd_bwd_chunk and ssd_bwd_grad, restructured
+// so that every product is a shared-memory tile product:
+//
+//   ssd_bwd_chunk  the chunk's x, d_out silu(z), B and C staged once in shared
+//                  memory (pre-scaled by the decay weights); R_c and the
+//                  C-term_c as (P x Q) (Q x N) products.
+//   ssd_bwd_grad   dy, x, C B^T o E and dy x^T staged per block; S C and G B,
+//                  dx, the pre-gate y (for dz), per-head dC and dB as tile
+//                  products over N tiles of 64 staged with S and G; the
+//                  log-decay gradients from row prefix sums of the pair terms.
+//
+// Every product goes through `tile_mm`: a 64 x 64 output tile over the block's
+// 256 threads, each thread holding a 4 x 4 register tile and reading four
+// float4 of each operand per four k-steps (8 LDS.128 for 64 FMA). v1 read its
+// operands per element through L1 with 32-way strided lanes and recomputed a
+// decay per multiply-add, which is what made it 160 ms at M2-2.7B.
+//
+// Deterministic: every element has one writer and every sum runs in a fixed
+// order (k in order inside tile_mm, fixed shuffle trees, rows and columns in
+// index order), so reruns are bit-identical (the bits differ from v1's: the
+// order of the sums is not v1's).
+//
+// Scope: Q = 64, P 64 or 128, N a multiple of 64 up to 256 (BwdConfig routes
+// other shapes to v1 and says so).
+
+namespace ssd_bwd3 {
+using ssd_bwd::N;
+using ssd_bwd::NT;
+using ssd_bwd::P;
+using ssd_bwd::Q;
+static_assert(Q == 64, "the tiled backward runs chunks of 64");
+static_assert(P % 64 == 0 && P <= 128, "the tiled backward needs P = 64 or 128");
+static_assert(N % 64 == 0 && N <= 256, "the tiled backward needs N a multiple of 64, at most 256");
+static_assert(NT == 256, "tile_mm spreads a 64 x 64 tile over 256 threads");
+
+// Row strides in floats: 4 (mod 32) so that the rows a quarter-warp reads with
+// LDS.128 fall in distinct banks, and a multiple of 4 for 16-byte alignment.
+constexpr int LD = 64 + 4;
+constexpr int LDP = P + 4;
+constexpr int LDN = N + 4;
+constexpr int PT = P / 64;  // 64-wide tiles of the head dimension
+constexpr int NTL = N / 64;  // 64-wide tiles of the state dimension
+
+// ssd_bwd_chunk's shared memory (floats): s, dt'; x and dy pre-scaled, (Q, P);
+// B and C, (Q, N).
+constexpr int CHUNK_SMEM_FLOATS = 2 * Q + 2 * Q * LDP + 2 * Q * LDN;
+// ssd_bwd_grad's (floats): 8 per-token vectors, a 256-float reduction buffer;
+// dy and x (Q, P); C B^T o E and dy x^T (later W), (Q, Q); then a region that
+// holds, in turn, the N-tile stage (C, B: (Q, 64); S, G: (P, 64)) and the
+// results S C, G B (Q, P) with the row prefix sums of the pair terms (Q, Q).
+constexpr int STAGE_FLOATS = (2 * Q + 2 * P) * LD;
+constexpr int RESULT_FLOATS = 2 * Q * LDP + Q * LD;
+constexpr int REGION_FLOATS = STAGE_FLOATS > RESULT_FLOATS ? STAGE_FLOATS : RESULT_FLOATS;
+constexpr int GRAD_SMEM_FLOATS = 8 * Q + NT + 2 * Q * LDP + 2 * Q * LD + REGION_FLOATS;
+constexpr int CHUNK_SMEM_BYTES = 4 * CHUNK_SMEM_FLOATS;
+constexpr int GRAD_SMEM_BYTES = 4 * GRAD_SMEM_FLOATS;
+// The host computes the same sizes (BwdConfig::tiled_smem_bytes in
+// crates/mamba2-ssd/src/cuda/backward.rs) and passes them: a layout change on
+// one side only fails to compile.
+#if defined(SSD_BWD_CHUNK_SMEM) && defined(SSD_BWD_GRAD_SMEM)
+static_assert(SSD_BWD_CHUNK_SMEM == CHUNK_SMEM_BYTES, "ssd_bwd_chunk smem: host and kernel disagree");
+static_assert(SSD_BWD_GRAD_SMEM == GRAD_SMEM_BYTES, "ssd_bwd_grad smem: host and kernel disagree");
+#endif
+
+SSD_DEV float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+SSD_DEV void st4(float* p, float a, float b, float c, float d) {
+    float4 v;
+    v.x = a;
+    v.y = b;
+    v.z = c;
+    v.w = d;
+    *reinterpret_cast<float4*>(p) = v;
+}
+SSD_DEV float lane4(const float4& v, int u) { return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; }
+
+// This thread's place in a 64 x 64 tile: rows 4 ti .. 4 ti + 3 (a quad; ti is
+// uniform over 16 lanes, so A's reads are broadcasts); columns by tj, a quad
+// 4 tj .. 4 tj + 3 when B is stored n-contiguous, or tj + 16 c when B is stored
+// k-contiguous (then consecutive lanes read consecutive rows of B).
+SSD_DEV int tile_row(int r) { return 4 * (int)(threadIdx.x / 16) + r; }
+template <bool B_KMAJOR>
+SSD_DEV int tile_col(int c) {
+    const int tj = threadIdx.x % 16;
+    return B_KMAJOR ? tj + 16 * c : 4 * tj + c;
+}
+
+// acc[r][c] += sum_{k < K} A(tile_row(r), k) ks[k] B(k, tile_col(c)), k in order.
+// A(m, k) is A[m lda + k] when A_KMAJOR, else A[k lda + m]; B(k, n) is
+// B[n ldb + k] when B_KMAJOR, else B[k ldb + n]. K % 4 == 0; lda, ldb % 4 == 0.
+template <bool A_KMAJOR, bool B_KMAJOR, bool KSCALE>
+SSD_DEV void tile_mm(float acc[4][4], const float* A, int lda, const float* Bm, int ldb, int K,
+                     const float* ks) {
+    const int m0 = tile_row(0);
+    const int tj = threadIdx.x % 16;
+    for (int k = 0; k < K; k += 4) {
+        float a[4][4], b[4][4];  // a[r][u] = A(m0 + r, k + u) ks[k + u], b[c][u] = B(k + u, col c)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float4 v = A_KMAJOR ? ld4(A + (m0 + i) * lda + k) : ld4(A + (k + i) * lda + m0);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                if (A_KMAJOR)
+                    a[i][j] = lane4(v, j);
+                else
+                    a[j][i] = lane4(v, j);
+            }
+        }
+        if (KSCALE) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const float s = ks[k + u];
+#pragma unroll
+                for (int r = 0; r < 4; ++r) a[r][u] *= s;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float4 v = B_KMAJOR ? ld4(Bm + (tj + 16 * i) * ldb + k) : ld4(Bm + (k + i) * ldb + 4 * tj);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                if (B_KMAJOR)
+                    b[i][j] = lane4(v, j);
+                else
+                    b[j][i] = lane4(v, j);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+#pragma unroll
+                for (int u = 0; u < 4; ++u) acc[r][c] = fmaf(a[r][u], b[c][u], acc[r][c]);
+    }
+}
+
+SSD_DEV void tile_zero(float acc[4][4]) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+}
+
+// dt' and the in-chunk cumulative log2 decay s of one chunk (warp 0, as v1),
+// into s_c, dt_c (zero past the chunk), and to the workspaces when `publish`.
+SSD_DEV void chunk_decays(const SsdBwdArgs& a, i64 tok, int len, int h, float* s_c, float* dt_c,
+                          bool publish) {
+    const int tid = threadIdx.x;
+    const int H = a.H;
+    if (tid >= 32) return;
+    const float A2 = a.A[h] * SSD_LOG2E;
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+    constexpr int V = Q / 32;
+    float dtp[V], pre[V];
+    float run = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = tid * V + v;
+        dtp[v] = j < len ? ssd_dt(ssd_bwd::ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
+        run += dtp[v] * A2;
+        pre[v] = run;
+    }
+    float incl = run;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (tid >= o) incl += up;
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = tid * V + v;
+        const float s = incl - run + pre[v];
+        s_c[j] = s;
+        dt_c[j] = dtp[v];
+        if (publish && j < len) {
+            a.ws_dt[(tok + j) * H + h] = dtp[v];
+            a.ws_cum[(tok + j) * H + h] = s;
+        }
+    }
+}
+
+// d_out silu(z) at `off` (the gradient that reaches y).
+SSD_DEV float dy_at(const SsdBwdArgs& a, i64 off) {
+    float v = ssd_bwd::ld(a.dout, off);
+#if SSD_HAS_Z
+    v *= silu(ssd_bwd::ld(a.z, off));
+#endif
+    return v;
+}
+
+}  // namespace ssd_bwd3
+
+#ifdef SSD_EMULATE
+#define BWD3_SMEM float* const smem3 = reinterpret_cast<float*>(emu::shared_memory())
+#else
+#define BWD3_SMEM                                   \
+    extern __shared__ __align__(16) float smem3_[]; \
+    float* const smem3 = smem3_
+#endif
+
+// Stages A + C (v3): per (chunk, head).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs a) {
+    using namespace ssd_bwd3;
+    BWD3_SMEM;
+    float* const s_c = smem3;
+    float* const dt_c = s_c + Q;
+    float* const xw = dt_c + Q;          // (Q, LDP): exp2(q - s_j) dt'_j x_j
+    float* const dye = xw + Q * LDP;     // (Q, LDP): exp2(s_j) dy_j
+    float* const bs = dye + Q * LDP;     // (Q, LDN)
+    float* const cs = bs + Q * LDN;      // (Q, LDN)
+    const int tid = threadIdx.x;
+    const int H = a.H, G = a.G;
+    const i64 c = blockIdx.x / H;
+    const int h = blockIdx.x % H;
+    const int g = h / (H / G);
+    const i64 tok = a.chunks[2 * c];
+    const int len = (int)a.chunks[2 * c + 1];
+    const i64 HP = (i64)H * P, GN = (i64)G * N;
+
+    chunk_decays(a, tok, len, h, s_c, dt_c, true);
+    __syncthreads();
+    const float q = s_c[len - 1];
+    for (int e = tid; e < Q * P; e += NT) {
+        const int j = e / P, p = e % P;
+        float xv = 0.0f, dv = 0.0f;
+        if (j < len) {
+            const i64 off = (tok + j) * HP + (i64)h * P + p;
+            xv = exp2f(q - s_c[j]) * dt_c[j] * ssd_bwd::ld(a.x, off);
+            dv = exp2f(s_c[j]) * dy_at(a, off);
+        }
+        xw[j * LDP + p] = xv;
+        dye[j * LDP + p] = dv;
+    }
+    for (int e = tid; e < Q * N; e += NT) {
+        const int j = e / N, n = e % N;
+        const i64 off = (tok + j) * GN + (i64)g * N + n;
+        bs[j * LDN + n] = j < len ? ssd_bwd::ld(a.B, off) : 0.0f;
+        cs[j * LDN + n] = j < len ? ssd_bwd::ld(a.C, off) : 0.0f;
+    }
+    __syncthreads();
+    float* R = a.ws_S + (c * H + h) * ssd_bwd::PN;
+    float* Ct = a.ws_G + (c * H + h) * ssd_bwd::PN;
+    for (int pt = 0; pt < PT; ++pt) {
+        for (int nt = 0; nt < NTL; ++nt) {
+            float r[4][4], t[4][4];
+            tile_zero(r);
+            tile_zero(t);
+            // R(p, n) = sum_j xw(j, p) B(j, n); C-term(p, n) = sum_j dye(j, p) C(j, n).
+            tile_mm<false, false, false>(r, xw + pt * 64, LDP, bs + nt * 64, LDN, Q, nullptr);
+            tile_mm<false, false, false>(t, dye + pt * 64, LDP, cs + nt * 64, LDN, Q, nullptr);
+            for (int i = 0; i < 4; ++i) {
+                const i64 row = (i64)(pt * 64 + tile_row(i)) * N + nt * 64 + tile_col<false>(0);
+                st4(R + row, r[i][0], r[i][1], r[i][2], r[i][3]);
+                st4(Ct + row, t[i][0], t[i][1], t[i][2], t[i][3]);
+            }
+        }
+    }
+}
+
+// Stage E (v3): per (chunk, head).
+extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs a) {
+    using namespace ssd_bwd3;
+    BWD3_SMEM;
+    float* const s_c = smem3;
+    float* const dt_c = s_c + Q;
+    float* const w_c = dt_c + Q;    // exp2(q - s_j) dt'_j
+    float* const ex_c = w_c + Q;    // exp2(s_i)
+    float* const e_c = ex_c + Q;    // exp2(s_i) dy_i . (S C_i)
+    float* const f_c = e_c + Q;     // exp2(q - s_j) x_j . (G B_j)
+    float* const ddt_c = f_c + Q;   // direct d dt', then the raw-dt gradient
+    float* const da_c = ddt_c + Q;  // log-decay gradients
+    float* const red = da_c + Q;    // (NT)
+    float* const dys = red + NT;    // (Q, LDP)
+    float* const xs = dys + Q * LDP;  // (Q, LDP)
+    float* const mx = xs + Q * LDP;   // (Q, LD): C_i . B_j exp2(s_i - s_j), j <= i < len
+    float* const gx = mx + Q * LD;    // (Q, LD): dy_i . x_j, later W_ij = exp2(s_i - s_j) dt'_j gx_ij
+    float* const region = gx + Q * LD;
+    // The N-tile stage ...
+    float* const ct = region;         // (Q, LD): C(i, n0 + n)
+    float* const bt = ct + Q * LD;    // (Q, LD): B(j, n0 + n)
+    float* const st = bt + Q * LD;    // (P, LD): S(p, n0 + n)
+    float* const gt = st + P * LD;    // (P, LD): G(p, n0 + n)
+    // ... and, between the two N-tile loops, the results.
+    float* const scs = region;          // (Q, LDP): S C_i
+    float* const gbs = scs + Q * LDP;   // (Q, LDP): G B_j
+    float* const rp = gbs + Q * LDP;    // (Q, LD): row prefix sums of the pair terms
+
+    const int tid = threadIdx.x;
+    const int H = a.H, G = a.G;
+    const i64 c = blockIdx.x / H;
+    const int h = blockIdx.x % H;
+    const int g = h / (H / G);
+    const i64 tok = a.chunks[2 * c];
+    const int len = (int)a.chunks[2 * c + 1];
+    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    const i64 hp0 = (i64)h * P;
+    const float* S = a.ws_S + (c * H + h) * ssd_bwd::PN;
+    const float* Gr = a.ws_G + (c * H + h) * ssd_bwd::PN;
+    const float* cb = a.ws_cb + (c * G + g) * Q * Q;
+
+    // 1. Per-token vectors; dy and x; C B^T o E (masked to j <= i < len).
+    for (int i = tid; i < Q; i += NT) {
+        s_c[i] = i < len ? a.ws_cum[(tok + i) * H + h] : 0.0f;
+        dt_c[i] = i < len ? a.ws_dt[(tok + i) * H + h] : 0.0f;
+    }
+    for (int e = tid; e < Q * P; e += NT) {
+        const int i = e / P, p = e % P;
+        float dv = 0.0f, xv = 0.0f;
+        if (i < len) {
+            const i64 off = (tok + i) * HP + hp0 + p;
+            dv = dy_at(a, off);
+            xv = ssd_bwd::ld(a.x, off);
+        }
+        dys[i * LDP + p] = dv;
+        xs[i * LDP + p] = xv;
+    }
+    __syncthreads();
+    const float q = s_c[len - 1];
+    for (int i = tid; i < Q; i += NT) {
+        w_c[i] = i < len ? exp2f(q - s_c[i]) * dt_c[i] : 0.0f;
+        ex_c[i] = i < len ? exp2f(s_c[i]) : 0.0f;
+    }
+    for (int e = tid; e < Q * Q; e += NT) {
+        const int i = e / Q, j = e % Q;
+        mx[i * LD + j] = (j <= i && i < len) ? cb[i * Q + j] * exp2f(s_c[i] - s_c[j]) : 0.0f;
+    }
+
+    // 2. gx = dy x^T.
+    {
+        float acc[4][4];
+        tile_zero(acc);
+        tile_mm<true, true, false>(acc, dys, LDP, xs, LDP, P, nullptr);
+        for (int r = 0; r < 4; ++r)
+            for (int cc = 0; cc < 4; ++cc) gx[tile_row(r) * LD + tile_col<true>(cc)] = acc[r][cc];
+    }
+
+    // 3. S C and G B over the N tiles, with the carried term's <G, S>.
+    // Kept in registers: every loop over pt is unrolled (an indexed array would
+    // go to the stack).
+    float sc[PT][4][4], gb[PT][4][4];
+#pragma unroll
+    for (int pt = 0; pt < PT; ++pt) {
+        tile_zero(sc[pt]);
+        tile_zero(gb[pt]);
+    }
+    float gs_part = 0.0f;
+    for (int nt = 0; nt < NTL; ++nt) {
+        const int n0 = nt * 64;
+        for (int e = tid; e < Q * 64; e += NT) {
+            const int i = e / 64, n = e % 64;
+            const i64 off = (tok + i) * GN + (i64)g * N + n0 + n;
+            ct[i * LD + n] = i < len ? ssd_bwd::ld(a.C, off) : 0.0f;
+            bt[i * LD + n] = i < len ? ssd_bwd::ld(a.B, off) : 0.0f;
+        }
+        for (int e = tid; e < P * 64; e += NT) {
+            const int p = e / 64, n = e % 64;
+            const float sv = S[(i64)p * N + n0 + n], gv = Gr[(i64)p * N + n0 + n];
+            st[p * LD + n] = sv;
+            gt[p * LD + n] = gv;
+            gs_part += gv * sv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int pt = 0; pt < PT; ++pt) {
+            // SC(i, p) = sum_n C(i, n) S(p, n); GB(j, p) = sum_n B(j, n) G(p, n).
+            tile_mm<true, true, false>(sc[pt], ct, LD, st + pt * 64 * LD, LD, 64, nullptr);
+            tile_mm<true, true, false>(gb[pt], bt, LD, gt + pt * 64 * LD, LD, 64, nullptr);
+        }
+        __syncthreads();
+    }
+    const float carried = exp2f(q) * ssd_bwd::block_sum(gs_part, red);
+#pragma unroll
+    for (int pt = 0; pt < PT; ++pt)
+        for (int r = 0; r < 4; ++r)
+            for (int cc = 0; cc < 4; ++cc) {
+                const int idx = tile_row(r) * LDP + pt * 64 + tile_col<true>(cc);
+                scs[idx] = sc[pt][r][cc];
+                gbs[idx] = gb[pt][r][cc];
+            }
+    __syncthreads();
+
+    // 4. e_i and f_j: four lanes per row, a fixed shuffle tree.
+    {
+        const int row = tid / 4, part = tid % 4;
+        float ei = 0.0f, fi = 0.0f;
+        for (int p = part; p < P; p += 4) {
+            ei += dys[row * LDP + p] * scs[row * LDP + p];
+            fi += xs[row * LDP + p] * gbs[row * LDP + p];
+        }
+        ei += __shfl_xor_sync(0xffffffffu, ei, 1);
+        fi += __shfl_xor_sync(0xffffffffu, fi, 1);
+        ei += __shfl_xor_sync(0xffffffffu, ei, 2);
+        fi += __shfl_xor_sync(0xffffffffu, fi, 2);
+        if (part == 0) {
+            e_c[row] = row < len ? ex_c[row] * ei : 0.0f;
+            f_c[row] = row < len ? exp2f(q - s_c[row]) * fi : 0.0f;
+        }
+    }
+    // Row prefix sums of the pair terms, rp(i, k) = sum_{j < k} mx_ij dt'_j gx_ij.
+    for (int i = tid; i < Q; i += NT) {
+        float run = 0.0f;
+        for (int k = 0; k < Q; ++k) {
+            rp[i * LD + k] = run;
+            run += mx[i * LD + k] * dt_c[k] * gx[i * LD + k];
+        }
+    }
+    __syncthreads();
+
+    // 5. Direct d dt'_k and the log-decay gradients da_k (docs/BACKWARD-SSD.md §5:
+    //    each summed from its own terms).
+    for (int k = tid; k < Q; k += NT) {
+        float direct = f_c[k], pair = 0.0f, suffix = 0.0f, prefix = 0.0f;
+        for (int i = k; i < Q; ++i) {
+            direct += mx[i * LD + k] * gx[i * LD + k];
+            pair += rp[i * LD + k];
+            suffix += e_c[i];
+        }
+        for (int j = 0; j < k; ++j) prefix += dt_c[j] * f_c[j];
+        ddt_c[k] = k < len ? direct : 0.0f;
+        da_c[k] = k < len ? pair + suffix + carried + prefix : 0.0f;
+    }
+    __syncthreads();
+    // W_ij = exp2(s_i - s_j) dt'_j gx_ij, j <= i < len (in place of gx).
+    for (int e = tid; e < Q * Q; e += NT) {
+        const int i = e / Q, j = e % Q;
+        gx[i * LD + j] = (j <= i && i < len) ? exp2f(s_c[i] - s_c[j]) * dt_c[j] * gx[i * LD + j] : 0.0f;
+    }
+
+    // 6. dx and dz.
+    for (int pt = 0; pt < PT; ++pt) {
+        float dxa[4][4], ya[4][4];
+        tile_zero(dxa);
+        tile_zero(ya);
+        // sum_i mx(i, j) dy(i, p); sum_k mx(j, k) dt'_k x(k, p).
+        tile_mm<false, false, false>(dxa, mx, LD, dys + pt * 64, LDP, Q, nullptr);
+#if SSD_HAS_Z
+        tile_mm<true, false, true>(ya, mx, LD, xs + pt * 64, LDP, Q, dt_c);
+#endif
+        for (int r = 0; r < 4; ++r) {
+            const int j = tile_row(r);
+            if (j >= len) continue;
+            for (int cc = 0; cc < 4; ++cc) {
+                const int p = pt * 64 + tile_col<false>(cc);
+                const i64 off = (tok + j) * HP + hp0 + p;
+#if SSD_D_MODE == 1
+                const float dsk = a.D[h];
+#elif SSD_D_MODE == 2
+                const float dsk = a.D[h * P + p];
+#else
+                const float dsk = 0.0f;
+#endif
+                const float dxv = dsk * dys[j * LDP + p] + w_c[j] * gbs[j * LDP + p] + dt_c[j] * dxa[r][cc];
+                store_elem(a.dx + off, dxv);
+#if SSD_HAS_Z
+                const float y = ex_c[j] * scs[j * LDP + p] + ya[r][cc] + dsk * xs[j * LDP + p];
+                store_elem(a.dz + off, ssd_bwd::ld(a.dout, off) * y * ssd_bwd::silu_grad(ssd_bwd::ld(a.z, off)));
+#endif
+            }
+        }
+    }
+    __syncthreads();  // the results region becomes the stage again
+
+    // 7. Per-head dC and dB over the N tiles.
+    for (int nt = 0; nt < NTL; ++nt) {
+        const int n0 = nt * 64;
+        for (int e = tid; e < Q * 64; e += NT) {
+            const int i = e / 64, n = e % 64;
+            const i64 off = (tok + i) * GN + (i64)g * N + n0 + n;
+            ct[i * LD + n] = i < len ? ssd_bwd::ld(a.C, off) : 0.0f;
+            bt[i * LD + n] = i < len ? ssd_bwd::ld(a.B, off) : 0.0f;
+        }
+        for (int e = tid; e < P * 64; e += NT) {
+            const int p = e / 64, n = e % 64;
+            st[p * LD + n] = S[(i64)p * N + n0 + n];
+            gt[p * LD + n] = Gr[(i64)p * N + n0 + n];
+        }
+        __syncthreads();
+        float dc[4][4], db[4][4];
+        tile_zero(dc);
+        tile_zero(db);
+        // exp2(s_i) sum_p dy(i, p) S(p, n); w_j sum_p x(j, p) G(p, n).
+        tile_mm<true, false, false>(dc, dys, LDP, st, LD, P, nullptr);
+        tile_mm<true, false, false>(db, xs, LDP, gt, LD, P, nullptr);
+        for (int r = 0; r < 4; ++r)
+            for (int cc = 0; cc < 4; ++cc) {
+                dc[r][cc] *= ex_c[tile_row(r)];
+                db[r][cc] *= w_c[tile_row(r)];
+            }
+        // + sum_j W(i, j) B(j, n); + sum_i W(i, j) C(i, n).
+        tile_mm<true, false, false>(dc, gx, LD, bt, LD, Q, nullptr);
+        tile_mm<false, false, false>(db, gx, LD, ct, LD, Q, nullptr);
+        for (int r = 0; r < 4; ++r) {
+            const int i = tile_row(r);
+            if (i >= len) continue;
+            const i64 row = ((tok + i) * H + h) * N + n0 + tile_col<false>(0);
+            st4(a.ws_dch + row, dc[r][0], dc[r][1], dc[r][2], dc[r][3]);
+            st4(a.ws_dbh + row, db[r][0], db[r][1], db[r][2], db[r][3]);
+        }
+        __syncthreads();
+    }
+
+    // 8. The dt chain (per token), then the partials in a fixed order (as v1).
+    const float A = a.A[h];
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+    for (int k = tid; k < len; k += NT) {
+        const float d_prime = ddt_c[k] + A * da_c[k];
+        const float raw = ssd_bwd::ld(a.dt, (tok + k) * H + h);
+        const float d_raw = d_prime * ssd_bwd::dt_grad_factor(raw, bias, a.dt_min, a.dt_max);
+        store_elem(a.ddt + (tok + k) * H + h, d_raw);
+        ddt_c[k] = d_raw;
+    }
+    __syncthreads();
+    float* part_out = a.ws_part + c * (i64)H * (2 + P);
+    if (tid == 0) {
+        float da_h = 0.0f, db_h = 0.0f;
+        for (int k = len - 1; k >= 0; --k) {
+            da_h += dt_c[k] * da_c[k];
+            db_h += ddt_c[k];
+        }
+        part_out[h] = da_h;
+        part_out[H + h] = db_h;
+    }
+    for (int p = tid; p < P; p += NT) {
+        float acc = 0.0f;
+#if SSD_D_MODE != 0
+        for (int i = 0; i < len; ++i) acc += dys[i * LDP + p] * xs[i * LDP + p];
+#endif
+        part_out[2 * H + h * P + p] = acc;
+    }
+}
