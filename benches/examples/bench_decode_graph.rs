@@ -105,25 +105,42 @@ fn launcher<'a>(
     }
 }
 
+/// (tiling, graph-replay median µs per step) of each candidate.
+type Sweep = Vec<(String, f64)>;
+
 /// Graph-replay median per step of every candidate tiling of `case`'s family,
-/// each checked against the f64 oracle first (a failing one is an error).
-fn sweep_tilings(gpu: &Gpu, case: &Case, args: &Args) -> Result<Vec<(String, f64)>, String> {
+/// each checked against the f64 oracle first and its outputs checked finite
+/// after the replays. A tiling that fails (or cannot be launched or captured)
+/// is reported in the second list and timed as NaN; the others still run.
+fn sweep_tilings(gpu: &Gpu, case: &Case, args: &Args) -> Result<(Sweep, Vec<String>), String> {
     let works = prepare_decode_tilings(gpu, case, 1).map_err(|e| e.to_string())?;
-    let mut sweep = Vec::new();
+    let (mut sweep, mut errors) = (Vec::new(), Vec::new());
     for (tiling, mut work) in works {
-        let check = work.verify(gpu).map_err(|e| format!("{tiling}: {e}"))?;
-        if !check.passed {
-            return Err(format!(
-                "{tiling}: FAILED the f64 oracle: rel L2 {:.3e} > {:.3e}",
-                check.rel_l2, check.budget
-            ));
+        let timed = (|| -> Result<f64, String> {
+            let check = work.verify(gpu).map_err(|e| e.to_string())?;
+            if !check.passed {
+                return Err(format!(
+                    "FAILED the f64 oracle: rel L2 {:.3e} > {:.3e}",
+                    check.rel_l2, check.budget
+                ));
+            }
+            let t = gpu
+                .time_graph(10, args.iters, args.steps, launcher(work.as_mut(), gpu))
+                .map_err(|e| e.to_string())?;
+            match work.bad_outputs(gpu).map_err(|e| e.to_string())? {
+                0 => Ok(t.median_ms * 1e3),
+                n => Err(format!("{n} non-finite outputs after the graph replays")),
+            }
+        })();
+        match timed {
+            Ok(us) => sweep.push((tiling, us)),
+            Err(e) => {
+                errors.push(format!("{tiling}: {e}"));
+                sweep.push((tiling, f64::NAN));
+            }
         }
-        let t = gpu
-            .time_graph(10, args.iters, args.steps, launcher(work.as_mut(), gpu))
-            .map_err(|e| format!("{tiling}: {e}"))?;
-        sweep.push((tiling, t.median_ms * 1e3));
     }
-    Ok(sweep)
+    Ok((sweep, errors))
 }
 
 fn main() -> ExitCode {
@@ -254,7 +271,13 @@ fn main() -> ExitCode {
         let mut row = row;
         if args.tilings {
             match sweep_tilings(&graph_gpu, case, &args) {
-                Ok(sweep) => row.tiling_sweep = sweep,
+                Ok((sweep, errors)) => {
+                    for e in &errors {
+                        eprintln!("{}: tiling sweep: {e}", row.case);
+                    }
+                    failed |= !errors.is_empty();
+                    row.tiling_sweep = sweep;
+                }
                 Err(e) => {
                     eprintln!("{}: tiling sweep: {e}", row.case);
                     failed = true;

@@ -6,8 +6,8 @@
 // their indexing. Needs from the includer D_STATE (N), VEC (floats per access:
 // 4, 2 or 1), TPR (lanes per state row) and WARPS (warps per block) (the host
 // sets them from ssm_gpu::decode::StateLayout); STREAM_STATE (1: evict-first cache
-// hints on the state) and MIN_BLOCKS (blocks per SM ptxas must leave room for)
-// default to 0 and 1. to_f32 comes from kernels/common/types.cuh.
+// hints on the state), MIN_BLOCKS (blocks per SM ptxas must leave room for) and
+// DEPENDENT_LAUNCH (1: a programmatic dependent launch) default to 0, 1 and 0. to_f32 comes from kernels/common/types.cuh.
 #pragma once
 
 #include "math.cuh"
@@ -22,6 +22,27 @@
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1
 #endif
+#ifndef DEPENDENT_LAUNCH
+#define DEPENDENT_LAUNCH 0
+#endif
+
+// Programmatic dependent launch (DEPENDENT_LAUNCH = 1, launched with
+// cuLaunchKernelEx's programmatic stream serialization by ssm_gpu::decode): the
+// grid may start while the stream's previous kernel still runs, so it must wait
+// for that kernel (and its memory) before its first global access; and it lets
+// the stream's next kernel start as soon as every block of this one is running.
+// sm_90+ only (the host launches older devices the ordinary way); no-ops when
+// the launch had no such attribute.
+__device__ __forceinline__ void decode_allow_dependents() {
+#if DEPENDENT_LAUNCH && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void decode_wait_for_predecessor() {
+#if DEPENDENT_LAUNCH && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // ---------------------------------------------------------------------------
 // Lane geometry: a state row of N floats is spread over TPR lanes, each holding

@@ -155,6 +155,9 @@ __device__ __forceinline__ long long cache_row(const Mamba1DecodeArgs& a, long l
 // blocks stream neighbouring memory.
 template <typename T>
 __device__ __forceinline__ void decode_step(const Mamba1DecodeArgs& a) {
+    // DEPENDENT_LAUNCH (common/decode_state.cuh): nothing is read before the wait.
+    decode_allow_dependents();
+    decode_wait_for_predecessor();
     const long long Din = a.d_inner;
     // 32-bit division: the host checks that the grid and D_in fit in 31 bits.
     const unsigned ctiles = ((unsigned)Din + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK;

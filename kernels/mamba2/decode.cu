@@ -29,6 +29,7 @@
 //   WARPS         warps per block
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
 //   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
+//   DEPENDENT_LAUNCH 1: a programmatic dependent launch (common/decode_state.cuh)
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(ROWS) || !defined(WARPS)
 #error "mamba2/decode.cu needs D_STATE, VEC, TPR, ROWS and WARPS defined"
@@ -83,6 +84,7 @@ static_assert(sizeof(Mamba2DecodeArgs) == 144, "Mamba2DecodeArgs layout changed:
 // stream neighbouring memory.
 template <typename T>
 __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
+    decode_allow_dependents();
     const long long P = a.head_dim;
     // 32-bit division: the grid (b * H * tiles blocks) fits in 31 bits (host check).
     const unsigned tiles = ((unsigned)P + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
@@ -112,6 +114,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     // splits this block of loads; the padding test comes after it, and that
     // branch keeps ptxas from scheduling the first use of a load among them.
     // (The state of a row with no cache row is not read: its loads are off.)
+    decode_wait_for_predecessor();  // DEPENDENT_LAUNCH: nothing is read before this
     const long long cache_in = a.state_batch_indices ? a.state_batch_indices[i] : i;
     const bool has_state = cache_in >= 0 && cache_in < a.cache_rows;
     const long long cache = has_state ? cache_in : 0;

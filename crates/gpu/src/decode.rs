@@ -178,6 +178,12 @@ pub struct BlockTiling {
     /// At most this many lanes share a state row (a power of two up to 32); 0:
     /// the widest layout [`StateLayout::for_state`] gives.
     pub max_lanes: usize,
+    /// Programmatic dependent launch (sm_90+): the launch may start while the
+    /// stream's previous kernel is still running, the kernel waits for it
+    /// (`griddepcontrol.wait`) before its first global load, and it lets the
+    /// stream's next kernel start early (`griddepcontrol.launch_dependents`). On
+    /// older devices the launch is an ordinary one.
+    pub dependent_launch: bool,
 }
 
 impl Default for BlockTiling {
@@ -188,6 +194,7 @@ impl Default for BlockTiling {
             streaming_hints: false,
             min_blocks_per_sm: 0,
             max_lanes: 0,
+            dependent_launch: false,
         }
     }
 }
@@ -228,6 +235,9 @@ pub struct BlockGeometry {
     pub streaming_hints: bool,
     /// Blocks per SM ptxas must leave registers for (0: no cap).
     pub min_blocks_per_sm: usize,
+    /// Launched as a programmatic dependent launch (see
+    /// [`BlockTiling::dependent_launch`]).
+    pub dependent_launch: bool,
 }
 
 impl BlockGeometry {
@@ -256,6 +266,7 @@ impl BlockGeometry {
             warps: t.warps,
             streaming_hints: t.streaming_hints,
             min_blocks_per_sm: t.min_blocks_per_sm,
+            dependent_launch: t.dependent_launch,
         })
     }
 
@@ -266,19 +277,24 @@ impl BlockGeometry {
 
     /// The defines both kernels read from `kernels/common/decode_state.cuh`, in
     /// this order: the layout (`D_STATE`, `VEC`, `TPR`), the rows (named
-    /// `rows_define`), warps per block, cache hints, blocks per SM.
+    /// `rows_define`), warps per block, cache hints, blocks per SM, and
+    /// `DEPENDENT_LAUNCH` only when set (the other variants keep their defines).
     pub fn defines(&self, rows_define: &'static str) -> Vec<(&'static str, String)> {
         let mut defines = self.layout.defines(self.d_state);
         defines.push((rows_define, self.rows.to_string()));
         defines.push(("WARPS", self.warps.to_string()));
         defines.push(("STREAM_STATE", u8::from(self.streaming_hints).to_string()));
         defines.push(("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()));
+        if self.dependent_launch {
+            defines.push(("DEPENDENT_LAUNCH", "1".to_string()));
+        }
         defines
     }
 
     /// What a non-default block shape appends to a label:
     /// `.<rows_tag><rows>w<warps>`, `cs` with cache hints, `m<blocks>` with a
-    /// register cap, `l<lanes>` with fewer lanes per row than the widest layout.
+    /// register cap, `l<lanes>` with fewer lanes per row than the widest layout,
+    /// `pdl` for a programmatic dependent launch.
     pub fn label(&self, rows_tag: char) -> String {
         let mut label = format!(
             ".{rows_tag}{}w{}{}",
@@ -291,6 +307,9 @@ impl BlockGeometry {
         }
         if self.layout != StateLayout::for_state(self.d_state) {
             label.push_str(&format!("l{}", self.layout.lanes));
+        }
+        if self.dependent_launch {
+            label.push_str("pdl");
         }
         label
     }
@@ -690,6 +709,12 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
             out: out_ptr,
         },
     );
+    if F::block(g).dependent_launch && supports_dependent_launch(kernel.kernel.arch) {
+        // SAFETY: as below; the kernel was compiled with DEPENDENT_LAUNCH = 1 for
+        // this arch (sm_90+), so it waits for the stream's previous kernel before
+        // its first global load and writes nothing before that.
+        return unsafe { launch_dependent(stream, &kernel.kernel, &raw, cfg) };
+    }
     // SAFETY: the argument struct matches the kernel's (size asserted on both
     // sides); every pointer comes from a live view whose length the family's
     // validate() checked against the shapes, the state, B, C (and A where the
@@ -703,6 +728,65 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     }
     .map_err(backend)?;
     Ok(())
+}
+
+/// Whether modules built for `arch` run where programmatic dependent launch
+/// exists (sm_90 and later; `Compute90` is the PTX newer majors JIT).
+pub fn supports_dependent_launch(arch: crate::Arch) -> bool {
+    matches!(
+        arch,
+        crate::Arch::Sm90 | crate::Arch::Sm90a | crate::Arch::Compute90
+    )
+}
+
+/// `cuLaunchKernelEx` of `kernel` with its one by-value argument `raw` on
+/// `stream`, with programmatic stream serialization allowed (cudarc's launch
+/// builder takes no launch attributes). Stream capture records it as a
+/// programmatic edge.
+///
+/// # Safety
+/// As for any launch: `raw` is the kernel's argument struct with every pointer
+/// valid for what the kernel does, and the kernel waits (`griddepcontrol.wait`)
+/// before touching memory the stream's previous work may still be writing.
+unsafe fn launch_dependent<R: DeviceRepr>(
+    stream: &CudaStream,
+    kernel: &Kernel,
+    raw: &R,
+    cfg: LaunchConfig,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    stream.context().bind_to_thread().map_err(backend)?;
+    // SAFETY: a plain C struct of an enum and a union of integers; all zeros is
+    // a valid value (then the id and the one field read are set).
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // The driver reads the argument through this pointer during the call.
+    let mut params = [raw as *const R as *mut std::ffi::c_void];
+    // SAFETY: the caller's contract; `config`, `attr` and `params` outlive the
+    // call, and the function handle is alive while `kernel` is.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            kernel.func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(backend)
 }
 
 /// One decode step from host slices with the family's default tiling for the

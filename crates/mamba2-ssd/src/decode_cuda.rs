@@ -76,7 +76,8 @@ impl DecodeFamily for Mamba2Decode {
     /// per thread, and cache hints; then the b = 1 candidates (issue 16), all
     /// with hints: half-size blocks (twice the blocks, spread over more SMs),
     /// 8 rows a lane, and a row over 8 lanes instead of 32 (16 floats a lane,
-    /// a 3-step shuffle tree for C . h instead of 5) with 1 or 2 rows a lane.
+    /// a 3-step shuffle tree for C . h instead of 5) with 1 or 2 rows a lane;
+    /// last, the small-batch tiling as a programmatic dependent launch.
     fn candidates() -> Vec<BlockTiling> {
         let base = BlockTiling::default();
         let rows = |rows| BlockTiling { rows, ..base };
@@ -99,6 +100,12 @@ impl DecodeFamily for Mamba2Decode {
                 rows: 2,
                 warps: 2,
                 max_lanes: 8,
+                ..hints
+            },
+            // Programmatic dependent launch: the next step's launch and block
+            // start overlap this one's tail (the graph's node-to-node gap).
+            BlockTiling {
+                dependent_launch: true,
                 ..hints
             },
         ]
@@ -245,6 +252,17 @@ mod tests {
             t,
             "mamba2.decode.bf16.n128.r2w2csl8",
             defines,
+        );
+        let t = DecodeTiling {
+            dependent_launch: true,
+            ..base.with_streaming_hints()
+        };
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::Bf16,
+            128,
+            t,
+            "mamba2.decode.bf16.n128.r4w4cspdl",
+            "D_STATE VEC TPR ROWS WARPS STREAM_STATE MIN_BLOCKS DEPENDENT_LAUNCH",
         );
         // A lane cap at or above the widest layout changes nothing but the tiling.
         let t = DecodeTiling {
