@@ -122,12 +122,7 @@ impl<T: Element> Mamba1Host<T> {
                 None => BcInput::Constant(data),
             }
         }
-        let dims = Mamba1Dims {
-            batch: s.batch,
-            d_inner: s.d_inner,
-            d_state: s.d_state,
-            seqlen: s.seqlen,
-        };
+        let dims = Mamba1Dims::new(s.batch, s.d_inner, s.d_state, s.seqlen);
         let mut p = SelectiveScanParams::new(
             dims,
             &self.u,
@@ -202,14 +197,7 @@ impl<T: Element> SsdHost<T> {
 
     pub fn params(&self) -> SsdParams<'_, T> {
         let s = &self.shape;
-        let dims = SsdDims {
-            batch: s.batch,
-            seqlen: s.seqlen,
-            heads: s.heads,
-            head_dim: s.head_dim,
-            d_state: s.d_state,
-            groups: s.groups,
-        };
+        let dims = SsdDims::new(s.batch, s.seqlen, s.heads, s.head_dim, s.d_state, s.groups);
         let mut p = SsdParams::new(dims, &self.x, &self.dt, &self.a, &self.b, &self.c)
             .with_dt_softplus(s.softplus)
             .with_final_states(s.final_states);

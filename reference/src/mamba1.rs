@@ -27,12 +27,8 @@ use crate::sequence::{gate, load_initial_state, sequences, Sequence};
 /// `out` is `(b, D_in, L)`; final states `(b or num_seqs, D_in, N)` when requested.
 pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<ScanOutput<f64, f64>> {
     let layout = p.validate()?;
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = p.dims;
+    let (batch, d_inner, d_state) = (p.dims.batch, p.dims.d_inner, p.dims.d_state);
+    let seqlen = p.dims.seqlen;
 
     // Every (sequence, channel) is independent: run them in parallel (rayon), each
     // returning its final state and its outputs, then place them.
@@ -94,12 +90,7 @@ fn bc_value<T: Element>(
     n: usize,
     t: usize,
 ) -> f64 {
-    let Mamba1Dims {
-        d_inner,
-        d_state,
-        seqlen,
-        ..
-    } = dims;
+    let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
     match *bc {
         BcInput::Grouped { groups, data } => {
             let g = SelectiveScanParams::<T>::group_of(bc, d_inner, d);
@@ -117,12 +108,7 @@ mod tests {
     use std::f64::consts::LN_2;
 
     fn dims(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Mamba1Dims {
-        Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        }
+        Mamba1Dims::new(batch, d_inner, d_state, seqlen)
     }
 
     /// L = 1 by hand: softplus(0.5 - 0.5) = ln 2 and A = -1 make the decay 1/2.
@@ -201,12 +187,8 @@ mod tests {
         };
         let without = selective_scan(&zero.params()).unwrap();
 
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = problem.dims;
+        let (batch, d_inner) = (problem.dims.batch, problem.dims.d_inner);
+        let (d_state, seqlen) = (problem.dims.d_state, problem.dims.seqlen);
         let (mut want_out, mut want_final) = (Vec::new(), Vec::new());
         for row in 0..batch {
             for d in 0..d_inner {

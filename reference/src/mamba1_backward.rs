@@ -120,12 +120,8 @@ fn backward<T: Element>(
     mode: Mode,
 ) -> Result<ScanGrads<f64, f64>> {
     let layout = grads.validate(p)?;
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = p.dims;
+    let (batch, d_inner, d_state) = (p.dims.batch, p.dims.d_inner, p.dims.d_state);
+    let seqlen = p.dims.seqlen;
 
     let tasks: Vec<(Sequence, usize)> = sequences(batch, seqlen, p.cu_seqlens)
         .into_iter()
@@ -306,12 +302,7 @@ fn add_bc<T>(
     d: usize,
     contribution: &[f64],
 ) {
-    let Mamba1Dims {
-        d_inner,
-        d_state,
-        seqlen,
-        ..
-    } = dims;
+    let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
     match *bc {
         BcInput::Grouped { groups, .. } => {
             let g = d / (d_inner / groups);
@@ -346,12 +337,7 @@ fn bc_value<T: Element>(
     n: usize,
     t: usize,
 ) -> f64 {
-    let Mamba1Dims {
-        d_inner,
-        d_state,
-        seqlen,
-        ..
-    } = dims;
+    let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
     match *bc {
         BcInput::Grouped { groups, data } => {
             let g = d / (d_inner / groups);

@@ -33,14 +33,8 @@ use crate::sequence::{gate, load_initial_state, sequences, Sequence};
 pub fn ssd_recurrence<T: Element>(p: &SsdParams<'_, T>) -> Result<ScanOutput<f64, f64>> {
     let layout = p.validate()?;
     let io = Inputs { p };
-    let SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        ..
-    } = p.dims;
+    let (batch, seqlen, heads) = (p.dims.batch, p.dims.seqlen, p.dims.heads);
+    let (head_dim, d_state) = (p.dims.head_dim, p.dims.d_state);
 
     let state_len = head_dim * d_state;
     // Every (sequence, head) is independent: run them in parallel (rayon), each
@@ -97,14 +91,8 @@ pub fn ssd_recurrence<T: Element>(p: &SsdParams<'_, T>) -> Result<ScanOutput<f64
 pub fn ssd_quadratic<T: Element>(p: &SsdParams<'_, T>) -> Result<ScanOutput<f64, f64>> {
     let layout = p.validate()?;
     let io = Inputs { p };
-    let SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        ..
-    } = p.dims;
+    let (batch, seqlen, heads) = (p.dims.batch, p.dims.seqlen, p.dims.heads);
+    let (head_dim, d_state) = (p.dims.head_dim, p.dims.d_state);
     let state_size = head_dim * d_state;
 
     let mut out = vec![0.0; batch * seqlen * heads * head_dim];
@@ -225,12 +213,8 @@ struct Inputs<'a, 'p, T> {
 impl<T: Element> Inputs<'_, '_, T> {
     /// Index into `x`, `z` and `out`, all `(b, L, H, P)`.
     fn x_index(&self, row: usize, t: usize, h: usize, pi: usize) -> usize {
-        let SsdDims {
-            seqlen,
-            heads,
-            head_dim,
-            ..
-        } = self.p.dims;
+        let (seqlen, heads) = (self.p.dims.seqlen, self.p.dims.heads);
+        let head_dim = self.p.dims.head_dim;
         ((row * seqlen + t) * heads + h) * head_dim + pi
     }
 
@@ -271,24 +255,6 @@ mod tests {
     use ssm_core::mamba2::DSkip;
     use std::f64::consts::LN_2;
 
-    fn dims(
-        batch: usize,
-        seqlen: usize,
-        heads: usize,
-        head_dim: usize,
-        d_state: usize,
-        groups: usize,
-    ) -> SsdDims {
-        SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        }
-    }
-
     /// Both forms, checked against the same expectation.
     fn both_forms(p: &SsdParams<'_, f64>) -> [ScanOutput<f64, f64>; 2] {
         [ssd_recurrence(p).unwrap(), ssd_quadratic(p).unwrap()]
@@ -306,7 +272,7 @@ mod tests {
         let c = [1.0, 0.5];
         let d = [0.25f32, 0.0, 0.0, -1.0]; // (H, P)
         let s0 = [4f32, 2.0, 1.0, -1.0, 0.0, 0.0, 2.0, 2.0]; // (b=1, H=2, P=2, N=2)
-        let p = SsdParams::new(dims(1, 1, 2, 2, 2, 1), &x, &dt, &a, &b, &c)
+        let p = SsdParams::new(SsdDims::new(1, 1, 2, 2, 2, 1), &x, &dt, &a, &b, &c)
             .with_dt_bias(&bias)
             .with_dt_softplus(true)
             .with_dt_limit(0.0, 1.0)
@@ -348,7 +314,7 @@ mod tests {
         let ones = vec![1.0; len];
         let z = vec![3.0; len];
         let (a, s0) = ([-0.5f32], [2f32]);
-        let p = SsdParams::new(dims(1, len, 1, 1, 1, 1), &x, &dt, &a, &ones, &ones)
+        let p = SsdParams::new(SsdDims::new(1, len, 1, 1, 1, 1), &x, &dt, &a, &ones, &ones)
             .with_z(&z)
             .with_initial_states(&s0)
             .with_final_states(true);
@@ -370,10 +336,14 @@ mod tests {
     fn quadratic_form_equals_recurrence() {
         let cases = [
             // (seed, dims, varlen offsets)
-            (1, dims(2, 7, 4, 3, 5, 2), None),
-            (2, dims(1, 13, 4, 2, 3, 4), Some(vec![0i64, 1, 1, 6, 13])),
-            (3, dims(3, 9, 2, 4, 7, 1), None),
-            (4, dims(1, 16, 6, 2, 2, 3), Some(vec![0, 16])),
+            (1, SsdDims::new(2, 7, 4, 3, 5, 2), None),
+            (
+                2,
+                SsdDims::new(1, 13, 4, 2, 3, 4),
+                Some(vec![0i64, 1, 1, 6, 13]),
+            ),
+            (3, SsdDims::new(3, 9, 2, 4, 7, 1), None),
+            (4, SsdDims::new(1, 16, 6, 2, 2, 3), Some(vec![0, 16])),
         ];
         for (seed, dims, cu) in cases {
             let state_rows = cu.as_ref().map_or(dims.batch, |cu| cu.len() - 1);
@@ -411,7 +381,7 @@ mod tests {
     /// Segment sums keep the quadratic form finite and equal to the recurrence.
     #[test]
     fn strong_decay_stays_finite() {
-        let mut problem = SsdProblem::random(5, dims(1, 64, 2, 2, 3, 1), 1);
+        let mut problem = SsdProblem::random(5, SsdDims::new(1, 64, 2, 2, 3, 1), 1);
         problem.a = vec![-30.0, -0.01];
         problem.dt = problem.dt.iter().map(|dt| dt + 8.0).collect(); // softplus -> about 4..9
         problem.dt_limit = (0.0, 10.0);
@@ -430,7 +400,7 @@ mod tests {
     #[test]
     fn varlen_sequences_and_batch_rows_equal_separate_runs() {
         let cu = [0i64, 3, 3, 4, 9];
-        let problem = SsdProblem::random(6, dims(1, 9, 4, 2, 3, 2), 4);
+        let problem = SsdProblem::random(6, SsdDims::new(1, 9, 4, 2, 3, 2), 4);
         let state = 4 * 2 * 3;
         let token = 4 * 2;
         for form in [ssd_recurrence::<f64>, ssd_quadratic::<f64>] {
@@ -456,7 +426,7 @@ mod tests {
                 &widen_f32(&problem.h0[state..2 * state])[..]
             );
 
-            let batched = SsdProblem::random(7, dims(3, 5, 4, 2, 3, 2), 3);
+            let batched = SsdProblem::random(7, SsdDims::new(3, 5, 4, 2, 3, 2), 3);
             let all = form(&batched.params()).unwrap();
             for row in 0..3 {
                 let alone = form(&batched.window(row, 0, 5, row).params()).unwrap();
@@ -473,7 +443,7 @@ mod tests {
     /// as initial states are) continues the full run.
     #[test]
     fn final_state_resumes_the_run() {
-        let problem = SsdProblem::random(8, dims(1, 10, 2, 3, 4, 1), 1);
+        let problem = SsdProblem::random(8, SsdDims::new(1, 10, 2, 3, 4, 1), 1);
         let token = 2 * 3;
         for form in [ssd_recurrence::<f64>, ssd_quadratic::<f64>] {
             let full = form(&problem.params()).unwrap();
@@ -496,8 +466,15 @@ mod tests {
         let s0 = [1.5f32, -2.0];
         let a = [-1f32];
         let none = [0.0f64; 0];
-        let p = SsdParams::new(dims(1, 0, 1, 1, 2, 1), &none, &none, &a, &none, &none)
-            .with_final_states(true);
+        let p = SsdParams::new(
+            SsdDims::new(1, 0, 1, 1, 2, 1),
+            &none,
+            &none,
+            &a,
+            &none,
+            &none,
+        )
+        .with_final_states(true);
         let cu = [0i64, 0];
         for form in [ssd_recurrence::<f64>, ssd_quadratic::<f64>] {
             let got = form(&p).unwrap();
@@ -513,7 +490,7 @@ mod tests {
     #[test]
     fn half_inputs_are_widened_exactly() {
         use half::f16;
-        let problem = SsdProblem::random(9, dims(2, 5, 2, 2, 3, 1), 2);
+        let problem = SsdProblem::random(9, SsdDims::new(2, 5, 2, 2, 3, 1), 2);
         let round = |xs: &[f64]| xs.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>();
         let widen = |xs: &[f16]| xs.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
         let (x, dt, b, c, z) = (
@@ -552,7 +529,7 @@ mod tests {
 
     #[test]
     fn final_states_only_when_asked() {
-        let problem = SsdProblem::random(10, dims(1, 3, 1, 1, 1, 1), 1);
+        let problem = SsdProblem::random(10, SsdDims::new(1, 3, 1, 1, 1, 1), 1);
         let p = problem.params().with_final_states(false);
         assert!(ssd_recurrence(&p).unwrap().final_states.is_none());
         assert!(ssd_quadratic(&p).unwrap().final_states.is_none());

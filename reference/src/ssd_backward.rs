@@ -31,7 +31,7 @@
 
 use rayon::prelude::*;
 use ssm_core::mamba1_grad::silu_grad_magnitude;
-use ssm_core::mamba2::{SsdDims, SsdLayout, SsdParams};
+use ssm_core::mamba2::{SsdLayout, SsdParams};
 use ssm_core::mamba2_grad::{dt_grad_factor, silu_grad, validate_grad_inputs};
 use ssm_core::math::silu;
 use ssm_core::{Element, Result, SsdGrads};
@@ -169,12 +169,7 @@ fn sweep_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let SsdDims {
-        heads,
-        head_dim,
-        d_state,
-        ..
-    } = p.dims;
+    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
     let (len, pn) = (seq.len(), head_dim * d_state);
     let a = f64::from(p.a[h]);
     let block = seq.state * heads + h;
@@ -264,12 +259,7 @@ fn quadratic_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let SsdDims {
-        heads,
-        head_dim,
-        d_state,
-        ..
-    } = p.dims;
+    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
     let (len, pn) = (seq.len(), head_dim * d_state);
     let a = f64::from(p.a[h]);
     let block = seq.state * heads + h;
@@ -419,14 +409,8 @@ fn assemble<T: Element>(
     heads_out: Vec<HeadGrads>,
 ) -> SsdBackwardDetail {
     let p = io.p;
-    let SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    } = p.dims;
+    let (batch, seqlen, heads) = (p.dims.batch, p.dims.seqlen, p.dims.heads);
+    let (head_dim, d_state, groups) = (p.dims.head_dim, p.dims.d_state, p.dims.groups);
     let tokens = batch * seqlen;
     let mut dx = vec![0.0; tokens * heads * head_dim];
     let mut dz = vec![0.0; tokens * heads * head_dim];

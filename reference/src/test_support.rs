@@ -65,14 +65,7 @@ pub(crate) struct Mamba1Problem {
 impl Mamba1Problem {
     pub fn random(seed: u64, dims: Mamba1Dims, groups: usize, state_rows: usize) -> Self {
         let mut r = rng(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = dims;
-        let bdl = batch * d_inner * seqlen;
-        let bc = batch * groups * d_state * seqlen;
+        let (bdl, bc) = (dims.io_len(), dims.bc_len(groups));
         Mamba1Problem {
             dims,
             groups,
@@ -81,10 +74,10 @@ impl Mamba1Problem {
             b: uniform(&mut r, bc, -1.0, 1.0),
             c: uniform(&mut r, bc, -1.0, 1.0),
             z: uniform(&mut r, bdl, -2.0, 2.0),
-            a: uniform_f32(&mut r, d_inner * d_state, -2.0, -0.1),
-            d: uniform_f32(&mut r, d_inner, -1.0, 1.0),
-            delta_bias: uniform_f32(&mut r, d_inner, -0.5, 0.5),
-            h0: uniform_f32(&mut r, state_rows * d_inner * d_state, -1.0, 1.0),
+            a: uniform_f32(&mut r, dims.a_len(), -2.0, -0.1),
+            d: uniform_f32(&mut r, dims.d_inner, -1.0, 1.0),
+            delta_bias: uniform_f32(&mut r, dims.d_inner, -0.5, 0.5),
+            h0: uniform_f32(&mut r, dims.states_len(state_rows), -1.0, 1.0),
         }
     }
 
@@ -112,12 +105,7 @@ impl Mamba1Problem {
     /// Positions `start..end` of batch row `row` as a batch-1 problem whose
     /// initial state is row `state_row` of this problem's.
     pub fn window(&self, row: usize, start: usize, end: usize, state_row: usize) -> Self {
-        let Mamba1Dims {
-            d_inner,
-            d_state,
-            seqlen,
-            ..
-        } = self.dims;
+        let (d_inner, seqlen) = (self.dims.d_inner, self.dims.seqlen);
         // Channel-major tensors: `lanes` contiguous runs of L per batch row.
         let cut = |data: &[f64], lanes: usize| -> Vec<f64> {
             (0..lanes)
@@ -127,7 +115,7 @@ impl Mamba1Problem {
                 })
                 .collect()
         };
-        let state = d_inner * d_state;
+        let state = self.dims.a_len();
         Mamba1Problem {
             dims: Mamba1Dims {
                 batch: 1,
@@ -137,8 +125,8 @@ impl Mamba1Problem {
             groups: self.groups,
             u: cut(&self.u, d_inner),
             delta: cut(&self.delta, d_inner),
-            b: cut(&self.b, self.groups * d_state),
-            c: cut(&self.c, self.groups * d_state),
+            b: cut(&self.b, self.groups * self.dims.d_state),
+            c: cut(&self.c, self.groups * self.dims.d_state),
             z: cut(&self.z, d_inner),
             a: self.a.clone(),
             d: self.d.clone(),
@@ -168,27 +156,19 @@ pub(crate) struct SsdProblem {
 impl SsdProblem {
     pub fn random(seed: u64, dims: SsdDims, state_rows: usize) -> Self {
         let mut r = rng(seed);
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = dims;
-        let blhp = batch * seqlen * heads * head_dim;
-        let blgn = batch * seqlen * groups * d_state;
+        let (heads, head_dim) = (dims.heads, dims.head_dim);
+        let (blhp, blgn) = (dims.x_len(), dims.bc_len());
         SsdProblem {
             dims,
             x: uniform(&mut r, blhp, -1.0, 1.0),
-            dt: uniform(&mut r, batch * seqlen * heads, -4.0, 1.0),
+            dt: uniform(&mut r, dims.dt_len(), -4.0, 1.0),
             b: uniform(&mut r, blgn, -1.0, 1.0),
             c: uniform(&mut r, blgn, -1.0, 1.0),
             z: uniform(&mut r, blhp, -2.0, 2.0),
             a: uniform_f32(&mut r, heads, -2.0, -0.1),
             dt_bias: uniform_f32(&mut r, heads, -0.5, 0.5),
             d: uniform_f32(&mut r, heads * head_dim, -1.0, 1.0),
-            h0: uniform_f32(&mut r, state_rows * heads * head_dim * d_state, -1.0, 1.0),
+            h0: uniform_f32(&mut r, dims.states_len(state_rows), -1.0, 1.0),
             dt_limit: (1e-3, 2.0),
         }
     }
@@ -208,19 +188,13 @@ impl SsdProblem {
     /// Positions `start..end` of batch row `row` as a batch-1 problem whose
     /// initial state is row `state_row` of this problem's.
     pub fn window(&self, row: usize, start: usize, end: usize, state_row: usize) -> Self {
-        let SsdDims {
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-            ..
-        } = self.dims;
+        let d = self.dims;
+        let (seqlen, heads, head_dim) = (d.seqlen, d.heads, d.head_dim);
         // Token-major tensors: one block of `width` values per position.
         let cut = |data: &[f64], width: usize| -> Vec<f64> {
             data[(row * seqlen + start) * width..(row * seqlen + end) * width].to_vec()
         };
-        let state = heads * head_dim * d_state;
+        let state = d.states_len(1);
         SsdProblem {
             dims: SsdDims {
                 batch: 1,
@@ -229,8 +203,8 @@ impl SsdProblem {
             },
             x: cut(&self.x, heads * head_dim),
             dt: cut(&self.dt, heads),
-            b: cut(&self.b, groups * d_state),
-            c: cut(&self.c, groups * d_state),
+            b: cut(&self.b, d.groups * d.d_state),
+            c: cut(&self.c, d.groups * d.d_state),
             z: cut(&self.z, heads * head_dim),
             a: self.a.clone(),
             dt_bias: self.dt_bias.clone(),

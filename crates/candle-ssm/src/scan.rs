@@ -145,12 +145,7 @@ impl SelectiveScan {
         let tok = token(&inputs.list(), &slot)?;
         tok.apply_op1(ScanOp {
             inputs,
-            dims: Mamba1Dims {
-                batch,
-                d_inner,
-                d_state,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
             groups,
             delta_softplus: self.delta_softplus,
             block_len: self.block_len,
@@ -322,12 +317,7 @@ impl ScanOp {
     }
 
     fn out_shape(&self) -> Shape {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            seqlen,
-            ..
-        } = self.dims;
+        let (batch, d_inner, seqlen) = (self.dims.batch, self.dims.d_inner, self.dims.seqlen);
         Shape::from((batch, d_inner, seqlen))
     }
 }

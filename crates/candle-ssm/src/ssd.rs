@@ -116,14 +116,7 @@ impl SsdForward {
     pub fn run(&self) -> Result<Tensor> {
         let [batch, seqlen, heads, head_dim] = dims_n(OP, "x", &self.x, ["b", "L", "H", "P"])?;
         let [_, _, groups, d_state] = dims_n(OP, "B", &self.b, ["b", "L", "G", "N"])?;
-        let dims = SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        };
+        let dims = SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups);
         elem_of(OP, "x", &self.x)?;
         let seq = self.x.dtype();
         let blgn = [("b", batch), ("L", seqlen), ("G", groups), ("N", d_state)];
@@ -349,13 +342,8 @@ impl SsdOp {
     }
 
     fn out_shape(&self) -> Shape {
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            ..
-        } = self.dims;
+        let (batch, seqlen, heads) = (self.dims.batch, self.dims.seqlen, self.dims.heads);
+        let head_dim = self.dims.head_dim;
         Shape::from((batch, seqlen, heads, head_dim))
     }
 }

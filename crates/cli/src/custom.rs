@@ -371,12 +371,7 @@ pub fn scan_case(p: &Problem) -> Option<Mamba1Case> {
         return None;
     };
     let mut case = Mamba1Case::plain(s.batch, s.d_inner, s.d_state, s.seqlen);
-    case.dims = Mamba1Dims {
-        batch: s.batch,
-        d_inner: s.d_inner,
-        d_state: s.d_state,
-        seqlen: s.seqlen,
-    };
+    case.dims = Mamba1Dims::new(s.batch, s.d_inner, s.d_state, s.seqlen);
     case.b_groups = s.groups;
     case.c_groups = s.groups;
     case.z = s.z;

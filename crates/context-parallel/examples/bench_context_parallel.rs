@@ -177,14 +177,7 @@ fn params() -> Params {
 }
 
 fn ssd<'a>(s: &'a Slices, pa: &'a Params, len: usize) -> SsdParams<'a, bf16> {
-    let dims = SsdDims {
-        batch: 1,
-        seqlen: len,
-        heads: H,
-        head_dim: P,
-        d_state: N,
-        groups: 1,
-    };
+    let dims = SsdDims::new(1, len, H, P, N, 1);
     SsdParams::new(dims, &s.x, &s.dt, &pa.a, &s.b, &s.c)
         .with_dt_bias(&pa.bias)
         .with_dt_softplus(true)

@@ -67,14 +67,7 @@ fn scan_params<'a>(
 fn ssd_bf16_split_equals_whole() {
     let mut r = rng(42);
     let (len, h, p, n) = (57, 2, 4, 6);
-    let dims = SsdDims {
-        batch: 1,
-        seqlen: len,
-        heads: h,
-        head_dim: p,
-        d_state: n,
-        groups: 1,
-    };
+    let dims = SsdDims::new(1, len, h, p, n, 1);
     let x = to_bf16(randn(&mut r, len * h * p));
     let dt = to_bf16(uniform(&mut r, len * h, 0.0, 0.5));
     let a = vec![-0.7f32, -1.3];
@@ -154,12 +147,7 @@ fn ssd_bf16_split_equals_whole() {
 fn scan_bf16_with_constant_b_split_equals_whole() {
     let mut r = rng(43);
     let (batch, d_in, n, len) = (2, 4, 3, 45);
-    let dims = Mamba1Dims {
-        batch,
-        d_inner: d_in,
-        d_state: n,
-        seqlen: len,
-    };
+    let dims = Mamba1Dims::new(batch, d_in, n, len);
     let rows = batch * d_in;
     let u = to_bf16(randn(&mut r, rows * len));
     let delta = to_bf16(uniform(&mut r, rows * len, 0.0, 0.5));

@@ -55,14 +55,7 @@ fn cast<T: Element>(v: Vec<f32>) -> Vec<T> {
 fn ssd_problem<T: Element>(len: usize, seed: u64) -> Ssd<T> {
     let mut r = rng(seed);
     let (h, p, n, g) = (4, 16, 32, 1);
-    let dims = SsdDims {
-        batch: 1,
-        seqlen: len,
-        heads: h,
-        head_dim: p,
-        d_state: n,
-        groups: g,
-    };
+    let dims = SsdDims::new(1, len, h, p, n, g);
     let cu = vec![
         0,
         (len / 5) as i64,
@@ -189,12 +182,7 @@ struct Scan<T> {
 fn scan_problem<T: Element>(len: usize, seed: u64) -> Scan<T> {
     let mut r = rng(seed);
     let (b, d, n, g) = (2, 64, 16, 1);
-    let dims = Mamba1Dims {
-        batch: b,
-        d_inner: d,
-        d_state: n,
-        seqlen: len,
-    };
+    let dims = Mamba1Dims::new(b, d, n, len);
     Scan {
         dims,
         u: cast(randn(&mut r, b * d * len)),

@@ -121,12 +121,7 @@ fn bc_len(s: &Spec, groups: Option<usize>) -> usize {
 
 fn data(s: &Spec) -> Data {
     let mut r = rng(s.seed);
-    let dims = Mamba1Dims {
-        batch: s.batch,
-        d_inner: s.d_inner,
-        d_state: s.d_state,
-        seqlen: s.len,
-    };
+    let dims = Mamba1Dims::new(s.batch, s.d_inner, s.d_state, s.len);
     let cu = s.varlen.map(|n| cu_seqlens(&mut r, s.len, n));
     let rows = cu.as_ref().map_or(s.batch, |c| c.len() - 1);
     let bdl = s.batch * s.d_inner * s.len;

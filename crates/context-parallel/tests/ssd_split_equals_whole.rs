@@ -115,14 +115,7 @@ struct Data {
 
 fn data(s: &Spec) -> Data {
     let mut r = rng(s.seed);
-    let dims = SsdDims {
-        batch: s.batch,
-        seqlen: s.len,
-        heads: s.heads,
-        head_dim: s.head_dim,
-        d_state: s.d_state,
-        groups: s.groups,
-    };
+    let dims = SsdDims::new(s.batch, s.len, s.heads, s.head_dim, s.d_state, s.groups);
     let tok = s.batch * s.len;
     let cu = s.varlen.map(|n| cu_seqlens(&mut r, s.len, n));
     let rows = cu.as_ref().map_or(s.batch, |c| c.len() - 1);

@@ -21,6 +21,59 @@ pub struct Mamba1Dims {
     pub seqlen: usize,
 }
 
+impl Mamba1Dims {
+    /// The sizes in the order of the names `(b, D_in, N, L)`: the one constructor
+    /// from loose sizes, so callers do not each spell the literal.
+    pub const fn new(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+        Mamba1Dims {
+            batch,
+            d_inner,
+            d_state,
+            seqlen,
+        }
+    }
+
+    /// `(b, D_in, L)` by name: the shape of `u`, `delta`, `z` and the output.
+    pub fn io_shape(&self) -> [(&'static str, usize); 3] {
+        [
+            ("b", self.batch),
+            ("D_in", self.d_inner),
+            ("L", self.seqlen),
+        ]
+    }
+
+    /// Elements of `u`, `delta`, `z` and the output, `b * D_in * L`.
+    pub fn io_len(&self) -> usize {
+        self.batch * self.d_inner * self.seqlen
+    }
+
+    /// Elements of `A` (and of a constant B or C), `D_in * N`.
+    pub fn a_len(&self) -> usize {
+        self.d_inner * self.d_state
+    }
+
+    /// Elements of a grouped B or C with `groups` groups, `b * G * N * L`.
+    pub fn bc_len(&self, groups: usize) -> usize {
+        self.batch * groups * self.d_state * self.seqlen
+    }
+
+    /// Elements of the states of `rows` sequences, `rows * D_in * N`.
+    pub fn states_len(&self, rows: usize) -> usize {
+        rows * self.a_len()
+    }
+}
+
+/// `b{batch} D{d_inner} N{d_state} L{seqlen}`: the label of a shape in reports.
+impl std::fmt::Display for Mamba1Dims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "b{} D{} N{} L{}",
+            self.batch, self.d_inner, self.d_state, self.seqlen
+        )
+    }
+}
+
 /// B or C: either time-varying and shared by groups of channels, or constant per channel.
 #[derive(Clone, Copy, Debug)]
 pub enum BcInput<'a, T> {
@@ -141,16 +194,13 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
 
     /// Check every shape and option; returns the number of sequences.
     pub fn validate(&self) -> Result<Mamba1Layout> {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = self.dims;
+        let dims = self.dims;
+        let (batch, d_inner, d_state, seqlen) =
+            (dims.batch, dims.d_inner, dims.d_state, dims.seqlen);
         check_nonzero("batch", batch)?;
         check_nonzero("d_inner", d_inner)?;
         check_nonzero("d_state", d_state)?;
-        let bdl = [("b", batch), ("D_in", d_inner), ("L", seqlen)];
+        let bdl = dims.io_shape();
         check_len("u", Shape(&bdl), self.u.len())?;
         check_len("delta", Shape(&bdl), self.delta.len())?;
         check_len(
@@ -218,12 +268,7 @@ mod tests {
     use crate::SsmError;
 
     fn dims() -> Mamba1Dims {
-        Mamba1Dims {
-            batch: 2,
-            d_inner: 4,
-            d_state: 3,
-            seqlen: 5,
-        }
+        Mamba1Dims::new(2, 4, 3, 5)
     }
 
     #[test]

@@ -45,18 +45,8 @@ impl<'a, O: Element> ScanGradInputs<'a, O> {
     /// `check_finite` set, NaN/Inf in either gradient is an error.
     pub fn validate<T: Element>(&self, p: &SelectiveScanParams<'_, T>) -> Result<Mamba1Layout> {
         let layout = p.validate()?;
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = p.dims;
-        check_len(
-            "d_out",
-            Shape(&[("b", batch), ("D_in", d_inner), ("L", seqlen)]),
-            self.d_out.len(),
-        )?;
-        let state = [("D_in", d_inner), ("N", d_state)];
+        check_len("d_out", Shape(&p.dims.io_shape()), self.d_out.len())?;
+        let state = [("D_in", p.dims.d_inner), ("N", p.dims.d_state)];
         let shape = states_shape(p.cu_seqlens.is_some(), layout.num_seqs, &state);
         check_d_final_states(self.d_final_states, p.return_final_states, &shape)?;
         if p.check_finite {
@@ -148,8 +138,8 @@ impl ScanGrads<f64, f64> {
 /// Element count of the gradient of a B or C input (its own layout).
 pub fn bc_grad_len<T>(bc: &BcInput<'_, T>, dims: Mamba1Dims) -> usize {
     match *bc {
-        BcInput::Grouped { groups, .. } => dims.batch * groups * dims.d_state * dims.seqlen,
-        BcInput::Constant(_) => dims.d_inner * dims.d_state,
+        BcInput::Grouped { groups, .. } => dims.bc_len(groups),
+        BcInput::Constant(_) => dims.a_len(),
     }
 }
 
@@ -205,12 +195,7 @@ mod tests {
     use crate::SsmError;
 
     fn params<'a>(u: &'a [f32], a: &'a [f32], bc: &'a [f32]) -> SelectiveScanParams<'a, f32> {
-        let dims = Mamba1Dims {
-            batch: 2,
-            d_inner: 4,
-            d_state: 3,
-            seqlen: 5,
-        };
+        let dims = Mamba1Dims::new(2, 4, 3, 5);
         SelectiveScanParams::new(
             dims,
             u,
@@ -286,12 +271,7 @@ mod tests {
     #[test]
     fn varlen_final_state_gradient_has_one_row_per_sequence() {
         let (u, a, bc) = (vec![0f32; 20], vec![-1f32; 12], vec![0f32; 30]);
-        let dims = Mamba1Dims {
-            batch: 1,
-            d_inner: 4,
-            d_state: 3,
-            seqlen: 5,
-        };
+        let dims = Mamba1Dims::new(1, 4, 3, 5);
         let cu = [0i64, 2, 2, 5];
         let p = SelectiveScanParams {
             dims,
@@ -367,12 +347,7 @@ mod tests {
 
     #[test]
     fn grad_lengths_follow_the_input_layout() {
-        let dims = Mamba1Dims {
-            batch: 2,
-            d_inner: 4,
-            d_state: 3,
-            seqlen: 5,
-        };
+        let dims = Mamba1Dims::new(2, 4, 3, 5);
         let g = BcInput::Grouped::<f32> {
             groups: 2,
             data: &[],

@@ -25,9 +25,97 @@ pub struct SsdDims {
 }
 
 impl SsdDims {
+    /// The sizes in the order of the layout names `(b, L, H, P, N, G)`: the one
+    /// constructor from loose sizes, so callers do not each spell the literal.
+    pub const fn new(
+        batch: usize,
+        seqlen: usize,
+        heads: usize,
+        head_dim: usize,
+        d_state: usize,
+        groups: usize,
+    ) -> Self {
+        SsdDims {
+            batch,
+            seqlen,
+            heads,
+            head_dim,
+            d_state,
+            groups,
+        }
+    }
+
     /// The B/C group of head `head`.
     pub fn group_of(&self, head: usize) -> usize {
         head / (self.heads / self.groups)
+    }
+
+    /// `b * L`, the tokens of the call.
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seqlen
+    }
+
+    /// `(b, L, H, P)` by name: the shape of `x`, `z` and the output.
+    pub fn x_shape(&self) -> [(&'static str, usize); 4] {
+        [
+            ("b", self.batch),
+            ("L", self.seqlen),
+            ("H", self.heads),
+            ("P", self.head_dim),
+        ]
+    }
+
+    /// `(b, L, G, N)` by name: the shape of B and C.
+    pub fn bc_shape(&self) -> [(&'static str, usize); 4] {
+        [
+            ("b", self.batch),
+            ("L", self.seqlen),
+            ("G", self.groups),
+            ("N", self.d_state),
+        ]
+    }
+
+    /// Elements of `x`, `z` and the output, `b * L * H * P`.
+    pub fn x_len(&self) -> usize {
+        self.tokens() * self.heads * self.head_dim
+    }
+
+    /// Elements of `dt`, `b * L * H`.
+    pub fn dt_len(&self) -> usize {
+        self.tokens() * self.heads
+    }
+
+    /// Elements of B and of C, `b * L * G * N`.
+    pub fn bc_len(&self) -> usize {
+        self.tokens() * self.groups * self.d_state
+    }
+
+    /// Elements of the states of `rows` sequences, `rows * H * P * N`.
+    pub fn states_len(&self, rows: usize) -> usize {
+        rows * self.heads * self.head_dim * self.d_state
+    }
+
+    /// The checks of the sizes alone (no data): every size but `L` nonzero, and
+    /// `G` dividing `H`. [`SsdParams::validate`] and the plans made from shapes
+    /// both start with these.
+    pub fn check(&self) -> Result<()> {
+        check_nonzero("batch", self.batch)?;
+        check_nonzero("heads", self.heads)?;
+        check_nonzero("head_dim", self.head_dim)?;
+        check_nonzero("d_state", self.d_state)?;
+        check_groups("B", self.groups, "H", self.heads)
+    }
+}
+
+/// `b{batch} L{seqlen} H{heads} P{head_dim} N{d_state} G{groups}`: the label of
+/// a shape in reports and test names.
+impl std::fmt::Display for SsdDims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "b{} L{} H{} P{} N{} G{}",
+            self.batch, self.seqlen, self.heads, self.head_dim, self.d_state, self.groups
+        )
     }
 }
 
@@ -68,7 +156,8 @@ impl DSkip<'_> {
 /// negative steps to 0, exactly as mamba_ssm's kernels do.
 pub const NO_DT_LIMIT: (f32, f32) = (0.0, f32::INFINITY);
 
-pub(crate) fn check_dt_limit(limit: (f32, f32)) -> Result<()> {
+/// A `(min, max)` step clamp is valid when neither bound is NaN and `min <= max`.
+pub fn check_dt_limit(limit: (f32, f32)) -> Result<()> {
     let (min, max) = limit;
     if min.is_nan() || max.is_nan() || min > max {
         return Err(SsmError::DtLimit { min, max });
@@ -179,28 +268,15 @@ impl<'a, T: Element> SsdParams<'a, T> {
 
     /// Check every shape and option; returns the number of sequences.
     pub fn validate(&self) -> Result<SsdLayout> {
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = self.dims;
-        check_nonzero("batch", batch)?;
-        check_nonzero("heads", heads)?;
-        check_nonzero("head_dim", head_dim)?;
-        check_nonzero("d_state", d_state)?;
-        check_groups("B", groups, "H", heads)?;
-        let blhp = [("b", batch), ("L", seqlen), ("H", heads), ("P", head_dim)];
+        let dims = self.dims;
+        dims.check()?;
+        let (batch, seqlen, heads) = (dims.batch, dims.seqlen, dims.heads);
+        let (head_dim, d_state) = (dims.head_dim, dims.d_state);
+        let blhp = dims.x_shape();
         check_len("x", Shape(&blhp), self.x.len())?;
-        check_len(
-            "dt",
-            Shape(&[("b", batch), ("L", seqlen), ("H", heads)]),
-            self.dt.len(),
-        )?;
+        check_len("dt", Shape(&blhp[..3]), self.dt.len())?;
         check_len("A", Shape(&[("H", heads)]), self.a.len())?;
-        let blgn = [("b", batch), ("L", seqlen), ("G", groups), ("N", d_state)];
+        let blgn = dims.bc_shape();
         check_len("B", Shape(&blgn), self.b.len())?;
         check_len("C", Shape(&blgn), self.c.len())?;
         if let Some(bias) = self.dt_bias {
@@ -248,14 +324,20 @@ mod tests {
     use super::*;
 
     fn dims() -> SsdDims {
-        SsdDims {
-            batch: 1,
-            seqlen: 6,
-            heads: 4,
-            head_dim: 2,
-            d_state: 3,
-            groups: 2,
-        }
+        SsdDims::new(1, 6, 4, 2, 3, 2)
+    }
+
+    #[test]
+    fn sizes_follow_the_layouts() {
+        let d = SsdDims::new(2, 6, 4, 3, 5, 2);
+        assert_eq!((d.batch, d.seqlen, d.heads), (2, 6, 4));
+        assert_eq!((d.head_dim, d.d_state, d.groups), (3, 5, 2));
+        assert_eq!((d.tokens(), d.x_len(), d.dt_len()), (12, 144, 48));
+        assert_eq!((d.bc_len(), d.states_len(3)), (120, 180));
+        assert_eq!(d.to_string(), "b2 L6 H4 P3 N5 G2");
+        assert!(d.check().is_ok());
+        let err = SsdDims { groups: 3, ..d }.check().unwrap_err();
+        assert!(matches!(err, SsmError::Groups { .. }), "{err}");
     }
 
     #[test]

@@ -190,14 +190,7 @@ mod tests {
     use crate::SsmError;
 
     fn dims() -> SsdDims {
-        SsdDims {
-            batch: 2,
-            seqlen: 3,
-            heads: 2,
-            head_dim: 2,
-            d_state: 3,
-            groups: 1,
-        }
+        SsdDims::new(2, 3, 2, 2, 3, 1)
     }
 
     #[test]

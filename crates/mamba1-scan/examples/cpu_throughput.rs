@@ -22,12 +22,7 @@ fn main() {
         .map(|a| a.parse().expect("arguments are b D_in N L block_len"))
         .collect();
     let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
-    let dims = Mamba1Dims {
-        batch: arg(0, 2),
-        d_inner: arg(1, 1024),
-        d_state: arg(2, 16),
-        seqlen: arg(3, 2048),
-    };
+    let dims = Mamba1Dims::new(arg(0, 2), arg(1, 1024), arg(2, 16), arg(3, 2048));
     let block_len = arg(4, 256);
     println!(
         "b={} D_in={} N={} L={} block_len={block_len}, {} rayon threads",
@@ -49,12 +44,7 @@ fn wave(len: usize, scale: f32, offset: f32, phase: f32) -> Vec<f32> {
 }
 
 fn bench<T: Element>(dims: Mamba1Dims, block_len: usize) {
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = dims;
+    let (batch, d_inner, d_state, seqlen) = (dims.batch, dims.d_inner, dims.d_state, dims.seqlen);
     let bdl = batch * d_inner * seqlen;
     let bc_len = batch * d_state * seqlen;
     let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };

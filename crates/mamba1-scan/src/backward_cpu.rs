@@ -84,12 +84,8 @@ pub fn selective_scan_backward_blocked<T: Element>(
         });
     }
     let block_len = block_len.min(MAX_BLOCK_STEPS);
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = p.dims;
+    let (batch, d_inner, d_state) = (p.dims.batch, p.dims.d_inner, p.dims.d_state);
+    let seqlen = p.dims.seqlen;
 
     let chunks = chunks(batch, d_inner, &p.b, &p.c);
     let results: Vec<ChunkResult<T>> = chunks
@@ -172,12 +168,7 @@ fn reduce_bc<T: Element>(
     results: &[ChunkResult<T>],
     partial: impl Fn(&ChunkResult<T>) -> &[f32] + Sync,
 ) -> Vec<T> {
-    let Mamba1Dims {
-        d_inner,
-        d_state,
-        seqlen,
-        ..
-    } = dims;
+    let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
     let mut out = vec![0.0f32; bc_grad_len(bc, dims)];
     match *bc {
         BcInput::Grouped { groups, .. } => {
@@ -310,12 +301,7 @@ enum Coefficients<'a, T> {
 
 impl<T: Element> Coefficients<'_, T> {
     fn of<'a>(bc: &BcInput<'a, T>, dims: Mamba1Dims, row: usize, d: usize) -> Coefficients<'a, T> {
-        let Mamba1Dims {
-            d_inner,
-            d_state,
-            seqlen,
-            ..
-        } = dims;
+        let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
         match *bc {
             BcInput::Grouped { groups, data } => {
                 let g = d / (d_inner / groups);

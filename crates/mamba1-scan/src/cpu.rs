@@ -24,7 +24,7 @@ mod plan;
 mod task;
 
 use rayon::prelude::*;
-use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
+use ssm_core::mamba1::SelectiveScanParams;
 use ssm_core::{Element, Result, ScanOutput, SsmError};
 
 use plan::{channel_chunks, sequences_of_row, ChannelChunk};
@@ -46,12 +46,8 @@ pub fn selective_scan_blocked<T: Element>(
             reason: "the L-block must hold at least 1 step".into(),
         });
     }
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = p.dims;
+    let (batch, d_inner, d_state) = (p.dims.batch, p.dims.d_inner, p.dims.d_state);
+    let seqlen = p.dims.seqlen;
 
     let chunks = channel_chunks(batch, d_inner, &p.b, &p.c, rayon::current_num_threads());
     let mut out = vec![T::default(); batch * d_inner * seqlen];

@@ -80,12 +80,7 @@ fn empty_sequence_output<T: DeviceElement>(
 pub fn scan_kernel_variants() -> Vec<KernelVariant> {
     let m1 = |dtype, d_state, seqlen, grouped: bool, all_options: bool| ScanProblem {
         dtype,
-        dims: Mamba1Dims {
-            batch: 1,
-            d_inner: 64,
-            d_state,
-            seqlen,
-        },
+        dims: Mamba1Dims::new(1, 64, d_state, seqlen),
         b_groups: grouped.then_some(1),
         c_groups: grouped.then_some(1),
         has_d: all_options,

@@ -45,12 +45,7 @@ struct Case {
 impl Case {
     fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
         Case {
-            dims: Mamba1Dims {
-                batch,
-                d_inner,
-                d_state,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
             b_groups: Some(1),
             c_groups: Some(1),
             d: false,
@@ -111,12 +106,8 @@ fn randn_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
 impl Data {
     fn generate(case: &Case, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = case.dims;
+        let (batch, d_inner, d_state) = (case.dims.batch, case.dims.d_inner, case.dims.d_state);
+        let seqlen = case.dims.seqlen;
         let bdl = batch * d_inner * seqlen;
         let bc_len =
             |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);

@@ -39,12 +39,7 @@ impl Inputs {
     fn new(lengths: &[usize], d_inner: usize, d_state: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let seqlen: usize = lengths.iter().sum();
-        let dims = Mamba1Dims {
-            batch: 1,
-            d_inner,
-            d_state,
-            seqlen,
-        };
+        let dims = Mamba1Dims::new(1, d_inner, d_state, seqlen);
         let mut v = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
             (0..n).map(|_| rng.random_range(lo..hi)).collect()
         };

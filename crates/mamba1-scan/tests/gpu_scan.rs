@@ -189,12 +189,7 @@ impl<T: Element> Inputs<T> {
         });
         let seqs = case.varlen.as_ref().map_or(batch, Vec::len);
         Inputs {
-            dims: Mamba1Dims {
-                batch,
-                d_inner,
-                d_state: n,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, d_inner, n, seqlen),
             u: round(randn_vec(rng, io)),
             delta: round(delta),
             a: (0..d_inner * n)
@@ -675,12 +670,7 @@ fn channel_subproblem<T: Element>(inputs: &Inputs<T>, row: usize, channels: &[us
         }
     };
     Inputs {
-        dims: Mamba1Dims {
-            batch: 1,
-            d_inner: channels.len(),
-            d_state: n,
-            seqlen: l,
-        },
+        dims: Mamba1Dims::new(1, channels.len(), n, l),
         u: rows_of(&inputs.u),
         delta: rows_of(&inputs.delta),
         a: per_channel(&inputs.a, n),
@@ -820,12 +810,7 @@ fn offsets_past_2_pow_31() {
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let inputs = Inputs::<bf16> {
-        dims: Mamba1Dims {
-            batch: 1,
-            d_inner,
-            d_state: n,
-            seqlen,
-        },
+        dims: Mamba1Dims::new(1, d_inner, n, seqlen),
         u: fill(1, 3.0, 0.0),
         delta: fill(2, 2.0, -4.0),
         a: (0..d_inner * n)

@@ -98,14 +98,14 @@ fn main() {
                 .unwrap_or_else(|_| panic!("argument {} `{s}` is not a size", i + 1))
         })
     };
-    let d = SsdDims {
-        batch: num(0, 1),
-        seqlen: num(1, 2048),
-        heads: num(2, 8),
-        head_dim: num(3, 64),
-        d_state: num(4, 64),
-        groups: num(5, 1),
-    };
+    let d = SsdDims::new(
+        num(0, 1),
+        num(1, 2048),
+        num(2, 8),
+        num(3, 64),
+        num(4, 64),
+        num(5, 1),
+    );
     let chunk = num(6, 64);
     let dtype: DType = args
         .get(7)

@@ -202,14 +202,7 @@ mod tests {
     /// One head, P = N = 1, each step halves the state: S = 1, 2.5, 4.25, 5.125.
     #[test]
     fn hand_computed_recurrence_for_every_chunk_size() {
-        let dims = SsdDims {
-            batch: 1,
-            seqlen: 4,
-            heads: 1,
-            head_dim: 1,
-            d_state: 1,
-            groups: 1,
-        };
+        let dims = SsdDims::new(1, 4, 1, 1, 1, 1);
         let (x, dt, bc) = ([1.0f32, 2.0, 3.0, 3.0], [1.0f32; 4], [1.0f32; 4]);
         let a = [-std::f32::consts::LN_2];
         let d = [10.0f32];
@@ -229,14 +222,7 @@ mod tests {
 
     #[test]
     fn final_states_only_when_asked() {
-        let dims = SsdDims {
-            batch: 1,
-            seqlen: 2,
-            heads: 1,
-            head_dim: 1,
-            d_state: 1,
-            groups: 1,
-        };
+        let dims = SsdDims::new(1, 2, 1, 1, 1, 1);
         let v = [1.0f32; 2];
         let p = SsdParams::new(dims, &v, &v, &[-1.0], &v, &v);
         assert!(ssd_chunked(&p, 1).unwrap().final_states.is_none());

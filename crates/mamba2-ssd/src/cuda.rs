@@ -71,12 +71,7 @@ pub fn ssd_forward_cuda_with<T: DeviceElement>(
 }
 
 fn empty_sequence_output<T: Element>(p: &SsdParams<'_, T>, num_seqs: usize) -> ScanOutput<T, f32> {
-    let SsdDims {
-        heads,
-        head_dim,
-        d_state,
-        ..
-    } = p.dims;
+    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
     let final_states = p.return_final_states.then(|| match p.initial_states {
         Some(s0) => s0.to_vec(),
         None => vec![0.0; num_seqs * heads * head_dim * d_state],
@@ -125,14 +120,7 @@ pub fn ssd_kernel_variants() -> Vec<KernelVariant> {
     let opts = CudaOptions::default();
     let features = SsdFeatures::all();
     // Two heads per group: the C B^T tiles are shared, as in every reference workload.
-    let dims = |d_state, head_dim| SsdDims {
-        batch: 1,
-        seqlen: 1,
-        heads: 2,
-        head_dim,
-        d_state,
-        groups: 1,
-    };
+    let dims = |d_state, head_dim| SsdDims::new(1, 1, 2, head_dim, d_state, 1);
     // The variants and budgets are those of the H100/H200 (sm_90): the limits
     // decide fused vs SIMT, the blocks per SM and the SSD_MAX_SMEM define.
     let limits = &DeviceLimits::H100_SXM;

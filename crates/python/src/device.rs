@@ -345,12 +345,7 @@ impl ScanCall {
             Some((_, n)) => Some(n - 1),
             None => None,
         };
-        let dims = Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        };
+        let dims = Mamba1Dims::new(batch, d_inner, d_state, seqlen);
         ScanProblem::from_shapes(dtype, dims, self.b_groups, self.c_groups, opts, varlen)
             .map_err(to_py)
     }
@@ -634,14 +629,7 @@ fn ssd_call(
 ) -> SsdCall {
     let (batch, seqlen, heads, head_dim, d_state, groups) = dims;
     SsdCall {
-        dims: SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        },
+        dims: SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups),
         d_per_head_dim,
         dt_softplus,
         dt_limit,

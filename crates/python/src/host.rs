@@ -164,12 +164,7 @@ unsafe fn scan_params<'a, T: Element>(
     return_final_states: bool,
 ) -> PyResult<SelectiveScanParams<'a, T>> {
     let (batch, d_inner, d_state, seqlen) = dims;
-    let dims = Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    };
+    let dims = Mamba1Dims::new(batch, d_inner, d_state, seqlen);
     // SAFETY (every call below): the caller's contract.
     unsafe {
         let mut p = SelectiveScanParams::new(
@@ -208,14 +203,7 @@ pub(crate) unsafe fn ssd_params<'a, T: Element>(
         ..
     } = *f;
     let (batch, seqlen, heads, head_dim, d_state, groups) = dims;
-    let dims = SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    };
+    let dims = SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups);
     // SAFETY (every call below): the caller's contract.
     unsafe {
         let mut p = SsdParams::new(

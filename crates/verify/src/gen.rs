@@ -163,12 +163,7 @@ impl Mamba1Case {
     /// Plain problem: grouped B/C with one group, no options.
     pub fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
         Mamba1Case {
-            dims: Mamba1Dims {
-                batch,
-                d_inner,
-                d_state,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
             b_groups: Some(1),
             c_groups: Some(1),
             d: false,
@@ -195,13 +190,7 @@ impl Mamba1Case {
 
     /// A short label for reports (`b2 D64 N16 L100 B:G1 C:const +D+z...`).
     pub fn describe(&self) -> String {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = self.dims;
-        let mut s = format!("b{batch} D{d_inner} N{d_state} L{seqlen}");
+        let mut s = self.dims.to_string();
         let bc = |g: Option<usize>| g.map_or("const".to_string(), |g| format!("G{g}"));
         s += &format!(" B:{} C:{}", bc(self.b_groups), bc(self.c_groups));
         let options = [
@@ -247,21 +236,16 @@ impl Mamba1Data {
     /// seed, same data).
     pub fn generate(case: &Mamba1Case, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = case.dims;
-        let bdl = batch * d_inner * seqlen;
-        let bc_len =
-            |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
+        let dims = case.dims;
+        let (batch, d_inner, seqlen) = (dims.batch, dims.d_inner, dims.seqlen);
+        let bdl = dims.io_len();
+        let bc_len = |g: Option<usize>| g.map_or(dims.a_len(), |g| dims.bc_len(g));
         let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
         let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
         Mamba1Data {
             u: randn_vec(&mut rng, bdl),
             delta: dt_vec(&mut rng, bdl, case.dt, case.softplus),
-            a: a_vec(&mut rng, d_inner * d_state),
+            a: a_vec(&mut rng, dims.a_len()),
             b: randn_vec(&mut rng, bc_len(case.b_groups)),
             c: randn_vec(&mut rng, bc_len(case.c_groups)),
             d: case.d.then(|| randn_vec(&mut rng, d_inner)),
@@ -282,7 +266,7 @@ impl Mamba1Data {
             }),
             initial_states: case
                 .initial_states
-                .then(|| randn_vec(&mut rng, rows * d_inner * d_state)),
+                .then(|| randn_vec(&mut rng, dims.states_len(rows))),
             cu_seqlens,
             case: case.clone(),
         }
@@ -371,14 +355,7 @@ impl SsdCase {
         groups: usize,
     ) -> Self {
         SsdCase {
-            dims: SsdDims {
-                batch,
-                seqlen,
-                heads,
-                head_dim,
-                d_state,
-                groups,
-            },
+            dims: SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups),
             dt_bias: false,
             softplus: false,
             dt_limit: None,
@@ -406,15 +383,7 @@ impl SsdCase {
 
     /// A short label for reports.
     pub fn describe(&self) -> String {
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = self.dims;
-        let s = format!("b{batch} L{seqlen} H{heads} P{head_dim} N{d_state} G{groups}");
+        let s = self.dims.to_string();
         let options = [
             (self.dt_bias, "bias"),
             (self.softplus, "softplus"),
@@ -460,21 +429,14 @@ impl SsdData {
     /// seed, same data).
     pub fn generate(case: &SsdCase, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = case.dims;
-        let blhp = batch * seqlen * heads * head_dim;
-        let blgn = batch * seqlen * groups * d_state;
+        let dims = case.dims;
+        let (batch, seqlen, heads) = (dims.batch, dims.seqlen, dims.heads);
+        let (blhp, blgn) = (dims.x_len(), dims.bc_len());
         let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
         let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
         SsdData {
             x: randn_vec(&mut rng, blhp),
-            dt: dt_vec(&mut rng, batch * seqlen * heads, case.dt, case.softplus),
+            dt: dt_vec(&mut rng, dims.dt_len(), case.dt, case.softplus),
             a: a_vec(&mut rng, heads),
             b: randn_vec(&mut rng, blgn),
             c: randn_vec(&mut rng, blgn),
@@ -484,12 +446,12 @@ impl SsdData {
             d: match case.d {
                 DKind::None => None,
                 DKind::PerHead => Some(randn_vec(&mut rng, heads)),
-                DKind::PerHeadDim => Some(randn_vec(&mut rng, heads * head_dim)),
+                DKind::PerHeadDim => Some(randn_vec(&mut rng, heads * dims.head_dim)),
             },
             z: case.z.then(|| randn_vec(&mut rng, blhp)),
             initial_states: case
                 .initial_states
-                .then(|| randn_vec(&mut rng, rows * heads * head_dim * d_state)),
+                .then(|| randn_vec(&mut rng, dims.states_len(rows))),
             cu_seqlens,
             case: case.clone(),
         }
@@ -504,12 +466,8 @@ impl SsdData {
     /// Per-step log decays `dt' * A` as rows of L per (batch, head), for the tolerance model.
     pub fn log_decays<T: Element>(&self, inputs: &SsdInputs<T>) -> Vec<f64> {
         let p = inputs.params();
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            ..
-        } = self.case.dims;
+        let d = self.case.dims;
+        let (batch, seqlen, heads) = (d.batch, d.seqlen, d.heads);
         let mut out = Vec::with_capacity(batch * heads * seqlen);
         for bi in 0..batch {
             for h in 0..heads {

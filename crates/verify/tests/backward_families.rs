@@ -110,12 +110,7 @@ impl Twin {
     }
 
     fn mamba1(&self) -> SelectiveScanParams<'_, f32> {
-        let dims = Mamba1Dims {
-            batch: self.batch,
-            d_inner: self.d_inner,
-            d_state: self.d_state,
-            seqlen: self.seqlen,
-        };
+        let dims = Mamba1Dims::new(self.batch, self.d_inner, self.d_state, self.seqlen);
         let grouped = |data| BcInput::Grouped {
             groups: self.groups,
             data,
@@ -165,14 +160,14 @@ impl Twin {
     }
 
     fn ssd<'a>(&'a self, s: &'a SsdInputs) -> SsdParams<'a, f32> {
-        let dims = SsdDims {
-            batch: self.batch,
-            seqlen: self.seqlen,
-            heads: self.d_inner,
-            head_dim: 1,
-            d_state: self.d_state,
-            groups: self.groups,
-        };
+        let dims = SsdDims::new(
+            self.batch,
+            self.seqlen,
+            self.d_inner,
+            1,
+            self.d_state,
+            self.groups,
+        );
         let mut p = SsdParams::new(dims, &s.x, &s.dt, &self.a_channel, &s.b, &s.c)
             .with_dt_bias(&self.bias)
             .with_dt_softplus(self.softplus)

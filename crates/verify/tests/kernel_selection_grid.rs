@@ -187,14 +187,7 @@ fn sweep_ssd(sweep: &mut Sweep, dev: &Device) {
             for n in N_GRID {
                 // (heads, groups): C B^T shared by 4 heads, or each head alone.
                 for (heads, groups) in [(4, 1), (3, 3)] {
-                    let dims = SsdDims {
-                        batch: 2,
-                        seqlen: 4097,
-                        heads,
-                        head_dim: p,
-                        d_state: n,
-                        groups,
-                    };
+                    let dims = SsdDims::new(2, 4097, heads, p, n, groups);
                     for features in ssd_features() {
                         for opts in &options {
                             let what =
@@ -288,12 +281,7 @@ fn sweep_scan(sweep: &mut Sweep, dev: &Device) {
                     for all in [true, false] {
                         let problem = ScanProblem {
                             dtype,
-                            dims: Mamba1Dims {
-                                batch: 2,
-                                d_inner: 64,
-                                d_state: n,
-                                seqlen,
-                            },
+                            dims: Mamba1Dims::new(2, 64, n, seqlen),
                             b_groups,
                             c_groups,
                             has_d: all,
@@ -554,14 +542,7 @@ fn every_selected_kernel_compiles_on_every_device() {
         failures.join("\n")
     );
     // The shape of issue 13 takes the fused kernel on the H200 now.
-    let dims = SsdDims {
-        batch: 2,
-        seqlen: 4097,
-        heads: 24,
-        head_dim: 64,
-        d_state: 96,
-        groups: 3,
-    };
+    let dims = SsdDims::new(2, 4097, 24, 64, 96, 3);
     let opts = CudaOptions {
         chunk_size: 128,
         ..CudaOptions::default()
@@ -586,14 +567,7 @@ fn the_front_end_check_reports_a_failing_static_assert() {
     else {
         return;
     };
-    let dims = SsdDims {
-        batch: 1,
-        seqlen: 64,
-        heads: 2,
-        head_dim: 64,
-        d_state: 64,
-        groups: 1,
-    };
+    let dims = SsdDims::new(1, 64, 2, 64, 64, 1);
     let c = KernelConfig::select(
         DType::Bf16,
         &dims,

@@ -215,12 +215,7 @@ fn huge_dims_with_empty_sequence_are_a_typed_error() {
     let none: [f32; 0] = [];
     let a = [-1.0f32; 8];
     let scan = SelectiveScanParams::new(
-        Mamba1Dims {
-            batch: 1 << 40,
-            d_inner: 1,
-            d_state: 8,
-            seqlen: 0,
-        },
+        Mamba1Dims::new(1 << 40, 1, 8, 0),
         &none,
         &none,
         &a,
@@ -233,14 +228,7 @@ fn huge_dims_with_empty_sequence_are_a_typed_error() {
         "validate accepts b = 2^40 with L = 0"
     );
     let ssd = SsdParams::new(
-        SsdDims {
-            batch: 1,
-            seqlen: 0,
-            heads: 1,
-            head_dim: 1 << 20,
-            d_state: 1 << 20,
-            groups: 1,
-        },
+        SsdDims::new(1, 0, 1, 1 << 20, 1 << 20, 1),
         &none,
         &none,
         &a[..1],

@@ -99,12 +99,8 @@ fn reals(rng: &mut StdRng, len: usize, lo: f64, hi: f64) -> Vec<f64> {
 impl Problem {
     fn random(seed: u64, dims: Mamba1Dims, opts: Options) -> Self {
         let mut r = rng(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = dims;
+        let (batch, d_inner, d_state) = (dims.batch, dims.d_inner, dims.d_state);
+        let seqlen = dims.seqlen;
         let bdl = batch * d_inner * seqlen;
         let bc_len =
             |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
@@ -282,12 +278,7 @@ fn check_against_finite_differences(problem: &Problem) {
 }
 
 fn dims(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Mamba1Dims {
-    Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    }
+    Mamba1Dims::new(batch, d_inner, d_state, seqlen)
 }
 
 #[test]

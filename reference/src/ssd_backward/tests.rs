@@ -6,7 +6,7 @@
 use super::*;
 use crate::ssd::ssd_recurrence;
 use crate::test_support::{rng, uniform, uniform_f32};
-use ssm_core::mamba2::DSkip;
+use ssm_core::mamba2::{DSkip, SsdDims};
 use ssm_core::tolerance::compare;
 
 /// Which options a problem uses.
@@ -74,24 +74,16 @@ fn quantize(v: Vec<f32>) -> Vec<f32> {
 impl Problem {
     fn new(seed: u64, dims: SsdDims, opts: Opts, cu: Option<Vec<i64>>) -> Self {
         let mut r = rng(seed);
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = dims;
-        let blhp = batch * seqlen * heads * head_dim;
-        let blgn = batch * seqlen * groups * d_state;
-        let rows = cu.as_ref().map_or(batch, |c| c.len() - 1);
-        let state = rows * heads * head_dim * d_state;
+        let (heads, head_dim) = (dims.heads, dims.head_dim);
+        let (blhp, blgn) = (dims.x_len(), dims.bc_len());
+        let rows = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
+        let state = dims.states_len(rows);
         let mut p = Problem {
             dims,
             opts,
             cu,
             x: uniform(&mut r, blhp, -1.0, 1.0),
-            dt: uniform(&mut r, batch * seqlen * heads, -4.5, 1.5),
+            dt: uniform(&mut r, dims.dt_len(), -4.5, 1.5),
             b: uniform(&mut r, blgn, -1.0, 1.0),
             c: uniform(&mut r, blgn, -1.0, 1.0),
             z: uniform(&mut r, blhp, -2.0, 2.0),
@@ -323,27 +315,9 @@ fn l2(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-fn dims(
-    batch: usize,
-    seqlen: usize,
-    heads: usize,
-    head_dim: usize,
-    d_state: usize,
-    groups: usize,
-) -> SsdDims {
-    SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    }
-}
-
 #[test]
 fn finite_differences_every_option() {
-    let p = Problem::new(1, dims(2, 6, 2, 2, 3, 1), ALL, None);
+    let p = Problem::new(1, SsdDims::new(2, 6, 2, 2, 3, 1), ALL, None);
     // The clamp must be active somewhere, from both sides, or its mask is untested.
     let pp = p.params();
     let dts: Vec<f64> = (0..2)
@@ -362,7 +336,7 @@ fn finite_differences_every_option() {
 fn finite_differences_no_options() {
     check_finite_differences(
         "no options",
-        &Problem::new(2, dims(1, 5, 2, 3, 2, 1), NONE, None),
+        &Problem::new(2, SsdDims::new(1, 5, 2, 3, 2, 1), NONE, None),
     );
 }
 
@@ -384,14 +358,14 @@ fn finite_differences_option_by_option() {
         ("final states", one(|o| o.final_states = true)),
     ];
     for (seed, (what, opts)) in cases.into_iter().enumerate() {
-        let p = Problem::new(10 + seed as u64, dims(1, 5, 2, 2, 3, 1), opts, None);
+        let p = Problem::new(10 + seed as u64, SsdDims::new(1, 5, 2, 2, 3, 1), opts, None);
         check_finite_differences(what, &p);
     }
 }
 
 #[test]
 fn finite_differences_groups() {
-    let p = Problem::new(3, dims(1, 5, 4, 2, 3, 2), ALL, None);
+    let p = Problem::new(3, SsdDims::new(1, 5, 4, 2, 3, 2), ALL, None);
     check_finite_differences("G=2 H=4", &p);
 }
 
@@ -399,7 +373,7 @@ fn finite_differences_groups() {
 fn finite_differences_varlen_with_per_sequence_states() {
     // An empty sequence first and inside, a single-token one, a longer one.
     let cu = vec![0i64, 0, 1, 4, 4, 8];
-    let p = Problem::new(4, dims(1, 8, 2, 2, 2, 1), ALL, Some(cu));
+    let p = Problem::new(4, SsdDims::new(1, 8, 2, 2, 2, 1), ALL, Some(cu));
     check_finite_differences("varlen", &p);
     // The empty sequences' initial-state gradients are their final-state gradients.
     let g = p.backward();
@@ -416,7 +390,7 @@ fn finite_differences_varlen_with_per_sequence_states() {
 
 #[test]
 fn finite_differences_single_token() {
-    let p = Problem::new(5, dims(3, 1, 2, 2, 3, 1), ALL, None);
+    let p = Problem::new(5, SsdDims::new(3, 1, 2, 2, 3, 1), ALL, None);
     check_finite_differences("L=1", &p);
 }
 
@@ -424,18 +398,32 @@ fn finite_differences_single_token() {
 #[test]
 fn sweep_equals_quadratic_form_gradient() {
     let cases = [
-        ("all", Problem::new(6, dims(2, 9, 4, 3, 5, 2), ALL, None)),
-        ("none", Problem::new(7, dims(1, 7, 2, 2, 3, 1), NONE, None)),
+        (
+            "all",
+            Problem::new(6, SsdDims::new(2, 9, 4, 3, 5, 2), ALL, None),
+        ),
+        (
+            "none",
+            Problem::new(7, SsdDims::new(1, 7, 2, 2, 3, 1), NONE, None),
+        ),
         (
             "varlen",
-            Problem::new(8, dims(1, 12, 2, 2, 4, 1), ALL, Some(vec![0, 3, 3, 4, 12])),
+            Problem::new(
+                8,
+                SsdDims::new(1, 12, 2, 2, 4, 1),
+                ALL,
+                Some(vec![0, 3, 3, 4, 12]),
+            ),
         ),
-        ("L=1", Problem::new(9, dims(2, 1, 2, 2, 2, 1), ALL, None)),
+        (
+            "L=1",
+            Problem::new(9, SsdDims::new(2, 1, 2, 2, 2, 1), ALL, None),
+        ),
         (
             "D per head",
             Problem::new(
                 10,
-                dims(1, 6, 2, 2, 2, 1),
+                SsdDims::new(1, 6, 2, 2, 2, 1),
                 Opts {
                     d: Some(false),
                     ..ALL
@@ -474,7 +462,12 @@ fn dot_product_test() {
         .enumerate()
     {
         let batch = if cu.is_some() { 1 } else { 2 };
-        let p = Problem::new(20 + seed as u64, dims(batch, 7, 2, 2, 3, 1), opts, cu);
+        let p = Problem::new(
+            20 + seed as u64,
+            SsdDims::new(batch, 7, 2, 2, 3, 1),
+            opts,
+            cu,
+        );
         // A random direction v over every differentiable input.
         let mut r = rng(99 + seed as u64);
         let inputs: Vec<Input> = p
@@ -532,7 +525,7 @@ fn dot_product_test() {
 
 #[test]
 fn gradient_inputs_are_validated() {
-    let p = Problem::new(30, dims(1, 3, 2, 2, 2, 1), ALL, None);
+    let p = Problem::new(30, SsdDims::new(1, 3, 2, 2, 2, 1), ALL, None);
     let err = ssd_backward(&p.params(), &p.w_out[1..], p.d_final()).unwrap_err();
     assert!(err.to_string().contains("`d_out`"), "{err}");
     let err = ssd_backward(&p.params(), &p.w_out, Some(&p.w_final[1..])).unwrap_err();
@@ -548,9 +541,16 @@ fn empty_input_passes_the_final_state_gradient_through() {
     let none = [0.0f64; 0];
     let s0 = [0.5f32, 2.0];
     let ds = [3.0f32, -1.0];
-    let p = SsdParams::new(dims(1, 0, 1, 1, 2, 1), &none, &none, &a, &none, &none)
-        .with_initial_states(&s0)
-        .with_final_states(true);
+    let p = SsdParams::new(
+        SsdDims::new(1, 0, 1, 1, 2, 1),
+        &none,
+        &none,
+        &a,
+        &none,
+        &none,
+    )
+    .with_initial_states(&s0)
+    .with_final_states(true);
     for f in [ssd_backward::<f64>, ssd_backward_quadratic::<f64>] {
         let g = f(&p, &none, Some(&ds)).unwrap();
         assert_eq!(g.dinitial_states.unwrap(), vec![3.0, -1.0]);
@@ -562,7 +562,7 @@ fn empty_input_passes_the_final_state_gradient_through() {
 /// is strictly larger somewhere on a problem with mixed signs.
 #[test]
 fn magnitude_bounds_every_gradient() {
-    let p = Problem::new(40, dims(2, 9, 4, 3, 5, 2), ALL, None);
+    let p = Problem::new(40, SsdDims::new(2, 9, 4, 3, 5, 2), ALL, None);
     let g = p.backward();
     let m = ssd_backward_magnitude(&p.params(), &p.w_out, p.d_final())
         .unwrap()

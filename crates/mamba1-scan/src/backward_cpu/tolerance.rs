@@ -134,12 +134,7 @@ mod tests {
 
     #[test]
     fn reduction_terms_follow_the_layout() {
-        let dims = Mamba1Dims {
-            batch: 2,
-            d_inner: 8,
-            d_state: 4,
-            seqlen: 10,
-        };
+        let dims = Mamba1Dims::new(2, 8, 4, 10);
         let (u, a) = (vec![0f32; 160], vec![0f32; 32]);
         let p = SelectiveScanParams::new(
             dims,

@@ -122,12 +122,8 @@ impl ScanProblem {
     /// data, checked on the shapes alone: every plan checks them, so that a
     /// hand-built problem cannot size a launch wrongly (or divide by zero).
     pub fn check(&self) -> Result<()> {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = self.dims;
+        let (batch, d_inner, d_state) = (self.dims.batch, self.dims.d_inner, self.dims.d_state);
+        let seqlen = self.dims.seqlen;
         check_nonzero("batch", batch)?;
         check_nonzero("d_inner", d_inner)?;
         check_nonzero("d_state", d_state)?;
@@ -179,12 +175,8 @@ impl ScanProblem {
 
     /// Elements of B (or C) given its group count.
     pub fn bc_len(&self, groups: Option<usize>) -> usize {
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = self.dims;
+        let (batch, d_inner, d_state) = (self.dims.batch, self.dims.d_inner, self.dims.d_state);
+        let seqlen = self.dims.seqlen;
         match groups {
             Some(g) => batch * g * d_state * seqlen,
             None => d_inner * d_state,
@@ -585,12 +577,7 @@ mod tests {
     fn problem(n: usize, seqlen: usize) -> ScanProblem {
         ScanProblem {
             dtype: DType::Bf16,
-            dims: Mamba1Dims {
-                batch: 4,
-                d_inner: 5120,
-                d_state: n,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(4, 5120, n, seqlen),
             b_groups: Some(1),
             c_groups: Some(1),
             has_d: true,

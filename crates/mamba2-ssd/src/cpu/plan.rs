@@ -94,14 +94,7 @@ mod tests {
     use super::*;
 
     fn dims(batch: usize, seqlen: usize) -> SsdDims {
-        SsdDims {
-            batch,
-            seqlen,
-            heads: 1,
-            head_dim: 1,
-            d_state: 1,
-            groups: 1,
-        }
+        SsdDims::new(batch, seqlen, 1, 1, 1, 1)
     }
 
     #[test]

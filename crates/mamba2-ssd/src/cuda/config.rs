@@ -611,14 +611,7 @@ mod tests {
     use super::*;
 
     fn dims(n: usize, p: usize) -> SsdDims {
-        SsdDims {
-            batch: 1,
-            seqlen: 100,
-            heads: 2,
-            head_dim: p,
-            d_state: n,
-            groups: 1,
-        }
+        SsdDims::new(1, 100, 2, p, n, 1)
     }
 
     const H100: &DeviceLimits = &DeviceLimits::H100_SXM;
@@ -760,14 +753,7 @@ mod tests {
     fn issue_13_shape_is_fused_and_launchable_on_every_known_device() {
         // bf16, P = 64, N = 96 (N / 8 = 12 vectors per B/C row do not divide the
         // 128 threads: the kernel's copy loop leaves the last 8 idle).
-        let d = SsdDims {
-            batch: 2,
-            seqlen: 4097,
-            heads: 24,
-            head_dim: 64,
-            d_state: 96,
-            groups: 3,
-        };
+        let d = SsdDims::new(2, 4097, 24, 64, 96, 3);
         for (name, limits) in DeviceLimits::KNOWN {
             for q in CHUNK_SIZES {
                 let opts = CudaOptions {

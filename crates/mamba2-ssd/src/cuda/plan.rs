@@ -2,8 +2,8 @@
 //! and launches on buffers that stay on the GPU (benchmarks, and callers that keep
 //! their tensors there).
 
-use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
-use ssm_core::shape::{check_allocatable, check_cu_seqlens, check_groups, check_nonzero, Shape};
+use ssm_core::mamba2::{check_dt_limit, DSkip, SsdDims, SsdParams};
+use ssm_core::shape::{check_allocatable, check_cu_seqlens, Shape};
 use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
@@ -214,44 +214,21 @@ pub(super) fn check_shapes(
     dt_limit: (f32, f32),
     cu_seqlens: Option<&[i64]>,
 ) -> Result<()> {
-    let SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    } = *dims;
-    check_nonzero("batch", batch)?;
-    check_nonzero("heads", heads)?;
-    check_nonzero("head_dim", head_dim)?;
-    check_nonzero("d_state", d_state)?;
-    check_groups("B", groups, "H", heads)?;
-    let (lo, hi) = dt_limit;
-    if lo.is_nan() || hi.is_nan() || lo > hi {
-        return Err(SsmError::DtLimit { min: lo, max: hi });
-    }
+    dims.check()?;
+    check_dt_limit(dt_limit)?;
     let seqs = match cu_seqlens {
-        Some(cu) => check_cu_seqlens(cu, batch, seqlen)?,
-        None => batch,
+        Some(cu) => check_cu_seqlens(cu, dims.batch, dims.seqlen)?,
+        None => dims.batch,
     };
-    check_allocatable(
-        "x",
-        Shape(&[("b", batch), ("L", seqlen), ("H", heads), ("P", head_dim)]),
-    )?;
-    check_allocatable(
-        "B",
-        Shape(&[("b", batch), ("L", seqlen), ("G", groups), ("N", d_state)]),
-    )?;
-    check_allocatable(
-        "final_states",
-        Shape(&[
-            ("seqs", seqs),
-            ("H", heads),
-            ("P", head_dim),
-            ("N", d_state),
-        ]),
-    )?;
+    check_allocatable("x", Shape(&dims.x_shape()))?;
+    check_allocatable("B", Shape(&dims.bc_shape()))?;
+    let states = [
+        ("seqs", seqs),
+        ("H", dims.heads),
+        ("P", dims.head_dim),
+        ("N", dims.d_state),
+    ];
+    check_allocatable("final_states", Shape(&states))?;
     Ok(())
 }
 

@@ -88,14 +88,8 @@ fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
 impl Case {
     pub fn new(dims: SsdDims, opts: Options, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim,
-            d_state,
-            groups,
-        } = dims;
+        let (batch, seqlen, heads, head_dim) = (dims.batch, dims.seqlen, dims.heads, dims.head_dim);
+        let (d_state, groups) = (dims.d_state, dims.groups);
         let tokens = batch * seqlen;
         let x = randn(&mut rng, tokens * heads * head_dim);
         let b = randn(&mut rng, tokens * groups * d_state);
@@ -220,20 +214,7 @@ pub fn chunked_log_decay<T: Element>(p: &SsdParams<'_, T>, chunk: usize) -> f64 
     k
 }
 
-pub fn dims(
-    batch: usize,
-    seqlen: usize,
-    heads: usize,
-    head_dim: usize,
-    d_state: usize,
-    groups: usize,
-) -> SsdDims {
-    SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    }
+/// [`SsdDims::new`] under the short name the tests use: `(b, L, H, P, N, G)`.
+pub fn dims(b: usize, l: usize, h: usize, p: usize, n: usize, g: usize) -> SsdDims {
+    SsdDims::new(b, l, h, p, n, g)
 }

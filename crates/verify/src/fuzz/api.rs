@@ -281,18 +281,8 @@ fn finite_contract(
 }
 
 fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
-    let dims = Mamba1Dims {
-        batch: dim(b),
-        d_inner: dim(b),
-        d_state: dim(b),
-        seqlen: if b.bool() { 0 } else { dim(b) },
-    };
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        seqlen,
-    } = dims;
+    let dims = Mamba1Dims::new(dim(b), dim(b), dim(b), if b.bool() { 0 } else { dim(b) });
+    let (batch, d_inner, d_state, seqlen) = (dims.batch, dims.d_inner, dims.d_state, dims.seqlen);
     let bdl = product(&[batch, d_inner, seqlen]);
     let u = tensor(b, bdl);
     let delta = tensor(b, bdl);
@@ -399,26 +389,20 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
 }
 
 fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
-    let dims = SsdDims {
-        batch: dim(b),
-        seqlen: if b.bool() { 0 } else { dim(b) },
-        heads: dim(b),
-        head_dim: dim(b),
-        d_state: dim(b),
-        groups: 0,
-    };
+    let dims = SsdDims::new(
+        dim(b),
+        if b.bool() { 0 } else { dim(b) },
+        dim(b),
+        dim(b),
+        dim(b),
+        0,
+    );
     let dims = SsdDims {
         groups: groups(b, dims.heads),
         ..dims
     };
-    let SsdDims {
-        batch,
-        seqlen,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    } = dims;
+    let (batch, seqlen, heads, head_dim) = (dims.batch, dims.seqlen, dims.heads, dims.head_dim);
+    let (d_state, groups) = (dims.d_state, dims.groups);
     let blhp = product(&[batch, seqlen, heads, head_dim]);
     let blgn = product(&[batch, seqlen, groups, d_state]);
     let x = tensor(b, blhp);

@@ -27,7 +27,6 @@ use mamba2_ssd::backward_cpu::tolerance::judge_grads;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
-use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
 use ssm_core::{DType, Element, SsmError};
 use ssm_gpu::DeviceElement;
@@ -111,14 +110,7 @@ impl SsdBwdProblem {
         let varlen = b.chance(64).then(|| b.int(1, 4));
         let batch = if varlen.is_some() { 1 } else { b.int(1, 2) };
         let seqlen = b.seqlen(MAX_SEQLEN);
-        let dims = SsdDims {
-            batch,
-            seqlen,
-            heads,
-            head_dim: b.int(1, 8),
-            d_state: b.int(1, 8),
-            groups,
-        };
+        let dims = SsdDims::new(batch, seqlen, heads, b.int(1, 8), b.int(1, 8), groups);
         let mut case = SsdCase::plain(batch, seqlen, heads, dims.head_dim, dims.d_state, groups);
         case.varlen = varlen;
         case.dt_bias = b.bool();
@@ -313,12 +305,8 @@ fn scan_as<T: DeviceElement>(problem: &ScanBwdProblem, ctx: &Ctx<'_>) -> Result<
     let data = Mamba1Data::generate(&problem.case, problem.seed);
     let inputs = data.inputs::<T>();
     let p = inputs.params();
-    let Mamba1Dims {
-        batch,
-        d_inner,
-        d_state,
-        ..
-    } = problem.case.dims;
+    let (batch, d_inner) = (problem.case.dims.batch, problem.case.dims.d_inner);
+    let d_state = problem.case.dims.d_state;
     let mut rng = StdRng::seed_from_u64(problem.seed ^ 0x9e37_79b9_7f4a_7c15);
     let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
     let d_final: Option<Vec<f32>> = problem.case.final_states.then(|| {

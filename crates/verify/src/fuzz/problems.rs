@@ -74,12 +74,7 @@ impl ScanProblem {
         };
         let (b_kind, c_kind) = (bytes.int(0, 2), bytes.int(0, 2));
         let case = Mamba1Case {
-            dims: Mamba1Dims {
-                batch,
-                d_inner: groups * per_group,
-                d_state,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, groups * per_group, d_state, seqlen),
             b_groups: bc(b_kind),
             c_groups: bc(c_kind),
             d: bytes.bool(),
@@ -198,14 +193,14 @@ impl SsdProblem {
         let varlen = bytes.chance(64).then(|| bytes.int(1, 5));
         let batch = if varlen.is_some() { 1 } else { bytes.int(1, 2) };
         let case = SsdCase {
-            dims: SsdDims {
+            dims: SsdDims::new(
                 batch,
                 seqlen,
-                heads: groups * heads_per_group,
+                groups * heads_per_group,
                 head_dim,
                 d_state,
                 groups,
-            },
+            ),
             dt_bias: bytes.bool(),
             softplus: bytes.bool(),
             dt_limit: bytes.pick(DT_LIMITS),

@@ -66,12 +66,12 @@ pub fn mamba1_case(max_len: usize, varlen: bool) -> impl Strategy<Value = Mamba1
                     _ => Some(groups),
                 };
                 Mamba1Case {
-                    dims: Mamba1Dims {
-                        batch: if vl.is_some() { 1 } else { batch },
-                        d_inner: groups * per_group,
+                    dims: Mamba1Dims::new(
+                        if vl.is_some() { 1 } else { batch },
+                        groups * per_group,
                         d_state,
                         seqlen,
-                    },
+                    ),
                     b_groups: bc(b_kind),
                     c_groups: bc(c_kind),
                     d,
@@ -116,14 +116,14 @@ pub fn ssd_case(max_len: usize, varlen: bool) -> impl Strategy<Value = SsdCase> 
                 (vl, dt),
             )| {
                 SsdCase {
-                    dims: SsdDims {
-                        batch: if vl.is_some() { 1 } else { batch },
+                    dims: SsdDims::new(
+                        if vl.is_some() { 1 } else { batch },
                         seqlen,
-                        heads: groups * per_group,
+                        groups * per_group,
                         head_dim,
                         d_state,
                         groups,
-                    },
+                    ),
                     dt_bias: bias,
                     softplus: sp,
                     dt_limit: limit.then_some((0.001, 5.0)),
