@@ -17,7 +17,9 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Storage, StorageRef, Tensor};
-use ssm_gpu::Gpu;
+use ssm_gpu::{DeviceElement, Gpu};
+
+use crate::op::{grad_list, named, Roles};
 
 /// The `Gpu` of candle device `dev` (made on its stream the first time).
 pub(crate) fn gpu_for(op: &'static str, dev: &CudaDevice) -> Result<Arc<Gpu>> {
@@ -121,12 +123,60 @@ impl Borrowed<'_> {
     }
 }
 
-/// The view of an optional tensor.
-pub(crate) fn opt_view<'a, T: CudaDType>(
-    op: &'static str,
-    b: &'a Option<Borrowed<'a>>,
-) -> Result<Option<CudaView<'a, T>>> {
-    b.as_ref().map(|b| b.view::<T>(op)).transpose()
+/// An op's input storages by role, borrowed while a launch reads them.
+pub(crate) struct Held<'a>(Roles<Borrowed<'a>>);
+
+impl<'a> Held<'a> {
+    /// Borrow every input; `names` (role order) name them in errors.
+    pub(crate) fn new(inputs: &'a Roles<Tensor>, names: [&'static str; 8]) -> Self {
+        let by_name = |(name, t): (&'static str, &'a Tensor)| borrow(name, t);
+        Held(named(inputs, names).map(by_name, by_name, |n| match n {}))
+    }
+
+    /// Zero-copy views: the sequence tensors as `T`, the parameters as f32.
+    pub(crate) fn views<T: CudaDType>(
+        &self,
+        op: &'static str,
+    ) -> Result<Roles<CudaView<'_, T>, CudaView<'_, f32>>> {
+        self.0
+            .as_ref()
+            .try_map(|b| b.view::<T>(op), |b| b.view::<f32>(op), |n| match *n {})
+    }
+
+    /// Device-to-device copies of the inputs, for launches that take owned
+    /// buffers; enqueued on the GPU's (candle's) stream.
+    pub(crate) fn owned<T: DeviceElement + CudaDType>(
+        &self,
+        op: &'static str,
+        gpu: &Gpu,
+    ) -> Result<Roles<CudaSlice<T>, CudaSlice<f32>>> {
+        self.views::<T>(op)?
+            .try_map(|v| copy(op, gpu, &v), |v| copy(op, gpu, &v), |n| match n {})
+    }
+
+    /// A device copy of one more tensor (`name` in errors).
+    pub(crate) fn copy_of<T: DeviceElement + CudaDType>(
+        op: &'static str,
+        gpu: &Gpu,
+        name: &'static str,
+        t: &Tensor,
+    ) -> Result<CudaSlice<T>> {
+        copy(op, gpu, &borrow(name, t).view::<T>(op)?)
+    }
+}
+
+/// The slot's list of device gradients by role, each a tensor of its input's dims.
+pub(crate) fn wrap_grads<T: CudaDType>(
+    inputs: &Roles<Tensor>,
+    dev: &CudaDevice,
+    grads: Roles<CudaSlice<T>, CudaSlice<f32>>,
+) -> Result<Vec<Option<Tensor>>> {
+    grad_list(
+        inputs,
+        grads,
+        |g, t| Ok(wrap(g, dev, t.dims())),
+        |g, t| Ok(wrap(g, dev, t.dims())),
+    )
 }
 
 /// A candle tensor of `dims` owning `slice` (no copy, no gradient tracking).

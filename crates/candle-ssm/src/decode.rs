@@ -16,12 +16,12 @@
 //!   `A (D_in, N)`, `D, dt_bias (D_in)`, `B, C (b, G, N)`.
 
 use candle_core::{DType, Result, Tensor};
-use half::{bf16, f16};
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
-use ssm_core::mamba2::{DSkip, NO_DT_LIMIT};
-use ssm_gpu::DeviceElement;
+use ssm_core::mamba2::NO_DT_LIMIT;
 
-use crate::util::{check_dims, dims_n, elem_of, host, host_opt, same_kind, ssm_err, tensor, Elem};
+use crate::op::{by_elem, check_common, host_roles, optional_inputs, roles, Roles, Seq, NAMES};
+use crate::ssd::{d_is_per_head_dim, d_skip};
+use crate::util::{check_dims, dims_n, elem_of, host, ssm_err, tensor};
 
 #[cfg(feature = "cuda")]
 #[path = "decode_cuda.rs"]
@@ -54,14 +54,8 @@ fn dense(t: &Tensor, dtype: DType) -> Result<Tensor> {
 #[derive(Clone, Debug)]
 pub struct Mamba2Step {
     state: Tensor,
-    x: Tensor,
-    dt: Tensor,
-    a: Tensor,
-    b: Tensor,
-    c: Tensor,
-    d: Option<Tensor>,
-    z: Option<Tensor>,
-    dt_bias: Option<Tensor>,
+    /// `x, dt, A, B, C` and the optional `D, z, dt_bias`, by role.
+    inputs: Roles<Tensor>,
     dt_softplus: bool,
     dt_limit: (f32, f32),
 }
@@ -79,37 +73,16 @@ impl Mamba2Step {
     ) -> Self {
         Mamba2Step {
             state: state.clone(),
-            x: x.clone(),
-            dt: dt.clone(),
-            a: a.clone(),
-            b: b.clone(),
-            c: c.clone(),
-            d: None,
-            z: None,
-            dt_bias: None,
+            inputs: roles(x.clone(), dt.clone(), a.clone(), b.clone(), c.clone()),
             dt_softplus: false,
             dt_limit: NO_DT_LIMIT,
         }
     }
-    /// The skip term `D`: `(H)` or `(H, P)`.
-    pub fn d(mut self, d: &Tensor) -> Self {
-        self.d = Some(d.clone());
-        self
-    }
-    /// The gate `z (b, H, P)`.
-    pub fn z(mut self, z: &Tensor) -> Self {
-        self.z = Some(z.clone());
-        self
-    }
-    /// `dt_bias (H)`.
-    pub fn dt_bias(mut self, bias: &Tensor) -> Self {
-        self.dt_bias = Some(bias.clone());
-        self
-    }
-    /// Apply softplus to `dt + dt_bias`.
-    pub fn dt_softplus(mut self, on: bool) -> Self {
-        self.dt_softplus = on;
-        self
+    optional_inputs! {
+        d: "The skip term `D`: `(H)` or `(H, P)`.",
+        z: "The gate `z (b, H, P)`.",
+        dt_bias: "`dt_bias (H)`.",
+        dt_softplus: "Apply softplus to `dt + dt_bias`.",
     }
     /// Clamp the processed step to `[min, max]`.
     pub fn dt_limit(mut self, min: f32, max: f32) -> Self {
@@ -120,11 +93,10 @@ impl Mamba2Step {
     /// Run the step: `(out (b, H, P)` in the dtype of `x`, `next state
     /// (b, H, P, N)` f32`)`.
     pub fn run(&self) -> Result<(Tensor, Tensor)> {
-        let [batch, heads, head_dim] = dims_n(OP2, "x", &self.x, ["b", "H", "P"])?;
-        let [_, groups, d_state] = dims_n(OP2, "B", &self.b, ["b", "G", "N"])?;
-        elem_of(OP2, "x", &self.x)?;
-        let seq = self.x.dtype();
-        let bgn = [("b", batch), ("G", groups), ("N", d_state)];
+        let i = &self.inputs;
+        let [batch, heads, head_dim] = dims_n(OP2, "x", &i.x, ["b", "H", "P"])?;
+        let [_, groups, d_state] = dims_n(OP2, "B", &i.b, ["b", "G", "N"])?;
+        let elem = elem_of(OP2, "x", &i.x)?;
         let bhp = [("b", batch), ("H", heads), ("P", head_dim)];
         check_dims(
             OP2,
@@ -132,61 +104,54 @@ impl Mamba2Step {
             &self.state,
             &[("b", batch), ("H", heads), ("P", head_dim), ("N", d_state)],
         )?;
-        check_dims(OP2, "dt", &self.dt, &[("b", batch), ("H", heads)])?;
-        check_dims(OP2, "A", &self.a, &[("H", heads)])?;
-        check_dims(OP2, "B", &self.b, &bgn)?;
-        check_dims(OP2, "C", &self.c, &bgn)?;
-        for (name, t) in [("dt", &self.dt), ("B", &self.b), ("C", &self.c)] {
-            same_kind(OP2, name, t, &self.x)?;
-        }
-        if let Some(z) = &self.z {
-            same_kind(OP2, "z", z, &self.x)?;
-            check_dims(OP2, "z", z, &bhp)?;
-        }
-        if let Some(bias) = &self.dt_bias {
+        check_dims(OP2, "dt", &i.dt, &bhp[..2])?;
+        check_dims(OP2, "A", &i.a, &[("H", heads)])?;
+        check_common(
+            OP2,
+            NAMES,
+            i,
+            &[("b", batch), ("G", groups), ("N", d_state)],
+            &bhp,
+        )?;
+        if let Some(bias) = &i.dt_bias {
             check_dims(OP2, "dt_bias", bias, &[("H", heads)])?;
         }
-        let d_per_dim = match &self.d {
-            Some(d) if d.rank() == 2 => {
-                check_dims(OP2, "D", d, &[("H", heads), ("P", head_dim)])?;
-                true
-            }
-            Some(d) => {
-                check_dims(OP2, "D", d, &[("H", heads)])?;
-                false
-            }
-            None => false,
-        };
-        let f32d = |t: &Tensor| dense(t, DType::F32);
+        let d_per_dim = d_is_per_head_dim(OP2, i.d.as_ref(), heads, head_dim)?;
         let step = Step2 {
             dims: [batch, heads, head_dim, d_state, groups],
-            state: f32d(&self.state)?,
-            x: dense(&self.x, seq)?,
-            dt: dense(&self.dt, seq)?,
-            a: f32d(&self.a)?,
-            b: dense(&self.b, seq)?,
-            c: dense(&self.c, seq)?,
-            d: self.d.as_ref().map(f32d).transpose()?,
+            state: dense(&self.state, DType::F32)?,
+            inputs: dense_roles(i)?,
             d_per_dim,
-            z: self.z.as_ref().map(|z| dense(z, seq)).transpose()?,
-            dt_bias: self.dt_bias.as_ref().map(f32d).transpose()?,
             dt_softplus: self.dt_softplus,
             dt_limit: self.dt_limit,
         };
         #[cfg(feature = "cuda")]
-        if self.x.device().is_cuda() {
-            return match elem_of(OP2, "x", &self.x)? {
-                Elem::F32 => step.run_cuda::<f32>(),
-                Elem::F16 => step.run_cuda::<f16>(),
-                Elem::Bf16 => step.run_cuda::<bf16>(),
-            };
+        if i.x.device().is_cuda() {
+            return by_elem!(elem, T => step.run_cuda::<T>());
         }
-        match elem_of(OP2, "x", &self.x)? {
-            Elem::F32 => step.run_host::<f32>(),
-            Elem::F16 => step.run_host::<f16>(),
-            Elem::Bf16 => step.run_host::<bf16>(),
-        }
+        by_elem!(elem, T => step.run_host::<T>())
     }
+}
+
+/// The inputs dense: the sequence tensors in the dtype of `x`, the rest f32.
+fn dense_roles(i: &Roles<Tensor>) -> Result<Roles<Tensor>> {
+    let seq = i.x.dtype();
+    i.as_ref()
+        .try_map(|t| dense(t, seq), |t| dense(t, DType::F32), |n| match *n {})
+}
+
+/// The state and output as tensors shaped like the step's `state` and `x`.
+fn step_result(
+    out: Vec<impl candle_core::WithDType>,
+    state: Vec<f32>,
+    like_state: &Tensor,
+    like_x: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let dev = like_x.device();
+    Ok((
+        tensor(out, like_x.dims(), dev)?,
+        tensor(state, like_state.dims(), dev)?,
+    ))
 }
 
 /// A checked Mamba-2 step: dense inputs of known shapes.
@@ -194,54 +159,30 @@ pub(crate) struct Step2 {
     /// b, H, P, N, G
     pub(crate) dims: [usize; 5],
     pub(crate) state: Tensor,
-    pub(crate) x: Tensor,
-    pub(crate) dt: Tensor,
-    pub(crate) a: Tensor,
-    pub(crate) b: Tensor,
-    pub(crate) c: Tensor,
-    pub(crate) d: Option<Tensor>,
+    /// `x, dt, A, B, C, D, z, dt_bias` by role.
+    pub(crate) inputs: Roles<Tensor>,
     pub(crate) d_per_dim: bool,
-    pub(crate) z: Option<Tensor>,
-    pub(crate) dt_bias: Option<Tensor>,
     pub(crate) dt_softplus: bool,
     pub(crate) dt_limit: (f32, f32),
 }
 
 impl Step2 {
-    fn run_host<T: DeviceElement + candle_core::WithDType>(&self) -> Result<(Tensor, Tensor)> {
+    fn run_host<T: Seq>(&self) -> Result<(Tensor, Tensor)> {
         let [batch, heads, head_dim, d_state, groups] = self.dims;
-        let (x, dt, b, c) = (
-            host::<T>(&self.x)?,
-            host::<T>(&self.dt)?,
-            host::<T>(&self.b)?,
-            host::<T>(&self.c)?,
-        );
-        let a = host::<f32>(&self.a)?;
-        let d = host_opt::<f32>(self.d.as_ref())?;
-        let z = host_opt::<T>(self.z.as_ref())?;
-        let bias = host_opt::<f32>(self.dt_bias.as_ref())?;
+        let h = host_roles::<T>(&self.inputs)?;
         let mut state = host::<f32>(&self.state)?;
-        let mut p =
-            Mamba2StepParams::new(batch, heads, head_dim, d_state, groups, &x, &dt, &a, &b, &c);
-        p.d = d.as_deref().map(|d| {
-            if self.d_per_dim {
-                DSkip::PerHeadDim(d)
-            } else {
-                DSkip::PerHead(d)
-            }
-        });
-        p.z = z.as_deref();
-        p.dt_bias = bias.as_deref();
+        let mut p = Mamba2StepParams::new(
+            batch, heads, head_dim, d_state, groups, &h.x, &h.dt, &h.a, &h.b, &h.c,
+        );
+        p.d = h.d.as_deref().map(|d| d_skip(d, self.d_per_dim));
+        p.z = h.z.as_deref();
+        p.dt_bias = h.dt_bias.as_deref();
         p.dt_softplus = self.dt_softplus;
         p.dt_limit = self.dt_limit;
         let out =
             mamba2_ssd::decode_step(&p, &mut state, mamba2_ssd::Backend::Cpu(Default::default()))
                 .map_err(ssm_err(OP2))?;
-        let dev = self.x.device();
-        Ok((
-            tensor(out.out, self.x.dims(), dev)?,
-            tensor(state, self.state.dims(), dev)?,
-        ))
+        step_result(out.out, state, &self.state, &self.inputs.x)
     }
 }
 
@@ -249,14 +190,8 @@ impl Step2 {
 #[derive(Clone, Debug)]
 pub struct Mamba1Step {
     state: Tensor,
-    x: Tensor,
-    dt: Tensor,
-    a: Tensor,
-    b: Tensor,
-    c: Tensor,
-    d: Option<Tensor>,
-    z: Option<Tensor>,
-    dt_bias: Option<Tensor>,
+    /// `x, dt, A, B, C` and the optional `D, z, dt_bias`, by role.
+    inputs: Roles<Tensor>,
     dt_softplus: bool,
 }
 
@@ -273,46 +208,24 @@ impl Mamba1Step {
     ) -> Self {
         Mamba1Step {
             state: state.clone(),
-            x: x.clone(),
-            dt: dt.clone(),
-            a: a.clone(),
-            b: b.clone(),
-            c: c.clone(),
-            d: None,
-            z: None,
-            dt_bias: None,
+            inputs: roles(x.clone(), dt.clone(), a.clone(), b.clone(), c.clone()),
             dt_softplus: false,
         }
     }
-    /// The skip term `D (D_in)`.
-    pub fn d(mut self, d: &Tensor) -> Self {
-        self.d = Some(d.clone());
-        self
-    }
-    /// The gate `z (b, D_in)`.
-    pub fn z(mut self, z: &Tensor) -> Self {
-        self.z = Some(z.clone());
-        self
-    }
-    /// `dt_bias (D_in)`.
-    pub fn dt_bias(mut self, bias: &Tensor) -> Self {
-        self.dt_bias = Some(bias.clone());
-        self
-    }
-    /// Apply softplus to `dt + dt_bias`.
-    pub fn dt_softplus(mut self, on: bool) -> Self {
-        self.dt_softplus = on;
-        self
+    optional_inputs! {
+        d: "The skip term `D (D_in)`.",
+        z: "The gate `z (b, D_in)`.",
+        dt_bias: "`dt_bias (D_in)`.",
+        dt_softplus: "Apply softplus to `dt + dt_bias`.",
     }
 
     /// Run the step: `(out (b, D_in)` in the dtype of `x`, `next state
     /// (b, D_in, N)` f32`)`.
     pub fn run(&self) -> Result<(Tensor, Tensor)> {
-        let [batch, d_inner] = dims_n(OP1, "x", &self.x, ["b", "D_in"])?;
-        let [_, groups, d_state] = dims_n(OP1, "B", &self.b, ["b", "G", "N"])?;
-        elem_of(OP1, "x", &self.x)?;
-        let seq = self.x.dtype();
-        let bgn = [("b", batch), ("G", groups), ("N", d_state)];
+        let i = &self.inputs;
+        let [batch, d_inner] = dims_n(OP1, "x", &i.x, ["b", "D_in"])?;
+        let [_, groups, d_state] = dims_n(OP1, "B", &i.b, ["b", "G", "N"])?;
+        let elem = elem_of(OP1, "x", &i.x)?;
         let bd = [("b", batch), ("D_in", d_inner)];
         check_dims(
             OP1,
@@ -320,49 +233,31 @@ impl Mamba1Step {
             &self.state,
             &[("b", batch), ("D_in", d_inner), ("N", d_state)],
         )?;
-        check_dims(OP1, "dt", &self.dt, &bd)?;
-        check_dims(OP1, "A", &self.a, &[("D_in", d_inner), ("N", d_state)])?;
-        check_dims(OP1, "B", &self.b, &bgn)?;
-        check_dims(OP1, "C", &self.c, &bgn)?;
-        for (name, t) in [("dt", &self.dt), ("B", &self.b), ("C", &self.c)] {
-            same_kind(OP1, name, t, &self.x)?;
-        }
-        if let Some(z) = &self.z {
-            same_kind(OP1, "z", z, &self.x)?;
-            check_dims(OP1, "z", z, &bd)?;
-        }
-        for (name, t) in [("D", &self.d), ("dt_bias", &self.dt_bias)] {
+        check_dims(OP1, "dt", &i.dt, &bd)?;
+        check_dims(OP1, "A", &i.a, &[("D_in", d_inner), ("N", d_state)])?;
+        check_common(
+            OP1,
+            NAMES,
+            i,
+            &[("b", batch), ("G", groups), ("N", d_state)],
+            &bd,
+        )?;
+        for (name, t) in [("D", &i.d), ("dt_bias", &i.dt_bias)] {
             if let Some(t) = t {
                 check_dims(OP1, name, t, &[("D_in", d_inner)])?;
             }
         }
-        let f32d = |t: &Tensor| dense(t, DType::F32);
         let step = Step1 {
             dims: [batch, d_inner, d_state, groups],
-            state: f32d(&self.state)?,
-            x: dense(&self.x, seq)?,
-            dt: dense(&self.dt, seq)?,
-            a: f32d(&self.a)?,
-            b: dense(&self.b, seq)?,
-            c: dense(&self.c, seq)?,
-            d: self.d.as_ref().map(f32d).transpose()?,
-            z: self.z.as_ref().map(|z| dense(z, seq)).transpose()?,
-            dt_bias: self.dt_bias.as_ref().map(f32d).transpose()?,
+            state: dense(&self.state, DType::F32)?,
+            inputs: dense_roles(i)?,
             dt_softplus: self.dt_softplus,
         };
         #[cfg(feature = "cuda")]
-        if self.x.device().is_cuda() {
-            return match elem_of(OP1, "x", &self.x)? {
-                Elem::F32 => step.run_cuda::<f32>(),
-                Elem::F16 => step.run_cuda::<f16>(),
-                Elem::Bf16 => step.run_cuda::<bf16>(),
-            };
+        if i.x.device().is_cuda() {
+            return by_elem!(elem, T => step.run_cuda::<T>());
         }
-        match elem_of(OP1, "x", &self.x)? {
-            Elem::F32 => step.run_host::<f32>(),
-            Elem::F16 => step.run_host::<f16>(),
-            Elem::Bf16 => step.run_host::<bf16>(),
-        }
+        by_elem!(elem, T => step.run_host::<T>())
     }
 }
 
@@ -371,35 +266,22 @@ pub(crate) struct Step1 {
     /// b, D_in, N, G
     pub(crate) dims: [usize; 4],
     pub(crate) state: Tensor,
-    pub(crate) x: Tensor,
-    pub(crate) dt: Tensor,
-    pub(crate) a: Tensor,
-    pub(crate) b: Tensor,
-    pub(crate) c: Tensor,
-    pub(crate) d: Option<Tensor>,
-    pub(crate) z: Option<Tensor>,
-    pub(crate) dt_bias: Option<Tensor>,
+    /// `x, dt, A, B, C, D, z, dt_bias` by role.
+    pub(crate) inputs: Roles<Tensor>,
     pub(crate) dt_softplus: bool,
 }
 
 impl Step1 {
-    fn run_host<T: DeviceElement + candle_core::WithDType>(&self) -> Result<(Tensor, Tensor)> {
+    fn run_host<T: Seq>(&self) -> Result<(Tensor, Tensor)> {
         let [batch, d_inner, d_state, groups] = self.dims;
-        let (x, dt, b, c) = (
-            host::<T>(&self.x)?,
-            host::<T>(&self.dt)?,
-            host::<T>(&self.b)?,
-            host::<T>(&self.c)?,
-        );
-        let a = host::<f32>(&self.a)?;
-        let d = host_opt::<f32>(self.d.as_ref())?;
-        let z = host_opt::<T>(self.z.as_ref())?;
-        let bias = host_opt::<f32>(self.dt_bias.as_ref())?;
+        let h = host_roles::<T>(&self.inputs)?;
         let mut state = host::<f32>(&self.state)?;
-        let mut p = Mamba1StepParams::new(batch, d_inner, d_state, groups, &x, &dt, &a, &b, &c);
-        p.d = d.as_deref();
-        p.z = z.as_deref();
-        p.dt_bias = bias.as_deref();
+        let mut p = Mamba1StepParams::new(
+            batch, d_inner, d_state, groups, &h.x, &h.dt, &h.a, &h.b, &h.c,
+        );
+        p.d = h.d.as_deref();
+        p.z = h.z.as_deref();
+        p.dt_bias = h.dt_bias.as_deref();
         p.dt_softplus = self.dt_softplus;
         let out = mamba1_scan::decode_step(
             &p,
@@ -407,10 +289,6 @@ impl Step1 {
             mamba1_scan::Backend::Cpu(Default::default()),
         )
         .map_err(ssm_err(OP1))?;
-        let dev = self.x.device();
-        Ok((
-            tensor(out.out, self.x.dims(), dev)?,
-            tensor(state, self.state.dims(), dev)?,
-        ))
+        step_result(out.out, state, &self.state, &self.inputs.x)
     }
 }

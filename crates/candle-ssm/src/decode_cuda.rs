@@ -7,37 +7,21 @@
 
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{Result, Tensor};
-use ssm_core::decode::{Mamba1StepDims, Mamba2StepDims, StepDims, StepInputs};
+use ssm_core::decode::{Mamba1StepDims, Mamba2StepDims, StepDims};
 use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepArgs};
 use ssm_gpu::DeviceElement;
 
 use super::{Step1, Step2, OP1, OP2};
-use crate::cuda::{borrow, cached_plan, copy, device_of, gpu_err, gpu_for, opt_view, wrap};
+use crate::cuda::{borrow, cached_plan, copy, device_of, gpu_err, gpu_for, wrap, Held};
+use crate::op::{Roles, NAMES};
 use crate::util::ssm_err;
-
-/// A step's tensors by role (both step structs name them alike); no index list.
-macro_rules! roles {
-    ($step:expr) => {
-        StepInputs {
-            x: &$step.x,
-            dt: &$step.dt,
-            a: &$step.a,
-            b: &$step.b,
-            c: &$step.c,
-            d: $step.d.as_ref(),
-            z: $step.z.as_ref(),
-            dt_bias: $step.dt_bias.as_ref(),
-            state_batch_indices: None,
-        }
-    };
-}
 
 /// One decode step of family `F` (operation `op` in errors): `inputs` by role,
 /// the state cache `state`, the family's sizes and switches. Returns the output
 /// and the updated copy of the state.
 fn step_cuda<F: DecodeFamily, T: DeviceElement + CudaDType>(
     op: &'static str,
-    inputs: StepInputs<&Tensor>,
+    inputs: &Roles<Tensor>,
     state: &Tensor,
     dims: F::Dims,
     options: F::Options,
@@ -46,23 +30,14 @@ where
     DecodeKernel<F, T>: Send + Sync,
 {
     let d_state = dims.d_state();
-    let dev = device_of(op, "x", inputs.x)?;
+    let dev = device_of(op, "x", &inputs.x)?;
     let gpu = gpu_for(op, &dev)?;
     let dtype = <T as ssm_core::Element>::DTYPE;
     let kernel = cached_plan(
         format!("{}-decode {:?} {dtype} {d_state}", F::NAME, dev.id()),
         || DecodeKernel::<F, T>::new(&gpu, d_state, F::default_tiling(dtype)).map_err(ssm_err(op)),
     )?;
-    let (x, dt, a, b, c) = (
-        borrow("x", inputs.x),
-        borrow("dt", inputs.dt),
-        borrow("A", inputs.a),
-        borrow("B", inputs.b),
-        borrow("C", inputs.c),
-    );
-    let d = inputs.d.map(|t| borrow("D", t));
-    let z = inputs.z.map(|t| borrow("z", t));
-    let bias = inputs.dt_bias.map(|t| borrow("dt_bias", t));
+    let held = Held::new(inputs, NAMES);
     let state_in = borrow("state", state);
     let mut new_state = copy(op, &gpu, &state_in.view::<f32>(op)?)?;
     let mut out = gpu
@@ -70,17 +45,7 @@ where
         .map_err(gpu_err(op))?;
     let args = DeviceStepArgs {
         dims,
-        inputs: StepInputs {
-            x: x.view(op)?,
-            dt: dt.view(op)?,
-            a: a.view(op)?,
-            b: b.view(op)?,
-            c: c.view(op)?,
-            d: opt_view::<f32>(op, &d)?,
-            z: opt_view::<T>(op, &z)?,
-            dt_bias: opt_view::<f32>(op, &bias)?,
-            state_batch_indices: None,
-        },
+        inputs: held.views::<T>(op)?.map(|v| v, |v| v, |n| match n {}),
         options,
     };
     launch_decode_step(
@@ -114,7 +79,7 @@ impl Step2 {
             dt_softplus: self.dt_softplus,
             dt_limit: self.dt_limit,
         };
-        step_cuda::<Mamba2Decode, T>(OP2, roles!(self), &self.state, dims, options)
+        step_cuda::<Mamba2Decode, T>(OP2, &self.inputs, &self.state, dims, options)
     }
 }
 
@@ -133,6 +98,6 @@ impl Step1 {
         let options = StepOptions {
             dt_softplus: self.dt_softplus,
         };
-        step_cuda::<Mamba1Decode, T>(OP1, roles!(self), &self.state, dims, options)
+        step_cuda::<Mamba1Decode, T>(OP1, &self.inputs, &self.state, dims, options)
     }
 }

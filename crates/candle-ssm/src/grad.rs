@@ -4,7 +4,7 @@
 //! and the SSD forward has up to eight differentiable inputs. Rather than
 //! concatenating inputs (a copy of each, and `x` is the largest tensor of the
 //! call), every input is attached to a *gradient token*: a one-element f32 tensor
-//! made by a tree of `Sink` ops over the inputs. The operation itself is a
+//! made by a chain of `Sink` ops over the inputs. The operation itself is a
 //! `CustomOp1` on the token and reads its inputs from tensors it holds (no copy).
 //!
 //! Backward: the operation's node comes before the token's nodes in candle's
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 #[cfg(feature = "cuda")]
 use candle_core::DType;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The gradients of one call, indexed like the tensors the token was built from.
 #[derive(Clone, Default)]
@@ -40,8 +40,8 @@ impl GradSlot {
     }
 }
 
-/// One node of the token tree: `direct` inputs starting at `base` in the slot,
-/// plus (when `nested`) a last argument that is a sub-token.
+/// One node of the token chain: `direct` inputs starting at `base` in the
+/// slot, plus (when `nested`) a last argument that is a sub-token.
 struct Sink {
     slot: GradSlot,
     base: usize,
@@ -130,46 +130,6 @@ impl CustomOp2 for Sink {
     }
 }
 
-impl CustomOp3 for Sink {
-    fn name(&self) -> &'static str {
-        "ssm-grad-token"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok(zero_cpu())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        zero_cuda(s)
-    }
-    fn bwd(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        res: &Tensor,
-        _: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut g = self.grads(res)?.into_iter();
-        Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
-    }
-}
-
 /// The gradient token of `tensors` (at least one): a one-element f32 tensor whose
 /// backward hands `slot[i]` to `tensors[i]`.
 pub(crate) fn token(tensors: &[Tensor], slot: &GradSlot) -> Result<Tensor> {
@@ -187,10 +147,11 @@ fn token_from(tensors: &[Tensor], slot: &GradSlot, base: usize) -> Result<Tensor
         [] => candle_core::bail!("ssm-grad-token: no tensors (internal error)"),
         [a] => a.apply_op1(sink(1, false)),
         [a, b] => a.apply_op2(b, sink(2, false)),
-        [a, b, c] => a.apply_op3(b, c, sink(3, false)),
-        [a, b, rest @ ..] => {
-            let sub = token_from(rest, slot, base + 2)?;
-            a.apply_op3(b, &sub, sink(2, true))
+        // A chain of two-argument sinks: one op trait fewer to implement than a
+        // tree of three-argument ones, for a handful more one-element nodes.
+        [a, rest @ ..] => {
+            let sub = token_from(rest, slot, base + 1)?;
+            a.apply_op2(&sub, sink(1, true))
         }
     }
 }

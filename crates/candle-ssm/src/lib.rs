@@ -22,6 +22,7 @@
 mod cuda;
 pub mod decode;
 mod grad;
+mod op;
 pub mod reference;
 pub mod scan;
 pub mod ssd;

@@ -11,28 +11,24 @@
 //!   next to the backward itself. A view-taking backward launch in mamba2-ssd
 //!   would remove them.
 
-use candle_core::cuda_backend::cudarc::driver::CudaView;
-use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaDevice, CudaStorage, Result, Tensor, WithDType};
+use candle_core::{CudaDevice, CudaStorage, Result, Tensor};
 use mamba2_ssd::cuda::backward::{SsdBwdPlan, DEFAULT_BWD_CHUNK};
 use mamba2_ssd::cuda::{
     CudaOptions, DMode, SsdDeviceInputs, SsdFeatures, SsdInputViews, SsdOutputViews, SsdPlan,
 };
-use ssm_gpu::{DeviceElement, Gpu};
+use ssm_gpu::Gpu;
 
 use super::{SsdOp, OP};
-use crate::cuda::{
-    borrow, cached_plan, copy, device_of, gpu_err, gpu_for, opt_view, wrap, Borrowed,
-};
+use crate::cuda::{cached_plan, device_of, gpu_err, gpu_for, wrap_grads, Held};
+use crate::op::{all_roles, token_list, Roles, Seq, SeqOp, SeqOpCuda};
 use crate::util::ssm_err;
 
 impl SsdOp {
-    fn features(&self) -> SsdFeatures {
-        let i = &self.inputs;
+    fn features(&self, i: &Roles<Tensor>) -> SsdFeatures {
         SsdFeatures {
             dt_bias: i.dt_bias.is_some(),
             dt_softplus: self.dt_softplus,
-            d: match (&i.d, i.d_per_dim) {
+            d: match (&i.d, self.d_per_dim) {
                 (None, _) => DMode::None,
                 (Some(_), false) => DMode::PerHead,
                 (Some(_), true) => DMode::PerHeadDim,
@@ -44,49 +40,70 @@ impl SsdOp {
     }
 
     /// Names device, dtype, shape and options: the plan caches' key.
-    fn plan_key(&self, what: &str, dev: &CudaDevice) -> String {
+    fn plan_key(&self, i: &Roles<Tensor>, what: &str, dev: &CudaDevice) -> String {
         format!(
             "ssd-{what} {:?} {:?} {:?} {:?} {:?}",
             dev.id(),
-            self.inputs.x.dtype(),
+            i.x.dtype(),
             self.dims,
-            self.features(),
+            self.features(i),
             (self.dt_limit.0.to_bits(), self.dt_limit.1.to_bits())
         )
     }
 
-    fn tokens(&self) -> usize {
-        self.dims.batch * self.dims.seqlen
+    /// The backward plan, from shapes and options alone.
+    fn bwd_plan<T: Seq>(&self, i: &Roles<Tensor>, gpu: &Gpu) -> Result<SsdBwdPlan> {
+        SsdBwdPlan::for_shapes(
+            gpu,
+            <T as ssm_core::Element>::DTYPE,
+            self.dims,
+            self.features(i),
+            self.dt_limit,
+            None,
+            false,
+            DEFAULT_BWD_CHUNK,
+        )
+        .map_err(ssm_err(OP))
     }
+}
 
-    pub(super) fn forward_cuda<T: DeviceElement + CudaDType>(
-        &self,
-        dev: &CudaDevice,
-    ) -> Result<CudaStorage> {
-        let d = self.dims;
-        let out_len = self.tokens() * d.heads * d.head_dim;
+impl SeqOpCuda for SsdOp {
+    /// The forward into a fresh output, reading candle's storage zero-copy.
+    fn forward_cuda<T: Seq>(&self, i: &Roles<Tensor>, dev: &CudaDevice) -> Result<CudaStorage> {
+        let out_len = self.dims.x_len();
         let gpu = gpu_for(OP, dev)?;
         if out_len == 0 {
             // L = 0: no tokens, nothing to launch.
             let empty = dev.alloc_zeros::<T>(0)?;
             return Ok(CudaStorage::wrap_cuda_slice(empty, dev.clone()));
         }
-        let plan = cached_plan(self.plan_key("fwd", dev), || {
+        let plan = cached_plan(self.plan_key(i, "fwd", dev), || {
             SsdPlan::for_shapes(
                 &gpu,
                 <T as ssm_core::Element>::DTYPE,
-                d,
-                self.features(),
+                self.dims,
+                self.features(i),
                 self.dt_limit,
                 None,
                 &CudaOptions::default(),
             )
             .map_err(ssm_err(OP))
         })?;
-        let held = Held::new(self);
+        let held = Held::new(i, SsdOp::NAMES);
         // Poisoned (NaN): an element the kernels failed to write shows.
         let mut out = gpu.alloc_poisoned::<T>(out_len).map_err(gpu_err(OP))?;
-        let inputs = held.views::<T>()?;
+        let v = held.views::<T>(OP)?;
+        let inputs = SsdInputViews {
+            x: v.x,
+            dt: v.dt,
+            a: v.a,
+            b: v.b,
+            c: v.c,
+            dt_bias: v.dt_bias,
+            d: v.d,
+            z: v.z,
+            initial_states: None,
+        };
         plan.launch_views(
             &gpu,
             &inputs,
@@ -99,118 +116,43 @@ impl SsdOp {
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 
-    pub(super) fn backward_cuda<T: DeviceElement + CudaDType + WithDType>(
+    /// The backward on device copies of the inputs (the plan takes owned buffers).
+    fn backward_cuda<T: Seq>(
         &self,
+        i: &Roles<Tensor>,
         grad: &Tensor,
     ) -> Result<Vec<Option<Tensor>>> {
-        let i = &self.inputs;
         let dev = device_of(OP, "x", &i.x)?;
         let gpu = gpu_for(OP, &dev)?;
-        if self.tokens() == 0 {
+        if self.dims.tokens() == 0 {
             // No tokens: every gradient is zero (dA, dD, ddt_bias sum over none).
-            return i.list().iter().map(|t| t.zeros_like().map(Some)).collect();
+            return token_list(i)
+                .iter()
+                .map(|t| t.zeros_like().map(Some))
+                .collect();
         }
-        let plan = cached_plan(self.plan_key("bwd", &dev), || self.bwd_plan::<T>(&gpu))?;
+        let plan = cached_plan(self.plan_key(i, "bwd", &dev), || {
+            self.bwd_plan::<T>(i, &gpu)
+        })?;
         let d_out = grad.to_dtype(i.x.dtype())?.contiguous()?;
-        let held = Held::new(self);
-        let owned = held.owned::<T>(&gpu)?;
-        let d_out_b = borrow("d_out", &d_out);
-        let d_out_owned = copy(OP, &gpu, &d_out_b.view::<T>(OP)?)?;
-        let mut grads = plan.alloc_grads::<T>(&gpu).map_err(ssm_err(OP))?;
+        let o = Held::new(i, SsdOp::NAMES).owned::<T>(OP, &gpu)?;
+        let owned = SsdDeviceInputs {
+            x: o.x,
+            dt: o.dt,
+            a: o.a,
+            b: o.b,
+            c: o.c,
+            dt_bias: o.dt_bias,
+            d: o.d,
+            z: o.z,
+            initial_states: None,
+        };
+        let d_out_owned = Held::copy_of::<T>(OP, &gpu, "d_out", &d_out)?;
+        let mut g = plan.alloc_grads::<T>(&gpu).map_err(ssm_err(OP))?;
         let mut ws = plan.workspace(&gpu).map_err(ssm_err(OP))?;
-        plan.launch(&gpu, &owned, &d_out_owned, None, &mut grads, &mut ws)
+        plan.launch(&gpu, &owned, &d_out_owned, None, &mut g, &mut ws)
             .map_err(ssm_err(OP))?;
-        let mut v = vec![
-            Some(wrap(grads.dx, &dev, i.x.dims())),
-            Some(wrap(grads.ddt, &dev, i.dt.dims())),
-            Some(wrap(grads.da, &dev, i.a.dims())),
-            Some(wrap(grads.db, &dev, i.b.dims())),
-            Some(wrap(grads.dc, &dev, i.c.dims())),
-        ];
-        if let (Some(d), Some(dd)) = (&i.d, grads.dd) {
-            v.push(Some(wrap(dd, &dev, d.dims())));
-        }
-        if let (Some(z), Some(dz)) = (&i.z, grads.dz) {
-            v.push(Some(wrap(dz, &dev, z.dims())));
-        }
-        if let (Some(bias), Some(db)) = (&i.dt_bias, grads.ddt_bias) {
-            v.push(Some(wrap(db, &dev, bias.dims())));
-        }
-        Ok(v)
-    }
-
-    /// The backward plan, from shapes and options alone.
-    fn bwd_plan<T: DeviceElement>(&self, gpu: &Gpu) -> Result<SsdBwdPlan> {
-        SsdBwdPlan::for_shapes(
-            gpu,
-            <T as ssm_core::Element>::DTYPE,
-            self.dims,
-            self.features(),
-            self.dt_limit,
-            None,
-            false,
-            DEFAULT_BWD_CHUNK,
-        )
-        .map_err(ssm_err(OP))
-    }
-}
-
-/// The inputs' storages, borrowed while a launch reads them.
-struct Held<'a> {
-    x: Borrowed<'a>,
-    dt: Borrowed<'a>,
-    a: Borrowed<'a>,
-    b: Borrowed<'a>,
-    c: Borrowed<'a>,
-    d: Option<Borrowed<'a>>,
-    z: Option<Borrowed<'a>>,
-    dt_bias: Option<Borrowed<'a>>,
-}
-
-impl<'a> Held<'a> {
-    fn new(op: &'a SsdOp) -> Self {
-        let i = &op.inputs;
-        Held {
-            x: borrow("x", &i.x),
-            dt: borrow("dt", &i.dt),
-            a: borrow("A", &i.a),
-            b: borrow("B", &i.b),
-            c: borrow("C", &i.c),
-            d: i.d.as_ref().map(|t| borrow("D", t)),
-            z: i.z.as_ref().map(|t| borrow("z", t)),
-            dt_bias: i.dt_bias.as_ref().map(|t| borrow("dt_bias", t)),
-        }
-    }
-
-    fn views<T: CudaDType>(&self) -> Result<SsdInputViews<'_, T>> {
-        Ok(SsdInputViews {
-            x: self.x.view(OP)?,
-            dt: self.dt.view(OP)?,
-            a: self.a.view(OP)?,
-            b: self.b.view(OP)?,
-            c: self.c.view(OP)?,
-            dt_bias: opt_view::<f32>(OP, &self.dt_bias)?,
-            d: opt_view::<f32>(OP, &self.d)?,
-            z: opt_view::<T>(OP, &self.z)?,
-            initial_states: None,
-        })
-    }
-
-    /// Device-to-device copies of the inputs, as the backward plan takes them.
-    fn owned<T: DeviceElement + CudaDType>(&self, gpu: &Gpu) -> Result<SsdDeviceInputs<T>> {
-        let v = self.views::<T>()?;
-        let opt32 =
-            |o: &Option<CudaView<'_, f32>>| o.as_ref().map(|v| copy(OP, gpu, v)).transpose();
-        Ok(SsdDeviceInputs {
-            x: copy(OP, gpu, &v.x)?,
-            dt: copy(OP, gpu, &v.dt)?,
-            a: copy(OP, gpu, &v.a)?,
-            b: copy(OP, gpu, &v.b)?,
-            c: copy(OP, gpu, &v.c)?,
-            dt_bias: opt32(&v.dt_bias)?,
-            d: opt32(&v.d)?,
-            z: v.z.as_ref().map(|z| copy(OP, gpu, z)).transpose()?,
-            initial_states: None,
-        })
+        let by_role = all_roles(g.dx, g.ddt, g.da, g.db, g.dc, g.dd, g.dz, g.ddt_bias);
+        wrap_grads(i, &dev, by_role)
     }
 }

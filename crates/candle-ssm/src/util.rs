@@ -95,11 +95,6 @@ pub(crate) fn host<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
     t.flatten_all()?.to_vec1::<T>()
 }
 
-/// A host copy of an optional tensor.
-pub(crate) fn host_opt<T: WithDType>(t: Option<&Tensor>) -> Result<Option<Vec<T>>> {
-    t.map(host::<T>).transpose()
-}
-
 /// A tensor of `dims` on `device` from host data.
 pub(crate) fn tensor<T: WithDType>(
     data: Vec<T>,

@@ -8,8 +8,15 @@
 
 #![cfg(feature = "cuda")]
 
-use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
-use candle_ssm::{reference, Mamba1Step, Mamba2Step, SelectiveScan, SsdForward};
+mod support;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_ssm::{reference, Mamba1Step, Mamba2Step, SsdForward};
+use support::{
+    assert_close, assert_error_names, assert_grads_close, grad, negative_a, randn, scan_all,
+    scan_inputs, scan_reference_all, ssd_all, ssd_inputs, ssd_reference_all, vars, SCAN_NAMES,
+    SSD_NAMES,
+};
 
 /// The GPU, or `None` after a loud `SKIPPED` line (a failure with
 /// `SSM_REQUIRE_GPU=1`).
@@ -26,77 +33,9 @@ fn gpu_or_skip(test: &str) -> Option<Device> {
     }
 }
 
-fn cpu(t: &Tensor) -> Result<Tensor> {
-    t.to_device(&Device::Cpu)?.to_dtype(DType::F32)
-}
-
-/// `|got - want| <= tol * (1 + max|want|)`, on the CPU, naming the tensor.
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let (got, want) = (cpu(got)?, cpu(want)?);
-    let diff = (&got - &want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    let scale = 1.0 + want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    assert!(
-        diff.is_finite() && diff <= tol * scale,
-        "{name}: max |got - want| = {diff} > {tol} * {scale}"
-    );
-    Ok(())
-}
-
-fn grad(g: &GradStore, v: &Var, name: &str) -> Tensor {
-    g.get(v.as_tensor())
-        .unwrap_or_else(|| panic!("no gradient for {name}"))
-        .clone()
-}
-
-/// The SSD inputs on the CPU (the reference) and the same values on `dev`.
-struct SsdCase {
-    names: [&'static str; 8],
-    cpu: Vec<Var>,
-    dev: Vec<Var>,
-}
-
-fn ssd_case(
-    dev: &Device,
-    (b, l, h, p, g, n): (usize, usize, usize, usize, usize, usize),
-) -> Result<SsdCase> {
-    let c = &Device::Cpu;
-    let r = |dims: &[usize], s: f64| (Tensor::randn(0f32, 1., dims, c).unwrap() * s).unwrap();
-    let tensors = [
-        r(&[b, l, h, p], 1.0),
-        r(&[b, l, h], 0.5),
-        Tensor::rand(0.5f32, 1.5, h, c)?.neg()?,
-        r(&[b, l, g, n], 0.7),
-        r(&[b, l, g, n], 0.7),
-        r(&[h], 1.0),
-        r(&[b, l, h, p], 1.0),
-        r(&[h], 0.3),
-    ];
-    Ok(SsdCase {
-        names: ["x", "dt", "A", "B", "C", "D", "z", "dt_bias"],
-        cpu: tensors
-            .iter()
-            .map(Var::from_tensor)
-            .collect::<Result<_>>()?,
-        dev: tensors
-            .iter()
-            .map(|t| Var::from_tensor(&t.to_device(dev)?))
-            .collect::<Result<_>>()?,
-    })
-}
-
-fn ssd_op(v: &[Var], chunk: usize) -> Result<Tensor> {
-    SsdForward::new(&v[0], &v[1], &v[2], &v[3], &v[4])
-        .d(&v[5])
-        .z(&v[6])
-        .dt_bias(&v[7])
-        .dt_softplus(true)
-        .chunk_size(chunk)
-        .run()
+/// `tensors` on the CPU as variables, and the same values on `dev`.
+fn pair(dev: &Device, tensors: &[Tensor]) -> Result<(Vec<Var>, Vec<Var>)> {
+    Ok((vars(&Device::Cpu, tensors)?, vars(dev, tensors)?))
 }
 
 #[test]
@@ -115,35 +54,19 @@ fn gpu_ssd_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result<
 }
 
 fn ssd_case_matches(dev: &Device, shape: (usize, usize, usize, usize, usize, usize)) -> Result<()> {
-    let k = ssd_case(dev, shape)?;
-    let got = ssd_op(&k.dev, 16)?;
+    let (c, k) = pair(dev, &ssd_inputs(shape)?)?;
+    let got = ssd_all(&k, 16)?;
     assert!(got.device().is_cuda());
-    let c = &k.cpu;
-    let want = reference::ssd(
-        &c[0],
-        &c[1],
-        &c[2],
-        &c[3],
-        &c[4],
-        Some(&c[5]),
-        Some(&c[6]),
-        Some(&c[7]),
-        true,
-    )?;
-    let cpu_op = ssd_op(&k.cpu, 16)?;
+    let want = ssd_reference_all(&c)?;
     assert_close(&format!("{shape:?} out vs reference"), &got, &want, 1e-4)?;
-    assert_close(&format!("{shape:?} out vs CPU op"), &got, &cpu_op, 1e-4)?;
-
-    let w = Tensor::randn(0f32, 1., got.dims(), &Device::Cpu)?;
-    let g_got = got.mul(&w.to_device(dev)?)?.sum_all()?.backward()?;
-    let g_want = want.mul(&w)?.sum_all()?.backward()?;
-    for (i, name) in k.names.iter().enumerate() {
-        let gg = grad(&g_got, &k.dev[i], name);
-        assert!(gg.device().is_cuda(), "d{name} is not on the GPU");
-        let want = grad(&g_want, &k.cpu[i], name);
-        assert_close(&format!("{shape:?} d{name}"), &gg, &want, 1e-3)?;
-    }
-    Ok(())
+    assert_close(
+        &format!("{shape:?} out vs CPU op"),
+        &got,
+        &ssd_all(&c, 16)?,
+        1e-4,
+    )?;
+    let label = format!("{shape:?} ");
+    assert_grads_close(&label, &SSD_NAMES, (&got, &k), (&want, &c), 1e-3)
 }
 
 #[test]
@@ -154,7 +77,7 @@ fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Res
         return Ok(());
     };
     let (b, l, h, p, g, n) = (1, 40, 2, 16, 1, 16);
-    let k = ssd_case(&dev, (b, l, h, p, g, n))?;
+    let (c, k) = pair(&dev, &ssd_inputs((b, l, h, p, g, n))?)?;
     // x as the middle batch row of a larger tensor: contiguous, offset into
     // its storage (the kernels must read from the offset, not the start).
     let big = Tensor::randn(0f32, 1., (3, l, h, p), &Device::Cpu)?;
@@ -165,20 +88,20 @@ fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Res
     // B transposed twice over (L, N): a strided view, which the op copies (a
     // candle op). (Over (G, N) it stayed contiguous: G = 1 here, and a dimension
     // of size 1 has no stride that matters, as the H200 run showed.)
-    let b_dev = k.dev[3]
+    let b_dev = k[3]
         .as_tensor()
         .transpose(1, 3)?
         .contiguous()?
         .transpose(1, 3)?;
     assert!(!b_dev.is_contiguous());
-    let dt = k.dev[1].as_tensor().abs()?;
-    let got = SsdForward::new(&x_dev, &dt, &k.dev[2], &b_dev, &k.dev[4]).run()?;
+    let dt = k[1].as_tensor().abs()?;
+    let got = SsdForward::new(&x_dev, &dt, &k[2], &b_dev, &k[4]).run()?;
     let want = reference::ssd(
         &x_cpu,
-        &k.cpu[1].as_tensor().abs()?,
-        &k.cpu[2],
-        &k.cpu[3],
-        &k.cpu[4],
+        &c[1].as_tensor().abs()?,
+        &c[2],
+        &c[3],
+        &c[4],
         None,
         None,
         None,
@@ -188,11 +111,11 @@ fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Res
     let g_got = got.sum_all()?.backward()?;
     let g_want = want.sum_all()?.backward()?;
     for i in [2usize, 3, 4] {
-        let name = k.names[i];
+        let name = SSD_NAMES[i];
         assert_close(
             &format!("d{name}"),
-            &grad(&g_got, &k.dev[i], name),
-            &grad(&g_want, &k.cpu[i], name),
+            &grad(&g_got, &k[i], name),
+            &grad(&g_want, &c[i], name),
             1e-3,
         )?;
     }
@@ -204,27 +127,27 @@ fn gpu_ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
     let Some(dev) = gpu_or_skip("gpu_ssd_in_bf16_is_close_to_the_f32_reference") else {
         return Ok(());
     };
-    let k = ssd_case(&dev, (2, 64, 4, 32, 1, 32))?;
+    let (c, k) = pair(&dev, &ssd_inputs((2, 64, 4, 32, 1, 32))?)?;
     let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16);
-    let dt = k.dev[1].as_tensor().abs()?;
+    let dt = k[1].as_tensor().abs()?;
     let got = SsdForward::new(
-        &bf(&k.dev[0])?,
+        &bf(&k[0])?,
         &dt.to_dtype(DType::BF16)?,
-        &k.dev[2],
-        &bf(&k.dev[3])?,
-        &bf(&k.dev[4])?,
+        &k[2],
+        &bf(&k[3])?,
+        &bf(&k[4])?,
     )
-    .d(&k.dev[5])
+    .d(&k[5])
     .run()?;
     assert_eq!(got.dtype(), DType::BF16);
     let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
     let want = reference::ssd(
-        &round(k.cpu[0].as_tensor())?,
-        &round(&k.cpu[1].as_tensor().abs()?)?,
-        &k.cpu[2],
-        &round(k.cpu[3].as_tensor())?,
-        &round(k.cpu[4].as_tensor())?,
-        Some(&k.cpu[5]),
+        &round(c[0].as_tensor())?,
+        &round(&c[1].as_tensor().abs()?)?,
+        &c[2],
+        &round(c[3].as_tensor())?,
+        &round(c[4].as_tensor())?,
+        Some(&c[5]),
         None,
         None,
         false,
@@ -235,10 +158,10 @@ fn gpu_ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
     let g = got.to_dtype(DType::F32)?.sum_all()?.backward()?;
     let g_want = want.sum_all()?.backward()?;
     for (i, name) in [(0usize, "x"), (2, "A"), (3, "B"), (4, "C"), (5, "D")] {
-        let want = grad(&g_want, &k.cpu[i], name);
+        let want = grad(&g_want, &c[i], name);
         assert_close(
             &format!("bf16 d{name}"),
-            &grad(&g, &k.dev[i], name),
+            &grad(&g, &k[i], name),
             &want,
             5e-2,
         )?;
@@ -251,30 +174,12 @@ fn gpu_ssd_mixed_devices_are_a_clear_error() -> Result<()> {
     let Some(dev) = gpu_or_skip("gpu_ssd_mixed_devices_are_a_clear_error") else {
         return Ok(());
     };
-    let k = ssd_case(&dev, (1, 8, 2, 16, 1, 16))?;
-    let err = SsdForward::new(&k.dev[0], &k.dev[1], &k.dev[2], &k.cpu[3], &k.dev[4])
-        .run()
-        .unwrap_err();
-    assert!(err.to_string().contains("`B`"), "{err}");
+    let (c, k) = pair(&dev, &ssd_inputs((1, 8, 2, 16, 1, 16))?)?;
+    assert_error_names(
+        SsdForward::new(&k[0], &k[1], &k[2], &c[3], &k[4]).run(),
+        "B",
+    );
     Ok(())
-}
-
-/// `tensors` on the CPU as variables, and the same values on `dev`.
-fn pair(dev: &Device, tensors: Vec<Tensor>) -> Result<(Vec<Var>, Vec<Var>)> {
-    Ok((
-        tensors
-            .iter()
-            .map(Var::from_tensor)
-            .collect::<Result<_>>()?,
-        tensors
-            .iter()
-            .map(|t| Var::from_tensor(&t.to_device(dev)?))
-            .collect::<Result<_>>()?,
-    ))
-}
-
-fn randn(dims: &[usize], s: f64) -> Result<Tensor> {
-    Tensor::randn(0f32, 1., dims, &Device::Cpu)? * s
 }
 
 #[test]
@@ -284,53 +189,13 @@ fn gpu_scan_forward_and_gradients_match_the_reference_and_the_cpu_op() -> Result
     else {
         return Ok(());
     };
-    let (b, d, l, g, n) = (2, 64, 77, 2, 16);
-    let names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"];
-    let (c, k) = pair(
-        &dev,
-        vec![
-            randn(&[b, d, l], 1.0)?,
-            randn(&[b, d, l], 0.5)?,
-            Tensor::rand(0.5f32, 1.5, (d, n), &Device::Cpu)?.neg()?,
-            randn(&[b, g, n, l], 0.7)?,
-            randn(&[b, g, n, l], 0.7)?,
-            randn(&[d], 1.0)?,
-            randn(&[b, d, l], 1.0)?,
-            randn(&[d], 0.3)?,
-        ],
-    )?;
-    let op = |v: &[Var]| {
-        SelectiveScan::new(&v[0], &v[1], &v[2], &v[3], &v[4])
-            .d(&v[5])
-            .z(&v[6])
-            .delta_bias(&v[7])
-            .delta_softplus(true)
-            .run()
-    };
-    let got = op(&k)?;
+    let (c, k) = pair(&dev, &scan_inputs((2, 64, 77, 2, 16))?)?;
+    let got = scan_all(&k, None)?;
     assert!(got.device().is_cuda());
-    let want = reference::selective_scan(
-        &c[0],
-        &c[1],
-        &c[2],
-        &c[3],
-        &c[4],
-        Some(&c[5]),
-        Some(&c[6]),
-        Some(&c[7]),
-        true,
-    )?;
+    let want = scan_reference_all(&c)?;
     assert_close("out vs reference", &got, &want, 1e-4)?;
-    assert_close("out vs CPU op", &got, &op(&c)?, 1e-4)?;
-    let w = randn(got.dims(), 1.0)?;
-    let g_got = got.mul(&w.to_device(&dev)?)?.sum_all()?.backward()?;
-    let g_want = want.mul(&w)?.sum_all()?.backward()?;
-    for (i, name) in names.iter().enumerate() {
-        let gg = grad(&g_got, &k[i], name);
-        assert!(gg.device().is_cuda(), "d{name} is not on the GPU");
-        assert_close(&format!("d{name}"), &gg, &grad(&g_want, &c[i], name), 1e-3)?;
-    }
-    Ok(())
+    assert_close("out vs CPU op", &got, &scan_all(&c, None)?, 1e-4)?;
+    assert_grads_close("", &SCAN_NAMES, (&got, &k), (&want, &c), 1e-3)
 }
 
 #[test]
@@ -344,11 +209,11 @@ fn gpu_decode_steps_match_the_cpu_ops_and_leave_the_input_state_alone() -> Resul
     let (b, h, p, g, n) = (3, 4, 16, 2, 32);
     let (c, k) = pair(
         &dev,
-        vec![
+        &[
             randn(&[b, h, p, n], 1.0)?,
             randn(&[b, h, p], 1.0)?,
             randn(&[b, h], 0.5)?,
-            Tensor::rand(0.5f32, 1.5, h, &Device::Cpu)?.neg()?,
+            negative_a(&[h])?,
             randn(&[b, g, n], 0.7)?,
             randn(&[b, g, n], 0.7)?,
             randn(&[h, p], 1.0)?,
@@ -375,11 +240,11 @@ fn gpu_decode_steps_match_the_cpu_ops_and_leave_the_input_state_alone() -> Resul
     let (b, d, g, n) = (3, 64, 1, 16);
     let (c, k) = pair(
         &dev,
-        vec![
+        &[
             randn(&[b, d, n], 1.0)?,
             randn(&[b, d], 1.0)?,
             randn(&[b, d], 0.5)?,
-            Tensor::rand(0.5f32, 1.5, (d, n), &Device::Cpu)?.neg()?,
+            negative_a(&[d, n])?,
             randn(&[b, g, n], 0.7)?,
             randn(&[b, g, n], 0.7)?,
             randn(&[d], 1.0)?,
