@@ -142,13 +142,7 @@ pub fn verify_ssd<T: Element, O: Element>(
         .map(|&(b, h)| {
             let sub = ssd_row(host, b, h);
             let want = ssm_reference::ssd_recurrence(&sub.params())?;
-            let bias = sub.dt_bias.first().copied().unwrap_or(0.0) as f64;
-            let a = sub.a[0] as f64;
-            let log_decays: Vec<f64> = sub
-                .dt
-                .iter()
-                .map(|dt| ssd_dt(dt.to_f64(), bias, s.softplus, NO_DT_LIMIT) * a)
-                .collect();
+            let log_decays = one_head_log_decays(&sub);
             let got = gather(out, l, p, |t| ((b * l + t) * heads + h) * p);
             let state_at = (b * heads + h) * p * n;
             Ok(row_check(
@@ -159,11 +153,7 @@ pub fn verify_ssd<T: Element, O: Element>(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let sampled = pairs
-        .iter()
-        .map(|(b, h)| format!("(b {b}, head {h})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, head {i})"));
     Ok(verdict(rows, sampled, O::DTYPE))
 }
 
@@ -192,24 +182,14 @@ pub fn verify_ssd_backward<T: Element>(
             let x_at = |t: usize| ((b * l + t) * heads + h) * p;
             let g = gather(d_out, l, p, x_at);
             let want = ssm_reference::ssd_backward::ssd_backward(&sub.params(), &g, None)?;
-            let bias = sub.dt_bias.first().copied().unwrap_or(0.0) as f64;
-            let a = sub.a[0] as f64;
-            let log_decays: Vec<f64> = sub
-                .dt
-                .iter()
-                .map(|dt| ssd_dt(dt.to_f64(), bias, s.softplus, NO_DT_LIMIT) * a)
-                .collect();
-            let widen = |x: Vec<T>| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-            let mut got = widen(gather(dx, l, p, x_at));
-            got.extend(widen(
-                (0..l).map(|t| ddt[(b * l + t) * heads + h]).collect(),
-            ));
-            let mut expected = want.dx.clone();
-            expected.extend(&want.ddt);
-            if let (Some(dz), Some(want_dz)) = (dz, want.dz.as_ref()) {
-                got.extend(widen(gather(dz, l, p, x_at)));
-                expected.extend(want_dz);
-            }
+            let log_decays = one_head_log_decays(&sub);
+            let got_ddt: Vec<T> = (0..l).map(|t| ddt[(b * l + t) * heads + h]).collect();
+            let (got, expected) = concat_grads(
+                [&gather(dx, l, p, x_at), &got_ddt],
+                dz.map(|dz| gather(dz, l, p, x_at)).as_deref(),
+                [&want.dx, &want.ddt],
+                want.dz.as_deref(),
+            );
             let states = (b * heads + h) * p * n..(b * heads + h + 1) * p * n;
             Ok(RowCheck {
                 got,
@@ -221,12 +201,43 @@ pub fn verify_ssd_backward<T: Element>(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let sampled = pairs
-        .iter()
-        .map(|(b, h)| format!("(b {b}, head {h}): dx, ddt, dz"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, head {i}): dx, ddt, dz"));
     Ok(verdict(rows, sampled, T::DTYPE))
+}
+
+/// `(b, i): what` for each sampled pair, joined: the verdict's note of what was checked.
+fn sampled_label(pairs: &[(usize, usize)], label: impl Fn(usize, usize) -> String) -> String {
+    let labels: Vec<String> = pairs.iter().map(|&(b, i)| label(b, i)).collect();
+    labels.join(", ")
+}
+
+/// The per-step log decays `dt' * A` of a one-head SSD problem (the tolerance
+/// model's window input).
+fn one_head_log_decays<T: Element>(sub: &SsdHost<T>) -> Vec<f64> {
+    let bias = sub.dt_bias.first().copied().unwrap_or(0.0) as f64;
+    let a = sub.a[0] as f64;
+    let softplus = sub.shape.softplus;
+    sub.dt
+        .iter()
+        .map(|dt| ssd_dt(dt.to_f64(), bias, softplus, NO_DT_LIMIT) * a)
+        .collect()
+}
+
+/// Two per-element gradients and, when both sides have it, the gate's, each
+/// side concatenated in that order (widened to f64): one row of a backward check.
+fn concat_grads<T: Element>(
+    got: [&[T]; 2],
+    got_z: Option<&[T]>,
+    want: [&[f64]; 2],
+    want_z: Option<&[f64]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut g: Vec<f64> = got.concat().iter().map(|v| v.to_f64()).collect();
+    let mut w = want.concat();
+    if let (Some(gz), Some(wz)) = (got_z, want_z) {
+        g.extend(gz.iter().map(|v| v.to_f64()));
+        w.extend_from_slice(wz);
+    }
+    (g, w)
 }
 
 fn row_check<O: Element>(
@@ -308,11 +319,7 @@ pub fn verify_scan<T: Element, O: Element>(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let sampled = pairs
-        .iter()
-        .map(|(b, d)| format!("(b {b}, channel {d})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, channel {i})"));
     Ok(verdict(rows, sampled, O::DTYPE))
 }
 
@@ -342,15 +349,12 @@ pub fn verify_scan_backward<T: Element>(
             let g = &d_out[at..at + l];
             let want =
                 ssm_reference::mamba1_backward::selective_scan_backward(&sub.params(), g, None)?;
-            let widen = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-            let mut got = widen(&du[at..at + l]);
-            got.extend(widen(&ddelta[at..at + l]));
-            let mut expected = want.du.clone();
-            expected.extend(&want.ddelta);
-            if let (Some(dz), Some(want_dz)) = (dz, want.dz.as_ref()) {
-                got.extend(widen(&dz[at..at + l]));
-                expected.extend(want_dz);
-            }
+            let (got, expected) = concat_grads(
+                [&du[at..at + l], &ddelta[at..at + l]],
+                dz.map(|dz| &dz[at..at + l]),
+                [&want.du, &want.ddelta],
+                want.dz.as_deref(),
+            );
             let states = (b * dim + d) * n..(b * dim + d + 1) * n;
             Ok(RowCheck {
                 got,
@@ -362,11 +366,9 @@ pub fn verify_scan_backward<T: Element>(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let sampled = pairs
-        .iter()
-        .map(|(b, d)| format!("du, ddelta, dz of (b {b}, channel {d})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let sampled = sampled_label(&pairs, |b, i| {
+        format!("du, ddelta, dz of (b {b}, channel {i})")
+    });
     Ok(verdict(rows, sampled, T::DTYPE))
 }
 

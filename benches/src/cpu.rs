@@ -6,7 +6,7 @@
 //! timing.
 
 use half::{bf16, f16};
-use ssm_core::{DType, Element, Result, SsmError};
+use ssm_core::{DType, Element, Result, SsmError, StepOutput};
 use ssm_telemetry::problem::Problem;
 
 use std::rc::Rc;
@@ -126,81 +126,62 @@ fn prepare_typed<T: Element>(case: &Case, seed: u64) -> Result<CpuWork> {
                 _ => Err(unsupported(case)),
             }
         }
-        (Problem::Mamba1Step(s), backend) => {
-            let host = Rc::new(StepHost::<T>::mamba1(&s, seed));
-            let h = host.clone();
-            match backend {
-                Backend::Reference => {
-                    let mut state: Vec<f64> = host.state.iter().map(|&v| f64::from(v)).collect();
-                    work(
-                        unchecked(),
-                        Box::new(move || {
-                            ssm_reference::decode::mamba1_step(&h.mamba1_params(&s), &mut state)
-                                .map(drop)
-                        }),
-                    )
-                }
-                Backend::Cpu => {
-                    let mut state = host.state.clone();
-                    work(
-                        Box::new(move || {
-                            let mut first = host.state.clone();
-                            let got = mamba1_scan::decode_cpu::decode_step_cpu(
-                                &host.mamba1_params(&s),
-                                &mut first,
-                            )?;
-                            verify_step(&host, StepShape::Mamba1(&s), &got.out, &first).map(Some)
-                        }),
-                        Box::new(move || {
-                            mamba1_scan::decode_cpu::decode_step_cpu(
-                                &h.mamba1_params(&s),
-                                &mut state,
-                            )
-                            .map(drop)
-                        }),
-                    )
-                }
-                _ => Err(unsupported(case)),
-            }
-        }
-        (Problem::Mamba2Step(s), backend) => {
-            let host = Rc::new(StepHost::<T>::mamba2(&s, seed));
-            let h = host.clone();
-            match backend {
-                Backend::Reference => {
-                    let mut state: Vec<f64> = host.state.iter().map(|&v| f64::from(v)).collect();
-                    work(
-                        unchecked(),
-                        Box::new(move || {
-                            ssm_reference::decode::mamba2_step(&h.mamba2_params(&s), &mut state)
-                                .map(drop)
-                        }),
-                    )
-                }
-                Backend::Cpu => {
-                    let mut state = host.state.clone();
-                    work(
-                        Box::new(move || {
-                            let mut first = host.state.clone();
-                            let got = mamba2_ssd::decode_cpu::decode_step_cpu(
-                                &host.mamba2_params(&s),
-                                &mut first,
-                            )?;
-                            verify_step(&host, StepShape::Mamba2(&s), &got.out, &first).map(Some)
-                        }),
-                        Box::new(move || {
-                            mamba2_ssd::decode_cpu::decode_step_cpu(
-                                &h.mamba2_params(&s),
-                                &mut state,
-                            )
-                            .map(drop)
-                        }),
-                    )
-                }
-                _ => Err(unsupported(case)),
-            }
-        }
+        (Problem::Mamba1Step(s), backend) => step_work(
+            case,
+            backend,
+            StepHost::<T>::mamba1(&s, seed),
+            move |h, state| ssm_reference::decode::mamba1_step(&h.mamba1_params(&s), state),
+            move |h, state| mamba1_scan::decode_cpu::decode_step_cpu(&h.mamba1_params(&s), state),
+            move |h, out, state| verify_step(h, StepShape::Mamba1(&s), out, state),
+        ),
+        (Problem::Mamba2Step(s), backend) => step_work(
+            case,
+            backend,
+            StepHost::<T>::mamba2(&s, seed),
+            move |h, state| ssm_reference::decode::mamba2_step(&h.mamba2_params(&s), state),
+            move |h, state| mamba2_ssd::decode_cpu::decode_step_cpu(&h.mamba2_params(&s), state),
+            move |h, out, state| verify_step(h, StepShape::Mamba2(&s), out, state),
+        ),
         (Problem::Stream(_), _) => Err(unsupported(case)),
+    }
+}
+
+/// A decode step's work, for either family (`oracle`, `port` and `verify` are
+/// the family's): the oracle (unchecked) advancing its f64 state, or the CPU
+/// port, checked from the host's initial state and timed on a state it keeps
+/// advancing, as a server would.
+fn step_work<T: Element>(
+    case: &Case,
+    backend: Backend,
+    host: StepHost<T>,
+    mut oracle: impl FnMut(&StepHost<T>, &mut [f64]) -> Result<StepOutput<f64>> + 'static,
+    port: impl Fn(&StepHost<T>, &mut [f32]) -> Result<StepOutput<T>> + 'static,
+    verify: impl FnOnce(&StepHost<T>, &[T], &[f32]) -> Result<Verification> + 'static,
+) -> Result<CpuWork> {
+    let host = Rc::new(host);
+    let h = host.clone();
+    match backend {
+        Backend::Reference => {
+            let mut state: Vec<f64> = host.state.iter().map(|&v| f64::from(v)).collect();
+            work(
+                unchecked(),
+                Box::new(move || oracle(&h, &mut state).map(drop)),
+            )
+        }
+        Backend::Cpu => {
+            let port = Rc::new(port);
+            let run_port = port.clone();
+            let mut state = host.state.clone();
+            work(
+                Box::new(move || {
+                    let mut first = host.state.clone();
+                    let got = (*port)(&host, &mut first)?;
+                    verify(&host, &got.out, &first).map(Some)
+                }),
+                Box::new(move || (*run_port)(&h, &mut state).map(drop)),
+            )
+        }
+        _ => Err(unsupported(case)),
     }
 }
 
