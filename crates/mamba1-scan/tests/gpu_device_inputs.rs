@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::SsmError;
 use ssm_gpu::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use ssm_gpu::cudarc::driver::{CudaContext, CudaSlice, CudaView};
+use ssm_gpu::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
 
 /// Host inputs of one varlen scan with every option, f32.
@@ -220,46 +220,11 @@ fn launches_on_the_callers_stream_and_views_with_offsets() {
     let plan = ScanPlan::new(&gpu, &problem, Default::default()).unwrap();
 
     // Each tensor sits at an odd offset inside a larger allocation.
-    let padded = |host: &[f32]| -> CudaSlice<f32> {
-        let mut v = vec![f32::NAN; PAD];
-        v.extend_from_slice(host);
-        v.extend(std::iter::repeat_n(f32::NAN, PAD));
-        stream.clone_htod(&v).unwrap()
-    };
-    let (u, delta, a, b, c) = (
-        padded(&inputs.u),
-        padded(&inputs.delta),
-        padded(&inputs.a),
-        padded(&inputs.b),
-        padded(&inputs.c),
-    );
-    let (d, z, bias, h0) = (
-        padded(&inputs.d),
-        padded(&inputs.z),
-        padded(&inputs.bias),
-        padded(&inputs.h0),
-    );
-    let mut cu_host = vec![-1i64; PAD];
-    cu_host.extend_from_slice(&inputs.cu);
-    let cu = stream.clone_htod(&cu_host).unwrap();
-    let io = inputs.u.len();
-    let states = inputs.h0.len();
+    let padded = Padded::new(&stream, &inputs);
+    let (io, states) = (inputs.u.len(), inputs.h0.len());
     let mut out = stream.alloc_zeros::<f32>(io + 2 * PAD).unwrap();
     let mut fin = stream.alloc_zeros::<f32>(states + 2 * PAD).unwrap();
-    let views = ScanViews {
-        u: view(&u, io),
-        delta: view(&delta, io),
-        a: view(&a, inputs.a.len()),
-        b: view(&b, inputs.b.len()),
-        c: view(&c, inputs.c.len()),
-        d: Some(view(&d, inputs.d.len())),
-        z: Some(view(&z, io)),
-        delta_bias: Some(view(&bias, inputs.bias.len())),
-        initial_states: Some(view(&h0, states)),
-        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
-        out: out.slice_mut(PAD..PAD + io),
-        final_states: Some(fin.slice_mut(PAD..PAD + states)),
-    };
+    let views = padded.views(&mut out, &mut fin);
     plan.launch_views(&gpu, views).unwrap();
     stream.synchronize().unwrap();
     plan.take_device_error(&gpu).unwrap();
@@ -277,20 +242,8 @@ fn launches_on_the_callers_stream_and_views_with_offsets() {
     );
 
     // A view of the wrong length is a typed error naming the tensor.
-    let short = ScanViews {
-        u: u.slice(PAD..PAD + io - 1),
-        delta: view(&delta, io),
-        a: view(&a, inputs.a.len()),
-        b: view(&b, inputs.b.len()),
-        c: view(&c, inputs.c.len()),
-        d: Some(view(&d, inputs.d.len())),
-        z: Some(view(&z, io)),
-        delta_bias: Some(view(&bias, inputs.bias.len())),
-        initial_states: Some(view(&h0, states)),
-        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
-        out: out.slice_mut(PAD..PAD + io),
-        final_states: Some(fin.slice_mut(PAD..PAD + states)),
-    };
+    let mut short = padded.views(&mut out, &mut fin);
+    short.u = padded.u_delta().0.slice(PAD..PAD + io - 1);
     match plan.launch_views(&gpu, short) {
         Err(SsmError::Shape { arg: "u", .. }) => {}
         other => panic!("a short `u` view must be rejected, got {other:?}"),
@@ -298,20 +251,8 @@ fn launches_on_the_callers_stream_and_views_with_offsets() {
 
     // A view one element off a 16-byte boundary is a typed error too (the
     // kernel's row accesses are 16 bytes wide), refused before any launch.
-    let misaligned = ScanViews {
-        u: view(&u, io),
-        delta: delta.slice(PAD + 1..PAD + 1 + io),
-        a: view(&a, inputs.a.len()),
-        b: view(&b, inputs.b.len()),
-        c: view(&c, inputs.c.len()),
-        d: Some(view(&d, inputs.d.len())),
-        z: Some(view(&z, io)),
-        delta_bias: Some(view(&bias, inputs.bias.len())),
-        initial_states: Some(view(&h0, states)),
-        cu_seqlens: Some(cu.slice(PAD..PAD + inputs.cu.len())),
-        out: out.slice_mut(PAD..PAD + io),
-        final_states: Some(fin.slice_mut(PAD..PAD + states)),
-    };
+    let mut misaligned = padded.views(&mut out, &mut fin);
+    misaligned.delta = padded.u_delta().1.slice(PAD + 1..PAD + 1 + io);
     match plan.launch_views(&gpu, misaligned) {
         Err(SsmError::Dimension {
             arg: "delta",
@@ -365,9 +306,55 @@ fn a_scan_captured_in_a_cuda_graph_replays_bit_identically() {
     let _keep_alive: Arc<_> = ctx;
 }
 
-/// `len` elements of `x` from offset `PAD`.
-fn view(x: &CudaSlice<f32>, len: usize) -> CudaView<'_, f32> {
-    x.slice(PAD..PAD + len)
+/// Every input of an [`Inputs`] on the device at offset [`PAD`] inside a larger
+/// allocation (NaN around the values, -1 around the offsets): `u, delta, A, B,
+/// C, D, z, delta_bias, h0` in that order, and `cu_seqlens`.
+struct Padded([CudaSlice<f32>; 9], CudaSlice<i64>);
+
+impl Padded {
+    fn new(stream: &Arc<CudaStream>, i: &Inputs) -> Self {
+        let pad = |host: &Vec<f32>| -> CudaSlice<f32> {
+            let mut v = vec![f32::NAN; PAD];
+            v.extend_from_slice(host);
+            v.extend(std::iter::repeat_n(f32::NAN, PAD));
+            stream.clone_htod(&v).unwrap()
+        };
+        let host = [&i.u, &i.delta, &i.a, &i.b, &i.c, &i.d, &i.z, &i.bias, &i.h0];
+        let mut cu = vec![-1i64; PAD];
+        cu.extend_from_slice(&i.cu);
+        Padded(host.map(pad), stream.clone_htod(&cu).unwrap())
+    }
+
+    /// The padded `u` and `delta`, for views of the wrong length or alignment.
+    fn u_delta(&self) -> (&CudaSlice<f32>, &CudaSlice<f32>) {
+        (&self.0[0], &self.0[1])
+    }
+
+    /// Views of every input, and of `out` and `fin` (padded alike), of the
+    /// true lengths: what a caller holding larger allocations passes.
+    fn views<'a>(
+        &'a self,
+        out: &'a mut CudaSlice<f32>,
+        fin: &'a mut CudaSlice<f32>,
+    ) -> ScanViews<'a, f32> {
+        let [u, delta, a, b, c, d, z, bias, h0] =
+            self.0.each_ref().map(|x| x.slice(PAD..x.len() - PAD));
+        let (out_len, fin_len) = (out.len() - PAD, fin.len() - PAD);
+        ScanViews {
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d: Some(d),
+            z: Some(z),
+            delta_bias: Some(bias),
+            initial_states: Some(h0),
+            cu_seqlens: Some(self.1.slice(PAD..)),
+            out: out.slice_mut(PAD..out_len),
+            final_states: Some(fin.slice_mut(PAD..fin_len)),
+        }
+    }
 }
 
 fn bits<T: DeviceElement>(x: &[T]) -> Vec<u64> {
