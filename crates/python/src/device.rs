@@ -33,11 +33,12 @@ use mamba2_ssd::cuda::{CudaOptions, SsdDeviceInputs, SsdInputViews, SsdOutputVie
 use mamba2_ssd::decode_cuda::Mamba2Decode;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use ssm_core::decode::{Mamba1StepDims, Mamba2StepDims, StepDims, StepInputs};
 use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
 use ssm_core::DType;
 use ssm_gpu::cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream};
-use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel};
+use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepArgs};
 use ssm_gpu::{DeviceElement, Gpu};
 
 use crate::{dtype_of, to_py, Raw, Tensors};
@@ -737,21 +738,23 @@ where
         })
 }
 
-fn m1_step_t<T: DeviceElement>(
+/// One decode step of family `F` (`family` names its kernel cache entry) on
+/// torch's stream: the buffers by role from `t`, the state updated in place.
+fn step_t<F: DecodeFamily, T: DeviceElement>(
     ordinal: usize,
     stream: usize,
-    dims: (usize, usize, usize, usize, usize),
-    dt_softplus: bool,
+    family: &str,
+    dims: F::Dims,
+    options: F::Options,
     t: &Tensors,
 ) -> PyResult<()>
 where
-    DecodeKernel<Mamba1Decode, T>: Send,
+    DecodeKernel<F, T>: Send,
 {
-    let (batch, d_inner, d_state, groups, cache_rows) = dims;
     let mut devs = lock()?;
     let dev = device(&mut devs, ordinal)?;
     let gpu = dev.gpu(stream)?;
-    let kernel = decode_kernel::<Mamba1Decode, T>(dev, &gpu, "m1", d_state)?;
+    let kernel = decode_kernel::<F, T>(dev, &gpu, family, dims.d_state())?;
     // SAFETY: the Python layer's contract ([`borrow`]).
     unsafe {
         let ins = Lent(Some((
@@ -773,15 +776,9 @@ where
         )));
         let (x, dt, b, c, z) = &*ins;
         let (a, d, bias, idx) = &*params;
-        let args = mamba1_scan::decode_cuda::DeviceStepArgs {
-            dims: ssm_core::decode::Mamba1StepDims {
-                batch,
-                d_inner,
-                d_state,
-                groups,
-                cache_rows,
-            },
-            inputs: ssm_core::decode::StepInputs {
+        let args = DeviceStepArgs {
+            dims,
+            inputs: StepInputs {
                 x: x.as_view(),
                 dt: dt.as_view(),
                 a: a.as_view(),
@@ -792,7 +789,7 @@ where
                 dt_bias: bias.as_ref().map(|v| v.as_view()),
                 state_batch_indices: idx.as_ref().map(|v| v.as_view()),
             },
-            options: mamba1_scan::decode_cuda::StepOptions { dt_softplus },
+            options,
         };
         let (state, out) = &mut *outs;
         launch_decode_step(
@@ -805,6 +802,28 @@ where
         .map_err(to_py)?;
     }
     Ok(())
+}
+
+fn m1_step_t<T: DeviceElement>(
+    ordinal: usize,
+    stream: usize,
+    dims: (usize, usize, usize, usize, usize),
+    dt_softplus: bool,
+    t: &Tensors,
+) -> PyResult<()>
+where
+    DecodeKernel<Mamba1Decode, T>: Send,
+{
+    let (batch, d_inner, d_state, groups, cache_rows) = dims;
+    let dims = Mamba1StepDims {
+        batch,
+        d_inner,
+        d_state,
+        groups,
+        cache_rows,
+    };
+    let options = mamba1_scan::decode_cuda::StepOptions { dt_softplus };
+    step_t::<Mamba1Decode, T>(ordinal, stream, "m1", dims, options, t)
 }
 
 /// One Mamba-1 decode step on torch's stream; `state` is updated in place.
@@ -835,68 +854,20 @@ where
 {
     let (batch, heads, head_dim, d_state, groups, cache_rows) = dims;
     let (d_per_head_dim, dt_softplus, dt_limit) = flags;
-    let mut devs = lock()?;
-    let dev = device(&mut devs, ordinal)?;
-    let gpu = dev.gpu(stream)?;
-    let kernel = decode_kernel::<Mamba2Decode, T>(dev, &gpu, "m2", d_state)?;
-    // SAFETY: the Python layer's contract ([`borrow`]).
-    unsafe {
-        let ins = Lent(Some((
-            req::<T>(&gpu, t, "x")?,
-            req::<T>(&gpu, t, "dt")?,
-            req::<T>(&gpu, t, "B")?,
-            req::<T>(&gpu, t, "C")?,
-            opt::<T>(&gpu, t, "z")?,
-        )));
-        let params = Lent(Some((
-            req::<f32>(&gpu, t, "A")?,
-            opt::<f32>(&gpu, t, "D")?,
-            opt::<f32>(&gpu, t, "dt_bias")?,
-            opt::<i64>(&gpu, t, "state_batch_indices")?,
-        )));
-        let mut outs = Lent(Some((
-            req::<f32>(&gpu, t, "state")?,
-            req::<T>(&gpu, t, "out")?,
-        )));
-        let (x, dt, b, c, z) = &*ins;
-        let (a, d, bias, idx) = &*params;
-        let args = mamba2_ssd::decode_cuda::DeviceStepArgs {
-            dims: ssm_core::decode::Mamba2StepDims {
-                batch,
-                heads,
-                head_dim,
-                d_state,
-                groups,
-                cache_rows,
-            },
-            inputs: ssm_core::decode::StepInputs {
-                x: x.as_view(),
-                dt: dt.as_view(),
-                a: a.as_view(),
-                b: b.as_view(),
-                c: c.as_view(),
-                d: d.as_ref().map(|v| v.as_view()),
-                z: z.as_ref().map(|v| v.as_view()),
-                dt_bias: bias.as_ref().map(|v| v.as_view()),
-                state_batch_indices: idx.as_ref().map(|v| v.as_view()),
-            },
-            options: mamba2_ssd::decode_cuda::StepOptions {
-                d_per_head_dim,
-                dt_softplus,
-                dt_limit,
-            },
-        };
-        let (state, out) = &mut *outs;
-        launch_decode_step(
-            &gpu,
-            kernel,
-            &args,
-            &mut state.as_view_mut(),
-            &mut out.as_view_mut(),
-        )
-        .map_err(to_py)?;
-    }
-    Ok(())
+    let dims = Mamba2StepDims {
+        batch,
+        heads,
+        head_dim,
+        d_state,
+        groups,
+        cache_rows,
+    };
+    let options = mamba2_ssd::decode_cuda::StepOptions {
+        d_per_head_dim,
+        dt_softplus,
+        dt_limit,
+    };
+    step_t::<Mamba2Decode, T>(ordinal, stream, "m2", dims, options, t)
 }
 
 /// One Mamba-2 decode step on torch's stream; `state` is updated in place.
