@@ -5,10 +5,10 @@
 //!
 //! `cargo bench -p ssm-benches --bench cpu_ports [-- --quick | --profile-time 5 <filter>]`
 
-use std::time::Duration;
+mod common;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ssm_benches::cpu;
+use common::{bench_checked, cpu_group};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ssm_benches::suite::cpu_cases;
 
 fn full() -> bool {
@@ -22,22 +22,14 @@ fn cpu_ports(c: &mut Criterion) {
             case.implementation(),
             case.workload.split('/').next().unwrap_or("")
         );
-        let mut group = c.benchmark_group(group_name);
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1))
-            .throughput(Throughput::Elements(case.problem.tokens()));
-        // Verified against the f64 oracle before it is timed (crate::check).
-        match cpu::prepare_checked(&case, 1) {
-            Ok(mut run) => {
-                let id = BenchmarkId::new(case.problem.label(), case.problem.dtype());
-                group.bench_function(id, |b| {
-                    b.iter(|| run().expect("the CPU port rejected a valid benchmark input"))
-                });
-            }
-            Err(why) => eprintln!("{why}"),
-        }
+        let mut group = cpu_group(c, group_name, &case);
+        let id = BenchmarkId::new(case.problem.label(), case.problem.dtype());
+        bench_checked(
+            &mut group,
+            id,
+            &case,
+            "the CPU port rejected a valid benchmark input",
+        );
         group.finish();
     }
 }

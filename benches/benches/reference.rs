@@ -4,34 +4,18 @@
 //!
 //! `cargo bench -p ssm-benches --bench reference` (add `-- --quick` for a fast pass).
 
-use std::time::Duration;
+mod common;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ssm_benches::cpu;
+use common::{bench_checked, cpu_group};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ssm_benches::suite::reference_cases;
 
 fn reference(c: &mut Criterion) {
     for case in reference_cases() {
-        let mut group = c.benchmark_group(format!(
-            "{}/{}",
-            case.implementation(),
-            case.problem.op_name()
-        ));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1))
-            .throughput(Throughput::Elements(case.problem.tokens()));
-        // Verified against the f64 oracle before it is timed (crate::check).
-        match cpu::prepare_checked(&case, 1) {
-            Ok(mut run) => {
-                group.bench_function(
-                    BenchmarkId::new(&case.workload, case.problem.dtype()),
-                    |b| b.iter(|| run().expect("the oracle ran once during prepare")),
-                );
-            }
-            Err(why) => eprintln!("{why}"),
-        }
+        let name = format!("{}/{}", case.implementation(), case.problem.op_name());
+        let mut group = cpu_group(c, name, &case);
+        let id = BenchmarkId::new(&case.workload, case.problem.dtype());
+        bench_checked(&mut group, id, &case, "the oracle ran once during prepare");
         group.finish();
     }
 }

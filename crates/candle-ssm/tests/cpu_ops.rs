@@ -115,75 +115,81 @@ fn scan_shape_errors_name_the_tensor() -> Result<()> {
     Ok(())
 }
 
-/// Two Mamba-2 decode steps from a zero state equal the first two tokens of
-/// the reference SSD over the same inputs.
-#[test]
-fn mamba2_decode_steps_match_the_reference_recurrence() -> Result<()> {
-    let dev = Device::Cpu;
-    let (b, l, h, p, g, n) = (2, 2, 4, 3, 2, 5);
-    let k = ssd_case((b, l, h, p, g, n))?;
-    let want = ssd_reference_all(&k)?;
-    let at = |v: &Var, t: usize| v.as_tensor().narrow(1, t, 1).and_then(|x| x.squeeze(1));
-    let mut state = Tensor::zeros((b, h, p, n), DType::F32, &dev)?;
-    for t in 0..l {
-        let (y, next) = Mamba2Step::new(
-            &state,
-            &at(&k[0], t)?,
-            &at(&k[1], t)?,
-            &k[2],
-            &at(&k[3], t)?,
-            &at(&k[4], t)?,
-        )
-        .d(&k[5])
-        .z(&at(&k[6], t)?)
-        .dt_bias(&k[7])
-        .dt_softplus(true)
-        .run()?;
-        assert_close(
-            &format!("out[{t}]"),
-            &y,
-            &want.narrow(1, t, 1)?.squeeze(1)?,
-            1e-5,
-        )?;
+/// The time dimension of a sequence tensor.
+type TimeDim = fn(&Tensor) -> usize;
+
+/// The inputs by role of token `t` (`A, D, dt_bias` as they are).
+fn token(k: &[Var], time: TimeDim, t: usize) -> Result<Vec<Tensor>> {
+    let seq = [true, true, false, true, true, false, true, false];
+    k.iter()
+        .zip(seq)
+        .map(|(v, s)| {
+            let x = v.as_tensor();
+            match s {
+                true => x.narrow(time(x), t, 1)?.squeeze(time(x)),
+                false => Ok(x.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Decode steps from `state` over every token of `k`, each output equal to
+/// that token of `want`; `step` runs one step on a token's inputs by role and
+/// returns its output and next state.
+fn steps_match_the_reference(
+    k: &[Var],
+    time: TimeDim,
+    mut state: Tensor,
+    want: &Tensor,
+    step: impl Fn(&Tensor, &[Tensor]) -> Result<(Tensor, Tensor)>,
+) -> Result<()> {
+    for t in 0..want.dim(time(want))? {
+        let (y, next) = step(&state, &token(k, time, t)?)?;
+        let want_t = want.narrow(time(want), t, 1)?.squeeze(time(want))?;
+        assert_close(&format!("out[{t}]"), &y, &want_t, 1e-5)?;
         state = next;
     }
     Ok(())
 }
 
+/// Two Mamba-2 decode steps from a zero state equal the first two tokens of
+/// the reference SSD over the same inputs.
+#[test]
+fn mamba2_decode_steps_match_the_reference_recurrence() -> Result<()> {
+    let (b, l, h, p, g, n) = (2, 2, 4, 3, 2, 5);
+    let k = ssd_case((b, l, h, p, g, n))?;
+    let state = Tensor::zeros((b, h, p, n), DType::F32, &Device::Cpu)?;
+    // Token-major: time is dimension 1 of every sequence tensor.
+    steps_match_the_reference(
+        &k,
+        |_| 1,
+        state,
+        &ssd_reference_all(&k)?,
+        |s, i| {
+            Mamba2Step::new(s, &i[0], &i[1], &i[2], &i[3], &i[4])
+                .d(&i[5])
+                .z(&i[6])
+                .dt_bias(&i[7])
+                .dt_softplus(true)
+                .run()
+        },
+    )
+}
+
 /// As above for the Mamba-1 step against the reference scan.
 #[test]
 fn mamba1_decode_steps_match_the_reference_recurrence() -> Result<()> {
-    let dev = Device::Cpu;
     let (b, d, l, g, n) = (2, 6, 2, 2, 4);
     let k = scan_case((b, d, l, g, n))?;
-    let want = scan_reference_all(&k)?;
-    let last = |v: &Var, t: usize| {
-        let x = v.as_tensor();
-        x.narrow(x.rank() - 1, t, 1)
-            .and_then(|y| y.squeeze(x.rank() - 1))
-    };
-    let mut state = Tensor::zeros((b, d, n), DType::F32, &dev)?;
-    for t in 0..l {
-        let (y, next) = Mamba1Step::new(
-            &state,
-            &last(&k[0], t)?,
-            &last(&k[1], t)?,
-            &k[2],
-            &last(&k[3], t)?,
-            &last(&k[4], t)?,
-        )
-        .d(&k[5])
-        .z(&last(&k[6], t)?)
-        .dt_bias(&k[7])
-        .dt_softplus(true)
-        .run()?;
-        assert_close(
-            &format!("out[{t}]"),
-            &y,
-            &want.narrow(2, t, 1)?.squeeze(2)?,
-            1e-5,
-        )?;
-        state = next;
-    }
-    Ok(())
+    let state = Tensor::zeros((b, d, n), DType::F32, &Device::Cpu)?;
+    // Channel-major: time is the last dimension of every sequence tensor.
+    let last: TimeDim = |x| x.rank() - 1;
+    steps_match_the_reference(&k, last, state, &scan_reference_all(&k)?, |s, i| {
+        Mamba1Step::new(s, &i[0], &i[1], &i[2], &i[3], &i[4])
+            .d(&i[5])
+            .z(&i[6])
+            .dt_bias(&i[7])
+            .dt_softplus(true)
+            .run()
+    })
 }
