@@ -157,6 +157,24 @@ fn normals<T: Element>(rng: &mut StdRng, n: usize) -> Vec<T> {
     ssm_core::element::round_slice(&v)
 }
 
+/// The incoming gradients of a backward check, from their own stream of
+/// `seed`: `d_out` of `out_len` elements and, when the forward returns final
+/// states, `d_final_states` of `states` elements.
+fn cotangents<T: Element>(
+    seed: u64,
+    out_len: usize,
+    states: Option<usize>,
+) -> (Vec<T>, Option<Vec<f32>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
+    let d_out = normals(&mut rng, out_len);
+    let d_final = states.map(|n| normals(&mut rng, n));
+    (d_out, d_final)
+}
+
+fn oracle_err(e: ssm_core::SsmError) -> String {
+    format!("the f64 adjoint rejected the problem: {e}")
+}
+
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident($($arg:expr),*)) => {
         match $dtype {
@@ -179,14 +197,11 @@ fn ssd_as<T: Element>(case: &SsdCase, chunk: usize, seed: u64) -> Result<Vec<Gra
     let data = SsdData::generate(case, seed);
     let inputs = data.inputs::<T>();
     let p = inputs.params();
-    let d = case.dims;
-    let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
-    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
-    let d_final: Option<Vec<f32>> = case
+    let states = case
         .final_states
-        .then(|| normals(&mut rng, d.batch * d.heads * d.head_dim * d.d_state));
+        .then(|| case.dims.states_len(case.dims.batch));
+    let (d_out, d_final) = cotangents::<T>(seed, inputs.x.len(), states);
     let dfs = d_final.as_deref();
-    let oracle_err = |e: ssm_core::SsmError| format!("the f64 adjoint rejected the problem: {e}");
     let want = ssm_reference::ssd_backward::ssd_backward(&p, &d_out, dfs).map_err(oracle_err)?;
     let implementation = format!("ssd cpu chunked-bwd/{chunk}");
     let problem = format!(
@@ -261,14 +276,11 @@ fn scan_as<T: DeviceElement>(
     let data = Mamba1Data::generate(case, seed);
     let inputs = data.inputs::<T>();
     let p = inputs.params();
-    let d = case.dims;
-    let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
-    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
-    let d_final: Option<Vec<f32>> = case
+    let states = case
         .final_states
-        .then(|| normals(&mut rng, d.batch * d.d_inner * d.d_state));
+        .then(|| case.dims.states_len(case.dims.batch));
+    let (d_out, d_final) = cotangents::<T>(seed, inputs.x.len(), states);
     let dh = d_final.as_deref();
-    let oracle_err = |e: ssm_core::SsmError| format!("the f64 adjoint rejected the problem: {e}");
     let want = ssm_reference::mamba1_backward::selective_scan_backward(&p, &d_out, dh)
         .map_err(oracle_err)?;
     let magnitude =
