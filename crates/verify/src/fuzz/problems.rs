@@ -58,6 +58,49 @@ pub struct ScanProblem {
     pub regimes: Regimes,
 }
 
+/// A named tensor the regimes perturb.
+type Named<'a, T> = (&'static str, &'a mut T);
+
+/// The value regimes of a problem, drawn from `bytes` in one order for both
+/// families: a scale for the input, the step sizes' and `A`'s own regimes,
+/// scales for B, C and the initial states, then value patches into up to six
+/// tensors (the required ones, then those of the optional ones present).
+/// `[x, dt, A]`, `[B, C]`, `[D, z, bias]` and the initial states are by role,
+/// named as the findings name them.
+fn draw_regimes(
+    bytes: &mut Bytes<'_>,
+    seed: u64,
+    softplus: bool,
+    [x, dt, a]: [Named<'_, Vec<f32>>; 3],
+    [b, c]: [Named<'_, Vec<f32>>; 2],
+    optional: [Named<'_, Option<Vec<f32>>>; 3],
+    s0: Named<'_, Option<Vec<f32>>>,
+) -> Regimes {
+    let mut rng = regime_rng(seed);
+    let mut regimes = Regimes::default();
+    draw_scale(bytes, &mut regimes, x.0).apply(x.1, &mut rng);
+    let dt_scale = DtScale::draw(bytes);
+    regimes.note("dt", dt_scale, DtScale::AsGenerated);
+    dt_scale.apply(dt.1, softplus, &mut rng);
+    let a_scale = AScale::draw(bytes);
+    regimes.note("A", a_scale, AScale::AsGenerated);
+    a_scale.apply(a.1, &mut rng);
+    draw_scale(bytes, &mut regimes, b.0).apply(b.1, &mut rng);
+    draw_scale(bytes, &mut regimes, c.0).apply(c.1, &mut rng);
+    if let Some(h0) = s0.1.as_mut() {
+        draw_scale(bytes, &mut regimes, s0.0).apply(h0, &mut rng);
+    }
+    let mut targets: Vec<(&str, &mut [f32])> =
+        vec![(x.0, x.1), (dt.0, dt.1), (a.0, a.1), (b.0, b.1), (c.0, c.1)];
+    for (name, t) in optional.into_iter().chain([s0]) {
+        if let Some(t) = t {
+            targets.push((name, t));
+        }
+    }
+    regimes.patches(patch(bytes, &mut targets, 6));
+    regimes
+}
+
 impl ScanProblem {
     /// Decode a problem from `bytes` (any bytes decode to a valid problem).
     pub fn decode(bytes: &mut Bytes<'_>) -> Self {
@@ -96,41 +139,20 @@ impl ScanProblem {
             // Same count as the generator's, so the initial states keep their rows.
             data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
         }
-        let mut rng = regime_rng(seed);
-        let mut regimes = Regimes::default();
-        draw_scale(bytes, &mut regimes, "u").apply(&mut data.u, &mut rng);
-        let dt = DtScale::draw(bytes);
-        regimes.note("dt", dt, DtScale::AsGenerated);
-        dt.apply(&mut data.delta, case.softplus, &mut rng);
-        let a = AScale::draw(bytes);
-        regimes.note("A", a, AScale::AsGenerated);
-        a.apply(&mut data.a, &mut rng);
-        draw_scale(bytes, &mut regimes, "B").apply(&mut data.b, &mut rng);
-        draw_scale(bytes, &mut regimes, "C").apply(&mut data.c, &mut rng);
-        if let Some(h0) = data.initial_states.as_mut() {
-            draw_scale(bytes, &mut regimes, "h0").apply(h0, &mut rng);
-        }
-        {
-            let mut targets: Vec<(&str, &mut [f32])> = vec![
-                ("u", &mut data.u),
-                ("delta", &mut data.delta),
-                ("A", &mut data.a),
-                ("B", &mut data.b),
-                ("C", &mut data.c),
-            ];
-            let optional = [
-                ("D", &mut data.d),
-                ("z", &mut data.z),
-                ("bias", &mut data.delta_bias),
-                ("h0", &mut data.initial_states),
-            ];
-            for (name, t) in optional {
-                if let Some(t) = t {
-                    targets.push((name, t));
-                }
-            }
-            regimes.patches(patch(bytes, &mut targets, 6));
-        }
+        let d = &mut data;
+        let regimes = draw_regimes(
+            bytes,
+            seed,
+            case.softplus,
+            [("u", &mut d.u), ("delta", &mut d.delta), ("A", &mut d.a)],
+            [("B", &mut d.b), ("C", &mut d.c)],
+            [
+                ("D", &mut d.d),
+                ("z", &mut d.z),
+                ("bias", &mut d.delta_bias),
+            ],
+            ("h0", &mut d.initial_states),
+        );
         let dtype = bytes.dtype();
         let block_len = bytes.tile(seqlen);
         ScanProblem {
@@ -220,41 +242,20 @@ impl SsdProblem {
         if let Some(n) = varlen {
             data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
         }
-        let mut rng = regime_rng(seed);
-        let mut regimes = Regimes::default();
-        draw_scale(bytes, &mut regimes, "x").apply(&mut data.x, &mut rng);
-        let dt = DtScale::draw(bytes);
-        regimes.note("dt", dt, DtScale::AsGenerated);
-        dt.apply(&mut data.dt, case.softplus, &mut rng);
-        let a = AScale::draw(bytes);
-        regimes.note("A", a, AScale::AsGenerated);
-        a.apply(&mut data.a, &mut rng);
-        draw_scale(bytes, &mut regimes, "B").apply(&mut data.b, &mut rng);
-        draw_scale(bytes, &mut regimes, "C").apply(&mut data.c, &mut rng);
-        if let Some(s0) = data.initial_states.as_mut() {
-            draw_scale(bytes, &mut regimes, "s0").apply(s0, &mut rng);
-        }
-        {
-            let mut targets: Vec<(&str, &mut [f32])> = vec![
-                ("x", &mut data.x),
-                ("dt", &mut data.dt),
-                ("A", &mut data.a),
-                ("B", &mut data.b),
-                ("C", &mut data.c),
-            ];
-            let optional = [
-                ("D", &mut data.d),
-                ("z", &mut data.z),
-                ("dt_bias", &mut data.dt_bias),
-                ("s0", &mut data.initial_states),
-            ];
-            for (name, t) in optional {
-                if let Some(t) = t {
-                    targets.push((name, t));
-                }
-            }
-            regimes.patches(patch(bytes, &mut targets, 6));
-        }
+        let d = &mut data;
+        let regimes = draw_regimes(
+            bytes,
+            seed,
+            case.softplus,
+            [("x", &mut d.x), ("dt", &mut d.dt), ("A", &mut d.a)],
+            [("B", &mut d.b), ("C", &mut d.c)],
+            [
+                ("D", &mut d.d),
+                ("z", &mut d.z),
+                ("dt_bias", &mut d.dt_bias),
+            ],
+            ("s0", &mut d.initial_states),
+        );
         let dtype = bytes.dtype();
         let chunk = bytes.tile(seqlen);
         SsdProblem {
