@@ -235,14 +235,7 @@ fn same_on_chip(a: &DeviceLimits, b: &DeviceLimits) -> bool {
 }
 
 fn ssd_dims(heads: usize, groups: usize, head_dim: usize, d_state: usize) -> SsdDims {
-    SsdDims {
-        batch: 1,
-        seqlen: 4096,
-        heads,
-        head_dim,
-        d_state,
-        groups,
-    }
+    SsdDims::new(1, 4096, heads, head_dim, d_state, groups)
 }
 
 /// Every module an SSD plan with this config may load: the main pass, the
@@ -398,12 +391,7 @@ fn scan_problem(
 ) -> ScanProblem {
     ScanProblem {
         dtype,
-        dims: Mamba1Dims {
-            batch: 1,
-            d_inner: 64,
-            d_state,
-            seqlen,
-        },
+        dims: Mamba1Dims::new(1, 64, d_state, seqlen),
         b_groups: grouped.then_some(1),
         c_groups: grouped.then_some(1),
         has_d: options,
@@ -493,14 +481,7 @@ fn problem_variants(
     let mut out = Vec::new();
     match *problem {
         Problem::Ssd(s) => {
-            let dims = SsdDims {
-                batch: s.batch,
-                seqlen: s.seqlen,
-                heads: s.heads,
-                head_dim: s.head_dim,
-                d_state: s.d_state,
-                groups: s.groups,
-            };
+            let dims = SsdDims::new(s.batch, s.seqlen, s.heads, s.head_dim, s.d_state, s.groups);
             let features = SsdFeatures {
                 dt_bias: s.dt_bias,
                 dt_softplus: s.softplus,
@@ -520,12 +501,7 @@ fn problem_variants(
         Problem::Mamba1Scan(s) => {
             let p = ScanProblem {
                 dtype: s.dtype,
-                dims: Mamba1Dims {
-                    batch: s.batch,
-                    d_inner: s.d_inner,
-                    d_state: s.d_state,
-                    seqlen: s.seqlen,
-                },
+                dims: Mamba1Dims::new(s.batch, s.d_inner, s.d_state, s.seqlen),
                 b_groups: s.groups,
                 c_groups: s.groups,
                 has_d: s.d,
