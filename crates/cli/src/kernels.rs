@@ -319,6 +319,9 @@ fn reference_ssd_bwd(push: &mut dyn FnMut(KernelVariant)) {
         (DType::Bf16, 128, 64, 64),
         (DType::Bf16, 128, 64, 256),
         (DType::F32, 128, 64, 64),
+        // The tiled v3 at P = 128 and at the largest N it takes.
+        (DType::Bf16, 128, 128, 64),
+        (DType::Bf16, 256, 128, 64),
     ] {
         ssd_bwd_variants(
             dtype,
@@ -419,6 +422,22 @@ fn scan_variants(
                 push("scan-bwd", v);
             }
         }
+        training_forward(problem, limits, push);
+    }
+}
+
+/// The training forward (the forward that leaves the backward's checkpoints,
+/// `BwdOptions::forward_checkpoints`), where the problem has one.
+fn training_forward(
+    problem: &ScanProblem,
+    limits: &DeviceLimits,
+    push: &mut dyn FnMut(&'static str, KernelVariant),
+) {
+    let training = BwdConfig::new(problem, limits).and_then(|bwd| {
+        ScanConfig::new(problem, ScanTuning::default(), limits)?.with_checkpoints(problem, bwd.tile)
+    });
+    if let Ok(c) = training {
+        push("scan", c.variant());
     }
 }
 
@@ -438,6 +457,8 @@ fn reference_scan(limits: &DeviceLimits, push: &mut dyn FnMut(&'static str, Kern
     for p in &forward_and_backward {
         scan_variants(p, limits, true, push);
     }
+    // F16's backward is not in the crate's list, its training forward is.
+    training_forward(&m1(DType::F16, 16, 4096, true, true), limits, push);
     for p in [
         m1(DType::F16, 16, 4096, true, true),
         m1(DType::Bf16, 16, 4095, true, true),
