@@ -277,39 +277,123 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_cb(const SsdBwdArgs a)
     }
 }
 
-// Stages B and D: per (sequence, head), every thread owning state elements.
+// Stages B and D: per (sequence, head, slice of the P x N state elements).
+// The recurrence is elementwise, so slices are independent: the host picks how
+// many (`gridDim.x` = sequences x H x slices) to fill the device. The chunk
+// decays of the sequence are staged in shared memory a window at a time, and
+// every thread issues the loads of PASS_D chunks before their dependent
+// multiply-adds: v1 ran one block per (sequence, head) with one load chain per
+// element and was bound by the loads' latency (20 ms at M2-2.7B, 130 GB/s).
+namespace ssd_bwd {
+constexpr int PASS_E = 4;   // state elements per thread per round
+constexpr int PASS_D = 4;   // chunks whose loads are in flight together
+// Chunks per staged window of decays; the emulation check narrows it so that its
+// few-chunk sequences cross windows.
+#ifndef SSD_BWD_PASS_WINDOW
+#define SSD_BWD_PASS_WINDOW NT
+#endif
+constexpr int PASS_W = SSD_BWD_PASS_WINDOW;
+static_assert(PASS_W >= 1 && PASS_W <= NT, "a window's decays are staged one per thread");
+}  // namespace ssd_bwd
+
+// One window of `wn` chunks of one pass: `slot` is the window's first chunk,
+// `stride` the distance between chunks. Each slot's value is read, replaced by
+// the running value, and folded in: run = decay run + own. In chunk order, or
+// in reverse.
+template <bool REVERSE>
+__device__ __forceinline__ void pass_window(float* slot, i64 stride, const float* decay, int wn,
+                                            const i64 (&e)[ssd_bwd::PASS_E],
+                                            const bool (&ok)[ssd_bwd::PASS_E],
+                                            float (&run)[ssd_bwd::PASS_E]) {
+    using namespace ssd_bwd;
+    for (int i0 = 0; i0 < wn; i0 += PASS_D) {
+        float own[PASS_D][PASS_E];
+#pragma unroll
+        for (int d = 0; d < PASS_D; ++d) {
+            const int i = REVERSE ? wn - 1 - (i0 + d) : i0 + d;
+#pragma unroll
+            for (int k = 0; k < PASS_E; ++k)
+                own[d][k] = (i0 + d < wn && ok[k]) ? slot[i * stride + e[k]] : 0.0f;
+        }
+#pragma unroll
+        for (int d = 0; d < PASS_D; ++d) {
+            if (i0 + d >= wn) break;
+            const int i = REVERSE ? wn - 1 - (i0 + d) : i0 + d;
+            const float dec = decay[i];
+#pragma unroll
+            for (int k = 0; k < PASS_E; ++k) {
+                if (!ok[k]) continue;
+                slot[i * stride + e[k]] = run[k];
+                run[k] = dec * run[k] + own[d][k];
+            }
+        }
+    }
+}
+
+// The decays exp2(s_last) of chunks [w0, w0 + wn) of the sequence starting at
+// chunk c0, into `decay` (block-wide: every thread calls it).
+__device__ __forceinline__ void stage_decays(const SsdBwdArgs& a, float* decay, i64 c0, i64 w0,
+                                             int wn, int h) {
+    __syncthreads();  // the previous window's readers are done
+    if ((int)threadIdx.x < wn) {
+        const i64 c = c0 + w0 + threadIdx.x;
+        const i64 last = a.chunks[2 * c] + a.chunks[2 * c + 1] - 1;
+        decay[threadIdx.x] = exp2f(a.ws_cum[last * a.H + h]);
+    }
+    __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_pass(const SsdBwdArgs a) {
     using namespace ssd_bwd;
+    BWD_SMEM_BASE;
+    BWD_SHARED(decay, PASS_W, 0);
     const int H = a.H;
-    const i64 s = blockIdx.x / H;
-    const int h = blockIdx.x % H;
+    const i64 slices = gridDim.x / ((i64)a.nseqs * H);
+    const i64 slice = blockIdx.x % slices;
+    const i64 s = blockIdx.x / slices / H;
+    const int h = (int)(blockIdx.x / slices % H);
     const i64 c0 = a.seqs[2 * s];
     const i64 nc = a.seqs[2 * s + 1];
-    for (i64 e = threadIdx.x; e < PN; e += NT) {
-        float run = 0.0f;
+    const i64 per = (PN + slices - 1) / slices;
+    const i64 lo = slice * per;
+    const i64 hi = lo + per < PN ? lo + per : PN;
+    const i64 stride = (i64)H * PN;
+    // Block-uniform bounds: every thread reaches the barriers of stage_decays.
+    for (i64 base = lo; base < hi; base += NT * PASS_E) {
+        i64 e[PASS_E];
+        bool ok[PASS_E];
+        float run[PASS_E];
+#pragma unroll
+        for (int k = 0; k < PASS_E; ++k) {
+            e[k] = base + k * NT + threadIdx.x;
+            ok[k] = e[k] < hi;
+            run[k] = 0.0f;
 #if SSD_HAS_S0
-        run = a.s0[(s * H + h) * PN + e];
+            if (ok[k]) run[k] = a.s0[(s * H + h) * PN + e[k]];
 #endif
-        for (i64 c = c0; c < c0 + nc; ++c) {
-            const i64 last = a.chunks[2 * c] + a.chunks[2 * c + 1] - 1;
-            float* slot = a.ws_S + (c * H + h) * PN + e;
-            const float own = *slot;
-            *slot = run;
-            run = exp2f(a.ws_cum[last * H + h]) * run + own;
         }
-        float grad = 0.0f;
+        for (i64 w0 = 0; w0 < nc; w0 += PASS_W) {
+            const int wn = (int)(nc - w0 < PASS_W ? nc - w0 : PASS_W);
+            stage_decays(a, decay, c0, w0, wn, h);
+            pass_window<false>(a.ws_S + ((c0 + w0) * H + h) * PN, stride, decay, wn, e, ok, run);
+        }
+#pragma unroll
+        for (int k = 0; k < PASS_E; ++k) {
+            run[k] = 0.0f;
 #if SSD_HAS_DFINAL
-        grad = a.dfinal[(s * H + h) * PN + e];
+            if (ok[k]) run[k] = a.dfinal[(s * H + h) * PN + e[k]];
 #endif
-        for (i64 c = c0 + nc - 1; c >= c0; --c) {
-            const i64 last = a.chunks[2 * c] + a.chunks[2 * c + 1] - 1;
-            float* slot = a.ws_G + (c * H + h) * PN + e;
-            const float own = *slot;
-            *slot = grad;
-            grad = exp2f(a.ws_cum[last * H + h]) * grad + own;
+        }
+        for (i64 w_end = nc; w_end > 0; w_end -= PASS_W) {
+            const i64 w0 = w_end > PASS_W ? w_end - PASS_W : 0;
+            const int wn = (int)(w_end - w0);
+            stage_decays(a, decay, c0, w0, wn, h);
+            pass_window<true>(a.ws_G + ((c0 + w0) * H + h) * PN, stride, decay, wn, e, ok, run);
         }
 #if SSD_HAS_S0
-        a.dinit[(s * H + h) * PN + e] = grad;
+#pragma unroll
+        for (int k = 0; k < PASS_E; ++k)
+            if (ok[k]) a.dinit[(s * H + h) * PN + e[k]] = run[k];
 #endif
     }
 }
@@ -554,34 +638,45 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_reduce_bc(const SsdBwd
     }
 }
 
-// dA, d dt_bias, dD: the chunk partials summed in chunk order.
+// dA, d dt_bias, dD: the chunk partials summed in chunk order, one block per
+// head. Each thread sums one slot of the head (dA, dt_bias, one p of D) over the
+// chunks; the loop's loads are independent, so they overlap (v1 summed dD of
+// shape (H) on one thread per head: P x chunks loads in a chain, 1 ms).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_reduce_params(const SsdBwdArgs a) {
     using namespace ssd_bwd;
     const int H = a.H;
+    const int h = blockIdx.x;
     const i64 stride = (i64)H * (2 + P);
-    const int idx = blockIdx.x * NT + threadIdx.x;
-    if (idx >= stride) return;
-    float acc = 0.0f;
-    for (i64 c = 0; c < a.nchunks; ++c) acc += a.ws_part[c * stride + idx];
-    if (idx < H) {
-        a.dA[idx] = acc;
 #if SSD_D_MODE == 1
-        // D of shape (H): per-p sums first, then over p in order.
-        float d = 0.0f;
-        for (int p = 0; p < P; ++p) {
-            float s = 0.0f;
-            for (i64 c = 0; c < a.nchunks; ++c) s += a.ws_part[c * stride + 2 * H + idx * P + p];
-            d += s;
-        }
-        a.dD[idx] = d;
+    BWD_SMEM_BASE;
+    BWD_SHARED(col, P, 0);
 #endif
-    } else if (idx < 2 * H) {
+    for (int slot = threadIdx.x; slot < 2 + P; slot += NT) {
+        const i64 idx = slot == 0 ? h : slot == 1 ? H + h : 2 * H + (i64)h * P + (slot - 2);
+        float acc = 0.0f;
+#pragma unroll 8
+        for (i64 c = 0; c < a.nchunks; ++c) acc += a.ws_part[c * stride + idx];
+        if (slot == 0) {
+            a.dA[h] = acc;
+        } else if (slot == 1) {
 #if SSD_DT_BIAS
-        a.ddt_bias[idx - H] = acc;
+            a.ddt_bias[h] = acc;
 #endif
-    } else {
+        } else {
 #if SSD_D_MODE == 2
-        a.dD[idx - 2 * H] = acc;
+            a.dD[(i64)h * P + (slot - 2)] = acc;
+#elif SSD_D_MODE == 1
+            col[slot - 2] = acc;
 #endif
+        }
     }
+#if SSD_D_MODE == 1
+    // D of shape (H): the per-p sums, then over p in order.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float d = 0.0f;
+        for (int p = 0; p < P; ++p) d += col[p];
+        a.dD[h] = d;
+    }
+#endif
 }

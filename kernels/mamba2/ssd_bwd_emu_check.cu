@@ -11,6 +11,9 @@
 //   arrays x, dt, A, B, C, [dt_bias], [D], [z], [s0], dout, [dfinal] (bracketed:
 //   when the defines say so). OUT: f32 dx, ddt, dA, dB, dC, [dD], [dz],
 //   [ddt_bias], [dinit].
+// Windows of two chunks in ssd_bwd_pass: the test's sequences of a few chunks
+// cross windows, partial ones included, in both directions.
+#define SSD_BWD_PASS_WINDOW 2
 #include "mamba2/ssd_bwd.cu"
 
 #include <cstdio>
@@ -128,12 +131,15 @@ int main(int argc, char** argv) {
         emu::launch((unsigned)(K * H), nt, smem, [&] { ssd_bwd_chunk(a); });
         emu::launch((unsigned)(K * G), nt, smem, [&] { ssd_bwd_cb(a); });
     }
-    emu::launch((unsigned)(S * H), nt, smem, [&] { ssd_bwd_pass(a); });
+    // A few slices of the state elements, at least two where there are that many
+    // (any count is valid: the kernel reads it from the grid).
+    const i64 slices = (i64)P * N > 256 ? 3 : 1;
+    emu::launch((unsigned)(S * H * slices), nt, smem, [&] { ssd_bwd_pass(a); });
     if (K > 0) emu::launch((unsigned)(K * H), nt, smem, [&] { ssd_bwd_grad(a); });
     const i64 bce = T * G * N;
     emu::launch((unsigned)((bce + nt - 1) / nt > 0 ? (bce + nt - 1) / nt : 1), nt, smem,
                 [&] { ssd_bwd_reduce_bc(a); });
-    emu::launch((unsigned)((H * (2 + P) + nt - 1) / nt), nt, smem, [&] { ssd_bwd_reduce_params(a); });
+    emu::launch((unsigned)H, nt, smem, [&] { ssd_bwd_reduce_params(a); });
 
     FILE* out = std::fopen(argv[2], "wb");
     if (!out) return 2;

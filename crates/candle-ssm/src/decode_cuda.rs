@@ -1,7 +1,7 @@
 //! The decode steps on candle CUDA tensors (feature `cuda`): the state is
 //! copied device-to-device into the new state tensor, and the family's decode
-//! kernel (`ssm_gpu::decode::launch_decode_step`, cached per device, dtype and
-//! N) updates that copy in place and writes a fresh output, on candle's
+//! kernel (`ssm_gpu::decode::launch_decode_step`, cached per device, dtype,
+//! N and batch regime) updates that copy in place and writes a fresh output, on candle's
 //! stream; the other inputs are read zero-copy. Written once over the family
 //! ([`step_cuda`]); each step says its sizes and switches.
 
@@ -33,9 +33,17 @@ where
     let dev = device_of(op, "x", &inputs.x)?;
     let gpu = gpu_for(op, &dev)?;
     let dtype = <T as ssm_core::Element>::DTYPE;
+    // The tiling of this batch's regime (latency- or bandwidth-bound), as the
+    // crates' own decode_step launches it; one cached kernel per regime.
+    let small = F::batch(&dims) <= ssm_gpu::decode::SMALL_BATCH;
+    let tiling = F::tiling_for_batch(dtype, F::batch(&dims));
     let kernel = cached_plan(
-        format!("{}-decode {:?} {dtype} {d_state}", F::NAME, dev.id()),
-        || DecodeKernel::<F, T>::new(&gpu, d_state, F::default_tiling(dtype)).map_err(ssm_err(op)),
+        format!(
+            "{}-decode {:?} {dtype} {d_state} small={small}",
+            F::NAME,
+            dev.id()
+        ),
+        || DecodeKernel::<F, T>::new(&gpu, d_state, tiling).map_err(ssm_err(op)),
     )?;
     let held = Held::new(inputs, NAMES);
     let state_in = borrow("state", state);

@@ -283,3 +283,18 @@ fn emulated_tiled_no_options_n192() {
     let case = Case::new(dims(1, 64, 2, 64, 192, 1), Options::default(), 20);
     run_as::<f32>("tiled bare n192", &case, 64, 20, Kernels::Tiled);
 }
+
+#[test]
+fn emulated_state_passing_across_windows() {
+    // Five chunks and a varlen sequence of four: the state passing (its decay
+    // windows are two chunks wide in the emulation build) crosses full and
+    // partial windows in both directions, with the state slices of the grid.
+    let case = Case::new(dims(1, 300, 2, 8, 64, 1), Options::all(), 21);
+    run("windows", &case, 64, 21);
+    let opts = Options {
+        cu_seqlens: Some(vec![0, 40, 250, 300]),
+        ..Options::all()
+    };
+    let case = Case::new(dims(1, 300, 2, 8, 64, 1), opts, 22);
+    run("windows varlen", &case, 64, 22);
+}

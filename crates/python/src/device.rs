@@ -715,20 +715,24 @@ fn ssd_bwd_cuda(
 
 // ------------------------------------------------------------------ decode steps
 
-/// The decode kernel of family `F` for `T` and `d_state`, cached per device.
+/// The decode kernel of family `F` for `T`, `d_state` and the regime of
+/// `batch` (the tiling the crates' decode_step launches at that batch), cached
+/// per device.
 fn decode_kernel<'d, F: DecodeFamily, T: DeviceElement>(
     dev: &'d mut Device,
     gpu: &Gpu,
     family: &str,
     d_state: usize,
+    batch: usize,
 ) -> PyResult<&'d DecodeKernel<F, T>>
 where
     DecodeKernel<F, T>: Send,
 {
-    let key = format!("{family}:{:?}:{d_state}", T::DTYPE);
+    let small = batch <= ssm_gpu::decode::SMALL_BATCH;
+    let key = format!("{family}:{:?}:{d_state}:small={small}", T::DTYPE);
     if !dev.decode.contains_key(&key) {
-        let k =
-            DecodeKernel::<F, T>::new(gpu, d_state, F::default_tiling(T::DTYPE)).map_err(to_py)?;
+        let tiling = F::tiling_for_batch(T::DTYPE, batch);
+        let k = DecodeKernel::<F, T>::new(gpu, d_state, tiling).map_err(to_py)?;
         dev.decode.insert(key.clone(), Box::new(k));
     }
     dev.decode[&key]
@@ -754,7 +758,7 @@ where
     let mut devs = lock()?;
     let dev = device(&mut devs, ordinal)?;
     let gpu = dev.gpu(stream)?;
-    let kernel = decode_kernel::<F, T>(dev, &gpu, family, dims.d_state())?;
+    let kernel = decode_kernel::<F, T>(dev, &gpu, family, dims.d_state(), F::batch(&dims))?;
     // SAFETY: the Python layer's contract ([`borrow`]).
     unsafe {
         let ins = Lent(Some((

@@ -377,6 +377,18 @@ fn upload_i64(gpu: &Gpu, host: &[i64]) -> Result<CudaSlice<i64>> {
         .map_err(|e| SsmError::Backend(format!("uploading the backward's chunk table: {e:?}")))
 }
 
+/// Slices of the `P x N` state elements per (sequence, head) block of
+/// `ssd_bwd_pass` (its grid is `pairs x slices`): at least enough for 4 elements
+/// per thread (1024 per block), more while the grid is under 1024 blocks, at
+/// most one element per thread. The kernel takes any count (it reads it from
+/// the grid).
+pub(crate) fn pass_slices(pairs: usize, state_elems: usize) -> usize {
+    let threads = BWD_THREADS as usize;
+    let fewest = state_elems.div_ceil(4 * threads).max(1);
+    let most = state_elems.div_ceil(threads).max(1);
+    1024usize.div_ceil(pairs.max(1)).clamp(fewest, most)
+}
+
 fn grid_of(arg: &'static str, blocks: usize) -> Result<u32> {
     if blocks > i32::MAX as usize {
         return Err(SsmError::Dimension {
@@ -526,9 +538,11 @@ impl SsdBwdPlan {
             first += n;
         }
         grid_of("seqlen", checked("seqlen", &[num_chunks, dims.heads])?)?;
+        let pairs = checked("cu_seqlens", &[seqs.len(), dims.heads])?;
+        let state_elems = dims.head_dim * dims.d_state;
         grid_of(
             "cu_seqlens",
-            checked("cu_seqlens", &[seqs.len(), dims.heads])?,
+            checked("cu_seqlens", &[pairs, pass_slices(pairs, state_elems)])?,
         )?;
         let (chunk_smem, grad_smem) = config.tiled_smem_bytes();
         let optin = gpu.max_smem_per_block_optin()? as usize;
@@ -814,10 +828,10 @@ impl SsdBwdPlan {
         let grids = [
             self.num_chunks * d.heads,
             self.num_chunks * d.groups,
-            self.num_seqs * d.heads,
+            self.num_seqs * d.heads * pass_slices(self.num_seqs * d.heads, d.head_dim * d.d_state),
             self.num_chunks * d.heads,
             bc_elems.div_ceil(BWD_THREADS as usize).clamp(1, 132 * 64),
-            (d.heads * (2 + d.head_dim)).div_ceil(BWD_THREADS as usize),
+            d.heads,
         ];
         let (chunk_smem, grad_smem) = self.config.tiled_smem_bytes();
         let smem = [chunk_smem, 0, 0, grad_smem, 0, 0];
