@@ -480,15 +480,21 @@ fn model_scan(limits: &DeviceLimits, push: &mut dyn FnMut(&'static str, KernelVa
 
 /// Both decode steps at the model state sizes, default tilings.
 fn model_decode(push: &mut dyn FnMut(&'static str, KernelVariant)) {
+    use mamba1_scan::decode_cuda::Mamba1Decode;
+    use mamba2_ssd::decode_cuda::Mamba2Decode;
+    use ssm_gpu::decode::{DecodeFamily, SMALL_BATCH};
     for dtype in [DType::Bf16, DType::F16, DType::F32] {
         for n in [16, 32, 64, 128, 256] {
-            let m2 = mamba2_ssd::decode_cuda::DecodeTiling::default();
-            if let Ok(v) = mamba2_ssd::decode_cuda::decode_variant(dtype, n, m2) {
-                push("m2-step", v);
-            }
-            let m1 = mamba1_scan::decode_cuda::DecodeTiling::for_dtype(dtype);
-            if let Ok(v) = mamba1_scan::decode_cuda::decode_variant(dtype, n, m1) {
-                push("m1-step", v);
+            // The tilings of both batch regimes (DecodeFamily::tiling_for_batch).
+            for batch in [1, SMALL_BATCH + 1] {
+                let m2 = Mamba2Decode::tiling_for_batch(dtype, batch);
+                if let Ok(v) = mamba2_ssd::decode_cuda::decode_variant(dtype, n, m2) {
+                    push("m2-step", v);
+                }
+                let m1 = Mamba1Decode::tiling_for_batch(dtype, batch);
+                if let Ok(v) = mamba1_scan::decode_cuda::decode_variant(dtype, n, m1) {
+                    push("m1-step", v);
+                }
             }
         }
     }
