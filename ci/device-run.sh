@@ -58,6 +58,18 @@ export SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
 export SSM_RESULTS_DIR=/tmp/ssm-results
 export RUST_BACKTRACE=1
 rm -rf "$SSM_RESULTS_DIR" && mkdir -p "$SSM_RESULTS_DIR"
+# A call that runs past its time returns only what lies under $OUT: pack the
+# results folder into $out/results.tar.gz every 20 s (written aside, then
+# renamed, so a kill never leaves half a file), not only at the end. A bench
+# step cut short still returns its bench.log with every case it finished.
+pack_results() {
+    [ -n "$(ls -A "$SSM_RESULTS_DIR" 2>/dev/null)" ] || return 0
+    tar -czf "$out/results.tar.gz.part" -C "$SSM_RESULTS_DIR" . 2>/dev/null \
+        && mv -f "$out/results.tar.gz.part" "$out/results.tar.gz"
+}
+( while sleep 20; do pack_results; done ) &
+packer_pid=$!
+trap 'kill "$packer_pid" 2>/dev/null' EXIT
 case "${SSM_DEVICE_KERNELS:-worktree}" in
     worktree) export SSM_KERNEL_DIR="$repo_root/kernels" ;;
     built) export SSM_KERNEL_DIR="$repo_root/$bundle/kernels" ;;
@@ -70,7 +82,7 @@ failures=0
 # waits for it and then times on an otherwise idle CPU.
 peers_build_pid=""
 if [[ ",$steps," == *",peers,"* ]] && [ -d "${PEERS:-.peers}/mamba_ssm" ]; then
-    PEERS_BUILD_ONLY=1 nice bash ci/peers/run.sh "$SSM_RESULTS_DIR/peers-build.json" >"$out/peers-build.log" 2>&1 &
+    PEERS_BUILD_ONLY=1 nice bash ci/peers/run.sh "$SSM_RESULTS_DIR/peers-build.json" >"$SSM_RESULTS_DIR/peers-build.log" 2>&1 &
     peers_build_pid=$!
 fi
 # run_step NAME COMMAND...: log output, record status and seconds in the summary.
@@ -187,7 +199,7 @@ if has_step sanitize; then
 fi
 if has_step peers; then
     if [ -n "$peers_build_pid" ]; then
-        wait "$peers_build_pid" || echo "peers: the extension build failed (see peers-build.log)" >>"$summary"
+        wait "$peers_build_pid" || echo "peers: the extension build failed (see peers-build.log in results.tar.gz)" >>"$summary"
         run_step "peers: ci/peers/run.sh (mamba_ssm, fla)" env OUT="$SSM_RESULTS_DIR" \
             bash ci/peers/run.sh "$SSM_RESULTS_DIR/peers.json" ${SSM_PEERS_ARGS:-}
     else
@@ -209,10 +221,10 @@ if has_step bench; then
     [ -f "$SSM_RESULTS_DIR/peers.json" ] && peers_file="$SSM_RESULTS_DIR/peers.json"
     run_step "bench: ci/bench.sh (ceilings + verified suite + NVML + ncu + peers)" \
         env OUT="$SSM_RESULTS_DIR/bench" SSM_BENCH_PEERS="$peers_file" bash ci/bench.sh "$bundle"
-    if [ -n "$(ls -A "$SSM_RESULTS_DIR")" ]; then
-        tar -czf "$out/results.tar.gz" -C "$SSM_RESULTS_DIR" .
-    fi
 fi
+kill "$packer_pid" 2>/dev/null
+wait "$packer_pid" 2>/dev/null
+pack_results
 
 echo "steps failed: $failures" >>"$summary"
 echo
