@@ -8,12 +8,13 @@
 //                                        the chunk's own state R_c and its own share
 //                                        of the entering-state gradient, C-term_c
 //   ssd_bwd_cb           (chunk, group)  C_i . B_j for j <= i
-//   ssd_bwd_pass         (seq, head)     forward state passing (entering states S_c)
-//                                        and reverse state passing (G_c, d initial)
+//   ssd_bwd_pass         (seq, head, slice of P x N)  forward state passing
+//                                        (entering states S_c) and reverse state
+//                                        passing (G_c, d initial)
 //   ssd_bwd_grad         (chunk, head)   dx, dz, ddt, per-head dB/dC, log-decay
 //                                        gradients, per-chunk partials of dA, dt_bias, D
 //   ssd_bwd_reduce_bc    (token, group, n)  dB, dC: heads of the group summed in order
-//   ssd_bwd_reduce_params (head, slot)   dA, d dt_bias, dD: chunks summed in order
+//   ssd_bwd_reduce_params (head)         dA, d dt_bias, dD: chunks summed in order
 //
 // Deterministic by construction: no atomics; every output element and every
 // workspace element is written by one thread, and every sum runs over a fixed
