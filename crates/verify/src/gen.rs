@@ -77,6 +77,17 @@ pub fn bc_input<T>(groups: Option<usize>, data: &[T]) -> BcInput<'_, T> {
     }
 }
 
+/// The Mamba-2 skip term `d`, if drawn: `(H, P)` when `per_head_dim`, else `(H)`.
+pub fn d_skip(d: Option<&[f32]>, per_head_dim: bool) -> Option<DSkip<'_>> {
+    d.map(|d| {
+        if per_head_dim {
+            DSkip::PerHeadDim(d)
+        } else {
+            DSkip::PerHead(d)
+        }
+    })
+}
+
 /// The option part of a case description: ` +name` per option on, then the
 /// varlen count and the step-size regime.
 fn option_suffix(options: &[(bool, &str)], varlen: Option<usize>, dt: DtRegime) -> String {
@@ -652,13 +663,7 @@ impl<T: Element> StepInputs<'_, T> {
         let case = &d.case;
         Mamba2StepParams {
             cache_rows: d.cache_rows,
-            d: d.d.as_deref().map(|v| {
-                if case.d_per_head_dim {
-                    DSkip::PerHeadDim(v)
-                } else {
-                    DSkip::PerHead(v)
-                }
-            }),
+            d: d_skip(d.d.as_deref(), case.d_per_head_dim),
             z: self.z.as_deref(),
             dt_bias: d.dt_bias.as_deref(),
             dt_softplus: case.all_options,

@@ -21,7 +21,7 @@
 
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
-use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
+use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{Result, ScanOutput, SsmError};
 
 use super::draw::Bytes;
@@ -430,13 +430,7 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
         dt_bias: bias.as_deref(),
         dt_softplus: b.bool(),
         dt_limit,
-        d: d.as_deref().map(|d| {
-            if d_per_head_dim {
-                DSkip::PerHeadDim(d)
-            } else {
-                DSkip::PerHead(d)
-            }
-        }),
+        d: crate::gen::d_skip(d.as_deref(), d_per_head_dim),
         z: z.as_deref(),
         initial_states: s0.as_deref(),
         cu_seqlens: cu.as_deref(),
@@ -592,13 +586,7 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
         cache_and_indices(b, batch, product(&[heads, head_dim, d_state]));
     let p = Mamba2StepParams {
         cache_rows,
-        d: d.as_deref().map(|d| {
-            if d_per_head_dim {
-                DSkip::PerHeadDim(d)
-            } else {
-                DSkip::PerHead(d)
-            }
-        }),
+        d: crate::gen::d_skip(d.as_deref(), d_per_head_dim),
         z: z.as_deref(),
         dt_bias: bias.as_deref(),
         dt_softplus: b.bool(),

@@ -4,11 +4,13 @@
 
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::mamba1::Mamba1Dims;
-use ssm_core::mamba2::{DSkip, SsdDims, NO_DT_LIMIT};
+use ssm_core::mamba2::{SsdDims, NO_DT_LIMIT};
 use ssm_core::{DType, Element};
 
 use super::draw::{patch, regime_rng, AScale, Bytes, DtScale, Scale};
-use crate::gen::{DKind, DtRegime, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData};
+use crate::gen::{
+    d_skip, DKind, DtRegime, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData,
+};
 use crate::impls::Family;
 
 /// Names of the non-typical regimes a problem was drawn with, for messages.
@@ -498,13 +500,7 @@ impl StepProblem {
     pub fn mamba2<'a, T: Element>(&'a self, t: &'a StepTensors<T>) -> Mamba2StepParams<'a, T> {
         Mamba2StepParams {
             cache_rows: self.cache_rows,
-            d: self.d.as_deref().map(|d| {
-                if self.d_per_head_dim {
-                    DSkip::PerHeadDim(d)
-                } else {
-                    DSkip::PerHead(d)
-                }
-            }),
+            d: d_skip(self.d.as_deref(), self.d_per_head_dim),
             z: t.z.as_deref(),
             dt_bias: self.dt_bias.as_deref(),
             dt_softplus: self.softplus,
