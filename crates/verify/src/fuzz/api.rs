@@ -189,6 +189,35 @@ struct Contract {
 }
 
 impl Contract {
+    fn new(target_problem: String) -> Self {
+        Contract {
+            target_problem,
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// Validate's answer; a panic in it is a finding of its own.
+    fn validate<T>(
+        &self,
+        run: impl FnOnce() -> Result<T>,
+    ) -> std::result::Result<Result<T>, Finding> {
+        guarded(run).map_err(|m| self.finding("validate", format!("panicked: {m}")))
+    }
+
+    /// The outcome once every implementation agreed with validation: the
+    /// problem counts as out of range when valid, else as invalid.
+    fn finish(mut self, valid: &Result<()>) -> std::result::Result<Outcome, Finding> {
+        self.outcome.record(
+            if valid.is_ok() {
+                Class::OutOfRange
+            } else {
+                Class::Invalid
+            },
+            true,
+        );
+        Ok(self.outcome)
+    }
+
     fn finding(&self, implementation: &str, detail: String) -> Finding {
         Finding {
             target: Target::Api,
@@ -324,15 +353,11 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
             crate::gen::bc_input(c_groups, &c_data),
         )
     };
-    let mut c = Contract {
-        target_problem: format!(
+    let mut c = Contract::new(format!(
             "api scan {dims:?} B:{b_groups:?} C:{c_groups:?} block {block_len} cu {cu:?} final {} check_finite {}",
             p.return_final_states, p.check_finite
-        ),
-        outcome: Outcome::default(),
-    };
-    let valid =
-        guarded(|| p.validate()).map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
+        ));
+    let valid = c.validate(|| p.validate())?;
     let num_seqs = valid.as_ref().map_or(0, |l| l.num_seqs);
     let valid = valid.map(|_| ());
     finite_contract(
@@ -377,15 +402,7 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
             mamba1_scan::selective_scan(&p, mamba1_scan::Backend::Cuda(gpu)).map(|o| lens(&o))
         })?;
     }
-    c.outcome.record(
-        if valid.is_ok() {
-            Class::OutOfRange
-        } else {
-            Class::Invalid
-        },
-        true,
-    );
-    Ok(c.outcome)
+    c.finish(&valid)
 }
 
 fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
@@ -438,15 +455,11 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
         check_finite: b.bool(),
         ..SsdParams::new(dims, &x, &dt, &a, &b_data, &c_data)
     };
-    let mut c = Contract {
-        target_problem: format!(
-            "api ssd {dims:?} chunk {chunk} dt_limit {dt_limit:?} cu {cu:?} final {} check_finite {}",
-            p.return_final_states, p.check_finite
-        ),
-        outcome: Outcome::default(),
-    };
-    let valid =
-        guarded(|| p.validate()).map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
+    let mut c = Contract::new(format!(
+        "api ssd {dims:?} chunk {chunk} dt_limit {dt_limit:?} cu {cu:?} final {} check_finite {}",
+        p.return_final_states, p.check_finite
+    ));
+    let valid = c.validate(|| p.validate())?;
     let num_seqs = valid.as_ref().map_or(0, |l| l.num_seqs);
     let valid = valid.map(|_| ());
     finite_contract(
@@ -489,15 +502,7 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
             mamba2_ssd::ssd_forward(&p, mamba2_ssd::Backend::Cuda(gpu)).map(|o| lens(&o))
         })?;
     }
-    c.outcome.record(
-        if valid.is_ok() {
-            Class::OutOfRange
-        } else {
-            Class::Invalid
-        },
-        true,
-    );
-    Ok(c.outcome)
+    c.finish(&valid)
 }
 
 /// A state cache and `state_batch_indices` for a step: the right size or not,
@@ -550,14 +555,11 @@ fn mamba1_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
             batch, d_inner, d_state, groups, &x, &dt, &a, &b_data, &c_data,
         )
     };
-    let c = Contract {
-        target_problem: format!(
+    let c = Contract::new(format!(
             "api m1 step b{batch} D{d_inner} N{d_state} G{groups} rows {cache_rows} state {} idx {indices:?} check_finite {}",
             state.len(),
             p.check_finite
-        ),
-        outcome: Outcome::default(),
-    };
+        ));
     step_contract(c, &p, &state, [d.as_deref(), bias.as_deref()], ctx)
 }
 
@@ -597,14 +599,11 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
             batch, heads, head_dim, d_state, groups, &x, &dt, &a, &b_data, &c_data,
         )
     };
-    let c = Contract {
-        target_problem: format!(
+    let c = Contract::new(format!(
             "api m2 step b{batch} H{heads} P{head_dim} N{d_state} G{groups} rows {cache_rows} state {} idx {indices:?} dt_limit {dt_limit:?} check_finite {}",
             state.len(),
             p.check_finite
-        ),
-        outcome: Outcome::default(),
-    };
+        ));
     step_contract(c, &p, &state, [d.as_deref(), bias.as_deref()], ctx)
 }
 
@@ -684,8 +683,7 @@ fn step_contract<P: StepApi>(
     skip_and_bias: [Option<&[f32]>; 2],
     ctx: &Ctx<'_>,
 ) -> std::result::Result<Outcome, Finding> {
-    let valid = guarded(|| p.validate(state.len()))
-        .map_err(|m| c.finding("validate", format!("panicked: {m}")))?;
+    let valid = c.validate(|| p.validate(state.len()))?;
     let mut tensors = p.checked_tensors().to_vec();
     tensors.extend(skip_and_bias);
     finite_contract(&c, p.check_finite(), &valid, &tensors)?;
@@ -703,15 +701,7 @@ fn step_contract<P: StepApi>(
             p.cuda(gpu, &mut state.to_vec()).map(|n| (n, None))
         })?;
     }
-    c.outcome.record(
-        if valid.is_ok() {
-            Class::OutOfRange
-        } else {
-            Class::Invalid
-        },
-        true,
-    );
-    Ok(c.outcome)
+    c.finish(&valid)
 }
 
 #[cfg(test)]
