@@ -103,6 +103,16 @@ fn draw_regimes(
     regimes
 }
 
+/// Large step sizes or typical ones, a byte's low bit deciding (as the corpora
+/// were written; `Bytes::pick` reads the byte differently).
+fn dt_regime(bytes: &mut Bytes<'_>) -> DtRegime {
+    if bytes.bool() {
+        DtRegime::Large
+    } else {
+        DtRegime::Typical
+    }
+}
+
 impl ScanProblem {
     /// Decode a problem from `bytes` (any bytes decode to a valid problem).
     pub fn decode(bytes: &mut Bytes<'_>) -> Self {
@@ -129,11 +139,7 @@ impl ScanProblem {
             initial_states: bytes.bool(),
             final_states: !bytes.chance(32),
             varlen,
-            dt: if bytes.bool() {
-                DtRegime::Large
-            } else {
-                DtRegime::Typical
-            },
+            dt: dt_regime(bytes),
         };
         let seed = bytes.u64();
         let mut data = Mamba1Data::generate(&case, seed);
@@ -233,11 +239,7 @@ impl SsdProblem {
             initial_states: bytes.bool(),
             final_states: !bytes.chance(32),
             varlen,
-            dt: if bytes.bool() {
-                DtRegime::Large
-            } else {
-                DtRegime::Typical
-            },
+            dt: dt_regime(bytes),
         };
         let seed = bytes.u64();
         let mut data = SsdData::generate(&case, seed);
