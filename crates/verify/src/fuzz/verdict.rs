@@ -348,38 +348,12 @@ mod tests {
     fn in_model_holds_to_the_budget_and_always_rejects_nan() {
         let b = Budget::f32(1e-5, 1e-5, DType::F32, 16, &env());
         let want = out(&[1.0, 2.0]);
-        assert_eq!(
-            judge(Class::InModel, &out(&[1.0, 2.0]), &want, &b, false, no_mag),
-            Ok(true)
-        );
-        assert!(judge(
-            Class::InModel,
-            &out(&[1.001, 2.0]),
-            &want,
-            &b,
-            false,
-            no_mag
-        )
-        .is_err());
-        assert!(judge(
-            Class::InModel,
-            &out(&[f64::NAN, 2.0]),
-            &want,
-            &b,
-            false,
-            no_mag
-        )
-        .is_err());
-        assert!(judge(
-            Class::OutOfRange,
-            &out(&[f64::NAN, 2.0]),
-            &want,
-            &b,
-            false,
-            no_mag
-        )
-        .is_ok());
-        assert!(judge(Class::OutOfRange, &out(&[1.0]), &want, &b, false, no_mag).is_err());
+        let judge_as = |class, got: &[f64]| judge(class, &out(got), &want, &b, false, no_mag);
+        assert_eq!(judge_as(Class::InModel, &[1.0, 2.0]), Ok(true));
+        assert!(judge_as(Class::InModel, &[1.001, 2.0]).is_err());
+        assert!(judge_as(Class::InModel, &[f64::NAN, 2.0]).is_err());
+        assert!(judge_as(Class::OutOfRange, &[f64::NAN, 2.0]).is_ok());
+        assert!(judge_as(Class::OutOfRange, &[1.0]).is_err());
     }
 
     #[test]
