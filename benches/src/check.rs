@@ -78,6 +78,30 @@ fn corners(batch: usize, n: usize) -> Vec<(usize, usize)> {
     pairs
 }
 
+/// Check each of the [`corners`] of a `(batch, n)` grid with `row` and combine
+/// them into one verdict; `label` names a sampled pair in the verdict's note of
+/// what was checked.
+fn check_corners(
+    batch: usize,
+    n: usize,
+    out_dtype: ssm_core::DType,
+    label: impl Fn(usize, usize) -> String,
+    row: impl Fn(usize, usize) -> Result<RowCheck>,
+) -> Result<Verification> {
+    let pairs = corners(batch, n);
+    let rows = pairs
+        .iter()
+        .map(|&(b, i)| row(b, i))
+        .collect::<Result<Vec<_>>>()?;
+    let labels: Vec<String> = pairs.iter().map(|&(b, i)| label(b, i)).collect();
+    Ok(verdict(rows, labels.join(", "), out_dtype))
+}
+
+/// An f32 tensor (a kernel's states) widened to f64 for the comparison.
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|v| f64::from(*v)).collect()
+}
+
 /// Gather `width` contiguous elements at `at(t)` for every `t` in `0..len`.
 fn gather<T: Copy>(data: &[T], len: usize, width: usize, at: impl Fn(usize) -> usize) -> Vec<T> {
     (0..len)
@@ -136,10 +160,12 @@ pub fn verify_ssd<T: Element, O: Element>(
 ) -> Result<Verification> {
     let s = host.shape;
     let (l, heads, p, n) = (s.seqlen, s.heads, s.head_dim, s.d_state);
-    let pairs = corners(s.batch, heads);
-    let rows = pairs
-        .iter()
-        .map(|&(b, h)| {
+    check_corners(
+        s.batch,
+        heads,
+        O::DTYPE,
+        |b, i| format!("(b {b}, head {i})"),
+        |b, h| {
             let sub = ssd_row(host, b, h);
             let want = ssm_reference::ssd_recurrence(&sub.params())?;
             let log_decays = one_head_log_decays(&sub);
@@ -151,10 +177,8 @@ pub fn verify_ssd<T: Element, O: Element>(
                 want,
                 max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
             ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, head {i})"));
-    Ok(verdict(rows, sampled, O::DTYPE))
+        },
+    )
 }
 
 /// Check an SSD backward's per-head gradients (dx, ddt and, with z, dz; the
@@ -174,10 +198,12 @@ pub fn verify_ssd_backward<T: Element>(
 ) -> Result<Verification> {
     let s = host.shape;
     let (l, heads, p, n) = (s.seqlen, s.heads, s.head_dim, s.d_state);
-    let pairs = corners(s.batch, heads);
-    let rows = pairs
-        .iter()
-        .map(|&(b, h)| {
+    check_corners(
+        s.batch,
+        heads,
+        T::DTYPE,
+        |b, i| format!("(b {b}, head {i}): dx, ddt, dz"),
+        |b, h| {
             let sub = ssd_row(host, b, h);
             let x_at = |t: usize| ((b * l + t) * heads + h) * p;
             let g = gather(d_out, l, p, x_at);
@@ -194,21 +220,12 @@ pub fn verify_ssd_backward<T: Element>(
             Ok(RowCheck {
                 got,
                 want: expected,
-                got_state: dinitial_states
-                    .map(|d| d[states].iter().map(|v| f64::from(*v)).collect()),
+                got_state: dinitial_states.map(|d| widen(&d[states])),
                 want_state: want.dinitial_states.clone(),
                 log_decay: max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, head {i}): dx, ddt, dz"));
-    Ok(verdict(rows, sampled, T::DTYPE))
-}
-
-/// `(b, i): what` for each sampled pair, joined: the verdict's note of what was checked.
-fn sampled_label(pairs: &[(usize, usize)], label: impl Fn(usize, usize) -> String) -> String {
-    let labels: Vec<String> = pairs.iter().map(|&(b, i)| label(b, i)).collect();
-    labels.join(", ")
+        },
+    )
 }
 
 /// The per-step log decays `dt' * A` of a one-head SSD problem (the tolerance
@@ -249,7 +266,7 @@ fn row_check<O: Element>(
     RowCheck {
         got: got.iter().map(|v| v.to_f64()).collect(),
         want: want.out,
-        got_state: got_state.map(|s| s.iter().map(|v| f64::from(*v)).collect()),
+        got_state: got_state.map(widen),
         want_state: want.final_states,
         log_decay,
     }
@@ -302,10 +319,12 @@ pub fn verify_scan<T: Element, O: Element>(
 ) -> Result<Verification> {
     let s = host.shape;
     let (dim, n, l) = (s.d_inner, s.d_state, s.seqlen);
-    let pairs = corners(s.batch, dim);
-    let rows = pairs
-        .iter()
-        .map(|&(b, d)| {
+    check_corners(
+        s.batch,
+        dim,
+        O::DTYPE,
+        |b, i| format!("(b {b}, channel {i})"),
+        |b, d| {
             let sub = scan_row(host, b, d);
             let want = ssm_reference::selective_scan(&sub.params())?;
             let at = (b * dim + d) * l;
@@ -317,10 +336,8 @@ pub fn verify_scan<T: Element, O: Element>(
                 want,
                 0.0,
             ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sampled = sampled_label(&pairs, |b, i| format!("(b {b}, channel {i})"));
-    Ok(verdict(rows, sampled, O::DTYPE))
+        },
+    )
 }
 
 /// Check a Mamba-1 scan backward's per-element gradients (du, ddelta, dz; the
@@ -340,10 +357,12 @@ pub fn verify_scan_backward<T: Element>(
 ) -> Result<Verification> {
     let s = host.shape;
     let (dim, n, l) = (s.d_inner, s.d_state, s.seqlen);
-    let pairs = corners(s.batch, dim);
-    let rows = pairs
-        .iter()
-        .map(|&(b, d)| {
+    check_corners(
+        s.batch,
+        dim,
+        T::DTYPE,
+        |b, i| format!("du, ddelta, dz of (b {b}, channel {i})"),
+        |b, d| {
             let sub = scan_row(host, b, d);
             let at = (b * dim + d) * l;
             let g = &d_out[at..at + l];
@@ -359,17 +378,12 @@ pub fn verify_scan_backward<T: Element>(
             Ok(RowCheck {
                 got,
                 want: expected,
-                got_state: dinitial_states
-                    .map(|h| h[states].iter().map(|v| f64::from(*v)).collect()),
+                got_state: dinitial_states.map(|h| widen(&h[states])),
                 want_state: want.dinitial_states.clone(),
                 log_decay: 0.0,
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sampled = sampled_label(&pairs, |b, i| {
-        format!("du, ddelta, dz of (b {b}, channel {i})")
-    });
-    Ok(verdict(rows, sampled, T::DTYPE))
+        },
+    )
 }
 
 // ------------------------------------------------------------------ decode steps
@@ -388,7 +402,7 @@ pub fn verify_step<T: Element, O: Element>(
     out: &[O],
     state_after: &[f32],
 ) -> Result<Verification> {
-    let mut state: Vec<f64> = host.state.iter().map(|v| f64::from(*v)).collect();
+    let mut state = widen(&host.state);
     let want = match shape {
         StepShape::Mamba1(s) => ssm_reference::mamba1_step(&host.mamba1_params(s), &mut state)?,
         StepShape::Mamba2(s) => ssm_reference::mamba2_step(&host.mamba2_params(s), &mut state)?,
@@ -396,7 +410,7 @@ pub fn verify_step<T: Element, O: Element>(
     let rows = vec![RowCheck {
         got: out.iter().map(|v| v.to_f64()).collect(),
         want: want.out,
-        got_state: Some(state_after.iter().map(|v| f64::from(*v)).collect()),
+        got_state: Some(widen(state_after)),
         want_state: Some(state),
         log_decay: 0.0,
     }];
@@ -499,7 +513,7 @@ mod tests {
             softplus: true,
         };
         let host = StepHost::<f32>::mamba2(&shape, 9);
-        let mut state: Vec<f64> = host.state.iter().map(|v| f64::from(*v)).collect();
+        let mut state = widen(&host.state);
         let want = ssm_reference::mamba2_step(&host.mamba2_params(&shape), &mut state).unwrap();
         let out: Vec<f32> = narrow(&want.out);
         let after: Vec<f32> = narrow(&state);
