@@ -182,36 +182,45 @@ impl Cost {
     }
 }
 
+/// The traffic of a backward whose forward moved `forward`: it reads every
+/// input the forward read, then `d_out` (`out_elems` of `elem_bytes`) and, with
+/// `final_states`, `d_final_states` (`states` f32), and writes one gradient
+/// `d_<name>` per input, of the input's shape and type (so the same bytes).
+fn backward_ledger(
+    forward: &Cost,
+    out_elems: usize,
+    elem_bytes: usize,
+    final_states: bool,
+    states: usize,
+) -> Ledger {
+    let inputs: Vec<&TensorTraffic> = forward
+        .tensors
+        .iter()
+        .filter(|t| t.access == Access::Read)
+        .collect();
+    let mut l = Ledger::new();
+    l.tensors.extend(inputs.iter().map(|&t| t.clone()));
+    l.add(true, "d_out", out_elems, elem_bytes, Access::Read);
+    l.add(final_states, "d_final_states", states, F32, Access::Read);
+    l.tensors.extend(inputs.iter().map(|t| TensorTraffic {
+        name: format!("d_{}", t.name),
+        bytes: t.bytes,
+        access: Access::Write,
+    }));
+    l
+}
+
 /// Mamba-1 backward: read every forward input and `d_out` (and `d_final_states`
 /// when the forward returned final states), write the gradient of every input.
 /// The adjoint recurrence needs each forward decay again, so it recomputes every
 /// exp of the forward (nothing is stored between the passes); the arithmetic is
 /// the forward recurrence replayed plus its adjoint, twice the forward's.
 fn mamba1_scan_backward(s: &Mamba1ScanShape) -> Cost {
-    use Access::*;
     let forward = mamba1_scan(s);
     let e = s.dtype.size_bytes();
     let bdl = s.batch * s.d_inner * s.seqlen;
-    let bc = match s.groups {
-        Some(g) => s.batch * g * s.d_state * s.seqlen,
-        None => s.d_inner * s.d_state,
-    };
     let states = s.batch * s.d_inner * s.d_state;
-    let mut l = Ledger::new();
-    for t in forward.tensors.iter().filter(|t| t.access == Read) {
-        l.tensors.push(t.clone());
-    }
-    l.add(true, "d_out", bdl, e, Read);
-    l.add(s.final_states, "d_final_states", states, F32, Read);
-    l.add(true, "d_u", bdl, e, Write);
-    l.add(true, "d_delta", bdl, e, Write);
-    l.add(true, "d_A", s.d_inner * s.d_state, F32, Write);
-    l.add(true, "d_B", bc, e, Write);
-    l.add(true, "d_C", bc, e, Write);
-    l.add(s.d, "d_D", s.d_inner, F32, Write);
-    l.add(s.z, "d_z", bdl, e, Write);
-    l.add(s.delta_bias, "d_delta_bias", s.d_inner, F32, Write);
-    l.add(s.initial_states, "d_initial_states", states, F32, Write);
+    let l = backward_ledger(&forward, bdl, e, s.final_states, states);
     l.finish(0.0, 2.0 * forward.simt_flops, forward.exps)
 }
 
@@ -227,28 +236,11 @@ fn mamba1_scan_backward(s: &Mamba1ScanShape) -> Cost {
 /// Exps: the forward's decays are recomputed (nothing is stored between the
 /// passes). Ordinary flops: twice the forward's, for information.
 fn ssd_backward(s: &SsdShape) -> Cost {
-    use Access::*;
     let forward = ssd(s);
     let e = s.dtype.size_bytes();
     let blhp = s.batch * s.seqlen * s.heads * s.head_dim;
-    let blgn = s.batch * s.seqlen * s.groups * s.d_state;
     let states = s.batch * s.heads * s.head_dim * s.d_state;
-    let d_len = s.d.len(s.heads, s.head_dim);
-    let mut l = Ledger::new();
-    for t in forward.tensors.iter().filter(|t| t.access == Read) {
-        l.tensors.push(t.clone());
-    }
-    l.add(true, "d_out", blhp, e, Read);
-    l.add(s.final_states, "d_final_states", states, F32, Read);
-    l.add(true, "d_x", blhp, e, Write);
-    l.add(true, "d_dt", s.batch * s.seqlen * s.heads, e, Write);
-    l.add(true, "d_A", s.heads, F32, Write);
-    l.add(true, "d_B", blgn, e, Write);
-    l.add(true, "d_C", blgn, e, Write);
-    l.add(s.dt_bias, "d_dt_bias", s.heads, F32, Write);
-    l.add(s.d != SkipKind::None, "d_D", d_len, F32, Write);
-    l.add(s.z, "d_z", blhp, e, Write);
-    l.add(s.initial_states, "d_initial_states", states, F32, Write);
+    let l = backward_ledger(&forward, blhp, e, s.final_states, states);
     let t = (s.batch * s.seqlen) as f64;
     let (h, g, q) = (s.heads as f64, s.groups as f64, s.chunk_size.max(1) as f64);
     let (p, n) = (s.head_dim as f64, s.d_state as f64);
