@@ -186,6 +186,17 @@ unsafe fn scan_params<'a, T: Element>(
     }
 }
 
+/// The Mamba-2 skip term `D`, if passed: `(H, P)` when `per_head_dim`, else `(H)`.
+fn d_skip(d: Option<&[f32]>, per_head_dim: bool) -> Option<DSkip<'_>> {
+    d.map(|d| {
+        if per_head_dim {
+            DSkip::PerHeadDim(d)
+        } else {
+            DSkip::PerHead(d)
+        }
+    })
+}
+
 /// The SSD's parameters from the call's tensors.
 ///
 /// # Safety
@@ -218,13 +229,7 @@ pub(crate) unsafe fn ssd_params<'a, T: Element>(
         .with_dt_limit(dt_limit.0, dt_limit.1)
         .with_final_states(return_final_states);
         p.dt_bias = opt(t, "dt_bias")?;
-        p.d = opt::<f32>(t, "D")?.map(|d| {
-            if d_per_head_dim {
-                DSkip::PerHeadDim(d)
-            } else {
-                DSkip::PerHead(d)
-            }
-        });
+        p.d = d_skip(opt::<f32>(t, "D")?, d_per_head_dim);
         p.z = opt(t, "z")?;
         p.initial_states = opt(t, "initial_states")?;
         p.cu_seqlens = f.cu_seqlens.as_deref();
@@ -568,13 +573,7 @@ fn m2_step_t<T: DeviceElement>(
             req(t, "C")?,
         );
         p.cache_rows = cache_rows;
-        p.d = opt::<f32>(t, "D")?.map(|d| {
-            if d_per_head_dim {
-                DSkip::PerHeadDim(d)
-            } else {
-                DSkip::PerHead(d)
-            }
-        });
+        p.d = d_skip(opt::<f32>(t, "D")?, d_per_head_dim);
         p.z = opt(t, "z")?;
         p.dt_bias = opt(t, "dt_bias")?;
         p.dt_softplus = dt_softplus;
