@@ -149,81 +149,48 @@ impl<L: LeakAll> LeakAll for Option<L> {
     }
 }
 
-impl<T> LeakAll for ScanBuffers<T> {
-    fn leak_all(self) {
-        let ScanBuffers {
-            u,
-            delta,
-            a,
-            b,
-            c,
-            d,
-            z,
-            delta_bias,
-            initial_states,
-            cu_seqlens,
-            out,
-            final_states,
-        } = self;
-        (u, delta, b, c, z, out).leak_all();
-        (a, d, delta_bias, initial_states, final_states).leak_all();
-        cu_seqlens.leak_all();
-    }
+/// `LeakAll` for a struct of buffers: every field leaked. The destructuring
+/// names every field, so a buffer added to the struct fails to compile here
+/// until it is listed (and so can never be freed by mistake).
+macro_rules! leak_fields {
+    ($ty:ident, [$($field:ident),* $(,)?]) => {
+        impl<T> LeakAll for $ty<T> {
+            fn leak_all(self) {
+                let $ty { $($field),* } = self;
+                $($field.leak_all();)*
+            }
+        }
+    };
 }
-
-impl<T> LeakAll for ScanGradBuffers<T> {
-    fn leak_all(self) {
-        let ScanGradBuffers {
-            du,
-            ddelta,
-            da,
-            db,
-            dc,
-            dd,
-            dz,
-            ddelta_bias,
-            dinitial_states,
-        } = self;
-        (du, ddelta, db, dc, dz).leak_all();
-        (da, dd, ddelta_bias, dinitial_states).leak_all();
-    }
-}
-
-impl<T> LeakAll for SsdDeviceInputs<T> {
-    fn leak_all(self) {
-        let SsdDeviceInputs {
-            x,
-            dt,
-            a,
-            b,
-            c,
-            dt_bias,
-            d,
-            z,
-            initial_states,
-        } = self;
-        (x, dt, b, c, z).leak_all();
-        (a, dt_bias, d, initial_states).leak_all();
-    }
-}
-
-impl<T> LeakAll for SsdGradBuffers<T> {
-    fn leak_all(self) {
-        let SsdGradBuffers {
-            dx,
-            ddt,
-            da,
-            db,
-            dc,
-            dd,
-            dz,
-            ddt_bias,
-            dinitial_states,
-        } = self;
-        (dx, ddt, db, dc, dz).leak_all();
-        (da, dd, ddt_bias, dinitial_states).leak_all();
-    }
-}
+leak_fields!(
+    ScanBuffers,
+    [
+        u,
+        delta,
+        a,
+        b,
+        c,
+        d,
+        z,
+        delta_bias,
+        initial_states,
+        cu_seqlens,
+        out,
+        final_states
+    ]
+);
+leak_fields!(
+    ScanGradBuffers,
+    [du, ddelta, da, db, dc, dd, dz, ddelta_bias, dinitial_states]
+);
+leak_fields!(
+    SsdDeviceInputs,
+    [x, dt, a, b, c, dt_bias, d, z, initial_states]
+);
+leak_fields!(
+    SsdGradBuffers,
+    [dx, ddt, da, db, dc, dd, dz, ddt_bias, dinitial_states]
+);
 
 macro_rules! leak_tuple {
     ($($n:ident),*) => {
@@ -239,7 +206,6 @@ macro_rules! leak_tuple {
 leak_tuple!(A1, A2);
 leak_tuple!(A1, A2, A3, A4);
 leak_tuple!(A1, A2, A3, A4, A5);
-leak_tuple!(A1, A2, A3, A4, A5, A6);
 
 /// Device memory lent by the caller for one call; leaked, never freed, on drop.
 struct Lent<L: LeakAll>(Option<L>);
@@ -352,6 +318,37 @@ impl ScanCall {
     }
 }
 
+/// The scan's buffers over the caller's memory, `out` and `final_states` from
+/// the tensors so named (the backward reads none of the forward's outputs and
+/// passes `d_out` and `d_final_states` in their place).
+///
+/// # Safety
+/// As [`borrow`].
+unsafe fn scan_buffers<T>(
+    gpu: &Gpu,
+    t: &Tensors,
+    out: &str,
+    final_states: &str,
+) -> PyResult<Lent<ScanBuffers<T>>> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        Ok(Lent(Some(ScanBuffers {
+            u: req(gpu, t, "u")?,
+            delta: req(gpu, t, "delta")?,
+            a: req(gpu, t, "A")?,
+            b: req(gpu, t, "B")?,
+            c: req(gpu, t, "C")?,
+            d: opt(gpu, t, "D")?,
+            z: opt(gpu, t, "z")?,
+            delta_bias: opt(gpu, t, "delta_bias")?,
+            initial_states: opt(gpu, t, "initial_states")?,
+            cu_seqlens: opt(gpu, t, "cu_seqlens")?,
+            out: req(gpu, t, out)?,
+            final_states: opt(gpu, t, final_states)?,
+        })))
+    }
+}
+
 fn scan_fwd_t<T: DeviceElement>(
     ordinal: usize,
     stream: usize,
@@ -368,23 +365,7 @@ fn scan_fwd_t<T: DeviceElement>(
     })?;
     // SAFETY: the Python layer's contract ([`borrow`]): live CUDA tensors of
     // this device, kept by the caller until the launch has run on this stream.
-    let bufs = unsafe {
-        Lent(Some(ScanBuffers::<T> {
-            u: req(&gpu, t, "u")?,
-            delta: req(&gpu, t, "delta")?,
-            a: req(&gpu, t, "A")?,
-            b: req(&gpu, t, "B")?,
-            c: req(&gpu, t, "C")?,
-            d: opt(&gpu, t, "D")?,
-            z: opt(&gpu, t, "z")?,
-            delta_bias: opt(&gpu, t, "delta_bias")?,
-            initial_states: opt(&gpu, t, "initial_states")?,
-            cu_seqlens: opt(&gpu, t, "cu_seqlens")?,
-            out: req(&gpu, t, "out")?,
-            final_states: opt(&gpu, t, "final_states")?,
-        }))
-    };
-    let mut bufs = bufs;
+    let mut bufs = unsafe { scan_buffers::<T>(&gpu, t, "out", "final_states")? };
     plan.launch(&gpu, &mut bufs).map_err(to_py)?;
     if problem.varlen_seqs.is_some() {
         plan.take_device_error(&gpu).map_err(to_py)?;
@@ -436,20 +417,7 @@ fn scan_bwd_t<T: DeviceElement>(
     // SAFETY: as in `scan_fwd_t`. The forward's `out` and `final_states` are not
     // read by the backward; `d_out` and `d_final_states` stand in for them.
     unsafe {
-        let fwd = Lent(Some(ScanBuffers::<T> {
-            u: req(&gpu, t, "u")?,
-            delta: req(&gpu, t, "delta")?,
-            a: req(&gpu, t, "A")?,
-            b: req(&gpu, t, "B")?,
-            c: req(&gpu, t, "C")?,
-            d: opt(&gpu, t, "D")?,
-            z: opt(&gpu, t, "z")?,
-            delta_bias: opt(&gpu, t, "delta_bias")?,
-            initial_states: opt(&gpu, t, "initial_states")?,
-            cu_seqlens: opt(&gpu, t, "cu_seqlens")?,
-            out: req(&gpu, t, "d_out")?,
-            final_states: opt(&gpu, t, "d_final_states")?,
-        }));
+        let fwd = scan_buffers::<T>(&gpu, t, "d_out", "d_final_states")?;
         let d_out = Lent(Some(req::<T>(&gpu, t, "d_out")?));
         let d_fin = Lent(Some(opt::<f32>(&gpu, t, "d_final_states")?));
         let mut grads = Lent(Some(ScanGradBuffers::<T> {
