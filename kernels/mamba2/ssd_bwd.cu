@@ -155,6 +155,83 @@ SSD_DEV float dt_grad_factor(float raw, float bias, float lo, float hi) {
     return 1.0f;
 }
 
+// dt' and the in-chunk cumulative log2 decay s of one chunk (warp 0),
+// into s_c, dt_c (zero past the chunk), and to the workspaces when `publish`.
+SSD_DEV void chunk_decays(const SsdBwdArgs& a, i64 tok, int len, int h, float* s_c, float* dt_c,
+                          bool publish) {
+    const int tid = threadIdx.x;
+    const int H = a.H;
+    if (tid >= 32) return;
+    const float A2 = a.A[h] * SSD_LOG2E;
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+    constexpr int V = Q / 32;
+    float dtp[V], pre[V];
+    float run = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = tid * V + v;
+        dtp[v] = j < len ? ssd_dt(ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
+        run += dtp[v] * A2;
+        pre[v] = run;
+    }
+    float incl = run;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (tid >= o) incl += up;
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = tid * V + v;
+        const float s = incl - run + pre[v];
+        s_c[j] = s;
+        dt_c[j] = dtp[v];
+        if (publish && j < len) {
+            a.ws_dt[(tok + j) * H + h] = dtp[v];
+            a.ws_cum[(tok + j) * H + h] = s;
+        }
+    }
+}
+
+// d_out silu(z) at `off` (the gradient that reaches y).
+SSD_DEV float dy_at(const SsdBwdArgs& a, i64 off) {
+    float v = ld(a.dout, off);
+#if SSD_HAS_Z
+    v *= silu(ld(a.z, off));
+#endif
+    return v;
+}
+
+// The end of stage E shared by both ssd_bwd_grad versions: the dt chain per
+// token (the raw-dt gradient from the direct d dt' in ddt_c and the log-decay
+// gradient in da_c, stored to ddt and kept in ddt_c), then the chunk's dA and
+// d dt_bias partials (thread 0, tokens in reverse order). Block-wide: every
+// thread calls it. Returns the chunk's row of partials (its D slots follow).
+SSD_DEV float* dt_chain_and_partials(const SsdBwdArgs& a, i64 c, int h, i64 tok, int len,
+                                     const float* dt_c, float* ddt_c, const float* da_c) {
+    const int H = a.H;
+    const float A = a.A[h];
+    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
+    for (int k = threadIdx.x; k < len; k += NT) {
+        const float d_prime = ddt_c[k] + A * da_c[k];
+        const float raw = ld(a.dt, (tok + k) * H + h);
+        const float d_raw = d_prime * dt_grad_factor(raw, bias, a.dt_min, a.dt_max);
+        store_elem(a.ddt + (tok + k) * H + h, d_raw);
+        ddt_c[k] = d_raw;
+    }
+    __syncthreads();
+    float* part_out = a.ws_part + c * (i64)H * (2 + P);
+    if (threadIdx.x == 0) {
+        float da_h = 0.0f, db_h = 0.0f;
+        for (int k = len - 1; k >= 0; --k) {
+            da_h += dt_c[k] * da_c[k];
+            db_h += ddt_c[k];
+        }
+        part_out[h] = da_h;
+        part_out[H + h] = db_h;
+    }
+    return part_out;
+}
+
 // Block-wide sum of one value per thread in a fixed tree order (deterministic).
 SSD_DEV float block_sum(float v, float* red) {
     const int tid = threadIdx.x;
@@ -197,46 +274,13 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     const i64 tok = a.chunks[2 * c];
     const int len = (int)a.chunks[2 * c + 1];
     const i64 HP = (i64)H * P, GN = (i64)G * N;
-    const float A2 = a.A[h] * SSD_LOG2E;
-    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
 
-    if (tid < 32) {
-        constexpr int V = Q / 32;
-        float dtp[V], pre[V];
-        float run = 0.0f;
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-            const int j = tid * V + v;
-            dtp[v] = j < len ? ssd_dt(ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
-            run += dtp[v] * A2;
-            pre[v] = run;
-        }
-        float incl = run;
-        for (int o = 1; o < 32; o <<= 1) {
-            const float up = __shfl_up_sync(0xffffffffu, incl, o);
-            if (tid >= o) incl += up;
-        }
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-            const int j = tid * V + v;
-            const float s = incl - run + pre[v];
-            s_c[j] = s;
-            dt_c[j] = dtp[v];
-            if (j < len) {
-                a.ws_dt[(tok + j) * H + h] = dtp[v];
-                a.ws_cum[(tok + j) * H + h] = s;
-            }
-        }
-    }
+    chunk_decays(a, tok, len, h, s_c, dt_c, true);
     // dy = d_out silu(z), once per (token, head, p).
     for (int e = tid; e < len * P; e += NT) {
         const int i = e / P, p = e % P;
         const i64 off = (tok + i) * HP + (i64)h * P + p;
-        float v = ld(a.dout, off);
-#if SSD_HAS_Z
-        v *= silu(ld(a.z, off));
-#endif
-        a.ws_dy[off] = v;
+        a.ws_dy[off] = dy_at(a, off);
     }
     __syncthreads();
     const float q = s_c[len - 1];
@@ -583,26 +627,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     }
     __syncthreads();
     // The dt chain (per token), then the partials in a fixed order.
-    const float A = a.A[h];
-    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
-    for (int k = tid; k < len; k += NT) {
-        const float d_prime = ddt_c[k] + A * da_c[k];
-        const float raw = ld(a.dt, (tok + k) * H + h);
-        const float d_raw = d_prime * dt_grad_factor(raw, bias, a.dt_min, a.dt_max);
-        store_elem(a.ddt + (tok + k) * H + h, d_raw);
-        ddt_c[k] = d_raw;
-    }
-    __syncthreads();
-    float* part_out = a.ws_part + c * (i64)H * (2 + P);
-    if (tid == 0) {
-        float da_h = 0.0f, db_h = 0.0f;
-        for (int k = len - 1; k >= 0; --k) {
-            da_h += dt_c[k] * da_c[k];
-            db_h += ddt_c[k];
-        }
-        part_out[h] = da_h;
-        part_out[H + h] = db_h;
-    }
+    float* part_out = dt_chain_and_partials(a, c, h, tok, len, dt_c, ddt_c, da_c);
     for (int p = tid; p < P; p += NT) {
         float acc = 0.0f;
 #if SSD_D_MODE != 0

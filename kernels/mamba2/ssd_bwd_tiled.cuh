@@ -143,51 +143,8 @@ SSD_DEV void tile_zero(float acc[4][4]) {
         for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
 }
 
-// dt' and the in-chunk cumulative log2 decay s of one chunk (warp 0, as v1),
-// into s_c, dt_c (zero past the chunk), and to the workspaces when `publish`.
-SSD_DEV void chunk_decays(const SsdBwdArgs& a, i64 tok, int len, int h, float* s_c, float* dt_c,
-                          bool publish) {
-    const int tid = threadIdx.x;
-    const int H = a.H;
-    if (tid >= 32) return;
-    const float A2 = a.A[h] * SSD_LOG2E;
-    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
-    constexpr int V = Q / 32;
-    float dtp[V], pre[V];
-    float run = 0.0f;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-        const int j = tid * V + v;
-        dtp[v] = j < len ? ssd_dt(ssd_bwd::ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
-        run += dtp[v] * A2;
-        pre[v] = run;
-    }
-    float incl = run;
-    for (int o = 1; o < 32; o <<= 1) {
-        const float up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (tid >= o) incl += up;
-    }
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-        const int j = tid * V + v;
-        const float s = incl - run + pre[v];
-        s_c[j] = s;
-        dt_c[j] = dtp[v];
-        if (publish && j < len) {
-            a.ws_dt[(tok + j) * H + h] = dtp[v];
-            a.ws_cum[(tok + j) * H + h] = s;
-        }
-    }
-}
-
-// d_out silu(z) at `off` (the gradient that reaches y).
-SSD_DEV float dy_at(const SsdBwdArgs& a, i64 off) {
-    float v = ssd_bwd::ld(a.dout, off);
-#if SSD_HAS_Z
-    v *= silu(ssd_bwd::ld(a.z, off));
-#endif
-    return v;
-}
+using ssd_bwd::chunk_decays;
+using ssd_bwd::dy_at;
 
 }  // namespace ssd_bwd3
 
@@ -501,26 +458,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     }
 
     // 8. The dt chain (per token), then the partials in a fixed order (as v1).
-    const float A = a.A[h];
-    const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
-    for (int k = tid; k < len; k += NT) {
-        const float d_prime = ddt_c[k] + A * da_c[k];
-        const float raw = ssd_bwd::ld(a.dt, (tok + k) * H + h);
-        const float d_raw = d_prime * ssd_bwd::dt_grad_factor(raw, bias, a.dt_min, a.dt_max);
-        store_elem(a.ddt + (tok + k) * H + h, d_raw);
-        ddt_c[k] = d_raw;
-    }
-    __syncthreads();
-    float* part_out = a.ws_part + c * (i64)H * (2 + P);
-    if (tid == 0) {
-        float da_h = 0.0f, db_h = 0.0f;
-        for (int k = len - 1; k >= 0; --k) {
-            da_h += dt_c[k] * da_c[k];
-            db_h += ddt_c[k];
-        }
-        part_out[h] = da_h;
-        part_out[H + h] = db_h;
-    }
+    float* part_out = ssd_bwd::dt_chain_and_partials(a, c, h, tok, len, dt_c, ddt_c, da_c);
     for (int p = tid; p < P; p += NT) {
         float acc = 0.0f;
 #if SSD_D_MODE != 0
