@@ -81,8 +81,9 @@ pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<Scan
     })
 }
 
-/// B or C at (batch row, channel, state index, position), widened to f64.
-fn bc_value<T: Element>(
+/// B or C at (batch row, channel, state index, position), widened to f64; the
+/// backward oracle reads them through the same indexing.
+pub(crate) fn bc_value<T: Element>(
     bc: &BcInput<'_, T>,
     dims: Mamba1Dims,
     row: usize,

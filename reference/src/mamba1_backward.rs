@@ -49,6 +49,7 @@ use ssm_core::{Element, Result};
 
 use rayon::prelude::*;
 
+use crate::mamba1::bc_value;
 use crate::sequence::{load_initial_state, sequences, Sequence};
 
 /// Gradients of `sum(d_out * out) + sum(d_final_states * final_states)` with
@@ -325,25 +326,6 @@ fn add_bc<T>(
                 *acc += v;
             }
         }
-    }
-}
-
-/// B or C at (batch row, channel, state index, position), widened to f64.
-fn bc_value<T: Element>(
-    bc: &BcInput<'_, T>,
-    dims: Mamba1Dims,
-    row: usize,
-    d: usize,
-    n: usize,
-    t: usize,
-) -> f64 {
-    let (d_inner, d_state, seqlen) = (dims.d_inner, dims.d_state, dims.seqlen);
-    match *bc {
-        BcInput::Grouped { groups, data } => {
-            let g = d / (d_inner / groups);
-            data[((row * groups + g) * d_state + n) * seqlen + t].to_f64()
-        }
-        BcInput::Constant(data) => data[d * d_state + n].to_f64(),
     }
 }
 
