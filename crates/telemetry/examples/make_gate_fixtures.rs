@@ -13,7 +13,7 @@ use std::path::Path;
 use ssm_core::DType;
 use ssm_telemetry::ncu::DramBytes;
 use ssm_telemetry::record::{
-    DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod, TimingStats,
+    DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod, TimingStats,
 };
 use ssm_telemetry::sram::{LaunchShape, SmLimits, SramUse};
 use ssm_telemetry::workloads::{mamba1_block_scan, reference_workload};
@@ -82,23 +82,13 @@ fn gpu_result(
         },
         &SmLimits::H100_SXM,
     );
+    let kernels = vec![KernelRecord {
+        sram: Some(sram),
+        ncu_duration_ms: Some(base_ms * k.time_scale),
+        ..KernelRecord::named(kernel)
+    }];
     let mut r = BenchResult::new(
-        Measurement {
-            implementation: implementation.into(),
-            workload: workload.into(),
-            problem,
-            timing,
-            kernels: vec![KernelRecord {
-                name: kernel.into(),
-                sram: Some(sram),
-                dram: None,
-                ncu_duration_ms: Some(base_ms * k.time_scale),
-            }],
-            nvml: None,
-            runs_in_nvml_window: 0,
-            pass: Pass::Forward,
-            verification: None,
-        },
+        Measurement::forward(implementation, workload, problem, timing, kernels),
         &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
     );
     let measured = (r.hbm.model_bytes as f64 * k.bytes_scale) as u64;

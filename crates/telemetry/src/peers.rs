@@ -201,20 +201,9 @@ pub fn results(
     let mut out: Vec<BenchResult> = Vec::with_capacity(file.results.len());
     for (i, e) in file.results.iter().enumerate() {
         let at = format!("results[{i}] ({} {})", e.implementation, e.workload);
-        let mut r = BenchResult::new(
-            Measurement {
-                implementation: e.implementation.clone(),
-                workload: e.workload.clone(),
-                problem: e.problem,
-                pass: e.pass,
-                verification: None,
-                timing: stats(&e.timing, source_name, &at)?,
-                kernels: Vec::new(),
-                nvml: None,
-                runs_in_nvml_window: 0,
-            },
-            ceilings,
-        );
+        let timing = stats(&e.timing, source_name, &at)?;
+        let m = Measurement::forward(&e.implementation, &e.workload, e.problem, timing, vec![]);
+        let mut r = BenchResult::new(Measurement { pass: e.pass, ..m }, ceilings);
         r.config = e.config.clone();
         r.note = e.note.clone();
         if out.iter().any(|o| o.id == r.id) {
@@ -420,20 +409,10 @@ mod tests {
             panic!("fixture entry 0 is SSD");
         };
         ours_shape.chunk_size = 64;
-        let ours = BenchResult::new(
-            Measurement {
-                implementation: "mamba2-ssd.cuda".into(),
-                workload: "M2-2.7B".into(),
-                problem: Problem::Ssd(ours_shape),
-                pass: Pass::Forward,
-                verification: None,
-                timing: TimingStats::from_samples(TimingMethod::CudaEvents, &[0.3455]).unwrap(),
-                kernels: vec![],
-                nvml: None,
-                runs_in_nvml_window: 0,
-            },
-            &c,
-        );
+        let timing = TimingStats::from_samples(TimingMethod::CudaEvents, &[0.3455]).unwrap();
+        let problem = Problem::Ssd(ours_shape);
+        let m = Measurement::forward("mamba2-ssd.cuda", "M2-2.7B", problem, timing, vec![]);
+        let ours = BenchResult::new(m, &c);
         set.results.push(ours.clone());
         assert_eq!(set.add_peer_file(&fixture(), "peers.json").unwrap(), 5);
         let peer = peer_for(&set, &ours).expect("paired");

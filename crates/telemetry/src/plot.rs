@@ -667,27 +667,17 @@ mod tests {
     }
     #[test]
     fn floors_are_labelled_with_the_kind_of_ceilings() {
-        use crate::record::{DeviceInfo, Measurement, Pass, RunInfo, TimingStats};
+        use crate::record::{DeviceInfo, Measurement, RunInfo, TimingStats};
         use crate::roofline::Ceilings;
         let ceilings = Ceilings::datasheet("NVIDIA H200");
         let mut set = ResultSet::new(RunInfo::default(), DeviceInfo::default(), &ceilings);
         for l in [512, 1024] {
             let problem =
                 crate::workloads::mamba1_block_scan(1, 1536, 16, l, ssm_core::DType::Bf16);
-            set.results.push(BenchResult::new(
-                Measurement {
-                    implementation: "mamba1-scan.cuda".into(),
-                    workload: format!("L-sweep/L={l}"),
-                    problem,
-                    timing: TimingStats::from_samples(TimingMethod::CudaEvents, &[0.1]).unwrap(),
-                    kernels: vec![],
-                    nvml: None,
-                    runs_in_nvml_window: 0,
-                    pass: Pass::Forward,
-                    verification: None,
-                },
-                &ceilings,
-            ));
+            let timing = TimingStats::from_samples(TimingMethod::CudaEvents, &[0.1]).unwrap();
+            let workload = format!("L-sweep/L={l}");
+            let m = Measurement::forward("mamba1-scan.cuda", workload, problem, timing, vec![]);
+            set.results.push(BenchResult::new(m, &ceilings));
         }
         let all = plots(std::slice::from_ref(&set));
         let time = &all

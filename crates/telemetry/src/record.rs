@@ -263,6 +263,18 @@ pub struct KernelRecord {
     pub ncu_duration_ms: Option<f64>,
 }
 
+impl KernelRecord {
+    /// A kernel known by its entry name alone: nothing read or measured yet.
+    pub fn named(name: impl Into<String>) -> Self {
+        KernelRecord {
+            name: name.into(),
+            sram: None,
+            dram: None,
+            ncu_duration_ms: None,
+        }
+    }
+}
+
 /// HBM traffic: the model's minimum and what ncu measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HbmRecord {
@@ -297,6 +309,30 @@ pub struct Measurement {
     pub nvml: Option<RunTelemetry>,
     /// Calls made while NVML integrated the energy in `nvml`.
     pub runs_in_nvml_window: u64,
+}
+
+impl Measurement {
+    /// A forward pass timed without NVML and not verified (peer results, test
+    /// fixtures); set the other fields by struct update where they differ.
+    pub fn forward(
+        implementation: impl Into<String>,
+        workload: impl Into<String>,
+        problem: Problem,
+        timing: TimingStats,
+        kernels: Vec<KernelRecord>,
+    ) -> Self {
+        Measurement {
+            implementation: implementation.into(),
+            workload: workload.into(),
+            problem,
+            pass: Pass::Forward,
+            verification: None,
+            timing,
+            kernels,
+            nvml: None,
+            runs_in_nvml_window: 0,
+        }
+    }
 }
 
 /// One benchmark result.
@@ -581,23 +617,9 @@ mod tests {
         let w = reference_workload("M2-decode").unwrap();
         let timing =
             TimingStats::from_samples(TimingMethod::CudaEvents, &[0.6, 0.5, 0.55]).unwrap();
+        let kernels = vec![KernelRecord::named("mamba2_decode_bf16")];
         BenchResult::new(
-            Measurement {
-                implementation: "mamba2-ssd.decode.cuda".into(),
-                workload: w.name.into(),
-                problem: w.problem,
-                timing,
-                kernels: vec![KernelRecord {
-                    name: "mamba2_decode_bf16".into(),
-                    sram: None,
-                    dram: None,
-                    ncu_duration_ms: None,
-                }],
-                nvml: None,
-                runs_in_nvml_window: 0,
-                pass: Pass::Forward,
-                verification: None,
-            },
+            Measurement::forward("mamba2-ssd.decode.cuda", w.name, w.problem, timing, kernels),
             &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
         )
     }
@@ -607,18 +629,10 @@ mod tests {
         let w = reference_workload("M2-2.7B").unwrap();
         let timing = TimingStats::from_samples(TimingMethod::TritonDoBench, &[4.05]).unwrap();
         let measure = |pass| {
+            let implementation = "mamba_ssm.triton.mamba_chunk_scan_combined";
+            let m = Measurement::forward(implementation, w.name, w.problem, timing.clone(), vec![]);
             BenchResult::new(
-                Measurement {
-                    implementation: "mamba_ssm.triton.mamba_chunk_scan_combined".into(),
-                    workload: w.name.into(),
-                    problem: w.problem,
-                    pass,
-                    verification: None,
-                    timing: timing.clone(),
-                    kernels: vec![],
-                    nvml: None,
-                    runs_in_nvml_window: 0,
-                },
+                Measurement { pass, ..m },
                 &Ceilings::datasheet("NVIDIA H200"),
             )
         };

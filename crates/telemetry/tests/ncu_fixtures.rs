@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use ssm_telemetry::ncu::{self, DramBytes, ManifestEntry};
+use ssm_telemetry::ncu::{self, DramBytes, ManifestEntry, NcuLaunch};
 use ssm_telemetry::problem::{Problem, StreamShape};
 use ssm_telemetry::record::{
-    DeviceInfo, KernelRecord, Measurement, Pass, ResultSet, RunInfo, TimingMethod, TimingStats,
+    DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod, TimingStats,
 };
 use ssm_telemetry::workloads::reference_workload;
 use ssm_telemetry::{BenchResult, Ceilings};
@@ -19,18 +19,18 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The first launch of a details page has entry name `entry` and reads and
+/// writes these DRAM bytes.
+fn assert_first_launch(launches: &[NcuLaunch], entry: &str, read: u64, write: u64) {
+    assert_eq!(launches[0].entry_name(), entry);
+    assert_eq!(launches[0].dram(), Some(DramBytes { read, write }));
+}
+
 #[test]
 fn details_page_with_base_units() {
     let launches = ncu::parse_csv(&read("details_base_units.csv"), "fixture").unwrap();
     assert_eq!(launches.len(), 3);
-    assert_eq!(launches[0].entry_name(), "ssm_selftest_axpy");
-    assert_eq!(
-        launches[0].dram(),
-        Some(DramBytes {
-            read: 402_667_520,
-            write: 268_439_552
-        })
-    );
+    assert_first_launch(&launches, "ssm_selftest_axpy", 402_667_520, 268_439_552);
     let ms = launches[0].duration_ms().unwrap();
     assert!((ms - 0.236416).abs() < 1e-12, "{ms}");
     assert_eq!(
@@ -45,14 +45,8 @@ fn details_page_with_base_units() {
 fn details_page_with_scaled_units_and_a_cpp_kernel_name() {
     let launches = ncu::parse_csv(&read("details_auto_units.csv"), "fixture").unwrap();
     assert_eq!(launches.len(), 1);
-    assert_eq!(launches[0].entry_name(), "ssd_chunk_fwd<__nv_bfloat16, 64>");
-    assert_eq!(
-        launches[0].dram(),
-        Some(DramBytes {
-            read: 352_310_000,
-            write: 168_490_000
-        })
-    );
+    let entry = "ssd_chunk_fwd<__nv_bfloat16, 64>";
+    assert_first_launch(&launches, entry, 352_310_000, 168_490_000);
     assert!((launches[0].duration_ms().unwrap() - 0.23162).abs() < 1e-12);
 }
 
@@ -65,26 +59,34 @@ fn raw_page_with_a_units_row() {
     assert!((launches[1].duration_ms().unwrap() - 0.235008).abs() < 1e-12);
 }
 
+const H100: &str = "NVIDIA H100 80GB HBM3";
+
 fn result(implementation: &str, workload: &str, problem: Problem, kernel: &str) -> BenchResult {
+    let timing = TimingStats::from_samples(TimingMethod::CudaEvents, &[0.25, 0.24, 0.26]).unwrap();
+    let kernels = vec![KernelRecord::named(kernel)];
     BenchResult::new(
-        Measurement {
-            implementation: implementation.into(),
-            workload: workload.into(),
-            problem,
-            timing: TimingStats::from_samples(TimingMethod::CudaEvents, &[0.25, 0.24, 0.26])
-                .unwrap(),
-            kernels: vec![KernelRecord {
-                name: kernel.into(),
-                sram: None,
-                dram: None,
-                ncu_duration_ms: None,
-            }],
-            nvml: None,
-            runs_in_nvml_window: 0,
-            pass: Pass::Forward,
-            verification: None,
-        },
-        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
+        Measurement::forward(implementation, workload, problem, timing, kernels),
+        &Ceilings::datasheet(H100),
+    )
+}
+
+/// A result of the self-test's axpy (6 bytes read and 4 written per element
+/// of 2^26) that launches `kernel`.
+fn axpy_result(workload: &str, kernel: &str) -> BenchResult {
+    let axpy = Problem::Stream(StreamShape {
+        elements: 1 << 26,
+        read_bytes_per_element: 6,
+        write_bytes_per_element: 4,
+        flops_per_element: 2,
+    });
+    result("selftest.cuda", workload, axpy, kernel)
+}
+
+fn empty_set() -> ResultSet {
+    ResultSet::new(
+        RunInfo::default(),
+        DeviceInfo::default(),
+        &Ceilings::datasheet(H100),
     )
 }
 
@@ -100,21 +102,10 @@ fn manifest(entries: &[(&str, &[&str])]) -> Vec<ManifestEntry> {
 
 #[test]
 fn measured_bytes_are_attached_beside_the_model() {
-    let axpy = Problem::Stream(StreamShape {
-        elements: 1 << 26,
-        read_bytes_per_element: 6,
-        write_bytes_per_element: 4,
-        flops_per_element: 2,
-    });
     let m2 = reference_workload("M2-decode").unwrap();
     let m1 = reference_workload("M1-decode").unwrap();
-    let mut set = ResultSet::new(
-        RunInfo::default(),
-        DeviceInfo::default(),
-        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
-    );
-    set.results
-        .push(result("selftest.cuda", "stream", axpy, "ssm_selftest_axpy"));
+    let mut set = empty_set();
+    set.results.push(axpy_result("stream", "ssm_selftest_axpy"));
     set.results.push(result(
         "mamba2-ssd.decode.cuda",
         m2.name,
@@ -159,23 +150,9 @@ fn measured_bytes_are_attached_beside_the_model() {
 #[test]
 fn repeated_launches_of_one_kernel_add_up() {
     let launches = ncu::parse_csv(&read("raw_page.csv"), "fixture").unwrap();
-    let axpy = Problem::Stream(StreamShape {
-        elements: 1 << 26,
-        read_bytes_per_element: 6,
-        write_bytes_per_element: 4,
-        flops_per_element: 2,
-    });
-    let mut set = ResultSet::new(
-        RunInfo::default(),
-        DeviceInfo::default(),
-        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
-    );
-    set.results.push(result(
-        "selftest.cuda",
-        "two-launches",
-        axpy,
-        "ssm_selftest_axpy",
-    ));
+    let mut set = empty_set();
+    set.results
+        .push(axpy_result("two-launches", "ssm_selftest_axpy"));
     let id = set.results[0].id.clone();
     let m = manifest(&[(&id, &["ssm_selftest_axpy", "ssm_selftest_axpy"])]);
     ncu::attach(&mut set, &launches, &m).unwrap();
@@ -191,29 +168,9 @@ fn one_entry_point_in_two_roles_pairs_by_launch_order() {
     // main pass); the runner records them as `ssd_fused_fwd#prepass` and
     // `ssd_fused_fwd`, and each gets its own launch's bytes.
     let launches = ncu::parse_csv(&read("raw_page.csv"), "fixture").unwrap();
-    let axpy = Problem::Stream(StreamShape {
-        elements: 1 << 26,
-        read_bytes_per_element: 6,
-        write_bytes_per_element: 4,
-        flops_per_element: 2,
-    });
-    let mut set = ResultSet::new(
-        RunInfo::default(),
-        DeviceInfo::default(),
-        &Ceilings::datasheet("NVIDIA H100 80GB HBM3"),
-    );
-    let mut r = result(
-        "selftest.cuda",
-        "two-roles",
-        axpy,
-        "ssm_selftest_axpy#prepass",
-    );
-    r.kernels.push(KernelRecord {
-        name: "ssm_selftest_axpy".into(),
-        sram: None,
-        dram: None,
-        ncu_duration_ms: None,
-    });
+    let mut set = empty_set();
+    let mut r = axpy_result("two-roles", "ssm_selftest_axpy#prepass");
+    r.kernels.push(KernelRecord::named("ssm_selftest_axpy"));
     set.results.push(r);
     let id = set.results[0].id.clone();
     let m = manifest(&[(&id, &["ssm_selftest_axpy", "ssm_selftest_axpy"])]);
