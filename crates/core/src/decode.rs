@@ -6,7 +6,9 @@
 //! cache row `i` and the cache must have exactly `batch` rows.
 
 use crate::mamba2::{check_dt_limit, DSkip, NO_DT_LIMIT};
-use crate::shape::{check_finite, check_groups, check_len, check_nonzero, Shape};
+use crate::shape::{
+    check_finite, check_finite_if_some, check_groups, check_len, check_nonzero, Shape,
+};
 use crate::{Element, Result, SsmError};
 
 /// Check `state_batch_indices` against the cache, rejecting duplicates (two rows
@@ -160,16 +162,9 @@ impl<T: Element> HostStepInputs<'_, T> {
         check_finite("A", self.a)?;
         check_finite("B", self.b)?;
         check_finite("C", self.c)?;
-        if let Some(z) = self.z {
-            check_finite("z", z)?;
-        }
-        if let Some(d) = self.d {
-            check_finite("D", d)?;
-        }
-        if let Some(bias) = self.dt_bias {
-            check_finite("dt_bias", bias)?;
-        }
-        Ok(())
+        check_finite_if_some("z", self.z)?;
+        check_finite_if_some("D", self.d)?;
+        check_finite_if_some("dt_bias", self.dt_bias)
     }
 }
 

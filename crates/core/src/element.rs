@@ -119,37 +119,28 @@ impl Element for f32 {
     }
 }
 
-impl Element for f16 {
-    const DTYPE: DType = DType::F16;
-    fn to_f64(self) -> f64 {
-        f16::to_f64(self)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn from_f64(x: f64) -> Self {
-        f16::from_f64(x)
-    }
+/// `f16` and `bf16` convert through `half`'s own methods, alike for both.
+macro_rules! half_element {
+    ($t:ident, $dtype:expr) => {
+        impl Element for $t {
+            const DTYPE: DType = $dtype;
+            fn to_f64(self) -> f64 {
+                $t::to_f64(self)
+            }
+            fn to_f32(self) -> f32 {
+                $t::to_f32(self)
+            }
+            fn from_f32(x: f32) -> Self {
+                $t::from_f32(x)
+            }
+            fn from_f64(x: f64) -> Self {
+                $t::from_f64(x)
+            }
+        }
+    };
 }
-
-impl Element for bf16 {
-    const DTYPE: DType = DType::Bf16;
-    fn to_f64(self) -> f64 {
-        bf16::to_f64(self)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn from_f64(x: f64) -> Self {
-        bf16::from_f64(x)
-    }
-}
+half_element!(f16, DType::F16);
+half_element!(bf16, DType::Bf16);
 
 /// Convert a slice of f32 values to `T`, rounding each.
 pub fn round_slice<T: Element>(xs: &[f32]) -> Vec<T> {

@@ -5,7 +5,10 @@
 //! constant `(D_in, N)`; `D, delta_bias: (D_in)`; states `(b, D_in, N)`, or
 //! `(num_seqs, D_in, N)` for varlen input.
 
-use crate::shape::{check_finite, check_groups, check_len, check_nonzero, check_sequences, Shape};
+use crate::shape::{
+    check_finite, check_finite_if_some, check_groups, check_len, check_nonzero, check_sequences,
+    Shape,
+};
 use crate::{Element, Result};
 
 /// Sizes of a selective-scan call.
@@ -245,18 +248,10 @@ impl<'a, T: Element> SelectiveScanParams<'a, T> {
             check_finite("A", self.a)?;
             check_finite("B", self.b.data())?;
             check_finite("C", self.c.data())?;
-            if let Some(d) = self.d {
-                check_finite("D", d)?;
-            }
-            if let Some(z) = self.z {
-                check_finite("z", z)?;
-            }
-            if let Some(bias) = self.delta_bias {
-                check_finite("delta_bias", bias)?;
-            }
-            if let Some(h0) = self.initial_states {
-                check_finite("initial_states", h0)?;
-            }
+            check_finite_if_some("D", self.d)?;
+            check_finite_if_some("z", self.z)?;
+            check_finite_if_some("delta_bias", self.delta_bias)?;
+            check_finite_if_some("initial_states", self.initial_states)?;
         }
         Ok(Mamba1Layout { num_seqs })
     }

@@ -15,7 +15,9 @@
 //! f32 parameters and states in f32), present exactly when the input was given.
 
 use crate::mamba1::{BcInput, Mamba1Dims, Mamba1Layout, SelectiveScanParams};
-use crate::shape::{check_d_final_states, check_finite, check_len, states_shape, Shape};
+use crate::shape::{
+    check_d_final_states, check_finite, check_finite_if_some, check_len, states_shape, Shape,
+};
 use crate::{Element, Result};
 
 /// The incoming gradients of a backward call.
@@ -51,9 +53,7 @@ impl<'a, O: Element> ScanGradInputs<'a, O> {
         check_d_final_states(self.d_final_states, p.return_final_states, &shape)?;
         if p.check_finite {
             check_finite("d_out", self.d_out)?;
-            if let Some(dh) = self.d_final_states {
-                check_finite("d_final_states", dh)?;
-            }
+            check_finite_if_some("d_final_states", self.d_final_states)?;
         }
         Ok(layout)
     }

@@ -4,7 +4,10 @@
 //! `A, dt_bias: (H)`; `B, C: (b, L, G, N)`; `D: (H)` or `(H, P)`; states
 //! `(b, H, P, N)`, or `(num_seqs, H, P, N)` for varlen input.
 
-use crate::shape::{check_finite, check_groups, check_len, check_nonzero, check_sequences, Shape};
+use crate::shape::{
+    check_finite, check_finite_if_some, check_groups, check_len, check_nonzero, check_sequences,
+    Shape,
+};
 use crate::{Element, Result, SsmError};
 
 /// Sizes of an SSD call.
@@ -302,18 +305,10 @@ impl<'a, T: Element> SsdParams<'a, T> {
             check_finite("A", self.a)?;
             check_finite("B", self.b)?;
             check_finite("C", self.c)?;
-            if let Some(bias) = self.dt_bias {
-                check_finite("dt_bias", bias)?;
-            }
-            if let Some(d) = &self.d {
-                check_finite("D", d.data())?;
-            }
-            if let Some(z) = self.z {
-                check_finite("z", z)?;
-            }
-            if let Some(s0) = self.initial_states {
-                check_finite("initial_states", s0)?;
-            }
+            check_finite_if_some("dt_bias", self.dt_bias)?;
+            check_finite_if_some("D", self.d.as_ref().map(DSkip::data))?;
+            check_finite_if_some("z", self.z)?;
+            check_finite_if_some("initial_states", self.initial_states)?;
         }
         Ok(SsdLayout { num_seqs })
     }

@@ -19,7 +19,9 @@
 //! token of its head. See [`dt_grad_factor`].
 
 use crate::mamba2::{SsdLayout, SsdParams};
-use crate::shape::{check_d_final_states, check_finite, check_len, states_shape, Shape};
+use crate::shape::{
+    check_d_final_states, check_finite, check_finite_if_some, check_len, states_shape, Shape,
+};
 use crate::{Element, Result};
 
 /// Validate a backward call: the forward parameters, then every gradient input
@@ -46,9 +48,7 @@ pub fn validate_grad_inputs<T: Element>(
     check_d_final_states(d_final_states, p.return_final_states, &shape)?;
     if p.check_finite {
         check_finite("d_out", d_out)?;
-        if let Some(ds) = d_final_states {
-            check_finite("d_final_states", ds)?;
-        }
+        check_finite_if_some("d_final_states", d_final_states)?;
     }
     Ok(layout)
 }

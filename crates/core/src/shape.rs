@@ -204,6 +204,11 @@ pub fn check_cu_seqlens(cu_seqlens: &[i64], batch: usize, seqlen: usize) -> Resu
     Ok(cu_seqlens.len() - 1)
 }
 
+/// [`check_finite`] on an optional input; an absent one passes.
+pub fn check_finite_if_some<T: Element>(arg: &'static str, xs: Option<&[T]>) -> Result<()> {
+    xs.map_or(Ok(()), |xs| check_finite(arg, xs))
+}
+
 /// Check every element is finite; names the first bad one.
 pub fn check_finite<T: Element>(arg: &'static str, xs: &[T]) -> Result<()> {
     match xs.iter().position(|x| !x.to_f64().is_finite()) {
