@@ -74,6 +74,7 @@ SSD_DEV void st4(float* p, float a, float b, float c, float d) {
     v.w = d;
     *reinterpret_cast<float4*>(p) = v;
 }
+SSD_DEV void st4(float* p, const float* v) { st4(p, v[0], v[1], v[2], v[3]); }
 SSD_DEV float lane4(const float4& v, int u) { return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; }
 
 // This thread's place in a 64 x 64 tile: rows 4 ti .. 4 ti + 3 (a quad; ti is
@@ -136,6 +137,165 @@ SSD_DEV void tile_mm(float acc[4][4], const float* A, int lda, const float* Bm, 
     }
 }
 
+// --- Staging: global rows into shared f32 rows, loads first -------------------
+//
+// v3 staged one element per loop iteration, and ptxas kept each iteration's
+// global load behind the previous iteration's shared store: one global latency
+// per element and thread, at one block per SM (ssd_bwd_grad) nothing to cover
+// it. `stage_rows` issues every load of a thread (16-byte vectors of each
+// source) before the first conversion and store.
+
+// Compile-time helpers: NVRTC takes an unannotated function for a host one.
+#ifdef SSD_EMULATE
+#define SSD_CONSTEXPR constexpr
+#else
+#define SSD_CONSTEXPR __host__ __device__ constexpr
+#endif
+
+// Elements of type T in one 16-byte vector.
+template <typename T>
+SSD_CONSTEXPR int vec_len() {
+    return 16 / (int)sizeof(T);
+}
+
+// The 16 bytes at p (16-byte aligned: the backward's buffers are owned
+// allocations) as vec_len<T>() f32 values.
+SSD_DEV void ld_vec(const float* p, float v[4]) {
+    const float4 r = ld4(p);
+    v[0] = r.x;
+    v[1] = r.y;
+    v[2] = r.z;
+    v[3] = r.w;
+}
+SSD_DEV void ld_vec(const u16* p, float v[8]) {
+    uint4 r;
+#ifdef SSD_EMULATE
+    std::memcpy(&r, p, sizeof r);
+#else
+    r = *reinterpret_cast<const uint4*>(p);
+#endif
+    const u32 w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        v[2 * i] = unpack_lo(w[i]);
+        v[2 * i + 1] = unpack_hi(w[i]);
+    }
+}
+
+// What stage_rows hands to its `put` per vector: the f32 values of each source.
+template <int NSRC, typename T>
+using Staged = float[NSRC][vec_len<T>()];
+
+// The largest divisor of `units` that is at most `fit` (at least 1).
+SSD_CONSTEXPR int batch_of(int units, int fit) {
+    int b = fit < 1 ? 1 : (fit > units ? units : fit);
+    while (units % b != 0) --b;
+    return b;
+}
+
+// For every row r < ROWS and 16-byte column group of a ROWS x W block of NSRC
+// row-major global matrices (row r of source s at src[s] + r * src_ld; rows
+// r >= valid read as zeros, never loaded): put(r, col, v) with v[s][e] the
+// f32 value of source s at (r, col + e), e < vec_len<T>(). Block-wide; the
+// units are spread over the threads in index order. FLOATS bounds the
+// registers a thread's loads in flight take.
+template <int ROWS, int W, int NSRC, typename T, typename Put, int FLOATS = 64>
+SSD_DEV void stage_rows(const T* const* src, i64 src_ld, int valid, Put put) {
+    constexpr int V = vec_len<T>();
+    static_assert(W % V == 0, "rows are staged in whole 16-byte vectors");
+    constexpr int PER_ROW = W / V;
+    constexpr int UNITS = ROWS * PER_ROW;
+    static_assert(UNITS % NT == 0, "every thread stages the same number of vectors");
+    constexpr int U = UNITS / NT;
+    // Vectors in flight per thread: as many as FLOATS f32 registers hold (the
+    // largest divisor of U that fits), so that wide stages do not spill.
+    constexpr int UB = batch_of(U, FLOATS / (NSRC * V));
+#pragma unroll
+    for (int b = 0; b < U; b += UB) {
+        float v[UB][NSRC][V];
+#pragma unroll
+        for (int u = 0; u < UB; ++u) {
+            const int e = (int)threadIdx.x + (b + u) * NT;
+            const int r = e / PER_ROW, col = (e % PER_ROW) * V;
+#pragma unroll
+            for (int s = 0; s < NSRC; ++s) {
+                if (r < valid) {
+                    ld_vec(src[s] + r * src_ld + col, v[u][s]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < V; ++i) v[u][s][i] = 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UB; ++u) {
+            const int e = (int)threadIdx.x + (b + u) * NT;
+            put(e / PER_ROW, (e % PER_ROW) * V, v[u]);
+        }
+    }
+}
+
+constexpr int VEC = vec_len<elem_t>();
+
+// The chunk's x and dy = d_out silu(z) rows (Q x P from `row0`, row stride
+// `ld`): put(i, p, x[4], dy[4]) for every 4 columns (16-bit inputs arrive 8 at a
+// time and are handed over as two quads).
+template <typename Put>
+SSD_DEV void stage_x_dy(const SsdBwdArgs& a, i64 row0, i64 ld, int len, Put put) {
+#if SSD_HAS_Z
+    const elem_t* const src[3] = {a.x + row0, a.dout + row0, a.z + row0};
+    constexpr int NS = 3;
+#else
+    const elem_t* const src[2] = {a.x + row0, a.dout + row0};
+    constexpr int NS = 2;
+#endif
+    stage_rows<Q, P, NS>(src, ld, len, [&](int i, int p, const Staged<NS, elem_t>& v) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4) {
+            float dy[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                dy[k] = v[1][e + k];
+#if SSD_HAS_Z
+                dy[k] *= silu(v[2][e + k]);
+#endif
+            }
+            put(i, p + e, v[0] + e, dy);
+        }
+    });
+}
+
+// C and B of the chunk's rows, 64 columns from `off` (row stride `ld`), into ct
+// and bt (row stride LD).
+SSD_DEV void stage_cb_tile(const SsdBwdArgs& a, i64 off, i64 ld, int len, float* ct, float* bt) {
+    const elem_t* const src[2] = {a.C + off, a.B + off};
+    stage_rows<Q, 64, 2>(src, ld, len, [&](int i, int n, const Staged<2, elem_t>& v) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4) {
+            st4(ct + i * LD + n + e, v[0] + e);
+            st4(bt + i * LD + n + e, v[1] + e);
+        }
+    });
+}
+
+// 64 columns of the entering state S and the leaving gradient G (P rows of
+// stride N) into st and gt; with `gs`, also this thread's share of <G, S>.
+// Staged while the S C / G B accumulators (32 PT registers) are live: the
+// loads in flight get 64 / PT registers (at P 128 the full 64 took ptxas to
+// 234 registers).
+SSD_DEV void stage_state_tile(const float* S, const float* Gr, float* st, float* gt, float* gs) {
+    const float* const src[2] = {S, Gr};
+    auto put = [&](int p, int n, const Staged<2, float>& v) {
+        st4(st + p * LD + n, v[0]);
+        st4(gt + p * LD + n, v[1]);
+        if (gs) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) *gs += v[1][e] * v[0][e];
+        }
+    };
+    stage_rows<P, 64, 2, float, decltype(put), 64 / PT>(src, N, P, put);
+}
+
 SSD_DEV void tile_zero(float acc[4][4]) {
 #pragma unroll
     for (int r = 0; r < 4; ++r)
@@ -166,7 +326,6 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     float* const dye = xw + Q * LDP;     // (Q, LDP): exp2(s_j) dy_j
     float* const bs = dye + Q * LDP;     // (Q, LDN)
     float* const cs = bs + Q * LDN;      // (Q, LDN)
-    const int tid = threadIdx.x;
     const int H = a.H, G = a.G;
     const i64 c = blockIdx.x / H;
     const int h = blockIdx.x % H;
@@ -178,22 +337,26 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     chunk_decays(a, tok, len, h, s_c, dt_c, true);
     __syncthreads();
     const float q = s_c[len - 1];
-    for (int e = tid; e < Q * P; e += NT) {
-        const int j = e / P, p = e % P;
-        float xv = 0.0f, dv = 0.0f;
-        if (j < len) {
-            const i64 off = (tok + j) * HP + (i64)h * P + p;
-            xv = exp2f(q - s_c[j]) * dt_c[j] * ssd_bwd::ld(a.x, off);
-            dv = exp2f(s_c[j]) * dy_at(a, off);
+    stage_x_dy(a, tok * HP + (i64)h * P, HP, len, [&](int j, int p, const float* xv, const float* dv) {
+        const float xs = exp2f(q - s_c[j]) * dt_c[j], ds = exp2f(s_c[j]);
+        float xr[4], dr[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            xr[e] = xs * xv[e];
+            dr[e] = ds * dv[e];
         }
-        xw[j * LDP + p] = xv;
-        dye[j * LDP + p] = dv;
-    }
-    for (int e = tid; e < Q * N; e += NT) {
-        const int j = e / N, n = e % N;
-        const i64 off = (tok + j) * GN + (i64)g * N + n;
-        bs[j * LDN + n] = j < len ? ssd_bwd::ld(a.B, off) : 0.0f;
-        cs[j * LDN + n] = j < len ? ssd_bwd::ld(a.C, off) : 0.0f;
+        st4(xw + j * LDP + p, xr);
+        st4(dye + j * LDP + p, dr);
+    });
+    {
+        const elem_t* const src[2] = {a.B + tok * GN + (i64)g * N, a.C + tok * GN + (i64)g * N};
+        stage_rows<Q, N, 2>(src, GN, len, [&](int j, int n, const Staged<2, elem_t>& v) {
+#pragma unroll
+            for (int e = 0; e < VEC; e += 4) {
+                st4(bs + j * LDN + n + e, v[0] + e);
+                st4(cs + j * LDN + n + e, v[1] + e);
+            }
+        });
     }
     __syncthreads();
     float* R = a.ws_S + (c * H + h) * ssd_bwd::PN;
@@ -261,26 +424,29 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
         s_c[i] = i < len ? a.ws_cum[(tok + i) * H + h] : 0.0f;
         dt_c[i] = i < len ? a.ws_dt[(tok + i) * H + h] : 0.0f;
     }
-    for (int e = tid; e < Q * P; e += NT) {
-        const int i = e / P, p = e % P;
-        float dv = 0.0f, xv = 0.0f;
-        if (i < len) {
-            const i64 off = (tok + i) * HP + hp0 + p;
-            dv = dy_at(a, off);
-            xv = ssd_bwd::ld(a.x, off);
-        }
-        dys[i * LDP + p] = dv;
-        xs[i * LDP + p] = xv;
-    }
+    stage_x_dy(a, tok * HP + hp0, HP, len, [&](int i, int p, const float* xv, const float* dv) {
+        st4(xs + i * LDP + p, xv);
+        st4(dys + i * LDP + p, dv);
+    });
     __syncthreads();
     const float q = s_c[len - 1];
     for (int i = tid; i < Q; i += NT) {
         w_c[i] = i < len ? exp2f(q - s_c[i]) * dt_c[i] : 0.0f;
         ex_c[i] = i < len ? exp2f(s_c[i]) : 0.0f;
     }
-    for (int e = tid; e < Q * Q; e += NT) {
-        const int i = e / Q, j = e % Q;
-        mx[i * LD + j] = (j <= i && i < len) ? cb[i * Q + j] * exp2f(s_c[i] - s_c[j]) : 0.0f;
+    {
+        // Rows i < len of C B^T (the entries j > i are never written by
+        // ssd_bwd_cb: loaded with their row's vector, masked here).
+        const float* const src[1] = {cb};
+        stage_rows<Q, Q, 1>(src, Q, len, [&](int i, int j0, const Staged<1, float>& v) {
+            float m[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = j0 + e;
+                m[e] = (j <= i && i < len) ? v[0][e] * exp2f(s_c[i] - s_c[j]) : 0.0f;
+            }
+            st4(mx + i * LD + j0, m);
+        });
     }
 
     // 2. gx = dy x^T.
@@ -304,19 +470,8 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     float gs_part = 0.0f;
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
-        for (int e = tid; e < Q * 64; e += NT) {
-            const int i = e / 64, n = e % 64;
-            const i64 off = (tok + i) * GN + (i64)g * N + n0 + n;
-            ct[i * LD + n] = i < len ? ssd_bwd::ld(a.C, off) : 0.0f;
-            bt[i * LD + n] = i < len ? ssd_bwd::ld(a.B, off) : 0.0f;
-        }
-        for (int e = tid; e < P * 64; e += NT) {
-            const int p = e / 64, n = e % 64;
-            const float sv = S[(i64)p * N + n0 + n], gv = Gr[(i64)p * N + n0 + n];
-            st[p * LD + n] = sv;
-            gt[p * LD + n] = gv;
-            gs_part += gv * sv;
-        }
+        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_tile(S + n0, Gr + n0, st, gt, &gs_part);
         __syncthreads();
 #pragma unroll
         for (int pt = 0; pt < PT; ++pt) {
@@ -421,17 +576,8 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     // 7. Per-head dC and dB over the N tiles.
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
-        for (int e = tid; e < Q * 64; e += NT) {
-            const int i = e / 64, n = e % 64;
-            const i64 off = (tok + i) * GN + (i64)g * N + n0 + n;
-            ct[i * LD + n] = i < len ? ssd_bwd::ld(a.C, off) : 0.0f;
-            bt[i * LD + n] = i < len ? ssd_bwd::ld(a.B, off) : 0.0f;
-        }
-        for (int e = tid; e < P * 64; e += NT) {
-            const int p = e / 64, n = e % 64;
-            st[p * LD + n] = S[(i64)p * N + n0 + n];
-            gt[p * LD + n] = Gr[(i64)p * N + n0 + n];
-        }
+        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_tile(S + n0, Gr + n0, st, gt, nullptr);
         __syncthreads();
         float dc[4][4], db[4][4];
         tile_zero(dc);
