@@ -16,6 +16,19 @@
 //! Modules: [`draw`] (bytes to sizes, regimes, patches), [`problems`] (bytes to
 //! problems), [`envelope`], [`verdict`], `targets`, `api`, `determinism`.
 
+/// Dispatch on a decoded element type (an f64 draw runs as f32), for the
+/// targets and the backward targets alike; defined before the modules that
+/// use it, as `macro_rules!` scoping requires.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            ssm_core::DType::F32 | ssm_core::DType::F64 => $f::<f32>($($arg),*),
+            ssm_core::DType::Bf16 => $f::<half::bf16>($($arg),*),
+            ssm_core::DType::F16 => $f::<half::f16>($($arg),*),
+        }
+    };
+}
+
 mod api;
 pub mod backward;
 mod determinism;

@@ -58,11 +58,17 @@ fn a_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
 
 /// Random split of `len` into `num_seqs` pieces (some may be empty).
 pub fn random_cu_seqlens(rng: &mut StdRng, len: usize, num_seqs: usize) -> Vec<i64> {
-    let mut cuts: Vec<i64> = (0..num_seqs.saturating_sub(1))
+    let cuts = (0..num_seqs.saturating_sub(1))
         .map(|_| rng.random_range(0..=len) as i64)
         .collect();
+    cu_seqlens_from_cuts(len, cuts)
+}
+
+/// Offsets `0, cuts (sorted), len`: the `cu_seqlens` of the pieces that cut
+/// points in `0..=len` leave.
+pub(crate) fn cu_seqlens_from_cuts(len: usize, mut cuts: Vec<i64>) -> Vec<i64> {
     cuts.sort_unstable();
-    let mut cu = Vec::with_capacity(num_seqs + 1);
+    let mut cu = Vec::with_capacity(cuts.len() + 2);
     cu.push(0);
     cu.extend(cuts);
     cu.push(len as i64);

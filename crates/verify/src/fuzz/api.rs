@@ -182,6 +182,16 @@ fn any_non_finite(tensors: &[Option<&[f32]>]) -> bool {
         .any(|t| t.iter().any(|v| !v.is_finite()))
 }
 
+/// Every input tensor of a scan or SSD call: the five each call has, then the
+/// four optional ones.
+fn sequence_tensors<'t>(
+    always: [&'t Vec<f32>; 5],
+    optional: [&'t Option<Vec<f32>>; 4],
+) -> Vec<Option<&'t [f32]>> {
+    let always = always.into_iter().map(|t| Some(&t[..]));
+    always.chain(optional.map(Option::as_deref)).collect()
+}
+
 /// The contract checks shared by every operation.
 struct Contract {
     target_problem: String,
@@ -196,12 +206,27 @@ impl Contract {
         }
     }
 
-    /// Validate's answer; a panic in it is a finding of its own.
-    fn validate<T>(
+    /// Validate's answer; a panic in it is a finding of its own, and so is,
+    /// with `check_finite` on, accepting a non-finite value in any of `tensors`
+    /// (every input tensor of the operation). Returns the answer without its
+    /// value, and the value (`T::default()` where validation rejected the call).
+    fn validate<T: Default>(
         &self,
+        check_finite: bool,
+        tensors: &[Option<&[f32]>],
         run: impl FnOnce() -> Result<T>,
-    ) -> std::result::Result<Result<T>, Finding> {
-        guarded(run).map_err(|m| self.finding("validate", format!("panicked: {m}")))
+    ) -> std::result::Result<(Result<()>, T), Finding> {
+        let valid = guarded(run).map_err(|m| self.finding("validate", format!("panicked: {m}")))?;
+        if check_finite && valid.is_ok() && any_non_finite(tensors) {
+            return Err(self.finding(
+                "validate",
+                "accepted a non-finite input although check_finite is on".into(),
+            ));
+        }
+        Ok(match valid {
+            Ok(value) => (Ok(()), value),
+            Err(e) => (Err(e), T::default()),
+        })
     }
 
     /// The outcome once every implementation agreed with validation: the
@@ -291,24 +316,6 @@ fn skipped() -> std::result::Result<Outcome, Finding> {
     })
 }
 
-/// With `check_finite` on, validation must reject a non-finite value in any of
-/// `tensors` (every input tensor of the operation).
-fn finite_contract(
-    c: &Contract,
-    check_finite: bool,
-    valid: &Result<()>,
-    tensors: &[Option<&[f32]>],
-) -> std::result::Result<(), Finding> {
-    let hit = any_non_finite(tensors);
-    if check_finite && valid.is_ok() && hit {
-        return Err(c.finding(
-            "validate",
-            "accepted a non-finite input although check_finite is on".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
     let dims = Mamba1Dims::new(dim(b), dim(b), dim(b), if b.bool() { 0 } else { dim(b) });
     let (batch, d_inner, d_state, seqlen) = (dims.batch, dims.d_inner, dims.d_state, dims.seqlen);
@@ -334,6 +341,7 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
     let cu = cu_seqlens(b, seqlen);
     let seqs = cu.as_ref().map_or(batch, |c| c.len().saturating_sub(1));
     let h0 = optional(b, product(&[seqs, d_inner, d_state]));
+    let tensors = sequence_tensors([&u, &delta, &a, &b_data, &c_data], [&d, &z, &bias, &h0]);
     let block_len = b.pick(&[256, 0, 1, 3, usize::MAX]);
     let p = SelectiveScanParams {
         d: d.as_deref(),
@@ -357,25 +365,7 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
             "api scan {dims:?} B:{b_groups:?} C:{c_groups:?} block {block_len} cu {cu:?} final {} check_finite {}",
             p.return_final_states, p.check_finite
         ));
-    let valid = c.validate(|| p.validate())?;
-    let num_seqs = valid.as_ref().map_or(0, |l| l.num_seqs);
-    let valid = valid.map(|_| ());
-    finite_contract(
-        &c,
-        p.check_finite,
-        &valid,
-        &[
-            Some(&u),
-            Some(&delta),
-            Some(&a),
-            Some(&b_data),
-            Some(&c_data),
-            d.as_deref(),
-            z.as_deref(),
-            bias.as_deref(),
-            h0.as_deref(),
-        ],
-    )?;
+    let (valid, num_seqs) = c.validate(p.check_finite, &tensors, || Ok(p.validate()?.num_seqs))?;
     let states = [num_seqs, d_inner, d_state];
     if valid.is_ok() && implied(&[batch, d_inner, seqlen], &states) > MAX_OUTPUT_ELEMENTS {
         return skipped();
@@ -428,19 +418,12 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
     let b_data = tensor(b, blgn);
     let c_data = tensor(b, blgn);
     let bias = optional(b, Some(heads));
-    let d_per_head_dim = b.bool();
-    let d = optional(
-        b,
-        if d_per_head_dim {
-            product(&[heads, head_dim])
-        } else {
-            Some(heads)
-        },
-    );
+    let (d_per_head_dim, d) = mamba2_skip(b, heads, head_dim);
     let z = optional(b, blhp);
     let cu = cu_seqlens(b, seqlen);
     let seqs = cu.as_ref().map_or(batch, |c| c.len().saturating_sub(1));
     let s0 = optional(b, product(&[seqs, heads, head_dim, d_state]));
+    let tensors = sequence_tensors([&x, &dt, &a, &b_data, &c_data], [&d, &z, &bias, &s0]);
     let dt_limit = dt_limit(b);
     let chunk = b.pick(&[256, 0, 1, 3, usize::MAX]);
     let p = SsdParams {
@@ -459,25 +442,7 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
         "api ssd {dims:?} chunk {chunk} dt_limit {dt_limit:?} cu {cu:?} final {} check_finite {}",
         p.return_final_states, p.check_finite
     ));
-    let valid = c.validate(|| p.validate())?;
-    let num_seqs = valid.as_ref().map_or(0, |l| l.num_seqs);
-    let valid = valid.map(|_| ());
-    finite_contract(
-        &c,
-        p.check_finite,
-        &valid,
-        &[
-            Some(&x),
-            Some(&dt),
-            Some(&a),
-            Some(&b_data),
-            Some(&c_data),
-            d.as_deref(),
-            z.as_deref(),
-            bias.as_deref(),
-            s0.as_deref(),
-        ],
-    )?;
+    let (valid, num_seqs) = c.validate(p.check_finite, &tensors, || Ok(p.validate()?.num_seqs))?;
     let states = [num_seqs, heads, head_dim, d_state];
     if valid.is_ok() && implied(&[batch, seqlen, heads, head_dim], &states) > MAX_OUTPUT_ELEMENTS {
         return skipped();
@@ -503,6 +468,17 @@ fn ssd(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Findi
         })?;
     }
     c.finish(&valid)
+}
+
+/// The Mamba-2 skip term, if drawn: `(H, P)` when the flag is set, else `(H)`.
+fn mamba2_skip(b: &mut Hostile<'_>, heads: usize, head_dim: usize) -> (bool, Option<Vec<f32>>) {
+    let per_head_dim = b.bool();
+    let len = if per_head_dim {
+        product(&[heads, head_dim])
+    } else {
+        Some(heads)
+    };
+    (per_head_dim, optional(b, len))
 }
 
 /// A state cache and `state_batch_indices` for a step: the right size or not,
@@ -572,15 +548,7 @@ fn mamba2_step(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcom
     let a = rates(b, Some(heads));
     let bgn = product(&[batch, groups, d_state]);
     let (b_data, c_data) = (tensor(b, bgn), tensor(b, bgn));
-    let d_per_head_dim = b.bool();
-    let d = optional(
-        b,
-        if d_per_head_dim {
-            product(&[heads, head_dim])
-        } else {
-            Some(heads)
-        },
-    );
+    let (d_per_head_dim, d) = mamba2_skip(b, heads, head_dim);
     let z = optional(b, bhp);
     let bias = optional(b, Some(heads));
     let dt_limit = dt_limit(b);
@@ -683,10 +651,9 @@ fn step_contract<P: StepApi>(
     skip_and_bias: [Option<&[f32]>; 2],
     ctx: &Ctx<'_>,
 ) -> std::result::Result<Outcome, Finding> {
-    let valid = c.validate(|| p.validate(state.len()))?;
     let mut tensors = p.checked_tensors().to_vec();
     tensors.extend(skip_and_bias);
-    finite_contract(&c, p.check_finite(), &valid, &tensors)?;
+    let (valid, ()) = c.validate(p.check_finite(), &tensors, || p.validate(state.len()))?;
     let want = (p.out_len(), None);
     let name = |implementation: &str| format!("{} step {implementation}", P::FAMILY);
     c.check(&name("reference f64"), &valid, want, false, false, || {

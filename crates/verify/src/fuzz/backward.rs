@@ -19,7 +19,6 @@
 //! yet, so the rule is the in-model one only. The CUDA backward joins when it
 //! exists.
 
-use half::{bf16, f16};
 use mamba1_scan::backward_cpu::selective_scan_backward_blocked;
 use mamba1_scan::backward_cpu::tolerance::judge_all;
 use mamba2_ssd::backward_cpu::ssd_backward_chunked;
@@ -39,17 +38,6 @@ use crate::gen::{DKind, DtRegime, Mamba1Case, Mamba1Data, SsdCase, SsdData};
 /// Largest sequence the targets decode: the f64 adjoint and the magnitude sweep
 /// run on every case, so cases stay small (thousands of cases a minute).
 const MAX_SEQLEN: usize = 40;
-
-/// Dispatch on a decoded element type.
-macro_rules! by_dtype {
-    ($dtype:expr, $f:ident($($arg:expr),*)) => {
-        match $dtype {
-            DType::F32 | DType::F64 => $f::<f32>($($arg),*),
-            DType::Bf16 => $f::<bf16>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-        }
-    };
-}
 
 /// `n` standard normals from `seed`, rounded to `T` (the incoming gradients).
 fn normals<T: Element>(rng: &mut StdRng, n: usize) -> Vec<T> {

@@ -92,19 +92,14 @@ impl<'a> Bytes<'a> {
     /// `num_seqs + 1` sorted offsets from 0 to `len`: cuts drawn from the bytes, so
     /// empty and length-1 sequences come up often.
     pub fn cu_seqlens(&mut self, len: usize, num_seqs: usize) -> Vec<i64> {
-        let mut cuts: Vec<i64> = (0..num_seqs.saturating_sub(1))
+        let cuts = (0..num_seqs.saturating_sub(1))
             .map(|_| match self.int(0, 3) {
                 0 => 0,
                 1 => len as i64,
                 _ => self.int(0, len) as i64,
             })
             .collect();
-        cuts.sort_unstable();
-        let mut cu = Vec::with_capacity(num_seqs + 1);
-        cu.push(0);
-        cu.extend(cuts);
-        cu.push(len as i64);
-        cu
+        crate::gen::cu_seqlens_from_cuts(len, cuts)
     }
 }
 

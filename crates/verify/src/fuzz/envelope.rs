@@ -213,8 +213,9 @@ fn range(xs: &[f32]) -> (f64, f64) {
     }
 }
 
-/// Longest sequence of a (possibly varlen) row of `seqlen`.
-fn longest_sequence(cu_seqlens: Option<&[i64]>, seqlen: usize) -> usize {
+/// Longest sequence of a (possibly varlen) row of `seqlen`: the envelope's
+/// recurrence length, and the targets' reduction length.
+pub(super) fn longest_sequence(cu_seqlens: Option<&[i64]>, seqlen: usize) -> usize {
     segments(cu_seqlens, seqlen)
         .iter()
         .map(|&(s, e)| e.saturating_sub(s))

@@ -3,7 +3,6 @@
 
 use std::cell::OnceCell;
 
-use half::{bf16, f16};
 use ssm_core::mamba2::SsdParams;
 use ssm_core::shape::segments;
 use ssm_core::tolerance::{rel_l2_budget, state_budget};
@@ -11,7 +10,8 @@ use ssm_core::{DType, Result, ScanOutput};
 use ssm_gpu::DeviceElement;
 
 use super::envelope::{
-    mamba1_step_envelope, mamba2_step_envelope, scan_envelope, ssd_envelope, Envelope,
+    longest_sequence, mamba1_step_envelope, mamba2_step_envelope, scan_envelope, ssd_envelope,
+    Envelope,
 };
 use super::problems::{ScanProblem, SsdProblem, StepProblem};
 use super::verdict::{judge, shift_rates, Budget, Class, Conditioning};
@@ -21,24 +21,28 @@ use crate::impls::{Family, ScanImpl, SsdImpl, CUDA_SSD_MAX_CHUNK};
 
 const F32_MAX: f64 = f32::MAX as f64;
 
-/// Longest sequence of a (possibly varlen) row.
-fn longest(cu_seqlens: Option<&[i64]>, seqlen: usize) -> usize {
-    segments(cu_seqlens, seqlen)
-        .iter()
-        .map(|&(s, e)| e.saturating_sub(s))
-        .max()
-        .unwrap_or(0)
+/// A target's outcome, or the first finding against an implementation.
+type Judged = std::result::Result<Outcome, Finding>;
+
+/// The CPU implementation, then the CUDA one where the run has a GPU.
+fn cpu_then_cuda<I>(ctx: &Ctx<'_>, cpu: I, cuda: I) -> Vec<I> {
+    let mut impls = vec![cpu];
+    if ctx.gpu.is_some() {
+        impls.push(cuda);
+    }
+    impls
 }
 
-/// Dispatch on a decoded element type.
-macro_rules! by_dtype {
-    ($dtype:expr, $f:ident($($arg:expr),*)) => {
-        match $dtype {
-            DType::F32 | DType::F64 => $f::<f32>($($arg),*),
-            DType::Bf16 => $f::<bf16>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-        }
-    };
+/// The f32 budget of an implementation storing `dtype` whose decays are off
+/// by `sum |a|` = `k` at the most (0: step by step).
+fn f32_budget(dtype: DType, k: f64, reduction: usize, env: &Envelope) -> Budget {
+    Budget::f32(
+        rel_l2_budget(dtype, k),
+        state_budget(k),
+        dtype,
+        reduction,
+        env,
+    )
 }
 
 /// One oracle run on modified inputs (verdict docs), computed at most once.
@@ -52,7 +56,17 @@ struct ConditioningRuns<'a> {
     shifted: OracleRun<'a>,
 }
 
-impl ConditioningRuns<'_> {
+impl<'a> ConditioningRuns<'a> {
+    fn of(
+        magnitude: impl Fn() -> Option<ScanOutput<f64, f64>> + 'a,
+        shifted: impl Fn() -> Option<ScanOutput<f64, f64>> + 'a,
+    ) -> Self {
+        ConditioningRuns {
+            magnitude: Box::new(magnitude),
+            shifted: Box::new(shifted),
+        }
+    }
+
     fn run(&self) -> Conditioning {
         Conditioning {
             magnitude: guarded(&self.magnitude).ok().flatten(),
@@ -65,7 +79,7 @@ impl ConditioningRuns<'_> {
 struct Referee<'a> {
     target: Target,
     problem: String,
-    want: &'a Result<ScanOutput<f64, f64>>,
+    want: Result<ScanOutput<f64, f64>>,
     env: Option<Envelope>,
     conditioning: ConditioningRuns<'a>,
     conditioning_cache: OnceCell<Conditioning>,
@@ -73,13 +87,17 @@ struct Referee<'a> {
 }
 
 impl<'a> Referee<'a> {
+    /// Run the oracle (a panic in it is a finding) and, where it accepted the
+    /// problem, the envelope; every target judges against these two.
     fn new(
         target: Target,
         problem: String,
-        want: &'a Result<ScanOutput<f64, f64>>,
-        env: Option<Envelope>,
+        oracle: impl FnOnce() -> Result<ScanOutput<f64, f64>>,
+        envelope: impl FnOnce() -> Envelope,
         conditioning: ConditioningRuns<'a>,
     ) -> std::result::Result<Self, Finding> {
+        let want = guarded(oracle).map_err(|m| oracle_panic(target, &problem, m))?;
+        let env = want.is_ok().then(envelope);
         let referee = Referee {
             target,
             problem,
@@ -105,7 +123,7 @@ impl<'a> Referee<'a> {
 
     /// The oracle itself must be finite on finite inputs that fit f64.
     fn check_oracle(&self) -> std::result::Result<(), Finding> {
-        if let (Ok(want), Some(env)) = (self.want, &self.env) {
+        if let (Ok(want), Some(env)) = (&self.want, &self.env) {
             if Class::of(env, want, f64::MAX, None) == Class::InModel {
                 let states = want.final_states.as_deref().unwrap_or(&[]);
                 if want.out.iter().chain(states).any(|v| !v.is_finite()) {
@@ -131,7 +149,7 @@ impl<'a> Referee<'a> {
         may_decline: bool,
         run: impl FnOnce() -> Result<ScanOutput<f64, f64>>,
     ) -> std::result::Result<(), Finding> {
-        let (class, budget) = match (self.want, &self.env) {
+        let (class, budget) = match (&self.want, &self.env) {
             (Ok(want), Some(env)) => {
                 let budget = budget(env);
                 (
@@ -147,7 +165,7 @@ impl<'a> Referee<'a> {
             self.conditioning_cache
                 .get_or_init(|| self.conditioning.run())
         };
-        let checked = judge(class, &got, self.want, &budget, may_decline, conditioning)
+        let checked = judge(class, &got, &self.want, &budget, may_decline, conditioning)
             .map_err(|d| self.finding(name, Some(class), d))?;
         self.outcome.record(class, checked);
         Ok(())
@@ -156,59 +174,33 @@ impl<'a> Referee<'a> {
 
 // ---------------------------------------------------------------- scan
 
-pub(super) fn scan(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+pub(super) fn scan(bytes: &[u8], ctx: &Ctx<'_>) -> Judged {
     let problem = ScanProblem::decode(&mut super::draw::Bytes::new(bytes));
     by_dtype!(problem.dtype, scan_as(&problem, ctx))
 }
 
-fn scan_as<T: DeviceElement>(
-    problem: &ScanProblem,
-    ctx: &Ctx<'_>,
-) -> std::result::Result<Outcome, Finding> {
+fn scan_as<T: DeviceElement>(problem: &ScanProblem, ctx: &Ctx<'_>) -> Judged {
     let inputs = problem.data.inputs::<T>();
     let p = inputs.params();
-    let describe = problem.describe();
-    let want = guarded(|| ssm_reference::selective_scan(&p))
-        .map_err(|m| oracle_panic(Target::Scan, &describe, m))?;
-    let env = want.is_ok().then(|| scan_envelope(&p));
-    let magnitude = Box::new(|| scan_magnitude(&p));
-    let shifted = Box::new(|| scan_shifted(&p));
-    let runs = ConditioningRuns { magnitude, shifted };
-    let mut referee = Referee::new(Target::Scan, describe, &want, env, runs)?;
-    let reduction = p.dims.d_state + longest(p.cu_seqlens, p.dims.seqlen);
-    let f32_budget = |env: &Envelope| {
-        Budget::f32(
-            rel_l2_budget(T::DTYPE, 0.0),
-            state_budget(0.0),
-            T::DTYPE,
-            reduction,
-            env,
-        )
-    };
-    let mut impls = vec![ScanImpl::CpuBlocked {
+    let reduction = p.dims.d_state + longest_sequence(p.cu_seqlens, p.dims.seqlen);
+    let runs = ConditioningRuns::of(|| scan_magnitude(&p), || scan_shifted(&p));
+    let (oracle, envelope) = (|| ssm_reference::selective_scan(&p), || scan_envelope(&p));
+    let mut referee = Referee::new(Target::Scan, problem.describe(), oracle, envelope, runs)?;
+    let cpu = ScanImpl::CpuBlocked {
         block_len: problem.block_len,
-    }];
-    if ctx.gpu.is_some() {
-        impls.push(ScanImpl::Cuda);
-    }
-    for imp in impls {
+    };
+    for imp in cpu_then_cuda(ctx, cpu, ScanImpl::Cuda) {
         let run = || imp.run(&inputs, ctx.gpu);
         let is_cuda = imp == ScanImpl::Cuda;
-        referee.judge(
-            &imp.name(),
-            F32_MAX,
-            Some(T::DTYPE),
-            f32_budget,
-            is_cuda,
-            run,
-        )?;
+        let budget = |env: &Envelope| f32_budget(T::DTYPE, 0.0, reduction, env);
+        referee.judge(&imp.name(), F32_MAX, Some(T::DTYPE), budget, is_cuda, run)?;
     }
     Ok(referee.outcome)
 }
 
 // ---------------------------------------------------------------- SSD
 
-pub(super) fn ssd(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+pub(super) fn ssd(bytes: &[u8], ctx: &Ctx<'_>) -> Judged {
     let problem = SsdProblem::decode(&mut super::draw::Bytes::new(bytes));
     by_dtype!(problem.dtype, ssd_as(&problem, ctx))
 }
@@ -241,23 +233,15 @@ pub fn ssd_window_log_decay<T: ssm_core::Element>(p: &SsdParams<'_, T>, window: 
     k
 }
 
-fn ssd_as<T: DeviceElement>(
-    problem: &SsdProblem,
-    ctx: &Ctx<'_>,
-) -> std::result::Result<Outcome, Finding> {
+fn ssd_as<T: DeviceElement>(problem: &SsdProblem, ctx: &Ctx<'_>) -> Judged {
     let inputs = problem.data.inputs::<T>();
     let p = inputs.params();
-    let describe = problem.describe();
-    let want = guarded(|| ssm_reference::ssd_recurrence(&p))
-        .map_err(|m| oracle_panic(Target::Ssd, &describe, m))?;
-    let env = want.is_ok().then(|| ssd_envelope(&p));
-    let magnitude = Box::new(|| ssd_magnitude(&p));
-    let shifted = Box::new(|| ssd_shifted(&p));
-    let runs = ConditioningRuns { magnitude, shifted };
-    let mut referee = Referee::new(Target::Ssd, describe, &want, env, runs)?;
     let dims = p.dims;
-    let reduction = dims.d_state + dims.head_dim + longest(p.cu_seqlens, dims.seqlen);
-    let valid = want.is_ok();
+    let reduction = dims.d_state + dims.head_dim + longest_sequence(p.cu_seqlens, dims.seqlen);
+    let runs = ConditioningRuns::of(|| ssd_magnitude(&p), || ssd_shifted(&p));
+    let (oracle, envelope) = (|| ssm_reference::ssd_recurrence(&p), || ssd_envelope(&p));
+    let mut referee = Referee::new(Target::Ssd, problem.describe(), oracle, envelope, runs)?;
+    let valid = referee.want.is_ok();
     let k_of = |window: usize| {
         if valid {
             ssd_window_log_decay(&p, window)
@@ -277,28 +261,16 @@ fn ssd_as<T: DeviceElement>(
         || quadratic.run(&inputs, None),
     )?;
 
-    let mut impls = vec![SsdImpl::CpuChunked {
+    let cpu = SsdImpl::CpuChunked {
         chunk: problem.chunk,
-    }];
-    if ctx.gpu.is_some() {
-        impls.push(SsdImpl::Cuda);
-    }
-    for imp in impls {
+    };
+    for imp in cpu_then_cuda(ctx, cpu, SsdImpl::Cuda) {
         let window = match imp {
             SsdImpl::CpuChunked { chunk } => chunk,
             _ => CUDA_SSD_MAX_CHUNK,
         };
         let k = k_of(window);
-        let budget = |env: &Envelope| {
-            Budget::f32(
-                rel_l2_budget(T::DTYPE, k),
-                state_budget(k),
-                T::DTYPE,
-                reduction,
-                env,
-            )
-            .with_log_decay(k)
-        };
+        let budget = |env: &Envelope| f32_budget(T::DTYPE, k, reduction, env).with_log_decay(k);
         let is_cuda = imp == SsdImpl::Cuda;
         let run = || imp.run(&inputs, ctx.gpu);
         referee.judge(&imp.name(), F32_MAX, Some(T::DTYPE), budget, is_cuda, run)?;
@@ -308,7 +280,7 @@ fn ssd_as<T: DeviceElement>(
 
 // ---------------------------------------------------------------- decode steps
 
-pub(super) fn step(bytes: &[u8], ctx: &Ctx<'_>) -> std::result::Result<Outcome, Finding> {
+pub(super) fn step(bytes: &[u8], ctx: &Ctx<'_>) -> Judged {
     let problem = StepProblem::decode(&mut super::draw::Bytes::new(bytes));
     by_dtype!(problem.dtype, step_as(&problem, ctx))
 }
@@ -330,27 +302,21 @@ fn run_step<T: DeviceElement>(
 ) -> (Result<ScanOutput<f64, f64>>, Vec<f32>) {
     let mut state = problem.state.clone();
     let result = (|| {
-        let out = match (problem.family, backend) {
-            (Family::Mamba1, StepBackend::Cpu) => mamba1_scan::decode_step(
-                &problem.mamba1(tensors),
-                &mut state,
-                mamba1_scan::Backend::Cpu(Default::default()),
-            )?,
-            (Family::Mamba1, StepBackend::Cuda) => mamba1_scan::decode_step(
-                &problem.mamba1(tensors),
-                &mut state,
-                mamba1_scan::Backend::Cuda(ctx.require_gpu()?),
-            )?,
-            (Family::Mamba2, StepBackend::Cpu) => mamba2_ssd::decode_step(
-                &problem.mamba2(tensors),
-                &mut state,
-                mamba2_ssd::Backend::Cpu(Default::default()),
-            )?,
-            (Family::Mamba2, StepBackend::Cuda) => mamba2_ssd::decode_step(
-                &problem.mamba2(tensors),
-                &mut state,
-                mamba2_ssd::Backend::Cuda(ctx.require_gpu()?),
-            )?,
+        let out = match problem.family {
+            Family::Mamba1 => {
+                let backend = match backend {
+                    StepBackend::Cpu => mamba1_scan::Backend::Cpu(Default::default()),
+                    StepBackend::Cuda => mamba1_scan::Backend::Cuda(ctx.require_gpu()?),
+                };
+                mamba1_scan::decode_step(&problem.mamba1(tensors), &mut state, backend)?
+            }
+            Family::Mamba2 => {
+                let backend = match backend {
+                    StepBackend::Cpu => mamba2_ssd::Backend::Cpu(Default::default()),
+                    StepBackend::Cuda => mamba2_ssd::Backend::Cuda(ctx.require_gpu()?),
+                };
+                mamba2_ssd::decode_step(&problem.mamba2(tensors), &mut state, backend)?
+            }
         };
         Ok(ScanOutput {
             out: ssm_core::element::widen(&out.out),
@@ -422,19 +388,13 @@ fn step_oracle<T: DeviceElement>(problem: &StepProblem) -> Result<ScanOutput<f64
     })
 }
 
-fn step_as<T: DeviceElement>(
-    problem: &StepProblem,
-    ctx: &Ctx<'_>,
-) -> std::result::Result<Outcome, Finding> {
+fn step_as<T: DeviceElement>(problem: &StepProblem, ctx: &Ctx<'_>) -> Judged {
     let tensors = problem.tensors::<T>();
-    let describe = problem.describe();
-    let want = guarded(|| step_oracle::<T>(problem))
-        .map_err(|m| oracle_panic(Target::Step, &describe, m))?;
-    let env = want.is_ok().then(|| match problem.family {
+    let envelope = || match problem.family {
         Family::Mamba1 => mamba1_step_envelope(&problem.mamba1(&tensors), &problem.state),
         Family::Mamba2 => mamba2_step_envelope(&problem.mamba2(&tensors), &problem.state),
-    });
-    let magnitude = Box::new(|| {
+    };
+    let magnitude = || {
         step_oracle::<T>(&StepProblem {
             x: problem.x.iter().map(|v| v.abs()).collect(),
             b: problem.b.iter().map(|v| v.abs()).collect(),
@@ -447,31 +407,20 @@ fn step_as<T: DeviceElement>(
             ..problem.clone()
         })
         .ok()
-    });
-    let shifted = Box::new(|| {
+    };
+    let shifted = || {
         step_oracle::<T>(&StepProblem {
             a: shift_rates(&problem.a),
             ..problem.clone()
         })
         .ok()
-    });
-    let runs = ConditioningRuns { magnitude, shifted };
-    let mut referee = Referee::new(Target::Step, describe, &want, env, runs)?;
-    let reduction = problem.d_state + problem.head_dim;
-    let budget = |env: &Envelope| {
-        Budget::f32(
-            rel_l2_budget(T::DTYPE, 0.0),
-            state_budget(0.0),
-            T::DTYPE,
-            reduction,
-            env,
-        )
     };
-    let mut backends = vec![StepBackend::Cpu];
-    if ctx.gpu.is_some() {
-        backends.push(StepBackend::Cuda);
-    }
-    for backend in backends {
+    let runs = ConditioningRuns::of(magnitude, shifted);
+    let oracle = || step_oracle::<T>(problem);
+    let mut referee = Referee::new(Target::Step, problem.describe(), oracle, envelope, runs)?;
+    let reduction = problem.d_state + problem.head_dim;
+    let budget = |env: &Envelope| f32_budget(T::DTYPE, 0.0, reduction, env);
+    for backend in cpu_then_cuda(ctx, StepBackend::Cpu, StepBackend::Cuda) {
         let name = match backend {
             StepBackend::Cpu => crate::impls::StepImpl::Cpu.name(problem.family),
             StepBackend::Cuda => crate::impls::StepImpl::Cuda.name(problem.family),
