@@ -49,6 +49,7 @@ use ssm_core::shape::segments;
 use ssm_core::{Element, Result, SsmError};
 
 use crate::cpu::exp2::exp2;
+use crate::cpu::plan::{cut_spans, group_span, ChannelChunk};
 
 #[cfg(test)]
 mod tests;
@@ -164,7 +165,7 @@ pub fn selective_scan_backward_blocked<T: Element>(
 fn reduce_bc<T: Element>(
     bc: &BcInput<'_, T>,
     dims: Mamba1Dims,
-    chunks: &[Chunk],
+    chunks: &[ChannelChunk],
     results: &[ChunkResult<T>],
     partial: impl Fn(&ChunkResult<T>) -> &[f32] + Sync,
 ) -> Vec<T> {
@@ -210,48 +211,15 @@ fn reduce_bc<T: Element>(
     out.into_iter().map(T::from_f32).collect()
 }
 
-/// A task: channels `channels` of batch row `row`, inside one B group and one
-/// C group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Chunk {
-    row: usize,
-    channels: Range<usize>,
-}
-
-fn channels_per_group<T>(bc: &BcInput<'_, T>, d_inner: usize) -> usize {
-    match *bc {
-        BcInput::Grouped { groups, .. } => d_inner / groups,
-        BcInput::Constant(_) => d_inner,
-    }
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
 /// Row-major chunks of at most [`CHUNK_CHANNELS`] channels that cross no group
-/// boundary of B or C (spans of the gcd of the two group sizes cross neither).
-fn chunks<T>(batch: usize, d_inner: usize, b: &BcInput<'_, T>, c: &BcInput<'_, T>) -> Vec<Chunk> {
-    let span = gcd(
-        channels_per_group(b, d_inner),
-        channels_per_group(c, d_inner),
-    );
-    let mut out = Vec::new();
-    for row in 0..batch {
-        for span_start in (0..d_inner).step_by(span) {
-            for start in (span_start..span_start + span).step_by(CHUNK_CHANNELS) {
-                out.push(Chunk {
-                    row,
-                    channels: start..(start + CHUNK_CHANNELS).min(span_start + span),
-                });
-            }
-        }
-    }
-    out
+/// boundary of B or C.
+fn chunks<T>(
+    batch: usize,
+    d_inner: usize,
+    b: &BcInput<'_, T>,
+    c: &BcInput<'_, T>,
+) -> Vec<ChannelChunk> {
+    cut_spans(batch, d_inner, group_span(d_inner, b, c), CHUNK_CHANNELS)
 }
 
 /// What one task hands back; per-channel arrays are `(channels, ...)`.
@@ -356,7 +324,7 @@ struct Scratch {
 fn run_chunk<T: Element>(
     p: &SelectiveScanParams<'_, T>,
     grads: &ScanGradInputs<'_, T>,
-    chunk: &Chunk,
+    chunk: &ChannelChunk,
     block_len: usize,
 ) -> ChunkResult<T> {
     let dims = p.dims;

@@ -20,7 +20,7 @@
 
 mod block;
 pub(crate) mod exp2;
-mod plan;
+pub(crate) mod plan;
 mod task;
 
 use rayon::prelude::*;

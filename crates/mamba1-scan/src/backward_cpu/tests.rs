@@ -296,6 +296,15 @@ fn varlen_equals_separate_runs() {
     assert!(cmp.rel_l2 < 1e-6, "dA: {cmp:?}");
 }
 
+/// `f` on a fresh pool of `threads` threads.
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(f)
+}
+
 /// Reruns and any number of threads give the same bits (fixed partition and
 /// fixed reduction order).
 #[test]
@@ -305,33 +314,19 @@ fn bit_identical_across_reruns_and_threads() {
     let data = Data::generate(&case, 14);
     let r = Rounded::<bf16>::new(&data);
     let p = r.params(&case, &data);
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            selective_scan_backward_blocked(&p, &r.d_out, Some(&data.d_final), 16).unwrap()
-        })
-    };
-    let base = run(1);
+    let backward =
+        || selective_scan_backward_blocked(&p, &r.d_out, Some(&data.d_final), 16).unwrap();
+    let base = on_threads(1, backward);
     for threads in [1, 2, 3, 8] {
-        assert_eq!(run(threads), base, "{threads} threads");
+        assert_eq!(on_threads(threads, backward), base, "{threads} threads");
     }
     let batched = Case::all(3, 70, 4, 20);
     let data = Data::generate(&batched, 15);
     let r = Rounded::<f32>::new(&data);
     let p = r.params(&batched, &data);
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            selective_scan_backward_blocked(&p, &r.d_out, Some(&data.d_final), 5).unwrap()
-        })
-    };
-    assert_eq!(run(1), run(4));
+    let backward =
+        || selective_scan_backward_blocked(&p, &r.d_out, Some(&data.d_final), 5).unwrap();
+    assert_eq!(on_threads(1, backward), on_threads(4, backward));
 }
 
 /// Every gradient input is validated with a typed error naming it.

@@ -82,12 +82,7 @@ pub(crate) fn channel_chunks<T>(
     c: &BcInput<'_, T>,
     threads: usize,
 ) -> Vec<ChannelChunk> {
-    // B's group boundaries are multiples of its group size, C's of its own: spans
-    // of their gcd cross neither.
-    let span = gcd(
-        channels_per_group(b, d_inner),
-        channels_per_group(c, d_inner),
-    );
+    let span = group_span(d_inner, b, c);
     let spans = batch * (d_inner / span);
     let lane_groups_per_span = span.div_ceil(LANES);
 
@@ -99,7 +94,26 @@ pub(crate) fn channel_chunks<T>(
         lane_groups_per_task /= 2;
     }
     let chunk_len = span.min(lane_groups_per_task * LANES);
+    cut_spans(batch, d_inner, span, chunk_len)
+}
 
+/// The channel span no task may cross: B's group boundaries are multiples of
+/// its group size, C's of its own, so spans of their gcd cross neither.
+pub(crate) fn group_span<T>(d_inner: usize, b: &BcInput<'_, T>, c: &BcInput<'_, T>) -> usize {
+    gcd(
+        channels_per_group(b, d_inner),
+        channels_per_group(c, d_inner),
+    )
+}
+
+/// Row-major tasks of at most `chunk_len` channels, each inside one `span`
+/// (the forward's and the backward's partitions, at their own chunk lengths).
+pub(crate) fn cut_spans(
+    batch: usize,
+    d_inner: usize,
+    span: usize,
+    chunk_len: usize,
+) -> Vec<ChannelChunk> {
     let mut chunks = Vec::new();
     for row in 0..batch {
         for span_start in (0..d_inner).step_by(span) {
