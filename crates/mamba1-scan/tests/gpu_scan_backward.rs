@@ -175,15 +175,7 @@ fn variants_match_the_default_bit_for_bit_on_corner_shapes() {
     c.c_groups = Some(3);
     cases.push(("B const, C 3 groups".into(), c));
     for lens in [vec![100i64, 0, 1, 250, 33], vec![0, 64, 64, 1]] {
-        let total: i64 = lens.iter().sum();
-        let mut c = Case::all(1, 48, 16, total as usize);
-        c.b_groups = Some(2);
-        let mut cu = vec![0i64];
-        for l in &lens {
-            cu.push(cu.last().unwrap() + l);
-        }
-        c.cu = Some(cu);
-        cases.push((format!("varlen {lens:?}"), c));
+        cases.push((format!("varlen {lens:?}"), varlen_case(&lens)));
     }
     for (i, (name, c)) in cases.iter().enumerate() {
         check_variants::<bf16>(&gpu, name, c, 300 + i as u64);
@@ -192,6 +184,19 @@ fn variants_match_the_default_bit_for_bit_on_corner_shapes() {
             check_variants::<f32>(&gpu, name, c, 300 + i as u64);
         }
     }
+}
+
+/// Every option, 48 channels, B in 2 groups, one varlen sequence per length.
+fn varlen_case(lens: &[i64]) -> Case {
+    let total: i64 = lens.iter().sum();
+    let mut c = Case::all(1, 48, 16, total as usize);
+    c.b_groups = Some(2);
+    let mut cu = vec![0i64];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    c.cu = Some(cu);
+    c
 }
 
 #[test]
@@ -240,15 +245,12 @@ fn varlen_with_per_sequence_states_matches_the_adjoint() {
         .into_iter()
         .enumerate()
     {
-        let total: i64 = lens.iter().sum();
-        let mut c = Case::all(1, 48, 16, total as usize);
-        c.b_groups = Some(2);
-        let mut cu = vec![0i64];
-        for l in &lens {
-            cu.push(cu.last().unwrap() + l);
-        }
-        c.cu = Some(cu);
-        all_dtypes(&gpu, &format!("varlen {lens:?}"), &c, 40 + i as u64);
+        all_dtypes(
+            &gpu,
+            &format!("varlen {lens:?}"),
+            &varlen_case(&lens),
+            40 + i as u64,
+        );
     }
 }
 
@@ -311,6 +313,25 @@ fn bad_gradient_shapes_are_typed_errors() {
     }
 }
 
+/// Constant B and C, softplus and the gate z over `[u, delta, B, C, z]`.
+fn gated_constant_bc<'a>(
+    dims: Mamba1Dims,
+    a: &'a [f32],
+    [u, delta, b, c, z]: [&'a [bf16]; 5],
+) -> SelectiveScanParams<'a, bf16> {
+    let mut p = SelectiveScanParams::new(
+        dims,
+        u,
+        delta,
+        a,
+        BcInput::Constant(b),
+        BcInput::Constant(c),
+    )
+    .with_delta_softplus(true);
+    p.z = Some(z);
+    p
+}
+
 /// Offsets past 2^31 elements: b 1, D_in 2^19 + 64, L 4096 (2^31 + 2^18
 /// elements per tensor, bf16), constant B/C so that channels are independent.
 /// The last 64 channels are judged against the adjoint of those channels alone.
@@ -350,43 +371,22 @@ fn offsets_past_2_pow_31() {
     let a: Vec<f32> = (0..d_inner * n)
         .map(|i| -0.5 - (i % 7) as f32 * 0.25)
         .collect();
-    let dims = Mamba1Dims {
-        batch: 1,
-        d_inner,
-        d_state: n,
-        seqlen: l,
-    };
-    let mut p = SelectiveScanParams::new(
-        dims,
-        &u,
-        &delta,
+    let p = gated_constant_bc(
+        Mamba1Dims::new(1, d_inner, n, l),
         &a,
-        BcInput::Constant(&bmat),
-        BcInput::Constant(&cmat),
-    )
-    .with_delta_softplus(true);
-    p.z = Some(&z);
+        [&u, &delta, &bmat, &cmat, &z],
+    );
     let got = selective_scan_backward_cuda(&gpu, &p, &d_out, None).unwrap();
     // The last `keep` channels as their own problem.
     let lo = d_inner - keep;
     let tail = |x: &[bf16], per: usize| x[lo * per..].to_vec();
     let (u2, delta2, dout2, z2) = (tail(&u, l), tail(&delta, l), tail(&d_out, l), tail(&z, l));
     let (b2, c2, a2) = (tail(&bmat, n), tail(&cmat, n), a[lo * n..].to_vec());
-    let mut q = SelectiveScanParams::new(
-        Mamba1Dims {
-            batch: 1,
-            d_inner: keep,
-            d_state: n,
-            seqlen: l,
-        },
-        &u2,
-        &delta2,
+    let q = gated_constant_bc(
+        Mamba1Dims::new(1, keep, n, l),
         &a2,
-        BcInput::Constant(&b2),
-        BcInput::Constant(&c2),
-    )
-    .with_delta_softplus(true);
-    q.z = Some(&z2);
+        [&u2, &delta2, &b2, &c2, &z2],
+    );
     let want = selective_scan_backward(&q, &dout2, None).unwrap();
     let mag = selective_scan_backward_magnitudes(&q, &dout2, None).unwrap();
     let got_tail = ScanGrads {
