@@ -21,7 +21,7 @@ use ssm_core::{Element, Result, ScanOutput};
 
 use rayon::prelude::*;
 
-use crate::sequence::{gate, load_initial_state, sequences, Sequence};
+use crate::sequence::{gate, load_initial_state, sequence_channels};
 
 /// Naive f64 selective scan with every option of docs/DESIGN.md §1.1.
 /// `out` is `(b, D_in, L)`; final states `(b or num_seqs, D_in, N)` when requested.
@@ -32,10 +32,7 @@ pub fn selective_scan<T: Element>(p: &SelectiveScanParams<'_, T>) -> Result<Scan
 
     // Every (sequence, channel) is independent: run them in parallel (rayon), each
     // returning its final state and its outputs, then place them.
-    let tasks: Vec<(Sequence, usize)> = sequences(batch, seqlen, p.cu_seqlens)
-        .into_iter()
-        .flat_map(|seq| (0..d_inner).map(move |d| (seq, d)))
-        .collect();
+    let tasks = sequence_channels(batch, seqlen, d_inner, p.cu_seqlens);
     let results: Vec<(Vec<f64>, Vec<f64>)> = tasks
         .par_iter()
         .map(|&(seq, d)| {

@@ -50,7 +50,7 @@ use ssm_core::{Element, Result};
 use rayon::prelude::*;
 
 use crate::mamba1::bc_value;
-use crate::sequence::{load_initial_state, sequences, Sequence};
+use crate::sequence::{load_initial_state, sequence_channels, Sequence};
 
 /// Gradients of `sum(d_out * out) + sum(d_final_states * final_states)` with
 /// respect to every input of the forward `p`, in f64.
@@ -124,10 +124,7 @@ fn backward<T: Element>(
     let (batch, d_inner, d_state) = (p.dims.batch, p.dims.d_inner, p.dims.d_state);
     let seqlen = p.dims.seqlen;
 
-    let tasks: Vec<(Sequence, usize)> = sequences(batch, seqlen, p.cu_seqlens)
-        .into_iter()
-        .flat_map(|seq| (0..d_inner).map(move |d| (seq, d)))
-        .collect();
+    let tasks = sequence_channels(batch, seqlen, d_inner, p.cu_seqlens);
     let contributions: Vec<Contribution> = tasks
         .par_iter()
         .map(|&(seq, d)| channel_backward(p, &grads, mode, seq, d))

@@ -53,6 +53,20 @@ pub(crate) fn sequences(batch: usize, seqlen: usize, cu_seqlens: Option<&[i64]>)
     }
 }
 
+/// Every (sequence, channel) pair of a validated Mamba-1 call, sequence-major:
+/// the independent tasks of the forward and backward oracles.
+pub(crate) fn sequence_channels(
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    cu_seqlens: Option<&[i64]>,
+) -> Vec<(Sequence, usize)> {
+    sequences(batch, seqlen, cu_seqlens)
+        .into_iter()
+        .flat_map(|seq| (0..d_inner).map(move |d| (seq, d)))
+        .collect()
+}
+
 /// Fill `state` (one state row of `state.len()` elements) from row `row` of the
 /// optional f32 initial states, widened exactly; zero when none were given.
 pub(crate) fn load_initial_state(state: &mut [f64], initial_states: Option<&[f32]>, row: usize) {

@@ -251,7 +251,7 @@ impl<T: Element> Inputs<'_, '_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{assert_close, to_f32, widen_f32, SsdProblem};
+    use crate::test_support::{assert_close, empty_ssd, to_f32, widen_f32, SsdProblem};
     use ssm_core::mamba2::DSkip;
     use std::f64::consts::LN_2;
 
@@ -464,17 +464,7 @@ mod tests {
     #[test]
     fn empty_input_returns_initial_states() {
         let s0 = [1.5f32, -2.0];
-        let a = [-1f32];
-        let none = [0.0f64; 0];
-        let p = SsdParams::new(
-            SsdDims::new(1, 0, 1, 1, 2, 1),
-            &none,
-            &none,
-            &a,
-            &none,
-            &none,
-        )
-        .with_final_states(true);
+        let p = empty_ssd();
         let cu = [0i64, 0];
         for form in [ssd_recurrence::<f64>, ssd_quadratic::<f64>] {
             let got = form(&p).unwrap();

@@ -7,6 +7,13 @@ use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::tolerance::compare;
 
+/// An SSD call on no tokens (one head, P 1, N 2, A = -1) that asks for final
+/// states: what the empty-input tests of the forward and backward pass through.
+pub(crate) fn empty_ssd() -> SsdParams<'static, f64> {
+    SsdParams::new(SsdDims::new(1, 0, 1, 1, 2, 1), &[], &[], &[-1.0], &[], &[])
+        .with_final_states(true)
+}
+
 pub(crate) fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::ssd::ssd_recurrence;
-use crate::test_support::{rng, uniform, uniform_f32};
+use crate::test_support::{empty_ssd, rng, uniform, uniform_f32};
 use ssm_core::mamba2::{DSkip, SsdDims};
 use ssm_core::tolerance::compare;
 
@@ -537,22 +537,11 @@ fn gradient_inputs_are_validated() {
 
 #[test]
 fn empty_input_passes_the_final_state_gradient_through() {
-    let a = [-1f32];
-    let none = [0.0f64; 0];
     let s0 = [0.5f32, 2.0];
     let ds = [3.0f32, -1.0];
-    let p = SsdParams::new(
-        SsdDims::new(1, 0, 1, 1, 2, 1),
-        &none,
-        &none,
-        &a,
-        &none,
-        &none,
-    )
-    .with_initial_states(&s0)
-    .with_final_states(true);
+    let p = empty_ssd().with_initial_states(&s0);
     for f in [ssd_backward::<f64>, ssd_backward_quadratic::<f64>] {
-        let g = f(&p, &none, Some(&ds)).unwrap();
+        let g = f(&p, &[], Some(&ds)).unwrap();
         assert_eq!(g.dinitial_states.unwrap(), vec![3.0, -1.0]);
         assert_eq!(g.da, vec![0.0]);
     }
