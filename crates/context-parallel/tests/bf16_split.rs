@@ -26,15 +26,12 @@ fn assert_close(what: &str, split: &[bf16], whole: &[bf16]) {
     assert!(c.passes(budget), "{what}: {c:?} over {budget:e}");
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The SSD over the bf16 tensors `[x, dt, B, C, z]`, with D per head,
+/// softplus and final states.
 fn ssd_params<'a>(
     dims: SsdDims,
-    x: &'a [bf16],
-    dt: &'a [bf16],
+    [x, dt, b, c, z]: [&'a [bf16]; 5],
     a: &'a [f32],
-    b: &'a [bf16],
-    c: &'a [bf16],
-    z: &'a [bf16],
     d: &'a [f32],
 ) -> SsdParams<'a, bf16> {
     SsdParams::new(dims, x, dt, a, b, c)
@@ -44,13 +41,12 @@ fn ssd_params<'a>(
         .with_final_states(true)
 }
 
+/// The scan over the bf16 tensors `[u, delta, B, C]`, B constant and C one
+/// group, with softplus.
 fn scan_params<'a>(
     dims: Mamba1Dims,
-    u: &'a [bf16],
-    delta: &'a [bf16],
+    [u, delta, b_const, c]: [&'a [bf16]; 4],
     a: &'a [f32],
-    b_const: &'a [bf16],
-    c: &'a [bf16],
 ) -> SelectiveScanParams<'a, bf16> {
     SelectiveScanParams::new(
         dims,
@@ -81,7 +77,7 @@ fn ssd_bf16_split_equals_whole() {
     let d_final = randn(&mut r, 3 * h * p * n);
     let segs = [(0, 20), (20, 40), (40, 57)];
     let chunk = mamba2_ssd::Backend::Cpu(mamba2_ssd::CpuOptions { chunk_size: 8 });
-    let whole_p = ssd_params(dims, &x, &dt, &a, &b, &c, &z, &d)
+    let whole_p = ssd_params(dims, [&x, &dt, &b, &c, &z], &a, &d)
         .with_cu_seqlens(&cu)
         .with_initial_states(&init);
     let whole = mamba2_ssd::ssd_forward(&whole_p, chunk).unwrap();
@@ -107,7 +103,7 @@ fn ssd_bf16_split_equals_whole() {
                 seqlen: hi - lo,
                 ..dims
             };
-            let lp = ssd_params(ldims, &lx, &ldt, &a, &lb, &lc, &lz, &d);
+            let lp = ssd_params(ldims, [&lx, &ldt, &lb, &lc, &lz], &a, &d);
             let seg = Segment::new(lo, len)
                 .with_cu_seqlens(&cu)
                 .with_initial_states(&init);
@@ -160,7 +156,7 @@ fn scan_bf16_with_constant_b_split_equals_whole() {
     let init = randn(&mut r, rows * n);
     let d_out = to_bf16(randn(&mut r, rows * len));
     let backend = mamba1_scan::Backend::Cpu(mamba1_scan::CpuOptions { block_len: 7 });
-    let whole_p = scan_params(dims, &u, &delta, &a, &b_const, &c).with_initial_states(&init);
+    let whole_p = scan_params(dims, [&u, &delta, &b_const, &c], &a).with_initial_states(&init);
     let whole = mamba1_scan::selective_scan(&whole_p, backend).unwrap();
     let whole_g = mamba1_scan::selective_scan_backward(&whole_p, &d_out, None, backend).unwrap();
     let segs = [(0, 15), (15, 15), (15, 45)];
@@ -176,7 +172,7 @@ fn scan_bf16_with_constant_b_split_equals_whole() {
             seqlen: hi - lo,
             ..dims
         };
-        let lp = scan_params(ldims, &lu, &ld, &a, &b_const, &lc);
+        let lp = scan_params(ldims, [&lu, &ld, &b_const, &lc], &a);
         let seg = Segment::new(lo, len).with_initial_states(&init);
         let f = scan_forward_cp(&lp, &seg, comm, backend, CpOptions::default()).unwrap();
         let g =

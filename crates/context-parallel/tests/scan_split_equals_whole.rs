@@ -154,11 +154,21 @@ fn bc(groups: Option<usize>, data: &[f32]) -> BcInput<'_, f32> {
     }
 }
 
-fn with_options<'a>(
+/// The params over the time-sliced tensors `[u, delta, B, C]` and `z` (the
+/// whole problem's or one rank's), with every option but the whole call's
+/// initial states and `cu_seqlens`.
+fn params<'a>(
     s: &Spec,
     d: &'a Data,
-    mut p: SelectiveScanParams<'a, f32>,
+    dims: Mamba1Dims,
+    [u, delta, b, c]: [&'a [f32]; 4],
+    z: Option<&'a [f32]>,
 ) -> SelectiveScanParams<'a, f32> {
+    let mut p =
+        SelectiveScanParams::new(dims, u, delta, &d.a, bc(s.b_groups, b), bc(s.c_groups, c));
+    if let Some(z) = z {
+        p = p.with_z(z);
+    }
     if let Some(v) = &d.d {
         p = p.with_d(v);
     }
@@ -169,24 +179,14 @@ fn with_options<'a>(
 }
 
 fn whole_params<'a>(s: &Spec, d: &'a Data) -> SelectiveScanParams<'a, f32> {
-    let mut p = SelectiveScanParams::new(
-        d.dims,
-        &d.u,
-        &d.delta,
-        &d.a,
-        bc(s.b_groups, &d.b),
-        bc(s.c_groups, &d.c),
-    );
-    if let Some(z) = &d.z {
-        p = p.with_z(z);
-    }
+    let mut p = params(s, d, d.dims, [&d.u, &d.delta, &d.b, &d.c], d.z.as_deref());
     if let Some(i) = &d.init {
         p = p.with_initial_states(i);
     }
     if let Some(cu) = &d.cu {
         p = p.with_cu_seqlens(cu);
     }
-    with_options(s, d, p)
+    p
 }
 
 struct Local {
@@ -227,18 +227,7 @@ fn local_params<'a>(
         seqlen: hi - lo,
         ..d.dims
     };
-    let mut p = SelectiveScanParams::new(
-        dims,
-        &l.u,
-        &l.delta,
-        &d.a,
-        bc(s.b_groups, &l.b),
-        bc(s.c_groups, &l.c),
-    );
-    if let Some(z) = &l.z {
-        p = p.with_z(z);
-    }
-    with_options(s, d, p)
+    params(s, d, dims, [&l.u, &l.delta, &l.b, &l.c], l.z.as_deref())
 }
 
 fn segment<'a>(s: &Spec, d: &'a Data, rank: usize) -> Segment<'a> {

@@ -170,8 +170,20 @@ fn dskip(d: &Option<(bool, Vec<f32>)>) -> Option<DSkip<'_>> {
     })
 }
 
-/// Options other than the tensors, applied to a params struct.
-fn with_options<'a>(s: &Spec, d: &'a Data, mut p: SsdParams<'a, f32>) -> SsdParams<'a, f32> {
+/// The params over the token-major tensors `[x, dt, B, C]` and `z` (the whole
+/// problem's or one rank's), with every option but the whole call's initial
+/// states and `cu_seqlens`.
+fn params<'a>(
+    s: &Spec,
+    d: &'a Data,
+    dims: SsdDims,
+    [x, dt, b, c]: [&'a [f32]; 4],
+    z: Option<&'a [f32]>,
+) -> SsdParams<'a, f32> {
+    let mut p = SsdParams::new(dims, x, dt, &d.a, b, c);
+    if let Some(z) = z {
+        p = p.with_z(z);
+    }
     if let Some(bias) = &d.bias {
         p = p.with_dt_bias(bias);
     }
@@ -186,17 +198,14 @@ fn with_options<'a>(s: &Spec, d: &'a Data, mut p: SsdParams<'a, f32>) -> SsdPara
 }
 
 fn whole_params<'a>(s: &Spec, d: &'a Data) -> SsdParams<'a, f32> {
-    let mut p = SsdParams::new(d.dims, &d.x, &d.dt, &d.a, &d.b, &d.c);
-    if let Some(z) = &d.z {
-        p = p.with_z(z);
-    }
+    let mut p = params(s, d, d.dims, [&d.x, &d.dt, &d.b, &d.c], d.z.as_deref());
     if let Some(i) = &d.init {
         p = p.with_initial_states(i);
     }
     if let Some(cu) = &d.cu {
         p = p.with_cu_seqlens(cu);
     }
-    with_options(s, d, p)
+    p
 }
 
 /// This rank's slices of every token-major tensor.
@@ -230,11 +239,7 @@ fn local_params<'a>(s: &Spec, d: &'a Data, l: &'a Local, rank: usize) -> SsdPara
         seqlen: hi - lo,
         ..d.dims
     };
-    let mut p = SsdParams::new(dims, &l.x, &l.dt, &d.a, &l.b, &l.c);
-    if let Some(z) = &l.z {
-        p = p.with_z(z);
-    }
-    with_options(s, d, p)
+    params(s, d, dims, [&l.x, &l.dt, &l.b, &l.c], l.z.as_deref())
 }
 
 fn segment<'a>(s: &Spec, d: &'a Data, rank: usize) -> Segment<'a> {
