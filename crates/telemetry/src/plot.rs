@@ -36,6 +36,18 @@ pub struct Series {
     pub dashed: bool,
 }
 
+/// One series per `(name, points)` entry, all solid or all dashed.
+fn series_of(named: BTreeMap<String, Vec<(f64, f64)>>, dashed: bool) -> Vec<Series> {
+    named
+        .into_iter()
+        .map(|(name, points)| Series {
+            name,
+            points,
+            dashed,
+        })
+        .collect()
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -507,25 +519,10 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
                     .push((l, r.roofline.fraction_of_floor));
             }
         }
-        let mut series: Vec<Series> = times
-            .into_iter()
-            .map(|(name, points)| Series {
-                name,
-                points,
-                dashed: false,
-            })
-            .collect();
+        let mut series = series_of(times, false);
         // A floor is drawn for a dtype swept over L (single dtype points would clutter).
-        series.extend(
-            floors
-                .into_iter()
-                .filter(|(_, points)| points.len() > 1)
-                .map(|(name, points)| Series {
-                    name,
-                    points,
-                    dashed: true,
-                }),
-        );
+        floors.retain(|_, points| points.len() > 1);
+        series.extend(series_of(floors, true));
         out.push((
             format!("time_vs_L_{op}.svg"),
             line_chart(
@@ -537,14 +534,7 @@ pub fn plots(sets: &[ResultSet]) -> Vec<(String, String)> {
                 YScale::Log,
             ),
         ));
-        let series: Vec<Series> = fractions
-            .into_iter()
-            .map(|(name, points)| Series {
-                name,
-                points,
-                dashed: false,
-            })
-            .collect();
+        let series = series_of(fractions, false);
         out.push((
             format!("fraction_of_floor_vs_L_{op}.svg"),
             line_chart(

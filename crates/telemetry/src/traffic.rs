@@ -448,21 +448,14 @@ mod tests {
 
     #[test]
     fn ssd_mma_work_grows_with_the_chunk_but_bytes_do_not() {
+        let Problem::Ssd(block) =
+            crate::workloads::mamba2_block_ssd(1, 1024, 4, 64, 128, 1, DType::Bf16)
+        else {
+            unreachable!("an SSD workload")
+        };
         let base = SsdShape {
-            batch: 1,
-            seqlen: 1024,
-            heads: 4,
-            head_dim: 64,
-            d_state: 128,
-            groups: 1,
             chunk_size: 64,
-            dtype: DType::Bf16,
-            z: false,
-            d: SkipKind::PerHead,
-            dt_bias: true,
-            softplus: true,
-            initial_states: false,
-            final_states: false,
+            ..block
         };
         let small = cost(&Problem::Ssd(base));
         let large = cost(&Problem::Ssd(SsdShape {
