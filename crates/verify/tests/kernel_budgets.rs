@@ -6,18 +6,15 @@
 //! Without NVRTC it fails too (CI installs it with `.ci/install-cuda.sh`), unless
 //! `SSM_ALLOW_NO_NVRTC=1`, which makes it skip loudly.
 
+mod checkout_kernels;
+
 use std::path::PathBuf;
 
+use checkout_kernels::{checkout_compiler_or_skip, kernels_dir};
 use ssm_gpu::budget::{check, BudgetFile, BUDGET_FILE};
 use ssm_gpu::cache::ModuleCache;
 use ssm_gpu::variants::duplicate_labels;
 use ssm_gpu::{report_variants, test_compiler_or_skip, Compiler, KernelVariant, SourceRoot};
-
-/// The kernels directory of this checkout (not the embedded copies: the test
-/// must see the files as they are now).
-fn kernels_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels")
-}
 
 /// Every variant of every kernel crate, plus the runtime's self-test kernels.
 fn all_variants() -> Vec<KernelVariant> {
@@ -29,17 +26,12 @@ fn all_variants() -> Vec<KernelVariant> {
 
 #[test]
 fn every_kernel_variant_compiles_within_its_budget() {
-    let Some(from_env) = test_compiler_or_skip("every_kernel_variant_compiles_within_its_budget")
+    let Some(compiler) =
+        checkout_compiler_or_skip("every_kernel_variant_compiles_within_its_budget")
     else {
         return;
     };
     let budgets = BudgetFile::load(&kernels_dir().join(BUDGET_FILE)).unwrap();
-    let compiler = Compiler::new(
-        SourceRoot::Disk(kernels_dir()),
-        from_env.cache().clone(),
-        from_env.extra_flags().to_vec(),
-    )
-    .unwrap();
     let variants = all_variants();
     let results = report_variants(&compiler, &variants, budgets.arch);
     let outcome = check(results, &budgets, duplicate_labels(&variants));
@@ -130,15 +122,9 @@ fn defaulted_defines(source: &str) -> Vec<(String, String)> {
 /// the emulation (crates/mamba2-ssd/tests/emulated_kernels.rs).
 #[test]
 fn every_ssd_experiment_switch_compiles() {
-    let Some(from_env) = test_compiler_or_skip("every_ssd_experiment_switch_compiles") else {
+    let Some(compiler) = checkout_compiler_or_skip("every_ssd_experiment_switch_compiles") else {
         return;
     };
-    let compiler = Compiler::new(
-        SourceRoot::Disk(kernels_dir()),
-        from_env.cache().clone(),
-        from_env.extra_flags().to_vec(),
-    )
-    .unwrap();
     let documented = documented_ssd_switches();
     assert!(
         documented.len() >= 5,

@@ -11,11 +11,13 @@
 //! one of each tiling class is compiled to a cubin in full. No GPU needed; NVRTC is
 //! (skips loudly without it only when `SSM_ALLOW_NO_NVRTC=1`).
 
+mod checkout_kernels;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use checkout_kernels::checkout_compiler_or_skip;
 use mamba1_scan::cuda::{ScanConfig, ScanProblem, ScanTuning};
 use mamba2_ssd::cuda::{
     CudaOptions, DMode, KernelChoice, KernelConfig, KernelPath, SsdFeatures, CHUNK_SIZES,
@@ -24,12 +26,7 @@ use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::mamba2::SsdDims;
 use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::decode::DecodeFamily;
-use ssm_gpu::{test_compiler_or_skip, Arch, Compiler, DeviceLimits, KernelVariant, SourceRoot};
-
-/// The checkout's kernels (not the embedded copies).
-fn kernels_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels")
-}
+use ssm_gpu::{test_compiler_or_skip, Arch, DeviceLimits, KernelVariant};
 
 /// A device the sweep plans for, and the target its kernels compile to.
 struct Device {
@@ -459,16 +456,11 @@ where
 
 #[test]
 fn every_selected_kernel_compiles_on_every_device() {
-    let Some(from_env) = test_compiler_or_skip("every_selected_kernel_compiles_on_every_device")
+    let Some(compiler) =
+        checkout_compiler_or_skip("every_selected_kernel_compiles_on_every_device")
     else {
         return;
     };
-    let compiler = Compiler::new(
-        SourceRoot::Disk(kernels_dir()),
-        from_env.cache().clone(),
-        from_env.extra_flags().to_vec(),
-    )
-    .unwrap();
     let started = std::time::Instant::now();
     let mut sweep = Sweep::default();
     for dev in devices() {
@@ -580,43 +572,21 @@ fn the_front_end_check_reports_a_failing_static_assert() {
     compiler
         .check_front_end(&good.source, &good.defines, Arch::Sm90)
         .unwrap();
-    let bad: Vec<(&str, String)> = good
-        .defines
-        .iter()
-        .map(|(k, v)| {
-            (
-                *k,
-                if *k == "SSD_P" {
-                    "48".into()
-                } else {
-                    v.clone()
-                },
-            )
-        })
-        .collect();
-    let err = compiler
-        .check_front_end(&good.source, &bad, Arch::Sm90)
-        .unwrap_err()
-        .to_string();
+    // The front end's error with one define of the good variant changed.
+    let error_with = |key: &str, value: &str| {
+        let defines: Vec<(&str, String)> = good
+            .defines
+            .iter()
+            .map(|(k, v)| (*k, if *k == key { value.into() } else { v.clone() }))
+            .collect();
+        compiler
+            .check_front_end(&good.source, &defines, Arch::Sm90)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = error_with("SSD_P", "48");
     assert!(err.contains("PT must divide P"), "{err}");
     // And a device limit below the config's shared memory trips SSD_MAX_SMEM.
-    let small: Vec<(&str, String)> = good
-        .defines
-        .iter()
-        .map(|(k, v)| {
-            (
-                *k,
-                if *k == "SSD_MAX_SMEM" {
-                    "1024".into()
-                } else {
-                    v.clone()
-                },
-            )
-        })
-        .collect();
-    let err = compiler
-        .check_front_end(&good.source, &small, Arch::Sm90)
-        .unwrap_err()
-        .to_string();
+    let err = error_with("SSD_MAX_SMEM", "1024");
     assert!(err.contains("per-block limit"), "{err}");
 }

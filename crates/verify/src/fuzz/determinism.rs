@@ -8,9 +8,8 @@
 
 use std::sync::OnceLock;
 
-use half::{bf16, f16};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use ssm_core::{DType, Element, Result, ScanOutput};
+use ssm_core::{Element, Result, ScanOutput};
 
 use super::draw::Bytes;
 use super::problems::{ScanProblem, SsdProblem, StepProblem};
@@ -112,27 +111,15 @@ pub(super) fn determinism(bytes: &[u8]) -> std::result::Result<Outcome, Finding>
     match b.int(0, 2) {
         0 => {
             let p = ScanProblem::decode(&mut b);
-            match p.dtype {
-                DType::F32 | DType::F64 => scan_as::<f32>(&p),
-                DType::Bf16 => scan_as::<bf16>(&p),
-                DType::F16 => scan_as::<f16>(&p),
-            }
+            by_dtype!(p.dtype, scan_as(&p))
         }
         1 => {
             let p = SsdProblem::decode(&mut b);
-            match p.dtype {
-                DType::F32 | DType::F64 => ssd_as::<f32>(&p),
-                DType::Bf16 => ssd_as::<bf16>(&p),
-                DType::F16 => ssd_as::<f16>(&p),
-            }
+            by_dtype!(p.dtype, ssd_as(&p))
         }
         _ => {
             let p = StepProblem::decode(&mut b);
-            match p.dtype {
-                DType::F32 | DType::F64 => step_as::<f32>(&p),
-                DType::Bf16 => step_as::<bf16>(&p),
-                DType::F16 => step_as::<f16>(&p),
-            }
+            by_dtype!(p.dtype, step_as(&p))
         }
     }
 }
@@ -140,18 +127,16 @@ pub(super) fn determinism(bytes: &[u8]) -> std::result::Result<Outcome, Finding>
 fn scan_as<T: Element>(problem: &ScanProblem) -> std::result::Result<Outcome, Finding> {
     let inputs = problem.data.inputs::<T>();
     let p = inputs.params();
-    let block_len = problem.block_len;
     same_everywhere(problem.describe(), "m1 cpu blocked", || {
-        mamba1_scan::cpu::selective_scan_blocked(&p, block_len).map(|o| bits(&o))
+        mamba1_scan::cpu::selective_scan_blocked(&p, problem.block_len).map(|o| bits(&o))
     })
 }
 
 fn ssd_as<T: Element>(problem: &SsdProblem) -> std::result::Result<Outcome, Finding> {
     let inputs = problem.data.inputs::<T>();
     let p = inputs.params();
-    let chunk = problem.chunk;
     same_everywhere(problem.describe(), "ssd cpu chunked", || {
-        mamba2_ssd::cpu::ssd_chunked(&p, chunk).map(|o| bits(&o))
+        mamba2_ssd::cpu::ssd_chunked(&p, problem.chunk).map(|o| bits(&o))
     })
 }
 
@@ -180,6 +165,8 @@ mod tests {
     use super::*;
     use crate::fuzz::problems::Regimes;
     use crate::gen::{DKind, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData};
+    use half::{bf16, f16};
+    use ssm_core::DType;
 
     /// Shapes big enough that the ports cut them into many tasks on 2 threads.
     #[test]
