@@ -171,6 +171,16 @@ fn cotangents<T: Element>(
     (d_out, d_final)
 }
 
+/// A case's label, `+fs` when it asks for final states (their gradient is
+/// then an input of the backward).
+fn problem_label(described: String, final_states: bool) -> String {
+    if final_states {
+        described + " +fs"
+    } else {
+        described
+    }
+}
+
 fn oracle_err(e: ssm_core::SsmError) -> String {
     format!("the f64 adjoint rejected the problem: {e}")
 }
@@ -197,18 +207,14 @@ fn ssd_as<T: Element>(case: &SsdCase, chunk: usize, seed: u64) -> Result<Vec<Gra
     let data = SsdData::generate(case, seed);
     let inputs = data.inputs::<T>();
     let p = inputs.params();
+    let implementation = format!("ssd cpu chunked-bwd/{chunk}");
     let states = case
         .final_states
         .then(|| case.dims.states_len(case.dims.batch));
     let (d_out, d_final) = cotangents::<T>(seed, inputs.x.len(), states);
     let dfs = d_final.as_deref();
     let want = ssm_reference::ssd_backward::ssd_backward(&p, &d_out, dfs).map_err(oracle_err)?;
-    let implementation = format!("ssd cpu chunked-bwd/{chunk}");
-    let problem = format!(
-        "{}{}",
-        case.describe(),
-        if case.final_states { " +fs" } else { "" }
-    );
+    let problem = problem_label(case.describe(), case.final_states);
     let start = Instant::now();
     let got = match ssd_backward_chunked(&p, &d_out, dfs, chunk) {
         Ok(g) => g.to_f64(),
@@ -286,11 +292,7 @@ fn scan_as<T: DeviceElement>(
     let magnitude =
         ssm_reference::mamba1_backward::selective_scan_backward_magnitudes(&p, &d_out, dh)
             .map_err(oracle_err)?;
-    let problem = format!(
-        "{}{}",
-        case.describe(),
-        if case.final_states { " +fs" } else { "" }
-    );
+    let problem = problem_label(case.describe(), case.final_states);
     let mut rows = Vec::new();
     let mut judge = |implementation: String,
                      got: ssm_core::Result<ssm_core::ScanGrads<T, f32>>,

@@ -18,6 +18,8 @@ use ssm_gpu::Gpu;
 use ssm_telemetry::problem::{Problem, SkipKind};
 use ssm_telemetry::shape_arg::{parse_problem, ShapeOp};
 use ssm_verify::check::{check_scan, check_ssd, check_step, CheckRow};
+use ssm_verify::fuzz::draw::Bytes;
+use ssm_verify::fuzz::problems::{ScanProblem, SsdProblem, StepProblem};
 use ssm_verify::fuzz::{random_case, Ctx, Target};
 use ssm_verify::gen::{DKind, Mamba1Case, Mamba1Data, SsdCase, SsdData, StepCase, StepData};
 use ssm_verify::impls::{Family, ScanImpl, SsdImpl, StepImpl};
@@ -571,25 +573,19 @@ fn nothing_left<I>(impls: &[I]) -> Result<(), String> {
 pub fn fuzz_replay_command(target: Target, case: u64, bytes: &[u8]) -> Option<String> {
     let (op, shape, options, dtype, extra) = match target {
         Target::Ssd => {
-            let p = ssm_verify::fuzz::problems::SsdProblem::decode(
-                &mut ssm_verify::fuzz::draw::Bytes::new(bytes),
-            );
+            let p = SsdProblem::decode(&mut Bytes::new(bytes));
             let c = &p.data.case;
             let d = c.dims;
-            let mut on = Vec::new();
-            push_flags(
-                &mut on,
-                &[(c.z, "z"), (c.dt_bias, "bias"), (c.softplus, "softplus")],
-            );
+            let mut on = flags(&[(c.z, "z"), (c.dt_bias, "bias"), (c.softplus, "softplus")]);
             match c.d {
                 DKind::PerHead => on.push("D"),
                 DKind::PerHeadDim => on.push("Dp"),
                 DKind::None => {}
             }
-            push_flags(
-                &mut on,
-                &[(c.initial_states, "s0"), (c.final_states, "final")],
-            );
+            on.extend(flags(&[
+                (c.initial_states, "s0"),
+                (c.final_states, "final"),
+            ]));
             (
                 "ssd",
                 format!(
@@ -602,23 +598,17 @@ pub fn fuzz_replay_command(target: Target, case: u64, bytes: &[u8]) -> Option<St
             )
         }
         Target::Scan => {
-            let p = ssm_verify::fuzz::problems::ScanProblem::decode(
-                &mut ssm_verify::fuzz::draw::Bytes::new(bytes),
-            );
+            let p = ScanProblem::decode(&mut Bytes::new(bytes));
             let c = &p.data.case;
             let d = c.dims;
-            let mut on = Vec::new();
-            push_flags(
-                &mut on,
-                &[
-                    (c.z, "z"),
-                    (c.d, "D"),
-                    (c.delta_bias, "bias"),
-                    (c.softplus, "softplus"),
-                    (c.initial_states, "h0"),
-                    (c.final_states, "final"),
-                ],
-            );
+            let on = flags(&[
+                (c.z, "z"),
+                (c.d, "D"),
+                (c.delta_bias, "bias"),
+                (c.softplus, "softplus"),
+                (c.initial_states, "h0"),
+                (c.final_states, "final"),
+            ]);
             let g = c.b_groups.map_or("const".to_string(), |g| g.to_string());
             (
                 "scan",
@@ -632,18 +622,12 @@ pub fn fuzz_replay_command(target: Target, case: u64, bytes: &[u8]) -> Option<St
             )
         }
         Target::Step => {
-            let p = ssm_verify::fuzz::problems::StepProblem::decode(
-                &mut ssm_verify::fuzz::draw::Bytes::new(bytes),
-            );
-            let mut on = Vec::new();
-            push_flags(
-                &mut on,
-                &[
-                    (p.z.is_some(), "z"),
-                    (p.dt_bias.is_some(), "bias"),
-                    (p.softplus, "softplus"),
-                ],
-            );
+            let p = StepProblem::decode(&mut Bytes::new(bytes));
+            let mut on = flags(&[
+                (p.z.is_some(), "z"),
+                (p.dt_bias.is_some(), "bias"),
+                (p.softplus, "softplus"),
+            ]);
             match (&p.d, p.d_per_head_dim) {
                 (Some(_), true) => on.push("Dp"),
                 (Some(_), false) => on.push("D"),
@@ -682,8 +666,9 @@ pub fn fuzz_replay_command(target: Target, case: u64, bytes: &[u8]) -> Option<St
     ))
 }
 
-fn push_flags(on: &mut Vec<&'static str>, flags: &[(bool, &'static str)]) {
-    on.extend(flags.iter().filter(|(f, _)| *f).map(|(_, n)| *n));
+/// The names of the flags that are on, in order.
+fn flags(flags: &[(bool, &'static str)]) -> Vec<&'static str> {
+    flags.iter().filter(|(f, _)| *f).map(|(_, n)| *n).collect()
 }
 
 /// Replay fuzz case `case` through its target (the fuzzers' judge, exact inputs),

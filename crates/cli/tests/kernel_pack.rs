@@ -102,21 +102,24 @@ fn a_pack_is_built_found_without_nvrtc_and_misses_say_why() {
     }
     let dir = TempDir::new("build");
     let archs = "sm_86,compute_90";
-    let o = ssmk(
-        &[
+    // `ssmk kernels <command>` on the pack directory (given with `dir_flag`),
+    // for both targets and the shapes coverage of `shape`.
+    let kernels = |command: &str, dir_flag: &str, shape: &str, env: &[(&str, &str)]| {
+        let args = [
             "kernels",
-            "pack",
-            "--out",
+            command,
+            dir_flag,
             dir.path(),
             "--arch",
             archs,
             "--coverage",
             "shapes",
             "--shape",
-            SHAPE,
-        ],
-        &[("SSM_KERNEL_CACHE", "off")],
-    );
+            shape,
+        ];
+        ssmk(&args, env)
+    };
+    let o = kernels("pack", "--out", SHAPE, &[("SSM_KERNEL_CACHE", "off")]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("use it with SSM_KERNEL_PACK="), "{t}");
@@ -130,23 +133,7 @@ fn a_pack_is_built_found_without_nvrtc_and_misses_say_why() {
     assert!(files.iter().any(|f| f.ends_with(".cubin")), "{files:?}");
     assert!(files.iter().any(|f| f.ends_with(".log")), "{files:?}");
 
-    let check = |shape: &str| {
-        ssmk(
-            &[
-                "kernels",
-                "check",
-                "--pack",
-                dir.path(),
-                "--arch",
-                archs,
-                "--coverage",
-                "shapes",
-                "--shape",
-                shape,
-            ],
-            &[],
-        )
-    };
+    let check = |shape: &str| kernels("check", "--pack", shape, &[]);
     let o = check(SHAPE);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("(0 missing)"), "{}", text(&o));
