@@ -156,10 +156,11 @@ macro_rules! emulated {
     };
 }
 
-emulated!(
-    n16_grouped_every_option_several_blocks,
+/// N 16, B in two groups, C in one, every option, several channel blocks: the
+/// case both backward variants run first.
+fn n16_grouped_every_option(name: &'static str, options: BwdOptions) -> Emulated {
     Emulated {
-        name: "n16",
+        name,
         d_state: 16,
         b_groups: Some(2),
         c_groups: Some(1),
@@ -168,8 +169,13 @@ emulated!(
         d_inner: 40,
         seqlen: 45,
         varlen: &[],
-        options: BwdOptions::default(),
+        options,
     }
+}
+
+emulated!(
+    n16_grouped_every_option_several_blocks,
+    n16_grouped_every_option("n16", BwdOptions::default())
 );
 
 emulated!(
@@ -292,18 +298,7 @@ const SIX: BwdOptions = BwdOptions {
 
 emulated!(
     lean_n16_grouped_every_option_several_blocks,
-    Emulated {
-        name: "lean-n16",
-        d_state: 16,
-        b_groups: Some(2),
-        c_groups: Some(1),
-        all_options: true,
-        batch: 2,
-        d_inner: 40,
-        seqlen: 45,
-        varlen: &[],
-        options: SIX,
-    }
+    n16_grouped_every_option("lean-n16", SIX)
 );
 
 emulated!(

@@ -96,16 +96,11 @@ impl Data {
     /// Step sizes from softplus(randn - 4) (or up to 10), A = -exp(randn).
     pub fn generate(case: &Case, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let Mamba1Dims {
-            batch,
-            d_inner,
-            d_state,
-            seqlen,
-        } = case.dims;
-        let bdl = batch * d_inner * seqlen;
-        let bc_len =
-            |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
-        let states = case.rows() * d_inner * d_state;
+        let dims = case.dims;
+        let (d_inner, seqlen) = (dims.d_inner, dims.seqlen);
+        let bdl = dims.io_len();
+        let bc_len = |g: Option<usize>| g.map_or(dims.a_len(), |g| dims.bc_len(g));
+        let states = dims.states_len(case.rows());
         let bias: Vec<f32> = (0..d_inner).map(|_| 0.5 * randn(&mut rng)).collect();
         // Without softplus, delta is the step size less the bias, so that the
         // step size delta + bias stays positive (a negative one grows the state).
@@ -131,7 +126,7 @@ impl Data {
         Data {
             u: randn_vec(&mut rng, bdl),
             delta,
-            a: (0..d_inner * d_state)
+            a: (0..dims.a_len())
                 .map(|_| -randn(&mut rng).clamp(-2.3, 2.0).exp())
                 .collect(),
             b: randn_vec(&mut rng, bc_len(case.b_groups)),
