@@ -147,13 +147,6 @@ fn data(s: &Spec) -> Data {
     }
 }
 
-fn bc(groups: Option<usize>, data: &[f32]) -> BcInput<'_, f32> {
-    match groups {
-        Some(groups) => BcInput::Grouped { groups, data },
-        None => BcInput::Constant(data),
-    }
-}
-
 /// The params over the time-sliced tensors `[u, delta, B, C]` and `z` (the
 /// whole problem's or one rank's), with every option but the whole call's
 /// initial states and `cu_seqlens`.
@@ -164,8 +157,14 @@ fn params<'a>(
     [u, delta, b, c]: [&'a [f32]; 4],
     z: Option<&'a [f32]>,
 ) -> SelectiveScanParams<'a, f32> {
-    let mut p =
-        SelectiveScanParams::new(dims, u, delta, &d.a, bc(s.b_groups, b), bc(s.c_groups, c));
+    let mut p = SelectiveScanParams::new(
+        dims,
+        u,
+        delta,
+        &d.a,
+        BcInput::from_groups(s.b_groups, b),
+        BcInput::from_groups(s.c_groups, c),
+    );
     if let Some(z) = z {
         p = p.with_z(z);
     }

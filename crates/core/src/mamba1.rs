@@ -92,6 +92,15 @@ pub enum BcInput<'a, T> {
 }
 
 impl<'a, T> BcInput<'a, T> {
+    /// Grouped `(b, G, N, L)` with `groups` groups when given, else constant
+    /// `(D_in, N)`: the layout a test or generator describes as an option.
+    pub fn from_groups(groups: Option<usize>, data: &'a [T]) -> Self {
+        match groups {
+            Some(groups) => BcInput::Grouped { groups, data },
+            None => BcInput::Constant(data),
+        }
+    }
+
     /// The flat data, whichever the layout.
     pub fn data(&self) -> &'a [T] {
         match *self {

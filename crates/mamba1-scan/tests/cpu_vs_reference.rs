@@ -168,20 +168,13 @@ impl<T: Element> Rounded<T> {
     }
 
     fn params<'a>(&'a self, case: &'a Case, data: &'a Data) -> SelectiveScanParams<'a, T> {
-        let bc = |groups: Option<usize>, values: &'a [T]| match groups {
-            Some(groups) => BcInput::Grouped {
-                groups,
-                data: values,
-            },
-            None => BcInput::Constant(values),
-        };
         let mut p = SelectiveScanParams::new(
             case.dims,
             &self.u,
             &self.delta,
             &data.a,
-            bc(case.b_groups, &self.b),
-            bc(case.c_groups, &self.c),
+            BcInput::from_groups(case.b_groups, &self.b),
+            BcInput::from_groups(case.c_groups, &self.c),
         )
         .with_delta_softplus(case.softplus)
         .with_final_states(case.final_states);

@@ -228,8 +228,8 @@ impl<T: Element> Inputs<T> {
             &self.u,
             &self.delta,
             &self.a,
-            bc_input(self.b_groups, &self.b),
-            bc_input(self.c_groups, &self.c),
+            BcInput::from_groups(self.b_groups, &self.b),
+            BcInput::from_groups(self.c_groups, &self.c),
         )
         .with_delta_softplus(self.softplus)
         .with_final_states(self.final_states);
@@ -239,13 +239,6 @@ impl<T: Element> Inputs<T> {
         p.initial_states = self.h0.as_deref();
         p.cu_seqlens = self.cu.as_deref();
         p
-    }
-}
-
-fn bc_input<T>(groups: Option<usize>, data: &[T]) -> BcInput<'_, T> {
-    match groups {
-        Some(groups) => BcInput::Grouped { groups, data },
-        None => BcInput::Constant(data),
     }
 }
 

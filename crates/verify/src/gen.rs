@@ -75,14 +75,6 @@ pub(crate) fn cu_seqlens_from_cuts(len: usize, mut cuts: Vec<i64>) -> Vec<i64> {
     cu
 }
 
-/// B or C as grouped `(b, G, N, L)` when `groups` is given, else constant `(D_in, N)`.
-pub fn bc_input<T>(groups: Option<usize>, data: &[T]) -> BcInput<'_, T> {
-    match groups {
-        Some(groups) => BcInput::Grouped { groups, data },
-        None => BcInput::Constant(data),
-    }
-}
-
 /// The Mamba-2 skip term `d`, if drawn: `(H, P)` when `per_head_dim`, else `(H)`.
 pub fn d_skip(d: Option<&[f32]>, per_head_dim: bool) -> Option<DSkip<'_>> {
     d.map(|d| {
@@ -309,8 +301,8 @@ impl<T: Element> Mamba1Inputs<'_, T> {
             u: &self.x,
             delta: &self.dt,
             a: &data.a,
-            b: bc_input(case.b_groups, &self.b),
-            c: bc_input(case.c_groups, &self.c),
+            b: BcInput::from_groups(case.b_groups, &self.b),
+            c: BcInput::from_groups(case.c_groups, &self.c),
             d: data.d.as_deref(),
             z: self.z.as_deref(),
             delta_bias: data.delta_bias.as_deref(),

@@ -20,7 +20,7 @@
 //! docs/FUZZING.md; that part is run.)
 
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
-use ssm_core::mamba1::{Mamba1Dims, SelectiveScanParams};
+use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{Result, ScanOutput, SsmError};
 
@@ -357,8 +357,8 @@ fn scan(b: &mut Hostile<'_>, ctx: &Ctx<'_>) -> std::result::Result<Outcome, Find
             &u,
             &delta,
             &a,
-            crate::gen::bc_input(b_groups, &b_data),
-            crate::gen::bc_input(c_groups, &c_data),
+            BcInput::from_groups(b_groups, &b_data),
+            BcInput::from_groups(c_groups, &c_data),
         )
     };
     let mut c = Contract::new(format!(

@@ -10,7 +10,7 @@ use ssm_core::tolerance::Comparison;
 use ssm_core::{DType, Element, ScanOutput};
 use ssm_verify::check::{compare_outputs, CheckRow};
 use ssm_verify::conditioning::{f32_gamma, l2, subnormal_half_ulp, within, Conditioning};
-use ssm_verify::gen::{bc_input, DKind, DtRegime, Mamba1Case, SsdCase, StepData};
+use ssm_verify::gen::{DKind, DtRegime, Mamba1Case, SsdCase, StepData};
 use ssm_verify::impls::{Family, StepImpl};
 
 /// Cases per property: 1000 in CI, more with `SSM_PROPTEST_CASES`.
@@ -348,8 +348,8 @@ impl ScanSlice {
             },
             u: &self.u,
             delta: &self.delta,
-            b: bc_input(self.b.0, &self.b.1),
-            c: bc_input(self.c.0, &self.c.1),
+            b: BcInput::from_groups(self.b.0, &self.b.1),
+            c: BcInput::from_groups(self.c.0, &self.c.1),
             z: self.z.as_deref(),
             initial_states,
             cu_seqlens: None,
