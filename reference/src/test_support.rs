@@ -6,12 +6,27 @@ use rand::{Rng, SeedableRng};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::tolerance::compare;
+use ssm_core::ScanOutput;
 
 /// An SSD call on no tokens (one head, P 1, N 2, A = -1) that asks for final
 /// states: what the empty-input tests of the forward and backward pass through.
 pub(crate) fn empty_ssd() -> SsdParams<'static, f64> {
     SsdParams::new(SsdDims::new(1, 0, 1, 1, 2, 1), &[], &[], &[-1.0], &[], &[])
         .with_final_states(true)
+}
+
+/// The scalar loss `<w_out, out> + <w_final, final_states>` whose gradient
+/// the backward tests check (`w_out` and `w_final` are the incoming gradients).
+pub(crate) fn weighted_loss(out: &ScanOutput<f64, f64>, w_out: &[f64], w_final: &[f32]) -> f64 {
+    let mut loss: f64 = out.out.iter().zip(w_out).map(|(o, w)| o * w).sum();
+    if let Some(finals) = &out.final_states {
+        loss += finals
+            .iter()
+            .zip(w_final)
+            .map(|(h, &w)| h * f64::from(w))
+            .sum::<f64>();
+    }
+    loss
 }
 
 pub(crate) fn rng(seed: u64) -> StdRng {

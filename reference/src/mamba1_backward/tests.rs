@@ -13,7 +13,7 @@
 
 use super::*;
 use crate::selective_scan;
-use crate::test_support::rng;
+use crate::test_support::{rng, weighted_loss};
 use rand::rngs::StdRng;
 use rand::Rng;
 use ssm_core::mamba1_grad::GRAD_NAMES;
@@ -135,20 +135,14 @@ impl Problem {
     }
 
     fn params(&self) -> SelectiveScanParams<'_, f64> {
-        fn bc(groups: Option<usize>, data: &[f64]) -> BcInput<'_, f64> {
-            match groups {
-                Some(groups) => BcInput::Grouped { groups, data },
-                None => BcInput::Constant(data),
-            }
-        }
         let o = &self.opts;
         let mut p = SelectiveScanParams::new(
             self.dims,
             &self.u,
             &self.delta,
             &self.a,
-            bc(o.b_groups, &self.b),
-            bc(o.c_groups, &self.c),
+            BcInput::from_groups(o.b_groups, &self.b),
+            BcInput::from_groups(o.c_groups, &self.c),
         )
         .with_delta_softplus(o.softplus)
         .with_final_states(o.final_states);
@@ -165,16 +159,11 @@ impl Problem {
     }
 
     fn loss(&self) -> f64 {
-        let out = selective_scan(&self.params()).unwrap();
-        let mut loss: f64 = out.out.iter().zip(&self.w_out).map(|(o, w)| o * w).sum();
-        if let Some(finals) = out.final_states {
-            loss += finals
-                .iter()
-                .zip(&self.w_final)
-                .map(|(h, &w)| h * f64::from(w))
-                .sum::<f64>();
-        }
-        loss
+        weighted_loss(
+            &selective_scan(&self.params()).unwrap(),
+            &self.w_out,
+            &self.w_final,
+        )
     }
 
     fn backward(&self) -> ScanGrads<f64, f64> {

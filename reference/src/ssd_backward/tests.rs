@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::ssd::ssd_recurrence;
-use crate::test_support::{empty_ssd, rng, uniform, uniform_f32};
+use crate::test_support::{empty_ssd, rng, uniform, uniform_f32, weighted_loss};
 use ssm_core::mamba2::{DSkip, SsdDims};
 use ssm_core::tolerance::compare;
 
@@ -173,16 +173,11 @@ impl Problem {
 
     /// The loss `<w_out, out> + <w_final, final_states>` of the f64 forward.
     fn loss(&self) -> f64 {
-        let out = ssd_recurrence(&self.params()).unwrap();
-        let mut l: f64 = out.out.iter().zip(&self.w_out).map(|(o, w)| o * w).sum();
-        if let Some(fs) = out.final_states {
-            l += fs
-                .iter()
-                .zip(&self.w_final)
-                .map(|(s, &w)| s * f64::from(w))
-                .sum::<f64>();
-        }
-        l
+        weighted_loss(
+            &ssd_recurrence(&self.params()).unwrap(),
+            &self.w_out,
+            &self.w_final,
+        )
     }
 
     /// The forward's outputs and final states as one vector (for `J v`).
