@@ -135,16 +135,7 @@ impl Twin {
 
     /// `(b, D, L)` -> `(b, L, D)`.
     fn bdl_to_bld(&self, x: &[f32], d: usize) -> Vec<f32> {
-        let (b, l) = (self.batch, self.seqlen);
-        let mut out = vec![0.0; x.len()];
-        for bi in 0..b {
-            for di in 0..d {
-                for t in 0..l {
-                    out[(bi * l + t) * d + di] = x[(bi * d + di) * l + t];
-                }
-            }
-        }
-        out
+        swap_inner_axes(x, self.batch, d, self.seqlen)
     }
 
     fn ssd_inputs(&self) -> SsdInputs {
@@ -185,18 +176,8 @@ impl Twin {
 
     /// The SSD gradients in Mamba-1's layouts (`dA` summed over the state).
     fn ssd_as_mamba1(&self, g: &SsdGrads<f64, f64>) -> ScanGrads<f64, f64> {
-        let back = |x: &[f64], d: usize| -> Vec<f64> {
-            let (b, l) = (self.batch, self.seqlen);
-            let mut out = vec![0.0; x.len()];
-            for bi in 0..b {
-                for di in 0..d {
-                    for t in 0..l {
-                        out[(bi * d + di) * l + t] = x[(bi * l + t) * d + di];
-                    }
-                }
-            }
-            out
-        };
+        // `(b, L, D)` -> `(b, D, L)`.
+        let back = |x: &[f64], d: usize| swap_inner_axes(x, self.batch, self.seqlen, d);
         let gn = self.groups * self.d_state;
         ScanGrads {
             du: back(&g.dx, self.d_inner),
@@ -229,6 +210,20 @@ struct SsdInputs {
 }
 
 /// Largest `|a - b| / (|b|_max + floor)` over every gradient, with its name.
+/// `(b, m, n)` -> `(b, n, m)`: Mamba-1's channel-major layouts to the SSD's
+/// token-major ones (`m` = channels) and back (`m` = positions).
+fn swap_inner_axes<T: Copy + Default>(x: &[T], b: usize, m: usize, n: usize) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
+    for bi in 0..b {
+        for i in 0..m {
+            for j in 0..n {
+                out[(bi * n + j) * m + i] = x[(bi * m + i) * n + j];
+            }
+        }
+    }
+    out
+}
+
 fn worst(a: &ScanGrads<f64, f64>, b: &ScanGrads<f64, f64>) -> (f64, &'static str) {
     let pairs: [(&'static str, &[f64], &[f64]); 9] = [
         ("du", &a.du, &b.du),
