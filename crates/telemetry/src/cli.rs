@@ -383,12 +383,8 @@ pub fn summary_table(set: &ResultSet) -> String {
     for r in ours {
         let peer = peer_for(set, r);
         out += &format!(
-            "{:<62} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}% {:>8.0} {:>9} {:>8} {:>9} {:>7} {:>5}\n",
-            r.id,
-            r.timing.median_ms,
-            100.0 * r.timing.spread,
-            r.roofline.floor_ms,
-            100.0 * r.roofline.fraction_of_floor,
+            "{} {:>8.0} {:>9} {:>8} {:>9} {:>7} {:>5}\n",
+            timing_columns(r),
             r.throughput.model_gb_per_s,
             r.hbm
                 .measured_over_model
@@ -405,12 +401,8 @@ pub fn summary_table(set: &ResultSet) -> String {
         out += "peers (timed by ci/peers in the same run):\n";
         for r in peers {
             out += &format!(
-                "{:<62} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}%{}\n",
-                r.id,
-                r.timing.median_ms,
-                100.0 * r.timing.spread,
-                r.roofline.floor_ms,
-                100.0 * r.roofline.fraction_of_floor,
+                "{}{}\n",
+                timing_columns(r),
                 r.note
                     .as_deref()
                     .map_or(String::new(), |n| format!("  ({n})"))
@@ -418,6 +410,19 @@ pub fn summary_table(set: &ResultSet) -> String {
         }
     }
     out
+}
+
+/// The columns every row of the summary starts with: id, median, spread,
+/// floor and fraction of the floor.
+fn timing_columns(r: &BenchResult) -> String {
+    format!(
+        "{:<62} {:>10.4} {:>6.1}% {:>9.4} {:>8.1}%",
+        r.id,
+        r.timing.median_ms,
+        100.0 * r.timing.spread,
+        r.roofline.floor_ms,
+        100.0 * r.roofline.fraction_of_floor,
+    )
 }
 
 /// `readme-table`: the README status table from a result set.
