@@ -3,6 +3,7 @@
 //!
 //! All results are widened to f64 (`ScanOutput<f64, f64>`) for comparison.
 
+use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::{Result, ScanOutput, SsmError};
 use ssm_gpu::{DeviceElement, Gpu};
 
@@ -208,32 +209,42 @@ impl StepImpl {
                 final_states: Some(state),
             });
         }
-        let mut state = state0.clone();
-        let out = match (family, self) {
-            (Family::Mamba1, StepImpl::Cpu) => mamba1_scan::decode_step(
-                &inputs.mamba1(),
-                &mut state,
-                mamba1_scan::Backend::Cpu(Default::default()),
-            )?,
-            (Family::Mamba1, _) => mamba1_scan::decode_step(
-                &inputs.mamba1(),
-                &mut state,
-                mamba1_scan::Backend::Cuda(need_gpu(gpu)?),
-            )?,
-            (Family::Mamba2, StepImpl::Cpu) => mamba2_ssd::decode_step(
-                &inputs.mamba2(),
-                &mut state,
-                mamba2_ssd::Backend::Cpu(Default::default()),
-            )?,
-            (Family::Mamba2, _) => mamba2_ssd::decode_step(
-                &inputs.mamba2(),
-                &mut state,
-                mamba2_ssd::Backend::Cuda(need_gpu(gpu)?),
-            )?,
+        let gpu = match self {
+            StepImpl::Cpu => None,
+            _ => Some(need_gpu(gpu)?),
         };
-        Ok(ScanOutput {
-            out: ssm_core::element::widen(&out.out),
-            final_states: Some(state.iter().map(|&s| s as f64).collect()),
-        })
+        let mamba1 = || inputs.mamba1();
+        let mamba2 = || inputs.mamba2();
+        decode_step(family, mamba1, mamba2, &mut state0.clone(), gpu)
     }
+}
+
+/// One decode step of `family` with the parameters `mamba1` or `mamba2` build,
+/// on the CPU (`gpu` is `None`) or on `gpu`, updating `state` in place: the
+/// output widened to f64, the updated cache as the final states.
+pub fn decode_step<'p, T: DeviceElement>(
+    family: Family,
+    mamba1: impl FnOnce() -> Mamba1StepParams<'p, T>,
+    mamba2: impl FnOnce() -> Mamba2StepParams<'p, T>,
+    state: &mut [f32],
+    gpu: Option<&Gpu>,
+) -> Result<ScanOutput<f64, f64>> {
+    let out = match family {
+        Family::Mamba1 => {
+            let backend = gpu.map_or(mamba1_scan::Backend::Cpu(Default::default()), |g| {
+                mamba1_scan::Backend::Cuda(g)
+            });
+            mamba1_scan::decode_step(&mamba1(), state, backend)?.out
+        }
+        Family::Mamba2 => {
+            let backend = gpu.map_or(mamba2_ssd::Backend::Cpu(Default::default()), |g| {
+                mamba2_ssd::Backend::Cuda(g)
+            });
+            mamba2_ssd::decode_step(&mamba2(), state, backend)?.out
+        }
+    };
+    Ok(ScanOutput {
+        out: ssm_core::element::widen(&out),
+        final_states: Some(state.iter().map(|&s| s as f64).collect()),
+    })
 }

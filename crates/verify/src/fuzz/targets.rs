@@ -302,26 +302,13 @@ fn run_step<T: DeviceElement>(
 ) -> (Result<ScanOutput<f64, f64>>, Vec<f32>) {
     let mut state = problem.state.clone();
     let result = (|| {
-        let out = match problem.family {
-            Family::Mamba1 => {
-                let backend = match backend {
-                    StepBackend::Cpu => mamba1_scan::Backend::Cpu(Default::default()),
-                    StepBackend::Cuda => mamba1_scan::Backend::Cuda(ctx.require_gpu()?),
-                };
-                mamba1_scan::decode_step(&problem.mamba1(tensors), &mut state, backend)?
-            }
-            Family::Mamba2 => {
-                let backend = match backend {
-                    StepBackend::Cpu => mamba2_ssd::Backend::Cpu(Default::default()),
-                    StepBackend::Cuda => mamba2_ssd::Backend::Cuda(ctx.require_gpu()?),
-                };
-                mamba2_ssd::decode_step(&problem.mamba2(tensors), &mut state, backend)?
-            }
+        let gpu = match backend {
+            StepBackend::Cpu => None,
+            StepBackend::Cuda => Some(ctx.require_gpu()?),
         };
-        Ok(ScanOutput {
-            out: ssm_core::element::widen(&out.out),
-            final_states: Some(state.iter().map(|&v| v as f64).collect()),
-        })
+        let mamba1 = || problem.mamba1(tensors);
+        let mamba2 = || problem.mamba2(tensors);
+        crate::impls::decode_step(problem.family, mamba1, mamba2, &mut state, gpu)
     })();
     (result, state)
 }
