@@ -154,6 +154,29 @@ impl Builder {
         self.amplification = factors.iter().fold(terms, |acc, &f| acc * f.max(1.0));
     }
 
+    /// Every step size is seen: they join the finiteness of the inputs, and the
+    /// log decays `dt' A` are finite when the steps and the rates `a` are.
+    fn steps_seen(&mut self, dt: &StepSizes, a: Mag) {
+        self.finite &= dt.finite;
+        self.finite_log_decays = dt.finite && a.finite;
+    }
+
+    /// [`Builder::factors`] of a recurrence, the same for every family: the
+    /// step, the log2-rate, x, B, C, D, the gate and the state bound `state`.
+    fn recurrence_factors(
+        &mut self,
+        dt: &StepSizes,
+        [x, a, b, c, d, gate]: [Mag; 6],
+        state: f64,
+        terms: f64,
+    ) {
+        let log2_rate = a.max * LOG2_E;
+        let factors = [
+            dt.max, log2_rate, x.max, b.max, c.max, d.max, gate.max, state,
+        ];
+        self.factors(&factors, terms);
+    }
+
     fn finish(self) -> Envelope {
         Envelope {
             finite_inputs: self.finite,
@@ -200,6 +223,20 @@ fn any_order(factors: &[f64]) -> f64 {
     factors.iter().map(|f| f.max(1.0)).product()
 }
 
+/// The bound of one step's input `dt' x B`, and of the state after `len` steps
+/// from `start` (decays are at most 1: each step adds at most one input).
+fn input_and_state(dt: &StepSizes, x: Mag, b: Mag, start: Mag, len: f64) -> (f64, f64) {
+    let input = any_order(&[dt.max, x.max, b.max]);
+    (input, start.max + len * input)
+}
+
+/// A Mamba-1 channel's rates: the smallest and largest finite of its `d_state`
+/// rates in `a`, and its step-size bias (0 without one).
+fn channel_rates(a: &[f32], d_state: usize, bias: Option<&[f32]>, ch: usize) -> (f64, f64, f64) {
+    let (a_min, a_max) = range(&a[ch * d_state..(ch + 1) * d_state]);
+    (a_min, a_max, bias.map_or(0.0, |b| b[ch] as f64))
+}
+
 /// Smallest and largest finite values of `xs` (`(0, 0)` when none).
 fn range(xs: &[f32]) -> (f64, f64) {
     let finite = xs.iter().map(|&v| v as f64).filter(|v| v.is_finite());
@@ -238,8 +275,7 @@ pub fn scan_envelope<T: Element>(p: &SelectiveScanParams<'_, T>) -> Envelope {
 
     let mut dt = StepSizes::new();
     for ch in 0..dims.d_inner {
-        let (a_min, a_max) = range(&p.a[ch * dims.d_state..(ch + 1) * dims.d_state]);
-        let bias = p.delta_bias.map_or(0.0, |b| b[ch] as f64);
+        let (a_min, a_max, bias) = channel_rates(p.a, dims.d_state, p.delta_bias, ch);
         for row in 0..dims.batch {
             let at = (row * dims.d_inner + ch) * dims.seqlen;
             for raw in &p.delta[at..at + dims.seqlen] {
@@ -248,12 +284,10 @@ pub fn scan_envelope<T: Element>(p: &SelectiveScanParams<'_, T>) -> Envelope {
             }
         }
     }
-    env.finite &= dt.finite;
-    env.finite_log_decays = dt.finite && a.finite;
+    env.steps_seen(&dt, a);
     let len = longest_sequence(p.cu_seqlens, dims.seqlen) as f64;
     let n = dims.d_state as f64;
-    let input = any_order(&[dt.max, u.max, b.max]);
-    let state = h0.max + len * input;
+    let (input, state) = input_and_state(&dt, u, b, h0, len);
     let y = n * any_order(&[c.max, state]) + any_order(&[d.max, u.max]);
     env.bounds(&[
         a.max * LOG2_E,
@@ -264,19 +298,8 @@ pub fn scan_envelope<T: Element>(p: &SelectiveScanParams<'_, T>) -> Envelope {
         y,
         any_order(&[y, gate.max]),
     ]);
-    env.factors(
-        &[
-            dt.max,
-            a.max * LOG2_E,
-            u.max,
-            b.max,
-            c.max,
-            d.max,
-            gate.max,
-            state,
-        ],
-        (n + 1.0) * (len + 1.0) * 8.0,
-    );
+    let terms = (n + 1.0) * (len + 1.0) * 8.0;
+    env.recurrence_factors(&dt, [u, a, b, c, d, gate], state, terms);
     env.finish()
 }
 
@@ -303,12 +326,10 @@ pub fn ssd_envelope<T: Element>(p: &SsdParams<'_, T>) -> Envelope {
             env.growth |= dt.add(step, a_h, a_h);
         }
     }
-    env.finite &= dt.finite;
-    env.finite_log_decays = dt.finite && a.finite;
+    env.steps_seen(&dt, a);
     let len = longest_sequence(p.cu_seqlens, dims.seqlen) as f64;
     let n = dims.d_state as f64;
-    let input = any_order(&[dt.max, x.max, b.max]);
-    let state = s0.max + len * input;
+    let (input, state) = input_and_state(&dt, x, b, s0, len);
     let cb = n * any_order(&[c.max, b.max]);
     let y = n * any_order(&[c.max, state])
         + len * any_order(&[cb, dt.max, x.max])
@@ -325,19 +346,8 @@ pub fn ssd_envelope<T: Element>(p: &SsdParams<'_, T>) -> Envelope {
         y,
         any_order(&[y, gate.max]),
     ]);
-    env.factors(
-        &[
-            dt.max,
-            a.max * LOG2_E,
-            x.max,
-            b.max,
-            c.max,
-            d.max,
-            gate.max,
-            state,
-        ],
-        (n + 1.0) * (len + 1.0) * (dims.head_dim as f64 + 1.0) * 8.0,
-    );
+    let terms = (n + 1.0) * (len + 1.0) * (dims.head_dim as f64 + 1.0) * 8.0;
+    env.recurrence_factors(&dt, [x, a, b, c, d, gate], state, terms);
     env.finish()
 }
 
@@ -345,20 +355,17 @@ pub fn ssd_envelope<T: Element>(p: &SsdParams<'_, T>) -> Envelope {
 pub fn mamba1_step_envelope<T: Element>(p: &Mamba1StepParams<'_, T>, state: &[f32]) -> Envelope {
     let (x, dt_raw, a) = (Mag::of(p.x), Mag::of(p.dt), Mag::of(p.a));
     let (b, c, h) = (Mag::of(p.b), Mag::of(p.c), Mag::of(state));
-    let (d, bias) = (Mag::of_opt(p.d), Mag::of_opt(p.dt_bias));
-    let gate = Mag::gate(p.z);
+    let (d, bias, gate) = (Mag::of_opt(p.d), Mag::of_opt(p.dt_bias), Mag::gate(p.z));
     let mut env = Builder::new(&[x, dt_raw, a, b, c, d, bias, h, gate]);
     let mut dt = StepSizes::new();
     for ch in 0..p.d_inner {
-        let (a_min, a_max) = range(&p.a[ch * p.d_state..(ch + 1) * p.d_state]);
-        let bias = p.dt_bias.map_or(0.0, |b| b[ch] as f64);
+        let (a_min, a_max, bias) = channel_rates(p.a, p.d_state, p.dt_bias, ch);
         for row in 0..p.batch {
             let step = scan_dt(p.dt[row * p.d_inner + ch].to_f64(), bias, p.dt_softplus);
             env.growth |= dt.add(step, a_min, a_max);
         }
     }
-    env.finite &= dt.finite;
-    env.finite_log_decays = dt.finite && a.finite;
+    env.steps_seen(&dt, a);
     step_bounds(
         &mut env,
         &dt,
@@ -389,8 +396,7 @@ pub fn mamba2_step_envelope<T: Element>(p: &Mamba2StepParams<'_, T>, state: &[f3
             env.growth |= dt.add(step, a_h as f64, a_h as f64);
         }
     }
-    env.finite &= dt.finite;
-    env.finite_log_decays = dt.finite && a.finite;
+    env.steps_seen(&dt, a);
     let raw = dt_raw.max + bias.max;
     step_bounds(
         &mut env,
@@ -413,8 +419,7 @@ fn step_bounds(
     head_dim: usize,
 ) {
     let n = d_state as f64;
-    let input = any_order(&[dt.max, x.max, b.max]);
-    let state = h.max + input;
+    let (input, state) = input_and_state(dt, x, b, h, 1.0);
     let y = n * any_order(&[c.max, state]) + any_order(&[d.max, x.max]);
     env.bounds(&[
         a.max * LOG2_E,
@@ -425,19 +430,8 @@ fn step_bounds(
         y,
         any_order(&[y, gate.max]),
     ]);
-    env.factors(
-        &[
-            dt.max,
-            a.max * LOG2_E,
-            x.max,
-            b.max,
-            c.max,
-            d.max,
-            gate.max,
-            state,
-        ],
-        (n + 1.0) * (head_dim as f64 + 1.0) * 8.0,
-    );
+    let terms = (n + 1.0) * (head_dim as f64 + 1.0) * 8.0;
+    env.recurrence_factors(dt, [x, a, b, c, d, gate], state, terms);
 }
 
 #[cfg(test)]
