@@ -20,21 +20,15 @@ use mamba1_scan::backward_cpu::selective_scan_backward_blocked;
 use mamba1_scan::backward_cpu::tolerance::judge_all;
 use mamba2_ssd::backward_cpu::ssd_backward_chunked;
 use mamba2_ssd::backward_cpu::tolerance::judge_grads;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 use ssm_core::{DType, Element};
 use ssm_gpu::{DeviceElement, Gpu};
+use ssm_verify::fuzz::backward::cotangents;
 use ssm_verify::fuzz::ssd_window_log_decay;
 use ssm_verify::gen::{Mamba1Case, Mamba1Data, SsdCase, SsdData};
 
 /// Why `--impl cuda` is not verified with `ssd --backward`.
 pub const NO_CUDA_BACKWARD: &str =
     "the SSD's CUDA backward is not available in this build: ssd --backward verifies --impl cpu only";
-
-/// Mixed into the seed for the incoming gradients, so that they are not the
-/// inputs' random stream (the same constant as the backward fuzz targets).
-const GRAD_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// One gradient of a backward verification.
 #[derive(Clone, Debug)]
@@ -149,26 +143,6 @@ pub fn check_impls(op: Op, impls: &[&str]) -> Result<(), String> {
         return Err(format!("--impl: {NO_CUDA_BACKWARD}"));
     }
     Ok(())
-}
-
-/// `n` standard normals from `rng`, rounded to `T`.
-fn normals<T: Element>(rng: &mut StdRng, n: usize) -> Vec<T> {
-    let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
-    ssm_core::element::round_slice(&v)
-}
-
-/// The incoming gradients of a backward check, from their own stream of
-/// `seed`: `d_out` of `out_len` elements and, when the forward returns final
-/// states, `d_final_states` of `states` elements.
-fn cotangents<T: Element>(
-    seed: u64,
-    out_len: usize,
-    states: Option<usize>,
-) -> (Vec<T>, Option<Vec<f32>>) {
-    let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
-    let d_out = normals(&mut rng, out_len);
-    let d_final = states.map(|n| normals(&mut rng, n));
-    (d_out, d_final)
 }
 
 /// A case's label, `+fs` when it asks for final states (their gradient is

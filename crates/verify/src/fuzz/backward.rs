@@ -39,10 +39,54 @@ use crate::gen::{DKind, DtRegime, Mamba1Case, Mamba1Data, SsdCase, SsdData};
 /// run on every case, so cases stay small (thousands of cases a minute).
 const MAX_SEQLEN: usize = 40;
 
-/// `n` standard normals from `seed`, rounded to `T` (the incoming gradients).
+/// Mixed into the seed for the incoming gradients, so that they are not the
+/// inputs' random stream.
+const GRAD_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `n` standard normals from `rng`, rounded to `T`.
 fn normals<T: Element>(rng: &mut StdRng, n: usize) -> Vec<T> {
     let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
     ssm_core::element::round_slice(&v)
+}
+
+/// The incoming gradients of a backward check, from their own stream of
+/// `seed`: `d_out` of `out_len` elements in `T` and, when the forward returns
+/// final states, `d_final_states` of `states` elements (f32, as states are).
+/// The backward targets and `ssmk verify --backward` draw them alike.
+pub fn cotangents<T: Element>(
+    seed: u64,
+    out_len: usize,
+    states: Option<usize>,
+) -> (Vec<T>, Option<Vec<f32>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ GRAD_STREAM);
+    let d_out = normals(&mut rng, out_len);
+    let d_final = states.map(|n| normals(&mut rng, n));
+    (d_out, d_final)
+}
+
+/// `run` under `guarded`: its result, or a finding against `implementation`
+/// when it rejects the problem or panics.
+fn checked<G>(
+    target: Target,
+    implementation: &str,
+    problem: &str,
+    run: impl FnOnce() -> ssm_core::Result<G>,
+) -> Result<G, Finding> {
+    match guarded(run) {
+        Ok(Ok(g)) => Ok(g),
+        Ok(Err(e)) => Err(finding(
+            target,
+            implementation,
+            problem,
+            format!("rejected: {e}"),
+        )),
+        Err(m) => Err(finding(
+            target,
+            implementation,
+            problem,
+            format!("panicked: {m}"),
+        )),
+    }
 }
 
 fn finding(target: Target, implementation: &str, problem: &str, detail: String) -> Finding {
@@ -146,37 +190,20 @@ fn ssd_as<T: Element>(problem: &SsdBwdProblem) -> Result<Outcome, Finding> {
     let inputs = data.inputs::<T>();
     let p = inputs.params();
     let dims = problem.case.dims;
-    let mut rng = StdRng::seed_from_u64(problem.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
-    let state_len = dims.heads * dims.head_dim * dims.d_state;
-    let d_final: Option<Vec<f32>> = problem.case.final_states.then(|| {
-        let n = rows(dims.batch, problem.case.varlen) * state_len;
-        (0..n).map(|_| rng.sample(StandardNormal)).collect()
-    });
+    let states = rows(dims.batch, problem.case.varlen) * dims.heads * dims.head_dim * dims.d_state;
+    let (d_out, d_final) = cotangents::<T>(
+        problem.seed,
+        inputs.x.len(),
+        problem.case.final_states.then_some(states),
+    );
     let name = format!("cpu-chunked-bwd(Q={})", problem.chunk);
-    let oracle = |f: &dyn Fn() -> ssm_core::Result<ssm_core::SsdGrads<f64, f64>>| match guarded(f) {
-        Ok(Ok(g)) => Ok(g),
-        Ok(Err(e)) => Err(finding(
-            target,
-            "oracle",
-            &describe,
-            format!("rejected: {e}"),
-        )),
-        Err(m) => Err(finding(
-            target,
-            "oracle",
-            &describe,
-            format!("panicked: {m}"),
-        )),
-    };
-    let want =
-        oracle(&|| ssm_reference::ssd_backward::ssd_backward(&p, &d_out, d_final.as_deref()))?;
-    let got = match guarded(|| ssd_backward_chunked(&p, &d_out, d_final.as_deref(), problem.chunk))
-    {
-        Ok(Ok(g)) => g.to_f64(),
-        Ok(Err(e)) => return Err(finding(target, &name, &describe, format!("rejected: {e}"))),
-        Err(m) => return Err(finding(target, &name, &describe, format!("panicked: {m}"))),
-    };
+    let want = checked(target, "oracle", &describe, || {
+        ssm_reference::ssd_backward::ssd_backward(&p, &d_out, d_final.as_deref())
+    })?;
+    let got = checked(target, &name, &describe, || {
+        ssd_backward_chunked(&p, &d_out, d_final.as_deref(), problem.chunk)
+    })?
+    .to_f64();
     let k = ssd_window_log_decay(&p, problem.chunk);
     let mut magnitude_error = None;
     let checks = judge_grads(&p, &got, &want, problem.chunk, k, || {
@@ -293,44 +320,24 @@ fn scan_as<T: DeviceElement>(problem: &ScanBwdProblem, ctx: &Ctx<'_>) -> Result<
     let data = Mamba1Data::generate(&problem.case, problem.seed);
     let inputs = data.inputs::<T>();
     let p = inputs.params();
-    let (batch, d_inner) = (problem.case.dims.batch, problem.case.dims.d_inner);
-    let d_state = problem.case.dims.d_state;
-    let mut rng = StdRng::seed_from_u64(problem.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let d_out: Vec<T> = normals(&mut rng, inputs.x.len());
-    let d_final: Option<Vec<f32>> = problem.case.final_states.then(|| {
-        let n = rows(batch, problem.case.varlen) * d_inner * d_state;
-        (0..n).map(|_| rng.sample(StandardNormal)).collect()
-    });
+    let dims = problem.case.dims;
+    let states = dims.states_len(rows(dims.batch, problem.case.varlen));
+    let (d_out, d_final) = cotangents::<T>(
+        problem.seed,
+        inputs.x.len(),
+        problem.case.final_states.then_some(states),
+    );
     let dh = d_final.as_deref();
     let name = format!("cpu-blocked-bwd(T={})", problem.block_len);
-    let run_oracle = |magnitudes: bool| match guarded(|| {
-        if magnitudes {
-            ssm_reference::mamba1_backward::selective_scan_backward_magnitudes(&p, &d_out, dh)
-        } else {
-            ssm_reference::mamba1_backward::selective_scan_backward(&p, &d_out, dh)
-        }
-    }) {
-        Ok(Ok(g)) => Ok(g),
-        Ok(Err(e)) => Err(finding(
-            target,
-            "oracle",
-            &describe,
-            format!("rejected: {e}"),
-        )),
-        Err(m) => Err(finding(
-            target,
-            "oracle",
-            &describe,
-            format!("panicked: {m}"),
-        )),
-    };
-    let want = run_oracle(false)?;
-    let mag = run_oracle(true)?;
-    let got = match guarded(|| selective_scan_backward_blocked(&p, &d_out, dh, problem.block_len)) {
-        Ok(Ok(g)) => g,
-        Ok(Err(e)) => return Err(finding(target, &name, &describe, format!("rejected: {e}"))),
-        Err(m) => return Err(finding(target, &name, &describe, format!("panicked: {m}"))),
-    };
+    let want = checked(target, "oracle", &describe, || {
+        ssm_reference::mamba1_backward::selective_scan_backward(&p, &d_out, dh)
+    })?;
+    let mag = checked(target, "oracle", &describe, || {
+        ssm_reference::mamba1_backward::selective_scan_backward_magnitudes(&p, &d_out, dh)
+    })?;
+    let got = checked(target, &name, &describe, || {
+        selective_scan_backward_blocked(&p, &d_out, dh, problem.block_len)
+    })?;
     let judge = |name: &str, got: &ssm_core::ScanGrads<T, f32>| -> Result<(), Finding> {
         let failed: Vec<String> = judge_all(&p, got, &want, &mag)
             .iter()
