@@ -65,8 +65,8 @@ __device__ __forceinline__ int lane_state_index(int sub, int k) { return (sub + 
 
 #ifdef SSM_EMULATE
 // Host forms for the emulation (kernels/mamba2/decode_emu_check.cu): the vector
-// types ssd_emu.cuh does not declare, and the NaN of math.cuh's device branch.
-struct alignas(8) float2 { float x, y; };
+// constructors of the vector types ssd_emu.cuh declares, and the NaN of
+// math.cuh's device branch.
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline float ssm_quiet_nan() { return std::nanf(""); }

@@ -69,9 +69,6 @@
 
 #ifdef SSM_EMULATE
 // Host forms of the few CUDA names below that the emulation header lacks.
-struct alignas(8) float2 {
-    float x, y;
-};
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }

@@ -53,6 +53,15 @@ constexpr i64 PN = (i64)P * N;
 #if SSD_BWD_TILED && SSD_BWD_MMA
 #error "SSD_BWD_TILED and SSD_BWD_MMA are exclusive"
 #endif
+// SSD_BWD_TC 1 (with SSD_BWD_TILED): v4, the tiled kernels' products on the
+// tensor cores over bf16 planes of their operands (ssd_bwd_tiled.cuh; bf16
+// inputs, P = 64; the host checks); 0: v3's SIMT tile products.
+#ifndef SSD_BWD_TC
+#define SSD_BWD_TC 0
+#endif
+#if SSD_BWD_TC && !SSD_BWD_TILED
+#error "SSD_BWD_TC refines the tiled kernels (SSD_BWD_TILED=1)"
+#endif
 #if SSD_BWD_MMA
 static_assert(SSD_DTYPE == 2, "the tensor-core path takes bf16 inputs (f16 parts of an f32 would underflow)");
 static_assert(SSD_N % 16 == 0 && SSD_P % 8 == 0, "the tensor-core path needs N % 16 == 0, P % 8 == 0");

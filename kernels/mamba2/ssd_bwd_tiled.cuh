@@ -55,8 +55,29 @@ constexpr int STAGE_FLOATS = (2 * Q + 2 * P) * LD;
 constexpr int RESULT_FLOATS = 2 * Q * LDP + Q * LD;
 constexpr int REGION_FLOATS = STAGE_FLOATS > RESULT_FLOATS ? STAGE_FLOATS : RESULT_FLOATS;
 constexpr int GRAD_SMEM_FLOATS = 8 * Q + NT + 2 * Q * LDP + 2 * Q * LD + REGION_FLOATS;
+#if SSD_BWD_TC
+// v4 keeps the products' operands as bf16 planes (mma_tile below), u16 row
+// strides PL*: ssd_bwd_chunk holds s, dt' and the planes of xw, dye (three
+// each), B and C (one each); ssd_bwd_grad adds to v3's f32 arrays the planes of
+// dy (three), x (one) and W (two), and its region holds, in turn, the N-tile
+// stage as planes (C, B: one each; S, G: three each) and v3's results.
+static_assert(SSD_DTYPE == 2, "the tensor-core tiles take bf16 inputs (exact single planes)");
+static_assert(P == 64, "the tensor-core tiles run P = 64 (other P: v3)");
+constexpr int PLP = P + 8;
+constexpr int PLN = N + 8;
+constexpr int PLQ = Q + 8;
+constexpr int PL64 = 64 + 8;
+constexpr int CHUNK_SMEM_BYTES = 4 * 2 * Q + 2 * (6 * Q * PLP + 2 * Q * PLN);
+constexpr int GRAD_F32_FLOATS = 8 * Q + NT + 2 * Q * LDP + 2 * Q * LD;
+constexpr int GRAD_PLANE_U16 = 4 * Q * PLP + 2 * Q * PLQ;
+constexpr int STAGE_TC_BYTES = 2 * (2 * Q * PL64 + 6 * P * PL64);
+constexpr int RESULT_BYTES = 4 * RESULT_FLOATS;
+constexpr int GRAD_SMEM_BYTES =
+    4 * GRAD_F32_FLOATS + 2 * GRAD_PLANE_U16 + (STAGE_TC_BYTES > RESULT_BYTES ? STAGE_TC_BYTES : RESULT_BYTES);
+#else
 constexpr int CHUNK_SMEM_BYTES = 4 * CHUNK_SMEM_FLOATS;
 constexpr int GRAD_SMEM_BYTES = 4 * GRAD_SMEM_FLOATS;
+#endif
 // The host computes the same sizes (BwdConfig::tiled_smem_bytes in
 // crates/mamba2-ssd/src/cuda/backward.rs) and passes them: a layout change on
 // one side only fails to compile.
@@ -75,6 +96,12 @@ SSD_DEV void st4(float* p, float a, float b, float c, float d) {
     *reinterpret_cast<float4*>(p) = v;
 }
 SSD_DEV void st4(float* p, const float* v) { st4(p, v[0], v[1], v[2], v[3]); }
+SSD_DEV void st2(float* p, float a, float b) {
+    float2 v;
+    v.x = a;
+    v.y = b;
+    *reinterpret_cast<float2*>(p) = v;
+}
 SSD_DEV float lane4(const float4& v, int u) { return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; }
 
 // This thread's place in a 64 x 64 tile: rows 4 ti .. 4 ti + 3 (a quad; ti is
@@ -306,6 +333,136 @@ SSD_DEV void tile_zero(float acc[4][4]) {
 using ssd_bwd::chunk_decays;
 using ssd_bwd::dy_at;
 
+#if SSD_BWD_TC
+// --- v4: the tile products on the tensor cores --------------------------------
+//
+// An operand lives in shared memory as bf16 planes: an exact bf16 input (x, B,
+// C) as one, an f32 value as the parts of a split v = hi + mid + lo (each the
+// bf16 rounding of what the previous parts left; three parts keep all 24 bits
+// of an f32). mma_tile multiplies the planes with m16n8k16 MMAs, f32
+// accumulate, keeping the products of parts (a, b) with a + b below the larger
+// plane count: with three parts down to 2^-24 relative (the SIMT products'
+// error), with two to 2^-16. Which products need which is in
+// docs/kernels/mamba2-ssd-bwd.md ("v4").
+
+// Plane row stride (u16) for rows of `cols` values: 16 bytes of padding, so that
+// the eight rows an ldmatrix reads fall in distinct 16-byte bank groups.
+SSD_CONSTEXPR int plane_ld(int cols) { return cols + 8; }
+
+// Four consecutive values into NPL planes (plane stride `ps` u16) at p (8-byte aligned).
+template <int NPL>
+SSD_DEV void split_store4(u16* p, int ps, const float* v) {
+    float r[4] = {v[0], v[1], v[2], v[3]};
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        uint2 w;
+        w.x = pack2(r[0], r[1]);
+        w.y = pack2(r[2], r[3]);
+#ifdef SSD_EMULATE
+        std::memcpy(p + k * ps, &w, sizeof w);
+#else
+        *reinterpret_cast<uint2*>(p + k * ps) = w;
+#endif
+        r[0] -= unpack_lo(w.x);
+        r[1] -= unpack_hi(w.x);
+        r[2] -= unpack_lo(w.y);
+        r[3] -= unpack_hi(w.y);
+    }
+}
+
+// Where this thread's accumulator acc[t][e] of mma_tile sits in the 64 x 64
+// tile: warp w holds rows 16 (w % 4) .. +15 and columns 32 (w / 4) .. +31, as
+// four m16n8 tiles t; e is the MMA's fragment element (e and e + 1 are
+// neighbouring columns, e >= 2 the lower eight rows).
+SSD_DEV int mma_row(int e) {
+    const int w = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    return 16 * (w % 4) + lane / 4 + (e >= 2 ? 8 : 0);
+}
+SSD_DEV int mma_col(int t, int e) {
+    const int w = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    return 32 * (w / 4) + 8 * t + 2 * (lane % 4) + (e & 1);
+}
+
+// acc += this warp's part of sum_{k < K} A(m, k) B(k, n) over a 64 x 64 tile.
+// A(m, k) is plane a of A at A[a ps_a + m lda + k] when A_KMAJOR, else
+// A[a ps_a + k lda + m] (read with ldmatrix .trans); B(k, n) at B[b ps_b + n ldb
+// + k] when B_KMAJOR, else B[b ps_b + k ldb + n]. K % 16 == 0; every row
+// address 16-byte aligned. The MMAs run in a fixed order (deterministic).
+template <bool A_KMAJOR, bool B_KMAJOR, int NA, int NB>
+SSD_DEV void mma_tile(float acc[4][4], const u16* A, int lda, int ps_a, const u16* Bm, int ldb, int ps_b,
+                      int K) {
+    constexpr int TERMS = NA > NB ? NA : NB;
+    const int w = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int m0 = 16 * (w % 4), n0 = 32 * (w / 4);
+    const int mat = lane / 8, r8 = lane % 8;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        u32 a[NA][4];
+#pragma unroll
+        for (int pa = 0; pa < NA; ++pa) {
+            const u16* pl = A + pa * ps_a;
+            // Matrix `mat`: rows m0 + 8 (mat & 1), columns k0 + 8 (mat >> 1).
+            if (A_KMAJOR)
+                ldsm_x4(a[pa], pl + (m0 + 8 * (mat & 1) + r8) * lda + k0 + 8 * (mat >> 1));
+            else
+                ldsm_x4_trans(a[pa], pl + (k0 + 8 * (mat >> 1) + r8) * lda + m0 + 8 * (mat & 1));
+        }
+        u32 b[NB][4][2];
+#pragma unroll
+        for (int pb = 0; pb < NB; ++pb) {
+            const u16* pl = Bm + pb * ps_b;
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                // Matrix `mat`: n8 tile 2 hh + (mat >> 1), k rows k0 + 8 (mat & 1).
+                const int nb = n0 + 16 * hh + 8 * (mat >> 1), kb = k0 + 8 * (mat & 1);
+                u32 r[4];
+                if (B_KMAJOR)
+                    ldsm_x4(r, pl + (nb + r8) * ldb + kb);
+                else
+                    ldsm_x4_trans(r, pl + (kb + r8) * ldb + nb);
+                b[pb][2 * hh][0] = r[0];
+                b[pb][2 * hh][1] = r[1];
+                b[pb][2 * hh + 1][0] = r[2];
+                b[pb][2 * hh + 1][1] = r[3];
+            }
+        }
+#pragma unroll
+        for (int pa = 0; pa < NA; ++pa)
+#pragma unroll
+            for (int pb = 0; pb < NB; ++pb) {
+                if (pa + pb >= TERMS) continue;
+#pragma unroll
+                for (int t = 0; t < 4; ++t) mma16816(acc[t], a[pa], b[pb][t][0], b[pb][t][1]);
+            }
+    }
+}
+
+// As stage_cb_tile, into single planes (exact bf16), row stride PL64.
+SSD_DEV void stage_cb_planes(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16* ct, u16* bt) {
+    const elem_t* const src[2] = {a.C + off, a.B + off};
+    stage_rows<Q, 64, 2>(src, ld, len, [&](int i, int n, const Staged<2, elem_t>& v) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4) {
+            split_store4<1>(ct + i * PL64 + n + e, 0, v[0] + e);
+            split_store4<1>(bt + i * PL64 + n + e, 0, v[1] + e);
+        }
+    });
+}
+
+// As stage_state_tile, into three planes each (plane stride P PL64).
+SSD_DEV void stage_state_planes(const float* S, const float* Gr, u16* st, u16* gt, float* gs) {
+    const float* const src[2] = {S, Gr};
+    auto put = [&](int p, int n, const Staged<2, float>& v) {
+        split_store4<3>(st + p * PL64 + n, P * PL64, v[0]);
+        split_store4<3>(gt + p * PL64 + n, P * PL64, v[1]);
+        if (gs) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) *gs += v[1][e] * v[0][e];
+        }
+    };
+    stage_rows<P, 64, 2, float, decltype(put), 64 / PT>(src, N, P, put);
+}
+#endif  // SSD_BWD_TC
+
 }  // namespace ssd_bwd3
 
 #ifdef SSD_EMULATE
@@ -316,16 +473,23 @@ using ssd_bwd::dy_at;
     float* const smem3 = smem3_
 #endif
 
-// Stages A + C (v3): per (chunk, head).
+// Stages A + C (v3; v4 with SSD_BWD_TC): per (chunk, head).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs a) {
     using namespace ssd_bwd3;
     BWD3_SMEM;
     float* const s_c = smem3;
     float* const dt_c = s_c + Q;
+#if SSD_BWD_TC
+    u16* const xwp = reinterpret_cast<u16*>(dt_c + Q);  // 3 planes (Q, PLP) of xw
+    u16* const dyp = xwp + 3 * Q * PLP;                  // 3 planes (Q, PLP) of dye
+    u16* const bp = dyp + 3 * Q * PLP;                   // (Q, PLN)
+    u16* const cp = bp + Q * PLN;                        // (Q, PLN)
+#else
     float* const xw = dt_c + Q;          // (Q, LDP): exp2(q - s_j) dt'_j x_j
     float* const dye = xw + Q * LDP;     // (Q, LDP): exp2(s_j) dy_j
     float* const bs = dye + Q * LDP;     // (Q, LDN)
     float* const cs = bs + Q * LDN;      // (Q, LDN)
+#endif
     const int H = a.H, G = a.G;
     const i64 c = blockIdx.x / H;
     const int h = blockIdx.x % H;
@@ -345,22 +509,51 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
             xr[e] = xs * xv[e];
             dr[e] = ds * dv[e];
         }
+#if SSD_BWD_TC
+        split_store4<3>(xwp + j * PLP + p, Q * PLP, xr);
+        split_store4<3>(dyp + j * PLP + p, Q * PLP, dr);
+#else
         st4(xw + j * LDP + p, xr);
         st4(dye + j * LDP + p, dr);
+#endif
     });
     {
         const elem_t* const src[2] = {a.B + tok * GN + (i64)g * N, a.C + tok * GN + (i64)g * N};
         stage_rows<Q, N, 2>(src, GN, len, [&](int j, int n, const Staged<2, elem_t>& v) {
 #pragma unroll
             for (int e = 0; e < VEC; e += 4) {
+#if SSD_BWD_TC
+                split_store4<1>(bp + j * PLN + n + e, 0, v[0] + e);
+                split_store4<1>(cp + j * PLN + n + e, 0, v[1] + e);
+#else
                 st4(bs + j * LDN + n + e, v[0] + e);
                 st4(cs + j * LDN + n + e, v[1] + e);
+#endif
             }
         });
     }
     __syncthreads();
     float* R = a.ws_S + (c * H + h) * ssd_bwd::PN;
     float* Ct = a.ws_G + (c * H + h) * ssd_bwd::PN;
+#if SSD_BWD_TC
+    // R = xw^T B and C-term = dye^T C: three planes of the f32 side, one of the
+    // exact bf16 side (2^-24, as v3's f32 products).
+    for (int nt = 0; nt < NTL; ++nt) {
+        float r[4][4], t[4][4];
+        tile_zero(r);
+        tile_zero(t);
+        mma_tile<false, false, 3, 1>(r, xwp, PLP, Q * PLP, bp + nt * 64, PLN, 0, Q);
+        mma_tile<false, false, 3, 1>(t, dyp, PLP, Q * PLP, cp + nt * 64, PLN, 0, Q);
+#pragma unroll
+        for (int tt = 0; tt < 4; ++tt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const i64 at = (i64)mma_row(e) * N + nt * 64 + mma_col(tt, e);
+                st2(R + at, r[tt][e], r[tt][e + 1]);
+                st2(Ct + at, t[tt][e], t[tt][e + 1]);
+            }
+    }
+#else
     for (int pt = 0; pt < PT; ++pt) {
         for (int nt = 0; nt < NTL; ++nt) {
             float r[4][4], t[4][4];
@@ -376,10 +569,13 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
             }
         }
     }
+#endif
 }
 
-// Stage E (v3): per (chunk, head).
-extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs a) {
+// Stage E (v3; v4 with SSD_BWD_TC): per (chunk, head). The block is alone on its
+// SM (its shared memory), so the launch bounds say so: without the minimum of
+// one block ptxas held v4 to 128 registers and spilled (187 with it, no spills).
+extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdArgs a) {
     using namespace ssd_bwd3;
     BWD3_SMEM;
     float* const s_c = smem3;
@@ -395,12 +591,24 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     float* const xs = dys + Q * LDP;  // (Q, LDP)
     float* const mx = xs + Q * LDP;   // (Q, LD): C_i . B_j exp2(s_i - s_j), j <= i < len
     float* const gx = mx + Q * LD;    // (Q, LD): dy_i . x_j, later W_ij = exp2(s_i - s_j) dt'_j gx_ij
+#if SSD_BWD_TC
+    u16* const dyp = reinterpret_cast<u16*>(gx + Q * LD);  // 3 planes (Q, PLP) of dy
+    u16* const xp = dyp + 3 * Q * PLP;                      // (Q, PLP): x
+    u16* const wp = xp + Q * PLP;                           // 2 planes (Q, PLQ) of W
+    float* const region = reinterpret_cast<float*>(wp + 2 * Q * PLQ);
+    // The N-tile stage as planes ...
+    u16* const ct = reinterpret_cast<u16*>(region);  // (Q, PL64): C(i, n0 + n)
+    u16* const bt = ct + Q * PL64;                   // (Q, PL64): B(j, n0 + n)
+    u16* const st = bt + Q * PL64;                   // 3 planes (P, PL64): S(p, n0 + n)
+    u16* const gt = st + 3 * P * PL64;               // 3 planes (P, PL64): G(p, n0 + n)
+#else
     float* const region = gx + Q * LD;
     // The N-tile stage ...
     float* const ct = region;         // (Q, LD): C(i, n0 + n)
     float* const bt = ct + Q * LD;    // (Q, LD): B(j, n0 + n)
     float* const st = bt + Q * LD;    // (P, LD): S(p, n0 + n)
     float* const gt = st + P * LD;    // (P, LD): G(p, n0 + n)
+#endif
     // ... and, between the two N-tile loops, the results.
     float* const scs = region;          // (Q, LDP): S C_i
     float* const gbs = scs + Q * LDP;   // (Q, LDP): G B_j
@@ -427,6 +635,10 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     stage_x_dy(a, tok * HP + hp0, HP, len, [&](int i, int p, const float* xv, const float* dv) {
         st4(xs + i * LDP + p, xv);
         st4(dys + i * LDP + p, dv);
+#if SSD_BWD_TC
+        split_store4<1>(xp + i * PLP + p, 0, xv);
+        split_store4<3>(dyp + i * PLP + p, Q * PLP, dv);
+#endif
     });
     __syncthreads();
     const float q = s_c[len - 1];
@@ -453,9 +665,18 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     {
         float acc[4][4];
         tile_zero(acc);
+#if SSD_BWD_TC
+        // dy's three planes against the exact x (2^-24: gx feeds d dt' and da).
+        mma_tile<true, true, 3, 1>(acc, dyp, PLP, Q * PLP, xp, PLP, 0, P);
+#pragma unroll
+        for (int t = 0; t < 4; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) gx[mma_row(e) * LD + mma_col(t, e)] = acc[t][e];
+#else
         tile_mm<true, true, false>(acc, dys, LDP, xs, LDP, P, nullptr);
         for (int r = 0; r < 4; ++r)
             for (int cc = 0; cc < 4; ++cc) gx[tile_row(r) * LD + tile_col<true>(cc)] = acc[r][cc];
+#endif
     }
 
     // 3. S C and G B over the N tiles, with the carried term's <G, S>.
@@ -470,6 +691,15 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     float gs_part = 0.0f;
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
+#if SSD_BWD_TC
+        stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_planes(S + n0, Gr + n0, st, gt, &gs_part);
+        __syncthreads();
+        // SC(i, p) = sum_n C(i, n) S(p, n); GB(j, p) = sum_n B(j, n) G(p, n): the
+        // states' three planes against the exact B, C (2^-24).
+        mma_tile<true, true, 1, 3>(sc[0], ct, PL64, 0, st, PL64, P * PL64, 64);
+        mma_tile<true, true, 1, 3>(gb[0], bt, PL64, 0, gt, PL64, P * PL64, 64);
+#else
         stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
         stage_state_tile(S + n0, Gr + n0, st, gt, &gs_part);
         __syncthreads();
@@ -479,9 +709,20 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
             tile_mm<true, true, false>(sc[pt], ct, LD, st + pt * 64 * LD, LD, 64, nullptr);
             tile_mm<true, true, false>(gb[pt], bt, LD, gt + pt * 64 * LD, LD, 64, nullptr);
         }
+#endif
         __syncthreads();
     }
     const float carried = exp2f(q) * ssd_bwd::block_sum(gs_part, red);
+#if SSD_BWD_TC
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int idx = mma_row(e) * LDP + mma_col(t, e);
+            scs[idx] = sc[0][t][e];
+            gbs[idx] = gb[0][t][e];
+        }
+#else
 #pragma unroll
     for (int pt = 0; pt < PT; ++pt)
         for (int r = 0; r < 4; ++r)
@@ -490,6 +731,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
                 scs[idx] = sc[pt][r][cc];
                 gbs[idx] = gb[pt][r][cc];
             }
+#endif
     __syncthreads();
 
     // 4. e_i and f_j: four lanes per row, a fixed shuffle tree.
@@ -533,10 +775,21 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
         da_c[k] = k < len ? pair + suffix + carried + prefix : 0.0f;
     }
     __syncthreads();
-    // W_ij = exp2(s_i - s_j) dt'_j gx_ij, j <= i < len (in place of gx).
-    for (int e = tid; e < Q * Q; e += NT) {
-        const int i = e / Q, j = e % Q;
-        gx[i * LD + j] = (j <= i && i < len) ? exp2f(s_c[i] - s_c[j]) * dt_c[j] * gx[i * LD + j] : 0.0f;
+    // W_ij = exp2(s_i - s_j) dt'_j gx_ij, j <= i < len (in place of gx; v4 also
+    // splits it into two planes: W feeds only the bf16-stored dB and dC, for
+    // which 2^-16 is far inside the storage rounding).
+    for (int e = tid; e < Q * Q / 4; e += NT) {
+        const int i = e / (Q / 4), j0 = 4 * (e % (Q / 4));
+        float wv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int j = j0 + u;
+            wv[u] = (j <= i && i < len) ? exp2f(s_c[i] - s_c[j]) * dt_c[j] * gx[i * LD + j] : 0.0f;
+        }
+        st4(gx + i * LD + j0, wv);
+#if SSD_BWD_TC
+        split_store4<2>(wp + i * PLQ + j0, Q * PLQ, wv);
+#endif
     }
 
     // 6. dx and dz.
@@ -576,6 +829,38 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     // 7. Per-head dC and dB over the N tiles.
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
+#if SSD_BWD_TC
+        stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_planes(S + n0, Gr + n0, st, gt, nullptr);
+        __syncthreads();
+        float dc[4][4], db[4][4];
+        tile_zero(dc);
+        tile_zero(db);
+        // Two planes of each f32 operand (dB and dC are stored as bf16).
+        // exp2(s_i) sum_p dy(i, p) S(p, n); w_j sum_p x(j, p) G(p, n).
+        mma_tile<true, false, 2, 2>(dc, dyp, PLP, Q * PLP, st, PL64, P * PL64, P);
+        mma_tile<true, false, 1, 2>(db, xp, PLP, 0, gt, PL64, P * PL64, P);
+#pragma unroll
+        for (int t = 0; t < 4; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                dc[t][e] *= ex_c[mma_row(e)];
+                db[t][e] *= w_c[mma_row(e)];
+            }
+        // + sum_j W(i, j) B(j, n); + sum_i W(i, j) C(i, n).
+        mma_tile<true, false, 2, 1>(dc, wp, PLQ, Q * PLQ, bt, PL64, 0, Q);
+        mma_tile<false, false, 2, 1>(db, wp, PLQ, Q * PLQ, ct, PL64, 0, Q);
+#pragma unroll
+        for (int t = 0; t < 4; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = mma_row(e);
+                if (i >= len) continue;
+                const i64 at = ((tok + i) * H + h) * N + n0 + mma_col(t, e);
+                st2(a.ws_dch + at, dc[t][e], dc[t][e + 1]);
+                st2(a.ws_dbh + at, db[t][e], db[t][e + 1]);
+            }
+#else
         stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
         stage_state_tile(S + n0, Gr + n0, st, gt, nullptr);
         __syncthreads();
@@ -600,6 +885,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
             st4(a.ws_dch + row, dc[r][0], dc[r][1], dc[r][2], dc[r][3]);
             st4(a.ws_dbh + row, db[r][0], db[r][1], db[r][2], db[r][3]);
         }
+#endif
         __syncthreads();
     }
 

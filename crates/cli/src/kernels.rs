@@ -302,12 +302,16 @@ fn ssd_bwd_variants(
     push: &mut dyn FnMut(KernelVariant),
 ) {
     if let Ok(c) = SsdBwdConfig::new(dtype, dims, features, d_final, chunk) {
-        // v1's loops everywhere, the tiled v3 where it takes the shape.
-        for tiled in [false, true] {
-            if let Ok(c) = c.with_tiled(tiled) {
-                for v in c.variants() {
-                    push(v);
-                }
+        // v1's loops everywhere, the tiled v3 where it takes the shape, v4's
+        // tensor-core tiles where those do.
+        let versions = [
+            c.with_tiled(false),
+            c.with_tiled(true).and_then(|c| c.with_tensor_tiles(false)),
+            c.with_tensor_tiles(true),
+        ];
+        for c in versions.into_iter().flatten() {
+            for v in c.variants() {
+                push(v);
             }
         }
     }

@@ -75,6 +75,10 @@ pub struct BwdConfig {
     /// the default wherever [`BwdConfig::tiled_supports`] holds;
     /// [`BwdConfig::with_tiled`]).
     pub tiled: bool,
+    /// The tiled kernels' products on the tensor cores over bf16 planes of
+    /// their operands (SSD_BWD_TC, v4; the default wherever
+    /// [`BwdConfig::tensor_tiles_supports`] holds; [`BwdConfig::with_tensor_tiles`]).
+    pub tensor_tiles: bool,
 }
 
 impl BwdConfig {
@@ -107,6 +111,7 @@ impl BwdConfig {
                 dims.d_state, dims.head_dim
             )));
         }
+        let tiled = Self::tiled_supports(chunk, dims.d_state, dims.head_dim).is_ok();
         Ok(BwdConfig {
             dtype,
             chunk,
@@ -115,8 +120,35 @@ impl BwdConfig {
             features,
             d_final,
             tensor_cores: false,
-            tiled: Self::tiled_supports(chunk, dims.d_state, dims.head_dim).is_ok(),
+            tiled,
+            tensor_tiles: tiled && Self::tensor_tiles_supports(dtype, dims.head_dim).is_ok(),
         })
+    }
+
+    /// Whether v4's tensor-core tiles take this shape on top of
+    /// [`BwdConfig::tiled_supports`], or why not: bf16 inputs (B, C and x are
+    /// then exact single planes) and `head_dim` 64 (its shared-memory layout);
+    /// elsewhere the tiled kernels keep v3's SIMT products.
+    pub fn tensor_tiles_supports(dtype: DType, head_dim: usize) -> Result<()> {
+        if dtype == DType::Bf16 && head_dim == 64 {
+            return Ok(());
+        }
+        Err(unsupported(format!(
+            "the tensor-core tiles of the backward on {dtype} inputs with head_dim = \
+             {head_dim} (bf16 and head_dim 64)"
+        )))
+    }
+
+    /// The tiled configuration with v4's tensor-core products on or off; on
+    /// fails with [`SsmError::Unsupported`] where the tiled kernels or
+    /// [`BwdConfig::tensor_tiles_supports`] do not take the shape.
+    pub fn with_tensor_tiles(self, on: bool) -> Result<Self> {
+        let mut c = if on { self.with_tiled(true)? } else { self };
+        if on {
+            Self::tensor_tiles_supports(c.dtype, c.head_dim)?;
+        }
+        c.tensor_tiles = on;
+        Ok(c)
     }
 
     /// Whether the tiled v3 kernels take this shape, or why not: chunk 64,
@@ -139,6 +171,8 @@ impl BwdConfig {
         if on {
             Self::tiled_supports(self.chunk, self.d_state, self.head_dim)?;
             self.tensor_cores = false;
+        } else {
+            self.tensor_tiles = false;
         }
         self.tiled = on;
         Ok(self)
@@ -158,11 +192,40 @@ impl BwdConfig {
             BWD_THREADS as usize,
         );
         let (ld, ldp, ldn) = (64 + 4, p + 4, n + 4);
+        let results = 2 * q * ldp + q * ld;
+        let grad_f32 = 8 * q + threads + 2 * q * ldp + 2 * q * ld;
+        if self.tensor_tiles {
+            // u16 planes with rows padded by 8 (kernels: PLP, PLN, PLQ, PL64).
+            let (plp, pln, plq, pl64) = (p + 8, n + 8, q + 8, 64 + 8);
+            let chunk = 4 * 2 * q + 2 * (6 * q * plp + 2 * q * pln);
+            let stage = 2 * (2 * q * pl64 + 6 * p * pl64);
+            let planes = 4 * q * plp + 2 * q * plq;
+            let grad = 4 * grad_f32 + 2 * planes + stage.max(4 * results);
+            return (chunk, grad);
+        }
         let chunk = 2 * q + 2 * q * ldp + 2 * q * ldn;
         let stage = (2 * q + 2 * p) * ld;
-        let results = 2 * q * ldp + q * ld;
-        let grad = 8 * q + threads + 2 * q * ldp + 2 * q * ld + stage.max(results);
+        let grad = grad_f32 + stage.max(results);
         (4 * chunk, 4 * grad)
+    }
+
+    /// The default configuration cut down to a device that allows `optin` bytes
+    /// of shared memory per block: v4's tensor-core tiles (201 KB at P 64, N
+    /// 128) where they fit, else v3's tiles (142 KB), else v1's loops (a few KB
+    /// of static arrays). [`SsdBwdPlan::with_config`] instead refuses a
+    /// configuration that does not fit, naming the sizes.
+    pub fn fit_shared_memory(mut self, optin: usize) -> Self {
+        let fits = |c: &BwdConfig| {
+            let (chunk, grad) = c.tiled_smem_bytes();
+            chunk.max(grad) <= optin
+        };
+        if self.tensor_tiles && !fits(&self) {
+            self.tensor_tiles = false;
+        }
+        if self.tiled && !fits(&self) {
+            self.tiled = false;
+        }
+        self
     }
 
     /// The same configuration with the tensor-core `S C` / `G B` of
@@ -179,6 +242,7 @@ impl BwdConfig {
         }
         if on {
             self.tiled = false;
+            self.tensor_tiles = false;
         }
         if on && (self.d_state % 16 != 0 || self.head_dim % 8 != 0) {
             return Err(unsupported(format!(
@@ -227,6 +291,9 @@ impl BwdConfig {
         if self.tiled {
             let (chunk, grad) = self.tiled_smem_bytes();
             defines.push(("SSD_BWD_TILED", "1".to_string()));
+            if self.tensor_tiles {
+                defines.push(("SSD_BWD_TC", "1".to_string()));
+            }
             defines.push(("SSD_BWD_CHUNK_SMEM", chunk.to_string()));
             defines.push(("SSD_BWD_GRAD_SMEM", grad.to_string()));
         }
@@ -234,10 +301,12 @@ impl BwdConfig {
     }
 
     /// A stable name, e.g. `bf16.q64.n128.p64` (`.mma` with tensor cores,
-    /// `.tiled` on the v3 kernels).
+    /// `.tiled` on the v3 kernels, `.tc` on v4's tensor-core tiles).
     pub fn label(&self) -> String {
         let version = if self.tensor_cores {
             ".mma"
+        } else if self.tensor_tiles {
+            ".tc"
         } else if self.tiled {
             ".tiled"
         } else {
@@ -492,8 +561,10 @@ impl SsdBwdPlan {
                 reason: "given, but the forward returns no final states".into(),
             });
         }
+        let optin = gpu.max_smem_per_block_optin()? as usize;
         let config = BwdConfig::new(dtype, &dims, features, d_final, chunk)?
-            .with_tensor_cores(tensor_cores)?;
+            .with_tensor_cores(tensor_cores)?
+            .fit_shared_memory(optin);
         Self::with_config(gpu, config, dims, dt_limit, cu_seqlens)
     }
 
@@ -969,12 +1040,16 @@ pub fn ssd_bwd_kernel_variants() -> Vec<KernelVariant> {
         (DType::F32, 128, 64, 64),
     ] {
         if let Ok(c) = BwdConfig::new(dtype, &dims(n, p), SsdFeatures::all(), true, q) {
-            // v1's loops, and the tiled v3 where it takes the shape.
+            // v1's loops, the tiled v3 where it takes the shape, and v4's
+            // tensor-core tiles (the default) where those do.
             if let Ok(simt) = c.with_tiled(false) {
                 v.extend(simt.variants());
             }
-            if let Ok(tiled) = c.with_tiled(true) {
+            if let Ok(tiled) = c.with_tiled(true).and_then(|c| c.with_tensor_tiles(false)) {
                 v.extend(tiled.variants());
+            }
+            if let Ok(tc) = c.with_tensor_tiles(true) {
+                v.extend(tc.variants());
             }
         }
     }
