@@ -1,5 +1,8 @@
-// Mamba-2 SSD chunked backward on CUDA cores, f32 arithmetic throughout
-// (derivation: docs/BACKWARD-SSD.md; kernel notes: docs/kernels/mamba2-ssd-bwd.md).
+// Mamba-2 SSD chunked backward, f32 arithmetic throughout: on CUDA cores (v1,
+// v3), or with the heavy products on the tensor cores over bf16 planes that
+// keep the f32 operands' bits where the gradients need them (v4,
+// ssd_bwd_tiled.cuh). Derivation: docs/BACKWARD-SSD.md; kernel notes:
+// docs/kernels/mamba2-ssd-bwd.md.
 //
 // The GPU twin of crates/mamba2-ssd/src/backward_cpu.rs, stage for stage, as six
 // launches in stream order (host: crates/mamba2-ssd/src/cuda/backward.rs):
