@@ -85,24 +85,12 @@ impl Default for FuzzArgs {
 }
 
 fn open_gpu(mode: GpuMode) -> Result<Option<Gpu>, String> {
-    if mode == GpuMode::Off {
-        eprintln!("GPU: off (--gpu off): fuzzing the CPU implementations only");
-        return Ok(None);
-    }
-    match Gpu::new(0) {
-        Ok(gpu) => {
-            eprintln!("GPU: {}", gpu.describe());
-            Ok(Some(gpu))
-        }
-        Err(e) if mode == GpuMode::Require => {
-            Err(format!("--gpu require, but no GPU is usable: {e}"))
-        }
-        Err(e) => {
-            eprintln!("NO GPU: {e}");
-            eprintln!("NO GPU: the CUDA implementations are NOT fuzzed in this run");
-            Ok(None)
-        }
-    }
+    let off = "fuzzing the CPU implementations only";
+    mode.open(
+        off,
+        "the CUDA implementations are NOT fuzzed in this run",
+        true,
+    )
 }
 
 fn selected_targets(names: &[String]) -> Result<Vec<Target>, String> {

@@ -45,6 +45,39 @@ pub enum GpuMode {
     Require,
 }
 
+impl GpuMode {
+    /// GPU 0 under this mode (`announce`d when it opens): none with `--gpu
+    /// off`, saying `off_note`; when none opens, an error with `--gpu require`
+    /// and otherwise none, saying `missing_note`.
+    pub fn open(
+        self,
+        off_note: &str,
+        missing_note: &str,
+        announce: bool,
+    ) -> Result<Option<ssm_gpu::Gpu>, String> {
+        if self == GpuMode::Off {
+            eprintln!("GPU: off (--gpu off): {off_note}");
+            return Ok(None);
+        }
+        match ssm_gpu::Gpu::new(0) {
+            Ok(gpu) => {
+                if announce {
+                    eprintln!("GPU: {}", gpu.describe());
+                }
+                Ok(Some(gpu))
+            }
+            Err(e) if self == GpuMode::Require => {
+                Err(format!("--gpu require, but no GPU is usable: {e}"))
+            }
+            Err(e) => {
+                eprintln!("NO GPU: {e}");
+                eprintln!("NO GPU: {missing_note}");
+                Ok(None)
+            }
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Verify every available implementation against the f64 oracle (the default),

@@ -52,21 +52,9 @@ pub struct VerifyArgs {
 }
 
 fn open_gpu(mode: GpuMode) -> Result<Option<Gpu>, String> {
-    if mode == GpuMode::Off {
-        eprintln!("GPU: off (--gpu off): running the CPU implementations only");
-        return Ok(None);
-    }
-    match Gpu::new(0) {
-        Ok(gpu) => Ok(Some(gpu)),
-        Err(e) if mode == GpuMode::Require => {
-            Err(format!("--gpu require, but no GPU is usable: {e}"))
-        }
-        Err(e) => {
-            eprintln!("NO GPU: {e}");
-            eprintln!("NO GPU: the CUDA implementations are NOT verified in this run; running the CPU implementations only");
-            Ok(None)
-        }
-    }
+    let cpu_only = "running the CPU implementations only";
+    let missing = format!("the CUDA implementations are NOT verified in this run; {cpu_only}");
+    mode.open(cpu_only, &missing, false)
 }
 
 /// `ssmk verify`, with or without a custom shape.
@@ -164,25 +152,10 @@ fn run_backward(args: &VerifyArgs, cmd: &Custom, gpu: Option<&Gpu>, seed: u64) -
         (_, true, false) => " (CPU only: no GPU)",
         _ => "",
     };
-    println!(
-        "{} gradients, {} passed, {} failed in {:.1} s{note}",
-        rows.len(),
-        rows.len() - failed,
-        failed,
-        start.elapsed().as_secs_f64(),
-    );
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "seed": seed,
-            "kernels_hash": ssm_gpu::KERNELS_HASH,
-            "backward": true,
-            "rows": rows.iter().map(backward::GradRow::json).collect::<Vec<_>>(),
-        });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
-        {
-            eprintln!("error: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    print_summary("gradients", rows.len(), failed, start, note);
+    let json_rows: Vec<_> = rows.iter().map(backward::GradRow::json).collect();
+    if !write_run_json(args, seed, ("backward", true.into()), json_rows.into()) {
+        return ExitCode::FAILURE;
     }
     if failed == 0 && !rows.is_empty() {
         ExitCode::SUCCESS
@@ -227,29 +200,49 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
     finish(args, &rows, start, seed, gpu.is_some())
 }
 
+/// The last line of a run: `N <what>, P passed, F failed in T s<note>`.
+fn print_summary(what: &str, total: usize, failed: usize, start: Instant, note: &str) {
+    println!(
+        "{total} {what}, {} passed, {failed} failed in {:.1} s{note}",
+        total - failed,
+        start.elapsed().as_secs_f64(),
+    );
+}
+
+/// With `--json`, write the run (its seed, the kernels' hash, `key: value`
+/// and the rows) as pretty JSON; `false` (after saying why) when that fails.
+fn write_run_json(
+    args: &VerifyArgs,
+    seed: u64,
+    (key, value): (&str, serde_json::Value),
+    rows: serde_json::Value,
+) -> bool {
+    let Some(path) = &args.json else {
+        return true;
+    };
+    let mut doc = serde_json::Map::new();
+    doc.insert("seed".into(), seed.into());
+    doc.insert("kernels_hash".into(), ssm_gpu::KERNELS_HASH.into());
+    doc.insert(key.into(), value);
+    doc.insert("rows".into(), rows);
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    match std::fs::write(path, text) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: writing {}: {e}", path.display());
+            false
+        }
+    }
+}
+
 /// The summary line, the JSON file, and the exit status.
 fn finish(args: &VerifyArgs, rows: &[CheckRow], start: Instant, seed: u64, gpu: bool) -> ExitCode {
     let failed = rows.iter().filter(|r| !r.passed()).count();
-    println!(
-        "{} rows, {} passed, {} failed in {:.1} s{}",
-        rows.len(),
-        rows.len() - failed,
-        failed,
-        start.elapsed().as_secs_f64(),
-        if !gpu { " (CPU only: no GPU)" } else { "" }
-    );
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "seed": seed,
-            "kernels_hash": ssm_gpu::KERNELS_HASH,
-            "gpu": gpu,
-            "rows": rows,
-        });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
-        {
-            eprintln!("error: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    let note = if !gpu { " (CPU only: no GPU)" } else { "" };
+    print_summary("rows", rows.len(), failed, start, note);
+    let json_rows = serde_json::to_value(rows).unwrap_or_default();
+    if !write_run_json(args, seed, ("gpu", gpu.into()), json_rows) {
+        return ExitCode::FAILURE;
     }
     if failed == 0 {
         ExitCode::SUCCESS
