@@ -339,11 +339,17 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_cb(const SsdBwdArgs a)
 // many (`gridDim.x` = sequences x H x slices) to fill the device. The chunk
 // decays of the sequence are staged in shared memory a window at a time, and
 // every thread issues the loads of PASS_D chunks before their dependent
-// multiply-adds: v1 ran one block per (sequence, head) with one load chain per
-// element and was bound by the loads' latency (20 ms at M2-2.7B, 130 GB/s).
+// multiply-adds, each a 16-byte vector of PASS_E neighbouring elements: v1 ran
+// one block per (sequence, head) with one load chain per element (20 ms at
+// M2-2.7B, 130 GB/s); v3.1's four scalar chunks in flight reached 37% of DRAM
+// peak at 63 registers.
 namespace ssd_bwd {
-constexpr int PASS_E = 4;   // state elements per thread per round
-constexpr int PASS_D = 4;   // chunks whose loads are in flight together
+constexpr int PASS_E = 4;   // neighbouring state elements per thread per round
+constexpr int PASS_D = 6;   // chunks whose loads are in flight together (8: spills at 3 blocks per SM)
+// Whole vectors when a state's element count allows (the element indices of a
+// thread are e0 .. e0 + 3, e0 a multiple of 4, and slices hold whole vectors);
+// pass_load / pass_store select the form by the same test on SSD_P SSD_N.
+constexpr bool PASS_VEC = PN % PASS_E == 0;
 // Chunks per staged window of decays; the emulation check narrows it so that its
 // few-chunk sequences cross windows.
 #ifndef SSD_BWD_PASS_WINDOW
@@ -351,38 +357,74 @@ constexpr int PASS_D = 4;   // chunks whose loads are in flight together
 #endif
 constexpr int PASS_W = SSD_BWD_PASS_WINDOW;
 static_assert(PASS_W >= 1 && PASS_W <= NT, "a window's decays are staged one per thread");
+
+// The PASS_E elements at p (elements e0 + k < hi, k < PASS_E; zeros elsewhere).
+// With whole vectors (PASS_VEC), `valid` is 0 or PASS_E.
+SSD_DEV void pass_load(const float* p, int valid, float v[PASS_E]) {
+#if (SSD_P * SSD_N) % 4 == 0
+    static_assert(PASS_VEC, "the vector form needs P N % 4 == 0");
+    float4 r = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (valid > 0) {
+#ifdef SSD_EMULATE
+        std::memcpy(&r, p, sizeof r);
+#else
+        r = *reinterpret_cast<const float4*>(p);
+#endif
+    }
+    v[0] = r.x;
+    v[1] = r.y;
+    v[2] = r.z;
+    v[3] = r.w;
+#else
+#pragma unroll
+    for (int k = 0; k < PASS_E; ++k) v[k] = k < valid ? p[k] : 0.0f;
+#endif
+}
+SSD_DEV void pass_store(float* p, int valid, const float v[PASS_E]) {
+#if (SSD_P * SSD_N) % 4 == 0
+    if (valid == 0) return;
+    float4 r;
+    r.x = v[0];
+    r.y = v[1];
+    r.z = v[2];
+    r.w = v[3];
+#ifdef SSD_EMULATE
+    std::memcpy(p, &r, sizeof r);
+#else
+    *reinterpret_cast<float4*>(p) = r;
+#endif
+#else
+#pragma unroll
+    for (int k = 0; k < PASS_E; ++k)
+        if (k < valid) p[k] = v[k];
+#endif
+}
 }  // namespace ssd_bwd
 
-// One window of `wn` chunks of one pass: `slot` is the window's first chunk,
-// `stride` the distance between chunks. Each slot's value is read, replaced by
-// the running value, and folded in: run = decay run + own. In chunk order, or
-// in reverse.
+// One window of `wn` chunks of one pass: `slot` is the window's first chunk at
+// this thread's first element, `stride` the distance between chunks, `valid`
+// how many of its PASS_E elements exist. Each slot's value is read, replaced
+// by the running value, and folded in: run = decay run + own. In chunk order,
+// or in reverse.
 template <bool REVERSE>
 __device__ __forceinline__ void pass_window(float* slot, i64 stride, const float* decay, int wn,
-                                            const i64 (&e)[ssd_bwd::PASS_E],
-                                            const bool (&ok)[ssd_bwd::PASS_E],
-                                            float (&run)[ssd_bwd::PASS_E]) {
+                                            int valid, float (&run)[ssd_bwd::PASS_E]) {
     using namespace ssd_bwd;
     for (int i0 = 0; i0 < wn; i0 += PASS_D) {
         float own[PASS_D][PASS_E];
 #pragma unroll
         for (int d = 0; d < PASS_D; ++d) {
             const int i = REVERSE ? wn - 1 - (i0 + d) : i0 + d;
-#pragma unroll
-            for (int k = 0; k < PASS_E; ++k)
-                own[d][k] = (i0 + d < wn && ok[k]) ? slot[i * stride + e[k]] : 0.0f;
+            pass_load(slot + i * stride, i0 + d < wn ? valid : 0, own[d]);
         }
 #pragma unroll
         for (int d = 0; d < PASS_D; ++d) {
             if (i0 + d >= wn) break;
             const int i = REVERSE ? wn - 1 - (i0 + d) : i0 + d;
             const float dec = decay[i];
+            pass_store(slot + i * stride, valid, run);
 #pragma unroll
-            for (int k = 0; k < PASS_E; ++k) {
-                if (!ok[k]) continue;
-                slot[i * stride + e[k]] = run[k];
-                run[k] = dec * run[k] + own[d][k];
-            }
+            for (int k = 0; k < PASS_E; ++k) run[k] = dec * run[k] + own[d][k];
         }
     }
 }
@@ -400,7 +442,9 @@ __device__ __forceinline__ void stage_decays(const SsdBwdArgs& a, float* decay, 
     __syncthreads();
 }
 
-extern "C" __global__ void __launch_bounds__(256) ssd_bwd_pass(const SsdBwdArgs a) {
+// Three blocks per SM: 79 registers, 6 chunks x 16 bytes in flight per thread
+// (unbounded, ptxas took 96 registers: 2 blocks).
+extern "C" __global__ void __launch_bounds__(256, 3) ssd_bwd_pass(const SsdBwdArgs a) {
     using namespace ssd_bwd;
     BWD_SMEM_BASE;
     BWD_SHARED(decay, PASS_W, 0);
@@ -411,46 +455,38 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_pass(const SsdBwdArgs 
     const int h = (int)(blockIdx.x / slices % H);
     const i64 c0 = a.seqs[2 * s];
     const i64 nc = a.seqs[2 * s + 1];
-    const i64 per = (PN + slices - 1) / slices;
-    const i64 lo = slice * per;
+    // Slices of whole vectors (the last ones may be empty).
+    const i64 per = ((PN + slices - 1) / slices + PASS_E - 1) / PASS_E * PASS_E;
+    const i64 lo = slice * per < PN ? slice * per : PN;
     const i64 hi = lo + per < PN ? lo + per : PN;
     const i64 stride = (i64)H * PN;
+    const i64 state0 = (s * H + h) * PN;
     // Block-uniform bounds: every thread reaches the barriers of stage_decays.
     for (i64 base = lo; base < hi; base += NT * PASS_E) {
-        i64 e[PASS_E];
-        bool ok[PASS_E];
-        float run[PASS_E];
-#pragma unroll
-        for (int k = 0; k < PASS_E; ++k) {
-            e[k] = base + k * NT + threadIdx.x;
-            ok[k] = e[k] < hi;
-            run[k] = 0.0f;
+        const i64 e0 = base + (i64)PASS_E * threadIdx.x;
+        const int valid = e0 >= hi ? 0 : (hi - e0 < PASS_E ? (int)(hi - e0) : PASS_E);
+        float run[PASS_E] = {0.0f, 0.0f, 0.0f, 0.0f};
 #if SSD_HAS_S0
-            if (ok[k]) run[k] = a.s0[(s * H + h) * PN + e[k]];
+        pass_load(a.s0 + state0 + e0, valid, run);
 #endif
-        }
         for (i64 w0 = 0; w0 < nc; w0 += PASS_W) {
             const int wn = (int)(nc - w0 < PASS_W ? nc - w0 : PASS_W);
             stage_decays(a, decay, c0, w0, wn, h);
-            pass_window<false>(a.ws_S + ((c0 + w0) * H + h) * PN, stride, decay, wn, e, ok, run);
+            pass_window<false>(a.ws_S + ((c0 + w0) * H + h) * PN + e0, stride, decay, wn, valid, run);
         }
 #pragma unroll
-        for (int k = 0; k < PASS_E; ++k) {
-            run[k] = 0.0f;
+        for (int k = 0; k < PASS_E; ++k) run[k] = 0.0f;
 #if SSD_HAS_DFINAL
-            if (ok[k]) run[k] = a.dfinal[(s * H + h) * PN + e[k]];
+        pass_load(a.dfinal + state0 + e0, valid, run);
 #endif
-        }
         for (i64 w_end = nc; w_end > 0; w_end -= PASS_W) {
             const i64 w0 = w_end > PASS_W ? w_end - PASS_W : 0;
             const int wn = (int)(w_end - w0);
             stage_decays(a, decay, c0, w0, wn, h);
-            pass_window<true>(a.ws_G + ((c0 + w0) * H + h) * PN, stride, decay, wn, e, ok, run);
+            pass_window<true>(a.ws_G + ((c0 + w0) * H + h) * PN + e0, stride, decay, wn, valid, run);
         }
 #if SSD_HAS_S0
-#pragma unroll
-        for (int k = 0; k < PASS_E; ++k)
-            if (ok[k]) a.dinit[(s * H + h) * PN + e[k]] = run[k];
+        pass_store(a.dinit + state0 + e0, valid, run);
 #endif
     }
 }

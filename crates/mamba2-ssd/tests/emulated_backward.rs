@@ -371,6 +371,14 @@ fn emulated_tiled_no_options_n192() {
 }
 
 #[test]
+fn emulated_state_passing_odd_state_size() {
+    // P N = 35: the state passing's scalar path (its vectors need P N % 4 == 0),
+    // across windows, with a slice boundary inside a vector's span.
+    let case = Case::new(dims(1, 200, 2, 5, 7, 1), Options::all(), 26);
+    run("odd state", &case, 64, 26);
+}
+
+#[test]
 fn emulated_state_passing_across_windows() {
     // Five chunks and a varlen sequence of four: the state passing (its decay
     // windows are two chunks wide in the emulation build) crosses full and
