@@ -448,62 +448,18 @@ SSD_DEV void stage_cb_planes(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16*
     });
 }
 
-// A thread's share of a ROWS x W stage of NSRC sources (as stage_rows),
-// held in registers between its loads and its stores, so that the loads can be
-// issued before other work: v4 fetches the next N tile's S and G before the
-// MMAs of the current one (one block per SM: nothing else covers the latency).
-template <int ROWS, int W, int NSRC, typename T>
-struct HeldRows {
-    static constexpr int V = vec_len<T>();
-    static constexpr int PER_ROW = W / V;
-    static constexpr int U = ROWS * PER_ROW / NT;
-    static_assert(W % V == 0 && (ROWS * PER_ROW) % NT == 0, "whole vectors, the same count per thread");
-    float v[U][NSRC][V];
-
-    SSD_DEV void fetch(const T* const* src, i64 src_ld, int valid) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int e = (int)threadIdx.x + u * NT;
-            const int r = e / PER_ROW, col = (e % PER_ROW) * V;
-#pragma unroll
-            for (int s = 0; s < NSRC; ++s) {
-                if (r < valid) {
-                    ld_vec(src[s] + r * src_ld + col, v[u][s]);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < V; ++i) v[u][s][i] = 0.0f;
-                }
-            }
-        }
-    }
-    template <typename Put>
-    SSD_DEV void put(Put put) const {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int e = (int)threadIdx.x + u * NT;
-            put(e / PER_ROW, (e % PER_ROW) * V, v[u]);
-        }
-    }
-};
-
-// 64 columns of S and G (P rows of stride N), fetched ahead (HeldRows).
-using HeldState = HeldRows<P, 64, 2, float>;
-SSD_DEV void fetch_state_tile(HeldState& held, const float* S, const float* Gr) {
+// As stage_state_tile, into three planes each (plane stride P PL64).
+SSD_DEV void stage_state_planes(const float* S, const float* Gr, u16* st, u16* gt, float* gs) {
     const float* const src[2] = {S, Gr};
-    held.fetch(src, N, P);
-}
-
-// The held S and G tile into three planes each (plane stride P PL64); with
-// `gs`, also this thread's share of <G, S>.
-SSD_DEV void put_state_planes(const HeldState& held, u16* st, u16* gt, float* gs) {
-    held.put([&](int p, int n, const Staged<2, float>& v) {
+    auto put = [&](int p, int n, const Staged<2, float>& v) {
         split_store4<3>(st + p * PL64 + n, P * PL64, v[0]);
         split_store4<3>(gt + p * PL64 + n, P * PL64, v[1]);
         if (gs) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) *gs += v[1][e] * v[0][e];
         }
-    });
+    };
+    stage_rows<P, 64, 2, float, decltype(put), 64 / PT>(src, N, P, put);
 }
 #endif  // SSD_BWD_TC
 
@@ -733,17 +689,12 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
         tile_zero(gb[pt]);
     }
     float gs_part = 0.0f;
-#if SSD_BWD_TC
-    HeldState held;
-    fetch_state_tile(held, S, Gr);
-#endif
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
 #if SSD_BWD_TC
-        put_state_planes(held, st, gt, &gs_part);
         stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_planes(S + n0, Gr + n0, st, gt, &gs_part);
         __syncthreads();
-        if (nt + 1 < NTL) fetch_state_tile(held, S + n0 + 64, Gr + n0 + 64);
         // SC(i, p) = sum_n C(i, n) S(p, n); GB(j, p) = sum_n B(j, n) G(p, n): the
         // states' three planes against the exact B, C (2^-24).
         mma_tile<true, true, 1, 3>(sc[0], ct, PL64, 0, st, PL64, P * PL64, 64);
@@ -841,11 +792,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
 #endif
     }
 
-#if SSD_BWD_TC
-    // Step 7's first S and G tile, in flight while dx and dz are computed.
-    fetch_state_tile(held, S, Gr);
-#endif
-
     // 6. dx and dz.
     for (int pt = 0; pt < PT; ++pt) {
         float dxa[4][4], ya[4][4];
@@ -884,10 +830,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
 #if SSD_BWD_TC
-        put_state_planes(held, st, gt, nullptr);
         stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_planes(S + n0, Gr + n0, st, gt, nullptr);
         __syncthreads();
-        if (nt + 1 < NTL) fetch_state_tile(held, S + n0 + 64, Gr + n0 + 64);
         float dc[4][4], db[4][4];
         tile_zero(dc);
         tile_zero(db);
