@@ -1,7 +1,7 @@
 //! The decode steps on candle CUDA tensors (feature `cuda`): the state is
 //! copied device-to-device into the new state tensor, and the family's decode
 //! kernel (`ssm_gpu::decode::launch_decode_step`, cached per device, dtype,
-//! N and batch regime) updates that copy in place and writes a fresh output, on candle's
+//! N and tiling) updates that copy in place and writes a fresh output, on candle's
 //! stream; the other inputs are read zero-copy. Written once over the family
 //! ([`step_cuda`]); each step says its sizes and switches.
 
@@ -34,12 +34,13 @@ where
     let gpu = gpu_for(op, &dev)?;
     let dtype = <T as ssm_core::Element>::DTYPE;
     // The tiling of this batch's regime (latency- or bandwidth-bound), as the
-    // crates' own decode_step launches it; one cached kernel per regime.
-    let small = F::batch(&dims) <= ssm_gpu::decode::SMALL_BATCH;
+    // crates' own decode_step launches it. The cache is keyed by the tiling
+    // itself, so batches that launch the same tiling share one compiled kernel
+    // and a new regime can never reuse another's entry.
     let tiling = F::tiling_for_batch(dtype, F::batch(&dims));
     let kernel = cached_plan(
         format!(
-            "{}-decode {:?} {dtype} {d_state} small={small}",
+            "{}-decode {:?} {dtype} {d_state} {tiling:?}",
             F::NAME,
             dev.id()
         ),

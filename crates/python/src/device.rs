@@ -685,7 +685,8 @@ fn ssd_bwd_cuda(
 
 /// The decode kernel of family `F` for `T`, `d_state` and the regime of
 /// `batch` (the tiling the crates' decode_step launches at that batch), cached
-/// per device.
+/// per device and keyed by that tiling: batches that launch the same tiling
+/// share one compiled kernel, and a new regime can never reuse another's entry.
 fn decode_kernel<'d, F: DecodeFamily, T: DeviceElement>(
     dev: &'d mut Device,
     gpu: &Gpu,
@@ -696,10 +697,9 @@ fn decode_kernel<'d, F: DecodeFamily, T: DeviceElement>(
 where
     DecodeKernel<F, T>: Send,
 {
-    let small = batch <= ssm_gpu::decode::SMALL_BATCH;
-    let key = format!("{family}:{:?}:{d_state}:small={small}", T::DTYPE);
+    let tiling = F::tiling_for_batch(T::DTYPE, batch);
+    let key = format!("{family}:{:?}:{d_state}:{tiling:?}", T::DTYPE);
     if !dev.decode.contains_key(&key) {
-        let tiling = F::tiling_for_batch(T::DTYPE, batch);
         let k = DecodeKernel::<F, T>::new(gpu, d_state, tiling).map_err(to_py)?;
         dev.decode.insert(key.clone(), Box::new(k));
     }
