@@ -160,17 +160,9 @@ fn load_nvrtc() -> Result<NvrtcInfo, String> {
 #[cfg(unix)]
 fn preload_nvrtc(dir: &Path) -> Result<(), String> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
-    let mut libraries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("listing {}: {e}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                // The `.alt` variant is an alternative build; the plain one is what NVRTC asks for.
-                .is_some_and(|n| n.starts_with("libnvrtc-builtins.so.13"))
-        })
-        .collect();
-    libraries.sort();
+    // The `.alt` variant is an alternative build; the plain one is what NVRTC asks for.
+    let mut libraries = entries_named(dir, "libnvrtc-builtins.so.13")
+        .map_err(|e| format!("listing {}: {e}", dir.display()))?;
     libraries.push(dir.join(NVRTC_SONAME));
     for path in libraries {
         // SAFETY: these are NVIDIA's libraries; their initializers have no preconditions.
@@ -289,18 +281,9 @@ pub fn venv_cuda_roots() -> Vec<PathBuf> {
     let mut found = Vec::new();
     for root in dedup(roots) {
         let lib = root.join(".venv-cuda").join("lib");
-        let Ok(entries) = std::fs::read_dir(&lib) else {
+        let Ok(pythons) = entries_named(&lib, "python3") else {
             continue;
         };
-        let mut pythons: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
-            .collect();
-        pythons.sort();
         for python in pythons {
             let cu13 = python.join("site-packages/nvidia/cu13");
             if cu13.is_dir() {
@@ -309,6 +292,22 @@ pub fn venv_cuda_roots() -> Vec<PathBuf> {
         }
     }
     dedup(found)
+}
+
+/// The entries of `dir` whose file names start with `prefix`, sorted (so that
+/// what is loaded or searched first does not depend on the directory's order).
+/// Entries that cannot be read are skipped.
+fn entries_named(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
