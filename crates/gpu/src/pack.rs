@@ -656,44 +656,28 @@ mod tests {
         let mut writer = PackWriter::create(dir).unwrap();
         let d = defines(&[("N", "16"), ("DTYPE", "2")]);
         let key = pack_key(Arch::Sm90, &d, &[], "text of k.cu");
-        writer
-            .add(
-                &key,
-                Arch::Sm90,
-                "fam/k.cu",
-                "text of k.cu",
-                &d,
-                "fam.k.n16",
-                &module(b"\x7fELF-sm90"),
-                0.5,
-            )
-            .unwrap();
-        // A second label of the same module adds no file.
-        writer
-            .add(
-                &key,
-                Arch::Sm90,
-                "fam/k.cu",
-                "text of k.cu",
-                &d,
-                "fam.k.alias",
-                &module(b"ignored"),
-                0.5,
-            )
-            .unwrap();
         let ptx_key = pack_key(Arch::Compute90, &d, &[], "text of k.cu");
-        writer
-            .add(
+        // (key, arch, label, module, compile seconds) of each `add`, in order.
+        // The second is a second label of the first module: it adds no file.
+        let adds: [(&str, Arch, &str, &[u8], f64); 3] = [
+            (&key, Arch::Sm90, "fam.k.n16", b"\x7fELF-sm90", 0.5),
+            (&key, Arch::Sm90, "fam.k.alias", b"ignored", 0.5),
+            (
                 &ptx_key,
                 Arch::Compute90,
-                "fam/k.cu",
-                "text of k.cu",
-                &d,
                 "fam.k.n16",
-                &module(b".version 9.0\0"),
+                b".version 9.0\0",
                 0.25,
-            )
-            .unwrap();
+            ),
+        ];
+        for (key, arch, label, bytes, seconds) in adds {
+            let source = "fam/k.cu";
+            let text = "text of k.cu";
+            let compiled = module(bytes);
+            writer
+                .add(key, arch, source, text, &d, label, &compiled, seconds)
+                .unwrap();
+        }
         writer
             .finish(PackManifest {
                 kernels_hash: "abc123".into(),
