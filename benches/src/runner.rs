@@ -21,7 +21,7 @@ use ssm_telemetry::ncu::ManifestEntry;
 use ssm_telemetry::nvml::NvmlMonitor;
 use ssm_telemetry::record::{
     BenchResult, DeviceInfo, KernelRecord, Measurement, ResultSet, RunInfo, TimingMethod,
-    TimingStats,
+    TimingStats, Verification,
 };
 use ssm_telemetry::sram::{SmLimits, SramUse};
 use ssm_telemetry::Ceilings;
@@ -83,6 +83,39 @@ fn kernel_records(work: &dyn gpu::GpuWork, limits: &SmLimits) -> Vec<KernelRecor
         .collect()
 }
 
+/// The outcome of a case whose `prepare` failed: skipped where the
+/// implementation does not support the shape (not an error), else failed.
+fn not_prepared(e: ssm_core::SsmError) -> CaseOutcome {
+    match e {
+        ssm_core::SsmError::Unsupported {
+            implementation,
+            what,
+        } => CaseOutcome::Skipped(format!("{implementation} does not support {what}")),
+        e => CaseOutcome::Failed(format!("prepare: {e}")),
+    }
+}
+
+/// The measurement of `case` timed as `timing`: what is the case's own
+/// (implementation, workload, problem, pass), with no kernel records and no
+/// NVML window (a GPU case fills those in).
+fn measurement(
+    case: &Case,
+    timing: TimingStats,
+    verification: Option<Verification>,
+) -> Measurement {
+    Measurement {
+        implementation: case.implementation().into(),
+        workload: case.workload.clone(),
+        problem: case.problem,
+        timing,
+        kernels: Vec::new(),
+        nvml: None,
+        runs_in_nvml_window: 0,
+        pass: case.pass,
+        verification,
+    }
+}
+
 /// Measure one GPU case: verify its first call against the oracle, then time it.
 /// `limits` are the card's per-SM resources, for the occupancy in the SRAM record.
 #[allow(clippy::too_many_arguments)]
@@ -97,11 +130,7 @@ pub fn measure_gpu(
 ) -> CaseOutcome {
     let mut work = match gpu::prepare(gpu, case, seed) {
         Ok(w) => w,
-        Err(ssm_core::SsmError::Unsupported {
-            implementation,
-            what,
-        }) => return CaseOutcome::Skipped(format!("{implementation} does not support {what}")),
-        Err(e) => return CaseOutcome::Failed(format!("prepare: {e}")),
+        Err(e) => return not_prepared(e),
     };
     // Check before timing: the first call against the f64 oracle on the case's
     // own inputs (sampled rows, crate::check); a wrong kernel is never timed.
@@ -157,31 +186,20 @@ pub fn measure_gpu(
     let Some(stats) = TimingStats::from_samples(TimingMethod::CudaEvents, &samples) else {
         return CaseOutcome::Failed("a CUDA-event time was not positive".into());
     };
-    CaseOutcome::Measured(Box::new(BenchResult::new(
-        Measurement {
-            implementation: case.implementation().into(),
-            workload: case.workload.clone(),
-            problem: case.problem,
-            timing: stats,
-            kernels: kernel_records(work.as_ref(), limits),
-            nvml: telemetry,
-            runs_in_nvml_window: iters as u64,
-            pass: case.pass,
-            verification: Some(verification),
-        },
-        ceilings,
-    )))
+    let measurement = Measurement {
+        kernels: kernel_records(work.as_ref(), limits),
+        nvml: telemetry,
+        runs_in_nvml_window: iters as u64,
+        ..measurement(case, stats, Some(verification))
+    };
+    CaseOutcome::Measured(Box::new(BenchResult::new(measurement, ceilings)))
 }
 
 /// Measure one CPU case (reference or port) with the wall clock.
 pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings) -> CaseOutcome {
     let cpu::CpuWork { check, mut run } = match cpu::prepare(case, seed) {
         Ok(w) => w,
-        Err(ssm_core::SsmError::Unsupported {
-            implementation,
-            what,
-        }) => return CaseOutcome::Skipped(format!("{implementation} does not support {what}")),
-        Err(e) => return CaseOutcome::Failed(format!("prepare: {e}")),
+        Err(e) => return not_prepared(e),
     };
     let verification = match check() {
         Ok(Some(v)) if !v.passed => {
@@ -210,20 +228,8 @@ pub fn measure_cpu(case: &Case, timing: &Timing, seed: u64, ceilings: &Ceilings)
     let Some(stats) = TimingStats::from_samples(TimingMethod::WallClock, &samples) else {
         return CaseOutcome::Failed("a wall-clock time was not positive".into());
     };
-    CaseOutcome::Measured(Box::new(BenchResult::new(
-        Measurement {
-            implementation: case.implementation().into(),
-            workload: case.workload.clone(),
-            problem: case.problem,
-            timing: stats,
-            kernels: Vec::new(),
-            nvml: None,
-            runs_in_nvml_window: 0,
-            pass: case.pass,
-            verification,
-        },
-        ceilings,
-    )))
+    let measurement = measurement(case, stats, verification);
+    CaseOutcome::Measured(Box::new(BenchResult::new(measurement, ceilings)))
 }
 
 /// Launch each GPU case once (ncu profiles these launches) and return the
