@@ -78,50 +78,35 @@ fn prepare_typed<T: Element>(case: &Case, seed: u64) -> Result<CpuWork> {
     match (case.problem, case.backend) {
         (Problem::Mamba1Scan(s), backend) => {
             let host = Rc::new(Mamba1Host::<T>::generate(&s, seed));
-            let h = host.clone();
             let block_len = mamba1_scan::CpuOptions::default().block_len;
             match backend {
-                Backend::Reference => work(
-                    unchecked(),
-                    Box::new(move || ssm_reference::mamba1::selective_scan(&h.params()).map(drop)),
-                ),
-                Backend::Cpu => work(
-                    Box::new(move || {
-                        let got =
-                            mamba1_scan::cpu::selective_scan_blocked(&host.params(), block_len)?;
-                        verify_scan(&host, &got.out, got.final_states.as_deref()).map(Some)
-                    }),
-                    Box::new(move || {
-                        mamba1_scan::cpu::selective_scan_blocked(&h.params(), block_len).map(drop)
-                    }),
+                Backend::Reference => {
+                    oracle_work(host, |h| ssm_reference::mamba1::selective_scan(&h.params()))
+                }
+                Backend::Cpu => checked_work(
+                    host,
+                    move |h| mamba1_scan::cpu::selective_scan_blocked(&h.params(), block_len),
+                    |h, got| verify_scan(h, &got.out, got.final_states.as_deref()),
                 ),
                 _ => Err(unsupported(case)),
             }
         }
         (Problem::Ssd(s), backend) => {
             let host = Rc::new(SsdHost::<T>::generate(&s, seed));
-            let h = host.clone();
             match backend {
-                Backend::Reference => work(
-                    unchecked(),
-                    Box::new(move || ssm_reference::ssd::ssd_recurrence(&h.params()).map(drop)),
-                ),
+                Backend::Reference => {
+                    oracle_work(host, |h| ssm_reference::ssd::ssd_recurrence(&h.params()))
+                }
                 // The dual form is checked against the recurrence (an independent oracle).
-                Backend::ReferenceQuadratic => work(
-                    Box::new(move || {
-                        let got = ssm_reference::ssd::ssd_quadratic(&host.params())?;
-                        verify_ssd(&host, &got.out, None).map(Some)
-                    }),
-                    Box::new(move || ssm_reference::ssd::ssd_quadratic(&h.params()).map(drop)),
+                Backend::ReferenceQuadratic => checked_work(
+                    host,
+                    |h| ssm_reference::ssd::ssd_quadratic(&h.params()),
+                    |h, got| verify_ssd(h, &got.out, None),
                 ),
-                Backend::Cpu => work(
-                    Box::new(move || {
-                        let got = mamba2_ssd::cpu::ssd_chunked(&host.params(), s.chunk_size)?;
-                        verify_ssd(&host, &got.out, got.final_states.as_deref()).map(Some)
-                    }),
-                    Box::new(move || {
-                        mamba2_ssd::cpu::ssd_chunked(&h.params(), s.chunk_size).map(drop)
-                    }),
+                Backend::Cpu => checked_work(
+                    host,
+                    move |h| mamba2_ssd::cpu::ssd_chunked(&h.params(), s.chunk_size),
+                    |h, got| verify_ssd(h, &got.out, got.final_states.as_deref()),
                 ),
                 _ => Err(unsupported(case)),
             }
@@ -144,6 +129,31 @@ fn prepare_typed<T: Element>(case: &Case, seed: u64) -> Result<CpuWork> {
         ),
         (Problem::Stream(_), _) => Err(unsupported(case)),
     }
+}
+
+/// An oracle case's work: `call` on the host's inputs, timed and not checked
+/// (the oracle is the reference).
+fn oracle_work<H: 'static, O>(
+    host: Rc<H>,
+    call: impl Fn(&H) -> Result<O> + 'static,
+) -> Result<CpuWork> {
+    work(unchecked(), Box::new(move || call(&host).map(drop)))
+}
+
+/// A checked case's work: `call` on the host's inputs, timed, with the output
+/// of a first call checked by `verify`. One `call` serves both, so what is
+/// checked is what is timed.
+fn checked_work<H: 'static, O>(
+    host: Rc<H>,
+    call: impl Fn(&H) -> Result<O> + 'static,
+    verify: impl FnOnce(&H, O) -> Result<Verification> + 'static,
+) -> Result<CpuWork> {
+    let call = Rc::new(call);
+    let (h, run_call) = (host.clone(), call.clone());
+    work(
+        Box::new(move || verify(&host, (*call)(&host)?).map(Some)),
+        Box::new(move || (*run_call)(&h).map(drop)),
+    )
 }
 
 /// A decode step's work, for either family (`oracle`, `port` and `verify` are
