@@ -21,7 +21,6 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use half::{bf16, f16};
 use mamba1_scan::cuda::{
     ScanBuffers, ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers, ScanOptions, ScanPlan,
     ScanProblem, ScanTuning,
@@ -41,7 +40,7 @@ use ssm_gpu::cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream};
 use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepArgs};
 use ssm_gpu::{DeviceElement, Gpu};
 
-use crate::{dtype_of, to_py, Raw, Tensors};
+use crate::{to_py, Raw, Tensors};
 
 /// Everything cached for one device.
 struct Device {
@@ -267,18 +266,6 @@ unsafe fn opt<T>(gpu: &Gpu, t: &Tensors, name: &str) -> PyResult<Option<CudaSlic
     t.opt(name)
         .map(|raw| unsafe { borrow(gpu, name, raw) })
         .transpose()
-}
-
-/// Run `$f::<T>` for the element type named by `$dtype`.
-macro_rules! dispatch {
-    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
-        match dtype_of($dtype)? {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            DType::Bf16 => $f::<bf16>($($arg),*),
-            DType::F64 => unreachable!("dtype_of never names f64"),
-        }
-    };
 }
 
 // ------------------------------------------------------------------ the scan

@@ -7,16 +7,15 @@
 //! allocated. Outputs are checked to be as long as the results and not to
 //! overlap any input.
 
-use half::{bf16, f16};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
-use ssm_core::{DType, Element};
+use ssm_core::Element;
 use ssm_gpu::DeviceElement;
 
-use crate::{dtype_of, to_py, Raw, Tensors};
+use crate::{to_py, Raw, Tensors};
 
 /// `raw` as a slice of `T`.
 ///
@@ -110,18 +109,6 @@ fn write_opt<T: Copy>(t: &Tensors, name: &str, data: Option<&[T]>) -> PyResult<(
             "argument `{name}`: an output was given but the operation produces none"
         ))),
     }
-}
-
-/// Run `$f::<T>` for the element type named by `$dtype`.
-macro_rules! dispatch {
-    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
-        match dtype_of($dtype)? {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            DType::Bf16 => $f::<bf16>($($arg),*),
-            DType::F64 => unreachable!("dtype_of never names f64"),
-        }
-    };
 }
 
 /// Optional input slice.

@@ -20,6 +20,19 @@ use pyo3::prelude::*;
 use ssm_core::SsmError;
 use std::collections::HashMap;
 
+/// Run `$f::<T>` for the element type named by `$dtype` (the host and the
+/// device entries dispatch alike: f32, f16 or bf16, as [`dtype_of`] allows).
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match $crate::dtype_of($dtype)? {
+            ::ssm_core::DType::F32 => $f::<f32>($($arg),*),
+            ::ssm_core::DType::F16 => $f::<::half::f16>($($arg),*),
+            ::ssm_core::DType::Bf16 => $f::<::half::bf16>($($arg),*),
+            ::ssm_core::DType::F64 => unreachable!("dtype_of never names f64"),
+        }
+    };
+}
+
 mod device;
 mod host;
 
