@@ -280,18 +280,8 @@ fn scan_bwd_t<T: DeviceElement>(
     block_len: usize,
 ) -> PyResult<()> {
     let (delta_softplus, return_final_states) = flags;
-    let outs = [
-        "du",
-        "ddelta",
-        "dA",
-        "dB",
-        "dC",
-        "dD",
-        "dz",
-        "ddelta_bias",
-        "dinitial_states",
-    ];
-    check_disjoint(t, &outs, sizes::<T>)?;
+    // The gradient outputs are the scan's gradients by their argument names.
+    check_disjoint(t, &ssm_core::mamba1_grad::GRAD_NAMES, sizes::<T>)?;
     // SAFETY: the Python layer's contract ([`slice`]).
     let (p, d_out, d_final) = unsafe {
         (
