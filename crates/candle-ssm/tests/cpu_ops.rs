@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_ssm::{reference, Mamba1Step, Mamba2Step, SelectiveScan, SsdForward};
 use support::{
     assert_close, assert_error_names, assert_grads_close, grad, scan_all, scan_inputs,
-    scan_reference_all, ssd_all, ssd_inputs, ssd_reference_all, vars, SCAN_NAMES, SSD_NAMES,
+    scan_reference_all, ssd_all, ssd_bf16, ssd_inputs, ssd_reference_all, strided, vars,
+    SCAN_NAMES, SSD_NAMES,
 };
 
 /// Random SSD inputs by role as CPU variables, `(b, L, H, P, G, N)`.
@@ -34,12 +35,7 @@ fn ssd_forward_and_gradients_match_the_reference() -> Result<()> {
 fn ssd_without_options_and_with_non_contiguous_input() -> Result<()> {
     let k = ssd_case((1, 9, 2, 4, 1, 3))?;
     // x as a transposed view: not contiguous, made contiguous by the op.
-    let xt = k[0]
-        .as_tensor()
-        .transpose(2, 3)?
-        .contiguous()?
-        .transpose(2, 3)?;
-    assert!(!xt.is_contiguous());
+    let xt = strided(k[0].as_tensor(), 2, 3)?;
     let dt = k[1].as_tensor().abs()?;
     let got = SsdForward::new(&xt, &dt, &k[2], &k[3], &k[4])
         .chunk_size(3)
@@ -59,16 +55,8 @@ fn ssd_without_options_and_with_non_contiguous_input() -> Result<()> {
 #[test]
 fn ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
     let k = ssd_case((1, 8, 2, 4, 1, 4))?;
-    let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16);
     let dt = k[1].as_tensor().abs()?;
-    let got = SsdForward::new(
-        &bf(&k[0])?,
-        &dt.to_dtype(DType::BF16)?,
-        &k[2],
-        &bf(&k[3])?,
-        &bf(&k[4])?,
-    )
-    .run()?;
+    let got = ssd_bf16(&k)?.run()?;
     assert_eq!(got.dtype(), DType::BF16);
     let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
     let rounded = [&k[0], &k[3], &k[4]].map(|v| round(v.as_tensor()));

@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_ssm::{reference, Mamba1Step, Mamba2Step, SsdForward};
 use support::{
     assert_close, assert_error_names, assert_grads_close, grad, negative_a, randn, scan_all,
-    scan_inputs, scan_reference_all, ssd_all, ssd_inputs, ssd_reference_all, vars, SCAN_NAMES,
-    SSD_NAMES,
+    scan_inputs, scan_reference_all, ssd_all, ssd_bf16, ssd_inputs, ssd_reference_all, strided,
+    vars, SCAN_NAMES, SSD_NAMES,
 };
 
 /// The GPU, or `None` after a loud `SKIPPED` line (a failure with
@@ -88,12 +88,7 @@ fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Res
     // B transposed twice over (L, N): a strided view, which the op copies (a
     // candle op). (Over (G, N) it stayed contiguous: G = 1 here, and a dimension
     // of size 1 has no stride that matters, as the H200 run showed.)
-    let b_dev = k[3]
-        .as_tensor()
-        .transpose(1, 3)?
-        .contiguous()?
-        .transpose(1, 3)?;
-    assert!(!b_dev.is_contiguous());
+    let b_dev = strided(k[3].as_tensor(), 1, 3)?;
     let dt = k[1].as_tensor().abs()?;
     let got = SsdForward::new(&x_dev, &dt, &k[2], &b_dev, &k[4]).run()?;
     let want = reference::ssd(
@@ -128,17 +123,7 @@ fn gpu_ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
         return Ok(());
     };
     let (c, k) = pair(&dev, &ssd_inputs((2, 64, 4, 32, 1, 32))?)?;
-    let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16);
-    let dt = k[1].as_tensor().abs()?;
-    let got = SsdForward::new(
-        &bf(&k[0])?,
-        &dt.to_dtype(DType::BF16)?,
-        &k[2],
-        &bf(&k[3])?,
-        &bf(&k[4])?,
-    )
-    .d(&k[5])
-    .run()?;
+    let got = ssd_bf16(&k)?.d(&k[5]).run()?;
     assert_eq!(got.dtype(), DType::BF16);
     let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
     let want = reference::ssd(

@@ -106,6 +106,29 @@ pub fn ssd_all(v: &[Var], chunk: usize) -> Result<Tensor> {
         .run()
 }
 
+/// The SSD op on `v`'s required inputs in bf16: `x`, `|dt|`, `B`, `C` rounded
+/// to bf16, `A` as it is (f32), no options; the caller adds any and runs it.
+/// `|dt|` keeps the step sizes positive without the softplus.
+pub fn ssd_bf16(v: &[Var]) -> Result<SsdForward> {
+    let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16);
+    let dt = v[1].as_tensor().abs()?.to_dtype(DType::BF16)?;
+    Ok(SsdForward::new(
+        &bf(&v[0])?,
+        &dt,
+        &v[2],
+        &bf(&v[3])?,
+        &bf(&v[4])?,
+    ))
+}
+
+/// A view of `t` with its values but not contiguous: `t` with dimensions `a`
+/// and `b` swapped, made contiguous, and swapped back (strides, not a copy).
+pub fn strided(t: &Tensor, a: usize, b: usize) -> Result<Tensor> {
+    let view = t.transpose(a, b)?.contiguous()?.transpose(a, b)?;
+    assert!(!view.is_contiguous(), "the view must not be contiguous");
+    Ok(view)
+}
+
 /// The pure-candle SSD with every option on.
 pub fn ssd_reference_all(v: &[Var]) -> Result<Tensor> {
     let o = [&v[5], &v[6], &v[7]].map(|t| Some(t.as_tensor()));
