@@ -13,9 +13,9 @@ mod support;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_ssm::{reference, Mamba1Step, Mamba2Step, SsdForward};
 use support::{
-    assert_close, assert_error_names, assert_grads_close, grad, negative_a, randn, scan_all,
-    scan_inputs, scan_reference_all, ssd_all, ssd_bf16, ssd_inputs, ssd_reference_all, strided,
-    vars, SCAN_NAMES, SSD_NAMES,
+    assert_close, assert_error_names, assert_grads_close, assert_ssd_loss_grads_close, negative_a,
+    randn, scan_all, scan_inputs, scan_reference_all, ssd_all, ssd_bf16, ssd_inputs,
+    ssd_reference_all, strided, vars, SCAN_NAMES, SSD_NAMES,
 };
 
 /// The GPU, or `None` after a loud `SKIPPED` line (a failure with
@@ -103,18 +103,8 @@ fn gpu_ssd_reads_views_with_offsets_and_makes_strided_inputs_contiguous() -> Res
         false,
     )?;
     assert_close("out", &got, &want, 1e-4)?;
-    let g_got = got.sum_all()?.backward()?;
-    let g_want = want.sum_all()?.backward()?;
-    for i in [2usize, 3, 4] {
-        let name = SSD_NAMES[i];
-        assert_close(
-            &format!("d{name}"),
-            &grad(&g_got, &k[i], name),
-            &grad(&g_want, &c[i], name),
-            1e-3,
-        )?;
-    }
-    Ok(())
+    let (loss_got, loss_want) = (got.sum_all()?, want.sum_all()?);
+    assert_ssd_loss_grads_close("", &[2, 3, 4], (&loss_got, &k), (&loss_want, &c), 1e-3)
 }
 
 #[test]
@@ -140,18 +130,9 @@ fn gpu_ssd_in_bf16_is_close_to_the_f32_reference() -> Result<()> {
     assert_close("out", &got, &want, 2e-2)?;
     // The bf16 backward runs too: gradients close to the f32 reference's on
     // the same rounded inputs (the bf16 ones are rounded once more).
-    let g = got.to_dtype(DType::F32)?.sum_all()?.backward()?;
-    let g_want = want.sum_all()?.backward()?;
-    for (i, name) in [(0usize, "x"), (2, "A"), (3, "B"), (4, "C"), (5, "D")] {
-        let want = grad(&g_want, &c[i], name);
-        assert_close(
-            &format!("bf16 d{name}"),
-            &grad(&g, &k[i], name),
-            &want,
-            5e-2,
-        )?;
-    }
-    Ok(())
+    let (loss_got, loss_want) = (got.to_dtype(DType::F32)?.sum_all()?, want.sum_all()?);
+    let roles = [0, 2, 3, 4, 5]; // x, A, B, C, D
+    assert_ssd_loss_grads_close("bf16 ", &roles, (&loss_got, &k), (&loss_want, &c), 5e-2)
 }
 
 #[test]

@@ -181,3 +181,26 @@ pub fn assert_grads_close(
     }
     Ok(())
 }
+
+/// The gradients of the scalar losses `got` (over `got_vars`, on the op's
+/// device) and `want` (over `want_vars`) with respect to the SSD inputs of the
+/// roles `roles`, compared on the CPU as `{label}d{name}`.
+pub fn assert_ssd_loss_grads_close(
+    label: &str,
+    roles: &[usize],
+    (got, got_vars): (&Tensor, &[Var]),
+    (want, want_vars): (&Tensor, &[Var]),
+    tol: f32,
+) -> Result<()> {
+    let g_got = got.backward()?;
+    let g_want = want.backward()?;
+    for &i in roles {
+        let name = SSD_NAMES[i];
+        let (got, want) = (
+            grad(&g_got, &got_vars[i], name),
+            grad(&g_want, &want_vars[i], name),
+        );
+        assert_close(&format!("{label}d{name}"), &got, &want, tol)?;
+    }
+    Ok(())
+}
