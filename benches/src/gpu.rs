@@ -87,8 +87,21 @@ fn download_outputs<T: DeviceElement>(
     out: &CudaSlice<T>,
     final_states: Option<&CudaSlice<f32>>,
 ) -> Result<HostOutputs<T>> {
-    let states = final_states.map(|f| gpu.download(f)).transpose()?;
+    let states = download_opt(gpu, final_states)?;
     Ok((gpu.download(out)?, states))
+}
+
+/// An optional buffer (a gradient or state the call may not produce) on the host.
+fn download_opt<T: DeviceElement>(gpu: &Gpu, buf: Option<&CudaSlice<T>>) -> Result<Option<Vec<T>>> {
+    Ok(buf.map(|b| gpu.download(b)).transpose()?)
+}
+
+/// The slot of the next call: calls rotate through the `slots` buffer sets
+/// (module docs: so that each reads from HBM, not L2).
+fn next_slot(next: &mut usize, slots: usize) -> usize {
+    let slot = *next % slots;
+    *next += 1;
+    slot
 }
 
 fn unsupported(what: String) -> SsmError {
@@ -249,6 +262,15 @@ fn launched(kernel: &ssm_gpu::Kernel, threads: u32, dynamic_smem_bytes: u32) -> 
 
 // ------------------------------------------------------------------ Mamba-1 scan
 
+/// The one kernel a scan forward plan launches.
+fn scan_forward_kernel(plan: &mamba1_scan::cuda::ScanPlan) -> LaunchedKernel {
+    launched(
+        &plan.kernel,
+        plan.config.threads as u32,
+        plan.config.smem_bytes() as u32,
+    )
+}
+
 struct ScanWork<T> {
     /// The inputs every slot holds (the oracle's inputs for [`GpuWork::verify`]).
     host: Mamba1Host<T>,
@@ -276,16 +298,11 @@ impl<T: DeviceElement> ScanWork<T> {
 
 impl<T: DeviceElement> GpuWork for ScanWork<T> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        let slot = self.next % self.bufs.len();
-        self.next += 1;
+        let slot = next_slot(&mut self.next, self.bufs.len());
         self.plan.launch(gpu, &mut self.bufs[slot])
     }
     fn kernels(&self) -> Vec<LaunchedKernel> {
-        vec![launched(
-            &self.plan.kernel,
-            self.plan.config.threads as u32,
-            self.plan.config.smem_bytes() as u32,
-        )]
+        vec![scan_forward_kernel(&self.plan)]
     }
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.bufs[0].out)
@@ -380,8 +397,7 @@ impl<T: DeviceElement> ScanBwdWork<T> {
 
 impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        let k = self.next % self.slots.len();
-        self.next += 1;
+        let k = next_slot(&mut self.next, self.slots.len());
         let slot = &mut self.slots[k];
         if let Some(fwd) = &self.fwd {
             if self.bwd.config.forward_checkpoints {
@@ -402,11 +418,7 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
     fn kernels(&self) -> Vec<LaunchedKernel> {
         let mut kernels = Vec::new();
         if let Some(fwd) = &self.fwd {
-            kernels.push(launched(
-                &fwd.kernel,
-                fwd.config.threads as u32,
-                fwd.config.smem_bytes() as u32,
-            ));
+            kernels.push(scan_forward_kernel(fwd));
         }
         for (kernel, threads, smem) in self.bwd.kernels() {
             kernels.push(launched(kernel, threads, smem));
@@ -423,12 +435,8 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
         let g = &self.slots[0].grads;
         let du = gpu.download(&g.du)?;
         let ddelta = gpu.download(&g.ddelta)?;
-        let dz = g.dz.as_ref().map(|x| gpu.download(x)).transpose()?;
-        let dh0 = g
-            .dinitial_states
-            .as_ref()
-            .map(|x| gpu.download(x))
-            .transpose()?;
+        let dz = download_opt(gpu, g.dz.as_ref())?;
+        let dh0 = download_opt(gpu, g.dinitial_states.as_ref())?;
         verify_scan_backward(
             &self.host,
             &self.d_out,
@@ -441,6 +449,31 @@ impl<T: DeviceElement> GpuWork for ScanBwdWork<T> {
 }
 
 // ------------------------------------------------------------------ SSD
+
+/// The kernels an SSD forward plan launches, in the launch order of
+/// `SsdPlan::launch`: the C·Bᵀ pre-kernel and the prepass when the plan has
+/// them, then the main kernel.
+fn ssd_forward_kernels(plan: &mamba2_ssd::cuda::SsdPlan) -> Vec<LaunchedKernel> {
+    let config = plan.config();
+    let mut kernels = Vec::new();
+    if let Some(k) = plan.chunk_cb_kernel() {
+        let threads = mamba2_ssd::cuda::plan::CHUNK_CB_THREADS;
+        let mut cb = launched(k, threads, config.chunk_cb_smem_bytes() as u32);
+        cb.name += "#chunk_cb";
+        kernels.push(cb);
+    }
+    if let Some(k) = plan.prepass_kernel() {
+        let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
+        prepass.name += "#prepass";
+        kernels.push(prepass);
+    }
+    kernels.push(launched(
+        plan.main_kernel(),
+        config.threads(),
+        config.smem_bytes(false) as u32,
+    ));
+    kernels
+}
 
 struct SsdWork<T> {
     /// The inputs every slot holds (the oracle's inputs for [`GpuWork::verify`]).
@@ -482,32 +515,12 @@ impl<T: DeviceElement> SsdWork<T> {
 
 impl<T: DeviceElement> GpuWork for SsdWork<T> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        let slot = self.next % self.inputs.len();
-        self.next += 1;
+        let slot = next_slot(&mut self.next, self.inputs.len());
         self.plan
             .launch(gpu, &self.inputs[slot], &mut self.outputs[slot])
     }
     fn kernels(&self) -> Vec<LaunchedKernel> {
-        let config = self.plan.config();
-        let mut kernels = Vec::new();
-        // Launch order of `SsdPlan::launch`: C·Bᵀ pre-kernel, prepass, main kernel.
-        if let Some(k) = self.plan.chunk_cb_kernel() {
-            let threads = mamba2_ssd::cuda::plan::CHUNK_CB_THREADS;
-            let mut cb = launched(k, threads, config.chunk_cb_smem_bytes() as u32);
-            cb.name += "#chunk_cb";
-            kernels.push(cb);
-        }
-        if let Some(k) = self.plan.prepass_kernel() {
-            let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
-            prepass.name += "#prepass";
-            kernels.push(prepass);
-        }
-        kernels.push(launched(
-            self.plan.main_kernel(),
-            config.threads(),
-            config.smem_bytes(false) as u32,
-        ));
-        kernels
+        ssd_forward_kernels(&self.plan)
     }
     fn bad_outputs(&self, gpu: &Gpu) -> Result<usize> {
         count_bad(gpu, &self.outputs[0].out)
@@ -607,8 +620,7 @@ impl<T: DeviceElement> SsdBwdWork<T> {
 
 impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
-        let k = self.next % self.inputs.len();
-        self.next += 1;
+        let k = next_slot(&mut self.next, self.inputs.len());
         if let Some(fwd) = &self.fwd {
             fwd.launch(gpu, &self.inputs[k], &mut self.outputs[k])?;
         }
@@ -622,26 +634,11 @@ impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
         )
     }
     fn kernels(&self) -> Vec<LaunchedKernel> {
-        let mut kernels = Vec::new();
-        if let Some(plan) = &self.fwd {
-            let config = plan.config();
-            if let Some(k) = plan.chunk_cb_kernel() {
-                let threads = mamba2_ssd::cuda::plan::CHUNK_CB_THREADS;
-                let mut cb = launched(k, threads, config.chunk_cb_smem_bytes() as u32);
-                cb.name += "#chunk_cb";
-                kernels.push(cb);
-            }
-            if let Some(k) = plan.prepass_kernel() {
-                let mut prepass = launched(k, config.threads(), config.smem_bytes(true) as u32);
-                prepass.name += "#prepass";
-                kernels.push(prepass);
-            }
-            kernels.push(launched(
-                plan.main_kernel(),
-                config.threads(),
-                config.smem_bytes(false) as u32,
-            ));
-        }
+        let mut kernels = self
+            .fwd
+            .as_ref()
+            .map(ssd_forward_kernels)
+            .unwrap_or_default();
         for k in self.bwd.kernels() {
             kernels.push(launched(k, mamba2_ssd::cuda::backward::BWD_THREADS, 0));
         }
@@ -660,12 +657,8 @@ impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
         let g = &self.grads[0];
         let dx = gpu.download(&g.dx)?;
         let ddt = gpu.download(&g.ddt)?;
-        let dz = g.dz.as_ref().map(|x| gpu.download(x)).transpose()?;
-        let dinit = g
-            .dinitial_states
-            .as_ref()
-            .map(|x| gpu.download(x))
-            .transpose()?;
+        let dz = download_opt(gpu, g.dz.as_ref())?;
+        let dinit = download_opt(gpu, g.dinitial_states.as_ref())?;
         verify_ssd_backward(
             &self.host,
             &self.d_out,
@@ -838,8 +831,7 @@ impl<F: StepFamily, T: DeviceElement> StepWork<F, T> {
 impl<F: StepFamily, T: DeviceElement> GpuWork for StepWork<F, T> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
         let (k, b) = (self.slots, &mut self.bufs);
-        let s = self.next % k;
-        self.next += 1;
+        let s = next_slot(&mut self.next, k);
         let inputs = b.inputs.as_ref().map(
             |v| v.slice(part(v.len(), k, s)),
             |v| v.slice(part(v.len(), k, s)),
