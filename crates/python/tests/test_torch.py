@@ -58,6 +58,36 @@ def grads_match(ours, refs, dtype, names):
     assert not bad, f"gradients over budget: {bad}"
 
 
+def leaves(seq, par, device, dtype):
+    """The sequence tensors `seq` in `dtype` and the parameters `par` (as they
+    are) as leaves on `device`, and the oracle's float64 CPU leaves of the same
+    rounded values: (ours_seq, ours_par, ref_seq, ref_par)."""
+    ours_seq = [leaf(t, device, dtype) for t in seq]
+    ours_par = [leaf(t, device) for t in par]
+    # The oracle sees the same rounded inputs.
+    ref_seq = [leaf(t.to(dtype), "cpu", torch.float64) for t in seq]
+    ref_par = [leaf(t, "cpu", torch.float64) for t in par]
+    return ours_seq, ours_par, ref_seq, ref_par
+
+
+def outputs_and_gradients_match(g, device, dtype, got, want, inputs, names):
+    """Ours `got = (out, states)` against the oracle's `want` from the same
+    `inputs` (as `leaves` returns them, `names` in that order): the output
+    within OUT, the final states within f32's output budget for f32 inputs
+    (else 1e-3), then every input's gradient after a backward through both
+    with the same random weights (drawn from `g`, the output's first), so that
+    every element matters."""
+    (out, states), (want_out, want_states) = got, want
+    assert rel(out, want_out) < OUT[dtype]
+    assert rel(states, want_states) < (OUT[torch.float32] if dtype == torch.float32 else 1e-3)
+    w_out = torch.randn(out.shape, generator=g)
+    w_states = torch.randn(states.shape, generator=g)
+    ((out.float() * w_out.to(device)).sum() + (states * w_states.to(device)).sum()).backward()
+    ((want_out * w_out.double()).sum() + (want_states * w_states.double()).sum()).backward()
+    ours_seq, ours_par, ref_seq, ref_par = inputs
+    grads_match(ours_seq + ours_par, ref_seq + ref_par, dtype, names)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bc", ["var", "grouped"])
@@ -72,29 +102,14 @@ def test_selective_scan_forward_and_gradients(device, dtype, bc):
     B, C = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
     D, z, bias = torch.randn(d, generator=g), torch.randn(b, d, L, generator=g), torch.randn(d, generator=g) * 0.3
     h0 = torch.randn(b, d, n, generator=g)
-    seq = [u, delta, B, C, z]
-    par = [A, D, bias, h0]
-    ours_seq = [leaf(t, device, dtype) for t in seq]
-    ours_par = [leaf(t, device) for t in par]
-    # The oracle sees the same rounded inputs.
-    ref_seq = [leaf(t.to(dtype), "cpu", torch.float64) for t in seq]
-    ref_par = [leaf(t, "cpu", torch.float64) for t in par]
-    uu, dd, BB, CC, zz = ours_seq
-    AA, DD, bb, hh = ours_par
-    out, last = sk.selective_scan_fn(uu, dd, AA, BB, CC, DD, zz, bb, delta_softplus=True,
-                                     return_last_state=True, initial_states=hh)
-    ru, rd, rB, rC, rz = ref_seq
-    rA, rD, rb, rh = ref_par
-    want, want_last = torch_ref.selective_scan(ru, rd, rA, rB, rC, rD, rz, rb, True, initial_states=rh)
-    assert out.dtype == dtype and out.device.type == device.type
-    assert rel(out, want) < OUT[dtype]
-    assert rel(last, want_last) < (OUT[torch.float32] if dtype == torch.float32 else 1e-3)
-    w_out = torch.randn(out.shape, generator=g)
-    w_last = torch.randn(last.shape, generator=g)
-    ((out.float() * w_out.to(device)).sum() + (last * w_last.to(device)).sum()).backward()
-    ((want * w_out.double()).sum() + (want_last * w_last.double()).sum()).backward()
-    grads_match(ours_seq + ours_par, ref_seq + ref_par, dtype,
-                ["u", "delta", "B", "C", "z", "A", "D", "delta_bias", "initial_states"])
+    inputs = leaves([u, delta, B, C, z], [A, D, bias, h0], device, dtype)
+    (uu, dd, BB, CC, zz), (AA, DD, bb, hh), (ru, rd, rB, rC, rz), (rA, rD, rb, rh) = inputs
+    got = sk.selective_scan_fn(uu, dd, AA, BB, CC, DD, zz, bb, delta_softplus=True,
+                               return_last_state=True, initial_states=hh)
+    want = torch_ref.selective_scan(ru, rd, rA, rB, rC, rD, rz, rb, True, initial_states=rh)
+    assert got[0].dtype == dtype and got[0].device.type == device.type
+    outputs_and_gradients_match(g, device, dtype, got, want, inputs,
+                                ["u", "delta", "B", "C", "z", "A", "D", "delta_bias", "initial_states"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -112,29 +127,15 @@ def test_chunk_scan_forward_and_gradients(device, dtype, d_shape):
     D = torch.randn(h, generator=g) if d_shape == "H" else torch.randn(h, p, generator=g)
     bias = torch.randn(h, generator=g) * 0.3
     h0 = torch.randn(b, h, p, n, generator=g)
-    seq = [x, dt, B, C, z]
-    par = [A, D, bias, h0]
-    ours_seq = [leaf(t, device, dtype) for t in seq]
-    ours_par = [leaf(t, device) for t in par]
-    ref_seq = [leaf(t.to(dtype), "cpu", torch.float64) for t in seq]
-    ref_par = [leaf(t, "cpu", torch.float64) for t in par]
-    xx, tt, BB, CC, zz = ours_seq
-    AA, DD, bb, hh = ours_par
-    out, final = sk.mamba_chunk_scan_combined(xx, tt, AA, BB, CC, 64, D=DD, z=zz, dt_bias=bb,
-                                              initial_states=hh, dt_softplus=True,
-                                              return_final_states=True)
-    rx, rt, rB, rC, rz = ref_seq
-    rA, rD, rb, rh = ref_par
-    want, want_final = torch_ref.ssd(rx, rt, rA, rB, rC, rD, rz, rb, True, initial_states=rh)
-    assert out.dtype == dtype
-    assert rel(out, want) < OUT[dtype]
-    assert rel(final, want_final) < (OUT[torch.float32] if dtype == torch.float32 else 1e-3)
-    w_out = torch.randn(out.shape, generator=g)
-    w_fin = torch.randn(final.shape, generator=g)
-    ((out.float() * w_out.to(device)).sum() + (final * w_fin.to(device)).sum()).backward()
-    ((want * w_out.double()).sum() + (want_final * w_fin.double()).sum()).backward()
-    grads_match(ours_seq + ours_par, ref_seq + ref_par, dtype,
-                ["x", "dt", "B", "C", "z", "A", "D", "dt_bias", "initial_states"])
+    inputs = leaves([x, dt, B, C, z], [A, D, bias, h0], device, dtype)
+    (xx, tt, BB, CC, zz), (AA, DD, bb, hh), (rx, rt, rB, rC, rz), (rA, rD, rb, rh) = inputs
+    got = sk.mamba_chunk_scan_combined(xx, tt, AA, BB, CC, 64, D=DD, z=zz, dt_bias=bb,
+                                       initial_states=hh, dt_softplus=True,
+                                       return_final_states=True)
+    want = torch_ref.ssd(rx, rt, rA, rB, rC, rD, rz, rb, True, initial_states=rh)
+    assert got[0].dtype == dtype
+    outputs_and_gradients_match(g, device, dtype, got, want, inputs,
+                                ["x", "dt", "B", "C", "z", "A", "D", "dt_bias", "initial_states"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
