@@ -388,18 +388,10 @@ SSD_DEV int mma_col(int t, int e) {
 // A[a ps_a + k lda + m] (read with ldmatrix .trans); B(k, n) at B[b ps_b + n ldb
 // + k] when B_KMAJOR, else B[b ps_b + k ldb + n]. K % 16 == 0; every row
 // address 16-byte aligned. The MMAs run in a fixed order (deterministic).
-template <bool A_KMAJOR, bool B_KMAJOR, int NA, int NB, bool APART = true>
+template <bool A_KMAJOR, bool B_KMAJOR, int NA, int NB>
 SSD_DEV void mma_tile(float acc[4][4], const u16* A, int lda, int ps_a, const u16* Bm, int ldb, int ps_b,
                       int K) {
     constexpr int TERMS = NA > NB ? NA : NB;
-    // With APART, the part products of each order (a + b = 1, 2) accumulate
-    // apart from the main one and are added at the end: each accumulator's
-    // chain of dependent MMAs is then K / 16 long, not TERMS times that (16 or
-    // 32 more registers; ssd_bwd_chunk, at 2 blocks per SM, keeps one chain).
-    constexpr int LEVELS = APART && TERMS > 1 ? TERMS - 1 : 0;
-    float part[LEVELS > 0 ? LEVELS : 1][4][4];
-#pragma unroll
-    for (int l = 0; l < LEVELS; ++l) tile_zero(part[l]);
     const int w = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const int m0 = 16 * (w % 4), n0 = 32 * (w / 4);
     const int mat = lane / 8, r8 = lane % 8;
@@ -438,17 +430,10 @@ SSD_DEV void mma_tile(float acc[4][4], const u16* A, int lda, int ps_a, const u1
 #pragma unroll
             for (int pb = 0; pb < NB; ++pb) {
                 if (pa + pb >= TERMS) continue;
-                float(*d)[4] = pa + pb == 0 || LEVELS == 0 ? acc : part[pa + pb - 1];
 #pragma unroll
-                for (int t = 0; t < 4; ++t) mma16816(d[t], a[pa], b[pb][t][0], b[pb][t][1]);
+                for (int t = 0; t < 4; ++t) mma16816(acc[t], a[pa], b[pb][t][0], b[pb][t][1]);
             }
     }
-#pragma unroll
-    for (int l = 0; l < LEVELS; ++l)
-#pragma unroll
-        for (int t = 0; t < 4; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[t][e] += part[l][t][e];
 }
 
 // As stage_cb_tile, into single planes (exact bf16), row stride PL64.
@@ -557,8 +542,8 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
         float r[4][4], t[4][4];
         tile_zero(r);
         tile_zero(t);
-        mma_tile<false, false, 3, 1, false>(r, xwp, PLP, Q * PLP, bp + nt * 64, PLN, 0, Q);
-        mma_tile<false, false, 3, 1, false>(t, dyp, PLP, Q * PLP, cp + nt * 64, PLN, 0, Q);
+        mma_tile<false, false, 3, 1>(r, xwp, PLP, Q * PLP, bp + nt * 64, PLN, 0, Q);
+        mma_tile<false, false, 3, 1>(t, dyp, PLP, Q * PLP, cp + nt * 64, PLN, 0, Q);
 #pragma unroll
         for (int tt = 0; tt < 4; ++tt)
 #pragma unroll
