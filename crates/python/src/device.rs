@@ -28,7 +28,7 @@ use mamba1_scan::cuda::{
 use mamba1_scan::decode_cuda::Mamba1Decode;
 use mamba2_ssd::cuda::backward::{SsdBwdPlan, SsdBwdWorkspace, SsdGradBuffers, DEFAULT_BWD_CHUNK};
 use mamba2_ssd::cuda::config::{DMode, SsdFeatures};
-use mamba2_ssd::cuda::{CudaOptions, SsdDeviceInputs, SsdInputViews, SsdOutputViews, SsdPlan};
+use mamba2_ssd::cuda::{CudaOptions, SsdDeviceInputs, SsdDeviceOutputs, SsdPlan};
 use mamba2_ssd::decode_cuda::Mamba2Decode;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -186,6 +186,7 @@ leak_fields!(
     SsdDeviceInputs,
     [x, dt, a, b, c, dt_bias, d, z, initial_states]
 );
+leak_fields!(SsdDeviceOutputs, [out, final_states]);
 leak_fields!(
     SsdGradBuffers,
     [dx, ddt, da, db, dc, dd, dz, ddt_bias, dinitial_states]
@@ -532,27 +533,11 @@ fn ssd_fwd_t<T: DeviceElement>(
     // SAFETY: the Python layer's contract ([`borrow`]).
     unsafe {
         let inp = ssd_inputs::<T>(&gpu, t)?;
-        let mut outs = Lent(Some((
-            req::<T>(&gpu, t, "out")?,
-            opt::<f32>(&gpu, t, "final_states")?,
-        )));
-        let views = SsdInputViews {
-            x: inp.x.as_view(),
-            dt: inp.dt.as_view(),
-            a: inp.a.as_view(),
-            b: inp.b.as_view(),
-            c: inp.c.as_view(),
-            dt_bias: inp.dt_bias.as_ref().map(|v| v.as_view()),
-            d: inp.d.as_ref().map(|v| v.as_view()),
-            z: inp.z.as_ref().map(|v| v.as_view()),
-            initial_states: inp.initial_states.as_ref().map(|v| v.as_view()),
-        };
-        let (out, fin) = &mut *outs;
-        let out_views = SsdOutputViews {
-            out: out.as_view_mut(),
-            final_states: fin.as_mut().map(|v| v.as_view_mut()),
-        };
-        plan.launch_views(&gpu, &views, out_views).map_err(to_py)?;
+        let mut outs = Lent(Some(SsdDeviceOutputs {
+            out: req::<T>(&gpu, t, "out")?,
+            final_states: opt::<f32>(&gpu, t, "final_states")?,
+        }));
+        plan.launch(&gpu, &inp, &mut outs).map_err(to_py)?;
     }
     Ok(())
 }
