@@ -437,7 +437,7 @@ SSD_DEV void mma_tile(float acc[4][4], const u16* A, int lda, int ps_a, const u1
 }
 
 // As stage_cb_tile, into single planes (exact bf16), row stride PL64.
-SSD_DEV void stage_cb_planes(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16* ct, u16* bt) {
+SSD_DEV void stage_cb_tile(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16* ct, u16* bt) {
     const elem_t* const src[2] = {a.C + off, a.B + off};
     stage_rows<Q, 64, 2>(src, ld, len, [&](int i, int n, const Staged<2, elem_t>& v) {
 #pragma unroll
@@ -449,7 +449,7 @@ SSD_DEV void stage_cb_planes(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16*
 }
 
 // As stage_state_tile, into three planes each (plane stride P PL64).
-SSD_DEV void stage_state_planes(const float* S, const float* Gr, u16* st, u16* gt, float* gs) {
+SSD_DEV void stage_state_tile(const float* S, const float* Gr, u16* st, u16* gt, float* gs) {
     const float* const src[2] = {S, Gr};
     auto put = [&](int p, int n, const Staged<2, float>& v) {
         split_store4<3>(st + p * PL64 + n, P * PL64, v[0]);
@@ -691,18 +691,16 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
     float gs_part = 0.0f;
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
-#if SSD_BWD_TC
-        stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
-        stage_state_planes(S + n0, Gr + n0, st, gt, &gs_part);
+        // v4 stages planes, v3 f32 rows (the overloads on the stage's type).
+        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_tile(S + n0, Gr + n0, st, gt, &gs_part);
         __syncthreads();
+#if SSD_BWD_TC
         // SC(i, p) = sum_n C(i, n) S(p, n); GB(j, p) = sum_n B(j, n) G(p, n): the
         // states' three planes against the exact B, C (2^-24).
         mma_tile<true, true, 1, 3>(sc[0], ct, PL64, 0, st, PL64, P * PL64, 64);
         mma_tile<true, true, 1, 3>(gb[0], bt, PL64, 0, gt, PL64, P * PL64, 64);
 #else
-        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
-        stage_state_tile(S + n0, Gr + n0, st, gt, &gs_part);
-        __syncthreads();
 #pragma unroll
         for (int pt = 0; pt < PT; ++pt) {
             // SC(i, p) = sum_n C(i, n) S(p, n); GB(j, p) = sum_n B(j, n) G(p, n).
@@ -829,13 +827,13 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
     // 7. Per-head dC and dB over the N tiles.
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
-#if SSD_BWD_TC
-        stage_cb_planes(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
-        stage_state_planes(S + n0, Gr + n0, st, gt, nullptr);
+        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
+        stage_state_tile(S + n0, Gr + n0, st, gt, nullptr);
         __syncthreads();
         float dc[4][4], db[4][4];
         tile_zero(dc);
         tile_zero(db);
+#if SSD_BWD_TC
         // Two planes of each f32 operand (dB and dC are stored as bf16).
         // exp2(s_i) sum_p dy(i, p) S(p, n); w_j sum_p x(j, p) G(p, n).
         mma_tile<true, false, 2, 2>(dc, dyp, PLP, Q * PLP, st, PL64, P * PL64, P);
@@ -861,12 +859,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
                 st2(a.ws_dbh + at, db[t][e], db[t][e + 1]);
             }
 #else
-        stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
-        stage_state_tile(S + n0, Gr + n0, st, gt, nullptr);
-        __syncthreads();
-        float dc[4][4], db[4][4];
-        tile_zero(dc);
-        tile_zero(db);
         // exp2(s_i) sum_p dy(i, p) S(p, n); w_j sum_p x(j, p) G(p, n).
         tile_mm<true, false, false>(dc, dys, LDP, st, LD, P, nullptr);
         tile_mm<true, false, false>(db, xs, LDP, gt, LD, P, nullptr);
