@@ -312,6 +312,24 @@ def section_oracle(rep, args):
         rep.fail("oracle", case, e)
 
 
+def grads_vs_peer(rep, case, fns, call, t, dout, names):
+    """The forward and backward (incoming gradient `dout`) of ours and
+    mamba_ssm's (`fns`: (label, function) pairs, ours first) on the same leaves
+    made from the inputs `t` through `call`; the output and the gradient of each
+    input in `names` compared as peer rows of `case`."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    res = {}
+    for label, fn in fns:
+        for v in leaves.values():
+            v.grad = None
+        out = call(fn, leaves)
+        out.backward(dout)
+        res[label] = (out.detach(), {k: v.grad.clone() for k, v in leaves.items()})
+    rep.add("peer", case, "out rel diff vs mamba_ssm", rel(res["ours"][0], res["mamba_ssm"][0]), 3e-2)
+    for k in names:
+        rep.add("peer", case, f"d{k} rel diff vs mamba_ssm", rel(res["ours"][1][k], res["mamba_ssm"][1][k]), 5e-2)
+
+
 def section_peer(rep, args, peer):
     if not peer.ok:
         rep.add("peer", "mamba_ssm", "available", None, ok=None, note=f"SKIPPED: {peer.why}")
@@ -320,20 +338,10 @@ def section_peer(rep, args, peer):
         shp = shape(name)
         try:
             t = ssd_inputs(*shp)
-            leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-            dout = randn(*shp[:4])
-            res = {}
-            for label, fn in (("ours", sk.mamba_chunk_scan_combined), ("mamba_ssm", peer.ssd)):
-                for v in leaves.values():
-                    v.grad = None
-                out = ssd_call(fn, leaves)
-                out.backward(dout)
-                res[label] = (out.detach(), {k: v.grad.clone() for k, v in leaves.items()})
-            rep.add("peer", f"{name} bf16", "out rel diff vs mamba_ssm", rel(res["ours"][0], res["mamba_ssm"][0]), 3e-2)
-            for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"):
-                rep.add("peer", f"{name} bf16", f"d{k} rel diff vs mamba_ssm",
-                        rel(res["ours"][1][k], res["mamba_ssm"][1][k]), 5e-2)
-            del leaves, res, t
+            fns = (("ours", sk.mamba_chunk_scan_combined), ("mamba_ssm", peer.ssd))
+            grads_vs_peer(rep, f"{name} bf16", fns, ssd_call, t, randn(*shp[:4]),
+                          ("x", "dt", "A", "B", "C", "D", "dt_bias"))
+            del t
             empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
@@ -345,20 +353,10 @@ def section_peer(rep, args, peer):
         try:
             b, d, n, L = shape("M1-2.8B")
             t = scan_inputs(b, d, n, L)
-            leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-            dout = randn(b, d, L)
-            res = {}
-            for label, fn in (("ours", sk.selective_scan_fn), ("mamba_ssm", peer.scan)):
-                for v in leaves.values():
-                    v.grad = None
-                out = scan_call(fn, leaves)
-                out.backward(dout)
-                res[label] = (out.detach(), {k: v.grad.clone() for k, v in leaves.items()})
-            rep.add("peer", f"{name} bf16", "out rel diff vs mamba_ssm", rel(res["ours"][0], res["mamba_ssm"][0]), 3e-2)
-            for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
-                rep.add("peer", f"{name} bf16", f"d{k} rel diff vs mamba_ssm",
-                        rel(res["ours"][1][k], res["mamba_ssm"][1][k]), 5e-2)
-            del leaves, res, t
+            fns = (("ours", sk.selective_scan_fn), ("mamba_ssm", peer.scan))
+            grads_vs_peer(rep, f"{name} bf16", fns, scan_call, t, randn(b, d, L),
+                          ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+            del t
             empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
@@ -367,13 +365,13 @@ def section_peer(rep, args, peer):
         try:
             m1, m2 = step_inputs(b)
             s_ours, s_peer = m1["state"].clone(), m1["state"].clone()
-            o = step_m1(sk.selective_state_update, m1, s_ours)
-            w = step_m1(peer.step, m1, s_peer)
+            o = step(sk.selective_state_update, m1, s_ours)
+            w = step(peer.step, m1, s_peer)
             rep.add("peer", f"decode m1 b{b} D5120 N16", "out rel diff vs mamba_ssm", rel(o, w), 3e-2)
             rep.add("peer", f"decode m1 b{b} D5120 N16", "state rel diff vs mamba_ssm", rel(s_ours, s_peer), 1e-3)
             s_ours, s_peer = m2["state"].clone(), m2["state"].clone()
-            o = step_m2(sk.selective_state_update, m2, s_ours)
-            w = step_m2(peer.step, m2, s_peer)
+            o = step(sk.selective_state_update, m2, s_ours)
+            w = step(peer.step, m2, s_peer)
             rep.add("peer", f"decode m2 b{b} H80 P64 N128", "out rel diff vs mamba_ssm", rel(o, w), 3e-2)
             rep.add("peer", f"decode m2 b{b} H80 P64 N128", "state rel diff vs mamba_ssm", rel(s_ours, s_peer), 1e-3)
         except Exception as e:  # noqa: BLE001
@@ -398,11 +396,10 @@ def step_inputs(b):
     return m1, m2
 
 
-def step_m1(fn, t, state):
-    return fn(state, t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
-
-
-def step_m2(fn, t, state):
+def step(fn, t, state):
+    """One decode step of either family (`t` from step_inputs) through `fn`,
+    ours or mamba_ssm's selective_state_update: both families take the same
+    arguments, and the state's shape tells them apart."""
     return fn(state, t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
 
 
@@ -421,58 +418,46 @@ def section_timing(rep, args, peer):
         except Exception as e:  # noqa: BLE001
             rep.fail("timing", case + " mamba_ssm", e)
 
-    for name in ("M2-2.7B", "M2-groups"):
-        shp = shape(name)
-        case = f"{name} bf16"
+    def fwd_and_fwd_bwd(case, call, ours_fn, peer_fn, make_inputs, dout_shape):
+        """The forward, then forward+backward (incoming gradient of `dout_shape`),
+        of `ours_fn` and, when given, `peer_fn`, on the inputs `make_inputs()`
+        passed through `call`."""
         try:
-            t = ssd_inputs(*shp)
-            ours = bench(lambda: ssd_call(sk.mamba_chunk_scan_combined, t), quick=q)
-            speedup(case, "fwd", ours, (lambda: ssd_call(peer.ssd, t)) if peer.ok else None)
+            t = make_inputs()
+            ours = bench(lambda: call(ours_fn, t), quick=q)
+            speedup(case, "fwd", ours, (lambda: call(peer_fn, t)) if peer_fn else None)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
             lv = list(leaves.values())
-            dout = randn(*shp[:4])
+            dout = randn(*dout_shape)
 
             def fb(fn):
-                return lambda: ssd_call(fn, leaves).backward(dout)
+                return lambda: call(fn, leaves).backward(dout)
 
-            ours = bench(fb(sk.mamba_chunk_scan_combined), lv, q)
-            speedup(case, "fwd+bwd", ours, fb(peer.ssd) if peer.ok else None, lv)
+            ours = bench(fb(ours_fn), lv, q)
+            speedup(case, "fwd+bwd", ours, fb(peer_fn) if peer_fn else None, lv)
             del t, leaves, lv, dout
             empty_cache()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("timing", case, e)
-    case = "M1-2.8B bf16"
-    try:
-        b, d, n, L = shape("M1-2.8B")
-        t = scan_inputs(b, d, n, L)
-        pscan = peer.scan if peer.ok else None
-        ours = bench(lambda: scan_call(sk.selective_scan_fn, t), quick=q)
-        speedup(case, "fwd", ours, (lambda: scan_call(pscan, t)) if pscan else None)
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-        lv = list(leaves.values())
-        dout = randn(b, d, L)
 
-        def fb(fn):
-            return lambda: scan_call(fn, leaves).backward(dout)
-
-        ours = bench(fb(sk.selective_scan_fn), lv, q)
-        speedup(case, "fwd+bwd", ours, fb(pscan) if pscan else None, lv)
-        del t, leaves, lv, dout
-        empty_cache()
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        rep.fail("timing", case, e)
+    for name in ("M2-2.7B", "M2-groups"):
+        shp = shape(name)
+        fwd_and_fwd_bwd(f"{name} bf16", ssd_call, sk.mamba_chunk_scan_combined, peer.ssd if peer.ok else None,
+                        lambda: ssd_inputs(*shp), shp[:4])
+    b, d, n, L = shape("M1-2.8B")
+    fwd_and_fwd_bwd("M1-2.8B bf16", scan_call, sk.selective_scan_fn, peer.scan if peer.ok else None,
+                    lambda: scan_inputs(b, d, n, L), (b, d, L))
     for b in (1, 256):
         try:
             m1, m2 = step_inputs(b)
             s1, s2 = m1["state"].clone(), m2["state"].clone()
-            ours = bench(lambda: step_m1(sk.selective_state_update, m1, s1), quick=q)
+            ours = bench(lambda: step(sk.selective_state_update, m1, s1), quick=q)
             speedup(f"decode m1 b{b} D5120 N16", "step", ours,
-                    (lambda: step_m1(peer.step, m1, s1)) if peer.ok else None)
-            ours = bench(lambda: step_m2(sk.selective_state_update, m2, s2), quick=q)
+                    (lambda: step(peer.step, m1, s1)) if peer.ok else None)
+            ours = bench(lambda: step(sk.selective_state_update, m2, s2), quick=q)
             speedup(f"decode m2 b{b} H80 P64 N128", "step", ours,
-                    (lambda: step_m2(peer.step, m2, s2)) if peer.ok else None)
+                    (lambda: step(peer.step, m2, s2)) if peer.ok else None)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.fail("timing", f"decode b{b}", e)
