@@ -390,6 +390,22 @@ mod tests {
         }
     }
 
+    /// The fixture's budgets checked against kernels `a` and `b` (ptxas's
+    /// registers, static shared memory, spill stores and stack frame of each).
+    fn check_fixture(a: (u32, u32, u32, u32), b: (u32, u32, u32, u32)) -> BudgetCheck {
+        let file = BudgetFile::parse(FILE, "fixture").unwrap();
+        let results = [("a", a), ("b", b)]
+            .into_iter()
+            .map(|(label, (regs, smem, spills, stack))| {
+                (
+                    label.to_string(),
+                    Ok(report(label, regs, smem, spills, stack)),
+                )
+            })
+            .collect();
+        check(results, &file, vec![])
+    }
+
     #[test]
     fn parses_defaults_and_rejects_unknown_keys() {
         let file = BudgetFile::parse(FILE, "fixture").unwrap();
@@ -414,12 +430,7 @@ mod tests {
 
     #[test]
     fn within_budget_passes() {
-        let file = BudgetFile::parse(FILE, "fixture").unwrap();
-        let results = vec![
-            ("a".to_string(), Ok(report("a", 64, 1024, 0, 0))),
-            ("b".to_string(), Ok(report("b", 10, 0, 0, 16))),
-        ];
-        let check = check(results, &file, vec![]);
+        let check = check_fixture((64, 1024, 0, 0), (10, 0, 0, 16));
         assert!(check.passed(), "{:?}", check.failures());
         assert_eq!(check.stale, ["unused"]);
         let table = check.render_table();
@@ -432,12 +443,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_overrun_fails_and_is_named() {
-        let file = BudgetFile::parse(FILE, "fixture").unwrap();
-        let results = vec![
-            ("a".to_string(), Ok(report("a", 65, 2048, 4, 8))),
-            ("b".to_string(), Ok(report("b", 32, 0, 0, 17))),
-        ];
-        let check = check(results, &file, vec![]);
+        let check = check_fixture((65, 2048, 4, 8), (32, 0, 0, 17));
         assert!(!check.passed());
         let failures = check.failures().join("\n");
         for expected in [
