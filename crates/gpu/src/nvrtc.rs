@@ -328,19 +328,48 @@ impl Program {
         Ok(Program(program))
     }
 
-    fn log(&self) -> Result<String, GpuError> {
+    /// The byte count NVRTC's `get_size` (named `call` in errors) reports for
+    /// one of this program's outputs.
+    ///
+    /// # Safety
+    /// `get_size` must be one of NVRTC's `nvrtcGet*Size` calls for an output
+    /// this program has (the log always; the PTX and cubin once compiled).
+    unsafe fn output_size(
+        &self,
+        get_size: unsafe fn(nvrtcProgram, *mut usize) -> nvrtcResult,
+        call: &str,
+    ) -> Result<usize, GpuError> {
         let mut size = 0usize;
-        // SAFETY: live program, valid out-pointer.
-        check(
-            unsafe { sys::nvrtcGetProgramLogSize(self.0, &mut size) },
-            "nvrtcGetProgramLogSize",
-        )?;
-        let mut buffer = vec![0u8; size.max(1)];
-        // SAFETY: the buffer holds `size` bytes, as NVRTC asked.
-        check(
-            unsafe { sys::nvrtcGetProgramLog(self.0, buffer.as_mut_ptr().cast()) },
-            "nvrtcGetProgramLog",
-        )?;
+        // SAFETY: live program, valid out-pointer; the output per the contract.
+        check(unsafe { get_size(self.0, &mut size) }, call)?;
+        Ok(size)
+    }
+
+    /// One of this program's outputs, copied by NVRTC's `get` (named `call` in
+    /// errors) into a buffer of `len` bytes.
+    ///
+    /// # Safety
+    /// `get` must be the `nvrtcGet*` call of the output whose size call gave
+    /// at most `len` bytes.
+    unsafe fn output(
+        &self,
+        get: unsafe fn(nvrtcProgram, *mut c_char) -> nvrtcResult,
+        call: &str,
+        len: usize,
+    ) -> Result<Vec<u8>, GpuError> {
+        let mut buffer = vec![0u8; len];
+        // SAFETY: the buffer holds `len` bytes, at least what NVRTC asked for.
+        check(unsafe { get(self.0, buffer.as_mut_ptr().cast()) }, call)?;
+        Ok(buffer)
+    }
+
+    fn log(&self) -> Result<String, GpuError> {
+        // SAFETY: every program has a log; the buffer is as long as it asks
+        // (at least one byte, for the NUL of an empty log).
+        let buffer = unsafe {
+            let size = self.output_size(sys::nvrtcGetProgramLogSize, "nvrtcGetProgramLogSize")?;
+            self.output(sys::nvrtcGetProgramLog, "nvrtcGetProgramLog", size.max(1))?
+        };
         let text = CStr::from_bytes_until_nul(&buffer)
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_else(|_| String::from_utf8_lossy(&buffer).into_owned());
@@ -348,43 +377,28 @@ impl Program {
     }
 
     fn cubin(&self) -> Result<Vec<u8>, GpuError> {
-        let mut size = 0usize;
-        // SAFETY: live, successfully compiled program; valid out-pointer.
-        check(
-            unsafe { sys::nvrtcGetCUBINSize(self.0, &mut size) },
-            "nvrtcGetCUBINSize",
-        )?;
+        // SAFETY: a successfully compiled program (the caller's) has a cubin size.
+        let size = unsafe { self.output_size(sys::nvrtcGetCUBINSize, "nvrtcGetCUBINSize")? };
         if size == 0 {
             return Err(GpuError::Compile {
                 file: "(nvrtc)".to_string(),
                 log: "NVRTC produced no cubin: was a virtual arch (compute_XX) requested?".into(),
             });
         }
-        let mut cubin = vec![0u8; size];
-        // SAFETY: the buffer holds `size` bytes, as NVRTC asked.
-        check(
-            unsafe { sys::nvrtcGetCUBIN(self.0, cubin.as_mut_ptr().cast()) },
-            "nvrtcGetCUBIN",
-        )?;
-        Ok(cubin)
+        // SAFETY: the buffer is as long as NVRTC asked.
+        unsafe { self.output(sys::nvrtcGetCUBIN, "nvrtcGetCUBIN", size) }
     }
 }
 
 impl Program {
     /// The PTX text, with its terminating NUL (what `cuModuleLoadData` needs).
     fn ptx(&self) -> Result<Vec<u8>, GpuError> {
-        let mut size = 0usize;
-        // SAFETY: live, successfully compiled program; valid out-pointer.
-        check(
-            unsafe { sys::nvrtcGetPTXSize(self.0, &mut size) },
-            "nvrtcGetPTXSize",
-        )?;
-        let mut ptx = vec![0u8; size.max(1)];
-        // SAFETY: the buffer holds `size` bytes, as NVRTC asked.
-        check(
-            unsafe { sys::nvrtcGetPTX(self.0, ptx.as_mut_ptr().cast()) },
-            "nvrtcGetPTX",
-        )?;
+        // SAFETY: a successfully compiled program (the caller's) has PTX; the
+        // buffer is as long as NVRTC asks (at least one byte).
+        let mut ptx = unsafe {
+            let size = self.output_size(sys::nvrtcGetPTXSize, "nvrtcGetPTXSize")?;
+            self.output(sys::nvrtcGetPTX, "nvrtcGetPTX", size.max(1))?
+        };
         if ptx.last() != Some(&0) {
             ptx.push(0);
         }
