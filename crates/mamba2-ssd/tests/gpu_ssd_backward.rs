@@ -17,6 +17,9 @@
 //! - reruns are bit-identical (no atomics);
 //! - the tensor-core S C / G B (`ssd_backward_cuda_with(.., true)`, bf16) on
 //!   the same kinds of problems, and its reruns bit-identical too;
+//! - the tiled kernels on every option combination: v4's tensor-core tiles
+//!   (the bf16 default at P 64), and v3's (`ssd_backward_cuda_config` with
+//!   `with_tensor_tiles(false)`) on a quarter of them;
 //! - typed errors for bad gradient inputs and unsupported shapes;
 //! - offsets past 2^31 elements (`SSM_GPU_BIG=1`: about 75 GiB of device memory,
 //!   about a minute, most of it generating and copying the inputs).
@@ -27,7 +30,9 @@ mod cpu_support;
 use backward_support::{incoming, judge_against, GradCheck};
 use cpu_support::{dims, Case, DKind, Options, Steps};
 use half::{bf16, f16};
-use mamba2_ssd::cuda::backward::{ssd_backward_cuda, ssd_backward_cuda_with, BwdConfig};
+use mamba2_ssd::cuda::backward::{
+    ssd_backward_cuda, ssd_backward_cuda_config, ssd_backward_cuda_with, BwdConfig,
+};
 use mamba2_ssd::cuda::SsdFeatures;
 use mamba2_ssd::{ssd_backward, Backend};
 use ssm_core::mamba2::{SsdDims, SsdParams};
@@ -57,6 +62,9 @@ struct Job {
     seed: u64,
     /// The tensor-core S C / G B of `ssd_bwd_grad` (bf16 only).
     mma: bool,
+    /// v3's SIMT tiles where v4's tensor-core tiles are the default (bf16 at
+    /// P 64; what a device with less shared memory per block runs).
+    v3: bool,
 }
 
 fn job(label: impl Into<String>, case: Case, dtype: DType, chunk: usize, seed: u64) -> Job {
@@ -67,7 +75,35 @@ fn job(label: impl Into<String>, case: Case, dtype: DType, chunk: usize, seed: u
         chunk,
         seed,
         mma: false,
+        v3: false,
     }
+}
+
+fn v3_job(label: impl Into<String>, case: Case, seed: u64) -> Job {
+    Job {
+        v3: true,
+        ..job(label, case, DType::Bf16, 64, seed)
+    }
+}
+
+/// The configuration a job runs: the default, v2's tensor-core S C / G B, or v3.
+fn config_of<T: DeviceElement>(job: &Job, p: &SsdParams<'_, T>) -> Option<BwdConfig> {
+    BwdConfig::new(
+        T::DTYPE,
+        &p.dims,
+        SsdFeatures::of(p),
+        job.case.opts.final_states,
+        job.chunk,
+    )
+    .and_then(|c| c.with_tensor_cores(job.mma))
+    .and_then(|c| {
+        if job.v3 {
+            c.with_tensor_tiles(false)
+        } else {
+            Ok(c)
+        }
+    })
+    .ok()
 }
 
 fn mma_job(label: impl Into<String>, case: Case, chunk: usize, seed: u64) -> Job {
@@ -81,16 +117,7 @@ fn mma_job(label: impl Into<String>, case: Case, chunk: usize, seed: u64) -> Job
 fn variant_of<T: DeviceElement>(job: &Job) -> Option<ssm_gpu::KernelVariant> {
     let r = job.case.rounded::<T>();
     let p = job.case.params(&r);
-    let config = BwdConfig::new(
-        T::DTYPE,
-        &p.dims,
-        SsdFeatures::of(&p),
-        job.case.opts.final_states,
-        job.chunk,
-    )
-    .and_then(|c| c.with_tensor_cores(job.mma))
-    .ok()?;
-    config.variants().into_iter().next()
+    config_of(job, &p)?.variants().into_iter().next()
 }
 
 /// Compile every module the jobs need on all cores first (NVRTC dominates the
@@ -158,14 +185,19 @@ fn check<T: DeviceElement>(gpu: &Gpu, job: &Job) -> (SsdGrads<T, f32>, Vec<Strin
     let r = case.rounded::<T>();
     let p = case.params(&r);
     let inc = incoming::<T>(case, job.seed);
-    let got = ssd_backward_cuda_with(
-        gpu,
-        &p,
-        &inc.d_out,
-        inc.d_final.as_deref(),
-        job.chunk,
-        job.mma,
-    )
+    let got = if job.v3 {
+        let config = config_of(job, &p).expect("v3 takes the job's shape");
+        ssd_backward_cuda_config(gpu, &p, &inc.d_out, inc.d_final.as_deref(), config)
+    } else {
+        ssd_backward_cuda_with(
+            gpu,
+            &p,
+            &inc.d_out,
+            inc.d_final.as_deref(),
+            job.chunk,
+            job.mma,
+        )
+    }
     .unwrap_or_else(|e| panic!("{} ({}): {e}", job.label, T::DTYPE));
     let want = ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).unwrap();
     let checks = judge_against(
@@ -278,7 +310,12 @@ fn tiled_path_every_option_combination_matches_the_adjoint() {
         if mask % 8 == 0 {
             all_dtypes(&mut jobs, &label, case, 64, s);
         } else {
-            jobs.push(job(label, case(), DType::Bf16, 64, s));
+            jobs.push(job(label.clone(), case(), DType::Bf16, 64, s));
+        }
+        // bf16 at P = 64 runs v4 by default; v3 (what a device with less shared
+        // memory per block falls back to) on every fourth combination.
+        if mask % 4 == 1 {
+            jobs.push(v3_job(format!("{label} v3"), case(), s));
         }
     }
     run_jobs(

@@ -954,15 +954,67 @@ pub fn ssd_backward_cuda_with<T: DeviceElement>(
     chunk: usize,
     tensor_cores: bool,
 ) -> Result<SsdGrads<T, f32>> {
+    let config = || {
+        BwdConfig::new(
+            T::DTYPE,
+            &p.dims,
+            SsdFeatures::of(p),
+            d_final_states.is_some(),
+            chunk,
+        )?
+        .with_tensor_cores(tensor_cores)
+        .map(|_| ())
+    };
+    let plan = || SsdBwdPlan::new_with(gpu, p, d_final_states.is_some(), chunk, tensor_cores);
+    backward_on(gpu, p, d_out, d_final_states, config, plan)
+}
+
+/// [`ssd_backward_cuda_with`] on an explicit kernel configuration, planned by
+/// [`SsdBwdPlan::with_config`] (which refuses one the device cannot run): e.g.
+/// v3's tiles where v4 is the default, `config.with_tensor_tiles(false)`.
+pub fn ssd_backward_cuda_config<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    config: BwdConfig,
+) -> Result<SsdGrads<T, f32>> {
+    let check = || {
+        if config.dtype != T::DTYPE || config.d_final != d_final_states.is_some() {
+            return Err(unsupported(format!(
+                "a backward configuration for {} inputs{} on {} inputs{}",
+                config.dtype,
+                if config.d_final {
+                    " with d_final_states"
+                } else {
+                    ""
+                },
+                T::DTYPE,
+                if d_final_states.is_some() {
+                    " with d_final_states"
+                } else {
+                    ""
+                },
+            )));
+        }
+        Ok(())
+    };
+    let plan = || SsdBwdPlan::with_config(gpu, config, p.dims, p.dt_limit, p.cu_seqlens);
+    backward_on(gpu, p, d_out, d_final_states, check, plan)
+}
+
+/// The host-slice backward around a plan: validation (shapes first, then what
+/// `config_check` says, then finiteness), upload, launch, download.
+fn backward_on<T: DeviceElement>(
+    gpu: &Gpu,
+    p: &SsdParams<'_, T>,
+    d_out: &[T],
+    d_final_states: Option<&[f32]>,
+    config_check: impl FnOnce() -> Result<()>,
+    plan: impl FnOnce() -> Result<SsdBwdPlan>,
+) -> Result<SsdGrads<T, f32>> {
     let layout = validate_grad_inputs(p, d_out, d_final_states)?;
-    BwdConfig::new(
-        T::DTYPE,
-        &p.dims,
-        SsdFeatures::of(p),
-        d_final_states.is_some(),
-        chunk,
-    )?
-    .with_tensor_cores(tensor_cores)?;
+    config_check()?;
     // As the forward: non-finite inputs are declined with the argument named.
     if let Err(e) = p.with_check_finite(true).validate() {
         return Err(unsupported(format!("non-finite inputs ({e})")));
@@ -977,7 +1029,7 @@ pub fn ssd_backward_cuda_with<T: DeviceElement>(
     if p.x.is_empty() {
         return Ok(empty_grads(p, d_final_states, layout.num_seqs));
     }
-    let plan = SsdBwdPlan::new_with(gpu, p, d_final_states.is_some(), chunk, tensor_cores)?;
+    let plan = plan()?;
     let inp = SsdDeviceInputs::upload(gpu, p)?;
     let d_out = gpu.upload(d_out)?;
     let d_final = d_final_states.map(|s| gpu.upload(s)).transpose()?;
