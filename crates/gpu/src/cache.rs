@@ -89,8 +89,16 @@ impl ModuleCache {
             path: dir.clone(),
             source,
         })?;
-        write_atomically(&dir.join(format!("{key}.log")), module.log.as_bytes())?;
-        write_atomically(&dir.join(format!("{key}.cubin")), &module.cubin)
+        write_atomically(
+            &dir.join(format!("{key}.log")),
+            module.log.as_bytes(),
+            CACHE_ENTRY,
+        )?;
+        write_atomically(
+            &dir.join(format!("{key}.cubin")),
+            &module.cubin,
+            CACHE_ENTRY,
+        )
     }
 }
 
@@ -109,19 +117,29 @@ fn default_dir() -> PathBuf {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
+/// Write `bytes` to `path` under a temporary name and rename, so no reader
+/// (another process sharing the cache or the pack) sees half a file. Errors
+/// say `writing` or `renaming` as what was being done.
+pub(crate) fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    (writing, renaming): (&'static str, &'static str),
+) -> Result<(), GpuError> {
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     let io_error = |what, source| GpuError::Io {
         what,
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(&temporary, bytes).map_err(|e| io_error("writing kernel cache entry", e))?;
+    std::fs::write(&temporary, bytes).map_err(|e| io_error(writing, e))?;
     std::fs::rename(&temporary, path).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
-        io_error("renaming kernel cache entry", e)
+        io_error(renaming, e)
     })
 }
+
+/// What [`write_atomically`] says of a kernel cache entry.
+const CACHE_ENTRY: (&str, &str) = ("writing kernel cache entry", "renaming kernel cache entry");
 
 #[cfg(test)]
 mod tests {

@@ -544,19 +544,10 @@ impl PackWriter {
     }
 }
 
-/// Write to a temporary name and rename, so no reader sees half a file.
+/// A pack file written atomically ([`crate::cache::write_atomically`]).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    let io_error = |what, source| GpuError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&temporary, bytes).map_err(|e| io_error("writing kernel pack file", e))?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        io_error("renaming kernel pack file", e)
-    })
+    let what = ("writing kernel pack file", "renaming kernel pack file");
+    crate::cache::write_atomically(path, bytes, what)
 }
 
 /// An empty manifest for [`PackWriter::finish`] to fill in.
