@@ -237,85 +237,84 @@ fn all_dtypes(jobs: &mut Vec<Job>, label: &str, make: impl Fn() -> Case, chunk: 
     }
 }
 
+/// Option combination `mask` of 64: dt_bias, softplus, dt_limit, z, initial
+/// states and `d_final_states` by bit, D absent, (H) or (H, P) by `mask % 3`.
+fn option_combination(mask: u64) -> Options {
+    let bit = |k: u32| mask & (1 << k) != 0;
+    Options {
+        dt_bias: bit(0),
+        dt_softplus: bit(1),
+        dt_limit: bit(2).then_some((1e-3, 0.5)),
+        d: match mask % 3 {
+            0 => None,
+            1 => Some(DKind::PerHead),
+            _ => Some(DKind::PerHeadDim),
+        },
+        z: bit(3),
+        initial_states: bit(4),
+        final_states: bit(5),
+        ..Options::default()
+    }
+}
+
+/// One job per option combination: every dtype on every eighth mask, bf16 (the
+/// trained setting) on all; `shape` makes the case of a mask's options and seed.
+fn option_jobs(
+    jobs: &mut Vec<Job>,
+    prefix: &str,
+    seed0: u64,
+    shape: impl Fn(Options, u64) -> Case,
+) -> Vec<(String, Options, u64)> {
+    let mut made = Vec::new();
+    for mask in 0u64..64 {
+        let opts = option_combination(mask);
+        let s = seed0.wrapping_add(mask);
+        let case = || shape(opts.clone(), s);
+        let label = format!("{prefix}options {mask:06b} D {:?}", opts.d);
+        if mask % 8 == 0 {
+            all_dtypes(jobs, &label, case, 64, s);
+        } else {
+            jobs.push(job(label.clone(), case(), DType::Bf16, 64, s));
+        }
+        made.push((label, opts, s));
+    }
+    made
+}
+
 #[test]
 fn every_option_combination_matches_the_adjoint() {
     let Some(gpu) = test_gpu_or_skip("every_option_combination_matches_the_adjoint") else {
         return;
     };
-    let base = seed();
     let mut jobs = Vec::new();
-    for mask in 0u64..64 {
-        let bit = |k: u32| mask & (1 << k) != 0;
-        let opts = Options {
-            dt_bias: bit(0),
-            dt_softplus: bit(1),
-            dt_limit: bit(2).then_some((1e-3, 0.5)),
-            d: match mask % 3 {
-                0 => None,
-                1 => Some(DKind::PerHead),
-                _ => Some(DKind::PerHeadDim),
-            },
-            z: bit(3),
-            initial_states: bit(4),
-            final_states: bit(5),
-            ..Options::default()
-        };
-        // Two rows of 100 tokens (the second chunk partial), two groups of two heads.
-        let s = base.wrapping_add(mask);
-        let case = || Case::new(dims(2, 100, 4, 16, 32, 2), opts.clone(), s);
-        let label = format!("options {mask:06b} D {:?}", opts.d);
-        // Every dtype on every eighth mask, bf16 (the trained setting) on all.
-        if mask % 8 == 0 {
-            all_dtypes(&mut jobs, &label, case, 64, s);
-        } else {
-            jobs.push(job(label, case(), DType::Bf16, 64, s));
-        }
-    }
+    // Two rows of 100 tokens (the second chunk partial), two groups of two heads.
+    option_jobs(&mut jobs, "", seed(), |opts, s| {
+        Case::new(dims(2, 100, 4, 16, 32, 2), opts, s)
+    });
     run_jobs(&gpu, "every_option_combination_matches_the_adjoint", &jobs);
 }
 
 #[test]
 fn tiled_path_every_option_combination_matches_the_adjoint() {
-    // The tiled v3 kernels (the default at chunk 64, P 64/128, N % 64 == 0):
-    // every option combination at their smallest shape, a partial chunk.
+    // The tiled kernels (chunk 64, P 64/128, N % 64 == 0; v4's tensor-core
+    // tiles for bf16 at P 64): every option combination at their smallest
+    // shape, a partial chunk.
     let Some(gpu) = test_gpu_or_skip("tiled_path_every_option_combination_matches_the_adjoint")
     else {
         return;
     };
-    let base = seed();
+    assert!(
+        BwdConfig::tiled_supports(64, 64, 64).is_ok(),
+        "the tiled kernels must take P = N = 64"
+    );
+    let shape = |opts, s| Case::new(dims(2, 100, 4, 64, 64, 2), opts, s);
     let mut jobs = Vec::new();
-    for mask in 0u64..64 {
-        let bit = |k: u32| mask & (1 << k) != 0;
-        let opts = Options {
-            dt_bias: bit(0),
-            dt_softplus: bit(1),
-            dt_limit: bit(2).then_some((1e-3, 0.5)),
-            d: match mask % 3 {
-                0 => None,
-                1 => Some(DKind::PerHead),
-                _ => Some(DKind::PerHeadDim),
-            },
-            z: bit(3),
-            initial_states: bit(4),
-            final_states: bit(5),
-            ..Options::default()
-        };
-        let s = base.wrapping_add(900 + mask);
-        let case = || Case::new(dims(2, 100, 4, 64, 64, 2), opts.clone(), s);
-        let label = format!("tiled options {mask:06b} D {:?}", opts.d);
-        assert!(
-            BwdConfig::tiled_supports(64, 64, 64).is_ok(),
-            "the tiled kernels must take P = N = 64"
-        );
-        if mask % 8 == 0 {
-            all_dtypes(&mut jobs, &label, case, 64, s);
-        } else {
-            jobs.push(job(label.clone(), case(), DType::Bf16, 64, s));
-        }
-        // bf16 at P = 64 runs v4 by default; v3 (what a device with less shared
-        // memory per block falls back to) on every fourth combination.
+    let made = option_jobs(&mut jobs, "tiled ", seed().wrapping_add(900), shape);
+    // v3 (what a device with less shared memory per block falls back to) on
+    // every fourth combination.
+    for (mask, (label, opts, s)) in made.into_iter().enumerate() {
         if mask % 4 == 1 {
-            jobs.push(v3_job(format!("{label} v3"), case(), s));
+            jobs.push(v3_job(format!("{label} v3"), shape(opts, s), s));
         }
     }
     run_jobs(
