@@ -37,6 +37,25 @@ pub fn test_compiler_or_skip(test_name: &str) -> Option<Compiler> {
     )
 }
 
+/// Set to a number to replay a test's random inputs.
+pub const TEST_SEED_ENV: &str = "SSM_TEST_SEED";
+
+/// The seed of a test's random inputs: `SSM_TEST_SEED` when set (to replay a
+/// run), else fresh from the clock; printed with the test's name, so that a
+/// failure can be replayed.
+pub fn test_seed(test_name: &str) -> u64 {
+    let seed = std::env::var(TEST_SEED_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test_name} seed {seed} ({TEST_SEED_ENV}={seed} replays)");
+    seed
+}
+
 /// Set to `1` (`.ci/run` does) to turn "no host C++ compiler" from a skip into
 /// a failure for the kernel-emulation tests.
 pub const REQUIRE_CXX_ENV: &str = "SSM_REQUIRE_CXX";

@@ -371,10 +371,7 @@ fn report(title: &str, seed: u64, rows: &[Row]) {
 /// Fresh inputs every run; the seed is printed so a failure can be replayed
 /// with `SSM_TEST_SEED`.
 fn fresh_rng() -> (StdRng, u64) {
-    let seed = std::env::var("SSM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = ssm_gpu::test_seed("gpu_scan");
     (StdRng::seed_from_u64(seed), seed)
 }
 

@@ -27,19 +27,10 @@ use rand::{Rng, SeedableRng};
 use ssm_core::mamba2::SsdDims;
 use ssm_core::tolerance::{compare, rel_l2_budget, state_budget};
 use ssm_core::{DType, SsmError};
-use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
+use ssm_gpu::{test_gpu_or_skip, test_seed, DeviceElement, Gpu};
 
 fn seed() -> u64 {
-    let s = std::env::var("SSM_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    eprintln!("gpu_ssd seed {s} (SSM_TEST_SEED={s} replays)");
-    s
+    test_seed("gpu_ssd")
 }
 
 /// One checked run: errors against the oracle and the CPU port.

@@ -27,7 +27,7 @@
 mod backward_support;
 mod cpu_support;
 
-use backward_support::{incoming, judge_against, GradCheck};
+use backward_support::{incoming, judge_against, judge_with_oracle, print_checks, GradCheck};
 use cpu_support::{dims, Case, DKind, Options, Steps};
 use half::{bf16, f16};
 use mamba2_ssd::cuda::backward::{
@@ -37,20 +37,11 @@ use mamba2_ssd::cuda::SsdFeatures;
 use mamba2_ssd::{ssd_backward, Backend};
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{DType, SsdGrads, SsmError};
-use ssm_gpu::{test_gpu_or_skip, DeviceElement, Gpu};
+use ssm_gpu::{test_gpu_or_skip, test_seed, DeviceElement, Gpu};
 use ssm_reference::ssd_backward::ssd_backward_detailed;
 
 fn seed() -> u64 {
-    let s = std::env::var("SSM_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    eprintln!("gpu_ssd_backward seed {s} (SSM_TEST_SEED={s} replays)");
-    s
+    test_seed("gpu_ssd_backward")
 }
 
 /// One problem, one dtype, one chunk length.
@@ -157,27 +148,6 @@ fn warm_up(gpu: &Gpu, jobs: &[Job]) {
     );
 }
 
-/// Print every check of one run; returns the failed ones.
-fn report(label: &str, dtype: DType, chunk: usize, checks: &[GradCheck]) -> Vec<String> {
-    let mut failed = Vec::new();
-    for c in checks {
-        eprintln!(
-            "{label:<34} {:<4} Q={chunk:<3} {:>15}: rel_l2 {:.3e} max_abs {:.3e} (budget {:.3e}, allowance {:.1e}){}",
-            dtype.name(),
-            c.name,
-            c.rel_l2,
-            c.max_abs,
-            c.budget,
-            c.allowance,
-            if c.passed { "" } else { "  FAIL" }
-        );
-        if !c.passed {
-            failed.push(format!("{label} [{dtype} Q={chunk}] {}: {c:?}", c.name));
-        }
-    }
-    failed
-}
-
 /// Run the CUDA backward on `job` in `T` and judge every gradient against the
 /// oracle; returns the gradients and the failures.
 fn check<T: DeviceElement>(gpu: &Gpu, job: &Job) -> (SsdGrads<T, f32>, Vec<String>) {
@@ -199,16 +169,8 @@ fn check<T: DeviceElement>(gpu: &Gpu, job: &Job) -> (SsdGrads<T, f32>, Vec<Strin
         )
     }
     .unwrap_or_else(|e| panic!("{} ({}): {e}", job.label, T::DTYPE));
-    let want = ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).unwrap();
-    let checks = judge_against(
-        &p,
-        &inc.d_out,
-        inc.d_final.as_deref(),
-        &got.to_f64(),
-        &want,
-        job.chunk,
-    );
-    let failed = report(&job.label, T::DTYPE, job.chunk, &checks);
+    let checks = judge_with_oracle(&p, &inc, &got.to_f64(), job.chunk);
+    let failed = print_checks(&job.label, T::DTYPE, job.chunk, &checks);
     (got, failed)
 }
 
@@ -739,7 +701,7 @@ fn offsets_past_2_pow_31() {
     );
     // dA: finite only (checked above).
     let judged: Vec<GradCheck> = checks.into_iter().filter(|c| c.name != "dA").collect();
-    let failed = report("past 2^31, last row", DType::Bf16, 64, &judged);
+    let failed = print_checks("past 2^31, last row", DType::Bf16, 64, &judged);
     eprintln!(
         "offsets_past_2_pow_31 took {:.1} s",
         start.elapsed().as_secs_f64()

@@ -309,10 +309,7 @@ impl std::fmt::Display for CaseResult {
 }
 
 pub fn seed() -> u64 {
-    std::env::var("SSM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random())
+    ssm_gpu::test_seed("decode")
 }
 
 /// One random case: the host entry point (`tiling: None`) or the device entry

@@ -52,9 +52,19 @@ pub fn judge<T: Element>(
     let got = ssd_backward_chunked(&p, &inc.d_out, inc.d_final.as_deref(), chunk)
         .expect("valid problem")
         .to_f64();
-    let want =
-        ssd_backward_detailed(&p, &inc.d_out, inc.d_final.as_deref()).expect("valid problem");
-    judge_against(&p, &inc.d_out, inc.d_final.as_deref(), &got, &want, chunk)
+    judge_with_oracle(&p, inc, &got, chunk)
+}
+
+/// Judge `got`, any implementation's gradients of `p` for the incoming `inc`,
+/// against the f64 oracle run here.
+pub fn judge_with_oracle<T: Element>(
+    p: &SsdParams<'_, T>,
+    inc: &Incoming<T>,
+    got: &SsdGrads<f64, f64>,
+    chunk: usize,
+) -> Vec<GradCheck> {
+    let want = ssd_backward_detailed(p, &inc.d_out, inc.d_final.as_deref()).expect("valid problem");
+    judge_against(p, &inc.d_out, inc.d_final.as_deref(), got, &want, chunk)
 }
 
 /// The judgement itself (see docs/TOLERANCES.md, "Backward"), shared with the
@@ -81,9 +91,10 @@ pub fn judge_against<T: Element>(
     )
 }
 
-/// Assert every check passed, printing all of them.
-#[track_caller]
-pub fn assert_passed(what: &str, dtype: DType, chunk: usize, checks: &[GradCheck]) {
+/// Print every check of one run, a line each with failures marked; returns
+/// the failed ones.
+pub fn print_checks(what: &str, dtype: DType, chunk: usize, checks: &[GradCheck]) -> Vec<String> {
+    let mut failed = Vec::new();
     for c in checks {
         eprintln!(
             "{what} [{dtype} Q={chunk}] {:>15}: rel_l2 {:.3e} max_abs {:.3e} (budget {:.3e}, allowance {:.1e}){}",
@@ -94,9 +105,18 @@ pub fn assert_passed(what: &str, dtype: DType, chunk: usize, checks: &[GradCheck
             c.allowance,
             if c.passed { "" } else { "  FAIL" }
         );
+        if !c.passed {
+            failed.push(format!("{what} [{dtype} Q={chunk}] {}: {c:?}", c.name));
+        }
     }
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-    assert!(failed.is_empty(), "{what} [{dtype} Q={chunk}]: {failed:?}");
+    failed
+}
+
+/// Assert every check passed, printing all of them.
+#[track_caller]
+pub fn assert_passed(what: &str, dtype: DType, chunk: usize, checks: &[GradCheck]) {
+    let failed = print_checks(what, dtype, chunk, checks);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 /// Positions `start..end` of batch row `row` of `case` as a batch-1 case whose
