@@ -54,12 +54,12 @@ use ssm_core::math::silu_f32;
 use ssm_core::planted::{self, Bug};
 use ssm_core::{Element, Result, SsdGrads, SsmError};
 
-use crate::cpu::chunk_cumsum::{chunk_cumsum, ChunkScalars};
-use crate::cpu::chunk_state::{chunk_state, StateScratch};
+use crate::cpu::chunk_cumsum::ChunkScalars;
 use crate::cpu::linalg::{dot, vec_mat_acc};
 use crate::cpu::plan::{split_lengths_mut, Chunk, ChunkPlan};
 use crate::cpu::state_passing::{pass_states, transpose_blocks};
 use crate::cpu::tiles::TileView;
+use crate::cpu::{checked_product, chunk_scalars, stage_a, StageA};
 
 pub mod tolerance;
 
@@ -89,44 +89,12 @@ pub fn ssd_backward_chunked<T: Element>(
     let max_len = plan.max_chunk_len;
 
     // Stage A: dt', s and each chunk's own state, exactly as the forward.
-    let log2_a: Vec<f32> = p.a.iter().map(|&a| a * std::f32::consts::LOG2_E).collect();
-    let mut dt = vec![0f32; tokens * heads];
-    let mut log2_cumsum = vec![0f32; tokens * heads];
-    let mut states = vec![0f32; all_chunk_states];
-    {
-        let scalar_lens = plan.chunks.iter().map(|c| c.len * heads);
-        let tasks: Vec<_> = plan
-            .chunks
-            .iter()
-            .zip(split_lengths_mut(&mut dt, scalar_lens.clone()))
-            .zip(split_lengths_mut(&mut log2_cumsum, scalar_lens))
-            .zip(states.chunks_exact_mut(state_len))
-            .collect();
-        tasks.into_par_iter().for_each_init(
-            || StateScratch::new(max_len, head_dim, d_state),
-            |scratch, (((chunk, dt), log2_cumsum), st)| {
-                chunk_cumsum(p, chunk, &log2_a, dt, log2_cumsum);
-                let scalars = ChunkScalars {
-                    len: chunk.len,
-                    dt,
-                    log2_cumsum,
-                };
-                chunk_state(p, chunk, &scalars, scratch, st);
-            },
-        );
-    }
-    let scalars: Vec<ChunkScalars<'_>> = plan
-        .chunks
-        .iter()
-        .map(|c| {
-            let range = c.token_start * heads..(c.token_start + c.len) * heads;
-            ChunkScalars {
-                len: c.len,
-                dt: &dt[range.clone()],
-                log2_cumsum: &log2_cumsum[range],
-            }
-        })
-        .collect();
+    let StageA {
+        dt,
+        log2_cumsum,
+        mut states,
+    } = stage_a(p, &plan, tokens, state_len, all_chunk_states);
+    let scalars = chunk_scalars(&plan, heads, &dt, &log2_cumsum);
 
     // Stage B: `states[c]` becomes the (H, N, P) state entering chunk c.
     for_each_seq_head(
@@ -752,15 +720,4 @@ fn chunk_backward<T: Element>(
             }
         }
     }
-}
-
-/// Product of sizes, or a `Dimension` error naming `arg` when it overflows.
-fn checked_product(arg: &'static str, sizes: &[usize]) -> Result<usize> {
-    sizes
-        .iter()
-        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-        .ok_or_else(|| SsmError::Dimension {
-            arg,
-            reason: format!("the buffer of {sizes:?} elements does not fit in memory"),
-        })
 }

@@ -65,45 +65,12 @@ pub fn ssd_chunked<T: Element>(
     checked_product("chunk_size", &[plan.max_chunk_len, plan.max_chunk_len])?;
 
     // Stage A: steps 1 and 3 for every chunk.
-    let log2_a: Vec<f32> = p.a.iter().map(|&a| a * std::f32::consts::LOG2_E).collect();
-    let mut dt = vec![0f32; tokens * heads];
-    let mut log2_cumsum = vec![0f32; tokens * heads];
-    let mut chunk_states = vec![0f32; all_chunk_states];
-    {
-        let scalar_lens = plan.chunks.iter().map(|c| c.len * heads);
-        let tasks: Vec<_> = plan
-            .chunks
-            .iter()
-            .zip(split_lengths_mut(&mut dt, scalar_lens.clone()))
-            .zip(split_lengths_mut(&mut log2_cumsum, scalar_lens))
-            .zip(chunk_states.chunks_exact_mut(state_len))
-            .collect();
-        let max_len = plan.max_chunk_len;
-        tasks.into_par_iter().for_each_init(
-            || StateScratch::new(max_len, head_dim, d_state),
-            |scratch, (((chunk, dt), log2_cumsum), states)| {
-                chunk_cumsum(p, chunk, &log2_a, dt, log2_cumsum);
-                let scalars = ChunkScalars {
-                    len: chunk.len,
-                    dt,
-                    log2_cumsum,
-                };
-                chunk_state(p, chunk, &scalars, scratch, states);
-            },
-        );
-    }
-    let scalars: Vec<ChunkScalars<'_>> = plan
-        .chunks
-        .iter()
-        .map(|c| {
-            let range = c.token_start * heads..(c.token_start + c.len) * heads;
-            ChunkScalars {
-                len: c.len,
-                dt: &dt[range.clone()],
-                log2_cumsum: &log2_cumsum[range],
-            }
-        })
-        .collect();
+    let StageA {
+        dt,
+        log2_cumsum,
+        states: mut chunk_states,
+    } = stage_a(p, &plan, tokens, state_len, all_chunk_states);
+    let scalars = chunk_scalars(&plan, heads, &dt, &log2_cumsum);
 
     // Stage B: step 4, one (sequence, head) per task, sequential over its chunks.
     let head_len = head_dim * d_state;
@@ -183,8 +150,78 @@ pub fn ssd_chunked<T: Element>(
     })
 }
 
+/// What stage A of the chunked form computes for every chunk (in parallel over
+/// chunks): the steps dt' and the in-chunk cumulative log2 decays, per token and
+/// head, and each chunk's own state (the one it leaves from a zero state), one
+/// `state_len` block per chunk. The backward port recomputes exactly this.
+pub(crate) struct StageA {
+    pub dt: Vec<f32>,
+    pub log2_cumsum: Vec<f32>,
+    pub states: Vec<f32>,
+}
+
+pub(crate) fn stage_a<T: Element>(
+    p: &SsdParams<'_, T>,
+    plan: &ChunkPlan,
+    tokens: usize,
+    state_len: usize,
+    all_chunk_states: usize,
+) -> StageA {
+    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
+    let log2_a: Vec<f32> = p.a.iter().map(|&a| a * std::f32::consts::LOG2_E).collect();
+    let mut dt = vec![0f32; tokens * heads];
+    let mut log2_cumsum = vec![0f32; tokens * heads];
+    let mut states = vec![0f32; all_chunk_states];
+    let scalar_lens = plan.chunks.iter().map(|c| c.len * heads);
+    let tasks: Vec<_> = plan
+        .chunks
+        .iter()
+        .zip(split_lengths_mut(&mut dt, scalar_lens.clone()))
+        .zip(split_lengths_mut(&mut log2_cumsum, scalar_lens))
+        .zip(states.chunks_exact_mut(state_len))
+        .collect();
+    let max_len = plan.max_chunk_len;
+    tasks.into_par_iter().for_each_init(
+        || StateScratch::new(max_len, head_dim, d_state),
+        |scratch, (((chunk, dt), log2_cumsum), st)| {
+            chunk_cumsum(p, chunk, &log2_a, dt, log2_cumsum);
+            let scalars = ChunkScalars {
+                len: chunk.len,
+                dt,
+                log2_cumsum,
+            };
+            chunk_state(p, chunk, &scalars, scratch, st);
+        },
+    );
+    StageA {
+        dt,
+        log2_cumsum,
+        states,
+    }
+}
+
+/// Each chunk's view of stage A's per-token scalars.
+pub(crate) fn chunk_scalars<'a>(
+    plan: &ChunkPlan,
+    heads: usize,
+    dt: &'a [f32],
+    log2_cumsum: &'a [f32],
+) -> Vec<ChunkScalars<'a>> {
+    plan.chunks
+        .iter()
+        .map(|c| {
+            let range = c.token_start * heads..(c.token_start + c.len) * heads;
+            ChunkScalars {
+                len: c.len,
+                dt: &dt[range.clone()],
+                log2_cumsum: &log2_cumsum[range],
+            }
+        })
+        .collect()
+}
+
 /// Product of sizes, or a `Dimension` error naming `arg` when it overflows.
-fn checked_product(arg: &'static str, sizes: &[usize]) -> Result<usize> {
+pub(crate) fn checked_product(arg: &'static str, sizes: &[usize]) -> Result<usize> {
     sizes
         .iter()
         .try_fold(1usize, |acc, &s| acc.checked_mul(s))

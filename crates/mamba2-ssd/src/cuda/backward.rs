@@ -33,6 +33,7 @@ use ssm_gpu::{ContextId, DeviceElement, Gpu, Kernel, KernelSource, KernelVariant
 use super::config::{unsupported, DMode, SsdFeatures, CHUNK_SIZES};
 use super::plan::SsdDeviceInputs;
 use super::work;
+use crate::cpu::checked_product;
 
 /// The backward kernels, embedded at build time.
 pub static BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba2/ssd_bwd.cu");
@@ -468,16 +469,6 @@ fn grid_of(arg: &'static str, blocks: usize) -> Result<u32> {
     Ok(blocks as u32)
 }
 
-fn checked(arg: &'static str, sizes: &[usize]) -> Result<usize> {
-    sizes
-        .iter()
-        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-        .ok_or_else(|| SsmError::Dimension {
-            arg,
-            reason: format!("the buffer of {sizes:?} elements does not fit in memory"),
-        })
-}
-
 impl SsdBwdPlan {
     /// Plan the backward of the forward described by `p` (sizes, options and
     /// `cu_seqlens`; tensor contents are not read), for a call that passes
@@ -608,12 +599,15 @@ impl SsdBwdPlan {
             seq_table.extend_from_slice(&[first, n]);
             first += n;
         }
-        grid_of("seqlen", checked("seqlen", &[num_chunks, dims.heads])?)?;
-        let pairs = checked("cu_seqlens", &[seqs.len(), dims.heads])?;
+        grid_of(
+            "seqlen",
+            checked_product("seqlen", &[num_chunks, dims.heads])?,
+        )?;
+        let pairs = checked_product("cu_seqlens", &[seqs.len(), dims.heads])?;
         let state_elems = dims.head_dim * dims.d_state;
         grid_of(
             "cu_seqlens",
-            checked("cu_seqlens", &[pairs, pass_slices(pairs, state_elems)])?,
+            checked_product("cu_seqlens", &[pairs, pass_slices(pairs, state_elems)])?,
         )?;
         let (chunk_smem, grad_smem) = config.tiled_smem_bytes();
         let optin = gpu.max_smem_per_block_optin()? as usize;
@@ -712,18 +706,18 @@ impl SsdBwdPlan {
         );
         let arg = "seqlen";
         Ok([
-            checked(arg, &[t, h])?,
-            checked(arg, &[t, h])?,
-            checked(arg, &[t, h, p])?,
-            checked(arg, &[k, h, p, n])?,
-            checked(arg, &[k, h, p, n])?,
-            checked(arg, &[k, d.groups, q, q])?,
-            checked(arg, &[k, h, q, q])?,
-            checked(arg, &[t, h, p])?,
-            checked(arg, &[t, h, p])?,
-            checked(arg, &[t, h, n])?,
-            checked(arg, &[t, h, n])?,
-            checked(arg, &[k, h, 2 + p])?,
+            checked_product(arg, &[t, h])?,
+            checked_product(arg, &[t, h])?,
+            checked_product(arg, &[t, h, p])?,
+            checked_product(arg, &[k, h, p, n])?,
+            checked_product(arg, &[k, h, p, n])?,
+            checked_product(arg, &[k, d.groups, q, q])?,
+            checked_product(arg, &[k, h, q, q])?,
+            checked_product(arg, &[t, h, p])?,
+            checked_product(arg, &[t, h, p])?,
+            checked_product(arg, &[t, h, n])?,
+            checked_product(arg, &[t, h, n])?,
+            checked_product(arg, &[k, h, 2 + p])?,
         ])
     }
 
