@@ -65,6 +65,8 @@ pub use nvrtc::Arch;
 pub use pack::KernelPack;
 pub use ptxas::PtxasFunction;
 pub use source::{KernelSource, SourceRoot};
-pub use testing::{test_compiler_or_skip, test_cxx_or_skip, test_gpu_or_skip, test_seed};
+pub use testing::{
+    precompile, test_compiler_or_skip, test_cxx_or_skip, test_gpu_or_skip, test_seed,
+};
 pub use timing::Timing;
 pub use variants::{report_variant, report_variants, KernelVariant, VariantReport};

@@ -37,6 +37,36 @@ pub fn test_compiler_or_skip(test_name: &str) -> Option<Compiler> {
     )
 }
 
+/// Compile `variants` (duplicates by label and defines dropped) on every core,
+/// so that a test's launches then load them from the on-disk cache (NVRTC
+/// dominates a GPU test's run time otherwise). Panics naming the variant that
+/// does not compile.
+pub fn precompile(gpu: &Gpu, mut variants: Vec<crate::KernelVariant>) {
+    variants.sort_by(|a, b| a.label.cmp(&b.label).then(a.defines.cmp(&b.defines)));
+    variants.dedup_by(|a, b| a.label == b.label && a.defines == b.defines);
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let per = variants.len().div_ceil(threads).max(1);
+    let compiler = gpu.compiler();
+    let arch = gpu.arch();
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for part in variants.chunks(per) {
+            s.spawn(move || {
+                for v in part {
+                    if let Err(e) = compiler.compile(&v.source, &v.defines, arch) {
+                        panic!("compiling {}: {e}", v.label);
+                    }
+                }
+            });
+        }
+    });
+    eprintln!(
+        "compiled {} modules in {:.1} s",
+        variants.len(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
 /// Set to a number to replay a test's random inputs.
 pub const TEST_SEED_ENV: &str = "SSM_TEST_SEED";
 

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use ssm_core::mamba2::SsdDims;
 use ssm_core::tolerance::{compare, rel_l2_budget, state_budget};
 use ssm_core::{DType, SsmError};
-use ssm_gpu::{test_gpu_or_skip, test_seed, DeviceElement, Gpu};
+use ssm_gpu::{precompile, test_gpu_or_skip, test_seed, DeviceElement, Gpu};
 
 fn seed() -> u64 {
     test_seed("gpu_ssd")
@@ -169,23 +169,7 @@ fn warm_up(gpu: &Gpu, jobs: &[Job<'_>]) {
             DType::F64 => Vec::new(),
         });
     }
-    variants.sort_by(|a, b| a.label.cmp(&b.label).then(a.defines.cmp(&b.defines)));
-    variants.dedup_by(|a, b| a.label == b.label && a.defines == b.defines);
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let per = variants.len().div_ceil(threads).max(1);
-    let compiler = gpu.compiler();
-    let arch = gpu.arch();
-    std::thread::scope(|s| {
-        for part in variants.chunks(per) {
-            s.spawn(move || {
-                for v in part {
-                    if let Err(e) = compiler.compile(&v.source, &v.defines, arch) {
-                        panic!("compiling {}: {e}", v.label);
-                    }
-                }
-            });
-        }
-    });
+    precompile(gpu, variants);
 }
 
 fn run_jobs(gpu: &Gpu, jobs: &[Job<'_>]) -> Vec<Row> {

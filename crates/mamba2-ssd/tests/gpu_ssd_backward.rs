@@ -37,7 +37,7 @@ use mamba2_ssd::cuda::SsdFeatures;
 use mamba2_ssd::{ssd_backward, Backend};
 use ssm_core::mamba2::{SsdDims, SsdParams};
 use ssm_core::{DType, SsdGrads, SsmError};
-use ssm_gpu::{test_gpu_or_skip, test_seed, DeviceElement, Gpu};
+use ssm_gpu::{precompile, test_gpu_or_skip, test_seed, DeviceElement, Gpu};
 use ssm_reference::ssd_backward::ssd_backward_detailed;
 
 fn seed() -> u64 {
@@ -114,7 +114,7 @@ fn variant_of<T: DeviceElement>(job: &Job) -> Option<ssm_gpu::KernelVariant> {
 /// Compile every module the jobs need on all cores first (NVRTC dominates the
 /// run time otherwise); the checks then load them from the on-disk cache.
 fn warm_up(gpu: &Gpu, jobs: &[Job]) {
-    let mut variants: Vec<ssm_gpu::KernelVariant> = jobs
+    let variants: Vec<ssm_gpu::KernelVariant> = jobs
         .iter()
         .filter_map(|j| match j.dtype {
             DType::F32 => variant_of::<f32>(j),
@@ -123,29 +123,7 @@ fn warm_up(gpu: &Gpu, jobs: &[Job]) {
             DType::F64 => None,
         })
         .collect();
-    variants.sort_by(|a, b| a.defines.cmp(&b.defines));
-    variants.dedup_by(|a, b| a.defines == b.defines);
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let per = variants.len().div_ceil(threads).max(1);
-    let compiler = gpu.compiler();
-    let arch = gpu.arch();
-    let start = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for part in variants.chunks(per) {
-            s.spawn(move || {
-                for v in part {
-                    if let Err(e) = compiler.compile(&v.source, &v.defines, arch) {
-                        panic!("compiling {}: {e}", v.label);
-                    }
-                }
-            });
-        }
-    });
-    eprintln!(
-        "compiled {} backward modules in {:.1} s",
-        variants.len(),
-        start.elapsed().as_secs_f64()
-    );
+    precompile(gpu, variants);
 }
 
 /// Run the CUDA backward on `job` in `T` and judge every gradient against the
