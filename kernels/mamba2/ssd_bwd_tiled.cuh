@@ -63,6 +63,8 @@ constexpr int GRAD_SMEM_FLOATS = 8 * Q + NT + 2 * Q * LDP + 2 * Q * LD + REGION_
 // stage as planes (C, B: one each; S, G: three each) and v3's results.
 static_assert(SSD_DTYPE == 2, "the tensor-core tiles take bf16 inputs (exact single planes)");
 static_assert(P == 64, "the tensor-core tiles run P = 64 (other P: v3)");
+// Plane rows padded by 8 u16 (16 bytes), so that the eight rows an ldmatrix
+// reads fall in distinct 16-byte bank groups.
 constexpr int PLP = P + 8;
 constexpr int PLN = N + 8;
 constexpr int PLQ = Q + 8;
@@ -344,10 +346,6 @@ using ssd_bwd::dy_at;
 // plane count: with three parts down to 2^-24 relative (the SIMT products'
 // error), with two to 2^-16. Which products need which is in
 // docs/kernels/mamba2-ssd-bwd.md ("v4").
-
-// Plane row stride (u16) for rows of `cols` values: 16 bytes of padding, so that
-// the eight rows an ldmatrix reads fall in distinct 16-byte bank groups.
-SSD_CONSTEXPR int plane_ld(int cols) { return cols + 8; }
 
 // Four consecutive values into NPL planes (plane stride `ps` u16) at p (8-byte aligned).
 template <int NPL>
