@@ -294,29 +294,73 @@ SSD_DEV void stage_x_dy(const SsdBwdArgs& a, i64 row0, i64 ld, int len, Put put)
     });
 }
 
+#if SSD_BWD_TC
+// Four consecutive values into NPL planes (plane stride `ps` u16) at p (8-byte aligned).
+template <int NPL>
+SSD_DEV void split_store4(u16* p, int ps, const float* v) {
+    float r[4] = {v[0], v[1], v[2], v[3]};
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        uint2 w;
+        w.x = pack2(r[0], r[1]);
+        w.y = pack2(r[2], r[3]);
+#ifdef SSD_EMULATE
+        std::memcpy(p + k * ps, &w, sizeof w);
+#else
+        *reinterpret_cast<uint2*>(p + k * ps) = w;
+#endif
+        r[0] -= unpack_lo(w.x);
+        r[1] -= unpack_hi(w.x);
+        r[2] -= unpack_lo(w.y);
+        r[3] -= unpack_hi(w.y);
+    }
+}
+
+#endif
+
+// The N-tile stage's element type: v3 stages f32 rows (stride LD), v4 bf16
+// planes (stride PL64). put_quad writes four staged values in the stage's
+// form: as they are, or as NPL planes `ps` apart.
+SSD_DEV int stage_ld(const float*) { return LD; }
+template <int NPL>
+SSD_DEV void put_quad(float* p, int, const float* v) {
+    st4(p, v);
+}
+#if SSD_BWD_TC
+SSD_DEV int stage_ld(const u16*) { return PL64; }
+template <int NPL>
+SSD_DEV void put_quad(u16* p, int ps, const float* v) {
+    split_store4<NPL>(p, ps, v);
+}
+#endif
+
 // C and B of the chunk's rows, 64 columns from `off` (row stride `ld`), into ct
-// and bt (row stride LD).
-SSD_DEV void stage_cb_tile(const SsdBwdArgs& a, i64 off, i64 ld, int len, float* ct, float* bt) {
+// and bt (as they are: exact in bf16).
+template <typename Stage>
+SSD_DEV void stage_cb_tile(const SsdBwdArgs& a, i64 off, i64 ld, int len, Stage* ct, Stage* bt) {
     const elem_t* const src[2] = {a.C + off, a.B + off};
+    const int sld = stage_ld(ct);
     stage_rows<Q, 64, 2>(src, ld, len, [&](int i, int n, const Staged<2, elem_t>& v) {
 #pragma unroll
         for (int e = 0; e < VEC; e += 4) {
-            st4(ct + i * LD + n + e, v[0] + e);
-            st4(bt + i * LD + n + e, v[1] + e);
+            put_quad<1>(ct + i * sld + n + e, 0, v[0] + e);
+            put_quad<1>(bt + i * sld + n + e, 0, v[1] + e);
         }
     });
 }
 
 // 64 columns of the entering state S and the leaving gradient G (P rows of
-// stride N) into st and gt; with `gs`, also this thread's share of <G, S>.
-// Staged while the S C / G B accumulators (32 PT registers) are live: the
-// loads in flight get 64 / PT registers (at P 128 the full 64 took ptxas to
-// 234 registers).
-SSD_DEV void stage_state_tile(const float* S, const float* Gr, float* st, float* gt, float* gs) {
+// stride N) into st and gt (v4: three planes each); with `gs`, also this
+// thread's share of <G, S>. Staged while the S C / G B accumulators (32 PT
+// registers) are live: the loads in flight get 64 / PT registers (at P 128 the
+// full 64 took ptxas to 234 registers).
+template <typename Stage>
+SSD_DEV void stage_state_tile(const float* S, const float* Gr, Stage* st, Stage* gt, float* gs) {
     const float* const src[2] = {S, Gr};
+    const int sld = stage_ld(st);
     auto put = [&](int p, int n, const Staged<2, float>& v) {
-        st4(st + p * LD + n, v[0]);
-        st4(gt + p * LD + n, v[1]);
+        put_quad<3>(st + p * sld + n, P * sld, v[0]);
+        put_quad<3>(gt + p * sld + n, P * sld, v[1]);
         if (gs) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) *gs += v[1][e] * v[0][e];
@@ -346,27 +390,6 @@ using ssd_bwd::dy_at;
 // plane count: with three parts down to 2^-24 relative (the SIMT products'
 // error), with two to 2^-16. Which products need which is in
 // docs/kernels/mamba2-ssd-bwd.md ("v4").
-
-// Four consecutive values into NPL planes (plane stride `ps` u16) at p (8-byte aligned).
-template <int NPL>
-SSD_DEV void split_store4(u16* p, int ps, const float* v) {
-    float r[4] = {v[0], v[1], v[2], v[3]};
-#pragma unroll
-    for (int k = 0; k < NPL; ++k) {
-        uint2 w;
-        w.x = pack2(r[0], r[1]);
-        w.y = pack2(r[2], r[3]);
-#ifdef SSD_EMULATE
-        std::memcpy(p + k * ps, &w, sizeof w);
-#else
-        *reinterpret_cast<uint2*>(p + k * ps) = w;
-#endif
-        r[0] -= unpack_lo(w.x);
-        r[1] -= unpack_hi(w.x);
-        r[2] -= unpack_lo(w.y);
-        r[3] -= unpack_hi(w.y);
-    }
-}
 
 // Where this thread's accumulator acc[t][e] of mma_tile sits in the 64 x 64
 // tile: warp w holds rows 16 (w % 4) .. +15 and columns 32 (w / 4) .. +31, as
@@ -434,31 +457,6 @@ SSD_DEV void mma_tile(float acc[4][4], const u16* A, int lda, int ps_a, const u1
     }
 }
 
-// As stage_cb_tile, into single planes (exact bf16), row stride PL64.
-SSD_DEV void stage_cb_tile(const SsdBwdArgs& a, i64 off, i64 ld, int len, u16* ct, u16* bt) {
-    const elem_t* const src[2] = {a.C + off, a.B + off};
-    stage_rows<Q, 64, 2>(src, ld, len, [&](int i, int n, const Staged<2, elem_t>& v) {
-#pragma unroll
-        for (int e = 0; e < VEC; e += 4) {
-            split_store4<1>(ct + i * PL64 + n + e, 0, v[0] + e);
-            split_store4<1>(bt + i * PL64 + n + e, 0, v[1] + e);
-        }
-    });
-}
-
-// As stage_state_tile, into three planes each (plane stride P PL64).
-SSD_DEV void stage_state_tile(const float* S, const float* Gr, u16* st, u16* gt, float* gs) {
-    const float* const src[2] = {S, Gr};
-    auto put = [&](int p, int n, const Staged<2, float>& v) {
-        split_store4<3>(st + p * PL64 + n, P * PL64, v[0]);
-        split_store4<3>(gt + p * PL64 + n, P * PL64, v[1]);
-        if (gs) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) *gs += v[1][e] * v[0][e];
-        }
-    };
-    stage_rows<P, 64, 2, float, decltype(put), 64 / PT>(src, N, P, put);
-}
 #endif  // SSD_BWD_TC
 
 }  // namespace ssd_bwd3
@@ -689,7 +687,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
     float gs_part = 0.0f;
     for (int nt = 0; nt < NTL; ++nt) {
         const int n0 = nt * 64;
-        // v4 stages planes, v3 f32 rows (the overloads on the stage's type).
+        // v4 stages planes, v3 f32 rows (by the stage's element type).
         stage_cb_tile(a, tok * GN + (i64)g * N + n0, GN, len, ct, bt);
         stage_state_tile(S + n0, Gr + n0, st, gt, &gs_part);
         __syncthreads();
