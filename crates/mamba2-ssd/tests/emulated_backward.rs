@@ -17,6 +17,7 @@ use std::process::Command;
 use backward_support::{assert_passed, incoming, judge_with_oracle};
 use cpu_support::{dims, Case, DKind, Options};
 use half::bf16;
+use ssm_core::tolerance::compare;
 use ssm_core::{Element, SsdGrads};
 
 fn kernels_dir() -> PathBuf {
@@ -202,16 +203,6 @@ fn run_as<T: Element>(
     Some(got)
 }
 
-/// Relative L2 distance of `got` from `want`.
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let (mut d, mut w) = (0.0f64, 0.0f64);
-    for (&g, &r) in got.iter().zip(want) {
-        d += (f64::from(g) - f64::from(r)).powi(2);
-        w += f64::from(r).powi(2);
-    }
-    (d / w.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 /// The f32-stored gradients (dA, d dt_bias, dD, d initial states) of v4 against
 /// v3's on the same case, within the f32 base budget (1e-5) and without the
 /// cancellation allowance the oracle check grants them: both compute in f32
@@ -237,11 +228,12 @@ fn assert_f32_gradients_match_v3(name: &str, case: &Case, seed: u64) {
     ];
     for (what, a, b) in pairs {
         if let (Some(a), Some(b)) = (a, b) {
-            let d = rel_l2(a, b);
-            eprintln!("{name}: {what} v4 vs v3 rel_l2 {d:.3e}");
+            let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+            let c = compare(&wide(a), &wide(b));
+            eprintln!("{name}: {what} v4 vs v3 rel_l2 {:.3e}", c.rel_l2);
             assert!(
-                d <= 1e-5,
-                "{name}: {what} of v4 is {d:.3e} from v3's (limit 1e-5)"
+                c.non_finite == 0 && c.rel_l2 <= 1e-5,
+                "{name}: {what} of v4 is {c:?} from v3's (limit 1e-5)"
             );
         }
     }
