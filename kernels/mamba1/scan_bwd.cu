@@ -13,6 +13,10 @@
 //                           dz; the block's partial sums of dB/dC (over its
 //                           channels) and of dA, dD, ddelta_bias, constant dB/dC
 //                           (over time) go to scratch.
+//   mamba1_scan_bwd_sm      (v5, kernels/mamba1/scan_bwd_slices.cuh) the same
+//                           sweep with a warp per slice of states of 32
+//                           channels: launched instead of mamba1_scan_bwd
+//                           when the host compiles it (SCAN_SM_NPT).
 //   mamba1_scan_bwd_reduce_bc      grouped dB/dC: the blocks' partials of one
 //                                  group added in channel-block order.
 //   mamba1_scan_bwd_reduce_params  dA, dD, ddelta_bias, constant dB/dC: the
@@ -272,21 +276,24 @@ static_assert(sizeof(ScanBwdArgs) == 34 * 8, "ScanBwdArgs layout changed: update
 // Bits of the status word (the forward's, crates/mamba1-scan/src/cuda/launch.rs).
 #define SCAN_STATUS_BAD_CU_SEQLENS 1u
 
-// Which sequence, channels and positions a block owns.
+// Which sequence, channels and positions a block of CPB channels owns (the
+// sweep's and the checkpoint kernel's blocks: SCAN_CPB; the slice-major sweep's:
+// 32).
 struct BwBlock {
     long long seq, row, lo, hi, c0, cb, gb, gc, slot0;
     int nch;
 };
 
-SCAN_DEV BwBlock bw_block(const ScanBwdArgs& a, long long block) {
+template <int CPB>
+SCAN_DEV BwBlock bw_block_of(const ScanBwdArgs& a, long long block) {
     BwBlock b;
     b.seq = block / a.blocks_per_seq;
     b.cb = block - b.seq * a.blocks_per_seq;
     const long long seg = b.cb / a.blocks_per_seg;
-    const long long first_in_seg = (b.cb - seg * a.blocks_per_seg) * SCAN_CPB;
+    const long long first_in_seg = (b.cb - seg * a.blocks_per_seg) * CPB;
     b.c0 = seg * a.seg_channels + first_in_seg;
     const long long left = a.seg_channels - first_in_seg;
-    b.nch = (int)(left < SCAN_CPB ? left : SCAN_CPB);
+    b.nch = (int)(left < CPB ? left : CPB);
     if (a.cu_seqlens != nullptr) {
         b.row = 0;
         b.lo = a.cu_seqlens[b.seq];
@@ -304,6 +311,9 @@ SCAN_DEV BwBlock bw_block(const ScanBwdArgs& a, long long block) {
     b.gb = b.c0 / (a.d_inner / a.groups_b);
     b.gc = b.c0 / (a.d_inner / a.groups_c);
     return b;
+}
+SCAN_DEV BwBlock bw_block(const ScanBwdArgs& a, long long block) {
+    return bw_block_of<SCAN_CPB>(a, block);
 }
 
 // dt of one input (bias, softplus), as the forward forms it.
@@ -1027,6 +1037,9 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     }
 #endif
 }
+
+// ---- 2b. the slice-major sweep (v5), in place of 2. when the host selects it.
+#include "scan_bwd_slices.cuh"
 
 // ---- 0. varlen only: the device-resident offsets, checked as the forward
 // checks them (0 = cu[0] <= cu[1] <= ... <= cu[seqs] = L) and copied to `safe`,

@@ -229,13 +229,22 @@ int main(int argc, char** argv) {
     const i64 seg = std::gcd(b_const ? Din : per_gb, c_const ? Din : per_gc);
     const i64 bps_seg = (seg + SCAN_CPB - 1) / SCAN_CPB;
     const i64 bps = (Din / seg) * bps_seg;
+    // The sweep's blocks (and the dB/dC partials'): the slice-major sweep's
+    // cover 32 channels, the lanes sweep's SCAN_CPB.
+#ifdef SCAN_SM_NPT
+    const i64 sw_cpb = 32;
+#else
+    const i64 sw_cpb = SCAN_CPB;
+#endif
+    const i64 sw_bps_seg = (seg + sw_cpb - 1) / sw_cpb;
+    const i64 sw_bps = (Din / seg) * sw_bps_seg;
     const i64 rows = cu.empty() ? b : 1;
     const i64 slots = cu.empty() ? (L + SCAN_BT - 1) / SCAN_BT : L / SCAN_BT + seqs;
     const float nan = NAN;
     std::vector<float> ckpt((size_t)std::max<i64>(rows * Din * slots * N, 1), nan);
     std::vector<float> du(io, nan), ddelta(io, nan), dz(io, nan), dh0(seqs * Din * N, nan);
-    std::vector<float> part_b((size_t)std::max<i64>(b_const ? 1 : rows * bps * N * L, 1), nan);
-    std::vector<float> part_c((size_t)std::max<i64>(c_const ? 1 : rows * bps * N * L, 1), nan);
+    std::vector<float> part_b((size_t)std::max<i64>(b_const ? 1 : rows * sw_bps * N * L, 1), nan);
+    std::vector<float> part_c((size_t)std::max<i64>(c_const ? 1 : rows * sw_bps * N * L, 1), nan);
     std::vector<float> part_p((size_t)(seqs * Din * SCAN_PARAMS), nan);
     std::vector<float> dB(bc_b, nan), dC(bc_c, nan), dA(Din * N, nan), dD(Din, nan), dbias(Din, nan);
 
@@ -280,7 +289,16 @@ int main(int argc, char** argv) {
     ok &= judge("out (forward)", out, rout, 1e-5);
     a.ckpt = ckpt_fwd.data();
 #endif
-    emu::launch(grid, SCAN_THREADS, smem, [&] { mamba1_scan_bwd(a); });
+    a.blocks_per_seg = sw_bps_seg, a.blocks_per_seq = sw_bps;
+    const unsigned sw_grid = (unsigned)(seqs * sw_bps);
+#ifdef SCAN_SM_NPT
+    std::printf("%-16s slice-major: %d slices of %d states, %s decays\n", "sweep", SCAN_SM_SLICES,
+                SCAN_SM_NPT, SCAN_SM_KEEP ? "kept" : "recomputed");
+    (void)smem;
+    emu::launch(sw_grid, SCAN_SM_THREADS, SCAN_SM_FLOATS * 4, [&] { mamba1_scan_bwd_sm(a); });
+#else
+    emu::launch(sw_grid, SCAN_THREADS, smem, [&] { mamba1_scan_bwd(a); });
+#endif
     if (!b_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 0); });
     if (!c_const) emu::launch(3, 256, 0, [&] { mamba1_scan_bwd_reduce_bc(a, 1); });
     emu::launch(2, 256, 0, [&] { mamba1_scan_bwd_reduce_params(a); });

@@ -17,7 +17,7 @@ mod launch;
 
 pub use backward::{
     selective_scan_backward_cuda, selective_scan_backward_cuda_with, BwdConfig, BwdOptions,
-    ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers,
+    ScanBwdPlan, ScanBwdWorkspace, ScanGradBuffers, Sweep,
 };
 pub use config::{ScanConfig, ScanOptions, ScanProblem, ScanTuning, MAX_D_STATE};
 pub use launch::{ScanBuffers, ScanPlan, ScanViews};

@@ -290,11 +290,104 @@ emulated!(
     }
 );
 
-/// The lean 6-blocks-per-SM sweep (`BwdOptions::six_blocks`).
-const SIX: BwdOptions = BwdOptions {
+/// The lanes sweep (v3b), which the slice-major one (v5) replaced at N <= 32.
+const LANES: BwdOptions = BwdOptions {
     forward_checkpoints: false,
-    six_blocks: true,
+    six_blocks: false,
+    lanes_sweep: true,
+    keep_decays: None,
 };
+
+/// The lean 6-blocks-per-SM lanes sweep (`BwdOptions::six_blocks`).
+const SIX: BwdOptions = BwdOptions {
+    six_blocks: true,
+    ..LANES
+};
+
+/// The slice-major sweep with its decays recomputed (the emulated grids are
+/// small, so the default keeps them).
+const RECOMPUTE: BwdOptions = BwdOptions {
+    forward_checkpoints: false,
+    six_blocks: false,
+    lanes_sweep: false,
+    keep_decays: Some(false),
+};
+
+emulated!(
+    lanes_n16_grouped_every_option_several_blocks,
+    n16_grouped_every_option("lanes-n16", LANES)
+);
+
+emulated!(
+    slices_recomputed_n16_grouped_every_option_several_blocks,
+    n16_grouped_every_option("sm-recompute-n16", RECOMPUTE)
+);
+
+emulated!(
+    slices_recomputed_varlen_constant_b_every_option,
+    Emulated {
+        name: "sm-recompute-varlen",
+        d_state: 16,
+        b_groups: None,
+        c_groups: Some(2),
+        all_options: true,
+        batch: 1,
+        d_inner: 40,
+        seqlen: 61,
+        varlen: &[9, 0, 1, 33, 18],
+        options: RECOMPUTE,
+    }
+);
+
+// Four slices (N 17 to 32): 6 states each at N = 24, 8 at N = 32 (16 sums
+// per butterfly); two slices of 5 at N = 9.
+emulated!(
+    slices_four_of_six_states_n24_every_option,
+    Emulated {
+        name: "sm-n24",
+        d_state: 24,
+        b_groups: Some(2),
+        c_groups: Some(1),
+        all_options: true,
+        batch: 2,
+        d_inner: 36,
+        seqlen: 27,
+        varlen: &[],
+        options: BwdOptions::default(),
+    }
+);
+
+emulated!(
+    slices_four_of_eight_states_n32_bare,
+    Emulated {
+        name: "sm-n32",
+        d_state: 32,
+        b_groups: Some(1),
+        c_groups: Some(1),
+        all_options: false,
+        batch: 1,
+        d_inner: 33,
+        seqlen: 19,
+        varlen: &[],
+        options: BwdOptions::default(),
+    }
+);
+
+emulated!(
+    slices_two_of_five_states_n9_every_option,
+    Emulated {
+        name: "sm-n9",
+        d_state: 9,
+        b_groups: Some(3),
+        c_groups: None,
+        all_options: true,
+        batch: 2,
+        d_inner: 30,
+        seqlen: 22,
+        varlen: &[],
+        options: BwdOptions::default(),
+    }
+);
 
 emulated!(
     lean_n16_grouped_every_option_several_blocks,

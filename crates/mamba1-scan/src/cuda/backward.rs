@@ -35,6 +35,7 @@ use super::launch::{
 pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
 const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
 const ENTRY_SWEEP: &str = "mamba1_scan_bwd";
+const ENTRY_SWEEP_SLICES: &str = "mamba1_scan_bwd_sm";
 const ENTRY_REDUCE_BC: &str = "mamba1_scan_bwd_reduce_bc";
 const ENTRY_REDUCE_PARAMS: &str = "mamba1_scan_bwd_reduce_params";
 const ENTRY_CHECK_OFFSETS: &str = "mamba1_scan_bwd_check_offsets";
@@ -88,6 +89,31 @@ pub struct BwdConfig {
     pub forward_checkpoints: bool,
     /// The lean sweep (`SCAN_LEAN`, [`BwdOptions::six_blocks`]).
     pub lean: bool,
+    /// Which sweep kernel runs: the slice-major one (v5) where N <= 32, the
+    /// lanes sweep (v3b) beyond or when asked for ([`BwdOptions::lanes_sweep`]).
+    /// The fields above other than `tile` and the checkpoint kernel's describe
+    /// the lanes sweep.
+    pub sweep: Sweep,
+}
+
+/// The sweep kernel of a [`BwdConfig`] (docs/kernels/mamba1-scan-bwd.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// `mamba1_scan_bwd`: the lanes of a channel in one warp (v3b).
+    Lanes,
+    /// `mamba1_scan_bwd_sm` (kernels/mamba1/scan_bwd_slices.cuh, v5): blocks of
+    /// 32 channels, one warp per slice of `states` states of all of them.
+    Slices {
+        /// Warps per block (1, 2 or 4: the tile's steps split evenly over them).
+        slices: usize,
+        /// States per slice (`ceil(N / slices)`).
+        states: usize,
+        /// The tile's decays kept in registers (255 registers, 8 warps per SM)
+        /// rather than recomputed in the reverse sweep (168, 12 warps per SM).
+        keep_decays: bool,
+        /// Blocks per SM the registers must allow (`__launch_bounds__`).
+        min_blocks: usize,
+    },
 }
 
 /// Selectable variants of the backward (docs/kernels/mamba1-scan-bwd.md, v4),
@@ -107,7 +133,14 @@ pub struct BwdOptions {
     /// (1 KB less per block, so that 6 blocks fit the SM's shared memory).
     /// Where the 5-blocks-per-SM form exists (up to 2 states per lane, tiles of
     /// 8, 8 or more lanes); elsewhere ignored. Label suffix `.b6`.
+    /// Applies to the lanes sweep only.
     pub six_blocks: bool,
+    /// The lanes sweep (v3b) even where the slice-major one (v5) runs.
+    pub lanes_sweep: bool,
+    /// The slice-major sweep with its decays kept in registers (`Some(true)`)
+    /// or recomputed (`Some(false)`); `None` chooses by waves: kept when the
+    /// grid fits one wave at the kept form's blocks per SM.
+    pub keep_decays: Option<bool>,
 }
 
 impl BwdConfig {
@@ -201,6 +234,7 @@ impl BwdConfig {
             c_const: problem.c_groups.is_none(),
             forward_checkpoints: options.forward_checkpoints,
             lean: false,
+            sweep: Sweep::Lanes,
         };
         let config = if options.six_blocks && config.has_five_block_form() {
             BwdConfig {
@@ -211,7 +245,15 @@ impl BwdConfig {
         } else {
             config
         };
-        let smem = config.smem_bytes();
+        let config = BwdConfig {
+            sweep: if options.lanes_sweep {
+                Sweep::Lanes
+            } else {
+                slices_sweep(problem, limits, tile, options.keep_decays)
+            },
+            ..config
+        };
+        let smem = config.sweep_smem_bytes().max(config.ckpt_smem_bytes());
         if !limits.smem_fits_block(smem) {
             return Err(unsupported(format!(
                 "the backward's {smem} bytes of shared memory per block (the device allows {})",
@@ -221,13 +263,48 @@ impl BwdConfig {
         Ok(config)
     }
 
+    /// Channels one block of the sweep kernel covers.
+    pub fn sweep_channels_per_block(&self) -> usize {
+        match self.sweep {
+            Sweep::Lanes => self.channels_per_block(),
+            Sweep::Slices { .. } => 32,
+        }
+    }
+
+    /// Threads per block of the sweep kernel.
+    pub fn sweep_threads(&self) -> usize {
+        match self.sweep {
+            Sweep::Lanes => self.threads,
+            Sweep::Slices { slices, .. } => 32 * slices,
+        }
+    }
+
+    /// Dynamic shared memory of the sweep kernel that runs.
+    pub fn sweep_smem_bytes(&self) -> usize {
+        match self.sweep {
+            Sweep::Lanes => self.smem_bytes(),
+            Sweep::Slices { slices, states, .. } => {
+                let r4 = |x: usize| x.div_ceil(4) * 4;
+                let grouped = usize::from(!self.b_const) + usize::from(!self.c_const);
+                let bt = self.tile;
+                // [step][channel] planes with rows of 36 floats (scan_bwd_slices.cuh).
+                let plane = bt * 36;
+                let el = 2 * 6 * plane;
+                let bc = 2 * r4(bt * grouped * slices * states);
+                let part = 3 * slices * plane;
+                let dbc = r4(slices * grouped * states * (bt + 1));
+                (el + bc + part + dbc) * 4
+            }
+        }
+    }
+
     /// The sweep has the register-capped forms of 5 (and, lean, 6) blocks per
     /// SM: up to 2 states per lane, tiles of 8 or less, 8 or more lanes.
     fn has_five_block_form(&self) -> bool {
         self.states_per_lane <= 2 && self.tile <= 8 && self.lanes_per_channel >= 8
     }
 
-    /// Channels one block of the sweep covers.
+    /// Channels one block of the checkpoint kernel (and of the lanes sweep) covers.
     pub fn channels_per_block(&self) -> usize {
         self.threads / self.lanes_per_channel
     }
@@ -295,7 +372,7 @@ impl BwdConfig {
     /// The `-D` defines the backward kernels are compiled with.
     pub fn defines(&self) -> Vec<(&'static str, String)> {
         let flag = |b: bool| String::from(if b { "1" } else { "0" });
-        vec![
+        let mut defines = vec![
             ("SCAN_DTYPE", dtype_define(self.dtype)),
             ("SCAN_N", self.d_state.to_string()),
             ("SCAN_TPC", self.lanes_per_channel.to_string()),
@@ -315,7 +392,23 @@ impl BwdConfig {
             ("SCAN_CK_MIN_BLOCKS", self.ckpt_min_blocks().to_string()),
             ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
             ("SCAN_CKPT_SMEM_BYTES", self.ckpt_smem_bytes().to_string()),
-        ]
+        ];
+        if let Sweep::Slices {
+            slices,
+            states,
+            keep_decays,
+            min_blocks,
+        } = self.sweep
+        {
+            defines.extend([
+                ("SCAN_SM_NPT", states.to_string()),
+                ("SCAN_SM_SLICES", slices.to_string()),
+                ("SCAN_SM_KEEP", flag(keep_decays)),
+                ("SCAN_SM_MIN_BLOCKS", min_blocks.to_string()),
+                ("SCAN_SM_SMEM_BYTES", self.sweep_smem_bytes().to_string()),
+            ]);
+        }
+        defines
     }
 
     /// A short stable name, e.g. `bf16.n16.tpc8.bt16.zDbs`.
@@ -345,14 +438,30 @@ impl BwdConfig {
         } else {
             ""
         };
-        format!(
-            "{}.n{}.tpc{}.bt{}.{}{bc}{b5}{ckfwd}",
-            self.dtype.name(),
-            self.d_state,
-            self.lanes_per_channel,
-            self.tile,
-            if opts.is_empty() { "bare" } else { &opts }
-        )
+        let opts = if opts.is_empty() { "bare" } else { &opts };
+        match self.sweep {
+            Sweep::Lanes => format!(
+                "{}.n{}.tpc{}.bt{}.{opts}{bc}{b5}{ckfwd}",
+                self.dtype.name(),
+                self.d_state,
+                self.lanes_per_channel,
+                self.tile,
+            ),
+            // e.g. `bf16.n16.sm2x8r6.bt8.zDbs`: 2 slices of 8 states, decays
+            // recomputed (k: kept), 6 blocks per SM.
+            Sweep::Slices {
+                slices,
+                states,
+                keep_decays,
+                min_blocks,
+            } => format!(
+                "{}.n{}.sm{slices}x{states}{}{min_blocks}.bt{}.{opts}{bc}{ckfwd}",
+                self.dtype.name(),
+                self.d_state,
+                if keep_decays { "k" } else { "r" },
+                self.tile,
+            ),
+        }
     }
 
     /// The four kernels of this configuration as [`KernelVariant`]s.
@@ -368,6 +477,21 @@ impl BwdConfig {
         .into_iter()
         .map(|(what, entry)| self.variant(what, entry))
         .collect();
+        // The slice-major sweep in both its forms, for their budgets.
+        if let Sweep::Slices { slices, states, .. } = self.sweep {
+            for keep_decays in [true, false] {
+                let form = BwdConfig {
+                    sweep: Sweep::Slices {
+                        slices,
+                        states,
+                        keep_decays,
+                        min_blocks: slices_min_blocks(slices, keep_decays),
+                    },
+                    ..*self
+                };
+                variants.push(form.variant("sweep_sm", ENTRY_SWEEP_SLICES));
+            }
+        }
         if self.min_blocks == 4 && self.has_five_block_form() {
             let five = BwdConfig {
                 min_blocks: 5,
@@ -388,9 +512,16 @@ impl BwdConfig {
     }
 
     fn variant(&self, what: &str, entry: &'static str) -> KernelVariant {
-        // The kernels do not depend on where the checkpoints come from.
+        // The kernels do not depend on where the checkpoints come from, and
+        // only the slice-major sweep on its form (the others keep the lanes
+        // sweep's names and budgets).
         let kernels = BwdConfig {
             forward_checkpoints: false,
+            sweep: if entry == ENTRY_SWEEP_SLICES {
+                self.sweep
+            } else {
+                Sweep::Lanes
+            },
             ..*self
         };
         KernelVariant::new(
@@ -417,12 +548,57 @@ fn blocks_for_waves(grid: usize, sms: usize) -> usize {
     }
 }
 
+/// The slice-major sweep for `problem` at `tile`, or the lanes sweep where it
+/// does not apply (N > 32, or a tile the slices cannot split into even runs).
+/// Slices of at most 8 states: 1, 2 or 4 warps per block (N = 16: 2 of 8).
+/// Its decays are kept in registers when the grid fits one wave at the kept
+/// form's blocks per SM (or as `keep` says), else recomputed.
+fn slices_sweep(
+    problem: &ScanProblem,
+    limits: &DeviceLimits,
+    tile: usize,
+    keep: Option<bool>,
+) -> Sweep {
+    let n = problem.dims.d_state;
+    if n > 32 {
+        return Sweep::Lanes;
+    }
+    let slices = n.div_ceil(8).next_power_of_two();
+    if tile % slices != 0 || (tile / slices) % 2 != 0 {
+        return Sweep::Lanes;
+    }
+    let seg = problem.seg_channels().max(1);
+    let grid = problem.num_seqs() * (problem.dims.d_inner / seg) * seg.div_ceil(32);
+    let keep_decays = keep
+        .unwrap_or_else(|| grid <= slices_min_blocks(slices, true) * limits.sm_count as usize);
+    Sweep::Slices {
+        slices,
+        states: n.div_ceil(slices),
+        keep_decays,
+        min_blocks: slices_min_blocks(slices, keep_decays),
+    }
+}
+
+/// Blocks of `slices` warps per SM the slice-major sweep is compiled for:
+/// 2 warps per SM sub-partition with its decays kept (255 registers), 3 with
+/// them recomputed (168 registers); ptxas reports in kernels/budgets.toml.
+fn slices_min_blocks(slices: usize, keep_decays: bool) -> usize {
+    let warps_per_sm = if keep_decays { 8 } else { 12 };
+    (warps_per_sm / slices).max(1)
+}
+
 /// Geometry shared by the kernels, derived from the problem and the tiling.
+/// The sweep's blocks may cover fewer channels than the checkpoint kernel's
+/// (the slice-major sweep: 32), so each has its own block counts.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     seg_channels: usize,
+    /// The sweep's (and the dB/dC partials'): per B/C segment and per sequence.
     blocks_per_seg: usize,
     blocks_per_seq: usize,
+    /// The checkpoint kernel's.
+    ckpt_blocks_per_seg: usize,
+    ckpt_blocks_per_seq: usize,
     /// Rows of the position-indexed tensors: the batch, or 1 for varlen.
     rows: usize,
     ckpt_slots: usize,
@@ -431,8 +607,9 @@ struct Geometry {
 impl Geometry {
     fn of(problem: &ScanProblem, config: &BwdConfig) -> Self {
         let seg_channels = problem.seg_channels();
-        let blocks_per_seg = seg_channels.div_ceil(config.channels_per_block());
-        let blocks_per_seq = (problem.dims.d_inner / seg_channels) * blocks_per_seg;
+        let segs = problem.dims.d_inner / seg_channels;
+        let blocks_per_seg = seg_channels.div_ceil(config.sweep_channels_per_block());
+        let ckpt_blocks_per_seg = seg_channels.div_ceil(config.channels_per_block());
         let l = problem.dims.seqlen;
         let (rows, ckpt_slots) = match problem.varlen_seqs {
             // Sequence s's tiles take slots from lo / BT + s on (scan_bwd.cu, bw_block).
@@ -442,7 +619,9 @@ impl Geometry {
         Geometry {
             seg_channels,
             blocks_per_seg,
-            blocks_per_seq,
+            blocks_per_seq: segs * blocks_per_seg,
+            ckpt_blocks_per_seg,
+            ckpt_blocks_per_seq: segs * ckpt_blocks_per_seg,
             rows,
             ckpt_slots,
         }
@@ -616,7 +795,9 @@ pub struct ScanBwdPlan {
     /// Varlen only: checks the device-resident `cu_seqlens` and copies them to
     /// the workspace's `offsets`, which the other kernels read.
     check_offsets: Option<Kernel>,
+    /// Blocks of the sweep and of the checkpoint kernel.
     grid: u32,
+    ckpt_grid: u32,
     /// Raised by `check_offsets` when device-resident `cu_seqlens` are rejected.
     status: DeviceStatus,
 }
@@ -643,25 +824,31 @@ impl ScanBwdPlan {
             ));
         }
         let geometry = Geometry::of(problem, &config);
-        let grid = problem
-            .num_seqs()
-            .checked_mul(geometry.blocks_per_seq)
-            .filter(|&b| b <= i32::MAX as usize)
-            .ok_or_else(|| {
-                unsupported(format!(
-                    "{} sequences x {} channel blocks (more than 2^31 - 1 blocks)",
-                    problem.num_seqs(),
-                    geometry.blocks_per_seq
-                ))
-            })? as u32;
+        let blocks = |per_seq: usize| -> Result<u32> {
+            Ok(problem
+                .num_seqs()
+                .checked_mul(per_seq)
+                .filter(|&b| b <= i32::MAX as usize)
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "{} sequences x {per_seq} channel blocks (more than 2^31 - 1 blocks)",
+                        problem.num_seqs(),
+                    ))
+                })? as u32)
+        };
+        let grid = blocks(geometry.blocks_per_seq)?;
+        let ckpt_grid = blocks(geometry.ckpt_blocks_per_seq)?;
         let defines = config.defines();
         let load = |entry: &str| gpu.kernel(&SCAN_BWD_SOURCE, entry, &defines);
         let mut ckpt = load(ENTRY_CKPT)?;
-        let mut sweep = load(ENTRY_SWEEP)?;
+        let mut sweep = load(match config.sweep {
+            Sweep::Lanes => ENTRY_SWEEP,
+            Sweep::Slices { .. } => ENTRY_SWEEP_SLICES,
+        })?;
         // Past the 48 KiB default a kernel opts in (selection checked the limit).
         for (kernel, smem) in [
             (&mut ckpt, config.ckpt_smem_bytes()),
-            (&mut sweep, config.smem_bytes()),
+            (&mut sweep, config.sweep_smem_bytes()),
         ] {
             if smem > 48 * 1024 {
                 kernel.set_max_dynamic_smem(smem as u32)?;
@@ -680,6 +867,7 @@ impl ScanBwdPlan {
                 None => None,
             },
             grid,
+            ckpt_grid,
             status: DeviceStatus::new(gpu)?,
         })
     }
@@ -688,8 +876,8 @@ impl ScanBwdPlan {
     /// their threads per block and dynamic shared memory (the grouped-B/C
     /// reduction runs once per grouped tensor).
     pub fn kernels(&self) -> Vec<(&Kernel, u32, u32)> {
-        let threads = self.config.threads as u32;
-        let smem = self.config.smem_bytes() as u32;
+        let threads = self.config.sweep_threads() as u32;
+        let smem = self.config.sweep_smem_bytes() as u32;
         let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
         let mut k = Vec::new();
         if !self.config.forward_checkpoints {
@@ -911,8 +1099,14 @@ impl ScanBwdPlan {
             num_seqs: p.num_seqs() as i64,
             ckpt_slots: g.ckpt_slots as i64,
         };
-        let tiled = |threads: usize, smem: usize| LaunchConfig {
-            grid_dim: (self.grid, 1, 1),
+        // The checkpoint kernel's blocks may cover more channels than the sweep's.
+        let ckpt_args = ScanBwdArgs {
+            blocks_per_seg: g.ckpt_blocks_per_seg as i64,
+            blocks_per_seq: g.ckpt_blocks_per_seq as i64,
+            ..args
+        };
+        let tiled = |grid: u32, threads: usize, smem: usize| LaunchConfig {
+            grid_dim: (grid, 1, 1),
             block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
@@ -966,9 +1160,10 @@ impl ScanBwdPlan {
         // slots, same bits: kernels/mamba1/scan_fwd.cu, SCAN_CKPT_BT).
         if !self.config.forward_checkpoints {
             let mut b1 = stream.launch_builder(&self.ckpt.func);
-            b1.arg(&args);
+            b1.arg(&ckpt_args);
             unsafe {
                 b1.launch(tiled(
+                    self.ckpt_grid,
                     self.config.ckpt_threads(),
                     self.config.ckpt_smem_bytes(),
                 ))
@@ -977,7 +1172,13 @@ impl ScanBwdPlan {
         }
         let mut b2 = stream.launch_builder(&self.sweep.func);
         b2.arg(&args);
-        unsafe { b2.launch(tiled(self.config.threads, self.config.smem_bytes())) }
+        unsafe {
+            b2.launch(tiled(
+                self.grid,
+                self.config.sweep_threads(),
+                self.config.sweep_smem_bytes(),
+            ))
+        }
             .map_err(|e| fail(ENTRY_SWEEP, e))?;
         for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
             if let Some(groups) = groups {
