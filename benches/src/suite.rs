@@ -191,23 +191,35 @@ pub fn gpu_cases(quick: bool) -> Vec<Case> {
         for pass in [Pass::Backward, Pass::ForwardBackward] {
             let p = w.problem.with_dtype(DType::Bf16);
             cases.push(Case::new(Cuda, w.name, p).with_pass(pass));
-            // The variants (docs/kernels/mamba1-scan-bwd.md, v4): the training
-            // forward writes the checkpoints (`/bwd`: without the checkpoint
-            // kernel, the forward run once before timing); the lean sweep at 6
-            // blocks per SM; both.
-            let ckfwd = mamba1_scan::cuda::BwdOptions {
+            // The variants (docs/kernels/mamba1-scan-bwd.md, v4 and v5): the
+            // training forward writes the checkpoints (`/bwd`: without the
+            // checkpoint kernel, the forward run once before timing); the
+            // slice-major sweep with its decays kept or recomputed (the default
+            // chooses by waves); the lanes sweep it replaced (v3b).
+            use mamba1_scan::cuda::BwdOptions;
+            let ckfwd = BwdOptions {
                 forward_checkpoints: true,
                 ..Default::default()
             };
-            let six = mamba1_scan::cuda::BwdOptions {
-                six_blocks: true,
+            let keep = |k: bool| BwdOptions {
+                keep_decays: Some(k),
                 ..Default::default()
             };
-            let both = mamba1_scan::cuda::BwdOptions {
-                six_blocks: true,
+            let lanes = BwdOptions {
+                lanes_sweep: true,
+                ..Default::default()
+            };
+            let lanes_ckfwd = BwdOptions {
+                lanes_sweep: true,
                 ..ckfwd
             };
-            for (label, options) in [("ckpt-fwd", ckfwd), ("b6", six), ("ckpt-fwd-b6", both)] {
+            for (label, options) in [
+                ("ckpt-fwd", ckfwd),
+                ("sm-keep", keep(true)),
+                ("sm-recompute", keep(false)),
+                ("lanes", lanes),
+                ("lanes-ckpt-fwd", lanes_ckfwd),
+            ] {
                 cases.push(
                     Case::new(Cuda, w.name, p)
                         .with_pass(pass)

@@ -16,7 +16,7 @@
 //   mamba1_scan_bwd_sm      (v5, kernels/mamba1/scan_bwd_slices.cuh) the same
 //                           sweep with a warp per slice of states of 32
 //                           channels: launched instead of mamba1_scan_bwd
-//                           when the host compiles it (SCAN_SM_NPT).
+//                           when the host compiles it (SCAN_SL_NPT).
 //   mamba1_scan_bwd_reduce_bc      grouped dB/dC: the blocks' partials of one
 //                                  group added in channel-block order.
 //   mamba1_scan_bwd_reduce_params  dA, dD, ddelta_bias, constant dB/dC: the

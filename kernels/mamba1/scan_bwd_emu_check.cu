@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
     const i64 bps = (Din / seg) * bps_seg;
     // The sweep's blocks (and the dB/dC partials'): the slice-major sweep's
     // cover 32 channels, the lanes sweep's SCAN_CPB.
-#ifdef SCAN_SM_NPT
+#ifdef SCAN_SL_NPT
     const i64 sw_cpb = 32;
 #else
     const i64 sw_cpb = SCAN_CPB;
@@ -291,11 +291,11 @@ int main(int argc, char** argv) {
 #endif
     a.blocks_per_seg = sw_bps_seg, a.blocks_per_seq = sw_bps;
     const unsigned sw_grid = (unsigned)(seqs * sw_bps);
-#ifdef SCAN_SM_NPT
-    std::printf("%-16s slice-major: %d slices of %d states, %s decays\n", "sweep", SCAN_SM_SLICES,
-                SCAN_SM_NPT, SCAN_SM_KEEP ? "kept" : "recomputed");
+#ifdef SCAN_SL_NPT
+    std::printf("%-16s slice-major: %d slices of %d states, %s decays\n", "sweep", SCAN_SL_SLICES,
+                SCAN_SL_NPT, SCAN_SL_KEEP ? "kept" : "recomputed");
     (void)smem;
-    emu::launch(sw_grid, SCAN_SM_THREADS, SCAN_SM_FLOATS * 4, [&] { mamba1_scan_bwd_sm(a); });
+    emu::launch(sw_grid, SCAN_SL_THREADS, SCAN_SL_FLOATS * 4, [&] { mamba1_scan_bwd_sm(a); });
 #else
     emu::launch(sw_grid, SCAN_THREADS, smem, [&] { mamba1_scan_bwd(a); });
 #endif

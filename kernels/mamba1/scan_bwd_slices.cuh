@@ -1,7 +1,7 @@
 // The slice-major sweep of the Mamba-1 scan backward (v5 of
 // docs/kernels/mamba1-scan-bwd.md), included by kernels/mamba1/scan_bwd.cu,
 // whose helpers, argument struct and other kernels it shares. Compiled only
-// when the host selects it (SCAN_SM_NPT defined); it replaces `mamba1_scan_bwd`
+// when the host selects it (SCAN_SL_NPT defined); it replaces `mamba1_scan_bwd`
 // in the launch sequence and computes the same gradients.
 //
 // Why: the lanes sweep keeps the lanes of a channel in one warp, so every
@@ -9,52 +9,52 @@
 // (one shared-memory pass per quarter-warp) and the partial sums over states
 // and over channels go through shared memory: about 27 wavefronts per warp and
 // step, the measured limit (L1 86% busy). Here a warp is 32 channels of one
-// slice of SCAN_SM_NPT states: the B/C rows are warp-uniform (one broadcast per
+// slice of SCAN_SL_NPT states: the B/C rows are warp-uniform (one broadcast per
 // 16 bytes), the per-channel values are one conflict-free row access, and the
 // sums over the warp's channels for dB/dC are a butterfly of shuffles.
 //
-// Block: 32 channels (one per lane) x SCAN_SM_SLICES warps (warp w holds states
+// Block: 32 channels (one per lane) x SCAN_SL_SLICES warps (warp w holds states
 // w*NPT .. +NPT of every channel). Two roles per thread:
 //   sweep     lane = channel, warp = slice: recompute the tile from its
 //             checkpoint, reverse sweep, per-step partial sums;
-//   staging   thread tid stages and finishes SCAN_SM_IPT consecutive steps
+//   staging   thread tid stages and finishes SCAN_SL_IPT consecutive steps
 //             of channel tid / SLICES (runs of global memory in one vector
 //             access each), reading the slices' partials back.
 // Shared memory (floats), all [step][channel] planes with rows of
-// SCAN_SM_RS = 36 floats, so that both the sweep's accesses (32 channels of
+// SCAN_SL_RS = 36 floats, so that both the sweep's accesses (32 channels of
 // one step) and the staging role's (IPT steps of 32 / SLICES channels) fall in
 // distinct banks (RS = 4 mod 32; see the notes):
 //   el    [2][6 planes][BT][RS]  dt, dt*u, gy, u, softplus', d_out*silu'(z)
 //   bc    [2][BT][G*NP]          B/C rows, interleaved per state (as the lanes sweep)
 //   part  [3][SLICES][BT][RS]    per slice: y, <lam, B>, <A log2e, w>
 //   dbc   [SLICES][M][BT + 1]    the warp's dB/dC sums of the tile (M = G*NPT)
-#ifdef SCAN_SM_NPT
-#if !defined(SCAN_SM_SLICES) || !defined(SCAN_SM_KEEP) || !defined(SCAN_SM_MIN_BLOCKS)
-#error "the slice-major sweep needs SCAN_SM_SLICES, SCAN_SM_KEEP and SCAN_SM_MIN_BLOCKS"
+#ifdef SCAN_SL_NPT
+#if !defined(SCAN_SL_SLICES) || !defined(SCAN_SL_KEEP) || !defined(SCAN_SL_MIN_BLOCKS)
+#error "the slice-major sweep needs SCAN_SL_SLICES, SCAN_SL_KEEP and SCAN_SL_MIN_BLOCKS"
 #endif
-#define SCAN_SM_NP (SCAN_SM_SLICES * SCAN_SM_NPT)
-#define SCAN_SM_THREADS (32 * SCAN_SM_SLICES)
-#define SCAN_SM_IPT (SCAN_BT / SCAN_SM_SLICES)
-#define SCAN_SM_RS 36
-#define SCAN_SM_PLANE (SCAN_BT * SCAN_SM_RS)
-#define SCAN_SM_PLANES 6
-#define SCAN_SM_BCW (SCAN_BC_GROUPED * SCAN_SM_NP)
-#define SCAN_SM_BC_FLOATS SCAN_R4(SCAN_BT * SCAN_SM_BCW)
-#define SCAN_SM_M (SCAN_BC_GROUPED * SCAN_SM_NPT)
-#define SCAN_SM_DBW (SCAN_BT + 1)
-#define SCAN_SM_FLOATS                                                                  \
-    (2 * SCAN_SM_PLANES * SCAN_SM_PLANE + 2 * SCAN_SM_BC_FLOATS +                       \
-     3 * SCAN_SM_SLICES * SCAN_SM_PLANE + SCAN_R4(SCAN_SM_SLICES * SCAN_SM_M * SCAN_SM_DBW))
-#if SCAN_BT % SCAN_SM_SLICES != 0 || SCAN_SM_IPT % 2 != 0
-#error "the slice-major sweep needs SCAN_BT / SCAN_SM_SLICES even"
+#define SCAN_SL_NP (SCAN_SL_SLICES * SCAN_SL_NPT)
+#define SCAN_SL_THREADS (32 * SCAN_SL_SLICES)
+#define SCAN_SL_IPT (SCAN_BT / SCAN_SL_SLICES)
+#define SCAN_SL_RS 36
+#define SCAN_SL_PLANE (SCAN_BT * SCAN_SL_RS)
+#define SCAN_SL_PLANES 6
+#define SCAN_SL_BCW (SCAN_BC_GROUPED * SCAN_SL_NP)
+#define SCAN_SL_BC_FLOATS SCAN_R4(SCAN_BT * SCAN_SL_BCW)
+#define SCAN_SL_M (SCAN_BC_GROUPED * SCAN_SL_NPT)
+#define SCAN_SL_DBW (SCAN_BT + 1)
+#define SCAN_SL_FLOATS                                                                  \
+    (2 * SCAN_SL_PLANES * SCAN_SL_PLANE + 2 * SCAN_SL_BC_FLOATS +                       \
+     3 * SCAN_SL_SLICES * SCAN_SL_PLANE + SCAN_R4(SCAN_SL_SLICES * SCAN_SL_M * SCAN_SL_DBW))
+#if SCAN_BT % SCAN_SL_SLICES != 0 || SCAN_SL_IPT % 2 != 0
+#error "the slice-major sweep needs SCAN_BT / SCAN_SL_SLICES even"
 #endif
-#if SCAN_SM_NP < SCAN_N || SCAN_SM_M > 32 || (SCAN_SM_NP - SCAN_SM_NPT) >= SCAN_N
-#error "SCAN_SM_SLICES x SCAN_SM_NPT must cover SCAN_N with no empty slice, at most 32 sums"
+#if SCAN_SL_NP < SCAN_N || SCAN_SL_M > 32 || (SCAN_SL_NP - SCAN_SL_NPT) >= SCAN_N
+#error "SCAN_SL_SLICES x SCAN_SL_NPT must cover SCAN_N with no empty slice, at most 32 sums"
 #endif
-#if defined(SCAN_SM_SMEM_BYTES) && SCAN_SM_SMEM_BYTES != SCAN_SM_FLOATS * 4
-#error "SCAN_SM_SMEM_BYTES differs from the slice-major sweep's layout"
+#if defined(SCAN_SL_SMEM_BYTES) && SCAN_SL_SMEM_BYTES != SCAN_SL_FLOATS * 4
+#error "SCAN_SL_SMEM_BYTES differs from the slice-major sweep's layout"
 #endif
-#define SCAN_SM_ROW_ITERS ((SCAN_SM_NP * SCAN_BT + SCAN_SM_THREADS - 1) / SCAN_SM_THREADS)
+#define SCAN_SL_ROW_ITERS ((SCAN_SL_NP * SCAN_BT + SCAN_SL_THREADS - 1) / SCAN_SL_THREADS)
 
 struct alignas(8) bw_w2 {
     unsigned x, y;
@@ -212,7 +212,7 @@ SCAN_DEV float bw_warp_sums(const float (&v)[M]) {
     return w[0];
 }
 
-extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS)
     mamba1_scan_bwd_sm(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
     extern __shared__ __align__(16) unsigned char scan_smem[];
@@ -220,12 +220,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
     unsigned char* scan_smem = emu::shared_memory();
 #endif
     float* s_el = reinterpret_cast<float*>(scan_smem);         // [2][PLANES][BT][RS]
-    float* s_bc = s_el + 2 * SCAN_SM_PLANES * SCAN_SM_PLANE;    // [2][BT][BCW]
-    float* s_part = s_bc + 2 * SCAN_SM_BC_FLOATS;               // [3][SLICES][BT][RS]
+    float* s_bc = s_el + 2 * SCAN_SL_PLANES * SCAN_SL_PLANE;    // [2][BT][BCW]
+    float* s_part = s_bc + 2 * SCAN_SL_BC_FLOATS;               // [3][SLICES][BT][RS]
 #if SCAN_BC_GROUPED > 0
-    float* s_dbc = s_part + 3 * SCAN_SM_SLICES * SCAN_SM_PLANE;  // [SLICES][M][DBW]
+    float* s_dbc = s_part + 3 * SCAN_SL_SLICES * SCAN_SL_PLANE;  // [SLICES][M][DBW]
     constexpr int OFF_C = SCAN_B_CONST ? 0 : 1;  // C's place in a state's pair
-    constexpr int K = SCAN_SM_NPT * SCAN_BC_GROUPED;
+    constexpr int K = SCAN_SL_NPT * SCAN_BC_GROUPED;
 #endif
     // Planes of el.
     constexpr int P_DT = 0, P_DTU = 1, P_GY = 2, P_U = 3, P_SP = 4, P_GZ = 5;
@@ -238,21 +238,21 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
     const long long chan = blk.c0 + lane;
     const bool live = lane < blk.nch;
     // Staging role: steps t0 .. t0 + IPT - 1 of channel ech.
-    const int ech = tid / SCAN_SM_SLICES;
-    const int t0 = (tid % SCAN_SM_SLICES) * SCAN_SM_IPT;
+    const int ech = tid / SCAN_SL_SLICES;
+    const int t0 = (tid % SCAN_SL_SLICES) * SCAN_SL_IPT;
     const bool elive = ech < blk.nch;
     const long long echan = blk.c0 + ech;
 
-    float A2[SCAN_SM_NPT], lam[SCAN_SM_NPT], dA[SCAN_SM_NPT];
+    float A2[SCAN_SL_NPT], lam[SCAN_SL_NPT], dA[SCAN_SL_NPT];
 #if SCAN_B_CONST
-    float Breg[SCAN_SM_NPT], dBc[SCAN_SM_NPT];
+    float Breg[SCAN_SL_NPT], dBc[SCAN_SL_NPT];
 #endif
 #if SCAN_C_CONST
-    float Creg[SCAN_SM_NPT], dCc[SCAN_SM_NPT];
+    float Creg[SCAN_SL_NPT], dCc[SCAN_SL_NPT];
 #endif
 #pragma unroll
-    for (int i = 0; i < SCAN_SM_NPT; ++i) {
-        const int n = slice * SCAN_SM_NPT + i;
+    for (int i = 0; i < SCAN_SL_NPT; ++i) {
+        const int n = slice * SCAN_SL_NPT + i;
         const bool real = live && n < SCAN_N;
         const long long an = chan * SCAN_N + n;
         A2[i] = (real ? args.A[an] : 0.0f) * SSM_LOG2E;
@@ -281,27 +281,27 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
     const long long len = blk.hi - blk.lo;
     const long long tiles = (len + SCAN_BT - 1) / SCAN_BT;
     const float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N +
-                      slice * SCAN_SM_NPT;
+                      slice * SCAN_SL_NPT;
 #if !SCAN_B_CONST
     const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
-    float qB[SCAN_SM_ROW_ITERS];
+    float qB[SCAN_SL_ROW_ITERS];
 #endif
 #if !SCAN_C_CONST
     const scan_elem_t* Csrc = args.C + ((blk.row * args.groups_c + blk.gc) * SCAN_N) * L;
-    float qC[SCAN_SM_ROW_ITERS];
+    float qC[SCAN_SL_ROW_ITERS];
 #endif
-    BwRun<SCAN_SM_IPT> qx, qu, qg;
+    BwRun<SCAN_SL_IPT> qx, qu, qg;
 #if SCAN_HAS_Z
-    BwRun<SCAN_SM_IPT> qz;
+    BwRun<SCAN_SL_IPT> qz;
 #endif
     int qvalid = 0;  // the fetched run's steps inside the sequence
-    float qh[SCAN_SM_NPT], h[SCAN_SM_NPT];
+    float qh[SCAN_SL_NPT], h[SCAN_SL_NPT];
     int evalid = 0;  // ... of the staged tile
 
     auto fetch = [&](long long start, long long k) {
         const long long pos = start + t0;
         const long long left = blk.hi - pos;
-        qvalid = !elive || left <= 0 ? 0 : (left < SCAN_SM_IPT ? (int)left : SCAN_SM_IPT);
+        qvalid = !elive || left <= 0 ? 0 : (left < SCAN_SL_IPT ? (int)left : SCAN_SL_IPT);
         const long long at = (blk.row * Din + echan) * L + pos;
         // Out-of-range runs are not dereferenced: qvalid = 0 reads nothing.
         qx.load(args.delta + (qvalid > 0 ? at : 0), qvalid);
@@ -311,22 +311,22 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
         qz.load(args.z + (qvalid > 0 ? at : 0), qvalid);
 #endif
 #if !SCAN_B_CONST
-        bw_fetch_rows<SCAN_SM_ROW_ITERS, SCAN_SM_NP, SCAN_SM_THREADS>(qB, Bsrc, start, blk.hi, L);
+        bw_fetch_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(qB, Bsrc, start, blk.hi, L);
 #endif
 #if !SCAN_C_CONST
-        bw_fetch_rows<SCAN_SM_ROW_ITERS, SCAN_SM_NP, SCAN_SM_THREADS>(qC, Csrc, start, blk.hi, L);
+        bw_fetch_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(qC, Csrc, start, blk.hi, L);
 #endif
 #pragma unroll
-        for (int i = 0; i < SCAN_SM_NPT; ++i) {
-            const int n = slice * SCAN_SM_NPT + i;
+        for (int i = 0; i < SCAN_SL_NPT; ++i) {
+            const int n = slice * SCAN_SL_NPT + i;
             qh[i] = (live && n < SCAN_N) ? ck[k * SCAN_N + i] : 0.0f;
         }
     };
     auto stage = [&](int buf) {
-        float* el = s_el + buf * SCAN_SM_PLANES * SCAN_SM_PLANE + ech;
+        float* el = s_el + buf * SCAN_SL_PLANES * SCAN_SL_PLANE + ech;
         evalid = qvalid;
 #pragma unroll
-        for (int i = 0; i < SCAN_SM_IPT; ++i) {
+        for (int i = 0; i < SCAN_SL_IPT; ++i) {
             const int t = t0 + i;
             float dt = 0.0f, u = 0.0f, gy = 0.0f, sp = 0.0f, gz = 0.0f;
             if (i < qvalid) {
@@ -350,23 +350,23 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
 #endif
                 (void)x;
             }
-            el[P_DT * SCAN_SM_PLANE + t * SCAN_SM_RS] = dt;
-            el[P_DTU * SCAN_SM_PLANE + t * SCAN_SM_RS] = dt * u;
-            el[P_GY * SCAN_SM_PLANE + t * SCAN_SM_RS] = gy;
-            el[P_U * SCAN_SM_PLANE + t * SCAN_SM_RS] = u;
-            el[P_SP * SCAN_SM_PLANE + t * SCAN_SM_RS] = sp;
-            el[P_GZ * SCAN_SM_PLANE + t * SCAN_SM_RS] = gz;
+            el[P_DT * SCAN_SL_PLANE + t * SCAN_SL_RS] = dt;
+            el[P_DTU * SCAN_SL_PLANE + t * SCAN_SL_RS] = dt * u;
+            el[P_GY * SCAN_SL_PLANE + t * SCAN_SL_RS] = gy;
+            el[P_U * SCAN_SL_PLANE + t * SCAN_SL_RS] = u;
+            el[P_SP * SCAN_SL_PLANE + t * SCAN_SL_RS] = sp;
+            el[P_GZ * SCAN_SL_PLANE + t * SCAN_SL_RS] = gz;
         }
 #if !SCAN_B_CONST
-        bw_put_rows<SCAN_SM_ROW_ITERS, SCAN_SM_NP, SCAN_SM_THREADS>(
-            s_bc + buf * SCAN_SM_BC_FLOATS, SCAN_SM_BCW, SCAN_BC_GROUPED, qB);
+        bw_put_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(
+            s_bc + buf * SCAN_SL_BC_FLOATS, SCAN_SL_BCW, SCAN_BC_GROUPED, qB);
 #endif
 #if !SCAN_C_CONST
-        bw_put_rows<SCAN_SM_ROW_ITERS, SCAN_SM_NP, SCAN_SM_THREADS>(
-            s_bc + buf * SCAN_SM_BC_FLOATS + OFF_C, SCAN_SM_BCW, SCAN_BC_GROUPED, qC);
+        bw_put_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(
+            s_bc + buf * SCAN_SL_BC_FLOATS + OFF_C, SCAN_SL_BCW, SCAN_BC_GROUPED, qC);
 #endif
 #pragma unroll
-        for (int i = 0; i < SCAN_SM_NPT; ++i) h[i] = qh[i];
+        for (int i = 0; i < SCAN_SL_NPT; ++i) h[i] = qh[i];
     };
 
     if (tiles > 0) {
@@ -379,29 +379,29 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
         __syncthreads();  // A: the tile is staged; the last tile's readers are done
         if (k > 0) fetch(start - SCAN_BT, k - 1);  // in flight during this tile
 
-        const float* el = s_el + buf * SCAN_SM_PLANES * SCAN_SM_PLANE + lane;  // this channel
+        const float* el = s_el + buf * SCAN_SL_PLANES * SCAN_SL_PLANE + lane;  // this channel
 #if SCAN_BC_GROUPED > 0
-        const float* bc = s_bc + buf * SCAN_SM_BC_FLOATS + slice * K;  // warp-uniform
+        const float* bc = s_bc + buf * SCAN_SL_BC_FLOATS + slice * K;  // warp-uniform
 #endif
-        float* prow = s_part + slice * SCAN_SM_PLANE + lane;
+        float* prow = s_part + slice * SCAN_SL_PLANE + lane;
         // ---- recompute the tile: h_{t-1} (and, kept, the decay a_t) of every step.
-        float hp[SCAN_BT][SCAN_SM_NPT];
-#if SCAN_SM_KEEP
-        float av[SCAN_BT][SCAN_SM_NPT];
+        float hp[SCAN_BT][SCAN_SL_NPT];
+#if SCAN_SL_KEEP
+        float av[SCAN_BT][SCAN_SL_NPT];
 #endif
 #pragma unroll
         for (int t = 0; t < SCAN_BT; ++t) {
-            const float dt = el[P_DT * SCAN_SM_PLANE + t * SCAN_SM_RS];
-            const float dtu = el[P_DTU * SCAN_SM_PLANE + t * SCAN_SM_RS];
+            const float dt = el[P_DT * SCAN_SL_PLANE + t * SCAN_SL_RS];
+            const float dtu = el[P_DTU * SCAN_SL_PLANE + t * SCAN_SL_RS];
 #if SCAN_BC_GROUPED > 0
             float r[K];
-            bw_get<K>(r, bc + t * SCAN_SM_BCW);
+            bw_get<K>(r, bc + t * SCAN_SL_BCW);
 #endif
 #if SCAN_HAS_Z
             float y = 0.0f;  // needed for dz only
 #endif
 #pragma unroll
-            for (int i = 0; i < SCAN_SM_NPT; ++i) {
+            for (int i = 0; i < SCAN_SL_NPT; ++i) {
 #if SCAN_B_CONST
                 const float b = Breg[i];
 #else
@@ -414,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
 #endif
                 hp[t][i] = h[i];
                 const float a = ssm_exp2_ftz(dt * A2[i]);
-#if SCAN_SM_KEEP
+#if SCAN_SL_KEEP
                 av[t][i] = a;
 #endif
                 h[i] = fmaf(a, h[i], dtu * b);
@@ -424,24 +424,24 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
                 (void)c;
             }
 #if SCAN_HAS_Z
-            prow[t * SCAN_SM_RS] = y;
+            prow[t * SCAN_SL_RS] = y;
 #endif
         }
 
         // ---- reverse sweep over the tile; h holds h_t on entry to step t.
 #pragma unroll
         for (int t = SCAN_BT - 1; t >= 0; --t) {
-            const float dt = el[P_DT * SCAN_SM_PLANE + t * SCAN_SM_RS];
-            const float dtu = el[P_DTU * SCAN_SM_PLANE + t * SCAN_SM_RS];
-            const float gy = el[P_GY * SCAN_SM_PLANE + t * SCAN_SM_RS];
+            const float dt = el[P_DT * SCAN_SL_PLANE + t * SCAN_SL_RS];
+            const float dtu = el[P_DTU * SCAN_SL_PLANE + t * SCAN_SL_RS];
+            const float gy = el[P_GY * SCAN_SL_PLANE + t * SCAN_SL_RS];
 #if SCAN_BC_GROUPED > 0
             float r[K];
-            bw_get<K>(r, bc + t * SCAN_SM_BCW);
-            float v[SCAN_SM_M];  // this channel's terms of the grouped dB (lam dt u), dC (h gy)
+            bw_get<K>(r, bc + t * SCAN_SL_BCW);
+            float v[SCAN_SL_M];  // this channel's terms of the grouped dB (lam dt u), dC (h gy)
 #endif
             float s1 = 0.0f, s2 = 0.0f;
 #pragma unroll
-            for (int i = 0; i < SCAN_SM_NPT; ++i) {
+            for (int i = 0; i < SCAN_SL_NPT; ++i) {
 #if SCAN_B_CONST
                 const float b = Breg[i];
 #else
@@ -460,12 +460,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
                 dBc[i] = fmaf(lam[i], dtu, dBc[i]);
 #endif
 #if !SCAN_C_CONST
-                v[(SCAN_BC_GROUPED - 1) * SCAN_SM_NPT + i] = ht * gy;
+                v[(SCAN_BC_GROUPED - 1) * SCAN_SL_NPT + i] = ht * gy;
 #else
                 dCc[i] = fmaf(gy, ht, dCc[i]);
 #endif
                 s1 = fmaf(lam[i], b, s1);
-#if SCAN_SM_KEEP
+#if SCAN_SL_KEEP
                 lam[i] *= av[t][i];  // dL/dh_{t-1} through h_t
 #else
                 lam[i] *= ssm_exp2_ftz(dt * A2[i]);  // the recompute's decay, bit for bit
@@ -474,15 +474,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
                 s2 = fmaf(A2[i], w, s2);
                 dA[i] = fmaf(dt, w, dA[i]);
             }
-            prow[SCAN_SM_SLICES * SCAN_SM_PLANE + t * SCAN_SM_RS] = s1;
-            prow[2 * SCAN_SM_SLICES * SCAN_SM_PLANE + t * SCAN_SM_RS] = s2;
+            prow[SCAN_SL_SLICES * SCAN_SL_PLANE + t * SCAN_SL_RS] = s1;
+            prow[2 * SCAN_SL_SLICES * SCAN_SL_PLANE + t * SCAN_SL_RS] = s2;
 #if SCAN_BC_GROUPED > 0
             {
-                constexpr int MP = BwPow2AtLeast<SCAN_SM_M>::value;
-                const float sum = bw_warp_sums<SCAN_SM_M>(v);
+                constexpr int MP = BwPow2AtLeast<SCAN_SL_M>::value;
+                const float sum = bw_warp_sums<SCAN_SL_M>(v);
                 const int idx = lane / (32 / MP);
-                if (lane % (32 / MP) == 0 && idx < SCAN_SM_M)
-                    s_dbc[(slice * SCAN_SM_M + idx) * SCAN_SM_DBW + t] = sum;
+                if (lane % (32 / MP) == 0 && idx < SCAN_SL_M)
+                    s_dbc[(slice * SCAN_SL_M + idx) * SCAN_SL_DBW + t] = sum;
             }
 #endif
         }
@@ -491,32 +491,33 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
         // ---- epilogue of this thread's run: the slices' partials added in slice
         // order; du, ddelta, dz written as runs.
         {
-            const float* eel = s_el + buf * SCAN_SM_PLANES * SCAN_SM_PLANE + ech;
+            const float* eel = s_el + buf * SCAN_SL_PLANES * SCAN_SL_PLANE + ech;
             const float* epart = s_part + ech;
-            float du[SCAN_SM_IPT], ddl[SCAN_SM_IPT];
+            float du[SCAN_SL_IPT], ddl[SCAN_SL_IPT];
 #if SCAN_HAS_Z
-            float dz[SCAN_SM_IPT];
+            float dz[SCAN_SL_IPT];
 #endif
 #pragma unroll
-            for (int i = 0; i < SCAN_SM_IPT; ++i) {
+            for (int i = 0; i < SCAN_SL_IPT; ++i) {
                 const int t = t0 + i;
                 float S1 = 0.0f, S2 = 0.0f;
 #if SCAN_HAS_Z
                 float y = 0.0f;
 #endif
 #pragma unroll
-                for (int s = 0; s < SCAN_SM_SLICES; ++s) {
+                for (int s = 0; s < SCAN_SL_SLICES; ++s) {
 #if SCAN_HAS_Z
-                    y += epart[s * SCAN_SM_PLANE + t * SCAN_SM_RS];
+                    y += epart[s * SCAN_SL_PLANE + t * SCAN_SL_RS];
 #endif
-                    S1 += epart[(SCAN_SM_SLICES + s) * SCAN_SM_PLANE + t * SCAN_SM_RS];
-                    S2 += epart[(2 * SCAN_SM_SLICES + s) * SCAN_SM_PLANE + t * SCAN_SM_RS];
+                    S1 += epart[(SCAN_SL_SLICES + s) * SCAN_SL_PLANE + t * SCAN_SL_RS];
+                    S2 += epart[(2 * SCAN_SL_SLICES + s) * SCAN_SL_PLANE + t * SCAN_SL_RS];
                 }
                 S2 *= 0.6931471805599453f;  // ln 2: the sum was over A log2(e)
-                const float dt = eel[P_DT * SCAN_SM_PLANE + t * SCAN_SM_RS];
-                const float gy = eel[P_GY * SCAN_SM_PLANE + t * SCAN_SM_RS];
-                const float u = eel[P_U * SCAN_SM_PLANE + t * SCAN_SM_RS];
+                const float dt = eel[P_DT * SCAN_SL_PLANE + t * SCAN_SL_RS];
+                const float gy = eel[P_GY * SCAN_SL_PLANE + t * SCAN_SL_RS];
+                const float u = eel[P_U * SCAN_SL_PLANE + t * SCAN_SL_RS];
                 const bool in = i < evalid;
+                (void)gy, (void)in;
 #if SCAN_HAS_D
                 du[i] = fmaf(gy, eD, dt * S1);
                 if (in) sumD = fmaf(gy, u, sumD);
@@ -525,7 +526,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
 #endif
                 const float ddt = fmaf(S1, u, S2);
 #if SCAN_SOFTPLUS
-                ddl[i] = ddt * eel[P_SP * SCAN_SM_PLANE + t * SCAN_SM_RS];
+                ddl[i] = ddt * eel[P_SP * SCAN_SL_PLANE + t * SCAN_SL_RS];
 #else
                 ddl[i] = ddt;
 #endif
@@ -536,15 +537,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
 #if SCAN_HAS_D
                 y = fmaf(eD, u, y);
 #endif
-                dz[i] = eel[P_GZ * SCAN_SM_PLANE + t * SCAN_SM_RS] * y;
+                dz[i] = eel[P_GZ * SCAN_SL_PLANE + t * SCAN_SL_RS] * y;
 #endif
             }
             if (evalid > 0) {
                 const long long at = (blk.row * Din + echan) * L + start + t0;
-                bw_store_run<SCAN_SM_IPT>(args.du + at, du, evalid);
-                bw_store_run<SCAN_SM_IPT>(args.ddelta + at, ddl, evalid);
+                bw_store_run<SCAN_SL_IPT>(args.du + at, du, evalid);
+                bw_store_run<SCAN_SL_IPT>(args.ddelta + at, ddl, evalid);
 #if SCAN_HAS_Z
-                bw_store_run<SCAN_SM_IPT>(args.dz + at, dz, evalid);
+                bw_store_run<SCAN_SL_IPT>(args.dz + at, dz, evalid);
 #endif
             }
         }
@@ -554,15 +555,15 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
         {
             const long long base = (blk.row * args.blocks_per_seq + blk.cb) * SCAN_N;
 #pragma unroll
-            for (int e = lane; e < SCAN_SM_M * SCAN_BT; e += 32) {
+            for (int e = lane; e < SCAN_SL_M * SCAN_BT; e += 32) {
                 const int vi = e / SCAN_BT, t = e - vi * SCAN_BT;
-                const int tensor = vi / SCAN_SM_NPT;  // index among the grouped tensors
-                const int n = slice * SCAN_SM_NPT + (vi - tensor * SCAN_SM_NPT);
+                const int tensor = vi / SCAN_SL_NPT;  // index among the grouped tensors
+                const int n = slice * SCAN_SL_NPT + (vi - tensor * SCAN_SL_NPT);
                 const long long pos = start + t;
                 const bool is_b = !SCAN_B_CONST && tensor == 0;
                 float* part = is_b ? args.part_b : args.part_c;
                 if (n < SCAN_N && pos < blk.hi)
-                    part[(base + n) * L + pos] = s_dbc[(slice * SCAN_SM_M + vi) * SCAN_SM_DBW + t];
+                    part[(base + n) * L + pos] = s_dbc[(slice * SCAN_SL_M + vi) * SCAN_SL_DBW + t];
             }
         }
 #endif
@@ -572,8 +573,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
     // ---- per-(sequence, channel) results.
     float* pp = args.part_params + (blk.seq * Din + chan) * SCAN_PARAMS;
 #pragma unroll
-    for (int i = 0; i < SCAN_SM_NPT; ++i) {
-        const int n = slice * SCAN_SM_NPT + i;
+    for (int i = 0; i < SCAN_SL_NPT; ++i) {
+        const int n = slice * SCAN_SL_NPT + i;
         if (live && n < SCAN_N) {
             if (args.dinitial_states != nullptr)
                 args.dinitial_states[(blk.seq * Din + chan) * SCAN_N + n] = lam[i];
@@ -604,10 +605,10 @@ extern "C" __global__ void __launch_bounds__(SCAN_SM_THREADS, SCAN_SM_MIN_BLOCKS
         __syncthreads();
         if (tid < blk.nch) {
             float s = 0.0f;
-            for (int r = 0; r < SCAN_SM_SLICES; ++r) s += s_sum[tid * SCAN_SM_SLICES + r];
+            for (int r = 0; r < SCAN_SL_SLICES; ++r) s += s_sum[tid * SCAN_SL_SLICES + r];
             args.part_params[(blk.seq * Din + blk.c0 + tid) * SCAN_PARAMS + 3 * SCAN_N + pass] = s;
         }
     }
 #endif
 }
-#endif  // SCAN_SM_NPT
+#endif  // SCAN_SL_NPT

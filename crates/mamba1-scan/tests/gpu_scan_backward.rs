@@ -8,9 +8,10 @@
 //!   with independent group counts, N = 1 .. 256, L = 1 and unaligned L;
 //! - varlen with per-sequence states (an empty and a one-step sequence);
 //! - reruns are bit-identical (no atomics);
-//! - every variant of `BwdOptions` (the training forward's checkpoints, ...)
-//!   gives the default's gradients bit for bit, in the option sweep and on
-//!   the corner shapes;
+//! - every variant of `BwdOptions` (the training forward's checkpoints, the
+//!   decays kept or recomputed, ...) gives its family's gradients bit for bit
+//!   (the slice-major sweep's and the lanes sweep's), in the option sweep and
+//!   on the corner shapes;
 //! - offsets past 2^31 elements (`SSM_GPU_BIG=1`: 12 GiB of device memory).
 
 use half::{bf16, f16};
@@ -35,40 +36,76 @@ fn check<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) -> Sca
     check_with(gpu, name, case, seed, BwdOptions::default())
 }
 
-/// The variants of the backward other than the default, each of which must
-/// give the default's gradients bit for bit (same arithmetic, same order).
-fn variants() -> Vec<(&'static str, BwdOptions)> {
+/// The variants of the backward in families of the same arithmetic in the
+/// same order: each family's first member is its base, and every other member
+/// must give the base's gradients bit for bit. The slice-major sweep (v5, the
+/// default at N <= 32) and the lanes sweep (v3b) sum in different orders, so
+/// they are two families, each judged against the adjoint.
+fn variant_families() -> Vec<Vec<(&'static str, BwdOptions)>> {
     let ckfwd = BwdOptions {
         forward_checkpoints: true,
         ..BwdOptions::default()
     };
-    let six = BwdOptions {
-        six_blocks: true,
+    let keep = |k: bool| BwdOptions {
+        keep_decays: Some(k),
         ..BwdOptions::default()
     };
+    let lanes = BwdOptions {
+        lanes_sweep: true,
+        ..BwdOptions::default()
+    };
+    let six = BwdOptions {
+        six_blocks: true,
+        ..lanes
+    };
     vec![
-        ("forward checkpoints", ckfwd),
-        ("six blocks", six),
-        (
-            "forward checkpoints, six blocks",
-            BwdOptions {
-                six_blocks: true,
-                ..ckfwd
-            },
-        ),
+        vec![
+            ("default", BwdOptions::default()),
+            ("forward checkpoints", ckfwd),
+            ("decays kept", keep(true)),
+            ("decays recomputed", keep(false)),
+        ],
+        vec![
+            ("lanes sweep", lanes),
+            (
+                "lanes sweep, forward checkpoints",
+                BwdOptions {
+                    forward_checkpoints: true,
+                    ..lanes
+                },
+            ),
+            ("lanes sweep, six blocks", six),
+            (
+                "lanes sweep, forward checkpoints, six blocks",
+                BwdOptions {
+                    forward_checkpoints: true,
+                    ..six
+                },
+            ),
+        ],
     ]
 }
 
-/// [`check`] of every variant: each judged, and each bit-identical to the default.
+/// [`check`] of every variant: each judged, and each bit-identical to its
+/// family's base.
 fn check_variants<T: DeviceElement>(gpu: &Gpu, name: &str, case: &Case, seed: u64) {
-    let base = grad_bits(&check::<T>(gpu, name, case, seed));
-    for (what, options) in variants() {
-        let got = check_with::<T>(gpu, &format!("{name} [{what}]"), case, seed, options);
-        assert!(
-            grad_bits(&got) == base,
-            "{name} ({}) [{what}]: the gradients differ in some bit from the default's",
-            T::DTYPE
-        );
+    for family in variant_families() {
+        let (base_name, base_options) = family[0];
+        let base = grad_bits(&check_with::<T>(
+            gpu,
+            &format!("{name} [{base_name}]"),
+            case,
+            seed,
+            base_options,
+        ));
+        for &(what, options) in &family[1..] {
+            let got = check_with::<T>(gpu, &format!("{name} [{what}]"), case, seed, options);
+            assert!(
+                grad_bits(&got) == base,
+                "{name} ({}) [{what}]: the gradients differ in some bit from [{base_name}]'s",
+                T::DTYPE
+            );
+        }
     }
 }
 

@@ -401,11 +401,11 @@ impl BwdConfig {
         } = self.sweep
         {
             defines.extend([
-                ("SCAN_SM_NPT", states.to_string()),
-                ("SCAN_SM_SLICES", slices.to_string()),
-                ("SCAN_SM_KEEP", flag(keep_decays)),
-                ("SCAN_SM_MIN_BLOCKS", min_blocks.to_string()),
-                ("SCAN_SM_SMEM_BYTES", self.sweep_smem_bytes().to_string()),
+                ("SCAN_SL_NPT", states.to_string()),
+                ("SCAN_SL_SLICES", slices.to_string()),
+                ("SCAN_SL_KEEP", flag(keep_decays)),
+                ("SCAN_SL_MIN_BLOCKS", min_blocks.to_string()),
+                ("SCAN_SL_SMEM_BYTES", self.sweep_smem_bytes().to_string()),
             ]);
         }
         defines
