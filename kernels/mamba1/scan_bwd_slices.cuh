@@ -369,6 +369,27 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
         for (int i = 0; i < SCAN_SL_NPT; ++i) h[i] = qh[i];
     };
 
+    // State i's B and C at a step: from the step's staged row r (grouped) or
+    // the constants.
+    auto pick_bc = [&](const float* r, int i, float& b, float& c) {
+#if SCAN_B_CONST
+        b = Breg[i];
+#else
+        b = r[i * SCAN_BC_GROUPED];
+#endif
+#if SCAN_C_CONST
+        c = Creg[i];
+#else
+        c = r[i * SCAN_BC_GROUPED + OFF_C];
+#endif
+        (void)r;
+    };
+#if SCAN_BC_GROUPED > 0
+#define SCAN_SL_ROW r
+#else
+#define SCAN_SL_ROW nullptr
+#endif
+
     if (tiles > 0) {
         fetch(blk.lo + (tiles - 1) * SCAN_BT, tiles - 1);
         stage((int)((tiles - 1) & 1));
@@ -402,16 +423,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 #endif
 #pragma unroll
             for (int i = 0; i < SCAN_SL_NPT; ++i) {
-#if SCAN_B_CONST
-                const float b = Breg[i];
-#else
-                const float b = r[i * SCAN_BC_GROUPED];
-#endif
-#if SCAN_C_CONST
-                const float c = Creg[i];
-#else
-                const float c = r[i * SCAN_BC_GROUPED + OFF_C];
-#endif
+                float b, c;
+                pick_bc(SCAN_SL_ROW, i, b, c);
                 hp[t][i] = h[i];
                 const float a = ssm_exp2_ftz(dt * A2[i]);
 #if SCAN_SL_KEEP
@@ -442,16 +455,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
             float s1 = 0.0f, s2 = 0.0f;
 #pragma unroll
             for (int i = 0; i < SCAN_SL_NPT; ++i) {
-#if SCAN_B_CONST
-                const float b = Breg[i];
-#else
-                const float b = r[i * SCAN_BC_GROUPED];
-#endif
-#if SCAN_C_CONST
-                const float c = Creg[i];
-#else
-                const float c = r[i * SCAN_BC_GROUPED + OFF_C];
-#endif
+                float b, c;
+                pick_bc(SCAN_SL_ROW, i, b, c);
                 const float ht = (t == SCAN_BT - 1) ? h[i] : hp[t + 1][i];
                 lam[i] = fmaf(c, gy, lam[i]);  // now dL/dh_t
 #if !SCAN_B_CONST
@@ -570,6 +575,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
         if (k > 0) stage(buf ^ 1);
     }
 
+#undef SCAN_SL_ROW
     // ---- per-(sequence, channel) results.
     float* pp = args.part_params + (blk.seq * Din + chan) * SCAN_PARAMS;
 #pragma unroll

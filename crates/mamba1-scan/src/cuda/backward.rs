@@ -569,8 +569,8 @@ fn slices_sweep(
     }
     let seg = problem.seg_channels().max(1);
     let grid = problem.num_seqs() * (problem.dims.d_inner / seg) * seg.div_ceil(32);
-    let keep_decays = keep
-        .unwrap_or_else(|| grid <= slices_min_blocks(slices, true) * limits.sm_count as usize);
+    let keep_decays =
+        keep.unwrap_or_else(|| grid <= slices_min_blocks(slices, true) * limits.sm_count as usize);
     Sweep::Slices {
         slices,
         states: n.div_ceil(slices),
@@ -1179,7 +1179,7 @@ impl ScanBwdPlan {
                 self.config.sweep_smem_bytes(),
             ))
         }
-            .map_err(|e| fail(ENTRY_SWEEP, e))?;
+        .map_err(|e| fail(ENTRY_SWEEP, e))?;
         for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
             if let Some(groups) = groups {
                 let elements = g.rows * groups * n * p.dims.seqlen;
