@@ -27,7 +27,9 @@ use ssm_gpu::cudarc::driver::{
 };
 use ssm_gpu::{DeviceElement, DeviceLimits, Gpu, Kernel, KernelSource, KernelVariant};
 
-use super::config::{dtype_define, option_letters, unsupported, ScanProblem, MAX_D_STATE};
+use super::config::{
+    dtype_define, option_defines, option_letters, unsupported, ScanProblem, MAX_D_STATE,
+};
 use super::launch::{
     expect_len, expect_opt, opt_ptr, opt_ptr_mut, DeviceStatus, ScanBuffers, ScanPlan,
 };
@@ -381,18 +383,20 @@ impl BwdConfig {
             ("SCAN_BT", self.tile.to_string()),
             ("SCAN_CK_TPC", self.ckpt_lanes.to_string()),
             ("SCAN_CK_NPT", self.ckpt_states_per_lane.to_string()),
-            ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
-            ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
-            ("SCAN_HAS_D", flag(self.has_d)),
-            ("SCAN_HAS_Z", flag(self.has_z)),
-            ("SCAN_B_CONST", flag(self.b_const)),
-            ("SCAN_C_CONST", flag(self.c_const)),
             ("SCAN_MIN_BLOCKS", self.min_blocks.to_string()),
             ("SCAN_LEAN", flag(self.lean)),
             ("SCAN_CK_MIN_BLOCKS", self.ckpt_min_blocks().to_string()),
             ("SCAN_BWD_SMEM_BYTES", self.smem_bytes().to_string()),
             ("SCAN_CKPT_SMEM_BYTES", self.ckpt_smem_bytes().to_string()),
         ];
+        defines.extend(option_defines(
+            self.has_delta_bias,
+            self.delta_softplus,
+            self.has_d,
+            self.has_z,
+            self.b_const,
+            self.c_const,
+        ));
         if let Sweep::Slices {
             slices,
             states,
@@ -1158,28 +1162,26 @@ impl ScanBwdPlan {
         }
         // With forward checkpoints the training forward has written them (same
         // slots, same bits: kernels/mamba1/scan_fwd.cu, SCAN_CKPT_BT).
+        // One kernel taking the argument struct alone.
+        let launch_with = |kernel: &Kernel, args: &ScanBwdArgs, cfg: LaunchConfig, entry: &str| {
+            let mut b = stream.launch_builder(&kernel.func);
+            b.arg(args);
+            unsafe { b.launch(cfg) }.map_err(|e| fail(entry, e))
+        };
         if !self.config.forward_checkpoints {
-            let mut b1 = stream.launch_builder(&self.ckpt.func);
-            b1.arg(&ckpt_args);
-            unsafe {
-                b1.launch(tiled(
-                    self.ckpt_grid,
-                    self.config.ckpt_threads(),
-                    self.config.ckpt_smem_bytes(),
-                ))
-            }
-            .map_err(|e| fail(ENTRY_CKPT, e))?;
+            let cfg = tiled(
+                self.ckpt_grid,
+                self.config.ckpt_threads(),
+                self.config.ckpt_smem_bytes(),
+            );
+            launch_with(&self.ckpt, &ckpt_args, cfg, ENTRY_CKPT)?;
         }
-        let mut b2 = stream.launch_builder(&self.sweep.func);
-        b2.arg(&args);
-        unsafe {
-            b2.launch(tiled(
-                self.grid,
-                self.config.sweep_threads(),
-                self.config.sweep_smem_bytes(),
-            ))
-        }
-        .map_err(|e| fail(ENTRY_SWEEP, e))?;
+        let cfg = tiled(
+            self.grid,
+            self.config.sweep_threads(),
+            self.config.sweep_smem_bytes(),
+        );
+        launch_with(&self.sweep, &args, cfg, ENTRY_SWEEP)?;
         for (which, groups) in [(0i64, p.b_groups), (1i64, p.c_groups)] {
             if let Some(groups) = groups {
                 let elements = g.rows * groups * n * p.dims.seqlen;
@@ -1189,10 +1191,8 @@ impl ScanBwdPlan {
                 unsafe { b3.launch(reduce(elements)) }.map_err(|e| fail(ENTRY_REDUCE_BC, e))?;
             }
         }
-        let mut b4 = stream.launch_builder(&self.reduce_params.func);
-        b4.arg(&args);
-        unsafe { b4.launch(reduce(p.dims.d_inner * (3 * n + 2))) }
-            .map_err(|e| fail(ENTRY_REDUCE_PARAMS, e))?;
+        let cfg = reduce(p.dims.d_inner * (3 * n + 2));
+        launch_with(&self.reduce_params, &args, cfg, ENTRY_REDUCE_PARAMS)?;
         Ok(())
     }
 }

@@ -225,6 +225,27 @@ pub(crate) fn dtype_define(dtype: DType) -> String {
     .to_string()
 }
 
+/// The `-D` flags both scan kernels (forward and backward) take from the
+/// forward's options, in one place so that the two cannot drift.
+pub(crate) fn option_defines(
+    has_delta_bias: bool,
+    delta_softplus: bool,
+    has_d: bool,
+    has_z: bool,
+    b_const: bool,
+    c_const: bool,
+) -> [(&'static str, String); 6] {
+    let flag = |b: bool| String::from(if b { "1" } else { "0" });
+    [
+        ("SCAN_HAS_BIAS", flag(has_delta_bias)),
+        ("SCAN_SOFTPLUS", flag(delta_softplus)),
+        ("SCAN_HAS_D", flag(has_d)),
+        ("SCAN_HAS_Z", flag(has_z)),
+        ("SCAN_B_CONST", flag(b_const)),
+        ("SCAN_C_CONST", flag(c_const)),
+    ]
+}
+
 /// The options part of a kernel label: `z`, `D`, `b` (delta_bias), `s`
 /// (softplus) for those on, in that order (empty when none).
 pub(crate) fn option_letters(z: bool, d: bool, bias: bool, softplus: bool) -> String {
@@ -490,7 +511,7 @@ impl ScanConfig {
     /// The `-D` defines of `kernels/mamba1/scan_fwd.cu`.
     pub fn defines(&self) -> Vec<(&'static str, String)> {
         let flag = |b: bool| String::from(if b { "1" } else { "0" });
-        vec![
+        let mut defines = vec![
             ("SCAN_DTYPE", dtype_define(self.dtype)),
             ("SCAN_N", self.d_state.to_string()),
             ("SCAN_TPC", self.lanes_per_channel.to_string()),
@@ -502,16 +523,19 @@ impl ScanConfig {
             ("SCAN_EXP_POLY", self.exp_poly.to_string()),
             ("SCAN_ELEM_EXP_POLY", flag(self.elem_exp_poly)),
             ("SCAN_SLICE_MAJOR", flag(self.slice_major)),
-            ("SCAN_HAS_BIAS", flag(self.has_delta_bias)),
-            ("SCAN_SOFTPLUS", flag(self.delta_softplus)),
-            ("SCAN_HAS_D", flag(self.has_d)),
-            ("SCAN_HAS_Z", flag(self.has_z)),
-            ("SCAN_B_CONST", flag(self.b_const)),
-            ("SCAN_C_CONST", flag(self.c_const)),
             ("SCAN_VEC_IO", flag(self.vec_io)),
             ("SCAN_CKPT_BT", self.ckpt_tile.to_string()),
             ("SCAN_CKPT_STATIC", flag(self.ckpt_static)),
-        ]
+        ];
+        defines.extend(option_defines(
+            self.has_delta_bias,
+            self.delta_softplus,
+            self.has_d,
+            self.has_z,
+            self.b_const,
+            self.c_const,
+        ));
+        defines
     }
 
     /// A short stable name, e.g. `bf16.n16.tpc4.t32.p0.zDbs.vec`.
