@@ -273,6 +273,25 @@ int main(int argc, char** argv) {
     const size_t smem = SCAN_SM_FLOATS * 4;
     emu::launch(grid, SCAN_CK_THREADS, SCAN_CKPT_FLOATS * 4, [&] { mamba1_scan_bwd_ckpt(a); });
     bool ok = true;
+#ifdef SCAN_SL_NPT
+    // The slice-major checkpoint kernel (on the sweep's blocks of 32 channels):
+    // bit for bit the lanes kernel's checkpoints; the sweep then reads its own.
+    {
+        std::vector<float> ckpt_sm(ckpt.size(), nan);
+        ScanBwdArgs s = a;
+        s.ckpt = ckpt_sm.data();
+        s.blocks_per_seg = sw_bps_seg, s.blocks_per_seq = sw_bps;
+        emu::launch((unsigned)(seqs * sw_bps), SCAN_SL_THREADS, SCAN_SL_CKPT_FLOATS * 4,
+                    [&] { mamba1_scan_bwd_ckpt_sm(s); });
+        const bool same = std::memcmp(ckpt.data(), ckpt_sm.data(), ckpt.size() * sizeof(float)) == 0;
+        std::printf("%-16s %s\n", "ckpt (slices)",
+                    same ? "bit-identical to the lanes checkpoint kernel's: ok"
+                         : "DIFFER from the lanes checkpoint kernel's: FAILED");
+        ok &= same;
+        ckpt = ckpt_sm;
+        a.ckpt = ckpt.data();
+    }
+#endif
 #ifdef SCAN_EMU_WITH_FWD
     // The training forward's checkpoints, bit for bit the kernel's (slots
     // neither writes keep the same NaN in both); the sweep then reads them.

@@ -28,6 +28,11 @@
 //   bc    [2][BT][G*NP]          B/C rows, interleaved per state (as the lanes sweep)
 //   part  [3][SLICES][BT][RS]    per slice: y, <lam, B>, <A log2e, w>
 //   dbc   [SLICES][M][BT + 1]    the warp's dB/dC sums of the tile (M = G*NPT)
+//
+// mamba1_scan_bwd_ckpt_sm (v5.1) writes the checkpoints in the same geometry
+// (lane = channel, warp = slice), in place of mamba1_scan_bwd_ckpt: the same
+// recurrence per state in the same order, so the same bits (the emulated check
+// compares the two), with B read as broadcasts and dt, dt*u as rows.
 #ifdef SCAN_SL_NPT
 #if !defined(SCAN_SL_SLICES) || !defined(SCAN_SL_KEEP) || !defined(SCAN_SL_MIN_BLOCKS)
 #error "the slice-major sweep needs SCAN_SL_SLICES, SCAN_SL_KEEP and SCAN_SL_MIN_BLOCKS"
@@ -55,6 +60,13 @@
 #error "SCAN_SL_SMEM_BYTES differs from the slice-major sweep's layout"
 #endif
 #define SCAN_SL_ROW_ITERS ((SCAN_SL_NP * SCAN_BT + SCAN_SL_THREADS - 1) / SCAN_SL_THREADS)
+// The checkpoint kernel's shared memory: [2][dt, dt*u][BT][RS] and, grouped B,
+// [2][BT][NP] rows of B.
+#define SCAN_SL_CK_B_FLOATS (SCAN_B_CONST ? 0 : SCAN_R4(SCAN_BT * SCAN_SL_NP))
+#define SCAN_SL_CKPT_FLOATS (2 * 2 * SCAN_SL_PLANE + 2 * SCAN_SL_CK_B_FLOATS)
+#if defined(SCAN_SL_CKPT_SMEM_BYTES) && SCAN_SL_CKPT_SMEM_BYTES != SCAN_SL_CKPT_FLOATS * 4
+#error "SCAN_SL_CKPT_SMEM_BYTES differs from the slice-major checkpoint kernel's layout"
+#endif
 
 struct alignas(8) bw_w2 {
     unsigned x, y;
@@ -616,5 +628,132 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
         }
     }
 #endif
+}
+
+// ---- the checkpoints, slice-major (v5.1). One barrier per tile, as
+// mamba1_scan_bwd_ckpt: tile k+1 is staged into the other buffer after tile k's
+// steps, its loads in flight during them.
+extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, 8)
+    mamba1_scan_bwd_ckpt_sm(const ScanBwdArgs args) {
+#ifndef SSM_EMULATE
+    extern __shared__ __align__(16) unsigned char scan_smem[];
+#else
+    unsigned char* scan_smem = emu::shared_memory();
+#endif
+    float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][2][BT][RS]: dt, dt*u
+#if !SCAN_B_CONST
+    float* s_B = s_el + 4 * SCAN_SL_PLANE;  // [2][BT][NP]
+#endif
+    const long long L = args.seqlen, Din = args.d_inner;
+    const BwBlock blk = bw_block_of<32>(args, blockIdx.x);
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, slice = tid >> 5;
+    const long long chan = blk.c0 + lane;
+    const bool live = lane < blk.nch;
+    const int ech = tid / SCAN_SL_SLICES;
+    const int t0 = (tid % SCAN_SL_SLICES) * SCAN_SL_IPT;
+    const bool elive = ech < blk.nch;
+    const long long echan = blk.c0 + ech;
+#if SCAN_HAS_BIAS
+    const float ebias = elive ? args.delta_bias[echan] : 0.0f;
+#endif
+
+    float A2[SCAN_SL_NPT], h[SCAN_SL_NPT];
+#if SCAN_B_CONST
+    float Breg[SCAN_SL_NPT];
+#endif
+#pragma unroll
+    for (int i = 0; i < SCAN_SL_NPT; ++i) {
+        const int n = slice * SCAN_SL_NPT + i;
+        const bool real = live && n < SCAN_N;
+        A2[i] = real ? args.A[chan * SCAN_N + n] * SSM_LOG2E : 0.0f;
+        h[i] = (real && args.initial_states != nullptr)
+                   ? args.initial_states[(blk.seq * Din + chan) * SCAN_N + n]
+                   : 0.0f;
+#if SCAN_B_CONST
+        Breg[i] = real ? bw_load(args.B, chan * SCAN_N + n) : 0.0f;
+#endif
+    }
+    const long long len = blk.hi - blk.lo;
+    const long long tiles = (len + SCAN_BT - 1) / SCAN_BT;
+    float* ck = args.ckpt + ((blk.row * Din + chan) * args.ckpt_slots + blk.slot0) * SCAN_N +
+                slice * SCAN_SL_NPT;
+#if !SCAN_B_CONST
+    const scan_elem_t* Bsrc = args.B + ((blk.row * args.groups_b + blk.gb) * SCAN_N) * L;
+    float qB[SCAN_SL_ROW_ITERS];
+#endif
+    BwRun<SCAN_SL_IPT> qx, qu;
+    int qvalid = 0;
+    auto fetch = [&](long long start) {
+        const long long pos = start + t0;
+        const long long left = blk.hi - pos;
+        qvalid = !elive || left <= 0 ? 0 : (left < SCAN_SL_IPT ? (int)left : SCAN_SL_IPT);
+        const long long at = qvalid > 0 ? (blk.row * Din + echan) * L + pos : 0;
+        qx.load(args.delta + at, qvalid);
+        qu.load(args.u + at, qvalid);
+#if !SCAN_B_CONST
+        bw_fetch_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(qB, Bsrc, start, blk.hi, L);
+#endif
+    };
+    auto stage = [&](int buf) {
+        float* el = s_el + buf * 2 * SCAN_SL_PLANE + ech;
+#pragma unroll
+        for (int i = 0; i < SCAN_SL_IPT; ++i) {
+            float dt = 0.0f, dtu = 0.0f;
+            if (i < qvalid) {
+                float x = qx.get(i);
+#if SCAN_HAS_BIAS
+                x += ebias;
+#endif
+                dt = bw_dt(x);
+                dtu = dt * qu.get(i);
+            }
+            el[(t0 + i) * SCAN_SL_RS] = dt;
+            el[SCAN_SL_PLANE + (t0 + i) * SCAN_SL_RS] = dtu;
+        }
+#if !SCAN_B_CONST
+        bw_put_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(s_B + buf * SCAN_SL_CK_B_FLOATS,
+                                                                    SCAN_SL_NP, 1, qB);
+#endif
+    };
+    if (tiles > 0) {
+        fetch(blk.lo);
+        stage(0);
+    }
+    for (long long k = 0; k < tiles; ++k) {
+        const int buf = (int)(k & 1);
+        const long long start = blk.lo + k * SCAN_BT;
+        __syncthreads();  // tile k staged; tile k-1's reads of the other buffer done
+        if (k + 1 < tiles) fetch(start + SCAN_BT);
+        if (live) {
+            if (SCAN_SL_NP == SCAN_N) {
+                // Whole rows: the slice's states are contiguous and aligned to
+                // NPT floats (the slot's offset is a multiple of N = SLICES NPT).
+                bw_put<SCAN_SL_NPT>(ck + k * SCAN_N, h);
+            } else {
+#pragma unroll
+                for (int i = 0; i < SCAN_SL_NPT; ++i)
+                    if (slice * SCAN_SL_NPT + i < SCAN_N) ck[k * SCAN_N + i] = h[i];
+            }
+        }
+        const float* el = s_el + buf * 2 * SCAN_SL_PLANE + lane;
+#if !SCAN_B_CONST
+        const float* brow = s_B + buf * SCAN_SL_CK_B_FLOATS + slice * SCAN_SL_NPT;  // warp-uniform
+#endif
+#pragma unroll
+        for (int t = 0; t < SCAN_BT; ++t) {
+            const float dt = el[t * SCAN_SL_RS], dtu = el[SCAN_SL_PLANE + t * SCAN_SL_RS];
+#if SCAN_B_CONST
+            const float* b = Breg;
+#else
+            float b[SCAN_SL_NPT];
+            bw_get<SCAN_SL_NPT>(b, brow + t * SCAN_SL_NP);
+#endif
+#pragma unroll
+            for (int i = 0; i < SCAN_SL_NPT; ++i)
+                h[i] = fmaf(ssm_exp2_ftz(dt * A2[i]), h[i], dtu * b[i]);
+        }
+        if (k + 1 < tiles) stage(buf ^ 1);
+    }
 }
 #endif  // SCAN_SL_NPT

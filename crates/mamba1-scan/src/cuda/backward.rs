@@ -36,6 +36,7 @@ use super::launch::{
 
 pub(crate) static SCAN_BWD_SOURCE: KernelSource = ssm_gpu::kernel_source!("mamba1/scan_bwd.cu");
 const ENTRY_CKPT: &str = "mamba1_scan_bwd_ckpt";
+const ENTRY_CKPT_SLICES: &str = "mamba1_scan_bwd_ckpt_sm";
 const ENTRY_SWEEP: &str = "mamba1_scan_bwd";
 const ENTRY_SWEEP_SLICES: &str = "mamba1_scan_bwd_sm";
 const ENTRY_REDUCE_BC: &str = "mamba1_scan_bwd_reduce_bc";
@@ -255,7 +256,10 @@ impl BwdConfig {
             },
             ..config
         };
-        let smem = config.sweep_smem_bytes().max(config.ckpt_smem_bytes());
+        let smem = config
+            .sweep_smem_bytes()
+            .max(config.ckpt_kernel().2)
+            .max(config.ckpt_smem_bytes());
         if !limits.smem_fits_block(smem) {
             return Err(unsupported(format!(
                 "the backward's {smem} bytes of shared memory per block (the device allows {})",
@@ -278,6 +282,34 @@ impl BwdConfig {
         match self.sweep {
             Sweep::Lanes => self.threads,
             Sweep::Slices { slices, .. } => 32 * slices,
+        }
+    }
+
+    /// The checkpoint kernel that runs with this sweep: its entry point,
+    /// threads per block and dynamic shared memory. The slice-major sweep comes
+    /// with a slice-major checkpoint kernel (v5.1) on the sweep's blocks; the
+    /// lanes sweep with `mamba1_scan_bwd_ckpt`.
+    pub fn ckpt_kernel(&self) -> (&'static str, usize, usize) {
+        match self.sweep {
+            Sweep::Lanes => (ENTRY_CKPT, self.ckpt_threads(), self.ckpt_smem_bytes()),
+            Sweep::Slices { slices, states, .. } => {
+                let r4 = |x: usize| x.div_ceil(4) * 4;
+                let plane = self.tile * 36;
+                let rows = if self.b_const {
+                    0
+                } else {
+                    r4(self.tile * slices * states)
+                };
+                (ENTRY_CKPT_SLICES, 32 * slices, (4 * plane + 2 * rows) * 4)
+            }
+        }
+    }
+
+    /// Channels one block of the checkpoint kernel that runs covers.
+    fn ckpt_kernel_channels_per_block(&self) -> usize {
+        match self.sweep {
+            Sweep::Lanes => self.channels_per_block(),
+            Sweep::Slices { .. } => 32,
         }
     }
 
@@ -410,6 +442,7 @@ impl BwdConfig {
                 ("SCAN_SL_KEEP", flag(keep_decays)),
                 ("SCAN_SL_MIN_BLOCKS", min_blocks.to_string()),
                 ("SCAN_SL_SMEM_BYTES", self.sweep_smem_bytes().to_string()),
+                ("SCAN_SL_CKPT_SMEM_BYTES", self.ckpt_kernel().2.to_string()),
             ]);
         }
         defines
@@ -417,18 +450,7 @@ impl BwdConfig {
 
     /// A short stable name, e.g. `bf16.n16.tpc8.bt16.zDbs`.
     pub fn label(&self) -> String {
-        let opts = option_letters(
-            self.has_z,
-            self.has_d,
-            self.has_delta_bias,
-            self.delta_softplus,
-        );
-        let bc = match (self.b_const, self.c_const) {
-            (false, false) => "",
-            (true, true) => ".bcconst",
-            (true, false) => ".bconst",
-            (false, true) => ".cconst",
-        };
+        let (opts, bc) = self.option_label();
         // 5 blocks per SM (96 registers) is the one register cap that is not
         // implied by the rest of the label.
         let b5 = match self.min_blocks {
@@ -442,7 +464,6 @@ impl BwdConfig {
         } else {
             ""
         };
-        let opts = if opts.is_empty() { "bare" } else { &opts };
         match self.sweep {
             Sweep::Lanes => format!(
                 "{}.n{}.tpc{}.bt{}.{opts}{bc}{b5}{ckfwd}",
@@ -466,6 +487,23 @@ impl BwdConfig {
                 self.tile,
             ),
         }
+    }
+
+    /// The options and B/C layout parts of a label: e.g. `zDbs`, `.bconst`.
+    fn option_label(&self) -> (String, &'static str) {
+        let opts = option_letters(
+            self.has_z,
+            self.has_d,
+            self.has_delta_bias,
+            self.delta_softplus,
+        );
+        let bc = match (self.b_const, self.c_const) {
+            (false, false) => "",
+            (true, true) => ".bcconst",
+            (true, false) => ".bconst",
+            (false, true) => ".cconst",
+        };
+        (if opts.is_empty() { "bare".into() } else { opts }, bc)
     }
 
     /// The four kernels of this configuration as [`KernelVariant`]s.
@@ -495,6 +533,7 @@ impl BwdConfig {
                 };
                 variants.push(form.variant("sweep_sm", ENTRY_SWEEP_SLICES));
             }
+            variants.push(self.variant("ckpt_sm", ENTRY_CKPT_SLICES));
         }
         if self.min_blocks == 4 && self.has_five_block_form() {
             let five = BwdConfig {
@@ -518,7 +557,8 @@ impl BwdConfig {
     fn variant(&self, what: &str, entry: &'static str) -> KernelVariant {
         // The kernels do not depend on where the checkpoints come from, and
         // only the slice-major sweep on its form (the others keep the lanes
-        // sweep's names and budgets).
+        // sweep's names and budgets; the slice-major checkpoints depend on the
+        // slices alone).
         let kernels = BwdConfig {
             forward_checkpoints: false,
             sweep: if entry == ENTRY_SWEEP_SLICES {
@@ -528,8 +568,20 @@ impl BwdConfig {
             },
             ..*self
         };
+        let label = match (entry, self.sweep) {
+            (ENTRY_CKPT_SLICES, Sweep::Slices { slices, states, .. }) => {
+                let (opts, bc) = self.option_label();
+                format!(
+                    "{}.n{}.sm{slices}x{states}.bt{}.{opts}{bc}",
+                    self.dtype.name(),
+                    self.d_state,
+                    self.tile
+                )
+            }
+            _ => kernels.label(),
+        };
         KernelVariant::new(
-            format!("mamba1.scan_bwd_{what}.{}", kernels.label()),
+            format!("mamba1.scan_bwd_{what}.{label}"),
             SCAN_BWD_SOURCE,
             entry,
             self.defines(),
@@ -613,7 +665,7 @@ impl Geometry {
         let seg_channels = problem.seg_channels();
         let segs = problem.dims.d_inner / seg_channels;
         let blocks_per_seg = seg_channels.div_ceil(config.sweep_channels_per_block());
-        let ckpt_blocks_per_seg = seg_channels.div_ceil(config.channels_per_block());
+        let ckpt_blocks_per_seg = seg_channels.div_ceil(config.ckpt_kernel_channels_per_block());
         let l = problem.dims.seqlen;
         let (rows, ckpt_slots) = match problem.varlen_seqs {
             // Sequence s's tiles take slots from lo / BT + s on (scan_bwd.cu, bw_block).
@@ -844,14 +896,15 @@ impl ScanBwdPlan {
         let ckpt_grid = blocks(geometry.ckpt_blocks_per_seq)?;
         let defines = config.defines();
         let load = |entry: &str| gpu.kernel(&SCAN_BWD_SOURCE, entry, &defines);
-        let mut ckpt = load(ENTRY_CKPT)?;
+        let (ckpt_entry, _, ckpt_smem) = config.ckpt_kernel();
+        let mut ckpt = load(ckpt_entry)?;
         let mut sweep = load(match config.sweep {
             Sweep::Lanes => ENTRY_SWEEP,
             Sweep::Slices { .. } => ENTRY_SWEEP_SLICES,
         })?;
         // Past the 48 KiB default a kernel opts in (selection checked the limit).
         for (kernel, smem) in [
-            (&mut ckpt, config.ckpt_smem_bytes()),
+            (&mut ckpt, ckpt_smem),
             (&mut sweep, config.sweep_smem_bytes()),
         ] {
             if smem > 48 * 1024 {
@@ -882,10 +935,10 @@ impl ScanBwdPlan {
     pub fn kernels(&self) -> Vec<(&Kernel, u32, u32)> {
         let threads = self.config.sweep_threads() as u32;
         let smem = self.config.sweep_smem_bytes() as u32;
-        let ckpt_smem = self.config.ckpt_smem_bytes() as u32;
+        let (_, ckpt_threads, ckpt_smem) = self.config.ckpt_kernel();
         let mut k = Vec::new();
         if !self.config.forward_checkpoints {
-            k.push((&self.ckpt, self.config.ckpt_threads() as u32, ckpt_smem));
+            k.push((&self.ckpt, ckpt_threads as u32, ckpt_smem as u32));
         }
         k.push((&self.sweep, threads, smem));
         for grouped in [self.problem.b_groups, self.problem.c_groups] {
@@ -1169,12 +1222,9 @@ impl ScanBwdPlan {
             unsafe { b.launch(cfg) }.map_err(|e| fail(entry, e))
         };
         if !self.config.forward_checkpoints {
-            let cfg = tiled(
-                self.ckpt_grid,
-                self.config.ckpt_threads(),
-                self.config.ckpt_smem_bytes(),
-            );
-            launch_with(&self.ckpt, &ckpt_args, cfg, ENTRY_CKPT)?;
+            let (entry, threads, smem) = self.config.ckpt_kernel();
+            let cfg = tiled(self.ckpt_grid, threads, smem);
+            launch_with(&self.ckpt, &ckpt_args, cfg, entry)?;
         }
         let cfg = tiled(
             self.grid,
