@@ -13,179 +13,21 @@ use half::{bf16, f16};
 use mamba1_scan::cpu::selective_scan_blocked;
 use mamba1_scan::decode_cpu::decode_step_cpu;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
+use rand::SeedableRng;
 use ssm_core::decode::Mamba1StepParams;
 use ssm_core::element::{round_slice, widen};
-use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::math::softplus_f32;
+use ssm_core::mamba1::SelectiveScanParams;
 use ssm_core::tolerance::{compare, rel_l2_budget, state_budget, Comparison};
 use ssm_core::{Element, SsmError};
 
 // ------------------------------------------------------------------ problems
 
-/// Shape and options of one scan problem.
-#[derive(Clone, Debug)]
-struct Case {
-    dims: Mamba1Dims,
-    /// `Some(G)`: `(b, G, N, L)`; `None`: constant `(D_in, N)`.
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    d: bool,
-    z: bool,
-    delta_bias: bool,
-    softplus: bool,
-    initial_states: bool,
-    final_states: bool,
-    cu_seqlens: Option<Vec<i64>>,
-    /// Step sizes up to 10 instead of the trained range around 0.02.
-    large_dt: bool,
-}
-
-impl Case {
-    fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
-        Case {
-            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
-            b_groups: Some(1),
-            c_groups: Some(1),
-            d: false,
-            z: false,
-            delta_bias: false,
-            softplus: false,
-            initial_states: false,
-            final_states: true,
-            cu_seqlens: None,
-            large_dt: false,
-        }
-    }
-
-    fn all_options(mut self) -> Self {
-        self.d = true;
-        self.z = true;
-        self.delta_bias = true;
-        self.softplus = true;
-        self.initial_states = true;
-        self.final_states = true;
-        self
-    }
-
-    fn groups(mut self, b: Option<usize>, c: Option<usize>) -> Self {
-        self.b_groups = b;
-        self.c_groups = c;
-        self
-    }
-
-    fn state_rows(&self) -> usize {
-        self.cu_seqlens
-            .as_ref()
-            .map_or(self.dims.batch, |cu| cu.len() - 1)
-    }
-}
-
-/// The f32 draw of a problem.
-struct Data {
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    d: Option<Vec<f32>>,
-    z: Option<Vec<f32>>,
-    delta_bias: Option<Vec<f32>>,
-    initial_states: Option<Vec<f32>>,
-}
-
-fn randn(rng: &mut StdRng) -> f32 {
-    StandardNormal.sample(rng)
-}
-
-fn randn_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| randn(rng)).collect()
-}
-
-impl Data {
-    fn generate(case: &Case, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let (batch, d_inner, d_state) = (case.dims.batch, case.dims.d_inner, case.dims.d_state);
-        let seqlen = case.dims.seqlen;
-        let bdl = batch * d_inner * seqlen;
-        let bc_len =
-            |g: Option<usize>| g.map_or(d_inner * d_state, |g| batch * g * d_state * seqlen);
-        // Pre-activations when the scan applies softplus itself, step sizes otherwise.
-        let delta = (0..bdl)
-            .map(|_| {
-                let pre = if case.large_dt {
-                    rng.random_range(-4.0f32..10.0)
-                } else {
-                    randn(&mut rng) - 4.0
-                };
-                if case.softplus {
-                    pre
-                } else {
-                    softplus_f32(pre)
-                }
-            })
-            .collect();
-        Data {
-            u: randn_vec(&mut rng, bdl),
-            delta,
-            // A = -exp(randn) in about [-7.4, -0.1]: short and long memories.
-            a: (0..d_inner * d_state)
-                .map(|_| -randn(&mut rng).clamp(-2.3, 2.0).exp())
-                .collect(),
-            b: randn_vec(&mut rng, bc_len(case.b_groups)),
-            c: randn_vec(&mut rng, bc_len(case.c_groups)),
-            d: case.d.then(|| randn_vec(&mut rng, d_inner)),
-            z: case.z.then(|| randn_vec(&mut rng, bdl)),
-            delta_bias: case
-                .delta_bias
-                .then(|| (0..d_inner).map(|_| 0.5 * randn(&mut rng)).collect()),
-            initial_states: case
-                .initial_states
-                .then(|| randn_vec(&mut rng, case.state_rows() * d_inner * d_state)),
-        }
-    }
-}
-
-/// The tensor inputs rounded to `T` (parameters and states stay f32).
-struct Rounded<T> {
-    u: Vec<T>,
-    delta: Vec<T>,
-    b: Vec<T>,
-    c: Vec<T>,
-    z: Option<Vec<T>>,
-}
-
-impl<T: Element> Rounded<T> {
-    fn new(data: &Data) -> Self {
-        Rounded {
-            u: round_slice(&data.u),
-            delta: round_slice(&data.delta),
-            b: round_slice(&data.b),
-            c: round_slice(&data.c),
-            z: data.z.as_deref().map(round_slice),
-        }
-    }
-
-    fn params<'a>(&'a self, case: &'a Case, data: &'a Data) -> SelectiveScanParams<'a, T> {
-        let mut p = SelectiveScanParams::new(
-            case.dims,
-            &self.u,
-            &self.delta,
-            &data.a,
-            BcInput::from_groups(case.b_groups, &self.b),
-            BcInput::from_groups(case.c_groups, &self.c),
-        )
-        .with_delta_softplus(case.softplus)
-        .with_final_states(case.final_states);
-        p.d = data.d.as_deref();
-        p.z = self.z.as_deref();
-        p.delta_bias = data.delta_bias.as_deref();
-        p.initial_states = data.initial_states.as_deref();
-        p.cu_seqlens = case.cu_seqlens.as_deref();
-        p
-    }
-}
+// Shape and options of a problem (`Case`), its f32 draw (`Data`) and its
+// tensors rounded to the element type under test (`Rounded`): the backward
+// tests' generator, so forward and backward are judged on the same inputs.
+#[path = "support/scan_backward.rs"]
+mod support;
+use support::{randn, randn_vec, Case, Data, Rounded};
 
 // ------------------------------------------------------------------ checks
 
@@ -299,9 +141,9 @@ fn grouped_b_and_c() {
 fn varlen_with_empty_and_single_step_sequences() {
     let mut case = Case::plain(1, 16, 8, 50).all_options();
     // Empty first sequence, a long one, one of length 1, an empty one, the rest.
-    case.cu_seqlens = Some(vec![0, 0, 17, 18, 18, 50]);
+    case.cu = Some(vec![0, 0, 17, 18, 18, 50]);
     check_all_dtypes("varlen, all options", &case, 9, 7);
-    case.initial_states = false;
+    case.h0 = false;
     case = case.groups(Some(2), Some(2));
     check_all_dtypes("varlen, no h0", &case, 10, 16);
 }
@@ -350,7 +192,7 @@ fn empty_sequence_returns_initial_states() {
     let inputs = Rounded::<f32>::new(&data);
     let got = selective_scan_blocked(&inputs.params(&case, &data), 4).unwrap();
     assert!(got.out.is_empty());
-    assert_eq!(got.final_states.as_deref(), data.initial_states.as_deref());
+    assert_eq!(got.final_states.as_deref(), Some(&data.h0[..]));
 }
 
 #[test]
@@ -368,7 +210,7 @@ fn result_does_not_depend_on_blocking_or_threads() {
     let mut case = Case::plain(1, 40, 5, 45)
         .all_options()
         .groups(Some(5), Some(5));
-    case.cu_seqlens = Some(vec![0, 20, 20, 21, 45]);
+    case.cu = Some(vec![0, 20, 20, 21, 45]);
     let data = Data::generate(&case, 19);
     let inputs = Rounded::<bf16>::new(&data);
     let p = inputs.params(&case, &data);
@@ -541,20 +383,12 @@ fn decode_continues_the_scan_exactly() {
     let full = selective_scan_blocked(&inputs.params(&case, &data), 8).unwrap();
 
     // The first len - 1 steps, then the last one as a decode step.
-    let mut prefix_case = case.clone();
-    prefix_case.dims.seqlen = len - 1;
-    let rows = |v: &[bf16], row_len: usize, keep: usize| -> Vec<bf16> {
-        v.chunks(row_len).flat_map(|r| r[..keep].to_vec()).collect()
-    };
+    // Rounding is per element: the window of the f32 draw, rounded, is the
+    // window of the rounded tensors.
+    let (prefix_case, prefix_data) = data.window(&case, 0..len - 1, 0..2);
+    let prefix = Rounded::<bf16>::new(&prefix_data);
     let last = |v: &[bf16]| -> Vec<bf16> { v.chunks(len).map(|r| r[len - 1]).collect() };
-    let prefix = Rounded::<bf16> {
-        u: rows(&inputs.u, len, len - 1),
-        delta: rows(&inputs.delta, len, len - 1),
-        b: rows(&inputs.b, len, len - 1),
-        c: rows(&inputs.c, len, len - 1),
-        z: inputs.z.as_deref().map(|z| rows(z, len, len - 1)),
-    };
-    let mut state = selective_scan_blocked(&prefix.params(&prefix_case, &data), 8)
+    let mut state = selective_scan_blocked(&prefix.params(&prefix_case, &prefix_data), 8)
         .unwrap()
         .final_states
         .unwrap();
@@ -564,12 +398,12 @@ fn decode_continues_the_scan_exactly() {
         last(&inputs.delta),
         last(&inputs.b),
         last(&inputs.c),
-        last(inputs.z.as_deref().unwrap()),
+        last(&inputs.z),
     );
     let mut p = Mamba1StepParams::new(2, d_inner, d_state, groups, &x, &dt, &data.a, &b, &c);
-    p.d = data.d.as_deref();
+    p.d = Some(&data.d);
     p.z = Some(&z);
-    p.dt_bias = data.delta_bias.as_deref();
+    p.dt_bias = Some(&data.bias);
     p.dt_softplus = true;
     let step = decode_step_cpu(&p, &mut state).unwrap();
 

@@ -1,6 +1,7 @@
-//! Random problems and incoming gradients of the Mamba-1 backward tests
-//! (`backward_properties.rs` on the CPU, `gpu_scan_backward.rs` on CUDA): one
-//! generator, so both judge the same kind of input.
+//! Random problems and incoming gradients of the Mamba-1 tests
+//! (`cpu_vs_reference.rs` and `backward_properties.rs` on the CPU,
+//! `gpu_scan_backward.rs` on CUDA): one generator, so all judge the same kind
+//! of input.
 #![allow(dead_code)]
 
 use std::ops::Range;
@@ -26,31 +27,43 @@ pub struct Case {
     pub h0: bool,
     pub final_states: bool,
     pub cu: Option<Vec<i64>>,
+    /// Step sizes up to 10 instead of the trained range around 0.02.
     pub large_dt: bool,
 }
 
 impl Case {
-    /// Every option on (D, z, bias, softplus, initial and final states), B and
-    /// C grouped with one group.
-    pub fn all(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+    /// No option but the final states, B and C grouped with one group.
+    pub fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
         Case {
-            dims: Mamba1Dims {
-                batch,
-                d_inner,
-                d_state,
-                seqlen,
-            },
+            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
             b_groups: Some(1),
             c_groups: Some(1),
-            d: true,
-            z: true,
-            bias: true,
-            softplus: true,
-            h0: true,
+            d: false,
+            z: false,
+            bias: false,
+            softplus: false,
+            h0: false,
             final_states: true,
             cu: None,
             large_dt: false,
         }
+    }
+
+    /// Every option on (D, z, bias, softplus, initial and final states), B and
+    /// C grouped with one group.
+    pub fn all(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+        Self::plain(batch, d_inner, d_state, seqlen).all_options()
+    }
+
+    /// Every option on, the B and C layouts kept.
+    pub fn all_options(mut self) -> Self {
+        self.d = true;
+        self.z = true;
+        self.bias = true;
+        self.softplus = true;
+        self.h0 = true;
+        self.final_states = true;
+        self
     }
 
     pub fn groups(mut self, b: Option<usize>, c: Option<usize>) -> Self {
