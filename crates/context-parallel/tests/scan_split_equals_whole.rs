@@ -12,7 +12,7 @@ use ssm_context_parallel::{
     scan_backward_cp, scan_forward_cp, Communicator, CpError, Exchange, Segment, ThreadComm,
 };
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::{ScanGrads, ScanOutput};
+use ssm_core::ScanGrads;
 use support::*;
 
 #[derive(Clone, Debug)]
@@ -238,52 +238,77 @@ fn segment<'a>(s: &Spec, d: &'a Data, rank: usize) -> Segment<'a> {
     }
 }
 
-type Split = (Vec<ScanOutput<f32, f32>>, Vec<ScanGrads<f32, f32>>);
+/// One case: its spec and its draw.
+struct Problem {
+    s: Spec,
+    d: Data,
+}
 
-fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
-    let backend = Backend::Cpu(CpuOptions { block_len: s.block });
-    let opts = cp_options(s.exchange, s.add);
-    let results = ThreadComm::run(s.ranks, |comm| {
+impl Problem {
+    fn new(s: Spec) -> Self {
+        let d = data(&s);
+        Problem { s, d }
+    }
+
+    fn backend(&self) -> Backend<'static> {
+        Backend::Cpu(CpuOptions {
+            block_len: self.s.block,
+        })
+    }
+}
+
+impl SplitCase for Problem {
+    type Grads = ScanGrads<f32, f32>;
+
+    fn ranks(&self) -> usize {
+        self.s.ranks
+    }
+
+    fn whole(&self) -> (Forward, Self::Grads) {
+        let (s, d) = (&self.s, &self.d);
+        let p = whole_params(s, d);
+        let whole = selective_scan(&p, self.backend()).unwrap();
+        let whole_g =
+            selective_scan_backward(&p, &d.d_out, d.d_final.as_deref(), self.backend()).unwrap();
+        (whole, whole_g)
+    }
+
+    fn on_rank(&self, comm: &ThreadComm) -> Result<(Forward, Self::Grads), CpError> {
+        let (s, d) = (&self.s, &self.d);
+        let opts = cp_options(s.exchange, s.add);
         let rank = comm.rank();
         let l = local(s, d, rank);
         let p = local_params(s, d, &l, rank);
         let seg = segment(s, d, rank);
-        let fwd = scan_forward_cp(&p, &seg, comm, backend, opts)?;
+        let fwd = scan_forward_cp(&p, &seg, comm, self.backend(), opts)?;
         let bwd = scan_backward_cp(
             &p,
             &seg,
             &l.d_out,
             d.d_final.as_deref(),
             comm,
-            backend,
+            self.backend(),
             opts,
         )?;
-        Ok::<_, CpError>((fwd, bwd))
-    });
-    per_rank(results)
+        Ok((fwd, bwd))
+    }
+
+    fn join_out(&self, parts: &[Vec<f32>]) -> Vec<f32> {
+        join_time(parts, &self.d.segs, self.s.batch * self.s.d_inner)
+    }
 }
 
-fn check_split(s: &Spec) -> Result<(), TestCaseError> {
-    let d = data(s);
-    let p = whole_params(s, &d);
-    let backend = Backend::Cpu(CpuOptions { block_len: s.block });
-    let whole = selective_scan(&p, backend).unwrap();
-    let whole_g = selective_scan_backward(&p, &d.d_out, d.d_final.as_deref(), backend).unwrap();
-    let (fwds, bwds) = run_split(s, &d).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+fn check_split(pr: &Problem) -> Result<(), TestCaseError> {
+    let (s, d) = (&pr.s, &pr.d);
+    let p = whole_params(s, d);
+    let (whole, whole_g) = pr.whole();
+    let (fwds, bwds) = run_split(pr)?;
     // Step-by-step recurrences: K = 0 (docs/TOLERANCES.md).
     let budget = f32_budget(0.0);
     let segs = &d.segs;
     let rows = s.batch * s.d_inner;
     let mut checks = Vec::new();
-    let out: Vec<Vec<f32>> = fwds.iter().map(|f| f.out.clone()).collect();
-    checks.push(judge(
-        "out",
-        &widen(&join_time(&out, segs, rows)),
-        &widen(&whole.out),
-        budget,
-        0.0,
-    ));
-    check_final_states(&fwds, &whole, budget, &mut checks)?;
+    judge_forward(pr, &fwds, &whole, budget, &mut checks)?;
     let join = |f: &dyn Fn(&ScanGrads<f32, f32>) -> Vec<f32>, rows| {
         let parts: Vec<Vec<f32>> = bwds.iter().map(f).collect();
         join_time(&parts, segs, rows)
@@ -331,20 +356,12 @@ proptest! {
 
     #[test]
     fn split_equals_whole(s in spec()) {
-        check_split(&s)?;
+        check_split(&Problem::new(s))?;
     }
 
     #[test]
     fn one_rank_is_the_plain_call_bit_for_bit(s in spec()) {
-        let s = Spec { ranks: 1, ..s };
-        let d = data(&s);
-        let p = whole_params(&s, &d);
-        let backend = Backend::Cpu(CpuOptions { block_len: s.block });
-        let whole = selective_scan(&p, backend).unwrap();
-        let whole_g = selective_scan_backward(&p, &d.d_out, d.d_final.as_deref(), backend).unwrap();
-        let (f, g) = run_split(&s, &d).unwrap();
-        prop_assert_eq!(&f[0], &whole);
-        prop_assert_eq!(&g[0], &whole_g);
+        one_rank_is_the_plain_call(&Problem::new(Spec { ranks: 1, ..s }))?;
     }
 }
 
@@ -375,14 +392,11 @@ fn a_long_sequence_over_five_ranks_with_an_empty_one() {
         segs: vec![(0, 9), (9, 9), (9, 20), (20, 31), (31, 37)],
         ..data(&s)
     };
-    let p = whole_params(&s, &d);
-    let whole = selective_scan(&p, Backend::Cpu(CpuOptions { block_len: 5 })).unwrap();
-    let (f, _) = run_split(&s, &d).unwrap();
+    let pr = Problem { s, d };
+    let (whole, _) = pr.whole();
+    let (f, _) = run_split(&pr).unwrap();
     let out: Vec<Vec<f32>> = f.iter().map(|x| x.out.clone()).collect();
-    let c = ssm_core::tolerance::compare(
-        &widen(&join_time(&out, &d.segs, s.batch * s.d_inner)),
-        &widen(&whole.out),
-    );
+    let c = ssm_core::tolerance::compare(&widen(&pr.join_out(&out)), &widen(&whole.out));
     assert!(c.passes(2.0 * f32_budget(0.0)), "{c:?}");
-    check_split(&s).unwrap();
+    check_split(&pr).unwrap();
 }

@@ -10,11 +10,12 @@ mod support;
 use mamba2_ssd::{ssd_backward, ssd_forward, Backend, CpuOptions};
 use proptest::prelude::*;
 use ssm_context_parallel::{
-    ssd_backward_cp, ssd_forward_cp, CpError, CpOptions, Exchange, Segment, ThreadComm,
+    ssd_backward_cp, ssd_forward_cp, Communicator, CpError, CpOptions, Exchange, Segment,
+    ThreadComm,
 };
 use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
 use ssm_core::mamba2_grad::GradRef;
-use ssm_core::{ScanOutput, SsdGrads};
+use ssm_core::SsdGrads;
 use support::*;
 
 #[derive(Clone, Debug)]
@@ -251,34 +252,65 @@ fn segment<'a>(s: &Spec, d: &'a Data, rank: usize) -> Segment<'a> {
     }
 }
 
-type Split = (Vec<ScanOutput<f32, f32>>, Vec<SsdGrads<f32, f32>>);
+/// One case: its spec and its draw.
+struct Problem {
+    s: Spec,
+    d: Data,
+}
 
-fn run_split(s: &Spec, d: &Data) -> Result<Split, CpError> {
-    let backend = Backend::Cpu(CpuOptions {
-        chunk_size: s.chunk,
-    });
-    let opts = cp_options(s.exchange, s.add);
-    let results = ThreadComm::run(s.ranks, |comm| {
+impl Problem {
+    fn new(s: Spec) -> Self {
+        let d = data(&s);
+        Problem { s, d }
+    }
+
+    fn backend(&self) -> Backend<'static> {
+        Backend::Cpu(CpuOptions {
+            chunk_size: self.s.chunk,
+        })
+    }
+}
+
+impl SplitCase for Problem {
+    type Grads = SsdGrads<f32, f32>;
+
+    fn ranks(&self) -> usize {
+        self.s.ranks
+    }
+
+    fn whole(&self) -> (Forward, Self::Grads) {
+        let (s, d) = (&self.s, &self.d);
+        let p = whole_params(s, d);
+        let whole = ssd_forward(&p, self.backend()).unwrap();
+        let whole_g = ssd_backward(&p, &d.d_out, d.d_final.as_deref(), self.backend()).unwrap();
+        (whole, whole_g)
+    }
+
+    fn on_rank(&self, comm: &ThreadComm) -> Result<(Forward, Self::Grads), CpError> {
+        let (s, d) = (&self.s, &self.d);
+        let opts = cp_options(s.exchange, s.add);
         let rank = comm.rank();
         let l = local(s, d, rank);
         let p = local_params(s, d, &l, rank);
         let seg = segment(s, d, rank);
-        let fwd = ssd_forward_cp(&p, &seg, comm, backend, opts)?;
+        let fwd = ssd_forward_cp(&p, &seg, comm, self.backend(), opts)?;
         let bwd = ssd_backward_cp(
             &p,
             &seg,
             &l.d_out,
             d.d_final.as_deref(),
             comm,
-            backend,
+            self.backend(),
             opts,
         )?;
-        Ok::<_, CpError>((fwd, bwd))
-    });
-    per_rank(results)
-}
+        Ok((fwd, bwd))
+    }
 
-use ssm_context_parallel::Communicator;
+    fn join_out(&self, parts: &[Vec<f32>]) -> Vec<f32> {
+        let s = &self.s;
+        join_tokens(parts, &self.d.segs, s.batch, s.heads * s.head_dim)
+    }
+}
 
 fn log_decays(p: &SsdParams<'_, f32>) -> Vec<f64> {
     let d = p.dims;
@@ -293,30 +325,17 @@ fn log_decays(p: &SsdParams<'_, f32>) -> Vec<f64> {
     v
 }
 
-fn check_split(s: &Spec) -> Result<(), TestCaseError> {
-    let d = data(s);
-    let p = whole_params(s, &d);
-    let backend = Backend::Cpu(CpuOptions {
-        chunk_size: s.chunk,
-    });
-    let whole = ssd_forward(&p, backend).unwrap();
-    let whole_g = ssd_backward(&p, &d.d_out, d.d_final.as_deref(), backend).unwrap();
-    let (fwds, bwds) = run_split(s, &d).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+fn check_split(pr: &Problem) -> Result<(), TestCaseError> {
+    let (s, d) = (&pr.s, &pr.d);
+    let p = whole_params(s, d);
+    let (whole, whole_g) = pr.whole();
+    let (fwds, bwds) = run_split(pr)?;
     let (hp, gn) = (s.heads * s.head_dim, s.groups * s.d_state);
     let k = sliding_k(&log_decays(&p), s.len, s.chunk);
     let budget = f32_budget(k);
     let segs = &d.segs;
     let mut checks = Vec::new();
-
-    let out: Vec<Vec<f32>> = fwds.iter().map(|f| f.out.clone()).collect();
-    checks.push(judge(
-        "out",
-        &widen(&join_tokens(&out, segs, s.batch, hp)),
-        &widen(&whole.out),
-        budget,
-        0.0,
-    ));
-    check_final_states(&fwds, &whole, budget, &mut checks)?;
+    judge_forward(pr, &fwds, &whole, budget, &mut checks)?;
 
     // Backward: per-token gradients joined, parameter and state gradients the same on every rank.
     let join = |f: &dyn Fn(&SsdGrads<f32, f32>) -> Vec<f32>, per| {
@@ -362,20 +381,12 @@ proptest! {
 
     #[test]
     fn split_equals_whole(s in spec()) {
-        check_split(&s)?;
+        check_split(&Problem::new(s))?;
     }
 
     #[test]
     fn one_rank_is_the_plain_call_bit_for_bit(s in spec()) {
-        let s = Spec { ranks: 1, ..s };
-        let d = data(&s);
-        let p = whole_params(&s, &d);
-        let backend = Backend::Cpu(CpuOptions { chunk_size: s.chunk });
-        let whole = ssd_forward(&p, backend).unwrap();
-        let whole_g = ssd_backward(&p, &d.d_out, d.d_final.as_deref(), backend).unwrap();
-        let (f, g) = run_split(&s, &d).unwrap();
-        prop_assert_eq!(&f[0], &whole);
-        prop_assert_eq!(&g[0], &whole_g);
+        one_rank_is_the_plain_call(&Problem::new(Spec { ranks: 1, ..s }))?;
     }
 }
 
@@ -405,7 +416,7 @@ fn boundary_inside_a_varlen_sequence() {
         add: true,
         seed: 7,
     };
-    check_split(&s).unwrap();
+    check_split(&Problem::new(s)).unwrap();
 }
 
 #[test]

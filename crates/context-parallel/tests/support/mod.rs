@@ -192,27 +192,73 @@ pub fn cp_options(
     }
 }
 
+/// A forward's result: the output and the final states.
+pub type Forward = ssm_core::ScanOutput<f32, f32>;
+
+/// One family's split == whole case on CPU thread ranks (the scan's, the
+/// SSD's): what the properties both families share need of it.
+pub trait SplitCase: Sync {
+    /// The backward's gradients.
+    type Grads: Send + PartialEq + std::fmt::Debug;
+
+    fn ranks(&self) -> usize;
+
+    /// The plain forward and backward of the whole sequence.
+    fn whole(&self) -> (Forward, Self::Grads);
+
+    /// `comm`'s rank: the context-parallel forward and backward of its segment.
+    fn on_rank(
+        &self,
+        comm: &ssm_context_parallel::ThreadComm,
+    ) -> Result<(Forward, Self::Grads), ssm_context_parallel::CpError>;
+
+    /// Every rank's part of a per-step tensor, in the whole sequence's layout.
+    fn join_out(&self, parts: &[Vec<f32>]) -> Vec<f32>;
+}
+
 /// Every rank's `(forward, backward)` in rank order, or the first rank's error.
-pub fn per_rank<F, B>(
-    results: Vec<Result<(F, B), ssm_context_parallel::CpError>>,
-) -> Result<(Vec<F>, Vec<B>), ssm_context_parallel::CpError> {
+pub fn run_split<C: SplitCase>(
+    case: &C,
+) -> Result<(Vec<Forward>, Vec<C::Grads>), proptest::test_runner::TestCaseError> {
+    let results = ssm_context_parallel::ThreadComm::run(case.ranks(), |comm| case.on_rank(comm));
     let mut fwds = Vec::new();
     let mut bwds = Vec::new();
     for r in results {
-        let (f, b) = r?;
+        let (f, b) = r.map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}")))?;
         fwds.push(f);
         bwds.push(b);
     }
     Ok((fwds, bwds))
 }
 
-/// Every rank got the same final states, judged against the whole call's.
-pub fn check_final_states(
-    fwds: &[ssm_core::ScanOutput<f32, f32>],
-    whole: &ssm_core::ScanOutput<f32, f32>,
+/// One rank: the context-parallel calls give the plain calls' bits.
+pub fn one_rank_is_the_plain_call<C: SplitCase>(
+    case: &C,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let (whole, whole_g) = case.whole();
+    let (f, g) = run_split(case)?;
+    proptest::prop_assert_eq!(&f[0], &whole);
+    proptest::prop_assert_eq!(&g[0], &whole_g);
+    Ok(())
+}
+
+/// The split forward judged against the whole call's: the joined output, and
+/// the final states, which every rank must get the same.
+pub fn judge_forward<C: SplitCase>(
+    case: &C,
+    fwds: &[Forward],
+    whole: &Forward,
     budget: f64,
     checks: &mut Vec<Check>,
 ) -> Result<(), proptest::test_runner::TestCaseError> {
+    let out: Vec<Vec<f32>> = fwds.iter().map(|f| f.out.clone()).collect();
+    checks.push(judge(
+        "out",
+        &widen(&case.join_out(&out)),
+        &widen(&whole.out),
+        budget,
+        0.0,
+    ));
     for f in fwds {
         proptest::prop_assert_eq!(
             &f.final_states,
