@@ -169,10 +169,14 @@ fn sweep_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
-    let (len, pn) = (seq.len(), head_dim * d_state);
-    let a = f64::from(p.a[h]);
-    let block = seq.state * heads + h;
+    let HeadTask {
+        head_dim,
+        d_state,
+        len,
+        pn,
+        a,
+        block,
+    } = io.head_task(seq, h);
     let rate = io.rate(h);
 
     // Forward: states[k + 1] = S_k, states[0] = S_{-1} = initial state.
@@ -259,10 +263,14 @@ fn quadratic_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let (heads, head_dim, d_state) = (p.dims.heads, p.dims.head_dim, p.dims.d_state);
-    let (len, pn) = (seq.len(), head_dim * d_state);
-    let a = f64::from(p.a[h]);
-    let block = seq.state * heads + h;
+    let HeadTask {
+        head_dim,
+        d_state,
+        len,
+        pn,
+        a,
+        block,
+    } = io.head_task(seq, h);
     let mut s0 = vec![0.0; pn];
     load_initial_state(&mut s0, p.initial_states, block);
     let mut g_final = vec![0.0; pn];
@@ -475,6 +483,21 @@ fn assemble<T: Element>(
     }
 }
 
+/// The sizes and decay rate one (sequence, head) works with, the same for both
+/// reverse modes.
+struct HeadTask {
+    head_dim: usize,
+    d_state: usize,
+    /// Tokens in the sequence.
+    len: usize,
+    /// `P * N`, one state.
+    pn: usize,
+    /// `A_h`, as it enters the decays.
+    a: f64,
+    /// The state row `(sequence, h)` of the initial and final states.
+    block: usize,
+}
+
 /// Element accessors in the token-major layouts, widened to f64.
 struct Io<'a, 'p, T> {
     p: &'a SsdParams<'p, T>,
@@ -484,6 +507,17 @@ struct Io<'a, 'p, T> {
 }
 
 impl<T: Element> Io<'_, '_, T> {
+    fn head_task(&self, seq: Sequence, h: usize) -> HeadTask {
+        let d = self.p.dims;
+        HeadTask {
+            head_dim: d.head_dim,
+            d_state: d.d_state,
+            len: seq.len(),
+            pn: d.head_dim * d.d_state,
+            a: f64::from(self.p.a[h]),
+            block: seq.state * d.heads + h,
+        }
+    }
     fn x_index(&self, row: usize, t: usize, h: usize, pi: usize) -> usize {
         let d = self.p.dims;
         ((row * d.seqlen + t) * d.heads + h) * d.head_dim + pi
