@@ -67,6 +67,26 @@ pub(crate) fn assert_close(what: &str, got: &[f64], want: &[f64], budget: f64) {
     );
 }
 
+/// Assert that `second`, run on the second part of a problem from the first
+/// part's final state, continues `full` (the run over the whole): its output is
+/// `tail`, the whole run's output over the second part, and its final states
+/// are the whole run's. The budget allows only the f32 rounding of the
+/// handed-over state, the one difference between the two.
+#[track_caller]
+pub(crate) fn assert_continues(
+    second: &ScanOutput<f64, f64>,
+    tail: &[f64],
+    full: &ScanOutput<f64, f64>,
+) {
+    assert_close("second half", &second.out, tail, 1e-6);
+    assert_close(
+        "final",
+        second.final_states.as_deref().unwrap(),
+        full.final_states.as_deref().unwrap(),
+        1e-6,
+    );
+}
+
 /// A Mamba-1 problem with every option on: grouped B/C, D, z, delta_bias,
 /// softplus, initial states (one row per sequence) and final states.
 #[derive(Clone, Debug)]
