@@ -9,16 +9,8 @@ use ssm_context_parallel::pair::{
 };
 use ssm_context_parallel::{Exchange, Pair, ThreadComm};
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "../../mamba1-scan/tests/support/proptest_cases.rs"]
+mod proptest_cases;
 
 /// Decays in [0, 1] with exact 0 (a sequence start) and 1 (an empty segment) common.
 fn decay() -> impl Strategy<Value = f32> {
@@ -68,7 +60,7 @@ fn close(a: &Pair, want: &(Vec<f64>, Vec<f64>)) -> bool {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_cases::config(64, None))]
 
     #[test]
     fn sequential_and_log_depth_scans_agree(ps in pairs()) {

@@ -23,20 +23,11 @@ use ssm_core::mamba1::Mamba1Dims;
 use ssm_core::{Element, ScanGrads};
 use ssm_reference::mamba1_backward::{selective_scan_backward, selective_scan_backward_magnitudes};
 
+#[path = "support/proptest_cases.rs"]
+mod proptest_cases;
 #[path = "support/scan_backward.rs"]
 mod support;
 use support::{divisors, Case, Data, Rounded};
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Random shapes (N not a power of two, L = 0 and 1, channels past one
 /// 64-channel chunk), independent B and C layouts, every option.
@@ -166,7 +157,7 @@ fn magnitudes<T: Element>(case: &Case, data: &Data) -> ScanGrads<f64, f64> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_cases::config(48, None))]
 
     /// The blocked backward matches the f64 adjoint for any block length, in
     /// every dtype.

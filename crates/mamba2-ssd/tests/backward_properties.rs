@@ -5,6 +5,8 @@
 
 mod backward_support;
 mod cpu_support;
+#[path = "../../mamba1-scan/tests/support/proptest_cases.rs"]
+mod proptest_cases;
 
 use backward_support::{incoming, judge, judge_against, window};
 use cpu_support::{dims, Case, DKind, Options, Steps};
@@ -13,18 +15,6 @@ use mamba2_ssd::backward_cpu::ssd_backward_chunked;
 use mamba2_ssd::cpu::ssd_chunked;
 use proptest::prelude::*;
 use ssm_core::Element;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig {
-        cases,
-        max_shrink_iters: 500,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A random problem: shape, options, steps, seed.
 #[derive(Clone, Debug)]
@@ -134,7 +124,7 @@ fn chunked_equals_adjoint<T: Element>(spec: &Spec, chunk: usize) -> Result<(), T
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_cases::config(64, Some(500)))]
 
     #[test]
     fn chunked_backward_equals_adjoint_f32(spec in spec(), chunk in chunk_size()) {

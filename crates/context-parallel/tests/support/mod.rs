@@ -7,6 +7,9 @@ use rand::{Rng, SeedableRng};
 use ssm_core::tolerance::{compare, rel_l2_budget};
 use ssm_core::DType;
 
+#[path = "../../../mamba1-scan/tests/support/proptest_cases.rs"]
+mod proptest_cases;
+
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
@@ -165,15 +168,7 @@ pub fn l2(v: &[f64]) -> f64 {
 /// The property tests' configuration: 48 cases, `SSM_PROPTEST_CASES=N` for more;
 /// shrinking capped.
 pub fn config() -> proptest::test_runner::Config {
-    let cases = std::env::var("SSM_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    proptest::test_runner::Config {
-        cases,
-        max_shrink_iters: 300,
-        ..proptest::test_runner::Config::default()
-    }
+    proptest_cases::config(48, Some(300))
 }
 
 /// A case's options: its exchange, and the additive pass 2 or the rerun.
