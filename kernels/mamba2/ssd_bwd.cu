@@ -271,6 +271,20 @@ SSD_DEV float block_sum(float v, float* red) {
 #define BWD_SHARED(name, count, off) __shared__ float name[count]
 #endif
 
+// What a (chunk, head) block of stages A + C and E works on, for every version
+// of those kernels (v1 here, v3/v4 in ssd_bwd_tiled.cuh): chunk c, head h and
+// its B/C group g, the chunk's first token and length, and the token strides of
+// the (T, H, P) and (T, G, N) tensors. A macro, as SSD_UNPACK_ARGS, so that the
+// versions decode the grid one way and declare the same locals.
+#define SSD_BWD_CHUNK_HEAD(a)                      \
+    const int H = (a).H, G = (a).G;                \
+    const i64 c = blockIdx.x / H;                  \
+    const int h = blockIdx.x % H;                  \
+    const int g = h / (H / G);                     \
+    const i64 tok = (a).chunks[2 * c];             \
+    const int len = (int)(a).chunks[2 * c + 1];    \
+    const i64 HP = (i64)H * P, GN = (i64)G * N
+
 #if !SSD_BWD_TILED
 // Stage A + C: per (chunk, head).
 extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs a) {
@@ -279,13 +293,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     BWD_SHARED(s_c, Q, 0);
     BWD_SHARED(dt_c, Q, Q);
     const int tid = threadIdx.x;
-    const int H = a.H, G = a.G;
-    const i64 c = blockIdx.x / H;
-    const int h = blockIdx.x % H;
-    const int g = h / (H / G);
-    const i64 tok = a.chunks[2 * c];
-    const int len = (int)a.chunks[2 * c + 1];
-    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    SSD_BWD_CHUNK_HEAD(a);
 
     chunk_decays(a, tok, len, h, s_c, dt_c, true);
     // dy = d_out silu(z), once per (token, head, p).
@@ -504,13 +512,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     BWD_SHARED(da_c, Q, 5 * Q);
     BWD_SHARED(red, NT, 6 * Q);
     const int tid = threadIdx.x;
-    const int H = a.H, G = a.G;
-    const i64 c = blockIdx.x / H;
-    const int h = blockIdx.x % H;
-    const int g = h / (H / G);
-    const i64 tok = a.chunks[2 * c];
-    const int len = (int)a.chunks[2 * c + 1];
-    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    SSD_BWD_CHUNK_HEAD(a);
     const float* S = a.ws_S + (c * H + h) * PN;
     const float* Gr = a.ws_G + (c * H + h) * PN;
     const float* cb = a.ws_cb + (c * G + g) * Q * Q;

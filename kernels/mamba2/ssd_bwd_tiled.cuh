@@ -486,13 +486,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_chunk(const SsdBwdArgs
     float* const bs = dye + Q * LDP;     // (Q, LDN)
     float* const cs = bs + Q * LDN;      // (Q, LDN)
 #endif
-    const int H = a.H, G = a.G;
-    const i64 c = blockIdx.x / H;
-    const int h = blockIdx.x % H;
-    const int g = h / (H / G);
-    const i64 tok = a.chunks[2 * c];
-    const int len = (int)a.chunks[2 * c + 1];
-    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    SSD_BWD_CHUNK_HEAD(a);
 
     chunk_decays(a, tok, len, h, s_c, dt_c, true);
     __syncthreads();
@@ -611,13 +605,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
     float* const rp = gbs + Q * LDP;    // (Q, LD): row prefix sums of the pair terms
 
     const int tid = threadIdx.x;
-    const int H = a.H, G = a.G;
-    const i64 c = blockIdx.x / H;
-    const int h = blockIdx.x % H;
-    const int g = h / (H / G);
-    const i64 tok = a.chunks[2 * c];
-    const int len = (int)a.chunks[2 * c + 1];
-    const i64 HP = (i64)H * P, GN = (i64)G * N;
+    SSD_BWD_CHUNK_HEAD(a);
     const i64 hp0 = (i64)h * P;
     const float* S = a.ws_S + (c * H + h) * ssd_bwd::PN;
     const float* Gr = a.ws_G + (c * H + h) * ssd_bwd::PN;
