@@ -34,13 +34,12 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use ssm_core::decode::{Mamba1StepDims, Mamba2StepDims, StepDims, StepInputs};
 use ssm_core::mamba1::Mamba1Dims;
-use ssm_core::mamba2::SsdDims;
 use ssm_core::DType;
 use ssm_gpu::cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream};
 use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepArgs};
 use ssm_gpu::{DeviceElement, Gpu};
 
-use crate::{to_py, Raw, Tensors};
+use crate::{to_py, Raw, ScanCall, SsdCall, Tensors};
 
 /// Everything cached for one device.
 struct Device {
@@ -271,15 +270,6 @@ unsafe fn opt<T>(gpu: &Gpu, t: &Tensors, name: &str) -> PyResult<Option<CudaSlic
 
 // ------------------------------------------------------------------ the scan
 
-/// Sizes and options of a scan call, as the Python layer passes them.
-#[derive(Clone, Copy)]
-struct ScanCall {
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
-}
-
 impl ScanCall {
     fn problem(&self, dtype: DType, t: &Tensors, final_states: bool) -> PyResult<ScanProblem> {
         let (batch, d_inner, d_state, seqlen) = self.dims;
@@ -363,23 +353,13 @@ fn scan_fwd_t<T: DeviceElement>(
 
 /// The selective scan forward on torch's stream `stream` of device `ordinal`.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn scan_fwd_cuda(
     ordinal: usize,
     stream: usize,
     dtype: &str,
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
+    call: ScanCall,
     tensors: Tensors,
 ) -> PyResult<()> {
-    let call = ScanCall {
-        dims,
-        b_groups,
-        c_groups,
-        delta_softplus,
-    };
     dispatch!(dtype, scan_fwd_t(ordinal, stream, call, &tensors))
 }
 
@@ -432,36 +412,18 @@ fn scan_bwd_t<T: DeviceElement>(
 
 /// The selective scan backward on torch's stream.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn scan_bwd_cuda(
     ordinal: usize,
     stream: usize,
     dtype: &str,
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
+    call: ScanCall,
     _return_final_states: bool,
     tensors: Tensors,
 ) -> PyResult<()> {
-    let call = ScanCall {
-        dims,
-        b_groups,
-        c_groups,
-        delta_softplus,
-    };
     dispatch!(dtype, scan_bwd_t(ordinal, stream, call, &tensors))
 }
 
 // ------------------------------------------------------------------ the SSD
-
-struct SsdCall {
-    dims: SsdDims,
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    cu_seqlens: Option<Vec<i64>>,
-}
 
 impl SsdCall {
     fn features(&self, t: &Tensors, final_states: bool) -> SsdFeatures {
@@ -542,40 +504,17 @@ fn ssd_fwd_t<T: DeviceElement>(
     Ok(())
 }
 
-/// The SSD forward on torch's stream; `cu_seqlens` are host offsets.
+/// The SSD forward on torch's stream; `cu_seqlens` are host offsets (the
+/// forward picks its own chunk length: `call.chunk_size` is not read).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn ssd_fwd_cuda(
     ordinal: usize,
     stream: usize,
     dtype: &str,
-    dims: (usize, usize, usize, usize, usize, usize),
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    _chunk_size: usize,
-    cu_seqlens: Option<Vec<i64>>,
+    call: SsdCall,
     tensors: Tensors,
 ) -> PyResult<()> {
-    let call = ssd_call(dims, d_per_head_dim, dt_softplus, dt_limit, cu_seqlens);
     dispatch!(dtype, ssd_fwd_t(ordinal, stream, &call, &tensors))
-}
-
-fn ssd_call(
-    dims: (usize, usize, usize, usize, usize, usize),
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    cu_seqlens: Option<Vec<i64>>,
-) -> SsdCall {
-    let (batch, seqlen, heads, head_dim, d_state, groups) = dims;
-    SsdCall {
-        dims: SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups),
-        d_per_head_dim,
-        dt_softplus,
-        dt_limit,
-        cu_seqlens,
-    }
 }
 
 fn ssd_bwd_t<T: DeviceElement>(
@@ -630,23 +569,16 @@ fn ssd_bwd_t<T: DeviceElement>(
 /// The SSD backward on torch's stream (chunk length of the backward kernels:
 /// `chunk_size` when it is 64, 128 or 256, else 64).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn ssd_bwd_cuda(
     ordinal: usize,
     stream: usize,
     dtype: &str,
-    dims: (usize, usize, usize, usize, usize, usize),
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    chunk_size: usize,
-    cu_seqlens: Option<Vec<i64>>,
+    call: SsdCall,
     _return_final_states: bool,
     tensors: Tensors,
 ) -> PyResult<()> {
-    let call = ssd_call(dims, d_per_head_dim, dt_softplus, dt_limit, cu_seqlens);
-    let chunk = if [64, 128, 256].contains(&chunk_size) {
-        chunk_size
+    let chunk = if [64, 128, 256].contains(&call.chunk_size) {
+        call.chunk_size
     } else {
         DEFAULT_BWD_CHUNK
     };

@@ -11,11 +11,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use ssm_core::decode::{Mamba1StepParams, Mamba2StepParams};
 use ssm_core::mamba1::{BcInput, Mamba1Dims, SelectiveScanParams};
-use ssm_core::mamba2::{DSkip, SsdDims, SsdParams};
+use ssm_core::mamba2::{DSkip, SsdParams};
 use ssm_core::Element;
 use ssm_gpu::DeviceElement;
 
-use crate::{to_py, Raw, Tensors};
+use crate::{to_py, Raw, ScanCall, SsdCall, Tensors};
 
 /// `raw` as a slice of `T`.
 ///
@@ -141,16 +141,12 @@ fn bc<T>(data: &[T], groups: Option<usize>) -> BcInput<'_, T> {
 ///
 /// # Safety
 /// The tensors satisfy [`slice`]'s contract.
-#[allow(clippy::too_many_arguments)]
 unsafe fn scan_params<'a, T: Element>(
     t: &Tensors,
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
+    call: &ScanCall,
     return_final_states: bool,
 ) -> PyResult<SelectiveScanParams<'a, T>> {
-    let (batch, d_inner, d_state, seqlen) = dims;
+    let (batch, d_inner, d_state, seqlen) = call.dims;
     let dims = Mamba1Dims::new(batch, d_inner, d_state, seqlen);
     // SAFETY (every call below): the caller's contract.
     unsafe {
@@ -159,10 +155,10 @@ unsafe fn scan_params<'a, T: Element>(
             req(t, "u")?,
             req(t, "delta")?,
             req(t, "A")?,
-            bc(req(t, "B")?, b_groups),
-            bc(req(t, "C")?, c_groups),
+            bc(req(t, "B")?, call.b_groups),
+            bc(req(t, "C")?, call.c_groups),
         )
-        .with_delta_softplus(delta_softplus)
+        .with_delta_softplus(call.delta_softplus)
         .with_final_states(return_final_states);
         p.d = opt(t, "D")?;
         p.z = opt(t, "z")?;
@@ -190,18 +186,16 @@ fn d_skip(d: Option<&[f32]>, per_head_dim: bool) -> Option<DSkip<'_>> {
 /// The tensors satisfy [`slice`]'s contract.
 pub(crate) unsafe fn ssd_params<'a, T: Element>(
     t: &Tensors,
-    dims: (usize, usize, usize, usize, usize, usize),
-    f: &'a SsdFlags,
+    f: &'a SsdCall,
     return_final_states: bool,
 ) -> PyResult<SsdParams<'a, T>> {
-    let SsdFlags {
+    let SsdCall {
+        dims,
         d_per_head_dim,
         dt_softplus,
         dt_limit,
         ..
     } = *f;
-    let (batch, seqlen, heads, head_dim, d_state, groups) = dims;
-    let dims = SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups);
     // SAFETY (every call below): the caller's contract.
     unsafe {
         let mut p = SsdParams::new(
@@ -227,15 +221,13 @@ pub(crate) unsafe fn ssd_params<'a, T: Element>(
 fn scan_fwd_t<T: DeviceElement>(
     py: Python<'_>,
     t: &Tensors,
-    dims: (usize, usize, usize, usize),
-    groups: (Option<usize>, Option<usize>),
-    delta_softplus: bool,
+    call: &ScanCall,
     block_len: usize,
 ) -> PyResult<()> {
     let final_states = t.opt("final_states").is_some();
     check_disjoint(t, &["out", "final_states"], sizes::<T>)?;
     // SAFETY: the Python layer's contract ([`slice`]).
-    let p = unsafe { scan_params::<T>(t, dims, groups.0, groups.1, delta_softplus, final_states)? };
+    let p = unsafe { scan_params::<T>(t, call, final_states)? };
     let opts = mamba1_scan::CpuOptions { block_len };
     let r = py
         .detach(|| mamba1_scan::selective_scan(&p, mamba1_scan::Backend::Cpu(opts)))
@@ -246,53 +238,30 @@ fn scan_fwd_t<T: DeviceElement>(
 
 /// The Mamba-1 selective scan forward on the CPU port.
 #[pyfunction]
-#[pyo3(signature = (dtype, dims, b_groups, c_groups, delta_softplus, tensors, block_len = 256))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (dtype, call, tensors, block_len = 256))]
 fn scan_fwd_cpu(
     py: Python<'_>,
     dtype: &str,
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
+    call: ScanCall,
     tensors: Tensors,
     block_len: usize,
 ) -> PyResult<()> {
-    dispatch!(
-        dtype,
-        scan_fwd_t(
-            py,
-            &tensors,
-            dims,
-            (b_groups, c_groups),
-            delta_softplus,
-            block_len
-        )
-    )
+    dispatch!(dtype, scan_fwd_t(py, &tensors, &call, block_len))
 }
 
 fn scan_bwd_t<T: DeviceElement>(
     py: Python<'_>,
     t: &Tensors,
-    dims: (usize, usize, usize, usize),
-    groups: (Option<usize>, Option<usize>),
-    flags: (bool, bool),
+    call: &ScanCall,
+    return_final_states: bool,
     block_len: usize,
 ) -> PyResult<()> {
-    let (delta_softplus, return_final_states) = flags;
     // The gradient outputs are the scan's gradients by their argument names.
     check_disjoint(t, &ssm_core::mamba1_grad::GRAD_NAMES, sizes::<T>)?;
     // SAFETY: the Python layer's contract ([`slice`]).
     let (p, d_out, d_final) = unsafe {
         (
-            scan_params::<T>(
-                t,
-                dims,
-                groups.0,
-                groups.1,
-                delta_softplus,
-                return_final_states,
-            )?,
+            scan_params::<T>(t, call, return_final_states)?,
             req::<T>(t, "d_out")?,
             opt::<f32>(t, "d_final_states")?,
         )
@@ -321,52 +290,26 @@ fn scan_bwd_t<T: DeviceElement>(
 
 /// The Mamba-1 selective scan backward on the CPU port.
 #[pyfunction]
-#[pyo3(signature = (dtype, dims, b_groups, c_groups, delta_softplus, return_final_states, tensors, block_len = 256))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (dtype, call, return_final_states, tensors, block_len = 256))]
 fn scan_bwd_cpu(
     py: Python<'_>,
     dtype: &str,
-    dims: (usize, usize, usize, usize),
-    b_groups: Option<usize>,
-    c_groups: Option<usize>,
-    delta_softplus: bool,
+    call: ScanCall,
     return_final_states: bool,
     tensors: Tensors,
     block_len: usize,
 ) -> PyResult<()> {
     dispatch!(
         dtype,
-        scan_bwd_t(
-            py,
-            &tensors,
-            dims,
-            (b_groups, c_groups),
-            (delta_softplus, return_final_states),
-            block_len
-        )
+        scan_bwd_t(py, &tensors, &call, return_final_states, block_len)
     )
 }
 
-/// Options of an SSD call. The varlen offsets are host data on every backend
-/// (the CUDA plan builds its work table from them).
-pub(crate) struct SsdFlags {
-    pub d_per_head_dim: bool,
-    pub dt_softplus: bool,
-    pub dt_limit: (f32, f32),
-    pub chunk_size: usize,
-    pub cu_seqlens: Option<Vec<i64>>,
-}
-
-fn ssd_fwd_t<T: DeviceElement>(
-    py: Python<'_>,
-    t: &Tensors,
-    dims: (usize, usize, usize, usize, usize, usize),
-    f: &SsdFlags,
-) -> PyResult<()> {
+fn ssd_fwd_t<T: DeviceElement>(py: Python<'_>, t: &Tensors, f: &SsdCall) -> PyResult<()> {
     let final_states = t.opt("final_states").is_some();
     check_disjoint(t, &["out", "final_states"], sizes::<T>)?;
     // SAFETY: the Python layer's contract ([`slice`]).
-    let p = unsafe { ssd_params::<T>(t, dims, f, final_states)? };
+    let p = unsafe { ssd_params::<T>(t, f, final_states)? };
     let opts = mamba2_ssd::CpuOptions {
         chunk_size: f.chunk_size,
     };
@@ -379,34 +322,14 @@ fn ssd_fwd_t<T: DeviceElement>(
 
 /// The Mamba-2 SSD forward on the chunked CPU port.
 #[pyfunction]
-#[pyo3(signature = (dtype, dims, d_per_head_dim, dt_softplus, dt_limit, chunk_size, cu_seqlens, tensors))]
-#[allow(clippy::too_many_arguments)]
-fn ssd_fwd_cpu(
-    py: Python<'_>,
-    dtype: &str,
-    dims: (usize, usize, usize, usize, usize, usize),
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    chunk_size: usize,
-    cu_seqlens: Option<Vec<i64>>,
-    tensors: Tensors,
-) -> PyResult<()> {
-    let f = SsdFlags {
-        d_per_head_dim,
-        dt_softplus,
-        dt_limit,
-        chunk_size,
-        cu_seqlens,
-    };
-    dispatch!(dtype, ssd_fwd_t(py, &tensors, dims, &f))
+fn ssd_fwd_cpu(py: Python<'_>, dtype: &str, call: SsdCall, tensors: Tensors) -> PyResult<()> {
+    dispatch!(dtype, ssd_fwd_t(py, &tensors, &call))
 }
 
 fn ssd_bwd_t<T: DeviceElement>(
     py: Python<'_>,
     t: &Tensors,
-    dims: (usize, usize, usize, usize, usize, usize),
-    f: &SsdFlags,
+    f: &SsdCall,
     return_final_states: bool,
 ) -> PyResult<()> {
     let outs = [
@@ -424,7 +347,7 @@ fn ssd_bwd_t<T: DeviceElement>(
     // SAFETY: the Python layer's contract ([`slice`]).
     let (p, d_out, d_final) = unsafe {
         (
-            ssd_params::<T>(t, dims, f, return_final_states)?,
+            ssd_params::<T>(t, f, return_final_states)?,
             req::<T>(t, "d_out")?,
             opt::<f32>(t, "d_final_states")?,
         )
@@ -448,31 +371,14 @@ fn ssd_bwd_t<T: DeviceElement>(
 
 /// The Mamba-2 SSD backward on the chunked CPU port.
 #[pyfunction]
-#[pyo3(signature = (dtype, dims, d_per_head_dim, dt_softplus, dt_limit, chunk_size, cu_seqlens, return_final_states, tensors))]
-#[allow(clippy::too_many_arguments)]
 fn ssd_bwd_cpu(
     py: Python<'_>,
     dtype: &str,
-    dims: (usize, usize, usize, usize, usize, usize),
-    d_per_head_dim: bool,
-    dt_softplus: bool,
-    dt_limit: (f32, f32),
-    chunk_size: usize,
-    cu_seqlens: Option<Vec<i64>>,
+    call: SsdCall,
     return_final_states: bool,
     tensors: Tensors,
 ) -> PyResult<()> {
-    let f = SsdFlags {
-        d_per_head_dim,
-        dt_softplus,
-        dt_limit,
-        chunk_size,
-        cu_seqlens,
-    };
-    dispatch!(
-        dtype,
-        ssd_bwd_t(py, &tensors, dims, &f, return_final_states)
-    )
+    dispatch!(dtype, ssd_bwd_t(py, &tensors, &call, return_final_states))
 }
 
 fn m1_step_t<T: DeviceElement>(

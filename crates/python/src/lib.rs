@@ -17,6 +17,7 @@
 
 use pyo3::exceptions::{PyKeyError, PyNotImplementedError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use ssm_core::mamba2::SsdDims;
 use ssm_core::SsmError;
 use std::collections::HashMap;
 
@@ -69,6 +70,70 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Tensors {
     type Error = PyErr;
     fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         Ok(Tensors(ob.extract()?))
+    }
+}
+
+/// Sizes and options of a scan call: one tuple `(dims, b_groups, c_groups,
+/// delta_softplus)` from the Python layer (`ScanCall.native_call` in
+/// `_impl.py`), the same for the host and the device entries.
+#[derive(Clone, Copy)]
+pub struct ScanCall {
+    /// `(batch, d_inner, d_state, seqlen)`.
+    pub dims: (usize, usize, usize, usize),
+    pub b_groups: Option<usize>,
+    pub c_groups: Option<usize>,
+    pub delta_softplus: bool,
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ScanCall {
+    type Error = PyErr;
+    fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let (dims, b_groups, c_groups, delta_softplus) = ob.extract()?;
+        Ok(ScanCall {
+            dims,
+            b_groups,
+            c_groups,
+            delta_softplus,
+        })
+    }
+}
+
+/// Sizes and options of an SSD call: one tuple `(dims, d_per_head_dim,
+/// dt_softplus, dt_limit, chunk_size, cu_seqlens)` from the Python layer
+/// (`SsdCall.native_args` in `_impl.py`), the same for the host and the device
+/// entries. The varlen offsets are host data on every backend (the CUDA plan
+/// builds its work table from them).
+pub struct SsdCall {
+    pub dims: SsdDims,
+    pub d_per_head_dim: bool,
+    pub dt_softplus: bool,
+    pub dt_limit: (f32, f32),
+    /// The CPU port's chunk length; the CUDA backward's when it is one of its
+    /// own (the CUDA forward picks its own).
+    pub chunk_size: usize,
+    pub cu_seqlens: Option<Vec<i64>>,
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for SsdCall {
+    type Error = PyErr;
+    fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let (dims, d_per_head_dim, dt_softplus, dt_limit, chunk_size, cu_seqlens) = ob.extract()?;
+        let (batch, seqlen, heads, head_dim, d_state, groups): (
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+        ) = dims;
+        Ok(SsdCall {
+            dims: SsdDims::new(batch, seqlen, heads, head_dim, d_state, groups),
+            d_per_head_dim,
+            dt_softplus,
+            dt_limit,
+            chunk_size,
+            cu_seqlens,
+        })
     }
 }
 

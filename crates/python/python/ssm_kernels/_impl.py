@@ -75,13 +75,17 @@ class ScanCall:
             cu_seqlens=be.i64("cu_seqlens", cu_seqlens),
         )
 
+    def native_call(self):
+        """The call's sizes and options as the native `ScanCall` (crates/python/src/lib.rs)."""
+        return (self.dims, self.groups[0], self.groups[1], self.softplus)
+
     def forward(self):
         be = self.be
         batch, d_inner, d_state, seqlen = self.dims
         out = be.empty((batch, d_inner, seqlen), self.dtype)
         last = be.empty((self.num_seqs, d_inner, d_state), "float32") if self.return_last_state else None
         t = raws(be, **self.inputs, out=out, final_states=last)
-        be.call("scan_fwd", self.dtype, self.dims, self.groups[0], self.groups[1], self.softplus, tensors=t)
+        be.call("scan_fwd", self.dtype, self.native_call(), tensors=t)
         return out, last
 
     def backward(self, d_out, d_last):
@@ -105,8 +109,8 @@ class ScanCall:
                              if inp["initial_states"] is not None else None),
         )
         t = raws(be, **inp, d_out=d_out, d_final_states=d_last, **g)
-        be.call("scan_bwd", self.dtype, self.dims, self.groups[0], self.groups[1], self.softplus,
-                self.return_last_state and d_last is not None, tensors=t)
+        be.call("scan_bwd", self.dtype, self.native_call(), self.return_last_state and d_last is not None,
+                tensors=t)
         return g
 
 
@@ -245,9 +249,10 @@ class SsdCall:
         )
 
     def native_args(self):
+        """The dtype and the native `SsdCall` (crates/python/src/lib.rs)."""
         cu = None if self.cu is None else [int(v) for v in self.cu]
-        return (self.dtype, self.dims, self.d_per_head_dim, self.softplus, self.dt_limit,
-                self.be.ssd_chunk(self.chunk_size), cu)
+        return (self.dtype, (self.dims, self.d_per_head_dim, self.softplus, self.dt_limit,
+                             self.be.ssd_chunk(self.chunk_size), cu))
 
     def forward(self):
         """`(out, final_states, varlen_states)` in mamba_ssm's shapes (the last two
@@ -300,8 +305,7 @@ class SsdCall:
                              if inp["initial_states"] is not None else None),
         )
         t = raws(be, **inp, d_out=d_out, d_final_states=d_states, **g)
-        args = self.native_args()
-        be.call("ssd_bwd", *args[:-1], args[-1], d_states is not None, tensors=t)
+        be.call("ssd_bwd", *self.native_args(), d_states is not None, tensors=t)
         unflat = lambda a: None if a is None else a.reshape((batch, seqlen) + tuple(a.shape[2:]))  # noqa: E731
         for k in ("dx", "ddt", "dB", "dC", "dz"):
             g[k] = unflat(g[k])
