@@ -12,6 +12,13 @@ from . import _shapes as S
 from ._backend import raws
 
 
+def grad_outputs(be, inputs, **dtypes):
+    """The backward's output arrays: `d<name>` shaped as `inputs[name]`, of the
+    dtype given for it (in that order), `None` where the input is absent."""
+    return {f"d{name}": None if inputs[name] is None else be.empty(inputs[name].shape, dtype)
+            for name, dtype in dtypes.items()}
+
+
 # ------------------------------------------------------------------ Mamba-1 scan
 
 
@@ -96,18 +103,9 @@ class ScanCall:
         inp = self.inputs
         d_out = be.contig("d_out", d_out, self.dtype)
         d_last = be.f32("d_final_states", d_last) if (d_last is not None and self.return_last_state) else None
-        g = dict(
-            du=be.empty(inp["u"].shape, self.dtype),
-            ddelta=be.empty(inp["delta"].shape, self.dtype),
-            dA=be.empty(inp["A"].shape, "float32"),
-            dB=be.empty(inp["B"].shape, self.dtype),
-            dC=be.empty(inp["C"].shape, self.dtype),
-            dD=be.empty(inp["D"].shape, "float32") if inp["D"] is not None else None,
-            dz=be.empty(inp["z"].shape, self.dtype) if inp["z"] is not None else None,
-            ddelta_bias=be.empty(inp["delta_bias"].shape, "float32") if inp["delta_bias"] is not None else None,
-            dinitial_states=(be.empty(inp["initial_states"].shape, "float32")
-                             if inp["initial_states"] is not None else None),
-        )
+        seq = self.dtype
+        g = grad_outputs(be, inp, u=seq, delta=seq, A="float32", B=seq, C=seq, D="float32", z=seq,
+                         delta_bias="float32", initial_states="float32")
         t = raws(be, **inp, d_out=d_out, d_final_states=d_last, **g)
         be.call("scan_bwd", self.dtype, self.native_call(), self.return_last_state and d_last is not None,
                 tensors=t)
@@ -292,18 +290,9 @@ class SsdCall:
                 else:
                     be.add_rows(d_states, self.last, d_final)
             d_states = be.f32("d_final_states", d_states)
-        g = dict(
-            dx=be.empty(inp["x"].shape, self.dtype),
-            ddt=be.empty(inp["dt"].shape, self.dtype),
-            dA=be.empty(inp["A"].shape, "float32"),
-            dB=be.empty(inp["B"].shape, self.dtype),
-            dC=be.empty(inp["C"].shape, self.dtype),
-            dD=be.empty(inp["D"].shape, "float32") if inp["D"] is not None else None,
-            dz=be.empty(inp["z"].shape, self.dtype) if inp["z"] is not None else None,
-            ddt_bias=be.empty(inp["dt_bias"].shape, "float32") if inp["dt_bias"] is not None else None,
-            dinitial_states=(be.empty(inp["initial_states"].shape, "float32")
-                             if inp["initial_states"] is not None else None),
-        )
+        seq = self.dtype
+        g = grad_outputs(be, inp, x=seq, dt=seq, A="float32", B=seq, C=seq, D="float32", z=seq,
+                         dt_bias="float32", initial_states="float32")
         t = raws(be, **inp, d_out=d_out, d_final_states=d_states, **g)
         be.call("ssd_bwd", *self.native_args(), d_states is not None, tensors=t)
         unflat = lambda a: None if a is None else a.reshape((batch, seqlen) + tuple(a.shape[2:]))  # noqa: E731
