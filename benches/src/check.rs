@@ -102,6 +102,22 @@ fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|v| f64::from(*v)).collect()
 }
 
+/// The `i`-th run of `width` elements: where one (batch row, index) pair's
+/// state or row lies in a tensor that stores them back to back.
+fn block(i: usize, width: usize) -> std::ops::Range<usize> {
+    i * width..(i + 1) * width
+}
+
+/// The initial state `i` (`width` elements) of a one-row problem cut out of a
+/// larger one; empty when the problem has no initial states.
+fn initial_state(states: &[f32], on: bool, i: usize, width: usize) -> Vec<f32> {
+    if on {
+        states[block(i, width)].to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Gather `width` contiguous elements at `at(t)` for every `t` in `0..len`.
 fn gather<T: Copy>(data: &[T], len: usize, width: usize, at: impl Fn(usize) -> usize) -> Vec<T> {
     (0..len)
@@ -136,18 +152,14 @@ fn ssd_row<T: Element>(host: &SsdHost<T>, b: usize, h: usize) -> SsdHost<T> {
         d: match s.d {
             SkipKind::None => Vec::new(),
             SkipKind::PerHead => vec![host.d[h]],
-            SkipKind::PerHeadDim => host.d[h * p..(h + 1) * p].to_vec(),
+            SkipKind::PerHeadDim => host.d[block(h, p)].to_vec(),
         },
         z: if s.z {
             gather(&host.z, l, p, x_at)
         } else {
             Vec::new()
         },
-        initial_states: if s.initial_states {
-            host.initial_states[(b * heads + h) * p * n..(b * heads + h + 1) * p * n].to_vec()
-        } else {
-            Vec::new()
-        },
+        initial_states: initial_state(&host.initial_states, s.initial_states, b * heads + h, p * n),
     }
 }
 
@@ -170,10 +182,9 @@ pub fn verify_ssd<T: Element, O: Element>(
             let want = ssm_reference::ssd_recurrence(&sub.params())?;
             let log_decays = one_head_log_decays(&sub);
             let got = gather(out, l, p, |t| ((b * l + t) * heads + h) * p);
-            let state_at = (b * heads + h) * p * n;
             Ok(row_check(
                 got,
-                final_states.map(|f| &f[state_at..state_at + p * n]),
+                final_states.map(|f| &f[block(b * heads + h, p * n)]),
                 want,
                 max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
             ))
@@ -210,20 +221,15 @@ pub fn verify_ssd_backward<T: Element>(
             let want = ssm_reference::ssd_backward::ssd_backward(&sub.params(), &g, None)?;
             let log_decays = one_head_log_decays(&sub);
             let got_ddt: Vec<T> = (0..l).map(|t| ddt[(b * l + t) * heads + h]).collect();
-            let (got, expected) = concat_grads(
+            Ok(grad_row(
                 [&gather(dx, l, p, x_at), &got_ddt],
                 dz.map(|dz| gather(dz, l, p, x_at)).as_deref(),
+                dinitial_states.map(|d| &d[block(b * heads + h, p * n)]),
                 [&want.dx, &want.ddt],
                 want.dz.as_deref(),
-            );
-            let states = (b * heads + h) * p * n..(b * heads + h + 1) * p * n;
-            Ok(RowCheck {
-                got,
-                want: expected,
-                got_state: dinitial_states.map(|d| widen(&d[states])),
-                want_state: want.dinitial_states.clone(),
-                log_decay: max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
-            })
+                want.dinitial_states.clone(),
+                max_window_log_decay(&log_decays, l, CUDA_SSD_WINDOW),
+            ))
         },
     )
 }
@@ -240,21 +246,31 @@ fn one_head_log_decays<T: Element>(sub: &SsdHost<T>) -> Vec<f64> {
         .collect()
 }
 
-/// Two per-element gradients and, when both sides have it, the gate's, each
-/// side concatenated in that order (widened to f64): one row of a backward check.
-fn concat_grads<T: Element>(
+/// One row of a backward check: two per-element gradients and, when both
+/// sides have it, the gate's, each side concatenated in that order (widened to
+/// f64); the initial-state gradients compared as the row's states.
+fn grad_row<T: Element>(
     got: [&[T]; 2],
     got_z: Option<&[T]>,
+    got_state: Option<&[f32]>,
     want: [&[f64]; 2],
     want_z: Option<&[f64]>,
-) -> (Vec<f64>, Vec<f64>) {
+    want_state: Option<Vec<f64>>,
+    log_decay: f64,
+) -> RowCheck {
     let mut g: Vec<f64> = got.concat().iter().map(|v| v.to_f64()).collect();
     let mut w = want.concat();
     if let (Some(gz), Some(wz)) = (got_z, want_z) {
         g.extend(gz.iter().map(|v| v.to_f64()));
         w.extend_from_slice(wz);
     }
-    (g, w)
+    RowCheck {
+        got: g,
+        want: w,
+        got_state: got_state.map(widen),
+        want_state,
+        log_decay,
+    }
 }
 
 fn row_check<O: Element>(
@@ -278,13 +294,13 @@ fn row_check<O: Element>(
 fn scan_row<T: Element>(host: &Mamba1Host<T>, b: usize, d: usize) -> Mamba1Host<T> {
     let s = host.shape;
     let (dim, n, l) = (s.d_inner, s.d_state, s.seqlen);
-    let row = |v: &[T]| v[(b * dim + d) * l..(b * dim + d + 1) * l].to_vec();
+    let row = |v: &[T]| v[block(b * dim + d, l)].to_vec();
     let bc = |v: &[T]| match s.groups {
         Some(g) => {
             let grp = d / (dim / g);
-            v[(b * g + grp) * n * l..(b * g + grp + 1) * n * l].to_vec()
+            v[block(b * g + grp, n * l)].to_vec()
         }
-        None => v[d * n..(d + 1) * n].to_vec(),
+        None => v[block(d, n)].to_vec(),
     };
     let pick = |v: &[f32], i: usize| if v.is_empty() { Vec::new() } else { vec![v[i]] };
     Mamba1Host {
@@ -296,17 +312,13 @@ fn scan_row<T: Element>(host: &Mamba1Host<T>, b: usize, d: usize) -> Mamba1Host<
         },
         u: row(&host.u),
         delta: row(&host.delta),
-        a: host.a[d * n..(d + 1) * n].to_vec(),
+        a: host.a[block(d, n)].to_vec(),
         b: bc(&host.b),
         c: bc(&host.c),
         d: pick(&host.d, d),
         z: if s.z { row(&host.z) } else { Vec::new() },
         delta_bias: pick(&host.delta_bias, d),
-        initial_states: if s.initial_states {
-            host.initial_states[(b * dim + d) * n..(b * dim + d + 1) * n].to_vec()
-        } else {
-            Vec::new()
-        },
+        initial_states: initial_state(&host.initial_states, s.initial_states, b * dim + d, n),
     }
 }
 
@@ -332,7 +344,7 @@ pub fn verify_scan<T: Element, O: Element>(
             // (K = 0 in the tolerance model, as in ssm-verify's checks).
             Ok(row_check(
                 out[at..at + l].to_vec(),
-                final_states.map(|f| &f[(b * dim + d) * n..(b * dim + d + 1) * n]),
+                final_states.map(|f| &f[block(b * dim + d, n)]),
                 want,
                 0.0,
             ))
@@ -368,20 +380,15 @@ pub fn verify_scan_backward<T: Element>(
             let g = &d_out[at..at + l];
             let want =
                 ssm_reference::mamba1_backward::selective_scan_backward(&sub.params(), g, None)?;
-            let (got, expected) = concat_grads(
+            Ok(grad_row(
                 [&du[at..at + l], &ddelta[at..at + l]],
                 dz.map(|dz| &dz[at..at + l]),
+                dinitial_states.map(|h| &h[block(b * dim + d, n)]),
                 [&want.du, &want.ddelta],
                 want.dz.as_deref(),
-            );
-            let states = (b * dim + d) * n..(b * dim + d + 1) * n;
-            Ok(RowCheck {
-                got,
-                want: expected,
-                got_state: dinitial_states.map(|h| widen(&h[states])),
-                want_state: want.dinitial_states.clone(),
-                log_decay: 0.0,
-            })
+                want.dinitial_states.clone(),
+                0.0,
+            ))
         },
     )
 }
