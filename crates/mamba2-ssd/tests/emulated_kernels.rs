@@ -25,6 +25,8 @@ struct Config {
     namespace: &'static str,
     threads: u32,
     p_tile: u32,
+    /// Tile-shape defines shared by several configurations, then this one's own.
+    tile: &'static [&'static str],
     defines: &'static [&'static str],
     /// Also emulate `ssd_chunk_cb.cu` (the fused kernel built with SSD_CB_GLOBAL=1).
     chunk_cb: bool,
@@ -48,7 +50,12 @@ fn run_config(cxx: &str, c: &Config) {
     std::fs::create_dir_all(&dir).unwrap();
     let emu = m2.join("ssd_emu.cuh").display().to_string();
     let inc = format!("-I{}", k.display());
-    let defs: Vec<String> = c.defines.iter().map(|d| d.to_string()).collect();
+    let defs: Vec<String> = c
+        .tile
+        .iter()
+        .chain(c.defines)
+        .map(|d| d.to_string())
+        .collect();
     let kernel = m2.join(c.kernel).display().to_string();
 
     let with = |extra: &[String]| -> Vec<String> {
@@ -141,6 +148,15 @@ fn run_config(cxx: &str, c: &Config) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Runs `c` under the emulation; without a host compiler, skips loudly as
+/// `test`.
+fn emulate(test: &str, c: &Config) {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip(test) else {
+        return;
+    };
+    run_config(&cxx, c);
+}
+
 /// bf16, two cp.async stages, every option on, final states; varlen with an empty
 /// and a one-token sequence, sequences split into up to 3 segments (the prepass).
 const FUSED_BF16: Config = Config {
@@ -150,6 +166,7 @@ const FUSED_BF16: Config = Config {
     namespace: "ssd_fused",
     threads: 128,
     p_tile: 64,
+    tile: &[],
     defines: &[
         "-DSSD_DTYPE=2",
         "-DSSD_Q=64",
@@ -170,19 +187,41 @@ const FUSED_BF16: Config = Config {
     args: &["4", "2", "1", "3", "1", "0", "64", "65", "200", "300"],
 };
 
-/// f16, Q = 128, one stage with C B^T precomputed by ssd_chunk_cb.cu (the
-/// reference workloads' path), D per head dimension, two P tiles of 32 columns.
-const FUSED_F16_CB_DEFINES: [&str; 17] = [
+/// The fused kernel at Q = 128, one stage with C B^T precomputed by
+/// ssd_chunk_cb.cu (the reference workloads' path), two P tiles of 32 columns,
+/// with `defines` for its options, on the problem `args`.
+fn fused_one_stage_cb(
+    name: &'static str,
+    defines: &'static [&'static str],
+    args: &'static [&'static str],
+) -> Config {
+    Config {
+        name,
+        kernel: "ssd_fused.cu",
+        entry: "ssd_fused_fwd",
+        namespace: "ssd_fused",
+        threads: 128,
+        p_tile: 32,
+        tile: &[
+            "-DSSD_Q=128",
+            "-DSSD_N=64",
+            "-DSSD_P=64",
+            "-DSSD_PT=32",
+            "-DSSD_NWARPS=4",
+            "-DSSD_YC=32",
+            "-DSSD_STAGES=1",
+            "-DSSD_CB_GLOBAL=1",
+            "-DSSD_MIN_BLOCKS=1",
+        ],
+        defines,
+        chunk_cb: true,
+        args,
+    }
+}
+
+/// f16 on the one-stage precomputed-C B^T tile, D per head dimension.
+const FUSED_F16_CB_DEFINES: [&str; 8] = [
     "-DSSD_DTYPE=1",
-    "-DSSD_Q=128",
-    "-DSSD_N=64",
-    "-DSSD_P=64",
-    "-DSSD_PT=32",
-    "-DSSD_NWARPS=4",
-    "-DSSD_YC=32",
-    "-DSSD_STAGES=1",
-    "-DSSD_CB_GLOBAL=1",
-    "-DSSD_MIN_BLOCKS=1",
     "-DSSD_DT_BIAS=0",
     "-DSSD_DT_SOFTPLUS=0",
     "-DSSD_D_MODE=2",
@@ -194,30 +233,18 @@ const FUSED_F16_CB_DEFINES: [&str; 17] = [
 
 #[test]
 fn fused_kernel_bf16_two_stages_matches_f64() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_bf16_two_stages_matches_f64") else {
-        return;
-    };
-    run_config(&cxx, &FUSED_BF16);
+    emulate("fused_kernel_bf16_two_stages_matches_f64", &FUSED_BF16);
 }
 
 #[test]
 fn fused_kernel_f16_precomputed_cb_matches_f64() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_f16_precomputed_cb_matches_f64") else {
-        return;
-    };
-    run_config(
-        &cxx,
-        &Config {
-            name: "fused_f16_chunk_cb",
-            kernel: "ssd_fused.cu",
-            entry: "ssd_fused_fwd",
-            namespace: "ssd_fused",
-            threads: 128,
-            p_tile: 32,
-            defines: &FUSED_F16_CB_DEFINES,
-            chunk_cb: true,
-            args: &["4", "2", "2", "2", "129", "0", "1", "256", "300"],
-        },
+    emulate(
+        "fused_kernel_f16_precomputed_cb_matches_f64",
+        &fused_one_stage_cb(
+            "fused_f16_chunk_cb",
+            &FUSED_F16_CB_DEFINES,
+            &["4", "2", "2", "2", "129", "0", "1", "256", "300"],
+        ),
     );
 }
 
@@ -226,21 +253,8 @@ fn fused_kernel_f16_precomputed_cb_matches_f64() {
 /// the code they select must still be correct, not only compile.
 #[test]
 fn fused_kernel_with_every_switch_flipped_matches_f64() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("fused_kernel_with_every_switch_flipped_matches_f64")
-    else {
-        return;
-    };
-    const DEFINES: [&str; 21] = [
+    const DEFINES: [&str; 12] = [
         "-DSSD_DTYPE=2",
-        "-DSSD_Q=128",
-        "-DSSD_N=64",
-        "-DSSD_P=64",
-        "-DSSD_PT=32",
-        "-DSSD_NWARPS=4",
-        "-DSSD_YC=32",
-        "-DSSD_STAGES=1",
-        "-DSSD_CB_GLOBAL=1",
-        "-DSSD_MIN_BLOCKS=1",
         "-DSSD_DT_BIAS=1",
         "-DSSD_DT_SOFTPLUS=1",
         "-DSSD_D_MODE=1",
@@ -254,30 +268,21 @@ fn fused_kernel_with_every_switch_flipped_matches_f64() {
         "-DSSD_Z_PREFETCH=0",
         "-DSSD_STATE_SPLIT=1",
     ];
-    run_config(
-        &cxx,
-        &Config {
-            name: "fused_switches_flipped",
-            kernel: "ssd_fused.cu",
-            entry: "ssd_fused_fwd",
-            namespace: "ssd_fused",
-            threads: 128,
-            p_tile: 32,
-            defines: &DEFINES,
-            chunk_cb: true,
-            args: &["4", "2", "3", "2", "1", "130", "257"],
-        },
+    emulate(
+        "fused_kernel_with_every_switch_flipped_matches_f64",
+        &fused_one_stage_cb(
+            "fused_switches_flipped",
+            &DEFINES,
+            &["4", "2", "3", "2", "1", "130", "257"],
+        ),
     );
 }
 
 /// The f32 kernel (SIMT), every option on, split sequences.
 #[test]
 fn simt_kernel_f32_matches_f64() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("simt_kernel_f32_matches_f64") else {
-        return;
-    };
-    run_config(
-        &cxx,
+    emulate(
+        "simt_kernel_f32_matches_f64",
         &Config {
             name: "simt_f32",
             kernel: "ssd_simt.cu",
@@ -285,6 +290,7 @@ fn simt_kernel_f32_matches_f64() {
             namespace: "ssd_simt",
             threads: 256,
             p_tile: 32,
+            tile: &[],
             defines: &[
                 "-DSSD_DTYPE=0",
                 "-DSSD_Q=64",
