@@ -20,8 +20,7 @@
 # Writes to $OUT (at most 8 files): bench.json (the merged result set), bench.log,
 # ncu.csv, ncu-manifest.json, ncu.log, criterion.log, nvidia-smi.txt; prints the table last.
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 dir="${1:-.gpu/loop}"
 out="${OUT:-$repo_root/.gpu/out}"
 mkdir -p "$out"
@@ -35,9 +34,7 @@ find_bin() { # find_bin NAME: the first executable matching in the known layouts
 }
 runner="$(find_bin bench_suite)" || { echo "bench.sh: no bench_suite binary under $dir" >&2; exit 2; }
 
-for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cuda_libs
 export SSM_KERNEL_CACHE="${SSM_KERNEL_CACHE:-/tmp/ssm-kernel-cache}"
 # Kernels: those embedded in the binaries at build time (they match the launchers
 # compiled beside them); set SSM_KERNEL_DIR to hot-reload a source tree instead.

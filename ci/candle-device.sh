@@ -24,20 +24,16 @@
 #
 # env: CANDLE_TARGET_DIR (default target/candle-cuda), CUDA_COMPUTE_CAP (90)
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mode="${1:-}"
 bundle="${2:-.gpu/candle}"
-case "$bundle" in
-    .gpu/*) ;;
-    *) echo "candle-device: the bundle must live under .gpu/ (git-ignored), got $bundle" >&2; exit 2 ;;
-esac
+under_gpu candle-device "$bundle"
 log() { echo "candle-device: $*" >&2; }
 
 build() {
     local start venv cu13 target work stubs cudarc_src root
     start=$(date +%s)
-    venv="${SSM_NVCC_VENV:-$repo/ci/upstream-check/.work/venv}"
+    venv="${SSM_NVCC_VENV:-$repo_root/ci/upstream-check/.work/venv}"
     if [ ! -x "$venv/bin/python" ]; then
         "${PYTHON:-python3}" -m venv "$venv"
     fi
@@ -50,7 +46,7 @@ build() {
         cu13="$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)"
     fi
     [ -x "$cu13/bin/nvcc" ] || { log "no nvcc at $cu13/bin/nvcc"; exit 1; }
-    target="${CANDLE_TARGET_DIR:-$repo/target/candle-cuda}"
+    target="${CANDLE_TARGET_DIR:-$repo_root/target/candle-cuda}"
     work="$target/cuda-root"
 
     # A CUDA root for the build: the wheels' headers and the link stubs.
@@ -109,7 +105,7 @@ for line in sys.stdin:
     cp "$target/release/examples/mamba2_block" "$bundle/candle-ssm__mamba2_block"
     cp "$test_exe" "$bundle/candle-ssm__gpu_candle"
     strip --strip-debug "$bundle"/candle-ssm__*
-    cp "$repo/ci/candle-device.sh" "$bundle/"
+    cp "$repo_root/ci/candle-device.sh" "$repo_root/ci/lib.sh" "$bundle/"
     {
         echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- || echo ' + uncommitted changes')"
         echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ), $(rustc --version), nvcc $("$cu13/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
@@ -130,26 +126,18 @@ for line in sys.stdin:
 
 run() {
     local out status=0
-    out="${OUT:-$repo/.gpu/out}"
+    out="${OUT:-$repo_root/.gpu/out}"
     mkdir -p "$out"
     [ -f "$bundle/candle-ssm__gpu_candle.xz" ] || { echo "candle-device: no bundle at $bundle" >&2; exit 2; }
     # Unpack the binaries (xz, or Python's lzma where xz is missing).
     local bin="${TMPDIR:-/tmp}/candle-ssm-bin"
     rm -rf "$bin" && mkdir -p "$bin"
     for z in "$bundle"/candle-ssm__*.xz; do
-        local dst="$bin/$(basename "$z" .xz)"
-        if command -v xz >/dev/null; then
-            xz -dc "$z" >"$dst"
-        else
-            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$dst"
-        fi
-        chmod +x "$dst"
+        unpack_xz "$z" "$bin/$(basename "$z" .xz)"
     done
-    for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-        [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    done
+    cuda_libs
     export SSM_REQUIRE_GPU=1 SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache SSM_RESULTS_DIR="$out"
-    export SSM_KERNEL_DIR="$repo/kernels" RUST_BACKTRACE=1
+    export SSM_KERNEL_DIR="$repo_root/kernels" RUST_BACKTRACE=1
     summary="$out/candle-summary.txt"
     {
         cat "$bundle/manifest.txt"

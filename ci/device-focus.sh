@@ -21,8 +21,7 @@
 #
 # usage: bash ci/device-focus.sh BUNDLE [step,step,...]   (default: tests,bench,ncu)
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bundle="${1:?usage: device-focus.sh BUNDLE [steps]}"
 steps="${2:-tests,bench,ncu}"
 out="${OUT:-$repo_root/.gpu/out}"
@@ -34,9 +33,7 @@ for f in "$bundle"/bin/*.xz "$bundle"/tests/*.xz "$bundle"/examples/*.xz "$bundl
 done
 chmod +x "$bundle"/bin/* "$bundle"/tests/* "$bundle"/examples/* 2>/dev/null
 
-for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cuda_libs
 export SSM_REQUIRE_GPU=1
 export SSM_KERNEL_DIR="$repo_root/kernels"
 export SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache

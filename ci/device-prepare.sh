@@ -15,15 +15,11 @@
 #
 # usage: ci/device-prepare.sh [bundle-dir]
 set -euo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bundle="${1:-.gpu/loop}"
 # Where cargo puts the binaries (parallel work and worktrees use their own).
 target_dir="${CARGO_TARGET_DIR:-target}"
-case "$bundle" in
-    .gpu/*) ;;
-    *) echo "device-prepare: the bundle must live under .gpu/ (git-ignored), got $bundle" >&2; exit 2 ;;
-esac
+under_gpu device-prepare "$bundle"
 
 log() { echo "device-prepare: $*" >&2; }
 

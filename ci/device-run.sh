@@ -31,8 +31,7 @@
 #                              so several: '@(*decode*|*device_inputs)')
 set -uo pipefail
 shopt -s extglob
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bundle="${1:-.gpu/loop}"
 steps="${2:-info,resources,tests,verify,bench}"
 out="${OUT:-$repo_root/.gpu/out}"
@@ -50,9 +49,7 @@ fi
 cp "$bundle/manifest.json" "$out/manifest.json"
 
 # NVRTC and its builtins live beside the toolkit; ssm-gpu also finds them there itself.
-for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cuda_libs
 export SSM_REQUIRE_GPU=1
 export SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
 export SSM_RESULTS_DIR=/tmp/ssm-results

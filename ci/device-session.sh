@@ -11,7 +11,7 @@
 # Each part's own environment switches (SSM_DEVICE_ONLY, SANITIZE_*, SSM_BENCH_*,
 # SSM_PY_DEADLINE, ...) pass through. Prints every part's summary last.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 out="${OUT:?OUT must name the folder that comes back}"
 summary="$out/session.txt"
 : >"$summary"
@@ -19,10 +19,7 @@ summary="$out/session.txt"
 # unpack them in place first (xz, or Python's lzma where xz is missing).
 for z in .gpu/loop-lead/*/*.xz; do
     [ -f "$z" ] || continue
-    if command -v xz >/dev/null; then xz -dc "$z" >"${z%.xz}"; else
-        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "${z%.xz}"
-    fi
-    chmod +x "${z%.xz}" && rm -f "$z"
+    unpack_xz "$z" "${z%.xz}" && rm -f "$z"
 done
 for part in ${1//,/ }; do
     dir="$out/$part"
@@ -34,9 +31,7 @@ for part in ${1//,/ }; do
         python) OUT="$dir" bash ci/python-device.sh run "${SSM_SESSION_PY:-pytest,oracle,peer,timing}" >"$dir/stdout.txt" 2>&1 ;;
         decode)
             (
-                for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-                    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-                done
+                cuda_libs
                 export SSM_KERNEL_DIR="$PWD/.gpu/loop-lead/kernels" SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
                 timeout 240 .gpu/loop-lead/examples/ssm-benches__bench_decode_graph --tilings --target-us 3 \
                     --json "$dir/decode-graph.json"

@@ -13,7 +13,7 @@
 #   --write-docs   replace the table between the PLANTED-BUGS markers of docs/FUZZING.md
 # Exits non-zero when a bug escapes either suite, or when the clean build fails.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 write_docs=0
 [ "${1:-}" = "--write-docs" ] && write_docs=1
 

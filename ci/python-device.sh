@@ -20,8 +20,7 @@
 # env: SSM_PY_DEADLINE (seconds from the start by which everything must end, default
 #      570: the device's 10-minute call), SSM_PY_QUICK=1 (shorter timing windows)
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mode="${1:-run}"
 wheels=.gpu/python
 
@@ -57,9 +56,7 @@ if ! python3 -c 'import pytest' 2>/dev/null; then
     done
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cuda_libs
 export SSM_KERNEL_CACHE=/tmp/ssm-kernel-cache
 export PYTHONUNBUFFERED=1
 {

@@ -25,8 +25,7 @@
 #                             (or a glob of binary names: SANITIZE_TESTS='gpu_device_inputs*')
 #       SANITIZE_PLANTED=0    skip the planted race
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bundle="${1:-.gpu/loop}"
 out="${OUT:-$repo_root/.gpu/out}"
 mkdir -p "$out"
@@ -48,9 +47,7 @@ if [ ! -x "$sanitizer" ]; then
     say "sanitize: compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
     exit 2
 fi
-for lib in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cuda_libs
 export SSM_REQUIRE_GPU=1 RUST_BACKTRACE=1
 export SSM_KERNEL_CACHE="${SSM_KERNEL_CACHE:-/tmp/ssm-kernel-cache}"
 # The kernels device-run.sh chose (SSM_DEVICE_KERNELS), else this checkout's.
