@@ -23,20 +23,6 @@ under_gpu device-prepare "$bundle"
 
 log() { echo "device-prepare: $*" >&2; }
 
-# Print the executables of the test/bench artifacts in cargo's JSON messages.
-executables() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["target"]["name"], msg["executable"])
-'
-}
-
 # Package name of the crate at $1 (its Cargo.toml's [package] name).
 package_name() {
     sed -n '/^\[package\]/,/^\[/{s/^name *= *"\(.*\)"/\1/p}' "$1/Cargo.toml" | head -n1
@@ -55,6 +41,21 @@ build_failures=()
 failed() {
     log "FAILED to build $1 (left out of the bundle)"
     build_failures+=("$1")
+}
+
+# copy_built SUB WHAT CARGO-ARGS...: run cargo with CARGO-ARGS and copy every
+# executable it built into $bundle/SUB as <package>__<name>; when the build
+# fails, WHAT is left out of the bundle (see `failed`).
+copy_built() {
+    local sub="$1" what="$2" built
+    shift 2
+    if built=$(cargo "$@" --message-format=json-render-diagnostics | cargo_executables); then
+        while read -r name exe; do
+            cp "$exe" "$bundle/$sub/${package}__${name}"
+        done <<<"$built"
+    else
+        failed "$what"
+    fi
 }
 
 # gpu_info is the probe everything else relies on: it must build.
@@ -76,14 +77,7 @@ for dir in $(crate_dirs); do
     done
     if [ ${#tests[@]} -gt 0 ]; then
         log "building GPU tests of $package: ${tests[*]}"
-        if built=$(cargo test --release -p "$package" "${tests[@]}" --no-run \
-            --message-format=json-render-diagnostics | executables); then
-            while read -r name exe; do
-                cp "$exe" "$bundle/tests/${package}__${name}"
-            done <<<"$built"
-        else
-            failed "$package GPU tests"
-        fi
+        copy_built tests "$package GPU tests" test --release -p "$package" "${tests[@]}" --no-run
     fi
     # Examples meant for the device: examples/gpu_*.rs, examples/bench_*.rs
     for file in "$dir"/examples/gpu_*.rs "$dir"/examples/bench_*.rs; do
@@ -100,14 +94,7 @@ for dir in $(crate_dirs); do
     # Criterion benches: benches/*.rs
     if compgen -G "$dir/benches/*.rs" >/dev/null; then
         log "building benches of $package"
-        if built=$(cargo bench -p "$package" --no-run \
-            --message-format=json-render-diagnostics | executables); then
-            while read -r name exe; do
-                cp "$exe" "$bundle/benches/${package}__${name}"
-            done <<<"$built"
-        else
-            failed "$package benches"
-        fi
+        copy_built benches "$package benches" bench -p "$package" --no-run
     fi
 done
 

@@ -29,6 +29,21 @@ cuda_libs() {
     return 0
 }
 
+# cargo_executables: read cargo's JSON messages on stdin and print
+# "<target name> <executable>" for every artifact that is an executable.
+cargo_executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["target"]["name"], msg["executable"])
+'
+}
+
 # unpack_xz SRC DST: decompress SRC into DST (xz, or Python's lzma where the device
 # has no xz) and make DST executable (the bundles compress binaries to stay
 # inside the carry limit).

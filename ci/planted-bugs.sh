@@ -37,17 +37,7 @@ build() {
     local tests=()
     for t in "$@"; do tests+=(--test "$t"); done
     cargo test -q -p "$package" --features planted-bugs "${tests[@]}" \
-        --no-run --message-format=json 2>/dev/null \
-        | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["target"]["name"], msg["executable"])
-'
+        --no-run --message-format=json 2>/dev/null | cargo_executables
 }
 build ssm-verify equivalence planted_bugs >"$work/bins"
 build mamba2-ssd backward_properties >"$work/ssd_bwd_bins"
