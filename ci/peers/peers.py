@@ -166,6 +166,21 @@ def wanted(*names):
     return WORKLOADS is None or any(n in WORKLOADS for n in names)
 
 
+def seeded(workloads, keys):
+    """The wanted workloads as `(name, sizes in the order of keys)`, torch's
+    generator reseeded before each, so every peer draws the same inputs."""
+    import torch
+
+    for name, s in workloads:
+        if not wanted(name):
+            continue
+        torch.manual_seed(0)
+        yield name, tuple(s[k] for k in keys)
+
+
+SSD_KEYS = ("batch", "seqlen", "heads", "head_dim", "d_state", "groups")
+
+
 # ---------------------------------------------------------------- timing
 
 class Recorder:
@@ -239,11 +254,7 @@ def time_ssd(rec, quick):
     from mamba_ssm.utils import determinism
 
     impl = "mamba_ssm.triton.mamba_chunk_scan_combined"
-    for name, s in SSD_WORKLOADS:
-        b, l, h, p, n, g = (s[k] for k in ("batch", "seqlen", "heads", "head_dim", "d_state", "groups"))
-        if not wanted(name):
-            continue
-        torch.manual_seed(0)
+    for name, (b, l, h, p, n, g) in seeded(SSD_WORKLOADS, SSD_KEYS):
         x = randn(b, l, h, p)
         dt = randn(b, l, h, scale=1.0) - 4.0  # softplus(dt - 4): small steps, as in trained models
         dt = dt.to(torch.bfloat16)
@@ -301,11 +312,7 @@ def time_scan(rec, quick):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     impl = "mamba_ssm.cuda.selective_scan_fn"
-    for name, s in SCAN_WORKLOADS:
-        b, dim, n, l = (s[k] for k in ("batch", "d_inner", "d_state", "seqlen"))
-        if not wanted(name):
-            continue
-        torch.manual_seed(0)
+    for name, (b, dim, n, l) in seeded(SCAN_WORKLOADS, ("batch", "d_inner", "d_state", "seqlen")):
         u = randn(b, dim, l)
         delta = (randn(b, dim, l) - 4.0).to(torch.bfloat16)
         a = -torch.exp(torch.rand(dim, n, device="cuda") * 2.0)
@@ -391,11 +398,7 @@ def time_fla(rec, quick):
     note = ("simple GLA: the SSD core only (q=C, k=B expanded to heads, v=dt*x, g=dt*A, scale 1); "
             "no D, z, groups, dt_bias or softplus")
     refused = False
-    for name, s in SSD_WORKLOADS:
-        b, l, h, p, n, g = (s[k] for k in ("batch", "seqlen", "heads", "head_dim", "d_state", "groups"))
-        if not wanted(name):
-            continue
-        torch.manual_seed(0)
+    for name, (b, l, h, p, n, g) in seeded(SSD_WORKLOADS, SSD_KEYS):
         q = randn(b, l, h, n)
         k = randn(b, l, h, n)
         v = randn(b, l, h, p)
