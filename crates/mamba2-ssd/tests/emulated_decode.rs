@@ -83,30 +83,37 @@ fn check(cxx: &str, dtype: DType, emu_dtype: u8, n: usize) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn every_tiling_matches_f64_bf16_n128() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("every_tiling_matches_f64_bf16_n128") else {
+/// Every tiling on each `(dtype, EMU_DTYPE, N)` of `states`; without a host
+/// compiler, skips loudly as `test`.
+fn emulate(test: &str, states: &[(DType, u8, usize)]) {
+    let Some(cxx) = ssm_gpu::test_cxx_or_skip(test) else {
         return;
     };
-    check(&cxx, DType::Bf16, 1, 128);
+    for &(dtype, emu_dtype, n) in states {
+        check(&cxx, dtype, emu_dtype, n);
+    }
+}
+
+#[test]
+fn every_tiling_matches_f64_bf16_n128() {
+    emulate(
+        "every_tiling_matches_f64_bf16_n128",
+        &[(DType::Bf16, 1, 128)],
+    );
 }
 
 /// f32 inputs on a state off the fast path (N = 12: 4-float vectors, 1 lane a
 /// row, rows capped) and a 64-float row (16 lanes).
 #[test]
 fn every_tiling_matches_f64_f32_odd_states() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("every_tiling_matches_f64_f32_odd_states") else {
-        return;
-    };
-    check(&cxx, DType::F32, 0, 12);
-    check(&cxx, DType::F32, 0, 64);
+    emulate(
+        "every_tiling_matches_f64_f32_odd_states",
+        &[(DType::F32, 0, 12), (DType::F32, 0, 64)],
+    );
 }
 
 /// f16 inputs on N = 7 (scalar accesses).
 #[test]
 fn every_tiling_matches_f64_f16_n7() {
-    let Some(cxx) = ssm_gpu::test_cxx_or_skip("every_tiling_matches_f64_f16_n7") else {
-        return;
-    };
-    check(&cxx, DType::F16, 2, 7);
+    emulate("every_tiling_matches_f64_f16_n7", &[(DType::F16, 2, 7)]);
 }
