@@ -60,47 +60,154 @@ pub struct ScanProblem {
     pub regimes: Regimes,
 }
 
-/// A named tensor the regimes perturb.
-type Named<'a, T> = (&'static str, &'a mut T);
+/// A Mamba-1 or SSD draw as the regimes perturb it: its tensors by role, under
+/// the names the findings give them.
+trait Perturbed {
+    /// Names of [`Perturbed::tensors`], in its order.
+    const NAMES: ([&'static str; 5], [&'static str; 4]);
+    /// Whether the step sizes are pre-activations (softplus on).
+    fn softplus(&self) -> bool;
+    /// The case's label.
+    fn describe(&self) -> String;
+    /// The varlen offsets, if any.
+    fn cu_seqlens(&self) -> Option<&[i64]>;
+    /// The varlen offsets, the required tensors `[x, dt, A, B, C]` and the
+    /// optional ones `[D, z, bias, initial states]`.
+    fn tensors(&mut self) -> Tensors<'_>;
+}
+
+/// What [`Perturbed::tensors`] returns.
+type Tensors<'a> = (
+    &'a mut Option<Vec<i64>>,
+    [&'a mut Vec<f32>; 5],
+    [&'a mut Option<Vec<f32>>; 4],
+);
+
+/// [`Perturbed`] for a draw whose fields are `x, dt, a, b, c` and
+/// `d, z, bias, initial_states`, with the family's own names for `x`, `dt` and
+/// `bias` (the two draws differ in nothing else here).
+macro_rules! perturbed {
+    ($draw:ty, [$x:ident, $dt:ident, $bias:ident], $names:expr) => {
+        impl Perturbed for $draw {
+            const NAMES: ([&'static str; 5], [&'static str; 4]) = $names;
+            fn softplus(&self) -> bool {
+                self.case.softplus
+            }
+            fn describe(&self) -> String {
+                self.case.describe()
+            }
+            fn cu_seqlens(&self) -> Option<&[i64]> {
+                self.cu_seqlens.as_deref()
+            }
+            fn tensors(&mut self) -> Tensors<'_> {
+                let required = [
+                    &mut self.$x,
+                    &mut self.$dt,
+                    &mut self.a,
+                    &mut self.b,
+                    &mut self.c,
+                ];
+                let optional = [
+                    &mut self.d,
+                    &mut self.z,
+                    &mut self.$bias,
+                    &mut self.initial_states,
+                ];
+                (&mut self.cu_seqlens, required, optional)
+            }
+        }
+    };
+}
+
+perturbed!(
+    Mamba1Data,
+    [u, delta, delta_bias],
+    (["u", "delta", "A", "B", "C"], ["D", "z", "bias", "h0"])
+);
+perturbed!(
+    SsdData,
+    [x, dt, dt_bias],
+    (["x", "dt", "A", "B", "C"], ["D", "z", "dt_bias", "s0"])
+);
+
+/// What both families decode after the case, in this order: the seed of the
+/// values `generate` draws, the varlen offsets (same count as the generator's,
+/// so the initial states keep their rows), the value regimes, the element type
+/// and the tile length (the CPU port's L-block or chunk).
+fn decode_values<D: Perturbed>(
+    bytes: &mut Bytes<'_>,
+    seqlen: usize,
+    varlen: Option<usize>,
+    generate: impl FnOnce(u64) -> D,
+) -> (D, Regimes, DType, usize) {
+    let seed = bytes.u64();
+    let mut data = generate(seed);
+    let softplus = data.softplus();
+    let (cu_seqlens, required, optional) = data.tensors();
+    if let Some(n) = varlen {
+        *cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
+    }
+    let regimes = draw_regimes(bytes, seed, softplus, D::NAMES, required, optional);
+    let dtype = bytes.dtype();
+    let tile = bytes.tile(seqlen);
+    (data, regimes, dtype, tile)
+}
 
 /// The value regimes of a problem, drawn from `bytes` in one order for both
 /// families: a scale for the input, the step sizes' and `A`'s own regimes,
 /// scales for B, C and the initial states, then value patches into up to six
 /// tensors (the required ones, then those of the optional ones present).
-/// `[x, dt, A]`, `[B, C]`, `[D, z, bias]` and the initial states are by role,
-/// named as the findings name them.
+/// The tensors are by role as [`Perturbed::tensors`] gives them, named by `names`.
 fn draw_regimes(
     bytes: &mut Bytes<'_>,
     seed: u64,
     softplus: bool,
-    [x, dt, a]: [Named<'_, Vec<f32>>; 3],
-    [b, c]: [Named<'_, Vec<f32>>; 2],
-    optional: [Named<'_, Option<Vec<f32>>>; 3],
-    s0: Named<'_, Option<Vec<f32>>>,
+    (names, optional_names): ([&'static str; 5], [&'static str; 4]),
+    [x, dt, a, b, c]: [&mut Vec<f32>; 5],
+    optional: [&mut Option<Vec<f32>>; 4],
 ) -> Regimes {
     let mut rng = regime_rng(seed);
     let mut regimes = Regimes::default();
-    draw_scale(bytes, &mut regimes, x.0).apply(x.1, &mut rng);
+    draw_scale(bytes, &mut regimes, names[0]).apply(x, &mut rng);
     let dt_scale = DtScale::draw(bytes);
     regimes.note("dt", dt_scale, DtScale::AsGenerated);
-    dt_scale.apply(dt.1, softplus, &mut rng);
+    dt_scale.apply(dt, softplus, &mut rng);
     let a_scale = AScale::draw(bytes);
     regimes.note("A", a_scale, AScale::AsGenerated);
-    a_scale.apply(a.1, &mut rng);
-    draw_scale(bytes, &mut regimes, b.0).apply(b.1, &mut rng);
-    draw_scale(bytes, &mut regimes, c.0).apply(c.1, &mut rng);
-    if let Some(h0) = s0.1.as_mut() {
-        draw_scale(bytes, &mut regimes, s0.0).apply(h0, &mut rng);
+    a_scale.apply(a, &mut rng);
+    draw_scale(bytes, &mut regimes, names[3]).apply(b, &mut rng);
+    draw_scale(bytes, &mut regimes, names[4]).apply(c, &mut rng);
+    let [d, z, bias, s0] = optional;
+    if let Some(h0) = s0.as_mut() {
+        draw_scale(bytes, &mut regimes, optional_names[3]).apply(h0, &mut rng);
     }
-    let mut targets: Vec<(&str, &mut [f32])> =
-        vec![(x.0, x.1), (dt.0, dt.1), (a.0, a.1), (b.0, b.1), (c.0, c.1)];
-    for (name, t) in optional.into_iter().chain([s0]) {
+    let mut targets: Vec<(&str, &mut [f32])> = names
+        .into_iter()
+        .zip([x, dt, a, b, c])
+        .map(|(name, t)| (name, &mut t[..]))
+        .collect();
+    for (name, t) in optional_names.into_iter().zip([d, z, bias, s0]) {
         if let Some(t) = t {
             targets.push((name, t));
         }
     }
     regimes.patches(patch(bytes, &mut targets, 6));
     regimes
+}
+
+/// The label of a scan or SSD finding: the case, the element type, the tile
+/// (its name and length), the regimes and the varlen offsets.
+fn label(
+    data: &impl Perturbed,
+    dtype: DType,
+    (tile, len): (&str, usize),
+    regimes: &Regimes,
+) -> String {
+    let mut s = format!("{} {dtype} {tile} {len}{regimes}", data.describe());
+    if let Some(cu) = data.cu_seqlens() {
+        s += &format!(" cu {cu:?}");
+    }
+    s
 }
 
 /// Large step sizes or typical ones, a byte's low bit deciding (as the corpora
@@ -141,28 +248,9 @@ impl ScanProblem {
             varlen,
             dt: dt_regime(bytes),
         };
-        let seed = bytes.u64();
-        let mut data = Mamba1Data::generate(&case, seed);
-        if let Some(n) = varlen {
-            // Same count as the generator's, so the initial states keep their rows.
-            data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
-        }
-        let d = &mut data;
-        let regimes = draw_regimes(
-            bytes,
-            seed,
-            case.softplus,
-            [("u", &mut d.u), ("delta", &mut d.delta), ("A", &mut d.a)],
-            [("B", &mut d.b), ("C", &mut d.c)],
-            [
-                ("D", &mut d.d),
-                ("z", &mut d.z),
-                ("bias", &mut d.delta_bias),
-            ],
-            ("h0", &mut d.initial_states),
-        );
-        let dtype = bytes.dtype();
-        let block_len = bytes.tile(seqlen);
+        let (data, regimes, dtype, block_len) = decode_values(bytes, seqlen, varlen, |seed| {
+            Mamba1Data::generate(&case, seed)
+        });
         ScanProblem {
             data,
             dtype,
@@ -173,17 +261,12 @@ impl ScanProblem {
 
     /// A one-line label for findings.
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "{} {} block {}{}",
-            self.data.case.describe(),
+        label(
+            &self.data,
             self.dtype,
-            self.block_len,
-            self.regimes
-        );
-        if let Some(cu) = &self.data.cu_seqlens {
-            s += &format!(" cu {cu:?}");
-        }
-        s
+            ("block", self.block_len),
+            &self.regimes,
+        )
     }
 }
 
@@ -241,27 +324,8 @@ impl SsdProblem {
             varlen,
             dt: dt_regime(bytes),
         };
-        let seed = bytes.u64();
-        let mut data = SsdData::generate(&case, seed);
-        if let Some(n) = varlen {
-            data.cu_seqlens = Some(bytes.cu_seqlens(seqlen, n));
-        }
-        let d = &mut data;
-        let regimes = draw_regimes(
-            bytes,
-            seed,
-            case.softplus,
-            [("x", &mut d.x), ("dt", &mut d.dt), ("A", &mut d.a)],
-            [("B", &mut d.b), ("C", &mut d.c)],
-            [
-                ("D", &mut d.d),
-                ("z", &mut d.z),
-                ("dt_bias", &mut d.dt_bias),
-            ],
-            ("s0", &mut d.initial_states),
-        );
-        let dtype = bytes.dtype();
-        let chunk = bytes.tile(seqlen);
+        let (data, regimes, dtype, chunk) =
+            decode_values(bytes, seqlen, varlen, |seed| SsdData::generate(&case, seed));
         SsdProblem {
             data,
             dtype,
@@ -272,20 +336,11 @@ impl SsdProblem {
 
     /// A one-line label for findings.
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "{} {} chunk {}{}",
-            self.data.case.describe(),
-            self.dtype,
-            self.chunk,
-            self.regimes
-        );
-        if let Some(cu) = &self.data.cu_seqlens {
-            s += &format!(" cu {cu:?}");
+        let s = label(&self.data, self.dtype, ("chunk", self.chunk), &self.regimes);
+        match self.data.case.dt_limit {
+            Some((lo, hi)) => s + &format!(" dt_limit ({lo}, {hi})"),
+            None => s,
         }
-        if let Some((lo, hi)) = self.data.case.dt_limit {
-            s += &format!(" dt_limit ({lo}, {hi})");
-        }
-        s
     }
 }
 
