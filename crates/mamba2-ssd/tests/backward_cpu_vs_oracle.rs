@@ -6,7 +6,7 @@ mod backward_support;
 mod cpu_support;
 
 use backward_support::{assert_passed, incoming, judge};
-use cpu_support::{dims, Case, DKind, Options, Steps};
+use cpu_support::{assert_dimension_error, dims, Case, DKind, Options, Steps};
 use half::{bf16, f16};
 use mamba2_ssd::backward_cpu::ssd_backward_chunked;
 use mamba2_ssd::{ssd_backward, Backend, CpuOptions};
@@ -77,14 +77,7 @@ fn varlen_with_empty_and_single_token_sequences() {
 
 #[test]
 fn large_and_spiky_steps() {
-    let large = Options {
-        steps: Steps::Large,
-        z: true,
-        d: Some(DKind::PerHead),
-        initial_states: true,
-        final_states: true,
-        ..Options::default()
-    };
+    let large = Options::large_steps();
     let case = Case::new(dims(2, 100, 2, 8, 16, 1), large, 8);
     check::<f32>("large dt", &case, 8, 32);
     let spiky = Options {
@@ -250,16 +243,7 @@ fn gradient_inputs_are_validated() {
         "{err}"
     );
     let err = ssd_backward(&p.with_final_states(false), &inc.d_out, d_final, cpu).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SsmError::Dimension {
-                arg: "d_final_states",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_dimension_error(&err, "d_final_states");
     let mut bad = inc.d_out.clone();
     bad[5] = f32::NAN;
     let err = ssd_backward(&p, &bad, d_final, cpu).unwrap_err();
@@ -281,16 +265,7 @@ fn gradient_inputs_are_validated() {
         Backend::Cpu(CpuOptions { chunk_size: 0 }),
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SsmError::Dimension {
-                arg: "chunk_size",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_dimension_error(&err, "chunk_size");
     // Forward parameters are validated first, as in the forward.
     let err = ssd_backward(
         &ssm_core::mamba2::SsdParams { b: &r.b[1..], ..p },

@@ -3,7 +3,7 @@
 
 mod cpu_support;
 
-use cpu_support::{chunked_log_decay, dims, Case, DKind, Options, Steps};
+use cpu_support::{assert_dimension_error, chunked_log_decay, dims, Case, DKind, Options, Steps};
 use half::{bf16, f16};
 use mamba2_ssd::cpu::ssd_chunked;
 use mamba2_ssd::decode_cpu::decode_step_cpu;
@@ -163,15 +163,7 @@ fn varlen_final_state_of_an_empty_sequence_is_its_initial_state() {
 fn large_steps_stay_within_the_budget() {
     // dt' = softplus(randn) + U(0, 10), A down to -8: per-step log-decays up to
     // ~-100 and cumulative sums of thousands inside a chunk.
-    let opts = Options {
-        steps: Steps::Large,
-        z: true,
-        d: Some(DKind::PerHead),
-        initial_states: true,
-        final_states: true,
-        ..Options::default()
-    };
-    let case = Case::new(dims(2, 150, 4, 8, 16, 1), opts, 11);
+    let case = Case::new(dims(2, 150, 4, 8, 16, 1), Options::large_steps(), 11);
     for chunk in [16, 64] {
         check::<f32>("large dt", &case, chunk);
     }
@@ -221,16 +213,7 @@ fn zero_chunk_size_is_rejected_by_name() {
     let case = Case::new(dims(1, 4, 1, 2, 2, 1), Options::default(), 13);
     let r = case.rounded::<f32>();
     let err = ssd_chunked(&case.params(&r), 0).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SsmError::Dimension {
-                arg: "chunk_size",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_dimension_error(&err, "chunk_size");
 }
 
 #[test]

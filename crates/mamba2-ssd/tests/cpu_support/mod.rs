@@ -62,6 +62,27 @@ impl Options {
             steps: Steps::Typical,
         }
     }
+
+    /// Large steps (`Steps::Large`) with z, D per head and both states: the
+    /// forward's and the backward's large-step case.
+    pub fn large_steps() -> Self {
+        Options {
+            steps: Steps::Large,
+            z: true,
+            d: Some(DKind::PerHead),
+            initial_states: true,
+            final_states: true,
+            ..Options::default()
+        }
+    }
+}
+
+/// `err` is the typed dimension error that names `arg`.
+pub fn assert_dimension_error(err: &ssm_core::SsmError, arg: &str) {
+    assert!(
+        matches!(err, ssm_core::SsmError::Dimension { arg: a, .. } if *a == arg),
+        "{err}"
+    );
 }
 
 /// A problem held in f32; `params::<T>` rounds the tensor inputs to `T`.
