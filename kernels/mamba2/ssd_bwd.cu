@@ -213,6 +213,21 @@ SSD_DEV float dy_at(const SsdBwdArgs& a, i64 off) {
     return v;
 }
 
+// The skip weight D of (head h, column p) that dx gets d_out silu(z) through
+// (per head, per head and column, or none): one definition for both
+// ssd_bwd_grad versions.
+SSD_DEV float d_skip(const SsdBwdArgs& a, int h, int p) {
+#if SSD_D_MODE == 1
+    (void)p;
+    return a.D[h];
+#elif SSD_D_MODE == 2
+    return a.D[h * P + p];
+#else
+    (void)a, (void)h, (void)p;
+    return 0.0f;
+#endif
+}
+
 // The end of stage E shared by both ssd_bwd_grad versions: the dt chain per
 // token (the raw-dt gradient from the direct d dt' in ddt_c and the log-decay
 // gradient in da_c, stored to ddt and kept in ddt_c), then the chunk's dA and
@@ -616,13 +631,7 @@ extern "C" __global__ void __launch_bounds__(256) ssd_bwd_grad(const SsdBwdArgs 
     for (int e = tid; e < len * P; e += NT) {
         const int j = e / P, p = e % P;
         const i64 off = (tok + j) * HP + hp0 + p;
-#if SSD_D_MODE == 1
-        const float dsk = a.D[h];
-#elif SSD_D_MODE == 2
-        const float dsk = a.D[h * P + p];
-#else
-        const float dsk = 0.0f;
-#endif
+        const float dsk = d_skip(a, h, p);
         float dxv = dsk * a.ws_dy[off] + exp2f(q - s_c[j]) * dt_c[j] * a.ws_gb[off];
         for (int i = j; i < len; ++i)
             dxv += cb[i * Q + j] * exp2f(s_c[i] - s_c[j]) * dt_c[j] * a.ws_dy[(tok + i) * HP + hp0 + p];

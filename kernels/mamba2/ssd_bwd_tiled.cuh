@@ -790,13 +790,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssd_bwd_grad(const SsdBwdAr
             for (int cc = 0; cc < 4; ++cc) {
                 const int p = pt * 64 + tile_col<false>(cc);
                 const i64 off = (tok + j) * HP + hp0 + p;
-#if SSD_D_MODE == 1
-                const float dsk = a.D[h];
-#elif SSD_D_MODE == 2
-                const float dsk = a.D[h * P + p];
-#else
-                const float dsk = 0.0f;
-#endif
+                const float dsk = ssd_bwd::d_skip(a, h, p);
                 const float dxv = dsk * dys[j * LDP + p] + w_c[j] * gbs[j * LDP + p] + dt_c[j] * dxa[r][cc];
                 store_elem(a.dx + off, dxv);
 #if SSD_HAS_Z
