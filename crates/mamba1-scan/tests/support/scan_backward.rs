@@ -32,27 +32,40 @@ pub struct Case {
 }
 
 impl Case {
-    /// No option but the final states, B and C grouped with one group.
-    pub fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+    /// Every option on (D, z, bias, softplus, initial and final states), B and
+    /// C grouped with one group.
+    pub fn all(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
         Case {
-            dims: Mamba1Dims::new(batch, d_inner, d_state, seqlen),
+            dims: Mamba1Dims {
+                batch,
+                d_inner,
+                d_state,
+                seqlen,
+            },
             b_groups: Some(1),
             c_groups: Some(1),
-            d: false,
-            z: false,
-            bias: false,
-            softplus: false,
-            h0: false,
+            d: true,
+            z: true,
+            bias: true,
+            softplus: true,
+            h0: true,
             final_states: true,
             cu: None,
             large_dt: false,
         }
     }
 
-    /// Every option on (D, z, bias, softplus, initial and final states), B and
-    /// C grouped with one group.
-    pub fn all(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
-        Self::plain(batch, d_inner, d_state, seqlen).all_options()
+    /// No option but the final states, B and C grouped with one group.
+    pub fn plain(batch: usize, d_inner: usize, d_state: usize, seqlen: usize) -> Self {
+        let all = Self::all(batch, d_inner, d_state, seqlen);
+        Case {
+            d: false,
+            z: false,
+            bias: false,
+            softplus: false,
+            h0: false,
+            ..all
+        }
     }
 
     /// Every option on, the B and C layouts kept.
