@@ -101,24 +101,22 @@ fn plain() {
 
 #[test]
 fn all_options() {
-    let case = Case::plain(2, 16, 8, 100).all_options();
+    let case = Case::all(2, 16, 8, 100);
     check_all_dtypes("all options", &case, 2, 32);
 }
 
 #[test]
 fn all_options_large_steps() {
-    let mut case = Case::plain(2, 16, 8, 100).all_options();
+    let mut case = Case::all(2, 16, 8, 100);
     case.large_dt = true;
     check_all_dtypes("all options, dt up to 10", &case, 3, 32);
 }
 
 #[test]
 fn constant_b_and_c() {
-    let case = Case::plain(2, 16, 6, 50).all_options().groups(None, None);
+    let case = Case::all(2, 16, 6, 50).groups(None, None);
     check_all_dtypes("constant B and C", &case, 4, 16);
-    let case = Case::plain(2, 16, 6, 50)
-        .all_options()
-        .groups(None, Some(2));
+    let case = Case::all(2, 16, 6, 50).groups(None, Some(2));
     check_all_dtypes("constant B, C G=2", &case, 5, 16);
     let case = Case::plain(1, 16, 6, 50).groups(Some(4), None);
     check_all_dtypes("B G=4, constant C", &case, 6, 16);
@@ -126,20 +124,16 @@ fn constant_b_and_c() {
 
 #[test]
 fn grouped_b_and_c() {
-    let case = Case::plain(2, 16, 8, 60)
-        .all_options()
-        .groups(Some(2), Some(2));
+    let case = Case::all(2, 16, 8, 60).groups(Some(2), Some(2));
     check_all_dtypes("G=2", &case, 7, 16);
     // Different group counts for B and C: chunks must respect both boundaries.
-    let case = Case::plain(2, 24, 4, 40)
-        .all_options()
-        .groups(Some(2), Some(3));
+    let case = Case::all(2, 24, 4, 40).groups(Some(2), Some(3));
     check_all_dtypes("B G=2, C G=3", &case, 8, 16);
 }
 
 #[test]
 fn varlen_with_empty_and_single_step_sequences() {
-    let mut case = Case::plain(1, 16, 8, 50).all_options();
+    let mut case = Case::all(1, 16, 8, 50);
     // Empty first sequence, a long one, one of length 1, an empty one, the rest.
     case.cu = Some(vec![0, 0, 17, 18, 18, 50]);
     check_all_dtypes("varlen, all options", &case, 9, 7);
@@ -150,7 +144,7 @@ fn varlen_with_empty_and_single_step_sequences() {
 
 #[test]
 fn block_lengths() {
-    let case = Case::plain(2, 16, 4, 37).all_options();
+    let case = Case::all(2, 16, 4, 37);
     for block_len in [1, 7, 37, 64, usize::MAX] {
         check_all_dtypes("block length", &case, 11, block_len);
     }
@@ -158,36 +152,34 @@ fn block_lengths() {
 
 #[test]
 fn single_step() {
-    let case = Case::plain(3, 16, 4, 1).all_options();
+    let case = Case::all(3, 16, 4, 1);
     check_all_dtypes("L=1", &case, 12, 8);
 }
 
 #[test]
 fn odd_state_and_channel_counts() {
     // N = 5 and 1 (not powers of two), D_in = 12 and 20 (partial lane groups).
-    check_all_dtypes("N=5 D=12", &Case::plain(2, 12, 5, 30).all_options(), 13, 8);
+    check_all_dtypes("N=5 D=12", &Case::all(2, 12, 5, 30), 13, 8);
     check_all_dtypes(
         "N=1 D=20 G=2",
         &Case::plain(2, 20, 1, 30).groups(Some(2), Some(2)),
         14,
         8,
     );
-    check_all_dtypes("N=17 D=3", &Case::plain(1, 3, 17, 30).all_options(), 15, 8);
+    check_all_dtypes("N=17 D=3", &Case::all(1, 3, 17, 30), 15, 8);
 }
 
 #[test]
 fn many_chunks() {
     // Enough channels for several lane groups per task and several tasks per
     // group: 5 groups of 24 channels, batch 3.
-    let case = Case::plain(3, 120, 4, 24)
-        .all_options()
-        .groups(Some(5), Some(5));
+    let case = Case::all(3, 120, 4, 24).groups(Some(5), Some(5));
     check_all_dtypes("D=120 G=5 b=3", &case, 16, 10);
 }
 
 #[test]
 fn empty_sequence_returns_initial_states() {
-    let case = Case::plain(2, 8, 3, 0).all_options();
+    let case = Case::all(2, 8, 3, 0);
     let data = Data::generate(&case, 17);
     let inputs = Rounded::<f32>::new(&data);
     let got = selective_scan_blocked(&inputs.params(&case, &data), 4).unwrap();
@@ -197,7 +189,7 @@ fn empty_sequence_returns_initial_states() {
 
 #[test]
 fn final_states_only_when_requested() {
-    let mut case = Case::plain(1, 8, 3, 10).all_options();
+    let mut case = Case::all(1, 8, 3, 10);
     case.final_states = false;
     let (_, states) = check_scan::<f32>(&case, 18, 4);
     assert!(states.is_none());
@@ -207,9 +199,7 @@ fn final_states_only_when_requested() {
 /// any channel: the results are bitwise identical.
 #[test]
 fn result_does_not_depend_on_blocking_or_threads() {
-    let mut case = Case::plain(1, 40, 5, 45)
-        .all_options()
-        .groups(Some(5), Some(5));
+    let mut case = Case::all(1, 40, 5, 45).groups(Some(5), Some(5));
     case.cu = Some(vec![0, 20, 20, 21, 45]);
     let data = Data::generate(&case, 19);
     let inputs = Rounded::<bf16>::new(&data);
@@ -235,7 +225,7 @@ fn result_does_not_depend_on_blocking_or_threads() {
 /// requested block: still the oracle's answer, and the same bits as short blocks.
 #[test]
 fn very_long_block() {
-    let case = Case::plain(1, 8, 4, 5000).all_options();
+    let case = Case::all(1, 8, 4, 5000);
     check_scan::<f32>(&case, 23, usize::MAX);
     let data = Data::generate(&case, 23);
     let inputs = Rounded::<f32>::new(&data);
@@ -375,9 +365,7 @@ fn decode_step_matches_reference() {
 #[test]
 fn decode_continues_the_scan_exactly() {
     let (d_inner, d_state, groups, len) = (16, 6, 2, 21);
-    let case = Case::plain(2, d_inner, d_state, len)
-        .all_options()
-        .groups(Some(groups), Some(groups));
+    let case = Case::all(2, d_inner, d_state, len).groups(Some(groups), Some(groups));
     let data = Data::generate(&case, 22);
     let inputs = Rounded::<bf16>::new(&data);
     let full = selective_scan_blocked(&inputs.params(&case, &data), 8).unwrap();

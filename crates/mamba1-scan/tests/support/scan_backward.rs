@@ -68,17 +68,6 @@ impl Case {
         }
     }
 
-    /// Every option on, the B and C layouts kept.
-    pub fn all_options(mut self) -> Self {
-        self.d = true;
-        self.z = true;
-        self.bias = true;
-        self.softplus = true;
-        self.h0 = true;
-        self.final_states = true;
-        self
-    }
-
     pub fn groups(mut self, b: Option<usize>, c: Option<usize>) -> Self {
         self.b_groups = b;
         self.c_groups = c;
