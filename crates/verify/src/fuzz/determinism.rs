@@ -214,30 +214,7 @@ mod tests {
                 d_per_head_dim: false,
             };
             let g = StepData::generate(&case, family == Family::Mamba2, 3);
-            let problem = StepProblem {
-                family,
-                dtype: DType::F32,
-                batch: case.batch,
-                channels,
-                head_dim,
-                d_state: case.d_state,
-                groups: case.groups,
-                cache_rows: g.cache_rows,
-                x: g.x,
-                dt: g.dt,
-                a: g.a,
-                b: g.b,
-                c: g.c,
-                d: g.d,
-                d_per_head_dim: false,
-                z: g.z,
-                dt_bias: g.dt_bias,
-                softplus: true,
-                dt_limit: (0.001, 5.0),
-                state: g.state,
-                indices: g.state_batch_indices,
-                regimes: Regimes::default(),
-            };
+            let problem = StepProblem::from_draw(family, g, true, (0.001, 5.0));
             step_as::<f32>(&problem).unwrap();
         }
     }

@@ -441,15 +441,17 @@ impl StepProblem {
             g.dt.iter_mut()
                 .for_each(|v| *v = ssm_core::math::softplus_f32(*v));
         }
-        let d = bytes.bool().then(|| g.d.take()).flatten();
-        let z = bytes.bool().then(|| g.z.take()).flatten();
-        let dt_bias = bytes.bool().then(|| g.dt_bias.take()).flatten();
+        // Each optional tensor drawn is kept or dropped by its own byte.
+        for t in [&mut g.d, &mut g.z, &mut g.dt_bias] {
+            if !bytes.bool() {
+                *t = None;
+            }
+        }
         let dt_limit = match family {
             Family::Mamba1 => NO_DT_LIMIT,
             Family::Mamba2 => bytes.pick(DT_LIMITS).unwrap_or(NO_DT_LIMIT),
         };
-        let mut indices = g.state_batch_indices.take();
-        if let Some(idx) = indices.as_mut() {
+        if let Some(idx) = g.state_batch_indices.as_mut() {
             // Now and then a raw index: out of range or repeated, a typed error.
             if bytes.chance(24) {
                 let at = bytes.int(0, idx.len() - 1);
@@ -469,28 +471,8 @@ impl StepProblem {
         draw_scale(bytes, &mut regimes, "C").apply(&mut g.c, &mut rng);
         draw_scale(bytes, &mut regimes, "state").apply(&mut g.state, &mut rng);
         let mut problem = StepProblem {
-            family,
-            dtype: DType::F32,
-            batch,
-            channels,
-            head_dim,
-            d_state,
-            groups,
-            cache_rows: g.cache_rows,
-            x: g.x,
-            dt: g.dt,
-            a: g.a,
-            b: g.b,
-            c: g.c,
-            d,
-            d_per_head_dim,
-            z,
-            dt_bias,
-            softplus,
-            dt_limit,
-            state: g.state,
-            indices,
             regimes,
+            ..StepProblem::from_draw(family, g, softplus, dt_limit)
         };
         {
             let p = &mut problem;
@@ -516,6 +498,37 @@ impl StepProblem {
         }
         problem.dtype = bytes.dtype();
         problem
+    }
+
+    /// The problem over the generator's draw `g` of `family`, as drawn: its
+    /// optional tensors and cache indices, F32, no regimes. `softplus` must
+    /// match how `g.dt` was drawn; `dt_limit` is Mamba-2's clamp.
+    pub fn from_draw(family: Family, g: StepData, softplus: bool, dt_limit: (f32, f32)) -> Self {
+        let case = g.case;
+        StepProblem {
+            family,
+            dtype: DType::F32,
+            batch: case.batch,
+            channels: case.channels,
+            head_dim: case.head_dim,
+            d_state: case.d_state,
+            groups: case.groups,
+            cache_rows: g.cache_rows,
+            x: g.x,
+            dt: g.dt,
+            a: g.a,
+            b: g.b,
+            c: g.c,
+            d: g.d,
+            d_per_head_dim: case.d_per_head_dim,
+            z: g.z,
+            dt_bias: g.dt_bias,
+            softplus,
+            dt_limit,
+            state: g.state,
+            indices: g.state_batch_indices,
+            regimes: Regimes::default(),
+        }
     }
 
     /// The tensors rounded to `T`.
