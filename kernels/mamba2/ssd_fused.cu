@@ -467,6 +467,20 @@ SSD_DEV int frag_n(int wn, int nt, int e) {
     return (wn * NTL + nt) * 8 + 2 * (lane & 3) + (e & 1);
 }
 
+// The state's fragments as 16-bit pairs into ss (P x BS), where the output
+// step reads them: the initial state and every chunk's updated one go through
+// this one layout.
+SSD_DEV void state_to_shared(const float (&S)[MT][NTL][4], u16* ss, int wm, int wn) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int n = 0; n < NTL; ++n)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr)
+                *reinterpret_cast<u32*>(ss + frag_p(wm, mi, 2 * hr) * BS + frag_n(wn, n, 0)) =
+                    pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
+}
+
 // Step 4: S = exp2(s_last) S + (w o x)^T B over the chunk's first `clen` rows.
 SSD_DEV void chunk_state(float (&S)[MT][NTL][4], const u16* xs, const u16* bs, const float* w_w,
                          float dec, int clen, int wm, int wn) {
@@ -625,17 +639,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
                                           frag_n(wn, n, e)];
             have_state = true;
         }
-        if (have_state) {
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-                for (int n = 0; n < NTL; ++n)
-#pragma unroll
-                    for (int hr = 0; hr < 2; ++hr)
-                        *reinterpret_cast<u32*>(ss + frag_p(wm, mi, 2 * hr) * BS +
-                                                frag_n(wn, n, 0)) =
-                            pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
-        }
+        if (have_state) state_to_shared(S, ss, wm, wn);
     }
 
     // Step 1 runs ahead of the walk, with dt read from global memory one step 1
@@ -721,17 +725,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
         have_state = true;
         __syncthreads();  // everyone is done reading this stage and ss
 
-        if (!STATE_ONLY) {
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-                for (int n = 0; n < NTL; ++n)
-#pragma unroll
-                    for (int hr = 0; hr < 2; ++hr)
-                        *reinterpret_cast<u32*>(ss + frag_p(wm, mi, 2 * hr) * BS +
-                                                frag_n(wn, n, 0)) =
-                            pack2(S[mi][n][2 * hr], S[mi][n][2 * hr + 1]);
-        }
+        if (!STATE_ONLY) state_to_shared(S, ss, wm, wn);
         if (STAGES == 1 && c + 1 < nchunks) {
             load_chunk(a, stages, tok + Q, chunk_len(c + 1), h, g, pt, chunk0 + c + 1,
                        early ? PARTS_X_B : PARTS_ALL);
