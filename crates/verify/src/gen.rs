@@ -64,6 +64,20 @@ pub fn random_cu_seqlens(rng: &mut StdRng, len: usize, num_seqs: usize) -> Vec<i
     cu_seqlens_from_cuts(len, cuts)
 }
 
+/// The varlen offsets of a scan or SSD draw, `varlen` sequences over `seqlen`
+/// (drawn before the tensors), and the rows of initial states: one per
+/// sequence, else one per batch row.
+fn varlen_rows(
+    rng: &mut StdRng,
+    varlen: Option<usize>,
+    seqlen: usize,
+    batch: usize,
+) -> (Option<Vec<i64>>, usize) {
+    let cu_seqlens = varlen.map(|n| random_cu_seqlens(rng, seqlen, n));
+    let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
+    (cu_seqlens, rows)
+}
+
 /// Offsets `0, cuts (sorted), len`: the `cu_seqlens` of the pieces that cut
 /// points in `0..=len` leave.
 pub(crate) fn cu_seqlens_from_cuts(len: usize, mut cuts: Vec<i64>) -> Vec<i64> {
@@ -246,11 +260,10 @@ impl Mamba1Data {
     pub fn generate(case: &Mamba1Case, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let dims = case.dims;
-        let (batch, d_inner, seqlen) = (dims.batch, dims.d_inner, dims.seqlen);
+        let d_inner = dims.d_inner;
         let bdl = dims.io_len();
         let bc_len = |g: Option<usize>| g.map_or(dims.a_len(), |g| dims.bc_len(g));
-        let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
-        let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
+        let (cu_seqlens, rows) = varlen_rows(&mut rng, case.varlen, dims.seqlen, dims.batch);
         Mamba1Data {
             u: randn_vec(&mut rng, bdl),
             delta: dt_vec(&mut rng, bdl, case.dt, case.softplus),
@@ -439,10 +452,9 @@ impl SsdData {
     pub fn generate(case: &SsdCase, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let dims = case.dims;
-        let (batch, seqlen, heads) = (dims.batch, dims.seqlen, dims.heads);
+        let heads = dims.heads;
         let (blhp, blgn) = (dims.x_len(), dims.bc_len());
-        let cu_seqlens = case.varlen.map(|n| random_cu_seqlens(&mut rng, seqlen, n));
-        let rows = cu_seqlens.as_ref().map_or(batch, |cu| cu.len() - 1);
+        let (cu_seqlens, rows) = varlen_rows(&mut rng, case.varlen, dims.seqlen, dims.batch);
         SsdData {
             x: randn_vec(&mut rng, blhp),
             dt: dt_vec(&mut rng, dims.dt_len(), case.dt, case.softplus),
