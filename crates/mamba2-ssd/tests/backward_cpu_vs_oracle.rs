@@ -82,8 +82,6 @@ fn large_and_spiky_steps() {
     check::<f32>("large dt", &case, 8, 32);
     let spiky = Options {
         steps: Steps::Spiky,
-        initial_states: true,
-        final_states: true,
         ..Options::all()
     };
     let case = Case::new(dims(1, 200, 2, 8, 16, 1), spiky, 9);
