@@ -178,6 +178,23 @@ SSD_DEV float silu(float z) { return ssm_silu(z); }
 // (two m16n8 tiles), 32 lanes x 4 floats in mma.sync accumulator order.
 #define SSD_CB_TILE(rt, jt) ((rt) * ((rt) + 1) / 2 + (jt))
 
+// The work item of a forward block (ssd_simt_fwd, ssd_fused_fwd): blockIdx.x
+// runs over (item, head h, tile pt of the head dimension), NPT tiles per head
+// fastest; declares bid, pt, h, the item's fields as locals and h's group g.
+// Needs the locals of SSD_UNPACK_ARGS (items, H, G). A macro, as
+// SSD_UNPACK_ARGS, so that both kernels read the table one way.
+#define SSD_UNPACK_ITEM(NPT)                                         \
+    const int bid = blockIdx.x;                                      \
+    const int pt = bid % (NPT);                                      \
+    const int h = (bid / (NPT)) % H;                                 \
+    const i64 item = (i64)(bid / (NPT) / H) * SSD_ITEM_FIELDS;       \
+    const i64 tok0 = items[item + SSD_ITEM_START];                   \
+    const i64 len = items[item + SSD_ITEM_LEN];                      \
+    [[maybe_unused]] const i64 seq = items[item + SSD_ITEM_SEQ];     \
+    const int seg = (int)items[item + SSD_ITEM_SEG];                 \
+    [[maybe_unused]] const int nseg = (int)items[item + SSD_ITEM_NSEG]; \
+    const i64 ws0 = items[item + SSD_ITEM_WS]
+
 // ---------------------------------------------------------------------------
 // Tensor-core and async-copy wrappers (sm_80+ PTX; the fused kernel only).
 // ---------------------------------------------------------------------------

@@ -574,20 +574,9 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
 #endif
 
     constexpr int NPT = P / PT;
-    const int bid = blockIdx.x;
-    const int pt = bid % NPT;
-    const int h = (bid / NPT) % H;
-    const i64 item = (i64)(bid / NPT / H) * SSD_ITEM_FIELDS;
-    const i64 tok0 = items[item + SSD_ITEM_START];
-    const i64 len = items[item + SSD_ITEM_LEN];
-    const i64 seq = items[item + SSD_ITEM_SEQ];
-    const int seg = (int)items[item + SSD_ITEM_SEG];
-    const int nseg = (int)items[item + SSD_ITEM_NSEG];
-    const i64 ws0 = items[item + SSD_ITEM_WS];
+    SSD_UNPACK_ITEM(NPT);
     const i64 chunk0 = items[item + SSD_ITEM_CHUNK];
     const int g = h / (H / G);
-    (void)seq;
-    (void)nseg;
 
     const int warp = threadIdx.x >> 5;
     const int wm = warp % WM, wn = warp / WM;

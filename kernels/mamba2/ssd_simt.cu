@@ -103,18 +103,8 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     float* Xt = sm + OFF_X;
 
     const int tid = threadIdx.x;
-    const int bid = blockIdx.x;
-    const int pt = bid % NPT;
-    const int h = (bid / NPT) % H;
-    const i64 item = (i64)(bid / NPT / H) * SSD_ITEM_FIELDS;
-    const i64 tok0 = items[item + SSD_ITEM_START];
-    const i64 len = items[item + SSD_ITEM_LEN];
-    const i64 seq = items[item + SSD_ITEM_SEQ];
-    const int seg = (int)items[item + SSD_ITEM_SEG];
-    const int nseg = (int)items[item + SSD_ITEM_NSEG];
-    const i64 ws0 = items[item + SSD_ITEM_WS];
+    SSD_UNPACK_ITEM(NPT);
     const int g = h / (H / G);
-    (void)seq;
     const Ctx k{x, B, C, (i64)H * P, (i64)G * N, h, g, pt * PT};
     const i64 PN = (i64)P * N;
     const float A2 = A[h] * SSD_LOG2E;
