@@ -16,10 +16,6 @@ use ssm_core::tolerance::{compare, rel_l2_budget};
 use ssm_core::DType;
 use support::*;
 
-fn to_bf16(v: Vec<f32>) -> Vec<bf16> {
-    v.into_iter().map(bf16::from_f32).collect()
-}
-
 fn assert_close(what: &str, split: &[bf16], whole: &[bf16]) {
     let c = compare(&widen(split), &widen(whole));
     let budget = 2.0 * rel_l2_budget(DType::Bf16, 0.0);
@@ -64,16 +60,16 @@ fn ssd_bf16_split_equals_whole() {
     let mut r = rng(42);
     let (len, h, p, n) = (57, 2, 4, 6);
     let dims = SsdDims::new(1, len, h, p, n, 1);
-    let x = to_bf16(randn(&mut r, len * h * p));
-    let dt = to_bf16(uniform(&mut r, len * h, 0.0, 0.5));
+    let x = cast::<bf16>(randn(&mut r, len * h * p));
+    let dt = cast::<bf16>(uniform(&mut r, len * h, 0.0, 0.5));
     let a = vec![-0.7f32, -1.3];
-    let b = to_bf16(randn(&mut r, len * n));
-    let c = to_bf16(randn(&mut r, len * n));
-    let z = to_bf16(randn(&mut r, len * h * p));
+    let b = cast::<bf16>(randn(&mut r, len * n));
+    let c = cast::<bf16>(randn(&mut r, len * n));
+    let z = cast::<bf16>(randn(&mut r, len * h * p));
     let d = randn(&mut r, h);
     let cu = [0i64, 5, 50, 57];
     let init = randn(&mut r, 3 * h * p * n);
-    let d_out = to_bf16(randn(&mut r, len * h * p));
+    let d_out = cast::<bf16>(randn(&mut r, len * h * p));
     let d_final = randn(&mut r, 3 * h * p * n);
     let segs = [(0, 20), (20, 40), (40, 57)];
     let chunk = mamba2_ssd::Backend::Cpu(mamba2_ssd::CpuOptions { chunk_size: 8 });
@@ -145,16 +141,13 @@ fn scan_bf16_with_constant_b_split_equals_whole() {
     let (batch, d_in, n, len) = (2, 4, 3, 45);
     let dims = Mamba1Dims::new(batch, d_in, n, len);
     let rows = batch * d_in;
-    let u = to_bf16(randn(&mut r, rows * len));
-    let delta = to_bf16(uniform(&mut r, rows * len, 0.0, 0.5));
-    let a: Vec<f32> = randn(&mut r, d_in * n)
-        .into_iter()
-        .map(|v| -(0.5 * v).exp())
-        .collect();
-    let b_const = to_bf16(randn(&mut r, d_in * n));
-    let c = to_bf16(randn(&mut r, batch * n * len));
+    let u = cast::<bf16>(randn(&mut r, rows * len));
+    let delta = cast::<bf16>(uniform(&mut r, rows * len, 0.0, 0.5));
+    let a = decay_rates(&mut r, d_in * n);
+    let b_const = cast::<bf16>(randn(&mut r, d_in * n));
+    let c = cast::<bf16>(randn(&mut r, batch * n * len));
     let init = randn(&mut r, rows * n);
-    let d_out = to_bf16(randn(&mut r, rows * len));
+    let d_out = cast::<bf16>(randn(&mut r, rows * len));
     let backend = mamba1_scan::Backend::Cpu(mamba1_scan::CpuOptions { block_len: 7 });
     let whole_p = scan_params(dims, [&u, &delta, &b_const, &c], &a).with_initial_states(&init);
     let whole = mamba1_scan::selective_scan(&whole_p, backend).unwrap();

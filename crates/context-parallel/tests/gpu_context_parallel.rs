@@ -48,10 +48,6 @@ struct Ssd<T> {
     d_final: Vec<f32>,
 }
 
-fn cast<T: Element>(v: Vec<f32>) -> Vec<T> {
-    v.into_iter().map(T::from_f32).collect()
-}
-
 fn ssd_problem<T: Element>(len: usize, seed: u64) -> Ssd<T> {
     let mut r = rng(seed);
     let (h, p, n, g) = (4, 16, 32, 1);
@@ -68,10 +64,7 @@ fn ssd_problem<T: Element>(len: usize, seed: u64) -> Ssd<T> {
         dims,
         x: cast(randn(&mut r, len * h * p)),
         dt: cast(uniform(&mut r, len * h, -3.0, -1.0)),
-        a: randn(&mut r, h)
-            .into_iter()
-            .map(|v| -(0.5 * v).exp())
-            .collect(),
+        a: decay_rates(&mut r, h),
         b: cast(randn(&mut r, len * g * n)),
         c: cast(randn(&mut r, len * g * n)),
         z: cast(randn(&mut r, len * h * p)),
@@ -187,10 +180,7 @@ fn scan_problem<T: Element>(len: usize, seed: u64) -> Scan<T> {
         dims,
         u: cast(randn(&mut r, b * d * len)),
         delta: cast(uniform(&mut r, b * d * len, -3.0, -1.0)),
-        a: randn(&mut r, d * n)
-            .into_iter()
-            .map(|v| -(0.5 * v).exp())
-            .collect(),
+        a: decay_rates(&mut r, d * n),
         b: cast(randn(&mut r, b * g * n * len)),
         c: cast(randn(&mut r, b * g * n * len)),
         z: cast(randn(&mut r, b * d * len)),

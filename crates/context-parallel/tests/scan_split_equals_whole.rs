@@ -130,10 +130,7 @@ fn data(s: &Spec) -> Data {
         dims,
         u: randn(&mut r, bdl),
         delta: uniform(&mut r, bdl, 0.0, 0.6),
-        a: randn(&mut r, dn)
-            .into_iter()
-            .map(|v| -(0.5 * v).exp())
-            .collect(),
+        a: decay_rates(&mut r, dn),
         b: randn(&mut r, bc_len(s, s.b_groups)),
         c: randn(&mut r, bc_len(s, s.c_groups)),
         d: s.d.then(|| randn(&mut r, s.d_inner)),

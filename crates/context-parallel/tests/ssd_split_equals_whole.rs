@@ -123,10 +123,7 @@ fn data(s: &Spec) -> Data {
     let state = s.heads * s.head_dim * s.d_state;
     let x = randn(&mut r, tok * s.heads * s.head_dim);
     let dt = uniform(&mut r, tok * s.heads, 0.0, 0.6);
-    let a: Vec<f32> = randn(&mut r, s.heads)
-        .into_iter()
-        .map(|v| -(0.5 * v).exp())
-        .collect();
+    let a = decay_rates(&mut r, s.heads);
     let b = randn(&mut r, tok * s.groups * s.d_state);
     let c = randn(&mut r, tok * s.groups * s.d_state);
     let bias = s.bias.then(|| uniform(&mut r, s.heads, -0.3, 0.3));

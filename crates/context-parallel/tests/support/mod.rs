@@ -24,6 +24,16 @@ pub fn randn(r: &mut StdRng, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Decay rates `A = -exp(randn / 2)`: all negative, short and long memories.
+pub fn decay_rates(r: &mut StdRng, n: usize) -> Vec<f32> {
+    randn(r, n).into_iter().map(|v| -(0.5 * v).exp()).collect()
+}
+
+/// `v` rounded to `T`.
+pub fn cast<T: ssm_core::Element>(v: Vec<f32>) -> Vec<T> {
+    v.into_iter().map(T::from_f32).collect()
+}
+
 pub fn uniform(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| lo + (hi - lo) * r.random::<f32>()).collect()
 }
