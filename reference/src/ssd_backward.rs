@@ -169,14 +169,7 @@ fn sweep_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let HeadTask {
-        head_dim,
-        d_state,
-        len,
-        pn,
-        a,
-        block,
-    } = io.head_task(seq, h);
+    let (head_dim, d_state, len, pn, a, block) = io.head_task(seq, h);
     let rate = io.rate(h);
 
     // Forward: states[k + 1] = S_k, states[0] = S_{-1} = initial state.
@@ -263,14 +256,7 @@ fn quadratic_head<T: Element>(
     d_final_states: Option<&[f32]>,
 ) -> HeadGrads {
     let p = io.p;
-    let HeadTask {
-        head_dim,
-        d_state,
-        len,
-        pn,
-        a,
-        block,
-    } = io.head_task(seq, h);
+    let (head_dim, d_state, len, pn, a, block) = io.head_task(seq, h);
     let mut s0 = vec![0.0; pn];
     load_initial_state(&mut s0, p.initial_states, block);
     let mut g_final = vec![0.0; pn];
@@ -483,21 +469,6 @@ fn assemble<T: Element>(
     }
 }
 
-/// The sizes and decay rate one (sequence, head) works with, the same for both
-/// reverse modes.
-struct HeadTask {
-    head_dim: usize,
-    d_state: usize,
-    /// Tokens in the sequence.
-    len: usize,
-    /// `P * N`, one state.
-    pn: usize,
-    /// `A_h`, as it enters the decays.
-    a: f64,
-    /// The state row `(sequence, h)` of the initial and final states.
-    block: usize,
-}
-
 /// Element accessors in the token-major layouts, widened to f64.
 struct Io<'a, 'p, T> {
     p: &'a SsdParams<'p, T>,
@@ -507,16 +478,15 @@ struct Io<'a, 'p, T> {
 }
 
 impl<T: Element> Io<'_, '_, T> {
-    fn head_task(&self, seq: Sequence, h: usize) -> HeadTask {
+    /// What one (sequence, head) works with, the same for both reverse modes:
+    /// `(P, N, tokens, P * N, A_h as it enters the decays, the state row of
+    /// (sequence, h) in the initial and final states)`.
+    fn head_task(&self, seq: Sequence, h: usize) -> (usize, usize, usize, usize, f64, usize) {
         let d = self.p.dims;
-        HeadTask {
-            head_dim: d.head_dim,
-            d_state: d.d_state,
-            len: seq.len(),
-            pn: d.head_dim * d.d_state,
-            a: f64::from(self.p.a[h]),
-            block: seq.state * d.heads + h,
-        }
+        let (head_dim, d_state) = (d.head_dim, d.d_state);
+        let a = f64::from(self.p.a[h]);
+        let block = seq.state * d.heads + h;
+        (head_dim, d_state, seq.len(), head_dim * d_state, a, block)
     }
     fn x_index(&self, row: usize, t: usize, h: usize, pi: usize) -> usize {
         let d = self.p.dims;
