@@ -285,19 +285,19 @@ impl SplitCase for Problem {
 
     fn on_rank(&self, comm: &ThreadComm) -> Result<(Forward, Self::Grads), CpError> {
         let (s, d) = (&self.s, &self.d);
-        let opts = cp_options(s.exchange, s.add);
+        let (backend, opts) = (self.backend(), cp_options(s.exchange, s.add));
         let rank = comm.rank();
         let l = local(s, d, rank);
         let p = local_params(s, d, &l, rank);
         let seg = segment(s, d, rank);
-        let fwd = ssd_forward_cp(&p, &seg, comm, self.backend(), opts)?;
+        let fwd = ssd_forward_cp(&p, &seg, comm, backend, opts)?;
         let bwd = ssd_backward_cp(
             &p,
             &seg,
             &l.d_out,
             d.d_final.as_deref(),
             comm,
-            self.backend(),
+            backend,
             opts,
         )?;
         Ok((fwd, bwd))
