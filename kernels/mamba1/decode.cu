@@ -63,6 +63,11 @@
 
 #include "common/math.cuh"
 #include "common/decode_state.cuh"
+// The state is f32 here: a 16-bit state (v6) is Mamba-2's only, since this kernel
+// also reads A and its staged B/C in state-layout vectors (docs/kernels/decode.md).
+#if DECODE_STATE_DTYPE != 0
+#error "mamba1/decode.cu stores the state in f32 only (DECODE_STATE_DTYPE 0)"
+#endif
 
 // VEC input elements (B or C) as loaded, still packed: 16-bit inputs take half the
 // registers of floats while they wait for their row.

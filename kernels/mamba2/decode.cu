@@ -1,5 +1,7 @@
 // Mamba-2 decode step (docs/DESIGN.md §1.3): one token per batch row, the state cache
-// (cache_rows, H, P, N) f32 read, updated and written back in place.
+// (cache_rows, H, P, N) read, updated and written back in place: f32, or f16 / bf16
+// with DECODE_STATE_DTYPE (widened to f32 on load, rounded to nearest even on store;
+// the arithmetic is f32 either way).
 //
 //   dt'  = clamp(softplus?(dt[i,h] + dt_bias[h]), dt_min, dt_max)
 //   S    = exp(dt' A[h]) S + dt' x[i,h,:] B[i,g,:]^T          (P x N per (i, h))
@@ -30,6 +32,8 @@
 //   STREAM_STATE  1: state loads and stores carry evict-first cache hints
 //   MIN_BLOCKS    blocks per SM that ptxas must leave room for (caps registers)
 //   DEPENDENT_LAUNCH 1: a programmatic dependent launch (common/decode_state.cuh)
+//   DECODE_STATE_DTYPE  the state's storage: 0 f32 (default), 1 f16, 2 bf16; with a
+//                 16-bit state VEC counts 16-bit elements (8: 16-byte accesses)
 
 #if !defined(D_STATE) || !defined(VEC) || !defined(TPR) || !defined(ROWS) || !defined(WARPS)
 #error "mamba2/decode.cu needs D_STATE, VEC, TPR, ROWS and WARPS defined"
@@ -65,7 +69,7 @@ struct Mamba2DecodeArgs {
     const void* z;                              // (b, H, P)      T, or null
     const float* dt_bias;                       // (H), or null
     const long long* state_batch_indices;       // (b), or null; negative = padding
-    float* state;                               // (cache_rows, H, P, N)
+    state_t* state;                             // (cache_rows, H, P, N)  state_t
     void* out;                                  // (b, H, P)      T
     long long batch;
     long long heads;
@@ -118,7 +122,7 @@ __device__ __forceinline__ void decode_step(const Mamba2DecodeArgs& a) {
     const long long cache_in = a.state_batch_indices ? a.state_batch_indices[i] : i;
     const bool has_state = cache_in >= 0 && cache_in < a.cache_rows;
     const long long cache = has_state ? cache_in : 0;
-    float* S = a.state + (cache * a.heads + h) * P * D_STATE;
+    state_t* S = a.state + (cache * a.heads + h) * P * D_STATE;
     float s[ROWS][EPT];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {

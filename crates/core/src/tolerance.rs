@@ -106,6 +106,59 @@ pub fn state_budget(max_log_decay: f64) -> f64 {
     rel_l2_budget(DType::F32, max_log_decay)
 }
 
+/// Unit roundoff `u = 2^-p` of a storage type with `p` significant bits: the
+/// largest relative error of rounding to nearest (bf16 2^-8, f16 2^-11, f32
+/// 2^-24, f64 2^-53).
+pub fn unit_roundoff(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 2f64.powi(-53),
+        DType::F32 => 2f64.powi(-24),
+        DType::F16 => 2f64.powi(-11),
+        DType::Bf16 => 2f64.powi(-8),
+    }
+}
+
+/// Budget for a decode state cache stored as `state_dtype` after `steps`
+/// decode steps from an initial state exactly representable in it (docs/
+/// TOLERANCES.md, "A state stored in 16 bits"): each step rounds every stored
+/// element once (relative RMS at most `u / sqrt(3)`), the contractive update
+/// carries old roundings forward at most undamped, and independent roundings add
+/// like a random walk:
+///
+/// ```text
+/// stored_state_budget = state_budget(0) + sqrt(steps) * u(state_dtype)
+/// ```
+///
+/// (`u` instead of `u / sqrt(3)`: the same headroom over the rounding alone as
+/// the half-output base, 4e-3 over 2.3e-3.) An f32 state is [`state_budget`]`(0)`.
+pub fn stored_state_budget(state_dtype: DType, steps: usize) -> f64 {
+    match state_dtype {
+        DType::F32 | DType::F64 => state_budget(0.0),
+        DType::F16 | DType::Bf16 => {
+            state_budget(0.0) + (steps.max(1) as f64).sqrt() * unit_roundoff(state_dtype)
+        }
+    }
+}
+
+/// Budget for the output (stored as `out_dtype`) of decode step `step` (1 for
+/// the first) when the state is stored as `state_dtype`: the output of a step is
+/// formed from the unrounded f32 state in registers, so only the `step - 1`
+/// earlier roundings of the stored state reach it, through `C . S` (relative
+/// error of the sum about that of the state):
+///
+/// ```text
+/// budget = rel_l2_budget(out_dtype, 0) + sqrt(step - 1) * u(state_dtype)
+/// ```
+pub fn stored_state_output_budget(out_dtype: DType, state_dtype: DType, step: usize) -> f64 {
+    let carried = match state_dtype {
+        DType::F32 | DType::F64 => 0.0,
+        DType::F16 | DType::Bf16 => {
+            (step.saturating_sub(1) as f64).sqrt() * unit_roundoff(state_dtype)
+        }
+    };
+    rel_l2_budget(out_dtype, 0.0) + carried
+}
+
 /// `K` of the tolerance model: the largest `sum |log_decay|` over any `window`
 /// consecutive steps of any row. `log_decays` holds rows of `row_len` steps.
 pub fn max_window_log_decay(log_decays: &[f64], row_len: usize, window: usize) -> f64 {
@@ -152,6 +205,26 @@ mod tests {
         assert_eq!(rel_l2_budget(DType::F32, 0.0), 1e-5);
         assert!(rel_l2_budget(DType::F32, 1000.0) > 4e-4);
         assert_eq!(rel_l2_budget(DType::Bf16, 0.0), 4e-3);
+    }
+
+    #[test]
+    fn stored_state_budgets() {
+        // An f32 state keeps the f32 budget whatever the steps.
+        assert_eq!(stored_state_budget(DType::F32, 8), state_budget(0.0));
+        assert_eq!(stored_state_output_budget(DType::F32, DType::F32, 8), 1e-5);
+        // bf16: one rounding (u = 2^-8 = 3.9e-3) per step, added in quadrature.
+        let one = stored_state_budget(DType::Bf16, 1);
+        assert!((one - (1e-5 + 2f64.powi(-8))).abs() < 1e-12);
+        let four = stored_state_budget(DType::Bf16, 4);
+        assert!((four - (1e-5 + 2.0 * 2f64.powi(-8))).abs() < 1e-12);
+        assert!(stored_state_budget(DType::F16, 4) < four / 4.0);
+        // The first step's output sees no stored rounding.
+        assert_eq!(
+            stored_state_output_budget(DType::Bf16, DType::Bf16, 1),
+            rel_l2_budget(DType::Bf16, 0.0)
+        );
+        assert!(stored_state_output_budget(DType::F32, DType::Bf16, 5) > 7e-3);
+        assert_eq!(unit_roundoff(DType::F16), 2f64.powi(-11));
     }
 
     #[test]

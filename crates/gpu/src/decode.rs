@@ -58,7 +58,8 @@ pub struct StepPointers {
     pub dt_bias: u64,
     /// `state_batch_indices`, or 0.
     pub state_batch_indices: u64,
-    /// The f32 state cache, read and written in place.
+    /// The state cache (f32, or the 16-bit type of [`BlockTiling::state_dtype`]),
+    /// read and written in place.
     pub state: u64,
     /// The output, written.
     pub out: u64,
@@ -66,11 +67,12 @@ pub struct StepPointers {
 
 const _: () = assert!(std::mem::size_of::<StepPointers>() == 88);
 
-/// How the `N` f32 states of one state row (a Mamba-1 channel, a row of a
+/// How the `N` states of one state row (a Mamba-1 channel, a row of a
 /// Mamba-2 head's `P x N` state) are spread over the lanes of a warp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateLayout {
-    /// Floats per vector access: 4, 2 or 1 (the largest dividing `N`).
+    /// State elements per vector access: 4, 2 or 1 (the largest dividing `N`)
+    /// for an f32 state, up to 8 for a 16-bit one (16 bytes either way).
     pub vec: usize,
     /// Lanes sharing one row (the kernels' `TPR`): the largest power of two (at
     /// most 32) dividing `N / vec`.
@@ -88,8 +90,17 @@ impl StateLayout {
     /// lanes sharing a row: fewer lanes hold more vectors each, and the sum over a
     /// row's lanes is a shorter shuffle tree (log2 of the lanes).
     pub fn for_state_lanes(d_state: usize, max_lanes: usize) -> Self {
-        let vec = [4, 2, 1]
+        Self::for_state_elems(d_state, max_lanes, 4)
+    }
+
+    /// [`StateLayout::for_state_lanes`] for a state stored in elements of
+    /// `elem_bytes` bytes (4: f32, 2: f16 / bf16): the widest access is 16
+    /// bytes, so a 16-bit state takes vectors of up to 8 elements.
+    pub fn for_state_elems(d_state: usize, max_lanes: usize, elem_bytes: usize) -> Self {
+        let widest = (16 / elem_bytes.clamp(1, 16)).max(1);
+        let vec = [8, 4, 2, 1]
             .into_iter()
+            .filter(|&v| v <= widest)
             .find(|v| d_state % v == 0)
             .unwrap_or(1);
         let vectors = d_state / vec;
@@ -184,6 +195,12 @@ pub struct BlockTiling {
     /// stream's next kernel start early (`griddepcontrol.launch_dependents`). On
     /// older devices the launch is an ordinary one.
     pub dependent_launch: bool,
+    /// The element type the state cache is stored in (v6,
+    /// docs/kernels/decode.md): `F32` (the default, unchanged), or `Bf16` /
+    /// `F16` (widened to f32 on load, rounded to nearest even on store, f32
+    /// arithmetic; half the state bytes). Mamba-2 only; the state buffer passed
+    /// to the launch must have this element type (checked).
+    pub state_dtype: DType,
 }
 
 impl Default for BlockTiling {
@@ -195,6 +212,7 @@ impl Default for BlockTiling {
             min_blocks_per_sm: 0,
             max_lanes: 0,
             dependent_launch: false,
+            state_dtype: DType::F32,
         }
     }
 }
@@ -207,6 +225,45 @@ impl BlockTiling {
             ..self
         }
     }
+
+    /// The same block shape with the state cache stored as `state_dtype`.
+    pub fn with_state_dtype(self, state_dtype: DType) -> Self {
+        BlockTiling {
+            state_dtype,
+            ..self
+        }
+    }
+}
+
+/// The value of the kernels' `DECODE_STATE_DTYPE` define for a state stored
+/// as `dtype` (0 f32, 1 f16, 2 bf16), or the error naming `state_dtype` (f64).
+pub fn state_dtype_define(dtype: DType) -> Result<u8> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::Bf16 => Ok(2),
+        DType::F64 => Err(SsmError::Dimension {
+            arg: "state_dtype",
+            reason: "an f64 state cache; expected f32, f16 or bf16".into(),
+        }),
+    }
+}
+
+/// The state buffer's element type `got` against the type the kernel stores
+/// the state in (`kernel`): `Err(Dimension)` naming `state`, with the shape
+/// `shape` the other arguments imply, when they differ.
+pub fn check_state_dtype(kernel: DType, got: DType, shape: &str) -> Result<()> {
+    if kernel != got {
+        return Err(SsmError::Dimension {
+            arg: "state",
+            reason: format!(
+                "the kernel stores the state cache as {kernel}, the buffer holds {got} \
+                 elements (expected a {kernel} buffer of shape {shape}; compile the kernel \
+                 with `state_dtype: {got}` to use this one)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Batches up to this size launch a family's small-batch tiling
@@ -238,6 +295,8 @@ pub struct BlockGeometry {
     /// Launched as a programmatic dependent launch (see
     /// [`BlockTiling::dependent_launch`]).
     pub dependent_launch: bool,
+    /// The state cache's element type ([`BlockTiling::state_dtype`]).
+    pub state_dtype: DType,
 }
 
 impl BlockGeometry {
@@ -255,9 +314,11 @@ impl BlockGeometry {
                 ),
             });
         }
+        state_dtype_define(t.state_dtype)?;
+        let elem_bytes = t.state_dtype.size_bytes();
         let layout = match t.max_lanes {
-            0 => StateLayout::for_state(d_state),
-            m => StateLayout::for_state_lanes(d_state, m),
+            0 => StateLayout::for_state_elems(d_state, 32, elem_bytes),
+            m => StateLayout::for_state_elems(d_state, m, elem_bytes),
         };
         Ok(BlockGeometry {
             d_state,
@@ -267,6 +328,7 @@ impl BlockGeometry {
             streaming_hints: t.streaming_hints,
             min_blocks_per_sm: t.min_blocks_per_sm,
             dependent_launch: t.dependent_launch,
+            state_dtype: t.state_dtype,
         })
     }
 
@@ -278,7 +340,8 @@ impl BlockGeometry {
     /// The defines both kernels read from `kernels/common/decode_state.cuh`, in
     /// this order: the layout (`D_STATE`, `VEC`, `TPR`), the rows (named
     /// `rows_define`), warps per block, cache hints, blocks per SM, and
-    /// `DEPENDENT_LAUNCH` only when set (the other variants keep their defines).
+    /// `DEPENDENT_LAUNCH` and `DECODE_STATE_DTYPE` only when set (the other
+    /// variants keep their defines, so an f32 state compiles as before).
     pub fn defines(&self, rows_define: &'static str) -> Vec<(&'static str, String)> {
         let mut defines = self.layout.defines(self.d_state);
         defines.push((rows_define, self.rows.to_string()));
@@ -287,6 +350,10 @@ impl BlockGeometry {
         defines.push(("MIN_BLOCKS", self.min_blocks_per_sm.max(1).to_string()));
         if self.dependent_launch {
             defines.push(("DEPENDENT_LAUNCH", "1".to_string()));
+        }
+        if self.state_dtype != DType::F32 {
+            let v = state_dtype_define(self.state_dtype).expect("checked in BlockGeometry::new");
+            defines.push(("DECODE_STATE_DTYPE", v.to_string()));
         }
         defines
     }
@@ -305,7 +372,8 @@ impl BlockGeometry {
         if self.min_blocks_per_sm > 0 {
             label.push_str(&format!("m{}", self.min_blocks_per_sm));
         }
-        if self.layout != StateLayout::for_state(self.d_state) {
+        let widest = StateLayout::for_state_elems(self.d_state, 32, self.state_dtype.size_bytes());
+        if self.layout != widest {
             label.push_str(&format!("l{}", self.layout.lanes));
         }
         if self.dependent_launch {
@@ -406,6 +474,13 @@ pub trait DecodeFamily: Sized + 'static {
     }
     /// The batch of one step's sizes.
     fn batch(d: &Self::Dims) -> usize;
+    /// `tiling` with its state cache stored as `state_dtype`
+    /// ([`BlockTiling::state_dtype`]; a family that supports only f32 refuses
+    /// the others in [`DecodeFamily::geometry`]).
+    fn with_state_dtype(tiling: Self::Tiling, state_dtype: DType) -> Self::Tiling;
+    /// The state cache's shape with its sizes, for errors
+    /// (`(cache_rows=.., H=.., P=.., N=..)`).
+    fn state_shape(d: &Self::Dims) -> String;
     /// The tilings `gpu_decode_bench` compares, each compiled by the no-GPU test
     /// and verified by the GPU tests.
     fn candidates() -> Vec<Self::Tiling>;
@@ -570,8 +645,14 @@ pub fn decode_variant<F: DecodeFamily>(
 ) -> Result<KernelVariant> {
     let geometry = F::geometry(d_state, dtype, tiling)?;
     let mut label = format!("{}.decode.{dtype}.n{d_state}", F::NAME);
-    if tiling != F::default_tiling(dtype) {
+    // The block shape when it is not the default one (whatever the state's
+    // type), then `.s<dtype>` for a 16-bit state: `.r4w4cs.sbf16`, `.sbf16`.
+    if F::with_state_dtype(tiling, DType::F32) != F::default_tiling(dtype) {
         label.push_str(&F::label_suffix(&geometry));
+    }
+    let state_dtype = F::block(&geometry).state_dtype;
+    if state_dtype != DType::F32 {
+        label.push_str(&format!(".s{state_dtype}"));
     }
     Ok(KernelVariant::new(
         label,
@@ -616,6 +697,11 @@ impl<F: DecodeFamily, T: DeviceElement> DecodeKernel<F, T> {
     pub fn d_state(&self) -> usize {
         F::block(&self.geometry).d_state
     }
+
+    /// The element type the kernel stores the state cache in.
+    pub fn state_dtype(&self) -> DType {
+        F::block(&self.geometry).state_dtype
+    }
 }
 
 /// Device pointer of a view and the guard that records the read once the launch
@@ -658,11 +744,28 @@ pub fn backend<E: std::fmt::Display>(e: E) -> SsmError {
 /// Shapes and alignment are validated; the contents of `state_batch_indices`
 /// cannot be checked without a copy, so the kernels themselves refuse to write
 /// past the cache (an index `>= cache_rows` yields a NaN output and no state write).
+/// The state is f32: a kernel compiled for a 16-bit state
+/// ([`BlockTiling::state_dtype`]) is refused here; use
+/// [`launch_decode_step_state`] with a buffer of that type.
 pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     gpu: &Gpu,
     kernel: &DecodeKernel<F, T>,
     args: &StepArgs<'_, F, T>,
     state: &mut CudaViewMut<'_, f32>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    launch_decode_step_state(gpu, kernel, args, state, out)
+}
+
+/// [`launch_decode_step`] with the state cache stored as `S` (f32, f16 or bf16):
+/// `S` must be the type the kernel was compiled for ([`DecodeKernel::state_dtype`],
+/// from [`BlockTiling::state_dtype`]), else `Err(Dimension)` naming `state` with
+/// the expected type and shape; a wrong length is `Err(Shape)` naming `state`.
+pub fn launch_decode_step_state<F: DecodeFamily, T: DeviceElement, S: DeviceElement>(
+    gpu: &Gpu,
+    kernel: &DecodeKernel<F, T>,
+    args: &StepArgs<'_, F, T>,
+    state: &mut CudaViewMut<'_, S>,
     out: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
     let g = &kernel.geometry;
@@ -671,6 +774,7 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     let (dims, options) = (&args.dims, &args.options);
     check_kernel_state(F::block(g).d_state, dims.d_state())?;
     F::validate(dims, options, &lens, state.len())?;
+    check_state_dtype(F::block(g).state_dtype, S::DTYPE, &F::state_shape(dims))?;
     dims.check_out(out.len())?;
     let cfg = F::launch_config(dims, g)?;
     let stream = gpu.stream();
@@ -686,12 +790,15 @@ pub fn launch_decode_step<F: DecodeFamily, T: DeviceElement>(
     let (state_ptr, _gstate) = state.device_ptr_mut(stream);
     let (out_ptr, _gout) = out.device_ptr_mut(stream);
     let vec = F::block(g).layout.vec;
-    check_aligned("state", state_ptr, 4 * vec)?;
+    check_aligned("state", state_ptr, vec * std::mem::size_of::<S>())?;
     if F::VECTOR_A {
         check_aligned("A", a, 4 * vec)?;
     }
-    check_aligned("B", b, vec * std::mem::size_of::<T>())?;
-    check_aligned("C", c, vec * std::mem::size_of::<T>())?;
+    // B and C are read VEC elements at a time, in accesses of at most 16 bytes
+    // (f32 rows of 8 elements, with a 16-bit state, as two).
+    let bc_align = (vec * std::mem::size_of::<T>()).min(16);
+    check_aligned("B", b, bc_align)?;
+    check_aligned("C", c, bc_align)?;
     let raw = F::raw_args(
         dims,
         options,
@@ -798,8 +905,20 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
     p: &F::Params<'_, T>,
     state: &mut [f32],
 ) -> Result<StepOutput<T>> {
+    decode_step_cuda_state::<F, T, f32>(gpu, p, state)
+}
+
+/// [`decode_step_cuda`] with the state cache stored as `S` (f32, f16 or bf16):
+/// the batch's default tiling with [`BlockTiling::state_dtype`] set to `S`.
+/// A family without a 16-bit state (Mamba-1) refuses it with `Unsupported`.
+pub fn decode_step_cuda_state<F: DecodeFamily, T: DeviceElement, S: DeviceElement>(
+    gpu: &Gpu,
+    p: &F::Params<'_, T>,
+    state: &mut [S],
+) -> Result<StepOutput<T>> {
     p.validate(state.len())?;
     let tiling = F::tiling_for_batch(T::DTYPE, F::batch(&p.dims()));
+    let tiling = F::with_state_dtype(tiling, S::DTYPE);
     let kernel = DecodeKernel::<F, T>::new(gpu, p.d_state(), tiling)?;
     let host = p.inputs();
     let stream = gpu.stream();
@@ -816,7 +935,7 @@ pub fn decode_step_cuda<F: DecodeFamily, T: DeviceElement>(
             .as_ref()
             .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view()),
     );
-    launch_decode_step(
+    launch_decode_step_state(
         gpu,
         &kernel,
         &args,
@@ -922,6 +1041,60 @@ mod tests {
             StateLayout::for_state(16)
         );
         assert_eq!(StateLayout::for_state_lanes(128, 1).lanes, 1);
+    }
+
+    #[test]
+    fn a_16_bit_state_takes_16_byte_vectors_of_8() {
+        let l = StateLayout::for_state_elems(128, 32, 2);
+        assert_eq!((l.vec, l.lanes, l.elems_per_thread(128)), (8, 16, 8));
+        assert_eq!(l.cap_rows(128, 4), 4);
+        assert_eq!(StateLayout::for_state_elems(64, 32, 2).lanes, 8);
+        assert_eq!(StateLayout::for_state_elems(12, 32, 2).vec, 4);
+        assert_eq!(StateLayout::for_state_elems(7, 32, 2).vec, 1);
+        // An f32 state is as before.
+        assert_eq!(
+            StateLayout::for_state_elems(128, 32, 4),
+            StateLayout::for_state(128)
+        );
+        let t = BlockTiling::default().with_state_dtype(DType::Bf16);
+        let g = BlockGeometry::new(128, "rows", t).unwrap();
+        assert_eq!((g.layout.vec, g.layout.lanes, g.rows), (8, 16, 4));
+        // The widest 16-bit layout carries no lane tag; the define is there.
+        assert_eq!(g.label('r'), ".r4w4");
+        let defines = g.defines("ROWS");
+        assert!(defines.contains(&("DECODE_STATE_DTYPE", "2".to_string())));
+        assert!(defines.contains(&("VEC", "8".to_string())));
+        let f16 = BlockGeometry::new(128, "rows", t.with_state_dtype(DType::F16)).unwrap();
+        assert!(f16
+            .defines("ROWS")
+            .contains(&("DECODE_STATE_DTYPE", "1".to_string())));
+        // An f32 state adds no define.
+        let f32_defines = BlockGeometry::new(128, "rows", BlockTiling::default())
+            .unwrap()
+            .defines("ROWS");
+        assert!(f32_defines.iter().all(|d| d.0 != "DECODE_STATE_DTYPE"));
+        assert!(matches!(
+            BlockGeometry::new(128, "rows", t.with_state_dtype(DType::F64)),
+            Err(SsmError::Dimension {
+                arg: "state_dtype",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_state_buffer_of_another_type_is_refused_by_name() {
+        assert!(check_state_dtype(DType::Bf16, DType::Bf16, "(x)").is_ok());
+        let err = check_state_dtype(DType::Bf16, DType::F32, "(cache_rows=2, N=16)").unwrap_err();
+        assert!(
+            matches!(err, SsmError::Dimension { arg: "state", .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("bf16") && text.contains("f32") && text.contains("(cache_rows=2, N=16)"),
+            "{text}"
+        );
     }
 
     #[test]

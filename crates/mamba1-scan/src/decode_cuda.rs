@@ -233,7 +233,34 @@ impl DecodeFamily for Mamba1Decode {
         DecodeTiling::candidates()
     }
 
+    /// Sets the knob; [`DecodeFamily::geometry`] refuses all but f32.
+    fn with_state_dtype(tiling: DecodeTiling, state_dtype: DType) -> DecodeTiling {
+        DecodeTiling {
+            block: tiling.block.with_state_dtype(state_dtype),
+            ..tiling
+        }
+    }
+
+    fn state_shape(d: &Mamba1StepDims) -> String {
+        format!(
+            "(cache_rows={}, D_in={}, N={})",
+            d.cache_rows, d.d_inner, d.d_state
+        )
+    }
+
+    /// The state is f32 only: this kernel also reads A and its staged B and C
+    /// in the state's vector layout, so a 16-bit state (Mamba-2's v6) would
+    /// change those paths too (docs/kernels/decode.md).
     fn geometry(d_state: usize, dtype: DType, tiling: DecodeTiling) -> Result<Geometry> {
+        if tiling.block.state_dtype != DType::F32 {
+            return Err(SsmError::Unsupported {
+                implementation: <Self as DecodeFamily>::IMPLEMENTATION,
+                what: format!(
+                    "a state cache stored as {} (the Mamba-1 decode state is f32)",
+                    tiling.block.state_dtype
+                ),
+            });
+        }
         Geometry::new(d_state, dtype.size_bytes(), tiling)
     }
 
@@ -335,6 +362,16 @@ ssm_gpu::decode_args_abi!(RawDecodeArgs, 128, sizes @ 88, dt_softplus @ 120);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 16-bit state is Mamba-2's only: refused by name, never compiled.
+    #[test]
+    fn a_16_bit_state_is_refused() {
+        let t =
+            <Mamba1Decode as DecodeFamily>::with_state_dtype(DecodeTiling::default(), DType::Bf16);
+        let err = decode_variant(DType::Bf16, 16, t).unwrap_err();
+        assert!(matches!(err, SsmError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("bf16"), "{err}");
+    }
 
     #[test]
     fn labels_name_non_default_tilings() {

@@ -71,13 +71,28 @@ impl DecodeFamily for Mamba2Decode {
         d.batch
     }
 
+    /// Any of f32, f16, bf16 (v6: a 16-bit state read in 16-byte vectors of 8).
+    fn with_state_dtype(tiling: BlockTiling, state_dtype: DType) -> BlockTiling {
+        tiling.with_state_dtype(state_dtype)
+    }
+
+    fn state_shape(d: &Mamba2StepDims) -> String {
+        format!(
+            "(cache_rows={}, H={}, P={}, N={})",
+            d.cache_rows, d.heads, d.head_dim, d.d_state
+        )
+    }
+
     /// The tilings `gpu_decode_bench` and `bench_decode_graph --tilings` compare
     /// (the GPU tests verify each one): the default, less and more work in flight
     /// per thread, and cache hints; then the b = 1 candidates (issue 16), all
     /// with hints: half-size blocks (twice the blocks, spread over more SMs),
     /// 8 rows a lane, and a row over 8 lanes instead of 32 (16 floats a lane,
     /// a 3-step shuffle tree for C . h instead of 5) with 1 or 2 rows a lane;
-    /// last, the small-batch tiling as a programmatic dependent launch.
+    /// then the small-batch tiling as a programmatic dependent launch; last
+    /// (v6), the state stored in bf16 with the small-batch and the default
+    /// tilings, in f16 with the small-batch one, and in bf16 with 2 rows a lane
+    /// (the f32 state's block count at b = 1).
     fn candidates() -> Vec<BlockTiling> {
         let base = BlockTiling::default();
         let rows = |rows| BlockTiling { rows, ..base };
@@ -108,6 +123,13 @@ impl DecodeFamily for Mamba2Decode {
                 dependent_launch: true,
                 ..hints
             },
+            // v6: half the state bytes (issue 16); f32 arithmetic either way.
+            hints.with_state_dtype(DType::Bf16),
+            base.with_state_dtype(DType::Bf16),
+            hints.with_state_dtype(DType::F16),
+            // 2 rows a lane: 320 blocks at b = 1 as with the f32 state (4 rows
+            // of 16-bit rows give 160, unevenly spread over 132 SMs).
+            BlockTiling { rows: 2, ..hints }.with_state_dtype(DType::Bf16),
         ]
     }
 
@@ -163,9 +185,25 @@ pub fn decode_variant(dtype: DType, d_state: usize, tiling: DecodeTiling) -> Res
 
 /// The variants the crate launches by default (the reference decode workload has
 /// N = 128; N = 64 is the other common size), for the
-/// resources/budget command.
+/// resources/budget command: the f32 state, then the same tilings with the
+/// state stored in bf16 and in f16 (v6, chosen by the caller).
 pub fn decode_kernel_variants() -> Vec<KernelVariant> {
-    shared::default_variants::<Mamba2Decode>(&[128, 64])
+    let mut variants = shared::default_variants::<Mamba2Decode>(&[128, 64]);
+    for state in [DType::Bf16, DType::F16] {
+        for dtype in [DType::F32, DType::F16, DType::Bf16] {
+            for n in [128, 64] {
+                let large = Mamba2Decode::default_tiling(dtype);
+                let small = Mamba2Decode::small_batch_tiling(dtype);
+                for t in [large, small] {
+                    variants.push(
+                        decode_variant(dtype, n, t.with_state_dtype(state))
+                            .expect("the default tilings are valid for every listed N"),
+                    );
+                }
+            }
+        }
+    }
+    variants
 }
 
 /// The decode kernel compiled for element type `T`, state size `N` and one tiling.
@@ -264,6 +302,48 @@ mod tests {
             "mamba2.decode.bf16.n128.r4w4cspdl",
             "D_STATE VEC TPR ROWS WARPS STREAM_STATE MIN_BLOCKS DEPENDENT_LAUNCH",
         );
+        // v6: the state stored in bf16 / f16: `.s<dtype>` after the block shape
+        // (none for the default block), the define last.
+        let with_state = "D_STATE VEC TPR ROWS WARPS STREAM_STATE MIN_BLOCKS DECODE_STATE_DTYPE";
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::Bf16,
+            128,
+            base.with_streaming_hints().with_state_dtype(DType::Bf16),
+            "mamba2.decode.bf16.n128.r4w4cs.sbf16",
+            with_state,
+        );
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::F32,
+            128,
+            base.with_state_dtype(DType::Bf16),
+            "mamba2.decode.f32.n128.sbf16",
+            with_state,
+        );
+        shared::assert_variant_names::<Mamba2Decode>(
+            DType::F16,
+            64,
+            base.with_state_dtype(DType::F16),
+            "mamba2.decode.f16.n64.sf16",
+            with_state,
+        );
+        let v = decode_variant(DType::Bf16, 128, base.with_state_dtype(DType::Bf16)).unwrap();
+        assert!(
+            v.defines.contains(&("VEC", "8".to_string())),
+            "{:?}",
+            v.defines
+        );
+        assert!(
+            v.defines.contains(&("TPR", "16".to_string())),
+            "{:?}",
+            v.defines
+        );
+        assert!(matches!(
+            decode_variant(DType::Bf16, 128, base.with_state_dtype(DType::F64)),
+            Err(ssm_core::SsmError::Dimension {
+                arg: "state_dtype",
+                ..
+            })
+        ));
         // A lane cap at or above the widest layout changes nothing but the tiling.
         let t = DecodeTiling {
             max_lanes: 32,

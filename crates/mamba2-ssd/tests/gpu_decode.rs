@@ -18,6 +18,53 @@ use ssm_core::Element;
 
 harness::decode_tests!(m2_decode, mamba2_ssd::decode_cuda::Mamba2Decode);
 
+/// The state cache stored in bf16 / f16 (v6, `BlockTiling::state_dtype`): each
+/// case runs `harness::STORED_STEPS` steps on fresh inputs (poisoned outputs)
+/// against the f64 oracle within `ssm_core::tolerance::stored_state_budget` /
+/// `stored_state_output_budget` (docs/TOLERANCES.md), through the host entry
+/// point (b = 1 and 64: the small-batch and the default tiling; every odd
+/// shape) and the device entry point with every candidate tiling.
+mod m2_stored_state {
+    use half::{bf16, f16};
+    use mamba2_ssd::decode_cuda::Mamba2Decode;
+
+    macro_rules! gpu_test {
+        ($name:ident, $body:expr) => {
+            #[test]
+            fn $name() {
+                let label = concat!("m2_stored_state_", stringify!($name));
+                if let Some(gpu) = ssm_gpu::test_gpu_or_skip(label) {
+                    let run: fn(&ssm_gpu::Gpu) = $body;
+                    run(&gpu);
+                }
+            }
+        };
+    }
+
+    gpu_test!(bf16_batches, |g| super::harness::stored_state_batches::<
+        Mamba2Decode,
+        bf16,
+    >(g));
+    gpu_test!(bf16_odd_shapes, |g| {
+        super::harness::stored_state_odd_shapes::<Mamba2Decode, bf16>(g)
+    });
+    gpu_test!(bf16_tilings, |g| super::harness::stored_state_tilings::<
+        Mamba2Decode,
+        bf16,
+    >(g));
+    gpu_test!(f16_batches, |g| super::harness::stored_state_batches::<
+        Mamba2Decode,
+        f16,
+    >(g));
+    gpu_test!(f16_tilings, |g| super::harness::stored_state_tilings::<
+        Mamba2Decode,
+        f16,
+    >(g));
+    gpu_test!(guards, |g| super::harness::stored_state_guards::<
+        Mamba2Decode,
+    >(g));
+}
+
 /// `b` batch rows, `H` heads of dimension `P`, state size `N`, `G` B/C groups.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {

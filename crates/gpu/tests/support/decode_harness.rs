@@ -14,6 +14,13 @@
 //! give exact zeros, and every cache row that no live batch row points at must come
 //! back bit-identical. Without a GPU each test prints `SKIPPED` and passes (set
 //! `SSM_REQUIRE_GPU=1` to make that a failure).
+//!
+//! A state stored in 16 bits (`BlockTiling::state_dtype`, Mamba-2's v6) is run
+//! for [`STORED_STEPS`] steps instead of one ([`run_stored_case`]): fresh inputs
+//! each step, a poisoned output each step, the state carried from step to step
+//! (on the device, or through the host entry point), every output against
+//! `stored_state_output_budget` and the final state against
+//! `stored_state_budget` (docs/TOLERANCES.md).
 
 // Each family's test uses part of it (Mamba-1 has no D per head dimension).
 #![allow(dead_code)]
@@ -23,8 +30,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ssm_core::decode::{cache_row, HostStepInputs, StepInputs, StepParams};
-use ssm_core::tolerance::{compare, rel_l2_budget, state_budget, Comparison};
-use ssm_core::{Element, SsmError};
+use ssm_core::tolerance::{
+    compare, rel_l2_budget, state_budget, stored_state_budget, stored_state_output_budget,
+    Comparison,
+};
+use ssm_core::{DType, Element, SsmError};
 use ssm_gpu::decode::{self, DecodeFamily, DecodeKernel};
 use ssm_gpu::{DeviceElement, Gpu};
 
@@ -470,13 +480,328 @@ pub fn case<F: TestFamily, T: DeviceElement>(shape: F::Shape, opts: Options) -> 
     Box::new(move |gpu| run_case::<F, T>(gpu, shape, opts, None))
 }
 
-/// A case through the device entry point with `tiling`.
+/// A case through the device entry point with `tiling` (a tiling with a 16-bit
+/// state runs [`STORED_STEPS`] steps through [`run_stored_case`]).
 pub fn tiled<F: TestFamily, T: DeviceElement>(
     shape: F::Shape,
     opts: Options,
     tiling: F::Tiling,
 ) -> Case {
-    Box::new(move |gpu| run_case::<F, T>(gpu, shape, opts, Some(tiling)))
+    let n = F::sizes(&shape).d_state;
+    match state_dtype_of::<F>(n, T::DTYPE, tiling) {
+        DType::Bf16 => stored::<F, T, bf16>(shape, opts, Some(tiling)),
+        DType::F16 => stored::<F, T, f16>(shape, opts, Some(tiling)),
+        _ => Box::new(move |gpu| run_case::<F, T>(gpu, shape, opts, Some(tiling))),
+    }
+}
+
+/// The type `tiling` stores the state cache in (f32 when the family refuses it:
+/// the launch then reports the refusal).
+pub fn state_dtype_of<F: TestFamily>(d_state: usize, dtype: DType, tiling: F::Tiling) -> DType {
+    F::geometry(d_state, dtype, tiling).map_or(DType::F32, |g| F::block(&g).state_dtype)
+}
+
+// ---------------------------------------------------------------------------
+// A state stored in f16 / bf16, over several steps
+// ---------------------------------------------------------------------------
+
+/// Steps of a 16-bit-state case: enough for the stored roundings to accumulate
+/// (the budget grows as sqrt(steps)).
+pub const STORED_STEPS: usize = 4;
+
+/// A 16-bit-state case of [`STORED_STEPS`] steps: through the host entry point
+/// (`tiling: None`, the batch's default tiling with the state type `S`) or the
+/// device entry point with `tiling` (whose state type must be `S`).
+pub fn stored<F: TestFamily, T: DeviceElement, S: DeviceElement>(
+    shape: F::Shape,
+    opts: Options,
+    tiling: Option<F::Tiling>,
+) -> Case {
+    Box::new(move |gpu| run_stored_case::<F, T, S>(gpu, shape, opts, tiling, STORED_STEPS))
+}
+
+/// `steps` decode steps with the state cache stored as `S`, each on fresh random
+/// inputs into a poisoned output, against the f64 oracle run on the same inputs
+/// from the same (representable) initial state: every step's output within
+/// `stored_state_output_budget(T, S, step)`, padding rows exactly zero at every
+/// step, the live cache rows after the last step within
+/// `stored_state_budget(S, steps)`, every other cache row bit-identical.
+pub fn run_stored_case<F: TestFamily, T: DeviceElement, S: DeviceElement>(
+    gpu: &Gpu,
+    shape: F::Shape,
+    opts: Options,
+    tiling: Option<F::Tiling>,
+    steps: usize,
+) -> CaseResult {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let first = Problem::<F, T>::random(shape, opts, &mut rng);
+    // Later steps: fresh inputs, the first step's cache and index list.
+    let mut problems = vec![first];
+    for _ in 1..steps {
+        let mut p = Problem::<F, T>::random(shape, opts, &mut rng);
+        p.cache_rows = problems[0].cache_rows;
+        p.indices = problems[0].indices.clone();
+        p.state = Vec::new();
+        problems.push(p);
+    }
+    let label = format!(
+        "{} {} {} {} state {} x{steps}{} seed={seed}",
+        F::TAG,
+        F::describe(&shape),
+        T::DTYPE,
+        opts.name::<F>(),
+        S::DTYPE,
+        tiling.map_or(String::new(), |t| format!(" {t:?}")),
+    );
+    let initial: Vec<S> = problems[0].state.iter().map(|&v| S::from_f32(v)).collect();
+    let mut ref_state: Vec<f64> = initial.iter().map(|v| v.to_f64()).collect();
+    let sizes = F::sizes(&shape);
+    let (row_len, out_row) = (sizes.state_row, sizes.out_row);
+    let mut problems_found = Vec::new();
+    let mut worst: Option<(Comparison, f64)> = None;
+
+    // The device entry point keeps the state on the device between steps.
+    let mut device = tiling.map(|t| {
+        let n = sizes.d_state;
+        let kernel = DecodeKernel::<F, T>::new(gpu, n, t).expect("kernel");
+        let dev_state = gpu.upload(&initial).expect("upload");
+        (kernel, dev_state)
+    });
+    let mut host_state = initial.clone();
+    for (k, problem) in problems.iter().enumerate() {
+        let p = problem.params();
+        let gpu_out: Vec<T> = match &mut device {
+            None => {
+                decode::decode_step_cuda_state::<F, T, S>(gpu, &p, &mut host_state)
+                    .expect("GPU decode step")
+                    .out
+            }
+            Some((kernel, dev_state)) => {
+                let host = p.inputs();
+                let bufs = upload(gpu, host);
+                let mut out = gpu.alloc_poisoned::<T>(host.x.len()).expect("alloc");
+                let views = bufs
+                    .as_ref()
+                    .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view());
+                decode::launch_decode_step_state(
+                    gpu,
+                    kernel,
+                    &decode::device_args::<F, T>(&p, views),
+                    &mut dev_state.as_view_mut(),
+                    &mut out.as_view_mut(),
+                )
+                .expect("launch");
+                gpu.download(&out).expect("download")
+            }
+        };
+        let reference = F::oracle(&p, &mut ref_state);
+        let out: Vec<f64> = gpu_out.iter().map(|v| v.to_f64()).collect();
+        let cmp = compare(&out, &reference);
+        let budget = stored_state_output_budget(T::DTYPE, S::DTYPE, k + 1);
+        if !cmp.passes(budget) {
+            problems_found.push(format!(
+                "step {}: output rel_l2 {:.3e} > {budget:.1e} or {} non-finite",
+                k + 1,
+                cmp.rel_l2,
+                cmp.non_finite
+            ));
+        }
+        if worst.is_none_or(|(w, b)| cmp.rel_l2 / budget > w.rel_l2 / b) {
+            worst = Some((cmp, budget));
+        }
+        let indices = opts.indices.then_some(&problem.indices[..]);
+        for i in 0..sizes.batch {
+            if cache_row(indices, i).is_none()
+                && out[i * out_row..(i + 1) * out_row]
+                    .iter()
+                    .any(|&v| v != 0.0)
+            {
+                problems_found.push(format!(
+                    "step {}: padding row {i} has a non-zero output",
+                    k + 1
+                ));
+            }
+        }
+    }
+    let gpu_state: Vec<S> = match &device {
+        None => host_state,
+        Some((_, dev_state)) => gpu.download(dev_state).expect("download"),
+    };
+
+    let indices = opts.indices.then_some(&problems[0].indices[..]);
+    let mut live = vec![false; problems[0].cache_rows];
+    for i in 0..sizes.batch {
+        if let Some(r) = cache_row(indices, i) {
+            live[r] = true;
+        }
+    }
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for (r, &is_live) in live.iter().enumerate() {
+        let span = r * row_len..(r + 1) * row_len;
+        if is_live {
+            got.extend(gpu_state[span.clone()].iter().map(|v| v.to_f64()));
+            want.extend_from_slice(&ref_state[span]);
+        } else if gpu_state[span.clone()]
+            .iter()
+            .zip(&initial[span])
+            .any(|(a, b)| a.to_f64().to_bits() != b.to_f64().to_bits())
+        {
+            problems_found.push(format!("untouched cache row {r} changed"));
+        }
+    }
+    let state_cmp = compare(&got, &want);
+    let s_budget = stored_state_budget(S::DTYPE, steps);
+    if !state_cmp.passes(s_budget) {
+        problems_found.push(format!(
+            "state rel_l2 {:.3e} > {s_budget:.1e} or {} non-finite",
+            state_cmp.rel_l2, state_cmp.non_finite
+        ));
+    }
+    let (out_cmp, out_budget) = worst.expect("at least one step");
+    CaseResult {
+        label,
+        out: out_cmp,
+        out_budget,
+        state: state_cmp,
+        state_budget: s_budget,
+        problems: problems_found,
+    }
+}
+
+/// For the 16-bit-state tests: the host entry point with the state stored as
+/// `S` on the model shape at b = 1 and 64 (the small-batch and the default
+/// tiling), every input type, with and without options and groups.
+pub fn stored_state_batches<F: TestFamily, S: DeviceElement>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for groups in [1, 8] {
+        let s = F::model(1, groups);
+        cases.push(stored::<F, f32, S>(s, Options::PLAIN, None));
+        cases.push(stored::<F, f32, S>(s, F::ALL, None));
+        cases.push(stored::<F, bf16, S>(s, F::ALL, None));
+        cases.push(stored::<F, f16, S>(s, F::MIXED, None));
+        let s = F::model(64, groups);
+        cases.push(stored::<F, bf16, S>(s, F::ALL, None));
+        cases.push(stored::<F, f32, S>(s, F::MIXED, None));
+    }
+    run_all(gpu, cases);
+}
+
+/// For the 16-bit-state tests: every odd shape (every state layout: 8-, 4-, 2-
+/// and 1-element accesses, fewer lanes per row, partial tiles) with the state
+/// stored as `S`.
+pub fn stored_state_odd_shapes<F: TestFamily, S: DeviceElement>(gpu: &Gpu) {
+    let mut cases = Vec::new();
+    for s in F::odd_shapes() {
+        cases.push(stored::<F, f32, S>(s, F::ALL, None));
+        cases.push(stored::<F, bf16, S>(s, F::MIXED, None));
+    }
+    run_all(gpu, cases);
+}
+
+/// For the 16-bit-state tests: every candidate tiling with its state stored
+/// as `S` (the block shapes the f32 state is verified with), through the
+/// device entry point.
+pub fn stored_state_tilings<F: TestFamily, S: DeviceElement>(gpu: &Gpu) {
+    let mut tilings: Vec<F::Tiling> = Vec::new();
+    for t in F::candidates() {
+        let t = F::with_state_dtype(t, S::DTYPE);
+        if !tilings.contains(&t) {
+            tilings.push(t);
+        }
+    }
+    let mut cases = Vec::new();
+    for t in tilings {
+        cases.push(stored::<F, bf16, S>(
+            F::model(F::TILING_BATCH, 8),
+            F::ALL,
+            Some(t),
+        ));
+        cases.push(stored::<F, f32, S>(
+            F::model(F::TILING_BATCH, 1),
+            F::MIXED,
+            Some(t),
+        ));
+    }
+    run_all(gpu, cases);
+}
+
+/// For the 16-bit-state tests: the state buffer must have the type the kernel
+/// stores (an f32 buffer for a bf16-state kernel and the reverse are refused,
+/// naming `state`), its length is checked in elements, and a 16-bit view must be
+/// aligned for the kernel's 16-byte accesses.
+pub fn stored_state_guards<F: TestFamily>(gpu: &Gpu) {
+    let shape = F::guard_shape();
+    let sizes = F::sizes(&shape);
+    let mut rng = StdRng::seed_from_u64(seed());
+    let problem = Problem::<F, f32>::random(shape, Options::PLAIN, &mut rng);
+    let p = problem.params();
+    let base = F::Tiling::default();
+    let bf16_tiling = F::with_state_dtype(base, DType::Bf16);
+    let k16 = DecodeKernel::<F, f32>::new(gpu, sizes.d_state, bf16_tiling).expect("kernel");
+    assert_eq!(k16.state_dtype(), DType::Bf16);
+    let k32 = DecodeKernel::<F, f32>::new(gpu, sizes.d_state, base).expect("kernel");
+    let bufs = upload(gpu, p.inputs());
+    let views = || {
+        bufs.as_ref()
+            .map(|v| v.as_view(), |v| v.as_view(), |v| v.as_view())
+    };
+    let len = problem.state.len();
+    let state16: Vec<bf16> = problem.state.iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut s16 = gpu
+        .upload(&[state16.clone(), vec![bf16::ZERO; 8]].concat())
+        .expect("upload");
+    let mut s32 = gpu.upload(&problem.state).expect("upload");
+    let mut out = gpu.alloc_poisoned::<f32>(problem.x.len()).expect("alloc");
+    let is_state_dim = |e: &SsmError| matches!(e, SsmError::Dimension { arg: "state", .. });
+
+    // An f32 buffer for a bf16-state kernel (through the f32 entry point too).
+    let err = decode::launch_decode_step(
+        gpu,
+        &k16,
+        &decode::device_args::<F, f32>(&p, views()),
+        &mut s32.as_view_mut(),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(is_state_dim(&err), "{err}");
+    assert!(err.to_string().contains("bf16"), "{err}");
+    // A bf16 buffer for an f32-state kernel.
+    let err = decode::launch_decode_step_state(
+        gpu,
+        &k32,
+        &decode::device_args::<F, f32>(&p, views()),
+        &mut s16.slice_mut(0..len),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(is_state_dim(&err), "{err}");
+    // The right type, the wrong length.
+    let err = decode::launch_decode_step_state(
+        gpu,
+        &k16,
+        &decode::device_args::<F, f32>(&p, views()),
+        &mut s16.slice_mut(0..len - 8),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SsmError::Shape { arg: "state", .. }), "{err}");
+    // A view one element in: 2 bytes off the kernel's 16-byte accesses.
+    let err = decode::launch_decode_step_state(
+        gpu,
+        &k16,
+        &decode::device_args::<F, f32>(&p, views()),
+        &mut s16.slice_mut(1..len + 1),
+        &mut out.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(is_state_dim(&err), "{err}");
+    // The host entry point checks the length before anything else.
+    let mut short = state16[..len - 1].to_vec();
+    let err = decode::decode_step_cuda_state::<F, f32, bf16>(gpu, &p, &mut short).unwrap_err();
+    assert!(matches!(err, SsmError::Shape { arg: "state", .. }), "{err}");
+    // Nothing above launched: the buffers are as uploaded.
+    assert_eq!(gpu.download(&s16).expect("download")[..len], state16[..]);
 }
 
 // ---------------------------------------------------------------------------
