@@ -12,6 +12,12 @@
 //! - `graph replay`: `--steps` launches captured in one graph (on a stream of
 //!   its own, event tracking off), replayed `--iters` times, divided.
 //!
+//! `--state-dtypes f32,bf16` (default `f32`) times each case once per state
+//! type: the state cache stored as that type (Mamba-2's v6; Mamba-1's state is
+//! f32 only, its other rows are skipped with a note), the same tiling otherwise,
+//! so one run reports f32 and bf16 state side by side. `--tilings` also lists
+//! the bf16- and f16-state candidates.
+//!
 //! After the replays every output must still be finite (a replayed launch that
 //! wrote garbage shows). Prints a table; `--json PATH` writes the numbers with
 //! the device, the commit and the kernel hash. Exits 1 when a check fails, 2 on
@@ -19,7 +25,7 @@
 //! failure too.
 //!
 //! ```text
-//! bench_decode_graph [--batch 1] [--steps 64] [--iters 200] [--json out.json] [--target-us 3] [--tilings]
+//! bench_decode_graph [--batch 1] [--steps 64] [--iters 200] [--json out.json] [--target-us 3] [--tilings] [--state-dtypes f32,bf16]
 //! ```
 
 use std::process::ExitCode;
@@ -27,7 +33,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ssm_benches::events::{time_batch, EventPairs};
-use ssm_benches::gpu::{decode_default_label, prepare, prepare_decode_tilings, GpuWork};
+use ssm_benches::gpu::{
+    decode_default_label, prepare, prepare_decode_state, prepare_decode_tilings, GpuWork,
+};
 use ssm_benches::suite::{Backend, Case};
 use ssm_core::DType;
 use ssm_gpu::cudarc::driver::CudaContext;
@@ -61,11 +69,41 @@ struct Args {
     /// batch.
     #[arg(long)]
     tilings: bool,
+    /// The state cache's storage types to time, comma-separated (f32, bf16,
+    /// f16): each case once per type, with the tiling it launches at this batch.
+    #[arg(long, default_value = "f32", value_delimiter = ',', value_parser = parse_dtype)]
+    state_dtypes: Vec<DType>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::Bf16),
+        "f16" => Ok(DType::F16),
+        _ => Err(format!("state dtype {s:?}: expected f32, bf16 or f16")),
+    }
+}
+
+/// The case's work with its state stored as `state` (f32: what the suite
+/// times), and the kernel label it launches.
+fn make_work(
+    gpu: &Gpu,
+    case: &Case,
+    state: DType,
+) -> Result<(String, Box<dyn GpuWork>), ssm_core::SsmError> {
+    if state == DType::F32 {
+        let work = prepare(gpu, case, 1)?;
+        Ok((decode_default_label(case).unwrap_or_default(), work))
+    } else {
+        prepare_decode_state(gpu, case, 1, state)
+    }
 }
 
 #[derive(serde::Serialize)]
 struct Row {
     case: String,
+    /// The state cache's storage type.
+    state_dtype: DType,
     /// The kernel variant the case launches by default at this batch.
     tiling: String,
     stream_event_pair_us: f64,
@@ -173,10 +211,22 @@ fn main() -> ExitCode {
     );
     let mut rows = Vec::new();
     let mut failed = false;
-    for case in &cases {
-        let name = format!("{}/{}", case.id(), case.workload);
+    let runs = cases
+        .iter()
+        .flat_map(|case| args.state_dtypes.iter().map(move |&state| (case, state)));
+    for (case, state) in runs {
+        let name = match state {
+            DType::F32 => format!("{}/{}", case.id(), case.workload),
+            s => format!("{}/{} state {s}", case.id(), case.workload),
+        };
+        if state != DType::F32
+            && matches!(case.problem, ssm_telemetry::problem::Problem::Mamba1Step(_))
+        {
+            println!("{name}: skipped (the Mamba-1 decode state is f32 only)");
+            continue;
+        }
         // Stream launches, as the suite times them.
-        let mut work = match prepare(&stream_gpu, case, 1) {
+        let (tiling_label, mut work) = match make_work(&stream_gpu, case, state) {
             Ok(w) => w,
             Err(e) => return setup_error(&name, e),
         };
@@ -221,8 +271,8 @@ fn main() -> ExitCode {
         };
 
         // The same case on the capturable stream, replayed from a graph.
-        let mut gwork = match prepare(&graph_gpu, case, 1) {
-            Ok(w) => w,
+        let mut gwork = match make_work(&graph_gpu, case, state) {
+            Ok((_, w)) => w,
             Err(e) => return setup_error(&format!("{name} (graph)"), e),
         };
         match gwork.verify(&graph_gpu) {
@@ -257,7 +307,8 @@ fn main() -> ExitCode {
         }
         let row = Row {
             case: name,
-            tiling: decode_default_label(case).unwrap_or_default(),
+            state_dtype: state,
+            tiling: tiling_label,
             stream_event_pair_us: per_pair * 1e3,
             stream_back_to_back_us: back_to_back * 1e3,
             graph_replay_us: graph.median_ms * 1e3,
@@ -269,7 +320,8 @@ fn main() -> ExitCode {
             tiling_sweep: Vec::new(),
         };
         let mut row = row;
-        if args.tilings {
+        // The sweep once per case (it lists the 16-bit-state candidates too).
+        if args.tilings && state == args.state_dtypes[0] {
             match sweep_tilings(&graph_gpu, case, &args) {
                 Ok((sweep, errors)) => {
                     for e in &errors {

@@ -37,6 +37,16 @@ struct RowCheck {
 
 /// Combine sampled rows into one verdict (errors over the concatenated rows).
 fn verdict(rows: Vec<RowCheck>, sampled: String, out_dtype: ssm_core::DType) -> Verification {
+    verdict_with_state(rows, sampled, out_dtype, None)
+}
+
+/// [`verdict`] with the state budget given (`None`: `state_budget(K)`).
+fn verdict_with_state(
+    rows: Vec<RowCheck>,
+    sampled: String,
+    out_dtype: ssm_core::DType,
+    state_budget_override: Option<f64>,
+) -> Verification {
     let k = rows.iter().map(|r| r.log_decay).fold(0.0, f64::max);
     let cat = |f: &dyn Fn(&RowCheck) -> Option<&Vec<f64>>| -> Option<Vec<f64>> {
         let parts: Option<Vec<&Vec<f64>>> = rows.iter().map(f).collect();
@@ -51,7 +61,9 @@ fn verdict(rows: Vec<RowCheck>, sampled: String, out_dtype: ssm_core::DType) -> 
         let got_s = cat(&|r| r.got_state.as_ref()).unwrap_or_else(|| vec![f64::NAN; want_s.len()]);
         compare(&got_s, &want_s)
     });
-    let s_budget = states.as_ref().map(|_| state_budget(k));
+    let s_budget = states
+        .as_ref()
+        .map(|_| state_budget_override.unwrap_or_else(|| state_budget(k)));
     let passed = out.passes(budget)
         && out.len > 0
         && states
@@ -422,6 +434,39 @@ pub fn verify_step<T: Element, O: Element>(
         log_decay: 0.0,
     }];
     Ok(verdict(rows, "all rows".into(), O::DTYPE))
+}
+
+/// [`verify_step`] for a state cache stored as `state_dtype` (f32, or the
+/// 16-bit state of Mamba-2's v6; `state_after` widened to f32, `host.state`
+/// representable in it): the state is judged by
+/// `ssm_core::tolerance::stored_state_budget(state_dtype, 1)`, the output as
+/// usual (the first step's output sees no stored rounding).
+pub fn verify_step_stored<T: Element, O: Element>(
+    host: &StepHost<T>,
+    shape: StepShape<'_>,
+    out: &[O],
+    state_after: &[f32],
+    state_dtype: ssm_core::DType,
+) -> Result<Verification> {
+    let mut state = widen(&host.state);
+    let want = match shape {
+        StepShape::Mamba1(s) => ssm_reference::mamba1_step(&host.mamba1_params(s), &mut state)?,
+        StepShape::Mamba2(s) => ssm_reference::mamba2_step(&host.mamba2_params(s), &mut state)?,
+    };
+    let rows = vec![RowCheck {
+        got: out.iter().map(|v| v.to_f64()).collect(),
+        want: want.out,
+        got_state: Some(widen(state_after)),
+        want_state: Some(state),
+        log_decay: 0.0,
+    }];
+    let budget = ssm_core::tolerance::stored_state_budget(state_dtype, 1);
+    Ok(verdict_with_state(
+        rows,
+        "all rows".into(),
+        O::DTYPE,
+        Some(budget),
+    ))
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use ssm_core::decode::StepInputs;
 use ssm_core::Element;
 use ssm_core::{DType, Result, SsmError};
 use ssm_gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use ssm_gpu::decode::{launch_decode_step, DecodeFamily, DecodeKernel, DeviceStepInputs, StepArgs};
+use ssm_gpu::decode::{
+    launch_decode_step_state, DecodeFamily, DecodeKernel, DeviceStepInputs, StepArgs,
+};
 use ssm_gpu::{DeviceElement, Gpu, KernelResources, PtxasFunction};
 use ssm_telemetry::problem::{Pass, Problem, SkipKind, StreamShape};
 use ssm_telemetry::sram::LaunchShape;
@@ -32,7 +34,8 @@ use ssm_telemetry::traffic::cost_of;
 use ssm_telemetry::record::Verification;
 
 use crate::check::{
-    verify_scan, verify_scan_backward, verify_ssd, verify_ssd_backward, verify_step, StepShape,
+    verify_scan, verify_scan_backward, verify_ssd, verify_ssd_backward, verify_step_stored,
+    StepShape,
 };
 use crate::inputs::{fill, Dist, Mamba1Host, SsdHost, StepHost};
 use crate::suite::{Backend, Case};
@@ -167,19 +170,19 @@ pub fn prepare_decode_tilings(
         tilings
             .into_iter()
             .map(|t| {
-                let work = StepWork::<F, T>::new(gpu, s, seed, slots, t)?;
+                let (work, registers) = step_work_for::<F, T>(gpu, s, seed, slots, t)?;
                 let variant = ssm_gpu::decode::decode_variant::<F>(T::DTYPE, F::d_state(s), t)?;
                 let label = format!(
                     "{} ({} registers){} {t:?}",
                     variant.label,
-                    work.kernel.kernel().resources.registers,
+                    registers,
                     if t == default {
                         " [default at this batch]"
                     } else {
                         ""
                     }
                 );
-                Ok((label, Box::new(work) as Box<dyn GpuWork>))
+                Ok((label, work))
             })
             .collect()
     }
@@ -191,6 +194,76 @@ pub fn prepare_decode_tilings(
         (Problem::Mamba2Step(s), DType::Bf16) => all::<Mamba2Decode, bf16>(gpu, &s, seed, slots),
         (Problem::Mamba2Step(s), DType::F16) => all::<Mamba2Decode, f16>(gpu, &s, seed, slots),
         _ => Err(unsupported(format!("tilings of {}", case.id()))),
+    }
+}
+
+/// A decode step of family `F` with `tiling`, its state buffer of the type the
+/// tiling stores the state in (f32, bf16 or f16), and the kernel's registers.
+fn step_work_for<F: StepFamily, T: DeviceElement>(
+    gpu: &Gpu,
+    s: &F::Shape,
+    seed: u64,
+    slots: usize,
+    tiling: F::Tiling,
+) -> Result<(Box<dyn GpuWork>, usize)> {
+    let geometry = F::geometry(F::d_state(s), T::DTYPE, tiling)?;
+    fn boxed<F: StepFamily, T: DeviceElement, S: DeviceElement>(
+        w: StepWork<F, T, S>,
+    ) -> (Box<dyn GpuWork>, usize) {
+        let registers = w.kernel.kernel().resources.registers as usize;
+        (Box::new(w), registers)
+    }
+    Ok(match F::block(&geometry).state_dtype {
+        DType::Bf16 => boxed(StepWork::<F, T, bf16>::new(gpu, s, seed, slots, tiling)?),
+        DType::F16 => boxed(StepWork::<F, T, f16>::new(gpu, s, seed, slots, tiling)?),
+        _ => boxed(StepWork::<F, T, f32>::new(gpu, s, seed, slots, tiling)?),
+    })
+}
+
+/// A decode case with the tiling its family launches at its batch, the state
+/// cache stored as `state_dtype` (f32: what [`prepare`] builds; bf16 / f16:
+/// Mamba-2's v6), and that kernel's label: what `bench_decode_graph
+/// --state-dtypes` times side by side. Other problems are `Unsupported`, and so
+/// is a 16-bit state for Mamba-1.
+pub fn prepare_decode_state(
+    gpu: &Gpu,
+    case: &Case,
+    seed: u64,
+    state_dtype: DType,
+) -> Result<(String, Box<dyn GpuWork>)> {
+    let l2 = gpu.l2_cache_bytes()? as usize;
+    let slots = rotation_slots(l2, cost_of(&case.problem, case.pass).bytes());
+    fn one<F: StepFamily, T: DeviceElement>(
+        gpu: &Gpu,
+        s: &F::Shape,
+        seed: u64,
+        slots: usize,
+        state_dtype: DType,
+    ) -> Result<(String, Box<dyn GpuWork>)> {
+        let t = F::with_state_dtype(F::tiling_for_batch(T::DTYPE, F::batch_of(s)), state_dtype);
+        let label = ssm_gpu::decode::decode_variant::<F>(T::DTYPE, F::d_state(s), t)?.label;
+        Ok((label, step_work_for::<F, T>(gpu, s, seed, slots, t)?.0))
+    }
+    match (case.problem, case.problem.dtype()) {
+        (Problem::Mamba1Step(s), DType::F32) => {
+            one::<Mamba1Decode, f32>(gpu, &s, seed, slots, state_dtype)
+        }
+        (Problem::Mamba1Step(s), DType::Bf16) => {
+            one::<Mamba1Decode, bf16>(gpu, &s, seed, slots, state_dtype)
+        }
+        (Problem::Mamba1Step(s), DType::F16) => {
+            one::<Mamba1Decode, f16>(gpu, &s, seed, slots, state_dtype)
+        }
+        (Problem::Mamba2Step(s), DType::F32) => {
+            one::<Mamba2Decode, f32>(gpu, &s, seed, slots, state_dtype)
+        }
+        (Problem::Mamba2Step(s), DType::Bf16) => {
+            one::<Mamba2Decode, bf16>(gpu, &s, seed, slots, state_dtype)
+        }
+        (Problem::Mamba2Step(s), DType::F16) => {
+            one::<Mamba2Decode, f16>(gpu, &s, seed, slots, state_dtype)
+        }
+        _ => Err(unsupported(format!("a decode state for {}", case.id()))),
     }
 }
 
@@ -229,14 +302,14 @@ fn prepare_typed<T: DeviceElement>(
             case.ssd_options(),
             slots,
         )?),
-        Problem::Mamba1Step(s) => Box::new(StepWork::<Mamba1Decode, T>::new(
+        Problem::Mamba1Step(s) => Box::new(StepWork::<Mamba1Decode, T, f32>::new(
             gpu,
             &s,
             seed,
             slots,
             Mamba1Decode::tiling_for_batch(T::DTYPE, s.batch),
         )?),
-        Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T>::new(
+        Problem::Mamba2Step(s) => Box::new(StepWork::<Mamba2Decode, T, f32>::new(
             gpu,
             &s,
             seed,
@@ -672,20 +745,23 @@ impl<T: DeviceElement> GpuWork for SsdBwdWork<T> {
 
 // ------------------------------------------------------------------ decode steps
 
-/// Device copies of a decode step's tensors, `slots` sets side by side.
-struct StepBuffers<T> {
+/// Device copies of a decode step's tensors, `slots` sets side by side; the
+/// state cache stored as `S`.
+struct StepBuffers<T, S> {
     inputs: StepInputs<CudaSlice<T>, CudaSlice<f32>, CudaSlice<i64>>,
-    state: CudaSlice<f32>,
+    state: CudaSlice<S>,
     out: CudaSlice<T>,
 }
 
-/// Upload `slots` copies of `host` (each slot its own tensors and state rows).
-fn upload_step<T: DeviceElement>(
+/// Upload `slots` copies of `host` (each slot its own tensors and state rows),
+/// the state rounded to `S` (`host.state` is already representable in it).
+fn upload_step<T: DeviceElement, S: DeviceElement>(
     gpu: &Gpu,
     host: &StepHost<T>,
     slots: usize,
     out_len: usize,
-) -> Result<StepBuffers<T>> {
+) -> Result<StepBuffers<T, S>> {
+    let state: Vec<S> = host.state.iter().map(|&v| S::from_f32(v)).collect();
     let rep = |v: &[T]| -> Vec<T> { v.repeat(slots) };
     let rep32 = |v: &[f32]| -> Vec<f32> { v.repeat(slots) };
     let opt = |v: &[f32]| (!v.is_empty()).then(|| gpu.upload(&rep32(v))).transpose();
@@ -703,7 +779,7 @@ fn upload_step<T: DeviceElement>(
             dt_bias: opt(&host.dt_bias)?,
             state_batch_indices: None,
         },
-        state: gpu.upload(&rep32(&host.state))?,
+        state: gpu.upload(&state.repeat(slots))?,
         out: gpu.alloc_poisoned::<T>(slots * out_len)?,
     })
 }
@@ -800,22 +876,28 @@ impl StepFamily for mamba2_ssd::decode_cuda::Mamba2Decode {
     }
 }
 
-/// A decode step of either family, through `ssm_gpu::decode::launch_decode_step`.
-struct StepWork<F: StepFamily, T> {
-    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`]).
+/// A decode step of either family, through
+/// `ssm_gpu::decode::launch_decode_step_state`, the state cache stored as `S`
+/// (f32, or Mamba-2's bf16 / f16 of v6).
+struct StepWork<F: StepFamily, T, S> {
+    /// Slot 0's inputs and initial state (the oracle's, for [`GpuWork::verify`];
+    /// rounded to `S`, so both start from the same state).
     host: StepHost<T>,
     shape: F::Shape,
     kernel: DecodeKernel<F, T>,
     threads: u32,
-    bufs: StepBuffers<T>,
+    bufs: StepBuffers<T, S>,
     slots: usize,
     next: usize,
 }
 
-impl<F: StepFamily, T: DeviceElement> StepWork<F, T> {
+impl<F: StepFamily, T: DeviceElement, S: DeviceElement> StepWork<F, T, S> {
     fn new(gpu: &Gpu, s: &F::Shape, seed: u64, slots: usize, tiling: F::Tiling) -> Result<Self> {
         let kernel = DecodeKernel::<F, T>::new(gpu, F::d_state(s), tiling)?;
-        let host = F::host::<T>(s, seed);
+        let mut host = F::host::<T>(s, seed);
+        for v in &mut host.state {
+            *v = S::from_f32(*v).to_f32();
+        }
         Ok(StepWork {
             threads: 32 * F::block(kernel.geometry()).warps as u32,
             kernel,
@@ -828,7 +910,7 @@ impl<F: StepFamily, T: DeviceElement> StepWork<F, T> {
     }
 }
 
-impl<F: StepFamily, T: DeviceElement> GpuWork for StepWork<F, T> {
+impl<F: StepFamily, T: DeviceElement, S: DeviceElement> GpuWork for StepWork<F, T, S> {
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
         let (k, b) = (self.slots, &mut self.bufs);
         let s = next_slot(&mut self.next, k);
@@ -840,7 +922,7 @@ impl<F: StepFamily, T: DeviceElement> GpuWork for StepWork<F, T> {
         let args = F::args(&self.shape, inputs);
         let state_range = part(b.state.len(), k, s);
         let out_range = part(b.out.len(), k, s);
-        launch_decode_step(
+        launch_decode_step_state(
             gpu,
             &self.kernel,
             &args,
@@ -859,8 +941,17 @@ impl<F: StepFamily, T: DeviceElement> GpuWork for StepWork<F, T> {
         self.launch(gpu)?;
         let (k, b) = (self.slots, &self.bufs);
         let out = gpu.download(&b.out)?[part(b.out.len(), k, 0)].to_vec();
-        let state = gpu.download(&b.state)?[part(b.state.len(), k, 0)].to_vec();
-        verify_step(&self.host, F::step_shape(&self.shape), &out, &state)
+        let state: Vec<f32> = gpu.download(&b.state)?[part(b.state.len(), k, 0)]
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        verify_step_stored(
+            &self.host,
+            F::step_shape(&self.shape),
+            &out,
+            &state,
+            S::DTYPE,
+        )
     }
 }
 
