@@ -177,20 +177,11 @@ SSD_DEV void chunk_decays(const SsdBwdArgs& a, i64 tok, int len, int h, float* s
     const float A2 = a.A[h] * SSD_LOG2E;
     const float bias = SSD_DT_BIAS ? a.dt_bias[h] : 0.0f;
     constexpr int V = Q / 32;
-    float dtp[V], pre[V];
-    float run = 0.0f;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-        const int j = tid * V + v;
-        dtp[v] = j < len ? ssd_dt(ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max) : 0.0f;
-        run += dtp[v] * A2;
-        pre[v] = run;
-    }
-    float incl = run;
-    for (int o = 1; o < 32; o <<= 1) {
-        const float up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (tid >= o) incl += up;
-    }
+    float dtp[V], pre[V], run;
+    const float incl = ssd_warp_cumsum<V>(
+        tid, len, A2,
+        [&](int j, int) { return ssd_dt(ld(a.dt, (tok + j) * H + h), bias, a.dt_min, a.dt_max); },
+        dtp, pre, run);
 #pragma unroll
     for (int v = 0; v < V; ++v) {
         const int j = tid * V + v;

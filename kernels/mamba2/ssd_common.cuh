@@ -165,6 +165,31 @@ SSD_DEV float ssd_dt(float raw, float bias, float dt_min, float dt_max) {
 SSD_DEV float ssd_exp2(float x) { return ssm_exp2_ftz(x); }
 SSD_DEV float silu(float z) { return ssm_silu(z); }
 
+// Step 1's scan of one chunk on one warp (every forward kernel and the
+// backward's chunk_decays form the same decays): lane `lane` holds rows
+// j = lane V + v, v < V. Writes dt'_j = dt_prime(j, v) (0 for j >= clen, where
+// dt_prime is not called) to dtp[v] and the lane's running sum of dt' A2
+// through row j to pre[v], its total to run; returns the warp's inclusive scan
+// of the totals, so that row j's log2 cumulative decay is incl - run + pre[v].
+template <int V, typename DtPrime>
+SSD_DEV float ssd_warp_cumsum(int lane, int clen, float A2, DtPrime dt_prime, float (&dtp)[V],
+                              float (&pre)[V], float& run) {
+    run = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        const int j = lane * V + v;
+        dtp[v] = j < clen ? dt_prime(j, v) : 0.0f;
+        run += dtp[v] * A2;
+        pre[v] = run;
+    }
+    float incl = run;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += up;
+    }
+    return incl;
+}
+
 // ---------------------------------------------------------------------------
 // Work items. Every block works on one item (a segment of one sequence) for one
 // head and one tile of the head dimension. The host builds the table

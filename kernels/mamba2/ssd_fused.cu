@@ -217,20 +217,10 @@ template <int V>
 SSD_DEV float chunk_cumsum(const float (&dtr)[V], int clen, float bias, float A2, float dt_min,
                            float dt_max, float* s_w, float* dtp_w, float* w_w) {
     const int lane = threadIdx.x & 31;
-    float dtp[V], pre[V];
-    float run = 0.0f;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-        const int j = lane * V + v;
-        dtp[v] = j < clen ? ssd_dt(dtr[v], bias, dt_min, dt_max) : 0.0f;
-        run += dtp[v] * A2;
-        pre[v] = run;
-    }
-    float incl = run;
-    for (int o = 1; o < 32; o <<= 1) {
-        const float up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += up;
-    }
+    float dtp[V], pre[V], run;
+    const float incl = ssd_warp_cumsum<V>(
+        lane, clen, A2, [&](int, int v) { return ssd_dt(dtr[v], bias, dt_min, dt_max); }, dtp,
+        pre, run);
     const float excl = incl - run;
     const float s_last = __shfl_sync(0xffffffffu, incl, 31);
 #pragma unroll

@@ -134,21 +134,13 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         // Step 1: one warp forms dt', s and w for the chunk.
         if (tid < 32) {
             constexpr int V = Q / 32;
-            float dtp[V], pre[V];
-            float run = 0.0f;
-#pragma unroll
-            for (int v = 0; v < V; ++v) {
-                const int j = tid * V + v;
-                dtp[v] = j < clen ? ssd_dt(elem_to_f32(dt[(tok + j) * H + h]), bias, dt_min, dt_max)
-                                  : 0.0f;
-                run += dtp[v] * A2;
-                pre[v] = run;
-            }
-            float incl = run;
-            for (int o = 1; o < 32; o <<= 1) {
-                const float up = __shfl_up_sync(0xffffffffu, incl, o);
-                if (tid >= o) incl += up;
-            }
+            float dtp[V], pre[V], run;
+            const float incl = ssd_warp_cumsum<V>(
+                tid, clen, A2,
+                [&](int j, int) {
+                    return ssd_dt(elem_to_f32(dt[(tok + j) * H + h]), bias, dt_min, dt_max);
+                },
+                dtp, pre, run);
             const float s_last = __shfl_sync(0xffffffffu, incl, 31);
 #pragma unroll
             for (int v = 0; v < V; ++v) {
