@@ -224,6 +224,38 @@ SCAN_DEV float bw_warp_sums(const float (&v)[M]) {
     return w[0];
 }
 
+// The two roles of a thread of the slice-major kernels: in the sweep lane =
+// channel and warp = slice; in the staging (and the epilogue) steps t0 .. t0 +
+// IPT - 1 of channel ech, so that its global accesses are runs.
+struct SlRoles {
+    int lane, slice, ech, t0;
+    long long chan, echan;
+    bool live, elive;
+};
+SCAN_DEV SlRoles sl_roles(const BwBlock& blk) {
+    SlRoles r;
+    const int tid = threadIdx.x;
+    r.lane = tid & 31, r.slice = tid >> 5;
+    r.chan = blk.c0 + r.lane;
+    r.live = r.lane < blk.nch;
+    r.ech = tid / SCAN_SL_SLICES;
+    r.t0 = (tid % SCAN_SL_SLICES) * SCAN_SL_IPT;
+    r.elive = r.ech < blk.nch;
+    r.echan = blk.c0 + r.ech;
+    return r;
+}
+// The staging run of the tile at `start`: how many of its steps lie in the
+// sequence (0 for a channel past the block's), and at `at` the index of its
+// first element in the (row, channel, position) tensors (0 when none).
+SCAN_DEV int sl_run(const ScanBwdArgs& a, const BwBlock& blk, const SlRoles& r, long long start,
+                    long long& at) {
+    const long long pos = start + r.t0;
+    const long long left = blk.hi - pos;
+    const int valid = !r.elive || left <= 0 ? 0 : (left < SCAN_SL_IPT ? (int)left : SCAN_SL_IPT);
+    at = valid > 0 ? (blk.row * a.d_inner + r.echan) * a.seqlen + pos : 0;
+    return valid;
+}
+
 extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS)
     mamba1_scan_bwd_sm(const ScanBwdArgs args) {
 #ifndef SSM_EMULATE
@@ -244,16 +276,10 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 
     const long long L = args.seqlen, Din = args.d_inner;
     const BwBlock blk = bw_block_of<32>(args, blockIdx.x);
-    const int tid = threadIdx.x;
-    // Sweep role.
-    const int lane = tid & 31, slice = tid >> 5;
-    const long long chan = blk.c0 + lane;
-    const bool live = lane < blk.nch;
-    // Staging role: steps t0 .. t0 + IPT - 1 of channel ech.
-    const int ech = tid / SCAN_SL_SLICES;
-    const int t0 = (tid % SCAN_SL_SLICES) * SCAN_SL_IPT;
-    const bool elive = ech < blk.nch;
-    const long long echan = blk.c0 + ech;
+    const SlRoles roles = sl_roles(blk);
+    const int lane = roles.lane, slice = roles.slice, ech = roles.ech, t0 = roles.t0;
+    const long long chan = roles.chan;
+    const bool live = roles.live;
 
     float A2[SCAN_SL_NPT], lam[SCAN_SL_NPT], dA[SCAN_SL_NPT];
 #if SCAN_B_CONST
@@ -282,11 +308,11 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 #endif
     }
 #if SCAN_HAS_D
-    const float eD = elive ? args.D[echan] : 0.0f;
+    const float eD = roles.elive ? args.D[roles.echan] : 0.0f;
     float sumD = 0.0f;  // over this thread's steps, tile by tile
 #endif
 #if SCAN_HAS_BIAS
-    const float ebias = elive ? args.delta_bias[echan] : 0.0f;
+    const float ebias = roles.elive ? args.delta_bias[roles.echan] : 0.0f;
     float sumBias = 0.0f;
 #endif
 
@@ -311,16 +337,13 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
     int evalid = 0;  // ... of the staged tile
 
     auto fetch = [&](long long start, long long k) {
-        const long long pos = start + t0;
-        const long long left = blk.hi - pos;
-        qvalid = !elive || left <= 0 ? 0 : (left < SCAN_SL_IPT ? (int)left : SCAN_SL_IPT);
-        const long long at = (blk.row * Din + echan) * L + pos;
-        // Out-of-range runs are not dereferenced: qvalid = 0 reads nothing.
-        qx.load(args.delta + (qvalid > 0 ? at : 0), qvalid);
-        qu.load(args.u + (qvalid > 0 ? at : 0), qvalid);
-        qg.load(args.d_out + (qvalid > 0 ? at : 0), qvalid);
+        long long at;
+        qvalid = sl_run(args, blk, roles, start, at);  // qvalid = 0 reads nothing
+        qx.load(args.delta + at, qvalid);
+        qu.load(args.u + at, qvalid);
+        qg.load(args.d_out + at, qvalid);
 #if SCAN_HAS_Z
-        qz.load(args.z + (qvalid > 0 ? at : 0), qvalid);
+        qz.load(args.z + at, qvalid);
 #endif
 #if !SCAN_B_CONST
         bw_fetch_rows<SCAN_SL_ROW_ITERS, SCAN_SL_NP, SCAN_SL_THREADS>(qB, Bsrc, start, blk.hi, L);
@@ -558,7 +581,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 #endif
             }
             if (evalid > 0) {
-                const long long at = (blk.row * Din + echan) * L + start + t0;
+                const long long at = (blk.row * Din + roles.echan) * L + start + t0;
                 bw_store_run<SCAN_SL_IPT>(args.du + at, du, evalid);
                 bw_store_run<SCAN_SL_IPT>(args.ddelta + at, ddl, evalid);
 #if SCAN_HAS_Z
@@ -619,6 +642,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 #if SCAN_HAS_BIAS
         if (pass == 1) v = sumBias;
 #endif
+        const int tid = threadIdx.x;
         s_sum[tid] = v;  // = [ech][run]
         __syncthreads();
         if (tid < blk.nch) {
@@ -645,17 +669,14 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, 8)
     float* s_B = s_el + 4 * SCAN_SL_PLANE;  // [2][BT][NP]
 #endif
     const long long L = args.seqlen, Din = args.d_inner;
+    (void)L;  // read only by the grouped-B row fetch
     const BwBlock blk = bw_block_of<32>(args, blockIdx.x);
-    const int tid = threadIdx.x;
-    const int lane = tid & 31, slice = tid >> 5;
-    const long long chan = blk.c0 + lane;
-    const bool live = lane < blk.nch;
-    const int ech = tid / SCAN_SL_SLICES;
-    const int t0 = (tid % SCAN_SL_SLICES) * SCAN_SL_IPT;
-    const bool elive = ech < blk.nch;
-    const long long echan = blk.c0 + ech;
+    const SlRoles roles = sl_roles(blk);
+    const int lane = roles.lane, slice = roles.slice, ech = roles.ech, t0 = roles.t0;
+    const long long chan = roles.chan;
+    const bool live = roles.live;
 #if SCAN_HAS_BIAS
-    const float ebias = elive ? args.delta_bias[echan] : 0.0f;
+    const float ebias = roles.elive ? args.delta_bias[roles.echan] : 0.0f;
 #endif
 
     float A2[SCAN_SL_NPT], h[SCAN_SL_NPT];
@@ -685,10 +706,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, 8)
     BwRun<SCAN_SL_IPT> qx, qu;
     int qvalid = 0;
     auto fetch = [&](long long start) {
-        const long long pos = start + t0;
-        const long long left = blk.hi - pos;
-        qvalid = !elive || left <= 0 ? 0 : (left < SCAN_SL_IPT ? (int)left : SCAN_SL_IPT);
-        const long long at = qvalid > 0 ? (blk.row * Din + echan) * L + pos : 0;
+        long long at;
+        qvalid = sl_run(args, blk, roles, start, at);
         qx.load(args.delta + at, qvalid);
         qu.load(args.u + at, qvalid);
 #if !SCAN_B_CONST
