@@ -408,11 +408,7 @@ SCAN_DEV void bw_put_rows(float* rows, int width, int stride, const float (&q)[I
 // 20% slower on the H200: docs/kernels/mamba1-scan-bwd.md, v3.)
 extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS)
     mamba1_scan_bwd_ckpt(const ScanBwdArgs args) {
-#ifndef SSM_EMULATE
-    extern __shared__ __align__(16) unsigned char scan_smem[];
-#else
-    unsigned char* scan_smem = emu::shared_memory();
-#endif
+    SSM_DYNAMIC_SMEM(scan_smem);
     float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][CPB][CK_ELS]
 #if !SCAN_B_CONST
     float* s_B = s_el + 2 * SCAN_CK_SM_EL;  // [2][BT][CK_BW]
@@ -537,11 +533,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_CK_THREADS, SCAN_CK_MIN_BLOCKS
 //      staged into the other buffer.
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     mamba1_scan_bwd(const ScanBwdArgs args) {
-#ifndef SSM_EMULATE
-    extern __shared__ __align__(16) unsigned char scan_smem[];
-#else
-    unsigned char* scan_smem = emu::shared_memory();
-#endif
+    SSM_DYNAMIC_SMEM(scan_smem);
     float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][CPB][ELS]
     float* s_bc = s_el + 2 * SCAN_SM_EL;                // [2][BT][BCW]
     float* s_part = s_bc + 2 * SCAN_SM_BC;              // [3][CPB][PCH]

@@ -258,11 +258,7 @@ SCAN_DEV int sl_run(const ScanBwdArgs& a, const BwBlock& blk, const SlRoles& r, 
 
 extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS)
     mamba1_scan_bwd_sm(const ScanBwdArgs args) {
-#ifndef SSM_EMULATE
-    extern __shared__ __align__(16) unsigned char scan_smem[];
-#else
-    unsigned char* scan_smem = emu::shared_memory();
-#endif
+    SSM_DYNAMIC_SMEM(scan_smem);
     float* s_el = reinterpret_cast<float*>(scan_smem);         // [2][PLANES][BT][RS]
     float* s_bc = s_el + 2 * SCAN_SL_PLANES * SCAN_SL_PLANE;    // [2][BT][BCW]
     float* s_part = s_bc + 2 * SCAN_SL_BC_FLOATS;               // [3][SLICES][BT][RS]
@@ -659,11 +655,7 @@ extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, SCAN_SL_MIN_BLOCKS
 // steps, its loads in flight during them.
 extern "C" __global__ void __launch_bounds__(SCAN_SL_THREADS, 8)
     mamba1_scan_bwd_ckpt_sm(const ScanBwdArgs args) {
-#ifndef SSM_EMULATE
-    extern __shared__ __align__(16) unsigned char scan_smem[];
-#else
-    unsigned char* scan_smem = emu::shared_memory();
-#endif
+    SSM_DYNAMIC_SMEM(scan_smem);
     float* s_el = reinterpret_cast<float*>(scan_smem);  // [2][2][BT][RS]: dt, dt*u
 #if !SCAN_B_CONST
     float* s_B = s_el + 4 * SCAN_SL_PLANE;  // [2][BT][NP]

@@ -219,11 +219,7 @@ static_assert(sizeof(ScanArgs) == 176, "ScanArgs layout changed: update launch.r
 
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS, SCAN_MIN_BLOCKS)
     mamba1_scan_fwd(const ScanArgs args) {
-#ifndef SSM_EMULATE
-    extern __shared__ __align__(16) unsigned char scan_smem[];
-#else
-    unsigned char* scan_smem = emu::shared_memory();
-#endif
+    SSM_DYNAMIC_SMEM(scan_smem);
     float2* slot = reinterpret_cast<float2*>(scan_smem);  // [CPB][SLOT_STRIDE]
     float* part = reinterpret_cast<float*>(scan_smem + sizeof(float2) * SCAN_CPB * SCAN_SLOT_STRIDE);
     // [CPB * TPC][PART_STRIDE], then the B and C rows [TILE][NP] of grouped B/C.

@@ -8,6 +8,7 @@
 
 #include "common/convert.cuh"
 #include "common/math.cuh"
+#include "common/smem.cuh"
 
 #ifndef SCAN_ELEM_EXP_POLY
 #define SCAN_ELEM_EXP_POLY 0

@@ -37,7 +37,7 @@ static_assert(SMEM_BYTES <= SSD_MAX_SMEM, "shared memory past the device's per-b
 extern "C" __global__ void __launch_bounds__(ssd_cb::NT)
     ssd_chunk_cb(const elem_t* B, const elem_t* C, const i64* chunks, float* cb, int G) {
     using namespace ssd_cb;
-    SSD_DYNAMIC_SMEM(smem);
+    SSM_DYNAMIC_SMEM(smem);
     u16* bs = reinterpret_cast<u16*>(smem);
     u16* cs = bs + Q * BS;
     const i64 chunk = blockIdx.x / G;

@@ -32,16 +32,10 @@ typedef u16 elem_t;  // raw bits of an f16 or bf16
 #define SSD_DEV inline
 #endif
 
-// The block's dynamic shared memory as `name`, 16-byte aligned; under the CPU
-// emulation, the block's emulated shared memory (ssd_emu.cuh).
-#ifndef SSD_EMULATE
-#define SSD_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#else
-#define SSD_DYNAMIC_SMEM(name) unsigned char* name = emu::shared_memory()
-#endif
 
 #include "common/convert.cuh"
 #include "common/math.cuh"
+#include "common/smem.cuh"
 
 // log2(e): decays are formed as exp2 of cumulative sums of dt' * A * log2(e).
 #define SSD_LOG2E SSM_LOG2E

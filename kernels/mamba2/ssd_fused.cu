@@ -557,7 +557,7 @@ extern "C" __global__ void __launch_bounds__(ssd_fused::NT, SSD_MIN_BLOCKS)
     ssd_fused_fwd(const SsdArgs a) {
     using namespace ssd_fused;
     SSD_UNPACK_ARGS(a);
-    SSD_DYNAMIC_SMEM(smem);
+    SSM_DYNAMIC_SMEM(smem);
 
     constexpr int NPT = P / PT;
     SSD_UNPACK_ITEM(NPT);

@@ -87,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     ssd_simt_fwd(const SsdArgs args) {
     using namespace ssd_simt;
     SSD_UNPACK_ARGS(args);
-    SSD_DYNAMIC_SMEM(smem_raw);
+    SSM_DYNAMIC_SMEM(smem_raw);
     float* sm = reinterpret_cast<float*>(smem_raw);
     float* Sst = sm + OFF_S;
     float* s_c = sm + OFF_CUM;
